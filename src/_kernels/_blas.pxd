@@ -1,0 +1,77 @@
+# The thin BLAS layer of rnncore's kernels (header-only: cdef inline).
+#
+# BLAS is SciPy's (scipy.linalg.cython_blas), resolved when the module is
+# imported: nothing is linked at build time, and it is the same OpenBLAS that
+# NumPy/SciPy users already have. Everything here is `noexcept nogil`.
+#
+# Matrices are described as (pointer, ld, t): t = 0 means row-major storage,
+# element (i, j) at p[i*ld + j]; t = 1 means the logical matrix is the
+# transpose of a row-major one, element (i, j) at p[j*ld + i] (a PyTorch-layout
+# weight of shape (H, D) seen as our (D, H) operand, or a Fortran-ordered array).
+# Row-major GEMM is done by swapping operands (C^T = B^T A^T), never by copying.
+
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef inline void gemm_rm(bint ta, bint tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         floating alpha, const floating *a, Py_ssize_t lda,
+                         const floating *b, Py_ssize_t ldb, floating beta,
+                         floating *c, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (m, n) := alpha op(A) (m, k) op(B) (k, n) + beta C."""
+    # Column-major BLAS sees row-major C as C^T (n, m) = op(B)^T op(A)^T.
+    cdef char transa = b'T' if tb else b'N'
+    cdef char transb = b'T' if ta else b'N'
+    cdef int m_ = <int>n, n_ = <int>m, k_ = <int>k
+    cdef int lda_ = <int>ldb, ldb_ = <int>lda, ldc_ = <int>ldc
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        # BLAS with k = 0 only scales C; do it explicitly and portably.
+        scale_rows(c, ldc, m, n, beta)
+        return
+    if floating is float:
+        sgemm(&transa, &transb, &m_, &n_, &k_, &alpha, <float *>b, &lda_,
+              <float *>a, &ldb_, &beta, c, &ldc_)
+    else:
+        dgemm(&transa, &transb, &m_, &n_, &k_, &alpha, <double *>b, &lda_,
+              <double *>a, &ldb_, &beta, c, &ldc_)
+
+
+cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                    const floating *a, Py_ssize_t lda, bint at,
+                    const floating *b, Py_ssize_t ldb, bint bt, floating beta,
+                    floating *c, Py_ssize_t ldc, bint ct) noexcept nogil:
+    """C (m, n) := alpha A (m, k) B (k, n) + beta C, any of the three transposed views."""
+    if ct:
+        # C stored as row-major C^T (n, m) = B^T A^T.
+        gemm_rm(not bt, not at, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
+    else:
+        gemm_rm(at, bt, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+cdef inline void scale_rows(floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
+                            floating beta) noexcept nogil:
+    """C (m, n) := beta C, with beta = 0 writing exact zeros (no NaN * 0)."""
+    cdef Py_ssize_t i, j
+    for i in range(m):
+        if beta == 0:
+            for j in range(n):
+                c[i * ldc + j] = 0
+        elif beta != 1:
+            for j in range(n):
+                c[i * ldc + j] *= beta
+
+
+cdef inline void colsum_add(floating *out, const floating *a, Py_ssize_t lda,
+                            Py_ssize_t m, Py_ssize_t n) noexcept nogil:
+    """out (n,) += A (m, n).sum(axis=0), A row-major."""
+    cdef Py_ssize_t i, j
+    cdef const floating *row
+    for i in range(m):
+        row = a + i * lda
+        for j in range(n):
+            out[j] += row[j]

@@ -1,0 +1,1 @@
+"""Compiled Cython kernels (built by CMake)."""
