@@ -62,24 +62,27 @@ static inline float rc_expf_core(float x)
 static inline float rc_tanhf(float x)
 {
     float ax = fabsf(x);
-    float z = x * x;
+    float z = ax * ax;
     float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
                      - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
-                     - 3.33332819422e-1f) * z * x + x;
+                     - 3.33332819422e-1f) * z * ax + ax;
     float c = ax > 10.0f ? 10.0f : ax;
     float e = rc_expf_core(2.0f * c);
-    float big = copysignf(1.0f - 2.0f / (e + 1.0f), x);
-    return ax >= 0.625f ? big : small;
+    float big = 1.0f - 2.0f / (e + 1.0f);
+    /* copysign last: keeps tanh(-0) = -0 and NaN as NaN */
+    return copysignf(ax >= 0.625f ? big : small, x);
 }
 
-/* sigmoid(x) = 1 / (1 + exp(-x)), exp's argument clamped to [-87, 88]
- * (NaN passes the clamps unchanged, so NaN in -> NaN out). */
+/* sigmoid(x) = 1 / (1 + exp(-x)). exp's argument is clamped to [-87, 88]; for
+ * x < -88 the result (< 6e-39, a float32 denormal) is flushed to exactly 0, so
+ * sigmoid(-inf) = 0. NaN fails every comparison, so NaN in -> NaN out. */
 static inline float rc_sigmoidf(float x)
 {
     float m = -x;
-    m = m > 88.0f ? 88.0f : m;
-    m = m < -87.0f ? -87.0f : m;
-    return 1.0f / (1.0f + rc_expf_core(m));
+    float mc = m > 88.0f ? 88.0f : m;
+    mc = mc < -87.0f ? -87.0f : mc;
+    float r = 1.0f / (1.0f + rc_expf_core(mc));
+    return m > 88.0f ? 0.0f : r;
 }
 
 /* ---------------------------------------------------------------- float64 */
