@@ -1,0 +1,1209 @@
+r"""Pure-NumPy specification of the rnncore cells: vanilla RNN, GRU and LSTM.
+
+This module is the *definition* every faster implementation in rnncore is
+tested against. It favours clarity over speed: one function per step and one
+per sequence (cs231n ``rnn_layers.py`` style), every saved value named, every
+formula written once with the seed equation it implements.
+
+Conventions
+-----------
+Shape letters: ``T`` steps, ``N`` batch, ``D`` input features, ``H`` hidden
+units, ``G`` gates (1 for the RNN, 3 for the GRU, 4 for the LSTM), ``M``
+output features, ``V`` vocabulary (classes).
+
+* Sequences are batch-major: ``x`` is ``(N, T, D)``, the hidden states ``h``
+  are ``(N, T, H)``, an initial state ``h0`` is ``(N, H)``.
+* Weights are stored so that a projection is ``x @ Wx``: ``Wx`` is
+  ``(D, G*H)``, ``Wh`` is ``(H, G*H)``, biases are ``(G*H,)``. The ``G`` gate
+  blocks of width ``H`` lie along the last axis in PyTorch's order (GRU
+  ``r, z, n``; LSTM ``i, f, g, o``), so ``Wx`` is PyTorch's ``weight_ih.T``
+  and ``Wh`` is ``weight_hh.T``.
+* Every function computes in the floating dtype of its inputs (float32 stays
+  float32; nothing is upcast) and returns new arrays; inputs are never
+  modified. Caches keep *references* to the inputs, so do not modify the
+  inputs between a forward call and its backward call.
+* Gradients are named ``d`` + the name of the value (``dx``, ``dh0``, ``dWx``).
+* ``σ`` is the logistic sigmoid, ``⊙`` the elementwise product.
+
+Equations
+---------
+Seed references: seed 000 (output layer, softmax, cross-entropy), seed 002
+(vanilla RNN and BPTT, cs231n code), seed 003 (RNN, GRU and LSTM, d2l.ai).
+
+Vanilla RNN (seed 002: ``s_t = f(U x_t + W s_{t-1})``; seed 003:
+``H_t = φ(X_t W_xh + H_{t-1} W_hh + b_h)``)::
+
+    h_t = φ(x_t Wx + h_{t-1} Wh + b),      φ = tanh or relu
+
+Output layer and loss (seed 000)::
+
+    o_t = h_t V + c                         (temporal_affine_forward)
+    L   = -(1/N) Σ_{n,t} mask[n,t] · log softmax(o_t[n])[y[n,t]]
+
+GRU (PyTorch ``nn.GRU``; gates r, z, n along the 3H axis)::
+
+    r   = σ(x W_ir + b_ir + h W_hr + b_hr)
+    z   = σ(x W_iz + b_iz + h W_hz + b_hz)
+    n   = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))     reset_after=True
+    n   = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)     reset_after=False
+    h'  = (1 - z) ⊙ n + z ⊙ h
+
+``reset_after=False`` is the variant of seed 003
+(``H̃_t = tanh(X_t W_xh + (R_t ⊙ H_{t-1}) W_hh + b_h)``) and of the original
+Keras GRU. Seed 003's update ``H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t`` is the
+same as PyTorch's ``h' = (1 - z) ⊙ n + z ⊙ h``.
+
+LSTM (PyTorch ``nn.LSTM``; gates i, f, g, o along the 4H axis; one bias
+``b = b_ih + b_hh``)::
+
+    [a_i, a_f, a_g, a_o] = x Wx + h Wh + b
+    i = σ(a_i),  f = σ(a_f),  g = tanh(a_g),  o = σ(a_o)
+    c' = f ⊙ c + i ⊙ g
+    h' = o ⊙ tanh(c')
+
+Backpropagation through time (seed 002 / seed 003): the gradient reaching
+``h_t`` is the upstream gradient ``dh[:, t]`` plus the gradient carried back
+from step ``t + 1``; weight gradients are sums over the steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    # helpers
+    "sigmoid",
+    # vanilla RNN
+    "rnn_step_forward",
+    "rnn_step_backward",
+    "rnn_forward",
+    "rnn_backward",
+    # output layer and loss
+    "temporal_affine_forward",
+    "temporal_affine_backward",
+    "temporal_softmax_loss",
+    # GRU
+    "gru_step_forward",
+    "gru_step_backward",
+    "gru_forward",
+    "gru_backward",
+    # LSTM
+    "lstm_step_forward",
+    "lstm_step_backward",
+    "lstm_forward",
+    "lstm_backward",
+    # caches (returned by the forward functions, consumed by the backward ones)
+    "RNNStepCache",
+    "RNNCache",
+    "AffineCache",
+    "GRUStepCache",
+    "GRUCache",
+    "LSTMStepCache",
+    "LSTMCache",
+]
+
+_NONLINEARITIES = ("tanh", "relu")
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+def _float_dtype(*arrays):
+    """The common floating dtype of ``arrays`` (float64 if none is floating)."""
+    dtype = np.result_type(*arrays)
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+def _as(dtype, *arrays):
+    """Return ``arrays`` as ndarrays of ``dtype`` (no copy when already so)."""
+    return tuple(np.asarray(a, dtype=dtype) for a in arrays)
+
+
+def _split_gates(a, G):
+    """Split ``a`` (..., G*H) into its ``G`` gate blocks of width H (views)."""
+    return np.split(a, G, axis=-1)
+
+
+def _check_nonlinearity(nonlinearity):
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(
+            f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}"
+        )
+
+
+def sigmoid(x):
+    """Logistic sigmoid ``σ(x) = 1 / (1 + exp(-x))``, stable for large ``|x|``.
+
+    Parameters
+    ----------
+    x : array_like
+        Any shape. Floating inputs keep their dtype.
+
+    Returns
+    -------
+    out : ndarray
+        ``σ(x)``, same shape (and floating dtype) as ``x``; a new array.
+
+    Notes
+    -----
+    Only ``exp(-|x|)`` is ever evaluated, which lies in (0, 1], so nothing
+    overflows: ``σ(x) = 1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` for
+    ``x < 0``, with ``e = exp(-|x|)``.
+
+    Examples
+    --------
+    >>> sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+    array([0. , 0.5, 1. ])
+    """
+    x = np.asarray(x)
+    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# ---------------------------------------------------------------------------
+# Vanilla RNN
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class RNNStepCache:
+    """Values saved by :func:`rnn_step_forward` for :func:`rnn_step_backward`.
+
+    Attributes
+    ----------
+    x : ndarray (N, D)
+    prev_h : ndarray (N, H)
+    Wx : ndarray (D, H)
+    Wh : ndarray (H, H)
+    next_h : ndarray (N, H)
+        ``φ(a)``; the derivative of ``φ`` is computed from it.
+    nonlinearity : str
+        ``'tanh'`` or ``'relu'``.
+    """
+
+    x: np.ndarray
+    prev_h: np.ndarray
+    Wx: np.ndarray
+    Wh: np.ndarray
+    next_h: np.ndarray
+    nonlinearity: str
+
+
+@dataclass(frozen=True, eq=False)
+class RNNCache:
+    """Values saved by :func:`rnn_forward` for :func:`rnn_backward`.
+
+    Attributes
+    ----------
+    steps : tuple of RNNStepCache
+        One cache per time step, ``steps[t]`` for step ``t`` (length T).
+    h0 : ndarray (N, H)
+    Wx : ndarray (D, H)
+    Wh : ndarray (H, H)
+    """
+
+    steps: tuple
+    h0: np.ndarray
+    Wx: np.ndarray
+    Wh: np.ndarray
+
+
+def rnn_step_forward(x, prev_h, Wx, Wh, b, nonlinearity="tanh"):
+    """One time step of a vanilla RNN.
+
+    Parameters
+    ----------
+    x : ndarray (N, D)
+        Input of this step.
+    prev_h : ndarray (N, H)
+        Hidden state of the previous step.
+    Wx : ndarray (D, H)
+        Input-to-hidden weights.
+    Wh : ndarray (H, H)
+        Hidden-to-hidden weights.
+    b : ndarray (H,)
+        Bias (PyTorch's ``bias_ih + bias_hh``).
+    nonlinearity : {'tanh', 'relu'}, default 'tanh'
+        The activation ``φ``.
+
+    Returns
+    -------
+    next_h : ndarray (N, H)
+        ``φ(x Wx + prev_h Wh + b)``.
+    cache : RNNStepCache
+        Values needed by :func:`rnn_step_backward`.
+
+    Raises
+    ------
+    ValueError
+        If ``nonlinearity`` is not ``'tanh'`` or ``'relu'``.
+
+    Notes
+    -----
+    ``next_h = φ(x Wx + prev_h Wh + b)`` (seed 002: ``s_t = f(U x_t + W s_{t-1})``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> N, D, H = 2, 4, 5
+    >>> x, prev_h = rng.standard_normal((N, D)), np.zeros((N, H))
+    >>> Wx, Wh, b = rng.standard_normal((D, H)), rng.standard_normal((H, H)), np.zeros(H)
+    >>> next_h, cache = rnn_step_forward(x, prev_h, Wx, Wh, b)
+    >>> next_h.shape
+    (2, 5)
+    """
+    _check_nonlinearity(nonlinearity)
+    dtype = _float_dtype(x, prev_h, Wx, Wh, b)
+    x, prev_h, Wx, Wh, b = _as(dtype, x, prev_h, Wx, Wh, b)
+
+    # seed 002: net_t = U x_t + W s_{t-1} (+ b)            (N, H)
+    a = x @ Wx + prev_h @ Wh + b
+    # seed 002: s_t = f(net_t), f = tanh or relu           (N, H)
+    next_h = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0)
+
+    cache = RNNStepCache(x=x, prev_h=prev_h, Wx=Wx, Wh=Wh, next_h=next_h,
+                         nonlinearity=nonlinearity)
+    return next_h, cache
+
+
+def rnn_step_backward(dnext_h, cache):
+    """Backward pass of one vanilla-RNN step.
+
+    Parameters
+    ----------
+    dnext_h : ndarray (N, H)
+        Gradient of the loss with respect to ``next_h``.
+    cache : RNNStepCache
+        From :func:`rnn_step_forward`.
+
+    Returns
+    -------
+    dx : ndarray (N, D)
+    dprev_h : ndarray (N, H)
+    dWx : ndarray (D, H)
+    dWh : ndarray (H, H)
+    db : ndarray (H,)
+
+    Notes
+    -----
+    With ``da = dnext_h ⊙ φ'(a)`` (``φ' = 1 - next_h²`` for tanh,
+    ``next_h > 0`` for relu)::
+
+        dx = da Wxᵀ,  dprev_h = da Whᵀ,  dWx = xᵀ da,  dWh = prev_hᵀ da,  db = Σ_N da
+    """
+    x, prev_h, Wx, Wh, next_h = cache.x, cache.prev_h, cache.Wx, cache.Wh, cache.next_h
+    (dnext_h,) = _as(next_h.dtype, dnext_h)
+
+    # seed 000: tanh' = 1 - h²  (relu' = [h > 0])               (N, H)
+    if cache.nonlinearity == "tanh":
+        dphi = 1 - next_h**2
+    else:
+        dphi = (next_h > 0).astype(next_h.dtype)
+    # δ_t = ∂L/∂net_t = ∂L/∂s_t ⊙ f'(net_t)                      (N, H)
+    da = dnext_h * dphi
+
+    # seed 002: δ_{t-1} = δ_t W f'(net_{t-1}) (here the W part)  (N, H) = (N, H)(H, H)ᵀ
+    dprev_h = da @ Wh.T
+    # seed 002, second direction (to the layer below): U ᵀ δ_t   (N, D) = (N, H)(D, H)ᵀ
+    dx = da @ Wx.T
+    # seed 003: ∂L/∂W_hx = Σ_t ∂L/∂h_t x_tᵀ (one term)           (D, H)
+    dWx = x.T @ da
+    # seed 003: ∂L/∂W_hh = Σ_t ∂L/∂h_t h_{t-1}ᵀ (one term)       (H, H)
+    dWh = prev_h.T @ da
+    # seed 000: ∂L/∂b = Σ_t diag(1 - h_t²) δ_t (one term)        (H,)
+    db = da.sum(axis=0)
+    return dx, dprev_h, dWx, dWh, db
+
+
+def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
+    """Run a vanilla RNN over a whole sequence.
+
+    Parameters
+    ----------
+    x : ndarray (N, T, D)
+        Input sequence.
+    h0 : ndarray (N, H)
+        Initial hidden state.
+    Wx : ndarray (D, H)
+    Wh : ndarray (H, H)
+    b : ndarray (H,)
+    nonlinearity : {'tanh', 'relu'}, default 'tanh'
+
+    Returns
+    -------
+    h : ndarray (N, T, H)
+        Hidden states of all steps; ``h[:, -1]`` is the final state.
+    cache : RNNCache
+        Values needed by :func:`rnn_backward`.
+
+    Raises
+    ------
+    ValueError
+        If ``nonlinearity`` is not ``'tanh'`` or ``'relu'``.
+
+    Notes
+    -----
+    ``h_t = φ(x_t Wx + h_{t-1} Wh + b)`` for ``t = 0 .. T-1`` with
+    ``h_{-1} = h0``, computed by calling :func:`rnn_step_forward` per step.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> N, T, D, H = 2, 3, 4, 5
+    >>> x, h0 = rng.standard_normal((N, T, D)), np.zeros((N, H))
+    >>> Wx, Wh, b = rng.standard_normal((D, H)), rng.standard_normal((H, H)), np.zeros(H)
+    >>> h, cache = rnn_forward(x, h0, Wx, Wh, b, nonlinearity="relu")
+    >>> h.shape
+    (2, 3, 5)
+    """
+    _check_nonlinearity(nonlinearity)
+    dtype = _float_dtype(x, h0, Wx, Wh, b)
+    x, h0, Wx, Wh, b = _as(dtype, x, h0, Wx, Wh, b)
+    N, T, _ = x.shape
+    H = h0.shape[1]
+
+    h = np.empty((N, T, H), dtype=dtype)
+    steps = []
+    prev_h = h0
+    for t in range(T):
+        # seed 003: H_t = φ(X_t W_xh + H_{t-1} W_hh + b_h)
+        next_h, step_cache = rnn_step_forward(x[:, t], prev_h, Wx, Wh, b, nonlinearity)
+        h[:, t] = next_h
+        steps.append(step_cache)
+        prev_h = next_h
+    return h, RNNCache(steps=tuple(steps), h0=h0, Wx=Wx, Wh=Wh)
+
+
+def rnn_backward(dh, cache, dhn=None):
+    """Backpropagation through time for a vanilla RNN.
+
+    Parameters
+    ----------
+    dh : ndarray (N, T, H)
+        Upstream gradients of all hidden states ``h``.
+    cache : RNNCache
+        From :func:`rnn_forward`.
+    dhn : ndarray (N, H), optional
+        Extra gradient on the final state ``h[:, -1]`` (e.g. from a loss on
+        ``h_n``); it is added to ``dh[:, -1]``. None means zero.
+
+    Returns
+    -------
+    dx : ndarray (N, T, D)
+    dh0 : ndarray (N, H)
+    dWx : ndarray (D, H)
+    dWh : ndarray (H, H)
+    db : ndarray (H,)
+
+    Notes
+    -----
+    Seed 003: ``∂L/∂h_t = dh_t + (gradient carried back from step t+1)``;
+    the weight gradients are sums of the per-step gradients. With ``T = 0``
+    the final state is ``h0``, so ``dh0 = dhn``.
+    """
+    Wx, Wh, h0 = cache.Wx, cache.Wh, cache.h0
+    dtype = h0.dtype
+    N, H = h0.shape
+    D = Wx.shape[0]
+    T = len(cache.steps)
+    (dh,) = _as(dtype, dh)
+
+    dx = np.zeros((N, T, D), dtype=dtype)
+    dWx = np.zeros_like(Wx)
+    dWh = np.zeros_like(Wh)
+    db = np.zeros(H, dtype=dtype)
+    # gradient flowing into h_{T-1} from beyond the sequence: dhn
+    dcarry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
+    for t in reversed(range(T)):
+        # seed 003: ∂L/∂h_t = W_hhᵀ ∂L/∂h_{t+1} + (upstream gradient of h_t)
+        dnext_h = dh[:, t] + dcarry_h
+        dx[:, t], dcarry_h, dWx_t, dWh_t, db_t = rnn_step_backward(dnext_h, cache.steps[t])
+        # seed 002/003: the gradient of a shared weight is the sum over steps
+        dWx += dWx_t
+        dWh += dWh_t
+        db += db_t
+    dh0 = dcarry_h
+    return dx, dh0, dWx, dWh, db
+
+
+# ---------------------------------------------------------------------------
+# Output layer and loss
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class AffineCache:
+    """Values saved by :func:`temporal_affine_forward`.
+
+    Attributes
+    ----------
+    x : ndarray (N, T, H)
+    w : ndarray (H, M)
+    """
+
+    x: np.ndarray
+    w: np.ndarray
+
+
+def temporal_affine_forward(x, w, b):
+    """Affine output layer applied at every time step.
+
+    Parameters
+    ----------
+    x : ndarray (N, T, H)
+        Hidden states.
+    w : ndarray (H, M)
+        Weights (the seed's ``V``, transposed to the ``x @ w`` layout).
+    b : ndarray (M,)
+        Bias (the seed's ``c``).
+
+    Returns
+    -------
+    out : ndarray (N, T, M)
+        ``x @ w + b``.
+    cache : AffineCache
+        Values needed by :func:`temporal_affine_backward`.
+
+    Notes
+    -----
+    Seed 000: ``o_t = V h_t + c``, here ``out[:, t] = x[:, t] w + b``.
+
+    Examples
+    --------
+    >>> out, cache = temporal_affine_forward(np.ones((2, 3, 4)), np.ones((4, 6)), np.zeros(6))
+    >>> out.shape
+    (2, 3, 6)
+    """
+    dtype = _float_dtype(x, w, b)
+    x, w, b = _as(dtype, x, w, b)
+    # seed 000: o_t = V h_t + c                                  (N, T, M)
+    out = x @ w + b
+    return out, AffineCache(x=x, w=w)
+
+
+def temporal_affine_backward(dout, cache):
+    """Backward pass of :func:`temporal_affine_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray (N, T, M)
+        Upstream gradient of ``out``.
+    cache : AffineCache
+
+    Returns
+    -------
+    dx : ndarray (N, T, H)
+    dw : ndarray (H, M)
+    db : ndarray (M,)
+
+    Notes
+    -----
+    ``dx = dout wᵀ``, ``dw = Σ_{N,T} xᵀ dout``, ``db = Σ_{N,T} dout``.
+    """
+    x, w = cache.x, cache.w
+    (dout,) = _as(x.dtype, dout)
+    H, M = w.shape
+    # seed 000: δ_t gets Vᵀ ∂L/∂o_t                              (N, T, H)
+    dx = dout @ w.T
+    # seed 000: ∂L/∂V = Σ_t ∂L/∂o_t h_tᵀ                          (H, M)
+    dw = x.reshape(-1, H).T @ dout.reshape(-1, M)
+    # seed 000: ∂L/∂c = Σ_t ∂L/∂o_t                              (M,)
+    db = dout.sum(axis=(0, 1))
+    return dx, dw, db
+
+
+def temporal_softmax_loss(x, y, mask=None):
+    """Softmax cross-entropy summed over time steps, averaged over the batch.
+
+    Parameters
+    ----------
+    x : ndarray (N, T, V)
+        Scores (logits) for every class at every step.
+    y : ndarray of int (N, T)
+        Labels, each in ``[0, V)``.
+    mask : ndarray (N, T) of bool or 0/1, optional
+        Which positions count towards the loss. None means all of them.
+
+    Returns
+    -------
+    loss : scalar of x's dtype
+        ``-(1/N) Σ_{n,t} mask[n,t] · log softmax(x[n,t])[y[n,t]]``.
+    dx : ndarray (N, T, V)
+        Gradient of ``loss`` with respect to ``x``.
+
+    Raises
+    ------
+    ValueError
+        If ``y`` or ``mask`` is not ``(N, T)``, or a label is outside ``[0, V)``.
+
+    Notes
+    -----
+    The sum is divided by the batch size ``N``, *not* by the number of
+    masked-in positions (cs231n's convention); a loss per token is
+    ``loss * N / mask.sum()``.
+
+    It is computed with the log-sum-exp trick (scores shifted by their
+    maximum), so large scores (``~1e4``) give finite values::
+
+        log softmax(x)_k = (x_k - m) - log Σ_j exp(x_j - m),   m = max_j x_j
+        dx = mask · (softmax(x) - onehot(y)) / N
+
+    Examples
+    --------
+    >>> loss, dx = temporal_softmax_loss(np.zeros((2, 3, 4)), np.zeros((2, 3), dtype=int))
+    >>> bool(np.isclose(loss, 3 * np.log(4)))
+    True
+    """
+    x = np.asarray(x)
+    (x,) = _as(_float_dtype(x), x)
+    y = np.asarray(y)
+    N, T, V = x.shape
+    if y.shape != (N, T):
+        raise ValueError(f"y must have shape (N, T) = {(N, T)}, got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= V):
+        raise ValueError(f"labels must lie in [0, {V}), got range [{y.min()}, {y.max()}]")
+    if mask is None:
+        mask = np.ones((N, T), dtype=x.dtype)
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != (N, T):
+            raise ValueError(f"mask must have shape (N, T) = {(N, T)}, got {mask.shape}")
+        mask = mask.astype(x.dtype)
+
+    # stable log-softmax: shift each row by its maximum           (N, T, V)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    log_sum_exp = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    log_probs = shifted - log_sum_exp
+    # pick the log-probability of each label                       (N, T)
+    log_p_label = np.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]
+    # seed 000: L = Σ_t L_t, L_t = -Σ_i y_i log y'_i; / N (cs231n)
+    loss = -(mask * log_p_label).sum() / N
+
+    # seed 000: ∂L_t/∂o_t = y' - y  (softmax minus one-hot)       (N, T, V)
+    one_hot = y[..., None] == np.arange(V)
+    dx = (np.exp(log_probs) - one_hot) * (mask[..., None] / N)
+    return x.dtype.type(loss), dx
+
+
+# ---------------------------------------------------------------------------
+# GRU
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class GRUStepCache:
+    """Values saved by :func:`gru_step_forward` for :func:`gru_step_backward`.
+
+    Attributes
+    ----------
+    x : ndarray (N, D)
+    prev_h : ndarray (N, H)
+    Wx : ndarray (D, 3H)
+    Wh : ndarray (H, 3H)
+    r, z, n : ndarray (N, H)
+        Reset gate, update gate and candidate state (after activation).
+    hidden_n : ndarray (N, H)
+        The hidden term of the candidate: ``h W_hn + b_hn`` with
+        ``reset_after=True``, ``(r ⊙ h) W_hn + b_hn`` with ``reset_after=False``.
+    reset_h : ndarray (N, H) or None
+        ``r ⊙ h`` with ``reset_after=False``; None otherwise.
+    reset_after : bool
+    """
+
+    x: np.ndarray
+    prev_h: np.ndarray
+    Wx: np.ndarray
+    Wh: np.ndarray
+    r: np.ndarray
+    z: np.ndarray
+    n: np.ndarray
+    hidden_n: np.ndarray
+    reset_h: np.ndarray | None
+    reset_after: bool
+
+
+@dataclass(frozen=True, eq=False)
+class GRUCache:
+    """Values saved by :func:`gru_forward` for :func:`gru_backward`.
+
+    Attributes
+    ----------
+    steps : tuple of GRUStepCache
+        One cache per time step (length T).
+    h0 : ndarray (N, H)
+    Wx : ndarray (D, 3H)
+    Wh : ndarray (H, 3H)
+    """
+
+    steps: tuple
+    h0: np.ndarray
+    Wx: np.ndarray
+    Wh: np.ndarray
+
+
+def gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=True):
+    """One time step of a GRU (PyTorch's equations, gates r, z, n).
+
+    Parameters
+    ----------
+    x : ndarray (N, D)
+        Input of this step.
+    prev_h : ndarray (N, H)
+        Hidden state of the previous step.
+    Wx : ndarray (D, 3H)
+        Input weights ``[W_ir | W_iz | W_in]`` (PyTorch ``weight_ih.T``).
+    Wh : ndarray (H, 3H)
+        Hidden weights ``[W_hr | W_hz | W_hn]`` (PyTorch ``weight_hh.T``).
+    bx : ndarray (3H,)
+        Input bias ``[b_ir | b_iz | b_in]`` (PyTorch ``bias_ih``).
+    bh : ndarray (3H,)
+        Hidden bias ``[b_hr | b_hz | b_hn]`` (PyTorch ``bias_hh``).
+    reset_after : bool, default True
+        Where the reset gate is applied in the candidate (see Notes).
+
+    Returns
+    -------
+    next_h : ndarray (N, H)
+    cache : GRUStepCache
+        Values needed by :func:`gru_step_backward`.
+
+    Notes
+    -----
+    ::
+
+        r  = σ(x W_ir + b_ir + h W_hr + b_hr)
+        z  = σ(x W_iz + b_iz + h W_hz + b_hz)
+        n  = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))   reset_after=True (PyTorch)
+        n  = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)   reset_after=False (seed 003, Keras v1)
+        h' = (1 - z) ⊙ n + z ⊙ h
+
+    Seed 003 writes the update as ``H_t = Z ⊙ H_{t-1} + (1 - Z) ⊙ H̃_t``,
+    which is the same. ``b_hn`` sits inside the reset product when
+    ``reset_after=True``, so it cannot be folded into ``b_in``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> N, D, H = 2, 4, 5
+    >>> x, prev_h = rng.standard_normal((N, D)), np.zeros((N, H))
+    >>> Wx, Wh = rng.standard_normal((D, 3 * H)), rng.standard_normal((H, 3 * H))
+    >>> bx, bh = np.zeros(3 * H), np.zeros(3 * H)
+    >>> next_h, cache = gru_step_forward(x, prev_h, Wx, Wh, bx, bh)
+    >>> next_h.shape
+    (2, 5)
+    """
+    dtype = _float_dtype(x, prev_h, Wx, Wh, bx, bh)
+    x, prev_h, Wx, Wh, bx, bh = _as(dtype, x, prev_h, Wx, Wh, bx, bh)
+    reset_after = bool(reset_after)
+
+    # input projections of all three gates                        (N, 3H) = (N, D)(D, 3H)
+    ax_r, ax_z, ax_n = _split_gates(x @ Wx + bx, 3)
+    Wh_r, Wh_z, Wh_n = _split_gates(Wh, 3)
+    bh_r, bh_z, bh_n = _split_gates(bh, 3)
+
+    # seed 003 R_t (torch.nn.GRU): r = σ(x W_ir + b_ir + h W_hr + b_hr)
+    r = sigmoid(ax_r + prev_h @ Wh_r + bh_r)
+    # seed 003 Z_t (torch.nn.GRU): z = σ(x W_iz + b_iz + h W_hz + b_hz)
+    z = sigmoid(ax_z + prev_h @ Wh_z + bh_z)
+    if reset_after:
+        reset_h = None
+        hidden_n = prev_h @ Wh_n + bh_n
+        # torch.nn.GRU: n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))
+        n = np.tanh(ax_n + r * hidden_n)
+    else:
+        reset_h = r * prev_h
+        hidden_n = reset_h @ Wh_n + bh_n
+        # seed 003: H̃_t = tanh(X_t W_xh + (R_t ⊙ H_{t-1}) W_hh + b_h)
+        n = np.tanh(ax_n + hidden_n)
+    # seed 003: H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t
+    next_h = (1 - z) * n + z * prev_h
+
+    cache = GRUStepCache(x=x, prev_h=prev_h, Wx=Wx, Wh=Wh, r=r, z=z, n=n,
+                         hidden_n=hidden_n, reset_h=reset_h, reset_after=reset_after)
+    return next_h, cache
+
+
+def gru_step_backward(dnext_h, cache):
+    """Backward pass of one GRU step.
+
+    Parameters
+    ----------
+    dnext_h : ndarray (N, H)
+        Gradient of the loss with respect to ``next_h``.
+    cache : GRUStepCache
+        From :func:`gru_step_forward`.
+
+    Returns
+    -------
+    dx : ndarray (N, D)
+    dprev_h : ndarray (N, H)
+    dWx : ndarray (D, 3H)
+    dWh : ndarray (H, 3H)
+    dbx : ndarray (3H,)
+    dbh : ndarray (3H,)
+
+    Notes
+    -----
+    With ``a_r, a_z, a_n`` the pre-activations of ``r, z, n``::
+
+        dn = dh' ⊙ (1 - z),   dz = dh' ⊙ (h - n),   dh ⊇ dh' ⊙ z
+        da_n = dn ⊙ (1 - n²)
+        reset_after=True:  dr = da_n ⊙ (h W_hn + b_hn),   d(h W_hn + b_hn) = da_n ⊙ r
+        reset_after=False: d(r ⊙ h) = da_n W_hnᵀ,  dr = d(r ⊙ h) ⊙ h,  dh ⊇ d(r ⊙ h) ⊙ r
+        da_r = dr ⊙ r (1 - r),   da_z = dz ⊙ z (1 - z)
+    """
+    x, prev_h, Wx, Wh = cache.x, cache.prev_h, cache.Wx, cache.Wh
+    r, z, n, hidden_n = cache.r, cache.z, cache.n, cache.hidden_n
+    (dnext_h,) = _as(n.dtype, dnext_h)
+    Wh_r, Wh_z, Wh_n = _split_gates(Wh, 3)
+
+    # seed 003: H_t = Z ⊙ H_{t-1} + (1 - Z) ⊙ H̃_t, differentiated     (N, H)
+    dn = dnext_h * (1 - z)
+    dz = dnext_h * (prev_h - n)
+    dprev_h = dnext_h * z
+    # tanh' = 1 - n²                                                   (N, H)
+    da_n = dn * (1 - n**2)
+    if cache.reset_after:
+        # torch.nn.GRU: n = tanh(... + r ⊙ (h W_hn + b_hn))
+        dr = da_n * hidden_n
+        dhidden_n = da_n * r
+        dprev_h += dhidden_n @ Wh_n.T
+        dWh_n = prev_h.T @ dhidden_n
+    else:
+        # seed 003: H̃_t = tanh(... + (R_t ⊙ H_{t-1}) W_hh + b_h)
+        dhidden_n = da_n
+        dreset_h = dhidden_n @ Wh_n.T
+        dr = dreset_h * prev_h
+        dprev_h += dreset_h * r
+        dWh_n = cache.reset_h.T @ dhidden_n
+    # σ' = σ (1 - σ)                                                   (N, H)
+    da_r = dr * r * (1 - r)
+    da_z = dz * z * (1 - z)
+
+    # input side: all three gates see x W_i* + b_i*                   (N, 3H)
+    dax = np.concatenate([da_r, da_z, da_n], axis=1)
+    dx = dax @ Wx.T
+    dWx = x.T @ dax
+    dbx = dax.sum(axis=0)
+
+    # hidden side: r and z see h W_h* + b_h*; n's hidden term is dhidden_n
+    dprev_h += da_r @ Wh_r.T + da_z @ Wh_z.T                                   # (N, H)
+    dWh = np.concatenate([prev_h.T @ da_r, prev_h.T @ da_z, dWh_n], axis=1)    # (H, 3H)
+    dbh = np.concatenate([da_r.sum(axis=0), da_z.sum(axis=0), dhidden_n.sum(axis=0)])  # (3H,)
+    return dx, dprev_h, dWx, dWh, dbx, dbh
+
+
+def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
+    """Run a GRU over a whole sequence.
+
+    Parameters
+    ----------
+    x : ndarray (N, T, D)
+        Input sequence.
+    h0 : ndarray (N, H)
+        Initial hidden state.
+    Wx : ndarray (D, 3H)
+        Input weights, gates ``r, z, n`` (PyTorch ``weight_ih.T``).
+    Wh : ndarray (H, 3H)
+        Hidden weights, gates ``r, z, n`` (PyTorch ``weight_hh.T``).
+    bx : ndarray (3H,)
+        Input bias (PyTorch ``bias_ih``).
+    bh : ndarray (3H,)
+        Hidden bias (PyTorch ``bias_hh``).
+    reset_after : bool, default True
+        PyTorch's candidate (True) or seed 003's / Keras v1's (False); see
+        :func:`gru_step_forward`.
+
+    Returns
+    -------
+    h : ndarray (N, T, H)
+        Hidden states of all steps.
+    cache : GRUCache
+        Values needed by :func:`gru_backward`.
+
+    Notes
+    -----
+    Calls :func:`gru_step_forward` for ``t = 0 .. T-1`` with ``h_{-1} = h0``::
+
+        r = σ(x W_ir + b_ir + h W_hr + b_hr)
+        z = σ(x W_iz + b_iz + h W_hz + b_hz)
+        n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))    reset_after=True
+        n = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)    reset_after=False
+        h' = (1 - z) ⊙ n + z ⊙ h
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> N, T, D, H = 2, 3, 4, 5
+    >>> x, h0 = rng.standard_normal((N, T, D)), np.zeros((N, H))
+    >>> Wx, Wh = rng.standard_normal((D, 3 * H)), rng.standard_normal((H, 3 * H))
+    >>> h, cache = gru_forward(x, h0, Wx, Wh, np.zeros(3 * H), np.zeros(3 * H))
+    >>> h.shape
+    (2, 3, 5)
+    """
+    dtype = _float_dtype(x, h0, Wx, Wh, bx, bh)
+    x, h0, Wx, Wh, bx, bh = _as(dtype, x, h0, Wx, Wh, bx, bh)
+    N, T, _ = x.shape
+    H = h0.shape[1]
+
+    h = np.empty((N, T, H), dtype=dtype)
+    steps = []
+    prev_h = h0
+    for t in range(T):
+        # seed 003: H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t
+        next_h, step_cache = gru_step_forward(x[:, t], prev_h, Wx, Wh, bx, bh, reset_after)
+        h[:, t] = next_h
+        steps.append(step_cache)
+        prev_h = next_h
+    return h, GRUCache(steps=tuple(steps), h0=h0, Wx=Wx, Wh=Wh)
+
+
+def gru_backward(dh, cache, dhn=None):
+    """Backpropagation through time for a GRU.
+
+    Parameters
+    ----------
+    dh : ndarray (N, T, H)
+        Upstream gradients of all hidden states ``h``.
+    cache : GRUCache
+        From :func:`gru_forward`.
+    dhn : ndarray (N, H), optional
+        Extra gradient on the final state ``h[:, -1]``, added to
+        ``dh[:, -1]``. None means zero.
+
+    Returns
+    -------
+    dx : ndarray (N, T, D)
+    dh0 : ndarray (N, H)
+    dWx : ndarray (D, 3H)
+    dWh : ndarray (H, 3H)
+    dbx : ndarray (3H,)
+    dbh : ndarray (3H,)
+
+    Notes
+    -----
+    ``∂L/∂h_t = dh_t + (gradient carried back from step t+1)`` (seed 003);
+    weight gradients are sums over steps. With ``T = 0``, ``dh0 = dhn``.
+    """
+    Wx, Wh, h0 = cache.Wx, cache.Wh, cache.h0
+    dtype = h0.dtype
+    N, H = h0.shape
+    D = Wx.shape[0]
+    T = len(cache.steps)
+    (dh,) = _as(dtype, dh)
+
+    dx = np.zeros((N, T, D), dtype=dtype)
+    dWx = np.zeros_like(Wx)
+    dWh = np.zeros_like(Wh)
+    dbx = np.zeros(3 * H, dtype=dtype)
+    dbh = np.zeros(3 * H, dtype=dtype)
+    dcarry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
+    for t in reversed(range(T)):
+        # seed 003: ∂L/∂h_t = (carried from t+1) + (upstream gradient of h_t)
+        dnext_h = dh[:, t] + dcarry_h
+        dx[:, t], dcarry_h, dWx_t, dWh_t, dbx_t, dbh_t = gru_step_backward(
+            dnext_h, cache.steps[t])
+        # shared weights: the gradient is the sum over steps
+        dWx += dWx_t
+        dWh += dWh_t
+        dbx += dbx_t
+        dbh += dbh_t
+    dh0 = dcarry_h
+    return dx, dh0, dWx, dWh, dbx, dbh
+
+
+# ---------------------------------------------------------------------------
+# LSTM
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class LSTMStepCache:
+    """Values saved by :func:`lstm_step_forward` for :func:`lstm_step_backward`.
+
+    Attributes
+    ----------
+    x : ndarray (N, D)
+    prev_h : ndarray (N, H)
+    prev_c : ndarray (N, H)
+    Wx : ndarray (D, 4H)
+    Wh : ndarray (H, 4H)
+    i, f, g, o : ndarray (N, H)
+        Input, forget, cell-candidate and output gates (after activation).
+    tanh_next_c : ndarray (N, H)
+        ``tanh(c')``.
+    """
+
+    x: np.ndarray
+    prev_h: np.ndarray
+    prev_c: np.ndarray
+    Wx: np.ndarray
+    Wh: np.ndarray
+    i: np.ndarray
+    f: np.ndarray
+    g: np.ndarray
+    o: np.ndarray
+    tanh_next_c: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class LSTMCache:
+    """Values saved by :func:`lstm_forward` for :func:`lstm_backward`.
+
+    Attributes
+    ----------
+    steps : tuple of LSTMStepCache
+        One cache per time step (length T).
+    h0 : ndarray (N, H)
+    c0 : ndarray (N, H)
+        The initial cell state actually used (zeros if ``c0=None`` was given).
+    Wx : ndarray (D, 4H)
+    Wh : ndarray (H, 4H)
+    """
+
+    steps: tuple
+    h0: np.ndarray
+    c0: np.ndarray
+    Wx: np.ndarray
+    Wh: np.ndarray
+
+
+def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
+    """One time step of an LSTM (PyTorch's equations, gates i, f, g, o).
+
+    Parameters
+    ----------
+    x : ndarray (N, D)
+        Input of this step.
+    prev_h : ndarray (N, H)
+        Hidden state of the previous step.
+    prev_c : ndarray (N, H)
+        Cell state of the previous step.
+    Wx : ndarray (D, 4H)
+        Input weights ``[W_ii | W_if | W_ig | W_io]`` (PyTorch ``weight_ih.T``).
+    Wh : ndarray (H, 4H)
+        Hidden weights ``[W_hi | W_hf | W_hg | W_ho]`` (PyTorch ``weight_hh.T``).
+    b : ndarray (4H,)
+        Bias, PyTorch's ``bias_ih + bias_hh``.
+
+    Returns
+    -------
+    next_h : ndarray (N, H)
+    next_c : ndarray (N, H)
+    cache : LSTMStepCache
+        Values needed by :func:`lstm_step_backward`.
+
+    Notes
+    -----
+    ::
+
+        [a_i, a_f, a_g, a_o] = x Wx + h Wh + b
+        i = σ(a_i),  f = σ(a_f),  g = tanh(a_g),  o = σ(a_o)
+        c' = f ⊙ c + i ⊙ g
+        h' = o ⊙ tanh(c')
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> N, D, H = 2, 4, 5
+    >>> x, prev_h, prev_c = rng.standard_normal((N, D)), np.zeros((N, H)), np.zeros((N, H))
+    >>> Wx, Wh = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H))
+    >>> next_h, next_c, cache = lstm_step_forward(x, prev_h, prev_c, Wx, Wh, np.zeros(4 * H))
+    >>> next_h.shape, next_c.shape
+    ((2, 5), (2, 5))
+    """
+    dtype = _float_dtype(x, prev_h, prev_c, Wx, Wh, b)
+    x, prev_h, prev_c, Wx, Wh, b = _as(dtype, x, prev_h, prev_c, Wx, Wh, b)
+
+    # all four pre-activations at once                 (N, 4H) = (N, D)(D, 4H) + (N, H)(H, 4H)
+    a_i, a_f, a_g, a_o = _split_gates(x @ Wx + prev_h @ Wh + b, 4)
+    # gates I_t, F_t, O_t (torch.nn.LSTM: σ of their blocks)
+    i = sigmoid(a_i)
+    f = sigmoid(a_f)
+    o = sigmoid(a_o)
+    # seed 003: C̃_t = tanh(X_t W_xc + H_{t-1} W_hc + b_c)
+    g = np.tanh(a_g)
+    # seed 003: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t
+    next_c = f * prev_c + i * g
+    # seed 003: H_t = O_t ⊙ tanh(C_t)
+    tanh_next_c = np.tanh(next_c)
+    next_h = o * tanh_next_c
+
+    cache = LSTMStepCache(x=x, prev_h=prev_h, prev_c=prev_c, Wx=Wx, Wh=Wh,
+                          i=i, f=f, g=g, o=o, tanh_next_c=tanh_next_c)
+    return next_h, next_c, cache
+
+
+def lstm_step_backward(dnext_h, dnext_c, cache):
+    """Backward pass of one LSTM step.
+
+    Parameters
+    ----------
+    dnext_h : ndarray (N, H)
+        Gradient of the loss with respect to ``next_h``.
+    dnext_c : ndarray (N, H)
+        Gradient of the loss with respect to ``next_c`` (from the next step).
+    cache : LSTMStepCache
+        From :func:`lstm_step_forward`.
+
+    Returns
+    -------
+    dx : ndarray (N, D)
+    dprev_h : ndarray (N, H)
+    dprev_c : ndarray (N, H)
+    dWx : ndarray (D, 4H)
+    dWh : ndarray (H, 4H)
+    db : ndarray (4H,)
+
+    Notes
+    -----
+    ::
+
+        do = dh' ⊙ tanh(c')
+        dc' ⊇ dh' ⊙ o ⊙ (1 - tanh²(c'))        (added to dnext_c)
+        di = dc' ⊙ g,  df = dc' ⊙ c,  dg = dc' ⊙ i,  dc = dc' ⊙ f
+        da = [di ⊙ i(1-i), df ⊙ f(1-f), dg ⊙ (1-g²), do ⊙ o(1-o)]
+        dx = da Wxᵀ,  dh = da Whᵀ,  dWx = xᵀ da,  dWh = hᵀ da,  db = Σ_N da
+    """
+    x, prev_h, prev_c, Wx, Wh = cache.x, cache.prev_h, cache.prev_c, cache.Wx, cache.Wh
+    i, f, g, o, tanh_next_c = cache.i, cache.f, cache.g, cache.o, cache.tanh_next_c
+    dnext_h, dnext_c = _as(tanh_next_c.dtype, dnext_h, dnext_c)
+
+    # seed 003: H_t = O_t ⊙ tanh(C_t), differentiated                 (N, H)
+    do = dnext_h * tanh_next_c
+    dc = dnext_c + dnext_h * o * (1 - tanh_next_c**2)
+    # seed 003: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t, differentiated        (N, H)
+    di = dc * g
+    df = dc * prev_c
+    dg = dc * i
+    dprev_c = dc * f
+    # σ' = σ (1 - σ), tanh' = 1 - tanh²; gate order i, f, g, o        (N, 4H)
+    da = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g**2),
+                         do * o * (1 - o)], axis=1)
+
+    # the affine map x Wx + h Wh + b, differentiated
+    dx = da @ Wx.T          # (N, D) = (N, 4H)(D, 4H)ᵀ
+    dprev_h = da @ Wh.T     # (N, H) = (N, 4H)(H, 4H)ᵀ
+    dWx = x.T @ da          # (D, 4H)
+    dWh = prev_h.T @ da     # (H, 4H)
+    db = da.sum(axis=0)     # (4H,)
+    return dx, dprev_h, dprev_c, dWx, dWh, db
+
+
+def lstm_forward(x, h0, Wx, Wh, b, c0=None):
+    """Run an LSTM over a whole sequence.
+
+    Parameters
+    ----------
+    x : ndarray (N, T, D)
+        Input sequence.
+    h0 : ndarray (N, H)
+        Initial hidden state.
+    Wx : ndarray (D, 4H)
+        Input weights, gates ``i, f, g, o`` (PyTorch ``weight_ih.T``).
+    Wh : ndarray (H, 4H)
+        Hidden weights, gates ``i, f, g, o`` (PyTorch ``weight_hh.T``).
+    b : ndarray (4H,)
+        Bias, PyTorch's ``bias_ih + bias_hh``.
+    c0 : ndarray (N, H), optional
+        Initial cell state; None means zeros.
+
+    Returns
+    -------
+    h : ndarray (N, T, H)
+        Hidden states of all steps.
+    c : ndarray (N, T, H)
+        Cell states of all steps; ``c[:, -1]`` is the final cell state.
+    cache : LSTMCache
+        Values needed by :func:`lstm_backward`.
+
+    Notes
+    -----
+    Calls :func:`lstm_step_forward` for ``t = 0 .. T-1`` with
+    ``h_{-1} = h0``, ``c_{-1} = c0``::
+
+        i, f, g, o = σ, σ, tanh, σ of the blocks of x_t Wx + h_{t-1} Wh + b
+        c_t = f ⊙ c_{t-1} + i ⊙ g
+        h_t = o ⊙ tanh(c_t)
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> N, T, D, H = 2, 3, 4, 5
+    >>> x, h0 = rng.standard_normal((N, T, D)), np.zeros((N, H))
+    >>> Wx, Wh = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H))
+    >>> h, c, cache = lstm_forward(x, h0, Wx, Wh, np.zeros(4 * H))
+    >>> h.shape, c.shape
+    ((2, 3, 5), (2, 3, 5))
+    """
+    arrays = (x, h0, Wx, Wh, b) if c0 is None else (x, h0, Wx, Wh, b, c0)
+    dtype = _float_dtype(*arrays)
+    x, h0, Wx, Wh, b = _as(dtype, x, h0, Wx, Wh, b)
+    c0 = np.zeros(h0.shape, dtype=dtype) if c0 is None else np.asarray(c0, dtype=dtype)
+    N, T, _ = x.shape
+    H = h0.shape[1]
+
+    h = np.empty((N, T, H), dtype=dtype)
+    c = np.empty((N, T, H), dtype=dtype)
+    steps = []
+    prev_h, prev_c = h0, c0
+    for t in range(T):
+        # seed 003: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t;  H_t = O_t ⊙ tanh(C_t)
+        next_h, next_c, step_cache = lstm_step_forward(x[:, t], prev_h, prev_c, Wx, Wh, b)
+        h[:, t] = next_h
+        c[:, t] = next_c
+        steps.append(step_cache)
+        prev_h, prev_c = next_h, next_c
+    return h, c, LSTMCache(steps=tuple(steps), h0=h0, c0=c0, Wx=Wx, Wh=Wh)
+
+
+def lstm_backward(dh, cache, dhn=None, dcn=None):
+    """Backpropagation through time for an LSTM.
+
+    Parameters
+    ----------
+    dh : ndarray (N, T, H)
+        Upstream gradients of all hidden states ``h``.
+    cache : LSTMCache
+        From :func:`lstm_forward`.
+    dhn : ndarray (N, H), optional
+        Extra gradient on the final hidden state ``h[:, -1]`` (added to
+        ``dh[:, -1]``). None means zero.
+    dcn : ndarray (N, H), optional
+        Gradient on the final cell state ``c[:, -1]``. None means zero.
+
+    Returns
+    -------
+    dx : ndarray (N, T, D)
+    dh0 : ndarray (N, H)
+    dc0 : ndarray (N, H)
+        Gradient of the initial cell state (returned even if ``c0=None``).
+    dWx : ndarray (D, 4H)
+    dWh : ndarray (H, 4H)
+    db : ndarray (4H,)
+
+    Notes
+    -----
+    ``∂L/∂h_t = dh_t + (carried from step t+1)``; the cell gradient is only
+    carried (``dc_{t-1} = dc_t ⊙ f_t`` plus nothing upstream, except ``dcn``
+    at the last step). With ``T = 0``, ``dh0 = dhn`` and ``dc0 = dcn``.
+    """
+    Wx, Wh, h0 = cache.Wx, cache.Wh, cache.h0
+    dtype = h0.dtype
+    N, H = h0.shape
+    D = Wx.shape[0]
+    T = len(cache.steps)
+    (dh,) = _as(dtype, dh)
+
+    dx = np.zeros((N, T, D), dtype=dtype)
+    dWx = np.zeros_like(Wx)
+    dWh = np.zeros_like(Wh)
+    db = np.zeros(4 * H, dtype=dtype)
+    dcarry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
+    dcarry_c = np.zeros((N, H), dtype=dtype) if dcn is None else np.array(dcn, dtype=dtype)
+    for t in reversed(range(T)):
+        # seed 003: ∂L/∂h_t = (carried from t+1) + (upstream gradient of h_t)
+        dnext_h = dh[:, t] + dcarry_h
+        dx[:, t], dcarry_h, dcarry_c, dWx_t, dWh_t, db_t = lstm_step_backward(
+            dnext_h, dcarry_c, cache.steps[t])
+        # shared weights: the gradient is the sum over steps
+        dWx += dWx_t
+        dWh += dWh_t
+        db += db_t
+    dh0, dc0 = dcarry_h, dcarry_c
+    return dx, dh0, dc0, dWx, dWh, db
