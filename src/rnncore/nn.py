@@ -1,0 +1,400 @@
+"""Feed-forward building blocks around the recurrent layers.
+
+:class:`Embedding`, :class:`Linear`, :class:`Dropout` and the container
+:class:`Sequential`, with PyTorch's parameter names, layouts and
+initialisation, and explicit ``forward`` / ``backward``.
+
+Conventions shared by every layer
+---------------------------------
+- ``forward(x, train=True)``: ``train`` selects training mode for that call.
+  Only a training-mode forward saves what ``backward`` needs; an eval-mode
+  forward (``train=False``) drops anything saved before.
+- ``backward(dout)`` returns the gradient w.r.t. the input (``None`` for
+  :class:`Embedding`) and *accumulates* parameter gradients into
+  ``self.grads`` (call ``zero_grad()`` between steps). Without a preceding
+  training-mode forward it raises ``RuntimeError``.
+- A layer keeps its dtype (float32 by default, float64 supported); floating
+  inputs are cast to it.
+- ``seed`` is an int, ``None`` (fresh OS entropy) or a
+  ``numpy.random.Generator``; global NumPy random state is never used.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .module import Module, module_registry, register_module
+from .utils import _as_index, _as_real, _check_last_dim, _positive_int, _resolve_dtype
+
+__all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
+
+
+def _seed_config(seed):
+    """JSON form of a seed: ints are kept, Generators are not serialisable."""
+    return int(seed) if isinstance(seed, (int, np.integer)) else None
+
+
+def _require_forward(layer, saved) -> None:
+    if saved is None:
+        raise RuntimeError(
+            f"{type(layer).__name__}.backward called without a preceding training-mode "
+            "forward (call forward(x, train=True) first)"
+        )
+
+
+def _check_dout(dout, shape: tuple, dtype) -> np.ndarray:
+    dout = _as_real(dout, "dout", dtype)
+    if dout.shape != shape:
+        raise ValueError(f"dout must have shape {shape} (the forward output), got {dout.shape}")
+    return dout
+
+
+@register_module
+class Embedding(Module):
+    """A lookup table of ``num_embeddings`` vectors of size ``embedding_dim``.
+
+    ``out[..., :] = weight[idx[...], :]``.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Vocabulary size ``V``.
+    embedding_dim : int
+        Vector size ``E``.
+    dtype : {np.float32, np.float64}, default np.float32
+    seed : int, Generator or None
+        Seed of the initialisation.
+
+    Attributes
+    ----------
+    params["weight"] : ndarray, shape (V, E)
+        Initialised from ``N(0, 1)``, as in PyTorch.
+
+    Examples
+    --------
+    >>> emb = Embedding(10, 4, seed=0)
+    >>> emb.forward(np.array([[1, 2, 3]])).shape
+    (1, 3, 4)
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None):
+        super().__init__()
+        self.num_embeddings = _positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = _positive_int(embedding_dim, "embedding_dim")
+        self.dtype = _resolve_dtype(dtype)
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        self._add_param("weight", rng.standard_normal(
+            (self.num_embeddings, self.embedding_dim)).astype(self.dtype))
+        self._idx = None
+
+    def forward(self, idx, train=True):
+        """Look up the vectors of ``idx``.
+
+        Parameters
+        ----------
+        idx : int ndarray, any shape ``S`` (e.g. (N, T))
+            Token ids in ``[0, V)``.
+        train : bool, default True
+            Save ``idx`` for :meth:`backward`.
+
+        Returns
+        -------
+        out : ndarray, shape (*S, E)
+
+        Raises
+        ------
+        TypeError
+            For non-integer ``idx``.
+        ValueError
+            For ids outside ``[0, V)``.
+        """
+        idx = _as_index(idx, "idx", self.num_embeddings)
+        self._idx = idx.copy() if train else None
+        return self.params["weight"][idx]
+
+    def backward(self, dout):
+        """Accumulate ``dweight`` (sparse: ``np.add.at`` over the used rows).
+
+        Parameters
+        ----------
+        dout : ndarray, shape (*S, E)
+
+        Returns
+        -------
+        None
+            Integer ids have no gradient.
+        """
+        _require_forward(self, self._idx)
+        dout = _check_dout(dout, self._idx.shape + (self.embedding_dim,), self.dtype)
+        # dweight[idx[j]] += dout[j] for every position j (repeated ids add up)
+        np.add.at(self.grads["weight"], self._idx.reshape(-1),
+                  dout.reshape(-1, self.embedding_dim))
+        return None
+
+    def get_config(self) -> dict:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "dtype": self.dtype.name, "seed": _seed_config(self.seed)}
+
+
+@register_module
+class Linear(Module):
+    """Affine map over the last axis: ``y = x W^T + b`` (the seed's ``o = V h + c``).
+
+    Applies over any leading axes: ``x`` of shape ``(..., D)`` is reshaped to
+    ``(M, D)`` for a single GEMM.
+
+    Parameters
+    ----------
+    in_features : int
+        ``D``.
+    out_features : int
+        ``F``.
+    bias : bool, default True
+    dtype : {np.float32, np.float64}, default np.float32
+    seed : int, Generator or None
+
+    Attributes
+    ----------
+    params["weight"] : ndarray, shape (F, D)
+    params["bias"] : ndarray, shape (F,)
+        Both initialised from ``U(-1/sqrt(D), 1/sqrt(D))``, as in PyTorch.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
+        super().__init__()
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        self.bias = bool(bias)
+        self.dtype = _resolve_dtype(dtype)
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        k = 1.0 / math.sqrt(self.in_features)
+        self._add_param("weight", rng.uniform(
+            -k, k, (self.out_features, self.in_features)).astype(self.dtype))
+        if self.bias:
+            self._add_param("bias", rng.uniform(-k, k, self.out_features).astype(self.dtype))
+        self._x2 = None
+        self._lead = None
+
+    def forward(self, x, train=True):
+        """``y = x W^T + b``.
+
+        Parameters
+        ----------
+        x : ndarray, shape (..., D)
+            Cast to the layer dtype.
+        train : bool, default True
+
+        Returns
+        -------
+        y : ndarray, shape (..., F)
+
+        Raises
+        ------
+        TypeError
+            For non-numeric ``x``.
+        ValueError
+            When the last axis of ``x`` is not ``D``.
+        """
+        x = _as_real(x, "x", self.dtype)
+        _check_last_dim(x, self.in_features, "x", "in_features")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)                 # (M, D)
+        y = x2 @ self.params["weight"].T                      # (M, F) = (M, D)(F, D)^T
+        if self.bias:
+            y += self.params["bias"]
+        if train:
+            self._x2, self._lead = x2, lead
+        else:
+            self._x2 = self._lead = None
+        return y.reshape(lead + (self.out_features,))
+
+    def backward(self, dout):
+        """Accumulate ``dweight``/``dbias`` and return ``dx``.
+
+        Parameters
+        ----------
+        dout : ndarray, shape (..., F)
+
+        Returns
+        -------
+        dx : ndarray, shape (..., D)
+
+        Notes
+        -----
+        ``dW += dy^T x``, ``db += sum_M dy``, ``dx = dy W``.
+        """
+        _require_forward(self, self._x2)
+        dout = _check_dout(dout, self._lead + (self.out_features,), self.dtype)
+        d2 = dout.reshape(-1, self.out_features)              # (M, F)
+        self.grads["weight"] += d2.T @ self._x2               # (F, D) += (M, F)^T (M, D)
+        if self.bias:
+            self.grads["bias"] += d2.sum(axis=0)
+        dx = d2 @ self.params["weight"]                        # (M, D) = (M, F)(F, D)
+        return dx.reshape(self._lead + (self.in_features,))
+
+    def get_config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias, "dtype": self.dtype.name, "seed": _seed_config(self.seed)}
+
+
+@register_module
+class Dropout(Module):
+    """Inverted dropout: ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)``.
+
+    In training mode each element is zeroed with probability ``p`` and the
+    survivors are scaled by ``1 / (1 - p)``; the mask is kept for
+    :meth:`backward`. With ``train=False`` it is the identity.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+        Drop probability (``p = 1`` zeroes everything, as in PyTorch).
+    seed : int, Generator or None
+        Seed of the layer's own ``numpy.random.Generator``.
+
+    Notes
+    -----
+    Every training-mode forward draws a new mask, so the layer is random
+    across calls; :meth:`reseed` restarts its generator (what
+    :func:`rnncore.utils.gradcheck`'s ``before_forward`` hook needs).
+    The output keeps the input's floating dtype (integers become float64).
+    """
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p}")
+        self.p = p
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._mask = None
+
+    def reseed(self, seed=None) -> None:
+        """Restart the mask generator from ``seed`` (default: the constructor seed)."""
+        self.rng = np.random.default_rng(self.seed if seed is None else seed)
+
+    def forward(self, x, train=True):
+        """Apply dropout (train) or the identity (eval).
+
+        Parameters
+        ----------
+        x : ndarray, any shape
+
+        Returns
+        -------
+        y : ndarray, same shape as ``x``
+        """
+        x = _as_real(x, "x")
+        if not train:
+            self._mask = None
+            return x
+        if self.p == 0.0:
+            mask = np.ones(x.shape, dtype=x.dtype)
+        elif self.p == 1.0:
+            mask = np.zeros(x.shape, dtype=x.dtype)
+        else:
+            keep = self.rng.random(x.shape) >= self.p      # P(keep) = 1 - p
+            mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._mask = mask
+        return x * mask
+
+    def backward(self, dout):
+        """``dx = dout * mask / (1 - p)`` with the mask of the last forward."""
+        _require_forward(self, self._mask)
+        dout = _check_dout(dout, self._mask.shape, self._mask.dtype)
+        return dout * self._mask
+
+    def get_config(self) -> dict:
+        return {"p": self.p, "seed": _seed_config(self.seed)}
+
+
+@register_module
+class Sequential(Module):
+    """A chain of modules: ``forward`` feeds each output to the next module.
+
+    Parameters
+    ----------
+    *modules : Module
+        Each maps one array to one array (``forward(x, train=...)``).
+    layers : list of dict, optional
+        Alternative to ``*modules`` used when loading a checkpoint:
+        ``[{"class": name, "config": {...}}, ...]`` as returned by
+        :meth:`get_config`; each is rebuilt through the module registry.
+
+    Attributes
+    ----------
+    params, grads : OrderedDict
+        The children's arrays under dotted names (``"0.weight"``,
+        ``"2.bias"``); they are the *same* array objects as the children's,
+        so optimizers and ``zero_grad`` act on the children directly.
+
+    Examples
+    --------
+    >>> model = Sequential(Embedding(10, 4, seed=0), Linear(4, 10, seed=1))
+    >>> list(model.params)
+    ['0.weight', '1.weight', '1.bias']
+    """
+
+    def __init__(self, *modules, layers=None):
+        super().__init__()
+        if layers is not None:
+            if modules:
+                raise TypeError("Sequential takes either modules or layers=, not both")
+            modules = tuple(self._build(spec, i) for i, spec in enumerate(layers))
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(
+                    f"Sequential item {i} must be a Module, got {type(m).__name__}")
+        self.modules = list(modules)
+        for i, m in enumerate(self.modules):
+            for k in m.params:
+                self.params[f"{i}.{k}"] = m.params[k]
+                self.grads[f"{i}.{k}"] = m.grads[k]
+        self._trained = False
+
+    @staticmethod
+    def _build(spec, i):
+        try:
+            cls = module_registry[spec["class"]]
+            return cls(**spec["config"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"Sequential layers[{i}] cannot be built from {spec!r}: "
+                             f"{exc}") from exc
+
+    def __len__(self):
+        return len(self.modules)
+
+    def __getitem__(self, i):
+        return self.modules[i]
+
+    def __iter__(self):
+        return iter(self.modules)
+
+    def forward(self, x, train=True):
+        """Run the modules in order; returns the last one's output."""
+        for m in self.modules:
+            x = m.forward(x, train=train)
+        self._trained = bool(train)
+        return x
+
+    def backward(self, dout):
+        """Run the modules' ``backward`` in reverse; returns the input gradient."""
+        if not self._trained:
+            raise RuntimeError(
+                "Sequential.backward called without a preceding training-mode forward "
+                "(call forward(x, train=True) first)")
+        for i in range(len(self.modules) - 1, -1, -1):
+            dout = self.modules[i].backward(dout)
+            if dout is None and i > 0:
+                raise RuntimeError(
+                    f"Sequential: module {i} ({type(self.modules[i]).__name__}) returned no "
+                    "input gradient, so it must be the first module")
+        return dout
+
+    def get_config(self) -> dict:
+        return {"layers": [{"class": type(m).__name__, "config": m.get_config()}
+                           for m in self.modules]}
