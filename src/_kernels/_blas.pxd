@@ -12,6 +12,15 @@
 
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+cdef extern from "rc_simd.h" nogil:
+    const int RC_SMALL_M
+    void rc_gemm_small_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                         const float *a, Py_ssize_t lda, const float *b, Py_ssize_t ldb,
+                         int bt, float beta, float *c, Py_ssize_t ldc)
+    void rc_gemm_small_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
+                         const double *a, Py_ssize_t lda, const double *b, Py_ssize_t ldb,
+                         int bt, double beta, double *c, Py_ssize_t ldc)
+
 ctypedef fused floating:
     float
     double
@@ -28,6 +37,13 @@ cdef inline void gemm_rm(bint ta, bint tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_
     cdef int m_ = <int>n, n_ = <int>m, k_ = <int>k
     cdef int lda_ = <int>ldb, ldb_ = <int>lda, ldc_ = <int>ldc
     if m <= 0 or n <= 0:
+        return
+    if m <= RC_SMALL_M and not ta and k > 0:
+        # tiny batch: our vectorized micro-kernel, no BLAS thread hand-off
+        if floating is float:
+            rc_gemm_small_f(m, n, k, alpha, a, lda, b, ldb, tb, beta, c, ldc)
+        else:
+            rc_gemm_small_d(m, n, k, alpha, a, lda, b, ldb, tb, beta, c, ldc)
         return
     if k <= 0:
         # BLAS with k = 0 only scales C; do it explicitly and portably.

@@ -146,6 +146,206 @@ RC_DEFINE_RNN_ACT(rc_rnn_act_d, double, rc_tanhd)
 RC_DEFINE_RNN_DZ(rc_rnn_dz_f, float)
 RC_DEFINE_RNN_DZ(rc_rnn_dz_d, double)
 
+/* ================================================================ GRU
+ * Gates r, z, n along the 3H axis (PyTorch order); rc_gru_* are the fused
+ * per-step passes of src/_kernels/gru.pyx (one read and one write of every
+ * element, rows r < rows, each array rows ld* elements apart). Every pointer
+ * names a distinct array (or disjoint steps of one), hence `restrict`, which
+ * lets GCC vectorize without run-time alias checks. */
+enum { RC_GRU_R = 0, RC_GRU_Z = 1, RC_GRU_N = 2, RC_GRU_G = 3 };
+
+/* GRU forward, fused: from g = x Wx (the input projection, overwritten with
+ * the activations) and s = h_prev Wh (all three gates, scratch):
+ *   r  = σ(g_r + bx_r + s_r + bh_r)          z = σ(g_z + bx_z + s_z + bh_z)
+ *   hn = s_n + bh_n                          n = tanh(g_n + bx_n + r ⊙ hn)
+ *   h  = (1 - z) ⊙ n + z ⊙ h_prev
+ * stores g = [r | z | n], hn and h. */
+#define RC_DEFINE_GRU_FWD(NAME, T, SIG, TANH)                                   \
+    RC_CLONES static void NAME(T *restrict g, rc_idx ldg,                       \
+                               const T *restrict s, rc_idx lds,                 \
+                               const T *restrict bx, const T *restrict bh,      \
+                               const T *restrict hp, rc_idx ldhp,               \
+                               T *restrict hn, rc_idx ldhn,                     \
+                               T *restrict h, rc_idx ldh, rc_idx rows, rc_idx H) \
+    {                                                                           \
+        const T *bxr = bx + RC_GRU_R * H, *bxz = bx + RC_GRU_Z * H, *bxn = bx + RC_GRU_N * H; \
+        const T *bhr = bh + RC_GRU_R * H, *bhz = bh + RC_GRU_Z * H, *bhn = bh + RC_GRU_N * H; \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            T *gr = g + q * ldg + RC_GRU_R * H, *gz = g + q * ldg + RC_GRU_Z * H; \
+            T *gn = g + q * ldg + RC_GRU_N * H;                                 \
+            const T *sr = s + q * lds + RC_GRU_R * H, *sz = s + q * lds + RC_GRU_Z * H; \
+            const T *sn = s + q * lds + RC_GRU_N * H, *hpq = hp + q * ldhp;     \
+            T *hnq = hn + q * ldhn, *hq = h + q * ldh;                          \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T r = SIG(gr[j] + bxr[j] + (sr[j] + bhr[j]));                   \
+                T z = SIG(gz[j] + bxz[j] + (sz[j] + bhz[j]));                   \
+                T a = sn[j] + bhn[j];                                           \
+                T n = TANH(gn[j] + bxn[j] + r * a);                             \
+                hq[j] = ((T)1 - z) * n + z * hpq[j];                            \
+                gr[j] = r; gz[j] = z; gn[j] = n; hnq[j] = a;                    \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_GRU_FWD(rc_gru_fwd_f, float, rc_sigmoidf, rc_tanhf)
+RC_DEFINE_GRU_FWD(rc_gru_fwd_d, double, rc_sigmoidd, rc_tanhd)
+
+/* GRU backward, fused: with dh' = dh + carry and the stored r, z, n, hn:
+ *   da_n = dh' ⊙ (1 - z) ⊙ (1 - n²)
+ *   da_r = da_n ⊙ hn ⊙ r (1 - r)             da_z = dh' ⊙ (h_prev - n) ⊙ z (1 - z)
+ * writes the HIDDEN-side gradient dg = [da_r | da_z | da_n ⊙ r] (what
+ * h_prev Wh + bh sees), the input-side n block dan = da_n (x Wx + bx sees
+ * [da_r | da_z | da_n]), and carry = dh' ⊙ z (the direct path; the caller
+ * then adds dg Wh^T with one GEMM). */
+#define RC_DEFINE_GRU_BWD(NAME, T)                                              \
+    RC_CLONES static void NAME(T *restrict dg, rc_idx lddg,                     \
+                               T *restrict dan, rc_idx lddan,                   \
+                               const T *restrict dh, rc_idx lddh,               \
+                               T *restrict carry, rc_idx ldc,                   \
+                               const T *restrict g, rc_idx ldg,                 \
+                               const T *restrict hn, rc_idx ldhn,               \
+                               const T *restrict hp, rc_idx ldhp,               \
+                               rc_idx rows, rc_idx H)                           \
+    {                                                                           \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            const T *gr = g + q * ldg + RC_GRU_R * H, *gz = g + q * ldg + RC_GRU_Z * H; \
+            const T *gn = g + q * ldg + RC_GRU_N * H;                           \
+            T *dr = dg + q * lddg + RC_GRU_R * H, *dz = dg + q * lddg + RC_GRU_Z * H; \
+            T *dn = dg + q * lddg + RC_GRU_N * H, *danq = dan + q * lddan;      \
+            const T *dhq = dh + q * lddh, *hnq = hn + q * ldhn, *hpq = hp + q * ldhp; \
+            T *cq = carry + q * ldc;                                            \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T d = dhq[j] + cq[j];                                           \
+                T r = gr[j], z = gz[j], n = gn[j];                              \
+                T a_n = d * ((T)1 - z) * ((T)1 - n * n);                        \
+                dr[j] = a_n * hnq[j] * (r * ((T)1 - r));                        \
+                dz[j] = d * (hpq[j] - n) * (z * ((T)1 - z));                    \
+                dn[j] = a_n * r;                                                \
+                danq[j] = a_n;                                                  \
+                cq[j] = d * z;                                                  \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_GRU_BWD(rc_gru_bwd_f, float)
+RC_DEFINE_GRU_BWD(rc_gru_bwd_d, double)
+
+/* ================================================================ LSTM
+ * Gates i, f, g, o along the 4H axis (PyTorch order); rc_lstm_* are the
+ * fused per-step passes of src/_kernels/lstm.pyx. */
+enum { RC_LSTM_I = 0, RC_LSTM_F = 1, RC_LSTM_G = 2, RC_LSTM_O = 3, RC_LSTM_GATES = 4 };
+
+/* LSTM forward, fused: a = x Wx + h_prev Wh (in g) + b;
+ *   i, f, g, o = σ, σ, tanh, σ of the blocks of a
+ *   c = f ⊙ c_prev + i ⊙ g,   h = o ⊙ tanh(c)
+ * stores g = [i | f | g | o] (activations), c and h. */
+#define RC_DEFINE_LSTM_FWD(NAME, T, SIG, TANH)                                  \
+    RC_CLONES static void NAME(T *restrict a, rc_idx lda, const T *restrict b,  \
+                               const T *restrict cp, rc_idx ldcp,               \
+                               T *restrict c, rc_idx ldc,                       \
+                               T *restrict h, rc_idx ldh, rc_idx rows, rc_idx H) \
+    {                                                                           \
+        const T *bi = b + RC_LSTM_I * H, *bf = b + RC_LSTM_F * H;               \
+        const T *bg = b + RC_LSTM_G * H, *bo = b + RC_LSTM_O * H;               \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            T *ai = a + q * lda + RC_LSTM_I * H, *af = a + q * lda + RC_LSTM_F * H; \
+            T *ag = a + q * lda + RC_LSTM_G * H, *ao = a + q * lda + RC_LSTM_O * H; \
+            const T *cpq = cp + q * ldcp;                                       \
+            T *cq = c + q * ldc, *hq = h + q * ldh;                             \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T i = SIG(ai[j] + bi[j]), f = SIG(af[j] + bf[j]);               \
+                T g = TANH(ag[j] + bg[j]), o = SIG(ao[j] + bo[j]);              \
+                T cn = f * cpq[j] + i * g;                                      \
+                cq[j] = cn;                                                     \
+                hq[j] = o * TANH(cn);                                           \
+                ai[j] = i; af[j] = f; ag[j] = g; ao[j] = o;                     \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_LSTM_FWD(rc_lstm_fwd_f, float, rc_sigmoidf, rc_tanhf)
+RC_DEFINE_LSTM_FWD(rc_lstm_fwd_d, double, rc_sigmoidd, rc_tanhd)
+
+/* LSTM backward, fused: with dh' = dh + carry_h, the stored gates and c:
+ *   tc = tanh(c),  do = dh' ⊙ tc,  dc = carry_c + dh' ⊙ o ⊙ (1 - tc²)
+ *   dg = [dc ⊙ g ⊙ i(1-i) | dc ⊙ c_prev ⊙ f(1-f) | dc ⊙ i ⊙ (1-g²) | do ⊙ o(1-o)]
+ *   carry_c = dc ⊙ f
+ * (carry_h is only read: the caller overwrites it with dg Wh^T). */
+#define RC_DEFINE_LSTM_BWD(NAME, T, TANH)                                       \
+    RC_CLONES static void NAME(T *restrict dg, rc_idx lddg,                     \
+                               const T *restrict dh, rc_idx lddh,               \
+                               const T *restrict ch, rc_idx ldch,               \
+                               T *restrict cc, rc_idx ldcc,                     \
+                               const T *restrict g, rc_idx ldg,                 \
+                               const T *restrict c, rc_idx ldc,                 \
+                               const T *restrict cp, rc_idx ldcp,               \
+                               rc_idx rows, rc_idx H)                           \
+    {                                                                           \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            const T *gi = g + q * ldg + RC_LSTM_I * H, *gf = g + q * ldg + RC_LSTM_F * H; \
+            const T *gg = g + q * ldg + RC_LSTM_G * H, *go = g + q * ldg + RC_LSTM_O * H; \
+            T *di = dg + q * lddg + RC_LSTM_I * H, *df = dg + q * lddg + RC_LSTM_F * H; \
+            T *dgg = dg + q * lddg + RC_LSTM_G * H, *dout = dg + q * lddg + RC_LSTM_O * H; \
+            const T *dhq = dh + q * lddh, *chq = ch + q * ldch;                 \
+            const T *cq = c + q * ldc, *cpq = cp + q * ldcp;                    \
+            T *ccq = cc + q * ldcc;                                             \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T d = dhq[j] + chq[j];                                          \
+                T i = gi[j], f = gf[j], gv = gg[j], o = go[j];                  \
+                T tc = TANH(cq[j]);                                             \
+                T dc = ccq[j] + d * o * ((T)1 - tc * tc);                       \
+                di[j] = dc * gv * (i * ((T)1 - i));                             \
+                df[j] = dc * cpq[j] * (f * ((T)1 - f));                         \
+                dgg[j] = dc * i * ((T)1 - gv * gv);                             \
+                dout[j] = d * tc * (o * ((T)1 - o));                            \
+                ccq[j] = dc * f;                                                \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_LSTM_BWD(rc_lstm_bwd_f, float, rc_tanhf)
+RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, double, rc_tanhd)
+
+/* Small-M GEMM, row-major: C (m, n) := alpha A (m, k) op(B) + beta C, for the
+ * per-step products at tiny batch sizes (m = N <= RC_SMALL_M). There BLAS is a
+ * poor fit: OpenBLAS forwards m = 1 to a threaded gemv whose thread hand-off
+ * costs more than the arithmetic. B is either row-major (k, n) (bt == 0: each
+ * row of B is streamed once and applied to all m rows of C, a vectorized axpy)
+ * or the transpose of a row-major (n, k) array (bt != 0: vectorized dot
+ * products, `omp simd` reductions, which needs -fopenmp-simd and no runtime).
+ * beta == 0 writes C without reading it (BLAS semantics). */
+#define RC_SMALL_M 4
+#define RC_DEFINE_SMALL_GEMM(NAME, T)                                           \
+    RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k, T alpha,           \
+                               const T *a, rc_idx lda, const T *b, rc_idx ldb,  \
+                               int bt, T beta, T *c, rc_idx ldc)                \
+    {                                                                           \
+        for (rc_idx i = 0; i < m; i++) {                                        \
+            T *ci = c + i * ldc;                                                \
+            if (beta == 0) { for (rc_idx j = 0; j < n; j++) ci[j] = 0; }        \
+            else if (beta != 1) { for (rc_idx j = 0; j < n; j++) ci[j] *= beta; } \
+        }                                                                       \
+        if (!bt) {                                                              \
+            for (rc_idx p = 0; p < k; p++) {                                    \
+                const T *bp = b + p * ldb;                                      \
+                for (rc_idx i = 0; i < m; i++) {                                \
+                    T s = alpha * a[i * lda + p];                               \
+                    T *ci = c + i * ldc;                                        \
+                    for (rc_idx j = 0; j < n; j++) ci[j] += s * bp[j];          \
+                }                                                               \
+            }                                                                   \
+        } else {                                                                \
+            for (rc_idx j = 0; j < n; j++) {                                    \
+                const T *bj = b + j * ldb;                                      \
+                for (rc_idx i = 0; i < m; i++) {                                \
+                    const T *ai = a + i * lda;                                  \
+                    T acc = 0;                                                  \
+                    _Pragma("omp simd reduction(+:acc)")                        \
+                    for (rc_idx p = 0; p < k; p++) acc += ai[p] * bj[p];        \
+                    c[i * ldc + j] += alpha * acc;                              \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_SMALL_GEMM(rc_gemm_small_f, float)
+RC_DEFINE_SMALL_GEMM(rc_gemm_small_d, double)
+
 /* The SIMD level the ifunc resolver picks for the clones above (the same
  * priority order as the target_clones list). */
 static const char *rc_simd_level(void)

@@ -358,3 +358,41 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
                       dzsp,
                       dxp, dx_ld, dwxp, dwx_ld, dwx_t, &dWh[0, 0], dwh_ld, dwh_t, &db[0],
                       T, N, D, H, h_bm, bsp, relu, reverse)
+
+
+# ----------------------------------------------------------------- single step
+# The cells' and `step()`'s fast path: one time step, no batch_sizes, minimal
+# Python overhead (dtype-specific entry points instead of fused dispatch).
+
+cdef int step_impl(const floating[:, :] x, const floating[:, :] h0, const floating[:, :] Wx,
+                   const floating[:, :] Wh, const floating[:] b, floating[:, :] h,
+                   bint relu) except -1:
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], H = Wh.shape[0]
+    cdef Py_ssize_t isz = sizeof(floating), wx_ld, wh_ld
+    cdef bint wx_t, wh_t
+    mat_check(Wx.shape, Wx.strides, isz, "Wx", D, H, &wx_ld, &wx_t)
+    mat_check(Wh.shape, Wh.strides, isz, "Wh", H, H, &wh_ld, &wh_t)
+    rows_check(x.shape, x.strides, isz, "x", N, D)
+    rows_check(h0.shape, h0.strides, isz, "h0", N, H)
+    rows_check(h.shape, h.strides, isz, "h", N, H)
+    if b.shape[0] != H or (H > 1 and b.strides[0] != isz):
+        raise ValueError(f"b: expected a contiguous array of shape {(H,)}")
+    if N == 0 or H == 0:
+        return 0
+    with nogil:
+        forward_loop(&x[0, 0] if D > 0 else NULL, D, &h0[0, 0], H,
+                     &Wx[0, 0] if D > 0 else NULL, wx_ld, wx_t, &Wh[0, 0], wh_ld, wh_t,
+                     &b[0], &h[0, 0], H, N * H, H, 1, N, D, H, NULL, relu, False)
+    return 0
+
+
+def step_f32(const float[:, :] x, const float[:, :] h0, const float[:, :] Wx,
+             const float[:, :] Wh, const float[:] b, float[:, :] h, bint relu=False):
+    """One float32 step: h = act(x Wx + h0 Wh + b); x (N, D), h0 and h (N, H) C-contiguous."""
+    step_impl(x, h0, Wx, Wh, b, h, relu)
+
+
+def step_f64(const double[:, :] x, const double[:, :] h0, const double[:, :] Wx,
+             const double[:, :] Wh, const double[:] b, double[:, :] h, bint relu=False):
+    """One float64 step; as `step_f32`."""
+    step_impl(x, h0, Wx, Wh, b, h, relu)
