@@ -1,2 +1,40 @@
-"""rnncore: fast, verified recurrent neural networks on the CPU."""
+"""rnncore: fast, verified recurrent neural networks on the CPU.
+
+Vanilla (Elman) RNN, GRU and LSTM — one- or two-directional, stacked —
+trained with backpropagation through time. The time loops, forward and
+backward, run in Cython ``nogil`` kernels over SciPy's BLAS; the API takes and
+returns NumPy arrays and follows PyTorch's conventions (names, shapes, gate
+orders), so a PyTorch ``state_dict`` loads 1:1.
+
+Modules
+-------
+reference   the pure-NumPy specification every kernel is tested against
+functional  the same functions, kernel-backed
+models      RNN, GRU, LSTM (also importable from the top level)
+cells       RNNCell, GRUCell, LSTMCell (single steps)
+nn          Embedding, Linear, Dropout, Sequential
+losses      cross_entropy, mse_loss, binary_cross_entropy_with_logits, last_step
+optim       SGD, Adam, AdamW, Adagrad, RMSprop, StepLR, CosineAnnealingLR
+"""
 __version__ = "0.1.0"
+
+from ._config import select_blas_kernels as _select_blas_kernels
+
+_select_blas_kernels()  # before the kernels load SciPy's BLAS; see rnncore._config
+
+from . import functional, losses, nn, optim, reference  # noqa: E402
+from ._config import show_config, threadpool_limits  # noqa: E402
+from ._threads import set_parallel_directions  # noqa: E402
+from .io import load, load_checkpoint, save  # noqa: E402
+from .models import GRU, LSTM, RNN  # noqa: E402
+from .module import Module  # noqa: E402
+from .utils import clip_grad_norm_, clip_grad_value_, gradcheck  # noqa: E402
+
+__all__ = [
+    "RNN", "GRU", "LSTM", "Module",
+    "functional", "reference", "nn", "losses", "optim",
+    "clip_grad_norm_", "clip_grad_value_", "gradcheck",
+    "save", "load", "load_checkpoint",
+    "show_config", "threadpool_limits", "set_parallel_directions",
+    "__version__",
+]

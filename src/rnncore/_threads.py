@@ -29,6 +29,11 @@ def set_parallel_directions(enabled: bool) -> None:
     _PARALLEL = bool(enabled)
 
 
+def parallel_directions_enabled() -> bool:
+    """Whether bidirectional layers run their two directions concurrently."""
+    return _PARALLEL
+
+
 def _blas_single_thread():
     """Context: BLAS limited to one thread (no-op without threadpoolctl)."""
     global _CONTROLLER

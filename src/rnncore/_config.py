@@ -1,0 +1,169 @@
+"""Run-time configuration: BLAS kernel selection, thread control, ``show_config``.
+
+BLAS kernel selection
+---------------------
+rnncore's kernels call the OpenBLAS bundled with SciPy (through
+``scipy.linalg.cython_blas``). OpenBLAS picks its CPU-specific kernels once,
+when the library is loaded, and builds up to 0.3.x do not recognise every new
+CPU: on AMD Zen 5 (family 26) they fall back to the AVX2 "Haswell" kernels,
+about half the sgemm throughput of the AVX-512 "SkylakeX" kernels the CPU can
+run. OpenBLAS honours the environment variable ``OPENBLAS_CORETYPE`` at load
+time. So, on ``import rnncore``, *if and only if*
+
+* SciPy's OpenBLAS is not loaded yet (otherwise changing it is impossible),
+* the user has not set ``OPENBLAS_CORETYPE`` (their choice always wins) nor
+  ``RNNCORE_NO_CORETYPE=1`` (opt-out),
+* the CPU is an AMD CPU with the AVX-512 subset SkylakeX kernels need
+  (avx512f, avx512cd, avx512bw, avx512dq, avx512vl),
+
+rnncore sets ``OPENBLAS_CORETYPE=SkylakeX`` for the duration of loading
+SciPy's BLAS and then restores the environment exactly as it was, so child
+processes and other libraries are unaffected. Intel CPUs are left alone
+(OpenBLAS knows them, and forcing SkylakeX could downgrade newer ones); on
+Zen 4 OpenBLAS already selects SkylakeX, so the override changes nothing.
+:func:`show_config` reports the architecture OpenBLAS actually selected and
+warns when an AVX-512 machine runs the AVX2 kernels.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+_CORETYPE_STATE = {"applied": False, "reason": "not evaluated"}
+_AVX512_NEEDED = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+
+
+def _cpu_info():
+    """(vendor, model name, set of flags) from /proc/cpuinfo, or Nones."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            text = f.read(65536)
+    except OSError:
+        return None, platform.processor() or None, set()
+    vendor = model = None
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "vendor_id" and vendor is None:
+            vendor = value.strip()
+        elif key == "model name" and model is None:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return vendor, model, flags
+
+
+def _blas_already_loaded() -> bool:
+    if "scipy.linalg" in sys.modules or "scipy.linalg.cython_blas" in sys.modules:
+        return True
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
+            return "libscipy_openblas" in f.read()
+    except OSError:  # pragma: no cover - non-Linux
+        return False
+
+
+def select_blas_kernels() -> None:
+    """Load SciPy's BLAS with the right CPU kernels (see the module docstring)."""
+    state = _CORETYPE_STATE
+    if os.environ.get("RNNCORE_NO_CORETYPE", "") not in ("", "0"):
+        state["reason"] = "disabled by RNNCORE_NO_CORETYPE"
+        return
+    if "OPENBLAS_CORETYPE" in os.environ:
+        state["reason"] = f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} set by the user"
+        return
+    vendor, _, flags = _cpu_info()
+    if vendor != "AuthenticAMD" or not all(f in flags for f in _AVX512_NEEDED):
+        state["reason"] = "not needed on this CPU"
+        return
+    if _blas_already_loaded():
+        state["reason"] = "SciPy's BLAS was loaded before rnncore; cannot change its kernels"
+        return
+    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads libscipy_openblas now)
+    finally:
+        del os.environ["OPENBLAS_CORETYPE"]
+    state["applied"] = True
+    state["reason"] = "OPENBLAS_CORETYPE=SkylakeX applied while loading SciPy's BLAS (AMD AVX-512 CPU)"
+
+
+def _blas_info():
+    """threadpoolctl's record for SciPy's BLAS (the one the kernels call), or None."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    for info in infos:
+        if "scipy" in os.path.basename(info.get("filepath", "")) and \
+                "64_" not in os.path.basename(info.get("filepath", "")):
+            return info
+    return infos[0] if infos else None
+
+
+def show_config(file=None) -> dict:
+    """Print (and return) what rnncore runs on.
+
+    Reports the rnncore, NumPy, SciPy and Python versions; the BLAS library
+    the kernels call, its version, the CPU architecture it selected and its
+    thread count (via threadpoolctl when installed); the SIMD level the
+    kernels' elementwise code was dispatched to; the CPU; and whether the
+    BLAS kernel override described in :mod:`rnncore._config` was applied.
+    """
+    import numpy as np
+    import scipy
+
+    from . import __version__
+    from ._kernels import simd
+    from ._threads import parallel_directions_enabled
+
+    vendor, model, flags = _cpu_info()
+    blas = _blas_info()
+    cfg = {
+        "rnncore": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "cpu": model or platform.processor() or "unknown",
+        "cpu_vendor": vendor or "unknown",
+        "cpu_count": os.cpu_count(),
+        "kernel_simd": simd.simd_level(),
+        "blas_library": blas.get("filepath") if blas else "unknown (install threadpoolctl)",
+        "blas_version": blas.get("version") if blas else None,
+        "blas_architecture": blas.get("architecture") if blas else None,
+        "blas_threads": blas.get("num_threads") if blas else None,
+        "blas_coretype_override": _CORETYPE_STATE["reason"],
+        "parallel_directions": parallel_directions_enabled(),
+    }
+    warnings = []
+    avx512 = all(f in flags for f in _AVX512_NEEDED)
+    if blas and avx512 and str(blas.get("architecture", "")).lower() in ("haswell", "zen"):
+        warnings.append(
+            "OpenBLAS runs its AVX2 kernels on this AVX-512 CPU (about half the sgemm "
+            "speed): set OPENBLAS_CORETYPE=SkylakeX in the environment before starting "
+            "Python, or import rnncore before scipy.linalg.")
+    cfg["warnings"] = warnings
+    out = file if file is not None else sys.stdout
+    width = max(len(k) for k in cfg)
+    for k, v in cfg.items():
+        if k != "warnings":
+            print(f"{k:<{width}} : {v}", file=out)
+    for w in warnings:
+        print(f"WARNING: {w}", file=out)
+    return cfg
+
+
+def threadpool_limits(limits=1):
+    """Context manager/decorator limiting BLAS threads (threadpoolctl's).
+
+    ``with rnncore.threadpool_limits(1): ...`` runs the kernels' GEMMs on one
+    thread. Requires threadpoolctl (``pip install rnncore[perf]``).
+    """
+    try:
+        from threadpoolctl import threadpool_limits as _tl
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("threadpool_limits needs threadpoolctl: pip install threadpoolctl") from e
+    return _tl(limits=limits, user_api="blas")
