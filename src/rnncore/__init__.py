@@ -22,7 +22,8 @@ from ._config import select_blas_kernels as _select_blas_kernels
 
 _select_blas_kernels()  # before the kernels load SciPy's BLAS; see rnncore._config
 
-from . import functional, losses, nn, optim, reference  # noqa: E402
+from . import cells, functional, losses, nn, optim, reference  # noqa: E402
+from .cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from ._config import show_config, threadpool_limits  # noqa: E402
 from ._threads import set_parallel_directions  # noqa: E402
 from .io import load, load_checkpoint, save  # noqa: E402
@@ -31,7 +32,7 @@ from .module import Module  # noqa: E402
 from .utils import clip_grad_norm_, clip_grad_value_, gradcheck  # noqa: E402
 
 __all__ = [
-    "RNN", "GRU", "LSTM", "Module",
+    "RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Module", "cells",
     "functional", "reference", "nn", "losses", "optim",
     "clip_grad_norm_", "clip_grad_value_", "gradcheck",
     "save", "load", "load_checkpoint",

@@ -25,7 +25,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _validation as V
-from ._kernels import rnn as _krnn
+from ._adapters import GRUKernel, LSTMKernel, RNNKernel
 from ._threads import run_pair
 from .module import Module, register_module
 
@@ -148,15 +148,6 @@ class _RNNBase(Module):
     def _repr_extra(self) -> str:
         return ""
 
-    # ------------------------------------------------------- kernel adapters
-    # Subclasses implement one (layer, direction) pass over (T, N, F) views.
-    def _kernel_forward(self, x, states0, p, outs, reverse, bs):  # pragma: no cover
-        raise NotImplementedError
-
-    def _kernel_backward(self, dh, dstates_n, x, states0, p, outs, saved, dx, dstates0, g,
-                         reverse, bs):  # pragma: no cover
-        raise NotImplementedError
-
     # ------------------------------------------------------------- helpers
     def _check_states(self, states, name, N, unbatched):
         """User (L*dirs, N, H) state -> C-contiguous array in the model dtype, or None."""
@@ -243,7 +234,7 @@ class _RNNBase(Module):
                 p, _ = self._weights(k, d)
                 s0 = [s[k * nd + d] for s in states_full]
                 outs = self._direction_outputs(out, d, T, N)
-                saved = self._kernel_forward(layer_in, s0, p, outs, d == 1, bs)
+                saved = self._kernel.forward(layer_in, s0, p, outs, d == 1, bs)
                 return outs, saved
 
             per_dir = run_pair(run, nd, work=T * N * H * (H + layer_in.shape[2]))
@@ -379,7 +370,7 @@ class _RNNBase(Module):
                 gb = g
                 if not self.bias:
                     gb = g[:2] + [np.zeros(self.G * H, self.dtype)] * 2
-                self._kernel_backward(dlast[d], dn, x_in, s0, p, sv.outputs[k][d],
+                self._kernel.backward(dlast[d], dn, x_in, s0, p, sv.outputs[k][d],
                                       sv.kernel[k][d], dxd, ds0, gb, d == 1, sv.batch_sizes)
                 return dxd
 
@@ -504,6 +495,7 @@ class RNN(_RNNBase):
                  dtype=np.float32, seed=None):
         self._relu = V.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
+        self._kernel = RNNKernel(self._relu)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, merge_mode, dtype, seed)
 
@@ -551,18 +543,7 @@ class RNN(_RNNBase):
         dx, (dh0,) = self._backward(dout, [(dh_n, "dh_n")])
         return dx, dh0
 
-    def _kernel_forward(self, x, s0, p, outs, reverse, bs):
-        w_ih, w_hh, b_ih, b_hh = p
-        _krnn.forward(x, s0[0], w_ih.T, w_hh.T, b_ih + b_hh, outs[0], self._relu, reverse, bs)
-        return None
 
-    def _kernel_backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs):
-        w_ih, w_hh = p[0], p[1]
-        db = np.zeros(self.hidden_size, dtype=self.dtype)
-        _krnn.backward(dh, dn[0], x, s0[0], w_ih.T, w_hh.T, outs[0], dx, ds0[0],
-                       g[0].T, g[1].T, db, self._relu, reverse, bs)
-        g[2] += db
-        g[3] += db
 
 
 @register_module
@@ -590,6 +571,7 @@ class GRU(_RNNBase):
 
     G = 3
     n_states = 1
+    _kernel = GRUKernel()
 
     def forward(self, x, h0=None, lengths=None, train=True):
         """Run the GRU; arguments and results as :meth:`RNN.forward`."""
@@ -601,16 +583,7 @@ class GRU(_RNNBase):
         dx, (dh0,) = self._backward(dout, [(dh_n, "dh_n")])
         return dx, dh0
 
-    def _kernel_forward(self, x, s0, p, outs, reverse, bs):
-        from ._kernels import gru as _kgru
-        w_ih, w_hh, b_ih, b_hh = p
-        return _kgru.forward(x, s0[0], w_ih.T, w_hh.T, b_ih, b_hh, outs[0], reverse, bs)
 
-    def _kernel_backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs):
-        from ._kernels import gru as _kgru
-        w_ih, w_hh, _, b_hh = p
-        _kgru.backward(dh, dn[0], x, s0[0], w_ih.T, w_hh.T, b_hh, outs[0], saved, dx, ds0[0],
-                       g[0].T, g[1].T, g[2], g[3], reverse, bs)
 
 
 @register_module
@@ -642,6 +615,7 @@ class LSTM(_RNNBase):
 
     G = 4
     n_states = 2
+    _kernel = LSTMKernel()
 
     @staticmethod
     def _pair(state, name):
@@ -681,18 +655,3 @@ class LSTM(_RNNBase):
         dhn, dcn = self._pair(dstate, "dstate")
         dx, (dh0, dc0) = self._backward(dout, [(dhn, "dh_n"), (dcn, "dc_n")])
         return dx, (dh0, dc0)
-
-    def _kernel_forward(self, x, s0, p, outs, reverse, bs):
-        from ._kernels import lstm as _klstm
-        w_ih, w_hh, b_ih, b_hh = p
-        return _klstm.forward(x, s0[0], s0[1], w_ih.T, w_hh.T, b_ih + b_hh, outs[0], outs[1],
-                              reverse, bs)
-
-    def _kernel_backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs):
-        from ._kernels import lstm as _klstm
-        w_ih, w_hh = p[0], p[1]
-        db = np.zeros(self.G * self.hidden_size, dtype=self.dtype)
-        _klstm.backward(dh, dn[0], dn[1], x, s0[0], s0[1], w_ih.T, w_hh.T, outs[0], outs[1],
-                        saved, dx, ds0[0], ds0[1], g[0].T, g[1].T, db, reverse, bs)
-        g[2] += db
-        g[3] += db
