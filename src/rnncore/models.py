@@ -19,6 +19,7 @@ recurrent work, never reaches the outputs (they are zero there, as PyTorch's
 """
 from __future__ import annotations
 
+import numbers
 import threading
 from collections import OrderedDict
 
@@ -57,7 +58,7 @@ class _RNNBase(Module):
         self.num_layers = V.check_int(num_layers, "num_layers", 1)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not (
                 0.0 <= float(dropout) < 1.0):
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
@@ -276,6 +277,12 @@ class _RNNBase(Module):
             y = y[:, 0] if not self.batch_first else y[0]
             finals = [f[:, 0] for f in finals]
         if train:
+            if y.base is not None or y is buffers[-1]:
+                # `out` shares memory with the activations backward reads: hand
+                # it out read-only, so an in-place edit fails loudly instead of
+                # silently corrupting the gradients (PyTorch refuses it too).
+                y = y.view()
+                y.flags.writeable = False
             sv = _Saved()
             sv.inputs, sv.outputs, sv.kernel, sv.masks = inputs, outputs, kern, masks
             sv.states0 = states_full
