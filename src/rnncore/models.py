@@ -326,6 +326,35 @@ class _RNNBase(Module):
             return a * b
         return (a + b) * np.asarray(0.5, dtype=self.dtype)
 
+    # ---------------------------------------------------------------- step
+    def _step(self, x, states):
+        """One time step of every layer (inference only; see the subclasses' ``step``)."""
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional model (the reverse direction "
+                             "needs the whole sequence)")
+        x = V.as_float(x, "x", self.dtype)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected shape (N, D) or (D,) with D = {self.input_size}, "
+                             f"got {x.shape}")
+        unbatched = x.ndim == 1
+        x = V.rows_view(x[None] if unbatched else x)
+        N, H, L = x.shape[0], self.hidden_size, self.num_layers
+        st = [self._check_states(s, n, N, unbatched) for s, n in states]
+        new = [np.empty((L, 1, N, H), dtype=self.dtype) for _ in range(self.n_states)]
+        zero = np.zeros((N, H), dtype=self.dtype) if any(s is None for s in st) else None
+        inp = x[None]
+        for k in range(L):
+            p, _ = self._weights(k, 0)
+            s0 = [zero if s is None else np.ascontiguousarray(s[k]) for s in st]
+            outs = [n[k] for n in new]
+            self._kernel.forward(inp, s0, p, outs, False, None)
+            inp = outs[0]
+        y = new[0][L - 1, 0]
+        finals = [n[:, 0] for n in new]
+        if unbatched:
+            return y[0], [f[:, 0] for f in finals]
+        return y, finals
+
     # ------------------------------------------------------------ backward
     def _backward(self, dout, dstates_n):
         sv = self._saved
@@ -550,6 +579,24 @@ class RNN(_RNNBase):
         dx, (dh0,) = self._backward(dout, [(dh_n, "dh_n")])
         return dx, dh0
 
+    def step(self, x, h=None):
+        """Advance one time step from state ``h`` (inference; unidirectional models).
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, D) or (D,)
+        h : ndarray, shape (num_layers, N, H) or (num_layers, H), optional (zeros)
+
+        Returns
+        -------
+        y : ndarray, shape (N, H)
+            The last layer's output at this step.
+        h : ndarray, shape (num_layers, N, H)
+            The new state, to pass to the next call.
+        """
+        y, (hn,) = self._step(x, [(h, "h")])
+        return y, hn
+
 
 
 
@@ -589,6 +636,24 @@ class GRU(_RNNBase):
         """Back-propagate through time; as :meth:`RNN.backward`."""
         dx, (dh0,) = self._backward(dout, [(dh_n, "dh_n")])
         return dx, dh0
+
+    def step(self, x, h=None):
+        """Advance one time step from state ``h`` (inference; unidirectional models).
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, D) or (D,)
+        h : ndarray, shape (num_layers, N, H) or (num_layers, H), optional (zeros)
+
+        Returns
+        -------
+        y : ndarray, shape (N, H)
+            The last layer's output at this step.
+        h : ndarray, shape (num_layers, N, H)
+            The new state, to pass to the next call.
+        """
+        y, (hn,) = self._step(x, [(h, "h")])
+        return y, hn
 
 
 
@@ -662,3 +727,12 @@ class LSTM(_RNNBase):
         dhn, dcn = self._pair(dstate, "dstate")
         dx, (dh0, dc0) = self._backward(dout, [(dhn, "dh_n"), (dcn, "dc_n")])
         return dx, (dh0, dc0)
+
+    def step(self, x, hx=None):
+        """Advance one time step from ``hx = (h, c)`` (inference; unidirectional).
+
+        Returns ``y`` (N, H) and the new ``(h, c)``, each (num_layers, N, H).
+        """
+        h0, c0 = self._pair(hx, "hx")
+        y, (hn, cn) = self._step(x, [(h0, "h"), (c0, "c")])
+        return y, (hn, cn)
