@@ -1,0 +1,1 @@
+"""asv benchmarks of rnncore (see bench/README.md)."""
