@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._kernels import gru as _kgru
+from ._kernels import lstm as _klstm
 from ._kernels import rnn as _krnn
 
 
@@ -51,12 +53,10 @@ class GRUKernel:
     n_states = 1
 
     def forward(self, x, s0, p, outs, reverse, bs):
-        from ._kernels import gru as _kgru
         w_ih, w_hh, b_ih, b_hh = p
         return _kgru.forward(x, s0[0], w_ih.T, w_hh.T, b_ih, b_hh, outs[0], reverse, bs)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs):
-        from ._kernels import gru as _kgru
         w_ih, w_hh, _, b_hh = p
         _kgru.backward(dh, dn[0], x, s0[0], w_ih.T, w_hh.T, b_hh, outs[0], saved, dx, ds0[0],
                        g[0].T, g[1].T, g[2], g[3], reverse, bs)
@@ -69,13 +69,11 @@ class LSTMKernel:
     n_states = 2
 
     def forward(self, x, s0, p, outs, reverse, bs):
-        from ._kernels import lstm as _klstm
         w_ih, w_hh, b_ih, b_hh = p
         return _klstm.forward(x, s0[0], s0[1], w_ih.T, w_hh.T, b_ih + b_hh, outs[0], outs[1],
                               reverse, bs)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs):
-        from ._kernels import lstm as _klstm
         w_ih, w_hh = p[0], p[1]
         db = np.zeros(w_hh.shape[0], dtype=w_hh.dtype)
         _klstm.backward(dh, dn[0], dn[1], x, s0[0], s0[1], w_ih.T, w_hh.T, outs[0], outs[1],

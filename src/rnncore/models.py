@@ -210,9 +210,11 @@ class _RNNBase(Module):
                 inv[perm] = np.arange(N)
             sl = lens if perm is None else lens[perm]
             bs = (sl[None, :] > np.arange(T)[:, None]).sum(axis=1)
-        # input in the kernels' layout (copy only if strides do not fit, or to sort)
+        # input in the kernels' layout (copy only if strides do not fit, or to sort);
+        # sorting gathers along the batch axis of the caller's layout, so the
+        # gathered copy is already contiguous in that layout (one copy, not two)
         if perm is not None:
-            xt = xt[:, perm]
+            xt = x[perm].transpose(1, 0, 2) if self.batch_first else x[:, perm]
             st0 = [None if s is None else s[:, perm] for s in st0]
         xin = V.seq_view(xt.transpose(1, 0, 2), time_major=False) if self.batch_first \
             else V.seq_view(xt, time_major=True)
