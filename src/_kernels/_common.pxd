@@ -48,3 +48,140 @@ cdef inline bint mat_layout(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t rows, Py_ss
             ld[0] = rows
         return True
     return False
+
+
+# ------------------------------------------------------------ argument checks
+# Used by the kernels' `def` entry points before `with nogil` (they raise
+# ValueError naming the argument; nothing inside nogil can fail). They are
+# `cdef inline` in this header so that every kernel module compiles its own
+# copy: a plain `cdef` function shared between compiled modules fails at import.
+
+cdef inline Py_ssize_t seq_check(Py_ssize_t[8] shape, Py_ssize_t[8] strides, Py_ssize_t isz,
+                                 str name, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F,
+                                 Py_ssize_t *st, Py_ssize_t *sn, bint *bm) except -1:
+    """Row stride of the uniform view of a (T, N, F) sequence (raises ValueError).
+
+    Also returns the step and row strides (elements) in st, sn and whether the
+    layout is batch-major in bm.
+    """
+    if shape[0] != T or shape[1] != N or shape[2] != F:
+        raise ValueError(f"{name}: expected shape {(T, N, F)}, got {(shape[0], shape[1], shape[2])}")
+    if F > 1 and strides[2] != isz:
+        raise ValueError(f"{name}: the feature axis must be contiguous")
+    st[0] = strides[0] // isz
+    sn[0] = strides[1] // isz
+    cdef Py_ssize_t ld = seq_ld(st[0], sn[0], T, N, F, bm)
+    if ld < 0 or st[0] < 0 or sn[0] < 0:
+        raise ValueError(f"{name}: layout is neither time-major nor batch-major")
+    return ld
+
+
+cdef inline int mat_check(Py_ssize_t[8] shape, Py_ssize_t[8] strides, Py_ssize_t isz, str name,
+                          Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t *ld, bint *tr) except -1:
+    """BLAS (ld, trans) of a (rows, cols) matrix (raises ValueError)."""
+    if shape[0] != rows or shape[1] != cols:
+        raise ValueError(f"{name}: expected shape {(rows, cols)}, got {(shape[0], shape[1])}")
+    if not mat_layout(strides[0] // isz, strides[1] // isz, rows, cols, ld, tr):
+        raise ValueError(f"{name}: needs a row-major array or a transposed view of one")
+    return 0
+
+
+cdef inline int rows_check(Py_ssize_t[8] shape, Py_ssize_t[8] strides, Py_ssize_t isz, str name,
+                           Py_ssize_t rows, Py_ssize_t cols) except -1:
+    """A C-contiguous (rows, cols) state array (raises ValueError)."""
+    if shape[0] != rows or shape[1] != cols or (cols > 1 and strides[1] != isz) \
+            or (rows > 1 and strides[0] != cols * isz):
+        raise ValueError(f"{name}: expected a C-contiguous array of shape {(rows, cols)}")
+    return 0
+
+
+cdef inline int vec_check(Py_ssize_t[8] shape, Py_ssize_t[8] strides, Py_ssize_t isz, str name,
+                          Py_ssize_t n) except -1:
+    """A contiguous (n,) vector (raises ValueError)."""
+    if shape[0] != n or (n > 1 and strides[0] != isz):
+        raise ValueError(f"{name}: expected a contiguous array of shape {(n,)}")
+    return 0
+
+
+cdef inline tuple check_batch_sizes(object batch_sizes, Py_ssize_t T, Py_ssize_t N):
+    """(array, used): batch_sizes as a contiguous intp array, validated."""
+    import numpy as np
+    if batch_sizes is None:
+        return np.zeros(1, dtype=np.intp), False
+    bs = np.ascontiguousarray(batch_sizes, dtype=np.intp)
+    if bs.shape != (T,):
+        raise ValueError(f"batch_sizes: expected shape {(T,)}, got {bs.shape}")
+    if T and (bs.max() > N or bs.min() < 0 or np.any(np.diff(bs) > 0)):
+        raise ValueError("batch_sizes: must be non-increasing values in [0, N]")
+    return bs, True
+
+
+# ------------------------------------------------------------ BPTT helpers
+# Shared by the gated kernels (gru.pyx, lstm.pyx); rnn.pyx has its own copies.
+
+from libc.string cimport memcpy
+from _blas cimport floating, mm, scale_rows
+
+
+cdef inline Py_ssize_t active(const Py_ssize_t *bs, Py_ssize_t t, Py_ssize_t T,
+                              Py_ssize_t N) noexcept nogil:
+    """Rows active at step t (0 outside [0, T)); bs == NULL means all N."""
+    if t < 0 or t >= T:
+        return 0
+    return bs[t] if bs != NULL else N
+
+
+cdef inline void dwh_accumulate(
+        const floating *h, Py_ssize_t h_ld, Py_ssize_t h_st, Py_ssize_t h_sn,
+        const floating *h0,
+        const floating *dz, Py_ssize_t dz_ld, Py_ssize_t dz_st, Py_ssize_t dz_sn,
+        floating *dzs, floating *dwh, Py_ssize_t dwh_ld, bint dwh_t,
+        Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py_ssize_t GH, bint batch_major,
+        const Py_ssize_t *bs, bint reverse) noexcept nogil:
+    """dWh (H, GH) += sum_t h_prev(t)^T dz_t, with h_prev(t) = h0 at each row's first step.
+
+    h: the (T, N, H) outputs (uniform view: ld, step and row strides), zeros
+    at padded positions; h0: (N, H) C-contiguous; dz: the (T, N, GH)
+    pre-activation gradients in h's layout kind (zeros at padded positions);
+    dzs: (N, GH) scratch, used only when reverse and bs != NULL.
+
+    In the uniform view the previous step of a row is one step-shift away, so
+    all pairs are one shifted GEMM; in batch-major layout the pairs that
+    straddle two sequences are subtracted; then h0^T dz at each row's first
+    step is added (gathered per row in the reverse direction with lengths).
+    """
+    cdef Py_ssize_t t, n, R = T * N
+    cdef Py_ssize_t shift = dz_st // dz_ld    # N rows (time-major) or 1 (batch-major)
+    if T > 1:
+        if not reverse:
+            # pairs (h_{t-1}, dz_t):  (H, GH) += (H, R-shift)(R-shift, GH)
+            mm(H, GH, R - shift, <floating>1, h, h_ld, True,
+               dz + dz_st, dz_ld, False, <floating>1, dwh, dwh_ld, dwh_t)
+            if batch_major and N > 1:
+                # (h[n-1, T-1], dz[n, 0]) for n = 1..N-1   (H, GH) -= (H, N-1)(N-1, GH)
+                mm(H, GH, N - 1, <floating>-1, h + (T - 1) * h_st, h_sn, True,
+                   dz + dz_sn, dz_sn, False, <floating>1, dwh, dwh_ld, dwh_t)
+        else:
+            # pairs (h_{t+1}, dz_t)
+            mm(H, GH, R - shift, <floating>1, h + h_st, h_ld, True,
+               dz, dz_ld, False, <floating>1, dwh, dwh_ld, dwh_t)
+            if batch_major and N > 1:
+                # (h[n+1, 0], dz[n, T-1]) for n = 0..N-2
+                mm(H, GH, N - 1, <floating>-1, h + h_sn, h_sn, True,
+                   dz + (T - 1) * dz_st, dz_sn, False, <floating>1, dwh, dwh_ld, dwh_t)
+    if T > 0:
+        # h0^T dz at each row's first step        (H, GH) += (H, N)(N, GH)
+        if not reverse:
+            mm(H, GH, N, <floating>1, h0, H, True, dz, dz_sn, False,
+               <floating>1, dwh, dwh_ld, dwh_t)
+        elif bs == NULL:
+            mm(H, GH, N, <floating>1, h0, H, True, dz + (T - 1) * dz_st, dz_sn, False,
+               <floating>1, dwh, dwh_ld, dwh_t)
+        else:
+            # reverse with lengths: row n starts at t = len_n - 1; gather those rows
+            scale_rows(dzs, GH, N, GH, <floating>0)
+            for t in range(T):
+                for n in range(active(bs, t + 1, T, N), bs[t]):
+                    memcpy(dzs + n * GH, dz + t * dz_st + n * dz_sn, GH * sizeof(floating))
+            mm(H, GH, N, <floating>1, h0, H, True, dzs, GH, False,
+               <floating>1, dwh, dwh_ld, dwh_t)

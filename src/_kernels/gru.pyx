@@ -1,0 +1,419 @@
+"""GRU kernel: one layer, one direction, all T steps in one call.
+
+Equations (PyTorch ``nn.GRU``, ``reset_after=True``; gates r, z, n along the
+3H axis; two biases because ``b_hn`` sits inside the reset product)::
+
+    r   = σ(x_t W_ir + b_ir + h_{t-1} W_hr + b_hr)
+    z   = σ(x_t W_iz + b_iz + h_{t-1} W_hz + b_hz)
+    n   = tanh(x_t W_in + b_in + r ⊙ (h_{t-1} W_hn + b_hn))
+    h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+Forward
+    A = X Wx                       one GEMM over all T*N rows, into `gates`
+    per step t:  S = H_prev Wh     one GEMM, all three gates  (N, 3H) = (N, H)(H, 3H)
+                 r, z, n, hn, h_t  one fused vectorized pass (rc_gru_fwd_*):
+                                   both bias adds, the activations, the reset
+                                   product, the update, stores
+Backward (BPTT)
+    per step t (reverse order), with dh' = dh_t + carry:
+        one fused pass (rc_gru_bwd_*):
+            da_n = dh' (1 - z)(1 - n²),  da_r = da_n hn r(1 - r),
+            da_z = dh' (h_prev - n) z(1 - z)
+            dG_t = [da_r | da_z | da_n ⊙ r]      (the hidden side)
+            dAn_t = da_n                          (the input side's n block)
+            carry = dh' ⊙ z                       (the direct path)
+        carry += dG_t Wh^T         one GEMM      (N, H) += (N, 3H)(H, 3H)^T
+    after the loop:
+        dX   = [da_r | da_z] Wx_rz^T + da_n Wx_n^T     two GEMMs (k = 2H, H)
+        dWx += X^T [da_r | da_z],  X^T da_n            two GEMMs into column blocks
+        dWh += H_prev^T dG  (shifted pairs),  dbh += sum dG
+        dbx += sum [da_r | da_z | da_n]
+
+Why two gradient buffers: the n block of the pre-activation gradient differs
+between the two sides. ``x W_in + b_in`` enters n directly (gradient da_n),
+``h W_hn + b_hn`` enters through the reset product (gradient da_n ⊙ r). The
+r and z blocks are the same on both sides. The per-step GEMM is on the hidden
+side, so dG (T, N, 3H) holds the hidden-side gradient as one contiguous matrix
+(one GEMM per step, one shifted GEMM for dWh, one column sum for dbh), and
+only the n block of the input side is kept apart, in dAn (T, N, H). The input
+side is after the loop, where splitting its GEMMs into column blocks costs
+nothing extra (the same flops; no per-step cost). Dividing da_n ⊙ r by r
+instead would fail where r underflows to 0.
+
+Saved for backward (``GRUSaved``): ``gates`` (T, N, 3H), the activations
+[r | z | n] of every step, and ``hidden_n`` (T, N, H) = h_{t-1} W_hn + b_hn
+(needed for da_r; recomputing it would cost a GEMM per step). The hidden
+states ``h`` (an output the caller passes back) give h_{t-1}.
+
+``reset_after=False`` (n = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)) is not
+in this kernel: it needs a second GEMM and fused pass per step in both
+directions; rnncore.reference implements it (the functional API delegates).
+
+Design notes
+------------
+* Layouts as in rnn.pyx: sequences are (T, N, F) arrays with a contiguous
+  last axis, time-major as is or batch-major as the transposed view of an
+  (N, T, F) array (see _common.pxd). ``x``, ``h`` and ``dx`` share one layout
+  kind; the saved arrays and the backward workspaces are allocated in h's kind
+  so the all-steps GEMMs see uniform matrices. ``dh`` and the saved arrays may
+  be of either kind (they are only read per step).
+* Weights are (D, 3H) / (H, 3H) operands, row-major or a transposed view of a
+  row-major array (PyTorch's ``weight_ih`` passed as ``weight_ih.T``).
+* The caller allocates every output (h, dx, dh0 and the gradient arrays, which
+  are *accumulated into*); forward allocates the saved arrays, backward its
+  workspaces dG, dAn (T*N*4H in all) and the (N, 3H) scratch of forward.
+* Variable lengths (``batch_sizes``, a sorted batch): step t touches rows
+  ``[0, batch_sizes[t])`` only; padded h is written as zeros, padded upstream
+  gradients are never read. In the reverse direction a row starts from h0 at
+  its own last valid step. The carry starts as dhn and rows outside the active
+  range are never touched, so each row's final-state gradient enters at its
+  own last step, and the carry ends as dh0.
+* Everything inside ``with nogil`` is BLAS calls and plain loops: it cannot
+  fail; all checks happen before.
+"""
+from libc.string cimport memcpy
+
+from collections import namedtuple
+
+import numpy as np
+
+from _blas cimport floating, mm, colsum_add, scale_rows
+from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
+                      vec_check, check_batch_sizes)
+
+cdef extern from "rc_simd.h" nogil:
+    enum: RC_GRU_N   # index of the n block (the last one: r, z come first)
+    enum: RC_GRU_G   # number of gates
+    void rc_gru_fwd_f(float *g, Py_ssize_t ldg, const float *s, Py_ssize_t lds,
+                      const float *bx, const float *bh, const float *hp, Py_ssize_t ldhp,
+                      float *hn, Py_ssize_t ldhn, float *h, Py_ssize_t ldh,
+                      Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_fwd_d(double *g, Py_ssize_t ldg, const double *s, Py_ssize_t lds,
+                      const double *bx, const double *bh, const double *hp, Py_ssize_t ldhp,
+                      double *hn, Py_ssize_t ldhn, double *h, Py_ssize_t ldh,
+                      Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_bwd_f(float *dg, Py_ssize_t lddg, float *dan, Py_ssize_t lddan,
+                      const float *dh, Py_ssize_t lddh, float *carry, Py_ssize_t ldc,
+                      const float *g, Py_ssize_t ldg, const float *hn, Py_ssize_t ldhn,
+                      const float *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_bwd_d(double *dg, Py_ssize_t lddg, double *dan, Py_ssize_t lddan,
+                      const double *dh, Py_ssize_t lddh, double *carry, Py_ssize_t ldc,
+                      const double *g, Py_ssize_t ldg, const double *hn, Py_ssize_t ldhn,
+                      const double *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
+
+#: What `forward` saves for `backward`: the gate activations [r | z | n]
+#: (T, N, 3H) and hidden_n = h_{t-1} W_hn + b_hn (T, N, H).
+GRUSaved = namedtuple("GRUSaved", ["gates", "hidden_n"])
+
+
+# ----------------------------------------------------------------- step helpers
+
+cdef inline const floating *n_block(const floating *p, Py_ssize_t ld, bint t,
+                                    Py_ssize_t H) noexcept nogil:
+    """The n gate's column block [:, nH:] of a (rows, 3H) BLAS operand (p, ld, t)."""
+    cdef Py_ssize_t j = RC_GRU_N * H
+    return p + (j * ld if t else j)
+
+
+cdef inline void gru_rows(floating *g, Py_ssize_t ldg, const floating *s, Py_ssize_t lds,
+                          const floating *bx, const floating *bh,
+                          const floating *hp, Py_ssize_t ldhp, floating *hn, Py_ssize_t ldhn,
+                          floating *h, Py_ssize_t ldh, Py_ssize_t rows,
+                          Py_ssize_t H) noexcept nogil:
+    # r, z = σ(g + bx + s + bh);  hn = s_n + bh_n;  n = tanh(g_n + bx_n + r hn)
+    # h = (1 - z) n + z h_prev;  g = [r | z | n]
+    if floating is float:
+        rc_gru_fwd_f(g, ldg, s, lds, bx, bh, hp, ldhp, hn, ldhn, h, ldh, rows, H)
+    else:
+        rc_gru_fwd_d(g, ldg, s, lds, bx, bh, hp, ldhp, hn, ldhn, h, ldh, rows, H)
+
+
+cdef inline void gru_drows(floating *dg, Py_ssize_t lddg, floating *dan, Py_ssize_t lddan,
+                           const floating *dh, Py_ssize_t lddh, floating *carry,
+                           const floating *g, Py_ssize_t ldg, const floating *hn,
+                           Py_ssize_t ldhn, const floating *hp, Py_ssize_t ldhp,
+                           Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    # d = dh + carry;  dG = [da_r | da_z | da_n r];  dAn = da_n;  carry = d z
+    if floating is float:
+        rc_gru_bwd_f(dg, lddg, dan, lddan, dh, lddh, carry, H, g, ldg, hn, ldhn, hp, ldhp,
+                     rows, H)
+    else:
+        rc_gru_bwd_d(dg, lddg, dan, lddan, dh, lddh, carry, H, g, ldg, hn, ldhn, hp, ldhp,
+                     rows, H)
+
+
+# ----------------------------------------------------------------- time loops
+
+cdef void forward_loop(
+        const floating *x, Py_ssize_t x_ld,
+        const floating *h0,
+        const floating *wx, Py_ssize_t wx_ld, bint wx_t,
+        const floating *wh, Py_ssize_t wh_ld, bint wh_t,
+        const floating *bx, const floating *bh,
+        floating *h, Py_ssize_t h_st, Py_ssize_t h_sn,
+        floating *g, Py_ssize_t g_ld, Py_ssize_t g_st, Py_ssize_t g_sn,
+        floating *hn, Py_ssize_t hn_st, Py_ssize_t hn_sn,
+        floating *s,
+        Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
+        const Py_ssize_t *bs, bint reverse) noexcept nogil:
+    # s: (N, 3H) scratch for the per-step recurrent projection
+    cdef Py_ssize_t k, t, tp, B, Bc, GH = RC_GRU_G * H
+    cdef floating *gt
+    cdef floating *hnt
+    cdef floating *ht
+    # A = x @ Wx          (T*N, 3H) = (T*N, D)(D, 3H): all steps' input projection
+    mm(T * N, GH, D, <floating>1, x, x_ld, False, wx, wx_ld, wx_t, <floating>0, g, g_ld, False)
+    for k in range(T):
+        t = T - 1 - k if reverse else k
+        tp = t + 1 if reverse else t - 1
+        B = active(bs, t, T, N)
+        # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
+        Bc = active(bs, tp, T, N)
+        if Bc > B:
+            Bc = B
+        gt = g + t * g_st
+        hnt = hn + t * hn_st
+        ht = h + t * h_st
+        if Bc > 0:
+            # S[:Bc] = h_tp[:Bc] @ Wh           (Bc, 3H) = (Bc, H)(H, 3H)
+            mm(Bc, GH, H, <floating>1, h + tp * h_st, h_sn, False, wh, wh_ld, wh_t,
+               <floating>0, s, GH, False)
+            gru_rows(gt, g_sn, s, GH, bx, bh, h + tp * h_st, h_sn, hnt, hn_sn, ht, h_sn, Bc, H)
+        if B > Bc:
+            # S[Bc:B] = h0[Bc:B] @ Wh           (B-Bc, 3H) = (B-Bc, H)(H, 3H)
+            mm(B - Bc, GH, H, <floating>1, h0 + Bc * H, H, False, wh, wh_ld, wh_t,
+               <floating>0, s + Bc * GH, GH, False)
+            gru_rows(gt + Bc * g_sn, g_sn, s + Bc * GH, GH, bx, bh, h0 + Bc * H, H,
+                     hnt + Bc * hn_sn, hn_sn, ht + Bc * h_sn, h_sn, B - Bc, H)
+        if B < N:
+            # padding: h_t[B:] = 0 (and no stale projections in the saved arrays)
+            scale_rows(ht + B * h_sn, h_sn, N - B, H, <floating>0)
+            scale_rows(gt + B * g_sn, g_sn, N - B, GH, <floating>0)
+            scale_rows(hnt + B * hn_sn, hn_sn, N - B, H, <floating>0)
+
+
+cdef void backward_loop(
+        const floating *dh, Py_ssize_t dh_st, Py_ssize_t dh_sn,
+        const floating *x, Py_ssize_t x_ld,
+        const floating *h0,
+        const floating *wx, Py_ssize_t wx_ld, bint wx_t,
+        const floating *wh, Py_ssize_t wh_ld, bint wh_t,
+        const floating *h, Py_ssize_t h_ld, Py_ssize_t h_st, Py_ssize_t h_sn,
+        const floating *g, Py_ssize_t g_st, Py_ssize_t g_sn,
+        const floating *hn, Py_ssize_t hn_st, Py_ssize_t hn_sn,
+        floating *dg, Py_ssize_t dg_st, Py_ssize_t dg_sn,
+        floating *dan, Py_ssize_t dan_st, Py_ssize_t dan_sn,
+        floating *carry, floating *dgs,
+        floating *dx, Py_ssize_t dx_ld,
+        floating *dwx, Py_ssize_t dwx_ld, bint dwx_t,
+        floating *dwh, Py_ssize_t dwh_ld, bint dwh_t,
+        floating *dbx, floating *dbh,
+        Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, bint batch_major,
+        const Py_ssize_t *bs, bint reverse) noexcept nogil:
+    # On entry carry (N, H) holds dh_n; on exit it holds dh0.
+    cdef Py_ssize_t k, t, tp, B, Bc, R = T * N, GH = RC_GRU_G * H
+    cdef Py_ssize_t nH = RC_GRU_N * H   # columns before the n block: [r | z]
+    cdef Py_ssize_t dg_ld = GH, dan_ld = H   # workspaces are contiguous in their layout
+    cdef floating *dgt
+    cdef floating *dant
+    for k in range(T):
+        t = k if reverse else T - 1 - k
+        tp = t + 1 if reverse else t - 1
+        B = active(bs, t, T, N)
+        Bc = active(bs, tp, T, N)
+        if Bc > B:
+            Bc = B
+        dgt = dg + t * dg_st
+        dant = dan + t * dan_st
+        # dG_t[:B], dAn_t[:B] and carry[:B] = d z, from d = dh_t + carry
+        if Bc > 0:
+            gru_drows(dgt, dg_sn, dant, dan_sn, dh + t * dh_st, dh_sn, carry,
+                      g + t * g_st, g_sn, hn + t * hn_st, hn_sn, h + tp * h_st, h_sn, Bc, H)
+        if B > Bc:
+            gru_drows(dgt + Bc * dg_sn, dg_sn, dant + Bc * dan_sn, dan_sn,
+                      dh + t * dh_st + Bc * dh_sn, dh_sn, carry + Bc * H,
+                      g + t * g_st + Bc * g_sn, g_sn, hn + t * hn_st + Bc * hn_sn, hn_sn,
+                      h0 + Bc * H, H, B - Bc, H)
+        if B < N:
+            scale_rows(dgt + B * dg_sn, dg_sn, N - B, GH, <floating>0)
+            scale_rows(dant + B * dan_sn, dan_sn, N - B, H, <floating>0)
+        # carry[:B] += dG_t[:B] @ Wh^T           (B, H) += (B, 3H)(H, 3H)^T
+        mm(B, H, GH, <floating>1, dgt, dg_sn, False, wh, wh_ld, not wh_t,
+           <floating>1, carry, H, False)
+
+    # input side: x Wx + bx sees [da_r | da_z | da_n] = [dG[:, :nH] | dAn]
+    if D > 0:
+        # dx = dG[:, :nH] @ Wx[:, :nH]^T + dAn @ Wx[:, nH:]^T
+        #                              (R, D) = (R, 2H)(D, 2H)^T + (R, H)(D, H)^T
+        mm(R, D, nH, <floating>1, dg, dg_ld, False, wx, wx_ld, not wx_t, <floating>0, dx, dx_ld, False)
+        mm(R, D, H, <floating>1, dan, dan_ld, False, n_block(wx, wx_ld, wx_t, H), wx_ld, not wx_t,
+           <floating>1, dx, dx_ld, False)
+        # dWx[:, :nH] += x^T dG[:, :nH]               (D, 2H) += (D, R)(R, 2H)
+        mm(D, nH, R, <floating>1, x, x_ld, True, dg, dg_ld, False, <floating>1, dwx, dwx_ld, dwx_t)
+        # dWx[:, nH:] += x^T dAn                      (D, H) += (D, R)(R, H)
+        mm(D, H, R, <floating>1, x, x_ld, True, dan, dan_ld, False,
+           <floating>1, <floating *>n_block(dwx, dwx_ld, dwx_t, H), dwx_ld, dwx_t)
+    # dbx += [dG[:, :nH] | dAn].sum(axis=0)
+    colsum_add(dbx, dg, dg_ld, R, nH)
+    colsum_add(dbx + nH, dan, dan_ld, R, H)
+    # hidden side: h Wh + bh sees dG = [da_r | da_z | da_n r]
+    # dbh += dG.sum(axis=0)
+    colsum_add(dbh, dg, dg_ld, R, GH)
+    # dWh += sum_t h_prev(t)^T dG_t               (H, 3H)
+    dwh_accumulate(h, h_ld, h_st, h_sn, h0, dg, dg_ld, dg_st, dg_sn, dgs,
+                   dwh, dwh_ld, dwh_t, T, N, H, GH, batch_major, bs, reverse)
+
+
+# ----------------------------------------------------------------- entry points
+# Shapes and layouts are checked here, before `with nogil`; the loops above
+# cannot fail. Strides come from the memoryviews (in bytes), never from copies.
+
+def _like_h(bint h_bm, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F, dtype):
+    """An uninitialized (T, N, F) array in h's layout kind (contiguous in it)."""
+    if h_bm:
+        return np.empty((N, T, F), dtype=dtype).transpose(1, 0, 2)
+    return np.empty((T, N, F), dtype=dtype)
+
+
+def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] Wx,
+            const floating[:, :] Wh, const floating[:] bx, const floating[:] bh,
+            floating[:, :, :] h, bint reverse=False, batch_sizes=None):
+    """Run one GRU layer and direction over all T steps, writing ``h``.
+
+    Parameters (logical shapes; layouts in the module docstring)
+    ----------
+    x : (T, N, D)   h0 : (N, H) C-contiguous   Wx : (D, 3H)   Wh : (H, 3H)
+    bx, bh : (3H,) contiguous, PyTorch's bias_ih and bias_hh
+    h : (T, N, H) output, same layout kind as x
+    reverse : run t = T-1 .. 0
+    batch_sizes : (T,) non-increasing active-row counts (sorted batch), or None
+
+    Returns
+    -------
+    saved : GRUSaved(gates, hidden_n)
+        gates (T, N, 3H) = [r | z | n] and hidden_n (T, N, H) = h_prev W_hn + b_hn,
+        in h's layout kind; pass to `backward`.
+    """
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2], H = Wh.shape[0]
+    cdef Py_ssize_t GH = RC_GRU_G * H, isz = sizeof(floating)
+    cdef Py_ssize_t x_st, x_sn, x_ld, h_st, h_sn, h_ld, wx_ld, wh_ld
+    cdef Py_ssize_t g_st, g_sn, g_ld, hn_st, hn_sn
+    cdef bint x_bm, h_bm, g_bm, hn_bm, wx_t, wh_t
+    x_ld = seq_check(x.shape, x.strides, isz, "x", T, N, D, &x_st, &x_sn, &x_bm)
+    h_ld = seq_check(h.shape, h.strides, isz, "h", T, N, H, &h_st, &h_sn, &h_bm)
+    if x_bm != h_bm and T > 1 and N > 1:
+        raise ValueError("x and h must share the same layout (time- or batch-major)")
+    mat_check(Wx.shape, Wx.strides, isz, "Wx", D, GH, &wx_ld, &wx_t)
+    mat_check(Wh.shape, Wh.strides, isz, "Wh", H, GH, &wh_ld, &wh_t)
+    rows_check(h0.shape, h0.strides, isz, "h0", N, H)
+    vec_check(bx.shape, bx.strides, isz, "bx", GH)
+    vec_check(bh.shape, bh.strides, isz, "bh", GH)
+    bs_arr, used = check_batch_sizes(batch_sizes, T, N)
+    cdef const Py_ssize_t[:] bs = bs_arr
+    cdef const Py_ssize_t *bsp = &bs[0] if used else NULL
+    dtype = np.float32 if floating is float else np.float64
+    saved = GRUSaved(gates=_like_h(h_bm, T, N, GH, dtype),
+                     hidden_n=_like_h(h_bm, T, N, H, dtype))
+    if T == 0 or N == 0 or H == 0:
+        return saved
+    cdef floating[:, :, :] g = saved.gates
+    cdef floating[:, :, :] hn = saved.hidden_n
+    cdef floating[:, :] s = np.empty((N, GH), dtype=dtype)
+    g_ld = seq_check(g.shape, g.strides, isz, "gates", T, N, GH, &g_st, &g_sn, &g_bm)
+    seq_check(hn.shape, hn.strides, isz, "hidden_n", T, N, H, &hn_st, &hn_sn, &hn_bm)
+    cdef const floating *xp = &x[0, 0, 0] if D > 0 else NULL
+    cdef const floating *wxp = &Wx[0, 0] if D > 0 else NULL
+    with nogil:
+        forward_loop(xp, x_ld, &h0[0, 0], wxp, wx_ld, wx_t, &Wh[0, 0], wh_ld, wh_t,
+                     &bx[0], &bh[0], &h[0, 0, 0], h_st, h_sn,
+                     &g[0, 0, 0], g_ld, g_st, g_sn, &hn[0, 0, 0], hn_st, hn_sn, &s[0, 0],
+                     T, N, D, H, bsp, reverse)
+    return saved
+
+
+def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
+             const floating[:, :, :] x, const floating[:, :] h0,
+             const floating[:, :] Wx, const floating[:, :] Wh, const floating[:] bh,
+             const floating[:, :, :] h, saved,
+             floating[:, :, :] dx, floating[:, :] dh0,
+             floating[:, :] dWx, floating[:, :] dWh, floating[:] dbx, floating[:] dbh,
+             bint reverse=False, batch_sizes=None):
+    """BPTT through one GRU layer and direction.
+
+    Writes ``dx`` (T, N, D, same layout kind as x) and ``dh0`` (N, H), and
+    ADDS the weight gradients into ``dWx`` (D, 3H), ``dWh`` (H, 3H),
+    ``dbx``, ``dbh`` (3H,). ``dh`` (T, N, H) is the upstream gradient of every
+    output, ``dhn`` (N, H) the gradient of the final state (each row's state
+    after its last valid step; in the reverse direction, after t = 0). ``h``
+    and ``saved`` are what `forward` wrote and returned; the other arguments
+    as in `forward`. ``bh`` is only shape-checked: ``b_hn`` is already inside
+    the saved ``hidden_n``. ``saved`` is not modified (backward may be run
+    again).
+    """
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2], H = Wh.shape[0]
+    cdef Py_ssize_t GH = RC_GRU_G * H, isz = sizeof(floating), n
+    cdef Py_ssize_t x_st, x_sn, x_ld, h_st, h_sn, h_ld, dh_st, dh_sn, dx_st, dx_sn, dx_ld
+    cdef Py_ssize_t g_st, g_sn, hn_st, hn_sn, dg_st, dg_sn, dan_st, dan_sn
+    cdef Py_ssize_t wx_ld, wh_ld, dwx_ld, dwh_ld
+    cdef bint x_bm, h_bm, dh_bm, dx_bm, g_bm, hn_bm, wx_t, wh_t, dwx_t, dwh_t
+    x_ld = seq_check(x.shape, x.strides, isz, "x", T, N, D, &x_st, &x_sn, &x_bm)
+    h_ld = seq_check(h.shape, h.strides, isz, "h", T, N, H, &h_st, &h_sn, &h_bm)
+    seq_check(dh.shape, dh.strides, isz, "dh", T, N, H, &dh_st, &dh_sn, &dh_bm)
+    dx_ld = seq_check(dx.shape, dx.strides, isz, "dx", T, N, D, &dx_st, &dx_sn, &dx_bm)
+    if T > 1 and N > 1 and (x_bm != h_bm or x_bm != dx_bm):
+        raise ValueError("x, h and dx must share the same layout (time- or batch-major)")
+    try:
+        gates_arr, hidden_n_arr = saved
+    except (TypeError, ValueError):
+        raise ValueError("saved: expected the GRUSaved returned by gru.forward") from None
+    cdef const floating[:, :, :] g = gates_arr
+    cdef const floating[:, :, :] hn = hidden_n_arr
+    seq_check(g.shape, g.strides, isz, "saved.gates", T, N, GH, &g_st, &g_sn, &g_bm)
+    seq_check(hn.shape, hn.strides, isz, "saved.hidden_n", T, N, H, &hn_st, &hn_sn, &hn_bm)
+    mat_check(Wx.shape, Wx.strides, isz, "Wx", D, GH, &wx_ld, &wx_t)
+    mat_check(Wh.shape, Wh.strides, isz, "Wh", H, GH, &wh_ld, &wh_t)
+    mat_check(dWx.shape, dWx.strides, isz, "dWx", D, GH, &dwx_ld, &dwx_t)
+    mat_check(dWh.shape, dWh.strides, isz, "dWh", H, GH, &dwh_ld, &dwh_t)
+    rows_check(h0.shape, h0.strides, isz, "h0", N, H)
+    rows_check(dhn.shape, dhn.strides, isz, "dhn", N, H)
+    rows_check(dh0.shape, dh0.strides, isz, "dh0", N, H)
+    vec_check(bh.shape, bh.strides, isz, "bh", GH)
+    vec_check(dbx.shape, dbx.strides, isz, "dbx", GH)
+    vec_check(dbh.shape, dbh.strides, isz, "dbh", GH)
+    bs_arr, used = check_batch_sizes(batch_sizes, T, N)
+    cdef const Py_ssize_t[:] bs = bs_arr
+    cdef const Py_ssize_t *bsp = &bs[0] if used else NULL
+    cdef bint gather = reverse and used
+    # workspaces: dG (hidden side) and dAn (input side's n block) in h's layout
+    # kind (contiguous); dgs for reverse + lengths
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, :, :] dg = _like_h(h_bm, T, N, GH, dtype)
+    cdef floating[:, :, :] dan = _like_h(h_bm, T, N, H, dtype)
+    cdef floating[:, :] dgs = np.empty((N if gather else 0, GH), dtype=dtype)
+    if N == 0 or H == 0:
+        if D > 0 and N > 0 and T > 0:
+            np.asarray(dx)[...] = 0
+        return
+    # the carry (in dh0) starts as dh_n
+    for n in range(N):
+        memcpy(&dh0[n, 0], &dhn[n, 0], H * isz)
+    if T == 0:
+        return
+    dg_st = dg.strides[0] // isz
+    dg_sn = dg.strides[1] // isz
+    dan_st = dan.strides[0] // isz
+    dan_sn = dan.strides[1] // isz
+    cdef const floating *xp = &x[0, 0, 0] if D > 0 else NULL
+    cdef const floating *wxp = &Wx[0, 0] if D > 0 else NULL
+    cdef floating *dxp = &dx[0, 0, 0] if D > 0 else NULL
+    cdef floating *dwxp = &dWx[0, 0] if D > 0 else NULL
+    cdef floating *dgsp = &dgs[0, 0] if gather else NULL
+    with nogil:
+        backward_loop(&dh[0, 0, 0], dh_st, dh_sn, xp, x_ld, &h0[0, 0],
+                      wxp, wx_ld, wx_t, &Wh[0, 0], wh_ld, wh_t,
+                      &h[0, 0, 0], h_ld, h_st, h_sn,
+                      &g[0, 0, 0], g_st, g_sn, &hn[0, 0, 0], hn_st, hn_sn,
+                      &dg[0, 0, 0], dg_st, dg_sn, &dan[0, 0, 0], dan_st, dan_sn,
+                      &dh0[0, 0], dgsp,
+                      dxp, dx_ld, dwxp, dwx_ld, dwx_t, &dWh[0, 0], dwh_ld, dwh_t,
+                      &dbx[0], &dbh[0], T, N, D, H, h_bm, bsp, reverse)

@@ -1,0 +1,686 @@
+"""Tests of the gated kernels (GRU, LSTM) and their functional API.
+
+What is checked, for the GRU (``reset_after=True`` in the kernel) and the LSTM:
+
+* the functional API against :mod:`rnncore.reference` (the specification),
+  every output and every gradient, step and sequence functions, over a shape
+  grid with the edge cases T=1, N=1, H=1, D=1, D≠H, in float64 (1e-10 abs,
+  against the float64 reference) and float32 (1e-5 relative, against the
+  float64 reference of the same inputs);
+* directly at the kernel level: ``reverse``; ``batch_sizes`` (a sorted batch
+  with lengths, compared with the reference run per sequence on its valid
+  prefix, or reversed suffix, including h_n / c_n gathered at each row's last
+  step and dh0 / dc0 with dhn / dcn given; padded outputs are zeros, padded
+  upstream gradients (NaN here) are never read); time-major == batch-major;
+  transposed-view weights and weight gradients; gradients accumulated;
+  read-only inputs; inputs never modified; ``saved`` reusable; T=0, D=0;
+* errors: bad shapes raise ValueError naming the argument, in the kernels and
+  in the functional API;
+* NaN input propagates to NaN output of its own row only, without a crash;
+* two chunks with the state carried == one run (forward and backward).
+"""
+import numpy as np
+import pytest
+from conftest import TOL, assert_close_f32, assert_close_f64
+
+from rnncore import functional as F
+from rnncore import reference as ref
+from rnncore._kernels import gru as kgru
+from rnncore._kernels import lstm as klstm
+
+# ---------------------------------------------------------------------------
+# Test data
+# ---------------------------------------------------------------------------
+CELLS = ["gru", "lstm"]
+GATES = {"gru": 3, "lstm": 4}
+
+#: (N, T, D, H): a base case plus the edge cases N=1, T=1, H=1, D=1, D=H, D>H.
+SHAPES = [(2, 3, 4, 5), (1, 3, 4, 5), (2, 1, 4, 5), (2, 3, 4, 1), (3, 4, 1, 3),
+          (2, 5, 3, 3), (4, 6, 7, 2)]
+SHAPE_IDS = [f"N{N}-T{T}-D{D}-H{H}" for N, T, D, H in SHAPES]
+DTYPES = [np.float64, np.float32]
+
+#: Weight scale keeping gates out of saturation, so every term matters.
+SCALE = 0.5
+
+GRAD_NAMES = {
+    "gru": ("dx", "dh0", "dWx", "dWh", "dbx", "dbh"),
+    "lstm": ("dx", "dh0", "dc0", "dWx", "dWh", "db"),
+}
+
+
+def _randn(rng, *shape):
+    return SCALE * rng.standard_normal(shape)
+
+
+def _draw(cell, rng, N, T, D, H, dtype=np.float64):
+    """Random sequence inputs (batch-major) and upstream gradients, named like the API."""
+    G = GATES[cell]
+    inp = {"x": rng.standard_normal((N, T, D)), "h0": _randn(rng, N, H)}
+    inp["Wx"] = _randn(rng, D, G * H)
+    inp["Wh"] = _randn(rng, H, G * H)
+    if cell == "gru":
+        inp["bx"] = _randn(rng, G * H)
+        inp["bh"] = _randn(rng, G * H)
+    else:
+        inp["b"] = _randn(rng, G * H)
+        inp["c0"] = _randn(rng, N, H)
+    up = {"dh": rng.standard_normal((N, T, H)), "dhn": rng.standard_normal((N, H))}
+    if cell == "lstm":
+        up["dcn"] = rng.standard_normal((N, H))
+    cast = lambda d: {k: v.astype(dtype) for k, v in d.items()}  # noqa: E731
+    return cast(inp), cast(up)
+
+
+def _f64(d):
+    return {k: np.asarray(v, dtype=np.float64) for k, v in d.items()}
+
+
+def assert_close(actual, expected, name):
+    """float64: 1e-10 abs; float32: 1e-5 relative to max(1, |expected|)."""
+    actual = np.asarray(actual)
+    if actual.dtype == np.float32:
+        assert_close_f32(actual, expected, name=name)
+    else:
+        assert actual.dtype == np.float64, f"{name}: dtype {actual.dtype}"
+        assert_close_f64(actual, expected, name=name)
+
+
+def _ref_sequence(cell, inp, up):
+    """Reference outputs and gradients of a whole sequence, as a dict."""
+    if cell == "gru":
+        h, cache = ref.gru_forward(**inp)
+        out = {"h": h}
+        grads = ref.gru_backward(up["dh"], cache, dhn=up["dhn"])
+    else:
+        h, c, cache = ref.lstm_forward(**inp)
+        out = {"h": h, "c": c}
+        grads = ref.lstm_backward(up["dh"], cache, dhn=up["dhn"], dcn=up["dcn"])
+    out.update(zip(GRAD_NAMES[cell], grads))
+    return out
+
+
+def _functional_sequence(cell, inp, up):
+    if cell == "gru":
+        h, cache = F.gru_forward(**inp)
+        out = {"h": h}
+        grads = F.gru_backward(up["dh"], cache, dhn=up["dhn"])
+    else:
+        h, c, cache = F.lstm_forward(**inp)
+        out = {"h": h, "c": c}
+        grads = F.lstm_backward(up["dh"], cache, dhn=up["dhn"], dcn=up["dcn"])
+    out.update(zip(GRAD_NAMES[cell], grads))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Functional API vs the reference
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_sequence_matches_reference(cell, shape, dtype, rng):
+    inp, up = _draw(cell, rng, *shape, dtype=dtype)
+    got = _functional_sequence(cell, inp, up)
+    want = _ref_sequence(cell, _f64(inp), _f64(up))
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].dtype == dtype, name
+        assert_close(got[name], want[name], name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_matches_reference(cell, shape, dtype, rng):
+    N, _, D, H = shape
+    inp, up = _draw(cell, rng, N, 1, D, H, dtype=dtype)
+    x, dnext_h = inp["x"][:, 0], up["dh"][:, 0]
+    r64 = _f64(inp)
+    if cell == "gru":
+        args = (inp["h0"], inp["Wx"], inp["Wh"], inp["bx"], inp["bh"])
+        h, cache = F.gru_step_forward(x, *args)
+        h_r, cache_r = ref.gru_step_forward(r64["x"][:, 0], *(r64[k] for k in
+                                            ("h0", "Wx", "Wh", "bx", "bh")))
+        got = (h,) + F.gru_step_backward(dnext_h, cache)
+        want = (h_r,) + ref.gru_step_backward(dnext_h.astype(np.float64), cache_r)
+        names = ("next_h",) + GRAD_NAMES["gru"]
+    else:
+        dnext_c = up["dcn"]
+        args = (inp["h0"], inp["c0"], inp["Wx"], inp["Wh"], inp["b"])
+        h, c, cache = F.lstm_step_forward(x, *args)
+        h_r, c_r, cache_r = ref.lstm_step_forward(r64["x"][:, 0], *(r64[k] for k in
+                                                  ("h0", "c0", "Wx", "Wh", "b")))
+        got = (h, c) + F.lstm_step_backward(dnext_h, dnext_c, cache)
+        want = (h_r, c_r) + ref.lstm_step_backward(dnext_h.astype(np.float64),
+                                                   dnext_c.astype(np.float64), cache_r)
+        names = ("next_h", "next_c") + GRAD_NAMES["lstm"]
+    for name, a, e in zip(names, got, want):
+        assert a.dtype == dtype, name
+        # step gradients come back in the step's shapes: dx (N, D), dprev_h (N, H)
+        assert_close(a, e, name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_final_state_gradients_default_to_zero(cell, rng):
+    inp, up = _draw(cell, rng, 2, 4, 3, 5)
+    if cell == "gru":
+        _, cache = F.gru_forward(**inp)
+        got = F.gru_backward(up["dh"], cache)
+        want = ref.gru_backward(up["dh"], ref.gru_forward(**inp)[1])
+    else:
+        _, _, cache = F.lstm_forward(**inp)
+        got = F.lstm_backward(up["dh"], cache)
+        want = ref.lstm_backward(up["dh"], ref.lstm_forward(**inp)[2])
+    for name, a, e in zip(GRAD_NAMES[cell], got, want):
+        assert_close(a, e, name)
+
+
+def test_lstm_c0_none_means_zeros(rng):
+    inp, up = _draw("lstm", rng, 3, 4, 2, 3)
+    inp.pop("c0")
+    h, c, cache = F.lstm_forward(**inp)
+    h_r, c_r, cache_r = ref.lstm_forward(**inp)
+    assert_close(h, h_r, "h")
+    assert_close(c, c_r, "c")
+    got = F.lstm_backward(up["dh"], cache, dcn=up["dcn"])
+    want = ref.lstm_backward(up["dh"], cache_r, dcn=up["dcn"])
+    for name, a, e in zip(GRAD_NAMES["lstm"], got, want):
+        assert_close(a, e, name)
+
+
+@pytest.mark.parametrize("step", [False, True], ids=["sequence", "step"])
+def test_gru_reset_before_matches_reference(step, rng):
+    """reset_after=False is computed by the reference (not in the kernel)."""
+    inp, up = _draw("gru", rng, 2, 3, 4, 5)
+    if step:
+        x, dnext_h = inp.pop("x")[:, 0], up["dh"][:, 0]
+        h, cache = F.gru_step_forward(x, *inp.values(), reset_after=False)
+        h_r, cache_r = ref.gru_step_forward(x, *inp.values(), reset_after=False)
+        got = (h,) + F.gru_step_backward(dnext_h, cache)
+        want = (h_r,) + ref.gru_step_backward(dnext_h, cache_r)
+    else:
+        h, cache = F.gru_forward(**inp, reset_after=False)
+        h_r, cache_r = ref.gru_forward(**inp, reset_after=False)
+        got = (h,) + F.gru_backward(up["dh"], cache, dhn=up["dhn"])
+        want = (h_r,) + ref.gru_backward(up["dh"], cache_r, dhn=up["dhn"])
+    # and it is really the other variant
+    h_after = F.gru_step_forward(x, *inp.values())[0] if step else F.gru_forward(**inp)[0]
+    assert not np.allclose(h, h_after)
+    for name, a, e in zip(("h",) + GRAD_NAMES["gru"], got, want):
+        assert_close(a, e, name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_two_chunks_equal_one_run(cell, rng):
+    """Karpathy's check: the state carried across a split, forward and backward."""
+    inp, up = _draw(cell, rng, 3, 7, 4, 5)
+    full = _functional_sequence(cell, inp, up)
+    a, b = slice(0, 3), slice(3, 7)
+    first = dict(inp, x=inp["x"][:, a])
+    if cell == "gru":
+        h1, c1 = F.gru_forward(**first)
+        h2, c2 = F.gru_forward(**dict(inp, x=inp["x"][:, b], h0=h1[:, -1]))
+        g2 = F.gru_backward(up["dh"][:, b], c2, dhn=up["dhn"])
+        g1 = F.gru_backward(up["dh"][:, a], c1, dhn=g2[1])
+    else:
+        h1, cc1, c1 = F.lstm_forward(**first)
+        h2, cc2, c2 = F.lstm_forward(**dict(inp, x=inp["x"][:, b], h0=h1[:, -1],
+                                            c0=cc1[:, -1]))
+        g2 = F.lstm_backward(up["dh"][:, b], c2, dhn=up["dhn"], dcn=up["dcn"])
+        g1 = F.lstm_backward(up["dh"][:, a], c1, dhn=g2[1], dcn=g2[2])
+        assert_close(np.concatenate([cc1, cc2], axis=1), full["c"], "c")
+    assert_close(np.concatenate([h1, h2], axis=1), full["h"], "h")
+    names = GRAD_NAMES[cell]
+    assert_close(np.concatenate([g1[0], g2[0]], axis=1), full["dx"], "dx")
+    for i, name in enumerate(names[1:], start=1):
+        # states: from the first chunk; weights: summed over the chunks
+        want = full[name]
+        got = g1[i] if name in ("dh0", "dc0") else g1[i] + g2[i]
+        assert_close(got, want, name)
+
+
+# ---------------------------------------------------------------------------
+# Kernel level: layouts, reverse, lengths
+# ---------------------------------------------------------------------------
+def _seq(a, batch_major):
+    """A (T, N, F) array in the given layout kind (a copy)."""
+    if batch_major:
+        return np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)
+    return np.ascontiguousarray(a)
+
+
+def _empty_seq(T, N, F, dtype, batch_major):
+    """A NaN-filled (T, N, F) output, so anything left unwritten shows."""
+    return _seq(np.full((T, N, F), np.nan, dtype=dtype), batch_major)
+
+
+def _mat(a, transposed):
+    """A copy of the (r, c) matrix, as a transposed view of a C array if asked."""
+    return np.ascontiguousarray(a.T).T if transposed else np.ascontiguousarray(a)
+
+
+def run_kernel(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=False,
+               transposed=False, preset=None):
+    """Forward and backward through a kernel; every result as a plain (T, N, ·) array.
+
+    ``inp`` / ``up`` hold time-major (T, N, ·) sequences. Weight gradients start
+    from ``preset`` (dict of arrays) when given: the kernel accumulates.
+    """
+    x = _seq(inp["x"], batch_major)
+    T, N, D = x.shape
+    H = inp["h0"].shape[1]
+    G = GATES[cell]
+    dt = x.dtype
+    Wx, Wh = _mat(inp["Wx"], transposed), _mat(inp["Wh"], transposed)
+    h = _empty_seq(T, N, H, dt, batch_major)
+    dx = _empty_seq(T, N, D, dt, batch_major)
+    dh = _seq(up["dh"], batch_major)
+    dh0 = np.full((N, H), np.nan, dtype=dt)
+    preset = preset or {}
+    dWx = _mat(preset.get("dWx", np.zeros((D, G * H), dt)), transposed)
+    dWh = _mat(preset.get("dWh", np.zeros((H, G * H), dt)), transposed)
+    kw = dict(reverse=reverse, batch_sizes=batch_sizes)
+    if cell == "gru":
+        dbx = preset.get("dbx", np.zeros(G * H, dt)).copy()
+        dbh = preset.get("dbh", np.zeros(G * H, dt)).copy()
+        saved = kgru.forward(x, inp["h0"], Wx, Wh, inp["bx"], inp["bh"], h, **kw)
+        kgru.backward(dh, up["dhn"], x, inp["h0"], Wx, Wh, inp["bh"], h, saved,
+                      dx, dh0, dWx, dWh, dbx, dbh, **kw)
+        out = dict(h=h, dx=dx, dh0=dh0, dWx=dWx, dWh=dWh, dbx=dbx, dbh=dbh)
+    else:
+        c = _empty_seq(T, N, H, dt, batch_major)
+        dc0 = np.full((N, H), np.nan, dtype=dt)
+        db = preset.get("db", np.zeros(G * H, dt)).copy()
+        saved = klstm.forward(x, inp["h0"], inp["c0"], Wx, Wh, inp["b"], h, c, **kw)
+        klstm.backward(dh, up["dhn"], up["dcn"], x, inp["h0"], inp["c0"], Wx, Wh, h, c,
+                       saved, dx, dh0, dc0, dWx, dWh, db, **kw)
+        out = dict(h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, dWx=dWx, dWh=dWh, db=db)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def reference_per_row(cell, inp, up, lengths, reverse):
+    """The reference run per sequence on its valid prefix (or reversed), time-major results.
+
+    Row n covers steps 0..L_n-1; in the reverse direction it runs them from
+    L_n-1 down to 0. Padded outputs and input gradients are zeros. ``hn`` /
+    ``cn`` are each row's final state (h0 / c0 when L_n = 0).
+    """
+    T, N, D = inp["x"].shape
+    H = inp["h0"].shape[1]
+    G = GATES[cell]
+    out = {k: np.zeros((T, N, F)) for k, F in (("h", H), ("c", H), ("dx", D))}
+    out.update(hn=np.array(inp["h0"], dtype=np.float64), dh0=np.zeros((N, H)))
+    out.update(cn=np.array(inp.get("c0", inp["h0"]), dtype=np.float64), dc0=np.zeros((N, H)))
+    out.update(dWx=np.zeros((D, G * H)), dWh=np.zeros((H, G * H)))
+    out.update({k: np.zeros(G * H) for k in ("dbx", "dbh", "db")})
+    for n in range(N):
+        L = int(lengths[n])
+        steps = np.arange(L)[::-1] if reverse else np.arange(L)
+        row = {k: np.asarray(v, dtype=np.float64) for k, v in inp.items()}
+        row["x"] = row["x"][steps, n][None]          # (1, L, D)
+        row["h0"] = row["h0"][n:n + 1]
+        dh = np.asarray(up["dh"][steps, n][None], dtype=np.float64)
+        dhn = np.asarray(up["dhn"][n:n + 1], dtype=np.float64)
+        if cell == "gru":
+            h, cache = ref.gru_forward(**row)
+            grads = dict(zip(GRAD_NAMES["gru"], ref.gru_backward(dh, cache, dhn=dhn)))
+        else:
+            row["c0"] = row["c0"][n:n + 1]
+            h, c, cache = ref.lstm_forward(**row)
+            dcn = np.asarray(up["dcn"][n:n + 1], dtype=np.float64)
+            grads = dict(zip(GRAD_NAMES["lstm"],
+                             ref.lstm_backward(dh, cache, dhn=dhn, dcn=dcn)))
+            out["c"][steps, n] = c[0]
+            out["dc0"][n] = grads["dc0"][0]
+            if L:
+                out["cn"][n] = c[0, -1]
+        out["h"][steps, n] = h[0]
+        out["dx"][steps, n] = grads["dx"][0]
+        out["dh0"][n] = grads["dh0"][0]
+        if L:
+            out["hn"][n] = h[0, -1]
+        for k in ("dWx", "dWh", "dbx", "dbh", "db"):
+            if k in grads:
+                out[k] += grads[k]
+    return out
+
+
+def _time_major(cell, rng, N, T, D, H, dtype=np.float64):
+    inp, up = _draw(cell, rng, N, T, D, H, dtype)
+    inp["x"] = np.ascontiguousarray(inp["x"].transpose(1, 0, 2))
+    up["dh"] = np.ascontiguousarray(up["dh"].transpose(1, 0, 2))
+    return inp, up
+
+
+def _batch_sizes(lengths, T):
+    return np.array([(lengths > t).sum() for t in range(T)], dtype=np.intp)
+
+
+def _gather_final(h, lengths, reverse, h0):
+    """Each row's final state from the (T, N, H) outputs: at t = L-1 (t = 0 reverse)."""
+    out = np.array(h0, dtype=np.float64)
+    for n, L in enumerate(lengths):
+        if L:
+            out[n] = h[0 if reverse else L - 1, n]
+    return out
+
+
+LENGTH_CASES = {
+    "full": None,
+    "ragged": [6, 6, 4, 2, 1],
+    "with-empty": [5, 3, 3, 0, 0],
+}
+
+
+@pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
+@pytest.mark.parametrize("lengths", list(LENGTH_CASES), ids=list(LENGTH_CASES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_reverse_and_lengths(cell, reverse, lengths, batch_major, rng):
+    N, T, D, H = 5, 6, 3, 4
+    inp, up = _time_major(cell, rng, N, T, D, H)
+    lens = np.full(N, T) if LENGTH_CASES[lengths] is None else np.array(LENGTH_CASES[lengths])
+    bs = None if LENGTH_CASES[lengths] is None else _batch_sizes(lens, T)
+    if bs is not None:
+        # padded upstream gradients must never be read
+        for n, L in enumerate(lens):
+            up["dh"][L:, n] = np.nan
+    got = run_kernel(cell, inp, up, reverse=reverse, batch_sizes=bs, batch_major=batch_major)
+    want = reference_per_row(cell, inp, up, lens, reverse)
+    for name in got:
+        assert_close(got[name], want[name], name)
+    # the final states as the layer above gathers them, at each row's last step
+    assert_close(_gather_final(got["h"], lens, reverse, inp["h0"]), want["hn"], "h_n")
+    if cell == "lstm":
+        assert_close(_gather_final(got["c"], lens, reverse, inp["c0"]), want["cn"], "c_n")
+    # padding is written as exact zeros
+    for n, L in enumerate(lens):
+        for name in ("h", "c", "dx"):
+            if name in got:
+                assert np.all(got[name][L:, n] == 0), name
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_lengths_float32(cell, rng):
+    N, T, D, H = 4, 5, 3, 6
+    inp, up = _time_major(cell, rng, N, T, D, H, np.float32)
+    lens = np.array([5, 4, 2, 1])
+    for reverse in (False, True):
+        got = run_kernel(cell, inp, up, reverse=reverse, batch_sizes=_batch_sizes(lens, T),
+                         batch_major=True)
+        want = reference_per_row(cell, inp, up, lens, reverse)
+        for name in got:
+            assert got[name].dtype == np.float32, name
+            assert_close(got[name], want[name], name)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_layouts_and_transposed_weights_agree(cell, reverse, rng):
+    N, T, D, H = 3, 5, 4, 3
+    inp, up = _time_major(cell, rng, N, T, D, H)
+    bs = _batch_sizes(np.array([5, 3, 2]), T)
+    base = run_kernel(cell, inp, up, reverse=reverse, batch_sizes=bs)
+    for batch_major in (False, True):
+        for transposed in (False, True):
+            got = run_kernel(cell, inp, up, reverse=reverse, batch_sizes=bs,
+                             batch_major=batch_major, transposed=transposed)
+            for name in base:
+                assert_close_f64(got[name], base[name], atol=1e-13,
+                                 name=f"{name} bm={batch_major} tr={transposed}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_accumulates_weight_gradients(cell, rng):
+    N, T, D, H = 3, 4, 2, 3
+    inp, up = _time_major(cell, rng, N, T, D, H)
+    G = GATES[cell]
+    names = ("dWx", "dWh", "dbx", "dbh") if cell == "gru" else ("dWx", "dWh", "db")
+    shapes = {"dWx": (D, G * H), "dWh": (H, G * H), "dbx": (G * H,), "dbh": (G * H,),
+              "db": (G * H,)}
+    preset = {k: rng.standard_normal(shapes[k]) for k in names}
+    fresh = run_kernel(cell, inp, up, transposed=True)
+    acc = run_kernel(cell, inp, up, transposed=True, preset=preset)
+    for k in names:
+        assert_close_f64(acc[k], preset[k] + fresh[k], name=k)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_read_only_inputs_unmodified_and_saved_reusable(cell, rng):
+    N, T, D, H = 3, 4, 5, 2
+    inp, up = _time_major(cell, rng, N, T, D, H)
+    want = run_kernel(cell, inp, up)
+    before = {k: v.copy() for k, v in {**inp, **up}.items()}
+    for v in {**inp, **up}.values():
+        v.flags.writeable = False
+    x = inp["x"]
+    h = np.empty((T, N, H))
+    dx, dh0 = np.empty((T, N, D)), np.empty((N, H))
+    G = GATES[cell]
+    if cell == "gru":
+        args = (inp["h0"], inp["Wx"], inp["Wh"], inp["bx"], inp["bh"])
+        saved = kgru.forward(x, *args, h)
+        for a in saved:
+            a.flags.writeable = False
+        for _ in range(2):   # backward twice from the same saved arrays
+            grads = [np.zeros((D, G * H)), np.zeros((H, G * H)), np.zeros(G * H),
+                     np.zeros(G * H)]
+            h.flags.writeable = False
+            kgru.backward(up["dh"], up["dhn"], x, inp["h0"], inp["Wx"], inp["Wh"], inp["bh"],
+                          h, saved, dx, dh0, *grads)
+            got = dict(zip(("dWx", "dWh", "dbx", "dbh"), grads), h=h, dx=dx, dh0=dh0)
+            for k, v in got.items():
+                assert_close_f64(v, want[k], name=k)
+    else:
+        c = np.empty((T, N, H))
+        args = (inp["h0"], inp["c0"], inp["Wx"], inp["Wh"], inp["b"])
+        saved = klstm.forward(x, *args, h, c)
+        saved.gates.flags.writeable = False
+        h.flags.writeable = False
+        c.flags.writeable = False
+        for _ in range(2):
+            dc0 = np.empty((N, H))
+            grads = [np.zeros((D, G * H)), np.zeros((H, G * H)), np.zeros(G * H)]
+            klstm.backward(up["dh"], up["dhn"], up["dcn"], x, inp["h0"], inp["c0"],
+                           inp["Wx"], inp["Wh"], h, c, saved, dx, dh0, dc0, *grads)
+            got = dict(zip(("dWx", "dWh", "db"), grads), h=h, c=c, dx=dx, dh0=dh0, dc0=dc0)
+            for k, v in got.items():
+                assert_close_f64(v, want[k], name=k)
+    for k, v in before.items():
+        assert np.array_equal({**inp, **up}[k], v), f"{k} was modified"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_functional_read_only_and_unmodified(cell, rng):
+    inp, up = _draw(cell, rng, 2, 3, 4, 3)
+    want = _functional_sequence(cell, inp, up)
+    before = {k: v.copy() for k, v in {**inp, **up}.items()}
+    for v in {**inp, **up}.values():
+        v.flags.writeable = False
+    got = _functional_sequence(cell, inp, up)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+    for k, v in before.items():
+        assert np.array_equal({**inp, **up}[k], v), f"{k} was modified"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_functional_non_contiguous_and_transposed_inputs(cell, rng):
+    inp, up = _draw(cell, rng, 3, 4, 5, 2)
+    want = _ref_sequence(cell, inp, up)
+    odd = dict(inp)
+    odd["x"] = np.asfortranarray(inp["x"])
+    odd["Wx"] = _mat(inp["Wx"], transposed=True)
+    odd["Wh"] = _mat(inp["Wh"], transposed=True)
+    odd["h0"] = np.asfortranarray(inp["h0"])
+    wide = np.zeros((inp["Wx"].shape[0], 2 * inp["Wx"].shape[1]))
+    wide[:, ::2] = inp["Wx"]
+    odd["Wx"] = wide[:, ::2]   # strided: copied by the API
+    got = _functional_sequence(cell, odd, dict(up, dh=np.asfortranarray(up["dh"])))
+    for k in want:
+        assert_close(got[k], want[k], k)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("N, T, D, H", [(2, 0, 3, 4), (2, 3, 0, 4)], ids=["T0", "D0"])
+def test_kernel_empty_dimensions(cell, N, T, D, H, rng):
+    inp, up = _time_major(cell, rng, N, T, D, H)
+    got = run_kernel(cell, inp, up)
+    if T == 0:
+        assert_close_f64(got["dh0"], up["dhn"], name="dh0")
+        if cell == "lstm":
+            assert_close_f64(got["dc0"], up["dcn"], name="dc0")
+        for k in ("dWx", "dWh", "dbx", "dbh", "db"):
+            if k in got:
+                assert np.all(got[k] == 0), k
+    else:
+        want = reference_per_row(cell, inp, up, np.full(N, T), False)
+        for k in got:
+            assert_close(got[k], want[k], k)
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+def _kernel_args(cell, rng, N=2, T=3, D=4, H=5):
+    """Valid keyword arguments of the kernel forward and backward (time-major)."""
+    inp, up = _time_major(cell, rng, N, T, D, H)
+    G = GATES[cell]
+    fwd = dict(x=inp["x"], h0=inp["h0"], Wx=inp["Wx"], Wh=inp["Wh"], h=np.empty((T, N, H)))
+    if cell == "gru":
+        fwd.update(bx=inp["bx"], bh=inp["bh"])
+        saved = kgru.forward(**fwd)
+        bwd = dict(dh=up["dh"], dhn=up["dhn"], x=inp["x"], h0=inp["h0"], Wx=inp["Wx"],
+                   Wh=inp["Wh"], bh=inp["bh"], h=fwd["h"], saved=saved,
+                   dx=np.empty((T, N, D)), dh0=np.empty((N, H)), dWx=np.zeros((D, G * H)),
+                   dWh=np.zeros((H, G * H)), dbx=np.zeros(G * H), dbh=np.zeros(G * H))
+    else:
+        fwd.update(c0=inp["c0"], b=inp["b"], c=np.empty((T, N, H)))
+        saved = klstm.forward(**fwd)
+        bwd = dict(dh=up["dh"], dhn=up["dhn"], dcn=up["dcn"], x=inp["x"], h0=inp["h0"],
+                   c0=inp["c0"], Wx=inp["Wx"], Wh=inp["Wh"], h=fwd["h"], c=fwd["c"],
+                   saved=saved, dx=np.empty((T, N, D)), dh0=np.empty((N, H)),
+                   dc0=np.empty((N, H)), dWx=np.zeros((D, G * H)),
+                   dWh=np.zeros((H, G * H)), db=np.zeros(G * H))
+    return fwd, bwd
+
+
+def _wrong(a):
+    """The same kind of array with one axis one longer."""
+    shape = list(a.shape)
+    shape[-1] += 1
+    return np.zeros(shape, dtype=a.dtype)
+
+
+FWD_ARGS = {"gru": ["h0", "Wx", "Wh", "bx", "bh", "h"],
+            "lstm": ["h0", "c0", "Wx", "Wh", "b", "h", "c"]}
+BWD_ARGS = {"gru": ["dh", "dhn", "h0", "Wx", "Wh", "bh", "h", "dx", "dh0", "dWx", "dWh",
+                    "dbx", "dbh"],
+            "lstm": ["dh", "dhn", "dcn", "h0", "c0", "Wx", "Wh", "h", "c", "dx", "dh0",
+                     "dc0", "dWx", "dWh", "db"]}
+KERNELS = {"gru": kgru, "lstm": klstm}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_bad_shapes_name_the_argument(cell, rng):
+    fwd, bwd = _kernel_args(cell, rng)
+    k = KERNELS[cell]
+    for name in FWD_ARGS[cell]:
+        with pytest.raises(ValueError, match=rf"^{name}: expected"):
+            k.forward(**dict(fwd, **{name: _wrong(fwd[name])}))
+    for name in BWD_ARGS[cell]:
+        with pytest.raises(ValueError, match=rf"^{name}: expected"):
+            k.backward(**dict(bwd, **{name: _wrong(bwd[name])}))
+    # saved: a wrong object, or arrays of the wrong shape
+    with pytest.raises(ValueError, match="^saved"):
+        k.backward(**dict(bwd, saved=None))
+    bad = tuple(_wrong(a) for a in bwd["saved"])
+    with pytest.raises(ValueError, match=r"^saved\.gates: expected"):
+        k.backward(**dict(bwd, saved=bad))
+    with pytest.raises(ValueError, match="^batch_sizes"):
+        k.forward(**fwd, batch_sizes=[2, 2])
+    with pytest.raises(ValueError, match="^batch_sizes"):
+        k.forward(**fwd, batch_sizes=[1, 2, 2])    # increasing
+    with pytest.raises(ValueError, match="^batch_sizes"):
+        k.forward(**fwd, batch_sizes=[3, 2, 2])    # > N
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_bad_layouts(cell, rng):
+    fwd, bwd = _kernel_args(cell, rng, N=2, T=3)
+    k = KERNELS[cell]
+    T, N, H = fwd["h"].shape
+    h_bm = _empty_seq(T, N, H, np.float64, batch_major=True)
+    with pytest.raises(ValueError, match="same layout"):
+        k.forward(**dict(fwd, h=h_bm))
+    with pytest.raises(ValueError, match="^h: layout"):
+        k.forward(**dict(fwd, h=np.empty((T, N + 1, H))[:, :N]))   # gaps between steps
+    with pytest.raises(ValueError, match="^h: the feature axis"):
+        k.forward(**dict(fwd, h=np.empty((T, N, H, 2))[..., 0]))
+    with pytest.raises(ValueError, match="^Wh: needs"):
+        Wh = fwd["Wh"]
+        k.forward(**dict(fwd, Wh=np.zeros((Wh.shape[0], 2 * Wh.shape[1]))[:, ::2]))
+    with pytest.raises(ValueError, match="^h0: expected a C-contiguous"):
+        k.forward(**dict(fwd, h0=np.asfortranarray(fwd["h0"])))
+    with pytest.raises(ValueError, match="same layout"):
+        k.backward(**dict(bwd, dx=_empty_seq(T, N, bwd["dx"].shape[2], np.float64, True)))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_functional_bad_arguments(cell, rng):
+    inp, up = _draw(cell, rng, 2, 3, 4, 5)
+    fwd = F.gru_forward if cell == "gru" else F.lstm_forward
+    for name in inp:
+        wrong = inp["x"][0] if name == "x" else _wrong(inp[name])
+        with pytest.raises(ValueError, match=rf"^{name}: expected shape"):
+            fwd(**dict(inp, **{name: wrong}))
+    with pytest.raises(TypeError, match="^Wh: dtype"):
+        fwd(**dict(inp, Wh=inp["Wh"].astype(np.float32)))
+    with pytest.raises(TypeError, match="^x: expected a float"):
+        fwd(**dict(inp, x=inp["x"].astype(int)))
+    out = fwd(**inp)
+    cache = out[-1]
+    if cell == "gru":
+        with pytest.raises(ValueError, match="^dh: expected shape"):
+            F.gru_backward(_wrong(up["dh"]), cache)
+        with pytest.raises(ValueError, match="^dhn: expected shape"):
+            F.gru_backward(up["dh"], cache, dhn=_wrong(up["dhn"]))
+        with pytest.raises(TypeError, match="^cache"):
+            F.gru_step_backward(up["dh"][:, 0], cache)
+        step_args = (inp["x"][:, 0], inp["h0"], inp["Wx"], inp["Wh"], inp["bx"], inp["bh"])
+        with pytest.raises(ValueError, match="^prev_h: expected shape"):
+            F.gru_step_forward(step_args[0], _wrong(inp["h0"]), *step_args[2:])
+        _, scache = F.gru_step_forward(*step_args)
+        with pytest.raises(ValueError, match="^dnext_h: expected shape"):
+            F.gru_step_backward(_wrong(up["dhn"]), scache)
+    else:
+        with pytest.raises(ValueError, match="^dcn: expected shape"):
+            F.lstm_backward(up["dh"], cache, dcn=_wrong(up["dcn"]))
+        with pytest.raises(TypeError, match="^cache"):
+            F.lstm_backward(up["dh"], "not a cache")
+        step_args = (inp["x"][:, 0], inp["h0"], inp["c0"], inp["Wx"], inp["Wh"], inp["b"])
+        with pytest.raises(ValueError, match="^prev_c: expected shape"):
+            F.lstm_step_forward(*step_args[:2], _wrong(inp["c0"]), *step_args[3:])
+        _, _, scache = F.lstm_step_forward(*step_args)
+        with pytest.raises(ValueError, match="^dnext_c: expected shape"):
+            F.lstm_step_backward(up["dhn"], _wrong(up["dcn"]), scache)
+
+
+# ---------------------------------------------------------------------------
+# NaN
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_nan_input_propagates_to_its_row(cell, dtype, rng):
+    N, T, D, H = 3, 5, 4, 6
+    inp, up = _draw(cell, rng, N, T, D, H, dtype)
+    inp["x"][1, 2, 0] = np.nan
+    out = _functional_sequence(cell, inp, up)
+    h = out["h"]
+    assert np.all(np.isnan(h[1, 2:])), "NaN must reach every later state of its row"
+    assert np.all(np.isfinite(h[1, :2])) and np.all(np.isfinite(h[[0, 2]]))
+    # backward ran; the NaN reaches its row's input gradients, not the other rows'
+    assert np.all(np.isnan(out["dx"][1]))
+    assert np.all(np.isfinite(out["dx"][[0, 2]]))
+    assert np.all(np.isnan(out["dWx"]).any(axis=0))
