@@ -50,6 +50,17 @@ cdef inline bint mat_layout(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t rows, Py_ss
     return False
 
 
+# ------------------------------------------------------------ BLAS threads
+# The time loops run BLAS single-threaded when a step's GEMM is small (see
+# rc_simd.h); rnncore._threads installs the BLAS's thread functions at import.
+
+cdef extern from "rc_simd.h" nogil:
+    int loop_threads_begin "rc_loop_threads_begin"(long long work)
+    void loop_threads_end "rc_loop_threads_end"(int saved)
+    void blas_thread_hooks "rc_blas_thread_hooks"(size_t set_fn, size_t get_fn,
+                                                  long long min_work)
+
+
 # ------------------------------------------------------------ argument checks
 # Used by the kernels' `def` entry points before `with nogil` (they raise
 # ValueError naming the argument; nothing inside nogil can fail). They are

@@ -79,7 +79,8 @@ import numpy as np
 
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
-                      vec_check, check_batch_sizes)
+                      vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
+                      blas_thread_hooks)
 
 cdef extern from "rc_simd.h" nogil:
     enum: RC_GRU_N   # index of the n block (the last one: r, z come first)
@@ -158,11 +159,13 @@ cdef void forward_loop(
         const Py_ssize_t *bs, bint reverse) noexcept nogil:
     # s: (N, 3H) scratch for the per-step recurrent projection
     cdef Py_ssize_t k, t, tp, B, Bc, GH = RC_GRU_G * H
+    cdef int threads
     cdef floating *gt
     cdef floating *hnt
     cdef floating *ht
     # A = x @ Wx          (T*N, 3H) = (T*N, D)(D, 3H): all steps' input projection
     mm(T * N, GH, D, <floating>1, x, x_ld, False, wx, wx_ld, wx_t, <floating>0, g, g_ld, False)
+    threads = loop_threads_begin(N * GH * H)
     for k in range(T):
         t = T - 1 - k if reverse else k
         tp = t + 1 if reverse else t - 1
@@ -190,6 +193,7 @@ cdef void forward_loop(
             scale_rows(ht + B * h_sn, h_sn, N - B, H, <floating>0)
             scale_rows(gt + B * g_sn, g_sn, N - B, GH, <floating>0)
             scale_rows(hnt + B * hn_sn, hn_sn, N - B, H, <floating>0)
+    loop_threads_end(threads)
 
 
 cdef void backward_loop(
@@ -212,10 +216,12 @@ cdef void backward_loop(
         const Py_ssize_t *bs, bint reverse) noexcept nogil:
     # On entry carry (N, H) holds dh_n; on exit it holds dh0.
     cdef Py_ssize_t k, t, tp, B, Bc, R = T * N, GH = RC_GRU_G * H
+    cdef int threads
     cdef Py_ssize_t nH = RC_GRU_N * H   # columns before the n block: [r | z]
     cdef Py_ssize_t dg_ld = GH, dan_ld = H   # workspaces are contiguous in their layout
     cdef floating *dgt
     cdef floating *dant
+    threads = loop_threads_begin(N * GH * H)
     for k in range(T):
         t = k if reverse else T - 1 - k
         tp = t + 1 if reverse else t - 1
@@ -240,6 +246,7 @@ cdef void backward_loop(
         # carry[:B] += dG_t[:B] @ Wh^T           (B, H) += (B, 3H)(H, 3H)^T
         mm(B, H, GH, <floating>1, dgt, dg_sn, False, wh, wh_ld, not wh_t,
            <floating>1, carry, H, False)
+    loop_threads_end(threads)
 
     # input side: x Wx + bx sees [da_r | da_z | da_n] = [dG[:, :nH] | dAn]
     if D > 0:
@@ -417,3 +424,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
                       &dh0[0, 0], dgsp,
                       dxp, dx_ld, dwxp, dwx_ld, dwx_t, &dWh[0, 0], dwh_ld, dwh_t,
                       &dbx[0], &dbh[0], T, N, D, H, h_bm, bsp, reverse)
+
+
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work):
+    """Install the BLAS thread functions used by the time-loop policy (rc_simd.h)."""
+    blas_thread_hooks(set_fn, get_fn, min_work)

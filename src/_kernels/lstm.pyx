@@ -57,7 +57,8 @@ import numpy as np
 
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
-                      vec_check, check_batch_sizes)
+                      vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
+                      blas_thread_hooks)
 
 cdef extern from "rc_simd.h" nogil:
     enum: RC_LSTM_GATES
@@ -120,11 +121,13 @@ cdef void forward_loop(
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
         const Py_ssize_t *bs, bint reverse) noexcept nogil:
     cdef Py_ssize_t s, t, tp, B, Bc, GH = RC_LSTM_GATES * H
+    cdef int threads
     cdef floating *at
     cdef floating *ct
     cdef floating *ht
     # A = x @ Wx          (T*N, 4H) = (T*N, D)(D, 4H): all steps' input projection
     mm(T * N, GH, D, <floating>1, x, x_ld, False, wx, wx_ld, wx_t, <floating>0, a, a_ld, False)
+    threads = loop_threads_begin(N * GH * H)
     for s in range(T):
         t = T - 1 - s if reverse else s
         tp = t + 1 if reverse else t - 1
@@ -152,6 +155,7 @@ cdef void forward_loop(
             scale_rows(ht + B * h_sn, h_sn, N - B, H, <floating>0)
             scale_rows(ct + B * c_sn, c_sn, N - B, H, <floating>0)
             scale_rows(at + B * a_sn, a_sn, N - B, GH, <floating>0)
+    loop_threads_end(threads)
 
 
 cdef void backward_loop(
@@ -173,8 +177,10 @@ cdef void backward_loop(
         const Py_ssize_t *bs, bint reverse) noexcept nogil:
     # On entry the carries (N, H) hold (dh_n, dc_n); on exit (dh0, dc0).
     cdef Py_ssize_t s, t, tp, B, Bc, R = T * N, GH = RC_LSTM_GATES * H
+    cdef int threads
     cdef Py_ssize_t dg_ld = GH   # dg is contiguous in its own layout
     cdef floating *dgt
+    threads = loop_threads_begin(N * GH * H)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t + 1 if reverse else t - 1
@@ -196,6 +202,7 @@ cdef void backward_loop(
         # carry_h[:B] = dA_t[:B] @ Wh^T          (B, H) = (B, 4H)(H, 4H)^T
         mm(B, H, GH, <floating>1, dgt, dg_sn, False, wh, wh_ld, not wh_t,
            <floating>0, carry_h, H, False)
+    loop_threads_end(threads)
 
     # dx = dA @ Wx^T                              (R, D) = (R, 4H)(D, 4H)^T
     mm(R, D, GH, <floating>1, dg, dg_ld, False, wx, wx_ld, not wx_t, <floating>0, dx, dx_ld, False)
@@ -355,3 +362,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
                       &dg[0, 0, 0], dg_st, dg_sn, &dh0[0, 0], &dc0[0, 0], dgsp,
                       dxp, dx_ld, dwxp, dwx_ld, dwx_t, &dWh[0, 0], dwh_ld, dwh_t, &db[0],
                       T, N, D, H, h_bm, bsp, reverse)
+
+
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work):
+    """Install the BLAS thread functions used by the time-loop policy (rc_simd.h)."""
+    blas_thread_hooks(set_fn, get_fn, min_work)

@@ -346,6 +346,48 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, double, rc_tanhd)
 RC_DEFINE_SMALL_GEMM(rc_gemm_small_f, float)
 RC_DEFINE_SMALL_GEMM(rc_gemm_small_d, double)
 
+/* BLAS thread policy for the time loop.
+ *
+ * The per-step GEMMs are small: below a few million multiply-adds, handing
+ * them to BLAS's thread pool costs more than it saves, and on a busy machine
+ * spin-waiting BLAS threads can make a step 5-10x slower. The all-steps GEMMs
+ * before and after the loop are large and keep BLAS's threads. So a time loop
+ * whose per-step work is below rc_loop_parallel_min runs with BLAS limited to
+ * one thread and restores the previous count right after. The hooks are the
+ * BLAS's own openblas_{set,get}_num_threads, found by rnncore._threads at
+ * import (NULL: no policy, e.g. a non-OpenBLAS SciPy). If another thread has
+ * already lowered the count to 1, nothing is changed (and nothing restored). */
+typedef void (*rc_set_threads_fn)(int);
+typedef int (*rc_get_threads_fn)(void);
+static rc_set_threads_fn rc_blas_set_threads = NULL;
+static rc_get_threads_fn rc_blas_get_threads = NULL;
+static long long rc_loop_parallel_min = 4000000LL;
+
+static void rc_blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work)
+{
+    rc_blas_set_threads = (rc_set_threads_fn)set_fn;
+    rc_blas_get_threads = (rc_get_threads_fn)get_fn;
+    rc_loop_parallel_min = min_work;
+}
+
+/* Call before a time loop whose per-step GEMM does `work` multiply-adds;
+ * returns what to pass to rc_loop_threads_end. */
+static int rc_loop_threads_begin(long long work)
+{
+    if (rc_blas_set_threads == NULL || rc_blas_get_threads == NULL
+        || work >= rc_loop_parallel_min)
+        return 0;
+    int n = rc_blas_get_threads();
+    if (n <= 1) return 0;
+    rc_blas_set_threads(1);
+    return n;
+}
+
+static void rc_loop_threads_end(int saved)
+{
+    if (saved > 1 && rc_blas_set_threads != NULL) rc_blas_set_threads(saved);
+}
+
 /* The SIMD level the ifunc resolver picks for the clones above (the same
  * priority order as the target_clones list). */
 static const char *rc_simd_level(void)

@@ -40,7 +40,9 @@ from libc.string cimport memcpy
 import numpy as np
 
 from _blas cimport floating, mm, colsum_add, scale_rows
-from _common cimport seq_ld, mat_layout
+from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
+                      check_batch_sizes, loop_threads_begin, loop_threads_end,
+                      blas_thread_hooks)
 
 cdef extern from "rc_simd.h" nogil:
     void rc_rnn_act_f(float *z, Py_ssize_t ldz, const float *b, Py_ssize_t rows,
@@ -76,14 +78,6 @@ cdef inline void dz_rows(floating *dz, Py_ssize_t lddz, const floating *dh, Py_s
         rc_rnn_dz_d(dz, lddz, dh, lddh, carry, H, h, ldh, rows, H, relu)
 
 
-cdef inline Py_ssize_t active(const Py_ssize_t *bs, Py_ssize_t t, Py_ssize_t T,
-                              Py_ssize_t N) noexcept nogil:
-    """Rows active at step t (0 outside [0, T))."""
-    if t < 0 or t >= T:
-        return 0
-    return bs[t] if bs != NULL else N
-
-
 # ----------------------------------------------------------------- time loops
 
 cdef void forward_loop(
@@ -97,8 +91,10 @@ cdef void forward_loop(
         const Py_ssize_t *bs, bint relu, bint reverse) noexcept nogil:
     cdef Py_ssize_t s, t, tp, B, Bc
     cdef floating *ht
+    cdef int threads
     # h = x @ Wx          (T*N, H) = (T*N, D)(D, H): all steps' input projection
     mm(T * N, H, D, <floating>1, x, x_ld, False, wx, wx_ld, wx_t, <floating>0, h, h_ld, False)
+    threads = loop_threads_begin(N * H * H)
     for s in range(T):
         t = T - 1 - s if reverse else s
         tp = t + 1 if reverse else t - 1
@@ -121,6 +117,7 @@ cdef void forward_loop(
         if B < N:
             # padding: h_t[B:] = 0
             scale_rows(ht + B * h_sn, h_sn, N - B, H, <floating>0)
+    loop_threads_end(threads)
 
 
 cdef void backward_loop(
@@ -139,9 +136,10 @@ cdef void backward_loop(
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, bint batch_major,
         const Py_ssize_t *bs, bint relu, bint reverse) noexcept nogil:
     # On entry carry (N, H) holds dh_n; on exit it holds dh0.
-    cdef Py_ssize_t s, t, B, n, R = T * N
+    cdef Py_ssize_t s, t, B, R = T * N
     cdef Py_ssize_t dz_ld = H   # dz is contiguous in its own layout
     cdef floating *dzt
+    cdef int threads = loop_threads_begin(N * H * H)
     for s in range(T):
         t = s if reverse else T - 1 - s
         B = active(bs, t, T, N)
@@ -153,6 +151,7 @@ cdef void backward_loop(
         # carry[:B] = dz_t[:B] @ Wh^T            (B, H) = (B, H)(H, H)^T
         mm(B, H, H, <floating>1, dzt, dz_sn, False, wh, wh_ld, not wh_t,
            <floating>0, carry, H, False)
+    loop_threads_end(threads)
 
     # dx = dz @ Wx^T                              (R, D) = (R, H)(H, D)
     mm(R, D, H, <floating>1, dz, dz_ld, False, wx, wx_ld, not wx_t, <floating>0, dx, dx_ld, False)
@@ -160,94 +159,14 @@ cdef void backward_loop(
     mm(D, H, R, <floating>1, x, x_ld, True, dz, dz_ld, False, <floating>1, dwx, dwx_ld, dwx_t)
     # db += dz.sum(axis=0)
     colsum_add(db, dz, dz_ld, R, H)
-    # dWh += sum_t h_prev(t)^T dz_t. In the uniform view the previous step of a
-    # row is one step-stride away, so all pairs are one shifted GEMM ...
-    if T > 1:
-        if not reverse:
-            # pairs (h_{t-1}, dz_t):  (H, H) += (H, R-s)(R-s, H)
-            mm(H, H, R - dz_st // dz_ld, <floating>1, h, h_ld, True,
-               dz + dz_st, dz_ld, False, <floating>1, dwh, dwh_ld, dwh_t)
-            if batch_major and N > 1:
-                # ... minus the pairs that straddle two sequences:
-                # (h[n-1, T-1], dz[n, 0]) for n = 1..N-1   (H, H) -= (H, N-1)(N-1, H)
-                mm(H, H, N - 1, <floating>-1, h + (T - 1) * h_st, h_sn, True,
-                   dz + dz_sn, dz_sn, False, <floating>1, dwh, dwh_ld, dwh_t)
-        else:
-            # pairs (h_{t+1}, dz_t)
-            mm(H, H, R - dz_st // dz_ld, <floating>1, h + h_st, h_ld, True,
-               dz, dz_ld, False, <floating>1, dwh, dwh_ld, dwh_t)
-            if batch_major and N > 1:
-                # (h[n+1, 0], dz[n, T-1]) for n = 0..N-2
-                mm(H, H, N - 1, <floating>-1, h + h_sn, h_sn, True,
-                   dz + (T - 1) * dz_st, dz_sn, False, <floating>1, dwh, dwh_ld, dwh_t)
-    # ... plus h0^T dz at each row's first step     (H, H) += (H, N)(N, H)
-    if T > 0:
-        if not reverse:
-            mm(H, H, N, <floating>1, h0, h0_ld, True, dz, dz_sn, False,
-               <floating>1, dwh, dwh_ld, dwh_t)
-        elif bs == NULL:
-            mm(H, H, N, <floating>1, h0, h0_ld, True, dz + (T - 1) * dz_st, dz_sn, False,
-               <floating>1, dwh, dwh_ld, dwh_t)
-        else:
-            # reverse with lengths: row n starts at t = len_n - 1; gather those rows
-            scale_rows(dzs, H, N, H, <floating>0)
-            for t in range(T):
-                for n in range(active(bs, t + 1, T, N), bs[t]):
-                    memcpy(dzs + n * H, dz + t * dz_st + n * dz_sn, H * sizeof(floating))
-            mm(H, H, N, <floating>1, h0, h0_ld, True, dzs, H, False,
-               <floating>1, dwh, dwh_ld, dwh_t)
+    # dWh += sum_t h_prev(t)^T dz_t (h_prev = h0 at each row's first step)
+    dwh_accumulate(h, h_ld, h_st, h_sn, h0, dz, dz_ld, dz_st, dz_sn, dzs, dwh, dwh_ld, dwh_t,
+                   T, N, H, H, batch_major, bs, reverse)
 
 
 # ----------------------------------------------------------------- entry points
 # Shapes and layouts are checked here, before `with nogil`; the loops above
 # cannot fail. Strides come from the memoryviews (in bytes), never from copies.
-
-cdef Py_ssize_t seq_check(Py_ssize_t[8] shape, Py_ssize_t[8] strides, Py_ssize_t isz,
-                          str name, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F,
-                          Py_ssize_t *st, Py_ssize_t *sn, bint *bm) except -1:
-    """Row stride of the uniform view of a (T, N, F) sequence (raises ValueError)."""
-    if shape[0] != T or shape[1] != N or shape[2] != F:
-        raise ValueError(f"{name}: expected shape {(T, N, F)}, got {(shape[0], shape[1], shape[2])}")
-    if F > 1 and strides[2] != isz:
-        raise ValueError(f"{name}: the feature axis must be contiguous")
-    st[0] = strides[0] // isz
-    sn[0] = strides[1] // isz
-    cdef Py_ssize_t ld = seq_ld(st[0], sn[0], T, N, F, bm)
-    if ld < 0 or st[0] < 0 or sn[0] < 0:
-        raise ValueError(f"{name}: layout is neither time-major nor batch-major")
-    return ld
-
-
-cdef int mat_check(Py_ssize_t[8] shape, Py_ssize_t[8] strides, Py_ssize_t isz, str name,
-                   Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t *ld, bint *tr) except -1:
-    """BLAS (ld, trans) of a (rows, cols) matrix (raises ValueError)."""
-    if shape[0] != rows or shape[1] != cols:
-        raise ValueError(f"{name}: expected shape {(rows, cols)}, got {(shape[0], shape[1])}")
-    if not mat_layout(strides[0] // isz, strides[1] // isz, rows, cols, ld, tr):
-        raise ValueError(f"{name}: needs a row-major array or a transposed view of one")
-    return 0
-
-
-cdef int rows_check(Py_ssize_t[8] shape, Py_ssize_t[8] strides, Py_ssize_t isz, str name,
-                    Py_ssize_t rows, Py_ssize_t cols) except -1:
-    """A C-contiguous (rows, cols) state array."""
-    if shape[0] != rows or shape[1] != cols or (cols > 1 and strides[1] != isz) \
-            or (rows > 1 and strides[0] != cols * isz):
-        raise ValueError(f"{name}: expected a C-contiguous array of shape {(rows, cols)}")
-    return 0
-
-
-def check_batch_sizes(batch_sizes, Py_ssize_t T, Py_ssize_t N):
-    """(array, used): batch_sizes as a contiguous intp array, validated."""
-    if batch_sizes is None:
-        return np.zeros(1, dtype=np.intp), False
-    bs = np.ascontiguousarray(batch_sizes, dtype=np.intp)
-    if bs.shape != (T,):
-        raise ValueError(f"batch_sizes: expected shape {(T,)}, got {bs.shape}")
-    if T and (bs.max() > N or bs.min() < 0 or np.any(np.diff(bs) > 0)):
-        raise ValueError("batch_sizes: must be non-increasing values in [0, N]")
-    return bs, True
-
 
 def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] Wx,
             const floating[:, :] Wh, const floating[:] b, floating[:, :, :] h,
@@ -272,8 +191,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     mat_check(Wx.shape, Wx.strides, isz, "Wx", D, H, &wx_ld, &wx_t)
     mat_check(Wh.shape, Wh.strides, isz, "Wh", H, H, &wh_ld, &wh_t)
     rows_check(h0.shape, h0.strides, isz, "h0", N, H)
-    if b.shape[0] != H or (H > 1 and b.strides[0] != isz):
-        raise ValueError(f"b: expected a contiguous array of shape {(H,)}")
+    vec_check(b.shape, b.strides, isz, "b", H)
     bs_arr, used = check_batch_sizes(batch_sizes, T, N)
     cdef const Py_ssize_t[:] bs = bs_arr
     cdef const Py_ssize_t *bsp = &bs[0] if used else NULL
@@ -320,8 +238,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     rows_check(h0.shape, h0.strides, isz, "h0", N, H)
     rows_check(dhn.shape, dhn.strides, isz, "dhn", N, H)
     rows_check(dh0.shape, dh0.strides, isz, "dh0", N, H)
-    if db.shape[0] != H or (H > 1 and db.strides[0] != isz):
-        raise ValueError(f"db: expected a contiguous array of shape {(H,)}")
+    vec_check(db.shape, db.strides, isz, "db", H)
     bs_arr, used = check_batch_sizes(batch_sizes, T, N)
     cdef const Py_ssize_t[:] bs = bs_arr
     cdef const Py_ssize_t *bsp = &bs[0] if used else NULL
@@ -375,8 +292,7 @@ cdef int step_impl(const floating[:, :] x, const floating[:, :] h0, const floati
     rows_check(x.shape, x.strides, isz, "x", N, D)
     rows_check(h0.shape, h0.strides, isz, "h0", N, H)
     rows_check(h.shape, h.strides, isz, "h", N, H)
-    if b.shape[0] != H or (H > 1 and b.strides[0] != isz):
-        raise ValueError(f"b: expected a contiguous array of shape {(H,)}")
+    vec_check(b.shape, b.strides, isz, "b", H)
     if N == 0 or H == 0:
         return 0
     with nogil:
@@ -396,3 +312,8 @@ def step_f64(const double[:, :] x, const double[:, :] h0, const double[:, :] Wx,
              const double[:, :] Wh, const double[:] b, double[:, :] h, bint relu=False):
     """One float64 step; as `step_f32`."""
     step_impl(x, h0, Wx, Wh, b, h, relu)
+
+
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work):
+    """Install the BLAS thread functions used by the time-loop policy (rc_simd.h)."""
+    blas_thread_hooks(set_fn, get_fn, min_work)

@@ -25,7 +25,11 @@ _select_blas_kernels()  # before the kernels load SciPy's BLAS; see rnncore._con
 from . import cells, functional, losses, nn, optim, reference  # noqa: E402
 from .cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from ._config import show_config, threadpool_limits  # noqa: E402
-from ._threads import set_parallel_directions  # noqa: E402
+from ._threads import set_loop_parallel_min, set_parallel_directions  # noqa: E402
+
+from . import _threads  # noqa: E402
+
+_threads.set_loop_parallel_min(_threads.LOOP_PARALLEL_MIN)  # install the time-loop policy
 from .io import load, load_checkpoint, save  # noqa: E402
 from .models import GRU, LSTM, RNN  # noqa: E402
 from .module import Module  # noqa: E402
@@ -36,6 +40,6 @@ __all__ = [
     "functional", "reference", "nn", "losses", "optim",
     "clip_grad_norm_", "clip_grad_value_", "gradcheck",
     "save", "load", "load_checkpoint",
-    "show_config", "threadpool_limits", "set_parallel_directions",
+    "show_config", "threadpool_limits", "set_parallel_directions", "set_loop_parallel_min",
     "__version__",
 ]

@@ -118,7 +118,7 @@ def show_config(file=None) -> dict:
 
     from . import __version__
     from ._kernels import simd
-    from ._threads import parallel_directions_enabled
+    from ._threads import LOOP_PARALLEL_MIN, loop_policy_active, parallel_directions_enabled
 
     vendor, model, flags = _cpu_info()
     blas = _blas_info()
@@ -137,6 +137,8 @@ def show_config(file=None) -> dict:
         "blas_threads": blas.get("num_threads") if blas else None,
         "blas_coretype_override": _CORETYPE_STATE["reason"],
         "parallel_directions": parallel_directions_enabled(),
+        "loop_single_thread_below": (f"{LOOP_PARALLEL_MIN} multiply-adds per step"
+                                     if loop_policy_active() else "off"),
     }
     warnings = []
     avx512 = all(f in flags for f in _AVX512_NEEDED)
