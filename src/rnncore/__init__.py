@@ -22,7 +22,7 @@ from ._config import select_blas_kernels as _select_blas_kernels
 
 _select_blas_kernels()  # before the kernels load SciPy's BLAS; see rnncore._config
 
-from . import cells, functional, losses, nn, optim, reference  # noqa: E402
+from . import cells, charlm, functional, losses, nn, optim, reference  # noqa: E402
 from .cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from ._config import show_config, threadpool_limits  # noqa: E402
 from ._threads import set_loop_parallel_min, set_parallel_directions  # noqa: E402

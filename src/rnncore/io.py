@@ -155,8 +155,10 @@ def _read_all(path: str) -> dict:
     try:
         npz = np.load(path, allow_pickle=False)
     except ValueError as exc:  # neither zip nor .npy: numpy would have to unpickle
-        raise ValueError(f"{path!r} is not an rnncore checkpoint: not an .npz archive "
-                         f"({exc})") from None
+        # (numpy's message suggests allow_pickle=True: never advise that for a
+        # file of unknown origin)
+        raise ValueError(f"{path!r} is not an rnncore checkpoint: not an .npz archive") \
+            from None
     except Exception as exc:  # BadZipFile, EOFError, OSError ...
         raise ValueError(f"{path!r} is not a readable .npz archive (truncated or corrupted "
                          f"file?): {type(exc).__name__}: {exc}") from None
