@@ -60,8 +60,9 @@ Design notes
 * Weights are (D, 3H) / (H, 3H) operands, row-major or a transposed view of a
   row-major array (PyTorch's ``weight_ih`` passed as ``weight_ih.T``).
 * The caller allocates every output (h, dx, dh0 and the gradient arrays, which
-  are *accumulated into*); forward allocates the saved arrays, backward its
-  workspaces dG, dAn (T*N*4H in all) and the (N, 3H) scratch of forward.
+  are *accumulated into*); forward allocates the saved arrays and an (N, 3H)
+  scratch for the per-step GEMM, backward its workspaces dG, dAn (T*N*4H in
+  all).
 * Variable lengths (``batch_sizes``, a sorted batch): step t touches rows
   ``[0, batch_sizes[t])`` only; padded h is written as zeros, padded upstream
   gradients are never read. In the reverse direction a row starts from h0 at
