@@ -394,9 +394,6 @@ ZERO_CASES = [("rnn", 0, 3, 2), ("rnn", 2, 3, 0), ("rnn", 1, 3, 0), ("gru", 0, 3
               ("gru", 2, 3, 0), ("lstm", 0, 3, 2), ("lstm", 2, 3, 0)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: N=0 (T>1) or D=0 (T>1) raises a misleading "
-                   "layout ValueError from the kernels' stride checks instead of matching "
-                   "rnncore.reference")
 @pytest.mark.parametrize("name,N,T,D", [c for c in ZERO_CASES])
 def test_zero_sized_batch_and_features_are_defined(name, N, T, D):
     fn, ref, bfn, bref = _fwd_fns(name)
@@ -417,9 +414,6 @@ def test_zero_sized_batch_and_features_are_defined(name, N, T, D):
         assert_matches(g, r, np.float64, name)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: models with batch_first=True and input_size=0 "
-                   "(allowed by the constructor), and models given an empty batch (N=0) "
-                   "with T>1, raise a misleading layout ValueError")
 @pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
 @pytest.mark.parametrize("batch_first,what", [(True, "D=0"), (False, "N=0"), (True, "N=0")])
 def test_models_zero_sized_inputs_are_defined(cls, batch_first, what):
@@ -433,9 +427,6 @@ def test_models_zero_sized_inputs_are_defined(cls, batch_first, what):
     assert dx.shape == x.shape
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rnn_step_forward reports dtype errors (and None) of "
-                   "prev_h as 'h0: ...' (_rnn_args uses the name h0 in as_float); "
-                   "gru_step_forward/lstm_step_forward say 'prev_h'")
 @pytest.mark.parametrize("bad", [np.ones((2, 4), np.int32), None, np.ones((2, 4), np.float32)])
 def test_rnn_step_forward_names_prev_h(bad):
     with pytest.raises(TypeError) as ei:
@@ -748,9 +739,6 @@ def test_models_zero_length_and_empty_lengths(cls):
     count(f"models.{cls}[T=0|lengths=0]", "ok")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with lengths, non-finite values that the forward "
-                   "never uses (padding of x; h0 of a length-0 row) leak into the weight "
-                   "gradients as NaN: the kernels' dW GEMMs run over inactive rows (0 * nan)")
 @pytest.mark.parametrize("cls", MODEL_CLASSES)
 @pytest.mark.parametrize("where", ["x_padding_nan", "x_padding_inf", "h0_of_empty_row"])
 def test_padding_never_reaches_gradients(cls, where):

@@ -309,11 +309,6 @@ def _flip_comment_length(data: bytes, before: str) -> bytes:
     return bytes(b)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_checkpoint does not check that the optimizer "
-                   "state and `extra` it saved are still there: one flipped bit in the zip "
-                   "directory (a comment length) hides every later entry, and the checkpoint "
-                   "loads with optimizer_state={} and extra=None (159 of the 151,488 single-bit "
-                   "flips of an 18.9 kB checkpoint do this)")
 def test_lost_zip_entries_are_detected(tmp_path, good_checkpoints):
     data, m, opt_state = good_checkpoints[False]
     bad = _flip_comment_length(data, "optim/")
@@ -321,7 +316,7 @@ def test_lost_zip_entries_are_detected(tmp_path, good_checkpoints):
     path.write_bytes(bad)
     assert sum(x != y for x, y in zip(bad, data)) == 1
     with pytest.raises(ValueError) as ei:
-        rio.load_checkpoint(path)  # today: returns optimizer_state={} and extra=None
+        rio.load_checkpoint(path)
     assert str(path) in str(ei.value)
 
 

@@ -196,10 +196,6 @@ def test_one_model_shared_between_threads_raises(cls):
     count(f"threads.{cls}.shared_model", "error")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: backward() does not take the model lock: while "
-                   "another thread runs forward() on the same model, backward() neither waits "
-                   "nor raises (models.py promises 'a second thread calling a busy model gets a "
-                   "RuntimeError'); two concurrent backward() calls race on grads in nogil code")
 def test_backward_on_a_busy_model_raises():
     m = rnncore.GRU(8, 32, dtype=np.float64, seed=0)
     out, _ = m(np.ones((3, 2, 8)))  # activations for a backward
@@ -216,11 +212,6 @@ def test_backward_on_a_busy_model_raises():
         t.join()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _threads.run_pair limits BLAS to 1 thread with a "
-                   "process-global threadpoolctl limit that is saved/restored per call: two "
-                   "bidirectional models running concurrently in two threads leave the whole "
-                   "process with BLAS at 1 thread afterwards (the later exit restores the "
-                   "earlier call's limit)")
 def test_concurrent_bidirectional_models_restore_blas_threads():
     """Deterministic interleaving of two run_pair calls (what two bidirectional
     models in two threads do): A enters, B enters, A exits, B exits."""

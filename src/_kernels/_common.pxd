@@ -81,6 +81,10 @@ cdef inline Py_ssize_t seq_check(Py_ssize_t[8] shape, Py_ssize_t[8] strides, Py_
         raise ValueError(f"{name}: the feature axis must be contiguous")
     st[0] = strides[0] // isz
     sn[0] = strides[1] // isz
+    if T == 0 or N == 0 or F == 0:
+        # an empty array: NumPy may give it any strides (even 0); nothing is read
+        bm[0] = False
+        return F if F > 0 else 1
     cdef Py_ssize_t ld = seq_ld(st[0], sn[0], T, N, F, bm)
     if ld < 0 or st[0] < 0 or sn[0] < 0:
         raise ValueError(f"{name}: layout is neither time-major nor batch-major")

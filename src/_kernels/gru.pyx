@@ -309,7 +309,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     cdef bint x_bm, h_bm, g_bm, hn_bm, wx_t, wh_t
     x_ld = seq_check(x.shape, x.strides, isz, "x", T, N, D, &x_st, &x_sn, &x_bm)
     h_ld = seq_check(h.shape, h.strides, isz, "h", T, N, H, &h_st, &h_sn, &h_bm)
-    if x_bm != h_bm and T > 1 and N > 1:
+    if D > 0 and x_bm != h_bm and T > 1 and N > 1:
         raise ValueError("x and h must share the same layout (time- or batch-major)")
     mat_check(Wx.shape, Wx.strides, isz, "Wx", D, GH, &wx_ld, &wx_t)
     mat_check(Wh.shape, Wh.strides, isz, "Wh", H, GH, &wh_ld, &wh_t)
@@ -318,7 +318,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     vec_check(bh.shape, bh.strides, isz, "bh", GH)
     bs_arr, used = check_batch_sizes(batch_sizes, T, N)
     cdef const Py_ssize_t[:] bs = bs_arr
-    cdef const Py_ssize_t *bsp = &bs[0] if used else NULL
+    cdef const Py_ssize_t *bsp = &bs[0] if used and T > 0 else NULL
     dtype = np.float32 if floating is float else np.float64
     saved = GRUSaved(gates=_like_h(h_bm, T, N, GH, dtype),
                      hidden_n=_like_h(h_bm, T, N, H, dtype))
@@ -368,7 +368,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     h_ld = seq_check(h.shape, h.strides, isz, "h", T, N, H, &h_st, &h_sn, &h_bm)
     seq_check(dh.shape, dh.strides, isz, "dh", T, N, H, &dh_st, &dh_sn, &dh_bm)
     dx_ld = seq_check(dx.shape, dx.strides, isz, "dx", T, N, D, &dx_st, &dx_sn, &dx_bm)
-    if T > 1 and N > 1 and (x_bm != h_bm or x_bm != dx_bm):
+    if D > 0 and T > 1 and N > 1 and (x_bm != h_bm or x_bm != dx_bm):
         raise ValueError("x, h and dx must share the same layout (time- or batch-major)")
     try:
         gates_arr, hidden_n_arr = saved
@@ -390,7 +390,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     vec_check(dbh.shape, dbh.strides, isz, "dbh", GH)
     bs_arr, used = check_batch_sizes(batch_sizes, T, N)
     cdef const Py_ssize_t[:] bs = bs_arr
-    cdef const Py_ssize_t *bsp = &bs[0] if used else NULL
+    cdef const Py_ssize_t *bsp = &bs[0] if used and T > 0 else NULL
     cdef bint gather = reverse and used
     # workspaces: dG (hidden side) and dAn (input side's n block) in h's layout
     # kind (contiguous); dgs for reverse + lengths

@@ -246,7 +246,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     x_ld = seq_check(x.shape, x.strides, isz, "x", T, N, D, &x_st, &x_sn, &x_bm)
     h_ld = seq_check(h.shape, h.strides, isz, "h", T, N, H, &h_st, &h_sn, &h_bm)
     seq_check(c.shape, c.strides, isz, "c", T, N, H, &c_st, &c_sn, &c_bm)
-    if x_bm != h_bm and T > 1 and N > 1:
+    if D > 0 and x_bm != h_bm and T > 1 and N > 1:
         raise ValueError("x and h must share the same layout (time- or batch-major)")
     mat_check(Wx.shape, Wx.strides, isz, "Wx", D, GH, &wx_ld, &wx_t)
     mat_check(Wh.shape, Wh.strides, isz, "Wh", H, GH, &wh_ld, &wh_t)
@@ -255,7 +255,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     vec_check(b.shape, b.strides, isz, "b", GH)
     bs_arr, used = check_batch_sizes(batch_sizes, T, N)
     cdef const Py_ssize_t[:] bs = bs_arr
-    cdef const Py_ssize_t *bsp = &bs[0] if used else NULL
+    cdef const Py_ssize_t *bsp = &bs[0] if used and T > 0 else NULL
     # saved gate activations, in h's layout kind (the x @ Wx GEMM writes them as one matrix)
     dtype = np.float32 if floating is float else np.float64
     if h_bm:
@@ -306,7 +306,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     seq_check(c.shape, c.strides, isz, "c", T, N, H, &c_st, &c_sn, &c_bm)
     seq_check(dh.shape, dh.strides, isz, "dh", T, N, H, &dh_st, &dh_sn, &dh_bm)
     dx_ld = seq_check(dx.shape, dx.strides, isz, "dx", T, N, D, &dx_st, &dx_sn, &dx_bm)
-    if T > 1 and N > 1 and (x_bm != h_bm or x_bm != dx_bm):
+    if D > 0 and T > 1 and N > 1 and (x_bm != h_bm or x_bm != dx_bm):
         raise ValueError("x, h and dx must share the same layout (time- or batch-major)")
     try:
         (gates_arr,) = saved
@@ -327,7 +327,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     vec_check(db.shape, db.strides, isz, "db", GH)
     bs_arr, used = check_batch_sizes(batch_sizes, T, N)
     cdef const Py_ssize_t[:] bs = bs_arr
-    cdef const Py_ssize_t *bsp = &bs[0] if used else NULL
+    cdef const Py_ssize_t *bsp = &bs[0] if used and T > 0 else NULL
     cdef bint gather = reverse and used
     # workspaces: dA in h's layout kind (contiguous), dgs for reverse + lengths
     dtype = np.float32 if floating is float else np.float64

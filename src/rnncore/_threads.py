@@ -25,8 +25,9 @@ already runs one model per core).
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager
 
 _POOL = None
 _PARALLEL = (os.cpu_count() or 1) > 1
@@ -100,18 +101,37 @@ def parallel_directions_enabled() -> bool:
     return _PARALLEL
 
 
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_DEPTH = 0
+_LIMITER = None
+
+
+@contextmanager
 def _blas_single_thread():
-    """Context: BLAS limited to one thread (no-op without threadpoolctl)."""
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _CONTROLLER = ThreadpoolController()
-        except Exception:  # pragma: no cover - threadpoolctl missing or broken
-            _CONTROLLER = False
-    if not _CONTROLLER:
-        return nullcontext()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    """Context: BLAS limited to one thread (no-op without threadpoolctl).
+
+    Reference-counted, so that overlapping uses from several threads restore
+    the original limit exactly once, when the last one leaves.
+    """
+    global _CONTROLLER, _LIMIT_DEPTH, _LIMITER
+    with _LIMIT_LOCK:
+        if _CONTROLLER is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                _CONTROLLER = ThreadpoolController()
+            except Exception:  # pragma: no cover - threadpoolctl missing or broken
+                _CONTROLLER = False
+        if _CONTROLLER and _LIMIT_DEPTH == 0:
+            _LIMITER = _CONTROLLER.limit(limits=1, user_api="blas")
+        _LIMIT_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT_DEPTH -= 1
+            if _LIMIT_DEPTH == 0 and _LIMITER is not None:
+                _LIMITER.restore_original_limits()
+                _LIMITER = None
 
 
 def run_pair(fn, n: int, work: int):

@@ -53,7 +53,7 @@ def _rnn_args(x, h0, Wx, Wh, b, nonlinearity, x_letters):
     relu = V.check_nonlinearity(nonlinearity)
     x = V.as_float(x, "x")
     dt = x.dtype
-    h0 = V.as_float(h0, "h0", dt)
+    h0 = V.as_float(h0, "h0" if x.ndim == 3 else "prev_h", dt)
     Wx = V.as_float(Wx, "Wx", dt)
     Wh = V.as_float(Wh, "Wh", dt)
     b = V.as_float(b, "b", dt)

@@ -145,6 +145,10 @@ def save(path, model, optimizer=None, extra=None, *, compress=False) -> None:
         if not isinstance(extra, dict):
             raise TypeError(f"extra must be a dict, got {type(extra).__name__}")
         arrays[_EXTRA] = _json_array(extra, "extra")
+    # the header lists every entry, so a damaged zip directory that hides some
+    # of them (the optimizer state, extra) is detected at load time
+    meta["entries"] = sorted(k for k in arrays if k != _META)
+    arrays[_META] = _json_array(meta, "the model config")
     _atomic_savez(path, arrays, compress)
 
 
@@ -236,6 +240,10 @@ def load_checkpoint(path) -> dict:
     except Exception as exc:
         raise ValueError(f"{path!r}: cannot rebuild {meta['class']} from its config "
                          f"{meta['config']!r}: {exc}") from exc
+    lost = [k for k in meta.get("entries", ()) if k not in entries]
+    if lost:
+        raise ValueError(f"{path!r}: checkpoint is damaged: entries {lost} listed in its "
+                         "header are missing")
     params = {k[len(_PARAM):]: v for k, v in entries.items() if k.startswith(_PARAM)}
     missing = [k for k in meta["params"] if k not in params]
     if missing:

@@ -227,6 +227,27 @@ class _RNNBase(Module):
                 states_full.append(zeros)
             else:
                 states_full.append(np.ascontiguousarray(s))
+        states_kernel = states_full
+        if lens is not None:
+            # Padding must not reach any product: the all-steps weight-gradient
+            # GEMMs run over every row, and 0 * NaN = NaN. So the kernels see
+            # x with its padding zeroed (a copy; the caller's x is untouched)
+            # and zero initial states for empty sequences (whose final state
+            # is still the caller's h0, below).
+            sl = lens if perm is None else lens[perm]
+            pad = np.arange(T)[:, None] >= sl[None, :]  # (T, N), sorted order
+            if pad.any():
+                if np.may_share_memory(xin, x):
+                    xin = (np.ascontiguousarray(xin.transpose(1, 0, 2)).transpose(1, 0, 2)
+                           if self.batch_first else xin.copy())
+                xin[pad] = 0
+            empty = sl == 0
+            if empty.any():
+                states_kernel = []
+                for s in states_full:
+                    s = s.copy()
+                    s[:, empty] = 0
+                    states_kernel.append(s)
 
         inputs, buffers, outputs, kern, masks = [], [], [], [], []
         layer_in = xin
@@ -235,7 +256,7 @@ class _RNNBase(Module):
 
             def run(d, k=k, layer_in=layer_in, out=out):
                 p, _ = self._weights(k, d)
-                s0 = [s[k * nd + d] for s in states_full]
+                s0 = [s[k * nd + d] for s in states_kernel]
                 outs = self._direction_outputs(out, d, T, N)
                 saved = self._kernel.forward(layer_in, s0, p, outs, d == 1, bs)
                 return outs, saved
@@ -287,7 +308,7 @@ class _RNNBase(Module):
                 y.flags.writeable = False
             sv = _Saved()
             sv.inputs, sv.outputs, sv.kernel, sv.masks = inputs, outputs, kern, masks
-            sv.states0 = states_full
+            sv.states0 = states_kernel
             sv.perm, sv.inv, sv.batch_sizes, sv.lengths = perm, inv, bs, lens
             sv.unbatched, sv.N, sv.T = unbatched, N, T
             self._saved = sv
@@ -359,6 +380,16 @@ class _RNNBase(Module):
 
     # ------------------------------------------------------------ backward
     def _backward(self, dout, dstates_n):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"this {type(self).__name__} is in use by another thread; give each thread "
+                "its own model")
+        try:
+            return self._backward_locked(dout, dstates_n)
+        finally:
+            self._lock.release()
+
+    def _backward_locked(self, dout, dstates_n):
         sv = self._saved
         if sv is None:
             raise RuntimeError(

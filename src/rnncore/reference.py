@@ -294,12 +294,13 @@ def rnn_step_backward(dnext_h, cache):
     (dnext_h,) = _as(next_h.dtype, dnext_h)
 
     # seed 000: tanh' = 1 - h²  (relu' = [h > 0])               (N, H)
-    if cache.nonlinearity == "tanh":
-        dphi = 1 - next_h**2
-    else:
-        dphi = (next_h > 0).astype(next_h.dtype)
     # δ_t = ∂L/∂net_t = ∂L/∂s_t ⊙ f'(net_t)                      (N, H)
-    da = dnext_h * dphi
+    if cache.nonlinearity == "tanh":
+        da = dnext_h * (1 - next_h**2)
+    else:
+        # relu: the gradient passes where h > 0 and is exactly 0 elsewhere,
+        # also where h is NaN (a select, not a product with 0/1)
+        da = np.where(next_h > 0, dnext_h, 0).astype(next_h.dtype)
 
     # seed 002: δ_{t-1} = δ_t W f'(net_{t-1}) (here the W part)  (N, H) = (N, H)(H, H)ᵀ
     dprev_h = da @ Wh.T
