@@ -526,56 +526,11 @@ _COMMON_CALL = """
 """
 
 
-@register_module
-class RNN(_RNNBase):
-    __doc__ = """Multi-layer Elman RNN with tanh or ReLU, PyTorch's ``torch.nn.RNN`` in NumPy.
-
-    For each layer and direction, ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
-
-    Parameters
-    ----------""" + _COMMON_PARAMS + """    nonlinearity : {'tanh', 'relu'}, default 'tanh'
-
-    Attributes
-    ----------
-    params, grads : OrderedDict of str -> ndarray
-        PyTorch's names and shapes: ``weight_ih_l{k}`` (H, D_k),
-        ``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}`` (H,), ``bias_hh_l{k}``
-        (H,), with ``_reverse`` for the reverse direction. A PyTorch
-        ``state_dict`` loads 1:1 with :meth:`load_state_dict`.
-
-    Notes
-    -----""" + _COMMON_CALL.format(state="h0", dstate="dh_n") + """
-    Examples
-    --------
-    >>> import numpy as np, rnncore
-    >>> rnn = rnncore.RNN(10, 20, num_layers=2, bidirectional=True, seed=0)
-    >>> x = np.random.default_rng(0).standard_normal((5, 3, 10)).astype(np.float32)
-    >>> out, h_n = rnn(x)                 # out (T, N, 2H), h_n (L*2, N, H)
-    >>> out.shape, h_n.shape
-    ((5, 3, 40), (4, 3, 20))
-    >>> dx, dh0 = rnn.backward(np.ones_like(out))
-    """
-
-    G = 1
-    n_states = 1
-
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, merge_mode="concat",
-                 dtype=np.float32, seed=None):
-        self._relu = V.check_nonlinearity(nonlinearity)
-        self.nonlinearity = nonlinearity
-        self._kernel = RNNKernel(self._relu)
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, merge_mode, dtype, seed)
-
-    def get_config(self) -> dict:
-        return dict(super().get_config(), nonlinearity=self.nonlinearity)
-
-    def _repr_extra(self) -> str:
-        return "nonlinearity='relu'" if self._relu else ""
+class _HiddenStateRNN(_RNNBase):
+    """Models whose state is one array h (RNN, GRU): forward, backward, step."""
 
     def forward(self, x, h0=None, lengths=None, train=True):
-        """Run the RNN.
+        """Run the model over the sequence (all layers and directions).
 
         Parameters
         ----------
@@ -631,10 +586,56 @@ class RNN(_RNNBase):
         return y, hn
 
 
+@register_module
+class RNN(_HiddenStateRNN):
+    __doc__ = """Multi-layer Elman RNN with tanh or ReLU, PyTorch's ``torch.nn.RNN`` in NumPy.
 
+    For each layer and direction, ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
+
+    Parameters
+    ----------""" + _COMMON_PARAMS + """    nonlinearity : {'tanh', 'relu'}, default 'tanh'
+
+    Attributes
+    ----------
+    params, grads : OrderedDict of str -> ndarray
+        PyTorch's names and shapes: ``weight_ih_l{k}`` (H, D_k),
+        ``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}`` (H,), ``bias_hh_l{k}``
+        (H,), with ``_reverse`` for the reverse direction. A PyTorch
+        ``state_dict`` loads 1:1 with :meth:`load_state_dict`.
+
+    Notes
+    -----""" + _COMMON_CALL.format(state="h0", dstate="dh_n") + """
+    Examples
+    --------
+    >>> import numpy as np, rnncore
+    >>> rnn = rnncore.RNN(10, 20, num_layers=2, bidirectional=True, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((5, 3, 10)).astype(np.float32)
+    >>> out, h_n = rnn(x)                 # out (T, N, 2H), h_n (L*2, N, H)
+    >>> out.shape, h_n.shape
+    ((5, 3, 40), (4, 3, 20))
+    >>> dx, dh0 = rnn.backward(np.ones_like(out))
+    """
+
+    G = 1
+    n_states = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, merge_mode="concat",
+                 dtype=np.float32, seed=None):
+        self._relu = V.check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        self._kernel = RNNKernel(self._relu)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, merge_mode, dtype, seed)
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), nonlinearity=self.nonlinearity)
+
+    def _repr_extra(self) -> str:
+        return "nonlinearity='relu'" if self._relu else ""
 
 @register_module
-class GRU(_RNNBase):
+class GRU(_HiddenStateRNN):
     __doc__ = """Multi-layer gated recurrent unit, PyTorch's ``torch.nn.GRU`` in NumPy.
 
     For each layer and direction (gates r, z, n, in that order)::
@@ -659,36 +660,6 @@ class GRU(_RNNBase):
     G = 3
     n_states = 1
     _kernel = GRUKernel()
-
-    def forward(self, x, h0=None, lengths=None, train=True):
-        """Run the GRU; arguments and results as :meth:`RNN.forward`."""
-        y, (hn,) = self._forward(x, [(h0, "h0")], lengths, train)
-        return y, hn
-
-    def backward(self, dout, dh_n=None):
-        """Back-propagate through time; as :meth:`RNN.backward`."""
-        dx, (dh0,) = self._backward(dout, [(dh_n, "dh_n")])
-        return dx, dh0
-
-    def step(self, x, h=None):
-        """Advance one time step from state ``h`` (inference; unidirectional models).
-
-        Parameters
-        ----------
-        x : ndarray, shape (N, D) or (D,)
-        h : ndarray, shape (num_layers, N, H) or (num_layers, H), optional (zeros)
-
-        Returns
-        -------
-        y : ndarray, shape (N, H)
-            The last layer's output at this step.
-        h : ndarray, shape (num_layers, N, H)
-            The new state, to pass to the next call.
-        """
-        y, (hn,) = self._step(x, [(h, "h")])
-        return y, hn
-
-
 
 
 @register_module
