@@ -58,7 +58,9 @@ cdef extern from "rc_simd.h" nogil:
     int loop_threads_begin "rc_loop_threads_begin"(long long work)
     void loop_threads_end "rc_loop_threads_end"(int saved)
     void blas_thread_hooks "rc_blas_thread_hooks"(size_t set_fn, size_t get_fn,
-                                                  long long min_work)
+                                                  long long min_work, size_t state)
+    int single_open "rc_single_open"()
+    void single_close "rc_single_close"(int opened)
 
 
 # ------------------------------------------------------------ argument checks

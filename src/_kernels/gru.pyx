@@ -427,6 +427,6 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
                       &dbx[0], &dbh[0], T, N, D, H, h_bm, bsp, reverse)
 
 
-def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work):
-    """Install the BLAS thread functions used by the time-loop policy (rc_simd.h)."""
-    blas_thread_hooks(set_fn, get_fn, min_work)
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state):
+    """Install the BLAS thread functions and the shared section state (rc_simd.h)."""
+    blas_thread_hooks(set_fn, get_fn, min_work, state)

@@ -346,47 +346,68 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, double, rc_tanhd)
 RC_DEFINE_SMALL_GEMM(rc_gemm_small_f, float)
 RC_DEFINE_SMALL_GEMM(rc_gemm_small_d, double)
 
-/* BLAS thread policy for the time loop.
+/* BLAS thread policy: "single-thread sections".
  *
  * The per-step GEMMs are small: below a few million multiply-adds, handing
  * them to BLAS's thread pool costs more than it saves, and on a busy machine
  * spin-waiting BLAS threads can make a step 5-10x slower. The all-steps GEMMs
  * before and after the loop are large and keep BLAS's threads. So a time loop
- * whose per-step work is below rc_loop_parallel_min runs with BLAS limited to
- * one thread and restores the previous count right after. The hooks are the
- * BLAS's own openblas_{set,get}_num_threads, found by rnncore._threads at
- * import (NULL: no policy, e.g. a non-OpenBLAS SciPy). If another thread has
- * already lowered the count to 1, nothing is changed (and nothing restored). */
+ * whose per-step work is below rc_loop_parallel_min runs inside a
+ * single-thread section; rnncore's Python layer opens one too while the two
+ * directions of a bidirectional layer run concurrently.
+ *
+ * BLAS's thread count is process-wide, so the sections are reference-counted
+ * in ONE state shared by every kernel module and the Python layer (allocated
+ * by rnncore._threads and passed in with the hooks): the first section to
+ * open saves the count and sets 1, the last to close restores it, under a
+ * spin lock. The hooks are the BLAS's own openblas_{set,get}_num_threads,
+ * found by rnncore._threads at import (NULL: no policy). */
 typedef void (*rc_set_threads_fn)(int);
 typedef int (*rc_get_threads_fn)(void);
+typedef struct { int lock; int depth; int saved; int pad; } rc_thread_state;
 static rc_set_threads_fn rc_blas_set_threads = NULL;
 static rc_get_threads_fn rc_blas_get_threads = NULL;
+static rc_thread_state *rc_tstate = NULL;
 static long long rc_loop_parallel_min = 4000000LL;
 
-static void rc_blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work)
+static void rc_blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work,
+                                 size_t state)
 {
     rc_blas_set_threads = (rc_set_threads_fn)set_fn;
     rc_blas_get_threads = (rc_get_threads_fn)get_fn;
+    rc_tstate = (rc_thread_state *)state;
     rc_loop_parallel_min = min_work;
 }
 
-/* Call before a time loop whose per-step GEMM does `work` multiply-adds;
- * returns what to pass to rc_loop_threads_end. */
-static int rc_loop_threads_begin(long long work)
+/* Open a single-thread section; returns 1 if opened (pass it to the close). */
+static int rc_single_open(void)
 {
-    if (rc_blas_set_threads == NULL || rc_blas_get_threads == NULL
-        || work >= rc_loop_parallel_min)
+    if (rc_blas_set_threads == NULL || rc_blas_get_threads == NULL || rc_tstate == NULL)
         return 0;
-    int n = rc_blas_get_threads();
-    if (n <= 1) return 0;
-    rc_blas_set_threads(1);
-    return n;
+    while (__atomic_exchange_n(&rc_tstate->lock, 1, __ATOMIC_ACQUIRE)) { }
+    if (rc_tstate->depth++ == 0) {
+        rc_tstate->saved = rc_blas_get_threads();
+        if (rc_tstate->saved > 1) rc_blas_set_threads(1);
+    }
+    __atomic_store_n(&rc_tstate->lock, 0, __ATOMIC_RELEASE);
+    return 1;
 }
 
-static void rc_loop_threads_end(int saved)
+static void rc_single_close(int opened)
 {
-    if (saved > 1 && rc_blas_set_threads != NULL) rc_blas_set_threads(saved);
+    if (!opened) return;
+    while (__atomic_exchange_n(&rc_tstate->lock, 1, __ATOMIC_ACQUIRE)) { }
+    if (--rc_tstate->depth == 0 && rc_tstate->saved > 1) rc_blas_set_threads(rc_tstate->saved);
+    __atomic_store_n(&rc_tstate->lock, 0, __ATOMIC_RELEASE);
 }
+
+/* Around a time loop whose per-step GEMM does `work` multiply-adds. */
+static int rc_loop_threads_begin(long long work)
+{
+    return work < rc_loop_parallel_min ? rc_single_open() : 0;
+}
+
+static void rc_loop_threads_end(int opened) { rc_single_close(opened); }
 
 /* The SIMD level the ifunc resolver picks for the clones above (the same
  * priority order as the target_clones list). */

@@ -42,7 +42,7 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
                       check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks)
+                      blas_thread_hooks, single_open, single_close)
 
 cdef extern from "rc_simd.h" nogil:
     void rc_rnn_act_f(float *z, Py_ssize_t ldz, const float *b, Py_ssize_t rows,
@@ -314,6 +314,16 @@ def step_f64(const double[:, :] x, const double[:, :] h0, const double[:, :] Wx,
     step_impl(x, h0, Wx, Wh, b, h, relu)
 
 
-def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work):
-    """Install the BLAS thread functions used by the time-loop policy (rc_simd.h)."""
-    blas_thread_hooks(set_fn, get_fn, min_work)
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state):
+    """Install the BLAS thread functions and the shared section state (rc_simd.h)."""
+    blas_thread_hooks(set_fn, get_fn, min_work, state)
+
+
+def _single_thread_open():
+    """Open a single-thread section (see rc_simd.h); returns the token for the close."""
+    return single_open()
+
+
+def _single_thread_close(int opened):
+    """Close a section opened by `_single_thread_open`."""
+    single_close(opened)

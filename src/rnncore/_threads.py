@@ -1,38 +1,38 @@
 """Thread policy.
 
 Time loops. A step's GEMM is small; below ``LOOP_PARALLEL_MIN`` multiply-adds
-per step the kernels run their time loop with BLAS limited to one thread and
-restore the previous count afterwards (the big all-steps GEMMs before and
-after the loop keep BLAS's threads). The switch uses the BLAS's own
-``openblas_get/set_num_threads``, found here at import. The count is
-process-wide in OpenBLAS: a kernel that finds it already at 1 (another
-thread's loop, or the user's ``threadpool_limits(1)``) leaves it alone.
-``set_loop_parallel_min(0)`` disables the policy.
+per step the kernels run their time loop inside a "single-thread section":
+BLAS limited to one thread, the previous count restored afterwards (the big
+all-steps GEMMs before and after the loop keep BLAS's threads). The switch
+uses the BLAS's own ``openblas_get/set_num_threads``, found here at import.
+OpenBLAS's count is process-wide, so sections are reference-counted in one
+lock-protected state shared by every kernel module and this module: the
+first to open saves the count, the last to close restores it (rc_simd.h).
+``set_loop_parallel_min(0)`` disables the loop policy. Because the count is
+process-wide, a model running in another thread meanwhile may compute its
+large GEMMs on one thread: results of *concurrent* runs can then differ in the
+last bits from sequential ones; under ``rnncore.threadpool_limits(1)`` (the
+recommended setting for running models in several threads) they are bitwise
+reproducible.
 
-Directions. The two directions of a bidirectional layer run concurrently.
-
-The kernels release the GIL for their whole time loop, so the forward and
-reverse directions of one layer (independent computations) can run on two
-cores at once. While they do, BLAS is limited to one thread per call (via
-threadpoolctl, when installed) so the two directions do not oversubscribe the
-cores with nested BLAS threads. Small problems run sequentially: below
-``PARALLEL_MIN_WORK`` (T*N*H*(H+D) multiply-adds per direction) a thread
-hand-off costs more than it saves.
-
-``set_parallel_directions(False)`` turns the policy off (e.g. when the caller
+Directions. The kernels release the GIL for their whole time loop, so the
+forward and reverse directions of one layer (independent computations) run
+on two cores at once, inside a single-thread section so the two directions do
+not oversubscribe the cores with nested BLAS threads. Small problems run
+sequentially: below ``PARALLEL_MIN_WORK`` (T*N*H*(H+D) multiply-adds per
+direction) a thread hand-off costs more than it saves.
+``set_parallel_directions(False)`` turns this off (e.g. when the caller
 already runs one model per core).
 """
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 _POOL = None
 _PARALLEL = (os.cpu_count() or 1) > 1
 PARALLEL_MIN_WORK = 2_000_000
-_CONTROLLER = None
 
 
 #: per-step multiply-adds (N * G*H * H) from which a time loop keeps BLAS's threads
@@ -75,14 +75,22 @@ def _find_blas_thread_functions():
 def set_loop_parallel_min(work: int) -> None:
     """Per-step multiply-adds from which time loops keep BLAS's threads (0: always)."""
     global LOOP_PARALLEL_MIN, _HOOKS
+    import ctypes
+
     from ._kernels import gru, lstm, rnn
 
     LOOP_PARALLEL_MIN = int(work)
     if _HOOKS is None:
-        _HOOKS = _find_blas_thread_functions() or False
-    set_addr, get_addr = (_HOOKS[1], _HOOKS[2]) if _HOOKS else (0, 0)
+        found = _find_blas_thread_functions()
+        # the one section state every kernel module shares: {lock, depth, saved, pad}
+        _HOOKS = (found + ((ctypes.c_int * 4)(),)) if found else False
+    if _HOOKS:
+        lib, set_addr, get_addr, state = _HOOKS
+        state_addr = ctypes.addressof(state)
+    else:
+        set_addr = get_addr = state_addr = 0
     for mod in (rnn, gru, lstm):
-        mod._blas_thread_hooks(set_addr, get_addr, LOOP_PARALLEL_MIN)
+        mod._blas_thread_hooks(set_addr, get_addr, LOOP_PARALLEL_MIN, state_addr)
 
 
 def loop_policy_active() -> bool:
@@ -101,37 +109,22 @@ def parallel_directions_enabled() -> bool:
     return _PARALLEL
 
 
-_LIMIT_LOCK = threading.Lock()
-_LIMIT_DEPTH = 0
-_LIMITER = None
-
-
 @contextmanager
 def _blas_single_thread():
-    """Context: BLAS limited to one thread (no-op without threadpoolctl).
+    """Context: BLAS limited to one thread for the whole process.
 
-    Reference-counted, so that overlapping uses from several threads restore
-    the original limit exactly once, when the last one leaves.
+    A "single-thread section" of the kernels (rc_simd.h): reference-counted in
+    the state the kernels' own time loops share, so overlapping sections from
+    several threads restore the original count exactly once, when the last one
+    closes. A no-op where the BLAS's thread functions were not found.
     """
-    global _CONTROLLER, _LIMIT_DEPTH, _LIMITER
-    with _LIMIT_LOCK:
-        if _CONTROLLER is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-                _CONTROLLER = ThreadpoolController()
-            except Exception:  # pragma: no cover - threadpoolctl missing or broken
-                _CONTROLLER = False
-        if _CONTROLLER and _LIMIT_DEPTH == 0:
-            _LIMITER = _CONTROLLER.limit(limits=1, user_api="blas")
-        _LIMIT_DEPTH += 1
+    from ._kernels import rnn
+
+    token = rnn._single_thread_open()
     try:
         yield
     finally:
-        with _LIMIT_LOCK:
-            _LIMIT_DEPTH -= 1
-            if _LIMIT_DEPTH == 0 and _LIMITER is not None:
-                _LIMITER.restore_original_limits()
-                _LIMITER = None
+        rnn._single_thread_close(token)
 
 
 def run_pair(fn, n: int, work: int):

@@ -238,7 +238,9 @@ class _RNNBase(Module):
             pad = np.arange(T)[:, None] >= sl[None, :]  # (T, N), sorted order
             if pad.any():
                 if np.may_share_memory(xin, x):
-                    xin = (np.ascontiguousarray(xin.transpose(1, 0, 2)).transpose(1, 0, 2)
+                    # .copy(), not ascontiguousarray: that returns the caller's
+                    # (possibly read-only) array itself when already contiguous
+                    xin = (xin.transpose(1, 0, 2).copy().transpose(1, 0, 2)
                            if self.batch_first else xin.copy())
                 xin[pad] = 0
             empty = sl == 0
