@@ -108,3 +108,30 @@ def check_lengths(lengths, N: int, T: int) -> np.ndarray:
             f"lengths: values must be in [0, T] = [0, {T}], got min {arr.min()} max {arr.max()}"
         )
     return arr.astype(np.int64, copy=False)
+
+
+def blas_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-D float32/float64 arrays on SciPy's BLAS, C-ordered result.
+
+    rnncore's kernels call SciPy's OpenBLAS; NumPy's ``@`` calls NumPy's own,
+    separate OpenBLAS. Alternating the two (a Linear read-out between RNN
+    kernel calls) makes two BLAS thread pools spin against each other, which
+    on a 2-core machine made a training step ~1.7x slower with 2 threads than
+    with 1. So the layers around the kernels use this instead of ``@``.
+    Row-major C = A B is column-major C^T = B^T A^T; C-ordered arrays and
+    their transposes are passed with transpose flags, never copied.
+    """
+    from scipy.linalg import blas as fblas
+
+    gemm = fblas.sgemm if a.dtype == np.float32 else fblas.dgemm
+    if not (a.flags.c_contiguous or a.flags.f_contiguous):
+        a = np.ascontiguousarray(a)
+    if not (b.flags.c_contiguous or b.flags.f_contiguous):
+        b = np.ascontiguousarray(b)
+    # first operand B^T (N, K): b.T is Fortran-ordered when b is C-ordered
+    op1, t1 = (b.T, 0) if b.flags.c_contiguous else (b, 1)
+    # second operand A^T (K, M)
+    op2, t2 = (a.T, 0) if a.flags.c_contiguous else (a, 1)
+    if a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
+        return np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)
+    return gemm(1.0, op1, op2, trans_a=t1, trans_b=t2).T

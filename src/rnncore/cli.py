@@ -38,14 +38,16 @@ EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 #: ``rnncore train`` defaults: the model and optimizer ones are TrainConfig's (see
 #: rnncore.charlm, where they are justified); these are the loop's. 1200 steps take
-#: about 2.5 minutes on a 2-core machine. One BLAS thread: the recurrent kernels
-#: make thousands of small GEMM calls per step, where a second OpenBLAS thread
-#: gains little and, as soon as anything else uses the CPU, spins and makes steps
-#: 5-20x slower (measured). Options left unset on the command line are None, so
-#: that a resumed run can tell given values from defaults.
+#: about 1.5-2.5 minutes on a 2-core machine. BLAS threads: BLAS's own choice
+#: (--threads 0). The kernels run their small per-step GEMMs single-threaded by
+#: themselves (rnncore._threads) and all layers use the same (SciPy's) BLAS, so
+#: on an idle 2-core machine 2 threads train at 52k chars/s against 35k with
+#: one (measured); on a machine busy with other work, --threads 1 is safer.
+#: Options left unset on the command line are None, so that a resumed run can
+#: tell given values from defaults.
 DEFAULTS = {
     **asdict(TrainConfig()), "steps": 1200, "eval_every": 200, "sample_every": 400,
-    "sample_length": 300, "temperature": 0.8, "threads": 1,
+    "sample_length": 300, "temperature": 0.8, "threads": 0,
 }
 CHECKPOINT, PLOT, SAMPLES = "checkpoint.npz", "loss.png", "samples.txt"
 

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from ._validation import blas_matmul
 from .module import Module, module_registry, register_module
 from .utils import _as_index, _as_real, _check_last_dim, _positive_int, _resolve_dtype
 
@@ -202,7 +203,7 @@ class Linear(Module):
         _check_last_dim(x, self.in_features, "x", "in_features")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                 # (M, D)
-        y = x2 @ self.params["weight"].T                      # (M, F) = (M, D)(F, D)^T
+        y = blas_matmul(x2, self.params["weight"].T)          # (M, F) = (M, D)(F, D)^T
         if self.bias:
             y += self.params["bias"]
         if train:
@@ -229,10 +230,10 @@ class Linear(Module):
         _require_forward(self, self._x2)
         dout = _check_dout(dout, self._lead + (self.out_features,), self.dtype)
         d2 = dout.reshape(-1, self.out_features)              # (M, F)
-        self.grads["weight"] += d2.T @ self._x2               # (F, D) += (M, F)^T (M, D)
+        self.grads["weight"] += blas_matmul(d2.T, self._x2)   # (F, D) += (M, F)^T (M, D)
         if self.bias:
             self.grads["bias"] += d2.sum(axis=0)
-        dx = d2 @ self.params["weight"]                        # (M, D) = (M, F)(F, D)
+        dx = blas_matmul(d2, self.params["weight"])            # (M, D) = (M, F)(F, D)
         return dx.reshape(self._lead + (self.in_features,))
 
     def get_config(self) -> dict:
