@@ -48,24 +48,39 @@ class RNNCache:
     step: bool = False  # made by rnn_step_forward (x, h are (N, D), (N, H))
 
 
+def _cell_args(G, x, h0, Wx, Wh, biases, x_letters):
+    """Validate the forward arguments shared by the cell functions.
+
+    ``G`` gates; ``biases`` is a list of (name, array) each of shape (G*H,);
+    ``x_letters`` is "(N, T, D)" for the sequence functions, "(N, D)" for the
+    step functions (where the state is called prev_h). Returns x, h0 and the
+    weights as views the kernels read in place, then the biases.
+    """
+    seq = x_letters == "(N, T, D)"
+    g = "" if G == 1 else str(G)
+    x = V.as_float(x, "x")
+    dt = x.dtype
+    h0 = V.as_float(h0, "h0" if seq else "prev_h", dt)
+    Wx = V.as_float(Wx, "Wx", dt)
+    Wh = V.as_float(Wh, "Wh", dt)
+    biases = [(name, V.as_float(v, name, dt)) for name, v in biases]
+    V.check_shape(Wh, "Wh", (None, None), f"(H, {g}H)")
+    H = Wh.shape[0]
+    V.check_shape(Wh, "Wh", (H, G * H), f"(H, {g}H)")
+    V.check_shape(x, "x", (None,) * len(x_letters.split(",")), x_letters)
+    N, D = x.shape[0], x.shape[-1]
+    V.check_shape(Wx, "Wx", (D, G * H), f"(D, {g}H)")
+    V.check_shape(h0, "h0" if seq else "prev_h", (N, H), "(N, H)")
+    for name, v in biases:
+        V.check_shape(v, name, (G * H,), f"({g}H,)")
+    return ([x, V.rows_view(h0), V.matrix_view(Wx), V.matrix_view(Wh)]
+            + [V.rows_view(v) for _, v in biases])
+
+
 def _rnn_args(x, h0, Wx, Wh, b, nonlinearity, x_letters):
     """Validate the forward arguments of the RNN functions."""
     relu = V.check_nonlinearity(nonlinearity)
-    x = V.as_float(x, "x")
-    dt = x.dtype
-    h0 = V.as_float(h0, "h0" if x.ndim == 3 else "prev_h", dt)
-    Wx = V.as_float(Wx, "Wx", dt)
-    Wh = V.as_float(Wh, "Wh", dt)
-    b = V.as_float(b, "b", dt)
-    V.check_shape(Wh, "Wh", (None, None), "(H, H)")
-    H = Wh.shape[0]
-    V.check_shape(Wh, "Wh", (H, H), "(H, H)")
-    V.check_shape(x, "x", (None,) * len(x_letters.split(",")), x_letters)
-    N, D = x.shape[0], x.shape[-1]
-    V.check_shape(Wx, "Wx", (D, H), "(D, H)")
-    V.check_shape(h0, "h0" if x.ndim == 3 else "prev_h", (N, H), "(N, H)")
-    V.check_shape(b, "b", (H,), "(H,)")
-    return x, V.rows_view(h0), V.matrix_view(Wx), V.matrix_view(Wh), V.rows_view(b), relu
+    return (*_cell_args(1, x, h0, Wx, Wh, [("b", b)], x_letters), relu)
 
 
 def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
@@ -154,12 +169,7 @@ def rnn_backward(dh, cache, dhn=None):
     dt = x.dtype
     dh = V.as_float(dh, "dh", dt)
     V.check_shape(dh, "dh", (N, T, H), "(N, T, H)")
-    if dhn is None:
-        dhn = np.zeros((N, H), dtype=dt)
-    else:
-        dhn = V.as_float(dhn, "dhn", dt)
-        V.check_shape(dhn, "dhn", (N, H), "(N, H)")
-        dhn = V.rows_view(dhn)
+    dhn = _final_grad(dhn, "dhn", N, H, dt)
     dx = np.empty((N, T, D), dtype=dt)
     dh0 = np.empty((N, H), dtype=dt)
     dWx = np.zeros(cache.Wx.shape, dtype=dt)
@@ -234,7 +244,7 @@ def rnn_step_backward(dnext_h, cache):
 
 
 def _final_grad(d, name, N, H, dt):
-    """An optional (N, H) final-state gradient as a C-contiguous array (zeros if None)."""
+    """An optional (N, H) state or state gradient as a C-contiguous array (zeros if None)."""
     if d is None:
         return np.zeros((N, H), dtype=dt)
     d = V.as_float(d, name, dt)
@@ -267,24 +277,7 @@ class GRUCache:
 
 def _gru_args(x, h0, Wx, Wh, bx, bh, x_letters):
     """Validate the forward arguments of the GRU functions."""
-    x = V.as_float(x, "x")
-    dt = x.dtype
-    h0 = V.as_float(h0, "h0" if x_letters == "(N, T, D)" else "prev_h", dt)
-    Wx = V.as_float(Wx, "Wx", dt)
-    Wh = V.as_float(Wh, "Wh", dt)
-    bx = V.as_float(bx, "bx", dt)
-    bh = V.as_float(bh, "bh", dt)
-    V.check_shape(Wh, "Wh", (None, None), "(H, 3H)")
-    H = Wh.shape[0]
-    V.check_shape(Wh, "Wh", (H, 3 * H), "(H, 3H)")
-    V.check_shape(x, "x", (None,) * len(x_letters.split(",")), x_letters)
-    N, D = x.shape[0], x.shape[-1]
-    V.check_shape(Wx, "Wx", (D, 3 * H), "(D, 3H)")
-    V.check_shape(h0, "h0" if x.ndim == 3 else "prev_h", (N, H), "(N, H)")
-    V.check_shape(bx, "bx", (3 * H,), "(3H,)")
-    V.check_shape(bh, "bh", (3 * H,), "(3H,)")
-    return (x, V.rows_view(h0), V.matrix_view(Wx), V.matrix_view(Wh), V.rows_view(bx),
-            V.rows_view(bh))
+    return tuple(_cell_args(3, x, h0, Wx, Wh, [("bx", bx), ("bh", bh)], x_letters))
 
 
 def _gru_saved(cache):
@@ -516,28 +509,10 @@ class LSTMCache:
 
 def _lstm_args(x, h0, c0, Wx, Wh, b, x_letters):
     """Validate the forward arguments of the LSTM functions (c0 may be None)."""
-    seq = x_letters == "(N, T, D)"
-    x = V.as_float(x, "x")
-    dt = x.dtype
-    h0 = V.as_float(h0, "h0" if seq else "prev_h", dt)
-    Wx = V.as_float(Wx, "Wx", dt)
-    Wh = V.as_float(Wh, "Wh", dt)
-    b = V.as_float(b, "b", dt)
-    V.check_shape(Wh, "Wh", (None, None), "(H, 4H)")
-    H = Wh.shape[0]
-    V.check_shape(Wh, "Wh", (H, 4 * H), "(H, 4H)")
-    V.check_shape(x, "x", (None,) * len(x_letters.split(",")), x_letters)
-    N, D = x.shape[0], x.shape[-1]
-    V.check_shape(Wx, "Wx", (D, 4 * H), "(D, 4H)")
-    V.check_shape(h0, "h0" if seq else "prev_h", (N, H), "(N, H)")
-    if c0 is None:
-        c0 = np.zeros((N, H), dtype=dt)
-    else:
-        c0 = V.as_float(c0, "c0" if seq else "prev_c", dt)
-        V.check_shape(c0, "c0" if seq else "prev_c", (N, H), "(N, H)")
-    V.check_shape(b, "b", (4 * H,), "(4H,)")
-    return (x, V.rows_view(h0), V.rows_view(c0), V.matrix_view(Wx), V.matrix_view(Wh),
-            V.rows_view(b))
+    x, h0, Wx, Wh, b = _cell_args(4, x, h0, Wx, Wh, [("b", b)], x_letters)
+    N, H = h0.shape
+    c0 = _final_grad(c0, "c0" if x_letters == "(N, T, D)" else "prev_c", N, H, x.dtype)
+    return x, h0, c0, Wx, Wh, b
 
 
 def _lstm_grads(cache, dh, dhn, dcn):
