@@ -133,6 +133,19 @@ cdef inline tuple check_batch_sizes(object batch_sizes, Py_ssize_t T, Py_ssize_t
     return bs, True
 
 
+cdef inline object seq_empty(bint batch_major, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F,
+                             object dtype):
+    """An uninitialized (T, N, F) array in the given layout kind, contiguous in it.
+
+    Workspaces and saved arrays are allocated in h's layout kind so that they
+    form one matrix with h's row order (for the all-steps GEMMs).
+    """
+    import numpy as np
+    if batch_major:
+        return np.empty((N, T, F), dtype=dtype).transpose(1, 0, 2)
+    return np.empty((T, N, F), dtype=dtype)
+
+
 # ------------------------------------------------------------ BPTT helpers
 # Shared by the gated kernels (gru.pyx, lstm.pyx); rnn.pyx has its own copies.
 

@@ -81,7 +81,7 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks)
+                      blas_thread_hooks, seq_empty)
 
 cdef extern from "rc_simd.h" nogil:
     enum: RC_GRU_N   # index of the n block (the last one: r, z come first)
@@ -276,13 +276,6 @@ cdef void backward_loop(
 # Shapes and layouts are checked here, before `with nogil`; the loops above
 # cannot fail. Strides come from the memoryviews (in bytes), never from copies.
 
-def _like_h(bint h_bm, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F, dtype):
-    """An uninitialized (T, N, F) array in h's layout kind (contiguous in it)."""
-    if h_bm:
-        return np.empty((N, T, F), dtype=dtype).transpose(1, 0, 2)
-    return np.empty((T, N, F), dtype=dtype)
-
-
 def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] Wx,
             const floating[:, :] Wh, const floating[:] bx, const floating[:] bh,
             floating[:, :, :] h, bint reverse=False, batch_sizes=None):
@@ -320,8 +313,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     cdef const Py_ssize_t[:] bs = bs_arr
     cdef const Py_ssize_t *bsp = &bs[0] if used and T > 0 else NULL
     dtype = np.float32 if floating is float else np.float64
-    saved = GRUSaved(gates=_like_h(h_bm, T, N, GH, dtype),
-                     hidden_n=_like_h(h_bm, T, N, H, dtype))
+    saved = GRUSaved(gates=seq_empty(h_bm, T, N, GH, dtype),
+                     hidden_n=seq_empty(h_bm, T, N, H, dtype))
     if T == 0 or N == 0 or H == 0:
         return saved
     cdef floating[:, :, :] g = saved.gates
@@ -395,8 +388,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     # workspaces: dG (hidden side) and dAn (input side's n block) in h's layout
     # kind (contiguous); dgs for reverse + lengths
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, :, :] dg = _like_h(h_bm, T, N, GH, dtype)
-    cdef floating[:, :, :] dan = _like_h(h_bm, T, N, H, dtype)
+    cdef floating[:, :, :] dg = seq_empty(h_bm, T, N, GH, dtype)
+    cdef floating[:, :, :] dan = seq_empty(h_bm, T, N, H, dtype)
     cdef floating[:, :] dgs = np.empty((N if gather else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if D > 0 and N > 0 and T > 0:

@@ -58,7 +58,7 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks)
+                      blas_thread_hooks, seq_empty)
 
 cdef extern from "rc_simd.h" nogil:
     enum: RC_LSTM_GATES
@@ -258,14 +258,10 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     cdef const Py_ssize_t *bsp = &bs[0] if used and T > 0 else NULL
     # saved gate activations, in h's layout kind (the x @ Wx GEMM writes them as one matrix)
     dtype = np.float32 if floating is float else np.float64
-    if h_bm:
-        gates_arr = np.empty((N, T, GH), dtype=dtype).transpose(1, 0, 2)
-    else:
-        gates_arr = np.empty((T, N, GH), dtype=dtype)
-    saved = LSTMSaved(gates=gates_arr)
+    saved = LSTMSaved(gates=seq_empty(h_bm, T, N, GH, dtype))
     if T == 0 or N == 0 or H == 0:
         return saved
-    cdef floating[:, :, :] gates = gates_arr
+    cdef floating[:, :, :] gates = saved.gates
     a_ld = seq_check(gates.shape, gates.strides, isz, "gates", T, N, GH, &a_st, &a_sn, &a_bm)
     cdef const floating *xp = &x[0, 0, 0] if D > 0 else NULL
     cdef const floating *wxp = &Wx[0, 0] if D > 0 else NULL
@@ -331,11 +327,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     cdef bint gather = reverse and used
     # workspaces: dA in h's layout kind (contiguous), dgs for reverse + lengths
     dtype = np.float32 if floating is float else np.float64
-    if h_bm:
-        dg_arr = np.empty((N, T, GH), dtype=dtype).transpose(1, 0, 2)
-    else:
-        dg_arr = np.empty((T, N, GH), dtype=dtype)
-    cdef floating[:, :, :] dg = dg_arr
+    cdef floating[:, :, :] dg = seq_empty(h_bm, T, N, GH, dtype)
     cdef floating[:, :] dgs = np.empty((N if gather else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if D > 0 and N > 0 and T > 0:

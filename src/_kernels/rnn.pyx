@@ -42,7 +42,7 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
                       check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, single_open, single_close)
+                      blas_thread_hooks, single_open, single_close, seq_empty)
 
 cdef extern from "rc_simd.h" nogil:
     void rc_rnn_act_f(float *z, Py_ssize_t ldz, const float *b, Py_ssize_t rows,
@@ -245,11 +245,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef bint gather = reverse and used
     # workspaces: dz in h's layout kind (contiguous), dzs for reverse + lengths
     dtype = np.float32 if floating is float else np.float64
-    if h_bm:
-        dz_arr = np.empty((N, T, H), dtype=dtype).transpose(1, 0, 2)
-    else:
-        dz_arr = np.empty((T, N, H), dtype=dtype)
-    cdef floating[:, :, :] dz = dz_arr
+    cdef floating[:, :, :] dz = seq_empty(h_bm, T, N, H, dtype)
     cdef floating[:, :] dzs = np.empty((N if gather else 0, H), dtype=dtype)
     if N == 0 or H == 0:
         if D > 0 and N > 0:
