@@ -215,3 +215,88 @@ cdef inline void dwh_accumulate(
                     memcpy(dzs + n * GH, dz + t * dz_st + n * dz_sn, GH * sizeof(floating))
             mm(H, GH, N, <floating>1, h0, H, True, dzs, GH, False,
                <floating>1, dwh, dwh_ld, dwh_t)
+
+
+# ------------------------------------------------------------ single-step fast path
+# The cells' per-step entry points (`step` in each kernel module) take their
+# arrays through the buffer protocol directly: a typed memoryview costs about
+# 0.3-0.4 us to acquire, which is most of a small step. They *never raise* on
+# an unsuitable argument: they return False with nothing held, and the caller
+# takes the validated path, which then raises the clear error.
+
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE
+
+cdef extern from "Python.h":
+    int get_buffer_noexc "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags)
+    void PyErr_Clear()
+    void release_buffer "PyBuffer_Release"(Py_buffer *view)
+
+cdef enum:
+    STEP_MAX_BUFS = 12
+
+cdef struct StepBufs:
+    Py_buffer v[STEP_MAX_BUFS]
+    int n
+    char fmt            # b'f' or b'd', set by the first buffer
+    Py_ssize_t N        # batch rows, set by the first (N, F) / (F,) buffer
+    int batched         # -1 unknown, 0 (F,), 1 (N, F)
+
+
+cdef inline void step_init(StepBufs *b) noexcept:
+    b.n = 0
+    b.fmt = 0
+    b.N = -1
+    b.batched = -1
+
+
+cdef inline void step_release(StepBufs *b) noexcept:
+    while b.n > 0:
+        b.n -= 1
+        release_buffer(&b.v[b.n])
+
+
+cdef inline void *step_buf(StepBufs *b, object obj, Py_ssize_t rows, Py_ssize_t cols,
+                           bint writable) noexcept:
+    """Acquire a C-contiguous float array; NULL if it does not qualify (nothing raised).
+
+    rows >= 0: exactly (rows, cols); rows == -1: a 1-D (cols,) vector;
+    rows == -3: any shape with exactly cols elements (a workspace);
+    rows == -2: a batch of rows, (N, cols) or unbatched (cols,), N and the
+    batchedness agreeing with the batch buffers acquired before. Empty arrays
+    and mixed float32/float64 do not qualify either.
+    """
+    cdef Py_buffer *v
+    cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
+    cdef bint ok
+    if obj is None or b.n >= STEP_MAX_BUFS:
+        return NULL
+    if writable:
+        flags |= PyBUF_WRITABLE
+    v = &b.v[b.n]
+    if get_buffer_noexc(obj, v, flags) != 0:
+        PyErr_Clear()
+        return NULL
+    ok = v.format != NULL and (v.format[0] == b'f' or v.format[0] == b'd') \
+        and v.format[1] == 0 and (b.fmt == 0 or v.format[0] == b.fmt)
+    if ok and rows >= 0:
+        ok = v.ndim == 2 and v.shape[0] == rows and v.shape[1] == cols
+    elif ok and rows == -1:
+        ok = v.ndim == 1 and v.shape[0] == cols
+    elif ok and rows == -3:
+        ok = v.len == cols * v.itemsize
+    elif ok:
+        ok = (v.ndim == 1 or v.ndim == 2) and v.shape[v.ndim - 1] == cols \
+            and (b.batched < 0 or b.batched == v.ndim - 1)
+        if ok:
+            if b.N >= 0 and (v.shape[0] if v.ndim == 2 else 1) != b.N:
+                ok = False
+            else:
+                b.N = v.shape[0] if v.ndim == 2 else 1
+                b.batched = v.ndim - 1
+    if not ok or v.len == 0 or v.buf == NULL:
+        # (empty arrays take the validated path too)
+        release_buffer(v)
+        return NULL
+    b.fmt = v.format[0]
+    b.n += 1
+    return v.buf

@@ -72,6 +72,7 @@ Design notes
 * Everything inside ``with nogil`` is BLAS calls and plain loops: it cannot
   fail; all checks happen before.
 """
+from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 from collections import namedtuple
@@ -81,7 +82,8 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, seq_empty)
+                      blas_thread_hooks, seq_empty, StepBufs, step_init, step_buf,
+                      step_release)
 
 cdef extern from "rc_simd.h" nogil:
     enum: RC_GRU_N   # index of the n block (the last one: r, z come first)
@@ -418,6 +420,79 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
                       &dh0[0, 0], dgsp,
                       dxp, dx_ld, dwxp, dwx_ld, dwx_t, &dWh[0, 0], dwh_ld, dwh_t,
                       &dbx[0], &dbh[0], T, N, D, H, h_bm, bsp, reverse)
+
+
+# ----------------------------------------------------------------- single step
+# The cells' fast path (see rnn.step): one step on PyTorch-layout parameters.
+
+cdef int step_run(const floating *x, const floating *h0, const floating *wih,
+                  const floating *whh, const floating *bih, const floating *bhh, floating *h,
+                  floating *g, floating *hn, Py_ssize_t N, Py_ssize_t D,
+                  Py_ssize_t H) noexcept nogil:
+    # one allocation: the (N, 3H) recurrent-projection scratch, then gates and
+    # hidden_n when the caller does not keep them (inference)
+    cdef Py_ssize_t GH = RC_GRU_G * H
+    cdef Py_ssize_t n = N * GH + (N * GH if g == NULL else 0) + (N * H if hn == NULL else 0)
+    cdef floating *w = <floating *>malloc(n * sizeof(floating))
+    if w == NULL:
+        return -1
+    cdef floating *rest = w + N * GH
+    if g == NULL:
+        g = rest
+        rest += N * GH
+    if hn == NULL:
+        hn = rest
+    forward_loop(x, D, h0, wih, D, True, whh, H, True, bih, bhh, h, N * H, H,
+                 g, GH, N * GH, GH, hn, N * H, H, w, 1, N, D, H, NULL, False)
+    free(w)
+    return 0
+
+
+def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, gates, hidden_n, Py_ssize_t D, Py_ssize_t H):
+    """One GRU step on the cells' arrays (PyTorch's equations, gates r, z, n).
+
+    x (N, D) or (D,); h0 and the output h (N, H) or (H,) alike; w_ih (3H, D),
+    w_hh (3H, H), b_ih, b_hh (3H,): PyTorch layout. gates (N*3H elements) and
+    hidden_n (N*H elements) receive what `backward` needs, or are None
+    (inference). Everything C-contiguous, non-empty, one dtype.
+
+    Returns True, or False having touched nothing when an argument does not
+    qualify (the caller then takes the validated path).
+    """
+    cdef Py_ssize_t GH = RC_GRU_G * H
+    cdef StepBufs B
+    cdef int rc = 0
+    step_init(&B)
+    cdef void *xp = step_buf(&B, x, -2, D, False)
+    cdef void *h0p = step_buf(&B, h0, -2, H, False)
+    cdef void *hp = step_buf(&B, h, -2, H, True)
+    cdef void *wip = step_buf(&B, w_ih, GH, D, False)
+    cdef void *whp = step_buf(&B, w_hh, GH, H, False)
+    cdef void *bip = step_buf(&B, b_ih, -1, GH, False)
+    cdef void *bhp = step_buf(&B, b_hh, -1, GH, False)
+    cdef Py_ssize_t N = B.N
+    cdef void *gp = NULL
+    cdef void *hnp = NULL
+    if gates is not None:
+        gp = step_buf(&B, gates, -3, N * GH, True)
+    if hidden_n is not None:
+        hnp = step_buf(&B, hidden_n, -3, N * H, True)
+    if not (xp and h0p and hp and wip and whp and bip and bhp) \
+            or (gates is not None and not gp) or (hidden_n is not None and not hnp):
+        step_release(&B)
+        return False
+    with nogil:
+        if B.fmt == b'f':
+            rc = step_run(<float *>xp, <float *>h0p, <float *>wip, <float *>whp, <float *>bip,
+                          <float *>bhp, <float *>hp, <float *>gp, <float *>hnp, N, D, H)
+        else:
+            rc = step_run(<double *>xp, <double *>h0p, <double *>wip, <double *>whp,
+                          <double *>bip, <double *>bhp, <double *>hp, <double *>gp,
+                          <double *>hnp, N, D, H)
+    step_release(&B)
+    if rc:
+        raise MemoryError()
+    return True
 
 
 def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state):

@@ -49,6 +49,7 @@ Design notes
 * Everything inside ``with nogil`` is BLAS calls and plain loops: it cannot
   fail; all checks happen before.
 """
+from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 from collections import namedtuple
@@ -58,7 +59,8 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, seq_empty)
+                      blas_thread_hooks, seq_empty, StepBufs, step_init, step_buf,
+                      step_release)
 
 cdef extern from "rc_simd.h" nogil:
     enum: RC_LSTM_GATES
@@ -354,6 +356,77 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
                       &dg[0, 0, 0], dg_st, dg_sn, &dh0[0, 0], &dc0[0, 0], dgsp,
                       dxp, dx_ld, dwxp, dwx_ld, dwx_t, &dWh[0, 0], dwh_ld, dwh_t, &db[0],
                       T, N, D, H, h_bm, bsp, reverse)
+
+
+# ----------------------------------------------------------------- single step
+# The cells' fast path (see rnn.step): one step on PyTorch-layout parameters.
+
+cdef int step_run(const floating *x, const floating *h0, const floating *c0,
+                  const floating *wih, const floating *whh, const floating *bih,
+                  const floating *bhh, floating *h, floating *c, floating *g,
+                  Py_ssize_t N, Py_ssize_t D, Py_ssize_t H) noexcept nogil:
+    # one allocation: the summed bias, then the gates when the caller does not
+    # keep them (inference)
+    cdef Py_ssize_t j, GH = RC_LSTM_GATES * H
+    cdef floating *b = <floating *>malloc((GH + (N * GH if g == NULL else 0))
+                                          * sizeof(floating))
+    if b == NULL:
+        return -1
+    for j in range(GH):
+        b[j] = bih[j] + bhh[j]
+    if g == NULL:
+        g = b + GH
+    forward_loop(x, D, h0, c0, wih, D, True, whh, H, True, b, h, N * H, H, c, N * H, H,
+                 g, GH, N * GH, GH, 1, N, D, H, NULL, False)
+    free(b)
+    return 0
+
+
+def step(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, Py_ssize_t D, Py_ssize_t H):
+    """One LSTM step on the cells' arrays (gates i, f, g, o).
+
+    x (N, D) or (D,); h0, c0 and the outputs h, c (N, H) or (H,) alike; w_ih
+    (4H, D), w_hh (4H, H), b_ih, b_hh (4H,): PyTorch layout. gates (N*4H
+    elements) receives what `backward` needs, or is None (inference).
+    Everything C-contiguous, non-empty, one dtype.
+
+    Returns True, or False having touched nothing when an argument does not
+    qualify (the caller then takes the validated path).
+    """
+    cdef Py_ssize_t GH = RC_LSTM_GATES * H
+    cdef StepBufs B
+    cdef int rc = 0
+    step_init(&B)
+    cdef void *xp = step_buf(&B, x, -2, D, False)
+    cdef void *h0p = step_buf(&B, h0, -2, H, False)
+    cdef void *c0p = step_buf(&B, c0, -2, H, False)
+    cdef void *hp = step_buf(&B, h, -2, H, True)
+    cdef void *cp = step_buf(&B, c, -2, H, True)
+    cdef void *wip = step_buf(&B, w_ih, GH, D, False)
+    cdef void *whp = step_buf(&B, w_hh, GH, H, False)
+    cdef void *bip = step_buf(&B, b_ih, -1, GH, False)
+    cdef void *bhp = step_buf(&B, b_hh, -1, GH, False)
+    cdef Py_ssize_t N = B.N
+    cdef void *gp = NULL
+    if gates is not None:
+        gp = step_buf(&B, gates, -3, N * GH, True)
+    if not (xp and h0p and c0p and hp and cp and wip and whp and bip and bhp) \
+            or (gates is not None and not gp):
+        step_release(&B)
+        return False
+    with nogil:
+        if B.fmt == b'f':
+            rc = step_run(<float *>xp, <float *>h0p, <float *>c0p, <float *>wip,
+                          <float *>whp, <float *>bip, <float *>bhp, <float *>hp, <float *>cp,
+                          <float *>gp, N, D, H)
+        else:
+            rc = step_run(<double *>xp, <double *>h0p, <double *>c0p, <double *>wip,
+                          <double *>whp, <double *>bip, <double *>bhp, <double *>hp,
+                          <double *>cp, <double *>gp, N, D, H)
+    step_release(&B)
+    if rc:
+        raise MemoryError()
+    return True
 
 
 def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state):

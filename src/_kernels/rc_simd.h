@@ -311,6 +311,8 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, double, rc_tanhd)
  * products, `omp simd` reductions, which needs -fopenmp-simd and no runtime).
  * beta == 0 writes C without reading it (BLAS semantics). */
 #define RC_SMALL_M 4
+#define RC_SMALL_JB 32   /* row-major B: columns of C kept in registers per pass */
+#define RC_SMALL_V(T) ((rc_idx)(64 / sizeof(T)))  /* lanes of one 64-byte vector */
 #define RC_DEFINE_SMALL_GEMM(NAME, T)                                           \
     RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k, T alpha,           \
                                const T *a, rc_idx lda, const T *b, rc_idx ldb,  \
@@ -322,16 +324,73 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, double, rc_tanhd)
             else if (beta != 1) { for (rc_idx j = 0; j < n; j++) ci[j] *= beta; } \
         }                                                                       \
         if (!bt) {                                                              \
-            for (rc_idx p = 0; p < k; p++) {                                    \
-                const T *bp = b + p * ldb;                                      \
+            /* blocks of RC_SMALL_JB columns accumulate in registers over all  \
+             * of k (one load/store of C per block, not per p) */               \
+            rc_idx j0 = 0;                                                      \
+            for (; j0 + RC_SMALL_JB <= n; j0 += RC_SMALL_JB) {                  \
                 for (rc_idx i = 0; i < m; i++) {                                \
-                    T s = alpha * a[i * lda + p];                               \
-                    T *ci = c + i * ldc;                                        \
-                    for (rc_idx j = 0; j < n; j++) ci[j] += s * bp[j];          \
+                    const T *ai = a + i * lda;                                  \
+                    T acc[RC_SMALL_JB];                                         \
+                    for (int jj = 0; jj < RC_SMALL_JB; jj++) acc[jj] = 0;       \
+                    for (rc_idx p = 0; p < k; p++) {                            \
+                        const T s = ai[p];                                      \
+                        const T *bp = b + p * ldb + j0;                         \
+                        for (int jj = 0; jj < RC_SMALL_JB; jj++)                \
+                            acc[jj] += s * bp[jj];                              \
+                    }                                                           \
+                    T *ci = c + i * ldc + j0;                                   \
+                    for (int jj = 0; jj < RC_SMALL_JB; jj++)                    \
+                        ci[jj] += alpha * acc[jj];                              \
+                }                                                               \
+            }                                                                   \
+            if (j0 < n) {                                                       \
+                for (rc_idx p = 0; p < k; p++) {                                \
+                    const T *bp = b + p * ldb;                                  \
+                    for (rc_idx i = 0; i < m; i++) {                            \
+                        T s = alpha * a[i * lda + p];                           \
+                        T *ci = c + i * ldc;                                    \
+                        for (rc_idx j = j0; j < n; j++) ci[j] += s * bp[j];     \
+                    }                                                           \
                 }                                                               \
             }                                                                   \
         } else {                                                                \
-            for (rc_idx j = 0; j < n; j++) {                                    \
+            /* four dot products at a time, each in RC_SMALL_V lanes (one      \
+             * 64-byte vector) reduced by a halving tree at the end: four       \
+             * independent chains and a cheap reduction per output */          \
+            rc_idx j = 0;                                                       \
+            const rc_idx kv = k - k % RC_SMALL_V(T);                            \
+            for (; j + 4 <= n; j += 4) {                                        \
+                const T *b0 = b + j * ldb, *b1 = b0 + ldb;                      \
+                const T *b2 = b1 + ldb, *b3 = b2 + ldb;                         \
+                for (rc_idx i = 0; i < m; i++) {                                \
+                    const T *ai = a + i * lda;                                  \
+                    T v0[RC_SMALL_V(T)], v1[RC_SMALL_V(T)];                     \
+                    T v2[RC_SMALL_V(T)], v3[RC_SMALL_V(T)];                     \
+                    for (int l = 0; l < RC_SMALL_V(T); l++)                     \
+                        v0[l] = v1[l] = v2[l] = v3[l] = 0;                      \
+                    for (rc_idx p = 0; p < kv; p += RC_SMALL_V(T)) {            \
+                        for (int l = 0; l < RC_SMALL_V(T); l++) {               \
+                            const T ap = ai[p + l];                             \
+                            v0[l] += ap * b0[p + l]; v1[l] += ap * b1[p + l];   \
+                            v2[l] += ap * b2[p + l]; v3[l] += ap * b3[p + l];   \
+                        }                                                       \
+                    }                                                           \
+                    for (int w = RC_SMALL_V(T) / 2; w >= 1; w /= 2)             \
+                        for (int l = 0; l < w; l++) {                           \
+                            v0[l] += v0[l + w]; v1[l] += v1[l + w];             \
+                            v2[l] += v2[l + w]; v3[l] += v3[l + w];             \
+                        }                                                       \
+                    for (rc_idx p = kv; p < k; p++) {                           \
+                        const T ap = ai[p];                                     \
+                        v0[0] += ap * b0[p]; v1[0] += ap * b1[p];               \
+                        v2[0] += ap * b2[p]; v3[0] += ap * b3[p];               \
+                    }                                                           \
+                    T *ci = c + i * ldc + j;                                    \
+                    ci[0] += alpha * v0[0]; ci[1] += alpha * v1[0];             \
+                    ci[2] += alpha * v2[0]; ci[3] += alpha * v3[0];             \
+                }                                                               \
+            }                                                                   \
+            for (; j < n; j++) {                                                \
                 const T *bj = b + j * ldb;                                      \
                 for (rc_idx i = 0; i < m; i++) {                                \
                     const T *ai = a + i * lda;                                  \

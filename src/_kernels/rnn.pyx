@@ -35,6 +35,7 @@ Design notes
 * Everything inside ``with nogil`` is BLAS calls and plain loops: it cannot
   fail; all checks happen before.
 """
+from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 import numpy as np
@@ -42,7 +43,8 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
                       check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, single_open, single_close, seq_empty)
+                      blas_thread_hooks, single_open, single_close, seq_empty,
+                      StepBufs, step_init, step_buf, step_release)
 
 cdef extern from "rc_simd.h" nogil:
     void rc_rnn_act_f(float *z, Py_ssize_t ldz, const float *b, Py_ssize_t rows,
@@ -274,40 +276,60 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
 
 
 # ----------------------------------------------------------------- single step
-# The cells' and `step()`'s fast path: one time step, no batch_sizes, minimal
-# Python overhead (dtype-specific entry points instead of fused dispatch).
+# The cells' fast path: one time step on PyTorch-layout parameters, arrays taken
+# through the buffer protocol (see step_buf in _common.pxd).
 
-cdef int step_impl(const floating[:, :] x, const floating[:, :] h0, const floating[:, :] Wx,
-                   const floating[:, :] Wh, const floating[:] b, floating[:, :] h,
-                   bint relu) except -1:
-    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], H = Wh.shape[0]
-    cdef Py_ssize_t isz = sizeof(floating), wx_ld, wh_ld
-    cdef bint wx_t, wh_t
-    mat_check(Wx.shape, Wx.strides, isz, "Wx", D, H, &wx_ld, &wx_t)
-    mat_check(Wh.shape, Wh.strides, isz, "Wh", H, H, &wh_ld, &wh_t)
-    rows_check(x.shape, x.strides, isz, "x", N, D)
-    rows_check(h0.shape, h0.strides, isz, "h0", N, H)
-    rows_check(h.shape, h.strides, isz, "h", N, H)
-    vec_check(b.shape, b.strides, isz, "b", H)
-    if N == 0 or H == 0:
-        return 0
-    with nogil:
-        forward_loop(&x[0, 0] if D > 0 else NULL, D, &h0[0, 0], H,
-                     &Wx[0, 0] if D > 0 else NULL, wx_ld, wx_t, &Wh[0, 0], wh_ld, wh_t,
-                     &b[0], &h[0, 0], H, N * H, H, 1, N, D, H, NULL, relu, False)
+cdef int step_run(const floating *x, const floating *h0, const floating *wih,
+                  const floating *whh, const floating *bih, const floating *bhh, floating *h,
+                  Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, bint relu) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating *b = <floating *>malloc(H * sizeof(floating))
+    if b == NULL:
+        return -1
+    for j in range(H):
+        b[j] = bih[j] + bhh[j]
+    forward_loop(x, D, h0, H, wih, D, True, whh, H, True, b, h, H, N * H, H, 1, N, D, H,
+                 NULL, relu, False)
+    free(b)
     return 0
 
 
-def step_f32(const float[:, :] x, const float[:, :] h0, const float[:, :] Wx,
-             const float[:, :] Wh, const float[:] b, float[:, :] h, bint relu=False):
-    """One float32 step: h = act(x Wx + h0 Wh + b); x (N, D), h0 and h (N, H) C-contiguous."""
-    step_impl(x, h0, Wx, Wh, b, h, relu)
+def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, Py_ssize_t D, Py_ssize_t H, bint relu=False):
+    """One step on the cells' arrays: h = act(x W_ih^T + b_ih + h0 W_hh^T + b_hh).
 
+    x (N, D) or (D,); h0 and the output h (N, H) or (H,) alike; w_ih (H, D),
+    w_hh (H, H), b_ih, b_hh (H,): PyTorch layout. Everything C-contiguous,
+    non-empty, one dtype (float32 or float64).
 
-def step_f64(const double[:, :] x, const double[:, :] h0, const double[:, :] Wx,
-             const double[:, :] Wh, const double[:] b, double[:, :] h, bint relu=False):
-    """One float64 step; as `step_f32`."""
-    step_impl(x, h0, Wx, Wh, b, h, relu)
+    Returns True, or False having touched nothing when an argument does not
+    qualify: the caller then takes the validated path (`forward`), which
+    raises the clear error.
+    """
+    cdef StepBufs B
+    cdef int rc = 0
+    step_init(&B)
+    cdef void *xp = step_buf(&B, x, -2, D, False)
+    cdef void *h0p = step_buf(&B, h0, -2, H, False)
+    cdef void *hp = step_buf(&B, h, -2, H, True)
+    cdef void *wip = step_buf(&B, w_ih, H, D, False)
+    cdef void *whp = step_buf(&B, w_hh, H, H, False)
+    cdef void *bip = step_buf(&B, b_ih, -1, H, False)
+    cdef void *bhp = step_buf(&B, b_hh, -1, H, False)
+    if not (xp and h0p and hp and wip and whp and bip and bhp):
+        step_release(&B)
+        return False
+    cdef Py_ssize_t N = B.N
+    with nogil:
+        if B.fmt == b'f':
+            rc = step_run(<float *>xp, <float *>h0p, <float *>wip, <float *>whp, <float *>bip,
+                          <float *>bhp, <float *>hp, N, D, H, relu)
+        else:
+            rc = step_run(<double *>xp, <double *>h0p, <double *>wip, <double *>whp,
+                          <double *>bip, <double *>bhp, <double *>hp, N, D, H, relu)
+    step_release(&B)
+    if rc:
+        raise MemoryError()
+    return True
 
 
 def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state):

@@ -27,6 +27,8 @@ import numpy as np
 
 from . import _validation as V
 from ._adapters import GRUKernel, LSTMKernel, RNNKernel
+from ._kernels import gru as _kgru
+from ._kernels import lstm as _klstm
 from ._kernels import rnn as _krnn
 from .module import Module, register_module
 
@@ -104,6 +106,9 @@ class _CellBase(Module):
         return V.rows_view(s[None] if unbatched else s)
 
     def _step(self, x, states, train):
+        res = self._fast_step(x, states, train)
+        if res is not None:
+            return res
         x, unbatched = self._input(x)
         N = x.shape[0]
         s0 = [self._state(s, n, N, unbatched) for s, n in states]
@@ -114,6 +119,40 @@ class _CellBase(Module):
             self._stack.append((x, s0, outs, saved, unbatched))
         res = [o[0] for o in outs]
         return [r[0] for r in res] if unbatched else res
+
+    def _fast_step(self, x, states, train):
+        """The kernels' single-step entry point for well-formed arrays.
+
+        Returns None (nothing done) unless x and the states are C-contiguous
+        arrays of the cell's dtype and shape; `_step` then converts, validates
+        and raises the clear errors. Saves for backward exactly what `_step`
+        saves.
+        """
+        dt = self.dtype
+        if type(x) is not np.ndarray or x.dtype != dt or x.ndim not in (1, 2):
+            return None
+        unbatched = x.ndim == 1
+        x2 = x[None] if unbatched else x
+        N, H = x2.shape[0], self.hidden_size
+        s0 = []
+        for s, _ in states:
+            if s is None:
+                s0.append(np.zeros((N, H), dt))
+            elif type(s) is np.ndarray and s.ndim == x.ndim:
+                s0.append(s[None] if unbatched else s)
+            else:
+                return None
+        outs = [np.empty((1, N, H), dt) for _ in range(self.n_states)]
+        saved = self._saved_arrays(N) if train else None
+        if not self._kstep(x2, s0, outs, saved):
+            return None
+        if train:
+            self._stack.append((x2, s0, outs, saved, unbatched))
+        return [o[0, 0] for o in outs] if unbatched else [o[0] for o in outs]
+
+    def _saved_arrays(self, N):
+        """What the kernel's forward saves for backward, for one step of N rows."""
+        return None
 
     def _step_backward(self, dstates):
         if not self._stack:
@@ -172,6 +211,12 @@ class RNNCell(_CellBase):
         r = super().__repr__()
         return r[:-1] + ", nonlinearity='relu')" if self._kernel.relu else r
 
+    def _kstep(self, x, s0, outs, saved):
+        p = self.params
+        bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
+        return _krnn.step(x, s0[0], p["weight_ih"], p["weight_hh"], bi, bh, outs[0][0],
+                          self.input_size, self.hidden_size, self._kernel.relu)
+
     def forward(self, input, hx=None, train=True):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h' like hx."""
         return self._step(input, [(hx, "hx")], train)[0]
@@ -193,6 +238,18 @@ class GRUCell(_CellBase):
     n_states = 1
     _kernel = GRUKernel()
 
+    def _saved_arrays(self, N):
+        H = self.hidden_size
+        return _kgru.GRUSaved(gates=np.empty((1, N, 3 * H), self.dtype),
+                              hidden_n=np.empty((1, N, H), self.dtype))
+
+    def _kstep(self, x, s0, outs, saved):
+        p = self.params
+        bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
+        g, hn = (None, None) if saved is None else saved
+        return _kgru.step(x, s0[0], p["weight_ih"], p["weight_hh"], bi, bh, outs[0][0], g, hn,
+                          self.input_size, self.hidden_size)
+
     def forward(self, input, hx=None, train=True):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h'."""
         return self._step(input, [(hx, "hx")], train)[0]
@@ -213,6 +270,16 @@ class LSTMCell(_CellBase):
     G = 4
     n_states = 2
     _kernel = LSTMKernel()
+
+    def _saved_arrays(self, N):
+        return _klstm.LSTMSaved(gates=np.empty((1, N, 4 * self.hidden_size), self.dtype))
+
+    def _kstep(self, x, s0, outs, saved):
+        p = self.params
+        bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
+        return _klstm.step(x, s0[0], s0[1], p["weight_ih"], p["weight_hh"], bi, bh,
+                           outs[0][0], outs[1][0], None if saved is None else saved.gates,
+                           self.input_size, self.hidden_size)
 
     def forward(self, input, hx=None, train=True):
         """One step. hx = (h, c) or None -> (h', c')."""
