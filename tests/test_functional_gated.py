@@ -261,7 +261,7 @@ def _mat(a, transposed):
 
 
 def run_kernel(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=False,
-               transposed=False, preset=None):
+               transposed=False, preset=None, once=False):
     """Forward and backward through a kernel; every result as a plain (T, N, ·) array.
 
     ``inp`` / ``up`` hold time-major (T, N, ·) sequences. Weight gradients start
@@ -281,12 +281,13 @@ def run_kernel(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=Fa
     dWx = _mat(preset.get("dWx", np.zeros((D, G * H), dt)), transposed)
     dWh = _mat(preset.get("dWh", np.zeros((H, G * H), dt)), transposed)
     kw = dict(reverse=reverse, batch_sizes=batch_sizes)
+    bkw = dict(kw, overwrite_saved=once)
     if cell == "gru":
         dbx = preset.get("dbx", np.zeros(G * H, dt)).copy()
         dbh = preset.get("dbh", np.zeros(G * H, dt)).copy()
         saved = kgru.forward(x, inp["h0"], Wx, Wh, inp["bx"], inp["bh"], h, **kw)
         kgru.backward(dh, up["dhn"], x, inp["h0"], Wx, Wh, inp["bh"], h, saved,
-                      dx, dh0, dWx, dWh, dbx, dbh, **kw)
+                      dx, dh0, dWx, dWh, dbx, dbh, **bkw)
         out = dict(h=h, dx=dx, dh0=dh0, dWx=dWx, dWh=dWh, dbx=dbx, dbh=dbh)
     else:
         c = _empty_seq(T, N, H, dt, batch_major)
@@ -294,7 +295,7 @@ def run_kernel(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=Fa
         db = preset.get("db", np.zeros(G * H, dt)).copy()
         saved = klstm.forward(x, inp["h0"], inp["c0"], Wx, Wh, inp["b"], h, c, **kw)
         klstm.backward(dh, up["dhn"], up["dcn"], x, inp["h0"], inp["c0"], Wx, Wh, h, c,
-                       saved, dx, dh0, dc0, dWx, dWh, db, **kw)
+                       saved, dx, dh0, dc0, dWx, dWh, db, **bkw)
         out = dict(h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, dWx=dWx, dWh=dWh, db=db)
     return {k: np.array(v) for k, v in out.items()}
 
@@ -399,6 +400,76 @@ def test_kernel_reverse_and_lengths(cell, reverse, lengths, batch_major, rng):
         for name in ("h", "c", "dx"):
             if name in got:
                 assert np.all(got[name][L:, n] == 0), name
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
+@pytest.mark.parametrize("lengths", list(LENGTH_CASES), ids=list(LENGTH_CASES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_overwrite_saved_gives_the_same_gradients(cell, reverse, lengths, batch_major,
+                                                         dtype, rng):
+    """backward(overwrite_saved=True) (the models' and cells' mode: the gradient
+    workspace is the saved gates) gives bitwise the results of the default mode."""
+    N, T, D, H = 5, 6, 3, 4
+    inp, up = _time_major(cell, rng, N, T, D, H, dtype)
+    lens = None if LENGTH_CASES[lengths] is None else np.array(LENGTH_CASES[lengths])
+    bs = None if lens is None else _batch_sizes(lens, T)
+    kw = dict(reverse=reverse, batch_sizes=bs, batch_major=batch_major)
+    want = run_kernel(cell, inp, up, **kw)
+    got = run_kernel(cell, inp, up, once=True, **kw)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def _padded_rows(a):
+    """The values of a (T, N, F) array with a row stride > F (a valid, non-contiguous layout)."""
+    b = np.empty(a.shape[:2] + (a.shape[2] + 1,), a.dtype)[..., :-1]
+    b[...] = a
+    return b
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_overwrite_saved_reuses_and_checks_the_saved_arrays(cell, rng):
+    N, T, D, H = 3, 4, 2, 5
+    inp, up = _time_major(cell, rng, N, T, D, H)
+    x, h0, dt = inp["x"], inp["h0"], np.float64
+    h = np.empty((T, N, H))
+    dx, dh0 = np.empty((T, N, D)), np.empty((N, H))
+    G = GATES[cell]
+    dWx, dWh = np.zeros((D, G * H)), np.zeros((H, G * H))
+
+    def run(saved_fn, **kw):
+        if cell == "gru":
+            saved = kgru.forward(x, h0, inp["Wx"], inp["Wh"], inp["bx"], inp["bh"], h)
+            saved = saved_fn(saved)
+            kgru.backward(up["dh"], up["dhn"], x, h0, inp["Wx"], inp["Wh"], inp["bh"], h,
+                          saved, dx, dh0, dWx, dWh, np.zeros(G * H), np.zeros(G * H), **kw)
+        else:
+            c = np.empty((T, N, H))
+            saved = klstm.forward(x, h0, inp["c0"], inp["Wx"], inp["Wh"], inp["b"], h, c)
+            saved = saved_fn(saved)
+            klstm.backward(up["dh"], up["dhn"], up["dcn"], x, h0, inp["c0"], inp["Wx"],
+                           inp["Wh"], h, c, saved, dx, dh0, np.empty((N, H)), dWx, dWh,
+                           np.zeros(G * H), **kw)
+        return saved
+
+    kept = run(lambda s: s)
+    before = [a.copy() for a in kept]
+    run(lambda s: kept, overwrite_saved=False)      # the default leaves saved alone
+    for a, b in zip(kept, before):
+        np.testing.assert_array_equal(a, b)
+    used = run(lambda s: s, overwrite_saved=True)   # the workspace really is saved
+    assert not np.array_equal(used[0], before[0])
+
+    def read_only(s):
+        for a in s:
+            a.flags.writeable = False
+        return s
+    with pytest.raises(ValueError, match="saved.gates: overwrite_saved needs the writable"):
+        run(read_only, overwrite_saved=True)
+    with pytest.raises(ValueError, match="saved.gates: overwrite_saved needs"):
+        run(lambda s: type(s)(*[_padded_rows(a) for a in s]), overwrite_saved=True)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -146,6 +146,22 @@ cdef inline object seq_empty(bint batch_major, Py_ssize_t T, Py_ssize_t N, Py_ss
     return np.empty((T, N, F), dtype=dtype)
 
 
+cdef inline object writable_workspace(object arr, str name, Py_ssize_t T, Py_ssize_t N,
+                                      Py_ssize_t F, bint batch_major):
+    """A saved array reused as backward's gradient workspace (``overwrite_saved``).
+
+    It must be what forward returned: writable, (T, N, F), contiguous in h's
+    layout kind (raises ValueError otherwise).
+    """
+    import numpy as np
+    a = np.asarray(arr)
+    b = a.transpose(1, 0, 2) if (batch_major and a.ndim == 3) else a
+    if a.shape != (T, N, F) or not a.flags.writeable or not b.flags.c_contiguous:
+        raise ValueError(f"{name}: overwrite_saved needs the writable array forward "
+                         f"returned, shape {(T, N, F)}, contiguous in h's layout")
+    return a
+
+
 # ------------------------------------------------------------ BPTT helpers
 # Shared by the gated kernels (gru.pyx, lstm.pyx); rnn.pyx has its own copies.
 

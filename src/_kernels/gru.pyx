@@ -82,7 +82,7 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, seq_empty, StepBufs, step_init, step_buf,
+                      blas_thread_hooks, seq_empty, writable_workspace, StepBufs, step_init, step_buf,
                       step_release)
 
 cdef extern from "rc_simd.h" nogil:
@@ -104,6 +104,12 @@ cdef extern from "rc_simd.h" nogil:
                       const double *dh, Py_ssize_t lddh, double *carry, Py_ssize_t ldc,
                       const double *g, Py_ssize_t ldg, const double *hn, Py_ssize_t ldhn,
                       const double *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_bwd_ip_f(float *gd, Py_ssize_t ldgd, float *hnd, Py_ssize_t ldhnd,
+                         const float *dh, Py_ssize_t lddh, float *carry, Py_ssize_t ldc,
+                         const float *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_bwd_ip_d(double *gd, Py_ssize_t ldgd, double *hnd, Py_ssize_t ldhnd,
+                         const double *dh, Py_ssize_t lddh, double *carry, Py_ssize_t ldc,
+                         const double *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
 
 #: What `forward` saves for `backward`: the gate activations [r | z | n]
 #: (T, N, 3H) and hidden_n = h_{t-1} W_hn + b_hn (T, N, H).
@@ -138,7 +144,13 @@ cdef inline void gru_drows(floating *dg, Py_ssize_t lddg, floating *dan, Py_ssiz
                            Py_ssize_t ldhn, const floating *hp, Py_ssize_t ldhp,
                            Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
     # d = dh + carry;  dG = [da_r | da_z | da_n r];  dAn = da_n;  carry = d z
-    if floating is float:
+    # (in place when dg is g and dan is hn: see backward's overwrite_saved)
+    if <const floating *>dg == g:
+        if floating is float:
+            rc_gru_bwd_ip_f(dg, lddg, dan, lddan, dh, lddh, carry, H, hp, ldhp, rows, H)
+        else:
+            rc_gru_bwd_ip_d(dg, lddg, dan, lddan, dh, lddh, carry, H, hp, ldhp, rows, H)
+    elif floating is float:
         rc_gru_bwd_f(dg, lddg, dan, lddan, dh, lddh, carry, H, g, ldg, hn, ldhn, hp, ldhp,
                      rows, H)
     else:
@@ -340,7 +352,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
              const floating[:, :, :] h, saved,
              floating[:, :, :] dx, floating[:, :] dh0,
              floating[:, :] dWx, floating[:, :] dWh, floating[:] dbx, floating[:] dbh,
-             bint reverse=False, batch_sizes=None):
+             bint reverse=False, batch_sizes=None, bint overwrite_saved=False):
     """BPTT through one GRU layer and direction.
 
     Writes ``dx`` (T, N, D, same layout kind as x) and ``dh0`` (N, H), and
@@ -351,7 +363,9 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     and ``saved`` are what `forward` wrote and returned; the other arguments
     as in `forward`. ``bh`` is only shape-checked: ``b_hn`` is already inside
     the saved ``hidden_n``. ``saved`` is not modified (backward may be run
-    again).
+    again) unless ``overwrite_saved``: then the gradient workspaces dG and dAn
+    are the saved ``gates`` and ``hidden_n`` themselves (T*N*4H less memory),
+    which are garbage afterwards -- for callers that back-propagate once.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2], H = Wh.shape[0]
     cdef Py_ssize_t GH = RC_GRU_G * H, isz = sizeof(floating), n
@@ -390,8 +404,14 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     # workspaces: dG (hidden side) and dAn (input side's n block) in h's layout
     # kind (contiguous); dgs for reverse + lengths
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, :, :] dg = seq_empty(h_bm, T, N, GH, dtype)
-    cdef floating[:, :, :] dan = seq_empty(h_bm, T, N, H, dtype)
+    cdef floating[:, :, :] dg
+    cdef floating[:, :, :] dan
+    if overwrite_saved:
+        dg = writable_workspace(gates_arr, "saved.gates", T, N, GH, h_bm)
+        dan = writable_workspace(hidden_n_arr, "saved.hidden_n", T, N, H, h_bm)
+    else:
+        dg = seq_empty(h_bm, T, N, GH, dtype)
+        dan = seq_empty(h_bm, T, N, H, dtype)
     cdef floating[:, :] dgs = np.empty((N if gather else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if D > 0 and N > 0 and T > 0:

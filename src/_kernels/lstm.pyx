@@ -59,7 +59,7 @@ import numpy as np
 from _blas cimport floating, mm, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, seq_empty, StepBufs, step_init, step_buf,
+                      blas_thread_hooks, seq_empty, writable_workspace, StepBufs, step_init, step_buf,
                       step_release)
 
 cdef extern from "rc_simd.h" nogil:
@@ -78,6 +78,14 @@ cdef extern from "rc_simd.h" nogil:
                        const double *ch, Py_ssize_t ldch, double *cc, Py_ssize_t ldcc,
                        const double *g, Py_ssize_t ldg, const double *c, Py_ssize_t ldc,
                        const double *cp, Py_ssize_t ldcp, Py_ssize_t rows, Py_ssize_t H)
+    void rc_lstm_bwd_ip_f(float *gd, Py_ssize_t ldgd, const float *dh, Py_ssize_t lddh,
+                          const float *ch, Py_ssize_t ldch, float *cc, Py_ssize_t ldcc,
+                          const float *c, Py_ssize_t ldc,
+                          const float *cp, Py_ssize_t ldcp, Py_ssize_t rows, Py_ssize_t H)
+    void rc_lstm_bwd_ip_d(double *gd, Py_ssize_t ldgd, const double *dh, Py_ssize_t lddh,
+                          const double *ch, Py_ssize_t ldch, double *cc, Py_ssize_t ldcc,
+                          const double *c, Py_ssize_t ldc,
+                          const double *cp, Py_ssize_t ldcp, Py_ssize_t rows, Py_ssize_t H)
 
 #: What `forward` saves for `backward`: the gate activations (T, N, 4H).
 LSTMSaved = namedtuple("LSTMSaved", ["gates"])
@@ -103,7 +111,13 @@ cdef inline void lstm_drows(floating *dg, Py_ssize_t lddg, const floating *dh, P
                             Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
     # d = dh + carry_h;  dc = carry_c + d o (1 - tanh²c)
     # dA = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g²), d tanh(c) o(1-o)];  carry_c = dc f
-    if floating is float:
+    # (in place when dg is g: see backward's overwrite_saved)
+    if <const floating *>dg == g:
+        if floating is float:
+            rc_lstm_bwd_ip_f(dg, lddg, dh, lddh, ch, H, cc, H, c, ldc, cp, ldcp, rows, H)
+        else:
+            rc_lstm_bwd_ip_d(dg, lddg, dh, lddh, ch, H, cc, H, c, ldc, cp, ldcp, rows, H)
+    elif floating is float:
         rc_lstm_bwd_f(dg, lddg, dh, lddh, ch, H, cc, H, g, ldg, c, ldc, cp, ldcp, rows, H)
     else:
         rc_lstm_bwd_d(dg, lddg, dh, lddh, ch, H, cc, H, g, ldg, c, ldc, cp, ldcp, rows, H)
@@ -281,7 +295,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
              const floating[:, :, :] h, const floating[:, :, :] c, saved,
              floating[:, :, :] dx, floating[:, :] dh0, floating[:, :] dc0,
              floating[:, :] dWx, floating[:, :] dWh, floating[:] db,
-             bint reverse=False, batch_sizes=None):
+             bint reverse=False, batch_sizes=None, bint overwrite_saved=False):
     """BPTT through one LSTM layer and direction.
 
     Writes ``dx`` (T, N, D, same layout kind as x), ``dh0`` and ``dc0`` (N, H),
@@ -291,7 +305,9 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     state after its last valid step; in the reverse direction, after t = 0).
     ``h``, ``c`` and ``saved`` are what `forward` wrote and returned; the
     other arguments as in `forward`. ``saved`` is not modified (backward may
-    be run again).
+    be run again) unless ``overwrite_saved``: then the gradient workspace dA
+    is the saved ``gates`` itself (T*N*4H less memory), garbage afterwards --
+    for callers that back-propagate once.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2], H = Wh.shape[0]
     cdef Py_ssize_t GH = RC_LSTM_GATES * H, isz = sizeof(floating), n
@@ -329,7 +345,11 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     cdef bint gather = reverse and used
     # workspaces: dA in h's layout kind (contiguous), dgs for reverse + lengths
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, :, :] dg = seq_empty(h_bm, T, N, GH, dtype)
+    cdef floating[:, :, :] dg
+    if overwrite_saved:
+        dg = writable_workspace(gates_arr, "saved.gates", T, N, GH, h_bm)
+    else:
+        dg = seq_empty(h_bm, T, N, GH, dtype)
     cdef floating[:, :] dgs = np.empty((N if gather else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if D > 0 and N > 0 and T > 0:

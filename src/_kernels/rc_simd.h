@@ -196,7 +196,30 @@ RC_DEFINE_GRU_FWD(rc_gru_fwd_d, double, rc_sigmoidd, rc_tanhd)
  * h_prev Wh + bh sees), the input-side n block dan = da_n (x Wx + bx sees
  * [da_r | da_z | da_n]), and carry = dh' ⊙ z (the direct path; the caller
  * then adds dg Wh^T with one GEMM). */
-#define RC_DEFINE_GRU_BWD(NAME, T)                                              \
+/* GRU_BODY(DG, LDDG, DAN, LDDAN, G, LDG, HN, LDHN): the elementwise pass over
+ * `rows` rows; the in-place variant (rc_gru_bwd_ip_*: dG over the saved gates,
+ * dA_n over hidden_n, for callers that back-propagate once) passes the same
+ * pointer twice: every element is read before it is overwritten. */
+#define RC_GRU_BWD_BODY(T, DG, LDDG, DAN, LDDAN, G, LDG, HN, LDHN)              \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            const T *gr = G + q * LDG + RC_GRU_R * H, *gz = G + q * LDG + RC_GRU_Z * H; \
+            const T *gn = G + q * LDG + RC_GRU_N * H;                           \
+            T *dr = DG + q * LDDG + RC_GRU_R * H, *dz = DG + q * LDDG + RC_GRU_Z * H; \
+            T *dn = DG + q * LDDG + RC_GRU_N * H, *danq = DAN + q * LDDAN;      \
+            const T *dhq = dh + q * lddh, *hnq = HN + q * LDHN, *hpq = hp + q * ldhp; \
+            T *cq = carry + q * ldc;                                            \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T d = dhq[j] + cq[j];                                           \
+                T r = gr[j], z = gz[j], n = gn[j], hnj = hnq[j];                \
+                T a_n = d * ((T)1 - z) * ((T)1 - n * n);                        \
+                dr[j] = a_n * hnj * (r * ((T)1 - r));                           \
+                dz[j] = d * (hpq[j] - n) * (z * ((T)1 - z));                    \
+                dn[j] = a_n * r;                                                \
+                danq[j] = a_n;                                                  \
+                cq[j] = d * z;                                                  \
+            }                                                                   \
+        }
+#define RC_DEFINE_GRU_BWD(NAME, NAME_IP, T)                                     \
     RC_CLONES static void NAME(T *restrict dg, rc_idx lddg,                     \
                                T *restrict dan, rc_idx lddan,                   \
                                const T *restrict dh, rc_idx lddh,               \
@@ -205,28 +228,16 @@ RC_DEFINE_GRU_FWD(rc_gru_fwd_d, double, rc_sigmoidd, rc_tanhd)
                                const T *restrict hn, rc_idx ldhn,               \
                                const T *restrict hp, rc_idx ldhp,               \
                                rc_idx rows, rc_idx H)                           \
-    {                                                                           \
-        for (rc_idx q = 0; q < rows; q++) {                                     \
-            const T *gr = g + q * ldg + RC_GRU_R * H, *gz = g + q * ldg + RC_GRU_Z * H; \
-            const T *gn = g + q * ldg + RC_GRU_N * H;                           \
-            T *dr = dg + q * lddg + RC_GRU_R * H, *dz = dg + q * lddg + RC_GRU_Z * H; \
-            T *dn = dg + q * lddg + RC_GRU_N * H, *danq = dan + q * lddan;      \
-            const T *dhq = dh + q * lddh, *hnq = hn + q * ldhn, *hpq = hp + q * ldhp; \
-            T *cq = carry + q * ldc;                                            \
-            for (rc_idx j = 0; j < H; j++) {                                    \
-                T d = dhq[j] + cq[j];                                           \
-                T r = gr[j], z = gz[j], n = gn[j];                              \
-                T a_n = d * ((T)1 - z) * ((T)1 - n * n);                        \
-                dr[j] = a_n * hnq[j] * (r * ((T)1 - r));                        \
-                dz[j] = d * (hpq[j] - n) * (z * ((T)1 - z));                    \
-                dn[j] = a_n * r;                                                \
-                danq[j] = a_n;                                                  \
-                cq[j] = d * z;                                                  \
-            }                                                                   \
-        }                                                                       \
-    }
-RC_DEFINE_GRU_BWD(rc_gru_bwd_f, float)
-RC_DEFINE_GRU_BWD(rc_gru_bwd_d, double)
+    { RC_GRU_BWD_BODY(T, dg, lddg, dan, lddan, g, ldg, hn, ldhn) }              \
+    RC_CLONES static void NAME_IP(T *restrict gd, rc_idx ldgd,                  \
+                                  T *restrict hnd, rc_idx ldhnd,                \
+                                  const T *restrict dh, rc_idx lddh,            \
+                                  T *restrict carry, rc_idx ldc,                \
+                                  const T *restrict hp, rc_idx ldhp,            \
+                                  rc_idx rows, rc_idx H)                        \
+    { RC_GRU_BWD_BODY(T, gd, ldgd, hnd, ldhnd, gd, ldgd, hnd, ldhnd) }
+RC_DEFINE_GRU_BWD(rc_gru_bwd_f, rc_gru_bwd_ip_f, float)
+RC_DEFINE_GRU_BWD(rc_gru_bwd_d, rc_gru_bwd_ip_d, double)
 
 /* ================================================================ LSTM
  * Gates i, f, g, o along the 4H axis (PyTorch order); rc_lstm_* are the
@@ -268,21 +279,14 @@ RC_DEFINE_LSTM_FWD(rc_lstm_fwd_d, double, rc_sigmoidd, rc_tanhd)
  *   dg = [dc ⊙ g ⊙ i(1-i) | dc ⊙ c_prev ⊙ f(1-f) | dc ⊙ i ⊙ (1-g²) | do ⊙ o(1-o)]
  *   carry_c = dc ⊙ f
  * (carry_h is only read: the caller overwrites it with dg Wh^T). */
-#define RC_DEFINE_LSTM_BWD(NAME, T, TANH)                                       \
-    RC_CLONES static void NAME(T *restrict dg, rc_idx lddg,                     \
-                               const T *restrict dh, rc_idx lddh,               \
-                               const T *restrict ch, rc_idx ldch,               \
-                               T *restrict cc, rc_idx ldcc,                     \
-                               const T *restrict g, rc_idx ldg,                 \
-                               const T *restrict c, rc_idx ldc,                 \
-                               const T *restrict cp, rc_idx ldcp,               \
-                               rc_idx rows, rc_idx H)                           \
-    {                                                                           \
+/* The in-place variant (rc_lstm_bwd_ip_*) writes dA over the saved gates
+ * (same pointer twice; each element is read before it is overwritten). */
+#define RC_LSTM_BWD_BODY(T, TANH, DG, LDDG, G, LDG)                             \
         for (rc_idx q = 0; q < rows; q++) {                                     \
-            const T *gi = g + q * ldg + RC_LSTM_I * H, *gf = g + q * ldg + RC_LSTM_F * H; \
-            const T *gg = g + q * ldg + RC_LSTM_G * H, *go = g + q * ldg + RC_LSTM_O * H; \
-            T *di = dg + q * lddg + RC_LSTM_I * H, *df = dg + q * lddg + RC_LSTM_F * H; \
-            T *dgg = dg + q * lddg + RC_LSTM_G * H, *dout = dg + q * lddg + RC_LSTM_O * H; \
+            const T *gi = G + q * LDG + RC_LSTM_I * H, *gf = G + q * LDG + RC_LSTM_F * H; \
+            const T *gg = G + q * LDG + RC_LSTM_G * H, *go = G + q * LDG + RC_LSTM_O * H; \
+            T *di = DG + q * LDDG + RC_LSTM_I * H, *df = DG + q * LDDG + RC_LSTM_F * H; \
+            T *dgg = DG + q * LDDG + RC_LSTM_G * H, *dout = DG + q * LDDG + RC_LSTM_O * H; \
             const T *dhq = dh + q * lddh, *chq = ch + q * ldch;                 \
             const T *cq = c + q * ldc, *cpq = cp + q * ldcp;                    \
             T *ccq = cc + q * ldcc;                                             \
@@ -297,10 +301,27 @@ RC_DEFINE_LSTM_FWD(rc_lstm_fwd_d, double, rc_sigmoidd, rc_tanhd)
                 dout[j] = d * tc * (o * ((T)1 - o));                            \
                 ccq[j] = dc * f;                                                \
             }                                                                   \
-        }                                                                       \
-    }
-RC_DEFINE_LSTM_BWD(rc_lstm_bwd_f, float, rc_tanhf)
-RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, double, rc_tanhd)
+        }
+#define RC_DEFINE_LSTM_BWD(NAME, NAME_IP, T, TANH)                              \
+    RC_CLONES static void NAME(T *restrict dg, rc_idx lddg,                     \
+                               const T *restrict dh, rc_idx lddh,               \
+                               const T *restrict ch, rc_idx ldch,               \
+                               T *restrict cc, rc_idx ldcc,                     \
+                               const T *restrict g, rc_idx ldg,                 \
+                               const T *restrict c, rc_idx ldc,                 \
+                               const T *restrict cp, rc_idx ldcp,               \
+                               rc_idx rows, rc_idx H)                           \
+    { RC_LSTM_BWD_BODY(T, TANH, dg, lddg, g, ldg) }                             \
+    RC_CLONES static void NAME_IP(T *restrict gd, rc_idx ldgd,                  \
+                                  const T *restrict dh, rc_idx lddh,            \
+                                  const T *restrict ch, rc_idx ldch,            \
+                                  T *restrict cc, rc_idx ldcc,                  \
+                                  const T *restrict c, rc_idx ldc,              \
+                                  const T *restrict cp, rc_idx ldcp,            \
+                                  rc_idx rows, rc_idx H)                        \
+    { RC_LSTM_BWD_BODY(T, TANH, gd, ldgd, gd, ldgd) }
+RC_DEFINE_LSTM_BWD(rc_lstm_bwd_f, rc_lstm_bwd_ip_f, float, rc_tanhf)
+RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, rc_lstm_bwd_ip_d, double, rc_tanhd)
 
 /* Small-M GEMM, row-major: C (m, n) := alpha A (m, k) op(B) + beta C, for the
  * per-step products at tiny batch sizes (m = N <= RC_SMALL_M). There BLAS is a

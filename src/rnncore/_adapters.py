@@ -11,6 +11,9 @@ Arguments, for one layer and one direction:
            in PyTorch layout; the kernels receive ``weight.T`` views (BLAS
            transpose flags, no copies)
     outs   list of (T, N, H) outputs (h; or h, c), written by forward
+    once   backward may overwrite ``saved`` (the caller back-propagates once
+           and drops it): the gated kernels then use it as their gradient
+           workspace instead of allocating T*N*4H more
     g      gradients matching p, accumulated into by backward
     bs     batch_sizes (sorted variable-length batch) or None
 """
@@ -37,7 +40,7 @@ class RNNKernel:
         _krnn.forward(x, s0[0], w_ih.T, w_hh.T, b_ih + b_hh, outs[0], self.relu, reverse, bs)
         return None
 
-    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs):
+    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs, once=False):
         w_ih, w_hh = p[0], p[1]
         db = np.zeros(w_hh.shape[0], dtype=w_hh.dtype)
         _krnn.backward(dh, dn[0], x, s0[0], w_ih.T, w_hh.T, outs[0], dx, ds0[0],
@@ -56,10 +59,10 @@ class GRUKernel:
         w_ih, w_hh, b_ih, b_hh = p
         return _kgru.forward(x, s0[0], w_ih.T, w_hh.T, b_ih, b_hh, outs[0], reverse, bs)
 
-    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs):
+    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs, once=False):
         w_ih, w_hh, _, b_hh = p
         _kgru.backward(dh, dn[0], x, s0[0], w_ih.T, w_hh.T, b_hh, outs[0], saved, dx, ds0[0],
-                       g[0].T, g[1].T, g[2], g[3], reverse, bs)
+                       g[0].T, g[1].T, g[2], g[3], reverse, bs, once)
 
 
 class LSTMKernel:
@@ -73,10 +76,10 @@ class LSTMKernel:
         return _klstm.forward(x, s0[0], s0[1], w_ih.T, w_hh.T, b_ih + b_hh, outs[0], outs[1],
                               reverse, bs)
 
-    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs):
+    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse, bs, once=False):
         w_ih, w_hh = p[0], p[1]
         db = np.zeros(w_hh.shape[0], dtype=w_hh.dtype)
         _klstm.backward(dh, dn[0], dn[1], x, s0[0], s0[1], w_ih.T, w_hh.T, outs[0], outs[1],
-                        saved, dx, ds0[0], ds0[1], g[0].T, g[1].T, db, reverse, bs)
+                        saved, dx, ds0[0], ds0[1], g[0].T, g[1].T, db, reverse, bs, once)
         g[2] += db
         g[3] += db

@@ -165,7 +165,7 @@ class _CellBase(Module):
         ds0 = [np.empty((N, self.hidden_size), dtype=self.dtype) for _ in range(self.n_states)]
         zero_dh = np.zeros((1, N, self.hidden_size), dtype=self.dtype)
         self._kernel.backward(zero_dh, ds, x[None], s0, self._p(), outs, saved, dx, ds0,
-                              self._g(), False, None)
+                              self._g(), False, None, once=True)
         self._stack.pop()
         if unbatched:
             return dx[0, 0], [d[0] for d in ds0]

@@ -442,7 +442,8 @@ class _RNNBase(Module):
                 if not self.bias:
                     gb = g[:2] + [np.zeros(self.G * H, self.dtype)] * 2
                 self._kernel.backward(dlast[d], dn, x_in, s0, p, sv.outputs[k][d],
-                                      sv.kernel[k][d], dxd, ds0, gb, d == 1, sv.batch_sizes)
+                                      sv.kernel[k][d], dxd, ds0, gb, d == 1, sv.batch_sizes,
+                                      once=True)
                 return dxd
 
             dxs = run_pair(run, nd, work=T * N * H * (H + Dk))
