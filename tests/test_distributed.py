@@ -97,8 +97,12 @@ def _worker(out_path):
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     nbytes = dist.allreduce_gradients(model).nbytes
+    # the small collectives: a float sum, an int sum, any/all, a gather of objects
+    small = [dist.allreduce_sum(0.5 * (rank + 1)), dist.allreduce_sum(rank + 1),
+             dist.any_true(rank == 1), dist.all_true(rank == 1), dist.allgather(("r", rank))]
     if dist.is_root():
         np.savez(out_path, losses=np.array(losses), peak=peak, nbytes=nbytes, size=size,
+                 small=np.array(repr(small)),
                  **{"param/" + k: v for k, v in model.params.items()})
 
 
@@ -162,6 +166,7 @@ def test_mpirun_two_ranks_equal_single_process(tmp_path):
     # one flat buffer of all gradients; no per-step allocation of that size
     assert int(got["nbytes"]) == ref.num_parameters() * 8
     assert int(got["peak"]) < int(got["nbytes"]) // 2, int(got["peak"])
+    assert str(got["small"]) == repr([1.5, 3, True, False, [("r", 0), ("r", 1)]])
 
 
 def test_single_process_path_without_mpirun():
@@ -179,11 +184,27 @@ def test_single_process_path_without_mpirun():
         assert id(g) == ids[k]
         np.testing.assert_array_equal(g, before[k])
     assert dist.allreduce_mean(2.5) == 2.5
+    assert dist.allreduce_sum(3) == 3 and dist.allreduce_sum(2.5) == 2.5
     assert dist.all_true(True) and not dist.all_true(False)
+    assert dist.any_true(True) and not dist.any_true(False)
+    assert dist.allgather({"a": 1}) == [{"a": 1}]
+    with pytest.raises(SystemExit) as exc:
+        dist.abort(3)
+    assert exc.value.code == 3
     assert dist.parameters_in_sync(model)
     dist.barrier()
     # shard of size 1 is everything
     assert dist.shard(x).shape == x.shape
+
+
+def test_launcher_size(monkeypatch):
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert dist.launcher_size() is None
+    monkeypatch.setenv("PMI_SIZE", "3")
+    assert dist.launcher_size() == 3
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert dist.launcher_size() == 4
 
 
 def test_shard():

@@ -54,8 +54,9 @@ import numpy as np
 
 __all__ = [
     "init", "get_comm", "get_rank", "get_size", "is_root", "barrier", "mpi_available",
-    "broadcast_parameters", "allreduce_gradients", "allreduce_mean", "all_true",
-    "shard", "shard_bounds", "GradientAllreducer", "parameters_in_sync",
+    "launcher_size", "abort", "broadcast_parameters", "allreduce_gradients", "allreduce_sum",
+    "allreduce_mean", "all_true", "any_true", "allgather", "shard", "shard_bounds",
+    "GradientAllreducer", "parameters_in_sync",
 ]
 
 #: environment variables set by MPI launchers (Open MPI, MPICH/Hydra, PMIx, Slurm-PMI)
@@ -78,6 +79,23 @@ def mpi_available() -> bool:
 
 def _launched_by_mpi() -> bool:
     return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def launcher_size():
+    """Number of processes an MPI launcher started, read from its environment.
+
+    Works without ``mpi4py`` (nothing is initialised): Open MPI's
+    ``OMPI_COMM_WORLD_SIZE`` or MPICH/Hydra's ``PMI_SIZE``. Returns None when
+    the process was not started by one of them (or the size is not in the
+    environment), so callers can tell "``mpirun -n 4`` but no ``mpi4py``"
+    (every rank would otherwise run alone) from a plain single process.
+    """
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        try:
+            return int(os.environ[var])
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def init(comm=None, use_mpi=None):
@@ -158,6 +176,20 @@ def barrier() -> None:
     """Wait for every rank (no-op single-process)."""
     if get_comm() is not None:
         _comm.Barrier()
+
+
+def abort(errorcode: int = 1) -> None:
+    """End the processes of every rank at once (``MPI_Abort``).
+
+    For an error that only some ranks hit: the others would wait forever in
+    their next collective (a rank that merely exits blocks in
+    ``MPI_Finalize`` and ``mpirun`` never returns). Single-process (or a
+    single rank) it raises ``SystemExit(errorcode)`` instead.
+    """
+    comm = get_comm()
+    if comm is None or comm.Get_size() == 1:
+        raise SystemExit(errorcode)
+    comm.Abort(int(errorcode))
 
 
 # ---------------------------------------------------------------------------
@@ -325,12 +357,21 @@ def allreduce_gradients(module, average: bool = True, comm=None) -> GradientAllr
     return r
 
 
-def allreduce_mean(value: float) -> float:
-    """Mean of a scalar (e.g. the loss, for logging) over all ranks."""
+def allreduce_sum(value):
+    """Sum of a Python scalar (int or float) over all ranks, the same on every rank."""
     comm = get_comm()
     if comm is None:
-        return float(value)
-    return float(comm.allreduce(float(value), op=_MPI.SUM)) / comm.Get_size()
+        return value
+    return comm.allreduce(value, op=_mpi().SUM)
+
+
+def allreduce_mean(value: float) -> float:
+    """Mean of a scalar (e.g. the loss, for logging) over all ranks.
+
+    The same value on every rank; non-finite when any rank's value is (so it
+    doubles as an agreement on skipping a step with a nan/inf loss).
+    """
+    return float(allreduce_sum(float(value))) / get_size()
 
 
 def all_true(flag: bool) -> bool:
@@ -338,7 +379,24 @@ def all_true(flag: bool) -> bool:
     comm = get_comm()
     if comm is None:
         return bool(flag)
-    return bool(comm.allreduce(bool(flag), op=_MPI.LAND))
+    return bool(comm.allreduce(bool(flag), op=_mpi().LAND))
+
+
+def any_true(flag: bool) -> bool:
+    """True when ``flag`` is true on some rank (agree on stopping, e.g. after a signal)."""
+    return not all_true(not flag)
+
+
+def allgather(obj) -> list:
+    """Every rank's ``obj`` (any picklable object), in rank order, on every rank.
+
+    For small things only (messages, a recurrent state): it pickles.
+    ``[obj]`` single-process.
+    """
+    comm = get_comm()
+    if comm is None:
+        return [obj]
+    return comm.allgather(obj)
 
 
 def parameters_in_sync(module, atol: float = 0.0) -> bool:
