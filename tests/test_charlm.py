@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from conftest import TOL
 
+from rnncore import distributed as dist
 from rnncore import io as rio
 from rnncore.charlm import (CELLS, DEFAULT_MODULES, CharLM, Corpus, CorpusError,
                             NonFiniteLossError, Streams, TrainConfig, Trainer, Vocab, evaluate,
-                            generate, plot_history, read_texts, stdlib_corpus)
+                            generate, plot_history, read_texts, shard_problem, stdlib_corpus)
 from rnncore.losses import cross_entropy
 from rnncore.module import Module
 from rnncore.utils import gradcheck
@@ -238,10 +239,10 @@ def test_evaluate_uniform_model_is_log2_V():
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-def _trainer(**kw):
+def _trainer(distributed=False, **kw):
     cfg = dict(cell="lstm", hidden=16, embed=8, seq_len=12, batch_size=4, lr=1e-2, seed=0)
     cfg.update(kw)
-    return Trainer(Corpus(TEXT, "files"), TrainConfig(**cfg))
+    return Trainer(Corpus(TEXT, "files"), TrainConfig(**cfg), distributed=distributed)
 
 
 def test_training_lowers_the_loss_and_wraps_epochs():
@@ -307,6 +308,26 @@ def test_nonfinite_loss_raises_or_is_skipped(monkeypatch):
     tr.model.params["head.bias"][0] = np.inf               # unrecoverable
     with pytest.raises(NonFiniteLossError):
         tr.train_step()
+
+
+def test_distributed_with_one_rank_is_plain_training(tmp_path):
+    # (two ranks under mpirun: tests/test_cli_distributed.py)
+    dist.init(use_mpi=False)
+    plain, one = _trainer(), _trainer(distributed=True)
+    assert (one.rank, one.size, one.is_root) == (0, 1, True)
+    for tr in (plain, one):
+        tr.fit(5, eval_every=5)
+    assert one.train_loss == plain.train_loss and one.val_history == plain.val_history
+    for k in plain.model.params:
+        np.testing.assert_array_equal(one.model.params[k], plain.model.params[k])
+    assert one.global_state() is one.state and one.chars_seen == plain.chars_seen
+    one.save(tmp_path / "c.npz")
+    resumed = Trainer.from_checkpoint(tmp_path / "c.npz", Corpus(TEXT, "files"),
+                                      distributed=True)
+    for a, b in zip(resumed.state, one.state):
+        np.testing.assert_array_equal(a, b)
+    assert shard_problem(4, 2) is None and shard_problem(4, 1) is None
+    assert "--batch-size 6 is not divisible by the 4 ranks" in shard_problem(6, 4, "--batch-size")
 
 
 def test_plot_history(tmp_path):

@@ -19,7 +19,8 @@ only parses arguments, shows progress and writes files):
 - :class:`Trainer` -- one training step, validation bits per character, the
   loop with periodic evaluation / samples / checkpoints, and checkpoints that
   resume exactly (model, optimizer state, step, carried hidden state, RNG
-  state, loss history).
+  state, loss history); with ``distributed=True``, data-parallel over MPI
+  ranks (each rank trains its share of the streams; see :class:`Trainer`).
 
 Shape letters: ``N`` streams (batch), ``T`` steps per chunk, ``V`` vocabulary
 size, ``E`` embedding size, ``H`` hidden size, ``L`` layers.
@@ -48,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import distributed as dist
 from . import io as _io
 from .losses import cross_entropy
 from .models import GRU, LSTM, RNN
@@ -59,7 +61,8 @@ from .utils import clip_grad_norm_
 __all__ = [
     "CharLM", "Vocab", "Corpus", "CorpusError", "NonFiniteLossError", "Streams", "TrainConfig",
     "Trainer", "stdlib_corpus", "read_texts", "corpus_from_record", "generate", "default_prime",
-    "evaluate", "plot_history", "build_optimizer", "load_charlm", "DEFAULT_MODULES",
+    "evaluate", "plot_history", "build_optimizer", "shard_problem", "load_charlm",
+    "DEFAULT_MODULES",
     "DEFAULT_MAX_CHARS", "CELLS", "OPTIMIZERS",
 ]
 
@@ -613,22 +616,33 @@ def default_prime(vocab) -> str:
     return "def " if "def " in vocab else ""
 
 
-def evaluate(model, ids, batch_size, seq_len) -> float:
+def evaluate(model, ids, batch_size, seq_len, distributed=False) -> float:
     """Bits per character of ``model`` on the text ``ids`` (no training).
 
     The text is read as ``batch_size`` streams in ``seq_len`` chunks with the
     state carried, as in training; every character but the last ``< N`` is
     predicted once.
+
+    With ``distributed=True`` every rank (of :mod:`rnncore.distributed`) reads
+    its contiguous share of the streams and the sums are all-reduced: the same
+    result on every rank, equal to the single-process one up to the order of
+    the additions. It is then a collective: call it on every rank.
     """
     ids = np.asarray(ids)
     N = max(1, min(int(batch_size), (ids.shape[0] - 1) // 2))
     streams = Streams(ids, N, seq_len, partial=True)
+    rank, size = (dist.get_rank(), dist.get_size()) if distributed else (0, 1)
+    lo, hi = dist.shard_bounds(N, rank, size)
     total, count, state = 0.0, 0, None
-    for x, y in streams:
-        logits, state = model(x, state, train=False)
-        loss, _ = cross_entropy(logits, y, reduction="sum")
-        total += loss
-        count += y.size
+    if hi > lo:  # a rank with no stream (N < size) only joins the all-reduce
+        for x, y in streams:
+            x, y = dist.shard(x, rank, size), dist.shard(y, rank, size)
+            logits, state = model(x, state, train=False)
+            loss, _ = cross_entropy(logits, y, reduction="sum")
+            total += loss
+            count += y.size
+    if distributed:
+        total, count = dist.allreduce_sum(float(total)), dist.allreduce_sum(int(count))
     return total / count / _LN2
 
 
@@ -662,6 +676,19 @@ class TrainConfig:
     #: fields a resumed run must keep (they define the model, the data or the state)
     FIXED = ("cell", "hidden", "layers", "embed", "seq_len", "batch_size", "optimizer", "seed",
              "dtype", "val_fraction")
+
+
+def shard_problem(batch_size, size, option="batch_size"):
+    """Why ``batch_size`` streams cannot be shared equally by ``size`` ranks, or None.
+
+    ``option`` names the setting in the message (the command line passes
+    ``'--batch-size'``).
+    """
+    if int(batch_size) % int(size) == 0:
+        return None
+    return (f"{option} {batch_size} is not divisible by the {size} ranks: data-parallel "
+            f"training gives every rank an equal share of the streams (use a multiple of "
+            f"{size}, or another number of ranks)")
 
 
 def build_optimizer(name, model, lr):
@@ -722,22 +749,62 @@ class Trainer:
     skip_nonfinite : bool, default False
         Skip a step whose loss or gradient norm is nan/inf (counted in
         ``skipped``) instead of raising :class:`NonFiniteLossError`.
+    distributed : bool, default False
+        Data-parallel training over the ranks of :mod:`rnncore.distributed`
+        (``mpirun -n K``; one rank, i.e. plain single-process training,
+        without an MPI launcher). See the notes.
 
     Attributes
     ----------
     step : int
         Optimizer steps taken (skipped steps included), over all sessions.
     state : the recurrent state carried into the next batch (None at an
-        epoch start).
+        epoch start); distributed, that of this rank's streams only.
     train_loss : list of float
-        Mean cross-entropy (nats/char) of every step, nan where skipped.
+        Mean cross-entropy (nats/char) of every step, nan where skipped
+        (distributed: the mean over all ranks, i.e. over the global batch).
     val_history : list of [step, bits per char]
-    chars_seen, train_seconds : totals over all sessions (training steps only).
+    chars_seen, train_seconds : totals over all sessions (training steps only;
+        ``chars_seen`` counts the global batch).
+    rank, size : int
+        This process's rank and the number of ranks (0 and 1 unless distributed).
+    allreducer : rnncore.distributed.GradientAllreducer or None
+        Distributed: the gradient all-reduce of the model, once a step ran
+        (its ``seconds`` and ``nbytes`` measure the communication).
+
+    Notes
+    -----
+    Distributed training (``distributed=True``) is synchronous data
+    parallelism that reproduces single-process training with the same global
+    batch: every rank builds the same corpus, vocabulary and streams (pass
+    the same ``corpus`` and ``config`` everywhere), and trains on its
+    contiguous share of the ``config.batch_size`` streams, which must divide
+    evenly (ValueError otherwise), carrying their recurrent state. Rank 0's
+    initial parameters are broadcast on construction. Each step computes the
+    mean loss of this rank's share, averages the gradients over the ranks
+    (:func:`rnncore.distributed.allreduce_gradients`: the gradient of the
+    global mean loss), clips that, and takes the same optimizer step
+    everywhere. The logged loss is the all-reduced mean; the ranks agree on
+    skipping a nan/inf step and, in :meth:`fit`, on stopping. Evaluation is
+    split across the ranks; :meth:`fit` samples on rank 0 only. The
+    collectives (:meth:`train_step`, :meth:`evaluate`, :meth:`fit`,
+    :meth:`save`, :meth:`extra`, construction) must be called by every rank
+    in the same order; :meth:`save` writes on rank 0 only, with the carried
+    state of all the streams gathered, so a checkpoint is the same as a
+    single-process one and resumes with any number of ranks that divides
+    the batch size. To resume, every rank reads the same checkpoint
+    (:meth:`from_checkpoint` / :meth:`resume` with ``distributed=True``).
     """
 
     def __init__(self, corpus, config, vocab=None, model=None, optimizer=None,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, distributed=False):
         self.corpus, self.config = corpus, config
+        self.distributed = bool(distributed)
+        self.rank, self.size = ((dist.get_rank(), dist.get_size()) if self.distributed
+                                else (0, 1))
+        problem = shard_problem(config.batch_size, self.size)
+        if problem:
+            raise ValueError(problem)
         self.vocab = vocab or Vocab.from_text(corpus.text)
         ids = self.vocab.encode(corpus.text)
         n_val = int(len(ids) * config.val_fraction)
@@ -762,6 +829,14 @@ class Trainer:
         self.train_seconds = 0.0
         self.target_steps = None
         self.corpus_changed = False
+        self.allreducer = None
+        if self.distributed:
+            dist.broadcast_parameters(self.model)  # rank 0's weights everywhere
+
+    @property
+    def is_root(self) -> bool:
+        """True on the rank that writes files (always, single-process)."""
+        return self.rank == 0
 
     # -- geometry ------------------------------------------------------------
     @property
@@ -789,18 +864,30 @@ class Trainer:
         NonFiniteLossError
             When the loss or the gradient norm is not finite (unless
             ``skip_nonfinite``); nothing is updated and ``step`` is unchanged.
+
+        Notes
+        -----
+        Distributed, a collective: this rank's share of the batch, the loss
+        and the gradients all-reduced (mean) before clipping and the update;
+        the returned loss is the global mean, the same on every rank.
         """
         t0 = time.perf_counter()
         i = self.step % self.steps_per_epoch
         if i == 0:
             self.state = None  # every stream restarts at its beginning
-        x, y = self.streams.batch(i)
+        x, y = (dist.shard(a, self.rank, self.size) for a in self.streams.batch(i))
         model = self.model
         model.zero_grad()
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are checked
             loss, state = model.loss(x, y, self.state)
+            if self.distributed:
+                # the global mean (equal shares), the same on every rank and nan/inf when
+                # any rank's is: the ranks agree on a skip without another collective
+                loss = dist.allreduce_mean(loss)
             norm = float("nan")
             if math.isfinite(loss):
+                if self.size > 1:  # the gradient of the global mean; clipped after
+                    self.allreducer = dist.allreduce_gradients(model)
                 clip = self.config.clip
                 norm = clip_grad_norm_(model, clip if clip and clip > 0 else float("inf"))
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -812,7 +899,10 @@ class Trainer:
                                          f"parameters are no longer finite at step "
                                          f"{self.step + 1}; skipping cannot recover")
             self.skipped += 1
-            self.state = state if _all_finite(state) else None
+            finite = _all_finite(state)
+            if self.distributed:  # every rank restarts its streams, or none
+                finite = dist.all_true(finite)
+            self.state = state if finite else None
             loss = float("nan")
         else:
             if before_update is not None:
@@ -823,7 +913,7 @@ class Trainer:
             self.state = state
         self.step += 1
         self.train_loss.append(float(loss))
-        self.chars_seen += x.size
+        self.chars_seen += x.size * self.size
         self.train_seconds += time.perf_counter() - t0
         return loss
 
@@ -837,7 +927,7 @@ class Trainer:
             return None
         with np.errstate(over="ignore", invalid="ignore"):
             bpc = evaluate(self.model, self.val_ids, self.config.batch_size,
-                           self.config.seq_len)
+                           self.config.seq_len, self.distributed)
         if self.val_history and self.val_history[-1][0] == self.step:
             self.val_history[-1][1] = bpc
         else:
@@ -869,7 +959,8 @@ class Trainer:
             chars_per_s), ``'eval'`` (step, bpc), ``'sample'`` (step, text)
             or ``'save'`` (step, path).
         should_stop : callable, optional
-            Polled before every step (e.g. a signal flag).
+            Polled before every step (e.g. a signal flag). Distributed, the
+            ranks stop together when it is true on any of them.
 
         Returns
         -------
@@ -892,7 +983,7 @@ class Trainer:
             emit("save", {"step": self.step, "path": checkpoint})
 
         while self.step < total_steps:
-            if stop():
+            if dist.any_true(stop()) if self.distributed else stop():
                 return "stopped"
             loss = self.train_step(before_update=save if save_due else None)
             save_due = False
@@ -904,7 +995,7 @@ class Trainer:
                 bpc = self.evaluate()
                 if bpc is not None:
                     emit("eval", {"step": self.step, "bpc": bpc})
-            if sample_every and self.step % sample_every == 0 and not last:
+            if sample_every and self.step % sample_every == 0 and not last and self.is_root:
                 emit("sample", {"step": self.step,
                                 "text": self.sample(sample_length, temperature)})
             save_due = bool(checkpoint and save_every and self.step % save_every == 0)
@@ -912,7 +1003,11 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------
     def extra(self) -> dict:
-        """The ``extra`` block of a checkpoint: everything besides weights and optimizer."""
+        """The ``extra`` block of a checkpoint: everything besides weights and optimizer.
+
+        Distributed, ``carry`` is the state of all the streams, gathered from
+        every rank (a collective).
+        """
         c = self.corpus
         return {
             "charlm_version": CHECKPOINT_VERSION,
@@ -921,7 +1016,7 @@ class Trainer:
             "train_config": asdict(self.config),
             "corpus": {"kind": c.kind, "sources": c.sources, "max_chars": c.max_chars,
                        "chars": len(c.text), "sha256": c.sha256},
-            "carry": _encode_state(self.state),
+            "carry": _encode_state(self.global_state()),
             "sample_rng": self.sample_rng.bit_generator.state,
             "history": {"train_loss": self.train_loss, "val": self.val_history},
             "skipped": self.skipped,
@@ -931,11 +1026,40 @@ class Trainer:
         }
 
     def save(self, path) -> None:
-        """Write model, optimizer state and :meth:`extra` to ``path`` (atomically)."""
-        _io.save(path, self.model, self.optimizer, extra=self.extra())
+        """Write model, optimizer state and :meth:`extra` to ``path`` (atomically).
+
+        Distributed: call it on every rank; rank 0 alone writes.
+        """
+        extra = self.extra()
+        if self.is_root:
+            _io.save(path, self.model, self.optimizer, extra=extra)
+
+    def global_state(self):
+        """The carried state of all ``batch_size`` streams (this rank's, single-process).
+
+        Distributed, a collective: every rank's share, gathered in rank order
+        along the stream axis.
+        """
+        if not self.distributed or self.size == 1:
+            return self.state
+        parts = dist.allgather(self.state)
+        if parts[0] is None:  # the ranks agree on None (an epoch start, a reset)
+            return None
+        if isinstance(parts[0], (tuple, list)):
+            return tuple(np.concatenate(p, axis=1) for p in zip(*parts))
+        return np.concatenate(parts, axis=1)
+
+    def _local_state(self, state):
+        """This rank's streams of a global carried state ``(L, N, H)`` (or a pair)."""
+        if state is None or self.size == 1:
+            return state
+        if isinstance(state, (tuple, list)):
+            return tuple(self._local_state(s) for s in state)
+        return np.ascontiguousarray(dist.shard(state, self.rank, self.size, axis=1))
 
     @classmethod
-    def from_checkpoint(cls, path, corpus=None, lr=None, clip=None, skip_nonfinite=False):
+    def from_checkpoint(cls, path, corpus=None, lr=None, clip=None, skip_nonfinite=False,
+                        distributed=False):
         """Rebuild a trainer from :meth:`save`'s file, exactly where it stopped.
 
         Parameters
@@ -945,6 +1069,9 @@ class Trainer:
             Default: re-read the sources recorded in the checkpoint.
         lr, clip : float, optional
             New values for the rest of the run.
+        skip_nonfinite, distributed : bool
+            As for :class:`Trainer`; distributed, every rank reads ``path``
+            and keeps its share of the carried state.
 
         Raises
         ------
@@ -954,10 +1081,11 @@ class Trainer:
             fits the vocabulary.
         """
         return cls.resume(load_charlm(path, need_training_state=True), corpus, lr, clip,
-                          skip_nonfinite)
+                          skip_nonfinite, distributed)
 
     @classmethod
-    def resume(cls, loaded, corpus=None, lr=None, clip=None, skip_nonfinite=False):
+    def resume(cls, loaded, corpus=None, lr=None, clip=None, skip_nonfinite=False,
+               distributed=False):
         """:meth:`from_checkpoint` for an already loaded ``(model, optimizer_state, extra)``."""
         model, opt_state, extra = loaded
         config = TrainConfig(**extra["train_config"])
@@ -976,9 +1104,9 @@ class Trainer:
         optimizer.load_state_dict(opt_state)
         optimizer.lr = config.lr
         self = cls(corpus, config, vocab=vocab, model=model, optimizer=optimizer,
-                   skip_nonfinite=skip_nonfinite)
+                   skip_nonfinite=skip_nonfinite, distributed=distributed)
         self.step = int(extra["step"])
-        self.state = _decode_state(extra["carry"])
+        self.state = self._local_state(_decode_state(extra["carry"]))
         self.sample_rng.bit_generator.state = extra["sample_rng"]
         self.train_loss = [float(v) for v in extra["history"]["train_loss"]]
         self.val_history = [[int(s), float(b)] for s, b in extra["history"]["val"]]
