@@ -182,13 +182,20 @@ def test_nonfinite_loss_exits_3_and_keeps_the_checkpoint(runs, tmp_path):
     assert sha(out / "checkpoint.npz") == before
 
 
-def test_without_tqdm_and_matplotlib(tmp_path):
+def env_without(tmp_path, *modules, base=None):
+    """A copy of ``base`` (default os.environ) in which importing ``modules`` fails."""
+    base = dict(os.environ if base is None else base)
     blocker = tmp_path / "block"
-    blocker.mkdir()
-    for mod in ("tqdm", "matplotlib"):
+    blocker.mkdir(exist_ok=True)
+    for mod in modules:
         (blocker / f"{mod}.py").write_text(f"raise ImportError('{mod} blocked by the test')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(blocker)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    base["PYTHONPATH"] = os.pathsep.join(
+        [str(blocker)] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
+    return base
+
+
+def test_without_tqdm_and_matplotlib(tmp_path):
+    env = env_without(tmp_path, "tqdm", "matplotlib")
     out = tmp_path / "o"
     r = rnncore("train", "--steps", 5, "--out", out, *SMALL, env=env)
     assert r.returncode == 0, r.stderr

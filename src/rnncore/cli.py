@@ -4,6 +4,7 @@
 
     rnncore train [--cell gru] [--hidden 256] [--steps 1200] [--text PATH ...] [--out DIR]
     rnncore train --resume [--out DIR] [--steps 3000]
+    mpirun -n 2 rnncore train --distributed [...]     # data-parallel over MPI ranks
     rnncore sample DIR/checkpoint.npz --length 500 --temperature 0.8 --prime "def " --seed 0
     rnncore info DIR/checkpoint.npz
     rnncore --version
@@ -17,6 +18,19 @@ Exit codes: 0 success (also after a clean save on SIGINT/SIGTERM); 2 bad
 input (missing/empty text, missing/corrupted checkpoint, bad options); 3 the
 loss or gradient became nan/inf (the last good checkpoint is kept); 130 a
 second interrupt before the save finished.
+
+``--distributed`` (under ``mpirun -n K``): every rank builds the same corpus
+and model and trains its share of the ``--batch-size`` streams (see
+:class:`rnncore.charlm.Trainer`), which equals single-process training with
+the same options. Rank 0 alone prints and writes files; the other ranks'
+stdout and stderr go to ``os.devnull`` while they train. Setup errors are
+agreed on (rank 0 reports, every rank exits 2); an unexpected error on one
+rank prints its traceback and aborts every rank (``MPI_Abort``), since the
+others would otherwise wait forever. The ranks stop together, and save, when
+any of them gets SIGINT, SIGTERM or SIGUSR1. Open MPI's ``mpirun`` passes
+SIGINT/SIGTERM on as SIGTERM but kills the ranks ~0.2 s later, too soon to
+save: stop a run with ``kill -USR1 <mpirun pid>`` (forwarded as SIGUSR1) or
+signal the rank processes themselves.
 """
 from __future__ import annotations
 
@@ -26,13 +40,15 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+import traceback
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import asdict, fields
 
 from . import __version__
+from . import distributed as dist
 from .charlm import (CELLS, DEFAULT_MAX_CHARS, OPTIMIZERS, CorpusError, NonFiniteLossError,
                      TrainConfig, Trainer, Vocab, default_prime, generate, load_charlm,
-                     plot_history, read_texts, stdlib_corpus)
+                     plot_history, read_texts, shard_problem, stdlib_corpus)
 
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -140,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_int_at_least(0),
                    help=f"BLAS threads, 0 for BLAS's own choice (needs threadpoolctl; "
                    f"default {d['threads']})")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the ranks of mpirun -n K (needs "
+                   "mpi4py): each rank trains --batch-size/K of the streams, gradients are "
+                   "averaged every step, rank 0 alone writes; same result as one process. "
+                   "Without an MPI launcher: one rank")
     g = t.add_argument_group("output")
     g.add_argument("--out", default="rnncore-out", metavar="DIR",
                    help="output folder for checkpoint.npz, loss.png, samples.txt "
@@ -277,12 +298,13 @@ class _StopOnSignal:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, extra=()):
+        self.signals = self.SIGNALS + tuple(extra)
         self.signum = None
         self.previous = {}
 
     def __enter__(self):
-        for s in self.SIGNALS:
+        for s in self.signals:
             self.previous[s] = signal.signal(s, self._handle)
         return self
 
@@ -292,8 +314,8 @@ class _StopOnSignal:
 
     def _handle(self, signum, frame):
         self.signum = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for s in self.signals:
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -315,48 +337,94 @@ def _thread_limit(n):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-def _make_trainer(args, ckpt):
-    """A new Trainer from the options, or the resumed one of ``--resume``."""
+def _prepare(args, ckpt, ranks):
+    """``(corpus, loaded checkpoint or None, config or None)`` for :func:`_make_trainer`.
+
+    Everything that can fail on bad input, before any collective operation.
+    """
     try:
         corpus = None
         if args.text:
             corpus = read_texts(args.text, args.max_chars)
         elif not args.resume or args.max_chars is not None:
             corpus = stdlib_corpus(args.max_chars or DEFAULT_MAX_CHARS)
-        if args.resume:
-            if not os.path.exists(ckpt):
-                raise CLIError(f"--resume: no checkpoint to resume at {ckpt}")
-            loaded = _load(ckpt, need_training_state=True)
-            stored = loaded[2]["train_config"]
-            for name in TrainConfig.FIXED:
-                given = getattr(args, name, None)
-                if given is not None and name in stored and given != stored[name]:
-                    flag = "--" + name.replace("_", "-")
-                    raise CLIError(f"{ckpt} was trained with {flag} {stored[name]}; a resumed "
-                                   f"run cannot change it to {given} (drop {flag}, or start a "
-                                   "new run with another --out)")
-            try:
-                trainer = Trainer.resume(loaded, corpus, lr=args.lr, clip=args.clip,
-                                         skip_nonfinite=args.skip_nonfinite)
-            except CorpusError:
-                raise
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CLIError(f"cannot resume from {ckpt}: incomplete training state "
-                               f"({exc})") from None
-            if trainer.corpus_changed:
-                print("rnncore: warning: the training text differs from the one in the "
-                      "checkpoint; training continues on the new text", file=sys.stderr)
-            return trainer
-        if os.path.exists(ckpt) and not args.force:
-            raise CLIError(f"{ckpt} already exists: add --resume to continue it, --force to "
-                           "overwrite it, or choose another --out")
-        config = TrainConfig(**{f.name: _opt(args, f.name) for f in fields(TrainConfig)
-                                if hasattr(args, f.name)})
-        if args.lr is None:
-            config.lr = OPTIMIZERS[config.optimizer][1]
-        return Trainer(corpus, config, skip_nonfinite=args.skip_nonfinite)
     except CorpusError as exc:
         raise CLIError(str(exc)) from None
+    if args.resume:
+        if not os.path.exists(ckpt):
+            raise CLIError(f"--resume: no checkpoint to resume at {ckpt}")
+        loaded = _load(ckpt, need_training_state=True)
+        stored = loaded[2]["train_config"]
+        for name in TrainConfig.FIXED:
+            given = getattr(args, name, None)
+            if given is not None and name in stored and given != stored[name]:
+                flag = "--" + name.replace("_", "-")
+                raise CLIError(f"{ckpt} was trained with {flag} {stored[name]}; a resumed "
+                               f"run cannot change it to {given} (drop {flag}, or start a "
+                               "new run with another --out)")
+        _check_shards(stored.get("batch_size", 1), ranks)
+        return corpus, loaded, None
+    if os.path.exists(ckpt) and not args.force:
+        raise CLIError(f"{ckpt} already exists: add --resume to continue it, --force to "
+                       "overwrite it, or choose another --out")
+    config = TrainConfig(**{f.name: _opt(args, f.name) for f in fields(TrainConfig)
+                            if hasattr(args, f.name)})
+    if args.lr is None:
+        config.lr = OPTIMIZERS[config.optimizer][1]
+    _check_shards(config.batch_size, ranks)
+    return corpus, None, config
+
+
+def _check_shards(batch_size, ranks):
+    problem = shard_problem(batch_size, ranks, "--batch-size")
+    if problem:
+        raise CLIError(problem)
+
+
+def _make_trainer(args, ckpt, distributed=False):
+    """A new Trainer from the options, or the resumed one of ``--resume``.
+
+    Distributed, the ranks first agree on the setup errors (rank 0's message,
+    or the first failing rank's, is raised on every rank).
+    """
+    error = prepared = None
+    try:
+        prepared = _prepare(args, ckpt, dist.get_size() if distributed else 1)
+    except CLIError as exc:
+        error = exc
+    if distributed:
+        error = _agreed_error(error)
+    if error is not None:
+        raise error
+    corpus, loaded, config = prepared
+    try:
+        if loaded is None:
+            return Trainer(corpus, config, skip_nonfinite=args.skip_nonfinite,
+                           distributed=distributed)
+        try:
+            trainer = Trainer.resume(loaded, corpus, lr=args.lr, clip=args.clip,
+                                     skip_nonfinite=args.skip_nonfinite,
+                                     distributed=distributed)
+        except CorpusError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CLIError(f"cannot resume from {ckpt}: incomplete training state "
+                           f"({exc})") from None
+        if trainer.corpus_changed:
+            print("rnncore: warning: the training text differs from the one in the "
+                  "checkpoint; training continues on the new text", file=sys.stderr)
+        return trainer
+    except CorpusError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _agreed_error(error):
+    """The CLIError every rank raises when any rank has one (None when none has)."""
+    messages = dist.allgather(None if error is None else str(error))
+    for rank, msg in enumerate(messages):
+        if msg is not None:
+            return CLIError(msg if rank == 0 else f"(on rank {rank}) {msg}")
+    return None
 
 
 def _opt(args, name):
@@ -368,13 +436,58 @@ def _opt(args, name):
 # Commands
 # ---------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    launched = dist.launcher_size() or 1
+    if not args.distributed:
+        if launched > 1:
+            raise CLIError(f"started by an MPI launcher as {launched} processes without "
+                           "--distributed: each would train alone and overwrite the others' "
+                           "files; add --distributed")
+        return _train(args)
+    if launched > 1 and not dist.mpi_available():
+        raise CLIError(f"--distributed: started as {launched} MPI processes, but mpi4py is "
+                       "not installed (pip install mpi4py)")
+    try:
+        rank, size = dist.init()
+    except ImportError as exc:
+        raise CLIError(f"--distributed: cannot load MPI ({exc})") from None
+    if size == 1:
+        print("rnncore: note: --distributed with one rank (start it with mpirun -n K for "
+              "K ranks): single-process training", file=sys.stderr)
+        return _train(args, distributed=True)
+    try:
+        with _silenced(rank != 0):
+            return _train(args, distributed=True)
+    except CLIError:  # agreed by every rank (_make_trainer): rank 0 reports it
+        if rank == 0:
+            raise
+        return EXIT_USAGE
+    except BaseException as exc:  # this rank alone: the others would wait forever
+        traceback.print_exc()
+        sys.stderr.flush()
+        dist.abort(EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else 1)
+        raise
+
+
+@contextmanager
+def _silenced(quiet):
+    """Send stdout and stderr to os.devnull while ``quiet`` (ranks other than 0)."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
+        yield
+
+
+def _train(args, distributed=False) -> int:
     wall0 = time.perf_counter()
     out = args.out
     ckpt, plot_path, samples_path = (os.path.join(out, f) for f in (CHECKPOINT, PLOT, SAMPLES))
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out {out} exists and is not a folder")
-    trainer = _make_trainer(args, ckpt)
-    os.makedirs(out, exist_ok=True)
+    trainer = _make_trainer(args, ckpt, distributed)
+    root = trainer.is_root
+    if root:
+        os.makedirs(out, exist_ok=True)
     cfg, model = trainer.config, trainer.model
     if args.epochs is not None:
         total = math.ceil(args.epochs * trainer.steps_per_epoch)
@@ -394,6 +507,9 @@ def cmd_train(args) -> int:
           f"L={cfg.layers} V={len(trainer.vocab)} ({model.num_parameters():,} parameters, "
           f"{cfg.dtype}); {cfg.optimizer} lr {cfg.lr:g}, clip {cfg.clip:g}; "
           f"batch {cfg.batch_size} x {cfg.seq_len} chars", flush=True)
+    if distributed:
+        print(f"  data-parallel: {trainer.size} rank(s) x {cfg.batch_size // trainer.size} "
+              "streams", flush=True)
     print(f"  text: {trainer.corpus.describe()}; {len(trainer.train_ids):,} for training, "
           f"{n_val:,} for validation; {trainer.steps_per_epoch} steps per epoch", flush=True)
     if start >= total:
@@ -403,7 +519,7 @@ def cmd_train(args) -> int:
     print(f"  steps {start} -> {total} ({(total - start) / trainer.steps_per_epoch:.2f} epochs)"
           f"{', resumed from ' + ckpt if start else ''}; output in {out}/", flush=True)
 
-    if not args.resume or not os.path.exists(samples_path):
+    if root and (not args.resume or not os.path.exists(samples_path)):
         open(samples_path, "w", encoding="utf-8").close()
 
     def add_sample(title, text):
@@ -437,7 +553,9 @@ def cmd_train(args) -> int:
               "a --clip, or --skip-nonfinite.", file=sys.stderr)
         return EXIT_NONFINITE
 
-    stop = _StopOnSignal()
+    # distributed: also SIGUSR1, which Open MPI's mpirun forwards without killing the ranks
+    stop = _StopOnSignal((signal.SIGUSR1,) if distributed and hasattr(signal, "SIGUSR1")
+                         else ())
     session_secs0, session_chars0 = trainer.train_seconds, trainer.chars_seen
     try:
         with stop, _thread_limit(_opt(args, "threads")):
@@ -450,8 +568,8 @@ def cmd_train(args) -> int:
                 return diverged(str(exc))
             progress.close()
             if outcome == "stopped":
-                print(f"rnncore: {stop.name} received: saving at step {trainer.step}",
-                      file=sys.stderr, flush=True)
+                print(f"rnncore: {stop.name or 'a stop signal (on another rank)'} received: "
+                      f"saving at step {trainer.step}", file=sys.stderr, flush=True)
             if trainer.val_ids is not None and not (
                     trainer.val_history and trainer.val_history[-1][0] == trainer.step):
                 trainer.evaluate()
@@ -459,13 +577,15 @@ def cmd_train(args) -> int:
             if not (math.isfinite(final_val) and trainer.params_finite()):
                 return diverged(f"the model diverged at step {trainer.step} (validation loss "
                                 f"{final_val}, parameters finite: {trainer.params_finite()})")
-            if outcome == "done":
+            if outcome == "done" and root:
                 text = trainer.sample(sample_length, temperature)
                 add_sample(f"final, step {trainer.step}, temperature {temperature:g}", text)
                 print(f"--- final sample (step {trainer.step}) ---\n{text}\n---", flush=True)
             trainer.save(ckpt)
     finally:
         progress.close()
+    if not root:
+        return EXIT_OK
     title = (f"{cfg.cell.upper()} H={cfg.hidden} L={cfg.layers} E={cfg.embed}, "
              f"batch {cfg.batch_size} x {cfg.seq_len}, {cfg.optimizer} lr {cfg.lr:g}")
     plotted = plot_history(trainer.train_loss, trainer.val_history, plot_path, title)
@@ -485,6 +605,12 @@ def cmd_train(args) -> int:
     print(f"{'interrupted' if outcome == 'stopped' else 'done'}: step {trainer.step}/{total} "
           f"({trainer.epoch:.2f} epochs{skipped}) | {val} | train {train_bpc:.3f} bits/char "
           f"(last {len(recent)} steps) | {_rate(cps)} | wall {wall} | wrote {files}", flush=True)
+    reducer = trainer.allreducer
+    if trainer.size > 1 and reducer is not None and reducer.calls and secs:
+        print(f"all-reduce: {1e3 * reducer.seconds / reducer.calls:.2f} ms/step "
+              f"({100 * reducer.seconds / secs:.1f}% of step, waiting for the other ranks "
+              f"included), {reducer.nbytes / 1024:.0f} KB per step; {trainer.size} ranks",
+              flush=True)
     return EXIT_OK
 
 
