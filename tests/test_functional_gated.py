@@ -374,20 +374,29 @@ LENGTH_CASES = {
 }
 
 
+#: a batch on the unpacked panel kernel (4 < rows <= 32; 3H, 4H >= 32 columns; H = 11
+#: leaves column tails, 13 rows a row tail), lengths shrinking to the small-M kernel;
+#: "panel-T" passes the weights as transposed views (PyTorch's layout, as the models do)
+PANEL_LENGTHS = [6, 6, 6, 6, 6, 5, 5, 5, 4, 3, 2, 2, 0]
+
+
+@pytest.mark.parametrize("size", ["small", "panel", "panel-T"])
 @pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
 @pytest.mark.parametrize("lengths", list(LENGTH_CASES), ids=list(LENGTH_CASES))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_kernel_reverse_and_lengths(cell, reverse, lengths, batch_major, rng):
-    N, T, D, H = 5, 6, 3, 4
+def test_kernel_reverse_and_lengths(cell, reverse, lengths, batch_major, size, rng):
+    N, T, D, H = (5, 6, 3, 4) if size == "small" else (13, 6, 5, 11)
     inp, up = _time_major(cell, rng, N, T, D, H)
-    lens = np.full(N, T) if LENGTH_CASES[lengths] is None else np.array(LENGTH_CASES[lengths])
+    lens = np.full(N, T) if LENGTH_CASES[lengths] is None else np.array(
+        LENGTH_CASES[lengths] if size == "small" else PANEL_LENGTHS)
     bs = None if LENGTH_CASES[lengths] is None else _batch_sizes(lens, T)
     if bs is not None:
         # padded upstream gradients must never be read
         for n, L in enumerate(lens):
             up["dh"][L:, n] = np.nan
-    got = run_kernel(cell, inp, up, reverse=reverse, batch_sizes=bs, batch_major=batch_major)
+    got = run_kernel(cell, inp, up, reverse=reverse, batch_sizes=bs, batch_major=batch_major,
+                     transposed=size == "panel-T")
     want = reference_per_row(cell, inp, up, lens, reverse)
     for name in got:
         assert_close(got[name], want[name], name)

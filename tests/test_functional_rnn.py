@@ -99,18 +99,29 @@ def _ref_one_sequence(x, h0, Wx, Wh, b, relu, reverse, dh, dhn):
     return h, dx, dh0[0], dWx, dWh, db
 
 
+#: (T, N, D, H) and sorted lengths (one empty sequence each). The second size
+#: puts the per-step products on the unpacked panel kernel (rc_gemm_panel: 4 < rows
+#: <= 32, >= 32 columns; H = 40 leaves a column tail, 13 rows a row tail) and, as
+#: the active rows shrink, on the small-M kernel.
+KERNEL_SIZES = {
+    "small": ((6, 5, 3, 4), [6, 5, 5, 2, 0]),
+    "panel": ((6, 13, 5, 40), [6, 6, 6, 6, 6, 5, 5, 5, 4, 3, 2, 2, 0]),
+}
+
+
+@pytest.mark.parametrize("size", list(KERNEL_SIZES))
 @pytest.mark.parametrize("batch_major", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
-def test_kernel_lengths_reverse_layouts(rng, batch_major, reverse, relu):
+def test_kernel_lengths_reverse_layouts(rng, batch_major, reverse, relu, size):
     """Sorted variable-length batch: per-sequence reference on the valid part."""
-    T, N, D, H = 6, 5, 3, 4
-    lengths = np.array([6, 5, 5, 2, 0])  # sorted, one empty sequence
+    (T, N, D, H), lengths = KERNEL_SIZES[size]
+    lengths = np.array(lengths)
     bs = (lengths[None, :] > np.arange(T)[:, None]).sum(1)
     x = rng.standard_normal((T, N, D))
     h0 = rng.standard_normal((N, H))
     Wx = rng.standard_normal((D, H)) * 0.5
-    Wh_pt = rng.standard_normal((H, H)) * 0.5  # PyTorch layout: pass .T (a view)
+    Wh_pt = rng.standard_normal((H, H)) * 2 / np.sqrt(H)  # PyTorch layout: pass .T (a view)
     Wh = Wh_pt.T
     b = rng.standard_normal(H) * 0.1
     dh = rng.standard_normal((T, N, H))

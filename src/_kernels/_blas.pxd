@@ -20,6 +20,13 @@ cdef extern from "rc_simd.h" nogil:
     void rc_gemm_small_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
                          const double *a, Py_ssize_t lda, const double *b, Py_ssize_t ldb,
                          int bt, double beta, double *c, Py_ssize_t ldc)
+    void rc_gemm_panel_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+                         Py_ssize_t lda, const float *b, Py_ssize_t ldb, float beta,
+                         float *c, Py_ssize_t ldc)
+    void rc_gemm_panel_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *a,
+                         Py_ssize_t lda, const double *b, Py_ssize_t ldb, double beta,
+                         double *c, Py_ssize_t ldc)
+    bint use_panel "rc_use_panel"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
 
 ctypedef fused floating:
     float
@@ -67,6 +74,24 @@ cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         gemm_rm(not bt, not at, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
     else:
         gemm_rm(at, bt, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+cdef inline void mm_step(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         const floating *a, Py_ssize_t lda, const floating *b, Py_ssize_t ldb,
+                         bint bt, floating beta, floating *c, Py_ssize_t ldc) noexcept nogil:
+    """A time loop's per-step product, C (m, n) := A (m, k) op(B) (k, n) + beta C.
+
+    A and C row-major. Goes to the unpacked panel kernel (rc_simd.h) when B is
+    row-major and rc_use_panel says so (B is the weight matrix: BLAS would
+    repack it on every step), else to `mm`.
+    """
+    if not bt and use_panel(m, n, k):
+        if floating is float:
+            rc_gemm_panel_f(m, n, k, a, lda, b, ldb, beta, c, ldc)
+        else:
+            rc_gemm_panel_d(m, n, k, a, lda, b, ldb, beta, c, ldc)
+        return
+    mm(m, n, k, <floating>1, a, lda, False, b, ldb, bt, beta, c, ldc, False)
 
 
 cdef inline void scale_rows(floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,

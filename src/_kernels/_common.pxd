@@ -162,6 +162,24 @@ cdef inline object writable_workspace(object arr, str name, Py_ssize_t T, Py_ssi
     return a
 
 
+from _blas cimport use_panel
+
+
+cdef inline object step_weight(object Wh, bint wh_t, Py_ssize_t T, Py_ssize_t N,
+                               Py_ssize_t GH, Py_ssize_t H):
+    """Forward's recurrent weight as the time loop will read it.
+
+    A PyTorch-layout weight arrives as a transposed view (wh_t). When the loop's
+    per-step products go to the unpacked panel kernel (rc_use_panel), which
+    reads B row-major, it gets one C-ordered copy (H, GH) for all T steps --
+    the one pass BLAS would otherwise make on every step. Else None.
+    """
+    import numpy as np
+    if wh_t and T > 1 and use_panel(N, GH, H):
+        return np.ascontiguousarray(np.asarray(Wh))
+    return None
+
+
 # ------------------------------------------------------------ BPTT helpers
 # Shared by the gated kernels (gru.pyx, lstm.pyx); rnn.pyx has its own copies.
 

@@ -79,10 +79,10 @@ from collections import namedtuple
 
 import numpy as np
 
-from _blas cimport floating, mm, colsum_add, scale_rows
+from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, seq_empty, writable_workspace, StepBufs, step_init, step_buf,
+                      blas_thread_hooks, seq_empty, writable_workspace, step_weight, StepBufs, step_init, step_buf,
                       step_release)
 
 cdef extern from "rc_simd.h" nogil:
@@ -194,13 +194,13 @@ cdef void forward_loop(
         ht = h + t * h_st
         if Bc > 0:
             # S[:Bc] = h_tp[:Bc] @ Wh           (Bc, 3H) = (Bc, H)(H, 3H)
-            mm(Bc, GH, H, <floating>1, h + tp * h_st, h_sn, False, wh, wh_ld, wh_t,
-               <floating>0, s, GH, False)
+            mm_step(Bc, GH, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t,
+           <floating>0, s, GH)
             gru_rows(gt, g_sn, s, GH, bx, bh, h + tp * h_st, h_sn, hnt, hn_sn, ht, h_sn, Bc, H)
         if B > Bc:
             # S[Bc:B] = h0[Bc:B] @ Wh           (B-Bc, 3H) = (B-Bc, H)(H, 3H)
-            mm(B - Bc, GH, H, <floating>1, h0 + Bc * H, H, False, wh, wh_ld, wh_t,
-               <floating>0, s + Bc * GH, GH, False)
+            mm_step(B - Bc, GH, H, h0 + Bc * H, H, wh, wh_ld, wh_t,
+           <floating>0, s + Bc * GH, GH)
             gru_rows(gt + Bc * g_sn, g_sn, s + Bc * GH, GH, bx, bh, h0 + Bc * H, H,
                      hnt + Bc * hn_sn, hn_sn, ht + Bc * h_sn, h_sn, B - Bc, H)
         if B < N:
@@ -259,8 +259,8 @@ cdef void backward_loop(
             scale_rows(dgt + B * dg_sn, dg_sn, N - B, GH, <floating>0)
             scale_rows(dant + B * dan_sn, dan_sn, N - B, H, <floating>0)
         # carry[:B] += dG_t[:B] @ Wh^T           (B, H) += (B, 3H)(H, 3H)^T
-        mm(B, H, GH, <floating>1, dgt, dg_sn, False, wh, wh_ld, not wh_t,
-           <floating>1, carry, H, False)
+        mm_step(B, H, GH, dgt, dg_sn, wh, wh_ld, not wh_t,
+       <floating>1, carry, H)
     loop_threads_end(threads)
 
     # input side: x Wx + bx sees [da_r | da_z | da_n] = [dG[:, :nH] | dAn]
@@ -338,8 +338,12 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     seq_check(hn.shape, hn.strides, isz, "hidden_n", T, N, H, &hn_st, &hn_sn, &hn_bm)
     cdef const floating *xp = &x[0, 0, 0] if D > 0 else NULL
     cdef const floating *wxp = &Wx[0, 0] if D > 0 else NULL
+    whc = step_weight(Wh, wh_t, T, N, GH, H)
+    cdef const floating[:, :] Whl = Wh if whc is None else whc
+    if whc is not None:
+        wh_ld, wh_t = GH, False
     with nogil:
-        forward_loop(xp, x_ld, &h0[0, 0], wxp, wx_ld, wx_t, &Wh[0, 0], wh_ld, wh_t,
+        forward_loop(xp, x_ld, &h0[0, 0], wxp, wx_ld, wx_t, &Whl[0, 0], wh_ld, wh_t,
                      &bx[0], &bh[0], &h[0, 0, 0], h_st, h_sn,
                      &g[0, 0, 0], g_ld, g_st, g_sn, &hn[0, 0, 0], hn_st, hn_sn, &s[0, 0],
                      T, N, D, H, bsp, reverse)

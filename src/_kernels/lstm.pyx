@@ -56,10 +56,10 @@ from collections import namedtuple
 
 import numpy as np
 
-from _blas cimport floating, mm, colsum_add, scale_rows
+from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, seq_empty, writable_workspace, StepBufs, step_init, step_buf,
+                      blas_thread_hooks, seq_empty, writable_workspace, step_weight, StepBufs, step_init, step_buf,
                       step_release)
 
 cdef extern from "rc_simd.h" nogil:
@@ -157,13 +157,13 @@ cdef void forward_loop(
         ht = h + t * h_st
         if Bc > 0:
             # A_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, 4H) += (Bc, H)(H, 4H)
-            mm(Bc, GH, H, <floating>1, h + tp * h_st, h_sn, False, wh, wh_ld, wh_t,
-               <floating>1, at, a_sn, False)
+            mm_step(Bc, GH, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t,
+           <floating>1, at, a_sn)
             lstm_rows(at, a_sn, b, c + tp * c_st, c_sn, ct, c_sn, ht, h_sn, Bc, H)
         if B > Bc:
             # A_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, 4H) += (B-Bc, H)(H, 4H)
-            mm(B - Bc, GH, H, <floating>1, h0 + Bc * H, H, False, wh, wh_ld, wh_t,
-               <floating>1, at + Bc * a_sn, a_sn, False)
+            mm_step(B - Bc, GH, H, h0 + Bc * H, H, wh, wh_ld, wh_t,
+           <floating>1, at + Bc * a_sn, a_sn)
             lstm_rows(at + Bc * a_sn, a_sn, b, c0 + Bc * H, H, ct + Bc * c_sn, c_sn,
                       ht + Bc * h_sn, h_sn, B - Bc, H)
         if B < N:
@@ -216,8 +216,8 @@ cdef void backward_loop(
         if B < N:
             scale_rows(dgt + B * dg_sn, dg_sn, N - B, GH, <floating>0)
         # carry_h[:B] = dA_t[:B] @ Wh^T          (B, H) = (B, 4H)(H, 4H)^T
-        mm(B, H, GH, <floating>1, dgt, dg_sn, False, wh, wh_ld, not wh_t,
-           <floating>0, carry_h, H, False)
+        mm_step(B, H, GH, dgt, dg_sn, wh, wh_ld, not wh_t,
+       <floating>0, carry_h, H)
     loop_threads_end(threads)
 
     # dx = dA @ Wx^T                              (R, D) = (R, 4H)(D, 4H)^T
@@ -281,9 +281,13 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     a_ld = seq_check(gates.shape, gates.strides, isz, "gates", T, N, GH, &a_st, &a_sn, &a_bm)
     cdef const floating *xp = &x[0, 0, 0] if D > 0 else NULL
     cdef const floating *wxp = &Wx[0, 0] if D > 0 else NULL
+    whc = step_weight(Wh, wh_t, T, N, GH, H)
+    cdef const floating[:, :] Whl = Wh if whc is None else whc
+    if whc is not None:
+        wh_ld, wh_t = GH, False
     with nogil:
         forward_loop(xp, x_ld, &h0[0, 0], &c0[0, 0], wxp, wx_ld, wx_t,
-                     &Wh[0, 0], wh_ld, wh_t, &b[0],
+                     &Whl[0, 0], wh_ld, wh_t, &b[0],
                      &h[0, 0, 0], h_st, h_sn, &c[0, 0, 0], c_st, c_sn,
                      &gates[0, 0, 0], a_ld, a_st, a_sn, T, N, D, H, bsp, reverse)
     return saved

@@ -333,7 +333,6 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, rc_lstm_bwd_ip_d, double, rc_tanhd)
  * beta == 0 writes C without reading it (BLAS semantics). */
 #define RC_SMALL_M 4
 #define RC_SMALL_JB 32   /* row-major B: columns of C kept in registers per pass */
-#define RC_SMALL_V(T) ((rc_idx)(64 / sizeof(T)))  /* lanes of one 64-byte vector */
 #define RC_DEFINE_SMALL_GEMM(NAME, T)                                           \
     RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k, T alpha,           \
                                const T *a, rc_idx lda, const T *b, rc_idx ldb,  \
@@ -375,43 +374,7 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, rc_lstm_bwd_ip_d, double, rc_tanhd)
                 }                                                               \
             }                                                                   \
         } else {                                                                \
-            /* four dot products at a time, each in RC_SMALL_V lanes (one      \
-             * 64-byte vector) reduced by a halving tree at the end: four       \
-             * independent chains and a cheap reduction per output */          \
-            rc_idx j = 0;                                                       \
-            const rc_idx kv = k - k % RC_SMALL_V(T);                            \
-            for (; j + 4 <= n; j += 4) {                                        \
-                const T *b0 = b + j * ldb, *b1 = b0 + ldb;                      \
-                const T *b2 = b1 + ldb, *b3 = b2 + ldb;                         \
-                for (rc_idx i = 0; i < m; i++) {                                \
-                    const T *ai = a + i * lda;                                  \
-                    T v0[RC_SMALL_V(T)], v1[RC_SMALL_V(T)];                     \
-                    T v2[RC_SMALL_V(T)], v3[RC_SMALL_V(T)];                     \
-                    for (int l = 0; l < RC_SMALL_V(T); l++)                     \
-                        v0[l] = v1[l] = v2[l] = v3[l] = 0;                      \
-                    for (rc_idx p = 0; p < kv; p += RC_SMALL_V(T)) {            \
-                        for (int l = 0; l < RC_SMALL_V(T); l++) {               \
-                            const T ap = ai[p + l];                             \
-                            v0[l] += ap * b0[p + l]; v1[l] += ap * b1[p + l];   \
-                            v2[l] += ap * b2[p + l]; v3[l] += ap * b3[p + l];   \
-                        }                                                       \
-                    }                                                           \
-                    for (int w = RC_SMALL_V(T) / 2; w >= 1; w /= 2)             \
-                        for (int l = 0; l < w; l++) {                           \
-                            v0[l] += v0[l + w]; v1[l] += v1[l + w];             \
-                            v2[l] += v2[l + w]; v3[l] += v3[l + w];             \
-                        }                                                       \
-                    for (rc_idx p = kv; p < k; p++) {                           \
-                        const T ap = ai[p];                                     \
-                        v0[0] += ap * b0[p]; v1[0] += ap * b1[p];               \
-                        v2[0] += ap * b2[p]; v3[0] += ap * b3[p];               \
-                    }                                                           \
-                    T *ci = c + i * ldc + j;                                    \
-                    ci[0] += alpha * v0[0]; ci[1] += alpha * v1[0];             \
-                    ci[2] += alpha * v2[0]; ci[3] += alpha * v3[0];             \
-                }                                                               \
-            }                                                                   \
-            for (; j < n; j++) {                                                \
+            for (rc_idx j = 0; j < n; j++) {                                    \
                 const T *bj = b + j * ldb;                                      \
                 for (rc_idx i = 0; i < m; i++) {                                \
                     const T *ai = a + i * lda;                                  \
@@ -425,6 +388,79 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, rc_lstm_bwd_ip_d, double, rc_tanhd)
     }
 RC_DEFINE_SMALL_GEMM(rc_gemm_small_f, float)
 RC_DEFINE_SMALL_GEMM(rc_gemm_small_d, double)
+
+/* Per-step recurrent GEMM without packing: C (m, n) := beta C + A (m, k) B (k, n),
+ * A and B row-major (B not transposed), for moderate m (the batch). BLAS packs
+ * the (k, n) weight matrix on every call, i.e. on every time step; measured on
+ * a Zen 4 core, a (32 x 256)(256 x 256) sgemm ran at 59 GFLOP/s against 87-102
+ * for large ones, the difference being mostly the packing. Here B is read in
+ * place, a panel of RC_PNR(T) columns at a time (k x 128 bytes: L1/L2
+ * resident, reused by every block of 4 rows of A), and each 4 x RC_PNR(T)
+ * block of C accumulates in 8 vector registers over all of k. Columns past
+ * the last whole panel go through a plain loop. Vector types are GCC/Clang
+ * extensions (64-byte vectors; split into halves/quarters on AVX2/SSE2). */
+#define RC_PNR(T) ((rc_idx)(128 / sizeof(T)))   /* panel width: two 64-byte vectors */
+#define RC_DEFINE_PANEL_GEMM(NAME, T, VT)                                       \
+    RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k,                    \
+                               const T *a, rc_idx lda, const T *b, rc_idx ldb,  \
+                               T beta, T *c, rc_idx ldc)                        \
+    {                                                                           \
+        const rc_idx V = RC_PNR(T) / 2;                                         \
+        rc_idx j0 = 0;                                                          \
+        for (; j0 + 2 * V <= n; j0 += 2 * V) {                                  \
+            for (rc_idx i0 = 0; i0 < m; i0 += 4) {                              \
+                const rc_idx mr = m - i0 < 4 ? m - i0 : 4;                      \
+                /* rows past m re-read row i0 (valid memory); not stored */     \
+                const T *a0 = a + i0 * lda;                                     \
+                const T *a1 = mr > 1 ? a0 + lda : a0;                           \
+                const T *a2 = mr > 2 ? a0 + 2 * lda : a0;                       \
+                const T *a3 = mr > 3 ? a0 + 3 * lda : a0;                       \
+                VT c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0};                  \
+                VT c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};                  \
+                const T *bp = b + j0;                                           \
+                for (rc_idx p = 0; p < k; p++, bp += ldb) {                     \
+                    VT b0, b1;                                                  \
+                    __builtin_memcpy(&b0, bp, sizeof(VT));                      \
+                    __builtin_memcpy(&b1, bp + V, sizeof(VT));                  \
+                    const VT x0 = (VT){0} + a0[p], x1 = (VT){0} + a1[p];        \
+                    const VT x2 = (VT){0} + a2[p], x3 = (VT){0} + a3[p];        \
+                    c00 += x0 * b0; c01 += x0 * b1;                             \
+                    c10 += x1 * b0; c11 += x1 * b1;                             \
+                    c20 += x2 * b0; c21 += x2 * b1;                             \
+                    c30 += x3 * b0; c31 += x3 * b1;                             \
+                }                                                               \
+                VT acc[8] = {c00, c01, c10, c11, c20, c21, c30, c31};           \
+                for (rc_idx r = 0; r < mr; r++) {                               \
+                    T *cr = c + (i0 + r) * ldc + j0;                            \
+                    for (int h = 0; h < 2; h++) {                               \
+                        VT v = acc[2 * r + h];                                  \
+                        if (beta != 0) {                                        \
+                            VT old;                                             \
+                            __builtin_memcpy(&old, cr + h * V, sizeof(VT));     \
+                            v += beta * old;                                    \
+                        }                                                       \
+                        __builtin_memcpy(cr + h * V, &v, sizeof(VT));           \
+                    }                                                           \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+        if (j0 < n) {                                                           \
+            for (rc_idx i = 0; i < m; i++) {                                    \
+                T *ci = c + i * ldc;                                            \
+                for (rc_idx j = j0; j < n; j++)                                 \
+                    ci[j] = beta == 0 ? (T)0 : beta * ci[j];                    \
+                for (rc_idx p = 0; p < k; p++) {                                \
+                    const T s = a[i * lda + p];                                 \
+                    const T *bp = b + p * ldb;                                  \
+                    for (rc_idx j = j0; j < n; j++) ci[j] += s * bp[j];         \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+    }
+typedef float rc_vf64b __attribute__((vector_size(64)));
+typedef double rc_vd64b __attribute__((vector_size(64)));
+RC_DEFINE_PANEL_GEMM(rc_gemm_panel_f, float, rc_vf64b)
+RC_DEFINE_PANEL_GEMM(rc_gemm_panel_d, double, rc_vd64b)
 
 /* BLAS thread policy: "single-thread sections".
  *
@@ -488,6 +524,24 @@ static int rc_loop_threads_begin(long long work)
 }
 
 static void rc_loop_threads_end(int opened) { rc_single_close(opened); }
+
+/* Whether a time loop's per-step product C (m, n) = A (m, k) B (k, n) goes to
+ * rc_gemm_panel_* instead of BLAS: more rows than the small-M kernel takes,
+ * at most RC_PANEL_MAX_M (beyond, BLAS's packing is amortized over enough
+ * rows), B below RC_PANEL_MAX_KN elements (beyond, BLAS's cache blocking wins:
+ * measured worse at (64 x 1024)(1024 x 1024), neutral at (32 x 256)(256 x
+ * 1024), better below), a whole panel of columns, and a loop that runs single-threaded
+ * anyway (below the BLAS thread policy's threshold, or BLAS limited to one
+ * thread): the panel kernel has no threads of its own. */
+#define RC_PANEL_MAX_M 32
+#define RC_PANEL_MAX_KN (256 * 1024)   /* elements of B: 1 MB in float32 */
+static int rc_use_panel(rc_idx m, rc_idx n, rc_idx k)
+{
+    if (m <= RC_SMALL_M || m > RC_PANEL_MAX_M || n < 32 || k <= 0
+        || (long long)k * n >= RC_PANEL_MAX_KN) return 0;
+    if ((long long)m * n * k < rc_loop_parallel_min) return 1;
+    return rc_blas_get_threads != NULL && rc_blas_get_threads() <= 1;
+}
 
 /* The SIMD level the ifunc resolver picks for the clones above (the same
  * priority order as the target_clones list). */

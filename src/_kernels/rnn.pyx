@@ -40,10 +40,10 @@ from libc.string cimport memcpy
 
 import numpy as np
 
-from _blas cimport floating, mm, colsum_add, scale_rows
+from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
                       check_batch_sizes, loop_threads_begin, loop_threads_end,
-                      blas_thread_hooks, single_open, single_close, seq_empty,
+                      blas_thread_hooks, single_open, single_close, seq_empty, step_weight,
                       StepBufs, step_init, step_buf, step_release)
 
 cdef extern from "rc_simd.h" nogil:
@@ -108,12 +108,12 @@ cdef void forward_loop(
         ht = h + t * h_st
         if Bc > 0:
             # h_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, H) += (Bc, H)(H, H)
-            mm(Bc, H, H, <floating>1, h + tp * h_st, h_sn, False, wh, wh_ld, wh_t,
-               <floating>1, ht, h_sn, False)
+            mm_step(Bc, H, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t,
+           <floating>1, ht, h_sn)
         if B > Bc:
             # h_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, H) += (B-Bc, H)(H, H)
-            mm(B - Bc, H, H, <floating>1, h0 + Bc * h0_ld, h0_ld, False, wh, wh_ld, wh_t,
-               <floating>1, ht + Bc * h_sn, h_sn, False)
+            mm_step(B - Bc, H, H, h0 + Bc * h0_ld, h0_ld, wh, wh_ld, wh_t,
+           <floating>1, ht + Bc * h_sn, h_sn)
         # h_t[:B] = act(h_t[:B] + b)
         act_rows(ht, h_sn, b, B, H, relu)
         if B < N:
@@ -151,8 +151,8 @@ cdef void backward_loop(
         if B < N:
             scale_rows(dzt + B * dz_sn, dz_sn, N - B, H, <floating>0)
         # carry[:B] = dz_t[:B] @ Wh^T            (B, H) = (B, H)(H, H)^T
-        mm(B, H, H, <floating>1, dzt, dz_sn, False, wh, wh_ld, not wh_t,
-           <floating>0, carry, H, False)
+        mm_step(B, H, H, dzt, dz_sn, wh, wh_ld, not wh_t,
+       <floating>0, carry, H)
     loop_threads_end(threads)
 
     # dx = dz @ Wx^T                              (R, D) = (R, H)(H, D)
@@ -201,9 +201,13 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
         return
     cdef const floating *xp = &x[0, 0, 0] if D > 0 else NULL
     cdef const floating *wxp = &Wx[0, 0] if D > 0 else NULL
+    whc = step_weight(Wh, wh_t, T, N, H, H)
+    cdef const floating[:, :] Whl = Wh if whc is None else whc
+    if whc is not None:
+        wh_ld, wh_t = H, False
     with nogil:
         forward_loop(xp, x_ld, &h0[0, 0], H, wxp, wx_ld, wx_t,
-                     &Wh[0, 0], wh_ld, wh_t, &b[0],
+                     &Whl[0, 0], wh_ld, wh_t, &b[0],
                      &h[0, 0, 0], h_ld, h_st, h_sn, T, N, D, H,
                      bsp, relu, reverse)
 
