@@ -334,3 +334,26 @@ cdef inline void *step_buf(StepBufs *b, object obj, Py_ssize_t rows, Py_ssize_t 
     b.fmt = v.format[0]
     b.n += 1
     return v.buf
+
+
+cdef inline bint step_cell_bufs(StepBufs *b, object x, object h0, object h, object w_ih,
+                                object w_hh, object b_ih, object b_hh, Py_ssize_t D,
+                                Py_ssize_t H, Py_ssize_t GH, void **p) noexcept:
+    """The arrays every cell's step takes, p = [x, h0, h, w_ih, w_hh, b_ih, b_hh].
+
+    x (N, D) or (D,), h0 and the output h alike with H columns, PyTorch-layout
+    weights (GH, D), (GH, H) and biases (GH,). False if any does not qualify
+    (what was acquired stays in b for step_release).
+    """
+    cdef int i
+    p[0] = step_buf(b, x, -2, D, False)
+    p[1] = step_buf(b, h0, -2, H, False)
+    p[2] = step_buf(b, h, -2, H, True)
+    p[3] = step_buf(b, w_ih, GH, D, False)
+    p[4] = step_buf(b, w_hh, GH, H, False)
+    p[5] = step_buf(b, b_ih, -1, GH, False)
+    p[6] = step_buf(b, b_hh, -1, GH, False)
+    for i in range(7):
+        if p[i] == NULL:
+            return False
+    return True

@@ -83,7 +83,7 @@ from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
                       blas_thread_hooks, seq_empty, writable_workspace, step_weight, StepBufs, step_init, step_buf,
-                      step_release)
+                      step_cell_bufs, step_release)
 
 cdef extern from "rc_simd.h" nogil:
     enum: RC_GRU_N   # index of the n block (the last one: r, z come first)
@@ -486,32 +486,29 @@ def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, gates, hidden_n, Py_ssize_t D, Py_ssi
     cdef Py_ssize_t GH = RC_GRU_G * H
     cdef StepBufs B
     cdef int rc = 0
+    cdef void *p[7]
     step_init(&B)
-    cdef void *xp = step_buf(&B, x, -2, D, False)
-    cdef void *h0p = step_buf(&B, h0, -2, H, False)
-    cdef void *hp = step_buf(&B, h, -2, H, True)
-    cdef void *wip = step_buf(&B, w_ih, GH, D, False)
-    cdef void *whp = step_buf(&B, w_hh, GH, H, False)
-    cdef void *bip = step_buf(&B, b_ih, -1, GH, False)
-    cdef void *bhp = step_buf(&B, b_hh, -1, GH, False)
+    cdef bint ok = step_cell_bufs(&B, x, h0, h, w_ih, w_hh, b_ih, b_hh, D, H, GH, p)
     cdef Py_ssize_t N = B.N
     cdef void *gp = NULL
     cdef void *hnp = NULL
-    if gates is not None:
+    if ok and gates is not None:
         gp = step_buf(&B, gates, -3, N * GH, True)
-    if hidden_n is not None:
+        ok = gp != NULL
+    if ok and hidden_n is not None:
         hnp = step_buf(&B, hidden_n, -3, N * H, True)
-    if not (xp and h0p and hp and wip and whp and bip and bhp) \
-            or (gates is not None and not gp) or (hidden_n is not None and not hnp):
+        ok = hnp != NULL
+    if not ok:
         step_release(&B)
         return False
     with nogil:
         if B.fmt == b'f':
-            rc = step_run(<float *>xp, <float *>h0p, <float *>wip, <float *>whp, <float *>bip,
-                          <float *>bhp, <float *>hp, <float *>gp, <float *>hnp, N, D, H)
+            rc = step_run(<float *>p[0], <float *>p[1], <float *>p[3], <float *>p[4],
+                          <float *>p[5], <float *>p[6], <float *>p[2], <float *>gp,
+                          <float *>hnp, N, D, H)
         else:
-            rc = step_run(<double *>xp, <double *>h0p, <double *>wip, <double *>whp,
-                          <double *>bip, <double *>bhp, <double *>hp, <double *>gp,
+            rc = step_run(<double *>p[0], <double *>p[1], <double *>p[3], <double *>p[4],
+                          <double *>p[5], <double *>p[6], <double *>p[2], <double *>gp,
                           <double *>hnp, N, D, H)
     step_release(&B)
     if rc:

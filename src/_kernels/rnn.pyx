@@ -44,7 +44,7 @@ from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
 from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
                       check_batch_sizes, loop_threads_begin, loop_threads_end,
                       blas_thread_hooks, single_open, single_close, seq_empty, step_weight,
-                      StepBufs, step_init, step_buf, step_release)
+                      StepBufs, step_init, step_cell_bufs, step_release)
 
 cdef extern from "rc_simd.h" nogil:
     void rc_rnn_act_f(float *z, Py_ssize_t ldz, const float *b, Py_ssize_t rows,
@@ -311,25 +311,19 @@ def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, Py_ssize_t D, Py_ssize_t H, bint relu
     """
     cdef StepBufs B
     cdef int rc = 0
+    cdef void *p[7]
     step_init(&B)
-    cdef void *xp = step_buf(&B, x, -2, D, False)
-    cdef void *h0p = step_buf(&B, h0, -2, H, False)
-    cdef void *hp = step_buf(&B, h, -2, H, True)
-    cdef void *wip = step_buf(&B, w_ih, H, D, False)
-    cdef void *whp = step_buf(&B, w_hh, H, H, False)
-    cdef void *bip = step_buf(&B, b_ih, -1, H, False)
-    cdef void *bhp = step_buf(&B, b_hh, -1, H, False)
-    if not (xp and h0p and hp and wip and whp and bip and bhp):
+    if not step_cell_bufs(&B, x, h0, h, w_ih, w_hh, b_ih, b_hh, D, H, H, p):
         step_release(&B)
         return False
     cdef Py_ssize_t N = B.N
     with nogil:
         if B.fmt == b'f':
-            rc = step_run(<float *>xp, <float *>h0p, <float *>wip, <float *>whp, <float *>bip,
-                          <float *>bhp, <float *>hp, N, D, H, relu)
+            rc = step_run(<float *>p[0], <float *>p[1], <float *>p[3], <float *>p[4],
+                          <float *>p[5], <float *>p[6], <float *>p[2], N, D, H, relu)
         else:
-            rc = step_run(<double *>xp, <double *>h0p, <double *>wip, <double *>whp,
-                          <double *>bip, <double *>bhp, <double *>hp, N, D, H, relu)
+            rc = step_run(<double *>p[0], <double *>p[1], <double *>p[3], <double *>p[4],
+                          <double *>p[5], <double *>p[6], <double *>p[2], N, D, H, relu)
     step_release(&B)
     if rc:
         raise MemoryError()
