@@ -62,7 +62,8 @@ Design notes
 * The caller allocates every output (h, dx, dh0 and the gradient arrays, which
   are *accumulated into*); forward allocates the saved arrays and an (N, 3H)
   scratch for the per-step GEMM, backward its workspaces dG, dAn (T*N*4H in
-  all).
+  all) -- or, with ``overwrite_saved`` (the models and cells), writes them
+  over the saved gates and hidden_n, allocating nothing that size.
 * Variable lengths (``batch_sizes``, a sorted batch): step t touches rows
   ``[0, batch_sizes[t])`` only; padded h is written as zeros, padded upstream
   gradients are never read. In the reverse direction a row starts from h0 at

@@ -38,7 +38,8 @@ Design notes
   row-major array (PyTorch's ``weight_ih`` passed as ``weight_ih.T``).
 * The caller allocates every output (h, c, dx, dh0, dc0 and the gradient
   arrays, which are *accumulated into*); backward allocates its dA workspace
-  (T*N*4H).
+  (T*N*4H) -- or, with ``overwrite_saved`` (the models and cells), writes it
+  over the saved gates.
 * Variable lengths (``batch_sizes``, a sorted batch): step t touches rows
   ``[0, batch_sizes[t])`` only; padded h and c are written as zeros, padded
   upstream gradients are never read. In the reverse direction a row starts

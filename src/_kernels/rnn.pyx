@@ -22,7 +22,10 @@ Design notes
   ``x`` and ``h`` (and ``dx``) must share the same kind of layout.
 * Weights are (D, H) / (H, H) operands, row-major or a transposed view of a
   row-major array (PyTorch's (H, D) ``weight_ih`` passed as ``weight_ih.T``):
-  the kernel passes BLAS the transpose flag, never copies.
+  the kernel passes BLAS the transpose flag, never copies. The one exception:
+  forward makes one C-ordered copy of a transposed ``Wh`` for all T steps when
+  the per-step products go to the panel kernel (see step_weight, _common.pxd),
+  instead of BLAS packing it on every step.
 * The caller allocates every output (h, dx, dh0 and the gradient arrays, which
   are *accumulated into*); backward allocates its dZ workspace (T*N*H, the
   only memory beyond the stored activations).
