@@ -58,7 +58,12 @@ cdef extern from "rc_simd.h" nogil:
     int loop_threads_begin "rc_loop_threads_begin"(long long work)
     void loop_threads_end "rc_loop_threads_end"(int saved)
     void blas_thread_hooks "rc_blas_thread_hooks"(size_t set_fn, size_t get_fn,
-                                                  long long min_work, size_t state)
+                                                  long long min_work, size_t state,
+                                                  int row_split)
+    int row_threads "rc_row_threads"(Py_ssize_t N, long long work, Py_ssize_t T)
+    Py_ssize_t share "rc_share"(Py_ssize_t B, int k, int P)
+    ctypedef void (*task_fn "rc_task_fn")(void *) noexcept nogil
+    void run_tasks "rc_run_tasks"(task_fn fn, void *args, size_t size, int P)
     int single_open "rc_single_open"()
     void single_close "rc_single_close"(int opened)
 

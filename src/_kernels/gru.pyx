@@ -81,7 +81,7 @@ from collections import namedtuple
 import numpy as np
 
 from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
-from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
+from _common cimport (active, row_threads, share, run_tasks, single_open, single_close, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
                       blas_thread_hooks, seq_empty, writable_workspace, step_weight, StepBufs, step_init, step_buf,
                       step_cell_bufs, step_release)
@@ -140,7 +140,7 @@ cdef inline void gru_rows(floating *g, Py_ssize_t ldg, const floating *s, Py_ssi
 
 
 cdef inline void gru_drows(floating *dg, Py_ssize_t lddg, floating *dan, Py_ssize_t lddan,
-                           const floating *dh, Py_ssize_t lddh, floating *carry,
+                           const floating *dh, Py_ssize_t lddh, floating *carry, Py_ssize_t ldc,
                            const floating *g, Py_ssize_t ldg, const floating *hn,
                            Py_ssize_t ldhn, const floating *hp, Py_ssize_t ldhp,
                            Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
@@ -148,18 +148,103 @@ cdef inline void gru_drows(floating *dg, Py_ssize_t lddg, floating *dan, Py_ssiz
     # (in place when dg is g and dan is hn: see backward's overwrite_saved)
     if <const floating *>dg == g:
         if floating is float:
-            rc_gru_bwd_ip_f(dg, lddg, dan, lddan, dh, lddh, carry, H, hp, ldhp, rows, H)
+            rc_gru_bwd_ip_f(dg, lddg, dan, lddan, dh, lddh, carry, ldc, hp, ldhp, rows, H)
         else:
-            rc_gru_bwd_ip_d(dg, lddg, dan, lddan, dh, lddh, carry, H, hp, ldhp, rows, H)
+            rc_gru_bwd_ip_d(dg, lddg, dan, lddan, dh, lddh, carry, ldc, hp, ldhp, rows, H)
     elif floating is float:
-        rc_gru_bwd_f(dg, lddg, dan, lddan, dh, lddh, carry, H, g, ldg, hn, ldhn, hp, ldhp,
+        rc_gru_bwd_f(dg, lddg, dan, lddan, dh, lddh, carry, ldc, g, ldg, hn, ldhn, hp, ldhp,
                      rows, H)
     else:
-        rc_gru_bwd_d(dg, lddg, dan, lddan, dh, lddh, carry, H, g, ldg, hn, ldhn, hp, ldhp,
+        rc_gru_bwd_d(dg, lddg, dan, lddan, dh, lddh, carry, ldc, g, ldg, hn, ldhn, hp, ldhp,
                      rows, H)
 
 
 # ----------------------------------------------------------------- time loops
+
+cdef void fwd_steps(
+        const floating *h0, const floating *wh, Py_ssize_t wh_ld, bint wh_t,
+        const floating *bx, const floating *bh,
+        floating *h, Py_ssize_t h_st, Py_ssize_t h_sn,
+        floating *g, Py_ssize_t g_st, Py_ssize_t g_sn,
+        floating *hn, Py_ssize_t hn_st, Py_ssize_t hn_sn,
+        floating *s, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+        const Py_ssize_t *bs, bint reverse, int k, int P) noexcept nogil:
+    # The time loop over the rows k, k+P, ... of the batch (all: k=0, P=1); row r of
+    # this share is row k + r*P; active rows stay a prefix. s: (N, 3H) scratch.
+    cdef Py_ssize_t i, t, tp, B, Bc, GH = RC_GRU_G * H, M = share(N, k, P)
+    cdef Py_ssize_t h0_ld = P * H, s_ld = P * GH
+    cdef floating *gt
+    cdef floating *hnt
+    cdef floating *ht
+    h0 += k * H
+    s += k * GH
+    h += k * h_sn
+    g += k * g_sn
+    hn += k * hn_sn
+    h_sn *= P
+    g_sn *= P
+    hn_sn *= P
+    for i in range(T):
+        t = T - 1 - i if reverse else i
+        tp = t + 1 if reverse else t - 1
+        B = share(active(bs, t, T, N), k, P)
+        # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
+        Bc = share(active(bs, tp, T, N), k, P)
+        if Bc > B:
+            Bc = B
+        gt = g + t * g_st
+        hnt = hn + t * hn_st
+        ht = h + t * h_st
+        if Bc > 0:
+            # S[:Bc] = h_tp[:Bc] @ Wh           (Bc, 3H) = (Bc, H)(H, 3H)
+            mm_step(Bc, GH, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t, <floating>0, s, s_ld)
+            gru_rows(gt, g_sn, s, s_ld, bx, bh, h + tp * h_st, h_sn, hnt, hn_sn, ht, h_sn, Bc, H)
+        if B > Bc:
+            # S[Bc:B] = h0[Bc:B] @ Wh           (B-Bc, 3H) = (B-Bc, H)(H, 3H)
+            mm_step(B - Bc, GH, H, h0 + Bc * h0_ld, h0_ld, wh, wh_ld, wh_t,
+                    <floating>0, s + Bc * s_ld, s_ld)
+            gru_rows(gt + Bc * g_sn, g_sn, s + Bc * s_ld, s_ld, bx, bh, h0 + Bc * h0_ld, h0_ld,
+                     hnt + Bc * hn_sn, hn_sn, ht + Bc * h_sn, h_sn, B - Bc, H)
+        if B < M:
+            # padding: h_t[B:] = 0 (and no stale projections in the saved arrays)
+            scale_rows(ht + B * h_sn, h_sn, M - B, H, <floating>0)
+            scale_rows(gt + B * g_sn, g_sn, M - B, GH, <floating>0)
+            scale_rows(hnt + B * hn_sn, hn_sn, M - B, H, <floating>0)
+
+
+cdef struct FwdTask:   # fwd_steps' arguments, for a thread (rc_run_tasks)
+    const void *h0
+    const void *wh
+    Py_ssize_t wh_ld
+    bint wh_t
+    const void *bx
+    const void *bh
+    void *h
+    Py_ssize_t h_st, h_sn
+    void *g
+    Py_ssize_t g_st, g_sn
+    void *hn
+    Py_ssize_t hn_st, hn_sn
+    void *s
+    Py_ssize_t T, N, H
+    const Py_ssize_t *bs
+    bint reverse, f64
+    int k, P
+
+
+cdef void fwd_task(void *p) noexcept nogil:
+    cdef FwdTask *a = <FwdTask *>p
+    if a.f64:
+        fwd_steps(<const double *>a.h0, <const double *>a.wh, a.wh_ld, a.wh_t,
+                  <const double *>a.bx, <const double *>a.bh, <double *>a.h, a.h_st, a.h_sn,
+                  <double *>a.g, a.g_st, a.g_sn, <double *>a.hn, a.hn_st, a.hn_sn,
+                  <double *>a.s, a.T, a.N, a.H, a.bs, a.reverse, a.k, a.P)
+    else:
+        fwd_steps(<const float *>a.h0, <const float *>a.wh, a.wh_ld, a.wh_t,
+                  <const float *>a.bx, <const float *>a.bh, <float *>a.h, a.h_st, a.h_sn,
+                  <float *>a.g, a.g_st, a.g_sn, <float *>a.hn, a.hn_st, a.hn_sn,
+                  <float *>a.s, a.T, a.N, a.H, a.bs, a.reverse, a.k, a.P)
+
 
 cdef void forward_loop(
         const floating *x, Py_ssize_t x_ld,
@@ -174,42 +259,121 @@ cdef void forward_loop(
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
         const Py_ssize_t *bs, bint reverse) noexcept nogil:
     # s: (N, 3H) scratch for the per-step recurrent projection
-    cdef Py_ssize_t k, t, tp, B, Bc, GH = RC_GRU_G * H
-    cdef int threads
-    cdef floating *gt
-    cdef floating *hnt
-    cdef floating *ht
+    cdef Py_ssize_t GH = RC_GRU_G * H
+    cdef int threads, k, P
+    cdef FwdTask tasks[8]
     # A = x @ Wx          (T*N, 3H) = (T*N, D)(D, 3H): all steps' input projection
     mm(T * N, GH, D, <floating>1, x, x_ld, False, wx, wx_ld, wx_t, <floating>0, g, g_ld, False)
-    threads = loop_threads_begin(N * GH * H)
-    for k in range(T):
-        t = T - 1 - k if reverse else k
+    P = row_threads(N, N * GH * H, T)
+    if P == 1:
+        threads = loop_threads_begin(N * GH * H)
+        fwd_steps(h0, wh, wh_ld, wh_t, bx, bh, h, h_st, h_sn, g, g_st, g_sn, hn, hn_st, hn_sn,
+                  s, T, N, H, bs, reverse, 0, 1)
+        loop_threads_end(threads)
+        return
+    # the rows on P threads, each calling BLAS single-threaded
+    for k in range(P):
+        tasks[k] = FwdTask(h0=h0, wh=wh, wh_ld=wh_ld, wh_t=wh_t, bx=bx, bh=bh, h=h, h_st=h_st,
+                           h_sn=h_sn, g=g, g_st=g_st, g_sn=g_sn, hn=hn, hn_st=hn_st,
+                           hn_sn=hn_sn, s=s, T=T, N=N, H=H, bs=bs, reverse=reverse,
+                           f64=floating is double, k=k, P=P)
+    threads = single_open()
+    run_tasks(fwd_task, tasks, sizeof(FwdTask), P)
+    single_close(threads)
+
+
+cdef void bwd_steps(
+        const floating *dh, Py_ssize_t dh_st, Py_ssize_t dh_sn,
+        const floating *h0, const floating *wh, Py_ssize_t wh_ld, bint wh_t,
+        const floating *h, Py_ssize_t h_st, Py_ssize_t h_sn,
+        const floating *g, Py_ssize_t g_st, Py_ssize_t g_sn,
+        const floating *hn, Py_ssize_t hn_st, Py_ssize_t hn_sn,
+        floating *dg, Py_ssize_t dg_st, Py_ssize_t dg_sn,
+        floating *dan, Py_ssize_t dan_st, Py_ssize_t dan_sn, floating *carry,
+        Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+        const Py_ssize_t *bs, bint reverse, int k, int P) noexcept nogil:
+    # The reverse time loop over the rows k, k+P, ... (see fwd_steps); carry (N, H).
+    cdef Py_ssize_t i, t, tp, B, Bc, GH = RC_GRU_G * H, M = share(N, k, P)
+    cdef Py_ssize_t ldc = P * H
+    cdef floating *dgt
+    cdef floating *dant
+    dh += k * dh_sn
+    h0 += k * H
+    h += k * h_sn
+    g += k * g_sn
+    hn += k * hn_sn
+    dg += k * dg_sn
+    dan += k * dan_sn
+    carry += k * H
+    dh_sn *= P
+    h_sn *= P
+    g_sn *= P
+    hn_sn *= P
+    dg_sn *= P
+    dan_sn *= P
+    for i in range(T):
+        t = i if reverse else T - 1 - i
         tp = t + 1 if reverse else t - 1
-        B = active(bs, t, T, N)
-        # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
-        Bc = active(bs, tp, T, N)
+        B = share(active(bs, t, T, N), k, P)
+        Bc = share(active(bs, tp, T, N), k, P)
         if Bc > B:
             Bc = B
-        gt = g + t * g_st
-        hnt = hn + t * hn_st
-        ht = h + t * h_st
+        dgt = dg + t * dg_st
+        dant = dan + t * dan_st
+        # dG_t[:B], dAn_t[:B] and carry[:B] = d z, from d = dh_t + carry
         if Bc > 0:
-            # S[:Bc] = h_tp[:Bc] @ Wh           (Bc, 3H) = (Bc, H)(H, 3H)
-            mm_step(Bc, GH, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t,
-           <floating>0, s, GH)
-            gru_rows(gt, g_sn, s, GH, bx, bh, h + tp * h_st, h_sn, hnt, hn_sn, ht, h_sn, Bc, H)
+            gru_drows(dgt, dg_sn, dant, dan_sn, dh + t * dh_st, dh_sn, carry, ldc,
+                      g + t * g_st, g_sn, hn + t * hn_st, hn_sn, h + tp * h_st, h_sn, Bc, H)
         if B > Bc:
-            # S[Bc:B] = h0[Bc:B] @ Wh           (B-Bc, 3H) = (B-Bc, H)(H, 3H)
-            mm_step(B - Bc, GH, H, h0 + Bc * H, H, wh, wh_ld, wh_t,
-           <floating>0, s + Bc * GH, GH)
-            gru_rows(gt + Bc * g_sn, g_sn, s + Bc * GH, GH, bx, bh, h0 + Bc * H, H,
-                     hnt + Bc * hn_sn, hn_sn, ht + Bc * h_sn, h_sn, B - Bc, H)
-        if B < N:
-            # padding: h_t[B:] = 0 (and no stale projections in the saved arrays)
-            scale_rows(ht + B * h_sn, h_sn, N - B, H, <floating>0)
-            scale_rows(gt + B * g_sn, g_sn, N - B, GH, <floating>0)
-            scale_rows(hnt + B * hn_sn, hn_sn, N - B, H, <floating>0)
-    loop_threads_end(threads)
+            gru_drows(dgt + Bc * dg_sn, dg_sn, dant + Bc * dan_sn, dan_sn,
+                      dh + t * dh_st + Bc * dh_sn, dh_sn, carry + Bc * ldc, ldc,
+                      g + t * g_st + Bc * g_sn, g_sn, hn + t * hn_st + Bc * hn_sn, hn_sn,
+                      h0 + Bc * ldc, ldc, B - Bc, H)
+        if B < M:
+            scale_rows(dgt + B * dg_sn, dg_sn, M - B, GH, <floating>0)
+            scale_rows(dant + B * dan_sn, dan_sn, M - B, H, <floating>0)
+        # carry[:B] += dG_t[:B] @ Wh^T           (B, H) += (B, 3H)(H, 3H)^T
+        mm_step(B, H, GH, dgt, dg_sn, wh, wh_ld, not wh_t, <floating>1, carry, ldc)
+
+
+cdef struct BwdTask:   # bwd_steps' arguments, for a thread (rc_run_tasks)
+    const void *dh
+    Py_ssize_t dh_st, dh_sn
+    const void *h0
+    const void *wh
+    Py_ssize_t wh_ld
+    bint wh_t
+    const void *h
+    Py_ssize_t h_st, h_sn
+    const void *g
+    Py_ssize_t g_st, g_sn
+    const void *hn
+    Py_ssize_t hn_st, hn_sn
+    void *dg
+    Py_ssize_t dg_st, dg_sn
+    void *dan
+    Py_ssize_t dan_st, dan_sn
+    void *carry
+    Py_ssize_t T, N, H
+    const Py_ssize_t *bs
+    bint reverse, f64
+    int k, P
+
+
+cdef void bwd_task(void *p) noexcept nogil:
+    cdef BwdTask *a = <BwdTask *>p
+    if a.f64:
+        bwd_steps(<const double *>a.dh, a.dh_st, a.dh_sn, <const double *>a.h0,
+                  <const double *>a.wh, a.wh_ld, a.wh_t, <const double *>a.h, a.h_st, a.h_sn,
+                  <const double *>a.g, a.g_st, a.g_sn, <const double *>a.hn, a.hn_st,
+                  a.hn_sn, <double *>a.dg, a.dg_st, a.dg_sn, <double *>a.dan, a.dan_st,
+                  a.dan_sn, <double *>a.carry, a.T, a.N, a.H, a.bs, a.reverse, a.k, a.P)
+    else:
+        bwd_steps(<const float *>a.dh, a.dh_st, a.dh_sn, <const float *>a.h0,
+                  <const float *>a.wh, a.wh_ld, a.wh_t, <const float *>a.h, a.h_st, a.h_sn,
+                  <const float *>a.g, a.g_st, a.g_sn, <const float *>a.hn, a.hn_st,
+                  a.hn_sn, <float *>a.dg, a.dg_st, a.dg_sn, <float *>a.dan, a.dan_st,
+                  a.dan_sn, <float *>a.carry, a.T, a.N, a.H, a.bs, a.reverse, a.k, a.P)
 
 
 cdef void backward_loop(
@@ -231,38 +395,27 @@ cdef void backward_loop(
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, bint batch_major,
         const Py_ssize_t *bs, bint reverse) noexcept nogil:
     # On entry carry (N, H) holds dh_n; on exit it holds dh0.
-    cdef Py_ssize_t k, t, tp, B, Bc, R = T * N, GH = RC_GRU_G * H
-    cdef int threads
+    cdef Py_ssize_t R = T * N, GH = RC_GRU_G * H
+    cdef int threads, k, P = row_threads(N, N * GH * H, T)
     cdef Py_ssize_t nH = RC_GRU_N * H   # columns before the n block: [r | z]
     cdef Py_ssize_t dg_ld = GH, dan_ld = H   # workspaces are contiguous in their layout
-    cdef floating *dgt
-    cdef floating *dant
-    threads = loop_threads_begin(N * GH * H)
-    for k in range(T):
-        t = k if reverse else T - 1 - k
-        tp = t + 1 if reverse else t - 1
-        B = active(bs, t, T, N)
-        Bc = active(bs, tp, T, N)
-        if Bc > B:
-            Bc = B
-        dgt = dg + t * dg_st
-        dant = dan + t * dan_st
-        # dG_t[:B], dAn_t[:B] and carry[:B] = d z, from d = dh_t + carry
-        if Bc > 0:
-            gru_drows(dgt, dg_sn, dant, dan_sn, dh + t * dh_st, dh_sn, carry,
-                      g + t * g_st, g_sn, hn + t * hn_st, hn_sn, h + tp * h_st, h_sn, Bc, H)
-        if B > Bc:
-            gru_drows(dgt + Bc * dg_sn, dg_sn, dant + Bc * dan_sn, dan_sn,
-                      dh + t * dh_st + Bc * dh_sn, dh_sn, carry + Bc * H,
-                      g + t * g_st + Bc * g_sn, g_sn, hn + t * hn_st + Bc * hn_sn, hn_sn,
-                      h0 + Bc * H, H, B - Bc, H)
-        if B < N:
-            scale_rows(dgt + B * dg_sn, dg_sn, N - B, GH, <floating>0)
-            scale_rows(dant + B * dan_sn, dan_sn, N - B, H, <floating>0)
-        # carry[:B] += dG_t[:B] @ Wh^T           (B, H) += (B, 3H)(H, 3H)^T
-        mm_step(B, H, GH, dgt, dg_sn, wh, wh_ld, not wh_t,
-       <floating>1, carry, H)
-    loop_threads_end(threads)
+    cdef BwdTask tasks[8]
+    if P == 1:
+        threads = loop_threads_begin(N * GH * H)
+        bwd_steps(dh, dh_st, dh_sn, h0, wh, wh_ld, wh_t, h, h_st, h_sn, g, g_st, g_sn,
+                  hn, hn_st, hn_sn, dg, dg_st, dg_sn, dan, dan_st, dan_sn, carry,
+                  T, N, H, bs, reverse, 0, 1)
+    else:
+        for k in range(P):
+            tasks[k] = BwdTask(dh=dh, dh_st=dh_st, dh_sn=dh_sn, h0=h0, wh=wh, wh_ld=wh_ld,
+                               wh_t=wh_t, h=h, h_st=h_st, h_sn=h_sn, g=g, g_st=g_st, g_sn=g_sn,
+                               hn=hn, hn_st=hn_st, hn_sn=hn_sn, dg=dg, dg_st=dg_st,
+                               dg_sn=dg_sn, dan=dan, dan_st=dan_st, dan_sn=dan_sn,
+                               carry=carry, T=T, N=N, H=H, bs=bs, reverse=reverse,
+                               f64=floating is double, k=k, P=P)
+        threads = single_open()
+        run_tasks(bwd_task, tasks, sizeof(BwdTask), P)
+    loop_threads_end(threads)   # (closes either kind of single-thread section)
 
     # input side: x Wx + bx sees [da_r | da_z | da_n] = [dG[:, :nH] | dAn]
     if D > 0:
@@ -517,6 +670,7 @@ def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, gates, hidden_n, Py_ssize_t D, Py_ssi
     return True
 
 
-def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state):
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state,
+                       bint row_split=False):
     """Install the BLAS thread functions and the shared section state (rc_simd.h)."""
-    blas_thread_hooks(set_fn, get_fn, min_work, state)
+    blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)

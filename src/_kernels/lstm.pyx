@@ -58,7 +58,7 @@ from collections import namedtuple
 import numpy as np
 
 from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
-from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check,
+from _common cimport (active, row_threads, share, run_tasks, single_open, single_close, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
                       blas_thread_hooks, seq_empty, writable_workspace, step_weight, StepBufs, step_init, step_buf,
                       step_cell_bufs, step_release)
@@ -106,7 +106,8 @@ cdef inline void lstm_rows(floating *a, Py_ssize_t lda, const floating *b,
 
 
 cdef inline void lstm_drows(floating *dg, Py_ssize_t lddg, const floating *dh, Py_ssize_t lddh,
-                            const floating *ch, floating *cc, const floating *g, Py_ssize_t ldg,
+                            const floating *ch, floating *cc, Py_ssize_t ldcc,
+                            const floating *g, Py_ssize_t ldg,
                             const floating *c, Py_ssize_t ldc,
                             const floating *cp, Py_ssize_t ldcp,
                             Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
@@ -115,16 +116,99 @@ cdef inline void lstm_drows(floating *dg, Py_ssize_t lddg, const floating *dh, P
     # (in place when dg is g: see backward's overwrite_saved)
     if <const floating *>dg == g:
         if floating is float:
-            rc_lstm_bwd_ip_f(dg, lddg, dh, lddh, ch, H, cc, H, c, ldc, cp, ldcp, rows, H)
+            rc_lstm_bwd_ip_f(dg, lddg, dh, lddh, ch, ldcc, cc, ldcc, c, ldc, cp, ldcp, rows, H)
         else:
-            rc_lstm_bwd_ip_d(dg, lddg, dh, lddh, ch, H, cc, H, c, ldc, cp, ldcp, rows, H)
+            rc_lstm_bwd_ip_d(dg, lddg, dh, lddh, ch, ldcc, cc, ldcc, c, ldc, cp, ldcp, rows, H)
     elif floating is float:
-        rc_lstm_bwd_f(dg, lddg, dh, lddh, ch, H, cc, H, g, ldg, c, ldc, cp, ldcp, rows, H)
+        rc_lstm_bwd_f(dg, lddg, dh, lddh, ch, ldcc, cc, ldcc, g, ldg, c, ldc, cp, ldcp, rows, H)
     else:
-        rc_lstm_bwd_d(dg, lddg, dh, lddh, ch, H, cc, H, g, ldg, c, ldc, cp, ldcp, rows, H)
+        rc_lstm_bwd_d(dg, lddg, dh, lddh, ch, ldcc, cc, ldcc, g, ldg, c, ldc, cp, ldcp, rows, H)
 
 
 # ----------------------------------------------------------------- time loops
+
+cdef void fwd_steps(
+        const floating *h0, const floating *c0,
+        const floating *wh, Py_ssize_t wh_ld, bint wh_t, const floating *b,
+        floating *h, Py_ssize_t h_st, Py_ssize_t h_sn,
+        floating *c, Py_ssize_t c_st, Py_ssize_t c_sn,
+        floating *a, Py_ssize_t a_st, Py_ssize_t a_sn,
+        Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+        const Py_ssize_t *bs, bint reverse, int k, int P) noexcept nogil:
+    # The time loop over the rows k, k+P, ... of the batch (all: k=0, P=1); row r of
+    # this share is row k + r*P; active rows stay a prefix.
+    cdef Py_ssize_t i, t, tp, B, Bc, GH = RC_LSTM_GATES * H, M = share(N, k, P)
+    cdef Py_ssize_t s0_ld = P * H
+    cdef floating *at
+    cdef floating *ct
+    cdef floating *ht
+    h0 += k * H
+    c0 += k * H
+    h += k * h_sn
+    c += k * c_sn
+    a += k * a_sn
+    h_sn *= P
+    c_sn *= P
+    a_sn *= P
+    for i in range(T):
+        t = T - 1 - i if reverse else i
+        tp = t + 1 if reverse else t - 1
+        B = share(active(bs, t, T, N), k, P)
+        # rows [0, Bc) continue from step tp; rows [Bc, B) start from (h0, c0) here
+        Bc = share(active(bs, tp, T, N), k, P)
+        if Bc > B:
+            Bc = B
+        at = a + t * a_st
+        ct = c + t * c_st
+        ht = h + t * h_st
+        if Bc > 0:
+            # A_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, 4H) += (Bc, H)(H, 4H)
+            mm_step(Bc, GH, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t, <floating>1, at, a_sn)
+            lstm_rows(at, a_sn, b, c + tp * c_st, c_sn, ct, c_sn, ht, h_sn, Bc, H)
+        if B > Bc:
+            # A_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, 4H) += (B-Bc, H)(H, 4H)
+            mm_step(B - Bc, GH, H, h0 + Bc * s0_ld, s0_ld, wh, wh_ld, wh_t,
+                    <floating>1, at + Bc * a_sn, a_sn)
+            lstm_rows(at + Bc * a_sn, a_sn, b, c0 + Bc * s0_ld, s0_ld, ct + Bc * c_sn, c_sn,
+                      ht + Bc * h_sn, h_sn, B - Bc, H)
+        if B < M:
+            # padding: h_t[B:] = c_t[B:] = 0 (and no stale projections in the saved gates)
+            scale_rows(ht + B * h_sn, h_sn, M - B, H, <floating>0)
+            scale_rows(ct + B * c_sn, c_sn, M - B, H, <floating>0)
+            scale_rows(at + B * a_sn, a_sn, M - B, GH, <floating>0)
+
+
+cdef struct FwdTask:   # fwd_steps' arguments, for a thread (rc_run_tasks)
+    const void *h0
+    const void *c0
+    const void *wh
+    Py_ssize_t wh_ld
+    bint wh_t
+    const void *b
+    void *h
+    Py_ssize_t h_st, h_sn
+    void *c
+    Py_ssize_t c_st, c_sn
+    void *a
+    Py_ssize_t a_st, a_sn, T, N, H
+    const Py_ssize_t *bs
+    bint reverse, f64
+    int k, P
+
+
+cdef void fwd_task(void *p) noexcept nogil:
+    cdef FwdTask *q = <FwdTask *>p
+    if q.f64:
+        fwd_steps(<const double *>q.h0, <const double *>q.c0, <const double *>q.wh, q.wh_ld,
+                  q.wh_t, <const double *>q.b, <double *>q.h, q.h_st, q.h_sn,
+                  <double *>q.c, q.c_st, q.c_sn, <double *>q.a, q.a_st, q.a_sn,
+                  q.T, q.N, q.H, q.bs, q.reverse, q.k, q.P)
+    else:
+        fwd_steps(<const float *>q.h0, <const float *>q.c0, <const float *>q.wh, q.wh_ld,
+                  q.wh_t, <const float *>q.b, <float *>q.h, q.h_st, q.h_sn,
+                  <float *>q.c, q.c_st, q.c_sn, <float *>q.a, q.a_st, q.a_sn,
+                  q.T, q.N, q.H, q.bs, q.reverse, q.k, q.P)
+
 
 cdef void forward_loop(
         const floating *x, Py_ssize_t x_ld,
@@ -137,42 +221,110 @@ cdef void forward_loop(
         floating *a, Py_ssize_t a_ld, Py_ssize_t a_st, Py_ssize_t a_sn,
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
         const Py_ssize_t *bs, bint reverse) noexcept nogil:
-    cdef Py_ssize_t s, t, tp, B, Bc, GH = RC_LSTM_GATES * H
-    cdef int threads
-    cdef floating *at
-    cdef floating *ct
-    cdef floating *ht
+    cdef Py_ssize_t GH = RC_LSTM_GATES * H
+    cdef int threads, k, P
+    cdef FwdTask tasks[8]
     # A = x @ Wx          (T*N, 4H) = (T*N, D)(D, 4H): all steps' input projection
     mm(T * N, GH, D, <floating>1, x, x_ld, False, wx, wx_ld, wx_t, <floating>0, a, a_ld, False)
-    threads = loop_threads_begin(N * GH * H)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
+    P = row_threads(N, N * GH * H, T)
+    if P == 1:
+        threads = loop_threads_begin(N * GH * H)
+        fwd_steps(h0, c0, wh, wh_ld, wh_t, b, h, h_st, h_sn, c, c_st, c_sn, a, a_st, a_sn,
+                  T, N, H, bs, reverse, 0, 1)
+        loop_threads_end(threads)
+        return
+    # the rows on P threads, each calling BLAS single-threaded
+    for k in range(P):
+        tasks[k] = FwdTask(h0=h0, c0=c0, wh=wh, wh_ld=wh_ld, wh_t=wh_t, b=b, h=h, h_st=h_st,
+                           h_sn=h_sn, c=c, c_st=c_st, c_sn=c_sn, a=a, a_st=a_st, a_sn=a_sn,
+                           T=T, N=N, H=H, bs=bs, reverse=reverse, f64=floating is double,
+                           k=k, P=P)
+    threads = single_open()
+    run_tasks(fwd_task, tasks, sizeof(FwdTask), P)
+    single_close(threads)
+
+
+cdef void bwd_steps(
+        const floating *dh, Py_ssize_t dh_st, Py_ssize_t dh_sn,
+        const floating *c0, const floating *wh, Py_ssize_t wh_ld, bint wh_t,
+        const floating *c, Py_ssize_t c_st, Py_ssize_t c_sn,
+        const floating *g, Py_ssize_t g_st, Py_ssize_t g_sn,
+        floating *dg, Py_ssize_t dg_st, Py_ssize_t dg_sn,
+        floating *carry_h, floating *carry_c,
+        Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+        const Py_ssize_t *bs, bint reverse, int k, int P) noexcept nogil:
+    # The reverse time loop over the rows k, k+P, ... (see fwd_steps); carries (N, H).
+    cdef Py_ssize_t i, t, tp, B, Bc, GH = RC_LSTM_GATES * H, M = share(N, k, P)
+    cdef Py_ssize_t ldc = P * H
+    cdef floating *dgt
+    dh += k * dh_sn
+    c0 += k * H
+    c += k * c_sn
+    g += k * g_sn
+    dg += k * dg_sn
+    carry_h += k * H
+    carry_c += k * H
+    dh_sn *= P
+    c_sn *= P
+    g_sn *= P
+    dg_sn *= P
+    for i in range(T):
+        t = i if reverse else T - 1 - i
         tp = t + 1 if reverse else t - 1
-        B = active(bs, t, T, N)
-        # rows [0, Bc) continue from step tp; rows [Bc, B) start from (h0, c0) here
-        Bc = active(bs, tp, T, N)
+        B = share(active(bs, t, T, N), k, P)
+        Bc = share(active(bs, tp, T, N), k, P)
         if Bc > B:
             Bc = B
-        at = a + t * a_st
-        ct = c + t * c_st
-        ht = h + t * h_st
+        dgt = dg + t * dg_st
+        # dA_t[:B] and carry_c[:B] from (dh_t + carry_h), the gates, c_t and c_prev
         if Bc > 0:
-            # A_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, 4H) += (Bc, H)(H, 4H)
-            mm_step(Bc, GH, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t,
-           <floating>1, at, a_sn)
-            lstm_rows(at, a_sn, b, c + tp * c_st, c_sn, ct, c_sn, ht, h_sn, Bc, H)
+            lstm_drows(dgt, dg_sn, dh + t * dh_st, dh_sn, carry_h, carry_c, ldc,
+                       g + t * g_st, g_sn, c + t * c_st, c_sn, c + tp * c_st, c_sn, Bc, H)
         if B > Bc:
-            # A_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, 4H) += (B-Bc, H)(H, 4H)
-            mm_step(B - Bc, GH, H, h0 + Bc * H, H, wh, wh_ld, wh_t,
-           <floating>1, at + Bc * a_sn, a_sn)
-            lstm_rows(at + Bc * a_sn, a_sn, b, c0 + Bc * H, H, ct + Bc * c_sn, c_sn,
-                      ht + Bc * h_sn, h_sn, B - Bc, H)
-        if B < N:
-            # padding: h_t[B:] = c_t[B:] = 0 (and no stale projections in the saved gates)
-            scale_rows(ht + B * h_sn, h_sn, N - B, H, <floating>0)
-            scale_rows(ct + B * c_sn, c_sn, N - B, H, <floating>0)
-            scale_rows(at + B * a_sn, a_sn, N - B, GH, <floating>0)
-    loop_threads_end(threads)
+            lstm_drows(dgt + Bc * dg_sn, dg_sn, dh + t * dh_st + Bc * dh_sn, dh_sn,
+                       carry_h + Bc * ldc, carry_c + Bc * ldc, ldc, g + t * g_st + Bc * g_sn,
+                       g_sn, c + t * c_st + Bc * c_sn, c_sn, c0 + Bc * ldc, ldc, B - Bc, H)
+        if B < M:
+            scale_rows(dgt + B * dg_sn, dg_sn, M - B, GH, <floating>0)
+        # carry_h[:B] = dA_t[:B] @ Wh^T          (B, H) = (B, 4H)(H, 4H)^T
+        mm_step(B, H, GH, dgt, dg_sn, wh, wh_ld, not wh_t, <floating>0, carry_h, ldc)
+
+
+cdef struct BwdTask:   # bwd_steps' arguments, for a thread (rc_run_tasks)
+    const void *dh
+    Py_ssize_t dh_st, dh_sn
+    const void *c0
+    const void *wh
+    Py_ssize_t wh_ld
+    bint wh_t
+    const void *c
+    Py_ssize_t c_st, c_sn
+    const void *g
+    Py_ssize_t g_st, g_sn
+    void *dg
+    Py_ssize_t dg_st, dg_sn
+    void *carry_h
+    void *carry_c
+    Py_ssize_t T, N, H
+    const Py_ssize_t *bs
+    bint reverse, f64
+    int k, P
+
+
+cdef void bwd_task(void *p) noexcept nogil:
+    cdef BwdTask *q = <BwdTask *>p
+    if q.f64:
+        bwd_steps(<const double *>q.dh, q.dh_st, q.dh_sn, <const double *>q.c0,
+                  <const double *>q.wh, q.wh_ld, q.wh_t, <const double *>q.c, q.c_st, q.c_sn,
+                  <const double *>q.g, q.g_st, q.g_sn, <double *>q.dg, q.dg_st, q.dg_sn,
+                  <double *>q.carry_h, <double *>q.carry_c, q.T, q.N, q.H, q.bs, q.reverse,
+                  q.k, q.P)
+    else:
+        bwd_steps(<const float *>q.dh, q.dh_st, q.dh_sn, <const float *>q.c0,
+                  <const float *>q.wh, q.wh_ld, q.wh_t, <const float *>q.c, q.c_st, q.c_sn,
+                  <const float *>q.g, q.g_st, q.g_sn, <float *>q.dg, q.dg_st, q.dg_sn,
+                  <float *>q.carry_h, <float *>q.carry_c, q.T, q.N, q.H, q.bs, q.reverse,
+                  q.k, q.P)
 
 
 cdef void backward_loop(
@@ -193,33 +345,24 @@ cdef void backward_loop(
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, bint batch_major,
         const Py_ssize_t *bs, bint reverse) noexcept nogil:
     # On entry the carries (N, H) hold (dh_n, dc_n); on exit (dh0, dc0).
-    cdef Py_ssize_t s, t, tp, B, Bc, R = T * N, GH = RC_LSTM_GATES * H
-    cdef int threads
+    cdef Py_ssize_t R = T * N, GH = RC_LSTM_GATES * H
+    cdef int threads, k, P = row_threads(N, N * GH * H, T)
     cdef Py_ssize_t dg_ld = GH   # dg is contiguous in its own layout
-    cdef floating *dgt
-    threads = loop_threads_begin(N * GH * H)
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        tp = t + 1 if reverse else t - 1
-        B = active(bs, t, T, N)
-        Bc = active(bs, tp, T, N)
-        if Bc > B:
-            Bc = B
-        dgt = dg + t * dg_st
-        # dA_t[:B] and carry_c[:B] from (dh_t + carry_h), the gates, c_t and c_prev
-        if Bc > 0:
-            lstm_drows(dgt, dg_sn, dh + t * dh_st, dh_sn, carry_h, carry_c,
-                       g + t * g_st, g_sn, c + t * c_st, c_sn, c + tp * c_st, c_sn, Bc, H)
-        if B > Bc:
-            lstm_drows(dgt + Bc * dg_sn, dg_sn, dh + t * dh_st + Bc * dh_sn, dh_sn,
-                       carry_h + Bc * H, carry_c + Bc * H, g + t * g_st + Bc * g_sn, g_sn,
-                       c + t * c_st + Bc * c_sn, c_sn, c0 + Bc * H, H, B - Bc, H)
-        if B < N:
-            scale_rows(dgt + B * dg_sn, dg_sn, N - B, GH, <floating>0)
-        # carry_h[:B] = dA_t[:B] @ Wh^T          (B, H) = (B, 4H)(H, 4H)^T
-        mm_step(B, H, GH, dgt, dg_sn, wh, wh_ld, not wh_t,
-       <floating>0, carry_h, H)
-    loop_threads_end(threads)
+    cdef BwdTask tasks[8]
+    if P == 1:
+        threads = loop_threads_begin(N * GH * H)
+        bwd_steps(dh, dh_st, dh_sn, c0, wh, wh_ld, wh_t, c, c_st, c_sn, g, g_st, g_sn,
+                  dg, dg_st, dg_sn, carry_h, carry_c, T, N, H, bs, reverse, 0, 1)
+    else:
+        for k in range(P):
+            tasks[k] = BwdTask(dh=dh, dh_st=dh_st, dh_sn=dh_sn, c0=c0, wh=wh, wh_ld=wh_ld,
+                               wh_t=wh_t, c=c, c_st=c_st, c_sn=c_sn, g=g, g_st=g_st, g_sn=g_sn,
+                               dg=dg, dg_st=dg_st, dg_sn=dg_sn, carry_h=carry_h,
+                               carry_c=carry_c, T=T, N=N, H=H, bs=bs, reverse=reverse,
+                               f64=floating is double, k=k, P=P)
+        threads = single_open()
+        run_tasks(bwd_task, tasks, sizeof(BwdTask), P)
+    loop_threads_end(threads)   # (closes either kind of single-thread section)
 
     # dx = dA @ Wx^T                              (R, D) = (R, 4H)(D, 4H)^T
     mm(R, D, GH, <floating>1, dg, dg_ld, False, wx, wx_ld, not wx_t, <floating>0, dx, dx_ld, False)
@@ -450,6 +593,7 @@ def step(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, Py_ssize_t D, Py_ssize_
     return True
 
 
-def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state):
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state,
+                       bint row_split=False):
     """Install the BLAS thread functions and the shared section state (rc_simd.h)."""
-    blas_thread_hooks(set_fn, get_fn, min_work, state)
+    blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)

@@ -44,7 +44,7 @@ from libc.string cimport memcpy
 import numpy as np
 
 from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
-from _common cimport (active, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
+from _common cimport (active, row_threads, share, run_tasks, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
                       check_batch_sizes, loop_threads_begin, loop_threads_end,
                       blas_thread_hooks, single_open, single_close, seq_empty, step_weight,
                       StepBufs, step_init, step_cell_bufs, step_release)
@@ -74,16 +74,80 @@ cdef inline void act_rows(floating *z, Py_ssize_t ldz, const floating *b, Py_ssi
 
 
 cdef inline void dz_rows(floating *dz, Py_ssize_t lddz, const floating *dh, Py_ssize_t lddh,
-                         const floating *carry, const floating *h, Py_ssize_t ldh,
-                         Py_ssize_t rows, Py_ssize_t H, bint relu) noexcept nogil:
+                         const floating *carry, Py_ssize_t ldc, const floating *h,
+                         Py_ssize_t ldh, Py_ssize_t rows, Py_ssize_t H, bint relu) noexcept nogil:
     # dz = (dh + carry) * act'(h)    act' = 1 - h^2 (tanh) or [h > 0] (relu)
     if floating is float:
-        rc_rnn_dz_f(dz, lddz, dh, lddh, carry, H, h, ldh, rows, H, relu)
+        rc_rnn_dz_f(dz, lddz, dh, lddh, carry, ldc, h, ldh, rows, H, relu)
     else:
-        rc_rnn_dz_d(dz, lddz, dh, lddh, carry, H, h, ldh, rows, H, relu)
+        rc_rnn_dz_d(dz, lddz, dh, lddh, carry, ldc, h, ldh, rows, H, relu)
 
 
 # ----------------------------------------------------------------- time loops
+
+cdef void fwd_steps(
+        const floating *h0, Py_ssize_t h0_ld,
+        const floating *wh, Py_ssize_t wh_ld, bint wh_t,
+        const floating *b,
+        floating *h, Py_ssize_t h_st, Py_ssize_t h_sn,
+        Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+        const Py_ssize_t *bs, bint relu, bint reverse, int k, int P) noexcept nogil:
+    # The time loop over the rows k, k+P, ... of the batch (all of them: k=0, P=1).
+    # Row r of this share is row k + r*P of the batch; active rows stay a prefix.
+    cdef Py_ssize_t s, t, tp, B, Bc, M = share(N, k, P)
+    cdef floating *ht
+    h0 += k * h0_ld
+    h += k * h_sn
+    h0_ld *= P
+    h_sn *= P
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        tp = t + 1 if reverse else t - 1
+        B = share(active(bs, t, T, N), k, P)
+        # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
+        Bc = share(active(bs, tp, T, N), k, P)
+        if Bc > B:
+            Bc = B
+        ht = h + t * h_st
+        if Bc > 0:
+            # h_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, H) += (Bc, H)(H, H)
+            mm_step(Bc, H, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t, <floating>1, ht, h_sn)
+        if B > Bc:
+            # h_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, H) += (B-Bc, H)(H, H)
+            mm_step(B - Bc, H, H, h0 + Bc * h0_ld, h0_ld, wh, wh_ld, wh_t,
+                    <floating>1, ht + Bc * h_sn, h_sn)
+        # h_t[:B] = act(h_t[:B] + b)
+        act_rows(ht, h_sn, b, B, H, relu)
+        if B < M:
+            # padding: h_t[B:] = 0
+            scale_rows(ht + B * h_sn, h_sn, M - B, H, <floating>0)
+
+
+cdef struct FwdTask:   # fwd_steps' arguments, for a thread (rc_run_tasks)
+    const void *h0
+    Py_ssize_t h0_ld
+    const void *wh
+    Py_ssize_t wh_ld
+    bint wh_t
+    const void *b
+    void *h
+    Py_ssize_t h_st, h_sn, T, N, H
+    const Py_ssize_t *bs
+    bint relu, reverse, f64
+    int k, P
+
+
+cdef void fwd_task(void *p) noexcept nogil:
+    cdef FwdTask *a = <FwdTask *>p
+    if a.f64:
+        fwd_steps(<const double *>a.h0, a.h0_ld, <const double *>a.wh, a.wh_ld, a.wh_t,
+                  <const double *>a.b, <double *>a.h, a.h_st, a.h_sn, a.T, a.N, a.H,
+                  a.bs, a.relu, a.reverse, a.k, a.P)
+    else:
+        fwd_steps(<const float *>a.h0, a.h0_ld, <const float *>a.wh, a.wh_ld, a.wh_t,
+                  <const float *>a.b, <float *>a.h, a.h_st, a.h_sn, a.T, a.N, a.H,
+                  a.bs, a.relu, a.reverse, a.k, a.P)
+
 
 cdef void forward_loop(
         const floating *x, Py_ssize_t x_ld,
@@ -94,35 +158,84 @@ cdef void forward_loop(
         floating *h, Py_ssize_t h_ld, Py_ssize_t h_st, Py_ssize_t h_sn,
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
         const Py_ssize_t *bs, bint relu, bint reverse) noexcept nogil:
-    cdef Py_ssize_t s, t, tp, B, Bc
-    cdef floating *ht
-    cdef int threads
+    cdef int threads, k, P
+    cdef FwdTask tasks[8]
     # h = x @ Wx          (T*N, H) = (T*N, D)(D, H): all steps' input projection
     mm(T * N, H, D, <floating>1, x, x_ld, False, wx, wx_ld, wx_t, <floating>0, h, h_ld, False)
-    threads = loop_threads_begin(N * H * H)
+    P = row_threads(N, N * H * H, T)
+    if P == 1:
+        threads = loop_threads_begin(N * H * H)
+        fwd_steps(h0, h0_ld, wh, wh_ld, wh_t, b, h, h_st, h_sn, T, N, H, bs, relu, reverse, 0, 1)
+        loop_threads_end(threads)
+        return
+    # the rows on P threads, each calling BLAS single-threaded
+    for k in range(P):
+        tasks[k] = FwdTask(h0=h0, h0_ld=h0_ld, wh=wh, wh_ld=wh_ld, wh_t=wh_t, b=b, h=h,
+                           h_st=h_st, h_sn=h_sn, T=T, N=N, H=H, bs=bs, relu=relu,
+                           reverse=reverse, f64=floating is double, k=k, P=P)
+    threads = single_open()
+    run_tasks(fwd_task, tasks, sizeof(FwdTask), P)
+    single_close(threads)
+
+
+cdef void bwd_steps(
+        const floating *dh, Py_ssize_t dh_st, Py_ssize_t dh_sn,
+        const floating *wh, Py_ssize_t wh_ld, bint wh_t,
+        const floating *h, Py_ssize_t h_st, Py_ssize_t h_sn,
+        floating *dz, Py_ssize_t dz_st, Py_ssize_t dz_sn, floating *carry,
+        Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+        const Py_ssize_t *bs, bint relu, bint reverse, int k, int P) noexcept nogil:
+    # The reverse time loop over the rows k, k+P, ... (see fwd_steps); carry (N, H).
+    cdef Py_ssize_t s, t, B, M = share(N, k, P), ldc = P * H
+    cdef floating *dzt
+    dh += k * dh_sn
+    h += k * h_sn
+    dz += k * dz_sn
+    carry += k * H
+    dh_sn *= P
+    h_sn *= P
+    dz_sn *= P
     for s in range(T):
-        t = T - 1 - s if reverse else s
-        tp = t + 1 if reverse else t - 1
-        B = active(bs, t, T, N)
-        # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
-        Bc = active(bs, tp, T, N)
-        if Bc > B:
-            Bc = B
-        ht = h + t * h_st
-        if Bc > 0:
-            # h_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, H) += (Bc, H)(H, H)
-            mm_step(Bc, H, H, h + tp * h_st, h_sn, wh, wh_ld, wh_t,
-           <floating>1, ht, h_sn)
-        if B > Bc:
-            # h_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, H) += (B-Bc, H)(H, H)
-            mm_step(B - Bc, H, H, h0 + Bc * h0_ld, h0_ld, wh, wh_ld, wh_t,
-           <floating>1, ht + Bc * h_sn, h_sn)
-        # h_t[:B] = act(h_t[:B] + b)
-        act_rows(ht, h_sn, b, B, H, relu)
-        if B < N:
-            # padding: h_t[B:] = 0
-            scale_rows(ht + B * h_sn, h_sn, N - B, H, <floating>0)
-    loop_threads_end(threads)
+        t = s if reverse else T - 1 - s
+        B = share(active(bs, t, T, N), k, P)
+        dzt = dz + t * dz_st
+        # dz_t[:B] = (dh_t[:B] + carry[:B]) * act'(h_t[:B])
+        dz_rows(dzt, dz_sn, dh + t * dh_st, dh_sn, carry, ldc, h + t * h_st, h_sn, B, H, relu)
+        if B < M:
+            scale_rows(dzt + B * dz_sn, dz_sn, M - B, H, <floating>0)
+        # carry[:B] = dz_t[:B] @ Wh^T            (B, H) = (B, H)(H, H)^T
+        mm_step(B, H, H, dzt, dz_sn, wh, wh_ld, not wh_t, <floating>0, carry, ldc)
+
+
+cdef struct BwdTask:   # bwd_steps' arguments, for a thread (rc_run_tasks)
+    const void *dh
+    Py_ssize_t dh_st, dh_sn
+    const void *wh
+    Py_ssize_t wh_ld
+    bint wh_t
+    const void *h
+    Py_ssize_t h_st, h_sn
+    void *dz
+    Py_ssize_t dz_st, dz_sn
+    void *carry
+    Py_ssize_t T, N, H
+    const Py_ssize_t *bs
+    bint relu, reverse, f64
+    int k, P
+
+
+cdef void bwd_task(void *p) noexcept nogil:
+    cdef BwdTask *a = <BwdTask *>p
+    if a.f64:
+        bwd_steps(<const double *>a.dh, a.dh_st, a.dh_sn, <const double *>a.wh, a.wh_ld,
+                  a.wh_t, <const double *>a.h, a.h_st, a.h_sn, <double *>a.dz, a.dz_st,
+                  a.dz_sn, <double *>a.carry, a.T, a.N, a.H, a.bs, a.relu, a.reverse,
+                  a.k, a.P)
+    else:
+        bwd_steps(<const float *>a.dh, a.dh_st, a.dh_sn, <const float *>a.wh, a.wh_ld,
+                  a.wh_t, <const float *>a.h, a.h_st, a.h_sn, <float *>a.dz, a.dz_st,
+                  a.dz_sn, <float *>a.carry, a.T, a.N, a.H, a.bs, a.relu, a.reverse,
+                  a.k, a.P)
 
 
 cdef void backward_loop(
@@ -141,22 +254,24 @@ cdef void backward_loop(
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, bint batch_major,
         const Py_ssize_t *bs, bint relu, bint reverse) noexcept nogil:
     # On entry carry (N, H) holds dh_n; on exit it holds dh0.
-    cdef Py_ssize_t s, t, B, R = T * N
+    cdef Py_ssize_t R = T * N
     cdef Py_ssize_t dz_ld = H   # dz is contiguous in its own layout
-    cdef floating *dzt
-    cdef int threads = loop_threads_begin(N * H * H)
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        B = active(bs, t, T, N)
-        dzt = dz + t * dz_st
-        # dz_t[:B] = (dh_t[:B] + carry[:B]) * act'(h_t[:B])
-        dz_rows(dzt, dz_sn, dh + t * dh_st, dh_sn, carry, h + t * h_st, h_sn, B, H, relu)
-        if B < N:
-            scale_rows(dzt + B * dz_sn, dz_sn, N - B, H, <floating>0)
-        # carry[:B] = dz_t[:B] @ Wh^T            (B, H) = (B, H)(H, H)^T
-        mm_step(B, H, H, dzt, dz_sn, wh, wh_ld, not wh_t,
-       <floating>0, carry, H)
-    loop_threads_end(threads)
+    cdef int threads, k, P = row_threads(N, N * H * H, T)
+    cdef BwdTask tasks[8]
+    if P == 1:
+        threads = loop_threads_begin(N * H * H)
+        bwd_steps(dh, dh_st, dh_sn, wh, wh_ld, wh_t, h, h_st, h_sn, dz, dz_st, dz_sn, carry,
+                  T, N, H, bs, relu, reverse, 0, 1)
+        loop_threads_end(threads)
+    else:
+        for k in range(P):
+            tasks[k] = BwdTask(dh=dh, dh_st=dh_st, dh_sn=dh_sn, wh=wh, wh_ld=wh_ld, wh_t=wh_t,
+                               h=h, h_st=h_st, h_sn=h_sn, dz=dz, dz_st=dz_st, dz_sn=dz_sn,
+                               carry=carry, T=T, N=N, H=H, bs=bs, relu=relu,
+                               reverse=reverse, f64=floating is double, k=k, P=P)
+        threads = single_open()
+        run_tasks(bwd_task, tasks, sizeof(BwdTask), P)
+        single_close(threads)
 
     # dx = dz @ Wx^T                              (R, D) = (R, H)(H, D)
     mm(R, D, H, <floating>1, dz, dz_ld, False, wx, wx_ld, not wx_t, <floating>0, dx, dx_ld, False)
@@ -333,9 +448,15 @@ def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, Py_ssize_t D, Py_ssize_t H, bint relu
     return True
 
 
-def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state):
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state,
+                       bint row_split=False):
     """Install the BLAS thread functions and the shared section state (rc_simd.h)."""
-    blas_thread_hooks(set_fn, get_fn, min_work, state)
+    blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
+
+
+def _row_threads(Py_ssize_t N, long long work, Py_ssize_t T):
+    """How many threads a time loop of T steps, N rows, `work` multiply-adds per step uses."""
+    return row_threads(N, work, T)
 
 
 def _single_thread_open():

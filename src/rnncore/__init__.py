@@ -25,7 +25,7 @@ _select_blas_kernels()  # before the kernels load SciPy's BLAS; see rnncore._con
 from . import cells, charlm, functional, losses, nn, optim, reference  # noqa: E402
 from .cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from ._config import show_config, threadpool_limits  # noqa: E402
-from ._threads import set_loop_parallel_min, set_parallel_directions  # noqa: E402
+from ._threads import set_loop_parallel_min, set_parallel_directions, set_row_split  # noqa: E402
 
 from . import _threads  # noqa: E402
 
@@ -41,5 +41,6 @@ __all__ = [
     "clip_grad_norm_", "clip_grad_value_", "gradcheck",
     "save", "load", "load_checkpoint",
     "show_config", "threadpool_limits", "set_parallel_directions", "set_loop_parallel_min",
+    "set_row_split",
     "__version__",
 ]

@@ -23,6 +23,22 @@ processes and other libraries are unaffected. Intel CPUs are left alone
 Zen 4 OpenBLAS already selects SkylakeX, so the override changes nothing.
 :func:`show_config` reports the architecture OpenBLAS actually selected and
 warns when an AVX-512 machine runs the AVX2 kernels.
+
+BLAS thread timeout
+-------------------
+After every call OpenBLAS's worker threads spin, waiting for the next one,
+for ``2**OPENBLAS_THREAD_TIMEOUT`` cycles (default 2**28, about 0.1 s). The
+kernels' time loops can run the rows of a batch on several threads of their
+own (see ``rc_row_threads`` in rc_simd.h); with the BLAS workers spinning
+next to them on the same cores that was slower than one thread (0.75x on 2
+cores), with the workers asleep 1.2-1.9x faster. So, under the same
+conditions as above (SciPy's BLAS not loaded yet, the variable not set by the
+user, no ``RNNCORE_NO_THREAD_TIMEOUT=1``; any CPU), rnncore loads SciPy's BLAS
+with ``OPENBLAS_THREAD_TIMEOUT=4`` (the workers sleep right after a call and
+are woken by the next threaded one, a few microseconds) and restores the
+environment. Loops split rows only when the timeout is short (ours, or a
+user's value <= 12); otherwise they keep running on one thread. NumPy's own
+OpenBLAS copy is not affected.
 """
 from __future__ import annotations
 
@@ -58,36 +74,98 @@ def _cpu_info():
 def _blas_already_loaded() -> bool:
     if "scipy.linalg" in sys.modules or "scipy.linalg.cython_blas" in sys.modules:
         return True
+    # SciPy's wheels bundle libscipy_openblas-<hash>.so; NumPy's (loaded first
+    # in most programs) is the separate ILP64 copy libscipy_openblas64_-<hash>.so
     try:
         with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
-            return "libscipy_openblas" in f.read()
+            return any("libscipy_openblas" in line and "openblas64" not in line
+                       for line in f)
     except OSError:  # pragma: no cover - non-Linux
         return False
 
 
-def select_blas_kernels() -> None:
-    """Load SciPy's BLAS with the right CPU kernels (see the module docstring)."""
-    state = _CORETYPE_STATE
+#: OPENBLAS_THREAD_TIMEOUT rnncore loads SciPy's BLAS with (see the module docstring)
+THREAD_TIMEOUT = "4"
+#: the largest user-set OPENBLAS_THREAD_TIMEOUT with which time loops still split rows
+_SPLIT_MAX_TIMEOUT = 12
+_TIMEOUT_STATE = {"short": False, "reason": "not evaluated"}
+
+
+def _coretype_wanted(state) -> bool:
     if os.environ.get("RNNCORE_NO_CORETYPE", "") not in ("", "0"):
         state["reason"] = "disabled by RNNCORE_NO_CORETYPE"
-        return
+        return False
     if "OPENBLAS_CORETYPE" in os.environ:
         state["reason"] = f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} set by the user"
-        return
+        return False
     vendor, _, flags = _cpu_info()
     if vendor != "AuthenticAMD" or not all(f in flags for f in _AVX512_NEEDED):
         state["reason"] = "not needed on this CPU"
+        return False
+    return True
+
+
+def _timeout_wanted(state) -> bool:
+    if os.environ.get("RNNCORE_NO_THREAD_TIMEOUT", "") not in ("", "0"):
+        state["reason"] = "disabled by RNNCORE_NO_THREAD_TIMEOUT"
+        return False
+    given = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    if given is not None:
+        try:
+            state["short"] = int(given) <= _SPLIT_MAX_TIMEOUT
+        except ValueError:
+            state["short"] = False
+        state["reason"] = f"OPENBLAS_THREAD_TIMEOUT={given} set by the user"
+        return False
+    return True
+
+
+def select_blas_kernels() -> None:
+    """Load SciPy's BLAS with the right CPU kernels and a short thread timeout.
+
+    See the module docstring. Both environment variables are set only while
+    SciPy's BLAS loads, only if it is not loaded yet and the user has not set
+    them (or opted out); the environment is restored right after.
+    """
+    env = {}
+    if _coretype_wanted(_CORETYPE_STATE):
+        env["OPENBLAS_CORETYPE"] = "SkylakeX"
+    if _timeout_wanted(_TIMEOUT_STATE):
+        env["OPENBLAS_THREAD_TIMEOUT"] = THREAD_TIMEOUT
+    if not env:
         return
     if _blas_already_loaded():
-        state["reason"] = "SciPy's BLAS was loaded before rnncore; cannot change its kernels"
+        msg = "SciPy's BLAS was loaded before rnncore; cannot change its {}"
+        if "OPENBLAS_CORETYPE" in env:
+            _CORETYPE_STATE["reason"] = msg.format("kernels")
+        if "OPENBLAS_THREAD_TIMEOUT" in env:
+            _TIMEOUT_STATE["reason"] = msg.format("thread timeout")
         return
-    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    os.environ.update(env)
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (loads libscipy_openblas now)
     finally:
-        del os.environ["OPENBLAS_CORETYPE"]
-    state["applied"] = True
-    state["reason"] = "OPENBLAS_CORETYPE=SkylakeX applied while loading SciPy's BLAS (AMD AVX-512 CPU)"
+        for k in env:
+            del os.environ[k]
+    if "OPENBLAS_CORETYPE" in env:
+        _CORETYPE_STATE["applied"] = True
+        _CORETYPE_STATE["reason"] = ("OPENBLAS_CORETYPE=SkylakeX applied while loading SciPy's "
+                                     "BLAS (AMD AVX-512 CPU)")
+    if "OPENBLAS_THREAD_TIMEOUT" in env:
+        _TIMEOUT_STATE["short"] = True
+        _TIMEOUT_STATE["reason"] = (f"OPENBLAS_THREAD_TIMEOUT={THREAD_TIMEOUT} applied while "
+                                    "loading SciPy's BLAS")
+
+
+def row_split_allowed() -> bool:
+    """Whether SciPy's BLAS threads sleep right after a call (short thread timeout).
+
+    Only then may the kernels' time loops run the batch rows on several
+    threads: BLAS workers spinning for their default ~0.1 s after every call
+    would compete with them for the cores (measured: 0.75x instead of 1.2-1.9x
+    on 2 cores).
+    """
+    return bool(_TIMEOUT_STATE["short"])
 
 
 def _blas_info():
@@ -118,7 +196,8 @@ def show_config(file=None) -> dict:
 
     from . import __version__
     from ._kernels import simd
-    from ._threads import LOOP_PARALLEL_MIN, loop_policy_active, parallel_directions_enabled
+    from ._threads import (LOOP_PARALLEL_MIN, loop_policy_active, parallel_directions_enabled,
+                           row_split_enabled)
 
     vendor, model, flags = _cpu_info()
     blas = _blas_info()
@@ -136,9 +215,11 @@ def show_config(file=None) -> dict:
         "blas_architecture": blas.get("architecture") if blas else None,
         "blas_threads": blas.get("num_threads") if blas else None,
         "blas_coretype_override": _CORETYPE_STATE["reason"],
+        "blas_thread_timeout": _TIMEOUT_STATE["reason"],
         "parallel_directions": parallel_directions_enabled(),
         "loop_single_thread_below": (f"{LOOP_PARALLEL_MIN} multiply-adds per step"
                                      if loop_policy_active() else "off"),
+        "loop_row_split": row_split_enabled(),
     }
     warnings = []
     avx512 = all(f in flags for f in _AVX512_NEEDED)

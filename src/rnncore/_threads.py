@@ -38,6 +38,8 @@ PARALLEL_MIN_WORK = 2_000_000
 #: per-step multiply-adds (N * G*H * H) from which a time loop keeps BLAS's threads
 LOOP_PARALLEL_MIN = 4_000_000
 _HOOKS = None
+#: time loops may split batch rows over threads (when rnncore._config allows it)
+_ROW_SPLIT = None
 
 
 def _find_blas_thread_functions():
@@ -90,7 +92,38 @@ def set_loop_parallel_min(work: int) -> None:
     else:
         set_addr = get_addr = state_addr = 0
     for mod in (rnn, gru, lstm):
-        mod._blas_thread_hooks(set_addr, get_addr, LOOP_PARALLEL_MIN, state_addr)
+        mod._blas_thread_hooks(set_addr, get_addr, LOOP_PARALLEL_MIN, state_addr,
+                               row_split_enabled())
+
+
+def set_row_split(enabled: bool) -> None:
+    """Let time loops run the rows of a batch on several threads (default: when allowed).
+
+    A loop splits its rows over min(BLAS threads, 8, N/4) threads when its
+    per-step product is between ~2M/T and 32M multiply-adds; each thread then
+    calls BLAS single-threaded. Allowed only when SciPy's BLAS workers sleep
+    right after a call (``rnncore._config.row_split_allowed``): enabling it
+    otherwise raises RuntimeError. ``threadpool_limits(1)`` also keeps loops
+    on one thread.
+    """
+    global _ROW_SPLIT
+    from ._config import row_split_allowed
+
+    if enabled and not row_split_allowed():
+        raise RuntimeError("row-split time loops need SciPy's OpenBLAS loaded with a short "
+                           "OPENBLAS_THREAD_TIMEOUT (import rnncore before scipy.linalg, or "
+                           "set OPENBLAS_THREAD_TIMEOUT=4 before starting Python)")
+    _ROW_SPLIT = bool(enabled)
+    set_loop_parallel_min(LOOP_PARALLEL_MIN)
+
+
+def row_split_enabled() -> bool:
+    """Whether time loops may split the rows of a batch over threads."""
+    global _ROW_SPLIT
+    if _ROW_SPLIT is None:
+        from ._config import row_split_allowed
+        _ROW_SPLIT = row_split_allowed()
+    return bool(_HOOKS) and _ROW_SPLIT
 
 
 def loop_policy_active() -> bool:

@@ -1,0 +1,151 @@
+"""BLAS loading (_config: kernel selection, thread timeout) and row-split time loops."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rnncore
+from rnncore import _config, _threads
+from rnncore._kernels import rnn as K
+
+from conftest import assert_close_f64
+
+PROBE = r"""
+import json, os, sys
+{pre}
+import rnncore
+from rnncore import _config, _threads
+env_after = {{k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT")}}
+try:
+    rnncore.set_row_split(True)
+    forced = "ok"
+except RuntimeError as e:
+    forced = str(e)
+print(json.dumps(dict(timeout=_config._TIMEOUT_STATE, coretype=_config._CORETYPE_STATE,
+                      split=_threads.row_split_enabled(), env_after=env_after, forced=forced)))
+"""
+
+
+def probe(pre="", **env):
+    """Import rnncore in a fresh interpreter (after `pre`) and report the BLAS load state."""
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT", "RNNCORE_NO_CORETYPE",
+                      "RNNCORE_NO_THREAD_TIMEOUT")}
+    e.update(env)
+    out = subprocess.run([sys.executable, "-c", PROBE.format(pre=pre)], env=e,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_short_thread_timeout_applied_even_after_numpy_and_environment_restored():
+    # NumPy's own OpenBLAS copy (libscipy_openblas64_) being loaded first must not
+    # count as SciPy's BLAS being loaded (it did, which disabled both settings).
+    r = probe(pre="import numpy")
+    assert r["timeout"]["short"] is True, r
+    assert "applied" in r["timeout"]["reason"]
+    assert r["split"] is True and r["forced"] == "ok"
+    assert r["env_after"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_THREAD_TIMEOUT": None}
+    assert "loaded before" not in r["coretype"]["reason"], r
+
+
+def test_blas_loaded_before_rnncore_keeps_loops_on_one_thread():
+    r = probe(pre="import scipy.linalg")
+    assert r["timeout"]["short"] is False
+    assert "loaded before rnncore" in r["timeout"]["reason"]
+    assert r["split"] is False
+    assert "OPENBLAS_THREAD_TIMEOUT" in r["forced"]     # set_row_split(True) refuses
+
+
+@pytest.mark.parametrize("value, short", [("4", True), ("12", True), ("20", False),
+                                          ("x", False)])
+def test_user_thread_timeout_wins(value, short):
+    r = probe(OPENBLAS_THREAD_TIMEOUT=value)
+    assert r["timeout"]["short"] is short
+    assert "set by the user" in r["timeout"]["reason"]
+    assert r["env_after"]["OPENBLAS_THREAD_TIMEOUT"] == value   # untouched
+
+
+def test_opt_outs():
+    r = probe(RNNCORE_NO_THREAD_TIMEOUT="1", RNNCORE_NO_CORETYPE="1")
+    assert r["timeout"]["short"] is False and "RNNCORE_NO_THREAD_TIMEOUT" in \
+        r["timeout"]["reason"]
+    assert r["coretype"]["applied"] is False and "RNNCORE_NO_CORETYPE" in \
+        r["coretype"]["reason"]
+    r = probe(OPENBLAS_CORETYPE="Haswell")
+    assert r["coretype"]["applied"] is False and "set by the user" in r["coretype"]["reason"]
+    assert r["env_after"]["OPENBLAS_CORETYPE"] == "Haswell"
+
+
+def test_show_config_reports_timeout_and_split(capsys):
+    cfg = rnncore.show_config()
+    assert "blas_thread_timeout" in cfg and "loop_row_split" in cfg
+    assert "blas_thread_timeout" in capsys.readouterr().out
+
+
+def test_row_threads_policy():
+    if not _threads.row_split_enabled():
+        pytest.skip("row split not allowed in this process (SciPy's BLAS loaded first)")
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(2, user_api="blas"):
+        assert K._row_threads(32, 2_000_000, 100) == 2
+        assert K._row_threads(7, 2_000_000, 100) == 1        # too few rows (N // 4 < 2)
+        assert K._row_threads(32, 1000, 100) == 1            # too little work in all
+        assert K._row_threads(64, 64_000_000, 50) == 1       # per-step GEMM large: BLAS threads
+    with threadpool_limits(1, user_api="blas"):
+        assert K._row_threads(32, 2_000_000, 100) == 1       # the user's thread limit holds
+    rnncore.set_row_split(False)
+    try:
+        with threadpool_limits(2, user_api="blas"):
+            assert K._row_threads(32, 2_000_000, 100) == 1
+    finally:
+        rnncore.set_row_split(True)
+
+
+def _run_model(cls, x, lengths, dout_seed, bidirectional):
+    m = cls(x.shape[2], 40, num_layers=2, bidirectional=bidirectional, batch_first=True,
+            dtype=np.float64, seed=3)
+    out, st = m(x, lengths=lengths)
+    rng = np.random.default_rng(dout_seed)
+    dx, dst = m.backward(rng.standard_normal(out.shape))
+    return out, st, dx, dst, {k: v.copy() for k, v in m.grads.items()}
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("cls", [rnncore.RNN, rnncore.GRU, rnncore.LSTM])
+def test_row_split_loops_equal_one_thread(cls, with_lengths, bidirectional):
+    """Forward and backward with the batch rows split over 2 threads (interleaved rows,
+    a sorted variable-length batch, both directions: the directions run one after the
+    other here) equal the single-thread loops (float64)."""
+    if not _threads.row_split_enabled():
+        pytest.skip("row split not allowed in this process (SciPy's BLAS loaded first)")
+    from threadpoolctl import threadpool_limits
+    N, T, D = 23, 60, 9
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, T, D))
+    lengths = rng.integers(1, T + 1, N) if with_lengths else None
+    parallel = _threads.parallel_directions_enabled()
+    rnncore.set_parallel_directions(False)
+    try:
+        with threadpool_limits(2, user_api="blas"):
+            assert K._row_threads(N, N * 40 * 40, T) == 2      # the split really happens
+            split = _run_model(cls, x, lengths, 1, bidirectional)
+            rnncore.set_row_split(False)
+            try:
+                one = _run_model(cls, x, lengths, 1, bidirectional)
+            finally:
+                rnncore.set_row_split(True)
+    finally:
+        rnncore.set_parallel_directions(parallel)
+    for a, b, name in zip(split, one, ["out", "state", "dx", "dstate", "grads"]):
+        if isinstance(a, dict):
+            for k in a:
+                assert_close_f64(a[k], b[k], name=k, atol=1e-11)
+        else:
+            for u, v in zip(a if isinstance(a, (list, tuple)) else [a],
+                            b if isinstance(b, (list, tuple)) else [b]):
+                assert_close_f64(u, v, name=name, atol=1e-11)
