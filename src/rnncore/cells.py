@@ -105,10 +105,14 @@ class _CellBase(Module):
         V.check_shape(s, name, want, "(H,)" if unbatched else "(N, H)")
         return V.rows_view(s[None] if unbatched else s)
 
-    def _step(self, x, states, train):
+    def _run(self, x, states, names, train):
+        """One step: the kernels' fast entry point, else the validated path."""
         res = self._fast_step(x, states, train)
-        if res is not None:
-            return res
+        if res is None:
+            res = self._step(x, list(zip(states, names)), train)
+        return res
+
+    def _step(self, x, states, train):
         x, unbatched = self._input(x)
         N = x.shape[0]
         s0 = [self._state(s, n, N, unbatched) for s, n in states]
@@ -120,7 +124,7 @@ class _CellBase(Module):
         res = [o[0] for o in outs]
         return [r[0] for r in res] if unbatched else res
 
-    def _fast_step(self, x, states, train):
+    def _fast_step(self, x, states, train):  # noqa: C901  (kept flat: it is the hot path)
         """The kernels' single-step entry point for well-formed arrays.
 
         Returns None (nothing done) unless x and the states are C-contiguous
@@ -129,26 +133,35 @@ class _CellBase(Module):
         saves.
         """
         dt = self.dtype
-        if type(x) is not np.ndarray or x.dtype != dt or x.ndim not in (1, 2):
+        if type(x) is not np.ndarray or x.dtype != dt:
             return None
-        unbatched = x.ndim == 1
-        x2 = x[None] if unbatched else x
-        N, H = x2.shape[0], self.hidden_size
+        nd = x.ndim
+        if nd == 2:
+            shape = (x.shape[0], self.hidden_size)
+        elif nd == 1:
+            shape = (self.hidden_size,)
+        else:
+            return None
         s0 = []
-        for s, _ in states:
+        for s in states:
             if s is None:
-                s0.append(np.zeros((N, H), dt))
-            elif type(s) is np.ndarray and s.ndim == x.ndim:
-                s0.append(s[None] if unbatched else s)
-            else:
+                s = np.zeros(shape, dt)
+            elif type(s) is not np.ndarray:
                 return None
-        outs = [np.empty((1, N, H), dt) for _ in range(self.n_states)]
-        saved = self._saved_arrays(N) if train else None
-        if not self._kstep(x2, s0, outs, saved):
+            s0.append(s)
+        # the kernel takes (N, F) and (F,) alike; outputs in the caller's shape
+        outs = [np.empty(shape, dt)]
+        if self.n_states == 2:
+            outs.append(np.empty(shape, dt))
+        saved = self._saved_arrays(shape[0] if nd == 2 else 1) if train else None
+        if not self._kstep(x, s0, outs, saved):
             return None
         if train:
-            self._stack.append((x2, s0, outs, saved, unbatched))
-        return [o[0, 0] for o in outs] if unbatched else [o[0] for o in outs]
+            if nd == 1:
+                x, s0 = x[None], [s[None] for s in s0]
+            self._stack.append((x, s0, [o.reshape((1,) + x.shape[:1] + shape[-1:])
+                                        for o in outs], saved, nd == 1))
+        return outs
 
     def _saved_arrays(self, N):
         """What the kernel's forward saves for backward, for one step of N rows."""
@@ -214,12 +227,12 @@ class RNNCell(_CellBase):
     def _kstep(self, x, s0, outs, saved):
         p = self.params
         bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
-        return _krnn.step(x, s0[0], p["weight_ih"], p["weight_hh"], bi, bh, outs[0][0],
+        return _krnn.step(x, s0[0], p["weight_ih"], p["weight_hh"], bi, bh, outs[0],
                           self.input_size, self.hidden_size, self._kernel.relu)
 
     def forward(self, input, hx=None, train=True):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h' like hx."""
-        return self._step(input, [(hx, "hx")], train)[0]
+        return self._run(input, (hx,), ("hx",), train)[0]
 
     def backward(self, dh):
         """Pop the last saved step; returns ``(dinput, dhx)`` and accumulates grads."""
@@ -247,12 +260,12 @@ class GRUCell(_CellBase):
         p = self.params
         bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
         g, hn = (None, None) if saved is None else saved
-        return _kgru.step(x, s0[0], p["weight_ih"], p["weight_hh"], bi, bh, outs[0][0], g, hn,
+        return _kgru.step(x, s0[0], p["weight_ih"], p["weight_hh"], bi, bh, outs[0], g, hn,
                           self.input_size, self.hidden_size)
 
     def forward(self, input, hx=None, train=True):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h'."""
-        return self._step(input, [(hx, "hx")], train)[0]
+        return self._run(input, (hx,), ("hx",), train)[0]
 
     def backward(self, dh):
         """Pop the last saved step; returns ``(dinput, dhx)`` and accumulates grads."""
@@ -278,7 +291,7 @@ class LSTMCell(_CellBase):
         p = self.params
         bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
         return _klstm.step(x, s0[0], s0[1], p["weight_ih"], p["weight_hh"], bi, bh,
-                           outs[0][0], outs[1][0], None if saved is None else saved.gates,
+                           outs[0], outs[1], None if saved is None else saved.gates,
                            self.input_size, self.hidden_size)
 
     def forward(self, input, hx=None, train=True):
@@ -287,7 +300,7 @@ class LSTMCell(_CellBase):
             hx = (None, None)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx: expected a pair (h, c) of arrays or None")
-        h, c = self._step(input, [(hx[0], "hx[0]"), (hx[1], "hx[1]")], train)
+        h, c = self._run(input, hx, ("hx[0]", "hx[1]"), train)
         return h, c
 
     def backward(self, dh, dc=None):
