@@ -376,17 +376,19 @@ LENGTH_CASES = {
 
 #: a batch on the unpacked panel kernel (4 < rows <= 32; 3H, 4H >= 32 columns; H = 11
 #: leaves column tails, 13 rows a row tail), lengths shrinking to the small-M kernel;
-#: "panel-T" passes the weights as transposed views (PyTorch's layout, as the models do)
+#: "panel-T" passes the weights as transposed views (PyTorch's layout, as the models do);
+#: "panel-H40": H >= 32, so backward's products (H columns) use the panel kernel too,
+#: through one row-major copy of Wh^T (the weights here are not transposed views)
 PANEL_LENGTHS = [6, 6, 6, 6, 6, 5, 5, 5, 4, 3, 2, 2, 0]
 
 
-@pytest.mark.parametrize("size", ["small", "panel", "panel-T"])
+@pytest.mark.parametrize("size", ["small", "panel", "panel-T", "panel-H40"])
 @pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
 @pytest.mark.parametrize("lengths", list(LENGTH_CASES), ids=list(LENGTH_CASES))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_kernel_reverse_and_lengths(cell, reverse, lengths, batch_major, size, rng):
-    N, T, D, H = (5, 6, 3, 4) if size == "small" else (13, 6, 5, 11)
+    N, T, D, H = {"small": (5, 6, 3, 4), "panel-H40": (13, 6, 5, 40)}.get(size, (13, 6, 5, 11))
     inp, up = _time_major(cell, rng, N, T, D, H)
     lens = np.full(N, T) if LENGTH_CASES[lengths] is None else np.array(
         LENGTH_CASES[lengths] if size == "small" else PANEL_LENGTHS)

@@ -27,6 +27,7 @@ cdef extern from "rc_simd.h" nogil:
                          Py_ssize_t lda, const double *b, Py_ssize_t ldb, double beta,
                          double *c, Py_ssize_t ldc)
     bint use_panel "rc_use_panel"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+    bint panel_shape "rc_panel_shape"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
 
 ctypedef fused floating:
     float

@@ -167,22 +167,36 @@ cdef inline object writable_workspace(object arr, str name, Py_ssize_t T, Py_ssi
     return a
 
 
-from _blas cimport use_panel
+from _blas cimport use_panel, panel_shape
 
 
 cdef inline object step_weight(object Wh, bint wh_t, Py_ssize_t T, Py_ssize_t N,
-                               Py_ssize_t GH, Py_ssize_t H):
-    """Forward's recurrent weight as the time loop will read it.
+                               Py_ssize_t GH, Py_ssize_t H, bint backward=False):
+    """The recurrent weight as a time loop's per-step products will read it.
 
-    A PyTorch-layout weight arrives as a transposed view (wh_t). When the loop's
-    per-step products go to the unpacked panel kernel (rc_use_panel), which
-    reads B row-major, it gets one C-ordered copy (H, GH) for all T steps --
-    the one pass BLAS would otherwise make on every step. Else None.
+    Forward multiplies by Wh (H, GH), backward by Wh^T (GH, H). The unpacked
+    panel kernel (rc_use_panel) reads that operand row-major; when it arrives
+    as the other layout (a PyTorch-layout weight is the transposed view, wh_t,
+    of a (GH, H) array: right for backward, transposed for forward; a (H, GH)
+    array the other way round) and the loop will use the panel kernel, the
+    loop gets one C-ordered copy of the operand for all T steps -- the pass
+    BLAS would otherwise make on every step. Returns (array, ld, wh_t) to use
+    instead of the given weight, or None.
     """
     import numpy as np
-    if wh_t and T > 1 and use_panel(N, GH, H):
-        return np.ascontiguousarray(np.asarray(Wh))
-    return None
+    if T <= 1 or wh_t == backward:
+        return None
+    # as the loop will decide: rows split over P threads (each single-threaded)?
+    cdef int P = row_threads(N, N * GH * H, T)
+    cdef Py_ssize_t m = N if P == 1 else (N + P - 1) // P
+    cdef bint panel = use_panel(m, H if backward else GH, GH if backward else H) if P == 1 \
+        else panel_shape(m, H if backward else GH, GH if backward else H)
+    if not panel:
+        return None
+    if backward:
+        # Wh^T (GH, H) row-major: the logical Wh is its transposed view
+        return np.ascontiguousarray(np.asarray(Wh).T), H, True
+    return np.ascontiguousarray(np.asarray(Wh)), GH, False
 
 
 # ------------------------------------------------------------ BPTT helpers

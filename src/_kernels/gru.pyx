@@ -493,9 +493,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     cdef const floating *xp = &x[0, 0, 0] if D > 0 else NULL
     cdef const floating *wxp = &Wx[0, 0] if D > 0 else NULL
     whc = step_weight(Wh, wh_t, T, N, GH, H)
-    cdef const floating[:, :] Whl = Wh if whc is None else whc
+    cdef const floating[:, :] Whl = Wh if whc is None else whc[0]
     if whc is not None:
-        wh_ld, wh_t = GH, False
+        wh_ld, wh_t = whc[1], whc[2]
     with nogil:
         forward_loop(xp, x_ld, &h0[0, 0], wxp, wx_ld, wx_t, &Whl[0, 0], wh_ld, wh_t,
                      &bx[0], &bh[0], &h[0, 0, 0], h_st, h_sn,
@@ -589,9 +589,13 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef floating *dxp = &dx[0, 0, 0] if D > 0 else NULL
     cdef floating *dwxp = &dWx[0, 0] if D > 0 else NULL
     cdef floating *dgsp = &dgs[0, 0] if gather else NULL
+    whc = step_weight(Wh, wh_t, T, N, GH, H, True)
+    cdef const floating[:, :] Whl = Wh if whc is None else whc[0]
+    if whc is not None:
+        wh_ld, wh_t = whc[1], whc[2]
     with nogil:
         backward_loop(&dh[0, 0, 0], dh_st, dh_sn, xp, x_ld, &h0[0, 0],
-                      wxp, wx_ld, wx_t, &Wh[0, 0], wh_ld, wh_t,
+                      wxp, wx_ld, wx_t, &Whl[0, 0], wh_ld, wh_t,
                       &h[0, 0, 0], h_ld, h_st, h_sn,
                       &g[0, 0, 0], g_st, g_sn, &hn[0, 0, 0], hn_st, hn_sn,
                       &dg[0, 0, 0], dg_st, dg_sn, &dan[0, 0, 0], dan_st, dan_sn,

@@ -320,9 +320,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     cdef const floating *xp = &x[0, 0, 0] if D > 0 else NULL
     cdef const floating *wxp = &Wx[0, 0] if D > 0 else NULL
     whc = step_weight(Wh, wh_t, T, N, H, H)
-    cdef const floating[:, :] Whl = Wh if whc is None else whc
+    cdef const floating[:, :] Whl = Wh if whc is None else whc[0]
     if whc is not None:
-        wh_ld, wh_t = H, False
+        wh_ld, wh_t = whc[1], whc[2]
     with nogil:
         forward_loop(xp, x_ld, &h0[0, 0], H, wxp, wx_ld, wx_t,
                      &Whl[0, 0], wh_ld, wh_t, &b[0],
@@ -387,9 +387,13 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef floating *dxp = &dx[0, 0, 0] if D > 0 else NULL
     cdef floating *dwxp = &dWx[0, 0] if D > 0 else NULL
     cdef floating *dzsp = &dzs[0, 0] if gather else NULL
+    whc = step_weight(Wh, wh_t, T, N, H, H, True)
+    cdef const floating[:, :] Whl = Wh if whc is None else whc[0]
+    if whc is not None:
+        wh_ld, wh_t = whc[1], whc[2]
     with nogil:
         backward_loop(&dh[0, 0, 0], dh_st, dh_sn, xp, x_ld, &h0[0, 0], H,
-                      wxp, wx_ld, wx_t, &Wh[0, 0], wh_ld, wh_t,
+                      wxp, wx_ld, wx_t, &Whl[0, 0], wh_ld, wh_t,
                       &h[0, 0, 0], h_ld, h_st, h_sn,
                       &dz[0, 0, 0], dz_st, dz_sn, &dh0[0, 0],
                       dzsp,
