@@ -333,6 +333,8 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, rc_lstm_bwd_ip_d, double, rc_tanhd)
  * products, `omp simd` reductions, which needs -fopenmp-simd and no runtime).
  * beta == 0 writes C without reading it (BLAS semantics). */
 #define RC_SMALL_M 4
+typedef float rc_vf64b __attribute__((vector_size(64)));   /* 64-byte vectors (GCC/Clang) */
+typedef double rc_vd64b __attribute__((vector_size(64)));
 #define RC_SMALL_JB 32   /* row-major B: columns of C kept in registers per pass */
 #define RC_DEFINE_SMALL_GEMM(NAME, T)                                           \
     RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k, T alpha,           \
@@ -374,21 +376,76 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, rc_lstm_bwd_ip_d, double, rc_tanhd)
                     }                                                           \
                 }                                                               \
             }                                                                   \
-        } else {                                                                \
+        } else if (k < RC_SMALL_VK) {                                            \
+            /* short dot products: in order (as BLAS sums them) */              \
             for (rc_idx j = 0; j < n; j++) {                                    \
                 const T *bj = b + j * ldb;                                      \
                 for (rc_idx i = 0; i < m; i++) {                                \
                     const T *ai = a + i * lda;                                  \
                     T acc = 0;                                                  \
-                    _Pragma("omp simd reduction(+:acc)")                        \
                     for (rc_idx p = 0; p < k; p++) acc += ai[p] * bj[p];        \
                     c[i * ldc + j] += alpha * acc;                              \
                 }                                                               \
             }                                                                   \
+        } else {                                                                \
+            /* dot products in 64-byte vector lanes, four outputs at a time    \
+             * (four independent chains), each reduced by a shuffle tree */    \
+            const rc_idx V = (rc_idx)(sizeof(VT) / sizeof(T));                  \
+            const rc_idx kv = k - k % V;                                        \
+            for (rc_idx j = 0; j < n; j += 4) {                                 \
+                const int nj = n - j < 4 ? (int)(n - j) : 4;                    \
+                const T *bj[4];                                                 \
+                for (int u = 0; u < 4; u++) bj[u] = b + (j + (u < nj ? u : 0)) * ldb; \
+                for (rc_idx i = 0; i < m; i++) {                                \
+                    const T *ai = a + i * lda;                                  \
+                    VT s[4] = {{0}, {0}, {0}, {0}};                             \
+                    for (rc_idx p = 0; p < kv; p += V) {                        \
+                        VT av;                                                  \
+                        __builtin_memcpy(&av, ai + p, sizeof(VT));              \
+                        for (int u = 0; u < 4; u++) {                           \
+                            VT bv;                                              \
+                            __builtin_memcpy(&bv, bj[u] + p, sizeof(VT));       \
+                            s[u] += av * bv;                                    \
+                        }                                                       \
+                    }                                                           \
+                    for (int u = 0; u < nj; u++) {                              \
+                        T acc = HSUM(s[u]);                                     \
+                        for (rc_idx p = kv; p < k; p++) acc += ai[p] * bj[u][p]; \
+                        c[i * ldc + j + u] += alpha * acc;                      \
+                    }                                                           \
+                }                                                               \
+            }                                                                   \
         }                                                                       \
     }
+/* horizontal sums of 64-byte vectors: a shuffle tree (halving) */
+typedef int rc_vi64b __attribute__((vector_size(64)));
+typedef long long rc_vl64b __attribute__((vector_size(64)));
+static inline float rc_hsum_f(rc_vf64b v)
+{
+    v += __builtin_shuffle(v, (rc_vi64b){8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15});
+    v += __builtin_shuffle(v, (rc_vi64b){4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7});
+    v += __builtin_shuffle(v, (rc_vi64b){2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3});
+    v += __builtin_shuffle(v, (rc_vi64b){1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+    return v[0];
+}
+static inline double rc_hsum_d(rc_vd64b v)
+{
+    v += __builtin_shuffle(v, (rc_vl64b){4, 5, 6, 7, 4, 5, 6, 7});
+    v += __builtin_shuffle(v, (rc_vl64b){2, 3, 2, 3, 2, 3, 2, 3});
+    v += __builtin_shuffle(v, (rc_vl64b){1, 1, 1, 1, 1, 1, 1, 1});
+    return v[0];
+}
+#define RC_SMALL_VK 16   /* dot products shorter than this are summed in order */
+#define VT rc_vf64b
+#define HSUM rc_hsum_f
 RC_DEFINE_SMALL_GEMM(rc_gemm_small_f, float)
+#undef VT
+#undef HSUM
+#define VT rc_vd64b
+#define HSUM rc_hsum_d
 RC_DEFINE_SMALL_GEMM(rc_gemm_small_d, double)
+#undef VT
+#undef HSUM
 
 /* Per-step recurrent GEMM without packing: C (m, n) := beta C + A (m, k) B (k, n),
  * A and B row-major (B not transposed), for moderate m (the batch). BLAS packs
@@ -464,8 +521,6 @@ RC_DEFINE_SMALL_GEMM(rc_gemm_small_d, double)
             }                                                                   \
         }                                                                       \
     }
-typedef float rc_vf64b __attribute__((vector_size(64)));
-typedef double rc_vd64b __attribute__((vector_size(64)));
 RC_DEFINE_PANEL_GEMM(rc_gemm_panel_f, float, rc_vf64b)
 RC_DEFINE_PANEL_GEMM(rc_gemm_panel_d, double, rc_vd64b)
 
