@@ -376,3 +376,21 @@ cdef inline bint step_cell_bufs(StepBufs *b, object x, object h0, object h, obje
         if p[i] == NULL:
             return False
     return True
+
+
+cdef inline void step_rows(const Py_ssize_t *bs, Py_ssize_t i, Py_ssize_t T, Py_ssize_t N,
+                           bint backward, bint reverse, int k, int P, Py_ssize_t *t,
+                           Py_ssize_t *tp, Py_ssize_t *B, Py_ssize_t *Bc) noexcept nogil:
+    """Iteration i of a time loop over the rows k, k+P, ... of the batch.
+
+    t: the step it processes (forward loops run t = 0..T-1, backward loops the
+    other way; reversed for the reverse direction); tp: the step before it in
+    the direction's order; B: this thread's rows active at t (a prefix); Bc:
+    how many of them continue from tp (the rest start from the initial state).
+    """
+    t[0] = (T - 1 - i if reverse else i) if not backward else (i if reverse else T - 1 - i)
+    tp[0] = t[0] + 1 if reverse else t[0] - 1
+    B[0] = share(active(bs, t[0], T, N), k, P)
+    Bc[0] = share(active(bs, tp[0], T, N), k, P)
+    if Bc[0] > B[0]:
+        Bc[0] = B[0]

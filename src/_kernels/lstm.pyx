@@ -58,7 +58,7 @@ from collections import namedtuple
 import numpy as np
 
 from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
-from _common cimport (active, row_threads, share, run_tasks, single_open, single_close, dwh_accumulate, seq_check, mat_check, rows_check,
+from _common cimport (active, row_threads, share, step_rows, run_tasks, single_open, single_close, dwh_accumulate, seq_check, mat_check, rows_check,
                       vec_check, check_batch_sizes, loop_threads_begin, loop_threads_end,
                       blas_thread_hooks, seq_empty, writable_workspace, step_weight, StepBufs, step_init, step_buf,
                       step_cell_bufs, step_release)
@@ -151,13 +151,8 @@ cdef void fwd_steps(
     c_sn *= P
     a_sn *= P
     for i in range(T):
-        t = T - 1 - i if reverse else i
-        tp = t + 1 if reverse else t - 1
-        B = share(active(bs, t, T, N), k, P)
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from (h0, c0) here
-        Bc = share(active(bs, tp, T, N), k, P)
-        if Bc > B:
-            Bc = B
+        step_rows(bs, i, T, N, False, reverse, k, P, &t, &tp, &B, &Bc)
         at = a + t * a_st
         ct = c + t * c_st
         ht = h + t * h_st
@@ -269,12 +264,7 @@ cdef void bwd_steps(
     g_sn *= P
     dg_sn *= P
     for i in range(T):
-        t = i if reverse else T - 1 - i
-        tp = t + 1 if reverse else t - 1
-        B = share(active(bs, t, T, N), k, P)
-        Bc = share(active(bs, tp, T, N), k, P)
-        if Bc > B:
-            Bc = B
+        step_rows(bs, i, T, N, True, reverse, k, P, &t, &tp, &B, &Bc)
         dgt = dg + t * dg_st
         # dA_t[:B] and carry_c[:B] from (dh_t + carry_h), the gates, c_t and c_prev
         if Bc > 0:

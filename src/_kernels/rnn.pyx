@@ -44,7 +44,7 @@ from libc.string cimport memcpy
 import numpy as np
 
 from _blas cimport floating, mm, mm_step, use_panel, colsum_add, scale_rows
-from _common cimport (active, row_threads, share, run_tasks, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
+from _common cimport (active, row_threads, share, step_rows, run_tasks, dwh_accumulate, seq_check, mat_check, rows_check, vec_check,
                       check_batch_sizes, loop_threads_begin, loop_threads_end,
                       blas_thread_hooks, single_open, single_close, seq_empty, step_weight,
                       StepBufs, step_init, step_cell_bufs, step_release)
@@ -101,13 +101,8 @@ cdef void fwd_steps(
     h0_ld *= P
     h_sn *= P
     for s in range(T):
-        t = T - 1 - s if reverse else s
-        tp = t + 1 if reverse else t - 1
-        B = share(active(bs, t, T, N), k, P)
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
-        Bc = share(active(bs, tp, T, N), k, P)
-        if Bc > B:
-            Bc = B
+        step_rows(bs, s, T, N, False, reverse, k, P, &t, &tp, &B, &Bc)
         ht = h + t * h_st
         if Bc > 0:
             # h_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, H) += (Bc, H)(H, H)
@@ -186,7 +181,7 @@ cdef void bwd_steps(
         Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
         const Py_ssize_t *bs, bint relu, bint reverse, int k, int P) noexcept nogil:
     # The reverse time loop over the rows k, k+P, ... (see fwd_steps); carry (N, H).
-    cdef Py_ssize_t s, t, B, M = share(N, k, P), ldc = P * H
+    cdef Py_ssize_t s, t, tp, B, Bc, M = share(N, k, P), ldc = P * H
     cdef floating *dzt
     dh += k * dh_sn
     h += k * h_sn
@@ -196,8 +191,7 @@ cdef void bwd_steps(
     h_sn *= P
     dz_sn *= P
     for s in range(T):
-        t = s if reverse else T - 1 - s
-        B = share(active(bs, t, T, N), k, P)
+        step_rows(bs, s, T, N, True, reverse, k, P, &t, &tp, &B, &Bc)
         dzt = dz + t * dz_st
         # dz_t[:B] = (dh_t[:B] + carry[:B]) * act'(h_t[:B])
         dz_rows(dzt, dz_sn, dh + t * dh_st, dh_sn, carry, ldc, h + t * h_st, h_sn, B, H, relu)
