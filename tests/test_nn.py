@@ -46,6 +46,21 @@ def test_embedding_backward_accumulates_repeated_rows(rng):
     assert_close_f64(emb.grads["weight"], 2 * expected, name="dweight x2")
 
 
+@pytest.mark.parametrize("shape", [(32, 100), (0, 5), (1, 1)])
+def test_embedding_backward_matches_add_at(rng, shape):
+    """The sorted reduceat accumulation equals np.add.at (random ids, unused rows
+    untouched, empty input a no-op)."""
+    emb = Embedding(96, 8, dtype=np.float64, seed=3)
+    idx = rng.integers(0, 96, shape)
+    dout = rng.standard_normal(shape + (8,))
+    emb.forward(idx)
+    emb.grads["weight"][...] = 1.5
+    emb.backward(dout)
+    want = np.full((96, 8), 1.5)
+    np.add.at(want, idx.reshape(-1), dout.reshape(-1, 8))
+    np.testing.assert_allclose(emb.grads["weight"], want, rtol=1e-13, atol=1e-13)
+
+
 def test_embedding_finite_differences(rng):
     emb = Embedding(6, 2, dtype=np.float64, seed=2)
     idx = rng.integers(0, 6, (3, 4))

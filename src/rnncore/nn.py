@@ -116,7 +116,7 @@ class Embedding(Module):
         return self.params["weight"][idx]
 
     def backward(self, dout):
-        """Accumulate ``dweight`` (sparse: ``np.add.at`` over the used rows).
+        """Accumulate ``dweight`` (sparse: only the rows of the ids used).
 
         Parameters
         ----------
@@ -129,9 +129,16 @@ class Embedding(Module):
         """
         _require_forward(self, self._idx)
         dout = _check_dout(dout, self._idx.shape + (self.embedding_dim,), self.dtype)
-        # dweight[idx[j]] += dout[j] for every position j (repeated ids add up)
-        np.add.at(self.grads["weight"], self._idx.reshape(-1),
-                  dout.reshape(-1, self.embedding_dim))
+        # dweight[idx[j]] += dout[j] for every position j (repeated ids add up):
+        # sort the positions by id and sum each id's rows with one reduceat
+        # (np.add.at does the same one row at a time: ~7x slower at 3200 x 64)
+        idx = self._idx.reshape(-1)
+        if idx.size:
+            order = np.argsort(idx, kind="stable")
+            ids = idx[order]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            self.grads["weight"][ids[starts]] += np.add.reduceat(
+                dout.reshape(-1, self.embedding_dim)[order], starts, axis=0)
         return None
 
     def get_config(self) -> dict:
