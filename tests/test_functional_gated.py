@@ -86,31 +86,27 @@ def assert_close(actual, expected, name):
         assert_close_f64(actual, expected, name=name)
 
 
-def _ref_sequence(cell, inp, up):
-    """Reference outputs and gradients of a whole sequence, as a dict."""
+def _sequence(mod, cell, inp, up):
+    """Outputs and gradients of a whole sequence through ``mod`` (the reference or
+    rnncore.functional: the same signatures), as a dict."""
     if cell == "gru":
-        h, cache = ref.gru_forward(**inp)
+        h, cache = mod.gru_forward(**inp)
         out = {"h": h}
-        grads = ref.gru_backward(up["dh"], cache, dhn=up["dhn"])
+        grads = mod.gru_backward(up["dh"], cache, dhn=up["dhn"])
     else:
-        h, c, cache = ref.lstm_forward(**inp)
+        h, c, cache = mod.lstm_forward(**inp)
         out = {"h": h, "c": c}
-        grads = ref.lstm_backward(up["dh"], cache, dhn=up["dhn"], dcn=up["dcn"])
+        grads = mod.lstm_backward(up["dh"], cache, dhn=up["dhn"], dcn=up["dcn"])
     out.update(zip(GRAD_NAMES[cell], grads))
     return out
+
+
+def _ref_sequence(cell, inp, up):
+    return _sequence(ref, cell, inp, up)
 
 
 def _functional_sequence(cell, inp, up):
-    if cell == "gru":
-        h, cache = F.gru_forward(**inp)
-        out = {"h": h}
-        grads = F.gru_backward(up["dh"], cache, dhn=up["dhn"])
-    else:
-        h, c, cache = F.lstm_forward(**inp)
-        out = {"h": h, "c": c}
-        grads = F.lstm_backward(up["dh"], cache, dhn=up["dhn"], dcn=up["dcn"])
-    out.update(zip(GRAD_NAMES[cell], grads))
-    return out
+    return _sequence(F, cell, inp, up)
 
 
 # ---------------------------------------------------------------------------

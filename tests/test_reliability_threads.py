@@ -377,24 +377,21 @@ def test_blas_thread_count_changes_only_weight_gradient_rounding(cls):
 
 
 # ------------------------------------------------------------------ speedup (report only)
-def measure_thread_speedup(cls="LSTM", T=200, N=16, D=256, H=256, reps=3):
-    """(sequential s, 2-thread s, speedup, CPU/wall in the 2-thread section) for
-    2 models' forward+backward, BLAS at 1 thread. CPU/wall near 2 means both
-    threads computed at the same time even when other jobs steal wall time."""
-    models, xs = _models_and_inputs(cls, 2, T=T, N=N, D=D, H=H)
-    for m in models:
-        m.dropout = 0.0
+def _time_pair(jobs, reps):
+    """(sequential s, concurrent s, speedup, CPU/wall in the concurrent section) of
+    running ``jobs`` (callables) one after the other and on one thread each, best of
+    ``reps``, BLAS at 1 thread. CPU/wall near len(jobs) means the threads computed at
+    the same time even when other jobs steal wall time."""
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        for m, x in zip(models, xs):
-            _run_model(m, x)  # warm-up
+        for job in jobs:
+            job()  # warm-up
         seq, par, ratio = [], [], []
         for _ in range(reps):
             t0 = time.perf_counter()
-            for m, x in zip(models, xs):
-                _run_model(m, x)
+            for job in jobs:
+                job()
             seq.append(time.perf_counter() - t0)
-            threads = [threading.Thread(target=_run_model, args=(m, x))
-                       for m, x in zip(models, xs)]
+            threads = [threading.Thread(target=job) for job in jobs]
             t0, c0 = time.perf_counter(), time.process_time()
             for t in threads:
                 t.start()
@@ -405,26 +402,18 @@ def measure_thread_speedup(cls="LSTM", T=200, N=16, D=256, H=256, reps=3):
     return min(seq), min(par), min(seq) / min(par), max(ratio)
 
 
+def measure_thread_speedup(cls="LSTM", T=200, N=16, D=256, H=256, reps=3):
+    """_time_pair for 2 models' forward+backward."""
+    models, xs = _models_and_inputs(cls, 2, T=T, N=N, D=D, H=H)
+    for m in models:
+        m.dropout = 0.0
+    return _time_pair([lambda m=m, x=x: _run_model(m, x) for m, x in zip(models, xs)], reps)
+
+
 def measure_control_speedup(n=700, reps=3):
     """The same measurement for two plain NumPy matmuls (the machine's ceiling now)."""
     a = np.random.default_rng(0).standard_normal((n, n))
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        a @ a
-        seq, par = [], []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            a @ a
-            a @ a
-            seq.append(time.perf_counter() - t0)
-            threads = [threading.Thread(target=lambda: a @ a) for _ in range(2)]
-            t0, c0 = time.perf_counter(), time.process_time()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            par.append(time.perf_counter() - t0)
-            ratio = (time.process_time() - c0) / par[-1]
-    return min(seq), min(par), min(seq) / min(par), ratio
+    return _time_pair([lambda: a @ a, lambda: a @ a], reps)
 
 
 if __name__ == "__main__":  # pragma: no cover
