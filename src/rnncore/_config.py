@@ -91,12 +91,19 @@ _SPLIT_MAX_TIMEOUT = 12
 _TIMEOUT_STATE = {"short": False, "reason": "not evaluated"}
 
 
+def _user_decides(state, opt_out, var) -> bool:
+    """Whether the user opted out (``opt_out``) or set ``var`` themselves (recorded in state)."""
+    if os.environ.get(opt_out, "") not in ("", "0"):
+        state["reason"] = f"disabled by {opt_out}"
+        return True
+    if var in os.environ:
+        state["reason"] = f"{var}={os.environ[var]} set by the user"
+        return True
+    return False
+
+
 def _coretype_wanted(state) -> bool:
-    if os.environ.get("RNNCORE_NO_CORETYPE", "") not in ("", "0"):
-        state["reason"] = "disabled by RNNCORE_NO_CORETYPE"
-        return False
-    if "OPENBLAS_CORETYPE" in os.environ:
-        state["reason"] = f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} set by the user"
+    if _user_decides(state, "RNNCORE_NO_CORETYPE", "OPENBLAS_CORETYPE"):
         return False
     vendor, _, flags = _cpu_info()
     if vendor != "AuthenticAMD" or not all(f in flags for f in _AVX512_NEEDED):
@@ -106,18 +113,14 @@ def _coretype_wanted(state) -> bool:
 
 
 def _timeout_wanted(state) -> bool:
-    if os.environ.get("RNNCORE_NO_THREAD_TIMEOUT", "") not in ("", "0"):
-        state["reason"] = "disabled by RNNCORE_NO_THREAD_TIMEOUT"
-        return False
+    if not _user_decides(state, "RNNCORE_NO_THREAD_TIMEOUT", "OPENBLAS_THREAD_TIMEOUT"):
+        return True
     given = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
-    if given is not None:
-        try:
-            state["short"] = int(given) <= _SPLIT_MAX_TIMEOUT
-        except ValueError:
-            state["short"] = False
-        state["reason"] = f"OPENBLAS_THREAD_TIMEOUT={given} set by the user"
-        return False
-    return True
+    try:
+        state["short"] = given is not None and int(given) <= _SPLIT_MAX_TIMEOUT
+    except ValueError:
+        state["short"] = False
+    return False
 
 
 def select_blas_kernels() -> None:

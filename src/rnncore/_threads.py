@@ -38,7 +38,7 @@ PARALLEL_MIN_WORK = 2_000_000
 #: per-step multiply-adds (N * G*H * H) from which a time loop keeps BLAS's threads
 LOOP_PARALLEL_MIN = 4_000_000
 _HOOKS = None
-#: time loops may split batch rows over threads (when rnncore._config allows it)
+#: the user's set_row_split choice (None: split whenever rnncore._config allows it)
 _ROW_SPLIT = None
 
 
@@ -119,11 +119,9 @@ def set_row_split(enabled: bool) -> None:
 
 def row_split_enabled() -> bool:
     """Whether time loops may split the rows of a batch over threads."""
-    global _ROW_SPLIT
-    if _ROW_SPLIT is None:
-        from ._config import row_split_allowed
-        _ROW_SPLIT = row_split_allowed()
-    return bool(_HOOKS) and _ROW_SPLIT
+    from ._config import row_split_allowed
+
+    return bool(_HOOKS) and (row_split_allowed() if _ROW_SPLIT is None else _ROW_SPLIT)
 
 
 def loop_policy_active() -> bool:
