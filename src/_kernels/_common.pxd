@@ -186,12 +186,11 @@ cdef inline object step_weight(object Wh, bint wh_t, Py_ssize_t T, Py_ssize_t N,
     import numpy as np
     if T <= 1 or wh_t == backward:
         return None
-    # as the loop will decide: rows split over P threads (each single-threaded)?
+    # the operand (k, n) and, as the loop will decide, the rows per thread (m): rows
+    # split over P threads run inside a single-thread section, so only the shape counts
+    cdef Py_ssize_t n = H if backward else GH, k = GH if backward else H
     cdef int P = row_threads(N, N * GH * H, T)
-    cdef Py_ssize_t m = N if P == 1 else (N + P - 1) // P
-    cdef bint panel = use_panel(m, H if backward else GH, GH if backward else H) if P == 1 \
-        else panel_shape(m, H if backward else GH, GH if backward else H)
-    if not panel:
+    if not (use_panel(N, n, k) if P == 1 else panel_shape((N + P - 1) // P, n, k)):
         return None
     if backward:
         # Wh^T (GH, H) row-major: the logical Wh is its transposed view

@@ -329,14 +329,14 @@ RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, rc_lstm_bwd_ip_d, double, rc_tanhd)
  * poor fit: OpenBLAS forwards m = 1 to a threaded gemv whose thread hand-off
  * costs more than the arithmetic. B is either row-major (k, n) (bt == 0: each
  * row of B is streamed once and applied to all m rows of C, a vectorized axpy)
- * or the transpose of a row-major (n, k) array (bt != 0: vectorized dot
- * products, `omp simd` reductions, which needs -fopenmp-simd and no runtime).
+ * or the transpose of a row-major (n, k) array (bt != 0: dot products, four
+ * outputs at a time in 64-byte vector lanes reduced by a shuffle tree; those
+ * shorter than RC_SMALL_VK summed in order, as BLAS does).
  * beta == 0 writes C without reading it (BLAS semantics). */
 #define RC_SMALL_M 4
 typedef float rc_vf64b __attribute__((vector_size(64)));   /* 64-byte vectors (GCC/Clang) */
 typedef double rc_vd64b __attribute__((vector_size(64)));
-#define RC_SMALL_JB 32   /* row-major B: columns of C kept in registers per pass */
-#define RC_DEFINE_SMALL_GEMM(NAME, T)                                           \
+#define RC_DEFINE_SMALL_GEMM(NAME, T, VT, HSUM)                                 \
     RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k, T alpha,           \
                                const T *a, rc_idx lda, const T *b, rc_idx ldb,  \
                                int bt, T beta, T *c, rc_idx ldc)                \
@@ -347,33 +347,12 @@ typedef double rc_vd64b __attribute__((vector_size(64)));
             else if (beta != 1) { for (rc_idx j = 0; j < n; j++) ci[j] *= beta; } \
         }                                                                       \
         if (!bt) {                                                              \
-            /* blocks of RC_SMALL_JB columns accumulate in registers over all  \
-             * of k (one load/store of C per block, not per p) */               \
-            rc_idx j0 = 0;                                                      \
-            for (; j0 + RC_SMALL_JB <= n; j0 += RC_SMALL_JB) {                  \
+            for (rc_idx p = 0; p < k; p++) {                                    \
+                const T *bp = b + p * ldb;                                      \
                 for (rc_idx i = 0; i < m; i++) {                                \
-                    const T *ai = a + i * lda;                                  \
-                    T acc[RC_SMALL_JB];                                         \
-                    for (int jj = 0; jj < RC_SMALL_JB; jj++) acc[jj] = 0;       \
-                    for (rc_idx p = 0; p < k; p++) {                            \
-                        const T s = ai[p];                                      \
-                        const T *bp = b + p * ldb + j0;                         \
-                        for (int jj = 0; jj < RC_SMALL_JB; jj++)                \
-                            acc[jj] += s * bp[jj];                              \
-                    }                                                           \
-                    T *ci = c + i * ldc + j0;                                   \
-                    for (int jj = 0; jj < RC_SMALL_JB; jj++)                    \
-                        ci[jj] += alpha * acc[jj];                              \
-                }                                                               \
-            }                                                                   \
-            if (j0 < n) {                                                       \
-                for (rc_idx p = 0; p < k; p++) {                                \
-                    const T *bp = b + p * ldb;                                  \
-                    for (rc_idx i = 0; i < m; i++) {                            \
-                        T s = alpha * a[i * lda + p];                           \
-                        T *ci = c + i * ldc;                                    \
-                        for (rc_idx j = j0; j < n; j++) ci[j] += s * bp[j];     \
-                    }                                                           \
+                    T s = alpha * a[i * lda + p];                               \
+                    T *ci = c + i * ldc;                                        \
+                    for (rc_idx j = 0; j < n; j++) ci[j] += s * bp[j];          \
                 }                                                               \
             }                                                                   \
         } else if (k < RC_SMALL_VK) {                                            \
@@ -436,16 +415,8 @@ static inline double rc_hsum_d(rc_vd64b v)
     return v[0];
 }
 #define RC_SMALL_VK 16   /* dot products shorter than this are summed in order */
-#define VT rc_vf64b
-#define HSUM rc_hsum_f
-RC_DEFINE_SMALL_GEMM(rc_gemm_small_f, float)
-#undef VT
-#undef HSUM
-#define VT rc_vd64b
-#define HSUM rc_hsum_d
-RC_DEFINE_SMALL_GEMM(rc_gemm_small_d, double)
-#undef VT
-#undef HSUM
+RC_DEFINE_SMALL_GEMM(rc_gemm_small_f, float, rc_vf64b, rc_hsum_f)
+RC_DEFINE_SMALL_GEMM(rc_gemm_small_d, double, rc_vd64b, rc_hsum_d)
 
 /* Per-step recurrent GEMM without packing: C (m, n) := beta C + A (m, k) B (k, n),
  * A and B row-major (B not transposed), for moderate m (the batch). BLAS packs
