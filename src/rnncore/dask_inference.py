@@ -39,7 +39,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .module import Module, module_registry
+from .module import module_registry, registered_name
 
 __all__ = ["predict", "ModelSpec", "run_batch", "OUTPUTS"]
 
@@ -56,12 +56,9 @@ class ModelSpec:
     """
 
     def __init__(self, model):
-        if not isinstance(model, Module):
-            raise TypeError(f"model must be an rnncore Module, got {type(model).__name__}")
-        name = type(model).__name__
-        if module_registry.get(name) is not type(model):
-            raise ValueError(f"{name} is not registered (@rnncore.module.register_module), so "
-                             "it cannot be rebuilt on a worker")
+        name = registered_name(model, "{name} is not registered "
+                                      "(@rnncore.module.register_module), so it cannot be "
+                                      "rebuilt on a worker")
         self.class_name = name
         self.config = model.get_config()
         self.state = OrderedDict((k, np.ascontiguousarray(v)) for k, v in

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from . import nn as _nn  # noqa: F401  (registers the nn classes for loading)
-from .module import Module, module_registry
+from .module import module_registry, registered_name
 
 __all__ = ["save", "load", "load_checkpoint", "FORMAT_VERSION"]
 
@@ -120,12 +120,8 @@ def save(path, model, optimizer=None, extra=None, *, compress=False) -> None:
         When the model's class is not registered (it could not be loaded).
     """
     path = os.fspath(path)
-    if not isinstance(model, Module):
-        raise TypeError(f"model must be an rnncore Module, got {type(model).__name__}")
-    name = type(model).__name__
-    if module_registry.get(name) is not type(model):
-        raise ValueError(f"model class {name} is not registered, so it could not be loaded; "
-                         "decorate it with @rnncore.module.register_module")
+    name = registered_name(model, "model class {name} is not registered, so it could not be "
+                                  "loaded; decorate it with @rnncore.module.register_module")
     state = model.state_dict()
     meta = {"format": _FORMAT, "format_version": FORMAT_VERSION,
             "rnncore_version": __version__, "class": name, "config": model.get_config(),

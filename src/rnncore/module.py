@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["Module", "register_module", "module_registry"]
+__all__ = ["Module", "register_module", "module_registry", "registered_name"]
 
 #: name -> class, for :func:`rnncore.load` to rebuild a model from its config.
 module_registry: dict[str, type] = {}
@@ -26,6 +26,20 @@ def register_module(cls):
     """Class decorator: make ``cls`` reconstructible by :func:`rnncore.load`."""
     module_registry[cls.__name__] = cls
     return cls
+
+
+def registered_name(model, unregistered: str) -> str:
+    """The class name of ``model``, a registered rnncore Module (else TypeError/ValueError).
+
+    ``unregistered`` is the ValueError message, formatted with ``{name}``: what
+    cannot be done with an unregistered class, for the caller's purpose.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be an rnncore Module, got {type(model).__name__}")
+    name = type(model).__name__
+    if module_registry.get(name) is not type(model):
+        raise ValueError(unregistered.format(name=name))
+    return name
 
 
 class Module:
