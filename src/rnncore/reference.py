@@ -3,7 +3,7 @@ r"""Pure-NumPy specification of the rnncore cells: vanilla RNN, GRU and LSTM.
 This module is the *definition* every faster implementation in rnncore is
 tested against. It favours clarity over speed: one function per step and one
 per sequence (cs231n ``rnn_layers.py`` style), every saved value named, every
-formula written once with the seed equation it implements.
+formula written once with the textbook equation it implements.
 
 Conventions
 -----------
@@ -27,15 +27,22 @@ output features, ``V`` vocabulary (classes).
 
 Equations
 ---------
-Seed references: seed 000 (output layer, softmax, cross-entropy), seed 002
-(vanilla RNN and BPTT, cs231n code), seed 003 (RNN, GRU and LSTM, d2l.ai).
+References, cited by short name in the comments below:
+[DL] Goodfellow, Bengio & Courville, *Deep Learning* (2016), §10.2 (recurrent
+networks, the output layer, softmax cross-entropy, backpropagation through
+time; notation ``a_t = b + W h_{t-1} + U x_t``, ``o_t = c + V h_t``);
+[d2l] Zhang, Lipton, Li & Smola, *Dive into Deep Learning*, ch. 9-10 (RNN, GRU,
+LSTM; notation ``H_t = φ(X_t W_xh + H_{t-1} W_hh + b_h)``); Elman (1990), the
+vanilla RNN; Cho et al. (2014), the GRU; Hochreiter & Schmidhuber (1997) with
+Gers et al. (2000), the LSTM; Stanford cs231n assignment 3 (``rnn_layers.py``),
+the step/sequence function signatures.
 
-Vanilla RNN (seed 002: ``s_t = f(U x_t + W s_{t-1})``; seed 003:
+Vanilla RNN (Elman 1990; [DL]: ``s_t = f(U x_t + W s_{t-1})``; [d2l]:
 ``H_t = φ(X_t W_xh + H_{t-1} W_hh + b_h)``)::
 
     h_t = φ(x_t Wx + h_{t-1} Wh + b),      φ = tanh or relu
 
-Output layer and loss (seed 000)::
+Output layer and loss ([DL] §10.2)::
 
     o_t = h_t V + c                         (temporal_affine_forward)
     L   = -(1/N) Σ_{n,t} mask[n,t] · log softmax(o_t[n])[y[n,t]]
@@ -48,9 +55,9 @@ GRU (PyTorch ``nn.GRU``; gates r, z, n along the 3H axis)::
     n   = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)     reset_after=False
     h'  = (1 - z) ⊙ n + z ⊙ h
 
-``reset_after=False`` is the variant of seed 003
+``reset_after=False`` is the variant of Cho et al. (2014) and [d2l]
 (``H̃_t = tanh(X_t W_xh + (R_t ⊙ H_{t-1}) W_hh + b_h)``) and of the original
-Keras GRU. Seed 003's update ``H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t`` is the
+Keras GRU. [d2l]'s update ``H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t`` is the
 same as PyTorch's ``h' = (1 - z) ⊙ n + z ⊙ h``.
 
 LSTM (PyTorch ``nn.LSTM``; gates i, f, g, o along the 4H axis; one bias
@@ -61,7 +68,7 @@ LSTM (PyTorch ``nn.LSTM``; gates i, f, g, o along the 4H axis; one bias
     c' = f ⊙ c + i ⊙ g
     h' = o ⊙ tanh(c')
 
-Backpropagation through time (seed 002 / seed 003): the gradient reaching
+Backpropagation through time ([DL] §10.2.2, [d2l] §9.7): the gradient reaching
 ``h_t`` is the upstream gradient ``dh[:, t]`` plus the gradient carried back
 from step ``t + 1``; weight gradients are sums over the steps.
 """
@@ -239,7 +246,7 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b, nonlinearity="tanh"):
 
     Notes
     -----
-    ``next_h = φ(x Wx + prev_h Wh + b)`` (seed 002: ``s_t = f(U x_t + W s_{t-1})``).
+    ``next_h = φ(x Wx + prev_h Wh + b)`` ([DL]: ``s_t = f(U x_t + W s_{t-1})``).
 
     Examples
     --------
@@ -255,9 +262,9 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b, nonlinearity="tanh"):
     dtype = _float_dtype(x, prev_h, Wx, Wh, b)
     x, prev_h, Wx, Wh, b = _as(dtype, x, prev_h, Wx, Wh, b)
 
-    # seed 002: net_t = U x_t + W s_{t-1} (+ b)            (N, H)
+    # [DL]: net_t = U x_t + W s_{t-1} (+ b)            (N, H)
     a = x @ Wx + prev_h @ Wh + b
-    # seed 002: s_t = f(net_t), f = tanh or relu           (N, H)
+    # [DL]: s_t = f(net_t), f = tanh or relu           (N, H)
     next_h = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0)
 
     cache = RNNStepCache(x=x, prev_h=prev_h, Wx=Wx, Wh=Wh, next_h=next_h,
@@ -293,7 +300,7 @@ def rnn_step_backward(dnext_h, cache):
     x, prev_h, Wx, Wh, next_h = cache.x, cache.prev_h, cache.Wx, cache.Wh, cache.next_h
     (dnext_h,) = _as(next_h.dtype, dnext_h)
 
-    # seed 000: tanh' = 1 - h²  (relu' = [h > 0])               (N, H)
+    # [DL]: tanh' = 1 - h²  (relu' = [h > 0])               (N, H)
     # δ_t = ∂L/∂net_t = ∂L/∂s_t ⊙ f'(net_t)                      (N, H)
     if cache.nonlinearity == "tanh":
         da = dnext_h * (1 - next_h**2)
@@ -302,15 +309,15 @@ def rnn_step_backward(dnext_h, cache):
         # also where h is NaN (a select, not a product with 0/1)
         da = np.where(next_h > 0, dnext_h, 0).astype(next_h.dtype)
 
-    # seed 002: δ_{t-1} = δ_t W f'(net_{t-1}) (here the W part)  (N, H) = (N, H)(H, H)ᵀ
+    # [DL]: δ_{t-1} = δ_t W f'(net_{t-1}) (here the W part)  (N, H) = (N, H)(H, H)ᵀ
     dprev_h = da @ Wh.T
-    # seed 002, second direction (to the layer below): U ᵀ δ_t   (N, D) = (N, H)(D, H)ᵀ
+    # [DL], second direction (to the layer below): U ᵀ δ_t   (N, D) = (N, H)(D, H)ᵀ
     dx = da @ Wx.T
-    # seed 003: ∂L/∂W_hx = Σ_t ∂L/∂h_t x_tᵀ (one term)           (D, H)
+    # [d2l]: ∂L/∂W_hx = Σ_t ∂L/∂h_t x_tᵀ (one term)           (D, H)
     dWx = x.T @ da
-    # seed 003: ∂L/∂W_hh = Σ_t ∂L/∂h_t h_{t-1}ᵀ (one term)       (H, H)
+    # [d2l]: ∂L/∂W_hh = Σ_t ∂L/∂h_t h_{t-1}ᵀ (one term)       (H, H)
     dWh = prev_h.T @ da
-    # seed 000: ∂L/∂b = Σ_t diag(1 - h_t²) δ_t (one term)        (H,)
+    # [DL]: ∂L/∂b = Σ_t diag(1 - h_t²) δ_t (one term)        (H,)
     db = da.sum(axis=0)
     return dx, dprev_h, dWx, dWh, db
 
@@ -366,7 +373,7 @@ def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
     steps = []
     prev_h = h0
     for t in range(T):
-        # seed 003: H_t = φ(X_t W_xh + H_{t-1} W_hh + b_h)
+        # [d2l]: H_t = φ(X_t W_xh + H_{t-1} W_hh + b_h)
         next_h, step_cache = rnn_step_forward(x[:, t], prev_h, Wx, Wh, b, nonlinearity)
         h[:, t] = next_h
         steps.append(step_cache)
@@ -397,7 +404,7 @@ def rnn_backward(dh, cache, dhn=None):
 
     Notes
     -----
-    Seed 003: ``∂L/∂h_t = dh_t + (gradient carried back from step t+1)``;
+    [d2l]: ``∂L/∂h_t = dh_t + (gradient carried back from step t+1)``;
     the weight gradients are sums of the per-step gradients. With ``T = 0``
     the final state is ``h0``, so ``dh0 = dhn``.
     """
@@ -415,10 +422,10 @@ def rnn_backward(dh, cache, dhn=None):
     # gradient flowing into h_{T-1} from beyond the sequence: dhn
     dcarry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
     for t in reversed(range(T)):
-        # seed 003: ∂L/∂h_t = W_hhᵀ ∂L/∂h_{t+1} + (upstream gradient of h_t)
+        # [d2l]: ∂L/∂h_t = W_hhᵀ ∂L/∂h_{t+1} + (upstream gradient of h_t)
         dnext_h = dh[:, t] + dcarry_h
         dx[:, t], dcarry_h, dWx_t, dWh_t, db_t = rnn_step_backward(dnext_h, cache.steps[t])
-        # seed 002/003: the gradient of a shared weight is the sum over steps
+        # [DL]/[d2l]: the gradient of a shared weight is the sum over steps
         dWx += dWx_t
         dWh += dWh_t
         db += db_t
@@ -451,9 +458,9 @@ def temporal_affine_forward(x, w, b):
     x : ndarray (N, T, H)
         Hidden states.
     w : ndarray (H, M)
-        Weights (the seed's ``V``, transposed to the ``x @ w`` layout).
+        Weights ([DL]'s ``V``, transposed to the ``x @ w`` layout).
     b : ndarray (M,)
-        Bias (the seed's ``c``).
+        Bias ([DL]'s ``c``).
 
     Returns
     -------
@@ -464,7 +471,7 @@ def temporal_affine_forward(x, w, b):
 
     Notes
     -----
-    Seed 000: ``o_t = V h_t + c``, here ``out[:, t] = x[:, t] w + b``.
+    [DL]: ``o_t = V h_t + c``, here ``out[:, t] = x[:, t] w + b``.
 
     Examples
     --------
@@ -474,7 +481,7 @@ def temporal_affine_forward(x, w, b):
     """
     dtype = _float_dtype(x, w, b)
     x, w, b = _as(dtype, x, w, b)
-    # seed 000: o_t = V h_t + c                                  (N, T, M)
+    # [DL]: o_t = V h_t + c                                  (N, T, M)
     out = x @ w + b
     return out, AffineCache(x=x, w=w)
 
@@ -501,11 +508,11 @@ def temporal_affine_backward(dout, cache):
     x, w = cache.x, cache.w
     (dout,) = _as(x.dtype, dout)
     H, M = w.shape
-    # seed 000: δ_t gets Vᵀ ∂L/∂o_t                              (N, T, H)
+    # [DL]: δ_t gets Vᵀ ∂L/∂o_t                              (N, T, H)
     dx = dout @ w.T
-    # seed 000: ∂L/∂V = Σ_t ∂L/∂o_t h_tᵀ                          (H, M)
+    # [DL]: ∂L/∂V = Σ_t ∂L/∂o_t h_tᵀ                          (H, M)
     dw = x.reshape(-1, H).T @ dout.reshape(-1, M)
-    # seed 000: ∂L/∂c = Σ_t ∂L/∂o_t                              (M,)
+    # [DL]: ∂L/∂c = Σ_t ∂L/∂o_t                              (M,)
     db = dout.sum(axis=(0, 1))
     return dx, dw, db
 
@@ -576,10 +583,10 @@ def temporal_softmax_loss(x, y, mask=None):
     log_probs = shifted - log_sum_exp
     # pick the log-probability of each label                       (N, T)
     log_p_label = np.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]
-    # seed 000: L = Σ_t L_t, L_t = -Σ_i y_i log y'_i; / N (cs231n)
+    # [DL]: L = Σ_t L_t, L_t = -Σ_i y_i log y'_i; / N (cs231n)
     loss = -(mask * log_p_label).sum() / N
 
-    # seed 000: ∂L_t/∂o_t = y' - y  (softmax minus one-hot)       (N, T, V)
+    # [DL]: ∂L_t/∂o_t = y' - y  (softmax minus one-hot)       (N, T, V)
     one_hot = y[..., None] == np.arange(V)
     dx = (np.exp(log_probs) - one_hot) * (mask[..., None] / N)
     return x.dtype.type(loss), dx
@@ -672,10 +679,10 @@ def gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=True):
         r  = σ(x W_ir + b_ir + h W_hr + b_hr)
         z  = σ(x W_iz + b_iz + h W_hz + b_hz)
         n  = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))   reset_after=True (PyTorch)
-        n  = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)   reset_after=False (seed 003, Keras v1)
+        n  = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)   reset_after=False (Cho et al. 2014, Keras v1)
         h' = (1 - z) ⊙ n + z ⊙ h
 
-    Seed 003 writes the update as ``H_t = Z ⊙ H_{t-1} + (1 - Z) ⊙ H̃_t``,
+    [d2l] writes the update as ``H_t = Z ⊙ H_{t-1} + (1 - Z) ⊙ H̃_t``,
     which is the same. ``b_hn`` sits inside the reset product when
     ``reset_after=True``, so it cannot be folded into ``b_in``.
 
@@ -699,9 +706,9 @@ def gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=True):
     Wh_r, Wh_z, Wh_n = _split_gates(Wh, 3)
     bh_r, bh_z, bh_n = _split_gates(bh, 3)
 
-    # seed 003 R_t (torch.nn.GRU): r = σ(x W_ir + b_ir + h W_hr + b_hr)
+    # [d2l] R_t (torch.nn.GRU): r = σ(x W_ir + b_ir + h W_hr + b_hr)
     r = sigmoid(ax_r + prev_h @ Wh_r + bh_r)
-    # seed 003 Z_t (torch.nn.GRU): z = σ(x W_iz + b_iz + h W_hz + b_hz)
+    # [d2l] Z_t (torch.nn.GRU): z = σ(x W_iz + b_iz + h W_hz + b_hz)
     z = sigmoid(ax_z + prev_h @ Wh_z + bh_z)
     if reset_after:
         reset_h = None
@@ -711,9 +718,9 @@ def gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=True):
     else:
         reset_h = r * prev_h
         hidden_n = reset_h @ Wh_n + bh_n
-        # seed 003: H̃_t = tanh(X_t W_xh + (R_t ⊙ H_{t-1}) W_hh + b_h)
+        # [d2l]: H̃_t = tanh(X_t W_xh + (R_t ⊙ H_{t-1}) W_hh + b_h)
         n = np.tanh(ax_n + hidden_n)
-    # seed 003: H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t
+    # [d2l]: H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t
     next_h = (1 - z) * n + z * prev_h
 
     cache = GRUStepCache(x=x, prev_h=prev_h, Wx=Wx, Wh=Wh, r=r, z=z, n=n,
@@ -755,7 +762,7 @@ def gru_step_backward(dnext_h, cache):
     (dnext_h,) = _as(n.dtype, dnext_h)
     Wh_r, Wh_z, Wh_n = _split_gates(Wh, 3)
 
-    # seed 003: H_t = Z ⊙ H_{t-1} + (1 - Z) ⊙ H̃_t, differentiated     (N, H)
+    # [d2l]: H_t = Z ⊙ H_{t-1} + (1 - Z) ⊙ H̃_t, differentiated     (N, H)
     dn = dnext_h * (1 - z)
     dz = dnext_h * (prev_h - n)
     dprev_h = dnext_h * z
@@ -768,7 +775,7 @@ def gru_step_backward(dnext_h, cache):
         dprev_h += dhidden_n @ Wh_n.T
         dWh_n = prev_h.T @ dhidden_n
     else:
-        # seed 003: H̃_t = tanh(... + (R_t ⊙ H_{t-1}) W_hh + b_h)
+        # [d2l]: H̃_t = tanh(... + (R_t ⊙ H_{t-1}) W_hh + b_h)
         dhidden_n = da_n
         dreset_h = dhidden_n @ Wh_n.T
         dr = dreset_h * prev_h
@@ -809,7 +816,7 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     bh : ndarray (3H,)
         Hidden bias (PyTorch ``bias_hh``).
     reset_after : bool, default True
-        PyTorch's candidate (True) or seed 003's / Keras v1's (False); see
+        PyTorch's candidate (True) or Cho et al.'s / Keras v1's (False); see
         :func:`gru_step_forward`.
 
     Returns
@@ -848,7 +855,7 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     steps = []
     prev_h = h0
     for t in range(T):
-        # seed 003: H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t
+        # [d2l]: H_t = Z_t ⊙ H_{t-1} + (1 - Z_t) ⊙ H̃_t
         next_h, step_cache = gru_step_forward(x[:, t], prev_h, Wx, Wh, bx, bh, reset_after)
         h[:, t] = next_h
         steps.append(step_cache)
@@ -880,7 +887,7 @@ def gru_backward(dh, cache, dhn=None):
 
     Notes
     -----
-    ``∂L/∂h_t = dh_t + (gradient carried back from step t+1)`` (seed 003);
+    ``∂L/∂h_t = dh_t + (gradient carried back from step t+1)`` ([d2l]);
     weight gradients are sums over steps. With ``T = 0``, ``dh0 = dhn``.
     """
     Wx, Wh, h0 = cache.Wx, cache.Wh, cache.h0
@@ -897,7 +904,7 @@ def gru_backward(dh, cache, dhn=None):
     dbh = np.zeros(3 * H, dtype=dtype)
     dcarry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
     for t in reversed(range(T)):
-        # seed 003: ∂L/∂h_t = (carried from t+1) + (upstream gradient of h_t)
+        # [d2l]: ∂L/∂h_t = (carried from t+1) + (upstream gradient of h_t)
         dnext_h = dh[:, t] + dcarry_h
         dx[:, t], dcarry_h, dWx_t, dWh_t, dbx_t, dbh_t = gru_step_backward(
             dnext_h, cache.steps[t])
@@ -1017,11 +1024,11 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     i = sigmoid(a_i)
     f = sigmoid(a_f)
     o = sigmoid(a_o)
-    # seed 003: C̃_t = tanh(X_t W_xc + H_{t-1} W_hc + b_c)
+    # [d2l]: C̃_t = tanh(X_t W_xc + H_{t-1} W_hc + b_c)
     g = np.tanh(a_g)
-    # seed 003: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t
+    # [d2l]: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t
     next_c = f * prev_c + i * g
-    # seed 003: H_t = O_t ⊙ tanh(C_t)
+    # [d2l]: H_t = O_t ⊙ tanh(C_t)
     tanh_next_c = np.tanh(next_c)
     next_h = o * tanh_next_c
 
@@ -1065,10 +1072,10 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     i, f, g, o, tanh_next_c = cache.i, cache.f, cache.g, cache.o, cache.tanh_next_c
     dnext_h, dnext_c = _as(tanh_next_c.dtype, dnext_h, dnext_c)
 
-    # seed 003: H_t = O_t ⊙ tanh(C_t), differentiated                 (N, H)
+    # [d2l]: H_t = O_t ⊙ tanh(C_t), differentiated                 (N, H)
     do = dnext_h * tanh_next_c
     dc = dnext_c + dnext_h * o * (1 - tanh_next_c**2)
-    # seed 003: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t, differentiated        (N, H)
+    # [d2l]: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t, differentiated        (N, H)
     di = dc * g
     df = dc * prev_c
     dg = dc * i
@@ -1144,7 +1151,7 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
     steps = []
     prev_h, prev_c = h0, c0
     for t in range(T):
-        # seed 003: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t;  H_t = O_t ⊙ tanh(C_t)
+        # [d2l]: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t;  H_t = O_t ⊙ tanh(C_t)
         next_h, next_c, step_cache = lstm_step_forward(x[:, t], prev_h, prev_c, Wx, Wh, b)
         h[:, t] = next_h
         c[:, t] = next_c
@@ -1198,7 +1205,7 @@ def lstm_backward(dh, cache, dhn=None, dcn=None):
     dcarry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
     dcarry_c = np.zeros((N, H), dtype=dtype) if dcn is None else np.array(dcn, dtype=dtype)
     for t in reversed(range(T)):
-        # seed 003: ∂L/∂h_t = (carried from t+1) + (upstream gradient of h_t)
+        # [d2l]: ∂L/∂h_t = (carried from t+1) + (upstream gradient of h_t)
         dnext_h = dh[:, t] + dcarry_h
         dx[:, t], dcarry_h, dcarry_c, dWx_t, dWh_t, db_t = lstm_step_backward(
             dnext_h, dcarry_c, cache.steps[t])
