@@ -34,9 +34,10 @@ from rnncore import functional as F
 from rnncore import losses, nn
 from rnncore import reference as R
 
-from test_reliability_common import (LAYOUTS, LONG, Snapshot, alias_pair, assert_error_names,
-                                     assert_matches, assert_no_alias, count, examples,
-                                     reference_model, same_rnncore_prelude, with_layout)
+from _oracle import reference_run
+from _reliability import (LAYOUTS, LONG, Snapshot, alias_pair, assert_error_names,
+                          assert_matches, assert_no_alias, count, examples,
+                          same_rnncore_prelude, with_layout)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN/inf arithmetic
 
@@ -625,7 +626,7 @@ def _run_model(case):
     snap.assert_unchanged(f"{api}.forward")
     fins = [fin] if S == 1 else list(fin)
     assert_no_alias([out] + fins, snap.inputs(), api)
-    ro, rf, _, _, _ = reference_model(m, x_tnd, states, lengths)
+    ro, rf, _, _, _ = reference_run(m, x_tnd, states, lengths)
     out_tnd = out
     if case["unbatched"]:
         out_tnd = out[None] if case["bf"] else out[:, None]
@@ -674,7 +675,7 @@ def _run_model(case):
     dsts = [dst] if S == 1 else list(dst)
     assert_no_alias([dx] + dsts, bsnap.inputs() + [out] + fins + list(m.params.values())
                     + list(m.grads.values()), bapi)
-    _, _, rdx, rds, rg = reference_model(m, x_tnd, states, lengths, dout_tnd, dfin)
+    _, _, rdx, rds, rg = reference_run(m, x_tnd, states, lengths, dout_tnd, dfin)
     dx_tnd = dx
     if case["unbatched"]:
         dx_tnd = dx[None] if case["bf"] else dx[:, None]

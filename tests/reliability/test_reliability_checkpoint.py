@@ -37,7 +37,7 @@ import rnncore
 from rnncore import io as rio
 from rnncore import optim
 
-from test_reliability_common import LONG, count
+from _reliability import LONG, count
 
 
 def _model_and_opt(seed=0, H=16):
