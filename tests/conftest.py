@@ -35,11 +35,13 @@ TOL = {
 
 
 #: (N, T, D, H): a base case plus the edge cases N=1, T=1, H=1, D=1, D=H, D>H,
-#: D<H and a wider H. The one grid of the reference, kernel and functional tests.
-SHAPES = [(2, 3, 4, 5), (1, 3, 4, 5), (2, 1, 4, 5), (2, 3, 4, 1), (3, 4, 1, 3),
-          (2, 5, 3, 3), (4, 6, 7, 2), (2, 2, 1, 3), (2, 2, 3, 3), (1, 1, 3, 2),
-          (3, 1, 2, 4), (1, 6, 3, 3), (4, 5, 1, 1), (5, 7, 8, 3), (2, 4, 6, 16)]
+#: D<H and a wider H. The one grid of the reference, kernel and functional tests;
+#: finite differences (one forward per input element) use its tiny head.
+SHAPES = [(2, 3, 4, 5), (1, 3, 4, 5), (2, 1, 4, 5), (2, 3, 4, 1), (2, 2, 1, 3), (2, 2, 3, 3),
+          (3, 4, 1, 3), (2, 5, 3, 3), (4, 6, 7, 2), (1, 1, 3, 2), (3, 1, 2, 4), (1, 6, 3, 3),
+          (4, 5, 1, 1), (5, 7, 8, 3), (2, 4, 6, 16)]
 SHAPE_IDS = [f"N{N}-T{T}-D{D}-H{H}" for N, T, D, H in SHAPES]
+FD_SHAPES, FD_SHAPE_IDS = SHAPES[:6], SHAPE_IDS[:6]
 DTYPES = [np.float64, np.float32]
 DTYPE_IDS = ["f64", "f32"]
 
@@ -98,6 +100,40 @@ def run_backward(model, dout, dstates=None):
         return dx, [dh0, dc0]
     dx, dh0 = model.backward(dout, None if dstates is None else dstates[0])
     return dx, [dh0]
+
+
+#: The gradients the GRU and LSTM sequence functions return, in order.
+GRAD_NAMES = {
+    "gru": ("dx", "dh0", "dWx", "dWh", "dbx", "dbh"),
+    "lstm": ("dx", "dh0", "dc0", "dWx", "dWh", "db"),
+}
+#: Weight scale of drawn inputs, keeping gates out of saturation so every term matters.
+SCALE = 0.5
+
+
+def randn(rng, *shape):
+    return SCALE * rng.standard_normal(shape)
+
+
+def draw_sequence(kind, rng, N, T, D, H, dtype=np.float64):
+    """Random sequence inputs (batch-major) and upstream gradients of a cell kind
+    ('rnn', 'gru', 'lstm'), named like the API: ``(inputs, upstream)``."""
+    G = GATES[kind]
+    inp = {"x": rng.standard_normal((N, T, D)), "h0": randn(rng, N, H)}
+    inp["Wx"] = randn(rng, D, G * H)
+    inp["Wh"] = randn(rng, H, G * H)
+    if kind == "gru":
+        inp["bx"] = randn(rng, G * H)
+        inp["bh"] = randn(rng, G * H)
+    else:
+        inp["b"] = randn(rng, G * H)
+    if kind == "lstm":
+        inp["c0"] = randn(rng, N, H)
+    up = {"dh": rng.standard_normal((N, T, H)), "dhn": rng.standard_normal((N, H))}
+    if kind == "lstm":
+        up["dcn"] = rng.standard_normal((N, H))
+    cast = lambda d: {k: v.astype(dtype) for k, v in d.items()}  # noqa: E731
+    return cast(inp), cast(up)
 
 
 # ----------------------------------------------------------------- slow tests
@@ -167,3 +203,13 @@ def numerical_gradient(f, x, df, h=1e-6):
         grad[ix] = (pos - neg) / (2 * h)
         it.iternext()
     return grad
+
+
+def assert_close(actual, expected, name):
+    """float64: 1e-10 abs; float32: 1e-5 relative to max(1, |expected|)."""
+    actual = np.asarray(actual)
+    if actual.dtype == np.float32:
+        assert_close_f32(actual, expected, name=name)
+    else:
+        assert actual.dtype == np.float64, f"{name}: dtype {actual.dtype}"
+        assert_close_f64(actual, expected, name=name)

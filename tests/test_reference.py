@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TOL, assert_close_f32, numerical_gradient
+from conftest import FD_SHAPE_IDS, FD_SHAPES, TOL, assert_close_f32, numerical_gradient
 
 from rnncore import reference as ref
 
@@ -27,10 +27,6 @@ from rnncore import reference as ref
 # Test data
 # ---------------------------------------------------------------------------
 VARIANTS = ["rnn-tanh", "rnn-relu", "gru", "gru-reset-before", "lstm"]
-
-#: (N, T, D, H): a base case plus the edge cases T=1, N=1, H=1, D=1, D=H.
-SHAPES = [(2, 3, 4, 5), (1, 3, 4, 5), (2, 1, 4, 5), (2, 3, 4, 1), (2, 2, 1, 3), (2, 2, 3, 3)]
-SHAPE_IDS = [f"N{N}-T{T}-D{D}-H{H}" for N, T, D, H in SHAPES]
 
 #: Weight scale keeping gates out of saturation, so gradients are not tiny.
 SCALE = 0.5
@@ -257,7 +253,7 @@ def test_rnn_rejects_unknown_nonlinearity(rng, bad):
 # ---------------------------------------------------------------------------
 # Finite differences: every gradient of every step and sequence function
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("N,T,D,H", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("N,T,D,H", FD_SHAPES, ids=FD_SHAPE_IDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_step_backward_matches_finite_differences(rng, variant, N, T, D, H):
     a = _step_inputs(_draw(variant, rng, N, 1, D, H))
@@ -279,7 +275,7 @@ def test_step_backward_matches_finite_differences(rng, variant, N, T, D, H):
 
 
 @pytest.mark.parametrize("with_final", [False, True], ids=["dh-only", "with-dhn-dcn"])
-@pytest.mark.parametrize("N,T,D,H", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("N,T,D,H", FD_SHAPES, ids=FD_SHAPE_IDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_backward_matches_finite_differences(rng, variant, N, T, D, H, with_final):
     """L = Σ h ⊙ dh [+ Σ h_n ⊙ dhn] [+ Σ c_n ⊙ dcn] (LSTM), gradients wrt every input."""
