@@ -15,7 +15,7 @@ The kernels themselves are called directly in ``test_kernels.py``.
 """
 import numpy as np
 import pytest
-from conftest import (DTYPE_IDS, DTYPES, GATED, GRAD_NAMES, SHAPE_IDS, SHAPES, TOL, assert_close,
+from conftest import (DTYPE_IDS, DTYPES, GATED, GRAD_NAMES, SHAPE_IDS, SHAPES, assert_close,
                       assert_close_f32, assert_close_f64, draw_sequence)
 
 from rnncore import functional as F
@@ -418,27 +418,3 @@ def test_nan_input_propagates_to_its_row(cell, dtype, rng):
     assert np.all(np.isnan(out["dx"][1]))
     assert np.all(np.isfinite(out["dx"][[0, 2]]))
     assert np.all(np.isnan(out["dWx"]).any(axis=0))
-
-
-def test_matches_torch(rng):
-    torch = pytest.importorskip("torch")
-    N, T, D, H = 3, 7, 4, 6
-    for nl in ["tanh", "relu"]:
-        m = torch.nn.RNN(D, H, nonlinearity=nl, batch_first=True).double()
-        x = rng.standard_normal((N, T, D))
-        h0 = rng.standard_normal((N, H))
-        xt = torch.tensor(x, requires_grad=True)
-        h0t = torch.tensor(h0[None], requires_grad=True)
-        out, hn = m(xt, h0t)
-        dh = rng.standard_normal((N, T, H))
-        out.backward(torch.tensor(dh))
-        sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
-        b = sd["bias_ih_l0"] + sd["bias_hh_l0"]
-        h, cache = F.rnn_forward(x, h0, sd["weight_ih_l0"].T, sd["weight_hh_l0"].T, b, nl)
-        assert_close_f64(h, out.detach().numpy(), atol=TOL["torch_f64_atol"], name="h")
-        dx, dh0, dWx, dWh, db = F.rnn_backward(dh, cache)
-        assert_close_f64(dx, xt.grad.numpy(), atol=TOL["torch_f64_atol"], name="dx")
-        assert_close_f64(dh0, h0t.grad.numpy()[0], atol=TOL["torch_f64_atol"], name="dh0")
-        assert_close_f64(dWx.T, m.weight_ih_l0.grad.numpy(), atol=TOL["torch_f64_atol"])
-        assert_close_f64(dWh.T, m.weight_hh_l0.grad.numpy(), atol=TOL["torch_f64_atol"])
-        assert_close_f64(db, m.bias_ih_l0.grad.numpy(), atol=TOL["torch_f64_atol"])

@@ -24,7 +24,7 @@ import pytest
 from _oracle import reference_model
 from conftest import (CELLS, GATES, TOL, assert_close_f32, assert_close_f64, kind_of, make_model,
                       n_states, numerical_gradient, run_backward, run_forward)
-from rnncore.models import GRU, LSTM, RNN  # noqa: F401
+from rnncore.models import GRU, LSTM, RNN
 
 
 # ---------------------------------------------------------------------------
@@ -111,107 +111,7 @@ def test_matches_reference_no_bias(rng, cell, use_len):
 
 
 # ---------------------------------------------------------------------------
-# 2. Against PyTorch
-# ---------------------------------------------------------------------------
-TORCH_CONFIGS = {  # name: (constructor kwargs, unbatched)
-    "plain": (dict(), False),
-    "bf-bi-L2": (dict(batch_first=True, bidirectional=True, num_layers=2), False),
-    "bi-L2-nobias": (dict(bidirectional=True, num_layers=2, bias=False), False),
-    "L2-bf": (dict(num_layers=2, batch_first=True), False),
-    "unbatched-bi-L2": (dict(bidirectional=True, num_layers=2), True),
-    "unbatched-bf": (dict(batch_first=True), True),
-}
-
-
-def _torch_cases():
-    cases = []
-    for cell in CELLS:
-        for cname, (_, unbatched) in TORCH_CONFIGS.items():
-            for use_len in ([False] if unbatched else [False, True]):
-                for dtype in ("float32", "float64"):
-                    cases.append(pytest.param(
-                        cell, cname, use_len, dtype,
-                        id=f"{cell}-{cname}-{'len' if use_len else 'full'}-{dtype}"))
-    return cases
-
-
-def _torch_module(torch, cell, D, H, dtype, rng, **kw):
-    """A torch RNN/GRU/LSTM with weights drawn from ``rng`` (no global torch seed)."""
-    tdt = torch.float32 if dtype == np.float32 else torch.float64
-    kind = kind_of(cell)
-    if kind == "rnn":
-        m = torch.nn.RNN(D, H, nonlinearity=cell.split("_")[1], dtype=tdt, **kw)
-    else:
-        m = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind](D, H, dtype=tdt, **kw)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.from_numpy(rng.uniform(-0.7, 0.7, size=tuple(p.shape))))
-    return m
-
-
-@pytest.mark.parametrize("cell, config, use_len, dtype", _torch_cases())
-def test_matches_torch(rng, cell, config, use_len, dtype):
-    torch = pytest.importorskip("torch")
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    kw, unbatched = TORCH_CONFIGS[config]
-    dtype = np.dtype(dtype)
-    T, N, D, H = 5, 3, 4, 3
-    L, nd, ns = kw.get("num_layers", 1), 2 if kw.get("bidirectional") else 1, n_states(cell)
-    bf = kw.get("batch_first", False)
-    tm = _torch_module(torch, cell, D, H, dtype, rng, **kw)
-    model = make_model(cell, D, H, dtype=dtype, seed=0, **kw)
-    model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
-
-    if unbatched:
-        xshape, sshape, oshape = (T, D), (L * nd, H), (T, nd * H)
-    else:
-        xshape = (N, T, D) if bf else (T, N, D)
-        sshape, oshape = (L * nd, N, H), xshape[:2] + (nd * H,)
-    x = rng.standard_normal(xshape).astype(dtype)
-    states0 = [rng.standard_normal(sshape).astype(dtype) for _ in range(ns)]
-    dout = rng.standard_normal(oshape).astype(dtype)
-    dstates_n = [rng.standard_normal(sshape).astype(dtype) for _ in range(ns)]
-    lengths = np.array([3, 1, 5]) if use_len else None
-
-    # torch
-    xt = torch.tensor(x, requires_grad=True)
-    st_t = [torch.tensor(s, requires_grad=True) for s in states0]
-    hx = tuple(st_t) if ns == 2 else st_t[0]
-    if use_len:
-        packed = pack_padded_sequence(xt, torch.as_tensor(lengths), batch_first=bf,
-                                      enforce_sorted=False)
-        out_p, sn_t = tm(packed, hx)
-        out_t, _ = pad_packed_sequence(out_p, batch_first=bf, total_length=T)
-    else:
-        out_t, sn_t = tm(xt, hx)
-    sn_t = list(sn_t) if ns == 2 else [sn_t]
-    loss = (out_t * torch.from_numpy(dout)).sum()
-    for s, ds in zip(sn_t, dstates_n):
-        loss = loss + (s * torch.from_numpy(ds)).sum()
-    loss.backward()
-
-    # rnncore
-    out, sn = run_forward(model, x, states0, lengths=lengths)
-    dx, ds0 = run_backward(model, dout, dstates_n)
-
-    close = assert_close_f32 if dtype == np.float32 else (
-        lambda a, e, name: assert_close_f64(a, e, atol=TOL["torch_f64_atol"], name=name))
-    assert out.dtype == dtype and dx.dtype == dtype
-    close(out, out_t.detach().numpy(), name="out")
-    for si in range(ns):
-        close(sn[si], sn_t[si].detach().numpy(), name=["h_n", "c_n"][si])
-        close(ds0[si], st_t[si].grad.numpy(), name=["dh0", "dc0"][si])
-    close(dx, xt.grad.numpy(), name="dx")
-    tparams = dict(tm.named_parameters())
-    assert list(model.grads) == list(tparams)
-    for name, p in tparams.items():
-        assert model.grads[name].dtype == dtype
-        close(model.grads[name], p.grad.numpy(), name="d" + name)
-
-
-# ---------------------------------------------------------------------------
-# 3. Finite differences through a whole model with dropout
+# 2. Finite differences through a whole model with dropout
 # ---------------------------------------------------------------------------
 FD_CELLS = ["rnn_tanh", "gru", "lstm"]  # relu's kink makes central differences unreliable
 
@@ -257,7 +157,7 @@ def test_finite_differences_with_dropout(rng, cell, use_len):
 
 
 # ---------------------------------------------------------------------------
-# 4. Behaviour
+# 3. Behaviour
 # ---------------------------------------------------------------------------
 def _data(rng, model, T=4, N=2, dtype=np.float64):
     """x, initial states, dout, final-state gradients for ``model`` (its layout)."""
@@ -383,22 +283,6 @@ def test_seeded_init_reproducible_and_in_pytorch_range(cell):
         assert a.grads[k].shape == a.params[k].shape and not np.any(a.grads[k])
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
-@pytest.mark.parametrize("L", [1, 2, 3])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_parameter_names_and_shapes_match_torch(cell, L, bidirectional):
-    torch = pytest.importorskip("torch")
-    for bias in (True, False):
-        kw = dict(num_layers=L, bidirectional=bidirectional, bias=bias)
-        ours = make_model(cell, 5, 3, seed=0, **kw)
-        kind = kind_of(cell)
-        tm = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind](5, 3, **kw)
-        assert [(k, v.shape) for k, v in ours.params.items()] == \
-            [(k, tuple(v.shape)) for k, v in tm.state_dict().items()]
-        assert list(ours.grads) == list(ours.params)
-        assert ours.num_parameters() == sum(p.numel() for p in tm.parameters())
-
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_state_dict_round_trip(rng, cell):
     a = make_model(cell, 3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
@@ -474,26 +358,6 @@ def test_truncated_bptt_two_chunks_equal_one_run(rng, cell):
         assert_close_f64(a, b, name="dstate0")
     for k in full.grads:
         assert_close_f64(first.grads[k] + second.grads[k], full.grads[k], name="d" + k)
-
-
-REPR_CASES = [
-    ("rnn_tanh", 10, 20, dict(num_layers=2, bidirectional=True)),
-    ("rnn_tanh", 10, 20, dict()),
-    ("rnn_tanh", 3, 5, dict(num_layers=2, bias=False, batch_first=True, dropout=0.25)),
-    ("gru", 7, 2, dict(num_layers=3, dropout=0.5, bidirectional=True)),
-    ("gru", 7, 2, dict(batch_first=True)),
-    ("lstm", 4, 8, dict(num_layers=2, bias=False, batch_first=True, dropout=0.1,
-                        bidirectional=True)),
-    ("lstm", 4, 8, dict()),
-]
-
-
-@pytest.mark.parametrize("cell, D, H, kw", REPR_CASES)
-def test_repr_matches_torch(cell, D, H, kw):
-    torch = pytest.importorskip("torch")
-    kind = kind_of(cell)
-    tm = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind](D, H, **kw)
-    assert repr(make_model(cell, D, H, **kw)) == repr(tm)
 
 
 def test_repr_of_options_torch_lacks():
