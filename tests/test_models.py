@@ -2,21 +2,19 @@
 
 What is checked, for every cell (RNN tanh / relu, GRU, LSTM):
 
-* against a pure-NumPy composition of :mod:`rnncore.reference` (float64):
-  layers stacked by concatenation, the reverse direction as the reference run
-  on the time-reversed valid part of each sequence, ``lengths`` as one
-  reference run per sequence on its valid prefix, ``merge_mode`` applied at
-  the end; out, final states, dx, initial-state gradients and every entry of
-  ``model.grads``, over a curated grid of layers x directions x merge modes x
-  lengths x batch_first x given/absent initial state x given/absent dh_n;
-* against PyTorch (``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``, float32 and float64,
-  with ``pack_padded_sequence`` for ``lengths``), outputs, states, gradients;
+* against the model oracle of ``_oracle.py`` (a pure-NumPy composition of
+  :mod:`rnncore.reference`, float64): out, final states, dx, initial-state
+  gradients and every entry of ``model.grads``, over a curated grid of layers x
+  directions x merge modes x lengths x batch_first x given/absent initial state
+  x given/absent dh_n;
 * a central finite-difference check of a 2-layer bidirectional model with
   dropout (mask fixed by reseeding the model's generator);
 * behaviour (gradient accumulation, backward protocol, dropout modes, init,
   names, state dicts, truncated BPTT, repr, inputs untouched, layouts, dtype);
 * every error path, with the argument named in the message;
 * edge cases T=1, N=1, H=1, D=1, zero lengths, T=0.
+
+PyTorch parity of the models is in ``test_torch_parity.py``.
 """
 import numpy as np
 import pytest

@@ -9,11 +9,11 @@ What is checked, for every cell variant (RNN tanh / relu, GRU with
 * the forward equations, restated independently with explicit per-gate weights;
 * sequence functions == stepping the step functions by hand, and two chunks
   with the state carried == one run (forward and backward);
-* PyTorch parity (``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``, float64), outputs and
-  all gradients;
 * inputs never modified, outputs never aliasing inputs, float32 stays float32;
 * the output layer and the masked softmax loss (explicit loops, masks,
   stability, finite differences).
+
+PyTorch parity of the sequence functions is in ``test_torch_parity.py``.
 """
 import warnings
 
