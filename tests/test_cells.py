@@ -2,17 +2,9 @@
 import numpy as np
 import pytest
 
-from conftest import TOL, assert_close_f32, assert_close_f64
+from conftest import CELLS, assert_close_f64, call_cell, make_cell
 import rnncore
 from rnncore import reference as R
-
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
-
-
-def make_cell(kind, D, H, **kw):
-    if kind.startswith("rnn"):
-        return rnncore.RNNCell(D, H, nonlinearity=kind[4:], **kw)
-    return {"gru": rnncore.GRUCell, "lstm": rnncore.LSTMCell}[kind](D, H, **kw)
 
 
 def ref_step(kind, cell, x, state):
@@ -31,12 +23,6 @@ def ref_step(kind, cell, x, state):
     return [h, c], cache
 
 
-def call(kind, cell, x, state, train=True):
-    if kind == "lstm":
-        return list(cell(x, tuple(state), train=train))
-    return [cell(x, state[0], train=train)]
-
-
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", CELLS)
 def test_cell_step_matches_reference(rng, kind, bias):
@@ -45,7 +31,7 @@ def test_cell_step_matches_reference(rng, kind, bias):
     ns = 2 if kind == "lstm" else 1
     x = rng.standard_normal((N, D))
     st = [rng.standard_normal((N, H)) for _ in range(ns)]
-    got = call(kind, cell, x, st)
+    got = call_cell(kind, cell, x, st)
     want, cache = ref_step(kind, cell, x, st)
     for g, w in zip(got, want):
         assert_close_f64(g, w, name="state")
@@ -71,54 +57,12 @@ def test_cell_step_matches_reference(rng, kind, bias):
         assert_close_f64(cell.grads["bias_hh"], rdbh, name="dbias_hh")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kind", CELLS)
-def test_cell_loop_bptt_matches_torch(rng, kind, dtype):
-    torch = pytest.importorskip("torch")
-    T, N, D, H = 5, 2, 3, 4
-    cell = make_cell(kind, D, H, dtype=dtype, seed=0)
-    tcls = {"gru": torch.nn.GRUCell, "lstm": torch.nn.LSTMCell}.get(kind)
-    tcell = (tcls(D, H) if tcls else torch.nn.RNNCell(D, H, nonlinearity=kind[4:]))
-    tcell = tcell.double() if dtype == np.float64 else tcell
-    cell.load_state_dict({k: v.detach().numpy() for k, v in tcell.state_dict().items()})
-    ns = 2 if kind == "lstm" else 1
-    x = rng.standard_normal((T, N, D)).astype(dtype)
-    dh = rng.standard_normal((T, N, H)).astype(dtype)
-    xt = torch.tensor(x, requires_grad=True)
-    st = [np.zeros((N, H), dtype) for _ in range(ns)]
-    tst = [torch.zeros(N, H, dtype=xt.dtype, requires_grad=True) for _ in range(ns)]
-    hs, ths, cur = [], [], tst
-    for t in range(T):
-        st = call(kind, cell, x[t], st)
-        hs.append(st[0])
-        cur = list(tcell(xt[t], tuple(cur))) if kind == "lstm" else [tcell(xt[t], cur[0])]
-        ths.append(cur[0])
-    (torch.stack(ths) * torch.tensor(dh)).sum().backward()
-    dnext = [np.zeros((N, H), dtype) for _ in range(ns)]
-    dx = np.zeros_like(x)
-    for t in reversed(range(T)):
-        if kind == "lstm":
-            dx[t], (a, b) = cell.backward(dh[t] + dnext[0], dnext[1])
-            dnext = [a, b]
-        else:
-            dx[t], a = cell.backward(dh[t] + dnext[0])
-            dnext = [a]
-    check = (lambda a, b, name: assert_close_f64(a, b, atol=TOL["torch_f64_atol"], name=name)) \
-        if dtype == np.float64 else (lambda a, b, name: assert_close_f32(a, b, name=name))
-    check(np.stack(hs), torch.stack(ths).detach().numpy(), "h")
-    check(dx, xt.grad.numpy(), "dx")
-    for a, t0 in zip(dnext, tst):
-        check(a, t0.grad.numpy(), "dstate0")
-    for k, p in tcell.named_parameters():
-        check(cell.grads[k], p.grad.numpy(), "d" + k)
-
-
 @pytest.mark.parametrize("kind", CELLS)
 def test_unbatched_and_default_state(rng, kind):
     cell = make_cell(kind, 3, 4, dtype=np.float64, seed=0)
     x = rng.standard_normal(3)
-    out = call(kind, cell, x, [None] * (2 if kind == "lstm" else 1), train=False)
-    ref = call(kind, cell, x[None], [np.zeros((1, 4))] * (2 if kind == "lstm" else 1),
+    out = call_cell(kind, cell, x, [None] * (2 if kind == "lstm" else 1), train=False)
+    ref = call_cell(kind, cell, x[None], [np.zeros((1, 4))] * (2 if kind == "lstm" else 1),
                train=False)
     for a, b in zip(out, ref):
         assert a.shape == (4,)
@@ -156,9 +100,9 @@ def test_fast_step_path_equals_validated_path(rng, kind, dtype, bias, unbatched,
         return orig(self, *a)
     type(slow._kernel).forward = spy
     try:
-        out_f = call(kind, fast, x, st, train=train)
+        out_f = call_cell(kind, fast, x, st, train=train)
         n_fast = len(calls)
-        out_s = call(kind, slow, _slow_view(x), [_slow_view(s) for s in st], train=train)
+        out_s = call_cell(kind, slow, _slow_view(x), [_slow_view(s) for s in st], train=train)
     finally:
         type(slow._kernel).forward = orig
     assert n_fast == 0 and len(calls) == 1      # the paths really were the two paths
@@ -257,16 +201,6 @@ def test_cell_errors(rng):
         rnncore.RNNCell(3, 4, nonlinearity="gelu")
     with pytest.raises(TypeError, match="hx: expected a pair"):
         rnncore.LSTMCell(3, 4)(np.zeros((1, 3), np.float32), np.zeros((1, 4), np.float32))
-
-
-def test_cell_names_match_torch():
-    torch = pytest.importorskip("torch")
-    for ours, theirs in [(rnncore.RNNCell(3, 4), torch.nn.RNNCell(3, 4)),
-                         (rnncore.GRUCell(3, 4), torch.nn.GRUCell(3, 4)),
-                         (rnncore.LSTMCell(3, 4, bias=False), torch.nn.LSTMCell(3, 4, bias=False))]:
-        assert {k: v.shape for k, v in ours.params.items()} == \
-            {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
-        assert repr(ours) == repr(theirs)
 
 
 @pytest.mark.parametrize("cls", [rnncore.RNN, rnncore.GRU, rnncore.LSTM])

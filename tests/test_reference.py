@@ -9,17 +9,17 @@ What is checked, for every cell variant (RNN tanh / relu, GRU with
 * the forward equations, restated independently with explicit per-gate weights;
 * sequence functions == stepping the step functions by hand, and two chunks
   with the state carried == one run (forward and backward);
-* PyTorch parity (``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``, float64), outputs and
-  all gradients;
 * inputs never modified, outputs never aliasing inputs, float32 stays float32;
 * the output layer and the masked softmax loss (explicit loops, masks,
   stability, finite differences).
+
+PyTorch parity of the sequence functions is in ``test_torch_parity.py``.
 """
 import warnings
 
 import numpy as np
 import pytest
-from conftest import TOL, assert_close_f32, numerical_gradient
+from conftest import FD_SHAPE_IDS, FD_SHAPES, TOL, assert_close_f32, numerical_gradient
 
 from rnncore import reference as ref
 
@@ -27,10 +27,6 @@ from rnncore import reference as ref
 # Test data
 # ---------------------------------------------------------------------------
 VARIANTS = ["rnn-tanh", "rnn-relu", "gru", "gru-reset-before", "lstm"]
-
-#: (N, T, D, H): a base case plus the edge cases T=1, N=1, H=1, D=1, D=H.
-SHAPES = [(2, 3, 4, 5), (1, 3, 4, 5), (2, 1, 4, 5), (2, 3, 4, 1), (2, 2, 1, 3), (2, 2, 3, 3)]
-SHAPE_IDS = [f"N{N}-T{T}-D{D}-H{H}" for N, T, D, H in SHAPES]
 
 #: Weight scale keeping gates out of saturation, so gradients are not tiny.
 SCALE = 0.5
@@ -257,7 +253,7 @@ def test_rnn_rejects_unknown_nonlinearity(rng, bad):
 # ---------------------------------------------------------------------------
 # Finite differences: every gradient of every step and sequence function
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("N,T,D,H", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("N,T,D,H", FD_SHAPES, ids=FD_SHAPE_IDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_step_backward_matches_finite_differences(rng, variant, N, T, D, H):
     a = _step_inputs(_draw(variant, rng, N, 1, D, H))
@@ -279,7 +275,7 @@ def test_step_backward_matches_finite_differences(rng, variant, N, T, D, H):
 
 
 @pytest.mark.parametrize("with_final", [False, True], ids=["dh-only", "with-dhn-dcn"])
-@pytest.mark.parametrize("N,T,D,H", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("N,T,D,H", FD_SHAPES, ids=FD_SHAPE_IDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_backward_matches_finite_differences(rng, variant, N, T, D, H, with_final):
     """L = Σ h ⊙ dh [+ Σ h_n ⊙ dhn] [+ Σ c_n ⊙ dcn] (LSTM), gradients wrt every input."""
@@ -540,115 +536,6 @@ def test_empty_sequence_passes_final_gradients_to_initial_state(rng, variant):
     for k in a:
         if k not in ("x", "h0", "c0"):
             assert grads[k].shape == a[k].shape and not np.any(grads[k])
-
-
-# ---------------------------------------------------------------------------
-# PyTorch parity (float64)
-# ---------------------------------------------------------------------------
-def _torch_run(torch, module, a, dh, dhn, dcn=None):
-    """Run a batch_first torch module, backprop Σ out⊙dh + Σ h_n⊙dhn [+ Σ c_n⊙dcn]."""
-    x = torch.tensor(a["x"], requires_grad=True)
-    h0 = torch.tensor(a["h0"][None], requires_grad=True)
-    if dcn is None:
-        out, h_n = module(x, h0)
-        c0 = c_n = None
-        loss = (out * torch.tensor(dh)).sum() + (h_n[0] * torch.tensor(dhn)).sum()
-    else:
-        c0 = torch.tensor(a["c0"][None], requires_grad=True)
-        out, (h_n, c_n) = module(x, (h0, c0))
-        loss = ((out * torch.tensor(dh)).sum() + (h_n[0] * torch.tensor(dhn)).sum()
-                + (c_n[0] * torch.tensor(dcn)).sum())
-    loss.backward()
-    result = {"out": out, "h_n": h_n[0], "dx": x.grad, "dh0": h0.grad[0],
-              "dweight_ih": module.weight_ih_l0.grad.T, "dweight_hh": module.weight_hh_l0.grad.T,
-              "dbias_ih": module.bias_ih_l0.grad, "dbias_hh": module.bias_hh_l0.grad}
-    if dcn is not None:
-        result.update(c_n=c_n[0], dc0=c0.grad[0])
-    return {k: v.detach().numpy() for k, v in result.items()}
-
-
-def _torch_module(torch, cls, D, H, Wx, Wh, bias_ih, bias_hh, **kwargs):
-    module = cls(D, H, batch_first=True, dtype=torch.float64, **kwargs)
-    with torch.no_grad():
-        module.weight_ih_l0.copy_(torch.tensor(Wx.T))
-        module.weight_hh_l0.copy_(torch.tensor(Wh.T))
-        module.bias_ih_l0.copy_(torch.tensor(bias_ih))
-        module.bias_hh_l0.copy_(torch.tensor(bias_hh))
-    return module
-
-
-def _assert_torch(actual, expected, name):
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=TOL["torch_f64_atol"], err_msg=name)
-
-
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_rnn_matches_torch(rng, nonlinearity):
-    torch = pytest.importorskip("torch")
-    N, T, D, H = 3, 4, 5, 6
-    a = _draw("rnn-" + nonlinearity, rng, N, T, D, H)
-    bias_ih = _randn(rng, H)
-    bias_hh = a["b"] - bias_ih  # ours: b = bias_ih + bias_hh
-    module = _torch_module(torch, torch.nn.RNN, D, H, a["Wx"], a["Wh"], bias_ih, bias_hh,
-                           nonlinearity=nonlinearity)
-    dh, dhn = rng.standard_normal((N, T, H)), rng.standard_normal((N, H))
-    expected = _torch_run(torch, module, a, dh, dhn)
-
-    h, cache = ref.rnn_forward(a["x"], a["h0"], a["Wx"], a["Wh"], a["b"],
-                               nonlinearity=nonlinearity)
-    dx, dh0, dWx, dWh, db = ref.rnn_backward(dh, cache, dhn=dhn)
-    _assert_torch(h, expected["out"], "h")
-    _assert_torch(h[:, -1], expected["h_n"], "h_n")
-    _assert_torch(dx, expected["dx"], "dx")
-    _assert_torch(dh0, expected["dh0"], "dh0")
-    _assert_torch(dWx, expected["dweight_ih"], "dWx")
-    _assert_torch(dWh, expected["dweight_hh"], "dWh")
-    _assert_torch(db, expected["dbias_ih"], "db vs dbias_ih")
-    _assert_torch(db, expected["dbias_hh"], "db vs dbias_hh")
-
-
-def test_gru_matches_torch(rng):
-    torch = pytest.importorskip("torch")
-    N, T, D, H = 3, 4, 5, 6
-    a = _draw("gru", rng, N, T, D, H)
-    module = _torch_module(torch, torch.nn.GRU, D, H, a["Wx"], a["Wh"], a["bx"], a["bh"])
-    dh, dhn = rng.standard_normal((N, T, H)), rng.standard_normal((N, H))
-    expected = _torch_run(torch, module, a, dh, dhn)
-
-    h, cache = ref.gru_forward(a["x"], a["h0"], a["Wx"], a["Wh"], a["bx"], a["bh"])
-    dx, dh0, dWx, dWh, dbx, dbh = ref.gru_backward(dh, cache, dhn=dhn)
-    _assert_torch(h, expected["out"], "h")
-    _assert_torch(h[:, -1], expected["h_n"], "h_n")
-    _assert_torch(dx, expected["dx"], "dx")
-    _assert_torch(dh0, expected["dh0"], "dh0")
-    _assert_torch(dWx, expected["dweight_ih"], "dWx")
-    _assert_torch(dWh, expected["dweight_hh"], "dWh")
-    _assert_torch(dbx, expected["dbias_ih"], "dbx")
-    _assert_torch(dbh, expected["dbias_hh"], "dbh")
-
-
-def test_lstm_matches_torch(rng):
-    torch = pytest.importorskip("torch")
-    N, T, D, H = 3, 4, 5, 6
-    a = _draw("lstm", rng, N, T, D, H)
-    bias_ih = _randn(rng, 4 * H)
-    bias_hh = a["b"] - bias_ih  # ours: b = bias_ih + bias_hh
-    module = _torch_module(torch, torch.nn.LSTM, D, H, a["Wx"], a["Wh"], bias_ih, bias_hh)
-    dh, dhn, dcn = (rng.standard_normal((N, T, H)), rng.standard_normal((N, H)),
-                    rng.standard_normal((N, H)))
-    expected = _torch_run(torch, module, a, dh, dhn, dcn)
-
-    h, c, cache = ref.lstm_forward(a["x"], a["h0"], a["Wx"], a["Wh"], a["b"], c0=a["c0"])
-    dx, dh0, dc0, dWx, dWh, db = ref.lstm_backward(dh, cache, dhn=dhn, dcn=dcn)
-    _assert_torch(h, expected["out"], "h")
-    _assert_torch(h[:, -1], expected["h_n"], "h_n")
-    _assert_torch(c[:, -1], expected["c_n"], "c_n")
-    _assert_torch(dx, expected["dx"], "dx")
-    _assert_torch(dh0, expected["dh0"], "dh0")
-    _assert_torch(dc0, expected["dc0"], "dc0")
-    _assert_torch(dWx, expected["dweight_ih"], "dWx")
-    _assert_torch(dWh, expected["dweight_hh"], "dWh")
-    _assert_torch(db, expected["dbias_ih"], "db vs dbias_ih")
-    _assert_torch(db, expected["dbias_hh"], "db vs dbias_hh")
 
 
 # ---------------------------------------------------------------------------

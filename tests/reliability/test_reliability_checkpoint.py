@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -37,7 +38,7 @@ import rnncore
 from rnncore import io as rio
 from rnncore import optim
 
-from test_reliability_common import LONG, count
+from _reliability import LONG, count
 
 
 def _model_and_opt(seed=0, H=16):
@@ -77,6 +78,23 @@ while True:
 """
 
 
+@contextlib.contextmanager
+def _reaped(p):
+    """Never leave the child ``p`` running, whatever happens in the block."""
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def _signal(p, sig, delay, timeout=30):
+    """After ``delay`` seconds send ``sig`` to ``p``; wait for it; its (stdout, stderr)."""
+    time.sleep(delay)
+    p.send_signal(sig)
+    return p.communicate(timeout=timeout)
+
+
 def test_sigkill_during_save_loop_leaves_a_loadable_checkpoint(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -88,16 +106,11 @@ def test_sigkill_during_save_loop_leaves_a_loadable_checkpoint(tmp_path):
     for k in range(kills):
         p = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
                              text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
-        try:
+        with _reaped(p):
             assert p.stdout.readline().strip() == "ready"
             if k == 0:
                 assert p.stdout.readline().strip() == "saved"
-            time.sleep(float(rng.uniform(0.0, 0.25)))
-            p.send_signal(signal.SIGKILL)
-            p.wait(30)
-        finally:
-            if p.poll() is None:
-                p.kill()
+            _signal(p, signal.SIGKILL, float(rng.uniform(0.0, 0.25)))
         assert p.returncode == -signal.SIGKILL
         mid_write += bool(_tmp_files(tmp_path))
         for t in _tmp_files(tmp_path):  # what a crash leaves: an orphaned temp file
@@ -463,16 +476,11 @@ def test_cli_signal_during_saves_exits_cleanly_and_resume_is_exact(tmp_path, sig
     out = tmp_path / "interrupted"
     p = _start_and_wait_for_loop(_train_cmd(out, text, "--steps", 100000, "--save-every", 1),
                                  env)
-    try:
+    with _reaped(p):
         deadline = time.time() + 60
         while not (out / "checkpoint.npz").exists() and time.time() < deadline:
             time.sleep(0.02)
-        time.sleep(0.3)
-        p.send_signal(signum)
-        stdout, stderr = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
+        stdout, stderr = _signal(p, signum, 0.3, timeout=120)
     assert p.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
     ck, _, opt = _ckpt_arrays(out / "checkpoint.npz")
@@ -515,13 +523,8 @@ def test_cli_sigkill_while_saving_every_step_keeps_a_consistent_checkpoint(tmp_p
         cmd = _train_cmd(out, text, "--steps", 100000, "--save-every", 1,
                          *(["--resume"] if k else []))
         p = _start_and_wait_for_loop(cmd, env)
-        try:
-            time.sleep(float(rng.uniform(0.3, 1.5)))
-            p.send_signal(signal.SIGKILL)
-            p.wait(30)
-        finally:
-            if p.poll() is None:
-                p.kill()
+        with _reaped(p):
+            _signal(p, signal.SIGKILL, float(rng.uniform(0.3, 1.5)))
         for t in _tmp_files(out):
             os.unlink(out / t)
         if not (out / "checkpoint.npz").exists():

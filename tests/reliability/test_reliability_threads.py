@@ -29,7 +29,7 @@ import rnncore
 from rnncore import _threads
 from rnncore import functional as F
 
-from test_reliability_common import count, same_rnncore_prelude
+from _reliability import count, same_rnncore_prelude
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 

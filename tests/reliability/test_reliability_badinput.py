@@ -34,9 +34,10 @@ from rnncore import functional as F
 from rnncore import losses, nn
 from rnncore import reference as R
 
-from test_reliability_common import (LAYOUTS, LONG, Snapshot, alias_pair, assert_error_names,
-                                     assert_matches, assert_no_alias, count, examples,
-                                     reference_model, same_rnncore_prelude, with_layout)
+from _oracle import reference_run
+from _reliability import (LAYOUTS, LONG, Snapshot, alias_pair, assert_error_names,
+                          assert_matches, assert_no_alias, count, examples,
+                          same_rnncore_prelude, with_layout)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN/inf arithmetic
 
@@ -74,6 +75,14 @@ def _fwd_fns(name):
     bfn = getattr(F, f"{base}_step_backward" if step else f"{base}_backward")
     bref = getattr(R, f"{base}_step_backward" if step else f"{base}_backward")
     return fn, ref, bfn, bref
+
+
+def _spec_args(name, rng, N, T, D, H, dt=np.float64, scale=1.0):
+    """Random arguments of a functional entry point, shaped as SPECS[name] says."""
+    spec = SPECS[name]
+    dims = dict(N=N, T=T, D=D, H=H, K=spec["G"] * H)
+    return {a: (rng.standard_normal(tuple(dims[c] for c in ls)) * scale).astype(dt)
+            for a, ls in zip(spec["args"], spec["dims"])}
 
 
 def _split_result(name, res):
@@ -369,12 +378,9 @@ def test_functional_backward_bad_upstream(name, data):
 def test_zero_length_sequence_is_defined(name, dt):
     """T = 0: empty outputs; backward gives dh0 = dhn (h_n = h0), zero weight grads."""
     fn, ref, bfn, bref = _fwd_fns(name)
-    spec = SPECS[name]
     rng = np.random.default_rng(3)
-    N, D, H, G = 2, 3, 4, spec["G"]
-    dims = dict(N=N, T=0, D=D, H=H, K=G * H)
-    args = {a: rng.standard_normal(tuple(dims[c] for c in ls)).astype(dt)
-            for a, ls in zip(spec["args"], spec["dims"])}
+    N, D, H = 2, 3, 4
+    args = _spec_args(name, rng, N, 0, D, H, dt)
     outs, cache = _split_result(name, _call_forward(name, fn, args, _nl(name)))
     for o in outs:
         assert o.shape == (N, 0, H) and o.dtype == dt
@@ -397,12 +403,9 @@ ZERO_CASES = [("rnn", 0, 3, 2), ("rnn", 2, 3, 0), ("rnn", 1, 3, 0), ("gru", 0, 3
 @pytest.mark.parametrize("name,N,T,D", [c for c in ZERO_CASES])
 def test_zero_sized_batch_and_features_are_defined(name, N, T, D):
     fn, ref, bfn, bref = _fwd_fns(name)
-    spec = SPECS[name]
-    H, G = 4, spec["G"]
-    dims = dict(N=N, T=T, D=D, H=H, K=G * H)
+    H = 4
     rng = np.random.default_rng(0)
-    args = {a: rng.standard_normal(tuple(dims[c] for c in ls))
-            for a, ls in zip(spec["args"], spec["dims"])}
+    args = _spec_args(name, rng, N, T, D, H)
     outs, cache = _split_result(name, _call_forward(name, fn, args, _nl(name)))
     routs, rcache = _split_result(name, _call_forward(name, ref, args, _nl(name)))
     for o, r in zip(outs, routs):
@@ -532,6 +535,16 @@ def _state_arg(m, states):
     return None if states[0] is None and states[1] is None else tuple(states)
 
 
+def _time_major(case, seq, states):
+    """A model's result in the user's layout as (T, N, F), its states as (L*nd, N, H)."""
+    if case["unbatched"]:
+        seq = seq[None] if case["bf"] else seq[:, None]
+        states = [s[:, None] for s in states]
+    if case["bf"]:
+        seq = seq.transpose(1, 0, 2)
+    return seq, states
+
+
 def _run_model(case):
     cls = case["cls"]
     kw = dict(num_layers=case["L"], bidirectional=case["bidir"], batch_first=case["bf"],
@@ -625,13 +638,8 @@ def _run_model(case):
     snap.assert_unchanged(f"{api}.forward")
     fins = [fin] if S == 1 else list(fin)
     assert_no_alias([out] + fins, snap.inputs(), api)
-    ro, rf, _, _, _ = reference_model(m, x_tnd, states, lengths)
-    out_tnd = out
-    if case["unbatched"]:
-        out_tnd = out[None] if case["bf"] else out[:, None]
-        fins = [f[:, None] for f in fins]
-    if case["bf"]:
-        out_tnd = out_tnd.transpose(1, 0, 2)
+    ro, rf, _, _, _ = reference_run(m, x_tnd, states, lengths)
+    out_tnd, fins = _time_major(case, out, fins)
     assert out.dtype == dt
     rt = _rtol(dt, sp == "huge_x")
     assert_matches(out_tnd, ro, dt, f"{api}.forward out", rtol=rt)
@@ -674,13 +682,8 @@ def _run_model(case):
     dsts = [dst] if S == 1 else list(dst)
     assert_no_alias([dx] + dsts, bsnap.inputs() + [out] + fins + list(m.params.values())
                     + list(m.grads.values()), bapi)
-    _, _, rdx, rds, rg = reference_model(m, x_tnd, states, lengths, dout_tnd, dfin)
-    dx_tnd = dx
-    if case["unbatched"]:
-        dx_tnd = dx[None] if case["bf"] else dx[:, None]
-        dsts = [d[:, None] for d in dsts]
-    if case["bf"]:
-        dx_tnd = dx_tnd.transpose(1, 0, 2)
+    _, _, rdx, rds, rg = reference_run(m, x_tnd, states, lengths, dout_tnd, dfin)
+    dx_tnd, dsts = _time_major(case, dx, dsts)
     loose_nan = case["relu"] and not np.all(np.isfinite(ro))
     if loose_nan:  # KNOWN MISMATCH: see test_relu_backward_nan_semantics_match_reference
         count(bapi, "known_mismatch_relu_nan")
@@ -1202,12 +1205,9 @@ def test_clip_grad_norm_nonfinite_raises_and_value_clip():
 def test_nan_in_input_propagates_to_output_row(name, dt):
     """A NaN at x[n, t] makes h[n, t:] NaN (a fully coupled cell) and nothing else."""
     fn, _, bfn, _ = _fwd_fns(name)
-    spec = SPECS[name]
     rng = np.random.default_rng(5)
-    N, T, D, H, G = 3, 6, 2, 4, spec["G"]
-    dims = dict(N=N, T=T, D=D, H=H, K=G * H)
-    args = {a: (rng.standard_normal(tuple(dims[c] for c in ls)) * 0.5).astype(dt)
-            for a, ls in zip(spec["args"], spec["dims"])}
+    N, T, D, H = 3, 6, 2, 4
+    args = _spec_args(name, rng, N, T, D, H, dt, scale=0.5)
     clean = _split_result(name, _call_forward(name, fn, args, _nl(name)))[0]
     args["x"] = args["x"].copy()
     args["x"][1, 2, 0] = np.nan

@@ -18,7 +18,7 @@ import pytest
 import rnncore
 from rnncore import functional as F
 
-from test_reliability_common import count
+from _reliability import count
 
 psutil = pytest.importorskip("psutil")
 

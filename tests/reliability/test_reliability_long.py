@@ -17,7 +17,8 @@ No recursion, no quadratic memory, and the same numbers as short runs:
   forward + backward stays below a linear bound in T (a quadratic buffer at
   T = 100,000 would be ~10^10 elements).
 
-``RNNCORE_LONG_TESTS=1`` adds T = 1,000,000.
+The T = 1,000,000 cases are marked ``slow``: they run with ``--runslow``,
+``RNNCORE_SLOW=1`` or in long mode (``RNNCORE_LONG_TESTS=1``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import rnncore
 from rnncore import functional as F
 from rnncore import reference as R
 
-from test_reliability_common import LONG, assert_matches, count
+from _reliability import assert_matches, count
 
 N, D, H = 2, 4, 8
 P = 300  # prefix / suffix length compared with the reference
@@ -78,8 +79,6 @@ def _with(a, **kw):
 @pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("T", [100_000, pytest.param(1_000_000, marks=pytest.mark.slow)])
 def test_long_sequence_functional(name, T):
-    if T > 100_000 and not LONG:
-        pytest.skip("long mode only (RNNCORE_LONG_TESTS=1)")
     rng = np.random.default_rng(0)
     a = _args(name, T, rng)
     dh = rng.standard_normal((N, T, H))

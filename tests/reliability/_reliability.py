@@ -1,9 +1,8 @@
-"""Shared machinery of the reliability suite (``tests/test_reliability_*.py``).
+"""Shared machinery of the reliability suite (``tests/reliability/test_*.py``).
 
 No tests here: the hypothesis profiles, the per-API example counters, the
-memory-layout transforms, the "inputs untouched / outputs never alias"
-checker and a per-sequence oracle for the models built only from
-:mod:`rnncore.reference`.
+memory-layout transforms and the "inputs untouched / outputs never alias"
+checker. The model oracle is the suite's one, ``tests/_oracle.py``.
 
 Profiles
 --------
@@ -23,8 +22,6 @@ import os
 
 import numpy as np
 from hypothesis import HealthCheck, settings
-
-from rnncore import reference as R
 
 LONG = os.environ.get("RNNCORE_LONG_TESTS", "") not in ("", "0")
 LONG_FACTOR = int(os.environ.get("RNNCORE_LONG_FACTOR", "20"))
@@ -247,122 +244,3 @@ def assert_error_names(exc: BaseException, names, where=""):
     names = [names] if isinstance(names, str) else list(names)
     assert any(n in msg for n in names), \
         f"{where}: {type(exc).__name__}({msg!r}) names none of {names}"
-
-
-# ----------------------------------------------------------------- model oracle
-def _ref_cell(kind, relu):
-    """(forward, backward) of one reference sequence run for a cell kind.
-
-    forward(x (1, T, D), states [h0 (1, H), (c0)], p (w_ih, w_hh, b_ih, b_hh))
-      -> (h (1, T, H), finals [h_T, (c_T)], cache)
-    backward(dh (1, T, H), dfinal [dh_T, (dc_T)], cache)
-      -> (dx, dstates0, (dw_ih, dw_hh, db_ih, db_hh))
-    """
-    nl = "relu" if relu else "tanh"
-    if kind == "RNN":
-        def fwd(x, s, p):
-            h, cache = R.rnn_forward(x, s[0], p[0].T, p[1].T, p[2] + p[3], nl)
-            T = x.shape[1]
-            return h, [h[:, -1] if T else s[0]], cache
-
-        def bwd(dh, dfin, cache):
-            dx, dh0, dWx, dWh, db = R.rnn_backward(dh, cache, dfin[0])
-            return dx, [dh0], (dWx.T, dWh.T, db, db)
-        return fwd, bwd
-    if kind == "GRU":
-        def fwd(x, s, p):
-            h, cache = R.gru_forward(x, s[0], p[0].T, p[1].T, p[2], p[3])
-            T = x.shape[1]
-            return h, [h[:, -1] if T else s[0]], cache
-
-        def bwd(dh, dfin, cache):
-            dx, dh0, dWx, dWh, dbx, dbh = R.gru_backward(dh, cache, dfin[0])
-            return dx, [dh0], (dWx.T, dWh.T, dbx, dbh)
-        return fwd, bwd
-
-    def fwd(x, s, p):
-        h, c, cache = R.lstm_forward(x, s[0], p[0].T, p[1].T, p[2] + p[3], s[1])
-        T = x.shape[1]
-        return h, [h[:, -1] if T else s[0], c[:, -1] if T else s[1]], cache
-
-    def bwd(dh, dfin, cache):
-        dx, dh0, dc0, dWx, dWh, db = R.lstm_backward(dh, cache, dfin[0], dfin[1])
-        return dx, [dh0, dc0], (dWx.T, dWh.T, db, db)
-    return fwd, bwd
-
-
-def model_params(model, k, d):
-    sfx = f"_l{k}" + ("_reverse" if d else "")
-    H, G = model.hidden_size, model.G
-    names = ["weight_ih" + sfx, "weight_hh" + sfx, "bias_ih" + sfx, "bias_hh" + sfx]
-    p = [model.params.get(n) for n in names]
-    if p[2] is None:
-        p[2] = p[3] = np.zeros(G * H, model.dtype)
-    return names, p
-
-
-def reference_model(model, x_tnd, states0, lengths, dout_tnd=None, dstates=None):
-    """Forward (and backward) of an RNN/GRU/LSTM model, one sequence at a time.
-
-    ``x_tnd`` (T, N, D); ``states0``: list (h0[, c0]) of (L*nd, N, H) arrays or
-    None; ``lengths`` (N,) or None; ``dout_tnd`` (T, N, F_out) for backward and
-    ``dstates`` like ``states0``. Only the reference functions compute; the
-    model supplies weights and its configuration. merge_mode 'concat' only.
-    Returns ``(out (T, N, F), finals, dx (T, N, D) | None, dstates0 | None, grads | None)``.
-    """
-    kind = type(model).__name__
-    fwd, bwd = _ref_cell(kind, getattr(model, "_relu", False)
-                         if kind == "RNN" else False)
-    T, N, D = x_tnd.shape
-    H, L, nd, S = model.hidden_size, model.num_layers, model.num_directions, model.n_states
-    dt = model.dtype
-    x_tnd = np.asarray(x_tnd, dtype=np.float64).astype(dt)
-    st0 = [np.zeros((L * nd, N, H), dt) if s is None else np.asarray(s, dt) for s in states0]
-    lens = np.full(N, T) if lengths is None else np.asarray(lengths)
-    out = np.zeros((T, N, nd * H), dt)
-    finals = [np.zeros((L * nd, N, H), dt) for _ in range(S)]
-    want_bwd = dout_tnd is not None
-    dx = np.zeros((T, N, D), dt) if want_bwd else None
-    dst0 = [np.zeros((L * nd, N, H), dt) for _ in range(S)] if want_bwd else None
-    grads = {k: np.zeros_like(v) for k, v in model.params.items()} if want_bwd else None
-    for n in range(N):
-        Tn = int(lens[n])
-        layer_in = x_tnd[:Tn, n][None]  # (1, Tn, D)
-        caches = []
-        for k in range(L):
-            outs = []
-            ck = []
-            for d in range(nd):
-                _, p = model_params(model, k, d)
-                s = [st0[i][k * nd + d, n][None] for i in range(S)]
-                xin = layer_in[:, ::-1] if d else layer_in
-                h, fin, cache = fwd(np.ascontiguousarray(xin), s, p)
-                for i in range(S):
-                    finals[i][k * nd + d, n] = fin[i][0]
-                outs.append(h[:, ::-1] if d else h)
-                ck.append(cache)
-            caches.append(ck)
-            layer_in = np.concatenate(outs, axis=2)
-        out[:Tn, n] = layer_in[0]
-        if not want_bwd:
-            continue
-        dlast = np.asarray(dout_tnd, dt)[:Tn, n][None]  # (1, Tn, nd*H)
-        for k in reversed(range(L)):
-            dxk = None
-            for d in range(nd):
-                names, _ = model_params(model, k, d)
-                dh = dlast[:, :, d * H:(d + 1) * H]
-                dh = dh[:, ::-1] if d else dh
-                dfin = [(np.zeros((1, H), dt) if dstates is None or dstates[i] is None
-                         else np.asarray(dstates[i], dt)[k * nd + d, n][None]) for i in range(S)]
-                dxd, ds0, dp = bwd(np.ascontiguousarray(dh), dfin, caches[k][d])
-                dxd = dxd[:, ::-1] if d else dxd
-                dxk = dxd if dxk is None else dxk + dxd
-                for i in range(S):
-                    dst0[i][k * nd + d, n] = ds0[i][0]
-                for nm, g in zip(names, dp):
-                    if nm in grads:
-                        grads[nm] += g
-            dlast = dxk
-        dx[:Tn, n] = dlast[0]
-    return out, finals, dx, dst0, grads
