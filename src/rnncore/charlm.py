@@ -56,7 +56,7 @@ from .models import GRU, LSTM, RNN
 from .module import Module, register_module
 from .nn import Embedding, Linear
 from .optim import SGD, Adagrad, Adam, AdamW, RMSprop
-from .utils import clip_grad_norm_
+from .clip import clip_grad_norm_
 
 __all__ = [
     "CharLM", "Vocab", "Corpus", "CorpusError", "NonFiniteLossError", "Streams", "TrainConfig",
