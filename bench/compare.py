@@ -239,9 +239,10 @@ def main(argv=None):
     header["elapsed_s"] = elapsed
     header["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     la = header["loadavg_end"]
+    noisy = la and la[0] > opts.threads + 0.5
     out.write(f"\ndone in {elapsed:.0f} s; load average at the end "
               f"{', '.join(f'{v:.2f}' for v in la) if la else '?'}"
-              f"{'  (above the thread count: timings are noisy)' if la and la[0] > opts.threads + 0.5 else ''}\n")
+              f"{'  (above the thread count: timings are noisy)' if noisy else ''}\n")
     if opts.json:
         for r in records:  # 'pass' is a keyword in Python, not in JSON
             if "pass_" in r:

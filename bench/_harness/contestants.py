@@ -116,8 +116,8 @@ def functional_fns(mod, cell, D, H, x, dout):
 
 
 def torch_model(torch, cell, D, H, layers=1, dirs=1):
-    m = getattr(torch.nn, TORCH_NAMES[cell])(D, H, num_layers=layers, batch_first=True,
-                                            bidirectional=dirs == 2)
+    cls = getattr(torch.nn, TORCH_NAMES[cell])
+    m = cls(D, H, num_layers=layers, batch_first=True, bidirectional=dirs == 2)
     rc = rc_model(cell, D, H, layers, dirs)  # the same weights as rnncore's
     m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in rc.params.items()})
     return m

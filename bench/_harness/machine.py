@@ -14,6 +14,7 @@ import rnncore
 from .contestants import seeded_rng
 from .timing import measure
 
+
 def _cpuinfo():
     out = {"model_name": platform.processor() or "unknown", "vendor": None, "family": None,
            "model": None, "stepping": None, "avx512": None, "flags_simd": []}
@@ -59,7 +60,8 @@ def _threadpools():
         from threadpoolctl import threadpool_info
     except ImportError:
         return []
-    keep = ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
+    keep = ("user_api", "internal_api", "version", "architecture", "num_threads",
+            "threading_layer")
     return [dict({k: i.get(k) for k in keep if k in i},
                  library=os.path.basename(i.get("filepath", "")))
             for i in threadpool_info()]

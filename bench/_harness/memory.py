@@ -12,6 +12,7 @@ import numpy as np
 from .contestants import CORE_SHAPES, import_torch, make_inputs, min_bytes, rc_model, torch_model
 from .table import Table
 
+
 def _mib(v):
     m = v / 2.0 ** 20
     return f"{m:.3f}" if m < 1 else f"{m:.2f}" if m < 10 else f"{m:.1f}"

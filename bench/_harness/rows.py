@@ -13,6 +13,7 @@ from .contestants import (BIDIR_LAYERS, BIDIR_SHAPE, CORE_SHAPES, GATES, RC_CELL
 from .table import Table, fmt_ms, fmt_num, gflops_of, speed_ratio
 from .timing import timeit_us, try_measure
 
+
 def run_core(opts, torch, out, records, best_gf):
     out.write("\n== core: one layer, one direction, float32, batch_first; ms = median "
               "(first = first call) ==\n")
@@ -110,10 +111,12 @@ def run_bidir(opts, torch, out, records):
                       fmt_num(speed_ratio(pad, ln), 2), fmt_num(speed_ratio(tp, ln), 2),
                       fmt_num(speed_ratio(tk, ln), 2), fmt_num(speed_ratio(tp, pad), 2)])
 
+
 def run_step(opts, torch, out, records):
     b = opts.budget
     out.write(f"\n== step: single-step latency, N = 1, D = H, float32, inference; "
-              f"us per step (timeit number={b.step_number}, best / median of {b.step_repeat}) ==\n")
+              f"us per step (timeit number={b.step_number}, best / median of "
+              f"{b.step_repeat}) ==\n")
     tab = Table(out, [("cell", 4, "<"), ("H", 4, ">"), ("rc-cell", 8, ">"), ("(med)", 8, ">"),
                       ("rc-func", 8, ">"), ("torch", 8, ">"), ("(med)", 8, ">"),
                       ("torch/rc", 8, ">"), ("GF/s:rc", 7, ">")])
@@ -256,4 +259,3 @@ def run_charlm(opts, torch, out, records):
         tab.line([name, fmt_ms(r), fmt_num(r.get("first_ms"), 1),
                   fmt_num(r.get("kchars_per_s"), 1), fmt_num(r.get("gflops")),
                   fmt_num(vs_torch, 2) if name == "rnncore" else ""])
-

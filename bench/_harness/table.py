@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+
 def fmt_ms(r):
     if r is None:
         return "-"

@@ -7,6 +7,7 @@ import time
 import timeit
 from contextlib import contextmanager
 
+
 class Budget:
     """How long each measurement may take."""
 

@@ -123,7 +123,6 @@ def thread_limit(n):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-
 @contextmanager
 def silenced(quiet):
     """Send stdout and stderr to os.devnull while ``quiet`` (ranks other than 0)."""

@@ -39,7 +39,6 @@ def _grad_arrays(grads, name: str = "grads") -> list[np.ndarray]:
     return arrays
 
 
-
 def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False) -> float:
     """Scale gradients in place so that their global norm is at most ``max_norm``.
 
@@ -126,4 +125,3 @@ def clip_grad_value_(grads, clip_value) -> None:
         raise ValueError(f"clip_value must be >= 0, got {clip_value}")
     for g in arrays:
         np.clip(g, -clip_value, clip_value, out=g)
-

@@ -22,6 +22,8 @@ import numpy as np
 __all__ = ["Vocab", "Corpus", "CorpusError", "Streams", "stdlib_corpus", "read_texts",
            "corpus_from_record", "DEFAULT_MODULES", "DEFAULT_MAX_CHARS"]
 
+#: The default corpus: standard-library modules present on every CPython >= 3.9,
+#: sorted. Each is read from ``<stdlib>/<a/b>.py`` or ``<stdlib>/<a/b>/__init__.py``
 #: (so a module that became a package, like ``zipfile`` in 3.12, is still found);
 #: a missing one is skipped.
 DEFAULT_MODULES = (

@@ -19,6 +19,7 @@ __all__ = ["generate", "default_prime", "evaluate"]
 
 _LN2 = math.log(2.0)
 
+
 def _draw(logits, temperature, rng) -> int:
     """One id from ``softmax(logits / temperature)`` (argmax for temperature 0)."""
     z = np.asarray(logits, dtype=np.float64)

@@ -37,8 +37,6 @@ __all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "OPTIMIZERS", "build_
 OPTIMIZERS = {"adam": (Adam, 4e-3), "adamw": (AdamW, 4e-3), "rmsprop": (RMSprop, 2e-3),
               "adagrad": (Adagrad, 5e-2), "sgd": (SGD, 1.0)}
 
-#: The default corpus: standard-library modules present on every CPython >= 3.9,
-#: sorted. Each is read from ``<stdlib>/<a/b>.py`` or ``<stdlib>/<a/b>/__init__.py``
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a nan/inf loss or gradient norm (nothing was updated)."""
