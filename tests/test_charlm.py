@@ -18,7 +18,7 @@ from rnncore.charlm import (CELLS, DEFAULT_MODULES, CharLM, Corpus, CorpusError,
                             generate, plot_history, read_texts, shard_problem, stdlib_corpus)
 from rnncore.losses import cross_entropy
 from rnncore.module import Module
-from rnncore.utils import gradcheck
+from rnncore.gradcheck import gradcheck
 
 GC = dict(rtol=TOL["fd_rtol"], atol=TOL["fd_atol"])
 TEXT = "def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 40

@@ -28,7 +28,7 @@ from test_cli import env_without, rnncore
 from test_distributed import mpi_env, mpirun_command, require_mpi
 
 from rnncore.charlm import TrainConfig, Trainer, _decode_state, load_charlm, stdlib_corpus
-from rnncore.utils import clip_grad_norm_
+from rnncore.clip import clip_grad_norm_
 
 STEPS, CLIP, MAX_CHARS = 12, 0.05, 20000
 MODEL = dict(cell="lstm", hidden=16, embed=8, layers=2, seq_len=8, batch_size=4,

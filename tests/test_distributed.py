@@ -24,7 +24,7 @@ from rnncore.models import LSTM
 from rnncore.module import Module
 from rnncore.nn import Linear
 from rnncore.optim import Adam
-from rnncore.utils import clip_grad_norm_
+from rnncore.clip import clip_grad_norm_
 
 N, T, D, H, O = 8, 6, 3, 5, 2
 STEPS = 5

@@ -1,4 +1,4 @@
-"""rnncore.utils (clipping, gradcheck) and rnncore.io (checkpoints)."""
+"""rnncore.clip, rnncore.gradcheck and rnncore.io (checkpoints)."""
 import json
 import os
 
@@ -10,7 +10,8 @@ from rnncore import io as rio
 from rnncore.module import Module, register_module
 from rnncore.nn import Dropout, Embedding, Linear, Sequential
 from rnncore.optim import Adam
-from rnncore.utils import clip_grad_norm_, clip_grad_value_, gradcheck
+from rnncore.clip import clip_grad_norm_, clip_grad_value_
+from rnncore.gradcheck import gradcheck
 
 GC = dict(rtol=TOL["fd_rtol"], atol=TOL["fd_atol"])
 

@@ -8,8 +8,9 @@ environment variable ``RNNCORE_BENCH_FULL=1`` is set::
 
 ``RNNCORE_BENCH_THREADS=N`` limits BLAS/OpenMP to N threads (threadpoolctl)
 for the whole suite. Shape names are ``TxNxDxH`` (steps, batch, input
-features, hidden units). The constants live here rather than in
-``rnncore.bench`` so the suite also runs against commits that predate it.
+features, hidden units). The constants live here rather than in the
+comparison harness (``bench/_harness``) so the suite also runs against
+commits that predate it.
 """
 import os
 

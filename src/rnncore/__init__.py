@@ -33,7 +33,8 @@ _threads.set_loop_parallel_min(_threads.LOOP_PARALLEL_MIN)  # install the time-l
 from .io import load, load_checkpoint, save  # noqa: E402
 from .models import GRU, LSTM, RNN  # noqa: E402
 from .module import Module  # noqa: E402
-from .utils import clip_grad_norm_, clip_grad_value_, gradcheck  # noqa: E402
+from .clip import clip_grad_norm_, clip_grad_value_  # noqa: E402
+from .gradcheck import gradcheck  # noqa: E402
 
 __all__ = [
     "RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Module", "cells",

@@ -1,10 +1,15 @@
-"""Argument checking shared by the functional API, the models and the cells.
+"""Argument checking shared by every public entry point of rnncore.
 
-Every public entry point turns bad input into a ``TypeError`` or
-``ValueError`` whose message names the argument and what was expected, before
-any kernel runs (nothing inside a kernel can fail). Inputs are never modified:
-arrays that the kernels cannot read in place (wrong layout, negative strides)
-are copied, never rewritten.
+The functional API, the models and cells, and the training layers
+(:mod:`rnncore.nn`, :mod:`rnncore.losses`, :mod:`rnncore.optim`) turn bad
+input into a ``TypeError`` or ``ValueError`` whose message names the argument,
+what was expected and what was given, before any kernel runs (nothing inside
+a kernel can fail). Every such message is built by :func:`expected`:
+``"<name>: expected <what>, got <given>"``; the training layers' checks pass
+``must=True`` for ``"<name> must be <what>, got <given>"``, the wording they
+have always had (users and tests match it). Inputs are never modified: arrays
+that the kernels cannot read in place (wrong layout, negative strides) are
+copied, never rewritten.
 """
 from __future__ import annotations
 
@@ -16,6 +21,17 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NONLINEARITIES = ("tanh", "relu")
 
 
+def expected(name: str, what: str, given: str, must: bool = False) -> str:
+    """The message of a failed check: ``"<name>: expected <what>, got <given>"``.
+
+    With ``must=True``: ``"<name> must be <what>, got <given>"`` (the training
+    layers' wording, kept as it was).
+    """
+    if must:
+        return f"{name} must be {what}, got {given}"
+    return f"{name}: expected {what}, got {given}"
+
+
 def as_float(a, name: str, dtype=None) -> np.ndarray:
     """``a`` as a float32/float64 ndarray (no copy when it already is one).
 
@@ -24,12 +40,12 @@ def as_float(a, name: str, dtype=None) -> np.ndarray:
     ``dtype`` given, the array must already have that dtype.
     """
     if a is None:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got None")
+        raise TypeError(expected(name, "a float32 or float64 array", "None"))
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor
         a = a.detach().cpu().numpy()
     arr = np.asarray(a)
     if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+        raise TypeError(expected(name, "a float32 or float64 array", f"dtype {arr.dtype}"))
     if dtype is not None and arr.dtype != np.dtype(dtype):
         raise TypeError(
             f"{name}: dtype {arr.dtype} does not match the other arguments' dtype "
@@ -38,27 +54,23 @@ def as_float(a, name: str, dtype=None) -> np.ndarray:
     return arr
 
 
-def check_shape(arr: np.ndarray, name: str, expected: tuple, letters: str) -> None:
-    """Raise ValueError unless ``arr.shape`` matches ``expected``.
+def check_shape(arr: np.ndarray, name: str, shape: tuple, letters: str) -> None:
+    """Raise ValueError unless ``arr.shape`` matches ``shape``.
 
-    ``expected`` entries are ints or None (any size); ``letters`` names the
+    ``shape`` entries are ints or None (any size); ``letters`` names the
     axes for the message, e.g. ``"(N, T, D)"``.
     """
-    ok = arr.ndim == len(expected) and all(
-        e is None or s == e for s, e in zip(arr.shape, expected)
-    )
+    ok = arr.ndim == len(shape) and all(e is None or s == e for s, e in zip(arr.shape, shape))
     if not ok:
-        want = ", ".join("?" if e is None else str(e) for e in expected)
-        raise ValueError(
-            f"{name}: expected shape {letters} = ({want}{',' if len(expected) == 1 else ''}), "
-            f"got {arr.shape}"
-        )
+        want = ", ".join("?" if e is None else str(e) for e in shape)
+        comma = "," if len(shape) == 1 else ""
+        raise ValueError(expected(name, f"shape {letters} = ({want}{comma})", f"{arr.shape}"))
 
 
 def check_nonlinearity(nonlinearity) -> bool:
     """True for relu, False for tanh; ValueError otherwise."""
     if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        raise ValueError(expected("nonlinearity", "'tanh' or 'relu'", repr(nonlinearity)))
     return nonlinearity == "relu"
 
 
@@ -90,9 +102,9 @@ def seq_view(a: np.ndarray, time_major: bool) -> np.ndarray:
 def check_int(value, name: str, minimum: int = 0) -> int:
     """A Python int >= minimum (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+        raise TypeError(expected(name, "an int", type(value).__name__))
     if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+        raise ValueError(expected(name, f"an int >= {minimum}", f"{value}"))
     return int(value)
 
 
@@ -100,14 +112,74 @@ def check_lengths(lengths, N: int, T: int) -> np.ndarray:
     """``lengths`` as an int64 array of shape (N,) with values in [0, T]."""
     arr = np.asarray(lengths)
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+        raise TypeError(expected("lengths", "integers", f"dtype {arr.dtype}"))
     if arr.shape != (N,):
-        raise ValueError(f"lengths: expected shape (N,) = ({N},), got {arr.shape}")
+        raise ValueError(expected("lengths", f"shape (N,) = ({N},)", f"{arr.shape}"))
     if N and (arr.min() < 0 or arr.max() > T):
         raise ValueError(
             f"lengths: values must be in [0, T] = [0, {T}], got min {arr.min()} max {arr.max()}"
         )
     return arr.astype(np.int64, copy=False)
+
+
+def check_dtype(dtype, name: str = "dtype", must: bool = False) -> np.dtype:
+    """``np.dtype(dtype)`` if it is float32 or float64, else TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(expected(name, "float32 or float64", repr(dtype), must)) from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(expected(name, "float32 or float64", f"{dt}", must))
+    return dt
+
+
+def positive_int(value, name: str) -> int:
+    """``int(value)`` if it is an integer >= 1 (bools refused), else ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 1:
+        raise ValueError(expected(name, "a positive int", repr(value), must=True))
+    return int(value)
+
+
+def as_real(x, name: str, dtype=None) -> np.ndarray:
+    """``x`` as a real array (cast to ``dtype`` when given).
+
+    Integers are accepted and cast; bool, complex, object and string arrays
+    raise ``TypeError`` naming the argument. Without ``dtype``, floating
+    arrays keep their dtype and integer arrays become float64.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(expected(name, "a real numeric array", f"dtype {arr.dtype}", must=True))
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
+    return arr.astype(dtype, copy=False)
+
+
+def as_index(x, name: str, high: int | None = None) -> np.ndarray:
+    """``x`` as an integer array (int64 when not already signed/unsigned int).
+
+    Raises ``TypeError`` for non-integer dtypes (floats are refused rather
+    than truncated) and, when ``high`` is given, ``ValueError`` for values
+    outside ``[0, high)``.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(expected(name, "an integer array", f"dtype {arr.dtype}", must=True))
+    if high is not None and arr.size:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= high:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} values must lie in [0, {high}), got {int(bad)}")
+    return arr
+
+
+def check_last_dim(x: np.ndarray, size: int, name: str, label: str) -> None:
+    """Raise ValueError unless ``x.shape == (..., size)``."""
+    if x.ndim == 0 or x.shape[-1] != size:
+        raise ValueError(
+            f"{name} must have shape (..., {size}) ({label}={size}), got shape {x.shape}"
+        )
 
 
 def blas_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

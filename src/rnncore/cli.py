@@ -41,12 +41,13 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import asdict, fields
 
 from . import __version__
 from . import distributed as dist
-from .charlm import (CELLS, DEFAULT_MAX_CHARS, OPTIMIZERS, CorpusError, NonFiniteLossError,
+from ._cli_options import add_train_parser, int_at_least, number
+from ._terminal import Progress, StopOnSignal, fmt_time, rate, silenced, thread_limit
+from .charlm import (DEFAULT_MAX_CHARS, OPTIMIZERS, CorpusError, NonFiniteLossError,
                      TrainConfig, Trainer, Vocab, default_prime, generate, load_charlm,
                      plot_history, read_texts, shard_problem, stdlib_corpus)
 
@@ -72,34 +73,6 @@ class CLIError(Exception):
     """A problem reported as one line on stderr with exit code 2."""
 
 
-# ---------------------------------------------------------------------------
-# Argument parsing
-# ---------------------------------------------------------------------------
-def _int_at_least(lo):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
-    return parse
-
-
-def _float(lo=None, positive=False):
-    def parse(s):
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        if not math.isfinite(v) or (positive and v <= 0) or (lo is not None and v < lo):
-            want = "a positive number" if positive else f"a number >= {lo}"
-            raise argparse.ArgumentTypeError(f"expected {want}, got {s}")
-        return v
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
     p = argparse.ArgumentParser(
@@ -109,88 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    t = sub.add_parser(
-        "train", help="train a character-level language model",
-        description="Train a character-level language model with truncated BPTT. Without "
-        "--text it trains on the Python standard library's own sources. Ctrl-C (or "
-        "SIGTERM) saves and exits; --resume continues exactly where a run stopped.")
-    g = t.add_argument_group("data")
-    g.add_argument("--text", action="append", metavar="PATH",
-                   help="UTF-8 text file, or a folder of them (repeatable); default: the "
-                   "Python standard library sources of this interpreter")
-    g.add_argument("--max-chars", type=_int_at_least(2), metavar="N",
-                   help=f"cap on the text size (default {DEFAULT_MAX_CHARS:,} for the "
-                   "standard library corpus, no cap for --text)")
-    g = t.add_argument_group("model")
-    g.add_argument("--cell", choices=sorted(CELLS), help=f"recurrent cell (default {d['cell']})")
-    g.add_argument("--hidden", type=_int_at_least(1), metavar="H",
-                   help=f"hidden size (default {d['hidden']})")
-    g.add_argument("--layers", type=_int_at_least(1), metavar="L",
-                   help=f"stacked recurrent layers (default {d['layers']})")
-    g.add_argument("--embed", type=_int_at_least(1), metavar="E",
-                   help=f"character embedding size (default {d['embed']})")
-    g.add_argument("--dtype", choices=["float32", "float64"],
-                   help=f"parameter dtype (default {d['dtype']})")
-    g = t.add_argument_group("training")
-    g.add_argument("--seq-len", type=_int_at_least(1), metavar="T",
-                   help=f"BPTT chunk length in characters (default {d['seq_len']})")
-    g.add_argument("--batch-size", type=_int_at_least(1), metavar="N",
-                   help=f"parallel streams per batch (default {d['batch_size']})")
-    g.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
-                   help=f"optimizer (default {d['optimizer']})")
-    g.add_argument("--lr", type=_float(positive=True),
-                   help="learning rate (default: " + ", ".join(
-                       f"{k} {v[1]:g}" for k, v in sorted(OPTIMIZERS.items())) + ")")
-    g.add_argument("--clip", type=_float(lo=0.0),
-                   help=f"max global gradient norm, 0 for none (default {d['clip']:g})")
-    steps = g.add_mutually_exclusive_group()
-    steps.add_argument("--steps", type=_int_at_least(1),
-                       help=f"train until this many steps in total (default {d['steps']})")
-    steps.add_argument("--epochs", type=_float(positive=True),
-                       help="train for this many passes over the text (in total)")
-    g.add_argument("--seed", type=int, help=f"initialisation and sampling seed "
-                   f"(default {d['seed']})")
-    g.add_argument("--skip-nonfinite", action="store_true",
-                   help="skip a step whose loss or gradient is nan/inf instead of stopping "
-                   "(exit code 3)")
-    g.add_argument("--threads", type=_int_at_least(0),
-                   help=f"BLAS threads, 0 for BLAS's own choice (needs threadpoolctl; "
-                   f"default {d['threads']})")
-    g.add_argument("--distributed", action="store_true",
-                   help="data-parallel training over the ranks of mpirun -n K (needs "
-                   "mpi4py): each rank trains --batch-size/K of the streams, gradients are "
-                   "averaged every step, rank 0 alone writes; same result as one process. "
-                   "Without an MPI launcher: one rank")
-    g = t.add_argument_group("output")
-    g.add_argument("--out", default="rnncore-out", metavar="DIR",
-                   help="output folder for checkpoint.npz, loss.png, samples.txt "
-                   "(default rnncore-out)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from DIR/checkpoint.npz (same optimizer state, step, data "
-                   "position and hidden state)")
-    g.add_argument("--force", action="store_true",
-                   help="start a new run even if DIR/checkpoint.npz exists (overwrites it)")
-    g.add_argument("--eval-every", type=_int_at_least(0), metavar="STEPS",
-                   help=f"validation bits/char every STEPS steps, 0 for only at the end "
-                   f"(default {d['eval_every']})")
-    g.add_argument("--save-every", type=_int_at_least(0), metavar="STEPS",
-                   help="save the checkpoint every STEPS steps (default: with every "
-                   "evaluation), 0 for only at the end")
-    g.add_argument("--sample-every", type=_int_at_least(0), metavar="STEPS",
-                   help=f"print a generated sample every STEPS steps, 0 for none "
-                   f"(default {d['sample_every']})")
-    g.add_argument("--sample-length", type=_int_at_least(1), metavar="CHARS",
-                   help=f"length of those samples (default {d['sample_length']})")
-    g.add_argument("--temperature", type=_float(lo=0.0),
-                   help=f"sampling temperature of those samples (default {d['temperature']})")
+    t = add_train_parser(sub, d)
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate text from a checkpoint",
                        description="Generate text from a trained checkpoint.")
     s.add_argument("checkpoint", help="a checkpoint.npz written by rnncore train")
-    s.add_argument("--length", type=_int_at_least(0), default=500,
+    s.add_argument("--length", type=int_at_least(0), default=500,
                    help="characters to generate (default 500)")
-    s.add_argument("--temperature", type=_float(lo=0.0), default=0.8,
+    s.add_argument("--temperature", type=number(lo=0.0), default=0.8,
                    help="softmax temperature; 0 is greedy (default 0.8)")
     s.add_argument("--prime", default=None,
                    help="text to start from (default 'def ' when the vocabulary has it)")
@@ -231,139 +131,14 @@ def _load(path, need_training_state=False):
         raise CLIError(f"cannot load checkpoint {path}: {exc}") from None
 
 
-def _fmt_time(seconds) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def _rate(cps) -> str:
-    return f"{cps / 1000:.1f}k chars/s" if cps >= 1000 else f"{cps:.0f} chars/s"
-
-
-class _Progress:
-    """A tqdm bar on stderr, or plain progress lines when tqdm is missing.
-
-    ``write`` prints a message on stdout without breaking the bar.
-    """
-
-    def __init__(self, total, initial):
-        self.total, self.initial = total, initial
-        self.t0 = time.perf_counter()
-        self.last_print = 0.0
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self.bar = None
-            print("(tqdm is not installed: plain progress lines; pip install tqdm for a "
-                  "progress bar)", file=sys.stderr)
-        else:
-            self.bar = tqdm(total=total, initial=initial, unit="step", file=sys.stderr,
-                            dynamic_ncols=True, smoothing=0.05, mininterval=0.25)
-
-    def update(self, step, loss, cps):
-        text = f"loss {loss / math.log(2):.3f} bits/char, {_rate(cps)}"
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(step - self.bar.n)
-            return
-        now = time.perf_counter()
-        if now - self.last_print >= 5.0 or step == self.total:
-            done = step - self.initial
-            eta = (now - self.t0) / done * (self.total - step) if done else 0.0
-            print(f"step {step}/{self.total} | {text} | ETA {_fmt_time(eta)}",
-                  file=sys.stderr, flush=True)
-            self.last_print = now
-
-    def write(self, msg):
-        if self.bar is not None:
-            self.bar.write(msg, file=sys.stdout)
-        else:
-            print(msg, flush=True)
-        sys.stdout.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-class _StopOnSignal:
-    """Records SIGINT/SIGTERM so the loop can finish its step and save.
-
-    A second signal interrupts at once (KeyboardInterrupt for SIGINT, the
-    default action for SIGTERM); the checkpoint on disk stays intact because
-    saving is atomic.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, extra=()):
-        self.signals = self.SIGNALS + tuple(extra)
-        self.signum = None
-        self.previous = {}
-
-    def __enter__(self):
-        for s in self.signals:
-            self.previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self.previous.items():
-            signal.signal(s, h)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        for s in self.signals:
-            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
-
-
-def _thread_limit(n):
-    if not n:
-        return nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        print("rnncore: warning: --threads needs threadpoolctl (pip install threadpoolctl); "
-              "ignored", file=sys.stderr)
-        return nullcontext()
-    return threadpool_limits(limits=n, user_api="blas")
-
-
 def _prepare(args, ckpt, ranks):
     """``(corpus, loaded checkpoint or None, config or None)`` for :func:`_make_trainer`.
 
     Everything that can fail on bad input, before any collective operation.
     """
-    try:
-        corpus = None
-        if args.text:
-            corpus = read_texts(args.text, args.max_chars)
-        elif not args.resume or args.max_chars is not None:
-            corpus = stdlib_corpus(args.max_chars or DEFAULT_MAX_CHARS)
-    except CorpusError as exc:
-        raise CLIError(str(exc)) from None
+    corpus = _read_corpus(args)
     if args.resume:
-        if not os.path.exists(ckpt):
-            raise CLIError(f"--resume: no checkpoint to resume at {ckpt}")
-        loaded = _load(ckpt, need_training_state=True)
-        stored = loaded[2]["train_config"]
-        for name in TrainConfig.FIXED:
-            given = getattr(args, name, None)
-            if given is not None and name in stored and given != stored[name]:
-                flag = "--" + name.replace("_", "-")
-                raise CLIError(f"{ckpt} was trained with {flag} {stored[name]}; a resumed "
-                               f"run cannot change it to {given} (drop {flag}, or start a "
-                               "new run with another --out)")
-        _check_shards(stored.get("batch_size", 1), ranks)
-        return corpus, loaded, None
+        return corpus, _load_resumable(args, ckpt, ranks), None
     if os.path.exists(ckpt) and not args.force:
         raise CLIError(f"{ckpt} already exists: add --resume to continue it, --force to "
                        "overwrite it, or choose another --out")
@@ -373,6 +148,35 @@ def _prepare(args, ckpt, ranks):
         config.lr = OPTIMIZERS[config.optimizer][1]
     _check_shards(config.batch_size, ranks)
     return corpus, None, config
+
+
+def _read_corpus(args):
+    """The text of --text, the standard library's, or None (a resumed run re-reads its own)."""
+    try:
+        if args.text:
+            return read_texts(args.text, args.max_chars)
+        if not args.resume or args.max_chars is not None:
+            return stdlib_corpus(args.max_chars or DEFAULT_MAX_CHARS)
+    except CorpusError as exc:
+        raise CLIError(str(exc)) from None
+    return None
+
+
+def _load_resumable(args, ckpt, ranks):
+    """``--resume``'s checkpoint, refusing options that would change the run it continues."""
+    if not os.path.exists(ckpt):
+        raise CLIError(f"--resume: no checkpoint to resume at {ckpt}")
+    loaded = _load(ckpt, need_training_state=True)
+    stored = loaded[2]["train_config"]
+    for name in TrainConfig.FIXED:
+        given = getattr(args, name, None)
+        if given is not None and name in stored and given != stored[name]:
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(f"{ckpt} was trained with {flag} {stored[name]}; a resumed "
+                           f"run cannot change it to {given} (drop {flag}, or start a "
+                           "new run with another --out)")
+    _check_shards(stored.get("batch_size", 1), ranks)
+    return loaded
 
 
 def _check_shards(batch_size, ranks):
@@ -436,13 +240,19 @@ def _opt(args, name):
 # Commands
 # ---------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    """``rnncore train``: in one process, or as one rank of ``mpirun -n K`` (--distributed)."""
     launched = dist.launcher_size() or 1
-    if not args.distributed:
-        if launched > 1:
-            raise CLIError(f"started by an MPI launcher as {launched} processes without "
-                           "--distributed: each would train alone and overwrite the others' "
-                           "files; add --distributed")
-        return _train(args)
+    if args.distributed:
+        return _train_distributed(args, launched)
+    if launched > 1:
+        raise CLIError(f"started by an MPI launcher as {launched} processes without "
+                       "--distributed: each would train alone and overwrite the others' "
+                       "files; add --distributed")
+    return _train(args)
+
+
+def _train_distributed(args, launched) -> int:
+    """Join the MPI job and train this rank's share; a failure on one rank ends every rank."""
     if launched > 1 and not dist.mpi_available():
         raise CLIError(f"--distributed: started as {launched} MPI processes, but mpi4py is "
                        "not installed (pip install mpi4py)")
@@ -455,7 +265,7 @@ def cmd_train(args) -> int:
               "K ranks): single-process training", file=sys.stderr)
         return _train(args, distributed=True)
     try:
-        with _silenced(rank != 0):
+        with silenced(rank != 0):
             return _train(args, distributed=True)
     except CLIError:  # agreed by every rank (_make_trainer): rank 0 reports it
         if rank == 0:
@@ -468,83 +278,101 @@ def cmd_train(args) -> int:
         raise
 
 
-@contextmanager
-def _silenced(quiet):
-    """Send stdout and stderr to os.devnull while ``quiet`` (ranks other than 0)."""
-    if not quiet:
-        yield
-        return
-    with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
-        yield
-
-
 def _train(args, distributed=False) -> int:
-    wall0 = time.perf_counter()
-    out = args.out
-    ckpt, plot_path, samples_path = (os.path.join(out, f) for f in (CHECKPOINT, PLOT, SAMPLES))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CLIError(f"--out {out} exists and is not a folder")
-    trainer = _make_trainer(args, ckpt, distributed)
-    root = trainer.is_root
-    if root:
-        os.makedirs(out, exist_ok=True)
-    cfg, model = trainer.config, trainer.model
-    if args.epochs is not None:
-        total = math.ceil(args.epochs * trainer.steps_per_epoch)
-    elif args.steps is not None:
-        total = args.steps
-    else:
-        total = trainer.target_steps or DEFAULTS["steps"]
-    trainer.target_steps = total
-    start = trainer.step
-    eval_every = _opt(args, "eval_every")
-    save_every = eval_every if args.save_every is None else args.save_every
-    sample_every = _opt(args, "sample_every")
-    sample_length, temperature = _opt(args, "sample_length"), _opt(args, "temperature")
-
-    n_val = 0 if trainer.val_ids is None else len(trainer.val_ids)
-    print(f"rnncore {__version__} train: {cfg.cell.upper()} E={cfg.embed} H={cfg.hidden} "
-          f"L={cfg.layers} V={len(trainer.vocab)} ({model.num_parameters():,} parameters, "
-          f"{cfg.dtype}); {cfg.optimizer} lr {cfg.lr:g}, clip {cfg.clip:g}; "
-          f"batch {cfg.batch_size} x {cfg.seq_len} chars", flush=True)
-    if distributed:
-        print(f"  data-parallel: {trainer.size} rank(s) x {cfg.batch_size // trainer.size} "
-              "streams", flush=True)
-    print(f"  text: {trainer.corpus.describe()}; {len(trainer.train_ids):,} for training, "
-          f"{n_val:,} for validation; {trainer.steps_per_epoch} steps per epoch", flush=True)
-    if start >= total:
-        print(f"  {ckpt} is already at step {start} (target {total}); nothing to train. "
-              "Raise --steps to continue.", flush=True)
+    """The training run of ``rnncore train`` in this process (one rank of a distributed run)."""
+    run = _Run(args, distributed)
+    run.announce()
+    if run.start >= run.total:
+        print(f"  {run.ckpt} is already at step {run.start} (target {run.total}); nothing to "
+              "train. Raise --steps to continue.", flush=True)
         return EXIT_OK
-    print(f"  steps {start} -> {total} ({(total - start) / trainer.steps_per_epoch:.2f} epochs)"
-          f"{', resumed from ' + ckpt if start else ''}; output in {out}/", flush=True)
+    run.open_samples()
+    return run.fit()
 
-    if root and (not args.resume or not os.path.exists(samples_path)):
-        open(samples_path, "w", encoding="utf-8").close()
 
-    def add_sample(title, text):
-        with open(samples_path, "a", encoding="utf-8") as f:
+def _total_steps(args, trainer) -> int:
+    """The step to train up to: --epochs, --steps, the checkpoint's target, or the default."""
+    if args.epochs is not None:
+        return math.ceil(args.epochs * trainer.steps_per_epoch)
+    if args.steps is not None:
+        return args.steps
+    return trainer.target_steps or DEFAULTS["steps"]
+
+
+class _Run:
+    """One ``rnncore train`` session: its trainer, files, progress display and messages."""
+
+    def __init__(self, args, distributed):
+        self.wall0 = time.perf_counter()
+        self.args, self.distributed, self.out = args, distributed, args.out
+        self.ckpt, self.plot_path, self.samples_path = (
+            os.path.join(self.out, f) for f in (CHECKPOINT, PLOT, SAMPLES))
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise CLIError(f"--out {self.out} exists and is not a folder")
+        self.trainer = trainer = _make_trainer(args, self.ckpt, distributed)
+        if trainer.is_root:
+            os.makedirs(self.out, exist_ok=True)
+        self.total = trainer.target_steps = _total_steps(args, trainer)
+        self.start = trainer.step
+        self.eval_every = _opt(args, "eval_every")
+        self.save_every = self.eval_every if args.save_every is None else args.save_every
+        self.sample_every = _opt(args, "sample_every")
+        self.sample_length = _opt(args, "sample_length")
+        self.temperature = _opt(args, "temperature")
+        self.progress = None
+        self.saved_step = self.start if args.resume else None
+        self.secs0, self.chars0 = trainer.train_seconds, trainer.chars_seen
+
+    def announce(self):
+        """The lines printed before training: model, data-parallel split, text, steps."""
+        trainer = self.trainer
+        cfg = trainer.config
+        n_val = 0 if trainer.val_ids is None else len(trainer.val_ids)
+        print(f"rnncore {__version__} train: {cfg.cell.upper()} E={cfg.embed} H={cfg.hidden} "
+              f"L={cfg.layers} V={len(trainer.vocab)} "
+              f"({trainer.model.num_parameters():,} parameters, {cfg.dtype}); {cfg.optimizer} "
+              f"lr {cfg.lr:g}, clip {cfg.clip:g}; batch {cfg.batch_size} x {cfg.seq_len} chars",
+              flush=True)
+        if self.distributed:
+            print(f"  data-parallel: {trainer.size} rank(s) x {cfg.batch_size // trainer.size} "
+                  "streams", flush=True)
+        print(f"  text: {trainer.corpus.describe()}; {len(trainer.train_ids):,} for training, "
+              f"{n_val:,} for validation; {trainer.steps_per_epoch} steps per epoch", flush=True)
+        if self.start < self.total:
+            epochs = (self.total - self.start) / trainer.steps_per_epoch
+            resumed = ", resumed from " + self.ckpt if self.start else ""
+            print(f"  steps {self.start} -> {self.total} ({epochs:.2f} epochs){resumed}; "
+                  f"output in {self.out}/", flush=True)
+
+    def open_samples(self):
+        """Start samples.txt afresh (a resumed run appends to the one it finds)."""
+        if self.trainer.is_root and (not self.args.resume
+                                     or not os.path.exists(self.samples_path)):
+            open(self.samples_path, "w", encoding="utf-8").close()
+
+    def add_sample(self, title, text):
+        with open(self.samples_path, "a", encoding="utf-8") as f:
             f.write(f"--- {title} ---\n{text}\n\n")
 
-    progress = _Progress(total, start)
-    saved = {"step": start if args.resume else None}
-
-    def on_event(kind, info):
+    def on_event(self, kind, info):
+        """:meth:`Trainer.fit`'s events: progress, validation, samples, saves."""
         if kind == "step":
-            progress.update(info["step"], info["loss"], info["chars_per_s"])
+            self.progress.update(info["step"], info["loss"], info["chars_per_s"])
         elif kind == "eval":
-            progress.write(f"step {info['step']}: validation {info['bpc']:.3f} bits/char")
+            self.progress.write(f"step {info['step']}: validation {info['bpc']:.3f} bits/char")
         elif kind == "sample":
-            title = f"step {info['step']}, temperature {temperature:g}"
-            progress.write(f"--- sample at {title} ---\n{info['text']}\n---")
-            add_sample(title, info["text"])
+            title = f"step {info['step']}, temperature {self.temperature:g}"
+            self.progress.write(f"--- sample at {title} ---\n{info['text']}\n---")
+            self.add_sample(title, info["text"])
         elif kind == "save":
-            saved["step"] = info["step"]
+            self.saved_step = info["step"]
 
-    def diverged(reason):
-        progress.close()
-        if saved["step"] is not None:
-            kept = f"the last good checkpoint {ckpt} (step {saved['step']}) was kept"
+    def diverged(self, reason) -> int:
+        """Report a nan/inf loss or model and which checkpoint was kept; exit code 3."""
+        self.progress.close()
+        ckpt = self.ckpt
+        if self.saved_step is not None:
+            kept = f"the last good checkpoint {ckpt} (step {self.saved_step}) was kept"
         elif os.path.exists(ckpt):
             kept = f"the existing {ckpt} was left untouched"
         else:
@@ -553,65 +381,92 @@ def _train(args, distributed=False) -> int:
               "a --clip, or --skip-nonfinite.", file=sys.stderr)
         return EXIT_NONFINITE
 
-    # distributed: also SIGUSR1, which Open MPI's mpirun forwards without killing the ranks
-    stop = _StopOnSignal((signal.SIGUSR1,) if distributed and hasattr(signal, "SIGUSR1")
-                         else ())
-    session_secs0, session_chars0 = trainer.train_seconds, trainer.chars_seen
-    try:
-        with stop, _thread_limit(_opt(args, "threads")):
-            try:
-                outcome = trainer.fit(total, eval_every=eval_every, sample_every=sample_every,
-                                      save_every=save_every, checkpoint=ckpt,
-                                      sample_length=sample_length, temperature=temperature,
-                                      on_event=on_event, should_stop=stop)
-            except NonFiniteLossError as exc:
-                return diverged(str(exc))
-            progress.close()
-            if outcome == "stopped":
-                print(f"rnncore: {stop.name or 'a stop signal (on another rank)'} received: "
-                      f"saving at step {trainer.step}", file=sys.stderr, flush=True)
-            if trainer.val_ids is not None and not (
-                    trainer.val_history and trainer.val_history[-1][0] == trainer.step):
-                trainer.evaluate()
-            final_val = trainer.val_history[-1][1] if trainer.val_history else 0.0
-            if not (math.isfinite(final_val) and trainer.params_finite()):
-                return diverged(f"the model diverged at step {trainer.step} (validation loss "
-                                f"{final_val}, parameters finite: {trainer.params_finite()})")
-            if outcome == "done" and root:
-                text = trainer.sample(sample_length, temperature)
-                add_sample(f"final, step {trainer.step}, temperature {temperature:g}", text)
-                print(f"--- final sample (step {trainer.step}) ---\n{text}\n---", flush=True)
-            trainer.save(ckpt)
-    finally:
-        progress.close()
-    if not root:
+    def fit(self) -> int:
+        """Train to the target under the stop signals, save, then plot and report (rank 0)."""
+        trainer = self.trainer
+        self.progress = Progress(self.total, self.start)
+        # distributed: also SIGUSR1, which Open MPI's mpirun forwards without killing the ranks
+        stop = StopOnSignal((signal.SIGUSR1,) if self.distributed
+                            and hasattr(signal, "SIGUSR1") else ())
+        try:
+            with stop, thread_limit(_opt(self.args, "threads")):
+                try:
+                    outcome = trainer.fit(
+                        self.total, eval_every=self.eval_every, sample_every=self.sample_every,
+                        save_every=self.save_every, checkpoint=self.ckpt,
+                        sample_length=self.sample_length, temperature=self.temperature,
+                        on_event=self.on_event, should_stop=stop)
+                except NonFiniteLossError as exc:
+                    return self.diverged(str(exc))
+                self.progress.close()
+                if outcome == "stopped":
+                    print(f"rnncore: {stop.name or 'a stop signal (on another rank)'} received: "
+                          f"saving at step {trainer.step}", file=sys.stderr, flush=True)
+                problem = self.final_check()
+                if problem:
+                    return self.diverged(problem)
+                if outcome == "done" and trainer.is_root:
+                    self.final_sample()
+                trainer.save(self.ckpt)
+        finally:
+            self.progress.close()
+        if trainer.is_root:
+            self.report(outcome, self.plot())
         return EXIT_OK
-    title = (f"{cfg.cell.upper()} H={cfg.hidden} L={cfg.layers} E={cfg.embed}, "
-             f"batch {cfg.batch_size} x {cfg.seq_len}, {cfg.optimizer} lr {cfg.lr:g}")
-    plotted = plot_history(trainer.train_loss, trainer.val_history, plot_path, title)
-    if not plotted:
-        print("(matplotlib is not installed: loss.png not written; pip install matplotlib)",
-              file=sys.stderr)
 
-    secs = trainer.train_seconds - session_secs0
-    cps = (trainer.chars_seen - session_chars0) / secs if secs else 0.0
-    val = (f"validation {trainer.val_history[-1][1]:.3f} bits/char"
-           if trainer.val_history else "no validation split")
-    recent = [v for v in trainer.train_loss[-50:] if math.isfinite(v)]
-    train_bpc = sum(recent) / len(recent) / math.log(2) if recent else float("nan")
-    skipped = f", {trainer.skipped} skipped" if trainer.skipped else ""
-    files = ", ".join([ckpt] + ([plot_path] if plotted else []) + [samples_path])
-    wall = _fmt_time(time.perf_counter() - wall0)
-    print(f"{'interrupted' if outcome == 'stopped' else 'done'}: step {trainer.step}/{total} "
-          f"({trainer.epoch:.2f} epochs{skipped}) | {val} | train {train_bpc:.3f} bits/char "
-          f"(last {len(recent)} steps) | {_rate(cps)} | wall {wall} | wrote {files}", flush=True)
-    reducer = trainer.allreducer
-    if trainer.size > 1 and reducer is not None and reducer.calls and secs:
-        print(f"all-reduce: {1e3 * reducer.seconds / reducer.calls:.2f} ms/step "
-              f"({100 * reducer.seconds / secs:.1f}% of step, waiting for the other ranks "
-              f"included), {reducer.nbytes / 1024:.0f} KB per step; {trainer.size} ranks",
-              flush=True)
-    return EXIT_OK
+    def final_check(self):
+        """Evaluate the final step (unless just done); why the model diverged, or None."""
+        trainer = self.trainer
+        if trainer.val_ids is not None and not (
+                trainer.val_history and trainer.val_history[-1][0] == trainer.step):
+            trainer.evaluate()
+        final_val = trainer.val_history[-1][1] if trainer.val_history else 0.0
+        if not (math.isfinite(final_val) and trainer.params_finite()):
+            return (f"the model diverged at step {trainer.step} (validation loss "
+                    f"{final_val}, parameters finite: {trainer.params_finite()})")
+        return None
+
+    def final_sample(self):
+        trainer, temperature = self.trainer, self.temperature
+        text = trainer.sample(self.sample_length, temperature)
+        self.add_sample(f"final, step {trainer.step}, temperature {temperature:g}", text)
+        print(f"--- final sample (step {trainer.step}) ---\n{text}\n---", flush=True)
+
+    def plot(self) -> bool:
+        """Write loss.png; False (with a note) without matplotlib."""
+        cfg = self.trainer.config
+        title = (f"{cfg.cell.upper()} H={cfg.hidden} L={cfg.layers} E={cfg.embed}, "
+                 f"batch {cfg.batch_size} x {cfg.seq_len}, {cfg.optimizer} lr {cfg.lr:g}")
+        plotted = plot_history(self.trainer.train_loss, self.trainer.val_history,
+                               self.plot_path, title)
+        if not plotted:
+            print("(matplotlib is not installed: loss.png not written; pip install matplotlib)",
+                  file=sys.stderr)
+        return plotted
+
+    def report(self, outcome, plotted):
+        """The closing line (and the all-reduce cost of a distributed run)."""
+        trainer = self.trainer
+        secs = trainer.train_seconds - self.secs0
+        cps = (trainer.chars_seen - self.chars0) / secs if secs else 0.0
+        val = (f"validation {trainer.val_history[-1][1]:.3f} bits/char"
+               if trainer.val_history else "no validation split")
+        recent = [v for v in trainer.train_loss[-50:] if math.isfinite(v)]
+        train_bpc = sum(recent) / len(recent) / math.log(2) if recent else float("nan")
+        skipped = f", {trainer.skipped} skipped" if trainer.skipped else ""
+        files = ", ".join([self.ckpt] + ([self.plot_path] if plotted else [])
+                          + [self.samples_path])
+        wall = fmt_time(time.perf_counter() - self.wall0)
+        print(f"{'interrupted' if outcome == 'stopped' else 'done'}: step {trainer.step}/"
+              f"{self.total} ({trainer.epoch:.2f} epochs{skipped}) | {val} | train "
+              f"{train_bpc:.3f} bits/char (last {len(recent)} steps) | {rate(cps)} | wall "
+              f"{wall} | wrote {files}", flush=True)
+        reducer = trainer.allreducer
+        if trainer.size > 1 and reducer is not None and reducer.calls and secs:
+            print(f"all-reduce: {1e3 * reducer.seconds / reducer.calls:.2f} ms/step "
+                  f"({100 * reducer.seconds / secs:.1f}% of step, waiting for the other ranks "
+                  f"included), {reducer.nbytes / 1024:.0f} KB per step; {trainer.size} ranks",
+                  flush=True)
 
 
 def cmd_sample(args) -> int:
@@ -627,14 +482,29 @@ def cmd_sample(args) -> int:
 
 
 def cmd_info(args) -> int:
+    """``rnncore info``: the checkpoint's model, then its training state and history."""
     model, opt_state, extra = _load(args.checkpoint)
-    rows = [("checkpoint", args.checkpoint), ("model", repr(model))]
+    rows = _model_rows(args.checkpoint, model, extra["vocab"]) + _training_rows(opt_state, extra)
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return EXIT_OK
+
+
+def _model_rows(path, model, vocab):
+    """``(label, value)`` rows of ``rnncore info`` about the model and its vocabulary."""
+    rows = [("checkpoint", path), ("model", repr(model))]
     rows += [(k, v) for k, v in model.get_config().items()]
     rows.append(("parameters", f"{model.num_parameters():,}"))
     rows += [(f"  {k}", "x".join(map(str, p.shape))) for k, p in model.params.items()]
-    vocab = extra["vocab"]
     rows.append(("vocabulary", f"{len(vocab)} characters: {vocab[:60]!r}"
                  + ("..." if len(vocab) > 60 else "")))
+    return rows
+
+
+def _training_rows(opt_state, extra):
+    """``(label, value)`` rows of ``rnncore info`` about the optimizer, the run and its text."""
+    rows = []
     if opt_state is not None:
         rows.append(("optimizer", f"{opt_state.get('type')} (lr {opt_state.get('lr'):g}, "
                      f"step {opt_state.get('step')})"))
@@ -658,12 +528,9 @@ def cmd_info(args) -> int:
         rows.append(("validation", f"{b:.3f} bits/char at step {s}"))
     if extra.get("train_seconds"):
         rows.append(("trained", f"{extra.get('chars_seen', 0):,} characters in "
-                     f"{_fmt_time(extra['train_seconds'])} "
-                     f"({_rate(extra.get('chars_seen', 0) / extra['train_seconds'])})"))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    return EXIT_OK
+                     f"{fmt_time(extra['train_seconds'])} "
+                     f"({rate(extra.get('chars_seen', 0) / extra['train_seconds'])})"))
+    return rows
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .utils import _as_index, _as_real
+from ._validation import as_index, as_real
 
 __all__ = [
     "cross_entropy",
@@ -95,11 +95,11 @@ def cross_entropy(logits, target, mask=None, reduction="mean", ignore_index=None
         For mismatched shapes, out-of-range targets or a bad ``reduction``.
     """
     _check_reduction(reduction)
-    logits = _as_real(logits, "logits")
+    logits = as_real(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have shape (..., C), got a scalar")
     C = logits.shape[-1]
-    target = _as_index(target, "target")
+    target = as_index(target, "target")
     if target.shape != logits.shape[:-1]:
         raise ValueError(
             f"target must have shape {logits.shape[:-1]} (logits.shape[:-1]), "
@@ -155,8 +155,8 @@ def mse_loss(pred, target, reduction="mean"):
         ``2 (pred - target)``, divided by ``pred.size`` for 'mean'.
     """
     _check_reduction(reduction)
-    pred = _as_real(pred, "pred")
-    target = _as_real(target, "target", pred.dtype)
+    pred = as_real(pred, "pred")
+    target = as_real(target, "target", pred.dtype)
     _same_shape(pred, target, "pred", "target")
     diff = pred - target
     return _reduce(diff * diff, 2 * diff, reduction)
@@ -182,8 +182,8 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
         ``sigmoid(x) - t``, divided by ``logits.size`` for 'mean'.
     """
     _check_reduction(reduction)
-    x = _as_real(logits, "logits")
-    t = _as_real(target, "target", x.dtype)
+    x = as_real(logits, "logits")
+    t = as_real(target, "target", x.dtype)
     _same_shape(x, t, "logits", "target")
     loss = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
     # sigmoid(x) = exp(-log(1 + exp(-x))), stable for both signs
@@ -192,7 +192,7 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
 
 
 def _check_lengths(lengths, N: int, T: int) -> np.ndarray:
-    lengths = _as_index(lengths, "lengths")
+    lengths = as_index(lengths, "lengths")
     if lengths.shape != (N,):
         raise ValueError(f"lengths must have shape (N,) = ({N},), got {lengths.shape}")
     if N and (lengths.min() < 1 or lengths.max() > T):
@@ -238,7 +238,7 @@ def last_step_backward(dlast, lengths, T):
     dh : ndarray, shape (N, T, F)
         Zero except ``dh[n, lengths[n] - 1] = dlast[n]``.
     """
-    dlast = _as_real(dlast, "dlast")
+    dlast = as_real(dlast, "dlast")
     if dlast.ndim != 2:
         raise ValueError(f"dlast must have shape (N, F), got {dlast.shape}")
     N, F = dlast.shape

@@ -24,9 +24,9 @@ import math
 
 import numpy as np
 
-from ._validation import blas_matmul
+from ._validation import (as_index, as_real, blas_matmul, check_dtype, check_last_dim,
+                          positive_int)
 from .module import Module, module_registry, register_module
-from .utils import _as_index, _as_real, _check_last_dim, _positive_int, _resolve_dtype
 
 __all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
 
@@ -45,7 +45,7 @@ def _require_forward(layer, saved) -> None:
 
 
 def _check_dout(dout, shape: tuple, dtype) -> np.ndarray:
-    dout = _as_real(dout, "dout", dtype)
+    dout = as_real(dout, "dout", dtype)
     if dout.shape != shape:
         raise ValueError(f"dout must have shape {shape} (the forward output), got {dout.shape}")
     return dout
@@ -81,9 +81,9 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None):
         super().__init__()
-        self.num_embeddings = _positive_int(num_embeddings, "num_embeddings")
-        self.embedding_dim = _positive_int(embedding_dim, "embedding_dim")
-        self.dtype = _resolve_dtype(dtype)
+        self.num_embeddings = positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = positive_int(embedding_dim, "embedding_dim")
+        self.dtype = check_dtype(dtype, must=True)
         self.seed = seed
         rng = np.random.default_rng(seed)
         self._add_param("weight", rng.standard_normal(
@@ -111,7 +111,7 @@ class Embedding(Module):
         ValueError
             For ids outside ``[0, V)``.
         """
-        idx = _as_index(idx, "idx", self.num_embeddings)
+        idx = as_index(idx, "idx", self.num_embeddings)
         self._idx = idx.copy() if train else None
         return self.params["weight"][idx]
 
@@ -148,7 +148,7 @@ class Embedding(Module):
 
 @register_module
 class Linear(Module):
-    """Affine map over the last axis: ``y = x W^T + b`` (the seed's ``o = V h + c``).
+    """Affine map over the last axis: ``y = x W^T + b`` (Elman's 1990 output ``y = W_hy h + b_y``).
 
     Applies over any leading axes: ``x`` of shape ``(..., D)`` is reshaped to
     ``(M, D)`` for a single GEMM.
@@ -172,10 +172,10 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
         self.bias = bool(bias)
-        self.dtype = _resolve_dtype(dtype)
+        self.dtype = check_dtype(dtype, must=True)
         self.seed = seed
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(self.in_features)
@@ -206,8 +206,8 @@ class Linear(Module):
         ValueError
             When the last axis of ``x`` is not ``D``.
         """
-        x = _as_real(x, "x", self.dtype)
-        _check_last_dim(x, self.in_features, "x", "in_features")
+        x = as_real(x, "x", self.dtype)
+        check_last_dim(x, self.in_features, "x", "in_features")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                 # (M, D)
         y = blas_matmul(x2, self.params["weight"].T)          # (M, F) = (M, D)(F, D)^T
@@ -267,7 +267,7 @@ class Dropout(Module):
     -----
     Every training-mode forward draws a new mask, so the layer is random
     across calls; :meth:`reseed` restarts its generator (what
-    :func:`rnncore.utils.gradcheck`'s ``before_forward`` hook needs).
+    :func:`rnncore.gradcheck.gradcheck`'s ``before_forward`` hook needs).
     The output keeps the input's floating dtype (integers become float64).
     """
 
@@ -296,7 +296,7 @@ class Dropout(Module):
         -------
         y : ndarray, same shape as ``x``
         """
-        x = _as_real(x, "x")
+        x = as_real(x, "x")
         if not train:
             self._mask = None
             return x

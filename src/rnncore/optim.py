@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .utils import _positive_int
+from ._validation import positive_int
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop",
            "LRScheduler", "StepLR", "CosineAnnealingLR"]
@@ -564,7 +564,7 @@ class StepLR(LRScheduler):
     _hparams = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size = _positive_int(step_size, "step_size")
+        self.step_size = positive_int(step_size, "step_size")
         self.gamma = float(gamma)
         super().__init__(optimizer)
 
@@ -586,7 +586,7 @@ class CosineAnnealingLR(LRScheduler):
     _hparams = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0):
-        self.T_max = _positive_int(T_max, "T_max")
+        self.T_max = positive_int(T_max, "T_max")
         self.eta_min = float(eta_min)
         super().__init__(optimizer)
 

@@ -1,0 +1,162 @@
+"""What is timed: the constants of the rows, their inputs, and each implementation's calls.
+
+``rc_model_fns`` / ``functional_fns`` / ``torch_fns`` return ``(make_fwd, make_fb)``:
+each ``make_*`` builds a fresh model and returns the call to time, so no set-up
+is inside a timed call. Also the GEMM-flop and minimum-memory counts the tables
+divide by (see ``bench/compare.py``'s docstring).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import rnncore
+
+CELLS = ("rnn", "gru", "lstm")
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+#: saved activations per step and row, in units of H (see the module docstring)
+ACTIVATIONS = {"rnn": 1, "gru": 5, "lstm": 6}
+N_STATES = {"rnn": 1, "gru": 1, "lstm": 2}
+TORCH_NAMES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
+RC_MODELS = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
+RC_CELLS = {"rnn": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}
+
+#: (T, N, D, H)
+CORE_SHAPES = ((50, 1, 32, 64), (100, 16, 64, 128), (100, 32, 256, 256), (50, 64, 512, 1024))
+BIDIR_SHAPE = (100, 32, 256, 256)
+BIDIR_LAYERS = 2
+STEP_SIZES = (128, 512)
+GROUPS = ("core", "bidir", "step", "charlm", "memory")
+SEED = 0
+
+
+def gemm_flops(cell, T, N, D, H, passes="fb", layers=1, dirs=1, rows_steps=None):
+    """GEMM flops of a forward ('fwd') or forward+backward ('fb') pass.
+
+    ``rows_steps`` replaces ``T * N`` (e.g. ``sum(lengths)``).
+    """
+    G = GATES[cell]
+    TN = T * N if rows_steps is None else rows_steps
+    per = 2 if passes == "fwd" else 6
+    total = 0
+    for k in range(layers):
+        Dk = D if k == 0 else dirs * H
+        total += dirs * per * TN * G * H * (Dk + H)
+    return total
+
+
+def min_bytes(cell, T, N, D, H, layers=1, dirs=1, itemsize=4):
+    """The reference memory figure of one fb (module docstring, 'Memory')."""
+    A, S = ACTIVATIONS[cell], N_STATES[cell]
+    elems = layers * dirs * T * N * A * H  # saved activations
+    elems += T * N * D  # dx
+    elems += 2 * S * layers * dirs * N * H  # h_n [, c_n] and dh0 [, dc0]
+    return elems * itemsize
+
+
+def seeded_rng():
+    return np.random.default_rng(SEED)
+
+
+def make_inputs(T, N, D, H_out):
+    rng = seeded_rng()
+    x = rng.standard_normal((N, T, D), dtype=np.float32)
+    dout = rng.standard_normal((N, T, H_out), dtype=np.float32)
+    return x, dout
+
+
+def rc_model(cell, D, H, layers=1, dirs=1, dtype=np.float32):
+    cls = getattr(rnncore, RC_MODELS[cell])
+    return cls(D, H, num_layers=layers, batch_first=True, bidirectional=dirs == 2, dtype=dtype,
+               seed=SEED)
+
+
+def rc_model_fns(cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
+    """(make_fwd, make_fb) for the rnncore model API."""
+    def make_fwd():
+        m = rc_model(cell, D, H, layers, dirs)
+        return lambda: m(x, lengths=lengths)
+
+    def make_fb():
+        m = rc_model(cell, D, H, layers, dirs)
+
+        def fb():
+            m(x, lengths=lengths)
+            return m.backward(dout)
+        return fb
+    return make_fwd, make_fb
+
+
+def _functional_weights(cell, D, H):
+    """C-ordered (D, GH), (H, GH) weights and biases as the functional API takes them."""
+    m = rc_model(cell, D, H)
+    p = m.params
+    Wx = np.ascontiguousarray(p["weight_ih_l0"].T)
+    Wh = np.ascontiguousarray(p["weight_hh_l0"].T)
+    bih, bhh = p["bias_ih_l0"], p["bias_hh_l0"]
+    if cell == "gru":
+        return Wx, Wh, (bih.copy(), bhh.copy())
+    return Wx, Wh, ((bih + bhh).astype(np.float32),)
+
+
+def functional_fns(mod, cell, D, H, x, dout):
+    """(make_fwd, make_fb) for rnncore.functional or rnncore.reference (``mod``)."""
+    N = x.shape[0]
+    h0 = np.zeros((N, H), np.float32)
+    Wx, Wh, bs = _functional_weights(cell, D, H)
+    fwd_f = getattr(mod, f"{cell}_forward")
+    bwd_f = getattr(mod, f"{cell}_backward")
+
+    def fwd():
+        return fwd_f(x, h0, Wx, Wh, *bs)
+
+    def fb():
+        res = fwd_f(x, h0, Wx, Wh, *bs)
+        return bwd_f(dout, res[-1])
+    return (lambda: fwd), (lambda: fb)
+
+
+def torch_model(torch, cell, D, H, layers=1, dirs=1):
+    cls = getattr(torch.nn, TORCH_NAMES[cell])
+    m = cls(D, H, num_layers=layers, batch_first=True, bidirectional=dirs == 2)
+    rc = rc_model(cell, D, H, layers, dirs)  # the same weights as rnncore's
+    m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in rc.params.items()})
+    return m
+
+
+def torch_fns(torch, cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
+    """(make_fwd, make_fb) for torch.nn.RNN/GRU/LSTM; packed when ``lengths``."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T = x.shape[1]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dt = torch.from_numpy(dout)
+    lt = None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64)
+
+    def run(m):
+        if lt is None:
+            return m(xt)[0]
+        p = pack_padded_sequence(xt, lt, batch_first=True, enforce_sorted=False)
+        out, _ = m(p)
+        return pad_packed_sequence(out, batch_first=True, total_length=T)[0]
+
+    def make_fwd():
+        m = torch_model(torch, cell, D, H, layers, dirs)
+        return lambda: run(m)
+
+    def make_fb():
+        m = torch_model(torch, cell, D, H, layers, dirs)
+
+        def fb():
+            xt.grad = None  # a fresh dx each call, as rnncore returns one
+            run(m).backward(dt)
+        return fb
+    return make_fwd, make_fb
+
+
+def import_torch(threads):
+    try:
+        import torch
+    except Exception:  # ImportError, or a broken install
+        return None
+    torch.set_num_threads(threads)
+    return torch

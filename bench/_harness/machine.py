@@ -1,0 +1,152 @@
+"""The machine header: CPU, threads, library versions, BLAS, and the best-sgemm ceiling."""
+from __future__ import annotations
+
+import io
+import os
+import platform
+import subprocess
+import time
+
+import numpy as np
+
+import rnncore
+
+from .contestants import seeded_rng
+from .timing import measure
+
+
+def _cpuinfo():
+    out = {"model_name": platform.processor() or "unknown", "vendor": None, "family": None,
+           "model": None, "stepping": None, "avx512": None, "flags_simd": []}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            text = f.read(65536)
+    except OSError:
+        return out
+    keys = {"model name": "model_name", "vendor_id": "vendor", "cpu family": "family",
+            "model": "model", "stepping": "stepping"}
+    seen = set()
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        k = k.strip()
+        if k in keys and k not in seen:
+            seen.add(k)
+            out[keys[k]] = v.strip()
+        elif k == "flags" and not out["flags_simd"]:
+            flags = v.split()
+            out["flags_simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                                             "avx512_bf16", "avx512_vnni", "amx_tile")
+                                 if f in flags]
+            out["avx512"] = "avx512f" in flags
+    return out
+
+
+def _git_revision():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _threadpools():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keep = ("user_api", "internal_api", "version", "architecture", "num_threads",
+            "threading_layer")
+    return [dict({k: i.get(k) for k in keep if k in i},
+                 library=os.path.basename(i.get("filepath", "")))
+            for i in threadpool_info()]
+
+
+def machine_header(threads, torch_mod=None):
+    """The machine, thread and library facts printed above the tables."""
+    from rnncore._kernels import simd
+
+    cfg = rnncore.show_config(file=io.StringIO())
+    cpu = _cpuinfo()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "host": platform.node(),
+        "cpu": cpu["model_name"],
+        "cpu_vendor": cpu["vendor"],
+        "cpu_family_model_stepping": f"{cpu['family']}/{cpu['model']}/{cpu['stepping']}",
+        "cpu_simd_flags": cpu["flags_simd"],
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": threads,
+        "loadavg_start": list(load) if load else None,
+        "python": platform.python_version(),
+        "rnncore": rnncore.__version__,
+        "rnncore_git": _git_revision(),
+        "numpy": np.__version__,
+        "scipy": cfg.get("scipy"),
+        "torch": getattr(torch_mod, "__version__", None),
+        "torch_threads": torch_mod.get_num_threads() if torch_mod is not None else None,
+        "blas_library": os.path.basename(str(cfg.get("blas_library"))),
+        "blas_version": cfg.get("blas_version"),
+        "blas_architecture": cfg.get("blas_architecture"),
+        "blas_threads": cfg.get("blas_threads"),
+        "blas_coretype_override": cfg.get("blas_coretype_override"),
+        "kernel_simd": simd.simd_level(),
+        "parallel_directions": rnncore._threads.parallel_directions_enabled(),
+        "threadpools": _threadpools(),
+        "warnings": cfg.get("warnings", []),
+    }
+
+
+def best_sgemm(budget):
+    """sgemm GFLOP/s through scipy.linalg.blas (the BLAS rnncore's kernels call)."""
+    from scipy.linalg import blas
+
+    rng = seeded_rng()
+    res = []
+    for m, k, n in ((2048, 2048, 2048), (64, 1024, 4096)):
+        a = np.asfortranarray(rng.standard_normal((m, k), dtype=np.float32))
+        b = np.asfortranarray(rng.standard_normal((k, n), dtype=np.float32))
+        c = np.zeros((m, n), dtype=np.float32, order="F")
+        r = measure(lambda: blas.sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=1), budget)
+        fl = 2 * m * n * k
+        res.append(dict(r, shape=f"({m}x{k})({k}x{n})", gflop=fl / 1e9,
+                        gflops=fl / (r["median_ms"] * 1e-3) / 1e9,
+                        gflops_best=fl / (r["min_ms"] * 1e-3) / 1e9))
+    return res
+
+
+def print_header(h, sg, out):
+    """The header lines above the tables."""
+    out.write("rnncore benchmark: rnncore vs rnncore.reference vs PyTorch (float32)\n")
+    out.write(f"  time        {h['time']}   host {h['host']}\n")
+    out.write(f"  cpu         {h['cpu']} ({h['cpu_vendor']}, family/model/stepping "
+              f"{h['cpu_family_model_stepping']}; {', '.join(h['cpu_simd_flags'])}); "
+              f"{h['cpu_count']} CPUs, {h['affinity']} usable\n")
+    la = h.get("loadavg_start")
+    out.write(f"  threads     {h['threads']} (BLAS/OpenMP via threadpoolctl; torch "
+              f"{h['torch_threads']}); parallel directions {h['parallel_directions']}; "
+              f"load average {', '.join(f'{v:.2f}' for v in la) if la else '?'}\n")
+    out.write(f"  versions    rnncore {h['rnncore']} ({h['rnncore_git'] or 'no git'}), numpy "
+              f"{h['numpy']}, scipy {h['scipy']}, torch {h['torch'] or 'not available'}, "
+              f"python {h['python']}\n")
+    out.write(f"  BLAS        {h['blas_library']} {h['blas_version']} arch "
+              f"{h['blas_architecture']}, {h['blas_threads']} threads "
+              f"({h['blas_coretype_override']})\n")
+    others = [p for p in h["threadpools"] if p.get("library") != h["blas_library"]]
+    for p in others:
+        out.write(f"  also        {p.get('library')} {p.get('internal_api')} {p.get('version')} "
+                  f"{p.get('architecture') or ''} {p.get('num_threads')} threads\n")
+    out.write(f"  kernels     SIMD {h['kernel_simd']}\n")
+    for w in h.get("warnings") or []:
+        out.write(f"  WARNING     {w}\n")
+    for s in sg:
+        out.write(f"  sgemm       {s['shape']:<22} {s['gflops']:7.1f} GFLOP/s median, "
+                  f"{s['gflops_best']:7.1f} best\n")
+    out.flush()

@@ -1,0 +1,76 @@
+"""How a call is timed: a time budget, a median of repeated calls with gc off, timeit for steps."""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import timeit
+from contextlib import contextmanager
+
+
+class Budget:
+    """How long each measurement may take."""
+
+    def __init__(self, quick):
+        self.quick = quick
+        self.min_repeats = 1 if quick else 3
+        self.max_repeats = 50 if quick else 200
+        self.seconds = 0.4 if quick else 2.0
+        self.step_number = 500 if quick else 2000
+        self.step_repeat = 3 if quick else 5
+
+
+@contextmanager
+def _gc_off():
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def measure(fn, budget):
+    """``{'first_ms', 'median_ms', 'min_ms', 'repeats'}`` of calling ``fn()``."""
+    pc = time.perf_counter
+    with _gc_off():
+        t0 = pc()
+        fn()
+        first = pc() - t0
+        est = first
+        if first < budget.seconds:
+            t0 = pc()
+            fn()  # warm-up
+            est = pc() - t0
+        n = int(budget.seconds / max(est, 1e-7))
+        n = max(budget.min_repeats, min(budget.max_repeats, n))
+        times = []
+        for _ in range(n):
+            t0 = pc()
+            fn()
+            times.append(pc() - t0)
+    return {"first_ms": first * 1e3, "median_ms": statistics.median(times) * 1e3,
+            "min_ms": min(times) * 1e3, "repeats": n}
+
+
+def try_measure(make, budget):
+    """measure(make()) with any failure turned into an 'error' record."""
+    try:
+        fn = make()
+        return measure(fn, budget)
+    except Exception as e:  # a benchmark reports, never raises
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def timeit_us(fn, budget):
+    try:
+        fn()  # warm-up
+        tm = timeit.Timer(fn)
+        runs = tm.repeat(repeat=budget.step_repeat, number=budget.step_number)
+        per = [r / budget.step_number * 1e6 for r in runs]
+        return {"best_us": min(per), "median_us": statistics.median(per),
+                "number": budget.step_number, "repeat": budget.step_repeat}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}

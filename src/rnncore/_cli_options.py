@@ -1,0 +1,134 @@
+"""The options of ``rnncore train`` and the argument types of the ``rnncore`` command.
+
+Kept apart from :mod:`rnncore.cli`, which runs the commands.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from .charlm import CELLS, DEFAULT_MAX_CHARS, OPTIMIZERS
+
+__all__ = ["add_train_parser", "int_at_least", "number"]
+
+
+def int_at_least(lo):
+    """An argparse type: an integer >= ``lo``."""
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+    return parse
+
+
+def number(lo=None, positive=False):
+    """An argparse type: a finite number, positive or >= ``lo``."""
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not math.isfinite(v) or (positive and v <= 0) or (lo is not None and v < lo):
+            want = "a positive number" if positive else f"a number >= {lo}"
+            raise argparse.ArgumentTypeError(f"expected {want}, got {s}")
+        return v
+    return parse
+
+
+def _count_option(group, d, flag, metavar, what, lo=1):
+    """An integer option ``>= lo`` whose help ends with its default from ``d``."""
+    default = d[flag[2:].replace("-", "_")]
+    group.add_argument(flag, type=int_at_least(lo), metavar=metavar,
+                       help=f"{what} (default {default})")
+
+
+def add_train_parser(sub, d):
+    """The ``train`` subcommand and its options; ``d`` holds the defaults shown in the help."""
+    t = sub.add_parser(
+        "train", help="train a character-level language model",
+        description="Train a character-level language model with truncated BPTT. Without "
+        "--text it trains on the Python standard library's own sources. Ctrl-C (or "
+        "SIGTERM) saves and exits; --resume continues exactly where a run stopped.")
+    _data_options(t.add_argument_group("data"))
+    _model_options(t.add_argument_group("model"), d)
+    _training_options(t.add_argument_group("training"), d)
+    _output_options(t.add_argument_group("output"), d)
+    return t
+
+
+def _data_options(g):
+    """The text to train on."""
+    g.add_argument("--text", action="append", metavar="PATH",
+                   help="UTF-8 text file, or a folder of them (repeatable); default: the "
+                   "Python standard library sources of this interpreter")
+    g.add_argument("--max-chars", type=int_at_least(2), metavar="N",
+                   help=f"cap on the text size (default {DEFAULT_MAX_CHARS:,} for the "
+                   "standard library corpus, no cap for --text)")
+
+
+def _model_options(g, d):
+    """The network."""
+    g.add_argument("--cell", choices=sorted(CELLS), help=f"recurrent cell (default {d['cell']})")
+    counts = (("--hidden", "H", "hidden size"), ("--layers", "L", "stacked recurrent layers"),
+              ("--embed", "E", "character embedding size"))
+    for flag, metavar, what in counts:
+        _count_option(g, d, flag, metavar, what)
+    g.add_argument("--dtype", choices=["float32", "float64"],
+                   help=f"parameter dtype (default {d['dtype']})")
+
+
+def _training_options(g, d):
+    """The optimization and the run."""
+    _count_option(g, d, "--seq-len", "T", "BPTT chunk length in characters")
+    _count_option(g, d, "--batch-size", "N", "parallel streams per batch")
+    g.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
+                   help=f"optimizer (default {d['optimizer']})")
+    g.add_argument("--lr", type=number(positive=True),
+                   help="learning rate (default: " + ", ".join(
+                       f"{k} {v[1]:g}" for k, v in sorted(OPTIMIZERS.items())) + ")")
+    g.add_argument("--clip", type=number(lo=0.0),
+                   help=f"max global gradient norm, 0 for none (default {d['clip']:g})")
+    steps = g.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=int_at_least(1),
+                       help=f"train until this many steps in total (default {d['steps']})")
+    steps.add_argument("--epochs", type=number(positive=True),
+                       help="train for this many passes over the text (in total)")
+    g.add_argument("--seed", type=int, help=f"initialisation and sampling seed "
+                   f"(default {d['seed']})")
+    g.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip a step whose loss or gradient is nan/inf instead of stopping "
+                   "(exit code 3)")
+    g.add_argument("--threads", type=int_at_least(0),
+                   help=f"BLAS threads, 0 for BLAS's own choice (needs threadpoolctl; "
+                   f"default {d['threads']})")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the ranks of mpirun -n K (needs "
+                   "mpi4py): each rank trains --batch-size/K of the streams, gradients are "
+                   "averaged every step, rank 0 alone writes; same result as one process. "
+                   "Without an MPI launcher: one rank")
+
+
+def _output_options(g, d):
+    """Files, resuming, and what is reported during the run."""
+    g.add_argument("--out", default="rnncore-out", metavar="DIR",
+                   help="output folder for checkpoint.npz, loss.png, samples.txt "
+                   "(default rnncore-out)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from DIR/checkpoint.npz (same optimizer state, step, data "
+                   "position and hidden state)")
+    g.add_argument("--force", action="store_true",
+                   help="start a new run even if DIR/checkpoint.npz exists (overwrites it)")
+    _count_option(g, d, "--eval-every", "STEPS",
+                  "validation bits/char every STEPS steps, 0 for only at the end", lo=0)
+    g.add_argument("--save-every", type=int_at_least(0), metavar="STEPS",
+                   help="save the checkpoint every STEPS steps (default: with every "
+                   "evaluation), 0 for only at the end")
+    _count_option(g, d, "--sample-every", "STEPS",
+                  "print a generated sample every STEPS steps, 0 for none", lo=0)
+    _count_option(g, d, "--sample-length", "CHARS", "length of those samples")
+    g.add_argument("--temperature", type=number(lo=0.0),
+                   help=f"sampling temperature of those samples (default {d['temperature']})")
