@@ -2,7 +2,7 @@
 
 Same signatures, shapes and results as :mod:`rnncore.reference` (up to
 floating-point rounding), with the time loop inside one ``nogil`` kernel call
-per sequence. Layout conventions (the seed's, cs231n's)::
+per sequence. Layout conventions (cs231n's ``rnn_layers.py``)::
 
     x  (N, T, D)   h0 (N, H)   Wx (D, G*H)   Wh (H, G*H)   h (N, T, H)
 
@@ -13,6 +13,10 @@ call must share the dtype. Inputs are never modified.
 
 Caches are small objects with named fields holding only what BPTT needs:
 the inputs (by reference) and the hidden states.
+
+Every kernel call goes through :mod:`rnncore._bindings` (the one owner of the
+kernels' argument order); ``gru_*`` with ``reset_after=False`` is routed there
+too (see the note at the end of that module).
 """
 from __future__ import annotations
 
@@ -20,11 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _bindings as B
 from . import _validation as V
-from ._kernels import rnn as _rnn
-from . import reference as _ref
-from ._kernels import gru as _gru
-from ._kernels import lstm as _lstm
 
 __all__ = [
     "rnn_step_forward",
@@ -137,7 +138,7 @@ def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
     H = Wh.shape[0]
     xv = V.seq_view(x, time_major=False)
     h = np.empty((N, T, H), dtype=x.dtype)
-    _rnn.forward(xv, h0, Wx, Wh, b, h.transpose(1, 0, 2), relu)
+    B.rnn_binding(relu).kernel_forward(xv, [h0], Wx, Wh, (b,), [h.transpose(1, 0, 2)])
     return h, RNNCache(x=xv.transpose(1, 0, 2), h0=h0, Wx=Wx, Wh=Wh, h=h, relu=relu)
 
 
@@ -175,9 +176,10 @@ def rnn_backward(dh, cache, dhn=None):
     dWx = np.zeros(cache.Wx.shape, dtype=dt)
     dWh = np.zeros((H, H), dtype=dt)
     db = np.zeros(H, dtype=dt)
-    _rnn.backward(V.seq_view(dh, time_major=False), dhn, x.transpose(1, 0, 2), cache.h0,
-                  cache.Wx, cache.Wh, h.transpose(1, 0, 2), dx.transpose(1, 0, 2), dh0,
-                  dWx, dWh, db, cache.relu)
+    B.rnn_binding(cache.relu).kernel_backward(
+        V.seq_view(dh, time_major=False), [dhn], x.transpose(1, 0, 2), [cache.h0], cache.Wx,
+        cache.Wh, (), [h.transpose(1, 0, 2)], None, dx.transpose(1, 0, 2), [dh0],
+        (dWx, dWh, db))
     return dx, dh0, dWx, dWh, db
 
 
@@ -204,7 +206,7 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b, nonlinearity="tanh"):
     H = Wh.shape[0]
     x1 = V.rows_view(x)[None]  # (T=1, N, D)
     h = np.empty((1, N, H), dtype=x.dtype)
-    _rnn.forward(x1, prev_h, Wx, Wh, b, h, relu)
+    B.rnn_binding(relu).kernel_forward(x1, [prev_h], Wx, Wh, (b,), [h])
     return h[0], RNNCache(x=x1, h0=prev_h, Wx=Wx, Wh=Wh, h=h, relu=relu, step=True)
 
 
@@ -238,8 +240,9 @@ def rnn_step_backward(dnext_h, cache):
     dWx = np.zeros(cache.Wx.shape, dtype=dt)
     dWh = np.zeros((H, H), dtype=dt)
     db = np.zeros(H, dtype=dt)
-    _rnn.backward(V.rows_view(dnext_h)[None], np.zeros((N, H), dtype=dt), cache.x, cache.h0,
-                  cache.Wx, cache.Wh, cache.h, dx, dprev_h, dWx, dWh, db, cache.relu)
+    B.rnn_binding(cache.relu).kernel_backward(
+        V.rows_view(dnext_h)[None], [np.zeros((N, H), dtype=dt)], cache.x, [cache.h0], cache.Wx,
+        cache.Wh, (), [cache.h], None, dx, [dprev_h], (dWx, dWh, db))
     return dx[0], dprev_h, dWx, dWh, db
 
 
@@ -283,10 +286,10 @@ def _gru_args(x, h0, Wx, Wh, bx, bh, x_letters):
 def _gru_saved(cache):
     """The kernel's (T, N, ·) views of what a GRUCache holds."""
     if cache.step:
-        return cache.x[None], cache.h[None], _gru.GRUSaved(cache.gates[None],
-                                                          cache.hidden_n[None])
+        return cache.x[None], cache.h[None], B.GRU.Saved(cache.gates[None],
+                                                        cache.hidden_n[None])
     return (cache.x.transpose(1, 0, 2), cache.h.transpose(1, 0, 2),
-            _gru.GRUSaved(cache.gates.transpose(1, 0, 2), cache.hidden_n.transpose(1, 0, 2)))
+            B.GRU.Saved(cache.gates.transpose(1, 0, 2), cache.hidden_n.transpose(1, 0, 2)))
 
 
 def _gru_grads(cache, dh, dhn):
@@ -301,8 +304,8 @@ def _gru_grads(cache, dh, dhn):
     dWh = np.zeros(cache.Wh.shape, dtype=dt)
     dbx = np.zeros(3 * H, dtype=dt)
     dbh = np.zeros(3 * H, dtype=dt)
-    _gru.backward(dh, dhn, x, cache.h0, cache.Wx, cache.Wh, cache.bh, h, saved,
-                  dx.transpose(1, 0, 2), dh0, dWx, dWh, dbx, dbh)
+    B.GRU.kernel_backward(dh, [dhn], x, [cache.h0], cache.Wx, cache.Wh, (None, cache.bh), [h],
+                          saved, dx.transpose(1, 0, 2), [dh0], (dWx, dWh, dbx, dbh))
     return dx, dh0, dWx, dWh, dbx, dbh
 
 
@@ -324,8 +327,9 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     bh : ndarray, shape (3H,)
         Hidden bias (PyTorch ``bias_hh``).
     reset_after : bool, default True
-        PyTorch's candidate (True, the kernel) or seed 003's / Keras v1's
-        (False, computed by :func:`rnncore.reference.gru_forward`).
+        PyTorch's candidate (True, the kernel) or Cho et al. (2014)'s original
+        one, as in Keras v1 (False; until the kernels have it, computed by
+        :func:`rnncore.reference.gru_forward` behind ``rnncore._bindings``).
 
     Returns
     -------
@@ -369,12 +373,12 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     """
     x, h0, Wx, Wh, bx, bh = _gru_args(x, h0, Wx, Wh, bx, bh, "(N, T, D)")
     if not reset_after:
-        return _ref.gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=False)
+        return B.gru_reset_before_forward(x, h0, Wx, Wh, bx, bh)
     N, T, _ = x.shape
     H = Wh.shape[0]
     xv = V.seq_view(x, time_major=False)
     h = np.empty((N, T, H), dtype=x.dtype)
-    saved = _gru.forward(xv, h0, Wx, Wh, bx, bh, h.transpose(1, 0, 2))
+    saved = B.GRU.kernel_forward(xv, [h0], Wx, Wh, (bx, bh), [h.transpose(1, 0, 2)])
     return h, GRUCache(x=xv.transpose(1, 0, 2), h0=h0, Wx=Wx, Wh=Wh, bh=bh, h=h,
                        gates=saved.gates.transpose(1, 0, 2),
                        hidden_n=saved.hidden_n.transpose(1, 0, 2))
@@ -401,12 +405,12 @@ def gru_backward(dh, cache, dhn=None):
     dbx : ndarray, shape (3H,)
     dbh : ndarray, shape (3H,)
     """
-    if isinstance(cache, _ref.GRUCache):  # reset_after=False
+    if isinstance(cache, B.ResetBeforeCache):  # reset_after=False
         N, H = cache.h0.shape
         dh = V.as_float(dh, "dh", cache.h0.dtype)
         V.check_shape(dh, "dh", (N, len(cache.steps), H), "(N, T, H)")
         dhn = _final_grad(dhn, "dhn", N, H, cache.h0.dtype)
-        return _ref.gru_backward(dh, cache, dhn)
+        return B.gru_reset_before_backward(dh, cache, dhn)
     if not isinstance(cache, GRUCache) or cache.step:
         raise TypeError("cache: expected the GRUCache returned by gru_forward")
     N, T, _ = cache.x.shape
@@ -440,12 +444,12 @@ def gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=True):
     """
     x, prev_h, Wx, Wh, bx, bh = _gru_args(x, prev_h, Wx, Wh, bx, bh, "(N, D)")
     if not reset_after:
-        return _ref.gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=False)
+        return B.gru_reset_before_step_forward(x, prev_h, Wx, Wh, bx, bh)
     N, _ = x.shape
     H = Wh.shape[0]
     x = V.rows_view(x)
     h = np.empty((N, H), dtype=x.dtype)
-    saved = _gru.forward(x[None], prev_h, Wx, Wh, bx, bh, h[None])
+    saved = B.GRU.kernel_forward(x[None], [prev_h], Wx, Wh, (bx, bh), [h[None]])
     return h, GRUCache(x=x, h0=prev_h, Wx=Wx, Wh=Wh, bh=bh, h=h, gates=saved.gates[0],
                        hidden_n=saved.hidden_n[0], step=True)
 
@@ -469,10 +473,10 @@ def gru_step_backward(dnext_h, cache):
     dbx : ndarray, shape (3H,)
     dbh : ndarray, shape (3H,)
     """
-    if isinstance(cache, _ref.GRUStepCache):  # reset_after=False
+    if isinstance(cache, B.ResetBeforeStepCache):  # reset_after=False
         dnext_h = V.as_float(dnext_h, "dnext_h", cache.prev_h.dtype)
         V.check_shape(dnext_h, "dnext_h", cache.prev_h.shape, "(N, H)")
-        return _ref.gru_step_backward(dnext_h, cache)
+        return B.gru_reset_before_step_backward(dnext_h, cache)
     if not isinstance(cache, GRUCache) or not cache.step:
         raise TypeError("cache: expected the GRUCache returned by gru_step_forward")
     N, H = cache.h0.shape
@@ -530,8 +534,9 @@ def _lstm_grads(cache, dh, dhn, dcn):
     dWx = np.zeros(cache.Wx.shape, dtype=dt)
     dWh = np.zeros(cache.Wh.shape, dtype=dt)
     db = np.zeros(4 * H, dtype=dt)
-    _lstm.backward(dh, dhn, dcn, x, cache.h0, cache.c0, cache.Wx, cache.Wh, h, c,
-                   _lstm.LSTMSaved(gates), dx.transpose(1, 0, 2), dh0, dc0, dWx, dWh, db)
+    B.LSTM.kernel_backward(dh, [dhn, dcn], x, [cache.h0, cache.c0], cache.Wx, cache.Wh, (),
+                           [h, c], B.LSTM.Saved(gates), dx.transpose(1, 0, 2), [dh0, dc0],
+                           (dWx, dWh, db))
     return dx, dh0, dc0, dWx, dWh, db
 
 
@@ -598,7 +603,8 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
     xv = V.seq_view(x, time_major=False)
     h = np.empty((N, T, H), dtype=x.dtype)
     c = np.empty((N, T, H), dtype=x.dtype)
-    saved = _lstm.forward(xv, h0, c0, Wx, Wh, b, h.transpose(1, 0, 2), c.transpose(1, 0, 2))
+    saved = B.LSTM.kernel_forward(xv, [h0, c0], Wx, Wh, (b,),
+                                  [h.transpose(1, 0, 2), c.transpose(1, 0, 2)])
     return h, c, LSTMCache(x=xv.transpose(1, 0, 2), h0=h0, c0=c0, Wx=Wx, Wh=Wh, h=h, c=c,
                            gates=saved.gates.transpose(1, 0, 2))
 
@@ -665,7 +671,7 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     x = V.rows_view(x)
     h = np.empty((N, H), dtype=x.dtype)
     c = np.empty((N, H), dtype=x.dtype)
-    saved = _lstm.forward(x[None], prev_h, prev_c, Wx, Wh, b, h[None], c[None])
+    saved = B.LSTM.kernel_forward(x[None], [prev_h, prev_c], Wx, Wh, (b,), [h[None], c[None]])
     return h, c, LSTMCache(x=x, h0=prev_h, c0=prev_c, Wx=Wx, Wh=Wh, h=h, c=c,
                            gates=saved.gates[0], step=True)
 

@@ -26,8 +26,8 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _validation as V
-from ._adapters import GRUKernel, LSTMKernel, RNNKernel
-from ._threads import run_pair
+from . import _bindings as B
+from ._runtime.threads import run_pair
 from .module import Module, register_module
 
 __all__ = ["RNN", "GRU", "LSTM"]
@@ -443,7 +443,7 @@ class _RNNBase(Module):
                     gb = g[:2] + [np.zeros(self.G * H, self.dtype)] * 2
                 self._kernel.backward(dlast[d], dn, x_in, s0, p, sv.outputs[k][d],
                                       sv.kernel[k][d], dxd, ds0, gb, d == 1, sv.batch_sizes,
-                                      once=True)
+                                      overwrite_saved=True)
                 return dxd
 
             dxs = run_pair(run, nd, work=T * N * H * (H + Dk))
@@ -627,7 +627,7 @@ class RNN(_HiddenStateRNN):
                  dtype=np.float32, seed=None):
         self._relu = V.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
-        self._kernel = RNNKernel(self._relu)
+        self._kernel = B.rnn_binding(self._relu)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, merge_mode, dtype, seed)
 
@@ -662,7 +662,7 @@ class GRU(_HiddenStateRNN):
 
     G = 3
     n_states = 1
-    _kernel = GRUKernel()
+    _kernel = B.GRU
 
 
 @register_module
@@ -694,7 +694,7 @@ class LSTM(_RNNBase):
 
     G = 4
     n_states = 2
-    _kernel = LSTMKernel()
+    _kernel = B.LSTM
 
     @staticmethod
     def _pair(state, name):
