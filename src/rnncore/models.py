@@ -275,7 +275,10 @@ class _HiddenStateRNN(_RNNBase):
 
 @register_module
 class RNN(_HiddenStateRNN):
-    __doc__ = """Multi-layer Elman (1990) RNN with tanh or ReLU, PyTorch's ``torch.nn.RNN`` in NumPy.
+    __doc__ = """Multi-layer Elman RNN with tanh or ReLU, PyTorch's ``torch.nn.RNN`` in NumPy.
+
+    The simple recurrent network of Elman (1990), stacked and optionally
+    bidirectional.
 
     For each layer and direction, ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
 

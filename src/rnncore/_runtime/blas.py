@@ -32,8 +32,8 @@ BLAS thread timeout
 After every call OpenBLAS's worker threads spin, waiting for the next one,
 for ``2**OPENBLAS_THREAD_TIMEOUT`` cycles (default 2**28, about 0.1 s). The
 kernels' time loops can run the rows of a batch on several threads of their
-own (see ``rc_row_threads`` in the kernels' C helpers); with the BLAS workers spinning
-next to them on the same cores that was slower than one thread (0.75x on 2
+own (``rc_row_threads`` in the kernels' C helpers); with the BLAS workers
+spinning next to them on the same cores that was slower than one thread (0.75x on 2
 cores), with the workers asleep 1.2-1.9x faster. So, under the same
 conditions as above (SciPy's BLAS not loaded yet, the variable not set by the
 user, no ``RNNCORE_NO_THREAD_TIMEOUT=1``; any CPU), rnncore loads SciPy's BLAS
