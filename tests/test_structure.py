@@ -149,6 +149,14 @@ def test_lazy_applications_load_on_attribute_access():
         rnncore.not_a_module  # noqa: B018
 
 
+def test_functional_docstrings_are_filled():
+    """The shared docstring fragments (functional/_args.py) leave no ``$name`` behind."""
+    import rnncore.functional as F
+
+    left = [n for n in F.__all__ if "$" in (getattr(F, n).__doc__ or "")]
+    assert not left, f"unfilled docstring fragments in {left}"
+
+
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_source_files_stay_small(path):
     n = len(path.read_text(encoding="utf-8").splitlines())

@@ -1,5 +1,7 @@
-"""Argument checks the three cells' functional APIs share."""
+"""What the three cells' functional APIs share: argument checks, docstring fragments."""
 from __future__ import annotations
+
+from string import Template
 
 import numpy as np
 
@@ -43,3 +45,85 @@ def final_grad(d, name, N, H, dt):
     d = V.as_float(d, name, dt)
     V.check_shape(d, name, (N, H), "(N, H)")
     return V.rows_view(d)
+
+
+def seq_grads(cache, cache_type, forward, dh, dhn):
+    """Check a sequence backward's cache, ``dh`` (N, T, H) and ``dhn`` (N, H) or None.
+
+    Returns ``dh`` as the kernels' (T, N, H) view and ``dhn`` (zeros if None).
+    """
+    if not isinstance(cache, cache_type) or cache.step:
+        raise TypeError(f"cache: expected the {cache_type.__name__} returned by {forward}")
+    N, T, _ = cache.x.shape
+    H = cache.h0.shape[1]
+    dt = cache.x.dtype
+    dh = V.as_float(dh, "dh", dt)
+    V.check_shape(dh, "dh", (N, T, H), "(N, T, H)")
+    return V.seq_view(dh, time_major=False), final_grad(dhn, "dhn", N, H, dt)
+
+
+def step_grads(cache, cache_type, forward, dnext_h):
+    """Check a step backward's cache and ``dnext_h`` (N, H).
+
+    Returns ``dnext_h`` as a (1, N, H) sequence and the zero gradient of the
+    final state, (N, H): a step is a sequence of length 1.
+    """
+    if not isinstance(cache, cache_type) or not cache.step:
+        raise TypeError(f"cache: expected the {cache_type.__name__} returned by {forward}")
+    N, H = cache.h0.shape
+    dt = cache.x.dtype
+    dnext_h = V.as_float(dnext_h, "dnext_h", dt)
+    V.check_shape(dnext_h, "dnext_h", (N, H), "(N, H)")
+    return V.rows_view(dnext_h)[None], np.zeros((N, H), dtype=dt)
+
+
+#: docstring fragments every cell's functions use (``$name`` in a docstring)
+DOC_FRAGMENTS = {
+    "seq_inputs": """x : ndarray, shape (N, T, D)
+        Input sequence.
+    h0 : ndarray, shape (N, H)
+        Initial hidden state.""",
+    "raises": """Raises
+    ------
+    TypeError
+        For a non-float array or mixed float32/float64 arguments.
+    ValueError
+        For a wrong shape (the message names the argument and the expected
+        shape)""",
+    "seq_grads": """Parameters
+    ----------
+    dh : ndarray, shape (N, T, H)
+        Upstream gradients of all hidden states.
+    cache : ${cache}
+        From :func:`${forward}`.
+    dhn : ndarray, shape (N, H), optional
+        Extra gradient of the final state ``h[:, -1]``.""",
+    "dnext_h": """dnext_h : ndarray, shape (N, H)
+        Gradient of the loss with respect to ``next_h``.""",
+    "step_grads": """Parameters
+    ----------
+    $dnext_h
+    cache : ${cache}
+        From :func:`${forward}`.""",
+    "gemm_note": """The input projection of all N*T rows is one GEMM before the loop; each
+    step is one GEMM with ``Wh`` (all the gates at once) and one fused
+    elementwise pass.""",
+    "example_setup": """>>> import numpy as np
+    >>> from rnncore import functional as F
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5, 3))""",
+}
+
+
+def fill_doc(func=None, **fields):
+    """Decorator: put the :data:`DOC_FRAGMENTS`, then ``fields``, into a docstring.
+
+    ``@fill_doc`` or ``@fill_doc(cache="GRUCache", forward="gru_forward")``
+    (the names some fragments leave open).
+    """
+    def fill(f):
+        # two passes: a fragment may name another fragment or a field
+        doc = Template(f.__doc__).safe_substitute(DOC_FRAGMENTS)
+        f.__doc__ = Template(doc).safe_substitute(DOC_FRAGMENTS, **fields)
+        return f
+    return fill(func) if func is not None else fill

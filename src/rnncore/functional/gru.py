@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, final_grad
+from ._args import cell_args, fill_doc, final_grad, seq_grads, step_grads
 
 __all__ = ["gru_step_forward", "gru_step_backward", "gru_forward", "gru_backward", "GRUCache"]
 
@@ -69,15 +69,13 @@ def _gru_grads(cache, dh, dhn):
     return dx, dh0, dWx, dWh, dbx, dbh
 
 
+@fill_doc
 def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     """Run a GRU over a whole sequence (kernel-backed).
 
     Parameters
     ----------
-    x : ndarray, shape (N, T, D)
-        Input sequence.
-    h0 : ndarray, shape (N, H)
-        Initial hidden state.
+    $seq_inputs
     Wx : ndarray, shape (D, 3H)
         Input weights, gates ``r, z, n`` (PyTorch ``weight_ih.T``).
     Wh : ndarray, shape (H, 3H)
@@ -99,13 +97,7 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
         For :func:`gru_backward` (a :class:`rnncore.reference.GRUCache` with
         ``reset_after=False``).
 
-    Raises
-    ------
-    TypeError
-        For a non-float array or mixed float32/float64 arguments.
-    ValueError
-        For a wrong shape (the message names the argument and the expected
-        shape).
+    $raises.
 
     Notes
     -----
@@ -117,15 +109,11 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
         n  = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)    reset_after=False
         h' = (1 - z) ⊙ n + z ⊙ h
 
-    The input projection of all N*T rows is one GEMM before the loop; each
-    step is one GEMM with ``Wh`` (all three gates) and one fused pass.
+    $gemm_note
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from rnncore import functional as F
-    >>> rng = np.random.default_rng(0)
-    >>> x = rng.standard_normal((2, 5, 3))
+    $example_setup
     >>> Wx, Wh = rng.standard_normal((3, 12)), rng.standard_normal((4, 12))
     >>> h, cache = F.gru_forward(x, np.zeros((2, 4)), Wx, Wh, np.zeros(12), np.zeros(12))
     >>> h.shape
@@ -144,26 +132,19 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
                        hidden_n=saved.hidden_n.transpose(1, 0, 2))
 
 
+@fill_doc(cache="GRUCache", forward="gru_forward")
 def gru_backward(dh, cache, dhn=None):
     """Backward pass of :func:`gru_forward` (BPTT, kernel-backed).
 
-    Parameters
-    ----------
-    dh : ndarray, shape (N, T, H)
-        Upstream gradients of all hidden states.
-    cache : GRUCache
-        From :func:`gru_forward`.
-    dhn : ndarray, shape (N, H), optional
-        Extra gradient of the final state ``h[:, -1]``.
+    The cache of ``reset_after=False`` (a :class:`rnncore.reference.GRUCache`)
+    takes the reference's backward (the temporary path of rnncore._bindings).
+
+    $seq_grads
 
     Returns
     -------
-    dx : ndarray, shape (N, T, D)
-    dh0 : ndarray, shape (N, H)
-    dWx : ndarray, shape (D, 3H)
-    dWh : ndarray, shape (H, 3H)
-    dbx : ndarray, shape (3H,)
-    dbh : ndarray, shape (3H,)
+    dx, dh0 : ndarray, shapes (N, T, D), (N, H)
+    dWx, dWh, dbx, dbh : ndarray, shapes (D, 3H), (H, 3H), (3H,), (3H,)
     """
     if isinstance(cache, B.ResetBeforeCache):  # reset_after=False
         N, H = cache.h0.shape
@@ -171,28 +152,17 @@ def gru_backward(dh, cache, dhn=None):
         V.check_shape(dh, "dh", (N, len(cache.steps), H), "(N, T, H)")
         dhn = final_grad(dhn, "dhn", N, H, cache.h0.dtype)
         return B.gru_reset_before_backward(dh, cache, dhn)
-    if not isinstance(cache, GRUCache) or cache.step:
-        raise TypeError("cache: expected the GRUCache returned by gru_forward")
-    N, T, _ = cache.x.shape
-    H = cache.h0.shape[1]
-    dt = cache.x.dtype
-    dh = V.as_float(dh, "dh", dt)
-    V.check_shape(dh, "dh", (N, T, H), "(N, T, H)")
-    dhn = final_grad(dhn, "dhn", N, H, dt)
-    return _gru_grads(cache, V.seq_view(dh, time_major=False), dhn)
+    return _gru_grads(cache, *seq_grads(cache, GRUCache, "gru_forward", dh, dhn))
 
 
+@fill_doc
 def gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=True):
     """One GRU step (PyTorch's equations, gates r, z, n); see :func:`gru_forward`.
 
     Parameters
     ----------
-    x : ndarray, shape (N, D)
-    prev_h : ndarray, shape (N, H)
-    Wx : ndarray, shape (D, 3H)
-    Wh : ndarray, shape (H, 3H)
-    bx : ndarray, shape (3H,)
-    bh : ndarray, shape (3H,)
+    x, prev_h : ndarray, shapes (N, D), (N, H)
+    Wx, Wh, bx, bh : ndarray, shapes (D, 3H), (H, 3H), (3H,), (3H,)
     reset_after : bool, default True
 
     Returns
@@ -214,35 +184,24 @@ def gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=True):
                        hidden_n=saved.hidden_n[0], step=True)
 
 
+@fill_doc(cache="GRUCache", forward="gru_step_forward")
 def gru_step_backward(dnext_h, cache):
     """Backward pass of :func:`gru_step_forward`.
 
-    Parameters
-    ----------
-    dnext_h : ndarray, shape (N, H)
-        Gradient of the loss with respect to ``next_h``.
-    cache : GRUCache
-        From :func:`gru_step_forward`.
+    The cache of ``reset_after=False`` (a :class:`rnncore.reference.GRUStepCache`)
+    takes the reference's backward (the temporary path of rnncore._bindings).
+
+    $step_grads
 
     Returns
     -------
-    dx : ndarray, shape (N, D)
-    dprev_h : ndarray, shape (N, H)
-    dWx : ndarray, shape (D, 3H)
-    dWh : ndarray, shape (H, 3H)
-    dbx : ndarray, shape (3H,)
-    dbh : ndarray, shape (3H,)
+    dx, dprev_h : ndarray, shapes (N, D), (N, H)
+    dWx, dWh, dbx, dbh : ndarray, shapes (D, 3H), (H, 3H), (3H,), (3H,)
     """
     if isinstance(cache, B.ResetBeforeStepCache):  # reset_after=False
         dnext_h = V.as_float(dnext_h, "dnext_h", cache.prev_h.dtype)
         V.check_shape(dnext_h, "dnext_h", cache.prev_h.shape, "(N, H)")
         return B.gru_reset_before_step_backward(dnext_h, cache)
-    if not isinstance(cache, GRUCache) or not cache.step:
-        raise TypeError("cache: expected the GRUCache returned by gru_step_forward")
-    N, H = cache.h0.shape
-    dt = cache.x.dtype
-    dnext_h = V.as_float(dnext_h, "dnext_h", dt)
-    V.check_shape(dnext_h, "dnext_h", (N, H), "(N, H)")
     dx, dprev_h, dWx, dWh, dbx, dbh = _gru_grads(
-        cache, V.rows_view(dnext_h)[None], np.zeros((N, H), dtype=dt))
+        cache, *step_grads(cache, GRUCache, "gru_step_forward", dnext_h))
     return dx[:, 0], dprev_h, dWx, dWh, dbx, dbh

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, final_grad
+from ._args import cell_args, fill_doc, final_grad, seq_grads, step_grads
 
 __all__ = ["lstm_step_forward", "lstm_step_backward", "lstm_forward", "lstm_backward",
            "LSTMCache"]
@@ -67,15 +67,13 @@ def _lstm_grads(cache, dh, dhn, dcn):
     return dx, dh0, dc0, dWx, dWh, db
 
 
+@fill_doc
 def lstm_forward(x, h0, Wx, Wh, b, c0=None):
     """Run an LSTM over a whole sequence (kernel-backed).
 
     Parameters
     ----------
-    x : ndarray, shape (N, T, D)
-        Input sequence.
-    h0 : ndarray, shape (N, H)
-        Initial hidden state.
+    $seq_inputs
     Wx : ndarray, shape (D, 4H)
         Input weights, gates ``i, f, g, o`` (PyTorch ``weight_ih.T``).
     Wh : ndarray, shape (H, 4H)
@@ -94,13 +92,7 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
     cache : LSTMCache
         For :func:`lstm_backward`.
 
-    Raises
-    ------
-    TypeError
-        For a non-float array or mixed float32/float64 arguments.
-    ValueError
-        For a wrong shape (the message names the argument and the expected
-        shape).
+    $raises.
 
     Notes
     -----
@@ -110,15 +102,11 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
         c_t = f ⊙ c_{t-1} + i ⊙ g
         h_t = o ⊙ tanh(c_t)
 
-    The input projection of all N*T rows is one GEMM before the loop; each
-    step is one GEMM with ``Wh`` (all four gates) and one fused pass.
+    $gemm_note
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from rnncore import functional as F
-    >>> rng = np.random.default_rng(0)
-    >>> x = rng.standard_normal((2, 5, 3))
+    $example_setup
     >>> Wx, Wh = rng.standard_normal((3, 16)), rng.standard_normal((4, 16))
     >>> h, c, cache = F.lstm_forward(x, np.zeros((2, 4)), Wx, Wh, np.zeros(16))
     >>> h.shape, c.shape
@@ -136,57 +124,36 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
                            gates=saved.gates.transpose(1, 0, 2))
 
 
+@fill_doc(cache="LSTMCache", forward="lstm_forward")
 def lstm_backward(dh, cache, dhn=None, dcn=None):
     """Backward pass of :func:`lstm_forward` (BPTT, kernel-backed).
 
-    Parameters
-    ----------
-    dh : ndarray, shape (N, T, H)
-        Upstream gradients of all hidden states.
-    cache : LSTMCache
-        From :func:`lstm_forward`.
-    dhn : ndarray, shape (N, H), optional
-        Extra gradient of the final hidden state ``h[:, -1]``.
+    $seq_grads
     dcn : ndarray, shape (N, H), optional
         Gradient of the final cell state ``c[:, -1]``.
 
     Returns
     -------
-    dx : ndarray, shape (N, T, D)
-    dh0 : ndarray, shape (N, H)
-    dc0 : ndarray, shape (N, H)
-    dWx : ndarray, shape (D, 4H)
-    dWh : ndarray, shape (H, 4H)
-    db : ndarray, shape (4H,)
+    dx, dh0, dc0 : ndarray, shapes (N, T, D), (N, H), (N, H)
+    dWx, dWh, db : ndarray, shapes (D, 4H), (H, 4H), (4H,)
     """
-    if not isinstance(cache, LSTMCache) or cache.step:
-        raise TypeError("cache: expected the LSTMCache returned by lstm_forward")
-    N, T, _ = cache.x.shape
-    H = cache.h0.shape[1]
-    dt = cache.x.dtype
-    dh = V.as_float(dh, "dh", dt)
-    V.check_shape(dh, "dh", (N, T, H), "(N, T, H)")
-    dhn = final_grad(dhn, "dhn", N, H, dt)
-    dcn = final_grad(dcn, "dcn", N, H, dt)
-    return _lstm_grads(cache, V.seq_view(dh, time_major=False), dhn, dcn)
+    dh, dhn = seq_grads(cache, LSTMCache, "lstm_forward", dh, dhn)
+    N, H = cache.h0.shape
+    return _lstm_grads(cache, dh, dhn, final_grad(dcn, "dcn", N, H, cache.x.dtype))
 
 
+@fill_doc
 def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     """One LSTM step (PyTorch's equations, gates i, f, g, o); see :func:`lstm_forward`.
 
     Parameters
     ----------
-    x : ndarray, shape (N, D)
-    prev_h : ndarray, shape (N, H)
-    prev_c : ndarray, shape (N, H)
-    Wx : ndarray, shape (D, 4H)
-    Wh : ndarray, shape (H, 4H)
-    b : ndarray, shape (4H,)
+    x, prev_h, prev_c : ndarray, shapes (N, D), (N, H), (N, H)
+    Wx, Wh, b : ndarray, shapes (D, 4H), (H, 4H), (4H,)
 
     Returns
     -------
-    next_h : ndarray, shape (N, H)
-    next_c : ndarray, shape (N, H)
+    next_h, next_c : ndarray, shape (N, H)
     cache : LSTMCache
         For :func:`lstm_step_backward`.
     """
@@ -203,13 +170,13 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
                            gates=saved.gates[0], step=True)
 
 
+@fill_doc
 def lstm_step_backward(dnext_h, dnext_c, cache):
     """Backward pass of :func:`lstm_step_forward`.
 
     Parameters
     ----------
-    dnext_h : ndarray, shape (N, H)
-        Gradient of the loss with respect to ``next_h``.
+    $dnext_h
     dnext_c : ndarray, shape (N, H)
         Gradient of the loss with respect to ``next_c``.
     cache : LSTMCache
@@ -217,23 +184,13 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
 
     Returns
     -------
-    dx : ndarray, shape (N, D)
-    dprev_h : ndarray, shape (N, H)
-    dprev_c : ndarray, shape (N, H)
-    dWx : ndarray, shape (D, 4H)
-    dWh : ndarray, shape (H, 4H)
-    db : ndarray, shape (4H,)
+    dx, dprev_h, dprev_c : ndarray, shapes (N, D), (N, H), (N, H)
+    dWx, dWh, db : ndarray, shapes (D, 4H), (H, 4H), (4H,)
     """
-    if not isinstance(cache, LSTMCache) or not cache.step:
-        raise TypeError("cache: expected the LSTMCache returned by lstm_step_forward")
-    N, H = cache.h0.shape
-    dt = cache.x.dtype
-    dnext_h = V.as_float(dnext_h, "dnext_h", dt)
-    V.check_shape(dnext_h, "dnext_h", (N, H), "(N, H)")
+    dnext_h, dhn = step_grads(cache, LSTMCache, "lstm_step_forward", dnext_h)
     if dnext_c is None:
         raise TypeError("dnext_c: expected a float32 or float64 array, got None")
-    dnext_c = final_grad(dnext_c, "dnext_c", N, H, dt)
-    dx, dprev_h, dprev_c, dWx, dWh, db = _lstm_grads(
-        cache, V.rows_view(dnext_h)[None], np.zeros((N, H), dtype=dt), dnext_c)
+    dnext_c = final_grad(dnext_c, "dnext_c", *dhn.shape, dhn.dtype)
+    dx, dprev_h, dprev_c, dWx, dWh, db = _lstm_grads(cache, dnext_h, dhn, dnext_c)
     return dx[:, 0], dprev_h, dprev_c, dWx, dWh, db
 

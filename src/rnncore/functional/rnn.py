@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, final_grad
+from ._args import cell_args, fill_doc, seq_grads, step_grads
 
 __all__ = ["rnn_step_forward", "rnn_step_backward", "rnn_forward", "rnn_backward", "RNNCache"]
 
@@ -36,15 +36,13 @@ def _rnn_args(x, h0, Wx, Wh, b, nonlinearity, x_letters):
     return (*cell_args(1, x, h0, Wx, Wh, [("b", b)], x_letters), relu)
 
 
+@fill_doc
 def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
     """Run a vanilla RNN over a whole sequence (kernel-backed).
 
     Parameters
     ----------
-    x : ndarray, shape (N, T, D)
-        Input sequence.
-    h0 : ndarray, shape (N, H)
-        Initial hidden state.
+    $seq_inputs
     Wx : ndarray, shape (D, H)
         Input-to-hidden weights.
     Wh : ndarray, shape (H, H)
@@ -60,26 +58,17 @@ def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
     cache : RNNCache
         For :func:`rnn_backward`.
 
-    Raises
-    ------
-    TypeError
-        For a non-float array or mixed float32/float64 arguments.
-    ValueError
-        For a wrong shape (the message names the argument and the expected
-        shape) or an unknown nonlinearity.
+    $raises or an unknown nonlinearity.
 
     Notes
     -----
-    ``h_t = act(x_t Wx + h_{t-1} Wh + b)``. The input projection of all N*T
-    rows is one GEMM before the loop; each step is one GEMM with ``Wh`` and a
-    fused bias + activation pass.
+    ``h_t = act(x_t Wx + h_{t-1} Wh + b)``.
+
+    $gemm_note
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from rnncore import functional as F
-    >>> rng = np.random.default_rng(0)
-    >>> x = rng.standard_normal((2, 5, 3))
+    $example_setup
     >>> Wx, Wh, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 4)), np.zeros(4)
     >>> h, cache = F.rnn_forward(x, np.zeros((2, 4)), Wx, Wh, b)
     >>> h.shape
@@ -94,57 +83,42 @@ def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
     return h, RNNCache(x=xv.transpose(1, 0, 2), h0=h0, Wx=Wx, Wh=Wh, h=h, relu=relu)
 
 
+@fill_doc(cache="RNNCache", forward="rnn_forward")
 def rnn_backward(dh, cache, dhn=None):
     """Backward pass of :func:`rnn_forward` (BPTT, kernel-backed).
 
-    Parameters
-    ----------
-    dh : ndarray, shape (N, T, H)
-        Upstream gradients of all hidden states.
-    cache : RNNCache
-        From :func:`rnn_forward`.
-    dhn : ndarray, shape (N, H), optional
-        Extra gradient of the final state ``h[:, -1]``.
+    $seq_grads
 
     Returns
     -------
-    dx : ndarray, shape (N, T, D)
-    dh0 : ndarray, shape (N, H)
-    dWx : ndarray, shape (D, H)
-    dWh : ndarray, shape (H, H)
-    db : ndarray, shape (H,)
+    dx, dh0 : ndarray, shapes (N, T, D), (N, H)
+    dWx, dWh, db : ndarray, shapes (D, H), (H, H), (H,)
     """
-    if not isinstance(cache, RNNCache) or cache.step:
-        raise TypeError("cache: expected the RNNCache returned by rnn_forward")
+    dh, dhn = seq_grads(cache, RNNCache, "rnn_forward", dh, dhn)
     x, h = cache.x, cache.h
     N, T, D = x.shape
     H = h.shape[2]
     dt = x.dtype
-    dh = V.as_float(dh, "dh", dt)
-    V.check_shape(dh, "dh", (N, T, H), "(N, T, H)")
-    dhn = final_grad(dhn, "dhn", N, H, dt)
     dx = np.empty((N, T, D), dtype=dt)
     dh0 = np.empty((N, H), dtype=dt)
     dWx = np.zeros(cache.Wx.shape, dtype=dt)
     dWh = np.zeros((H, H), dtype=dt)
     db = np.zeros(H, dtype=dt)
     B.rnn_binding(cache.relu).kernel_backward(
-        V.seq_view(dh, time_major=False), [dhn], x.transpose(1, 0, 2), [cache.h0], cache.Wx,
+        dh, [dhn], x.transpose(1, 0, 2), [cache.h0], cache.Wx,
         cache.Wh, (), [h.transpose(1, 0, 2)], None, dx.transpose(1, 0, 2), [dh0],
         (dWx, dWh, db))
     return dx, dh0, dWx, dWh, db
 
 
+@fill_doc
 def rnn_step_forward(x, prev_h, Wx, Wh, b, nonlinearity="tanh"):
     """One vanilla-RNN step: ``next_h = act(x Wx + prev_h Wh + b)``.
 
     Parameters
     ----------
-    x : ndarray, shape (N, D)
-    prev_h : ndarray, shape (N, H)
-    Wx : ndarray, shape (D, H)
-    Wh : ndarray, shape (H, H)
-    b : ndarray, shape (H,)
+    x, prev_h : ndarray, shapes (N, D), (N, H)
+    Wx, Wh, b : ndarray, shapes (D, H), (H, H), (H,)
     nonlinearity : {'tanh', 'relu'}
 
     Returns
@@ -162,37 +136,27 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b, nonlinearity="tanh"):
     return h[0], RNNCache(x=x1, h0=prev_h, Wx=Wx, Wh=Wh, h=h, relu=relu, step=True)
 
 
+@fill_doc(cache="RNNCache", forward="rnn_step_forward")
 def rnn_step_backward(dnext_h, cache):
     """Backward pass of :func:`rnn_step_forward`.
 
-    Parameters
-    ----------
-    dnext_h : ndarray, shape (N, H)
-        Gradient of the loss with respect to ``next_h``.
-    cache : RNNCache
-        From :func:`rnn_step_forward`.
+    $step_grads
 
     Returns
     -------
-    dx : ndarray, shape (N, D)
-    dprev_h : ndarray, shape (N, H)
-    dWx : ndarray, shape (D, H)
-    dWh : ndarray, shape (H, H)
-    db : ndarray, shape (H,)
+    dx, dprev_h : ndarray, shapes (N, D), (N, H)
+    dWx, dWh, db : ndarray, shapes (D, H), (H, H), (H,)
     """
-    if not isinstance(cache, RNNCache) or not cache.step:
-        raise TypeError("cache: expected the RNNCache returned by rnn_step_forward")
+    dnext_h, dhn = step_grads(cache, RNNCache, "rnn_step_forward", dnext_h)
     _, N, D = cache.x.shape
     H = cache.h.shape[2]
     dt = cache.x.dtype
-    dnext_h = V.as_float(dnext_h, "dnext_h", dt)
-    V.check_shape(dnext_h, "dnext_h", (N, H), "(N, H)")
     dx = np.empty((1, N, D), dtype=dt)
     dprev_h = np.empty((N, H), dtype=dt)
     dWx = np.zeros(cache.Wx.shape, dtype=dt)
     dWh = np.zeros((H, H), dtype=dt)
     db = np.zeros(H, dtype=dt)
     B.rnn_binding(cache.relu).kernel_backward(
-        V.rows_view(dnext_h)[None], [np.zeros((N, H), dtype=dt)], cache.x, [cache.h0], cache.Wx,
+        dnext_h, [dhn], cache.x, [cache.h0], cache.Wx,
         cache.Wh, (), [cache.h], None, dx, [dprev_h], (dWx, dWh, db))
     return dx[0], dprev_h, dWx, dWh, db
