@@ -149,6 +149,21 @@ def test_lazy_applications_load_on_attribute_access():
         rnncore.not_a_module  # noqa: B018
 
 
+def test_registry_finds_lazy_classes_on_demand(tmp_path):
+    """rnncore.load rebuilds a CharLM in a process that never imported rnncore.charlm."""
+    from rnncore import save
+    from rnncore.charlm import CharLM
+
+    path = tmp_path / "lm.npz"
+    save(path, CharLM(10, 4, 8, seed=0))
+    code = (f"import sys, rnncore; m = rnncore.load({str(path)!r}); "
+            "print(type(m).__name__, 'rnncore.charlm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["CharLM", "True"]
+
+
 def test_functional_docstrings_are_filled():
     """The shared docstring fragments (functional/_args.py) leave no ``$name`` behind."""
     import rnncore.functional as F
