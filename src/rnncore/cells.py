@@ -153,8 +153,8 @@ class _CellBase(Module):
             outs.append(np.empty(shape, dt))
         saved = (self._kernel.step_saved(shape[0] if nd == 2 else 1, self.hidden_size, dt)
                  if train else None)
-        if not self._kernel.step(x, s0, self._p(), outs, saved, self.input_size,
-                                 self.hidden_size):
+        if not self._kernel.step(x, s0, outs, saved, self.params, self.input_size,
+                                 self.hidden_size, None if self.bias else self._zero_bias):
             return None
         if train:
             if nd == 1:
