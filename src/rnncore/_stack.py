@@ -60,6 +60,10 @@ class _Order:
         self.sorted, self.batch_sizes = sorted_lens, batch_sizes
 
 
+#: the order of a batch without lengths (shared, never modified)
+_FULL_LENGTHS = _Order()
+
+
 # ------------------------------------------------------------------ helpers
 def check_states(m, states, name, N, unbatched):
     """User (L*dirs, N, H) state -> array in the model dtype ((L*dirs, 1, H) if unbatched)."""
@@ -114,7 +118,7 @@ def _check_input(m, x):
 def _sort_by_length(lengths, N, T, unbatched):
     """The :class:`_Order` of a batch: sorted by decreasing length (if not already)."""
     if lengths is None:
-        return _Order()
+        return _FULL_LENGTHS
     if unbatched:
         lengths = np.reshape(lengths, (1,))
     lens = V.check_lengths(lengths, N, T)

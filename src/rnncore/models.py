@@ -74,6 +74,8 @@ class _RNNBase(Module):
         bound = 1.0 / np.sqrt(H)
         self.params = OrderedDict()
         self.grads = OrderedDict()
+        #: parameter names of (layer k, direction d) at index k * num_directions + d
+        self._names = []
         for k in range(self.num_layers):
             for d in range(self.num_directions):
                 sfx = f"_l{k}{self._suffix(d)}"
@@ -84,13 +86,11 @@ class _RNNBase(Module):
                 for name, shape in shapes:
                     w = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
                     self._add_param(name, w)
+                self._names.append([name for name, _ in shapes])
 
     def _weights(self, k, d):
         """(W_ih (GH, D_k), W_hh (GH, H), b_ih, b_hh) and their gradients."""
-        sfx = f"_l{k}{self._suffix(d)}"
-        names = ["weight_ih" + sfx, "weight_hh" + sfx]
-        if self.bias:
-            names += ["bias_ih" + sfx, "bias_hh" + sfx]
+        names = self._names[k * self.num_directions + d]
         p = [self.params[n] for n in names]
         g = [self.grads[n] for n in names]
         if not self.bias:
