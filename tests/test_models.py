@@ -470,7 +470,7 @@ def test_out_modified_in_place_does_not_change_gradients(rng, cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_two_directions_on_two_threads(rng, cell, monkeypatch):
     """The threaded path of bidirectional layers (forced on for tiny sizes) is exact."""
-    import rnncore._threads as threads
+    import rnncore._runtime.threads as threads
     monkeypatch.setattr(threads, "_PARALLEL", True)
     monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
     for merge_mode in ("concat", "mul"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import _config, _threads
+from rnncore._runtime import blas as _config, threads as _threads
 from rnncore._kernels import rnn as K
 
 from conftest import assert_close_f64
@@ -17,7 +17,7 @@ PROBE = r"""
 import json, os, sys
 {pre}
 import rnncore
-from rnncore import _config, _threads
+from rnncore._runtime import blas as _config, threads as _threads
 env_after = {{k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT")}}
 try:
     rnncore.set_row_split(True)

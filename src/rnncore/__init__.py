@@ -15,21 +15,19 @@ cells       RNNCell, GRUCell, LSTMCell (single steps)
 nn          Embedding, Linear, Dropout, Sequential
 losses      cross_entropy, mse_loss, binary_cross_entropy_with_logits, last_step
 optim       SGD, Adam, AdamW, Adagrad, RMSprop, StepLR, CosineAnnealingLR
+charlm      the character-level language model (loaded on first use)
 """
-__version__ = "0.1.0"
+from ._version import __version__
+from ._runtime.blas import select_blas_kernels as _select_blas_kernels
 
-from ._config import select_blas_kernels as _select_blas_kernels
+_select_blas_kernels()  # before the kernels load SciPy's BLAS; see rnncore._runtime.blas
 
-_select_blas_kernels()  # before the kernels load SciPy's BLAS; see rnncore._config
-
-from . import cells, charlm, functional, losses, nn, optim, reference  # noqa: E402
+from . import cells, functional, losses, nn, optim, reference  # noqa: E402
+from ._runtime.blas import threadpool_limits  # noqa: E402
+from ._runtime.config import show_config  # noqa: E402
+from ._runtime.threads import (set_loop_parallel_min, set_parallel_directions,  # noqa: E402
+                               set_row_split)
 from .cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
-from ._config import show_config, threadpool_limits  # noqa: E402
-from ._threads import set_loop_parallel_min, set_parallel_directions, set_row_split  # noqa: E402
-
-from . import _threads  # noqa: E402
-
-_threads.set_loop_parallel_min(_threads.LOOP_PARALLEL_MIN)  # install the time-loop policy
 from .io import load, load_checkpoint, save  # noqa: E402
 from .models import GRU, LSTM, RNN  # noqa: E402
 from .module import Module  # noqa: E402
@@ -45,3 +43,19 @@ __all__ = [
     "set_row_split",
     "__version__",
 ]
+
+#: applications and optional integrations, imported on first attribute access
+#: (PEP 562) so that ``import rnncore`` loads none of them
+_LAZY_SUBMODULES = ("charlm", "cli", "bench", "distributed", "dask_inference")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _bindings as B
 from . import _validation as V
-from ._adapters import GRUKernel, LSTMKernel, RNNKernel
-from ._kernels import gru as _kgru
-from ._kernels import lstm as _klstm
-from ._kernels import rnn as _krnn
 from .module import Module, register_module
 
 __all__ = ["RNNCell", "GRUCell", "LSTMCell"]
 
 
 class _CellBase(Module):
+    #: the cell's binding to its kernels (rnncore._bindings)
     _kernel = None
     G = 1
     n_states = 1
@@ -153,8 +151,10 @@ class _CellBase(Module):
         outs = [np.empty(shape, dt)]
         if self.n_states == 2:
             outs.append(np.empty(shape, dt))
-        saved = self._saved_arrays(shape[0] if nd == 2 else 1) if train else None
-        if not self._kstep(x, s0, outs, saved):
+        saved = (self._kernel.step_saved(shape[0] if nd == 2 else 1, self.hidden_size, dt)
+                 if train else None)
+        if not self._kernel.step(x, s0, outs, saved, self.params, self.input_size,
+                                 self.hidden_size, None if self.bias else self._zero_bias):
             return None
         if train:
             if nd == 1:
@@ -162,10 +162,6 @@ class _CellBase(Module):
             self._stack.append((x, s0, [o.reshape((1,) + x.shape[:1] + shape[-1:])
                                         for o in outs], saved, nd == 1))
         return outs
-
-    def _saved_arrays(self, N):
-        """What the kernel's forward saves for backward, for one step of N rows."""
-        return None
 
     def _step_backward(self, dstates):
         if not self._stack:
@@ -178,7 +174,7 @@ class _CellBase(Module):
         ds0 = [np.empty((N, self.hidden_size), dtype=self.dtype) for _ in range(self.n_states)]
         zero_dh = np.zeros((1, N, self.hidden_size), dtype=self.dtype)
         self._kernel.backward(zero_dh, ds, x[None], s0, self._p(), outs, saved, dx, ds0,
-                              self._g(), False, None, once=True)
+                              self._g(), overwrite_saved=True)
         self._stack.pop()
         if unbatched:
             return dx[0, 0], [d[0] for d in ds0]
@@ -187,7 +183,7 @@ class _CellBase(Module):
 
 @register_module
 class RNNCell(_CellBase):
-    """An Elman RNN cell, ``torch.nn.RNNCell`` in NumPy.
+    """An Elman (1990) RNN cell, ``torch.nn.RNNCell`` in NumPy.
 
     ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)``, act = tanh or relu.
 
@@ -214,7 +210,7 @@ class RNNCell(_CellBase):
                  dtype=np.float32, seed=None):
         relu = V.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
-        self._kernel = RNNKernel(relu)
+        self._kernel = B.rnn_binding(relu)
         super().__init__(input_size, hidden_size, bias, dtype, seed)
 
     def get_config(self) -> dict:
@@ -223,12 +219,6 @@ class RNNCell(_CellBase):
     def __repr__(self) -> str:
         r = super().__repr__()
         return r[:-1] + ", nonlinearity='relu')" if self._kernel.relu else r
-
-    def _kstep(self, x, s0, outs, saved):
-        p = self.params
-        bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
-        return _krnn.step(x, s0[0], p["weight_ih"], p["weight_hh"], bi, bh, outs[0],
-                          self.input_size, self.hidden_size, self._kernel.relu)
 
     def forward(self, input, hx=None, train=True):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h' like hx."""
@@ -249,19 +239,7 @@ class GRUCell(_CellBase):
 
     G = 3
     n_states = 1
-    _kernel = GRUKernel()
-
-    def _saved_arrays(self, N):
-        H = self.hidden_size
-        return _kgru.GRUSaved(gates=np.empty((1, N, 3 * H), self.dtype),
-                              hidden_n=np.empty((1, N, H), self.dtype))
-
-    def _kstep(self, x, s0, outs, saved):
-        p = self.params
-        bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
-        g, hn = (None, None) if saved is None else saved
-        return _kgru.step(x, s0[0], p["weight_ih"], p["weight_hh"], bi, bh, outs[0], g, hn,
-                          self.input_size, self.hidden_size)
+    _kernel = B.GRU
 
     def forward(self, input, hx=None, train=True):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h'."""
@@ -282,17 +260,7 @@ class LSTMCell(_CellBase):
 
     G = 4
     n_states = 2
-    _kernel = LSTMKernel()
-
-    def _saved_arrays(self, N):
-        return _klstm.LSTMSaved(gates=np.empty((1, N, 4 * self.hidden_size), self.dtype))
-
-    def _kstep(self, x, s0, outs, saved):
-        p = self.params
-        bi, bh = (p["bias_ih"], p["bias_hh"]) if self.bias else (self._zero_bias,) * 2
-        return _klstm.step(x, s0[0], s0[1], p["weight_ih"], p["weight_hh"], bi, bh,
-                           outs[0], outs[1], None if saved is None else saved.gates,
-                           self.input_size, self.hidden_size)
+    _kernel = B.LSTM
 
     def forward(self, input, hx=None, train=True):
         """One step. hx = (h, c) or None -> (h', c')."""

@@ -27,8 +27,7 @@ import tempfile
 
 import numpy as np
 
-from . import __version__
-from . import nn as _nn  # noqa: F401  (registers the nn classes for loading)
+from ._version import __version__
 from .module import module_registry, registered_name
 
 __all__ = ["save", "load", "load_checkpoint", "FORMAT_VERSION"]
@@ -210,7 +209,8 @@ def load_checkpoint(path) -> dict:
     Notes
     -----
     The model's class must be registered when loading: import the module
-    that defines it first (rnncore's own layers register on import).
+    that defines it first (rnncore's own classes are found on demand, see
+    :data:`rnncore.module.module_registry`).
     """
     path = os.fspath(path)
     entries = _read_all(path)

@@ -12,14 +12,48 @@ arrays under dotted names (``"0.weight"``), sharing the same array objects.
 """
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 
 import numpy as np
 
 __all__ = ["Module", "register_module", "module_registry", "registered_name"]
 
+#: the rnncore modules whose classes register themselves (imported on a registry miss)
+_REGISTERING_MODULES = ("nn", "models", "cells", "charlm")
+
+
+class _Registry(dict):
+    """name -> class. A name not found imports rnncore's own registering modules once.
+
+    So ``rnncore.load`` rebuilds e.g. a ``CharRNN`` although ``import rnncore``
+    does not import :mod:`rnncore.charlm`, and this module imports no layer.
+    """
+
+    _loaded = False
+
+    def _load_builtin(self) -> bool:
+        if self._loaded:
+            return False
+        self._loaded = True
+        for name in _REGISTERING_MODULES:
+            importlib.import_module(f"{__package__}.{name}")
+        return True
+
+    def __missing__(self, name):
+        if self._load_builtin() and name in self:
+            return dict.__getitem__(self, name)
+        raise KeyError(name)
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
 #: name -> class, for :func:`rnncore.load` to rebuild a model from its config.
-module_registry: dict[str, type] = {}
+module_registry: dict[str, type] = _Registry()
 
 
 def register_module(cls):

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import _threads
+from rnncore._runtime import threads as _threads
 from rnncore import functional as F
 
 from _reliability import count, same_rnncore_prelude

@@ -1,4 +1,7 @@
-"""Run-time configuration: BLAS kernel selection, thread control, ``show_config``.
+"""Loading SciPy's BLAS: CPU kernel selection and thread timeout; ``threadpool_limits``.
+
+The bottom of :mod:`rnncore._runtime` (imports nothing from rnncore): run by
+``import rnncore`` before any kernel module loads SciPy's BLAS.
 
 BLAS kernel selection
 ---------------------
@@ -21,7 +24,7 @@ SciPy's BLAS and then restores the environment exactly as it was, so child
 processes and other libraries are unaffected. Intel CPUs are left alone
 (OpenBLAS knows them, and forcing SkylakeX could downgrade newer ones); on
 Zen 4 OpenBLAS already selects SkylakeX, so the override changes nothing.
-:func:`show_config` reports the architecture OpenBLAS actually selected and
+:func:`rnncore.show_config` reports the architecture OpenBLAS actually selected and
 warns when an AVX-512 machine runs the AVX2 kernels.
 
 BLAS thread timeout
@@ -29,8 +32,8 @@ BLAS thread timeout
 After every call OpenBLAS's worker threads spin, waiting for the next one,
 for ``2**OPENBLAS_THREAD_TIMEOUT`` cycles (default 2**28, about 0.1 s). The
 kernels' time loops can run the rows of a batch on several threads of their
-own (see ``rc_row_threads`` in rc_simd.h); with the BLAS workers spinning
-next to them on the same cores that was slower than one thread (0.75x on 2
+own (``rc_row_threads`` in the kernels' C helpers); with the BLAS workers
+spinning next to them on the same cores that was slower than one thread (0.75x on 2
 cores), with the workers asleep 1.2-1.9x faster. So, under the same
 conditions as above (SciPy's BLAS not loaded yet, the variable not set by the
 user, no ``RNNCORE_NO_THREAD_TIMEOUT=1``; any CPU), rnncore loads SciPy's BLAS
@@ -183,63 +186,6 @@ def _blas_info():
                 "64_" not in os.path.basename(info.get("filepath", "")):
             return info
     return infos[0] if infos else None
-
-
-def show_config(file=None) -> dict:
-    """Print (and return) what rnncore runs on.
-
-    Reports the rnncore, NumPy, SciPy and Python versions; the BLAS library
-    the kernels call, its version, the CPU architecture it selected and its
-    thread count (via threadpoolctl when installed); the SIMD level the
-    kernels' elementwise code was dispatched to; the CPU; and whether the
-    BLAS kernel override described in :mod:`rnncore._config` was applied.
-    """
-    import numpy as np
-    import scipy
-
-    from . import __version__
-    from ._kernels import simd
-    from ._threads import (LOOP_PARALLEL_MIN, loop_policy_active, parallel_directions_enabled,
-                           row_split_enabled)
-
-    vendor, model, flags = _cpu_info()
-    blas = _blas_info()
-    cfg = {
-        "rnncore": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "cpu": model or platform.processor() or "unknown",
-        "cpu_vendor": vendor or "unknown",
-        "cpu_count": os.cpu_count(),
-        "kernel_simd": simd.simd_level(),
-        "blas_library": blas.get("filepath") if blas else "unknown (install threadpoolctl)",
-        "blas_version": blas.get("version") if blas else None,
-        "blas_architecture": blas.get("architecture") if blas else None,
-        "blas_threads": blas.get("num_threads") if blas else None,
-        "blas_coretype_override": _CORETYPE_STATE["reason"],
-        "blas_thread_timeout": _TIMEOUT_STATE["reason"],
-        "parallel_directions": parallel_directions_enabled(),
-        "loop_single_thread_below": (f"{LOOP_PARALLEL_MIN} multiply-adds per step"
-                                     if loop_policy_active() else "off"),
-        "loop_row_split": row_split_enabled(),
-    }
-    warnings = []
-    avx512 = all(f in flags for f in _AVX512_NEEDED)
-    if blas and avx512 and str(blas.get("architecture", "")).lower() in ("haswell", "zen"):
-        warnings.append(
-            "OpenBLAS runs its AVX2 kernels on this AVX-512 CPU (about half the sgemm "
-            "speed): set OPENBLAS_CORETYPE=SkylakeX in the environment before starting "
-            "Python, or import rnncore before scipy.linalg.")
-    cfg["warnings"] = warnings
-    out = file if file is not None else sys.stdout
-    width = max(len(k) for k in cfg)
-    for k, v in cfg.items():
-        if k != "warnings":
-            print(f"{k:<{width}} : {v}", file=out)
-    for w in warnings:
-        print(f"WARNING: {w}", file=out)
-    return cfg
 
 
 def threadpool_limits(limits=1):

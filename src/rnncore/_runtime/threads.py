@@ -4,10 +4,12 @@ Time loops. A step's GEMM is small; below ``LOOP_PARALLEL_MIN`` multiply-adds
 per step the kernels run their time loop inside a "single-thread section":
 BLAS limited to one thread, the previous count restored afterwards (the big
 all-steps GEMMs before and after the loop keep BLAS's threads). The switch
-uses the BLAS's own ``openblas_get/set_num_threads``, found here at import.
+uses the BLAS's own ``openblas_get/set_num_threads``, found here when the
+kernels attach (:func:`attach_kernels`, called by :mod:`rnncore._bindings`).
 OpenBLAS's count is process-wide, so sections are reference-counted in one
 lock-protected state shared by every kernel module and this module: the
-first to open saves the count, the last to close restores it (rc_simd.h).
+first to open saves the count, the last to close restores it (the kernels'
+C thread helpers).
 ``set_loop_parallel_min(0)`` disables the loop policy. Because the count is
 process-wide, a model running in another thread meanwhile may compute its
 large GEMMs on one thread: results of *concurrent* runs can then differ in the
@@ -23,12 +25,18 @@ sequentially: below ``PARALLEL_MIN_WORK`` (T*N*H*(H+D) multiply-adds per
 direction) a thread hand-off costs more than it saves.
 ``set_parallel_directions(False)`` turns this off (e.g. when the caller
 already runs one model per core).
+
+Imports: this module reads :mod:`.blas` and never imports a kernel module; the
+binding layer (:mod:`rnncore._bindings`) hands it the kernels' hook installer
+and single-thread section through :func:`attach_kernels` when it loads them.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+
+from .blas import row_split_allowed
 
 _POOL = None
 _PARALLEL = (os.cpu_count() or 1) > 1
@@ -38,8 +46,22 @@ PARALLEL_MIN_WORK = 2_000_000
 #: per-step multiply-adds (N * G*H * H) from which a time loop keeps BLAS's threads
 LOOP_PARALLEL_MIN = 4_000_000
 _HOOKS = None
-#: the user's set_row_split choice (None: split whenever rnncore._config allows it)
+#: the user's set_row_split choice (None: split whenever .blas.row_split_allowed says so)
 _ROW_SPLIT = None
+#: set by attach_kernels: (install(set, get, min_work, state, row_split), open, close)
+_KERNELS = None
+
+
+def attach_kernels(install, section_open, section_close) -> None:
+    """Called once by rnncore._bindings when it loads the kernel modules.
+
+    ``install(set_addr, get_addr, min_work, state_addr, row_split)`` hands the
+    policy to every kernel module; ``section_open()``/``section_close(token)``
+    are the kernels' single-thread section. Installs the current policy.
+    """
+    global _KERNELS
+    _KERNELS = (install, section_open, section_close)
+    set_loop_parallel_min(LOOP_PARALLEL_MIN)
 
 
 def _find_blas_thread_functions():
@@ -79,9 +101,9 @@ def set_loop_parallel_min(work: int) -> None:
     global LOOP_PARALLEL_MIN, _HOOKS
     import ctypes
 
-    from ._kernels import gru, lstm, rnn
-
     LOOP_PARALLEL_MIN = int(work)
+    if _KERNELS is None:  # no kernel loaded yet: attach_kernels installs it
+        return
     if _HOOKS is None:
         found = _find_blas_thread_functions()
         # the one section state every kernel module shares: {lock, depth, saved, pad}
@@ -91,9 +113,7 @@ def set_loop_parallel_min(work: int) -> None:
         state_addr = ctypes.addressof(state)
     else:
         set_addr = get_addr = state_addr = 0
-    for mod in (rnn, gru, lstm):
-        mod._blas_thread_hooks(set_addr, get_addr, LOOP_PARALLEL_MIN, state_addr,
-                               row_split_enabled())
+    _KERNELS[0](set_addr, get_addr, LOOP_PARALLEL_MIN, state_addr, row_split_enabled())
 
 
 def set_row_split(enabled: bool) -> None:
@@ -102,13 +122,11 @@ def set_row_split(enabled: bool) -> None:
     A loop splits its rows over min(BLAS threads, 8, N/4) threads when its
     per-step product is between ~2M/T and 32M multiply-adds; each thread then
     calls BLAS single-threaded. Allowed only when SciPy's BLAS workers sleep
-    right after a call (``rnncore._config.row_split_allowed``): enabling it
+    right after a call (:func:`rnncore._runtime.blas.row_split_allowed`): enabling it
     otherwise raises RuntimeError. ``threadpool_limits(1)`` also keeps loops
     on one thread.
     """
     global _ROW_SPLIT
-    from ._config import row_split_allowed
-
     if enabled and not row_split_allowed():
         raise RuntimeError("row-split time loops need SciPy's OpenBLAS loaded with a short "
                            "OPENBLAS_THREAD_TIMEOUT (import rnncore before scipy.linalg, or "
@@ -119,8 +137,6 @@ def set_row_split(enabled: bool) -> None:
 
 def row_split_enabled() -> bool:
     """Whether time loops may split the rows of a batch over threads."""
-    from ._config import row_split_allowed
-
     return bool(_HOOKS) and (row_split_allowed() if _ROW_SPLIT is None else _ROW_SPLIT)
 
 
@@ -144,18 +160,17 @@ def parallel_directions_enabled() -> bool:
 def _blas_single_thread():
     """Context: BLAS limited to one thread for the whole process.
 
-    A "single-thread section" of the kernels (rc_simd.h): reference-counted in
+    A "single-thread section" of the kernels (their C thread helpers): reference-counted in
     the state the kernels' own time loops share, so overlapping sections from
     several threads restore the original count exactly once, when the last one
     closes. A no-op where the BLAS's thread functions were not found.
     """
-    from ._kernels import rnn
-
-    token = rnn._single_thread_open()
+    _, section_open, section_close = _KERNELS
+    token = section_open()
     try:
         yield
     finally:
-        rnn._single_thread_close(token)
+        section_close(token)
 
 
 def run_pair(fn, n: int, work: int):

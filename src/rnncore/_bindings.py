@@ -1,0 +1,225 @@
+"""The one door to the compiled kernels: each kernel entry point is called here, once.
+
+:mod:`rnncore.functional`, :mod:`rnncore._stack` (the models) and
+:mod:`rnncore.cells` reach ``rnncore._kernels`` only through this module, so
+the argument order of ``rnn/gru/lstm.forward``, ``.backward`` and ``.step``
+is written down in exactly one place. One binding object per cell
+(:data:`RNN_TANH`, :data:`RNN_RELU`, :data:`GRU`, :data:`LSTM`) offers the
+same methods; one layer and one direction per call. Arguments:
+
+    x      (T, N, D) sequence view in the kernels' layout (any strides the
+           kernels accept; see ``_validation.seq_view``)
+    s0     list of initial states, (N, H) C-contiguous each (h; or h, c)
+    Wx, Wh (D, G*H), (H, G*H): the kernels' layout, ``weight_ih.T`` and
+           ``weight_hh.T`` of PyTorch (BLAS transpose flags, no copies)
+    biases the kernel's biases as a tuple: RNN and LSTM ``(b,)`` with
+           ``b = b_ih + b_hh``; GRU ``(b_ih, b_hh)`` (``b_hn`` sits inside the
+           reset product, so the two cannot be folded; Cho et al. 2014 as
+           PyTorch computes it)
+    p, g   [weight_ih (GH, D), weight_hh (GH, H), bias_ih (GH,), bias_hh (GH,)]
+           in PyTorch's layout, and the gradients matching it (accumulated into)
+    outs   list of (T, N, H) outputs (h; or h, c), written by forward
+    overwrite_saved
+           backward may overwrite ``saved`` (the caller back-propagates once
+           and drops it): the gated kernels then use it as their gradient
+           workspace instead of allocating T*N*G*H more
+    batch_sizes
+           active rows per step of a sorted variable-length batch, or None
+
+``kernel_forward``/``kernel_backward`` take the kernels' layout (what the
+functional API holds); ``forward``/``backward`` take PyTorch's (what the
+models and cells hold) and map it onto the former; ``step`` is the kernels'
+single-step entry point for the cells' fast path: no memoryviews, the cell's
+``params`` dict (PyTorch's names) read directly, ``zero_bias`` standing in
+for both biases of a cell without them; it returns False, having written
+nothing, for arrays it does not take. (The hot path of a single step at
+H = 128 is a few microseconds, so ``step`` builds no argument lists.)
+
+The module also installs the kernels' BLAS thread hooks (the policy itself
+lives in :mod:`rnncore._runtime.threads`) and holds the one temporary path of
+the GRU with ``reset_after=False`` (see the end of the file).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference as _ref
+from ._kernels import gru as _kgru
+from ._kernels import lstm as _klstm
+from ._kernels import rnn as _krnn
+from ._runtime import threads as _threads
+
+__all__ = ["RNN_TANH", "RNN_RELU", "GRU", "LSTM", "rnn_binding"]
+
+
+class _Binding:
+    """What the three cells share: PyTorch's layout mapped onto the kernels'."""
+
+    #: gates per cell (1, 3, 4) and number of state arrays (h; or h, c)
+    G = 1
+    n_states = 1
+    #: the kernel takes one bias, b_ih + b_hh (else the two separately)
+    fused_bias = True
+
+    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
+        """Forward of one layer and direction, PyTorch-layout parameters ``p``."""
+        w_ih, w_hh, b_ih, b_hh = p
+        biases = (b_ih + b_hh,) if self.fused_bias else (b_ih, b_hh)
+        return self.kernel_forward(x, s0, w_ih.T, w_hh.T, biases, outs, reverse, batch_sizes)
+
+    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
+                 batch_sizes=None, overwrite_saved=False):
+        """Backward of one layer and direction; accumulates into the gradients ``g``."""
+        if not self.fused_bias:
+            self.kernel_backward(dh, dn, x, s0, p[0].T, p[1].T, p[2:], outs, saved, dx, ds0,
+                                 (g[0].T, g[1].T, g[2], g[3]), reverse, batch_sizes,
+                                 overwrite_saved)
+            return
+        db = np.zeros(p[1].shape[0], dtype=p[1].dtype)
+        self.kernel_backward(dh, dn, x, s0, p[0].T, p[1].T, p[2:], outs, saved, dx, ds0,
+                             (g[0].T, g[1].T, db), reverse, batch_sizes, overwrite_saved)
+        g[2] += db
+        g[3] += db
+
+    def step_saved(self, N, H, dtype):
+        """Buffers the kernel's ``step`` fills for backward, one step of N rows (or None)."""
+        return None
+
+
+class RNNBinding(_Binding):
+    """Elman RNN (Elman 1990), tanh or relu: h' = act(x Wx + h Wh + b)."""
+
+    def __init__(self, relu: bool):
+        self.relu = bool(relu)
+
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None):
+        _krnn.forward(x, s0[0], Wx, Wh, biases[0], outs[0], self.relu, reverse, batch_sizes)
+        return None
+
+    def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
+                        reverse=False, batch_sizes=None, overwrite_saved=False):
+        """``dW`` = (dWx, dWh, db), accumulated into. ``biases`` and ``saved`` unused."""
+        _krnn.backward(dh, dn[0], x, s0[0], Wx, Wh, outs[0], dx, ds0[0], *dW, self.relu,
+                       reverse, batch_sizes)
+
+    def step(self, x, s0, outs, saved, params, D, H, zero_bias=None):
+        b_ih, b_hh = ((params["bias_ih"], params["bias_hh"]) if zero_bias is None
+                      else (zero_bias, zero_bias))
+        return _krnn.step(x, s0[0], params["weight_ih"], params["weight_hh"], b_ih, b_hh,
+                          outs[0], D, H, self.relu)
+
+
+class GRUBinding(_Binding):
+    """GRU (Cho et al. 2014), gates r, z, n; PyTorch's candidate (reset_after=True)."""
+
+    G = 3
+    fused_bias = False
+    #: what the kernel's forward saves for backward: (gates (T, N, 3H), hidden_n (T, N, H))
+    Saved = _kgru.GRUSaved
+
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None):
+        return _kgru.forward(x, s0[0], Wx, Wh, biases[0], biases[1], outs[0], reverse,
+                             batch_sizes)
+
+    def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
+                        reverse=False, batch_sizes=None, overwrite_saved=False):
+        """``dW`` = (dWx, dWh, dbx, dbh), accumulated into; ``biases[1]`` is b_hh."""
+        _kgru.backward(dh, dn[0], x, s0[0], Wx, Wh, biases[1], outs[0], saved, dx, ds0[0],
+                       *dW, reverse, batch_sizes, overwrite_saved)
+
+    def step(self, x, s0, outs, saved, params, D, H, zero_bias=None):
+        b_ih, b_hh = ((params["bias_ih"], params["bias_hh"]) if zero_bias is None
+                      else (zero_bias, zero_bias))
+        gates, hidden_n = (None, None) if saved is None else saved
+        return _kgru.step(x, s0[0], params["weight_ih"], params["weight_hh"], b_ih, b_hh,
+                          outs[0], gates, hidden_n, D, H)
+
+    def step_saved(self, N, H, dtype):
+        return self.Saved(gates=np.empty((1, N, 3 * H), dtype),
+                          hidden_n=np.empty((1, N, H), dtype))
+
+
+class LSTMBinding(_Binding):
+    """LSTM (Hochreiter & Schmidhuber 1997; Graves 2013's form), gates i, f, g, o."""
+
+    G = 4
+    n_states = 2
+    #: what the kernel's forward saves for backward: gates (T, N, 4H)
+    Saved = _klstm.LSTMSaved
+
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None):
+        return _klstm.forward(x, s0[0], s0[1], Wx, Wh, biases[0], outs[0], outs[1], reverse,
+                              batch_sizes)
+
+    def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
+                        reverse=False, batch_sizes=None, overwrite_saved=False):
+        """``dn``/``ds0`` = [h, c] each; ``dW`` = (dWx, dWh, db). ``biases`` unused."""
+        _klstm.backward(dh, dn[0], dn[1], x, s0[0], s0[1], Wx, Wh, outs[0], outs[1], saved,
+                        dx, ds0[0], ds0[1], *dW, reverse, batch_sizes, overwrite_saved)
+
+    def step(self, x, s0, outs, saved, params, D, H, zero_bias=None):
+        b_ih, b_hh = ((params["bias_ih"], params["bias_hh"]) if zero_bias is None
+                      else (zero_bias, zero_bias))
+        return _klstm.step(x, s0[0], s0[1], params["weight_ih"], params["weight_hh"], b_ih,
+                           b_hh, outs[0], outs[1], None if saved is None else saved.gates, D, H)
+
+    def step_saved(self, N, H, dtype):
+        return self.Saved(gates=np.empty((1, N, 4 * H), dtype))
+
+
+RNN_TANH = RNNBinding(relu=False)
+RNN_RELU = RNNBinding(relu=True)
+GRU = GRUBinding()
+LSTM = LSTMBinding()
+
+
+def rnn_binding(relu: bool) -> RNNBinding:
+    """The RNN binding for a nonlinearity (relu True/False)."""
+    return RNN_RELU if relu else RNN_TANH
+
+
+# ---------------------------------------------------------------------------
+# BLAS thread hooks and the single-thread section
+# ---------------------------------------------------------------------------
+def _install_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split):
+    """Hand the thread policy of rnncore._runtime.threads to every kernel module."""
+    for mod in (_krnn, _kgru, _klstm):
+        mod._blas_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split)
+
+
+_threads.attach_kernels(_install_thread_hooks, _krnn._single_thread_open,
+                        _krnn._single_thread_close)
+
+
+# ---------------------------------------------------------------------------
+# GRU with reset_after=False: the temporary path
+# ---------------------------------------------------------------------------
+# The kernels implement PyTorch's candidate (reset_after=True) only; a later
+# issue adds reset_after=False (Cho et al. 2014's original candidate, Keras v1's
+# default) to gru.pyx. Until then the functional API routes it here, and here
+# it runs the NumPy specification (rnncore.reference): same results and caches
+# as before, at the reference's speed. This is the only place outside the tests
+# where the fast path touches rnncore.reference; delete it with that issue.
+#: the cache types the temporary path returns (rnncore.reference's)
+ResetBeforeCache = _ref.GRUCache
+ResetBeforeStepCache = _ref.GRUStepCache
+
+
+def gru_reset_before_forward(x, h0, Wx, Wh, bx, bh):
+    """GRU sequence with ``reset_after=False`` (temporary: the reference)."""
+    return _ref.gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=False)
+
+
+def gru_reset_before_backward(dh, cache, dhn):
+    """Backward of :func:`gru_reset_before_forward` (temporary: the reference)."""
+    return _ref.gru_backward(dh, cache, dhn)
+
+
+def gru_reset_before_step_forward(x, prev_h, Wx, Wh, bx, bh):
+    """One GRU step with ``reset_after=False`` (temporary: the reference)."""
+    return _ref.gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=False)
+
+
+def gru_reset_before_step_backward(dnext_h, cache):
+    """Backward of :func:`gru_reset_before_step_forward` (temporary: the reference)."""
+    return _ref.gru_step_backward(dnext_h, cache)

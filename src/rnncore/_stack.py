@@ -1,0 +1,421 @@
+"""Layers x directions x lengths x dropout: the composition behind RNN, GRU and LSTM.
+
+The only place that knows about stacking, bidirectional merging,
+``batch_first``, dropout between layers and variable ``lengths``; each (layer,
+direction) is one call through the model's binding (:mod:`rnncore._bindings`)
+that runs all T steps. :mod:`rnncore.models` keeps the PyTorch-facing classes
+and calls :func:`forward`, :func:`backward` and :func:`step` here with itself
+as ``m`` (read: ``hidden_size``, ``num_layers``, ``num_directions``,
+``batch_first``, ``dropout``, ``merge_mode``, ``input_size``, ``dtype``,
+``n_states``, ``G``, ``bias``, ``_rng``, ``_kernel``, ``_weights(k, d)``).
+
+Layouts. The kernels read sequences in place through strides, so the layout
+of ``x`` is kept end to end: with ``batch_first=False`` everything is
+time-major (T, N, F), with ``batch_first=True`` batch-major (N, T, F), and
+``out`` is returned in the caller's layout without a transposing copy. The
+two directions of a bidirectional layer write straight into the two halves
+of one (…, 2H) buffer; the last layer's are combined by ``merge_mode``
+(concat as PyTorch; sum/mul/ave as Keras' ``Bidirectional``; Graves 2013).
+
+Variable lengths. With ``lengths`` the batch is sorted once by decreasing
+length (skipped when already sorted); step t then updates only the
+``batch_sizes[t]`` sequences that are still running, so padding costs no
+recurrent work, never reaches the outputs (they are zero there, as PyTorch's
+``pad_packed_sequence`` gives) and never leaks into gradients.
+
+Forward, as named steps: :func:`_check_input`, :func:`_sort_by_length`,
+:func:`_kernel_input`, :func:`_initial_states`, :func:`_run_layers`,
+:func:`_final_states`, :func:`_merge`, :func:`_to_caller`; backward mirrors
+them (:func:`_check_dout`, :func:`_final_state_grads`, :func:`_merge_backward`,
+:func:`_layers_backward`, :func:`_to_caller`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validation as V
+from ._runtime.threads import run_pair
+
+
+class Saved:
+    """What one training-mode forward keeps for backward (named, not a tuple)."""
+
+    __slots__ = ("inputs", "outputs", "states0", "kernel", "masks",
+                 "perm", "inv", "batch_sizes", "lengths", "unbatched", "N", "T")
+
+
+class _Order:
+    """A variable-length batch: lengths, the sort by decreasing length, batch sizes.
+
+    ``lens`` (N,) in the caller's order, ``perm``/``inv`` the sort and its
+    inverse (None when already sorted), ``sorted`` the lengths in sorted
+    order, ``batch_sizes`` (T,) the rows still running at each step. All None
+    without lengths.
+    """
+
+    __slots__ = ("lens", "perm", "inv", "sorted", "batch_sizes")
+
+    def __init__(self, lens=None, perm=None, inv=None, sorted_lens=None, batch_sizes=None):
+        self.lens, self.perm, self.inv = lens, perm, inv
+        self.sorted, self.batch_sizes = sorted_lens, batch_sizes
+
+
+#: the order of a batch without lengths (shared, never modified)
+_FULL_LENGTHS = _Order()
+
+
+# ------------------------------------------------------------------ helpers
+def check_states(m, states, name, N, unbatched):
+    """User (L*dirs, N, H) state -> array in the model dtype ((L*dirs, 1, H) if unbatched)."""
+    if states is None:
+        return None
+    L = m.num_layers * m.num_directions
+    H = m.hidden_size
+    arr = V.as_float(states, name, m.dtype)
+    if unbatched:
+        V.check_shape(arr, name, (L, H), "(num_layers * num_directions, H)")
+        return arr[:, None, :]
+    V.check_shape(arr, name, (L, N, H), "(num_layers * num_directions, N, H)")
+    return arr
+
+
+def _seq_alloc(m, T, N, F):
+    """An uninitialised (T, N, F) view in this call's layout kind."""
+    if m.batch_first:
+        return np.empty((N, T, F), dtype=m.dtype).transpose(1, 0, 2)
+    return np.empty((T, N, F), dtype=m.dtype)
+
+
+def _direction_outputs(m, out, d, T, N):
+    """Per-direction output views (h, and c for LSTM) for one layer."""
+    H = m.hidden_size
+    h = out[:, :, d * H:(d + 1) * H]
+    return [h] + [_seq_alloc(m, T, N, H) for _ in range(m.n_states - 1)]
+
+
+def _dropout_scale(m):
+    return np.asarray(1.0 / (1.0 - m.dropout), dtype=m.dtype)
+
+
+# ------------------------------------------------------------------ forward
+def _check_input(m, x):
+    """x -> (x (3-D, caller's layout), xt (its (T, N, D) view), unbatched)."""
+    x = V.as_float(x, "x", m.dtype)
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            f"x: expected shape {'(N, T, D)' if m.batch_first else '(T, N, D)'} "
+            f"or unbatched (T, D), got {x.shape}")
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[:, None, :] if not m.batch_first else x[None]
+    xt = x.transpose(1, 0, 2) if m.batch_first else x  # logical (T, N, D)
+    if xt.shape[2] != m.input_size:
+        raise ValueError(f"x: expected input_size D = {m.input_size} features on the last "
+                         f"axis, got {xt.shape[2]}")
+    return x, xt, unbatched
+
+
+def _sort_by_length(lengths, N, T, unbatched):
+    """The :class:`_Order` of a batch: sorted by decreasing length (if not already)."""
+    if lengths is None:
+        return _FULL_LENGTHS
+    if unbatched:
+        lengths = np.reshape(lengths, (1,))
+    lens = V.check_lengths(lengths, N, T)
+    perm = inv = None
+    if np.any(np.diff(lens) > 0):
+        perm = np.argsort(-lens, kind="stable")
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(N)
+    sl = lens if perm is None else lens[perm]
+    bs = (sl[None, :] > np.arange(T)[:, None]).sum(axis=1)
+    return _Order(lens, perm, inv, sl, bs)
+
+
+def _kernel_input(m, x, xt, st0, order):
+    """x as a (T, N, D) view the kernels read, and the states, both in sorted order.
+
+    Copies only if the strides do not fit, or to sort: sorting gathers along
+    the batch axis of the caller's layout, so the gathered copy is already
+    contiguous in that layout (one copy, not two).
+    """
+    perm = order.perm
+    if perm is not None:
+        xt = x[perm].transpose(1, 0, 2) if m.batch_first else x[:, perm]
+        st0 = [None if s is None else s[:, perm] for s in st0]
+    if m.batch_first:
+        return V.seq_view(xt.transpose(1, 0, 2), time_major=False), st0
+    return V.seq_view(xt, time_major=True), st0
+
+
+def _initial_states(m, x, xin, st0, order, T, N):
+    """(xin, the (L*dirs, N, H) initial states as given, the ones the kernels see).
+
+    Padding must not reach any product: the all-steps weight-gradient GEMMs
+    run over every row, and 0 * NaN = NaN. So the kernels see x with its
+    padding zeroed (a copy; the caller's x is untouched) and zero initial
+    states for empty sequences (whose final state is still the caller's h0,
+    see :func:`_final_states`).
+    """
+    H, Ld = m.hidden_size, m.num_layers * m.num_directions
+    zeros = None
+    states_full = []
+    for s in st0:
+        if s is None:
+            if zeros is None:
+                zeros = np.zeros((Ld, N, H), dtype=m.dtype)
+            states_full.append(zeros)
+        else:
+            states_full.append(np.ascontiguousarray(s))
+    if order.lens is None:
+        return xin, states_full, states_full
+    pad = np.arange(T)[:, None] >= order.sorted[None, :]  # (T, N), sorted order
+    if pad.any():
+        if np.may_share_memory(xin, x):
+            # .copy(), not ascontiguousarray: that returns the caller's
+            # (possibly read-only) array itself when already contiguous
+            xin = (xin.transpose(1, 0, 2).copy().transpose(1, 0, 2)
+                   if m.batch_first else xin.copy())
+        xin[pad] = 0
+    empty = order.sorted == 0
+    if not empty.any():
+        return xin, states_full, states_full
+    states_kernel = []
+    for s in states_full:
+        s = s.copy()
+        s[:, empty] = 0
+        states_kernel.append(s)
+    return xin, states_full, states_kernel
+
+
+def _run_layers(m, xin, states_kernel, batch_sizes, train, T, N):
+    """Every layer, both directions: (inputs, buffers, outputs, kernel saves, masks)."""
+    H, nd = m.hidden_size, m.num_directions
+    inputs, buffers, outputs, kern, masks = [], [], [], [], []
+    layer_in = xin
+    for k in range(m.num_layers):
+        out = _seq_alloc(m, T, N, nd * H)
+
+        def run(d, k=k, layer_in=layer_in, out=out):
+            p, _ = m._weights(k, d)
+            s0 = [s[k * nd + d] for s in states_kernel]
+            outs = _direction_outputs(m, out, d, T, N)
+            saved = m._kernel.forward(layer_in, s0, p, outs, d == 1, batch_sizes)
+            return outs, saved
+
+        per_dir = run_pair(run, nd, work=T * N * H * (H + layer_in.shape[2]))
+        inputs.append(layer_in)
+        buffers.append(out)
+        outputs.append([o for o, _ in per_dir])
+        kern.append([s for _, s in per_dir])
+        if k < m.num_layers - 1 and train and m.dropout > 0:
+            keep = m._rng.random(out.shape) >= m.dropout
+            dropped = _seq_alloc(m, T, N, nd * H)
+            np.multiply(out, keep, out=dropped)
+            dropped *= _dropout_scale(m)
+            masks.append(keep)
+            layer_in = dropped
+        else:
+            masks.append(None)
+            layer_in = out
+    return inputs, buffers, outputs, kern, masks
+
+
+def _final_state(seq, s0, reverse, order, T):
+    """State after each row's last valid step (sorted order), (N, H)."""
+    if T == 0:
+        return s0
+    if order.lens is None:
+        return seq[0] if reverse else seq[T - 1]
+    sl = order.sorted
+    res = np.array(s0, copy=True)
+    ok = sl > 0
+    idx = np.arange(sl.shape[0])
+    t = np.zeros(sl.shape[0], dtype=np.int64) if reverse else np.maximum(sl - 1, 0)
+    res[ok] = seq[t[ok], idx[ok]]
+    return res
+
+
+def _final_states(m, outputs, states_full, order, T, N):
+    """Final states in PyTorch's order (index k * num_directions + d), sorted order."""
+    L, nd = m.num_layers, m.num_directions
+    finals = []
+    for si in range(m.n_states):
+        fin = np.empty((L * nd, N, m.hidden_size), dtype=m.dtype)
+        for k in range(L):
+            for d in range(nd):
+                fin[k * nd + d] = _final_state(outputs[k][d][si], states_full[si][k * nd + d],
+                                               d == 1, order, T)
+        finals.append(fin)
+    return finals
+
+
+def _merge(m, buffer, last):
+    """The last layer's output from its (…, nd*H) buffer and direction views."""
+    if m.num_directions == 1 or m.merge_mode == "concat":
+        return buffer  # PyTorch layout: the directions already side by side
+    a, b = last[0][0], last[1][0]
+    if m.merge_mode == "sum":
+        return a + b
+    if m.merge_mode == "mul":
+        return a * b
+    return (a + b) * np.asarray(0.5, dtype=m.dtype)
+
+
+def _to_caller(m, seq, states, inv, unbatched):
+    """(T, N, F) sequence and (L*dirs, N, H) states: unsorted, caller's layout and rank."""
+    if inv is not None:
+        seq = seq[:, inv]
+        states = [s[:, inv] for s in states]
+    if m.batch_first:
+        seq = seq.transpose(1, 0, 2)
+    if unbatched:
+        seq = seq[:, 0] if not m.batch_first else seq[0]
+        states = [s[:, 0] for s in states]
+    return seq, states
+
+
+def forward(m, x, states0, lengths, train):
+    """(out, final states, :class:`Saved` or None); ``states0`` is [(array|None, name)]."""
+    x, xt, unbatched = _check_input(m, x)
+    T, N, _ = xt.shape
+    st0 = [check_states(m, s, n, N, unbatched) for s, n in states0]
+    order = _sort_by_length(lengths, N, T, unbatched)
+    xin, st0 = _kernel_input(m, x, xt, st0, order)
+    xin, states_full, states_kernel = _initial_states(m, x, xin, st0, order, T, N)
+    inputs, buffers, outputs, kern, masks = _run_layers(m, xin, states_kernel,
+                                                        order.batch_sizes, train, T, N)
+    finals = _final_states(m, outputs, states_full, order, T, N)
+    y, finals = _to_caller(m, _merge(m, buffers[-1], outputs[-1]), finals, order.inv, unbatched)
+    if not train:
+        return y, finals, None
+    if y.base is not None or y is buffers[-1]:
+        # `out` shares memory with the activations backward reads: hand it
+        # out read-only, so an in-place edit fails loudly instead of silently
+        # corrupting the gradients (PyTorch refuses it too).
+        y = y.view()
+        y.flags.writeable = False
+    sv = Saved()
+    sv.inputs, sv.outputs, sv.kernel, sv.masks = inputs, outputs, kern, masks
+    sv.states0 = states_kernel
+    sv.perm, sv.inv, sv.batch_sizes, sv.lengths = (order.perm, order.inv, order.batch_sizes,
+                                                   order.lens)
+    sv.unbatched, sv.N, sv.T = unbatched, N, T
+    return y, finals, sv
+
+
+# ----------------------------------------------------------------- backward
+def _check_dout(m, sv, dout):
+    """dout -> its (T, N, F) view in the kernels' layout (a copy only for odd strides)."""
+    H, nd, N, T = m.hidden_size, m.num_directions, sv.N, sv.T
+    F_out = H * nd if (nd == 1 or m.merge_mode == "concat") else H
+    dout = V.as_float(dout, "dout", m.dtype)
+    if sv.unbatched:
+        V.check_shape(dout, "dout", (T, F_out), "the shape of out")
+        dout = dout[:, None, :] if not m.batch_first else dout[None]
+    else:
+        V.check_shape(dout, "dout", (N, T, F_out) if m.batch_first else (T, N, F_out),
+                      "the shape of out")
+    dt = V.seq_view(dout, time_major=not m.batch_first)
+    return dt if sv.perm is None else dt[:, sv.perm]
+
+
+def _final_state_grads(m, sv, dstates_n):
+    """The final-state gradients [(array|None, name)] -> sorted, C-contiguous, or None."""
+    dsn = []
+    for ds, name in dstates_n:
+        if ds is None:
+            dsn.append(None)
+            continue
+        arr = check_states(m, ds, name, sv.N, sv.unbatched)
+        if sv.perm is not None:
+            arr = arr[:, sv.perm]
+        dsn.append(np.ascontiguousarray(arr))
+    return dsn
+
+
+def _merge_backward(m, dt, last):
+    """Per-direction gradients of the last layer's h, (T, N, H) views each."""
+    H, nd = m.hidden_size, m.num_directions
+    if nd == 1 or m.merge_mode == "concat":
+        return [dt[:, :, d * H:(d + 1) * H] for d in range(nd)]
+    if m.merge_mode == "sum":
+        return [dt, dt]
+    if m.merge_mode == "ave":
+        half = dt * np.asarray(0.5, dtype=m.dtype)
+        return [half, half]
+    a, b = last[0][0], last[1][0]
+    return [dt * b, dt * a]
+
+
+def _layers_backward(m, sv, dlast, dsn):
+    """Every layer from the last, both directions: (dx (T, N, D) sorted, dstates0)."""
+    H, L, nd, N, T = m.hidden_size, m.num_layers, m.num_directions, sv.N, sv.T
+    dstates0 = [np.zeros((L * nd, N, H), dtype=m.dtype) for _ in range(m.n_states)]
+    zeros_nh = np.zeros((N, H), dtype=m.dtype)
+    dx = None
+    for k in reversed(range(L)):
+        x_in = sv.inputs[k]
+        Dk = x_in.shape[2]
+
+        def run(d, k=k, x_in=x_in, Dk=Dk):
+            p, g = m._weights(k, d)
+            s0 = [s[k * nd + d] for s in sv.states0]
+            dn = [zeros_nh if s is None else s[k * nd + d] for s in dsn]
+            ds0 = [s[k * nd + d] for s in dstates0]
+            dxd = _seq_alloc(m, T, N, Dk)
+            if not m.bias:
+                g = g[:2] + [np.zeros(m.G * H, m.dtype)] * 2
+            m._kernel.backward(dlast[d], dn, x_in, s0, p, sv.outputs[k][d], sv.kernel[k][d],
+                               dxd, ds0, g, d == 1, sv.batch_sizes, overwrite_saved=True)
+            return dxd
+
+        dxs = run_pair(run, nd, work=T * N * H * (H + Dk))
+        dx = dxs[0]
+        if nd == 2:
+            dx += dxs[1]
+        if k > 0:
+            # dx is the gradient of layer k-1's (dropped-out) output
+            if sv.masks[k - 1] is not None:
+                dx *= sv.masks[k - 1]
+                dx *= _dropout_scale(m)
+            dlast = [dx[:, :, d * H:(d + 1) * H] for d in range(nd)]
+    return dx, dstates0
+
+
+def backward(m, sv, dout, dstates_n):
+    """(dx, initial-state gradients) of the forward that saved ``sv``."""
+    dt = _check_dout(m, sv, dout)
+    dsn = _final_state_grads(m, sv, dstates_n)
+    dx, dstates0 = _layers_backward(m, sv, _merge_backward(m, dt, sv.outputs[-1]), dsn)
+    return _to_caller(m, dx, dstates0, sv.inv, sv.unbatched)
+
+
+# --------------------------------------------------------------------- step
+def step(m, x, states):
+    """One time step of every layer (inference; unidirectional models)."""
+    if m.bidirectional:
+        raise ValueError("step() needs a unidirectional model (the reverse direction "
+                         "needs the whole sequence)")
+    x = V.as_float(x, "x", m.dtype)
+    if x.ndim not in (1, 2) or x.shape[-1] != m.input_size:
+        raise ValueError(f"x: expected shape (N, D) or (D,) with D = {m.input_size}, "
+                         f"got {x.shape}")
+    unbatched = x.ndim == 1
+    x = V.rows_view(x[None] if unbatched else x)
+    N, H, L = x.shape[0], m.hidden_size, m.num_layers
+    st = [check_states(m, s, n, N, unbatched) for s, n in states]
+    new = [np.empty((L, 1, N, H), dtype=m.dtype) for _ in range(m.n_states)]
+    zero = np.zeros((N, H), dtype=m.dtype) if any(s is None for s in st) else None
+    inp = x[None]
+    for k in range(L):
+        p, _ = m._weights(k, 0)
+        s0 = [zero if s is None else np.ascontiguousarray(s[k]) for s in st]
+        outs = [n[k] for n in new]
+        m._kernel.forward(inp, s0, p, outs, False, None)
+        inp = outs[0]
+    y = new[0][L - 1, 0]
+    finals = [n[:, 0] for n in new]
+    if unbatched:
+        return y[0], [f[:, 0] for f in finals]
+    return y, finals
