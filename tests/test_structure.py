@@ -14,17 +14,13 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "rnncore"
 
-#: files allowed over MAX_LINES. reference.py is the specification, one document
-#: by design. The others are being split in another branch (issue 13, apps half;
-#: utils.py is 529 lines today): empty this set, keeping reference.py, once that
-#: branch is merged.
-ALLOWED_OVER_600 = {"reference.py", "charlm.py", "bench.py", "cli.py", "utils.py"}
+#: files allowed over MAX_LINES: reference.py is the specification, one
+#: document by design.
+ALLOWED_OVER_600 = {"reference.py"}
 MAX_LINES = 600
 
-#: modules still importing upward from rnncore/__init__ (owned by the apps branch
-#: of issue 13: cli.py `from . import __version__` -> `from ._version import
-#: __version__`; bench.py `import rnncore`). Empty after that branch is merged.
-ALLOWED_UPWARD = {"rnncore.cli", "rnncore.bench"}
+#: modules allowed to import upward from rnncore/__init__ (none)
+ALLOWED_UPWARD = set()
 
 #: the API layers that reach the compiled kernels only through rnncore._bindings
 BOUND = ("rnncore.functional", "rnncore._stack", "rnncore.models", "rnncore.cells")

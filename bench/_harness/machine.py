@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 import rnncore
+from rnncore._runtime.threads import parallel_directions_enabled as _parallel_directions_enabled
 
 from .contestants import seeded_rng
 from .timing import measure
@@ -98,7 +99,7 @@ def machine_header(threads, torch_mod=None):
         "blas_threads": cfg.get("blas_threads"),
         "blas_coretype_override": cfg.get("blas_coretype_override"),
         "kernel_simd": simd.simd_level(),
-        "parallel_directions": rnncore._threads.parallel_directions_enabled(),
+        "parallel_directions": _parallel_directions_enabled(),
         "threadpools": _threadpools(),
         "warnings": cfg.get("warnings", []),
     }

@@ -43,7 +43,7 @@ import time
 import traceback
 from dataclasses import asdict, fields
 
-from . import __version__
+from ._version import __version__
 from . import distributed as dist
 from ._cli_options import add_train_parser, int_at_least, number
 from ._terminal import Progress, StopOnSignal, fmt_time, rate, silenced, thread_limit
@@ -57,7 +57,7 @@ EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
 #: rnncore.charlm, where they are justified); these are the loop's. 1200 steps take
 #: about 1.5-2.5 minutes on a 2-core machine. BLAS threads: BLAS's own choice
 #: (--threads 0). The kernels run their small per-step GEMMs single-threaded by
-#: themselves (rnncore._threads) and all layers use the same (SciPy's) BLAS, so
+#: themselves (rnncore._runtime.threads) and all layers use the same (SciPy's) BLAS, so
 #: on an idle 2-core machine 2 threads train at 52k chars/s against 35k with
 #: one (measured); on a machine busy with other work, --threads 1 is safer.
 #: Options left unset on the command line are None, so that a resumed run can

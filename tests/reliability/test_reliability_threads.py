@@ -10,7 +10,7 @@
   BLAS threads the forward is bitwise identical and the weight gradients
   agree to float rounding (see docs/RELIABILITY.md).
 
-``python tests/test_reliability_threads.py`` prints the measured 2-thread
+``python tests/reliability/test_reliability_threads.py`` prints the measured 2-thread
 speedup (BLAS limited to one thread); the tests never assert on timing.
 """
 from __future__ import annotations
