@@ -1,11 +1,11 @@
-"""Vectorized activations (rc_simd.h) exposed to Python, and the SIMD level.
+"""Vectorized activations (rc_activations.h) exposed to Python, and the SIMD level.
 
 Used by the accuracy tests and ``rnncore.show_config()``; the cell kernels
 call the same C functions directly.
 """
 import numpy as np
 
-cdef extern from "rc_simd.h" nogil:
+cdef extern from "rc_activations.h" nogil:
     void rc_tanh_array_f(const float *x, float *y, Py_ssize_t n)
     void rc_tanh_array_d(const double *x, double *y, Py_ssize_t n)
     void rc_sigmoid_array_f(const float *x, float *y, Py_ssize_t n)
