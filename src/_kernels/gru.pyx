@@ -96,28 +96,33 @@ from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release,
 cdef extern from "rc_gru.h" nogil:
     enum: RC_GRU_N   # index of the n block (the last one: r, z come first)
     enum: RC_GRU_G   # number of gates
-    void rc_gru_fwd_f(float *g, Py_ssize_t ldg, const float *s, Py_ssize_t lds,
-                      const float *bx, const float *bh, const float *hp, Py_ssize_t ldhp,
-                      float *hn, Py_ssize_t ldhn, float *h, Py_ssize_t ldh,
-                      Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_fwd_d(double *g, Py_ssize_t ldg, const double *s, Py_ssize_t lds,
-                      const double *bx, const double *bh, const double *hp, Py_ssize_t ldhp,
-                      double *hn, Py_ssize_t ldhn, double *h, Py_ssize_t ldh,
-                      Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_bwd_f(float *dg, Py_ssize_t lddg, float *dan, Py_ssize_t lddan,
-                      const float *dh, Py_ssize_t lddh, float *carry, Py_ssize_t ldc,
-                      const float *g, Py_ssize_t ldg, const float *hn, Py_ssize_t ldhn,
-                      const float *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_bwd_d(double *dg, Py_ssize_t lddg, double *dan, Py_ssize_t lddan,
-                      const double *dh, Py_ssize_t lddh, double *carry, Py_ssize_t ldc,
-                      const double *g, Py_ssize_t ldg, const double *hn, Py_ssize_t ldhn,
-                      const double *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_bwd_ip_f(float *gd, Py_ssize_t ldgd, float *hnd, Py_ssize_t ldhnd,
-                         const float *dh, Py_ssize_t lddh, float *carry, Py_ssize_t ldc,
-                         const float *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_bwd_ip_d(double *gd, Py_ssize_t ldgd, double *hnd, Py_ssize_t ldhnd,
-                         const double *dh, Py_ssize_t lddh, double *carry, Py_ssize_t ldc,
-                         const double *hp, Py_ssize_t ldhp, Py_ssize_t rows, Py_ssize_t H)
+    ctypedef struct rc_gru_step:    # one step's arrays, (pointer, row stride) pairs
+        void *g
+        Py_ssize_t ldg
+        void *hn
+        Py_ssize_t ldhn
+        const void *hp
+        Py_ssize_t ldhp
+        void *h
+        Py_ssize_t ldh
+        const void *s
+        Py_ssize_t lds
+        const void *bx
+        const void *bh
+        void *dg
+        Py_ssize_t lddg
+        void *dan
+        Py_ssize_t lddan
+        const void *dh
+        Py_ssize_t lddh
+        void *carry
+        Py_ssize_t ldc
+    void rc_gru_fwd_f(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_fwd_d(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_bwd_f(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_bwd_d(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_bwd_ip_f(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_bwd_ip_d(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
 
 #: What `forward` saves for `backward`: the gate activations [r | z | n]
 #: (T, N, 3H) and hidden_n = h_{t-1} W_hn + b_hn (T, N, H).
@@ -128,46 +133,59 @@ GRUSaved = namedtuple("GRUSaved", ["gates", "hidden_n"])
 # Rows [r0, r0 + rows) of step t of this share, from the previous states hp
 # (rows ldhp apart): h_{t-1}, or h0 for rows that start at t.
 
+cdef inline void gru_at(const Loop *L, Py_ssize_t t, Py_ssize_t r0, const floating *hp,
+                        Py_ssize_t ldhp, rc_gru_step *st) noexcept nogil:
+    """st := the saved arrays' rows [r0, ...) at step t, and the previous states."""
+    st.g = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
+    st.ldg = L.g.sn
+    st.hn = <floating *>L.hn.p + t * L.hn.st + r0 * L.hn.sn
+    st.ldhn = L.hn.sn
+    st.hp = hp
+    st.ldhp = ldhp
+
+
 cdef inline void gru_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
                           const floating *s, Py_ssize_t lds, const floating *hp,
                           Py_ssize_t ldhp) noexcept nogil:
     # r, z = σ(g + bx + s + bh);  hn = s_n + bh_n;  n = tanh(g_n + bx_n + r hn)
     # h = (1 - z) n + z h_prev;  g = [r | z | n]      (s = h_prev Wh, all three gates)
-    cdef floating *g = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
-    cdef floating *hn = <floating *>L.hn.p + t * L.hn.st + r0 * L.hn.sn
-    cdef floating *h = <floating *>L.h.p + t * L.h.st + r0 * L.h.sn
-    cdef const floating *bx = <const floating *>L.b
-    cdef const floating *bh = <const floating *>L.bh
+    cdef rc_gru_step st
+    gru_at(L, t, r0, hp, ldhp, &st)
+    st.h = <floating *>L.h.p + t * L.h.st + r0 * L.h.sn
+    st.ldh = L.h.sn
+    st.s = s
+    st.lds = lds
+    st.bx = L.b
+    st.bh = L.bh
     if floating is float:
-        rc_gru_fwd_f(g, L.g.sn, s, lds, bx, bh, hp, ldhp, hn, L.hn.sn, h, L.h.sn, rows, L.H)
+        rc_gru_fwd_f(&st, rows, L.H)
     else:
-        rc_gru_fwd_d(g, L.g.sn, s, lds, bx, bh, hp, ldhp, hn, L.hn.sn, h, L.h.sn, rows, L.H)
+        rc_gru_fwd_d(&st, rows, L.H)
 
 
 cdef inline void gru_drows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
                            const floating *hp, Py_ssize_t ldhp) noexcept nogil:
     # d = dh + carry;  dG = [da_r | da_z | da_n r];  dAn = da_n;  carry = d z
     # (in place when dG is the saved gates and dAn hidden_n: backward's overwrite_saved)
-    cdef Py_ssize_t ldc = L.P * L.H
-    cdef floating *dg = <floating *>L.dg.p + t * L.dg.st + r0 * L.dg.sn
-    cdef floating *dan = <floating *>L.dan.p + t * L.dan.st + r0 * L.dan.sn
-    cdef const floating *dh = <const floating *>L.dh.p + t * L.dh.st + r0 * L.dh.sn
-    cdef const floating *g = <const floating *>L.g.p + t * L.g.st + r0 * L.g.sn
-    cdef const floating *hn = <const floating *>L.hn.p + t * L.hn.st + r0 * L.hn.sn
-    cdef floating *carry = <floating *>L.carry + r0 * ldc
+    cdef rc_gru_step st
+    gru_at(L, t, r0, hp, ldhp, &st)
+    st.dg = <floating *>L.dg.p + t * L.dg.st + r0 * L.dg.sn
+    st.lddg = L.dg.sn
+    st.dan = <floating *>L.dan.p + t * L.dan.st + r0 * L.dan.sn
+    st.lddan = L.dan.sn
+    st.dh = <const floating *>L.dh.p + t * L.dh.st + r0 * L.dh.sn
+    st.lddh = L.dh.sn
+    st.ldc = L.P * L.H
+    st.carry = <floating *>L.carry + r0 * st.ldc
     if L.dg.p == L.g.p:
         if floating is float:
-            rc_gru_bwd_ip_f(dg, L.dg.sn, dan, L.dan.sn, dh, L.dh.sn, carry, ldc, hp, ldhp,
-                            rows, L.H)
+            rc_gru_bwd_ip_f(&st, rows, L.H)
         else:
-            rc_gru_bwd_ip_d(dg, L.dg.sn, dan, L.dan.sn, dh, L.dh.sn, carry, ldc, hp, ldhp,
-                            rows, L.H)
+            rc_gru_bwd_ip_d(&st, rows, L.H)
     elif floating is float:
-        rc_gru_bwd_f(dg, L.dg.sn, dan, L.dan.sn, dh, L.dh.sn, carry, ldc, g, L.g.sn, hn,
-                     L.hn.sn, hp, ldhp, rows, L.H)
+        rc_gru_bwd_f(&st, rows, L.H)
     else:
-        rc_gru_bwd_d(dg, L.dg.sn, dan, L.dan.sn, dh, L.dh.sn, carry, ldc, g, L.g.sn, hn,
-                     L.hn.sn, hp, ldhp, rows, L.H)
+        rc_gru_bwd_d(&st, rows, L.H)
 
 
 # ----------------------------------------------------------------- time loops

@@ -71,28 +71,30 @@ from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release,
 
 cdef extern from "rc_lstm.h" nogil:
     enum: RC_LSTM_GATES
-    void rc_lstm_fwd_f(float *a, Py_ssize_t lda, const float *b,
-                       const float *cp, Py_ssize_t ldcp, float *c, Py_ssize_t ldc,
-                       float *h, Py_ssize_t ldh, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_fwd_d(double *a, Py_ssize_t lda, const double *b,
-                       const double *cp, Py_ssize_t ldcp, double *c, Py_ssize_t ldc,
-                       double *h, Py_ssize_t ldh, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_bwd_f(float *dg, Py_ssize_t lddg, const float *dh, Py_ssize_t lddh,
-                       const float *ch, Py_ssize_t ldch, float *cc, Py_ssize_t ldcc,
-                       const float *g, Py_ssize_t ldg, const float *c, Py_ssize_t ldc,
-                       const float *cp, Py_ssize_t ldcp, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_bwd_d(double *dg, Py_ssize_t lddg, const double *dh, Py_ssize_t lddh,
-                       const double *ch, Py_ssize_t ldch, double *cc, Py_ssize_t ldcc,
-                       const double *g, Py_ssize_t ldg, const double *c, Py_ssize_t ldc,
-                       const double *cp, Py_ssize_t ldcp, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_bwd_ip_f(float *gd, Py_ssize_t ldgd, const float *dh, Py_ssize_t lddh,
-                          const float *ch, Py_ssize_t ldch, float *cc, Py_ssize_t ldcc,
-                          const float *c, Py_ssize_t ldc,
-                          const float *cp, Py_ssize_t ldcp, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_bwd_ip_d(double *gd, Py_ssize_t ldgd, const double *dh, Py_ssize_t lddh,
-                          const double *ch, Py_ssize_t ldch, double *cc, Py_ssize_t ldcc,
-                          const double *c, Py_ssize_t ldc,
-                          const double *cp, Py_ssize_t ldcp, Py_ssize_t rows, Py_ssize_t H)
+    ctypedef struct rc_lstm_step:   # one step's arrays, (pointer, row stride) pairs
+        void *g
+        Py_ssize_t ldg
+        void *c
+        Py_ssize_t ldc
+        const void *cp
+        Py_ssize_t ldcp
+        void *h
+        Py_ssize_t ldh
+        const void *b
+        void *dg
+        Py_ssize_t lddg
+        const void *dh
+        Py_ssize_t lddh
+        const void *ch
+        Py_ssize_t ldch
+        void *cc
+        Py_ssize_t ldcc
+    void rc_lstm_fwd_f(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_lstm_fwd_d(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_lstm_bwd_f(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_lstm_bwd_d(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_lstm_bwd_ip_f(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_lstm_bwd_ip_d(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
 
 #: What `forward` saves for `backward`: the gate activations (T, N, 4H).
 LSTMSaved = namedtuple("LSTMSaved", ["gates"])
@@ -102,16 +104,29 @@ LSTMSaved = namedtuple("LSTMSaved", ["gates"])
 # Rows [r0, r0 + rows) of step t of this share, from the previous cell states
 # cp (rows ldcp apart): c_{t-1}, or c0 for rows that start at t.
 
+cdef inline void lstm_at(const Loop *L, Py_ssize_t t, Py_ssize_t r0, const floating *cp,
+                         Py_ssize_t ldcp, rc_lstm_step *st) noexcept nogil:
+    """st := the gates' and cell states' rows [r0, ...) at step t, and the previous cells."""
+    st.g = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
+    st.ldg = L.g.sn
+    st.c = <floating *>L.c.p + t * L.c.st + r0 * L.c.sn
+    st.ldc = L.c.sn
+    st.cp = cp
+    st.ldcp = ldcp
+
+
 cdef inline void lstm_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
                            const floating *cp, Py_ssize_t ldcp) noexcept nogil:
     # [i, f, g, o] = σ, σ, tanh, σ of (a + b);  c = f c_prev + i g;  h = o tanh(c)
-    cdef floating *a = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
-    cdef floating *c = <floating *>L.c.p + t * L.c.st + r0 * L.c.sn
-    cdef floating *h = <floating *>L.h.p + t * L.h.st + r0 * L.h.sn
+    cdef rc_lstm_step st
+    lstm_at(L, t, r0, cp, ldcp, &st)
+    st.h = <floating *>L.h.p + t * L.h.st + r0 * L.h.sn
+    st.ldh = L.h.sn
+    st.b = L.b
     if floating is float:
-        rc_lstm_fwd_f(a, L.g.sn, <const float *>L.b, cp, ldcp, c, L.c.sn, h, L.h.sn, rows, L.H)
+        rc_lstm_fwd_f(&st, rows, L.H)
     else:
-        rc_lstm_fwd_d(a, L.g.sn, <const double *>L.b, cp, ldcp, c, L.c.sn, h, L.h.sn, rows, L.H)
+        rc_lstm_fwd_d(&st, rows, L.H)
 
 
 cdef inline void lstm_drows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
@@ -119,26 +134,24 @@ cdef inline void lstm_drows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize
     # d = dh + carry_h;  dc = carry_c + d o (1 - tanh²c)
     # dA = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g²), d tanh(c) o(1-o)];  carry_c = dc f
     # (in place when dA is the saved gates: see backward's overwrite_saved)
-    cdef Py_ssize_t ldcc = L.P * L.H
-    cdef floating *dg = <floating *>L.dg.p + t * L.dg.st + r0 * L.dg.sn
-    cdef const floating *dh = <const floating *>L.dh.p + t * L.dh.st + r0 * L.dh.sn
-    cdef const floating *g = <const floating *>L.g.p + t * L.g.st + r0 * L.g.sn
-    cdef const floating *c = <const floating *>L.c.p + t * L.c.st + r0 * L.c.sn
-    cdef const floating *ch = <const floating *>L.carry + r0 * ldcc
-    cdef floating *cc = <floating *>L.carry_c + r0 * ldcc
+    cdef rc_lstm_step st
+    lstm_at(L, t, r0, cp, ldcp, &st)
+    st.dg = <floating *>L.dg.p + t * L.dg.st + r0 * L.dg.sn
+    st.lddg = L.dg.sn
+    st.dh = <const floating *>L.dh.p + t * L.dh.st + r0 * L.dh.sn
+    st.lddh = L.dh.sn
+    st.ldch = st.ldcc = L.P * L.H
+    st.ch = <const floating *>L.carry + r0 * st.ldch
+    st.cc = <floating *>L.carry_c + r0 * st.ldcc
     if L.dg.p == L.g.p:
         if floating is float:
-            rc_lstm_bwd_ip_f(dg, L.dg.sn, dh, L.dh.sn, ch, ldcc, cc, ldcc, c, L.c.sn, cp, ldcp,
-                             rows, L.H)
+            rc_lstm_bwd_ip_f(&st, rows, L.H)
         else:
-            rc_lstm_bwd_ip_d(dg, L.dg.sn, dh, L.dh.sn, ch, ldcc, cc, ldcc, c, L.c.sn, cp, ldcp,
-                             rows, L.H)
+            rc_lstm_bwd_ip_d(&st, rows, L.H)
     elif floating is float:
-        rc_lstm_bwd_f(dg, L.dg.sn, dh, L.dh.sn, ch, ldcc, cc, ldcc, g, L.g.sn, c, L.c.sn, cp,
-                      ldcp, rows, L.H)
+        rc_lstm_bwd_f(&st, rows, L.H)
     else:
-        rc_lstm_bwd_d(dg, L.dg.sn, dh, L.dh.sn, ch, ldcc, cc, ldcc, g, L.g.sn, c, L.c.sn, cp,
-                      ldcp, rows, L.H)
+        rc_lstm_bwd_d(&st, rows, L.H)
 
 
 # ----------------------------------------------------------------- time loops
