@@ -90,102 +90,19 @@ from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, workspace, check_inputs, check_grads, copy_rows)
+from _pass cimport rc_pass, run_pass
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
                     contiguous)
 
 cdef extern from "rc_gru.h" nogil:
     enum: RC_GRU_N   # index of the n block (the last one: r, z come first)
     enum: RC_GRU_G   # number of gates
-    ctypedef struct rc_gru_step:    # one step's arrays, (pointer, row stride) pairs
-        void *g
-        Py_ssize_t ldg
-        void *hn
-        Py_ssize_t ldhn
-        const void *hp
-        Py_ssize_t ldhp
-        void *h
-        Py_ssize_t ldh
-        const void *s
-        Py_ssize_t lds
-        const void *bx
-        const void *bh
-        void *dg
-        Py_ssize_t lddg
-        void *dan
-        Py_ssize_t lddan
-        const void *dh
-        Py_ssize_t lddh
-        void *carry
-        Py_ssize_t ldc
-    void rc_gru_fwd_f(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_fwd_d(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_bwd_f(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_bwd_d(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_bwd_ip_f(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_gru_bwd_ip_d(const rc_gru_step *st, Py_ssize_t rows, Py_ssize_t H)
+    # the fused passes (rc_gru_fwd_*, rc_gru_bwd_*, rc_gru_bwd_ip_*) by kind and dtype
+    void rc_gru_pass(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H)
 
 #: What `forward` saves for `backward`: the gate activations [r | z | n]
 #: (T, N, 3H) and hidden_n = h_{t-1} W_hn + b_hn (T, N, H).
 GRUSaved = namedtuple("GRUSaved", ["gates", "hidden_n"])
-
-
-# ----------------------------------------------------------------- step helpers
-# Rows [r0, r0 + rows) of step t of this share, from the previous states hp
-# (rows ldhp apart): h_{t-1}, or h0 for rows that start at t.
-
-cdef inline void gru_at(const Loop *L, Py_ssize_t t, Py_ssize_t r0, const floating *hp,
-                        Py_ssize_t ldhp, rc_gru_step *st) noexcept nogil:
-    """st := the saved arrays' rows [r0, ...) at step t, and the previous states."""
-    st.g = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
-    st.ldg = L.g.sn
-    st.hn = <floating *>L.hn.p + t * L.hn.st + r0 * L.hn.sn
-    st.ldhn = L.hn.sn
-    st.hp = hp
-    st.ldhp = ldhp
-
-
-cdef inline void gru_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
-                          const floating *s, Py_ssize_t lds, const floating *hp,
-                          Py_ssize_t ldhp) noexcept nogil:
-    # r, z = σ(g + bx + s + bh);  hn = s_n + bh_n;  n = tanh(g_n + bx_n + r hn)
-    # h = (1 - z) n + z h_prev;  g = [r | z | n]      (s = h_prev Wh, all three gates)
-    cdef rc_gru_step st
-    gru_at(L, t, r0, hp, ldhp, &st)
-    st.h = <floating *>L.h.p + t * L.h.st + r0 * L.h.sn
-    st.ldh = L.h.sn
-    st.s = s
-    st.lds = lds
-    st.bx = L.b
-    st.bh = L.bh
-    if floating is float:
-        rc_gru_fwd_f(&st, rows, L.H)
-    else:
-        rc_gru_fwd_d(&st, rows, L.H)
-
-
-cdef inline void gru_drows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
-                           const floating *hp, Py_ssize_t ldhp) noexcept nogil:
-    # d = dh + carry;  dG = [da_r | da_z | da_n r];  dAn = da_n;  carry = d z
-    # (in place when dG is the saved gates and dAn hidden_n: backward's overwrite_saved)
-    cdef rc_gru_step st
-    gru_at(L, t, r0, hp, ldhp, &st)
-    st.dg = <floating *>L.dg.p + t * L.dg.st + r0 * L.dg.sn
-    st.lddg = L.dg.sn
-    st.dan = <floating *>L.dan.p + t * L.dan.st + r0 * L.dan.sn
-    st.lddan = L.dan.sn
-    st.dh = <const floating *>L.dh.p + t * L.dh.st + r0 * L.dh.sn
-    st.lddh = L.dh.sn
-    st.ldc = L.P * L.H
-    st.carry = <floating *>L.carry + r0 * st.ldc
-    if L.dg.p == L.g.p:
-        if floating is float:
-            rc_gru_bwd_ip_f(&st, rows, L.H)
-        else:
-            rc_gru_bwd_ip_d(&st, rows, L.H)
-    elif floating is float:
-        rc_gru_bwd_f(&st, rows, L.H)
-    else:
-        rc_gru_bwd_d(&st, rows, L.H)
 
 
 # ----------------------------------------------------------------- time loops
@@ -203,15 +120,18 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     for i in range(L.T):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
+        # then, fused (rc_gru_fwd_*), for the rows of h_prev = h_tp or h0:
+        #   r, z = σ(g + bx + S + bh);  hn = S_n + bh_n;  n = tanh(g_n + bx_n + r hn)
+        #   h_t = (1 - z) n + z h_prev;  g = [r | z | n]
         if Bc > 0:
             # S[:Bc] = h_tp[:Bc] @ Wh           (Bc, 3H) = (Bc, H)(H, 3H)
             mm_step(Bc, GH, H, h + tp * h_st, h_sn, L.wh, <floating>0, s, s_ld)
-            gru_rows(L, t, 0, Bc, s, s_ld, h + tp * h_st, h_sn)
+            run_pass(L, rc_gru_pass, False, L.hn, t, 0, Bc, h + tp * h_st, h_sn)
         if B > Bc:
             # S[Bc:B] = h0[Bc:B] @ Wh           (B-Bc, 3H) = (B-Bc, H)(H, 3H)
             mm_step(B - Bc, GH, H, h0 + Bc * h0_ld, h0_ld, L.wh, <floating>0,
                     s + Bc * s_ld, s_ld)
-            gru_rows(L, t, Bc, B - Bc, s + Bc * s_ld, s_ld, h0 + Bc * h0_ld, h0_ld)
+            run_pass(L, rc_gru_pass, False, L.hn, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld)
         if B < M:
             # padding: h_t[B:] = 0 (and no stale projections in the saved arrays)
             scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, H, <floating>0)
@@ -232,11 +152,13 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
-        # dG_t[:B], dAn_t[:B] and carry[:B] = d z, from d = dh_t + carry
+        # fused (rc_gru_bwd_*), from d = dh_t + carry and h_prev = h_tp or h0:
+        #   dG_t = [da_r | da_z | da_n r];  dAn_t = da_n;  carry = d z
+        # (in place when dG is the saved gates and dAn hidden_n: overwrite_saved)
         if Bc > 0:
-            gru_drows(L, t, 0, Bc, h + tp * L.h.st, L.h.sn)
+            run_pass(L, rc_gru_pass, True, L.hn, t, 0, Bc, h + tp * L.h.st, L.h.sn)
         if B > Bc:
-            gru_drows(L, t, Bc, B - Bc, h0 + Bc * ldc, ldc)
+            run_pass(L, rc_gru_pass, True, L.hn, t, Bc, B - Bc, h0 + Bc * ldc, ldc)
         if B < M:
             scale_rows(dgt + B * dg_sn, dg_sn, M - B, GH, <floating>0)
             scale_rows(<floating *>L.dan.p + t * L.dan.st + B * L.dan.sn, L.dan.sn, M - B, H,

@@ -66,92 +66,17 @@ from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
 from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, seq_empty, workspace, check_inputs, check_grads, copy_rows)
+from _pass cimport rc_pass, run_pass
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
                     contiguous)
 
 cdef extern from "rc_lstm.h" nogil:
     enum: RC_LSTM_GATES
-    ctypedef struct rc_lstm_step:   # one step's arrays, (pointer, row stride) pairs
-        void *g
-        Py_ssize_t ldg
-        void *c
-        Py_ssize_t ldc
-        const void *cp
-        Py_ssize_t ldcp
-        void *h
-        Py_ssize_t ldh
-        const void *b
-        void *dg
-        Py_ssize_t lddg
-        const void *dh
-        Py_ssize_t lddh
-        const void *ch
-        Py_ssize_t ldch
-        void *cc
-        Py_ssize_t ldcc
-    void rc_lstm_fwd_f(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_fwd_d(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_bwd_f(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_bwd_d(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_bwd_ip_f(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
-    void rc_lstm_bwd_ip_d(const rc_lstm_step *st, Py_ssize_t rows, Py_ssize_t H)
+    # the fused passes (rc_lstm_fwd_*, rc_lstm_bwd_*, rc_lstm_bwd_ip_*) by kind and dtype
+    void rc_lstm_pass(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H)
 
 #: What `forward` saves for `backward`: the gate activations (T, N, 4H).
 LSTMSaved = namedtuple("LSTMSaved", ["gates"])
-
-
-# ----------------------------------------------------------------- step helpers
-# Rows [r0, r0 + rows) of step t of this share, from the previous cell states
-# cp (rows ldcp apart): c_{t-1}, or c0 for rows that start at t.
-
-cdef inline void lstm_at(const Loop *L, Py_ssize_t t, Py_ssize_t r0, const floating *cp,
-                         Py_ssize_t ldcp, rc_lstm_step *st) noexcept nogil:
-    """st := the gates' and cell states' rows [r0, ...) at step t, and the previous cells."""
-    st.g = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
-    st.ldg = L.g.sn
-    st.c = <floating *>L.c.p + t * L.c.st + r0 * L.c.sn
-    st.ldc = L.c.sn
-    st.cp = cp
-    st.ldcp = ldcp
-
-
-cdef inline void lstm_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
-                           const floating *cp, Py_ssize_t ldcp) noexcept nogil:
-    # [i, f, g, o] = σ, σ, tanh, σ of (a + b);  c = f c_prev + i g;  h = o tanh(c)
-    cdef rc_lstm_step st
-    lstm_at(L, t, r0, cp, ldcp, &st)
-    st.h = <floating *>L.h.p + t * L.h.st + r0 * L.h.sn
-    st.ldh = L.h.sn
-    st.b = L.b
-    if floating is float:
-        rc_lstm_fwd_f(&st, rows, L.H)
-    else:
-        rc_lstm_fwd_d(&st, rows, L.H)
-
-
-cdef inline void lstm_drows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
-                            const floating *cp, Py_ssize_t ldcp) noexcept nogil:
-    # d = dh + carry_h;  dc = carry_c + d o (1 - tanh²c)
-    # dA = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g²), d tanh(c) o(1-o)];  carry_c = dc f
-    # (in place when dA is the saved gates: see backward's overwrite_saved)
-    cdef rc_lstm_step st
-    lstm_at(L, t, r0, cp, ldcp, &st)
-    st.dg = <floating *>L.dg.p + t * L.dg.st + r0 * L.dg.sn
-    st.lddg = L.dg.sn
-    st.dh = <const floating *>L.dh.p + t * L.dh.st + r0 * L.dh.sn
-    st.lddh = L.dh.sn
-    st.ldch = st.ldcc = L.P * L.H
-    st.ch = <const floating *>L.carry + r0 * st.ldch
-    st.cc = <floating *>L.carry_c + r0 * st.ldcc
-    if L.dg.p == L.g.p:
-        if floating is float:
-            rc_lstm_bwd_ip_f(&st, rows, L.H)
-        else:
-            rc_lstm_bwd_ip_d(&st, rows, L.H)
-    elif floating is float:
-        rc_lstm_bwd_f(&st, rows, L.H)
-    else:
-        rc_lstm_bwd_d(&st, rows, L.H)
 
 
 # ----------------------------------------------------------------- time loops
@@ -172,15 +97,17 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from (h0, c0) here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         at = <floating *>L.g.p + t * L.g.st
+        # then, fused (rc_lstm_fwd_*), for the rows of c_prev = c_tp or c0:
+        #   [i, f, g, o] = σ, σ, tanh, σ of (A_t + b);  c_t = f c_prev + i g;  h_t = o tanh(c_t)
         if Bc > 0:
             # A_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, 4H) += (Bc, H)(H, 4H)
             mm_step(Bc, GH, H, h + tp * h_st, h_sn, L.wh, <floating>1, at, a_sn)
-            lstm_rows(L, t, 0, Bc, c + tp * L.c.st, L.c.sn)
+            run_pass(L, rc_lstm_pass, False, L.c, t, 0, Bc, c + tp * L.c.st, L.c.sn)
         if B > Bc:
             # A_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, 4H) += (B-Bc, H)(H, 4H)
             mm_step(B - Bc, GH, H, h0 + Bc * s0_ld, s0_ld, L.wh, <floating>1, at + Bc * a_sn,
                     a_sn)
-            lstm_rows(L, t, Bc, B - Bc, c0 + Bc * s0_ld, s0_ld)
+            run_pass(L, rc_lstm_pass, False, L.c, t, Bc, B - Bc, c0 + Bc * s0_ld, s0_ld)
         if B < M:
             # padding: h_t[B:] = c_t[B:] = 0 (and no stale projections in the saved gates)
             scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, H, <floating>0)
@@ -200,11 +127,14 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
-        # dA_t[:B] and carry_c[:B] from (dh_t + carry_h), the gates, c_t and c_prev
+        # fused (rc_lstm_bwd_*), from d = dh_t + carry_h, the gates, c_t and c_prev:
+        #   dc = carry_c + d o (1 - tanh²c_t);  carry_c = dc f
+        #   dA_t = [dc g i(1-i) | dc c_prev f(1-f) | dc i (1-g²) | d tanh(c_t) o(1-o)]
+        # (in place when dA is the saved gates: overwrite_saved)
         if Bc > 0:
-            lstm_drows(L, t, 0, Bc, c + tp * L.c.st, L.c.sn)
+            run_pass(L, rc_lstm_pass, True, L.c, t, 0, Bc, c + tp * L.c.st, L.c.sn)
         if B > Bc:
-            lstm_drows(L, t, Bc, B - Bc, c0 + Bc * ldc, ldc)
+            run_pass(L, rc_lstm_pass, True, L.c, t, Bc, B - Bc, c0 + Bc * ldc, ldc)
         if B < M:
             scale_rows(dgt + B * dg_sn, dg_sn, M - B, GH, <floating>0)
         # carry_h[:B] = dA_t[:B] @ Wh^T          (B, H) = (B, 4H)(H, 4H)^T

@@ -5,7 +5,7 @@
 #ifndef RC_GRU_H
 #define RC_GRU_H
 
-#include "rc_activations.h"
+#include "rc_pass.h"
 
 /* ================================================================ GRU
  * Gates r, z, n along the 3H axis (PyTorch order); rc_gru_* are the fused
@@ -15,28 +15,6 @@
  * lets GCC vectorize without run-time alias checks. */
 enum { RC_GRU_R = 0, RC_GRU_Z = 1, RC_GRU_N = 2, RC_GRU_G = 3 };
 
-/* One step's arrays for a GRU pass, as (pointer, row stride) pairs; float or
- * double per the pass (void *: one struct serves both). Forward reads x Wx
- * from g, s = h_prev Wh, bx, bh and hp, writes g, hn, h; backward reads dh,
- * carry, g, hn, hp, writes dg, dan, carry (in place: dg is g, dan is hn). */
-/* The passes take their arrays in one struct (rc_gru_step) and load them into
- * `restrict` locals; GCC does not take aliasing facts from those, so each
- * element loop carries `GCC ivdep` (no dependence between iterations: every
- * array is distinct, or the very element read is the one written) -- without
- * it none of these loops vectorizes (checked with -fopt-info-vec). */
-typedef struct {
-    void *g; rc_idx ldg;          /* gates [r | z | n] (T, N, 3H) step rows */
-    void *hn; rc_idx ldhn;        /* hidden_n = h_prev W_hn + b_hn */
-    const void *hp; rc_idx ldhp;  /* h_prev: h_{t-1}, or h0 where a row starts */
-    void *h; rc_idx ldh;          /* forward: h_t */
-    const void *s; rc_idx lds;    /* forward: h_prev Wh, all three gates */
-    const void *bx, *bh;          /* forward: the two biases (3H,) */
-    void *dg; rc_idx lddg;        /* backward: the hidden side's gradient */
-    void *dan; rc_idx lddan;      /* backward: the input side's n block */
-    const void *dh; rc_idx lddh;  /* backward: the upstream gradient */
-    void *carry; rc_idx ldc;      /* backward: dh carry */
-} rc_gru_step;
-
 /* GRU forward, fused: from g = x Wx (the input projection, overwritten with
  * the activations) and s = h_prev Wh (all three gates, scratch):
  *   r  = σ(g_r + bx_r + s_r + bh_r)          z = σ(g_z + bx_z + s_z + bh_z)
@@ -44,13 +22,11 @@ typedef struct {
  *   h  = (1 - z) ⊙ n + z ⊙ h_prev
  * stores g = [r | z | n], hn and h. */
 #define RC_DEFINE_GRU_FWD(NAME, T, SIG, TANH)                                   \
-    RC_CLONES static void NAME(const rc_gru_step *st, rc_idx rows, rc_idx H)    \
+    RC_CLONES static void NAME(const rc_pass *st, rc_idx rows, rc_idx H)        \
     {                                                                           \
-        T *restrict g = (T *)st->g, *restrict hn = (T *)st->hn, *restrict h = (T *)st->h; \
-        const T *restrict s = (const T *)st->s, *restrict hp = (const T *)st->hp; \
-        const T *restrict bx = (const T *)st->bx, *restrict bh = (const T *)st->bh; \
-        const rc_idx ldg = st->ldg, ldhn = st->ldhn, ldh = st->ldh;            \
-        const rc_idx lds = st->lds, ldhp = st->ldhp;                            \
+        RC_ROWS(T, g, ldg, g) RC_ROWS(T, hn, ldhn, s) RC_ROWS(T, h, ldh, h)     \
+        RC_ROWS(const T, s, lds, hw) RC_ROWS(const T, hp, ldhp, prev)           \
+        const T *restrict bx = (const T *)st->b, *restrict bh = (const T *)st->bh; \
         const T *bxr = bx + RC_GRU_R * H, *bxz = bx + RC_GRU_Z * H, *bxn = bx + RC_GRU_N * H; \
         const T *bhr = bh + RC_GRU_R * H, *bhz = bh + RC_GRU_Z * H, *bhn = bh + RC_GRU_N * H; \
         for (rc_idx q = 0; q < rows; q++) {                                     \
@@ -104,29 +80,27 @@ RC_DEFINE_GRU_FWD(rc_gru_fwd_d, double, rc_sigmoidd, rc_tanhd)
                 cq[j] = d * z;                                                  \
             }                                                                   \
         }
-/* the arrays both variants read the same way: the upstream gradient, the
- * carry and the previous states */
+/* both variants: in dh, hp; in and out the carry */
 #define RC_GRU_BWD_COMMON(T)                                                    \
-        const T *restrict dh = (const T *)st->dh, *restrict hp = (const T *)st->hp; \
-        T *restrict carry = (T *)st->carry;                                     \
-        const rc_idx lddh = st->lddh, ldc = st->ldc, ldhp = st->ldhp;
+        RC_ROWS(const T, dh, lddh, dh) RC_ROWS(const T, hp, ldhp, prev) RC_ROWS(T, carry, ldc, carry)
 #define RC_DEFINE_GRU_BWD(NAME, NAME_IP, T)                                     \
-    RC_CLONES static void NAME(const rc_gru_step *st, rc_idx rows, rc_idx H)    \
+    RC_CLONES static void NAME(const rc_pass *st, rc_idx rows, rc_idx H)        \
     {                                                                           \
         RC_GRU_BWD_COMMON(T)                                                    \
-        T *restrict dg = (T *)st->dg, *restrict dan = (T *)st->dan;             \
-        const T *restrict g = (const T *)st->g, *restrict hn = (const T *)st->hn; \
-        const rc_idx lddg = st->lddg, lddan = st->lddan, ldg = st->ldg, ldhn = st->ldhn; \
+        RC_ROWS(T, dg, lddg, dg) RC_ROWS(T, dan, lddan, dan)                    \
+        RC_ROWS(const T, g, ldg, g) RC_ROWS(const T, hn, ldhn, s)               \
         RC_GRU_BWD_BODY(T, dg, lddg, dan, lddan, g, ldg, hn, ldhn)              \
     }                                                                           \
-    RC_CLONES static void NAME_IP(const rc_gru_step *st, rc_idx rows, rc_idx H) \
+    /* in place: dG over the saved gates (st->g), dAn over hidden_n (st->s) */  \
+    RC_CLONES static void NAME_IP(const rc_pass *st, rc_idx rows, rc_idx H)     \
     {                                                                           \
         RC_GRU_BWD_COMMON(T)                                                    \
-        T *restrict gd = (T *)st->g, *restrict hnd = (T *)st->hn;               \
-        const rc_idx ldgd = st->ldg, ldhnd = st->ldhn;                          \
+        RC_ROWS(T, gd, ldgd, g) RC_ROWS(T, hnd, ldhnd, s)                       \
         RC_GRU_BWD_BODY(T, gd, ldgd, hnd, ldhnd, gd, ldgd, hnd, ldhnd)          \
     }
 RC_DEFINE_GRU_BWD(rc_gru_bwd_f, rc_gru_bwd_ip_f, float)
 RC_DEFINE_GRU_BWD(rc_gru_bwd_d, rc_gru_bwd_ip_d, double)
+RC_DEFINE_PASSES(rc_gru_pass, rc_gru_fwd_f, rc_gru_fwd_d, rc_gru_bwd_f, rc_gru_bwd_d,
+                 rc_gru_bwd_ip_f, rc_gru_bwd_ip_d)
 
 #endif /* RC_GRU_H */

@@ -5,44 +5,22 @@
 #ifndef RC_LSTM_H
 #define RC_LSTM_H
 
-#include "rc_activations.h"
+#include "rc_pass.h"
 
 /* ================================================================ LSTM
  * Gates i, f, g, o along the 4H axis (PyTorch order); rc_lstm_* are the
  * fused per-step passes of src/_kernels/lstm.pyx. */
 enum { RC_LSTM_I = 0, RC_LSTM_F = 1, RC_LSTM_G = 2, RC_LSTM_O = 3, RC_LSTM_GATES = 4 };
 
-/* One step's arrays for an LSTM pass, as (pointer, row stride) pairs; float or
- * double per the pass (void *: one struct serves both). Forward reads the
- * pre-activations from g, b and cp, writes g (the activations), c, h; backward
- * reads dh, ch, cc, g, c, cp, writes dg (in place: dg is g) and cc. */
-/* The passes take their arrays in one struct (rc_lstm_step) and load them into
- * `restrict` locals; GCC does not take aliasing facts from those, so each
- * element loop carries `GCC ivdep` (no dependence between iterations: every
- * array is distinct, or the very element read is the one written) -- without
- * it none of these loops vectorizes (checked with -fopt-info-vec). */
-typedef struct {
-    void *g; rc_idx ldg;          /* gates [i | f | g | o] (T, N, 4H) step rows */
-    void *c; rc_idx ldc;          /* c_t */
-    const void *cp; rc_idx ldcp;  /* c_prev: c_{t-1}, or c0 where a row starts */
-    void *h; rc_idx ldh;          /* forward: h_t */
-    const void *b;                /* forward: the bias (4H,) */
-    void *dg; rc_idx lddg;        /* backward: the pre-activation gradient */
-    const void *dh; rc_idx lddh;  /* backward: the upstream gradient */
-    const void *ch; rc_idx ldch;  /* backward: dh carry (read) */
-    void *cc; rc_idx ldcc;        /* backward: dc carry */
-} rc_lstm_step;
-
 /* LSTM forward, fused: a = x Wx + h_prev Wh (in g) + b;
  *   i, f, g, o = σ, σ, tanh, σ of the blocks of a
  *   c = f ⊙ c_prev + i ⊙ g,   h = o ⊙ tanh(c)
  * stores g = [i | f | g | o] (activations), c and h. */
 #define RC_DEFINE_LSTM_FWD(NAME, T, SIG, TANH)                                  \
-    RC_CLONES static void NAME(const rc_lstm_step *st, rc_idx rows, rc_idx H)   \
+    RC_CLONES static void NAME(const rc_pass *st, rc_idx rows, rc_idx H)        \
     {                                                                           \
-        T *restrict a = (T *)st->g, *restrict c = (T *)st->c, *restrict h = (T *)st->h; \
-        const T *restrict b = (const T *)st->b, *restrict cp = (const T *)st->cp; \
-        const rc_idx lda = st->ldg, ldc = st->ldc, ldh = st->ldh, ldcp = st->ldcp; \
+        RC_ROWS(T, a, lda, g) RC_ROWS(T, c, ldc, s) RC_ROWS(T, h, ldh, h)       \
+        RC_ROWS(const T, cp, ldcp, prev) const T *restrict b = (const T *)st->b; \
         const T *bi = b + RC_LSTM_I * H, *bf = b + RC_LSTM_F * H;               \
         const T *bg = b + RC_LSTM_G * H, *bo = b + RC_LSTM_O * H;               \
         for (rc_idx q = 0; q < rows; q++) {                                     \
@@ -93,31 +71,27 @@ RC_DEFINE_LSTM_FWD(rc_lstm_fwd_d, double, rc_sigmoidd, rc_tanhd)
                 ccq[j] = dc * f;                                                \
             }                                                                   \
         }
-/* the arrays both variants read the same way: the upstream gradient, the
- * carries, the cell states */
+/* both variants: in dh, ch (the dh carry), c, cp; in and out cc (the dc carry) */
 #define RC_LSTM_BWD_COMMON(T)                                                   \
-        const T *restrict dh = (const T *)st->dh, *restrict ch = (const T *)st->ch; \
-        T *restrict cc = (T *)st->cc;                                           \
-        const T *restrict c = (const T *)st->c, *restrict cp = (const T *)st->cp; \
-        const rc_idx lddh = st->lddh, ldch = st->ldch, ldcc = st->ldcc;         \
-        const rc_idx ldc = st->ldc, ldcp = st->ldcp;
+        RC_ROWS(const T, dh, lddh, dh) RC_ROWS(const T, ch, ldch, carry)        \
+        RC_ROWS(T, cc, ldcc, carry_c) RC_ROWS(const T, c, ldc, s) RC_ROWS(const T, cp, ldcp, prev)
 #define RC_DEFINE_LSTM_BWD(NAME, NAME_IP, T, TANH)                              \
-    RC_CLONES static void NAME(const rc_lstm_step *st, rc_idx rows, rc_idx H)   \
+    RC_CLONES static void NAME(const rc_pass *st, rc_idx rows, rc_idx H)        \
     {                                                                           \
         RC_LSTM_BWD_COMMON(T)                                                   \
-        T *restrict dg = (T *)st->dg;                                           \
-        const T *restrict g = (const T *)st->g;                                 \
-        const rc_idx lddg = st->lddg, ldg = st->ldg;                            \
+        RC_ROWS(T, dg, lddg, dg) RC_ROWS(const T, g, ldg, g)                    \
         RC_LSTM_BWD_BODY(T, TANH, dg, lddg, g, ldg)                             \
     }                                                                           \
-    RC_CLONES static void NAME_IP(const rc_lstm_step *st, rc_idx rows, rc_idx H) \
+    /* in place: dA over the saved gates (st->g) */                             \
+    RC_CLONES static void NAME_IP(const rc_pass *st, rc_idx rows, rc_idx H)     \
     {                                                                           \
         RC_LSTM_BWD_COMMON(T)                                                   \
-        T *restrict gd = (T *)st->g;                                            \
-        const rc_idx ldgd = st->ldg;                                            \
+        RC_ROWS(T, gd, ldgd, g)                                                 \
         RC_LSTM_BWD_BODY(T, TANH, gd, ldgd, gd, ldgd)                           \
     }
 RC_DEFINE_LSTM_BWD(rc_lstm_bwd_f, rc_lstm_bwd_ip_f, float, rc_tanhf)
 RC_DEFINE_LSTM_BWD(rc_lstm_bwd_d, rc_lstm_bwd_ip_d, double, rc_tanhd)
+RC_DEFINE_PASSES(rc_lstm_pass, rc_lstm_fwd_f, rc_lstm_fwd_d, rc_lstm_bwd_f, rc_lstm_bwd_d,
+                 rc_lstm_bwd_ip_f, rc_lstm_bwd_ip_d)
 
 #endif /* RC_LSTM_H */
