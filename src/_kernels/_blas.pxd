@@ -4,95 +4,69 @@
 # imported: nothing is linked at build time, and it is the same OpenBLAS that
 # NumPy/SciPy users already have. Everything here is `noexcept nogil`.
 #
-# Matrices are described as (pointer, ld, t): t = 0 means row-major storage,
-# element (i, j) at p[i*ld + j]; t = 1 means the logical matrix is the
-# transpose of a row-major one, element (i, j) at p[j*ld + i] (a PyTorch-layout
-# weight of shape (H, D) seen as our (D, H) operand, or a Fortran-ordered array).
-# Row-major GEMM is done by swapping operands (C^T = B^T A^T), never by copying.
+# A matrix operand is a `Mat` (pointer, ld, t): t = NoTrans means row-major
+# storage, element (i, j) at p[i*ld + j]; t = Trans means the logical matrix is
+# the transpose of a row-major one, element (i, j) at p[j*ld + i] (a
+# PyTorch-layout weight of shape (H, D) seen as our (D, H) operand, or a
+# Fortran-ordered array). Row-major GEMM is done by swapping operands
+# (C^T = B^T A^T), never by copying. Which GEMM runs (BLAS or our own) is
+# decided in _gemm.pxd.
 
 from scipy.linalg.cython_blas cimport sgemm, dgemm
-
-cdef extern from "rc_simd.h" nogil:
-    const int RC_SMALL_M
-    void rc_gemm_small_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
-                         const float *a, Py_ssize_t lda, const float *b, Py_ssize_t ldb,
-                         int bt, float beta, float *c, Py_ssize_t ldc)
-    void rc_gemm_small_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
-                         const double *a, Py_ssize_t lda, const double *b, Py_ssize_t ldb,
-                         int bt, double beta, double *c, Py_ssize_t ldc)
-    void rc_gemm_panel_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
-                         Py_ssize_t lda, const float *b, Py_ssize_t ldb, float beta,
-                         float *c, Py_ssize_t ldc)
-    void rc_gemm_panel_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *a,
-                         Py_ssize_t lda, const double *b, Py_ssize_t ldb, double beta,
-                         double *c, Py_ssize_t ldc)
-    bint use_panel "rc_use_panel"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
-    bint panel_shape "rc_panel_shape"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
 
 ctypedef fused floating:
     float
     double
 
+cdef enum BLAS_Trans:
+    NoTrans = 0     # row-major
+    Trans = 1       # the transposed view of a row-major array
 
-cdef inline void gemm_rm(bint ta, bint tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                         floating alpha, const floating *a, Py_ssize_t lda,
-                         const floating *b, Py_ssize_t ldb, floating beta,
-                         floating *c, Py_ssize_t ldc) noexcept nogil:
-    """Row-major C (m, n) := alpha op(A) (m, k) op(B) (k, n) + beta C."""
+cdef struct Mat:    # a BLAS operand (void *: one struct serves float and double)
+    void *p
+    Py_ssize_t ld
+    BLAS_Trans t
+
+
+cdef inline Mat mat(const void *p, Py_ssize_t ld, BLAS_Trans t) noexcept nogil:
+    """The operand (p, ld, t)."""
+    cdef Mat a
+    a.p = <void *>p
+    a.ld = ld
+    a.t = t
+    return a
+
+
+cdef inline Mat transposed(Mat a) noexcept nogil:
+    """The transpose of a logical matrix: the same storage, the other flag."""
+    a.t = NoTrans if a.t == Trans else Trans
+    return a
+
+
+cdef inline Mat col_block(Mat a, Py_ssize_t j, size_t isz) noexcept nogil:
+    """The column block [:, j:] of a logical matrix (isz: bytes per element)."""
+    a.p = <char *>a.p + (j * a.ld if a.t == Trans else j) * <Py_ssize_t>isz
+    return a
+
+
+cdef inline void gemm_rm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                         Mat a, Mat b, floating beta, floating *c, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (m, n) := alpha op(A) (m, k) op(B) (k, n) + beta C with BLAS (m, n > 0)."""
     # Column-major BLAS sees row-major C as C^T (n, m) = op(B)^T op(A)^T.
-    cdef char transa = b'T' if tb else b'N'
-    cdef char transb = b'T' if ta else b'N'
+    cdef char transa = b'T' if b.t == Trans else b'N'
+    cdef char transb = b'T' if a.t == Trans else b'N'
     cdef int m_ = <int>n, n_ = <int>m, k_ = <int>k
-    cdef int lda_ = <int>ldb, ldb_ = <int>lda, ldc_ = <int>ldc
-    if m <= 0 or n <= 0:
-        return
-    if m <= RC_SMALL_M and not ta and k > 0:
-        # tiny batch: our vectorized micro-kernel, no BLAS thread hand-off
-        if floating is float:
-            rc_gemm_small_f(m, n, k, alpha, a, lda, b, ldb, tb, beta, c, ldc)
-        else:
-            rc_gemm_small_d(m, n, k, alpha, a, lda, b, ldb, tb, beta, c, ldc)
-        return
+    cdef int lda_ = <int>b.ld, ldb_ = <int>a.ld, ldc_ = <int>ldc
     if k <= 0:
         # BLAS with k = 0 only scales C; do it explicitly and portably.
         scale_rows(c, ldc, m, n, beta)
         return
     if floating is float:
-        sgemm(&transa, &transb, &m_, &n_, &k_, &alpha, <float *>b, &lda_,
-              <float *>a, &ldb_, &beta, c, &ldc_)
+        sgemm(&transa, &transb, &m_, &n_, &k_, &alpha, <float *>b.p, &lda_,
+              <float *>a.p, &ldb_, &beta, c, &ldc_)
     else:
-        dgemm(&transa, &transb, &m_, &n_, &k_, &alpha, <double *>b, &lda_,
-              <double *>a, &ldb_, &beta, c, &ldc_)
-
-
-cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
-                    const floating *a, Py_ssize_t lda, bint at,
-                    const floating *b, Py_ssize_t ldb, bint bt, floating beta,
-                    floating *c, Py_ssize_t ldc, bint ct) noexcept nogil:
-    """C (m, n) := alpha A (m, k) B (k, n) + beta C, any of the three transposed views."""
-    if ct:
-        # C stored as row-major C^T (n, m) = B^T A^T.
-        gemm_rm(not bt, not at, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
-    else:
-        gemm_rm(at, bt, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-
-
-cdef inline void mm_step(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                         const floating *a, Py_ssize_t lda, const floating *b, Py_ssize_t ldb,
-                         bint bt, floating beta, floating *c, Py_ssize_t ldc) noexcept nogil:
-    """A time loop's per-step product, C (m, n) := A (m, k) op(B) (k, n) + beta C.
-
-    A and C row-major. Goes to the unpacked panel kernel (rc_simd.h) when B is
-    row-major and rc_use_panel says so (B is the weight matrix: BLAS would
-    repack it on every step), else to `mm`.
-    """
-    if not bt and use_panel(m, n, k):
-        if floating is float:
-            rc_gemm_panel_f(m, n, k, a, lda, b, ldb, beta, c, ldc)
-        else:
-            rc_gemm_panel_d(m, n, k, a, lda, b, ldb, beta, c, ldc)
-        return
-    mm(m, n, k, <floating>1, a, lda, False, b, ldb, bt, beta, c, ldc, False)
+        dgemm(&transa, &transb, &m_, &n_, &k_, &alpha, <double *>b.p, &lda_,
+              <double *>a.p, &ldb_, &beta, c, &ldc_)
 
 
 cdef inline void scale_rows(floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,

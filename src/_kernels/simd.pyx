@@ -1,11 +1,16 @@
-"""Vectorized activations (rc_simd.h) exposed to Python, and the SIMD level.
+"""Vectorized activations (rc_activations.h) and own GEMMs (rc_gemm.h) exposed
+to Python, and the SIMD level.
 
-Used by the accuracy tests and ``rnncore.show_config()``; the cell kernels
-call the same C functions directly.
+Used by the accuracy tests (tests/test_activations.py, tests/test_gemm.py) and
+``rnncore.show_config()``; the cell kernels call the same C functions directly.
 """
 import numpy as np
 
-cdef extern from "rc_simd.h" nogil:
+from _blas cimport floating
+from _gemm cimport (RC_SMALL_M, rc_gemm_small_f, rc_gemm_small_d, rc_gemm_panel_f,
+                   rc_gemm_panel_d)
+
+cdef extern from "rc_activations.h" nogil:
     void rc_tanh_array_f(const float *x, float *y, Py_ssize_t n)
     void rc_tanh_array_d(const double *x, double *y, Py_ssize_t n)
     void rc_sigmoid_array_f(const float *x, float *y, Py_ssize_t n)
@@ -56,3 +61,61 @@ def sigmoid(x):
 def simd_level():
     """The instruction set the kernels' elementwise code was dispatched to."""
     return rc_simd_level().decode()
+
+
+# ----------------------------------------------------------------- own GEMMs
+# Test hooks: the kernels reach these through _gemm.pxd's mm / mm_step; here
+# they run on whole C-contiguous arrays, in place in c, so tests can hold them
+# against NumPy directly.
+
+cdef int gemm_check(const floating[:, ::1] a, const floating[:, ::1] b,
+                    const floating[:, ::1] c, bint bt) except -1:
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
+    cdef Py_ssize_t n = b.shape[0] if bt else b.shape[1]
+    if (b.shape[1] if bt else b.shape[0]) != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError(f"shapes do not fit: a {(a.shape[0], a.shape[1])}, "
+                         f"b {(b.shape[0], b.shape[1])}{' (transposed)' if bt else ''}, "
+                         f"c {(c.shape[0], c.shape[1])}")
+    if m == 0 or n == 0 or k == 0:
+        raise ValueError("a, b and c must not be empty")
+    return 0
+
+
+def gemm_small(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+               double alpha=1, double beta=0, bint bt=False):
+    """c := alpha a op(b) + beta c with the small-M kernel (rc_gemm_small_*), in place.
+
+    a (m, k), c (m, n) and b, (k, n) or with ``bt`` the (n, k) array whose
+    transpose is the operand: C-contiguous, non-empty, one dtype. The kernels
+    use it for m <= RC_SMALL_M (``SMALL_M``); any m runs here.
+    """
+    gemm_check(a, b, c, bt)
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = c.shape[1]
+    with nogil:
+        if floating is float:
+            rc_gemm_small_f(m, n, k, <float>alpha, &a[0, 0], k, &b[0, 0], b.shape[1], bt,
+                            <float>beta, &c[0, 0], n)
+        else:
+            rc_gemm_small_d(m, n, k, alpha, &a[0, 0], k, &b[0, 0], b.shape[1], bt, beta,
+                            &c[0, 0], n)
+    return np.asarray(c)
+
+
+def gemm_panel(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+               double beta=0):
+    """c := a b + beta c with the unpacked panel kernel (rc_gemm_panel_*), in place.
+
+    a (m, k), b (k, n), c (m, n): C-contiguous, non-empty, one dtype.
+    """
+    gemm_check(a, b, c, False)
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = c.shape[1]
+    with nogil:
+        if floating is float:
+            rc_gemm_panel_f(m, n, k, &a[0, 0], k, &b[0, 0], n, <float>beta, &c[0, 0], n)
+        else:
+            rc_gemm_panel_d(m, n, k, &a[0, 0], k, &b[0, 0], n, beta, &c[0, 0], n)
+    return np.asarray(c)
+
+
+#: The largest batch the kernels send to the small-M GEMM.
+SMALL_M = RC_SMALL_M

@@ -1,0 +1,176 @@
+# The kernels' entry-point argument checks (header-only: cdef inline).
+#
+# Used by the `def` entry points before `with nogil` (they raise ValueError
+# naming the argument; nothing inside nogil can fail), and the allocations the
+# entry points make. They are `cdef inline` in this header so that every kernel
+# module compiles its own copy: a plain `cdef` function shared between compiled
+# modules fails at import.
+
+from libc.string cimport memcpy
+
+from _blas cimport floating, Mat
+from _layout cimport Seq, seq_ld, mat_layout, uniform
+from _loop cimport Loop, Input, Grads, loop_init
+
+
+cdef inline int seq_check(const floating[:, :, :] a, str name, Py_ssize_t T, Py_ssize_t N,
+                          Py_ssize_t F, Seq *s) except -1:
+    """The Seq of a (T, N, F) sequence, time- or batch-major (raises ValueError).
+
+    Its pointer is NULL when the array is empty (nothing is read then).
+    """
+    cdef Py_ssize_t isz = sizeof(floating)
+    if a.shape[0] != T or a.shape[1] != N or a.shape[2] != F:
+        raise ValueError(f"{name}: expected shape {(T, N, F)}, got "
+                         f"{(a.shape[0], a.shape[1], a.shape[2])}")
+    if F > 1 and a.strides[2] != isz:
+        raise ValueError(f"{name}: the feature axis must be contiguous")
+    s.st = a.strides[0] // isz
+    s.sn = a.strides[1] // isz
+    if T == 0 or N == 0 or F == 0:
+        # an empty array: NumPy may give it any strides (even 0); nothing is read
+        s.p, s.bm, s.ld = NULL, False, (F if F > 0 else 1)
+        return 0
+    s.p = <void *>&a[0, 0, 0]
+    s.ld = seq_ld(s.st, s.sn, T, N, F, &s.bm)
+    if s.ld < 0 or s.st < 0 or s.sn < 0:
+        raise ValueError(f"{name}: layout is neither time-major nor batch-major")
+    return 0
+
+
+cdef inline int same_layout(const Seq *x, const Seq *h, const Seq *dx, Py_ssize_t T,
+                            Py_ssize_t N, Py_ssize_t D) except -1:
+    """x, h (and dx, if given) in one layout kind, as the all-steps GEMMs need."""
+    if D <= 0 or T <= 1 or N <= 1:
+        return 0
+    if dx == NULL and x.bm != h.bm:
+        raise ValueError("x and h must share the same layout (time- or batch-major)")
+    if dx != NULL and (x.bm != h.bm or x.bm != dx.bm):
+        raise ValueError("x, h and dx must share the same layout (time- or batch-major)")
+    return 0
+
+
+cdef inline int mat_check(const floating[:, :] a, str name, Py_ssize_t rows, Py_ssize_t cols,
+                          Mat *m) except -1:
+    """The BLAS operand of a (rows, cols) matrix (raises ValueError); p NULL when empty."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    if a.shape[0] != rows or a.shape[1] != cols:
+        raise ValueError(f"{name}: expected shape {(rows, cols)}, got {(a.shape[0], a.shape[1])}")
+    if not mat_layout(a.strides[0] // isz, a.strides[1] // isz, rows, cols, m):
+        raise ValueError(f"{name}: needs a row-major array or a transposed view of one")
+    m.p = <void *>&a[0, 0] if rows > 0 and cols > 0 else NULL
+    return 0
+
+
+cdef inline int rows_check(const floating[:, :] a, str name, Py_ssize_t rows,
+                           Py_ssize_t cols) except -1:
+    """A C-contiguous (rows, cols) state array (raises ValueError)."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    if a.shape[0] != rows or a.shape[1] != cols or (cols > 1 and a.strides[1] != isz) \
+            or (rows > 1 and a.strides[0] != cols * isz):
+        raise ValueError(f"{name}: expected a C-contiguous array of shape {(rows, cols)}")
+    return 0
+
+
+cdef inline int vec_check(const floating[:] a, str name, Py_ssize_t n) except -1:
+    """A contiguous (n,) vector (raises ValueError)."""
+    if a.shape[0] != n or (n > 1 and a.strides[0] != sizeof(floating)):
+        raise ValueError(f"{name}: expected a contiguous array of shape {(n,)}")
+    return 0
+
+
+cdef inline object check_batch_sizes(object batch_sizes, Py_ssize_t T, Py_ssize_t N):
+    """batch_sizes as a contiguous intp array, validated; None if not given."""
+    import numpy as np
+    if batch_sizes is None:
+        return None
+    bs = np.ascontiguousarray(batch_sizes, dtype=np.intp)
+    if bs.shape != (T,):
+        raise ValueError(f"batch_sizes: expected shape {(T,)}, got {bs.shape}")
+    if T and (bs.max() > N or bs.min() < 0 or np.any(np.diff(bs) > 0)):
+        raise ValueError("batch_sizes: must be non-increasing values in [0, N]")
+    return bs
+
+
+cdef inline const Py_ssize_t *batch_ptr(object bs):
+    """The data of a check_batch_sizes result (the caller keeps it alive), NULL for None."""
+    cdef const Py_ssize_t[::1] v
+    if bs is None or len(bs) == 0:
+        return NULL
+    v = bs
+    return &v[0]
+
+
+cdef inline object seq_empty(bint batch_major, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F,
+                             object dtype):
+    """An uninitialized (T, N, F) array in the given layout kind, contiguous in it.
+
+    Workspaces and saved arrays are allocated in h's layout kind so that they
+    form one matrix with h's row order (for the all-steps GEMMs).
+    """
+    import numpy as np
+    if batch_major:
+        return np.empty((N, T, F), dtype=dtype).transpose(1, 0, 2)
+    return np.empty((T, N, F), dtype=dtype)
+
+
+cdef inline object workspace(object saved, str name, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F,
+                             bint batch_major, object dtype):
+    """A backward gradient workspace: a new array, or a saved one (``overwrite_saved``).
+
+    A saved array must be what forward returned: writable, (T, N, F),
+    contiguous in h's layout kind (raises ValueError otherwise).
+    """
+    import numpy as np
+    if saved is None:
+        return seq_empty(batch_major, T, N, F, dtype)
+    a = np.asarray(saved)
+    b = a.transpose(1, 0, 2) if (batch_major and a.ndim == 3) else a
+    if a.shape != (T, N, F) or not a.flags.writeable or not b.flags.c_contiguous:
+        raise ValueError(f"{name}: overwrite_saved needs the writable array forward "
+                         f"returned, shape {(T, N, F)}, contiguous in h's layout")
+    return a
+
+
+cdef inline int check_inputs(Loop *L, Input *inp, Py_ssize_t G, bint reverse,
+                             const floating[:, :, :] x, const floating[:, :, :] h,
+                             const floating[:, :] Wx, const floating[:, :] Wh,
+                             const floating[:, :] h0) except -1:
+    """What every cell's forward and backward take: x (T, N, D), h (T, N, H),
+    Wx (D, GH), Wh (H, GH), h0 (N, H); L starts as a G-gate loop over them."""
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = G * H
+    cdef Py_ssize_t D = x.shape[2]
+    loop_init(L, T, N, H, G, reverse, floating is double)
+    seq_check(x, "x", T, N, D, &inp.x)
+    seq_check(h, "h", T, N, H, &L.h)
+    mat_check(Wx, "Wx", D, GH, &inp.wx)
+    mat_check(Wh, "Wh", H, GH, &L.wh)
+    rows_check(h0, "h0", N, H)
+    inp.D = D
+    L.h0 = &h0[0, 0] if N > 0 and H > 0 else NULL
+    return 0
+
+
+cdef inline int check_grads(Loop *L, const Input *inp, Grads *gr, const floating[:, :, :] dh,
+                            const floating[:, :, :] dx, const floating[:, :] dWx,
+                            const floating[:, :] dWh, const floating[:, :] dhn,
+                            const floating[:, :] dh0) except -1:
+    """What every cell's backward takes besides check_inputs': dh (T, N, H), dx (T, N, D),
+    dWx (D, GH), dWh (H, GH), dhn, dh0 (N, H); dh0 becomes the dh carry."""
+    cdef Py_ssize_t T = L.T, N = L.N, H = L.H, GH = L.G * L.H, D = inp.D
+    cdef Seq dxs
+    seq_check(dh, "dh", T, N, H, &L.dh)
+    seq_check(dx, "dx", T, N, D, &dxs)
+    same_layout(&inp.x, &L.h, &dxs, T, N, D)
+    mat_check(dWx, "dWx", D, GH, &gr.dwx)
+    mat_check(dWh, "dWh", H, GH, &gr.dwh)
+    rows_check(dhn, "dhn", N, H)
+    rows_check(dh0, "dh0", N, H)
+    gr.dx = uniform(dxs)
+    L.carry = <void *>&dh0[0, 0] if N > 0 and H > 0 else NULL
+    return 0
+
+
+cdef inline void copy_rows(const floating[:, :] dst, const floating[:, :] src) noexcept:
+    """dst (N, H) := src (N, H), both C-contiguous and non-empty (a carry's start)."""
+    memcpy(<void *>&dst[0, 0], &src[0, 0], src.shape[0] * src.shape[1] * sizeof(floating))

@@ -1,0 +1,259 @@
+# The time loop shared by the three cells (header-only: cdef inline).
+#
+# A cell kernel describes one layer and one direction as a `Loop`: the problem
+# (T, N, H, G, lengths, direction), the recurrent weight and the step arrays
+# (sequence views, initial states, carries, scratch), and its two per-step
+# bodies (`fwd_steps`, `bwd_steps` in rnn/gru/lstm.pyx) -- the statsmodels
+# way: one state object, short named stages. What is the same for every cell
+# lives here once:
+#   forward_loop:  the all-steps input projection A = X Wx, then the time loop;
+#   backward_loop: the time loop, then the all-steps input-side and weight
+#                  gradients (dX, dWx, db, dWh);
+#   run_loop:      the time loop on one thread (in a BLAS single-thread section
+#                  when the per-step GEMM is small) or split by rows over P
+#                  threads, each running the same body on rows k, k+P, ...;
+#   loop_rows:     which step, and which rows of this share, iteration i handles.
+# A body reads its arrays from the Loop and its own rows only, so the row
+# split needs no synchronisation (see rc_threads.h).
+
+from libc.string cimport memcpy, memset
+
+from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
+                    NoTrans, Trans)
+from _gemm cimport mm
+from _layout cimport Seq, uniform, every_pth_row
+from _threads cimport (row_threads, share, run_tasks, single_open, loop_threads_begin,
+                       loop_threads_end)
+
+cdef enum:
+    MAX_TASKS = 8       # rc_run_tasks runs at most 8 threads
+
+cdef struct Loop
+
+ctypedef void (*body_f)(const Loop *, float) noexcept nogil
+ctypedef void (*body_d)(const Loop *, double) noexcept nogil
+
+cdef struct Loop:
+    # the problem
+    Py_ssize_t T, N, H, G       # steps, batch rows, hidden size, gates (1, 3, 4)
+    const Py_ssize_t *bs        # batch_sizes (T,) of a sorted batch, or NULL: all N rows
+    bint reverse, f64, relu     # direction, dtype, the RNN's activation (else tanh)
+    body_f run_f                # the cell's time-loop body, for float and double
+    body_d run_d
+    # the step arrays (each body says which it uses)
+    Mat wh                      # the recurrent weight (H, GH) as the loop reads it
+    const void *h0              # initial states (N, H), C-contiguous
+    const void *c0              # LSTM
+    const void *b               # bias (GH,) (GRU: the input side's bx)
+    const void *bh              # GRU: the hidden side's bias (GH,)
+    Seq h                       # the outputs (T, N, H)
+    Seq g                       # pre-activations, then the saved gates (T, N, GH); RNN: = h
+    Seq c                       # LSTM: the cell states (T, N, H)
+    Seq hn                      # GRU: the saved hidden_n (T, N, H)
+    void *scratch               # GRU forward: (N, GH) per-step recurrent projection
+    Seq dh                      # backward: the upstream gradient (T, N, H)
+    Seq dg                      # backward: the pre-activation gradient (T, N, GH)
+    Seq dan                     # GRU backward: the input side's n block (T, N, H)
+    void *carry                 # backward: dh carry (N, H) (starts as dhn, ends as dh0)
+    void *carry_c               # LSTM backward: dc carry (N, H)
+    int k, P                    # this share: rows k, k+P, ... (all rows: 0, 1)
+
+cdef struct Input:              # the input side, all T*N rows at once
+    Seq x                       # (T, N, D); the GEMMs read its uniform (T*N, D) view
+    Mat wx                      # (D, GH)
+    Py_ssize_t D
+
+cdef struct Grads:              # what backward writes after the time loop
+    Mat dx                      # the uniform (T*N, D) view of dx, written
+    Mat dwx, dwh                # (D, GH), (H, GH), accumulated into
+    void *db                    # (GH,) accumulated: the input side's bias
+    void *dbh                   # GRU: the hidden side's bias (GH,), else NULL
+    void *dzs                   # (N, GH) scratch (reverse with lengths), else NULL
+
+
+cdef inline void loop_init(Loop *L, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py_ssize_t G,
+                           bint reverse, bint f64) noexcept nogil:
+    """A Loop over all rows with no arrays yet (NULL everywhere; bs NULL: no lengths)."""
+    memset(L, 0, sizeof(Loop))
+    L.T, L.N, L.H, L.G = T, N, H, G
+    L.reverse, L.f64 = reverse, f64
+    L.k, L.P = 0, 1
+
+
+cdef inline const void *rows_from(const void *p, Py_ssize_t nbytes) noexcept nogil:
+    return NULL if p == NULL else <const char *>p + nbytes
+
+
+cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
+    """The Loop of rows k, k+P, ...: every row-indexed array starts at row k, P rows apart."""
+    cdef Loop s = L[0]
+    cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
+    cdef Py_ssize_t row = k * L.H * <Py_ssize_t>isz
+    s.h = every_pth_row(s.h, k, P, isz)
+    s.g = every_pth_row(s.g, k, P, isz)
+    s.c = every_pth_row(s.c, k, P, isz)
+    s.hn = every_pth_row(s.hn, k, P, isz)
+    s.dh = every_pth_row(s.dh, k, P, isz)
+    s.dg = every_pth_row(s.dg, k, P, isz)
+    s.dan = every_pth_row(s.dan, k, P, isz)
+    # (N, H) states and carries: row stride P*H from here on; the scratch P*GH
+    s.h0 = rows_from(s.h0, row)
+    s.c0 = rows_from(s.c0, row)
+    s.carry = <void *>rows_from(s.carry, row)
+    s.carry_c = <void *>rows_from(s.carry_c, row)
+    s.scratch = <void *>rows_from(s.scratch, row * L.G)
+    s.k, s.P = k, P
+    return s
+
+
+cdef inline void loop_rows(const Loop *L, Py_ssize_t i, bint backward, Py_ssize_t *t,
+                           Py_ssize_t *tp, Py_ssize_t *B, Py_ssize_t *Bc) noexcept nogil:
+    """Iteration i of a time loop over this share's rows.
+
+    t: the step it processes (forward loops run t = 0..T-1, backward loops the
+    other way; reversed for the reverse direction); tp: the step before it in
+    the direction's order; B: this share's rows active at t (a prefix); Bc:
+    how many of them continue from tp (the rest start from the initial state).
+    """
+    cdef Py_ssize_t T = L.T
+    t[0] = (T - 1 - i if L.reverse else i) if not backward else (i if L.reverse else T - 1 - i)
+    tp[0] = t[0] + 1 if L.reverse else t[0] - 1
+    B[0] = share(active(L, t[0]), L.k, L.P)
+    Bc[0] = share(active(L, tp[0]), L.k, L.P)
+    if Bc[0] > B[0]:
+        Bc[0] = B[0]
+
+
+cdef inline Py_ssize_t active(const Loop *L, Py_ssize_t t) noexcept nogil:
+    """Rows of the batch active at step t (0 outside [0, T))."""
+    if t < 0 or t >= L.T:
+        return 0
+    return L.bs[t] if L.bs != NULL else L.N
+
+
+cdef inline void loop_task(void *p) noexcept nogil:
+    """One share of a time loop (rc_run_tasks' entry): the cell's body for its dtype."""
+    cdef const Loop *L = <const Loop *>p
+    if L.f64:
+        L.run_d(L, 0)
+    else:
+        L.run_f(L, 0)
+
+
+cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
+    """The time loop: on this thread, or its rows split over P threads (row_threads)."""
+    cdef long long work = L.N * L.G * L.H * L.H     # multiply-adds of a step's GEMM
+    cdef int opened, k, P = row_threads(L.N, work, L.T)
+    cdef Loop tasks[MAX_TASKS]
+    L.run_f, L.run_d = run_f, run_d
+    if P == 1:
+        opened = loop_threads_begin(work)
+        loop_task(L)
+    else:
+        # the rows on P threads, each calling BLAS single-threaded
+        for k in range(P):
+            tasks[k] = loop_share(L, k, P)
+        opened = single_open()
+        run_tasks(loop_task, tasks, sizeof(Loop), P)
+    loop_threads_end(opened)   # (closes either kind of single-thread section)
+
+
+cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d run_d,
+                              floating kind) noexcept nogil:
+    """One layer and direction forward (`kind`'s type picks float or double)."""
+    # A = x @ Wx          (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
+    #                     into the gates (the RNN's: its output h)
+    mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, uniform(L.g))
+    run_loop(L, run_f, run_d)
+
+
+cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_f run_f,
+                               body_d run_d, floating kind) noexcept nogil:
+    """BPTT through one layer and direction; on entry the carries hold the final
+    states' gradients, on exit the initial states'."""
+    cdef Py_ssize_t R = L.T * L.N, H = L.H, GH = L.G * L.H, D = inp.D
+    # the input side x Wx + b sees [dG[:, :nI] | dAn]: all of dG (RNN, LSTM), or
+    # the GRU's [da_r | da_z] and its own n block dAn (see gru.pyx)
+    cdef bint split = L.dan.p != NULL
+    cdef Py_ssize_t nI = GH - H if split else GH
+    cdef Mat dg = uniform(L.dg), dan = uniform(L.dan)
+    cdef size_t isz = sizeof(floating)
+    run_loop(L, run_f, run_d)
+    if D > 0:
+        # dx = dG[:, :nI] @ Wx[:, :nI]^T              (R, D) = (R, nI)(D, nI)^T
+        mm(R, D, nI, <floating>1, dg, transposed(inp.wx), <floating>0, gr.dx)
+        if split:
+            # dx += dAn @ Wx[:, nI:]^T                (R, D) += (R, H)(D, H)^T
+            mm(R, D, H, <floating>1, dan, transposed(col_block(inp.wx, nI, isz)),
+               <floating>1, gr.dx)
+        # dWx[:, :nI] += x^T dG[:, :nI]               (D, nI) += (D, R)(R, nI)
+        mm(D, nI, R, <floating>1, transposed(uniform(inp.x)), dg, <floating>1, gr.dwx)
+        if split:
+            # dWx[:, nI:] += x^T dAn                  (D, H) += (D, R)(R, H)
+            mm(D, H, R, <floating>1, transposed(uniform(inp.x)), dan, <floating>1,
+               col_block(gr.dwx, nI, isz))
+    # db[:nI] += dG[:, :nI].sum(axis=0);  db[nI:] += dAn.sum(axis=0)
+    colsum_add(<floating *>gr.db, <const floating *>dg.p, dg.ld, R, nI)
+    if split:
+        colsum_add(<floating *>gr.db + nI, <const floating *>dan.p, dan.ld, R, H)
+    if gr.dbh != NULL:
+        # the GRU's hidden side h Wh + bh sees all of dG: dbh += dG.sum(axis=0)
+        colsum_add(<floating *>gr.dbh, <const floating *>dg.p, dg.ld, R, GH)
+    # dWh += sum_t h_prev(t)^T dG_t                   (H, GH)
+    dwh_accumulate(L, gr.dwh, <floating *>gr.dzs)
+
+
+cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
+    """dWh (H, GH) += sum_t h_prev(t)^T dz_t, with h_prev(t) = h0 at each row's first step.
+
+    h (L.h): the (T, N, H) outputs, zeros at padded positions; h0 (N, H)
+    C-contiguous; dz (L.dg): the (T, N, GH) pre-activation gradients in h's
+    layout kind (zeros at padded positions); dzs: (N, GH) scratch, used only
+    when reverse and with lengths.
+
+    In the uniform view the previous step of a row is one step-shift away, so
+    all pairs are one shifted GEMM; in batch-major layout the pairs that
+    straddle two sequences are subtracted; then h0^T dz at each row's first
+    step is added (gathered per row in the reverse direction with lengths).
+    """
+    cdef Py_ssize_t t, n, T = L.T, N = L.N, H = L.H, GH = L.G * L.H, R = T * N
+    cdef const floating *h = <const floating *>L.h.p
+    cdef const floating *h0 = <const floating *>L.h0
+    cdef const floating *dz = <const floating *>L.dg.p
+    cdef Py_ssize_t h_st = L.h.st, h_sn = L.h.sn, dz_st = L.dg.st, dz_sn = L.dg.sn
+    cdef Py_ssize_t dz_ld = L.dg.ld
+    cdef Py_ssize_t shift = dz_st // dz_ld    # N rows (time-major) or 1 (batch-major)
+    cdef bint straddle = L.h.bm and N > 1
+    if T > 1:
+        if not L.reverse:
+            # pairs (h_{t-1}, dz_t):  (H, GH) += (H, R-shift)(R-shift, GH)
+            mm(H, GH, R - shift, <floating>1, mat(h, L.h.ld, Trans),
+               mat(dz + dz_st, dz_ld, NoTrans), <floating>1, dwh)
+            if straddle:
+                # (h[n-1, T-1], dz[n, 0]) for n = 1..N-1   (H, GH) -= (H, N-1)(N-1, GH)
+                mm(H, GH, N - 1, <floating>-1, mat(h + (T - 1) * h_st, h_sn, Trans),
+                   mat(dz + dz_sn, dz_sn, NoTrans), <floating>1, dwh)
+        else:
+            # pairs (h_{t+1}, dz_t)
+            mm(H, GH, R - shift, <floating>1, mat(h + h_st, L.h.ld, Trans),
+               mat(dz, dz_ld, NoTrans), <floating>1, dwh)
+            if straddle:
+                # (h[n+1, 0], dz[n, T-1]) for n = 0..N-2
+                mm(H, GH, N - 1, <floating>-1, mat(h + h_sn, h_sn, Trans),
+                   mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
+    if T > 0:
+        # h0^T dz at each row's first step        (H, GH) += (H, N)(N, GH)
+        if not L.reverse:
+            mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dz, dz_sn, NoTrans),
+               <floating>1, dwh)
+        elif L.bs == NULL:
+            mm(H, GH, N, <floating>1, mat(h0, H, Trans),
+               mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
+        else:
+            # reverse with lengths: row n starts at t = len_n - 1; gather those rows
+            scale_rows(dzs, GH, N, GH, <floating>0)
+            for t in range(T):
+                for n in range(active(L, t + 1), L.bs[t]):
+                    memcpy(dzs + n * GH, dz + t * dz_st + n * dz_sn, GH * sizeof(floating))
+            mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dzs, GH, NoTrans),
+               <floating>1, dwh)

@@ -1,0 +1,16 @@
+# The kernels' thread policy (rc_threads.h): BLAS single-thread sections, the
+# row-split thread count and the pthread runner. rnncore._threads installs the
+# BLAS's thread functions at import (`_blas_thread_hooks` in each kernel).
+
+cdef extern from "rc_threads.h" nogil:
+    int loop_threads_begin "rc_loop_threads_begin"(long long work)
+    void loop_threads_end "rc_loop_threads_end"(int saved)
+    void blas_thread_hooks "rc_blas_thread_hooks"(size_t set_fn, size_t get_fn,
+                                                  long long min_work, size_t state,
+                                                  int row_split)
+    int row_threads "rc_row_threads"(Py_ssize_t N, long long work, Py_ssize_t T)
+    Py_ssize_t share "rc_share"(Py_ssize_t B, int k, int P)
+    ctypedef void (*task_fn "rc_task_fn")(void *) noexcept nogil
+    void run_tasks "rc_run_tasks"(task_fn fn, void *args, size_t size, int P)
+    int single_open "rc_single_open"()
+    void single_close "rc_single_close"(int opened)

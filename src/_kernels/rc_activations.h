@@ -1,0 +1,130 @@
+/* rc_activations.h -- rnncore's vectorizable activations and the SIMD dispatch.
+ *
+ * Scalar libm tanhf costs ~26 ns per element on the machines we target; the
+ * loops of every rc_*.h header are written so GCC/Clang auto-vectorize them at
+ * -O3 (no calls, no branches: both sides of a select are computed, then
+ * blended), and `target_clones` (RC_CLONES) builds an AVX-512, an AVX2+FMA and
+ * a baseline SSE2 copy of every array function, picked once at load time by
+ * the CPU (an ifunc). The shipped build therefore runs on any x86-64 CPU and
+ * never uses -march=native.
+ *
+ * float32 activations are Cephes-style approximations (range reduction plus
+ * minimax polynomials) accurate to a couple of float32 ulps over the whole
+ * range, with +-0, +-inf and NaN handled like np.tanh (NaN in -> NaN out);
+ * tests/test_activations.py proves it against np.tanh. float64 uses libm's
+ * exact tanh/exp (gradient checks and references want the exact function).
+ *
+ * The cells' fused passes built on these live beside their kernels
+ * (rc_rnn.h, rc_gru.h, rc_lstm.h); the own GEMMs in rc_gemm.h.
+ */
+#ifndef RC_ACTIVATIONS_H
+#define RC_ACTIVATIONS_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(RNNCORE_NO_CLONES)
+#define RC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define RC_HAVE_CLONES 1
+#else
+#define RC_CLONES
+#define RC_HAVE_CLONES 0
+#endif
+
+#ifndef RC_IDX_DEFINED
+#define RC_IDX_DEFINED
+typedef ptrdiff_t rc_idx; /* 64-bit element counts and strides throughout */
+#endif
+
+/* ---------------------------------------------------------------- float32 */
+
+/* exp(x) for x in [-87, 88] (callers clamp): x = n ln2 + r, |r| <= ln2/2,
+ * exp(r) by Cephes' degree-6 polynomial, 2^n by building the exponent bits. */
+static inline float rc_expf_core(float x)
+{
+    const float magic = 12582912.0f; /* 1.5 * 2^23: round to nearest integer */
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693359375f;   /* ln2 split in two parts (Cody-Waite) */
+    r = r - n * -2.12194440e-4f;
+    float z = r * r;
+    float y = ((((( 1.9875691500e-4f * r + 1.3981999507e-3f) * r
+                 + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
+                 + 1.6666665459e-1f) * r + 5.0000001201e-1f) * z + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
+/* tanh(x): odd polynomial for |x| < 0.625, 1 - 2/(exp(2|x|) + 1) above, the
+ * sign copied back. |x| is clamped at 10 (tanh rounds to 1.0f well before),
+ * in a way that keeps NaN as NaN. */
+static inline float rc_tanhf(float x)
+{
+    float ax = fabsf(x);
+    float z = ax * ax;
+    float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
+                     - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
+                     - 3.33332819422e-1f) * z * ax + ax;
+    float c = ax > 10.0f ? 10.0f : ax;
+    float e = rc_expf_core(2.0f * c);
+    float big = 1.0f - 2.0f / (e + 1.0f);
+    /* copysign last: keeps tanh(-0) = -0 and NaN as NaN */
+    return copysignf(ax >= 0.625f ? big : small, x);
+}
+
+/* sigmoid(x) = 1 / (1 + exp(-x)). exp's argument is clamped to [-87, 88]; for
+ * x < -88 the result (< 6e-39, a float32 denormal) is flushed to exactly 0, so
+ * sigmoid(-inf) = 0. NaN fails every comparison, so NaN in -> NaN out. */
+static inline float rc_sigmoidf(float x)
+{
+    float m = -x;
+    float mc = m > 88.0f ? 88.0f : m;
+    mc = mc < -87.0f ? -87.0f : mc;
+    float r = 1.0f / (1.0f + rc_expf_core(mc));
+    return m > 88.0f ? 0.0f : r;
+}
+
+/* ---------------------------------------------------------------- float64 */
+
+static inline double rc_tanhd(double x) { return tanh(x); }
+static inline double rc_sigmoidd(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* relu that keeps NaN (x < 0 is false for NaN) */
+#define RC_RELU(x) ((x) < 0 ? 0 : (x))
+
+/* ------------------------------------------------------- array functions
+ * Each RC_DEFINE_* macro (here and in the cells' headers) defines the float
+ * (suffix f) and double (suffix d) versions from one body, so the two can
+ * never drift apart. */
+
+/* y[i] = act(x[i]) over n contiguous elements (tests and benchmarks). */
+#define RC_DEFINE_MAP(NAME, T, FN)                                              \
+    RC_CLONES static void NAME(const T *x, T *y, rc_idx n)                      \
+    {                                                                           \
+        for (rc_idx i = 0; i < n; i++) y[i] = FN(x[i]);                         \
+    }
+RC_DEFINE_MAP(rc_tanh_array_f, float, rc_tanhf)
+RC_DEFINE_MAP(rc_tanh_array_d, double, rc_tanhd)
+RC_DEFINE_MAP(rc_sigmoid_array_f, float, rc_sigmoidf)
+RC_DEFINE_MAP(rc_sigmoid_array_d, double, rc_sigmoidd)
+
+/* The SIMD level the ifunc resolver picks for the clones above (the same
+ * priority order as the target_clones list). */
+static const char *rc_simd_level(void)
+{
+#if RC_HAVE_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return "AVX-512 (x86-64-v4)";
+    if (__builtin_cpu_supports("x86-64-v3")) return "AVX2+FMA (x86-64-v3)";
+    return "SSE2 (x86-64 baseline)";
+#else
+    return "portable C (no run-time dispatch on this platform/compiler)";
+#endif
+}
+
+#endif /* RC_ACTIVATIONS_H */

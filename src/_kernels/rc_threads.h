@@ -1,0 +1,137 @@
+/* rc_threads.h -- the kernels' thread policy: BLAS single-thread sections,
+ * the row-split thread count and a small pthread runner (no GEMM here: the
+ * panel kernel's shape policy is in rc_gemm.h). */
+#ifndef RC_THREADS_H
+#define RC_THREADS_H
+
+#include <pthread.h>
+#include <stddef.h>
+
+#ifndef RC_IDX_DEFINED
+#define RC_IDX_DEFINED
+typedef ptrdiff_t rc_idx; /* 64-bit element counts and strides throughout */
+#endif
+
+/* BLAS thread policy: "single-thread sections".
+ *
+ * The per-step GEMMs are small: below a few million multiply-adds, handing
+ * them to BLAS's thread pool costs more than it saves, and on a busy machine
+ * spin-waiting BLAS threads can make a step 5-10x slower. The all-steps GEMMs
+ * before and after the loop are large and keep BLAS's threads. So a time loop
+ * whose per-step work is below rc_loop_parallel_min runs inside a
+ * single-thread section; rnncore's Python layer opens one too while the two
+ * directions of a bidirectional layer run concurrently.
+ *
+ * BLAS's thread count is process-wide, so the sections are reference-counted
+ * in ONE state shared by every kernel module and the Python layer (allocated
+ * by rnncore._threads and passed in with the hooks): the first section to
+ * open saves the count and sets 1, the last to close restores it, under a
+ * spin lock. The hooks are the BLAS's own openblas_{set,get}_num_threads,
+ * found by rnncore._threads at import (NULL: no policy). */
+typedef void (*rc_set_threads_fn)(int);
+typedef int (*rc_get_threads_fn)(void);
+typedef struct { int lock; int depth; int saved; int pad; } rc_thread_state;
+static rc_set_threads_fn rc_blas_set_threads = NULL;
+static rc_get_threads_fn rc_blas_get_threads = NULL;
+static rc_thread_state *rc_tstate = NULL;
+static long long rc_loop_parallel_min = 4000000LL;
+static int rc_row_split = 0;   /* may time loops split the batch rows over threads */
+
+static void rc_blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work,
+                                 size_t state, int row_split)
+{
+    rc_row_split = row_split;
+    rc_blas_set_threads = (rc_set_threads_fn)set_fn;
+    rc_blas_get_threads = (rc_get_threads_fn)get_fn;
+    rc_tstate = (rc_thread_state *)state;
+    rc_loop_parallel_min = min_work;
+}
+
+/* Open a single-thread section; returns 1 if opened (pass it to the close). */
+static int rc_single_open(void)
+{
+    if (rc_blas_set_threads == NULL || rc_blas_get_threads == NULL || rc_tstate == NULL)
+        return 0;
+    while (__atomic_exchange_n(&rc_tstate->lock, 1, __ATOMIC_ACQUIRE)) { }
+    if (rc_tstate->depth++ == 0) {
+        rc_tstate->saved = rc_blas_get_threads();
+        if (rc_tstate->saved > 1) rc_blas_set_threads(1);
+    }
+    __atomic_store_n(&rc_tstate->lock, 0, __ATOMIC_RELEASE);
+    return 1;
+}
+
+static void rc_single_close(int opened)
+{
+    if (!opened) return;
+    while (__atomic_exchange_n(&rc_tstate->lock, 1, __ATOMIC_ACQUIRE)) { }
+    if (--rc_tstate->depth == 0 && rc_tstate->saved > 1) rc_blas_set_threads(rc_tstate->saved);
+    __atomic_store_n(&rc_tstate->lock, 0, __ATOMIC_RELEASE);
+}
+
+/* Around a time loop whose per-step GEMM does `work` multiply-adds. */
+static int rc_loop_threads_begin(long long work)
+{
+    return work < rc_loop_parallel_min ? rc_single_open() : 0;
+}
+
+static void rc_loop_threads_end(int opened) { rc_single_close(opened); }
+
+/* Row-split time loops.
+ *
+ * The rows of a batch are independent sequences, so a time loop can run on P
+ * threads, thread k taking rows k, k+P, k+2P, ... (interleaved: with a sorted
+ * variable-length batch every thread gets long and short rows) through all T
+ * steps with no synchronisation; the all-steps GEMMs before and after the
+ * loop stay whole and keep BLAS's threads. Each thread's per-step products go
+ * to the panel kernel (or BLAS inside a single-thread section opened by the
+ * caller). P = min(BLAS threads, 8, N / 4) when rnncore._threads allowed it
+ * (rc_row_split: only when SciPy's OpenBLAS was loaded with a short thread
+ * timeout -- spinning BLAS workers would compete with the loop's threads),
+ * the per-step product is below RC_SPLIT_MAX_WORK multiply-adds (above it the
+ * per-step GEMM itself scales on BLAS's threads) and the loop does at least
+ * RC_SPLIT_MIN_TOTAL of them (thread start-up is ~50 us). */
+#define RC_SPLIT_MAX_WORK 33554432LL     /* 32 M multiply-adds per step */
+#define RC_SPLIT_MIN_TOTAL 2000000LL
+static int rc_row_threads(rc_idx N, long long work, rc_idx T)
+{
+    if (!rc_row_split || rc_blas_get_threads == NULL) return 1;
+    if (work > RC_SPLIT_MAX_WORK || work * (long long)T < RC_SPLIT_MIN_TOTAL) return 1;
+    int P = rc_blas_get_threads();
+    if (P > 8) P = 8;
+    if (P > N / 4) P = (int)(N / 4);
+    return P < 2 ? 1 : P;
+}
+
+/* Rows of thread k of P among the first B rows (k, k+P, ... < B). */
+static rc_idx rc_share(rc_idx B, int k, int P)
+{
+    return B > k ? (B - k + P - 1) / P : 0;
+}
+
+typedef void (*rc_task_fn)(void *);
+typedef struct { rc_task_fn fn; void *arg; } rc_task;
+static void *rc_task_main(void *p) { rc_task *t = (rc_task *)p; t->fn(t->arg); return NULL; }
+
+/* Run fn(args + k * size) for k = 0..P-1, task 0 on the calling thread, the
+ * others on new threads; joins them all. If a thread cannot be created its
+ * task runs on the calling thread (same result). */
+static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
+{
+    pthread_t th[8];
+    rc_task tk[8];
+    int started[8] = {0};
+    if (P > 8) P = 8;
+    for (int k = 1; k < P; k++) {
+        tk[k].fn = fn;
+        tk[k].arg = (char *)args + k * size;
+        started[k] = pthread_create(&th[k], NULL, rc_task_main, &tk[k]) == 0;
+    }
+    fn(args);
+    for (int k = 1; k < P; k++) {
+        if (started[k]) pthread_join(th[k], NULL);
+        else fn((char *)args + k * size);
+    }
+}
+
+#endif /* RC_THREADS_H */
