@@ -1,4 +1,4 @@
-"""Accuracy of the kernels' vectorized activations (rc_simd.h) over the whole float range."""
+"""Accuracy of the kernels' vectorized activations (rc_activations.h) over the whole float range."""
 import numpy as np
 import pytest
 

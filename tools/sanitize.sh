@@ -41,7 +41,7 @@ PY="${PYTHON:-python3}"
 MODE="${1:-all}"
 # kernel tests + the reliability properties (leak/RSS and subprocess-heavy checkpoint tests
 # are left out: ASan's allocator quarantine makes RSS meaningless).
-DEFAULT_TESTS="tests/test_activations.py tests/test_functional_rnn.py tests/test_functional_gated.py tests/test_models.py tests/test_cells.py tests/test_reliability_badinput.py tests/test_reliability_long.py tests/test_reliability_threads.py"
+DEFAULT_TESTS="tests/test_activations.py tests/test_gemm.py tests/test_kernels.py tests/test_functional.py tests/test_models.py tests/test_cells.py tests/reliability/test_reliability_badinput.py tests/reliability/test_reliability_long.py tests/reliability/test_reliability_threads.py"
 TESTS="${RNNCORE_SANITIZE_TESTS:-$DEFAULT_TESTS}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # Keep runs comparable and cheap on a shared box.
@@ -182,7 +182,7 @@ print("control script done")
 '
 
 # Attribute each memcheck error to rnncore's kernels or not: walk its stack from the
-# faulting frame; a frame in the kernels (generated C, rc_simd.h, __pyx_*) before the
+# faulting frame; a frame in the kernels (generated C, rc_*.h, __pyx_*) before the
 # first CPython frame makes it a kernel error (BLAS/libc/libm frames are walked through,
 # so a bad pointer handed to BLAS by a kernel counts too).
 CLASSIFY='
@@ -202,7 +202,7 @@ if cur: blocks.append(cur)
 kinds = r"(Invalid (read|write|free)|Conditional jump|Use of uninitialised|Syscall param|Mismatched free|Source and destination|Argument .* of function)"
 errors = [b for b in blocks if re.match(kinds, b[0])]
 def kernel(f):
-    return ("rnncore-sanitize" in f or "/_kernels/" in f or "rc_simd" in f or "__pyx_" in f
+    return ("rnncore-sanitize" in f or "/_kernels/" in f or "/rc_" in f or "__pyx_" in f
             or re.search(r"\b(rnn|gru|lstm|simd)\.c:", f) is not None)
 def cpython(f):
     return re.search(r"/Python-3\.|libpython|: _?Py[A-Z_]", f) is not None

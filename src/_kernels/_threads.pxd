@@ -1,5 +1,5 @@
 # The kernels' thread policy (rc_threads.h): BLAS single-thread sections, the
-# row-split thread count and the pthread runner. rnncore._threads installs the
+# row-split thread count and the pthread runner. rnncore._runtime.threads installs the
 # BLAS's thread functions at import (`_blas_thread_hooks` in each kernel).
 
 cdef extern from "rc_threads.h" nogil:

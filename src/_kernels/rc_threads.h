@@ -24,10 +24,10 @@ typedef ptrdiff_t rc_idx; /* 64-bit element counts and strides throughout */
  *
  * BLAS's thread count is process-wide, so the sections are reference-counted
  * in ONE state shared by every kernel module and the Python layer (allocated
- * by rnncore._threads and passed in with the hooks): the first section to
+ * by rnncore._runtime.threads and passed in with the hooks): the first section to
  * open saves the count and sets 1, the last to close restores it, under a
  * spin lock. The hooks are the BLAS's own openblas_{set,get}_num_threads,
- * found by rnncore._threads at import (NULL: no policy). */
+ * found by rnncore._runtime.threads at import (NULL: no policy). */
 typedef void (*rc_set_threads_fn)(int);
 typedef int (*rc_get_threads_fn)(void);
 typedef struct { int lock; int depth; int saved; int pad; } rc_thread_state;
@@ -85,7 +85,7 @@ static void rc_loop_threads_end(int opened) { rc_single_close(opened); }
  * steps with no synchronisation; the all-steps GEMMs before and after the
  * loop stay whole and keep BLAS's threads. Each thread's per-step products go
  * to the panel kernel (or BLAS inside a single-thread section opened by the
- * caller). P = min(BLAS threads, 8, N / 4) when rnncore._threads allowed it
+ * caller). P = min(BLAS threads, 8, N / 4) when rnncore._runtime.threads allowed it
  * (rc_row_split: only when SciPy's OpenBLAS was loaded with a short thread
  * timeout -- spinning BLAS workers would compete with the loop's threads),
  * the per-step product is below RC_SPLIT_MAX_WORK multiply-adds (above it the
