@@ -1,0 +1,275 @@
+"""``export``: an rnncore RNN/GRU/LSTM model -> an ONNX graph that computes the same.
+
+The graph, for L layers and dirs = 1 or 2 directions (time-major names)::
+
+    x (T, N, D)                       [Transpose from (N, T, D) if batch_first]
+    layer k: RNN/GRU/LSTM node, direction forward|bidirectional, layout 0
+        X (T, N, D_k) -> Y (T, dirs, N, H), Y_h (dirs, N, H) [, Y_c]
+        Y -> Transpose (T, N, dirs, H) -> Reshape (T, N, dirs*H)   (PyTorch's concat)
+    last layer, merge_mode sum/mul/ave: Gather both directions -> Add / Mul / Add*0.5
+    lengths: out masked to 0 past each length; rows of length 0 keep h0 (as rnncore)
+    h_n = Concat(Y_h of each layer) (L*dirs, N, H) [, c_n]
+    out (T, N, F)                     [Transpose to (N, T, F) if batch_first]
+
+ONNX Runtime's CPU kernels refuse ``layout=1``, so ``batch_first`` is two
+Transposes around layout-0 nodes.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import __version__
+from ._layout import CELLS, DEFAULT_ACTIVATIONS, layer_to_onnx
+
+__all__ = ["export", "DEFAULT_OPSET", "METADATA_KEY"]
+
+#: Default opset: 17 is read by every ONNX Runtime since 1.13 and by torch.onnx.
+DEFAULT_OPSET = 17
+#: Oldest opset accepted (the ``layout`` attribute of RNN/GRU/LSTM and Squeeze's axes input).
+MIN_OPSET = 14
+#: ``metadata_props`` key holding the model's class and config (JSON).
+METADATA_KEY = "rnncore"
+
+_ONNX_DTYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
+
+
+class _Graph:
+    """Collects nodes and initializers with unique, readable names."""
+
+    def __init__(self):
+        self.nodes, self.inits = [], []
+
+    def const(self, name, value):
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op, inputs, outputs, name, **attrs):
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _cell_of(model):
+    from ..models import GRU, LSTM, RNN
+    for cls in (LSTM, GRU, RNN):
+        if isinstance(model, cls):
+            return cls.__name__
+    raise TypeError(f"model: expected an rnncore RNN, GRU or LSTM, got {type(model).__name__}")
+
+
+def _cell_attrs(model, cell, nd):
+    """ONNX attributes that make the node compute the rnncore cell."""
+    if cell == "RNN":
+        act = "Relu" if getattr(model, "nonlinearity", "tanh") == "relu" else "Tanh"
+        return {"activations": [act] * nd}
+    if cell == "GRU":
+        if not getattr(model, "reset_after", True):
+            # ONNX's linear_before_reset=0 is the reset-before GRU: export it when
+            # rnncore.GRU(reset_after=False) exists (issue 16, part 1).
+            return {"linear_before_reset": 0,
+                    "activations": [a.capitalize() for a in DEFAULT_ACTIVATIONS[cell]] * nd}
+        return {"linear_before_reset": 1,
+                "activations": [a.capitalize() for a in DEFAULT_ACTIVATIONS[cell]] * nd}
+    if getattr(model, "proj_size", 0):
+        raise NotImplementedError(
+            "LSTM(proj_size=P) has no ONNX LSTM equivalent (ONNX's LSTM has no projection); "
+            "export would need a Loop of MatMuls")
+    return {"activations": [a.capitalize() for a in DEFAULT_ACTIVATIONS[cell]] * nd}
+
+
+def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OPSET,
+           graph_name=None):
+    """Write ``model`` as an ONNX graph that computes ``model(x, ...)`` in inference mode.
+
+    Parameters
+    ----------
+    model : rnncore.RNN, GRU or LSTM
+    path : str, path-like or None
+        Where to write the ``.onnx`` file; None only returns the ModelProto.
+    lengths : bool, default False
+        Add an int64 input ``lengths`` (N,) (the model's ``lengths=``), fed to
+        the nodes' ``sequence_lens``; ``out`` is 0 past each length.
+    initial_states : bool, default False
+        Add inputs ``h0`` (and ``c0`` for LSTM), (L*dirs, N, H); without them
+        the states start at zero.
+    opset : int, default 17
+        ONNX opset of the graph, 14 or newer.
+    graph_name : str, optional
+
+    Returns
+    -------
+    onnx.ModelProto
+        Inputs ``x`` (T, N, D) ((N, T, D) if ``batch_first``) [, ``lengths``]
+        [, ``h0`` [, ``c0``]]; outputs ``out``, ``h_n`` [, ``c_n``] with the
+        model's shapes and dtype. T and N are dynamic.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an rnncore RNN/GRU/LSTM.
+    ValueError
+        ``opset`` out of range.
+
+    Notes
+    -----
+    Dropout is a training-time operation and is not exported. Unbatched
+    (2-D) inputs are not part of the graph: add a batch axis of 1.
+
+    Examples
+    --------
+    >>> import rnncore, rnncore.onnx                             # doctest: +SKIP
+    >>> rnncore.onnx.export(rnncore.LSTM(8, 16), "lstm.onnx")     # doctest: +SKIP
+    """
+    cell = _cell_of(model)
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not (
+            MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
+        raise ValueError(f"opset: expected an int in [{MIN_OPSET}, "
+                         f"{onnx.defs.onnx_opset_version()}], got {opset!r}")
+    dtype = np.dtype(model.dtype)
+    et = _ONNX_DTYPE[dtype]
+    H, L, nd, D = model.hidden_size, model.num_layers, model.num_directions, model.input_size
+    n_states = 2 if cell == "LSTM" else 1
+    state_names = ["h", "c"][:n_states]
+    merged = nd == 2 and model.merge_mode != "concat"
+    F = H if merged else nd * H
+    g = _Graph()
+    params = model.params
+    attrs = _cell_attrs(model, cell, nd)
+
+    # graph inputs
+    if model.batch_first:
+        inputs = [helper.make_tensor_value_info("x", et, ["N", "T", D])]
+        x = g.node("Transpose", ["x"], ["x_time_major"], "x_to_time_major", perm=[1, 0, 2])
+    else:
+        inputs = [helper.make_tensor_value_info("x", et, ["T", "N", D])]
+        x = "x"
+    seq_lens = ""
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["N"]))
+        seq_lens = g.node("Cast", ["lengths"], ["sequence_lens"], "lengths_to_int32",
+                          to=TensorProto.INT32)
+    states0 = []
+    if initial_states:
+        for s in state_names:
+            inputs.append(helper.make_tensor_value_info(f"{s}0", et, [L * nd, "N", H]))
+            states0.append(f"{s}0")
+
+    # one node per layer
+    finals = [[] for _ in state_names]
+    layer_in = x
+    axis0 = g.const("axis0", np.array([0], np.int64))
+    for k in range(L):
+        W, R, B = layer_to_onnx(params, cell, k, nd, H, model.bias)
+        node_in = [layer_in, g.const(f"W_l{k}", W.astype(dtype)),
+                   g.const(f"R_l{k}", R.astype(dtype)),
+                   g.const(f"B_l{k}", B.astype(dtype)) if B is not None else "", seq_lens]
+        for s in states0:
+            if L == 1:
+                node_in.append(s)
+            else:
+                node_in.append(g.node(
+                    "Slice", [s, g.const(f"{s}_start_l{k}", np.array([k * nd], np.int64)),
+                              g.const(f"{s}_end_l{k}", np.array([(k + 1) * nd], np.int64)),
+                              axis0], [f"{s}_l{k}"], f"{s}_slice_l{k}"))
+        if not states0:
+            node_in += [""] * n_states
+        while node_in and node_in[-1] == "":
+            node_in.pop()
+        node_out = [f"Y_l{k}"] + [f"Y_{s}_l{k}" for s in state_names]
+        g.node(cell, node_in, node_out, f"{cell}_l{k}", hidden_size=H,
+               direction="bidirectional" if nd == 2 else "forward", **attrs)
+        for i, s in enumerate(state_names):
+            finals[i].append(node_out[1 + i])
+        Y = node_out[0]  # (T, dirs, N, H)
+        if k == L - 1 and merged:
+            a = g.node("Gather", [Y, g.const("forward", np.array(0, np.int64))], ["out_forward"],
+                       "out_forward", axis=1)
+            b = g.node("Gather", [Y, g.const("reverse", np.array(1, np.int64))], ["out_reverse"],
+                       "out_reverse", axis=1)
+            if model.merge_mode == "mul":
+                layer_in = g.node("Mul", [a, b], ["out_mul"], "merge_mul")
+            else:
+                layer_in = g.node("Add", [a, b], ["out_sum"], "merge_sum")
+                if model.merge_mode == "ave":
+                    layer_in = g.node("Mul", [layer_in, g.const("half", np.array(0.5, dtype))],
+                                      ["out_ave"], "merge_ave")
+        elif nd == 1:
+            layer_in = g.node("Squeeze", [Y, g.const(f"axis1_l{k}", np.array([1], np.int64))],
+                              [f"out_l{k}"], f"squeeze_l{k}")
+        else:
+            t = g.node("Transpose", [Y], [f"Y_tndh_l{k}"], f"directions_last_l{k}",
+                       perm=[0, 2, 1, 3])
+            layer_in = g.node("Reshape", [t, g.const(f"tnf_l{k}", np.array([0, 0, -1], np.int64))],
+                              [f"out_l{k}"], f"concat_directions_l{k}")
+
+    out = layer_in
+    if lengths:
+        out = _mask_padding(g, out, "lengths", dtype)
+    outputs = []
+    if model.batch_first:
+        g.node("Transpose", [out], ["out"], "out_to_batch_first", perm=[1, 0, 2])
+        outputs.append(helper.make_tensor_value_info("out", et, ["N", "T", F]))
+    else:
+        g.node("Identity", [out], ["out"], "out")
+        outputs.append(helper.make_tensor_value_info("out", et, ["T", "N", F]))
+    for i, s in enumerate(state_names):
+        fin = g.node("Concat", finals[i], [f"{s}_n_layers"], f"{s}_n", axis=0)
+        if lengths and states0:
+            # rnncore (and PyTorch) keep h0 for a sequence of length 0
+            fin = _keep_initial_for_empty(g, fin, states0[i], "lengths", s)
+        g.node("Identity", [fin], [f"{s}_n"], f"{s}_n_out")
+        outputs.append(helper.make_tensor_value_info(f"{s}_n", et, [L * nd, "N", H]))
+
+    graph = helper.make_graph(g.nodes, graph_name or f"rnncore_{cell}", inputs, outputs,
+                              initializer=g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))],
+                              producer_name="rnncore", producer_version=__version__)
+    proto.ir_version = min(proto.ir_version, _max_ir_version(int(opset)))
+    meta = {"class": cell, "config": model.get_config(),
+            "lengths": bool(lengths), "initial_states": bool(initial_states)}
+    helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        onnx.save(proto, path)
+    return proto
+
+
+def _max_ir_version(opset):
+    """Oldest IR version that carries ``opset`` (so older runtimes can read the file)."""
+    for ir, op in ((8, 17), (8, 18), (9, 20), (10, 21), (10, 22), (11, 23)):
+        if opset <= op:
+            return ir
+    return onnx.IR_VERSION
+
+
+def _valid_mask(g, lengths, T_like):
+    """Bool (T, N, 1): step t < lengths[n]."""
+    shape = g.node("Shape", [T_like], ["out_shape"], "out_shape")
+    T = g.node("Gather", [shape, g.const("zero", np.array(0, np.int64))], ["T"], "T", axis=0)
+    steps = g.node("Range", [g.const("range_start", np.array(0, np.int64)), T,
+                             g.const("range_step", np.array(1, np.int64))], ["steps"], "steps")
+    t = g.node("Unsqueeze", [steps, g.const("axes_1_2", np.array([1, 2], np.int64))],
+               ["steps_T11"], "steps_T11")
+    n = g.node("Unsqueeze", [lengths, g.const("axes_0_2", np.array([0, 2], np.int64))],
+               ["lengths_1N1"], "lengths_1N1")
+    return g.node("Less", [t, n], ["valid"], "valid")
+
+
+def _mask_padding(g, out, lengths, dtype):
+    """out (T, N, F) -> 0 where t >= lengths[n] (rnncore's and pad_packed_sequence's padding)."""
+    valid = _valid_mask(g, lengths, out)
+    return g.node("Where", [valid, out, g.const("zero_out", np.array(0, dtype))],
+                  ["out_masked"], "zero_padding")
+
+
+def _keep_initial_for_empty(g, fin, s0, lengths, s):
+    """(L*dirs, N, H): the initial state for rows of length 0."""
+    if "empty" not in {n.name for n in g.nodes}:
+        e = g.node("Equal", [lengths, g.const("zero_len", np.array(0, np.int64))], ["empty_N"],
+                   "empty_N")
+        g.node("Unsqueeze", [e, g.const("axes_0_2e", np.array([0, 2], np.int64))], ["empty"],
+               "empty")
+    return g.node("Where", ["empty", s0, fin], [f"{s}_n_kept"], f"{s}_n_keep_initial")
