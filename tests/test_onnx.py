@@ -20,7 +20,7 @@ import rnncore  # noqa: E402
 import rnncore.onnx as ronnx  # noqa: E402
 from rnncore.onnx import _layout  # noqa: E402
 
-from conftest import kind_of, make_model  # noqa: E402
+from conftest import make_model  # noqa: E402
 
 T, N, D, H = 5, 4, 3, 4
 #: ONNX Runtime against rnncore, float32 (the issue's 1e-5)
@@ -193,7 +193,8 @@ def test_load_torch_onnx_export(name, batch_first, bias, dynamo, tmp_path, rng):
     assert type(model).__name__ == name
     assert (model.num_layers, model.bidirectional, model.batch_first, model.bias) == (
         2, True, batch_first, bias)
-    _same_state_dict(model.state_dict(), {k: v.detach().numpy() for k, v in t.state_dict().items()})
+    _same_state_dict(model.state_dict(),
+                     {k: v.detach().numpy() for k, v in t.state_dict().items()})
     with torch.no_grad():
         y_t, s_t = t(torch.from_numpy(x))
     s_t = s_t if isinstance(s_t, tuple) else (s_t,)

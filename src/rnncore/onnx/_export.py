@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
-from ._layout import CELLS, DEFAULT_ACTIVATIONS, layer_to_onnx
+from ._layout import DEFAULT_ACTIVATIONS, layer_to_onnx
 
 __all__ = ["export", "DEFAULT_OPSET", "METADATA_KEY"]
 
@@ -41,10 +41,13 @@ class _Graph:
     """Collects nodes and initializers with unique, readable names."""
 
     def __init__(self):
-        self.nodes, self.inits = [], []
+        self.nodes, self.inits, self._names = [], [], set()
 
     def const(self, name, value):
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        """An initializer ``name`` (written once; later calls reuse it)."""
+        if name not in self._names:
+            self._names.add(name)
+            self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def node(self, op, inputs, outputs, name, **attrs):
@@ -65,19 +68,15 @@ def _cell_attrs(model, cell, nd):
     if cell == "RNN":
         act = "Relu" if getattr(model, "nonlinearity", "tanh") == "relu" else "Tanh"
         return {"activations": [act] * nd}
+    attrs = {"activations": [a.capitalize() for a in DEFAULT_ACTIVATIONS[cell]] * nd}
     if cell == "GRU":
-        if not getattr(model, "reset_after", True):
-            # ONNX's linear_before_reset=0 is the reset-before GRU: export it when
-            # rnncore.GRU(reset_after=False) exists (issue 16, part 1).
-            return {"linear_before_reset": 0,
-                    "activations": [a.capitalize() for a in DEFAULT_ACTIVATIONS[cell]] * nd}
-        return {"linear_before_reset": 1,
-                "activations": [a.capitalize() for a in DEFAULT_ACTIVATIONS[cell]] * nd}
-    if getattr(model, "proj_size", 0):
+        # PyTorch's GRU (reset after the recurrent product) is linear_before_reset=1;
+        # a reset-before rnncore.GRU(reset_after=False) (issue 16, part 1) will be 0.
+        attrs["linear_before_reset"] = int(getattr(model, "reset_after", True))
+    elif getattr(model, "proj_size", 0):
         raise NotImplementedError(
-            "LSTM(proj_size=P) has no ONNX LSTM equivalent (ONNX's LSTM has no projection); "
-            "export would need a Loop of MatMuls")
-    return {"activations": [a.capitalize() for a in DEFAULT_ACTIVATIONS[cell]] * nd}
+            "LSTM(proj_size=P) has no ONNX LSTM equivalent (ONNX's LSTM has no projection)")
+    return attrs
 
 
 def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OPSET,
@@ -160,7 +159,6 @@ def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OP
     # one node per layer
     finals = [[] for _ in state_names]
     layer_in = x
-    axis0 = g.const("axis0", np.array([0], np.int64))
     for k in range(L):
         W, R, B = layer_to_onnx(params, cell, k, nd, H, model.bias)
         node_in = [layer_in, g.const(f"W_l{k}", W.astype(dtype)),
@@ -173,7 +171,8 @@ def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OP
                 node_in.append(g.node(
                     "Slice", [s, g.const(f"{s}_start_l{k}", np.array([k * nd], np.int64)),
                               g.const(f"{s}_end_l{k}", np.array([(k + 1) * nd], np.int64)),
-                              axis0], [f"{s}_l{k}"], f"{s}_slice_l{k}"))
+                              g.const("axis0", np.array([0], np.int64))],
+                    [f"{s}_l{k}"], f"{s}_slice_l{k}"))
         if not states0:
             node_in += [""] * n_states
         while node_in and node_in[-1] == "":
