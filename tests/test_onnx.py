@@ -36,7 +36,9 @@ def _inputs(model, rng, lengths, initial_states):
     """x in the model's layout, lengths (with a 0 and a full row) and the states."""
     L, nd = model.num_layers, model.num_directions
     x = rng.standard_normal((T, N, D)).astype(model.dtype)
-    lens = np.array([T, 0, 2, 1])[:N] if lengths else None
+    # with states a row of length 0 keeps h0; without, the longest row ends before T
+    lens = (np.array([T, 0, 2, 1]) if initial_states else np.array([T - 2, 0, 3, 1])
+            ) if lengths else None
     if lengths:
         x[np.arange(T)[:, None] >= lens[None, :]] = 0
     if model.batch_first:
@@ -209,6 +211,30 @@ def test_load_refuses_dynamo_unrolled_rnn(tmp_path, rng):
     _torch_export(t, x, tmp_path / "r.onnx", dynamo=True)
     with pytest.raises(ValueError, match=r"MatMul node '.+'.*dynamo=False"):
         ronnx.load(tmp_path / "r.onnx")
+
+
+def test_load_layout1_node_as_batch_first(rng):
+    """A hand-written graph: one bidirectional LSTM node with layout=1 (batch-major), which
+    ONNX Runtime's CPU kernels refuse; checked with ONNX's reference evaluator."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    W, R, B = (rng.standard_normal(s).astype(np.float32)
+               for s in ((2, 4 * H, D), (2, 4 * H, H), (2, 8 * H)))
+    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y", "Y_h", "Y_c"], name="lstm",
+                            hidden_size=H, direction="bidirectional", layout=1)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", D])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h", "Y_c")],
+        initializer=[numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (B, "B"))])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = ronnx.load(proto)
+    assert model.batch_first and model.bidirectional
+    x = rng.standard_normal((N, T, D)).astype(np.float32)
+    Y, Y_h, Y_c = ReferenceEvaluator(proto).run(None, {"x": x})  # (N, T, 2, H), (N, 2, H)
+    out, (h_n, c_n) = model(x, train=False)
+    np.testing.assert_allclose(out, Y.reshape(N, T, 2 * H), **ORT_TOL)
+    np.testing.assert_allclose(h_n, Y_h.transpose(1, 0, 2), **ORT_TOL)
+    np.testing.assert_allclose(c_n, Y_c.transpose(1, 0, 2), **ORT_TOL)
 
 
 # ------------------------------------------------------------------- refusals
