@@ -129,95 +129,40 @@ def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OP
                          f"{onnx.defs.onnx_opset_version()}], got {opset!r}")
     dtype = np.dtype(model.dtype)
     et = _ONNX_DTYPE[dtype]
-    H, L, nd, D = model.hidden_size, model.num_layers, model.num_directions, model.input_size
-    n_states = 2 if cell == "LSTM" else 1
-    state_names = ["h", "c"][:n_states]
-    merged = nd == 2 and model.merge_mode != "concat"
-    F = H if merged else nd * H
+    H, L, nd = model.hidden_size, model.num_layers, model.num_directions
+    state_names = ["h", "c"] if cell == "LSTM" else ["h"]
+    merge = model.merge_mode if nd == 2 else "concat"
     g = _Graph()
-    params = model.params
+    inputs, x, seq_lens, states0 = _graph_inputs(g, model, et, state_names, lengths,
+                                                 initial_states)
     attrs = _cell_attrs(model, cell, nd)
-
-    # graph inputs
-    if model.batch_first:
-        inputs = [helper.make_tensor_value_info("x", et, ["N", "T", D])]
-        x = g.node("Transpose", ["x"], ["x_time_major"], "x_to_time_major", perm=[1, 0, 2])
-    else:
-        inputs = [helper.make_tensor_value_info("x", et, ["T", "N", D])]
-        x = "x"
-    seq_lens = ""
-    if lengths:
-        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["N"]))
-        seq_lens = g.node("Cast", ["lengths"], ["sequence_lens"], "lengths_to_int32",
-                          to=TensorProto.INT32)
-    states0 = []
-    if initial_states:
-        for s in state_names:
-            inputs.append(helper.make_tensor_value_info(f"{s}0", et, [L * nd, "N", H]))
-            states0.append(f"{s}0")
-
-    # one node per layer
-    finals = [[] for _ in state_names]
+    finals = [[] for _ in state_names]  # per state: each layer's (dirs, N, H)
     layer_in = x
     for k in range(L):
-        W, R, B = layer_to_onnx(params, cell, k, nd, H, model.bias)
-        node_in = [layer_in, g.const(f"W_l{k}", W.astype(dtype)),
-                   g.const(f"R_l{k}", R.astype(dtype)),
-                   g.const(f"B_l{k}", B.astype(dtype)) if B is not None else "", seq_lens]
-        for s in states0:
-            if L == 1:
-                node_in.append(s)
-            else:
-                node_in.append(g.node(
-                    "Slice", [s, g.const(f"{s}_start_l{k}", np.array([k * nd], np.int64)),
-                              g.const(f"{s}_end_l{k}", np.array([(k + 1) * nd], np.int64)),
-                              g.const("axis0", np.array([0], np.int64))],
-                    [f"{s}_l{k}"], f"{s}_slice_l{k}"))
-        if not states0:
-            node_in += [""] * n_states
-        while node_in and node_in[-1] == "":
+        node_in = [layer_in] + _weights(g, model, cell, k, dtype) + [seq_lens]
+        node_in += [_layer_slice(g, s, k, nd) if L > 1 else s for s in states0]
+        while node_in[-1] == "":
             node_in.pop()
         node_out = [f"Y_l{k}"] + [f"Y_{s}_l{k}" for s in state_names]
         g.node(cell, node_in, node_out, f"{cell}_l{k}", hidden_size=H,
                direction="bidirectional" if nd == 2 else "forward", **attrs)
-        for i, s in enumerate(state_names):
+        for i in range(len(state_names)):
             finals[i].append(node_out[1 + i])
-        Y = node_out[0]  # (T, dirs, N, H)
-        if k == L - 1 and merged:
-            a = g.node("Gather", [Y, g.const("forward", np.array(0, np.int64))], ["out_forward"],
-                       "out_forward", axis=1)
-            b = g.node("Gather", [Y, g.const("reverse", np.array(1, np.int64))], ["out_reverse"],
-                       "out_reverse", axis=1)
-            if model.merge_mode == "mul":
-                layer_in = g.node("Mul", [a, b], ["out_mul"], "merge_mul")
-            else:
-                layer_in = g.node("Add", [a, b], ["out_sum"], "merge_sum")
-                if model.merge_mode == "ave":
-                    layer_in = g.node("Mul", [layer_in, g.const("half", np.array(0.5, dtype))],
-                                      ["out_ave"], "merge_ave")
-        elif nd == 1:
-            layer_in = g.node("Squeeze", [Y, g.const(f"axis1_l{k}", np.array([1], np.int64))],
-                              [f"out_l{k}"], f"squeeze_l{k}")
-        else:
-            t = g.node("Transpose", [Y], [f"Y_tndh_l{k}"], f"directions_last_l{k}",
-                       perm=[0, 2, 1, 3])
-            layer_in = g.node("Reshape", [t, g.const(f"tnf_l{k}", np.array([0, 0, -1], np.int64))],
-                              [f"out_l{k}"], f"concat_directions_l{k}")
+        layer_in = _layer_output(g, node_out[0], k, nd, merge if k == L - 1 else "concat",
+                                 dtype)
 
-    out = layer_in
-    if lengths:
-        out = _mask_padding(g, out, "lengths", dtype)
-    outputs = []
+    out = _mask_padding(g, layer_in, "lengths", dtype) if lengths else layer_in
+    F = nd * H if merge == "concat" else H
     if model.batch_first:
         g.node("Transpose", [out], ["out"], "out_to_batch_first", perm=[1, 0, 2])
-        outputs.append(helper.make_tensor_value_info("out", et, ["N", "T", F]))
+        outputs = [helper.make_tensor_value_info("out", et, ["N", "T", F])]
     else:
         g.node("Identity", [out], ["out"], "out")
-        outputs.append(helper.make_tensor_value_info("out", et, ["T", "N", F]))
+        outputs = [helper.make_tensor_value_info("out", et, ["T", "N", F])]
     for i, s in enumerate(state_names):
         fin = g.node("Concat", finals[i], [f"{s}_n_layers"], f"{s}_n", axis=0)
         if lengths and states0:
-            # rnncore (and PyTorch) keep h0 for a sequence of length 0
+            # rnncore (and PyTorch) keep h0 for a sequence of length 0; ONNX Runtime gives 0
             fin = _keep_initial_for_empty(g, fin, states0[i], "lengths", s)
         g.node("Identity", [fin], [f"{s}_n"], f"{s}_n_out")
         outputs.append(helper.make_tensor_value_info(f"{s}_n", et, [L * nd, "N", H]))
@@ -234,6 +179,65 @@ def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OP
     if path is not None:
         onnx.save(proto, path)
     return proto
+
+
+def _graph_inputs(g, model, et, state_names, lengths, initial_states):
+    """Graph inputs; the time-major x, sequence_lens ("" if none) and state input names."""
+    L, nd, H, D = model.num_layers, model.num_directions, model.hidden_size, model.input_size
+    if model.batch_first:
+        inputs = [helper.make_tensor_value_info("x", et, ["N", "T", D])]
+        x = g.node("Transpose", ["x"], ["x_time_major"], "x_to_time_major", perm=[1, 0, 2])
+    else:
+        inputs = [helper.make_tensor_value_info("x", et, ["T", "N", D])]
+        x = "x"
+    seq_lens = ""
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["N"]))
+        seq_lens = g.node("Cast", ["lengths"], ["sequence_lens"], "lengths_to_int32",
+                          to=TensorProto.INT32)
+    states0 = [f"{s}0" for s in state_names] if initial_states else []
+    for s in states0:
+        inputs.append(helper.make_tensor_value_info(s, et, [L * nd, "N", H]))
+    return inputs, x, seq_lens, states0
+
+
+def _weights(g, model, cell, k, dtype):
+    """Initializers W, R, B ("" without bias) of layer k, gates in ONNX's order."""
+    W, R, B = layer_to_onnx(model.params, cell, k, model.num_directions, model.hidden_size,
+                            model.bias)
+    return [g.const(f"W_l{k}", W.astype(dtype)), g.const(f"R_l{k}", R.astype(dtype)),
+            g.const(f"B_l{k}", B.astype(dtype)) if B is not None else ""]
+
+
+def _layer_slice(g, s, k, nd):
+    """Layer k's rows [k*dirs, (k+1)*dirs) of the state input ``s`` (L*dirs, N, H)."""
+    return g.node("Slice", [s, g.const(f"{s}_start_l{k}", np.array([k * nd], np.int64)),
+                            g.const(f"{s}_end_l{k}", np.array([(k + 1) * nd], np.int64)),
+                            g.const("axis0", np.array([0], np.int64))],
+                  [f"{s}_l{k}"], f"{s}_slice_l{k}")
+
+
+def _layer_output(g, Y, k, nd, merge, dtype):
+    """Y (T, dirs, N, H) -> (T, N, dirs*H) (PyTorch's concat), or (T, N, H) merged."""
+    if nd == 1:
+        return g.node("Squeeze", [Y, g.const("axis1", np.array([1], np.int64))],
+                      [f"out_l{k}"], f"squeeze_l{k}")
+    if merge == "concat":
+        t = g.node("Transpose", [Y], [f"Y_tndh_l{k}"], f"directions_last_l{k}",
+                   perm=[0, 2, 1, 3])
+        return g.node("Reshape", [t, g.const("tnf", np.array([0, 0, -1], np.int64))],
+                      [f"out_l{k}"], f"concat_directions_l{k}")
+    a = g.node("Gather", [Y, g.const("forward", np.array(0, np.int64))], ["out_forward"],
+               "out_forward", axis=1)
+    b = g.node("Gather", [Y, g.const("reverse", np.array(1, np.int64))], ["out_reverse"],
+               "out_reverse", axis=1)
+    if merge == "mul":
+        return g.node("Mul", [a, b], ["out_mul"], "merge_mul")
+    total = g.node("Add", [a, b], ["out_sum"], "merge_sum")
+    if merge == "sum":
+        return total
+    return g.node("Mul", [total, g.const("half", np.array(0.5, dtype))], ["out_ave"],
+                  "merge_ave")
 
 
 def _max_ir_version(opset):
