@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import __version__
+from .._version import __version__
 from ._layout import DEFAULT_ACTIVATIONS, layer_to_onnx
 
 __all__ = ["export", "DEFAULT_OPSET", "METADATA_KEY"]
