@@ -46,7 +46,7 @@ __all__ = [
 
 #: applications and optional integrations, imported on first attribute access
 #: (PEP 562) so that ``import rnncore`` loads none of them
-_LAZY_SUBMODULES = ("charlm", "cli", "bench", "distributed", "dask_inference")
+_LAZY_SUBMODULES = ("charlm", "cli", "bench", "distributed", "dask_inference", "interop", "onnx")
 
 
 def __getattr__(name):
