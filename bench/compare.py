@@ -71,9 +71,11 @@ OpenMP) and sets ``torch.set_num_threads(N)``; rnncore's concurrent
 directions of bidirectional layers are switched off when N = 1 (they would
 use a second core).
 
-Training-mode forward: rnncore models run ``train=True`` (activations kept
-for backward), torch runs with autograd recording, so fb - fwd is the cost of
-the backward pass.
+Passes: ``fwd`` is forward-only inference -- rnncore models in ``eval()``
+mode (nothing kept for backward, no dropout), torch under
+``torch.inference_mode()``; the functional API and the reference keep their
+caches (they have no inference mode). ``fb`` is a training-mode forward
+(activations kept) plus the backward pass, torch with autograd recording.
 
 FLOP counts (GEMM flops only; bias adds and elementwise work not counted)
 --------------------------------------------------------------------------
@@ -94,10 +96,11 @@ D_k = dirs * H for k > 0. With ``lengths`` only valid steps are counted:
 ``T N`` becomes ``sum(lengths)`` (PyTorch's packed run does that work too);
 padded runs count the full ``T N``. One cell step is ``2 N G H (D + H)``.
 GFLOP/s = flops / median time. ``eff`` = an rnncore model's GFLOP/s divided
-by the best sgemm GFLOP/s of the same run: the fastest of the timed calls of
-a 2048^3 and a (64 x 1024)(1024 x 4096) sgemm through
+by the best GEMM GFLOP/s of the same run: the fastest of the timed calls of
+a 2048^3 and a (64 x 1024)(1024 x 4096) float32 GEMM through
 ``scipy.linalg.blas.sgemm`` (SciPy's BLAS, the one rnncore's kernels call;
-Fortran-ordered operands, so nothing is copied).
+Fortran-ordered operands, so nothing is copied) and, when PyTorch is there,
+through ``torch.mm`` (MKL) -- whichever library is faster sets the ceiling.
 
 Memory (group ``memory``)
 -------------------------
@@ -217,11 +220,13 @@ def main(argv=None):
     header = machine_header(opts.threads, torch)
     header["quick"] = opts.quick
     header["groups"], header["cells"] = opts.groups, opts.cells
-    sg = best_sgemm(opts.budget)
-    # the ceiling: the fastest call of either shape (a median can sink under load and
-    # would let a row's efficiency exceed 100%)
+    sg = best_sgemm(opts.budget, torch)
+    # the ceiling: the fastest call of any shape and library (a median can sink under
+    # load and would let a row's efficiency exceed 100%)
     best_gf = max(s["gflops_best"] for s in sg)
     header["best_sgemm_gflops"] = best_gf
+    header["best_gemm_by_lib"] = {lib: max(s["gflops_best"] for s in sg if s["lib"] == lib)
+                                  for lib in sorted({s["lib"] for s in sg})}
     print_header(header, sg, out)
     records = []
     runners = {"core": lambda: run_core(opts, torch, out, records, best_gf),

@@ -73,8 +73,12 @@ def rc_model(cell, D, H, layers=1, dirs=1, dtype=np.float32):
 def rc_model_fns(cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
     """(make_fwd, make_fb) for the rnncore model API."""
     def make_fwd():
+        # forward-only inference: nothing saved for backward, no dropout
         m = rc_model(cell, D, H, layers, dirs)
-        return lambda: m(x, lengths=lengths)
+        if hasattr(m, "eval"):
+            m.eval()
+            return lambda: m(x, lengths=lengths)
+        return lambda: m(x, lengths=lengths, train=False)
 
     def make_fb():
         m = rc_model(cell, D, H, layers, dirs)
@@ -140,8 +144,13 @@ def torch_fns(torch, cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
         return pad_packed_sequence(out, batch_first=True, total_length=T)[0]
 
     def make_fwd():
+        # forward-only inference: no autograd graph (torch.inference_mode)
         m = torch_model(torch, cell, D, H, layers, dirs)
-        return lambda: run(m)
+
+        def fwd():
+            with torch.inference_mode():
+                return run(m)
+        return fwd
 
     def make_fb():
         m = torch_model(torch, cell, D, H, layers, dirs)

@@ -105,21 +105,33 @@ def machine_header(threads, torch_mod=None):
     }
 
 
-def best_sgemm(budget):
-    """sgemm GFLOP/s through scipy.linalg.blas (the BLAS rnncore's kernels call)."""
+def best_sgemm(budget, torch_mod=None):
+    """float32 GEMM GFLOP/s: SciPy's sgemm (the BLAS rnncore's kernels call) at 2048^3
+    and at an LSTM step's (64x1024)(1024x4096), and ``torch.mm`` at 2048^3 when
+    PyTorch is there (MKL/oneDNN: the ceiling PyTorch's RNNs run against)."""
     from scipy.linalg import blas
 
     rng = seeded_rng()
     res = []
+
+    def record(lib, m, k, n, r):
+        fl = 2 * m * n * k
+        res.append(dict(r, lib=lib, shape=f"({m}x{k})({k}x{n})", gflop=fl / 1e9,
+                        gflops=fl / (r["median_ms"] * 1e-3) / 1e9,
+                        gflops_best=fl / (r["min_ms"] * 1e-3) / 1e9))
+
     for m, k, n in ((2048, 2048, 2048), (64, 1024, 4096)):
         a = np.asfortranarray(rng.standard_normal((m, k), dtype=np.float32))
         b = np.asfortranarray(rng.standard_normal((k, n), dtype=np.float32))
         c = np.zeros((m, n), dtype=np.float32, order="F")
-        r = measure(lambda: blas.sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=1), budget)
-        fl = 2 * m * n * k
-        res.append(dict(r, shape=f"({m}x{k})({k}x{n})", gflop=fl / 1e9,
-                        gflops=fl / (r["median_ms"] * 1e-3) / 1e9,
-                        gflops_best=fl / (r["min_ms"] * 1e-3) / 1e9))
+        record("scipy", m, k, n,
+               measure(lambda: blas.sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=1), budget))
+    if torch_mod is not None:
+        for m, k, n in ((2048, 2048, 2048), (64, 1024, 4096)):
+            a = torch_mod.from_numpy(rng.standard_normal((m, k), dtype=np.float32))
+            b = torch_mod.from_numpy(rng.standard_normal((k, n), dtype=np.float32))
+            c = torch_mod.empty((m, n), dtype=torch_mod.float32)
+            record("torch", m, k, n, measure(lambda: torch_mod.mm(a, b, out=c), budget))
     return res
 
 
@@ -148,6 +160,7 @@ def print_header(h, sg, out):
     for w in h.get("warnings") or []:
         out.write(f"  WARNING     {w}\n")
     for s in sg:
-        out.write(f"  sgemm       {s['shape']:<22} {s['gflops']:7.1f} GFLOP/s median, "
+        name = "sgemm" if s.get("lib", "scipy") == "scipy" else "torch.mm"
+        out.write(f"  {name:<11} {s['shape']:<22} {s['gflops']:7.1f} GFLOP/s median, "
                   f"{s['gflops_best']:7.1f} best\n")
     out.flush()

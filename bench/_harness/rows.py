@@ -18,7 +18,7 @@ def run_core(opts, torch, out, records, best_gf):
     out.write("\n== core: one layer, one direction, float32, batch_first; ms = median "
               "(first = first call) ==\n")
     out.write("   ratios: torch/rc = torch / rnncore model, ref/rc = reference / rnncore "
-              f"functional (>1: rnncore faster); eff = model GF/s / best sgemm "
+              f"functional (>1: rnncore faster); eff = model GF/s / best GEMM (SciPy or torch.mm) "
               f"({best_gf:.1f} GF/s)\n")
     t = Table(out, [("cell", 4, "<"), ("T", 3, ">"), ("N", 3, ">"), ("D", 4, ">"), ("H", 4, ">"),
                     ("pass", 4, "<"), ("model", 8, ">"), ("func", 8, ">"), ("ref", 8, ">"),
