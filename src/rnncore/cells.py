@@ -219,8 +219,8 @@ class _CellBase(Module):
     def _step_backward_locked(self, dstates):
         if not self._stack:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding "
-                               "training-mode forward (cell.train(), outside rnncore.no_grad(); "
-                               "one backward per saved step)")
+                               "forward in training mode (cell.train() or train=True; not "
+                               "inside rnncore.no_grad()); one backward per saved step")
         x, s0, outs, saved, unbatched = self._stack[-1]
         N = x.shape[0]
         ds = [self._state(d, n, N, unbatched) for d, n in dstates]

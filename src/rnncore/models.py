@@ -173,9 +173,9 @@ class _RNNBase(Module):
             sv = self._saved
             if sv is None:
                 raise RuntimeError(
-                    f"{type(self).__name__}.backward() needs a preceding training-mode "
-                    "forward (model.train(), outside rnncore.no_grad()); each forward's "
-                    "activations can be back-propagated once")
+                    f"{type(self).__name__}.backward() needs a preceding forward in "
+                    "training mode (model.train() or train=True; not inside rnncore.no_grad()); "
+                    "each forward's activations can be back-propagated once")
             checked = _stack.check_backward(self, sv, dout, dstates_n)  # before consuming
             self._saved = None  # activations are freed, as PyTorch frees its graph
             return _stack.backward(self, sv, dout, dstates_n, checked)

@@ -42,7 +42,8 @@ def _require_forward(layer, saved) -> None:
     if saved is None:
         raise RuntimeError(
             f"{type(layer).__name__}.backward called without a preceding training-mode "
-            "forward (call forward(x) in training mode, outside rnncore.no_grad(), first)"
+            "forward (call forward(x, train=True) or train() the layer first, outside "
+            "rnncore.no_grad())"
         )
 
 
