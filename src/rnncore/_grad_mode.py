@@ -13,11 +13,16 @@ import threading
 __all__ = ["no_grad", "enable_grad", "inference_mode", "grad_enabled", "set_grad_enabled"]
 
 _state = threading.local()
+#: number of set_grad_enabled(False) contexts open in any thread: while it is 0
+#: (nearly always, outside inference loops) the per-thread flag need not be read,
+#: which keeps this check off a cell step's few-microsecond budget
+_disabled = [0]
+_count_lock = threading.Lock()
 
 
 def grad_enabled() -> bool:
     """True unless the calling thread is inside :func:`no_grad` / :func:`inference_mode`."""
-    return getattr(_state, "enabled", True)
+    return not _disabled[0] or getattr(_state, "enabled", True)
 
 
 class set_grad_enabled:
@@ -28,12 +33,18 @@ class set_grad_enabled:
         self._prev = []
 
     def __enter__(self):
-        self._prev.append(grad_enabled())
+        self._prev.append(getattr(_state, "enabled", True))
         _state.enabled = self.mode
+        if not self.mode:
+            with _count_lock:
+                _disabled[0] += 1
         return self
 
     def __exit__(self, *exc):
         _state.enabled = self._prev.pop()
+        if not self.mode:
+            with _count_lock:
+                _disabled[0] -= 1
         return False
 
     def __call__(self, func):

@@ -282,10 +282,10 @@ def _own(a, caller):
     between forward and backward); copying costs less than detecting a change
     (a checksum of x is ~10x slower than its copy).
     """
-    if not any(c is not None and np.may_share_memory(a, c) for c in caller):
-        return a
-    order = np.argsort(a.strides)[::-1]  # keep the layout: copy in memory order
-    return a.transpose(order).copy().transpose(np.argsort(order))
+    for c in caller:
+        if np.may_share_memory(a, c):
+            return a.copy(order="K")  # the same layout (a transposed view stays one)
+    return a
 
 
 def forward(m, x, states0, lengths, train, save=None):
@@ -307,7 +307,7 @@ def forward(m, x, states0, lengths, train, save=None):
     y, finals = _to_caller(m, _merge(m, buffers[-1], outputs[-1]), finals, order.inv, unbatched)
     if not save:
         return y, finals, None
-    callers = [x] + [s for s, _ in states0 if isinstance(s, np.ndarray)]
+    callers = [x] + [s for s, _ in states0 if s is not None]
     inputs[0] = _own(inputs[0], callers)
     states_kernel = [_own(s, callers) for s in states_kernel]
     if y.base is not None or y is buffers[-1]:
