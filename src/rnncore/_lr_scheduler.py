@@ -105,16 +105,18 @@ class CosineAnnealingLR(LRScheduler):
     Parameters
     ----------
     optimizer : Optimizer
+        Its ``lr`` now (and each group's own ``lr``) is ``base_lr``.
     T_max : int
         Half period in epochs (> 0).
     eta_min : float, default 0
+        The lowest lr, reached at epoch ``T_max``.
     """
 
     _hparams = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0):
-        self.T_max = positive_int(T_max, "T_max")
         self.eta_min = float(eta_min)
+        self.T_max = positive_int(T_max, "T_max")
         super().__init__(optimizer)
 
     def get_lr(self, epoch):
