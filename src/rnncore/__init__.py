@@ -30,12 +30,15 @@ from ._runtime.threads import (set_loop_parallel_min, set_parallel_directions,  
 from .cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from .io import load, load_checkpoint, save  # noqa: E402
 from .models import GRU, LSTM, RNN  # noqa: E402
-from .module import Module  # noqa: E402
+from .module import Module, Parameter  # noqa: E402
+from ._grad_mode import (enable_grad, grad_enabled, inference_mode, no_grad,  # noqa: E402
+                         set_grad_enabled)
 from .clip import clip_grad_norm_, clip_grad_value_  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402
 
 __all__ = [
-    "RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Module", "cells",
+    "RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "Module", "Parameter", "cells",
+    "no_grad", "enable_grad", "inference_mode", "set_grad_enabled", "grad_enabled",
     "functional", "reference", "nn", "losses", "optim",
     "clip_grad_norm_", "clip_grad_value_", "gradcheck",
     "save", "load", "load_checkpoint",

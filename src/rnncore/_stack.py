@@ -71,7 +71,7 @@ def check_states(m, states, name, N, unbatched):
         return None
     L = m.num_layers * m.num_directions
     H = m.hidden_size
-    arr = V.as_float(states, name, m.dtype)
+    arr = V.as_float(states, name, m.dtype, owner="model")
     if unbatched:
         V.check_shape(arr, name, (L, H), "(num_layers * num_directions, H)")
         return arr[:, None, :]
@@ -100,7 +100,7 @@ def _dropout_scale(m):
 # ------------------------------------------------------------------ forward
 def _check_input(m, x):
     """x -> (x (3-D, caller's layout), xt (its (T, N, D) view), unbatched)."""
-    x = V.as_float(x, "x", m.dtype)
+    x = V.as_float(x, "x", m.dtype, owner="model")
     if x.ndim not in (2, 3):
         raise ValueError(
             f"x: expected shape {'(N, T, D)' if m.batch_first else '(T, N, D)'} "
@@ -275,8 +275,26 @@ def _to_caller(m, seq, states, inv, unbatched):
     return seq, states
 
 
-def forward(m, x, states0, lengths, train):
-    """(out, final states, :class:`Saved` or None); ``states0`` is [(array|None, name)]."""
+def _own(a, caller):
+    """``a``, or a copy of it (same layout) when it shares memory with a caller's array.
+
+    What backward reads must not change with the caller's arrays (``x[:] = 0``
+    between forward and backward); copying costs less than detecting a change
+    (a checksum of x is ~10x slower than its copy).
+    """
+    for c in caller:
+        if np.may_share_memory(a, c):
+            return a.copy(order="K")  # the same layout (a transposed view stays one)
+    return a
+
+
+def forward(m, x, states0, lengths, train, save=None):
+    """(out, final states, :class:`Saved` or None); ``states0`` is [(array|None, name)].
+
+    ``train`` applies dropout; ``save`` (default: ``train``) keeps the
+    activations for :func:`backward`.
+    """
+    save = train if save is None else save
     x, xt, unbatched = _check_input(m, x)
     T, N, _ = xt.shape
     st0 = [check_states(m, s, n, N, unbatched) for s, n in states0]
@@ -287,8 +305,11 @@ def forward(m, x, states0, lengths, train):
                                                         order.batch_sizes, train, T, N)
     finals = _final_states(m, outputs, states_full, order, T, N)
     y, finals = _to_caller(m, _merge(m, buffers[-1], outputs[-1]), finals, order.inv, unbatched)
-    if not train:
+    if not save:
         return y, finals, None
+    callers = [x] + [s for s, _ in states0 if s is not None]
+    inputs[0] = _own(inputs[0], callers)
+    states_kernel = [_own(s, callers) for s in states_kernel]
     if y.base is not None or y is buffers[-1]:
         # `out` shares memory with the activations backward reads: hand it
         # out read-only, so an in-place edit fails loudly instead of silently
@@ -383,10 +404,14 @@ def _layers_backward(m, sv, dlast, dsn):
     return dx, dstates0
 
 
-def backward(m, sv, dout, dstates_n):
+def check_backward(m, sv, dout, dstates_n):
+    """The checked ``(dout view, final-state gradients)``; raises before anything is consumed."""
+    return _check_dout(m, sv, dout), _final_state_grads(m, sv, dstates_n)
+
+
+def backward(m, sv, dout, dstates_n, checked=None):
     """(dx, initial-state gradients) of the forward that saved ``sv``."""
-    dt = _check_dout(m, sv, dout)
-    dsn = _final_state_grads(m, sv, dstates_n)
+    dt, dsn = checked if checked is not None else check_backward(m, sv, dout, dstates_n)
     dx, dstates0 = _layers_backward(m, sv, _merge_backward(m, dt, sv.outputs[-1]), dsn)
     return _to_caller(m, dx, dstates0, sv.inv, sv.unbatched)
 
@@ -397,7 +422,7 @@ def step(m, x, states):
     if m.bidirectional:
         raise ValueError("step() needs a unidirectional model (the reverse direction "
                          "needs the whole sequence)")
-    x = V.as_float(x, "x", m.dtype)
+    x = V.as_float(x, "x", m.dtype, owner="model")
     if x.ndim not in (1, 2) or x.shape[-1] != m.input_size:
         raise ValueError(f"x: expected shape (N, D) or (D,) with D = {m.input_size}, "
                          f"got {x.shape}")

@@ -32,18 +32,29 @@ def expected(name: str, what: str, given: str, must: bool = False) -> str:
     return f"{name}: expected {what}, got {given}"
 
 
-def as_float(a, name: str, dtype=None) -> np.ndarray:
+def as_float(a, name: str, dtype=None, owner=None) -> np.ndarray:
     """``a`` as a float32/float64 ndarray (no copy when it already is one).
 
     Raises TypeError for anything that is not a real floating array (ints,
     bools, complex, float16, objects): rnncore never casts silently. With
-    ``dtype`` given, the array must already have that dtype.
+    ``dtype`` given, the array must already have that dtype; ``owner`` (e.g.
+    ``"model"``) names whose dtype that is in the message.
     """
     if a is None:
         raise TypeError(expected(name, "a float32 or float64 array", "None"))
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor
         a = a.detach().cpu().numpy()
     arr = np.asarray(a)
+    if owner is not None and dtype is not None and arr.dtype != np.dtype(dtype):
+        dt = np.dtype(dtype).name
+        if not isinstance(a, np.ndarray):
+            raise TypeError(
+                f"{name}: got a {type(a).__name__}, which NumPy turns into {arr.dtype}, but the "
+                f"{owner}'s dtype is {dt}: pass np.asarray({name}, dtype=np.{dt})")
+        if arr.dtype in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name}: dtype {arr.dtype} does not match the {owner}'s dtype {dt}: cast with "
+                f"{name}.astype(np.{dt}) or convert the {owner} with {owner}.to(np.{arr.dtype})")
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(expected(name, "a float32 or float64 array", f"dtype {arr.dtype}"))
     if dtype is not None and arr.dtype != np.dtype(dtype):

@@ -17,17 +17,26 @@ what its backward needs on a stack; ``backward`` pops the most recent step
     for t in reversed(range(T)):
         dx[t], dh_next = cell.backward(dh[t] + dh_next)
 
-Parameter gradients accumulate into ``cell.grads``. ``clear_saved()`` drops
-pending steps (e.g. after an inference loop run with ``train=True``);
-``forward(..., train=False)`` saves nothing.
+Parameter gradients accumulate into ``cell.grads``. Only training-mode calls
+save (a new cell is in training mode, as in PyTorch); for generation use
+``cell.eval()`` or ``with rnncore.no_grad():`` -- nothing is saved and memory
+stays constant. ``clear_saved()`` drops pending steps; ``train=`` overrides
+the mode for one call. A saved step keeps copies of ``input`` and ``hx``, so
+refilling one buffer every step (``buf[:] = x[t]``) is safe. The saved steps
+belong to one thread at a time: a training-mode forward or a backward from
+another thread while steps are pending raises ``RuntimeError`` (give each
+thread its own cell); eval-mode calls may run from any number of threads.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
 from . import _bindings as B
 from . import _validation as V
-from .module import Module, register_module
+from ._grad_mode import grad_enabled
+from .module import Module, check_device, register_module
 
 __all__ = ["RNNCell", "GRUCell", "LSTMCell"]
 
@@ -38,8 +47,10 @@ class _CellBase(Module):
     G = 1
     n_states = 1
 
-    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None):
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None, *,
+                 device=None):
         super().__init__()
+        check_device(device)
         self.input_size = V.check_int(input_size, "input_size", 0)
         self.hidden_size = V.check_int(hidden_size, "hidden_size", 1)
         self.bias = bool(bias)
@@ -55,8 +66,33 @@ class _CellBase(Module):
             shapes += [("bias_ih", (GH,)), ("bias_hh", (GH,))]
         for name, shape in shapes:
             self._add_param(name, rng.uniform(-bound, bound, size=shape).astype(self.dtype))
-        self._zero_bias = np.zeros(GH, dtype=self.dtype)
-        self._stack = []
+        self._init_transient()
+
+    #: dropped by deepcopy/pickle and recreated (Module.__getstate__)
+    _transient = ("_stack", "_lock", "_owner", "_zero_bias")
+    #: refused by Sequential: one step needs its state
+    _sequential_output = None
+
+    def _init_transient(self) -> None:
+        self._zero_bias = np.zeros(self.G * self.hidden_size, dtype=self.dtype)
+        self._stack = []          # saved steps, last in first out
+        self._lock = threading.Lock()
+        self._owner = None        # the thread whose steps are on the stack
+
+    def _claim(self) -> None:
+        """Take the cell's lock for a saving forward or a backward (RuntimeError if busy)."""
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(f"this {type(self).__name__} is in use by another thread; give "
+                               "each thread its own cell (weights can be shared via "
+                               "load_state_dict)")
+        tid = threading.get_ident()
+        if self._stack and self._owner != tid:
+            self._lock.release()
+            raise RuntimeError(
+                f"this {type(self).__name__} holds steps saved by another thread; a cell's "
+                "saved steps belong to one thread (give each thread its own cell, or call "
+                "clear_saved() first)")
+        self._owner = tid
 
     def get_config(self) -> dict:
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
@@ -71,6 +107,10 @@ class _CellBase(Module):
     def clear_saved(self) -> None:
         """Forget the steps saved for backward."""
         self._stack.clear()
+
+    def to(self, dtype=None, *, device=None):
+        self.clear_saved()
+        return super().to(dtype, device=device)
 
     def _p(self):
         if self.bias:
@@ -87,7 +127,7 @@ class _CellBase(Module):
         return g + [np.zeros(GH, self.dtype), np.zeros(GH, self.dtype)]
 
     def _input(self, x):
-        x = V.as_float(x, "input", self.dtype)
+        x = V.as_float(x, "input", self.dtype, owner="cell")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape (N, D) or (D,) with D = {self.input_size}, "
                              f"got {x.shape}")
@@ -98,17 +138,23 @@ class _CellBase(Module):
         H = self.hidden_size
         if s is None:
             return np.zeros((N, H), dtype=self.dtype)
-        s = V.as_float(s, name, self.dtype)
+        s = V.as_float(s, name, self.dtype, owner="cell")
         want = (H,) if unbatched else (N, H)
         V.check_shape(s, name, want, "(H,)" if unbatched else "(N, H)")
         return V.rows_view(s[None] if unbatched else s)
 
     def _run(self, x, states, names, train):
         """One step: the kernels' fast entry point, else the validated path."""
-        res = self._fast_step(x, states, train)
-        if res is None:
-            res = self._step(x, list(zip(states, names)), train)
-        return res
+        save = (self.training if train is None else bool(train)) and grad_enabled()
+        if not save:  # inference: nothing saved, nothing shared, no lock
+            res = self._fast_step(x, states, False)
+            return self._step(x, list(zip(states, names)), False) if res is None else res
+        self._claim()
+        try:
+            res = self._fast_step(x, states, True)
+            return self._step(x, list(zip(states, names)), True) if res is None else res
+        finally:
+            self._lock.release()
 
     def _step(self, x, states, train):
         x, unbatched = self._input(x)
@@ -117,8 +163,8 @@ class _CellBase(Module):
         outs = [np.empty((1, N, self.hidden_size), dtype=self.dtype)
                 for _ in range(self.n_states)]
         saved = self._kernel.forward(x[None], s0, self._p(), outs, False, None)
-        if train:
-            self._stack.append((x, s0, outs, saved, unbatched))
+        if train:  # own copies: the caller may refill x or h before backward
+            self._stack.append((x.copy(), [s.copy() for s in s0], outs, saved, unbatched))
         res = [o[0] for o in outs]
         return [r[0] for r in res] if unbatched else res
 
@@ -156,17 +202,25 @@ class _CellBase(Module):
         if not self._kernel.step(x, s0, outs, saved, self.params, self.input_size,
                                  self.hidden_size, None if self.bias else self._zero_bias):
             return None
-        if train:
+        if train:  # own copies: the caller may refill x or h before backward
             if nd == 1:
                 x, s0 = x[None], [s[None] for s in s0]
-            self._stack.append((x, s0, [o.reshape((1,) + x.shape[:1] + shape[-1:])
+            self._stack.append((x.copy(), [s.copy() for s in s0], [o.reshape((1,) + x.shape[:1] + shape[-1:])
                                         for o in outs], saved, nd == 1))
         return outs
 
     def _step_backward(self, dstates):
+        self._claim()
+        try:
+            return self._step_backward_locked(dstates)
+        finally:
+            self._lock.release()
+
+    def _step_backward_locked(self, dstates):
         if not self._stack:
-            raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding forward "
-                               "with train=True (one backward per saved step)")
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding "
+                               "forward in training mode (cell.train() or train=True; not "
+                               "inside rnncore.no_grad()); one backward per saved step")
         x, s0, outs, saved, unbatched = self._stack[-1]
         N = x.shape[0]
         ds = [self._state(d, n, N, unbatched) for d, n in dstates]
@@ -207,11 +261,11 @@ class RNNCell(_CellBase):
     n_states = 1
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, *, device=None):
         relu = V.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         self._kernel = B.rnn_binding(relu)
-        super().__init__(input_size, hidden_size, bias, dtype, seed)
+        super().__init__(input_size, hidden_size, bias, dtype, seed, device=device)
 
     def get_config(self) -> dict:
         return dict(super().get_config(), nonlinearity=self.nonlinearity)
@@ -220,7 +274,7 @@ class RNNCell(_CellBase):
         r = super().__repr__()
         return r[:-1] + ", nonlinearity='relu')" if self._kernel.relu else r
 
-    def forward(self, input, hx=None, train=True):
+    def forward(self, input, hx=None, train=None):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h' like hx."""
         return self._run(input, (hx,), ("hx",), train)[0]
 
@@ -241,7 +295,7 @@ class GRUCell(_CellBase):
     n_states = 1
     _kernel = B.GRU
 
-    def forward(self, input, hx=None, train=True):
+    def forward(self, input, hx=None, train=None):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h'."""
         return self._run(input, (hx,), ("hx",), train)[0]
 
@@ -262,7 +316,7 @@ class LSTMCell(_CellBase):
     n_states = 2
     _kernel = B.LSTM
 
-    def forward(self, input, hx=None, train=True):
+    def forward(self, input, hx=None, train=None):
         """One step. hx = (h, c) or None -> (h', c')."""
         if hx is None:
             hx = (None, None)

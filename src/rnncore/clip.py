@@ -1,7 +1,9 @@
 """Gradient clipping in place, as PyTorch's ``clip_grad_norm_`` and ``clip_grad_value_``.
 
-Over a dict of arrays, a :class:`~rnncore.module.Module` (its ``grads``) or an
-iterable of arrays. Clipping the global norm is the remedy for exploding
+Over a :class:`~rnncore.module.Module` (its ``grads``), a dict of gradient
+arrays, an iterable of gradient arrays, and PyTorch's forms: a list of modules,
+``module.parameters()`` / ``named_parameters()`` (each parameter's ``.grad``)
+or parameter groups ``[{"params": ...}]``. Clipping the global norm is the remedy for exploding
 gradients in BPTT that Graves (2013) and Karpathy's min-char-rnn use.
 """
 from __future__ import annotations
@@ -14,6 +16,18 @@ import numpy as np
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
+def _item_grads(item) -> list:
+    """The gradient arrays one item of an iterable stands for."""
+    if hasattr(item, "grads") and isinstance(getattr(item, "grads"), Mapping):
+        return list(item.grads.values())                     # a module
+    if isinstance(item, Mapping) and "params" in item:       # a parameter group
+        return _grad_arrays(item["params"])
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        item = item[1]                                       # (name, parameter or gradient)
+    grad = getattr(item, "grad", None)
+    return [item if grad is None else grad]                  # a Parameter's .grad, else itself
+
+
 def _grad_arrays(grads, name: str = "grads") -> list[np.ndarray]:
     """Gradient arrays from a Module, a mapping, one array, or an iterable."""
     if hasattr(grads, "grads") and isinstance(getattr(grads, "grads"), Mapping):
@@ -21,15 +35,16 @@ def _grad_arrays(grads, name: str = "grads") -> list[np.ndarray]:
     elif isinstance(grads, Mapping):
         arrays = list(grads.values())
     elif isinstance(grads, np.ndarray):
-        arrays = [grads]
+        arrays = _item_grads(grads)
     else:
         try:
-            arrays = list(grads)
+            items = list(grads)
         except TypeError:
             raise TypeError(
                 f"{name} must be a Module, a dict of arrays or an iterable of arrays, "
                 f"got {type(grads).__name__}"
             ) from None
+        arrays = [g for item in items for g in _item_grads(item)]
     for i, g in enumerate(arrays):
         if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
             what = f"dtype {g.dtype}" if isinstance(g, np.ndarray) else type(g).__name__
@@ -50,7 +65,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False) ->
     Parameters
     ----------
     grads : Module, dict of str -> ndarray, ndarray or iterable of ndarray
-        The gradients (a Module's ``grads`` are used). Modified in place.
+        The gradients (a Module's ``grads`` are used; also modules,
+        ``parameters()``, ``named_parameters()`` or parameter groups, as the
+        optimizers take them). Modified in place.
     max_norm : float
         Largest allowed global norm.
     norm_type : float, default 2.0

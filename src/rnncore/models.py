@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import threading
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from . import _bindings as B
 from . import _stack
 from . import _validation as V
-from .module import Module, register_module
+from .module import Module, check_device, register_module
 
 __all__ = ["RNN", "GRU", "LSTM"]
 
@@ -32,8 +33,9 @@ class _RNNBase(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
-                 seed=None):
+                 seed=None, *, device=None):
         super().__init__()
+        check_device(device)
         self.input_size = V.check_int(input_size, "input_size", 0)
         self.hidden_size = V.check_int(hidden_size, "hidden_size", 1)
         self.num_layers = V.check_int(num_layers, "num_layers", 1)
@@ -43,6 +45,11 @@ class _RNNBase(Module):
                 0.0 <= float(dropout) < 1.0):
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(  # PyTorch's warning, word for word
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={self.dropout} "
+                f"and num_layers={self.num_layers}", UserWarning, stacklevel=3)
         self.bidirectional = bool(bidirectional)
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode: expected one of {MERGE_MODES}, got {merge_mode!r}")
@@ -52,9 +59,17 @@ class _RNNBase(Module):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self._init_transient()
+        self.reset_parameters()
+
+    #: dropped by deepcopy/pickle, recreated empty (Module.__getstate__)
+    _transient = ("_saved", "_lock")
+    #: forward returns (out, state); Sequential passes out on
+    _sequential_output = "pair"
+
+    def _init_transient(self) -> None:
         self._saved = None
         self._lock = threading.Lock()
-        self.reset_parameters()
 
     # ------------------------------------------------------------ parameters
     @property
@@ -132,13 +147,15 @@ class _RNNBase(Module):
 
     # ------------------------------------------------- forward, step, backward
     def _forward(self, x, states0, lengths, train):
+        training, saving = self._mode(train)
         if not self._lock.acquire(blocking=False):
             raise RuntimeError(
                 f"this {type(self).__name__} is in use by another thread; a model keeps the "
                 "activations of its last forward for backward, so give each thread its own "
                 "model (weights can be shared via load_state_dict)")
         try:
-            y, finals, self._saved = _stack.forward(self, x, states0, lengths, train)
+            self._saved = None  # a failed forward leaves nothing to back-propagate
+            y, finals, self._saved = _stack.forward(self, x, states0, lengths, training, saving)
             return y, finals
         finally:
             self._lock.release()
@@ -156,10 +173,12 @@ class _RNNBase(Module):
             sv = self._saved
             if sv is None:
                 raise RuntimeError(
-                    f"{type(self).__name__}.backward() needs a preceding forward with "
-                    "train=True (and each forward's activations can be back-propagated once)")
+                    f"{type(self).__name__}.backward() needs a preceding forward in "
+                    "training mode (model.train() or train=True; not inside rnncore.no_grad()); "
+                    "each forward's activations can be back-propagated once")
+            checked = _stack.check_backward(self, sv, dout, dstates_n)  # before consuming
             self._saved = None  # activations are freed, as PyTorch frees its graph
-            return _stack.backward(self, sv, dout, dstates_n)
+            return _stack.backward(self, sv, dout, dstates_n, checked)
         finally:
             self._lock.release()
 
@@ -191,13 +210,21 @@ _COMMON_PARAMS = """
     dtype : {np.float32, np.float64}, default np.float32
     seed : int or None
         Seeds the parameter initialisation and the dropout masks.
+    device : None or 'cpu', keyword-only
+        PyTorch's argument; any other device raises ValueError (not supported).
 """
 
 _COMMON_CALL = """
-    Calling: ``model(x, {state}=None, lengths=None, train=True)`` is
-    :meth:`forward`; ``model.backward(dout, {dstate}=None)`` back-propagates the
-    last training-mode forward and *accumulates* parameter gradients into
-    ``model.grads`` (clear them with :meth:`zero_grad`).
+    Calling: ``model(x, {state}=None, lengths=None)`` is :meth:`forward`;
+    ``model.backward(dout, {dstate}=None)`` back-propagates the last
+    training-mode forward and *accumulates* parameter gradients into
+    ``model.grads`` (clear them with :meth:`zero_grad`). A new model is in
+    training mode, and then (as in PyTorch) every call keeps its activations
+    for backward and applies dropout; after ``model.eval()`` or inside
+    ``with rnncore.no_grad():`` calls keep nothing. ``train=True/False``
+    overrides the mode for one call. ``x`` and the initial states are copied
+    when kept for backward, so changing them afterwards does not change the
+    gradients.
 
     ``lengths`` (N ints in [0, T], any order) on a zero-padded batch gives
     what PyTorch gives for ``pack_padded_sequence(x, lengths,
@@ -216,7 +243,7 @@ _COMMON_CALL = """
 class _HiddenStateRNN(_RNNBase):
     """Models whose state is one array h (RNN, GRU): forward, backward, step."""
 
-    def forward(self, x, h0=None, lengths=None, train=True):
+    def forward(self, x, h0=None, lengths=None, train=None):
         """Run the model over the sequence (all layers and directions).
 
         Parameters
@@ -226,8 +253,9 @@ class _HiddenStateRNN(_RNNBase):
             Initial states (zeros by default); (L * dirs, H) when unbatched.
         lengths : array of N ints, optional
             Valid length of each sequence in a zero-padded batch.
-        train : bool, default True
-            Keep activations for :meth:`backward` and apply dropout.
+        train : bool, optional
+            Override the module's mode (:attr:`training`) for this call:
+            keep activations for :meth:`backward` and apply dropout.
 
         Returns
         -------
@@ -311,12 +339,12 @@ class RNN(_HiddenStateRNN):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, merge_mode="concat",
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, *, device=None):
         self._relu = V.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         self._kernel = B.rnn_binding(self._relu)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, merge_mode, dtype, seed)
+                         bidirectional, merge_mode, dtype, seed, device=device)
 
     def get_config(self) -> dict:
         return dict(super().get_config(), nonlinearity=self.nonlinearity)
@@ -392,7 +420,7 @@ class LSTM(_RNNBase):
             raise TypeError(f"{name}: expected a pair (h, c) of arrays or None")
         return state
 
-    def forward(self, x, hx=None, lengths=None, train=True):
+    def forward(self, x, hx=None, lengths=None, train=None):
         """Run the LSTM.
 
         Parameters
@@ -400,7 +428,7 @@ class LSTM(_RNNBase):
         x : ndarray, shape (T, N, D), (N, T, D) if batch_first, or (T, D) unbatched
         hx : pair (h0, c0) of arrays (num_layers * num_directions, N, H), optional
         lengths : array of N ints, optional
-        train : bool, default True
+        train : bool, optional (the module's mode)
 
         Returns
         -------

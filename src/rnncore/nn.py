@@ -6,9 +6,11 @@ initialisation, and explicit ``forward`` / ``backward``.
 
 Conventions shared by every layer
 ---------------------------------
-- ``forward(x, train=True)``: ``train`` selects training mode for that call.
-  Only a training-mode forward saves what ``backward`` needs; an eval-mode
-  forward (``train=False``) drops anything saved before.
+- Modes as in PyTorch: a new layer is in training mode; ``eval()`` (or
+  ``with rnncore.no_grad():``) makes ``forward`` save nothing and apply no
+  dropout. ``forward(x, train=True/False)`` overrides the mode for one call.
+  Only a saving forward keeps what ``backward`` needs; any other forward (also
+  a failed one) drops anything saved before.
 - ``backward(dout)`` returns the gradient w.r.t. the input (``None`` for
   :class:`Embedding`) and *accumulates* parameter gradients into
   ``self.grads`` (call ``zero_grad()`` between steps). Without a preceding
@@ -26,7 +28,7 @@ import numpy as np
 
 from ._validation import (as_index, as_real, blas_matmul, check_dtype, check_last_dim,
                           positive_int)
-from .module import Module, module_registry, register_module
+from .module import Module, check_device, module_registry, register_module
 
 __all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
 
@@ -40,7 +42,8 @@ def _require_forward(layer, saved) -> None:
     if saved is None:
         raise RuntimeError(
             f"{type(layer).__name__}.backward called without a preceding training-mode "
-            "forward (call forward(x, train=True) first)"
+            "forward (call forward(x, train=True) or train() the layer first, outside "
+            "rnncore.no_grad())"
         )
 
 
@@ -79,8 +82,10 @@ class Embedding(Module):
     (1, 3, 4)
     """
 
-    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None):
+    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None, *,
+                 device=None):
         super().__init__()
+        check_device(device)
         self.num_embeddings = positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = positive_int(embedding_dim, "embedding_dim")
         self.dtype = check_dtype(dtype, must=True)
@@ -90,15 +95,24 @@ class Embedding(Module):
             (self.num_embeddings, self.embedding_dim)).astype(self.dtype))
         self._idx = None
 
-    def forward(self, idx, train=True):
+    _transient = ("_idx",)
+
+    def _init_transient(self) -> None:
+        self._idx = None
+
+    def extra_repr(self) -> str:
+        dt = "" if self.dtype == np.float32 else f", dtype={self.dtype.name}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{dt}"
+
+    def forward(self, idx, train=None):
         """Look up the vectors of ``idx``.
 
         Parameters
         ----------
         idx : int ndarray, any shape ``S`` (e.g. (N, T))
             Token ids in ``[0, V)``.
-        train : bool, default True
-            Save ``idx`` for :meth:`backward`.
+        train : bool, optional
+            Override the mode for this call (save ``idx`` for :meth:`backward`).
 
         Returns
         -------
@@ -111,8 +125,9 @@ class Embedding(Module):
         ValueError
             For ids outside ``[0, V)``.
         """
+        self._idx = None
         idx = as_index(idx, "idx", self.num_embeddings)
-        self._idx = idx.copy() if train else None
+        self._idx = idx.copy() if self._mode(train)[1] else None
         return self.params["weight"][idx]
 
     def backward(self, dout):
@@ -170,8 +185,10 @@ class Linear(Module):
         Both initialised from ``U(-1/sqrt(D), 1/sqrt(D))``, as in PyTorch.
     """
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None, *,
+                 device=None):
         super().__init__()
+        check_device(device)
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
         self.bias = bool(bias)
@@ -183,17 +200,27 @@ class Linear(Module):
             -k, k, (self.out_features, self.in_features)).astype(self.dtype))
         if self.bias:
             self._add_param("bias", rng.uniform(-k, k, self.out_features).astype(self.dtype))
-        self._x2 = None
-        self._lead = None
+        self._init_transient()
 
-    def forward(self, x, train=True):
+    _transient = ("_x2", "_lead")
+
+    def _init_transient(self) -> None:
+        self._x2 = self._lead = None
+
+    def extra_repr(self) -> str:
+        dt = "" if self.dtype == np.float32 else f", dtype={self.dtype.name}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias}{dt}")
+
+    def forward(self, x, train=None):
         """``y = x W^T + b``.
 
         Parameters
         ----------
         x : ndarray, shape (..., D)
             Cast to the layer dtype.
-        train : bool, default True
+        train : bool, optional
+            Override the mode for this call.
 
         Returns
         -------
@@ -206,6 +233,8 @@ class Linear(Module):
         ValueError
             When the last axis of ``x`` is not ``D``.
         """
+        self._x2 = self._lead = None
+        caller = x
         x = as_real(x, "x", self.dtype)
         check_last_dim(x, self.in_features, "x", "in_features")
         lead = x.shape[:-1]
@@ -213,10 +242,11 @@ class Linear(Module):
         y = blas_matmul(x2, self.params["weight"].T)          # (M, F) = (M, D)(F, D)^T
         if self.bias:
             y += self.params["bias"]
-        if train:
+        if self._mode(train)[1]:
+            if isinstance(caller, np.ndarray) and caller.flags.writeable and \
+                    np.may_share_memory(x2, caller):
+                x2 = x2.copy()  # backward must not see later changes to the caller's x
             self._x2, self._lead = x2, lead
-        else:
-            self._x2 = self._lead = None
         return y.reshape(lead + (self.out_features,))
 
     def backward(self, dout):
@@ -281,12 +311,20 @@ class Dropout(Module):
         self.rng = np.random.default_rng(seed)
         self._mask = None
 
+    _transient = ("_mask",)
+
+    def _init_transient(self) -> None:
+        self._mask = None
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
     def reseed(self, seed=None) -> None:
         """Restart the mask generator from ``seed`` (default: the constructor seed)."""
         self.rng = np.random.default_rng(self.seed if seed is None else seed)
 
-    def forward(self, x, train=True):
-        """Apply dropout (train) or the identity (eval).
+    def forward(self, x, train=None):
+        """Apply dropout (training mode) or the identity (eval mode).
 
         Parameters
         ----------
@@ -296,9 +334,10 @@ class Dropout(Module):
         -------
         y : ndarray, same shape as ``x``
         """
+        self._mask = None
         x = as_real(x, "x")
-        if not train:
-            self._mask = None
+        training, saving = self._mode(train)
+        if not training:
             return x
         if self.p == 0.0:
             mask = np.ones(x.shape, dtype=x.dtype)
@@ -307,7 +346,7 @@ class Dropout(Module):
         else:
             keep = self.rng.random(x.shape) >= self.p      # P(keep) = 1 - p
             mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        self._mask = mask
+        self._mask = mask if saving else None
         return x * mask
 
     def backward(self, dout):
@@ -327,7 +366,12 @@ class Sequential(Module):
     Parameters
     ----------
     *modules : Module
-        Each maps one array to one array (``forward(x, train=...)``).
+        Each maps one array to one array (``forward(x)``). A recurrent model
+        (:class:`~rnncore.RNN`, ``GRU``, ``LSTM``) returns ``(out, state)``:
+        Sequential passes ``out`` on (the final state is kept as
+        :attr:`state`, and its initial state is zeros), and its ``backward``
+        passes on ``dx`` (``dh0`` is dropped). Cells are refused: a cell is one
+        step, write the loop over time yourself. Checked when built.
     layers : list of dict, optional
         Alternative to ``*modules`` used when loading a checkpoint:
         ``[{"class": name, "config": {...}}, ...]`` as returned by
@@ -357,7 +401,15 @@ class Sequential(Module):
             if not isinstance(m, Module):
                 raise TypeError(
                     f"Sequential item {i} must be a Module, got {type(m).__name__}")
+            if m._sequential_output is None:
+                raise TypeError(
+                    f"Sequential item {i}: {type(m).__name__} is a single-step cell, which "
+                    "needs its state at every step; use the sequence model (e.g. GRU for "
+                    "GRUCell) in Sequential, or write the loop: `for t in range(T): "
+                    "h = cell(x[t], h)`")
         self.modules = list(modules)
+        #: the final state of the last recurrent member's forward (None if none)
+        self.state = None
         for i, m in enumerate(self.modules):
             for k in m.params:
                 self.params[f"{i}.{k}"] = m.params[k]
@@ -382,11 +434,27 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.modules)
 
-    def forward(self, x, train=True):
-        """Run the modules in order; returns the last one's output."""
+    _transient = ("_trained",)
+
+    def _init_transient(self) -> None:
+        self._trained = False
+
+    def named_children(self):
+        return [(str(i), m) for i, m in enumerate(self.modules)]
+
+    def forward(self, x, train=None):
+        """Run the modules in order; returns the last one's output.
+
+        ``train`` (optional) overrides every member's mode for this call;
+        by default each member follows its own mode (``train()``/``eval()``).
+        """
+        self._trained = False
+        kw = {} if train is None else {"train": bool(train)}
         for m in self.modules:
-            x = m.forward(x, train=train)
-        self._trained = bool(train)
+            x = m.forward(x, **kw)
+            if m._sequential_output == "pair":
+                x, self.state = x
+        self._trained = self._mode(train)[1]
         return x
 
     def backward(self, dout):
@@ -397,6 +465,8 @@ class Sequential(Module):
                 "(call forward(x, train=True) first)")
         for i in range(len(self.modules) - 1, -1, -1):
             dout = self.modules[i].backward(dout)
+            if self.modules[i]._sequential_output == "pair":
+                dout = dout[0]  # (dx, dh0): the initial state was zeros
             if dout is None and i > 0:
                 raise RuntimeError(
                     f"Sequential: module {i} ({type(self.modules[i]).__name__}) returned no "

@@ -1,9 +1,12 @@
 """Optimizers and learning-rate schedulers with PyTorch's update rules.
 
 An optimizer is built on a :class:`~rnncore.module.Module` (anything with
-``params`` and ``grads`` dicts sharing keys) and, at every :meth:`step`, reads
-``module.params[k]`` and ``module.grads[k]`` and updates the parameter
-*in place*. Hyper-parameters carry PyTorch's names and defaults, and the
+``params`` and ``grads`` dicts sharing keys), a list of modules,
+``module.parameters()`` / ``named_parameters()``, or PyTorch's parameter
+groups ``[{"params": ..., "lr": ...}, ...]`` (see :mod:`rnncore._paramsets`
+for the names each gets); at every :meth:`step` it reads each parameter and
+its gradient and updates the parameter *in place*. An optimizer over two
+modules steps exactly as two optimizers, one per module. Hyper-parameters carry PyTorch's names and defaults, and the
 arithmetic follows ``torch.optim``'s single-tensor code path, so five steps
 agree with PyTorch to ~1e-15 in float64.
 
@@ -13,20 +16,25 @@ coupled (L2) weight decay also keep one buffer for the decayed gradient
 ``g + weight_decay * p`` (the ``.grads`` arrays are never modified). A step
 then runs only ``out=`` ufuncs and allocates no full-size array.
 
-``lr`` is a plain mutable attribute (schedulers set it). ``state_dict()`` is
-a flat dict -- ``"type"``, ``"step"``, the hyper-parameters, and
-``"state.<param name>.<buffer>"`` arrays -- that :func:`rnncore.io.save`
-stores in a checkpoint; loading it continues training bit-identically.
+``lr`` and the other hyper-parameters are plain mutable attributes
+(schedulers set ``lr``): the defaults of every group. A group's own value
+(``{"params": m, "lr": 0.1}``) wins for that group; ``param_groups`` lists
+each group's parameter names and own values. ``state_dict()`` is a flat dict
+-- ``"type"``, ``"step"``, the hyper-parameters, ``"group.<i>.<name>"`` for
+groups' own values, and ``"state.<param name>.<buffer>"`` arrays -- that
+:func:`rnncore.io.save` stores in a checkpoint; loading it continues training
+bit-identically.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import numpy as np
 
-from ._validation import positive_int
+from . import _paramsets
+from ._lr_scheduler import CosineAnnealingLR, LRScheduler, StepLR
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop",
            "LRScheduler", "StepLR", "CosineAnnealingLR"]
@@ -72,10 +80,12 @@ class Optimizer:
 
     Attributes
     ----------
-    module : Module
-        The model whose ``params`` are updated.
+    module : Module or None
+        The model whose ``params`` are updated, when built on one module.
+    param_groups : list of dict
+        ``{"params": [names], <the group's own hyper-parameters>}`` per group.
     lr : float
-        Learning rate, mutable.
+        Learning rate, mutable (the default of groups without their own).
     step_count : int
         Number of :meth:`step` calls so far (PyTorch's ``state['step']``).
     state : dict of str -> OrderedDict of str -> ndarray
@@ -86,15 +96,12 @@ class Optimizer:
     _l2_decay = True
 
     def __init__(self, params, lr, **hparams):
-        if not (hasattr(params, "params") and hasattr(params, "grads")
-                and isinstance(params.params, Mapping) and isinstance(params.grads, Mapping)):
-            raise TypeError(
-                f"{type(self).__name__} expects a Module (an object with .params and .grads "
-                f"dicts), got {type(params).__name__}")
-        self.module = params
-        self._names = list(params.params)
-        for k in self._names:
-            p, g = params.params[k], params.grads.get(k)
+        self.module = params if _paramsets._is_module(params) else None
+        found, groups = _paramsets.resolve(params, type(self).__name__)
+        self._entries = OrderedDict((e.name, e) for e in found)
+        self._names = list(self._entries)
+        for k, e in self._entries.items():
+            p, g = e.p, e.g
             if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
                 raise TypeError(f"parameter {k!r} must be a floating np.ndarray")
             if g is None or g.shape != p.shape:
@@ -104,8 +111,36 @@ class Optimizer:
         for name, value in hparams.items():
             setattr(self, name, self._hparams[name](value))
         self._validate()
+        self.param_groups = [dict(o, params=names) for names, o in groups]
+        for i, group in enumerate(self.param_groups):
+            self._check_group(i, group)
         self.step_count = 0
         self._allocate()
+
+    def _check_group(self, i, group) -> None:
+        """Convert and validate group ``i``'s own hyper-parameters (ValueError naming them)."""
+        kinds = {"lr": float, **self._hparams}
+        for k in group:
+            if k != "params" and k not in kinds:
+                raise ValueError(f"param_groups[{i}]: unknown option {k!r} for "
+                                 f"{type(self).__name__} (known: {sorted(kinds)})")
+            if k != "params":
+                group[k] = _scalar(group[k], kinds[k], f"param_groups[{i}][{k!r}]")
+        with self._using(group):
+            self._validate()
+
+    @contextmanager
+    def _using(self, group):
+        """The group's own hyper-parameters as the attributes, for the duration."""
+        own = {k: v for k, v in group.items() if k != "params"}
+        old = {k: getattr(self, k) for k in own}
+        try:
+            for k, v in own.items():
+                setattr(self, k, v)
+            yield
+        finally:
+            for k, v in old.items():
+                setattr(self, k, v)
 
     # -- hyper-parameters -----------------------------------------------------
     def _validate(self) -> None:
@@ -121,18 +156,28 @@ class Optimizer:
         """Names of the per-parameter state buffers for the current settings."""
         return ()
 
+    def _buffers(self) -> dict:
+        """Parameter name -> the names of its state buffers (its group's settings)."""
+        out = {}
+        for group in self.param_groups:
+            with self._using(group):
+                out.update((k, self._buffer_names()) for k in group["params"])
+        return out
+
     def _allocate(self) -> None:
         """(Re)create state, scratch and decayed-gradient buffers, zero-filled."""
         self.state = {}
         self._scratch = {}
         self._decayed = {}
-        for k in self._names:
-            p = self.module.params[k]
-            self.state[k] = OrderedDict(
-                (b, self._init_buffer(b, p)) for b in self._buffer_names())
-            self._scratch[k] = np.empty_like(p)
-            if self._l2_decay and self.weight_decay != 0:
-                self._decayed[k] = np.empty_like(p)
+        for group in self.param_groups:
+            with self._using(group):
+                for k in group["params"]:
+                    p = self._entries[k].p
+                    self.state[k] = OrderedDict(
+                        (b, self._init_buffer(b, p)) for b in self._buffer_names())
+                    self._scratch[k] = np.empty_like(p)
+                    if self._l2_decay and self.weight_decay != 0:
+                        self._decayed[k] = np.empty_like(p)
 
     def _init_buffer(self, name: str, p: np.ndarray) -> np.ndarray:
         return np.zeros_like(p)
@@ -151,28 +196,34 @@ class Optimizer:
     # -- stepping ---------------------------------------------------------------
     def step(self) -> None:
         """Update every parameter in place from its accumulated gradient."""
-        params, grads = self.module.params, self.module.grads
-        if list(params) != self._names:
+        for e in self._entries.values():
+            if e.module is not None and e.key not in e.module.params:
+                raise RuntimeError(
+                    f"{type(self).__name__}: the module's parameters changed since the "
+                    "optimizer was built")
+        if self.module is not None and list(self.module.params) != self._names:
             raise RuntimeError(
                 f"{type(self).__name__}: the module's parameters changed since the optimizer "
                 "was built")
         self.step_count += 1
-        for k in self._names:
-            p, g = params[k], grads[k]
-            if g.shape != p.shape or self._scratch[k].shape != p.shape:
-                raise RuntimeError(f"{type(self).__name__}: shape of {k!r} changed")
-            self._update(p, self._grad(k, p, g), self.state[k], self._scratch[k])
+        for group in self.param_groups:
+            with self._using(group):
+                for k in group["params"]:
+                    e = self._entries[k]
+                    p, g = e.p, e.g
+                    if g.shape != p.shape or self._scratch[k].shape != p.shape \
+                            or self._scratch[k].dtype != p.dtype:
+                        raise RuntimeError(f"{type(self).__name__}: shape or dtype of {k!r} "
+                                           "changed since the optimizer was built")
+                    self._update(p, self._grad(k, p, g), self.state[k], self._scratch[k])
 
     def _update(self, p, g, state, s) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def zero_grad(self) -> None:
-        """Zero the module's gradients (``module.zero_grad()``)."""
-        if hasattr(self.module, "zero_grad"):
-            self.module.zero_grad()
-        else:
-            for g in self.module.grads.values():
-                g[...] = 0
+        """Zero the gradients of every parameter the optimizer updates."""
+        for e in self._entries.values():
+            e.g[...] = 0
 
     # -- state dicts --------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -188,6 +239,8 @@ class Optimizer:
         sd = {"type": type(self).__name__, "step": int(self.step_count), "lr": float(self.lr)}
         for name, kind in self._hparams.items():
             sd[name] = kind(getattr(self, name))
+        for i, group in enumerate(self.param_groups):
+            sd.update((f"group.{i}.{k}", v) for k, v in group.items() if k != "params")
         for k, bufs in self.state.items():
             for b, arr in bufs.items():
                 sd[f"state.{k}.{b}"] = arr.copy()
@@ -217,26 +270,38 @@ class Optimizer:
         if missing:
             raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}")
         staged = {k: _scalar(state_dict[k], t, k) for k, t in scalars.items()}
+        groups = [{"params": g["params"]} for g in self.param_groups]
+        for key in state_dict:
+            i, _, name = key[6:].partition(".") if key.startswith("group.") else ("", "", "")
+            if not (i.isdigit() and int(i) < len(groups) and name in scalars and name != "step"):
+                continue
+            groups[int(i)][name] = state_dict[key]
         old = {k: getattr(self, k) for k in ("lr", *self._hparams)}
+        old_groups = self.param_groups
         try:  # validate the new settings and derive their buffers, then undo
             for k in old:
                 setattr(self, k, staged[k])
             self._validate()
-            buffer_names = self._buffer_names()
+            self.param_groups = groups
+            for i, group in enumerate(groups):
+                self._check_group(i, group)
+            buffers = self._buffers()
         finally:
             for k, v in old.items():
                 setattr(self, k, v)
-        expected = {f"state.{k}.{b}": (k, b) for k in self._names for b in buffer_names}
+            self.param_groups = old_groups
+        expected = {f"state.{k}.{b}": (k, b) for k in self._names for b in buffers[k]}
+        own = {f"group.{i}.{k}" for i, g in enumerate(groups) for k in g if k != "params"}
         missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict
-                      if k not in expected and k not in scalars and k != "type"]
+        unexpected = [k for k in state_dict if k not in expected and k not in scalars
+                      and k != "type" and k not in own]
         if missing or unexpected:
             raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
                            f"unexpected keys {unexpected}")
         arrays = {}
         for key, (k, _) in expected.items():
             v = np.asarray(state_dict[key])
-            p = self.module.params[k]
+            p = self._entries[k].p
             if v.shape != p.shape or v.dtype.kind not in "fiu":
                 raise ValueError(f"state_dict[{key!r}] must be a real array of shape "
                                  f"{p.shape}, got {v.dtype} {v.shape}")
@@ -246,6 +311,7 @@ class Optimizer:
         self.lr = staged.pop("lr")
         for k, v in staged.items():
             setattr(self, k, v)
+        self.param_groups = groups
         self._allocate()
         for key, (k, b) in expected.items():
             self.state[k][b][...] = arrays[key]
@@ -499,97 +565,3 @@ class RMSprop(Optimizer):
         else:
             s *= -self.lr
             p += s
-
-
-# ---------------------------------------------------------------------------
-# Schedulers
-# ---------------------------------------------------------------------------
-class LRScheduler:
-    """Base class: sets ``optimizer.lr`` from a closed form of the epoch count.
-
-    Construction records ``base_lr = optimizer.lr`` and sets ``last_epoch =
-    0``; every :meth:`step` increments ``last_epoch`` and sets
-    ``optimizer.lr = self.get_lr(last_epoch)`` (PyTorch's closed-form
-    semantics: call it after ``optimizer.step()``, once per epoch).
-    """
-
-    _hparams: tuple = ()
-
-    def __init__(self, optimizer):
-        if not hasattr(optimizer, "lr"):
-            raise TypeError(f"{type(self).__name__} needs an optimizer with an lr attribute")
-        self.optimizer = optimizer
-        self.base_lr = float(optimizer.lr)
-        self.last_epoch = 0
-        self.optimizer.lr = self.get_lr(0)
-
-    def get_lr(self, epoch: int) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def step(self) -> None:
-        """Advance one epoch and set the optimizer's learning rate."""
-        self.last_epoch += 1
-        self.optimizer.lr = self.get_lr(self.last_epoch)
-
-    def get_last_lr(self) -> float:
-        """The learning rate set by the last :meth:`step` (or construction)."""
-        return self.optimizer.lr
-
-    def state_dict(self) -> dict:
-        """``{"last_epoch", "base_lr", <hyper-parameters>}``."""
-        sd = {"last_epoch": self.last_epoch, "base_lr": self.base_lr}
-        sd.update({k: getattr(self, k) for k in self._hparams})
-        return sd
-
-    def load_state_dict(self, state_dict) -> None:
-        """Restore :meth:`state_dict` and set the optimizer's lr accordingly."""
-        self.last_epoch = int(np.asarray(state_dict["last_epoch"]))
-        self.base_lr = float(np.asarray(state_dict["base_lr"]))
-        for k in self._hparams:
-            setattr(self, k, type(getattr(self, k))(np.asarray(state_dict[k]).item()))
-        self.optimizer.lr = self.get_lr(self.last_epoch)
-
-
-class StepLR(LRScheduler):
-    """``lr = base_lr * gamma ** (epoch // step_size)``.
-
-    Parameters
-    ----------
-    optimizer : Optimizer
-    step_size : int
-        Epochs between decays (> 0).
-    gamma : float, default 0.1
-    """
-
-    _hparams = ("step_size", "gamma")
-
-    def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size = positive_int(step_size, "step_size")
-        self.gamma = float(gamma)
-        super().__init__(optimizer)
-
-    def get_lr(self, epoch):
-        return self.base_lr * self.gamma ** (epoch // self.step_size)
-
-
-class CosineAnnealingLR(LRScheduler):
-    """``lr = eta_min + (base_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2``.
-
-    Parameters
-    ----------
-    optimizer : Optimizer
-    T_max : int
-        Half period in epochs (> 0).
-    eta_min : float, default 0
-    """
-
-    _hparams = ("T_max", "eta_min")
-
-    def __init__(self, optimizer, T_max, eta_min=0):
-        self.T_max = positive_int(T_max, "T_max")
-        self.eta_min = float(eta_min)
-        super().__init__(optimizer)
-
-    def get_lr(self, epoch):
-        return self.eta_min + (self.base_lr - self.eta_min) * (
-            1 + math.cos(math.pi * epoch / self.T_max)) / 2

@@ -104,7 +104,7 @@ class CharLM(Module):
         """``(name, module)`` pairs, input to output."""
         return [("embedding", self.embedding), ("rnn", self.rnn), ("head", self.head)]
 
-    def forward(self, idx, state=None, train=True):
+    def forward(self, idx, state=None, train=None):
         """Next-character logits of every position.
 
         Parameters
@@ -113,8 +113,9 @@ class CharLM(Module):
             Character ids.
         state : ndarray (L, N, H), pair of them (LSTM), or None
             Initial recurrent state (zeros by default).
-        train : bool, default True
-            Keep activations for :meth:`backward`.
+        train : bool, optional
+            Keep activations for :meth:`backward`; by default each child
+            follows its mode (``train()`` / ``eval()``).
 
         Returns
         -------
