@@ -38,6 +38,7 @@ cdef struct Loop:
     Py_ssize_t T, N, H, G       # steps, batch rows, hidden size, gates (1, 3, 4)
     const Py_ssize_t *bs        # batch_sizes (T,) of a sorted batch, or NULL: all N rows
     bint reverse, f64, relu     # direction, dtype, the RNN's activation (else tanh)
+    bint reset_before           # GRU reset_after=False: L.hn holds r ⊙ h_prev (see gru.pyx)
     body_f run_f                # the cell's time-loop body, for float and double
     body_d run_d
     # the step arrays (each body says which it uses)
@@ -199,8 +200,24 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     if gr.dbh != NULL:
         # the GRU's hidden side h Wh + bh sees all of dG: dbh += dG.sum(axis=0)
         colsum_add(<floating *>gr.dbh, <const floating *>dg.p, dg.ld, R, GH)
-    # dWh += sum_t h_prev(t)^T dG_t                   (H, GH)
-    dwh_accumulate(L, gr.dwh, <floating *>gr.dzs)
+    if not L.reset_before:
+        # dWh += sum_t h_prev(t)^T dG_t                   (H, GH)
+        dwh_accumulate(L, gr.dwh, <floating *>gr.dzs)
+    else:
+        reset_before_dwh(L, gr.dwh, <floating *>gr.dzs)
+
+
+cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
+    """dWh of the reset-before GRU: [r | z] pair dG with h_prev, n with r ⊙ h_prev."""
+    cdef Loop rz = L[0]
+    cdef Py_ssize_t nI = (L.G - 1) * L.H
+    cdef size_t isz = sizeof(floating)
+    rz.G = L.G - 1
+    # dWh[:, :2H] += sum_t h_prev(t)^T dG_t[:, :2H]   (H, 2H)
+    dwh_accumulate(&rz, dwh, dzs)
+    # dWh[:, 2H:] += reset_h^T dG[:, 2H:]             (H, H) += (H, R)(R, H)
+    mm(L.H, L.H, L.T * L.N, <floating>1, transposed(uniform(L.hn)),
+       col_block(uniform(L.dg), nI, isz), <floating>1, col_block(dwh, nI, isz))
 
 
 cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
