@@ -336,8 +336,16 @@ class GRU(_HiddenStateRNN):
         n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
         h' = (1 - z) * n + z * h
 
+    or, with ``reset_after=False`` (Cho et al. 2014; Keras's and ONNX's default)::
+
+        n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)
+
     Parameters
     ----------""" + _COMMON_PARAMS + """
+    reset_after : bool, default True
+        Where the reset gate applies: after the recurrent product (True,
+        PyTorch's form) or before it (False). Same parameters and names.
+
     Attributes
     ----------
     params, grads : OrderedDict of str -> ndarray
@@ -351,6 +359,20 @@ class GRU(_HiddenStateRNN):
     G = 3
     n_states = 1
     _kernel = B.GRU
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
+                 seed=None, reset_after=True):
+        self.reset_after = V.check_bool(reset_after, "reset_after")
+        self._kernel = B.gru_binding(self.reset_after)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, merge_mode, dtype, seed)
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), reset_after=self.reset_after)
+
+    def _repr_extra(self) -> str:
+        return "" if self.reset_after else "reset_after=False"
 
 
 @register_module
