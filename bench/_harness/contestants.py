@@ -20,6 +20,22 @@ TORCH_NAMES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
 RC_MODELS = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
 RC_CELLS = {"rnn": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}
 
+#: the core group's variants of a cell, timed after it: name -> (cell, model keyword
+#: arguments); torch has no reset-before GRU (no torch column there)
+VARIANTS = {"gru": {"gru-rb": {"reset_after": False}}}
+NO_TORCH = ("gru-rb",)
+
+
+def base_cell(cell):
+    """The cell of a variant name ('gru-rb' -> 'gru'), or the name itself."""
+    return cell.split("-")[0]
+
+
+def variant_kw(cell):
+    """The model keyword arguments of a variant name ({} for a plain cell)."""
+    return VARIANTS.get(base_cell(cell), {}).get(cell, {})
+
+
 #: (T, N, D, H)
 CORE_SHAPES = ((50, 1, 32, 64), (100, 16, 64, 128), (100, 32, 256, 256), (50, 64, 512, 1024))
 BIDIR_SHAPE = (100, 32, 256, 256)
@@ -34,7 +50,7 @@ def gemm_flops(cell, T, N, D, H, passes="fb", layers=1, dirs=1, rows_steps=None)
 
     ``rows_steps`` replaces ``T * N`` (e.g. ``sum(lengths)``).
     """
-    G = GATES[cell]
+    G = GATES[base_cell(cell)]
     TN = T * N if rows_steps is None else rows_steps
     per = 2 if passes == "fwd" else 6
     total = 0
@@ -65,9 +81,9 @@ def make_inputs(T, N, D, H_out):
 
 
 def rc_model(cell, D, H, layers=1, dirs=1, dtype=np.float32):
-    cls = getattr(rnncore, RC_MODELS[cell])
+    cls = getattr(rnncore, RC_MODELS[base_cell(cell)])
     return cls(D, H, num_layers=layers, batch_first=True, bidirectional=dirs == 2, dtype=dtype,
-               seed=SEED)
+               seed=SEED, **variant_kw(cell))
 
 
 def rc_model_fns(cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
@@ -93,7 +109,7 @@ def _functional_weights(cell, D, H):
     Wx = np.ascontiguousarray(p["weight_ih_l0"].T)
     Wh = np.ascontiguousarray(p["weight_hh_l0"].T)
     bih, bhh = p["bias_ih_l0"], p["bias_hh_l0"]
-    if cell == "gru":
+    if base_cell(cell) == "gru":
         return Wx, Wh, (bih.copy(), bhh.copy())
     return Wx, Wh, ((bih + bhh).astype(np.float32),)
 
@@ -103,14 +119,15 @@ def functional_fns(mod, cell, D, H, x, dout):
     N = x.shape[0]
     h0 = np.zeros((N, H), np.float32)
     Wx, Wh, bs = _functional_weights(cell, D, H)
-    fwd_f = getattr(mod, f"{cell}_forward")
-    bwd_f = getattr(mod, f"{cell}_backward")
+    fwd_f = getattr(mod, f"{base_cell(cell)}_forward")
+    bwd_f = getattr(mod, f"{base_cell(cell)}_backward")
+    kw = variant_kw(cell)
 
     def fwd():
-        return fwd_f(x, h0, Wx, Wh, *bs)
+        return fwd_f(x, h0, Wx, Wh, *bs, **kw)
 
     def fb():
-        res = fwd_f(x, h0, Wx, Wh, *bs)
+        res = fwd_f(x, h0, Wx, Wh, *bs, **kw)
         return bwd_f(dout, res[-1])
     return (lambda: fwd), (lambda: fb)
 
