@@ -64,10 +64,13 @@ class _Binding:
     fused_bias = True
 
     def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
-        """Forward of one layer and direction, PyTorch-layout parameters ``p``."""
-        w_ih, w_hh, b_ih, b_hh = p
+        """Forward of one layer and direction, PyTorch-layout parameters ``p``
+        (and the LSTM's ``weight_hr`` as p[4] with a projection)."""
+        w_ih, w_hh, b_ih, b_hh = p[:4]
         biases = (b_ih + b_hh,) if self.fused_bias else (b_ih, b_hh)
-        return self.kernel_forward(x, s0, w_ih.T, w_hh.T, biases, outs, reverse, batch_sizes)
+        proj = {"Wr": p[4].T} if len(p) > 4 else {}
+        return self.kernel_forward(x, s0, w_ih.T, w_hh.T, biases, outs, reverse, batch_sizes,
+                                   **proj)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
                  batch_sizes=None, overwrite_saved=False):
@@ -78,8 +81,10 @@ class _Binding:
                                  overwrite_saved)
             return
         db = np.zeros(p[1].shape[0], dtype=p[1].dtype)
-        self.kernel_backward(dh, dn, x, s0, p[0].T, p[1].T, p[2:], outs, saved, dx, ds0,
-                             (g[0].T, g[1].T, db), reverse, batch_sizes, overwrite_saved)
+        proj = {"proj": (p[4].T, g[4].T)} if len(p) > 4 else {}
+        self.kernel_backward(dh, dn, x, s0, p[0].T, p[1].T, p[2:4], outs, saved, dx, ds0,
+                             (g[0].T, g[1].T, db), reverse, batch_sizes, overwrite_saved,
+                             **proj)
         g[2] += db
         g[3] += db
 
@@ -155,15 +160,18 @@ class LSTMBinding(_Binding):
     #: what the kernel's forward saves for backward: gates (T, N, 4H)
     Saved = _klstm.LSTMSaved
 
-    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None):
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None,
+                       Wr=None):
+        """``Wr`` (H, P): the projection (``weight_hr.T``), or None."""
         return _klstm.forward(x, s0[0], s0[1], Wx, Wh, biases[0], outs[0], outs[1], reverse,
-                              batch_sizes)
+                              batch_sizes, Wr)
 
     def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
-                        reverse=False, batch_sizes=None, overwrite_saved=False):
-        """``dn``/``ds0`` = [h, c] each; ``dW`` = (dWx, dWh, db). ``biases`` unused."""
+                        reverse=False, batch_sizes=None, overwrite_saved=False, proj=None):
+        """``dn``/``ds0`` = [h, c] each; ``dW`` = (dWx, dWh, db). ``biases`` unused.
+        ``proj`` = (Wr, dWr) (H, P) each with a projection (dWr accumulated into)."""
         _klstm.backward(dh, dn[0], dn[1], x, s0[0], s0[1], Wx, Wh, outs[0], outs[1], saved,
-                        dx, ds0[0], ds0[1], *dW, reverse, batch_sizes, overwrite_saved)
+                        dx, ds0[0], ds0[1], *dW, reverse, batch_sizes, overwrite_saved, proj)
 
     def step(self, x, s0, outs, saved, params, D, H, zero_bias=None):
         b_ih, b_hh = ((params["bias_ih"], params["bias_hh"]) if zero_bias is None
