@@ -77,9 +77,10 @@ cdef extern from "rc_lstm.h" nogil:
     # the fused passes (rc_lstm_fwd_*, rc_lstm_bwd_*, rc_lstm_bwd_ip_*) by kind and dtype
     void rc_lstm_pass(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H)
 
-#: What `forward` saves for `backward`: the gate activations (T, N, 4H) and, with
-#: a projection, m = o ⊙ tanh(c) (T, N, H) (else None).
-LSTMSaved = namedtuple("LSTMSaved", ["gates", "m"], defaults=(None,))
+#: What `forward` saves for `backward`: the gate activations (T, N, 4H); with a
+#: projection also m = o ⊙ tanh(c) (T, N, H) (LSTMProjSaved).
+LSTMSaved = namedtuple("LSTMSaved", ["gates"])
+LSTMProjSaved = namedtuple("LSTMProjSaved", ["gates", "m"])
 
 
 # ----------------------------------------------------------------- time loops
@@ -222,9 +223,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
 
     Returns
     -------
-    saved : LSTMSaved(gates, m)
-        The gate activations (T, N, 4H) and, with Wr, m = o ⊙ tanh(c) (T, N, H),
-        in h's layout kind; pass to `backward`.
+    saved : LSTMSaved(gates), or with Wr LSTMProjSaved(gates, m)
+        The gate activations (T, N, 4H) (and m = o ⊙ tanh(c) (T, N, H)), in h's
+        layout kind; pass to `backward`.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1]
     cdef Py_ssize_t H = Wh.shape[0] if Wr is None else Wr.shape[0], GH = RC_LSTM_GATES * H
@@ -240,8 +241,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     bs = check_batch_sizes(batch_sizes, T, N)
     # saved gate activations, in h's layout kind (the x @ Wx GEMM writes them as one matrix)
     dtype = np.float32 if floating is float else np.float64
-    saved = LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
-                      m=None if Wr is None else seq_empty(L.h.bm, T, N, H, dtype))
+    saved = (LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype)) if Wr is None else
+             LSTMProjSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
+                           m=seq_empty(L.h.bm, T, N, H, dtype)))
     if T == 0 or N == 0 or H == 0:
         return saved
     seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
