@@ -370,15 +370,18 @@ class GRU(_HiddenStateRNN):
 
     G = 3
     n_states = 1
-    _kernel = B.GRU
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
                  seed=None, reset_after=True):
         self.reset_after = V.check_bool(reset_after, "reset_after")
-        self._kernel = B.gru_binding(self.reset_after)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, merge_mode, dtype, seed)
+
+    @property
+    def _kernel(self):
+        """The binding of this candidate (rnncore._bindings.GRU or GRU_RESET_BEFORE)."""
+        return B.gru_binding(self.reset_after)
 
     def get_config(self) -> dict:
         return dict(super().get_config(), reset_after=self.reset_after)
