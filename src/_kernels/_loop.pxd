@@ -223,8 +223,14 @@ cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs) noexcep
     # dWh[:, :2H] += sum_t h_prev(t)^T dG_t[:, :2H]   (H, 2H)
     dwh_accumulate(&rz, dwh, dzs)
     # dWh[:, 2H:] += reset_h^T dG[:, 2H:]             (H, H) += (H, R)(R, H)
+    # on one BLAS thread: threaded OpenBLAS spent 30 ms spinning in inner_thread (perf) on
+    # this (H, H) product at (T, N, H) = (100, 16, 128), 5x the whole backward, on a loaded
+    # 2-core machine; one thread takes H*H*T*N multiply-adds (fb at (50, 64, 512, 1024)
+    # measured within 1% of the reset-after GRU's)
+    cdef int opened = single_open()
     mm(L.H, L.H, L.T * L.N, <floating>1, transposed(uniform(L.hn)),
        col_block(uniform(L.dg), nI, isz), <floating>1, col_block(dwh, nI, isz))
+    loop_threads_end(opened)
 
 
 cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
