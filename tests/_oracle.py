@@ -31,7 +31,8 @@ def _ref_cell_forward(cell, x, states0, p):
                                  nonlinearity=cell.split("_")[1])
         return [h], cache
     if kind == "gru":
-        h, cache = R.gru_forward(x, states0[0], w_ih.T, w_hh.T, b_ih, b_hh)
+        h, cache = R.gru_forward(x, states0[0], w_ih.T, w_hh.T, b_ih, b_hh,
+                                 reset_after=cell != "gru_rb")
         return [h], cache
     h, c, cache = R.lstm_forward(x, states0[0], w_ih.T, w_hh.T, b_ih + b_hh, c0=states0[1])
     return [h, c], cache
@@ -166,10 +167,13 @@ def reference_model(cell, params, x, states0, lengths, num_layers, bidirectional
 
 
 def model_cell(model):
-    """The CELLS name of an rnncore model ('rnn_tanh', 'rnn_relu', 'gru', 'lstm')."""
+    """The CELLS name of an rnncore model ('rnn_tanh', 'rnn_relu', 'gru', 'lstm'), or
+    'gru_rb' for a GRU with reset_after=False."""
     kind = type(model).__name__.lower()
     if kind == "rnn":
         return "rnn_relu" if getattr(model, "_relu", False) else "rnn_tanh"
+    if kind == "gru" and not getattr(model, "reset_after", True):
+        return "gru_rb"
     return kind
 
 

@@ -4,7 +4,7 @@
   grid of conftest (edge cases T=1, N=1, H=1, D=1, D≠H), both nonlinearities,
   in float64 (1e-10 abs, against the float64 reference) and float32 (1e-5
   relative, against the float64 reference of the same inputs);
-* the GRU's ``reset_after=False`` (computed by the reference);
+* the GRU's ``reset_after=False`` (the kernel's reset-before candidate);
 * two chunks with the state carried == one run (forward and backward);
 * Fortran-ordered, non-contiguous, transposed and read-only inputs; inputs never
   modified; T=0;
@@ -281,7 +281,7 @@ def test_lstm_c0_none_means_zeros(rng):
 
 @pytest.mark.parametrize("step", [False, True], ids=["sequence", "step"])
 def test_gru_reset_before_matches_reference(step, rng):
-    """reset_after=False is computed by the reference (not in the kernel)."""
+    """reset_after=False (the kernel's reset-before path) equals the reference."""
     inp, up = draw_sequence("gru", rng, 2, 3, 4, 5)
     if step:
         x, dnext_h = inp.pop("x")[:, 0], up["dh"][:, 0]

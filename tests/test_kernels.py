@@ -122,7 +122,7 @@ def _mat(a, transposed):
 
 
 def run_kernel(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=False,
-               transposed=False, preset=None, once=False):
+               transposed=False, preset=None, once=False, reset_after=True):
     """Forward and backward through a kernel; every result as a plain (T, N, ·) array.
 
     ``inp`` / ``up`` hold time-major (T, N, ·) sequences. Weight gradients start
@@ -146,9 +146,10 @@ def run_kernel(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=Fa
     if cell == "gru":
         dbx = preset.get("dbx", np.zeros(G * H, dt)).copy()
         dbh = preset.get("dbh", np.zeros(G * H, dt)).copy()
-        saved = kgru.forward(x, inp["h0"], Wx, Wh, inp["bx"], inp["bh"], h, **kw)
+        saved = kgru.forward(x, inp["h0"], Wx, Wh, inp["bx"], inp["bh"], h, **kw,
+                             reset_after=reset_after)
         kgru.backward(dh, up["dhn"], x, inp["h0"], Wx, Wh, inp["bh"], h, saved,
-                      dx, dh0, dWx, dWh, dbx, dbh, **bkw)
+                      dx, dh0, dWx, dWh, dbx, dbh, **bkw, reset_after=reset_after)
         out = dict(h=h, dx=dx, dh0=dh0, dWx=dWx, dWh=dWh, dbx=dbx, dbh=dbh)
     else:
         c = _empty_seq(T, N, H, dt, batch_major)
@@ -161,7 +162,7 @@ def run_kernel(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=Fa
     return {k: np.array(v) for k, v in out.items()}
 
 
-def reference_per_row(cell, inp, up, lengths, reverse):
+def reference_per_row(cell, inp, up, lengths, reverse, reset_after=True):
     """The reference run per sequence on its valid prefix (or reversed), time-major results.
 
     Row n covers steps 0..L_n-1; in the reverse direction it runs them from
@@ -185,7 +186,7 @@ def reference_per_row(cell, inp, up, lengths, reverse):
         dh = np.asarray(up["dh"][steps, n][None], dtype=np.float64)
         dhn = np.asarray(up["dhn"][n:n + 1], dtype=np.float64)
         if cell == "gru":
-            h, cache = ref.gru_forward(**row)
+            h, cache = ref.gru_forward(**row, reset_after=reset_after)
             grads = dict(zip(GRAD_NAMES["gru"], ref.gru_backward(dh, cache, dhn=dhn)))
         else:
             row["c0"] = row["c0"][n:n + 1]

@@ -20,6 +20,31 @@ TORCH_NAMES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
 RC_MODELS = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
 RC_CELLS = {"rnn": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}
 
+#: the core group's variants of a cell, timed after it: cell -> {name: model keyword
+#: arguments as a function of H}; torch has no reset-before GRU (no torch column), the
+#: functional API no projection (no func/ref columns)
+VARIANTS = {"gru": {"gru-rb": lambda H: {"reset_after": False}},
+            "lstm": {"lstm-proj": lambda H: {"proj_size": H // 2}}}
+NO_TORCH = ("gru-rb",)
+NO_FUNCTIONAL = ("lstm-proj",)
+
+
+def base_cell(cell):
+    """The cell of a variant name ('gru-rb' -> 'gru'), or the name itself."""
+    return cell.split("-")[0]
+
+
+def variant_kw(cell, H):
+    """The model keyword arguments of a variant name at hidden size H ({}: a plain cell)."""
+    make = VARIANTS.get(base_cell(cell), {}).get(cell)
+    return make(H) if make else {}
+
+
+def out_size(cell, H):
+    """The width of a model's output: H, or the projection's."""
+    return variant_kw(cell, H).get("proj_size") or H
+
+
 #: (T, N, D, H)
 CORE_SHAPES = ((50, 1, 32, 64), (100, 16, 64, 128), (100, 32, 256, 256), (50, 64, 512, 1024))
 BIDIR_SHAPE = (100, 32, 256, 256)
@@ -34,13 +59,13 @@ def gemm_flops(cell, T, N, D, H, passes="fb", layers=1, dirs=1, rows_steps=None)
 
     ``rows_steps`` replaces ``T * N`` (e.g. ``sum(lengths)``).
     """
-    G = GATES[cell]
+    G, Ho = GATES[base_cell(cell)], out_size(cell, H)
     TN = T * N if rows_steps is None else rows_steps
     per = 2 if passes == "fwd" else 6
     total = 0
     for k in range(layers):
-        Dk = D if k == 0 else dirs * H
-        total += dirs * per * TN * G * H * (Dk + H)
+        Dk = D if k == 0 else dirs * Ho
+        total += dirs * per * TN * (G * H * (Dk + Ho) + (H * Ho if Ho != H else 0))
     return total
 
 
@@ -65,9 +90,9 @@ def make_inputs(T, N, D, H_out):
 
 
 def rc_model(cell, D, H, layers=1, dirs=1, dtype=np.float32):
-    cls = getattr(rnncore, RC_MODELS[cell])
+    cls = getattr(rnncore, RC_MODELS[base_cell(cell)])
     return cls(D, H, num_layers=layers, batch_first=True, bidirectional=dirs == 2, dtype=dtype,
-               seed=SEED)
+               seed=SEED, **variant_kw(cell, H))
 
 
 def rc_model_fns(cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
@@ -97,7 +122,7 @@ def _functional_weights(cell, D, H):
     Wx = np.ascontiguousarray(p["weight_ih_l0"].T)
     Wh = np.ascontiguousarray(p["weight_hh_l0"].T)
     bih, bhh = p["bias_ih_l0"], p["bias_hh_l0"]
-    if cell == "gru":
+    if base_cell(cell) == "gru":
         return Wx, Wh, (bih.copy(), bhh.copy())
     return Wx, Wh, ((bih + bhh).astype(np.float32),)
 
@@ -107,21 +132,23 @@ def functional_fns(mod, cell, D, H, x, dout):
     N = x.shape[0]
     h0 = np.zeros((N, H), np.float32)
     Wx, Wh, bs = _functional_weights(cell, D, H)
-    fwd_f = getattr(mod, f"{cell}_forward")
-    bwd_f = getattr(mod, f"{cell}_backward")
+    fwd_f = getattr(mod, f"{base_cell(cell)}_forward")
+    bwd_f = getattr(mod, f"{base_cell(cell)}_backward")
+    kw = variant_kw(cell, H)
 
     def fwd():
-        return fwd_f(x, h0, Wx, Wh, *bs)
+        return fwd_f(x, h0, Wx, Wh, *bs, **kw)
 
     def fb():
-        res = fwd_f(x, h0, Wx, Wh, *bs)
+        res = fwd_f(x, h0, Wx, Wh, *bs, **kw)
         return bwd_f(dout, res[-1])
     return (lambda: fwd), (lambda: fb)
 
 
 def torch_model(torch, cell, D, H, layers=1, dirs=1):
-    cls = getattr(torch.nn, TORCH_NAMES[cell])
-    m = cls(D, H, num_layers=layers, batch_first=True, bidirectional=dirs == 2)
+    cls = getattr(torch.nn, TORCH_NAMES[base_cell(cell)])
+    m = cls(D, H, num_layers=layers, batch_first=True, bidirectional=dirs == 2,
+            **variant_kw(cell, H))
     rc = rc_model(cell, D, H, layers, dirs)  # the same weights as rnncore's
     m.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in rc.params.items()})
     return m

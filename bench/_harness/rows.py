@@ -7,9 +7,10 @@ import rnncore
 from rnncore import functional as F
 from rnncore import reference as R
 
-from .contestants import (BIDIR_LAYERS, BIDIR_SHAPE, CORE_SHAPES, GATES, RC_CELLS, SEED,
-                          STEP_SIZES, TORCH_NAMES, functional_fns, gemm_flops, make_inputs,
-                          rc_model_fns, seeded_rng, torch_fns)
+from .contestants import (BIDIR_LAYERS, BIDIR_SHAPE, CORE_SHAPES, GATES, NO_FUNCTIONAL, NO_TORCH,
+                          RC_CELLS, SEED, STEP_SIZES, TORCH_NAMES, VARIANTS, functional_fns,
+                          gemm_flops, make_inputs, out_size, rc_model_fns, seeded_rng,
+                          torch_fns)
 from .table import Table, fmt_ms, fmt_num, gflops_of, speed_ratio
 from .timing import timeit_us, try_measure
 
@@ -20,23 +21,24 @@ def run_core(opts, torch, out, records, best_gf):
     out.write("   ratios: torch/rc = torch / rnncore model, ref/rc = reference / rnncore "
               f"functional (>1: rnncore faster); eff = model GF/s / best GEMM (SciPy or torch.mm) "
               f"({best_gf:.1f} GF/s)\n")
-    t = Table(out, [("cell", 4, "<"), ("T", 3, ">"), ("N", 3, ">"), ("D", 4, ">"), ("H", 4, ">"),
+    t = Table(out, [("cell", 7, "<"), ("T", 3, ">"), ("N", 3, ">"), ("D", 4, ">"), ("H", 4, ">"),
                     ("pass", 4, "<"), ("model", 8, ">"), ("func", 8, ">"), ("ref", 8, ">"),
                     ("torch", 8, ">"), ("GF/s:rc", 7, ">"), ("torch", 6, ">"),
                     ("torch/rc", 8, ">"), ("ref/rc", 6, ">"), ("eff%", 5, ">"),
                     ("first:rc", 8, ">"), ("torch", 8, ">")])
     t.header()
     largest = CORE_SHAPES[-1]
-    for cell in opts.cells:
+    cells = [v for c in opts.cells for v in (c, *VARIANTS.get(c, ()))]
+    for cell in cells:
         for (T, N, D, H) in CORE_SHAPES:
-            x, dout = make_inputs(T, N, D, H)
+            x, dout = make_inputs(T, N, D, out_size(cell, H))
             impls = {"rnncore-model": rc_model_fns(cell, D, H, x, dout)}
             # --quick: on the largest shape, neither the slow reference nor the functional
             # API (the same kernels as the model's) -- that keeps --quick near 2 minutes
-            if not (opts.quick and (T, N, D, H) == largest):
+            if not (opts.quick and (T, N, D, H) == largest) and cell not in NO_FUNCTIONAL:
                 impls["rnncore-func"] = functional_fns(F, cell, D, H, x, dout)
                 impls["reference"] = functional_fns(R, cell, D, H, x, dout)
-            if torch is not None:
+            if torch is not None and cell not in NO_TORCH:
                 impls["torch"] = torch_fns(torch, cell, D, H, x, dout)
             for pi, pas in enumerate(("fwd", "fb")):
                 fl = gemm_flops(cell, T, N, D, H, pas)

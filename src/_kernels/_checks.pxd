@@ -135,19 +135,24 @@ cdef inline object workspace(object saved, str name, Py_ssize_t T, Py_ssize_t N,
 cdef inline int check_inputs(Loop *L, Input *inp, Py_ssize_t G, bint reverse,
                              const floating[:, :, :] x, const floating[:, :, :] h,
                              const floating[:, :] Wx, const floating[:, :] Wh,
-                             const floating[:, :] h0) except -1:
+                             const floating[:, :] h0, Py_ssize_t H=-1) except -1:
     """What every cell's forward and backward take: x (T, N, D), h (T, N, H),
-    Wx (D, GH), Wh (H, GH), h0 (N, H); L starts as a G-gate loop over them."""
-    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = G * H
+    Wx (D, GH), Wh (H, GH), h0 (N, H); L starts as a G-gate loop over them.
+    H >= 0: the gates' width, h's being Wh's rows (Hp: LSTM's proj_size)."""
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], Hp = Wh.shape[0]
     cdef Py_ssize_t D = x.shape[2]
+    if H < 0:
+        H = Hp
+    cdef Py_ssize_t GH = G * H
     loop_init(L, T, N, H, G, reverse, floating is double)
+    L.Hp = Hp
     seq_check(x, "x", T, N, D, &inp.x)
-    seq_check(h, "h", T, N, H, &L.h)
+    seq_check(h, "h", T, N, Hp, &L.h)
     mat_check(Wx, "Wx", D, GH, &inp.wx)
-    mat_check(Wh, "Wh", H, GH, &L.wh)
-    rows_check(h0, "h0", N, H)
+    mat_check(Wh, "Wh", Hp, GH, &L.wh)
+    rows_check(h0, "h0", N, Hp)
     inp.D = D
-    L.h0 = &h0[0, 0] if N > 0 and H > 0 else NULL
+    L.h0 = &h0[0, 0] if N > 0 and Hp > 0 else NULL
     return 0
 
 
@@ -156,8 +161,9 @@ cdef inline int check_grads(Loop *L, const Input *inp, Grads *gr, const floating
                             const floating[:, :] dWh, const floating[:, :] dhn,
                             const floating[:, :] dh0) except -1:
     """What every cell's backward takes besides check_inputs': dh (T, N, H), dx (T, N, D),
-    dWx (D, GH), dWh (H, GH), dhn, dh0 (N, H); dh0 becomes the dh carry."""
-    cdef Py_ssize_t T = L.T, N = L.N, H = L.H, GH = L.G * L.H, D = inp.D
+    dWx (D, GH), dWh (H, GH), dhn, dh0 (N, H); dh0 becomes the dh carry.
+    (H: h's width, L.Hp.)"""
+    cdef Py_ssize_t T = L.T, N = L.N, H = L.Hp, GH = L.G * L.H, D = inp.D
     cdef Seq dxs
     seq_check(dh, "dh", T, N, H, &L.dh)
     seq_check(dx, "dx", T, N, D, &dxs)

@@ -36,8 +36,10 @@ ctypedef void (*body_d)(const Loop *, double) noexcept nogil
 cdef struct Loop:
     # the problem
     Py_ssize_t T, N, H, G       # steps, batch rows, hidden size, gates (1, 3, 4)
+    Py_ssize_t Hp               # the width of h, h0 and the dh carry: H, or LSTM's proj_size
     const Py_ssize_t *bs        # batch_sizes (T,) of a sorted batch, or NULL: all N rows
     bint reverse, f64, relu     # direction, dtype, the RNN's activation (else tanh)
+    bint reset_before           # GRU reset_after=False: L.hn holds r ⊙ h_prev (see gru.pyx)
     body_f run_f                # the cell's time-loop body, for float and double
     body_d run_d
     # the step arrays (each body says which it uses)
@@ -50,6 +52,9 @@ cdef struct Loop:
     Seq g                       # pre-activations, then the saved gates (T, N, GH); RNN: = h
     Seq c                       # LSTM: the cell states (T, N, H)
     Seq hn                      # GRU: the saved hidden_n (T, N, H)
+    Mat wr                      # LSTM proj: W_hr^T (H, Hp) (p NULL: no projection)
+    Seq m                       # LSTM proj: o ⊙ tanh(c) (T, N, H), projected into h
+    Seq dht                     # LSTM proj backward: dh_t + carry (T, N, Hp)
     void *scratch               # GRU forward: (N, GH) per-step recurrent projection
     Seq dh                      # backward: the upstream gradient (T, N, H)
     Seq dg                      # backward: the pre-activation gradient (T, N, GH)
@@ -75,7 +80,7 @@ cdef inline void loop_init(Loop *L, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py
                            bint reverse, bint f64) noexcept nogil:
     """A Loop over all rows with no arrays yet (NULL everywhere; bs NULL: no lengths)."""
     memset(L, 0, sizeof(Loop))
-    L.T, L.N, L.H, L.G = T, N, H, G
+    L.T, L.N, L.H, L.G, L.Hp = T, N, H, G, H
     L.reverse, L.f64 = reverse, f64
     L.k, L.P = 0, 1
 
@@ -88,7 +93,7 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     """The Loop of rows k, k+P, ...: every row-indexed array starts at row k, P rows apart."""
     cdef Loop s = L[0]
     cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
-    cdef Py_ssize_t row = k * L.H * <Py_ssize_t>isz
+    cdef Py_ssize_t row = k * L.H * <Py_ssize_t>isz, rowp = k * L.Hp * <Py_ssize_t>isz
     s.h = every_pth_row(s.h, k, P, isz)
     s.g = every_pth_row(s.g, k, P, isz)
     s.c = every_pth_row(s.c, k, P, isz)
@@ -96,10 +101,13 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     s.dh = every_pth_row(s.dh, k, P, isz)
     s.dg = every_pth_row(s.dg, k, P, isz)
     s.dan = every_pth_row(s.dan, k, P, isz)
-    # (N, H) states and carries: row stride P*H from here on; the scratch P*GH
-    s.h0 = rows_from(s.h0, row)
+    s.m = every_pth_row(s.m, k, P, isz)
+    s.dht = every_pth_row(s.dht, k, P, isz)
+    # (N, H) states and carries: row stride P*H from here on (h0 and the dh
+    # carry: P*Hp); the scratch P*GH
+    s.h0 = rows_from(s.h0, rowp)
     s.c0 = rows_from(s.c0, row)
-    s.carry = <void *>rows_from(s.carry, row)
+    s.carry = <void *>rows_from(s.carry, rowp)
     s.carry_c = <void *>rows_from(s.carry_c, row)
     s.scratch = <void *>rows_from(s.scratch, row * L.G)
     s.k, s.P = k, P
@@ -199,8 +207,30 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     if gr.dbh != NULL:
         # the GRU's hidden side h Wh + bh sees all of dG: dbh += dG.sum(axis=0)
         colsum_add(<floating *>gr.dbh, <const floating *>dg.p, dg.ld, R, GH)
-    # dWh += sum_t h_prev(t)^T dG_t                   (H, GH)
-    dwh_accumulate(L, gr.dwh, <floating *>gr.dzs)
+    if not L.reset_before:
+        # dWh += sum_t h_prev(t)^T dG_t                   (H, GH)
+        dwh_accumulate(L, gr.dwh, <floating *>gr.dzs)
+    else:
+        reset_before_dwh(L, gr.dwh, <floating *>gr.dzs)
+
+
+cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
+    """dWh of the reset-before GRU: [r | z] pair dG with h_prev, n with r ⊙ h_prev."""
+    cdef Loop rz = L[0]
+    cdef Py_ssize_t nI = (L.G - 1) * L.H
+    cdef size_t isz = sizeof(floating)
+    rz.G = L.G - 1
+    # dWh[:, :2H] += sum_t h_prev(t)^T dG_t[:, :2H]   (H, 2H)
+    dwh_accumulate(&rz, dwh, dzs)
+    # dWh[:, 2H:] += reset_h^T dG[:, 2H:]             (H, H) += (H, R)(R, H)
+    # on one BLAS thread: threaded OpenBLAS spent 30 ms spinning in inner_thread (perf) on
+    # this (H, H) product at (T, N, H) = (100, 16, 128), 5x the whole backward, on a loaded
+    # 2-core machine; one thread takes H*H*T*N multiply-adds (fb at (50, 64, 512, 1024)
+    # measured within 1% of the reset-after GRU's)
+    cdef int opened = single_open()
+    mm(L.H, L.H, L.T * L.N, <floating>1, transposed(uniform(L.hn)),
+       col_block(uniform(L.dg), nI, isz), <floating>1, col_block(dwh, nI, isz))
+    loop_threads_end(opened)
 
 
 cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
@@ -216,7 +246,7 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept 
     straddle two sequences are subtracted; then h0^T dz at each row's first
     step is added (gathered per row in the reverse direction with lengths).
     """
-    cdef Py_ssize_t t, n, T = L.T, N = L.N, H = L.H, GH = L.G * L.H, R = T * N
+    cdef Py_ssize_t t, n, T = L.T, N = L.N, H = L.Hp, GH = L.G * L.H, R = T * N
     cdef const floating *h = <const floating *>L.h.p
     cdef const floating *h0 = <const floating *>L.h0
     cdef const floating *dz = <const floating *>L.dg.p

@@ -46,9 +46,26 @@ Saved for backward (``GRUSaved``): ``gates`` (T, N, 3H), the activations
 (needed for da_r; recomputing it would cost a GEMM per step). The hidden
 states ``h`` (an output the caller passes back) give h_{t-1}.
 
-``reset_after=False`` (n = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)) is not
-in this kernel: it needs a second GEMM and fused pass per step in both
-directions; rnncore.reference implements it (the functional API delegates).
+``reset_after=False`` (Cho et al. 2014's candidate, Keras's ``reset_after=False``,
+ONNX's ``linear_before_reset=0``) runs the same loop with the recurrent
+product split, since r must be known before ``(r ⊙ h) W_hn``::
+
+    n   = tanh(x_t W_in + b_in + (r ⊙ h_{t-1}) W_hn + b_hn)
+
+    forward, per step:  S[:, :2H] = H_prev Wh[:, :2H]    (N, 2H) = (N, H)(H, 2H)
+                        r, z, reset_h = r ⊙ h_prev        fused (rc_gru_rb_fwd1_*)
+                        S[:, 2H:] = reset_h Wh[:, 2H:]    (N, H) = (N, H)(H, H)
+                        n, h_t                            fused (rc_gru_rb_fwd2_*)
+    backward, per step: da_z, da_n; carry = dh' ⊙ z       fused (rc_gru_rb_bwd1_*)
+                        d(reset_h) = da_n Wh[:, 2H:]^T    (N, H) = (N, H)(H, H)^T
+                        da_r = d(reset_h) ⊙ h_prev ⊙ r(1 - r),
+                        carry += d(reset_h) ⊙ r           fused (rc_gru_rb_bwd2_*)
+                        carry += [da_r | da_z] Wh[:, :2H]^T   (N, H) += (N, 2H)(H, 2H)^T
+    after the loop:     dWh[:, :2H] += H_prev^T dG[:, :2H],  dWh[:, 2H:] += reset_h^T da_n
+
+The same 3H² multiply-adds per step as reset-after, in two GEMMs. Saved:
+the gates and, in hidden_n's place, ``reset_h`` (T, N, H). Both sides see
+one n block (``b_hn`` is outside the reset product), so there is no dAn.
 
 Design notes
 ------------
@@ -84,13 +101,13 @@ from collections import namedtuple
 
 import numpy as np
 
-from _blas cimport floating, transposed, scale_rows
+from _blas cimport floating, transposed, col_block, scale_rows
 from _gemm cimport mm_step, step_weight
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, workspace, check_inputs, check_grads, copy_rows)
-from _pass cimport rc_pass, run_pass
+from _pass cimport rc_pass, cell_pass, run_pass
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
                     contiguous)
 
@@ -99,6 +116,9 @@ cdef extern from "rc_gru.h" nogil:
     enum: RC_GRU_G   # number of gates
     # the fused passes (rc_gru_fwd_*, rc_gru_bwd_*, rc_gru_bwd_ip_*) by kind and dtype
     void rc_gru_pass(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H)
+    # reset_after=False: the two stages of a step (rc_gru_rb_{fwd,bwd}{1,2}_*)
+    void rc_gru_rb_pass1(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H)
+    void rc_gru_rb_pass2(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H)
 
 #: What `forward` saves for `backward`: the gate activations [r | z | n]
 #: (T, N, 3H) and hidden_n = h_{t-1} W_hn + b_hn (T, N, H).
@@ -109,29 +129,46 @@ GRUSaved = namedtuple("GRUSaved", ["gates", "hidden_n"])
 # The bodies run by _loop.pxd's run_loop over one share of the rows (all of
 # them, or rows k, k+P, ... on a thread); active rows stay a prefix.
 
+cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
+                          const floating *hp, Py_ssize_t ldhp) noexcept nogil:
+    # Step t for rows [r0, r0 + rows) of this share, from h_prev = hp (ldhp apart).
+    cdef Py_ssize_t H = L.H, GH = RC_GRU_G * H, nI = GH - H, s_ld = L.P * GH
+    cdef floating *s = <floating *>L.scratch + r0 * s_ld
+    cdef const floating *rh
+    if not L.reset_before:
+        # S = h_prev @ Wh                     (rows, 3H) = (rows, H)(H, 3H)
+        mm_step(rows, GH, H, hp, ldhp, L.wh, <floating>0, s, s_ld)
+        # fused (rc_gru_fwd_*): r, z = σ(g + bx + S + bh);  hn = S_n + bh_n;
+        #   n = tanh(g_n + bx_n + r hn);  h_t = (1 - z) n + z h_prev;  g = [r | z | n]
+        run_pass(L, rc_gru_pass, False, L.hn, t, r0, rows, hp, ldhp)
+        return
+    # S[:, :2H] = h_prev @ Wh[:, :2H]         (rows, 2H) = (rows, H)(H, 2H)
+    mm_step(rows, nI, H, hp, ldhp, L.wh, <floating>0, s, s_ld)
+    # fused (rc_gru_rb_fwd1_*): r, z = σ(g + bx + S + bh);  reset_h = r h_prev
+    run_pass(L, rc_gru_rb_pass1, False, L.hn, t, r0, rows, hp, ldhp)
+    # S[:, 2H:] = reset_h @ Wh[:, 2H:]        (rows, H) = (rows, H)(H, H)
+    rh = <const floating *>L.hn.p + t * L.hn.st + r0 * L.hn.sn
+    mm_step(rows, H, H, rh, L.hn.sn, col_block(L.wh, nI, sizeof(floating)), <floating>0,
+            s + nI, s_ld)
+    # fused (rc_gru_rb_fwd2_*): n = tanh(g_n + bx_n + S_n + bh_n);  h_t = (1 - z) n + z h_prev
+    run_pass(L, rc_gru_rb_pass2, False, L.hn, t, r0, rows, hp, ldhp)
+
+
 cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     # Uses L.g (holding x_t Wx on entry), L.h0, L.wh, L.b (bx), L.bh and the
-    # (N, 3H) scratch S; writes L.h, the gates L.g and hidden_n L.hn.
+    # (N, 3H) scratch S; writes L.h, the gates L.g and hidden_n (reset-before:
+    # reset_h) L.hn.
     cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = RC_GRU_G * H, M = share(L.N, L.k, L.P)
-    cdef Py_ssize_t h0_ld = L.P * H, s_ld = L.P * GH, h_st = L.h.st, h_sn = L.h.sn
+    cdef Py_ssize_t h0_ld = L.P * H, h_st = L.h.st, h_sn = L.h.sn
     cdef const floating *h0 = <const floating *>L.h0
     cdef floating *h = <floating *>L.h.p
-    cdef floating *s = <floating *>L.scratch
     for i in range(L.T):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
-        # then, fused (rc_gru_fwd_*), for the rows of h_prev = h_tp or h0:
-        #   r, z = σ(g + bx + S + bh);  hn = S_n + bh_n;  n = tanh(g_n + bx_n + r hn)
-        #   h_t = (1 - z) n + z h_prev;  g = [r | z | n]
         if Bc > 0:
-            # S[:Bc] = h_tp[:Bc] @ Wh           (Bc, 3H) = (Bc, H)(H, 3H)
-            mm_step(Bc, GH, H, h + tp * h_st, h_sn, L.wh, <floating>0, s, s_ld)
-            run_pass(L, rc_gru_pass, False, L.hn, t, 0, Bc, h + tp * h_st, h_sn)
+            fwd_rows(L, t, 0, Bc, h + tp * h_st, h_sn)
         if B > Bc:
-            # S[Bc:B] = h0[Bc:B] @ Wh           (B-Bc, 3H) = (B-Bc, H)(H, 3H)
-            mm_step(B - Bc, GH, H, h0 + Bc * h0_ld, h0_ld, L.wh, <floating>0,
-                    s + Bc * s_ld, s_ld)
-            run_pass(L, rc_gru_pass, False, L.hn, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld)
+            fwd_rows(L, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld)
         if B < M:
             # padding: h_t[B:] = 0 (and no stale projections in the saved arrays)
             scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, H, <floating>0)
@@ -141,30 +178,48 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
                        <floating>0)
 
 
-cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
-    # Uses L.dh, L.h, L.h0, L.wh and the saved L.g, L.hn; writes dG (L.dg), dAn
-    # (L.dan) and the carry (N, H).
-    cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = RC_GRU_G * H, M = share(L.N, L.k, L.P)
-    cdef Py_ssize_t ldc = L.P * H, dg_sn = L.dg.sn
+cdef inline void bwd_pass(const Loop *L, cell_pass fn, Py_ssize_t t, Py_ssize_t tp,
+                          Py_ssize_t B, Py_ssize_t Bc, floating kind) noexcept nogil:
+    # One fused backward pass over rows [0, B) of step t: h_prev = h_tp or h0.
     cdef const floating *h = <const floating *>L.h.p
     cdef const floating *h0 = <const floating *>L.h0
+    if Bc > 0:
+        run_pass(L, fn, True, L.hn, t, 0, Bc, h + tp * L.h.st, L.h.sn)
+    if B > Bc:
+        run_pass(L, fn, True, L.hn, t, Bc, B - Bc, h0 + Bc * L.P * L.H, L.P * L.H)
+
+
+cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
+    # Uses L.dh, L.h, L.h0, L.wh and the saved L.g, L.hn; writes dG (L.dg), dAn
+    # (L.dan; reset-before: none) and the carry (N, H); reset-before also uses
+    # the (N, 3H) scratch S.
+    cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = RC_GRU_G * H, M = share(L.N, L.k, L.P)
+    cdef Py_ssize_t ldc = L.P * H, dg_sn = L.dg.sn, nI = GH - H
+    cdef Py_ssize_t nk = nI if L.reset_before else GH   # dG's columns the carry GEMM reads
     cdef floating *dgt
     for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
-        # fused (rc_gru_bwd_*), from d = dh_t + carry and h_prev = h_tp or h0:
-        #   dG_t = [da_r | da_z | da_n r];  dAn_t = da_n;  carry = d z
-        # (in place when dG is the saved gates and dAn hidden_n: overwrite_saved)
-        if Bc > 0:
-            run_pass(L, rc_gru_pass, True, L.hn, t, 0, Bc, h + tp * L.h.st, L.h.sn)
-        if B > Bc:
-            run_pass(L, rc_gru_pass, True, L.hn, t, Bc, B - Bc, h0 + Bc * ldc, ldc)
+        if not L.reset_before:
+            # fused (rc_gru_bwd_*), from d = dh_t + carry:
+            #   dG_t = [da_r | da_z | da_n r];  dAn_t = da_n;  carry = d z
+            # (in place when dG is the saved gates and dAn hidden_n: overwrite_saved)
+            bwd_pass(L, rc_gru_pass, t, tp, B, Bc, kind)
+        else:
+            # fused (rc_gru_rb_bwd1_*): dG_t[:, H:] = [da_z | da_n];  carry = d z
+            bwd_pass(L, rc_gru_rb_pass1, t, tp, B, Bc, kind)
+            # S[:B, :H] = dG_t[:B, 2H:] @ Wh[:, 2H:]^T   d(reset_h)  (B, H) = (B, H)(H, H)^T
+            mm_step(B, H, H, dgt + nI, dg_sn, transposed(col_block(L.wh, nI, sizeof(floating))),
+                    <floating>0, <floating *>L.scratch, L.P * GH)
+            # fused (rc_gru_rb_bwd2_*): dG_t[:, :H] = da_r;  carry += d(reset_h) r
+            bwd_pass(L, rc_gru_rb_pass2, t, tp, B, Bc, kind)
         if B < M:
             scale_rows(dgt + B * dg_sn, dg_sn, M - B, GH, <floating>0)
-            scale_rows(<floating *>L.dan.p + t * L.dan.st + B * L.dan.sn, L.dan.sn, M - B, H,
-                       <floating>0)
-        # carry[:B] += dG_t[:B] @ Wh^T           (B, H) += (B, 3H)(H, 3H)^T
-        mm_step(B, H, GH, dgt, dg_sn, transposed(L.wh), <floating>1, <floating *>L.carry, ldc)
+            if L.dan.p != NULL:
+                scale_rows(<floating *>L.dan.p + t * L.dan.st + B * L.dan.sn, L.dan.sn,
+                           M - B, H, <floating>0)
+        # carry[:B] += dG_t[:B, :nk] @ Wh[:, :nk]^T    (B, H) += (B, nk)(H, nk)^T
+        mm_step(B, H, nk, dgt, dg_sn, transposed(L.wh), <floating>1, <floating *>L.carry, ldc)
 
 
 # ----------------------------------------------------------------- entry points
@@ -173,7 +228,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
 
 def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] Wx,
             const floating[:, :] Wh, const floating[:] bx, const floating[:] bh,
-            floating[:, :, :] h, bint reverse=False, batch_sizes=None):
+            floating[:, :, :] h, bint reverse=False, batch_sizes=None, bint reset_after=True):
     """Run one GRU layer and direction over all T steps, writing ``h``.
 
     Parameters (logical shapes; layouts in the module docstring)
@@ -183,17 +238,20 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     h : (T, N, H) output, same layout kind as x
     reverse : run t = T-1 .. 0
     batch_sizes : (T,) non-increasing active-row counts (sorted batch), or None
+    reset_after : PyTorch's candidate (True) or the reset-before one (False)
 
     Returns
     -------
     saved : GRUSaved(gates, hidden_n)
-        gates (T, N, 3H) = [r | z | n] and hidden_n (T, N, H) = h_prev W_hn + b_hn,
-        in h's layout kind; pass to `backward`.
+        gates (T, N, 3H) = [r | z | n] and hidden_n (T, N, H) = h_prev W_hn + b_hn
+        (reset_after=False: reset_h = r ⊙ h_prev), in h's layout kind; pass to
+        `backward` with the same ``reset_after``.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = RC_GRU_G * H
     cdef Loop L
     cdef Input inp
     check_inputs(&L, &inp, RC_GRU_G, reverse, x, h, Wx, Wh, h0)
+    L.reset_before = not reset_after
     same_layout(&inp.x, &L.h, NULL, T, N, inp.D)
     vec_check(bx, "bx", GH)
     vec_check(bh, "bh", GH)
@@ -222,7 +280,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
              const floating[:, :, :] h, saved,
              floating[:, :, :] dx, floating[:, :] dh0,
              floating[:, :] dWx, floating[:, :] dWh, floating[:] dbx, floating[:] dbh,
-             bint reverse=False, batch_sizes=None, bint overwrite_saved=False):
+             bint reverse=False, batch_sizes=None, bint overwrite_saved=False,
+             bint reset_after=True):
     """BPTT through one GRU layer and direction.
 
     Writes ``dx`` (T, N, D, same layout kind as x) and ``dh0`` (N, H), and
@@ -236,6 +295,10 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     again) unless ``overwrite_saved``: then the gradient workspaces dG and dAn
     are the saved ``gates`` and ``hidden_n`` themselves (T*N*4H less memory),
     which are garbage afterwards -- for callers that back-propagate once.
+    ``reset_after`` must be the forward's; with False there is no dAn (both
+    sides see one n block), ``overwrite_saved`` takes the gates only (the
+    saved reset_h gives dWh's n block after the loop) and an (N, 3H) scratch
+    holds d(reset_h) per step.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = RC_GRU_G * H
     cdef Loop L
@@ -243,12 +306,18 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef Grads gr
     check_inputs(&L, &inp, RC_GRU_G, reverse, x, h, Wx, Wh, h0)
     check_grads(&L, &inp, &gr, dh, dx, dWx, dWh, dhn, dh0)
+    L.reset_before = not reset_after
     try:
         gates_arr, hidden_n_arr = saved
     except (TypeError, ValueError):
         raise ValueError("saved: expected the GRUSaved returned by gru.forward") from None
     seq_check[floating](gates_arr, "saved.gates", T, N, GH, &L.g)
     seq_check[floating](hidden_n_arr, "saved.hidden_n", T, N, H, &L.hn)
+    if L.reset_before and L.hn.bm != L.h.bm:
+        # dWh's n block pairs reset_h with dG row by row: h's layout kind
+        hidden_n_arr = seq_empty(L.h.bm, T, N, H, gates_arr.dtype)
+        hidden_n_arr[...] = saved[1]
+        seq_check[floating](hidden_n_arr, "saved.hidden_n", T, N, H, &L.hn)
     vec_check(bh, "bh", GH)
     vec_check(dbx, "dbx", GH)
     vec_check(dbh, "dbh", GH)
@@ -259,7 +328,9 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef floating[:, :, :] dg = workspace(gates_arr if overwrite_saved else None,
                                           "saved.gates", T, N, GH, L.h.bm, dtype)
     cdef floating[:, :, :] dan = workspace(hidden_n_arr if overwrite_saved else None,
-                                           "saved.hidden_n", T, N, H, L.h.bm, dtype)
+                                           "saved.hidden_n", T, N, H, L.h.bm, dtype
+                                           ) if reset_after else None
+    cdef floating[:, :] s = np.empty((0 if reset_after else N, GH), dtype=dtype)
     cdef floating[:, :] dgs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:
@@ -270,7 +341,10 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
         return
     L.bs = batch_ptr(bs)
     seq_check(dg, "dG", T, N, GH, &L.dg)
-    seq_check(dan, "dAn", T, N, H, &L.dan)
+    if reset_after:
+        seq_check(dan, "dAn", T, N, H, &L.dan)
+    else:
+        L.scratch = &s[0, 0]
     gr.db = &dbx[0]
     gr.dbh = &dbh[0]
     gr.dzs = &dgs[0, 0] if dgs.shape[0] > 0 else NULL
@@ -283,7 +357,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
 # The cells' fast path (see rnn.step): one step on PyTorch-layout parameters.
 
 cdef int step_run(void **p, floating *g, floating *hn, Py_ssize_t N, Py_ssize_t D,
-                  Py_ssize_t H) noexcept nogil:
+                  Py_ssize_t H, bint reset_before) noexcept nogil:
     # p as step_cell_bufs acquired it: [x, h0, h, w_ih, w_hh, b_ih, b_hh]. One
     # allocation: the (N, 3H) recurrent-projection scratch, then gates and
     # hidden_n when the caller does not keep them (inference)
@@ -306,13 +380,16 @@ cdef int step_run(void **p, floating *g, floating *hn, Py_ssize_t N, Py_ssize_t 
     L.g = contiguous(g, N, GH)
     L.hn = contiguous(hn, N, H)
     L.scratch = w
+    L.reset_before = reset_before
     forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     free(w)
     return 0
 
 
-def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, gates, hidden_n, Py_ssize_t D, Py_ssize_t H):
-    """One GRU step on the cells' arrays (PyTorch's equations, gates r, z, n).
+def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, gates, hidden_n, Py_ssize_t D, Py_ssize_t H,
+         bint reset_after=True):
+    """One GRU step on the cells' arrays (PyTorch's equations, gates r, z, n;
+    ``reset_after=False``: the reset-before candidate, hidden_n receiving reset_h).
 
     x (N, D) or (D,); h0 and the output h (N, H) or (H,) alike; w_ih (3H, D),
     w_hh (3H, H), b_ih, b_hh (3H,): PyTorch layout. gates (N*3H elements) and
@@ -342,9 +419,9 @@ def step(x, h0, w_ih, w_hh, b_ih, b_hh, h, gates, hidden_n, Py_ssize_t D, Py_ssi
         return False
     with nogil:
         if B.fmt == b'f':
-            rc = step_run(p, <float *>gp, <float *>hnp, N, D, H)
+            rc = step_run(p, <float *>gp, <float *>hnp, N, D, H, not reset_after)
         else:
-            rc = step_run(p, <double *>gp, <double *>hnp, N, D, H)
+            rc = step_run(p, <double *>gp, <double *>hnp, N, D, H, not reset_after)
     step_release(&B)
     if rc:
         raise MemoryError()

@@ -60,13 +60,15 @@ from collections import namedtuple
 
 import numpy as np
 
-from _blas cimport floating, transposed, scale_rows
-from _gemm cimport mm_step, step_weight
+from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans
+from _gemm cimport mm, mm_step, step_weight
+from _layout cimport uniform
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
-from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
+from _checks cimport (seq_check, same_layout, mat_check, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, seq_empty, workspace, check_inputs, check_grads, copy_rows)
-from _pass cimport rc_pass, run_pass
+from _pass cimport (rc_pass, run_pass, pass_at, rows_at, state_rows, RC_PASS_FWD, RC_PASS_BWD,
+                   RC_PASS_BWD_IP)
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
                     contiguous)
 
@@ -75,50 +77,101 @@ cdef extern from "rc_lstm.h" nogil:
     # the fused passes (rc_lstm_fwd_*, rc_lstm_bwd_*, rc_lstm_bwd_ip_*) by kind and dtype
     void rc_lstm_pass(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H)
 
-#: What `forward` saves for `backward`: the gate activations (T, N, 4H).
+#: What `forward` saves for `backward`: the gate activations (T, N, 4H); with a
+#: projection also m = o ⊙ tanh(c) (T, N, H) (LSTMProjSaved).
 LSTMSaved = namedtuple("LSTMSaved", ["gates"])
+LSTMProjSaved = namedtuple("LSTMProjSaved", ["gates", "m"])
 
 
 # ----------------------------------------------------------------- time loops
 # The bodies run by _loop.pxd's run_loop over one share of the rows (all of
 # them, or rows k, k+P, ... on a thread); active rows stay a prefix.
 
+cdef inline void lstm_pass(const Loop *L, bint backward, Py_ssize_t t, Py_ssize_t r0,
+                           Py_ssize_t rows, const void *cp, Py_ssize_t ldcp) noexcept nogil:
+    # The fused pass over rows [r0, r0 + rows) of step t from c_prev = cp. With a
+    # projection it writes o tanh(c_t) into L.m (forward) and reads its gradient
+    # from the scratch S[:, :H] with a zero carry S[:, H:2H] (backward).
+    cdef rc_pass st
+    cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
+    cdef Py_ssize_t lds = L.P * RC_LSTM_GATES * L.H
+    if L.wr.p == NULL:
+        run_pass(L, rc_lstm_pass, backward, L.c, t, r0, rows, cp, ldcp)
+        return
+    pass_at(L, L.c, t, r0, cp, ldcp, &st)
+    st.h = rows_at(L.m, t, r0, isz)
+    st.dh = state_rows(L.scratch, r0, lds, isz)
+    st.carry = state_rows(<char *>L.scratch + L.H * isz, r0, lds, isz)
+    rc_lstm_pass(RC_PASS_FWD if not backward else (
+        RC_PASS_BWD_IP if L.dg.p == L.g.p else RC_PASS_BWD), L.f64, &st, rows, L.H)
+
+
+cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
+                          const floating *hp, Py_ssize_t ldhp, const floating *cp,
+                          Py_ssize_t ldcp) noexcept nogil:
+    # Step t for rows [r0, r0 + rows) from (h_prev, c_prev) = (hp, cp).
+    cdef Py_ssize_t H = L.H, GH = RC_LSTM_GATES * H, Hp = L.Hp
+    cdef floating *at = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
+    # A_t[rows] += h_prev @ Wh               (rows, 4H) += (rows, Hp)(Hp, 4H)
+    mm_step(rows, GH, Hp, hp, ldhp, L.wh, <floating>1, at, L.g.sn)
+    # fused (rc_lstm_fwd_*): [i, f, g, o] = σ, σ, tanh, σ of (A_t + b);
+    #   c_t = f c_prev + i g;  h_t = o tanh(c_t)  (with a projection: m_t)
+    lstm_pass(L, False, t, r0, rows, cp, ldcp)
+    if L.wr.p != NULL:
+        # h_t[rows] = m_t[rows] @ Wr         (rows, Hp) = (rows, H)(H, Hp)
+        mm(rows, Hp, H, <floating>1,
+           mat(<floating *>L.m.p + t * L.m.st + r0 * L.m.sn, L.m.sn, NoTrans), L.wr,
+           <floating>0, mat(<floating *>L.h.p + t * L.h.st + r0 * L.h.sn, L.h.sn, NoTrans))
+
+
 cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
-    # Uses L.g (holding x_t Wx on entry), L.h0, L.c0, L.wh, L.b; writes L.h,
-    # the cell states L.c and the gate activations L.g.
+    # Uses L.g (holding x_t Wx on entry), L.h0, L.c0, L.wh, L.b (and L.wr);
+    # writes L.h, the cell states L.c, the gate activations L.g (and L.m).
     cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = RC_LSTM_GATES * H, M = share(L.N, L.k, L.P)
-    cdef Py_ssize_t s0_ld = L.P * H, h_st = L.h.st, h_sn = L.h.sn, a_sn = L.g.sn
+    cdef Py_ssize_t s0_ld = L.P * H, h0_ld = L.P * L.Hp, h_st = L.h.st, h_sn = L.h.sn
     cdef const floating *h0 = <const floating *>L.h0
     cdef const floating *c0 = <const floating *>L.c0
     cdef const floating *c = <const floating *>L.c.p
     cdef floating *h = <floating *>L.h.p
-    cdef floating *at
     for i in range(L.T):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from (h0, c0) here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
-        at = <floating *>L.g.p + t * L.g.st
-        # then, fused (rc_lstm_fwd_*), for the rows of c_prev = c_tp or c0:
-        #   [i, f, g, o] = σ, σ, tanh, σ of (A_t + b);  c_t = f c_prev + i g;  h_t = o tanh(c_t)
         if Bc > 0:
-            # A_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, 4H) += (Bc, H)(H, 4H)
-            mm_step(Bc, GH, H, h + tp * h_st, h_sn, L.wh, <floating>1, at, a_sn)
-            run_pass(L, rc_lstm_pass, False, L.c, t, 0, Bc, c + tp * L.c.st, L.c.sn)
+            fwd_rows(L, t, 0, Bc, h + tp * h_st, h_sn, c + tp * L.c.st, L.c.sn)
         if B > Bc:
-            # A_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, 4H) += (B-Bc, H)(H, 4H)
-            mm_step(B - Bc, GH, H, h0 + Bc * s0_ld, s0_ld, L.wh, <floating>1, at + Bc * a_sn,
-                    a_sn)
-            run_pass(L, rc_lstm_pass, False, L.c, t, Bc, B - Bc, c0 + Bc * s0_ld, s0_ld)
+            fwd_rows(L, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld, c0 + Bc * s0_ld, s0_ld)
         if B < M:
             # padding: h_t[B:] = c_t[B:] = 0 (and no stale projections in the saved gates)
-            scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, H, <floating>0)
+            scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, L.Hp, <floating>0)
             scale_rows(<floating *>L.c.p + t * L.c.st + B * L.c.sn, L.c.sn, M - B, H,
                        <floating>0)
-            scale_rows(at + B * a_sn, a_sn, M - B, GH, <floating>0)
+            scale_rows(<floating *>L.g.p + t * L.g.st + B * L.g.sn, L.g.sn, M - B, GH,
+                       <floating>0)
+            if L.m.p != NULL:
+                scale_rows(<floating *>L.m.p + t * L.m.st + B * L.m.sn, L.m.sn, M - B, H,
+                           <floating>0)
+
+
+cdef inline void proj_grad(const Loop *L, Py_ssize_t t, Py_ssize_t B,
+                           floating kind) noexcept nogil:
+    # With a projection: the gradient of m_t = o tanh(c_t) for rows [0, B).
+    cdef Py_ssize_t j, q, Hp = L.Hp, ldc = L.P * Hp
+    cdef floating *e = <floating *>L.dht.p + t * L.dht.st
+    cdef const floating *dh = <const floating *>L.dh.p + t * L.dh.st
+    cdef const floating *cy = <const floating *>L.carry
+    # E_t[:B] = dh_t[:B] + carry[:B]          (B, Hp): the whole gradient of h_t
+    for q in range(B):
+        for j in range(Hp):
+            e[q * L.dht.sn + j] = dh[q * L.dh.sn + j] + cy[q * ldc + j]
+    # S[:B, :H] = E_t[:B] @ Wr^T              (B, H) = (B, Hp)(H, Hp)^T
+    mm(B, L.H, Hp, <floating>1, mat(e, L.dht.sn, NoTrans), transposed(L.wr), <floating>0,
+       mat(<floating *>L.scratch, L.P * RC_LSTM_GATES * L.H, NoTrans))
 
 
 cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     # Uses L.dh, L.c, L.c0, L.wh and the saved gates L.g; writes dA (L.dg) and
-    # the carries (N, H).
+    # the carries (N, Hp), (N, H) (with a projection also E (L.dht), via the
+    # scratch S).
     cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = RC_LSTM_GATES * H, M = share(L.N, L.k, L.P)
     cdef Py_ssize_t ldc = L.P * H, dg_sn = L.dg.sn
     cdef const floating *c = <const floating *>L.c.p
@@ -127,18 +180,24 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
-        # fused (rc_lstm_bwd_*), from d = dh_t + carry_h, the gates, c_t and c_prev:
+        if L.wr.p != NULL:
+            proj_grad(L, t, B, kind)
+        # fused (rc_lstm_bwd_*), from d = dh_t + carry_h (projection: S), the gates, c_t, c_prev:
         #   dc = carry_c + d o (1 - tanh²c_t);  carry_c = dc f
         #   dA_t = [dc g i(1-i) | dc c_prev f(1-f) | dc i (1-g²) | d tanh(c_t) o(1-o)]
         # (in place when dA is the saved gates: overwrite_saved)
         if Bc > 0:
-            run_pass(L, rc_lstm_pass, True, L.c, t, 0, Bc, c + tp * L.c.st, L.c.sn)
+            lstm_pass(L, True, t, 0, Bc, c + tp * L.c.st, L.c.sn)
         if B > Bc:
-            run_pass(L, rc_lstm_pass, True, L.c, t, Bc, B - Bc, c0 + Bc * ldc, ldc)
+            lstm_pass(L, True, t, Bc, B - Bc, c0 + Bc * ldc, ldc)
         if B < M:
             scale_rows(dgt + B * dg_sn, dg_sn, M - B, GH, <floating>0)
-        # carry_h[:B] = dA_t[:B] @ Wh^T          (B, H) = (B, 4H)(H, 4H)^T
-        mm_step(B, H, GH, dgt, dg_sn, transposed(L.wh), <floating>0, <floating *>L.carry, ldc)
+            if L.dht.p != NULL:
+                scale_rows(<floating *>L.dht.p + t * L.dht.st + B * L.dht.sn, L.dht.sn,
+                           M - B, L.Hp, <floating>0)
+        # carry_h[:B] = dA_t[:B] @ Wh^T          (B, Hp) = (B, 4H)(Hp, 4H)^T
+        mm_step(B, L.Hp, GH, dgt, dg_sn, transposed(L.wh), <floating>0, <floating *>L.carry,
+                L.P * L.Hp)
 
 
 # ----------------------------------------------------------------- entry points
@@ -147,7 +206,8 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
 
 def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] c0,
             const floating[:, :] Wx, const floating[:, :] Wh, const floating[:] b,
-            floating[:, :, :] h, floating[:, :, :] c, bint reverse=False, batch_sizes=None):
+            floating[:, :, :] h, floating[:, :, :] c, bint reverse=False, batch_sizes=None,
+            const floating[:, :] Wr=None):
     """Run one LSTM layer and direction over all T steps, writing ``h`` and ``c``.
 
     Parameters (logical shapes; layouts in the module docstring)
@@ -158,16 +218,22 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     c : (T, N, H) output, the cell states of all steps (zeros at padded positions)
     reverse : run t = T-1 .. 0
     batch_sizes : (T,) non-increasing active-row counts (sorted batch), or None
+    Wr : (H, P) or None: PyTorch's projection ``weight_hr.T`` (``proj_size`` P);
+        then h0, h are (N, P), (T, N, P) and Wh is (P, 4H): h_t = (o ⊙ tanh(c_t)) Wr
 
     Returns
     -------
-    saved : LSTMSaved(gates)
-        The gate activations (T, N, 4H), in h's layout kind; pass to `backward`.
+    saved : LSTMSaved(gates), or with Wr LSTMProjSaved(gates, m)
+        The gate activations (T, N, 4H) (and m = o ⊙ tanh(c) (T, N, H)), in h's
+        layout kind; pass to `backward`.
     """
-    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = RC_LSTM_GATES * H
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1]
+    cdef Py_ssize_t H = Wh.shape[0] if Wr is None else Wr.shape[0], GH = RC_LSTM_GATES * H
     cdef Loop L
     cdef Input inp
-    check_inputs(&L, &inp, RC_LSTM_GATES, reverse, x, h, Wx, Wh, h0)
+    check_inputs(&L, &inp, RC_LSTM_GATES, reverse, x, h, Wx, Wh, h0, H)
+    if Wr is not None:
+        mat_check(Wr, "Wr", H, L.Hp, &L.wr)
     seq_check(c, "c", T, N, H, &L.c)
     same_layout(&inp.x, &L.h, NULL, T, N, inp.D)
     rows_check(c0, "c0", N, H)
@@ -175,14 +241,18 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     bs = check_batch_sizes(batch_sizes, T, N)
     # saved gate activations, in h's layout kind (the x @ Wx GEMM writes them as one matrix)
     dtype = np.float32 if floating is float else np.float64
-    saved = LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype))
+    saved = (LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype)) if Wr is None else
+             LSTMProjSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
+                           m=seq_empty(L.h.bm, T, N, H, dtype)))
     if T == 0 or N == 0 or H == 0:
         return saved
     seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
+    if Wr is not None:
+        seq_check[floating](saved.m, "m", T, N, H, &L.m)
     L.bs = batch_ptr(bs)
     L.c0 = &c0[0, 0]
     L.b = &b[0]
-    keep = step_weight(Wh, &L.wh, T, N, GH, H)
+    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     return saved
@@ -194,7 +264,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
              const floating[:, :, :] h, const floating[:, :, :] c, saved,
              floating[:, :, :] dx, floating[:, :] dh0, floating[:, :] dc0,
              floating[:, :] dWx, floating[:, :] dWh, floating[:] db,
-             bint reverse=False, batch_sizes=None, bint overwrite_saved=False):
+             bint reverse=False, batch_sizes=None, bint overwrite_saved=False, proj=None):
     """BPTT through one LSTM layer and direction.
 
     Writes ``dx`` (T, N, D, same layout kind as x), ``dh0`` and ``dc0`` (N, H),
@@ -206,20 +276,37 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     other arguments as in `forward`. ``saved`` is not modified (backward may
     be run again) unless ``overwrite_saved``: then the gradient workspace dA
     is the saved ``gates`` itself (T*N*4H less memory), garbage afterwards --
-    for callers that back-propagate once.
+    for callers that back-propagate once. ``proj`` = (Wr (H, P), dWr (H, P)) with
+    a projection (as in `forward`; dWr accumulated into): then h0, dh0, dhn are
+    (N, P), h, dh (T, N, P), Wh, dWh (P, 4H).
     """
-    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = RC_LSTM_GATES * H
+    cdef const floating[:, :] Wr = None if proj is None else proj[0]
+    cdef floating[:, :] dWr = None if proj is None else proj[1]
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1]
+    cdef Py_ssize_t H = Wh.shape[0] if Wr is None else Wr.shape[0], GH = RC_LSTM_GATES * H
     cdef Loop L
     cdef Input inp
     cdef Grads gr
-    check_inputs(&L, &inp, RC_LSTM_GATES, reverse, x, h, Wx, Wh, h0)
+    cdef Mat dwr
+    check_inputs(&L, &inp, RC_LSTM_GATES, reverse, x, h, Wx, Wh, h0, H)
     seq_check(c, "c", T, N, H, &L.c)
     check_grads(&L, &inp, &gr, dh, dx, dWx, dWh, dhn, dh0)
     try:
-        (gates_arr,) = saved
+        gates_arr, m_arr = tuple(saved) + ((None,) if len(saved) == 1 else ())
     except (TypeError, ValueError):
         raise ValueError("saved: expected the LSTMSaved returned by lstm.forward") from None
     seq_check[floating](gates_arr, "saved.gates", T, N, GH, &L.g)
+    if Wr is not None:
+        mat_check(Wr, "Wr", H, L.Hp, &L.wr)
+        mat_check(dWr, "dWr", H, L.Hp, &dwr)
+        if m_arr is None:
+            raise ValueError("saved: expected the LSTMSaved of a projected lstm.forward")
+        seq_check[floating](m_arr, "saved.m", T, N, H, &L.m)
+        if L.m.bm != L.h.bm:
+            # dWr pairs m with E row by row: h's layout kind
+            m_arr = np.asarray(m_arr).transpose(1, 0, 2).copy().transpose(1, 0, 2) if L.h.bm \
+                else np.ascontiguousarray(m_arr)
+            seq_check[floating](m_arr, "saved.m", T, N, H, &L.m)
     rows_check(c0, "c0", N, H)
     rows_check(dcn, "dcn", N, H)
     rows_check(dc0, "dc0", N, H)
@@ -230,6 +317,10 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     cdef floating[:, :, :] dg = workspace(gates_arr if overwrite_saved else None,
                                           "saved.gates", T, N, GH, L.h.bm, dtype)
     cdef floating[:, :] dgs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
+    # with a projection: E (T, N, P), the whole gradient of each h_t, for dWr; the
+    # scratch S (N, 4H): the gradient of m_t in [:, :H], zeros in [:, H:2H]
+    cdef floating[:, :, :] dht = seq_empty(L.h.bm, T if proj is not None else 0, N, L.Hp, dtype)
+    cdef floating[:, :] s = np.zeros((N if proj is not None else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:
             np.asarray(dx)[...] = 0
@@ -246,9 +337,16 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     gr.db = &db[0]
     gr.dbh = NULL
     gr.dzs = &dgs[0, 0] if dgs.shape[0] > 0 else NULL
-    keep = step_weight(Wh, &L.wh, T, N, GH, H, True)
+    if proj is not None:
+        seq_check(dht, "E", T, N, L.Hp, &L.dht)
+        L.scratch = &s[0, 0]
+    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
     with nogil:
         backward_loop(&L, &inp, &gr, bwd_steps[float], bwd_steps[double], <floating>0)
+        if proj is not None:
+            # dWr += m^T E                    (H, P) += (H, T*N)(T*N, P)
+            mm(H, L.Hp, T * N, <floating>1, transposed(uniform(L.m)), uniform(L.dht),
+               <floating>1, dwr)
 
 
 # ----------------------------------------------------------------- single step

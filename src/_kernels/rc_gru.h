@@ -103,4 +103,128 @@ RC_DEFINE_GRU_BWD(rc_gru_bwd_d, rc_gru_bwd_ip_d, double)
 RC_DEFINE_PASSES(rc_gru_pass, rc_gru_fwd_f, rc_gru_fwd_d, rc_gru_bwd_f, rc_gru_bwd_d,
                  rc_gru_bwd_ip_f, rc_gru_bwd_ip_d)
 
+/* ================================================================ reset-before GRU
+ * n = tanh(x W_in + b_in + (r ⊙ h_prev) W_hn + b_hn) (Cho et al. 2014, Keras
+ * reset_after=False): r must be known before the n block's recurrent product,
+ * so each step runs two GEMMs and two fused passes per direction. In these
+ * passes st->s is the saved reset_h = r ⊙ h_prev (where the reset-after
+ * passes keep hidden_n) and st->hw the (N, 3H) per-step scratch. */
+
+/* forward, pass 1, from g = x Wx (r, z blocks) and hw[:, :2H] = h_prev W_h[r|z]:
+ *   r = σ(g_r + bx_r + hw_r + bh_r)     z = σ(g_z + bx_z + hw_z + bh_z)
+ *   reset_h = r ⊙ h_prev
+ * stores g_r = r, g_z = z and reset_h. */
+#define RC_DEFINE_GRU_RB_FWD1(NAME, T, SIG)                                     \
+    RC_CLONES static void NAME(const rc_pass *st, rc_idx rows, rc_idx H)        \
+    {                                                                           \
+        RC_ROWS(T, g, ldg, g) RC_ROWS(T, rh, ldrh, s)                           \
+        RC_ROWS(const T, s, lds, hw) RC_ROWS(const T, hp, ldhp, prev)           \
+        const T *restrict bx = (const T *)st->b, *restrict bh = (const T *)st->bh; \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            T *gr = g + q * ldg + RC_GRU_R * H, *gz = g + q * ldg + RC_GRU_Z * H; \
+            const T *sr = s + q * lds + RC_GRU_R * H, *sz = s + q * lds + RC_GRU_Z * H; \
+            const T *hpq = hp + q * ldhp;                                       \
+            T *rhq = rh + q * ldrh;                                             \
+            _Pragma("GCC ivdep")                                               \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T r = SIG(gr[j] + bx[RC_GRU_R * H + j] + (sr[j] + bh[RC_GRU_R * H + j])); \
+                T z = SIG(gz[j] + bx[RC_GRU_Z * H + j] + (sz[j] + bh[RC_GRU_Z * H + j])); \
+                rhq[j] = r * hpq[j];                                            \
+                gr[j] = r; gz[j] = z;                                           \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_GRU_RB_FWD1(rc_gru_rb_fwd1_f, float, rc_sigmoidf)
+RC_DEFINE_GRU_RB_FWD1(rc_gru_rb_fwd1_d, double, rc_sigmoidd)
+
+/* forward, pass 2, from g_n = x W_in and hw_n = reset_h W_hn:
+ *   n = tanh(g_n + bx_n + hw_n + bh_n)     h = (1 - z) ⊙ n + z ⊙ h_prev
+ * stores g_n = n and h. */
+#define RC_DEFINE_GRU_RB_FWD2(NAME, T, TANH)                                    \
+    RC_CLONES static void NAME(const rc_pass *st, rc_idx rows, rc_idx H)        \
+    {                                                                           \
+        RC_ROWS(T, g, ldg, g) RC_ROWS(T, h, ldh, h)                             \
+        RC_ROWS(const T, s, lds, hw) RC_ROWS(const T, hp, ldhp, prev)           \
+        const T *restrict bx = (const T *)st->b + RC_GRU_N * H;                 \
+        const T *restrict bh = (const T *)st->bh + RC_GRU_N * H;                \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            T *gn = g + q * ldg + RC_GRU_N * H;                                 \
+            const T *gz = g + q * ldg + RC_GRU_Z * H, *sn = s + q * lds + RC_GRU_N * H; \
+            const T *hpq = hp + q * ldhp;                                       \
+            T *hq = h + q * ldh;                                                \
+            _Pragma("GCC ivdep")                                               \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T z = gz[j];                                                    \
+                T n = TANH(gn[j] + bx[j] + (sn[j] + bh[j]));                    \
+                hq[j] = ((T)1 - z) * n + z * hpq[j];                            \
+                gn[j] = n;                                                      \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_GRU_RB_FWD2(rc_gru_rb_fwd2_f, float, rc_tanhf)
+RC_DEFINE_GRU_RB_FWD2(rc_gru_rb_fwd2_d, double, rc_tanhd)
+
+/* backward, pass 1, with dh' = dh + carry and the stored z, n:
+ *   da_n = dh' ⊙ (1 - z) ⊙ (1 - n²)       da_z = dh' ⊙ (h_prev - n) ⊙ z (1 - z)
+ * writes dG's z and n blocks (both sides see the same n block here: b_hn and
+ * W_hn sit outside the reset product) and carry = dh' ⊙ z; the caller then
+ * forms d(reset_h) = da_n W_hn^T with one GEMM.
+ * BODY(DG, LDDG, G, LDG): in place (dG over the saved gates) passes one
+ * pointer twice: every element is read before it is overwritten. */
+#define RC_GRU_RB_BWD1_BODY(T, DG, LDDG, G, LDG)                                \
+        RC_ROWS(const T, dh, lddh, dh) RC_ROWS(const T, hp, ldhp, prev)         \
+        RC_ROWS(T, carry, ldc, carry)                                           \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            const T *gz = G + q * LDG + RC_GRU_Z * H, *gn = G + q * LDG + RC_GRU_N * H; \
+            T *dz = DG + q * LDDG + RC_GRU_Z * H, *dn = DG + q * LDDG + RC_GRU_N * H; \
+            const T *dhq = dh + q * lddh, *hpq = hp + q * ldhp;                 \
+            T *cq = carry + q * ldc;                                            \
+            _Pragma("GCC ivdep")                                               \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T d = dhq[j] + cq[j], z = gz[j], n = gn[j];                     \
+                dn[j] = d * ((T)1 - z) * ((T)1 - n * n);                        \
+                dz[j] = d * (hpq[j] - n) * (z * ((T)1 - z));                    \
+                cq[j] = d * z;                                                  \
+            }                                                                   \
+        }
+/* backward, pass 2, with hw[:, :H] = d(reset_h) = da_n W_hn^T and the stored r:
+ *   da_r = d(reset_h) ⊙ h_prev ⊙ r (1 - r)        carry += d(reset_h) ⊙ r
+ * writes dG's r block; the caller then adds [da_r | da_z] W_h[r|z]^T. */
+#define RC_GRU_RB_BWD2_BODY(T, DG, LDDG, G, LDG)                                \
+        RC_ROWS(const T, s, lds, hw) RC_ROWS(const T, hp, ldhp, prev)           \
+        RC_ROWS(T, carry, ldc, carry)                                           \
+        for (rc_idx q = 0; q < rows; q++) {                                     \
+            const T *gr = G + q * LDG + RC_GRU_R * H, *drh = s + q * lds;       \
+            T *dr = DG + q * LDDG + RC_GRU_R * H;                               \
+            const T *hpq = hp + q * ldhp;                                       \
+            T *cq = carry + q * ldc;                                            \
+            _Pragma("GCC ivdep")                                               \
+            for (rc_idx j = 0; j < H; j++) {                                    \
+                T r = gr[j], e = drh[j];                                        \
+                dr[j] = e * hpq[j] * (r * ((T)1 - r));                          \
+                cq[j] += e * r;                                                 \
+            }                                                                   \
+        }
+/* a backward pass and its in-place twin (dG over the saved gates st->g) */
+#define RC_DEFINE_GRU_RB_BWD(NAME, NAME_IP, T, BODY)                            \
+    RC_CLONES static void NAME(const rc_pass *st, rc_idx rows, rc_idx H)        \
+    {                                                                           \
+        RC_ROWS(T, dg, lddg, dg) RC_ROWS(const T, g, ldg, g)                    \
+        BODY(T, dg, lddg, g, ldg)                                               \
+    }                                                                           \
+    RC_CLONES static void NAME_IP(const rc_pass *st, rc_idx rows, rc_idx H)     \
+    {                                                                           \
+        RC_ROWS(T, gd, ldgd, g)                                                 \
+        BODY(T, gd, ldgd, gd, ldgd)                                             \
+    }
+RC_DEFINE_GRU_RB_BWD(rc_gru_rb_bwd1_f, rc_gru_rb_bwd1_ip_f, float, RC_GRU_RB_BWD1_BODY)
+RC_DEFINE_GRU_RB_BWD(rc_gru_rb_bwd1_d, rc_gru_rb_bwd1_ip_d, double, RC_GRU_RB_BWD1_BODY)
+RC_DEFINE_GRU_RB_BWD(rc_gru_rb_bwd2_f, rc_gru_rb_bwd2_ip_f, float, RC_GRU_RB_BWD2_BODY)
+RC_DEFINE_GRU_RB_BWD(rc_gru_rb_bwd2_d, rc_gru_rb_bwd2_ip_d, double, RC_GRU_RB_BWD2_BODY)
+/* the two stages of a reset-before step, forward and backward */
+RC_DEFINE_PASSES(rc_gru_rb_pass1, rc_gru_rb_fwd1_f, rc_gru_rb_fwd1_d, rc_gru_rb_bwd1_f,
+                 rc_gru_rb_bwd1_d, rc_gru_rb_bwd1_ip_f, rc_gru_rb_bwd1_ip_d)
+RC_DEFINE_PASSES(rc_gru_rb_pass2, rc_gru_rb_fwd2_f, rc_gru_rb_fwd2_d, rc_gru_rb_bwd2_f,
+                 rc_gru_rb_bwd2_d, rc_gru_rb_bwd2_ip_f, rc_gru_rb_bwd2_ip_d)
+
 #endif /* RC_GRU_H */

@@ -35,21 +35,23 @@ for both biases of a cell without them; it returns False, having written
 nothing, for arrays it does not take. (The hot path of a single step at
 H = 128 is a few microseconds, so ``step`` builds no argument lists.)
 
-The module also installs the kernels' BLAS thread hooks (the policy itself
-lives in :mod:`rnncore._runtime.threads`) and holds the one temporary path of
-the GRU with ``reset_after=False`` (see the end of the file).
+The GRU has one binding per candidate: :data:`GRU` (PyTorch's,
+``reset_after=True``) and :data:`GRU_RESET_BEFORE` (Cho et al. 2014's,
+``reset_after=False``); :func:`gru_binding` picks one. The module also
+installs the kernels' BLAS thread hooks (the policy itself lives in
+:mod:`rnncore._runtime.threads`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import reference as _ref
 from ._kernels import gru as _kgru
 from ._kernels import lstm as _klstm
 from ._kernels import rnn as _krnn
 from ._runtime import threads as _threads
 
-__all__ = ["RNN_TANH", "RNN_RELU", "GRU", "LSTM", "rnn_binding"]
+__all__ = ["RNN_TANH", "RNN_RELU", "GRU", "GRU_RESET_BEFORE", "LSTM", "rnn_binding",
+           "gru_binding"]
 
 
 class _Binding:
@@ -62,10 +64,13 @@ class _Binding:
     fused_bias = True
 
     def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
-        """Forward of one layer and direction, PyTorch-layout parameters ``p``."""
-        w_ih, w_hh, b_ih, b_hh = p
+        """Forward of one layer and direction, PyTorch-layout parameters ``p``
+        (and the LSTM's ``weight_hr`` as p[4] with a projection)."""
+        w_ih, w_hh, b_ih, b_hh = p[:4]
         biases = (b_ih + b_hh,) if self.fused_bias else (b_ih, b_hh)
-        return self.kernel_forward(x, s0, w_ih.T, w_hh.T, biases, outs, reverse, batch_sizes)
+        proj = {"Wr": p[4].T} if len(p) > 4 else {}
+        return self.kernel_forward(x, s0, w_ih.T, w_hh.T, biases, outs, reverse, batch_sizes,
+                                   **proj)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
                  batch_sizes=None, overwrite_saved=False):
@@ -76,8 +81,10 @@ class _Binding:
                                  overwrite_saved)
             return
         db = np.zeros(p[1].shape[0], dtype=p[1].dtype)
-        self.kernel_backward(dh, dn, x, s0, p[0].T, p[1].T, p[2:], outs, saved, dx, ds0,
-                             (g[0].T, g[1].T, db), reverse, batch_sizes, overwrite_saved)
+        proj = {"proj": (p[4].T, g[4].T)} if len(p) > 4 else {}
+        self.kernel_backward(dh, dn, x, s0, p[0].T, p[1].T, p[2:4], outs, saved, dx, ds0,
+                             (g[0].T, g[1].T, db), reverse, batch_sizes, overwrite_saved,
+                             **proj)
         g[2] += db
         g[3] += db
 
@@ -110,29 +117,35 @@ class RNNBinding(_Binding):
 
 
 class GRUBinding(_Binding):
-    """GRU (Cho et al. 2014), gates r, z, n; PyTorch's candidate (reset_after=True)."""
+    """GRU (Cho et al. 2014), gates r, z, n; PyTorch's candidate (reset_after=True,
+    n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))) or the reset-before one
+    (reset_after=False, n = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn))."""
 
     G = 3
     fused_bias = False
-    #: what the kernel's forward saves for backward: (gates (T, N, 3H), hidden_n (T, N, H))
+    #: what the kernel's forward saves for backward: (gates (T, N, 3H), hidden_n (T, N, H));
+    #: with reset_after=False hidden_n holds r ⊙ h_prev
     Saved = _kgru.GRUSaved
+
+    def __init__(self, reset_after: bool = True):
+        self.reset_after = bool(reset_after)
 
     def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None):
         return _kgru.forward(x, s0[0], Wx, Wh, biases[0], biases[1], outs[0], reverse,
-                             batch_sizes)
+                             batch_sizes, self.reset_after)
 
     def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
                         reverse=False, batch_sizes=None, overwrite_saved=False):
         """``dW`` = (dWx, dWh, dbx, dbh), accumulated into; ``biases[1]`` is b_hh."""
         _kgru.backward(dh, dn[0], x, s0[0], Wx, Wh, biases[1], outs[0], saved, dx, ds0[0],
-                       *dW, reverse, batch_sizes, overwrite_saved)
+                       *dW, reverse, batch_sizes, overwrite_saved, self.reset_after)
 
     def step(self, x, s0, outs, saved, params, D, H, zero_bias=None):
         b_ih, b_hh = ((params["bias_ih"], params["bias_hh"]) if zero_bias is None
                       else (zero_bias, zero_bias))
         gates, hidden_n = (None, None) if saved is None else saved
         return _kgru.step(x, s0[0], params["weight_ih"], params["weight_hh"], b_ih, b_hh,
-                          outs[0], gates, hidden_n, D, H)
+                          outs[0], gates, hidden_n, D, H, self.reset_after)
 
     def step_saved(self, N, H, dtype):
         return self.Saved(gates=np.empty((1, N, 3 * H), dtype),
@@ -147,15 +160,18 @@ class LSTMBinding(_Binding):
     #: what the kernel's forward saves for backward: gates (T, N, 4H)
     Saved = _klstm.LSTMSaved
 
-    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None):
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None,
+                       Wr=None):
+        """``Wr`` (H, P): the projection (``weight_hr.T``), or None."""
         return _klstm.forward(x, s0[0], s0[1], Wx, Wh, biases[0], outs[0], outs[1], reverse,
-                              batch_sizes)
+                              batch_sizes, Wr)
 
     def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
-                        reverse=False, batch_sizes=None, overwrite_saved=False):
-        """``dn``/``ds0`` = [h, c] each; ``dW`` = (dWx, dWh, db). ``biases`` unused."""
+                        reverse=False, batch_sizes=None, overwrite_saved=False, proj=None):
+        """``dn``/``ds0`` = [h, c] each; ``dW`` = (dWx, dWh, db). ``biases`` unused.
+        ``proj`` = (Wr, dWr) (H, P) each with a projection (dWr accumulated into)."""
         _klstm.backward(dh, dn[0], dn[1], x, s0[0], s0[1], Wx, Wh, outs[0], outs[1], saved,
-                        dx, ds0[0], ds0[1], *dW, reverse, batch_sizes, overwrite_saved)
+                        dx, ds0[0], ds0[1], *dW, reverse, batch_sizes, overwrite_saved, proj)
 
     def step(self, x, s0, outs, saved, params, D, H, zero_bias=None):
         b_ih, b_hh = ((params["bias_ih"], params["bias_hh"]) if zero_bias is None
@@ -170,12 +186,18 @@ class LSTMBinding(_Binding):
 RNN_TANH = RNNBinding(relu=False)
 RNN_RELU = RNNBinding(relu=True)
 GRU = GRUBinding()
+GRU_RESET_BEFORE = GRUBinding(reset_after=False)
 LSTM = LSTMBinding()
 
 
 def rnn_binding(relu: bool) -> RNNBinding:
     """The RNN binding for a nonlinearity (relu True/False)."""
     return RNN_RELU if relu else RNN_TANH
+
+
+def gru_binding(reset_after: bool) -> GRUBinding:
+    """The GRU binding for a candidate (reset_after True/False)."""
+    return GRU if reset_after else GRU_RESET_BEFORE
 
 
 # ---------------------------------------------------------------------------
@@ -190,36 +212,3 @@ def _install_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split):
 _threads.attach_kernels(_install_thread_hooks, _krnn._single_thread_open,
                         _krnn._single_thread_close)
 
-
-# ---------------------------------------------------------------------------
-# GRU with reset_after=False: the temporary path
-# ---------------------------------------------------------------------------
-# The kernels implement PyTorch's candidate (reset_after=True) only; a later
-# issue adds reset_after=False (Cho et al. 2014's original candidate, Keras v1's
-# default) to gru.pyx. Until then the functional API routes it here, and here
-# it runs the NumPy specification (rnncore.reference): same results and caches
-# as before, at the reference's speed. This is the only place outside the tests
-# where the fast path touches rnncore.reference; delete it with that issue.
-#: the cache types the temporary path returns (rnncore.reference's)
-ResetBeforeCache = _ref.GRUCache
-ResetBeforeStepCache = _ref.GRUStepCache
-
-
-def gru_reset_before_forward(x, h0, Wx, Wh, bx, bh):
-    """GRU sequence with ``reset_after=False`` (temporary: the reference)."""
-    return _ref.gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=False)
-
-
-def gru_reset_before_backward(dh, cache, dhn):
-    """Backward of :func:`gru_reset_before_forward` (temporary: the reference)."""
-    return _ref.gru_backward(dh, cache, dhn)
-
-
-def gru_reset_before_step_forward(x, prev_h, Wx, Wh, bx, bh):
-    """One GRU step with ``reset_after=False`` (temporary: the reference)."""
-    return _ref.gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=False)
-
-
-def gru_reset_before_step_backward(dnext_h, cache):
-    """Backward of :func:`gru_reset_before_step_forward` (temporary: the reference)."""
-    return _ref.gru_step_backward(dnext_h, cache)

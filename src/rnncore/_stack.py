@@ -7,7 +7,8 @@ that runs all T steps. :mod:`rnncore.models` keeps the PyTorch-facing classes
 and calls :func:`forward`, :func:`backward` and :func:`step` here with itself
 as ``m`` (read: ``hidden_size``, ``num_layers``, ``num_directions``,
 ``batch_first``, ``dropout``, ``merge_mode``, ``input_size``, ``dtype``,
-``n_states``, ``G``, ``bias``, ``_rng``, ``_kernel``, ``_weights(k, d)``).
+``n_states``, ``G``, ``bias``, ``_rng``, ``_kernel``, ``_weights(k, d)``, ``_h_size``
+(h's width: H, or the LSTM's ``proj_size``) and ``_state_sizes`` (each state's)).
 
 Layouts. The kernels read sequences in place through strides, so the layout
 of ``x`` is kept end to end: with ``batch_first=False`` everything is
@@ -65,12 +66,11 @@ _FULL_LENGTHS = _Order()
 
 
 # ------------------------------------------------------------------ helpers
-def check_states(m, states, name, N, unbatched):
+def check_states(m, states, name, N, unbatched, H):
     """User (L*dirs, N, H) state -> array in the model dtype ((L*dirs, 1, H) if unbatched)."""
     if states is None:
         return None
     L = m.num_layers * m.num_directions
-    H = m.hidden_size
     arr = V.as_float(states, name, m.dtype, owner="model")
     if unbatched:
         V.check_shape(arr, name, (L, H), "(num_layers * num_directions, H)")
@@ -88,9 +88,9 @@ def _seq_alloc(m, T, N, F):
 
 def _direction_outputs(m, out, d, T, N):
     """Per-direction output views (h, and c for LSTM) for one layer."""
-    H = m.hidden_size
-    h = out[:, :, d * H:(d + 1) * H]
-    return [h] + [_seq_alloc(m, T, N, H) for _ in range(m.n_states - 1)]
+    Ho = m._h_size
+    h = out[:, :, d * Ho:(d + 1) * Ho]
+    return [h] + [_seq_alloc(m, T, N, H) for H in m._state_sizes[1:]]
 
 
 def _dropout_scale(m):
@@ -157,14 +157,14 @@ def _initial_states(m, x, xin, st0, order, T, N):
     states for empty sequences (whose final state is still the caller's h0,
     see :func:`_final_states`).
     """
-    H, Ld = m.hidden_size, m.num_layers * m.num_directions
-    zeros = None
+    Ld = m.num_layers * m.num_directions
+    zeros = {}
     states_full = []
-    for s in st0:
+    for s, H in zip(st0, m._state_sizes):
         if s is None:
-            if zeros is None:
-                zeros = np.zeros((Ld, N, H), dtype=m.dtype)
-            states_full.append(zeros)
+            if H not in zeros:
+                zeros[H] = np.zeros((Ld, N, H), dtype=m.dtype)
+            states_full.append(zeros[H])
         else:
             states_full.append(np.ascontiguousarray(s))
     if order.lens is None:
@@ -190,11 +190,11 @@ def _initial_states(m, x, xin, st0, order, T, N):
 
 def _run_layers(m, xin, states_kernel, batch_sizes, train, T, N):
     """Every layer, both directions: (inputs, buffers, outputs, kernel saves, masks)."""
-    H, nd = m.hidden_size, m.num_directions
+    H, Ho, nd = m.hidden_size, m._h_size, m.num_directions
     inputs, buffers, outputs, kern, masks = [], [], [], [], []
     layer_in = xin
     for k in range(m.num_layers):
-        out = _seq_alloc(m, T, N, nd * H)
+        out = _seq_alloc(m, T, N, nd * Ho)
 
         def run(d, k=k, layer_in=layer_in, out=out):
             p, _ = m._weights(k, d)
@@ -210,7 +210,7 @@ def _run_layers(m, xin, states_kernel, batch_sizes, train, T, N):
         kern.append([s for _, s in per_dir])
         if k < m.num_layers - 1 and train and m.dropout > 0:
             keep = m._rng.random(out.shape) >= m.dropout
-            dropped = _seq_alloc(m, T, N, nd * H)
+            dropped = _seq_alloc(m, T, N, nd * Ho)
             np.multiply(out, keep, out=dropped)
             dropped *= _dropout_scale(m)
             masks.append(keep)
@@ -240,8 +240,8 @@ def _final_states(m, outputs, states_full, order, T, N):
     """Final states in PyTorch's order (index k * num_directions + d), sorted order."""
     L, nd = m.num_layers, m.num_directions
     finals = []
-    for si in range(m.n_states):
-        fin = np.empty((L * nd, N, m.hidden_size), dtype=m.dtype)
+    for si, H in enumerate(m._state_sizes):
+        fin = np.empty((L * nd, N, H), dtype=m.dtype)
         for k in range(L):
             for d in range(nd):
                 fin[k * nd + d] = _final_state(outputs[k][d][si], states_full[si][k * nd + d],
@@ -297,7 +297,8 @@ def forward(m, x, states0, lengths, train, save=None):
     save = train if save is None else save
     x, xt, unbatched = _check_input(m, x)
     T, N, _ = xt.shape
-    st0 = [check_states(m, s, n, N, unbatched) for s, n in states0]
+    st0 = [check_states(m, s, n, N, unbatched, H)
+           for (s, n), H in zip(states0, m._state_sizes)]
     order = _sort_by_length(lengths, N, T, unbatched)
     xin, st0 = _kernel_input(m, x, xt, st0, order)
     xin, states_full, states_kernel = _initial_states(m, x, xin, st0, order, T, N)
@@ -328,7 +329,7 @@ def forward(m, x, states0, lengths, train, save=None):
 # ----------------------------------------------------------------- backward
 def _check_dout(m, sv, dout):
     """dout -> its (T, N, F) view in the kernels' layout (a copy only for odd strides)."""
-    H, nd, N, T = m.hidden_size, m.num_directions, sv.N, sv.T
+    H, nd, N, T = m._h_size, m.num_directions, sv.N, sv.T
     F_out = H * nd if (nd == 1 or m.merge_mode == "concat") else H
     dout = V.as_float(dout, "dout", m.dtype)
     if sv.unbatched:
@@ -344,11 +345,11 @@ def _check_dout(m, sv, dout):
 def _final_state_grads(m, sv, dstates_n):
     """The final-state gradients [(array|None, name)] -> sorted, C-contiguous, or None."""
     dsn = []
-    for ds, name in dstates_n:
+    for (ds, name), H in zip(dstates_n, m._state_sizes):
         if ds is None:
             dsn.append(None)
             continue
-        arr = check_states(m, ds, name, sv.N, sv.unbatched)
+        arr = check_states(m, ds, name, sv.N, sv.unbatched, H)
         if sv.perm is not None:
             arr = arr[:, sv.perm]
         dsn.append(np.ascontiguousarray(arr))
@@ -357,7 +358,7 @@ def _final_state_grads(m, sv, dstates_n):
 
 def _merge_backward(m, dt, last):
     """Per-direction gradients of the last layer's h, (T, N, H) views each."""
-    H, nd = m.hidden_size, m.num_directions
+    H, nd = m._h_size, m.num_directions
     if nd == 1 or m.merge_mode == "concat":
         return [dt[:, :, d * H:(d + 1) * H] for d in range(nd)]
     if m.merge_mode == "sum":
@@ -372,8 +373,8 @@ def _merge_backward(m, dt, last):
 def _layers_backward(m, sv, dlast, dsn):
     """Every layer from the last, both directions: (dx (T, N, D) sorted, dstates0)."""
     H, L, nd, N, T = m.hidden_size, m.num_layers, m.num_directions, sv.N, sv.T
-    dstates0 = [np.zeros((L * nd, N, H), dtype=m.dtype) for _ in range(m.n_states)]
-    zeros_nh = np.zeros((N, H), dtype=m.dtype)
+    dstates0 = [np.zeros((L * nd, N, Hs), dtype=m.dtype) for Hs in m._state_sizes]
+    zeros_n = [np.zeros((N, Hs), dtype=m.dtype) for Hs in m._state_sizes]
     dx = None
     for k in reversed(range(L)):
         x_in = sv.inputs[k]
@@ -382,11 +383,11 @@ def _layers_backward(m, sv, dlast, dsn):
         def run(d, k=k, x_in=x_in, Dk=Dk):
             p, g = m._weights(k, d)
             s0 = [s[k * nd + d] for s in sv.states0]
-            dn = [zeros_nh if s is None else s[k * nd + d] for s in dsn]
+            dn = [z if s is None else s[k * nd + d] for s, z in zip(dsn, zeros_n)]
             ds0 = [s[k * nd + d] for s in dstates0]
             dxd = _seq_alloc(m, T, N, Dk)
             if not m.bias:
-                g = g[:2] + [np.zeros(m.G * H, m.dtype)] * 2
+                g = g[:2] + [np.zeros(m.G * H, m.dtype)] * 2 + g[4:]
             m._kernel.backward(dlast[d], dn, x_in, s0, p, sv.outputs[k][d], sv.kernel[k][d],
                                dxd, ds0, g, d == 1, sv.batch_sizes, overwrite_saved=True)
             return dxd
@@ -400,7 +401,8 @@ def _layers_backward(m, sv, dlast, dsn):
             if sv.masks[k - 1] is not None:
                 dx *= sv.masks[k - 1]
                 dx *= _dropout_scale(m)
-            dlast = [dx[:, :, d * H:(d + 1) * H] for d in range(nd)]
+            Ho = m._h_size
+            dlast = [dx[:, :, d * Ho:(d + 1) * Ho] for d in range(nd)]
     return dx, dstates0
 
 
@@ -428,14 +430,14 @@ def step(m, x, states):
                          f"got {x.shape}")
     unbatched = x.ndim == 1
     x = V.rows_view(x[None] if unbatched else x)
-    N, H, L = x.shape[0], m.hidden_size, m.num_layers
-    st = [check_states(m, s, n, N, unbatched) for s, n in states]
-    new = [np.empty((L, 1, N, H), dtype=m.dtype) for _ in range(m.n_states)]
-    zero = np.zeros((N, H), dtype=m.dtype) if any(s is None for s in st) else None
+    N, L = x.shape[0], m.num_layers
+    st = [check_states(m, s, n, N, unbatched, H) for (s, n), H in zip(states, m._state_sizes)]
+    new = [np.empty((L, 1, N, H), dtype=m.dtype) for H in m._state_sizes]
+    zero = [np.zeros((N, H), dtype=m.dtype) for H in m._state_sizes]
     inp = x[None]
     for k in range(L):
         p, _ = m._weights(k, 0)
-        s0 = [zero if s is None else np.ascontiguousarray(s[k]) for s in st]
+        s0 = [z if s is None else np.ascontiguousarray(s[k]) for s, z in zip(st, zero)]
         outs = [n[k] for n in new]
         m._kernel.forward(inp, s0, p, outs, False, None)
         inp = outs[0]

@@ -119,6 +119,13 @@ def check_int(value, name: str, minimum: int = 0) -> int:
     return int(value)
 
 
+def check_bool(value, name: str) -> bool:
+    """A bool (or NumPy bool); anything else refused (a string "False" is true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(expected(name, "a bool", type(value).__name__))
+    return bool(value)
+
+
 def check_lengths(lengths, N: int, T: int) -> np.ndarray:
     """``lengths`` as an int64 array of shape (N,) with values in [0, T]."""
     arr = np.asarray(lengths)

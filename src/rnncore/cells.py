@@ -288,12 +288,28 @@ class RNNCell(_CellBase):
 class GRUCell(_CellBase):
     """A GRU cell, ``torch.nn.GRUCell`` in NumPy (gates r, z, n; see :class:`rnncore.GRU`).
 
-    Parameters as :class:`RNNCell` without ``nonlinearity``.
+    Parameters as :class:`RNNCell` without ``nonlinearity``, plus
+    ``reset_after`` (default True, PyTorch's candidate; False: Cho et al.
+    2014's ``n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)``, an extension
+    of PyTorch's cell).
     """
 
     G = 3
     n_states = 1
     _kernel = B.GRU
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None,
+                 reset_after=True, *, device=None):
+        self.reset_after = V.check_bool(reset_after, "reset_after")
+        self._kernel = B.gru_binding(self.reset_after)
+        super().__init__(input_size, hidden_size, bias, dtype, seed, device=device)
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), reset_after=self.reset_after)
+
+    def __repr__(self) -> str:
+        r = super().__repr__()
+        return r if self.reset_after else r[:-1] + ", reset_after=False)"
 
     def forward(self, input, hx=None, train=None):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h'."""

@@ -76,8 +76,18 @@ class _RNNBase(Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def _h_size(self) -> int:
+        """The width of h (and of each direction's output): ``proj_size`` or H."""
+        return getattr(self, "proj_size", 0) or self.hidden_size
+
+    @property
+    def _state_sizes(self) -> list:
+        """The width of each state: [h] or [h, c] (LSTM's c keeps H with a projection)."""
+        return [self._h_size] + [self.hidden_size] * (self.n_states - 1)
+
     def _layer_input_size(self, k: int) -> int:
-        return self.input_size if k == 0 else self.hidden_size * self.num_directions
+        return self.input_size if k == 0 else self._h_size * self.num_directions
 
     @staticmethod
     def _suffix(d: int) -> str:
@@ -95,23 +105,25 @@ class _RNNBase(Module):
             for d in range(self.num_directions):
                 sfx = f"_l{k}{self._suffix(d)}"
                 shapes = [("weight_ih" + sfx, (GH, self._layer_input_size(k))),
-                          ("weight_hh" + sfx, (GH, H))]
+                          ("weight_hh" + sfx, (GH, self._h_size))]
                 if self.bias:
                     shapes += [("bias_ih" + sfx, (GH,)), ("bias_hh" + sfx, (GH,))]
+                if self._h_size != H:
+                    shapes += [("weight_hr" + sfx, (self._h_size, H))]   # PyTorch's order
                 for name, shape in shapes:
                     w = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
                     self._add_param(name, w)
                 self._names.append([name for name, _ in shapes])
 
     def _weights(self, k, d):
-        """(W_ih (GH, D_k), W_hh (GH, H), b_ih, b_hh) and their gradients."""
+        """(W_ih (GH, D_k), W_hh (GH, H), b_ih, b_hh[, W_hr (P, H)]) and their gradients."""
         names = self._names[k * self.num_directions + d]
         p = [self.params[n] for n in names]
         g = [self.grads[n] for n in names]
         if not self.bias:
             z = np.zeros(self.G * self.hidden_size, dtype=self.dtype)
-            p += [z, z]
-            g += [None, None]
+            p = p[:2] + [z, z] + p[2:]
+            g = g[:2] + [None, None] + g[2:]
         return p, g
 
     def get_config(self) -> dict:
@@ -364,8 +376,16 @@ class GRU(_HiddenStateRNN):
         n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
         h' = (1 - z) * n + z * h
 
+    or, with ``reset_after=False`` (Cho et al. 2014; Keras's and ONNX's default)::
+
+        n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)
+
     Parameters
     ----------""" + _COMMON_PARAMS + """
+    reset_after : bool, default True
+        Where the reset gate applies: after the recurrent product (True,
+        PyTorch's form) or before it (False). Same parameters and names.
+
     Attributes
     ----------
     params, grads : OrderedDict of str -> ndarray
@@ -378,7 +398,24 @@ class GRU(_HiddenStateRNN):
 
     G = 3
     n_states = 1
-    _kernel = B.GRU
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
+                 seed=None, reset_after=True):
+        self.reset_after = V.check_bool(reset_after, "reset_after")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, merge_mode, dtype, seed)
+
+    @property
+    def _kernel(self):
+        """The binding of this candidate (rnncore._bindings.GRU or GRU_RESET_BEFORE)."""
+        return B.gru_binding(self.reset_after)
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), reset_after=self.reset_after)
+
+    def _repr_extra(self) -> str:
+        return "" if self.reset_after else "reset_after=False"
 
 
 @register_module
@@ -390,16 +427,22 @@ class LSTM(_RNNBase):
         i, f, o = sigmoid(x W_i*^T + b_i* + h W_h*^T + b_h*)
         g = tanh(x W_ig^T + b_ig + h W_hg^T + b_hg)
         c' = f * c + i * g
-        h' = o * tanh(c')
+        h' = o * tanh(c')                 (proj_size P > 0: h' = (o * tanh(c')) W_hr^T)
 
     Parameters
     ----------""" + _COMMON_PARAMS + """
+    proj_size : int, default 0
+        PyTorch's projection (LSTMP, Sak et al. 2014): h, ``h_n`` and each
+        direction's output have P < H features, ``c`` keeps H; the next layer's
+        input size is P * num_directions. 0: no projection.
+
     Attributes
     ----------
     params, grads : OrderedDict of str -> ndarray
         ``weight_ih_l{k}`` (4H, D_k) = [W_ii | W_if | W_ig | W_io],
-        ``weight_hh_l{k}`` (4H, H), ``bias_ih_l{k}``/``bias_hh_l{k}`` (4H,),
-        ``_reverse`` for the reverse direction: PyTorch's names and packing.
+        ``weight_hh_l{k}`` (4H, H) ((4H, P) with a projection),
+        ``bias_ih_l{k}``/``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (P, H) with a
+        projection, ``_reverse`` for the reverse direction: PyTorch's names and packing.
 
     Notes
     -----
@@ -411,6 +454,22 @@ class LSTM(_RNNBase):
     G = 4
     n_states = 2
     _kernel = B.LSTM
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
+                 seed=None, proj_size=0):
+        self.proj_size = V.check_int(proj_size, "proj_size", 0)
+        if self.proj_size and self.proj_size >= V.check_int(hidden_size, "hidden_size", 1):
+            raise ValueError(f"proj_size: expected an int < hidden_size = {hidden_size} "
+                             f"(or 0: no projection), got {proj_size}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, merge_mode, dtype, seed)
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), proj_size=self.proj_size)
+
+    def _repr_extra(self) -> str:
+        return f"proj_size={self.proj_size}" if self.proj_size else ""
 
     @staticmethod
     def _pair(state, name):

@@ -935,6 +935,8 @@ class LSTMStepCache:
         Input, forget, cell-candidate and output gates (after activation).
     tanh_next_c : ndarray (N, H)
         ``tanh(c')``.
+    Wr : ndarray (H, P) or None
+        The projection (PyTorch ``weight_hr.T``) with ``proj_size = P``.
     """
 
     x: np.ndarray
@@ -947,6 +949,7 @@ class LSTMStepCache:
     g: np.ndarray
     o: np.ndarray
     tanh_next_c: np.ndarray
+    Wr: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -961,7 +964,8 @@ class LSTMCache:
     c0 : ndarray (N, H)
         The initial cell state actually used (zeros if ``c0=None`` was given).
     Wx : ndarray (D, 4H)
-    Wh : ndarray (H, 4H)
+    Wh : ndarray (H, 4H), (P, 4H) with a projection
+    Wr : ndarray (H, P) or None
     """
 
     steps: tuple
@@ -969,9 +973,10 @@ class LSTMCache:
     c0: np.ndarray
     Wx: np.ndarray
     Wh: np.ndarray
+    Wr: np.ndarray | None = None
 
 
-def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
+def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b, Wr=None):
     """One time step of an LSTM (PyTorch's equations, gates i, f, g, o).
 
     Parameters
@@ -988,10 +993,13 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
         Hidden weights ``[W_hi | W_hf | W_hg | W_ho]`` (PyTorch ``weight_hh.T``).
     b : ndarray (4H,)
         Bias, PyTorch's ``bias_ih + bias_hh``.
+    Wr : ndarray (H, P), optional
+        Projection of the hidden state (PyTorch ``weight_hr.T``, ``proj_size = P``):
+        then ``prev_h`` and ``next_h`` are (N, P) and ``Wh`` is (P, 4H).
 
     Returns
     -------
-    next_h : ndarray (N, H)
+    next_h : ndarray (N, H) or (N, P)
     next_c : ndarray (N, H)
     cache : LSTMStepCache
         Values needed by :func:`lstm_step_backward`.
@@ -1003,7 +1011,7 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
         [a_i, a_f, a_g, a_o] = x Wx + h Wh + b
         i = σ(a_i),  f = σ(a_f),  g = tanh(a_g),  o = σ(a_o)
         c' = f ⊙ c + i ⊙ g
-        h' = o ⊙ tanh(c')
+        h' = o ⊙ tanh(c')                  (with Wr: h' = (o ⊙ tanh(c')) Wr)
 
     Examples
     --------
@@ -1015,8 +1023,9 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     >>> next_h.shape, next_c.shape
     ((2, 5), (2, 5))
     """
-    dtype = _float_dtype(x, prev_h, prev_c, Wx, Wh, b)
+    dtype = _float_dtype(x, prev_h, prev_c, Wx, Wh, b, *([] if Wr is None else [Wr]))
     x, prev_h, prev_c, Wx, Wh, b = _as(dtype, x, prev_h, prev_c, Wx, Wh, b)
+    Wr = None if Wr is None else _as(dtype, Wr)[0]
 
     # all four pre-activations at once                 (N, 4H) = (N, D)(D, 4H) + (N, H)(H, 4H)
     a_i, a_f, a_g, a_o = _split_gates(x @ Wx + prev_h @ Wh + b, 4)
@@ -1031,9 +1040,12 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     # [d2l]: H_t = O_t ⊙ tanh(C_t)
     tanh_next_c = np.tanh(next_c)
     next_h = o * tanh_next_c
+    if Wr is not None:
+        # PyTorch's proj_size: h' = (o ⊙ tanh(c')) W_hrᵀ       (N, P) = (N, H)(H, P)
+        next_h = next_h @ Wr
 
     cache = LSTMStepCache(x=x, prev_h=prev_h, prev_c=prev_c, Wx=Wx, Wh=Wh,
-                          i=i, f=f, g=g, o=o, tanh_next_c=tanh_next_c)
+                          i=i, f=f, g=g, o=o, tanh_next_c=tanh_next_c, Wr=Wr)
     return next_h, next_c, cache
 
 
@@ -1057,11 +1069,14 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     dWx : ndarray (D, 4H)
     dWh : ndarray (H, 4H)
     db : ndarray (4H,)
+    dWr : ndarray (H, P)
+        Only with a projection (a 7-tuple then).
 
     Notes
     -----
     ::
 
+        with Wr: dWr = (o ⊙ tanh(c'))ᵀ dh',  then dh' := dh' Wrᵀ  (the gradient of o ⊙ tanh(c'))
         do = dh' ⊙ tanh(c')
         dc' ⊇ dh' ⊙ o ⊙ (1 - tanh²(c'))        (added to dnext_c)
         di = dc' ⊙ g,  df = dc' ⊙ c,  dg = dc' ⊙ i,  dc = dc' ⊙ f
@@ -1071,6 +1086,10 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     x, prev_h, prev_c, Wx, Wh = cache.x, cache.prev_h, cache.prev_c, cache.Wx, cache.Wh
     i, f, g, o, tanh_next_c = cache.i, cache.f, cache.g, cache.o, cache.tanh_next_c
     dnext_h, dnext_c = _as(tanh_next_c.dtype, dnext_h, dnext_c)
+    if cache.Wr is not None:
+        # h' = m Wr with m = o ⊙ tanh(c'):  dWr = mᵀ dh' (H, P),  dm = dh' Wrᵀ (N, H)
+        dWr = (o * tanh_next_c).T @ dnext_h
+        dnext_h = dnext_h @ cache.Wr.T
 
     # [d2l]: H_t = O_t ⊙ tanh(C_t), differentiated                 (N, H)
     do = dnext_h * tanh_next_c
@@ -1090,10 +1109,12 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     dWx = x.T @ da          # (D, 4H)
     dWh = prev_h.T @ da     # (H, 4H)
     db = da.sum(axis=0)     # (4H,)
+    if cache.Wr is not None:
+        return dx, dprev_h, dprev_c, dWx, dWh, db, dWr
     return dx, dprev_h, dprev_c, dWx, dWh, db
 
 
-def lstm_forward(x, h0, Wx, Wh, b, c0=None):
+def lstm_forward(x, h0, Wx, Wh, b, c0=None, Wr=None):
     """Run an LSTM over a whole sequence.
 
     Parameters
@@ -1110,10 +1131,13 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
         Bias, PyTorch's ``bias_ih + bias_hh``.
     c0 : ndarray (N, H), optional
         Initial cell state; None means zeros.
+    Wr : ndarray (H, P), optional
+        Projection (PyTorch ``weight_hr.T``, ``proj_size = P``): then ``h0``
+        and ``h`` have P features and ``Wh`` is (P, 4H).
 
     Returns
     -------
-    h : ndarray (N, T, H)
+    h : ndarray (N, T, H) or (N, T, P)
         Hidden states of all steps.
     c : ndarray (N, T, H)
         Cell states of all steps; ``c[:, -1]`` is the final cell state.
@@ -1127,7 +1151,7 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
 
         i, f, g, o = σ, σ, tanh, σ of the blocks of x_t Wx + h_{t-1} Wh + b
         c_t = f ⊙ c_{t-1} + i ⊙ g
-        h_t = o ⊙ tanh(c_t)
+        h_t = o ⊙ tanh(c_t)                (with Wr: h_t = (o ⊙ tanh(c_t)) Wr)
 
     Examples
     --------
@@ -1142,22 +1166,23 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
     arrays = (x, h0, Wx, Wh, b) if c0 is None else (x, h0, Wx, Wh, b, c0)
     dtype = _float_dtype(*arrays)
     x, h0, Wx, Wh, b = _as(dtype, x, h0, Wx, Wh, b)
-    c0 = np.zeros(h0.shape, dtype=dtype) if c0 is None else np.asarray(c0, dtype=dtype)
     N, T, _ = x.shape
-    H = h0.shape[1]
+    H = np.shape(Wh)[1] // 4           # the cell's width (h0's is P with a projection)
+    c0 = np.zeros((N, H), dtype=dtype) if c0 is None else np.asarray(c0, dtype=dtype)
 
-    h = np.empty((N, T, H), dtype=dtype)
+    h = np.empty((N, T, h0.shape[1]), dtype=dtype)
     c = np.empty((N, T, H), dtype=dtype)
     steps = []
     prev_h, prev_c = h0, c0
     for t in range(T):
         # [d2l]: C_t = F_t ⊙ C_{t-1} + I_t ⊙ C̃_t;  H_t = O_t ⊙ tanh(C_t)
-        next_h, next_c, step_cache = lstm_step_forward(x[:, t], prev_h, prev_c, Wx, Wh, b)
+        next_h, next_c, step_cache = lstm_step_forward(x[:, t], prev_h, prev_c, Wx, Wh, b, Wr)
         h[:, t] = next_h
         c[:, t] = next_c
         steps.append(step_cache)
         prev_h, prev_c = next_h, next_c
-    return h, c, LSTMCache(steps=tuple(steps), h0=h0, c0=c0, Wx=Wx, Wh=Wh)
+    Wr = None if Wr is None else _as(dtype, Wr)[0]
+    return h, c, LSTMCache(steps=tuple(steps), h0=h0, c0=c0, Wx=Wx, Wh=Wh, Wr=Wr)
 
 
 def lstm_backward(dh, cache, dhn=None, dcn=None):
@@ -1184,6 +1209,8 @@ def lstm_backward(dh, cache, dhn=None, dcn=None):
     dWx : ndarray (D, 4H)
     dWh : ndarray (H, 4H)
     db : ndarray (4H,)
+    dWr : ndarray (H, P)
+        Only with a projection (a 7-tuple then); ``dh``, ``dhn``, ``dh0`` have P features.
 
     Notes
     -----
@@ -1193,7 +1220,8 @@ def lstm_backward(dh, cache, dhn=None, dcn=None):
     """
     Wx, Wh, h0 = cache.Wx, cache.Wh, cache.h0
     dtype = h0.dtype
-    N, H = h0.shape
+    N, P = h0.shape
+    H = Wh.shape[1] // 4
     D = Wx.shape[0]
     T = len(cache.steps)
     (dh,) = _as(dtype, dh)
@@ -1202,16 +1230,21 @@ def lstm_backward(dh, cache, dhn=None, dcn=None):
     dWx = np.zeros_like(Wx)
     dWh = np.zeros_like(Wh)
     db = np.zeros(4 * H, dtype=dtype)
-    dcarry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
+    dWr = None if cache.Wr is None else np.zeros_like(cache.Wr)
+    dcarry_h = np.zeros((N, P), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
     dcarry_c = np.zeros((N, H), dtype=dtype) if dcn is None else np.array(dcn, dtype=dtype)
     for t in reversed(range(T)):
         # [d2l]: ∂L/∂h_t = (carried from t+1) + (upstream gradient of h_t)
         dnext_h = dh[:, t] + dcarry_h
-        dx[:, t], dcarry_h, dcarry_c, dWx_t, dWh_t, db_t = lstm_step_backward(
+        dx[:, t], dcarry_h, dcarry_c, dWx_t, dWh_t, db_t, *dWr_t = lstm_step_backward(
             dnext_h, dcarry_c, cache.steps[t])
         # shared weights: the gradient is the sum over steps
         dWx += dWx_t
         dWh += dWh_t
         db += db_t
+        if dWr is not None:
+            dWr += dWr_t[0]
     dh0, dc0 = dcarry_h, dcarry_c
+    if dWr is not None:
+        return dx, dh0, dc0, dWx, dWh, db, dWr
     return dx, dh0, dc0, dWx, dWh, db

@@ -15,8 +15,7 @@ Caches are small objects with named fields holding only what BPTT needs:
 the inputs (by reference) and the hidden states.
 
 Every kernel call goes through :mod:`rnncore._bindings` (the one owner of the
-kernels' argument order); ``gru_*`` with ``reset_after=False`` is routed there
-too (see the note at the end of that module).
+kernels' argument order), both GRU candidates (``reset_after``) included.
 
 One module per cell: :mod:`.rnn` (Elman 1990), :mod:`.gru` (Cho et al.
 2014), :mod:`.lstm` (Hochreiter & Schmidhuber 1997); every name is

@@ -2,8 +2,9 @@
 
 Specification: :func:`rnncore.reference.gru_forward` (and ``_backward``,
 ``gru_step_*``); kernel: ``src/_kernels/gru.pyx`` through
-:data:`rnncore._bindings.GRU`. ``reset_after=False`` (not in the kernel yet)
-takes the temporary path documented at the end of :mod:`rnncore._bindings`.
+:data:`rnncore._bindings.GRU` (``reset_after=False``:
+:data:`rnncore._bindings.GRU_RESET_BEFORE`, the same kernel with the
+recurrent product split).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, fill_doc, final_grad, seq_grads, step_grads
+from ._args import cell_args, fill_doc, seq_grads, step_grads
 
 __all__ = ["gru_step_forward", "gru_step_backward", "gru_forward", "gru_backward", "GRUCache"]
 
@@ -34,8 +35,9 @@ class GRUCache:
     bh: np.ndarray  # (3H,)
     h: np.ndarray  # (N, T, H) | (N, H) hidden states
     gates: np.ndarray  # (N, T, 3H) | (N, 3H) activations [r | z | n]
-    hidden_n: np.ndarray  # (N, T, H) | (N, H) h_prev W_hn + b_hn
+    hidden_n: np.ndarray  # (N, T, H) | (N, H) h_prev W_hn + b_hn (reset-before: r ⊙ h_prev)
     step: bool = False
+    reset_after: bool = True
 
 
 def _gru_args(x, h0, Wx, Wh, bx, bh, x_letters):
@@ -64,8 +66,9 @@ def _gru_grads(cache, dh, dhn):
     dWh = np.zeros(cache.Wh.shape, dtype=dt)
     dbx = np.zeros(3 * H, dtype=dt)
     dbh = np.zeros(3 * H, dtype=dt)
-    B.GRU.kernel_backward(dh, [dhn], x, [cache.h0], cache.Wx, cache.Wh, (None, cache.bh), [h],
-                          saved, dx.transpose(1, 0, 2), [dh0], (dWx, dWh, dbx, dbh))
+    B.gru_binding(cache.reset_after).kernel_backward(
+        dh, [dhn], x, [cache.h0], cache.Wx, cache.Wh, (None, cache.bh), [h], saved,
+        dx.transpose(1, 0, 2), [dh0], (dWx, dWh, dbx, dbh))
     return dx, dh0, dWx, dWh, dbx, dbh
 
 
@@ -85,17 +88,15 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     bh : ndarray, shape (3H,)
         Hidden bias (PyTorch ``bias_hh``).
     reset_after : bool, default True
-        PyTorch's candidate (True, the kernel) or Cho et al. (2014)'s original
-        one, as in Keras v1 (False; until the kernels have it, computed by
-        :func:`rnncore.reference.gru_forward` behind ``rnncore._bindings``).
+        PyTorch's candidate (True) or Cho et al. (2014)'s original one, as in
+        Keras's ``reset_after=False`` (False); both in the kernel.
 
     Returns
     -------
     h : ndarray, shape (N, T, H)
         Hidden states of all steps.
     cache : GRUCache
-        For :func:`gru_backward` (a :class:`rnncore.reference.GRUCache` with
-        ``reset_after=False``).
+        For :func:`gru_backward`.
 
     $raises.
 
@@ -120,24 +121,21 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     (2, 5, 4)
     """
     x, h0, Wx, Wh, bx, bh = _gru_args(x, h0, Wx, Wh, bx, bh, "(N, T, D)")
-    if not reset_after:
-        return B.gru_reset_before_forward(x, h0, Wx, Wh, bx, bh)
+    reset_after = bool(reset_after)
     N, T, _ = x.shape
     H = Wh.shape[0]
     xv = V.seq_view(x, time_major=False)
     h = np.empty((N, T, H), dtype=x.dtype)
-    saved = B.GRU.kernel_forward(xv, [h0], Wx, Wh, (bx, bh), [h.transpose(1, 0, 2)])
+    saved = B.gru_binding(reset_after).kernel_forward(xv, [h0], Wx, Wh, (bx, bh),
+                                                      [h.transpose(1, 0, 2)])
     return h, GRUCache(x=xv.transpose(1, 0, 2), h0=h0, Wx=Wx, Wh=Wh, bh=bh, h=h,
                        gates=saved.gates.transpose(1, 0, 2),
-                       hidden_n=saved.hidden_n.transpose(1, 0, 2))
+                       hidden_n=saved.hidden_n.transpose(1, 0, 2), reset_after=reset_after)
 
 
 @fill_doc(cache="GRUCache", forward="gru_forward")
 def gru_backward(dh, cache, dhn=None):
-    """Backward pass of :func:`gru_forward` (BPTT, kernel-backed).
-
-    The cache of ``reset_after=False`` (a :class:`rnncore.reference.GRUCache`)
-    takes the reference's backward (the temporary path of rnncore._bindings).
+    """Backward pass of :func:`gru_forward` (BPTT, kernel-backed; either ``reset_after``).
 
     $seq_grads
 
@@ -146,12 +144,6 @@ def gru_backward(dh, cache, dhn=None):
     dx, dh0 : ndarray, shapes (N, T, D), (N, H)
     dWx, dWh, dbx, dbh : ndarray, shapes (D, 3H), (H, 3H), (3H,), (3H,)
     """
-    if isinstance(cache, B.ResetBeforeCache):  # reset_after=False
-        N, H = cache.h0.shape
-        dh = V.as_float(dh, "dh", cache.h0.dtype)
-        V.check_shape(dh, "dh", (N, len(cache.steps), H), "(N, T, H)")
-        dhn = final_grad(dhn, "dhn", N, H, cache.h0.dtype)
-        return B.gru_reset_before_backward(dh, cache, dhn)
     return _gru_grads(cache, *seq_grads(cache, GRUCache, "gru_forward", dh, dhn))
 
 
@@ -169,27 +161,23 @@ def gru_step_forward(x, prev_h, Wx, Wh, bx, bh, reset_after=True):
     -------
     next_h : ndarray, shape (N, H)
     cache : GRUCache
-        For :func:`gru_step_backward` (a
-        :class:`rnncore.reference.GRUStepCache` with ``reset_after=False``).
+        For :func:`gru_step_backward`.
     """
     x, prev_h, Wx, Wh, bx, bh = _gru_args(x, prev_h, Wx, Wh, bx, bh, "(N, D)")
-    if not reset_after:
-        return B.gru_reset_before_step_forward(x, prev_h, Wx, Wh, bx, bh)
+    reset_after = bool(reset_after)
     N, _ = x.shape
     H = Wh.shape[0]
     x = V.rows_view(x)
     h = np.empty((N, H), dtype=x.dtype)
-    saved = B.GRU.kernel_forward(x[None], [prev_h], Wx, Wh, (bx, bh), [h[None]])
+    saved = B.gru_binding(reset_after).kernel_forward(x[None], [prev_h], Wx, Wh, (bx, bh),
+                                                      [h[None]])
     return h, GRUCache(x=x, h0=prev_h, Wx=Wx, Wh=Wh, bh=bh, h=h, gates=saved.gates[0],
-                       hidden_n=saved.hidden_n[0], step=True)
+                       hidden_n=saved.hidden_n[0], step=True, reset_after=reset_after)
 
 
 @fill_doc(cache="GRUCache", forward="gru_step_forward")
 def gru_step_backward(dnext_h, cache):
-    """Backward pass of :func:`gru_step_forward`.
-
-    The cache of ``reset_after=False`` (a :class:`rnncore.reference.GRUStepCache`)
-    takes the reference's backward (the temporary path of rnncore._bindings).
+    """Backward pass of :func:`gru_step_forward` (either ``reset_after``).
 
     $step_grads
 
@@ -198,10 +186,6 @@ def gru_step_backward(dnext_h, cache):
     dx, dprev_h : ndarray, shapes (N, D), (N, H)
     dWx, dWh, dbx, dbh : ndarray, shapes (D, 3H), (H, 3H), (3H,), (3H,)
     """
-    if isinstance(cache, B.ResetBeforeStepCache):  # reset_after=False
-        dnext_h = V.as_float(dnext_h, "dnext_h", cache.prev_h.dtype)
-        V.check_shape(dnext_h, "dnext_h", cache.prev_h.shape, "(N, H)")
-        return B.gru_reset_before_step_backward(dnext_h, cache)
     dx, dprev_h, dWx, dWh, dbx, dbh = _gru_grads(
         cache, *step_grads(cache, GRUCache, "gru_step_forward", dnext_h))
     return dx[:, 0], dprev_h, dWx, dWh, dbx, dbh
