@@ -401,10 +401,10 @@ class GRU(_HiddenStateRNN):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
-                 seed=None, reset_after=True):
+                 seed=None, reset_after=True, *, device=None):
         self.reset_after = V.check_bool(reset_after, "reset_after")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, merge_mode, dtype, seed)
+                         bidirectional, merge_mode, dtype, seed, device=device)
 
     @property
     def _kernel(self):
@@ -457,13 +457,13 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
-                 seed=None, proj_size=0):
+                 seed=None, proj_size=0, *, device=None):
         self.proj_size = V.check_int(proj_size, "proj_size", 0)
         if self.proj_size and self.proj_size >= V.check_int(hidden_size, "hidden_size", 1):
             raise ValueError(f"proj_size: expected an int < hidden_size = {hidden_size} "
                              f"(or 0: no projection), got {proj_size}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, merge_mode, dtype, seed)
+                         bidirectional, merge_mode, dtype, seed, device=device)
 
     def get_config(self) -> dict:
         return dict(super().get_config(), proj_size=self.proj_size)
