@@ -1350,3 +1350,44 @@ def test_batch_first_weight_grads_equal_time_major_with_non_finite_values(cls, s
         grads.append(m.grads)
     for k in grads[0]:
         assert_matches(grads[1][k], grads[0][k], np.float64, f"{cls} {k}")
+
+
+INT_MAX_PROBE = r"""
+import sys, numpy as np
+from numpy.lib.stride_tricks import as_strided
+from rnncore._kernels import rnn as K
+buf = np.zeros(64)
+LD = 2**32 + 1                # wraps to 1 as a 32-bit int: BLAS would accept it, wrongly
+T, N, D, H = 2, 2, 1, 2
+ok = lambda *s: np.zeros(s)
+cases = {
+    # time-major x whose rows are LD elements apart (never read: refused first)
+    "x": lambda: K.forward(as_strided(buf, (T, N, D), (N * LD * 8, LD * 8, 8)), ok(N, H),
+                           ok(D, H), ok(H, H), ok(H), np.empty((T, N, H))),
+    "Wx": lambda: K.forward(ok(T, N, 2), ok(N, H), as_strided(buf, (2, H), (LD * 8, 8)),
+                            ok(H, H), ok(H), np.empty((T, N, H))),
+    "Wh": lambda: K.forward(ok(T, N, D), ok(N, H), ok(D, H),
+                            as_strided(buf, (H, H), (LD * 8, 8)), ok(H), np.empty((T, N, H))),
+    "h": lambda: K.forward(ok(T, N, D), ok(N, H), ok(D, H), ok(H, H), ok(H),
+                           as_strided(np.zeros(64), (T, N, H), (N * LD * 8, LD * 8, 8))),
+}
+for name, call in cases.items():
+    try:
+        call()
+        print(name, "ACCEPTED")
+    except ValueError as e:
+        print(name, "ValueError", str(e).split(":")[0], "INT_MAX" in str(e))
+"""
+
+
+def test_blas_sizes_past_int_max_raise_value_error():
+    """Issue 17 item 5: a BLAS size or leading dimension past INT_MAX is refused at the
+    entry point (before nogil) instead of wrapping in _blas.pxd's int casts. Run in a
+    child: without the guard the kernel would read the views' far-away elements."""
+    r = subprocess.run([sys.executable, "-c", INT_MAX_PROBE], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    lines = r.stdout.split("\n")
+    for name in ("x", "Wx", "Wh", "h"):
+        assert f"{name} ValueError {name} True" in lines, r.stdout
+    count("kernels (BLAS size > INT_MAX)", "error")
