@@ -47,9 +47,21 @@ MAX_HEADER_BYTES = 16 << 20
 MAX_EXTRA_BYTES = 64 << 20
 
 
+def _json_value(obj):
+    """JSON for what configs may hold besides plain values: NumPy scalars as numbers; a
+    ``np.random.Generator`` (a model's ``seed``) as null -- the parameters are saved, the
+    generator's later draws (dropout) are not."""
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (np.random.Generator, np.random.BitGenerator,
+                        np.random.SeedSequence)):
+        return None
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 def _json_array(obj, what: str) -> np.ndarray:
     try:
-        text = json.dumps(obj, allow_nan=True)
+        text = json.dumps(obj, allow_nan=True, default=_json_value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be JSON-serialisable: {exc}") from exc
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)

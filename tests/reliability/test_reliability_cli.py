@@ -165,3 +165,24 @@ def test_sampling_at_tiny_temperatures_is_argmax():
     for t in (1e-300, 1e-308, 1e-320, 5e-324):
         assert _draw(logits, t, rng) == 1
     assert _draw(logits, 0.0, rng) == 1
+
+
+@pytest.mark.parametrize("seed", [np.int64(3), np.random.default_rng(0)])
+def test_models_with_numpy_or_generator_seeds_can_be_saved(tmp_path, seed):
+    import rnncore
+    from rnncore import io as rio
+    m = rnncore.GRU(3, 4, seed=seed)
+    rio.save(tmp_path / "m.npz", m)
+    back = rio.load(tmp_path / "m.npz")
+    assert back.seed == (3 if isinstance(seed, np.integer) else None)
+    for k, v in m.params.items():
+        np.testing.assert_array_equal(back.params[k], v)
+
+
+def test_unbatched_lengths_error_names_the_argument():
+    import rnncore
+    m = rnncore.GRU(3, 4)
+    with pytest.raises(ValueError, match="^lengths: expected one length for an unbatched"):
+        m(np.zeros((2, 3), np.float32), lengths=[1, 2])
+    out, _ = m(np.zeros((2, 3), np.float32), lengths=[1])
+    assert out.shape == (2, 4)
