@@ -1391,3 +1391,32 @@ def test_blas_sizes_past_int_max_raise_value_error():
     for name in ("x", "Wx", "Wh", "h"):
         assert f"{name} ValueError {name} True" in lines, r.stdout
     count("kernels (BLAS size > INT_MAX)", "error")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_reference_checks_its_arguments_like_the_kernels(cell):
+    """Issue 17 item 7: the specification refuses what the kernels refuse, naming the
+    argument (a 1-D h0 gave IndexError; a dh of T+1 steps was accepted)."""
+    rng = np.random.default_rng(0)
+    N, T, D, H = 2, 3, 4, 5
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
+    Wx, Wh = rng.standard_normal((D, G * H)), rng.standard_normal((H, G * H))
+    biases = [np.zeros(G * H)] * (2 if cell == "gru" else 1)
+    fwd, bwd = getattr(R, f"{cell}_forward"), getattr(R, f"{cell}_backward")
+    bad_calls = {
+        "h0": lambda: fwd(x, h0[0], Wx, Wh, *biases),
+        "x": lambda: fwd(x[0], h0, Wx, Wh, *biases),
+        "Wh": lambda: fwd(x, h0, Wx, Wh[:, :-1], *biases),
+        "Wx": lambda: fwd(x, h0, Wx[1:], Wh, *biases),
+    }
+    for name, call in bad_calls.items():
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            call()
+    cache = fwd(x, h0, Wx, Wh, *biases)[-1]
+    for name, kw in (("dh", dict(dh=np.ones((N, T + 1, H)))),
+                     ("dh", dict(dh=np.ones((N, T, H + 1)))),
+                     ("dhn", dict(dh=np.ones((N, T, H)), dhn=np.ones((N + 1, H))))):
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            bwd(cache=cache, **kw)
+    count(f"reference.{cell}_forward/backward (bad shapes)", "error")
