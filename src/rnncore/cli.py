@@ -398,6 +398,8 @@ class _Run:
         try:
             return self._fit()
         except OSError as exc:
+            if self.trainer.size > 1:  # the other ranks would wait: abort them all
+                raise
             kept = (f"the checkpoint of step {self.saved_step} is intact" if self.saved_step
                     is not None else "no checkpoint of this run was written")
             print(f"rnncore: error: cannot write to {self.out}: {exc.strerror or exc}"
@@ -431,6 +433,7 @@ class _Run:
                 if outcome == "done" and trainer.is_root:
                     self.final_sample()
                 trainer.save(self.ckpt)
+                self.saved_step = trainer.step
         finally:
             self.progress.close()
         if trainer.is_root:
