@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import stat
 import tempfile
 
 from ._safe_npz import config_elements
@@ -14,7 +15,8 @@ from ._terminal import available_memory, fmt_bytes
 from .charlm import CELLS, DEFAULT_MAX_CHARS, OPTIMIZERS
 
 __all__ = ["add_train_parser", "int_at_least", "number", "MAX_SEED", "MAX_STEPS", "CLIError",
-           "check_training_memory", "check_sample_memory", "check_writable", "OneLineParser"]
+           "check_training_memory", "check_sample_memory", "check_text_memory", "check_writable",
+           "OneLineParser"]
 
 #: Largest ``--seed`` (NumPy seeds are >= 0) and ``--steps`` / step count of ``--epochs``.
 MAX_SEED, MAX_STEPS = 2**63 - 1, 10**12
@@ -51,6 +53,24 @@ def check_training_memory(config, vocab_size):
                   f"L={config.layers} (V={vocab_size}) trained on batches of "
                   f"{config.batch_size} x {config.seq_len}",
                   "lower --hidden, --layers, --embed, --batch-size or --seq-len")
+
+
+def check_text_memory(paths, max_chars):
+    """The regular files of --text (read whole when there is no --max-chars) must fit: the
+    text, its character ids and the batches take about 16 bytes per byte read."""
+    if max_chars is not None:
+        return
+    total = 0
+    for p in paths:
+        for dirpath, _, files in os.walk(p) if os.path.isdir(p) else [("", None, [p])]:
+            for f in files:
+                try:
+                    st = os.stat(os.path.join(dirpath, f))
+                except OSError:
+                    continue
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    _check_memory(16 * total, f"--text ({fmt_bytes(total)} of files)",
+                  "pass --max-chars to read only the start")
 
 
 def check_sample_memory(length, flag):

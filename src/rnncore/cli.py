@@ -49,8 +49,8 @@ from dataclasses import asdict, fields
 from ._version import __version__
 from . import distributed as dist
 from ._cli_options import (MAX_SEED, MAX_STEPS, CLIError, OneLineParser, add_train_parser,
-                           check_sample_memory, check_training_memory, check_writable,
-                           int_at_least, number)
+                           check_sample_memory, check_text_memory, check_training_memory,
+                           check_writable, int_at_least, number)
 from ._terminal import (Progress, StopOnSignal, available_memory, fmt_time, rate, silenced,
                         thread_limit)
 from .charlm import (DEFAULT_MAX_CHARS, OPTIMIZERS, CorpusError, NonFiniteLossError,
@@ -162,6 +162,7 @@ def _read_corpus(args):
     """The text of --text, the standard library's, or None (a resumed run re-reads its own)."""
     try:
         if args.text:
+            check_text_memory(args.text, args.max_chars)
             return read_texts(args.text, args.max_chars)
         if not args.resume or args.max_chars is not None:
             return stdlib_corpus(args.max_chars or DEFAULT_MAX_CHARS)

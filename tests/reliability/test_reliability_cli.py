@@ -186,3 +186,21 @@ def test_unbatched_lengths_error_names_the_argument():
         m(np.zeros((2, 3), np.float32), lengths=[1, 2])
     out, _ = m(np.zeros((2, 3), np.float32), lengths=[1])
     assert out.shape == (2, 4)
+
+
+def test_text_larger_than_memory_is_refused_before_reading(tmp_path, text, monkeypatch,
+                                                          capsys):
+    """Without --max-chars a --text file is read whole: its size is checked first (a
+    sparse 64 GiB file would otherwise be read into memory before being found binary)."""
+    from rnncore import _cli_options, cli
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.truncate(64 << 30)  # sparse: no disk used
+    r = _run(["train", "--text", huge, "--out", tmp_path / "o", *SMALL], tmp_path)
+    _one_line(r, 2, "pass --max-chars")
+    monkeypatch.setattr(_cli_options, "available_memory", lambda: 10_000)
+    code = cli.main(["train", "--text", str(text), "--out", str(tmp_path / "o"),
+                     *map(str, SMALL)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--text" in err[-1] and "memory" in err[-1], err
+    count("rnncore train (--text larger than memory)", "error")
