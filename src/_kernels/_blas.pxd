@@ -53,6 +53,8 @@ cdef inline void gemm_rm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alph
                          Mat a, Mat b, floating beta, floating *c, Py_ssize_t ldc) noexcept nogil:
     """Row-major C (m, n) := alpha op(A) (m, k) op(B) (k, n) + beta C with BLAS (m, n > 0)."""
     # Column-major BLAS sees row-major C as C^T (n, m) = op(B)^T op(A)^T.
+    # The int casts are exact: every size and leading dimension was checked
+    # <= INT_MAX at the entry point (_checks.pxd: blas_fits).
     cdef char transa = b'T' if b.t == Trans else b'N'
     cdef char transb = b'T' if a.t == Trans else b'N'
     cdef int m_ = <int>n, n_ = <int>m, k_ = <int>k

@@ -6,11 +6,22 @@
 # module compiles its own copy: a plain `cdef` function shared between compiled
 # modules fails at import.
 
+from libc.limits cimport INT_MAX
 from libc.string cimport memcpy
 
 from _blas cimport floating, Mat
 from _layout cimport Seq, seq_ld, mat_layout, uniform
 from _loop cimport Loop, Input, Grads, loop_init
+
+
+cdef inline int blas_fits(str name, Py_ssize_t v, str what) except -1:
+    """ValueError unless v, a BLAS dimension or leading dimension, fits BLAS's 32-bit int
+    (_blas.pxd casts them: a larger one would wrap, and OpenBLAS would refuse the call
+    or read the wrong elements, leaving the output wrong)."""
+    if v > INT_MAX:
+        raise ValueError(f"{name}: {what} {v} exceeds INT_MAX = {INT_MAX}, the largest "
+                         "size or stride BLAS accepts; split the batch or the sequence")
+    return 0
 
 
 cdef inline int seq_check(const floating[:, :, :] a, str name, Py_ssize_t T, Py_ssize_t N,
@@ -35,6 +46,8 @@ cdef inline int seq_check(const floating[:, :, :] a, str name, Py_ssize_t T, Py_
     s.ld = seq_ld(s.st, s.sn, T, N, F, &s.bm)
     if s.ld < 0 or s.st < 0 or s.sn < 0:
         raise ValueError(f"{name}: layout is neither time-major nor batch-major")
+    blas_fits(name, T * N, "T*N rows")
+    blas_fits(name, max(s.st, s.sn, s.ld, F), "stride (in elements)")
     return 0
 
 
@@ -58,6 +71,7 @@ cdef inline int mat_check(const floating[:, :] a, str name, Py_ssize_t rows, Py_
         raise ValueError(f"{name}: expected shape {(rows, cols)}, got {(a.shape[0], a.shape[1])}")
     if not mat_layout(a.strides[0] // isz, a.strides[1] // isz, rows, cols, m):
         raise ValueError(f"{name}: needs a row-major array or a transposed view of one")
+    blas_fits(name, max(rows, cols, m.ld), "size or stride (in elements)")
     m.p = <void *>&a[0, 0] if rows > 0 and cols > 0 else NULL
     return 0
 
@@ -151,6 +165,8 @@ cdef inline int check_inputs(Loop *L, Input *inp, Py_ssize_t G, bint reverse,
     mat_check(Wx, "Wx", D, GH, &inp.wx)
     mat_check(Wh, "Wh", Hp, GH, &L.wh)
     rows_check(h0, "h0", N, Hp)
+    # the (T, N, GH) workspaces: one step's rows are T*GH (batch-major) or N*GH apart
+    blas_fits("x", max(T, N) * GH, "T or N times the gates' width")
     inp.D = D
     L.h0 = &h0[0, 0] if N > 0 and Hp > 0 else NULL
     return 0

@@ -16,6 +16,8 @@
 # A body reads its arrays from the Loop and its own rows only, so the row
 # split needs no synchronisation (see rc_threads.h).
 
+from libc.float cimport DBL_MAX, FLT_MAX
+from libc.math cimport INFINITY, fabs
 from libc.string cimport memcpy, memset
 
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
@@ -233,6 +235,31 @@ cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs) noexcep
     loop_threads_end(opened)
 
 
+cdef inline double absmax(const floating *a, Py_ssize_t ld, Py_ssize_t rows,
+                          Py_ssize_t cols) noexcept nogil:
+    """max |a[i, j]| over a (rows, cols) block with row stride ld; inf if it holds NaN."""
+    cdef Py_ssize_t i, j
+    cdef double m = 0, v
+    for i in range(rows):
+        for j in range(cols):
+            v = fabs(a[i * ld + j])
+            if not v <= m:
+                if v != v:
+                    return INFINITY
+                m = v
+    return m
+
+
+cdef inline bint straddle_unsafe(const floating *a, Py_ssize_t lda, Py_ssize_t na,
+                                 const floating *b, Py_ssize_t ldb, Py_ssize_t nb,
+                                 Py_ssize_t rows) noexcept nogil:
+    """Whether subtracting sum_i a_i^T b_i (rows i of a (rows, na), b (rows, nb)) could
+    be inexact: a value is inf/NaN, or the products come within 2^-24 of overflow."""
+    cdef double limit = (FLT_MAX if floating is float else DBL_MAX) * 5.9604644775390625e-08
+    cdef double ma = absmax(a, lda, rows, na), mb = absmax(b, ldb, rows, nb)
+    return not (ma * mb * rows <= limit)
+
+
 cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
     """dWh (H, GH) += sum_t h_prev(t)^T dz_t, with h_prev(t) = h0 at each row's first step.
 
@@ -243,8 +270,12 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept 
 
     In the uniform view the previous step of a row is one step-shift away, so
     all pairs are one shifted GEMM; in batch-major layout the pairs that
-    straddle two sequences are subtracted; then h0^T dz at each row's first
-    step is added (gathered per row in the reverse direction with lengths).
+    straddle two sequences are subtracted -- unless a straddling value is
+    inf/NaN or their products come near overflow (then inf - inf would leave
+    NaN where the true sum is finite or +-inf): then one GEMM per row over its
+    own T-1 pairs (the check reads only the 2(N-1) straddling rows). Then
+    h0^T dz at each row's first step is added (gathered per row in the
+    reverse direction with lengths).
     """
     cdef Py_ssize_t t, n, T = L.T, N = L.N, H = L.Hp, GH = L.G * L.H, R = T * N
     cdef const floating *h = <const floating *>L.h.p
@@ -254,7 +285,18 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept 
     cdef Py_ssize_t dz_ld = L.dg.ld
     cdef Py_ssize_t shift = dz_st // dz_ld    # N rows (time-major) or 1 (batch-major)
     cdef bint straddle = L.h.bm and N > 1
-    if T > 1:
+    if T > 1 and straddle and straddle_unsafe(
+            h + (h_sn if L.reverse else (T - 1) * h_st), h_sn, H,
+            dz + ((T - 1) * dz_st if L.reverse else dz_sn), dz_sn, GH, N - 1):
+        for n in range(N):
+            # row n's own pairs: (H, GH) += (H, T-1)(T-1, GH)
+            if not L.reverse:   # (h[n, t-1], dz[n, t])
+                mm(H, GH, T - 1, <floating>1, mat(h + n * h_sn, h_st, Trans),
+                   mat(dz + n * dz_sn + dz_st, dz_st, NoTrans), <floating>1, dwh)
+            else:               # (h[n, t+1], dz[n, t])
+                mm(H, GH, T - 1, <floating>1, mat(h + n * h_sn + h_st, h_st, Trans),
+                   mat(dz + n * dz_sn, dz_st, NoTrans), <floating>1, dwh)
+    elif T > 1:
         if not L.reverse:
             # pairs (h_{t-1}, dz_t):  (H, GH) += (H, R-shift)(R-shift, GH)
             mm(H, GH, R - shift, <floating>1, mat(h, L.h.ld, Trans),

@@ -6,34 +6,113 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import stat
+import tempfile
 
+from ._safe_npz import config_elements
+from ._terminal import available_memory, fmt_bytes
 from .charlm import CELLS, DEFAULT_MAX_CHARS, OPTIMIZERS
 
-__all__ = ["add_train_parser", "int_at_least", "number"]
+__all__ = ["add_train_parser", "int_at_least", "number", "MAX_SEED", "MAX_STEPS", "CLIError",
+           "check_training_memory", "check_sample_memory", "check_text_memory", "check_writable",
+           "OneLineParser"]
+
+#: Largest ``--seed`` (NumPy seeds are >= 0) and ``--steps`` / step count of ``--epochs``.
+MAX_SEED, MAX_STEPS = 2**63 - 1, 10**12
 
 
-def int_at_least(lo):
-    """An argparse type: an integer >= ``lo``."""
+class CLIError(Exception):
+    """A problem reported as one line on stderr with exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr (no usage block), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _check_memory(need, what, advice):
+    """CLIError when ``need`` bytes exceed the available memory (unknown: no check)."""
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise CLIError(f"{what} needs about {fmt_bytes(need)} of memory, but only "
+                       f"{fmt_bytes(avail)} is available; {advice}")
+
+
+def check_training_memory(config, vocab_size):
+    """The model, its gradients and Adam's two buffers, and one batch's activations."""
+    itemsize = 8 if config.dtype == "float64" else 4
+    params = config_elements("CharLM", {
+        "vocab_size": vocab_size, "embed_dim": config.embed, "hidden_size": config.hidden,
+        "num_layers": config.layers, "cell": config.cell})
+    per_step = config.embed + config.layers * config.hidden * 8 + 3 * vocab_size
+    need = itemsize * (4 * params + config.batch_size * config.seq_len * per_step)
+    _check_memory(need, f"a {config.cell.upper()} with E={config.embed} H={config.hidden} "
+                  f"L={config.layers} (V={vocab_size}) trained on batches of "
+                  f"{config.batch_size} x {config.seq_len}",
+                  "lower --hidden, --layers, --embed, --batch-size or --seq-len")
+
+
+def check_text_memory(paths, max_chars):
+    """The regular files of --text (read whole when there is no --max-chars) must fit: the
+    text, its character ids and the batches take about 16 bytes per byte read."""
+    if max_chars is not None:
+        return
+    total = 0
+    for p in paths:
+        for dirpath, _, files in os.walk(p) if os.path.isdir(p) else [("", None, [p])]:
+            for f in files:
+                try:
+                    st = os.stat(os.path.join(dirpath, f))
+                except OSError:
+                    continue
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    _check_memory(16 * total, f"--text ({fmt_bytes(total)} of files)",
+                  "pass --max-chars to read only the start")
+
+
+def check_sample_memory(length, flag):
+    _check_memory(16 * length, f"{flag} {length:,}", f"lower {flag}")
+
+
+def check_writable(out):
+    """Create ``out`` and write a file there now, so an unwritable --out (a read-only file
+    system, no permission) is reported before training, not at the first save."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise CLIError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+
+
+def int_at_least(lo, hi=None):
+    """An argparse type: an integer >= ``lo`` (and <= ``hi``)."""
     def parse(s):
         try:
             v = int(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        if v < lo or (hi is not None and v > hi):
+            want = f">= {lo}" + ("" if hi is None else f" and <= {hi}")
+            raise argparse.ArgumentTypeError(f"expected an integer {want}, got {v}")
         return v
     return parse
 
 
-def number(lo=None, positive=False):
-    """An argparse type: a finite number, positive or >= ``lo``."""
+def number(lo=None, positive=False, hi=None):
+    """An argparse type: a finite number, positive or >= ``lo`` (and <= ``hi``)."""
     def parse(s):
         try:
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        if not math.isfinite(v) or (positive and v <= 0) or (lo is not None and v < lo):
+        if not math.isfinite(v) or (positive and v <= 0) or (lo is not None and v < lo) \
+                or (hi is not None and v > hi):
             want = "a positive number" if positive else f"a number >= {lo}"
+            want += "" if hi is None else f" and <= {hi:g}"
             raise argparse.ArgumentTypeError(f"expected {want}, got {s}")
         return v
     return parse
@@ -93,12 +172,12 @@ def _training_options(g, d):
     g.add_argument("--clip", type=number(lo=0.0),
                    help=f"max global gradient norm, 0 for none (default {d['clip']:g})")
     steps = g.add_mutually_exclusive_group()
-    steps.add_argument("--steps", type=int_at_least(1),
+    steps.add_argument("--steps", type=int_at_least(1, MAX_STEPS),
                        help=f"train until this many steps in total (default {d['steps']})")
-    steps.add_argument("--epochs", type=number(positive=True),
+    steps.add_argument("--epochs", type=number(positive=True, hi=1e9),
                        help="train for this many passes over the text (in total)")
-    g.add_argument("--seed", type=int, help=f"initialisation and sampling seed "
-                   f"(default {d['seed']})")
+    g.add_argument("--seed", type=int_at_least(0, MAX_SEED),
+                   help=f"initialisation and sampling seed (default {d['seed']})")
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="skip a step whose loss or gradient is nan/inf instead of stopping "
                    "(exit code 3)")

@@ -119,9 +119,7 @@ def _sort_by_length(lengths, N, T, unbatched):
     """The :class:`_Order` of a batch: sorted by decreasing length (if not already)."""
     if lengths is None:
         return _FULL_LENGTHS
-    if unbatched:
-        lengths = np.reshape(lengths, (1,))
-    lens = V.check_lengths(lengths, N, T)
+    lens = V.check_lengths(lengths, N, T, unbatched)
     perm = inv = None
     if np.any(np.diff(lens) > 0):
         perm = np.argsort(-lens, kind="stable")

@@ -11,7 +11,31 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 
-__all__ = ["fmt_time", "rate", "Progress", "StopOnSignal", "thread_limit", "silenced"]
+__all__ = ["fmt_time", "rate", "Progress", "StopOnSignal", "thread_limit", "silenced",
+           "available_memory", "fmt_bytes"]
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def fmt_bytes(n) -> str:
+    """``1.5 GB``, ``12.0 MB`` ..."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
 
 
 def fmt_time(seconds) -> str:

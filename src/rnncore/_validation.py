@@ -126,9 +126,17 @@ def check_bool(value, name: str) -> bool:
     return bool(value)
 
 
-def check_lengths(lengths, N: int, T: int) -> np.ndarray:
-    """``lengths`` as an int64 array of shape (N,) with values in [0, T]."""
+def check_lengths(lengths, N: int, T: int, unbatched: bool = False) -> np.ndarray:
+    """``lengths`` as an int64 array of shape (N,) with values in [0, T].
+
+    ``unbatched`` (an unbatched input, N = 1): a scalar or a single length.
+    """
     arr = np.asarray(lengths)
+    if unbatched:
+        if arr.size != 1:
+            raise ValueError(expected("lengths", "one length for an unbatched input",
+                                      f"shape {arr.shape}"))
+        arr = arr.reshape(1)
     if arr.dtype.kind not in "iu":
         raise TypeError(expected("lengths", "integers", f"dtype {arr.dtype}"))
     if arr.shape != (N,):

@@ -15,9 +15,12 @@ progress (tqdm when installed, plain lines otherwise), handles SIGINT/SIGTERM
 ``DIR/loss.png`` (when matplotlib is installed) and ``DIR/samples.txt``.
 
 Exit codes: 0 success (also after a clean save on SIGINT/SIGTERM); 2 bad
-input (missing/empty text, missing/corrupted checkpoint, bad options); 3 the
-loss or gradient became nan/inf (the last good checkpoint is kept); 130 a
-second interrupt before the save finished.
+input (missing/empty text, missing/corrupted/hostile checkpoint, bad options, a
+model or sample too large for the available memory, an ``--out`` that cannot
+be written); 3 the loss or gradient became nan/inf (the last good checkpoint
+is kept); 4 writing an output file failed during the run (disk full, I/O
+error: the last checkpoint written is kept, intact); 130 a second interrupt
+before the save finished. Every failure is one line on stderr.
 
 ``--distributed`` (under ``mpirun -n K``): every rank builds the same corpus
 and model and trains its share of the ``--batch-size`` streams (see
@@ -45,13 +48,16 @@ from dataclasses import asdict, fields
 
 from ._version import __version__
 from . import distributed as dist
-from ._cli_options import add_train_parser, int_at_least, number
-from ._terminal import Progress, StopOnSignal, fmt_time, rate, silenced, thread_limit
+from ._cli_options import (MAX_SEED, MAX_STEPS, CLIError, OneLineParser, add_train_parser,
+                           check_sample_memory, check_text_memory, check_training_memory,
+                           check_writable, int_at_least, number)
+from ._terminal import (Progress, StopOnSignal, available_memory, fmt_time, rate, silenced,
+                        thread_limit)
 from .charlm import (DEFAULT_MAX_CHARS, OPTIMIZERS, CorpusError, NonFiniteLossError,
                      TrainConfig, Trainer, Vocab, default_prime, generate, load_charlm,
                      plot_history, read_texts, shard_problem, stdlib_corpus)
 
-EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_WRITE, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 
 #: ``rnncore train`` defaults: the model and optimizer ones are TrainConfig's (see
 #: rnncore.charlm, where they are justified); these are the loop's. 1200 steps take
@@ -69,13 +75,9 @@ DEFAULTS = {
 CHECKPOINT, PLOT, SAMPLES = "checkpoint.npz", "loss.png", "samples.txt"
 
 
-class CLIError(Exception):
-    """A problem reported as one line on stderr with exit code 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="rnncore",
         description="Character-level language models with rnncore's RNN/GRU/LSTM kernels.")
     p.add_argument("--version", action="version", version=f"rnncore {__version__}")
@@ -87,20 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate text from a checkpoint",
                        description="Generate text from a trained checkpoint.")
-    s.add_argument("checkpoint", help="a checkpoint.npz written by rnncore train")
+    s.add_argument("checkpoint", help="a checkpoint.npz written by rnncore train (or its "
+                   "folder)")
     s.add_argument("--length", type=int_at_least(0), default=500,
                    help="characters to generate (default 500)")
     s.add_argument("--temperature", type=number(lo=0.0), default=0.8,
                    help="softmax temperature; 0 is greedy (default 0.8)")
     s.add_argument("--prime", default=None,
                    help="text to start from (default 'def ' when the vocabulary has it)")
-    s.add_argument("--seed", type=int, default=None,
+    s.add_argument("--seed", type=int_at_least(0, MAX_SEED), default=None,
                    help="random seed (default: fresh randomness)")
     s.set_defaults(func=cmd_sample)
 
     i = sub.add_parser("info", help="show a checkpoint's configuration",
                        description="Show a checkpoint's model, training state and history.")
-    i.add_argument("checkpoint", help="a checkpoint.npz written by rnncore train")
+    i.add_argument("checkpoint", help="a checkpoint.npz written by rnncore train (or its "
+                   "folder)")
     i.set_defaults(func=cmd_info)
     return p
 
@@ -122,9 +126,11 @@ def main(argv=None) -> int:
 # Helpers
 # ---------------------------------------------------------------------------
 def _load(path, need_training_state=False):
-    """``load_charlm(path)`` with its errors turned into one-line CLIErrors."""
+    """``load_charlm(path)`` (a folder: its checkpoint.npz) with one-line CLIErrors."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT)
     try:
-        return load_charlm(path, need_training_state)
+        return load_charlm(path, need_training_state, max_bytes=available_memory())
     except FileNotFoundError:
         raise CLIError(f"checkpoint not found: {path}") from None
     except (ValueError, OSError) as exc:
@@ -136,6 +142,7 @@ def _prepare(args, ckpt, ranks):
 
     Everything that can fail on bad input, before any collective operation.
     """
+    check_sample_memory(_opt(args, "sample_length"), "--sample-length")
     corpus = _read_corpus(args)
     if args.resume:
         return corpus, _load_resumable(args, ckpt, ranks), None
@@ -147,6 +154,7 @@ def _prepare(args, ckpt, ranks):
     if args.lr is None:
         config.lr = OPTIMIZERS[config.optimizer][1]
     _check_shards(config.batch_size, ranks)
+    check_training_memory(config, len(set(corpus.text)))
     return corpus, None, config
 
 
@@ -154,6 +162,7 @@ def _read_corpus(args):
     """The text of --text, the standard library's, or None (a resumed run re-reads its own)."""
     try:
         if args.text:
+            check_text_memory(args.text, args.max_chars)
             return read_texts(args.text, args.max_chars)
         if not args.resume or args.max_chars is not None:
             return stdlib_corpus(args.max_chars or DEFAULT_MAX_CHARS)
@@ -293,7 +302,11 @@ def _train(args, distributed=False) -> int:
 def _total_steps(args, trainer) -> int:
     """The step to train up to: --epochs, --steps, the checkpoint's target, or the default."""
     if args.epochs is not None:
-        return math.ceil(args.epochs * trainer.steps_per_epoch)
+        steps = math.ceil(args.epochs * trainer.steps_per_epoch)
+        if steps > MAX_STEPS:
+            raise CLIError(f"--epochs {args.epochs:g} is {steps:,} steps, more than "
+                           f"{MAX_STEPS:,}")
+        return steps
     if args.steps is not None:
         return args.steps
     return trainer.target_steps or DEFAULTS["steps"]
@@ -311,7 +324,7 @@ class _Run:
             raise CLIError(f"--out {self.out} exists and is not a folder")
         self.trainer = trainer = _make_trainer(args, self.ckpt, distributed)
         if trainer.is_root:
-            os.makedirs(self.out, exist_ok=True)
+            check_writable(self.out)
         self.total = trainer.target_steps = _total_steps(args, trainer)
         self.start = trainer.step
         self.eval_every = _opt(args, "eval_every")
@@ -382,6 +395,19 @@ class _Run:
         return EXIT_NONFINITE
 
     def fit(self) -> int:
+        """:meth:`_fit`, with a failed write (disk full, I/O error) one line and exit 4."""
+        try:
+            return self._fit()
+        except OSError as exc:
+            if self.trainer.size > 1:  # the other ranks would wait: abort them all
+                raise
+            kept = (f"the checkpoint of step {self.saved_step} is intact" if self.saved_step
+                    is not None else "no checkpoint of this run was written")
+            print(f"rnncore: error: cannot write to {self.out}: {exc.strerror or exc}"
+                  f"{f' ({exc.filename})' if exc.filename else ''}; {kept}", file=sys.stderr)
+            return EXIT_WRITE
+
+    def _fit(self) -> int:
         """Train to the target under the stop signals, save, then plot and report (rank 0)."""
         trainer = self.trainer
         self.progress = Progress(self.total, self.start)
@@ -408,6 +434,7 @@ class _Run:
                 if outcome == "done" and trainer.is_root:
                     self.final_sample()
                 trainer.save(self.ckpt)
+                self.saved_step = trainer.step
         finally:
             self.progress.close()
         if trainer.is_root:
@@ -470,6 +497,7 @@ class _Run:
 
 
 def cmd_sample(args) -> int:
+    check_sample_memory(args.length, "--length")
     model, _, extra = _load(args.checkpoint)
     vocab = Vocab(extra["vocab"])
     prime = default_prime(vocab) if args.prime is None else args.prime
@@ -506,7 +534,9 @@ def _training_rows(opt_state, extra):
     """``(label, value)`` rows of ``rnncore info`` about the optimizer, the run and its text."""
     rows = []
     if opt_state is not None:
-        rows.append(("optimizer", f"{opt_state.get('type')} (lr {opt_state.get('lr'):g}, "
+        lr = opt_state.get("lr")
+        lr = f"{lr:g}" if isinstance(lr, (int, float)) else repr(lr)
+        rows.append(("optimizer", f"{opt_state.get('type')} (lr {lr}, "
                      f"step {opt_state.get('step')})"))
     if "step" in extra:
         rows.append(("step", extra["step"]))

@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 
 import numpy as np
 
+from ._safe_npz import SafeNpz, config_elements
 from ._version import __version__
 from .module import module_registry, registered_name
 
-__all__ = ["save", "load", "load_checkpoint", "FORMAT_VERSION"]
+__all__ = ["save", "load", "load_checkpoint", "FORMAT_VERSION", "MAX_HEADER_BYTES",
+           "MAX_EXTRA_BYTES"]
 
 #: Version of the file layout written by :func:`save`.
 FORMAT_VERSION = 1
@@ -39,11 +42,26 @@ _META = "__rnncore__"
 _EXTRA = "extra"
 _PARAM = "param/"
 _OPTIM = "optim/"
+#: Largest ``__rnncore__`` header (JSON bytes) and ``extra`` entry a checkpoint may have.
+MAX_HEADER_BYTES = 16 << 20
+MAX_EXTRA_BYTES = 64 << 20
+
+
+def _json_value(obj):
+    """JSON for what configs may hold besides plain values: NumPy scalars as numbers; a
+    ``np.random.Generator`` (a model's ``seed``) as null -- the parameters are saved, the
+    generator's later draws (dropout) are not."""
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (np.random.Generator, np.random.BitGenerator,
+                        np.random.SeedSequence)):
+        return None
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def _json_array(obj, what: str) -> np.ndarray:
     try:
-        text = json.dumps(obj, allow_nan=True)
+        text = json.dumps(obj, allow_nan=True, default=_json_value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be JSON-serialisable: {exc}") from exc
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
@@ -57,6 +75,8 @@ def _from_json_array(arr: np.ndarray, what: str, path: str):
         return json.loads(arr.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path!r}: entry {what!r} is not valid UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path!r}: entry {what!r} is JSON nested too deeply") from None
 
 
 def _atomic_savez(path: str, arrays: dict, compress: bool) -> None:
@@ -147,52 +167,146 @@ def save(path, model, optimizer=None, extra=None, *, compress=False) -> None:
     _atomic_savez(path, arrays, compress)
 
 
-def _read_all(path: str) -> dict:
-    """Every entry of the npz at ``path``, with clear errors for bad files."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(errno.ENOENT, "no such checkpoint file", path)
+def _header(npz: SafeNpz, path: str) -> dict:
+    """The checked ``__rnncore__`` header: types of every field it must have."""
+    if _META not in npz.infos:
+        raise ValueError(f"{path!r} is not an rnncore checkpoint: no {_META!r} entry "
+                         f"(entries: {sorted(npz.infos)[:8]})")
+    dtype, shape, _, nbytes = npz.header(_META)
+    if dtype != np.uint8 or len(shape) != 1:
+        raise ValueError(f"{path!r}: entry {_META!r} must be a 1-D uint8 array of UTF-8 JSON, "
+                         f"got {dtype} {shape}")
+    if nbytes > MAX_HEADER_BYTES:
+        raise ValueError(f"{path!r}: entry {_META!r} is {nbytes} bytes, more than the "
+                         f"{MAX_HEADER_BYTES} a checkpoint header may have")
+    meta = _from_json_array(npz.read(_META), _META, path)
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ValueError(f"{path!r} is not an rnncore checkpoint: bad {_META!r} header")
+    version = meta.get("format_version")
+    if type(version) is not int or version < 1 or version > FORMAT_VERSION:
+        raise ValueError(f"{path!r}: unsupported checkpoint format_version {version!r} "
+                         f"(this rnncore reads 1..{FORMAT_VERSION})")
+    for key in ("class", "config", "params"):
+        if key not in meta:
+            raise ValueError(f"{path!r}: checkpoint header lacks {key!r}")
+    kinds = {"class": (str,), "config": (dict,), "params": (list,),
+             "optimizer": (str, type(None)), "entries": (list,)}
+    for key, types in kinds.items():
+        if key in meta and not isinstance(meta[key], types):
+            raise ValueError(f"{path!r}: bad {_META!r} header: {key!r} is a "
+                             f"{type(meta[key]).__name__}")
+    for key in ("params", "entries"):
+        names = meta.get(key, [])
+        if not all(isinstance(k, str) for k in names) or len(set(names)) != len(names):
+            raise ValueError(f"{path!r}: bad {_META!r} header: {key!r} must be distinct names")
+    return meta
+
+
+def _members(npz: SafeNpz, meta: dict, path: str) -> dict:
+    """``{entry: (dtype, shape, nbytes)}`` of the entries the header lists, from their
+    ``.npy`` headers; unknown members, missing ones and oversized ones are refused."""
+    params = [_PARAM + k for k in meta["params"]]
+    listed = meta.get("entries")
+    if listed is None:  # files written before the header listed its entries
+        listed = params + [k for k in npz.infos if k.startswith(_OPTIM) or k == _EXTRA]
+    if set(listed) & {_META} or not set(params) <= set(listed) or any(
+            not k.startswith((_PARAM, _OPTIM)) and k != _EXTRA for k in listed) or len(
+            [k for k in listed if k.startswith(_PARAM)]) != len(params):
+        raise ValueError(f"{path!r}: bad {_META!r} header: its entries do not match its "
+                         "parameters")
+    unknown = sorted(set(npz.infos) - set(listed) - {_META})
+    if unknown:
+        raise ValueError(f"{path!r}: checkpoint holds entries its header does not list: "
+                         f"{unknown[:8]}")
+    lost = [k for k in listed if k not in npz.infos]
+    if lost:
+        raise ValueError(f"{path!r}: checkpoint is damaged: entries {lost} listed in its "
+                         "header are missing")
+    members = {k: npz.header(k) for k in listed}
+    param_bytes = sum(members[k][3] for k in params)
+    optim_bytes = sum(v[3] for k, v in members.items() if k.startswith(_OPTIM))
+    if optim_bytes > 3 * param_bytes + (1 << 20):
+        raise ValueError(f"{path!r}: optimizer state of {optim_bytes} bytes for "
+                         f"{param_bytes} bytes of parameters (at most 3x + 1 MiB)")
+    if _EXTRA in members and members[_EXTRA][3] > MAX_EXTRA_BYTES:
+        raise ValueError(f"{path!r}: entry {_EXTRA!r} is {members[_EXTRA][3]} bytes, more "
+                         f"than {MAX_EXTRA_BYTES}")
+    return members
+
+
+def _check_config(meta: dict, members: dict, path: str, max_bytes) -> None:
+    """Refuse a config that would build a model much larger than the stored parameters
+    (or, with ``max_bytes``, a checkpoint larger than that), before building anything."""
+    stored = [members[_PARAM + k] for k in meta["params"]]
+    elements = sum(math.prod(shape) for _, shape, _, _ in stored)
     try:
-        npz = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # neither zip nor .npy: numpy would have to unpickle
-        # (numpy's message suggests allow_pickle=True: never advise that for a
-        # file of unknown origin)
-        raise ValueError(f"{path!r} is not an rnncore checkpoint: not an .npz archive") \
-            from None
-    except Exception as exc:  # BadZipFile, EOFError, OSError ...
-        raise ValueError(f"{path!r} is not a readable .npz archive (truncated or corrupted "
-                         f"file?): {type(exc).__name__}: {exc}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!r} is not an rnncore checkpoint: it holds a single .npy "
-                         "array, not an .npz archive")
-    with npz:
-        entries = {}
-        for key in npz.files:
-            try:
-                entries[key] = npz[key]
-            except ValueError as exc:
-                if "pickle" in str(exc) or "Object arrays" in str(exc):
-                    raise ValueError(
-                        f"{path!r}: entry {key!r} is a pickled object array; refusing to "
-                        "load it (checkpoints are read with allow_pickle=False)") from None
-                raise ValueError(f"{path!r}: entry {key!r} is corrupted ({exc})") from None
-            except Exception as exc:  # CRC errors, truncated members, zlib errors
-                raise ValueError(f"{path!r}: entry {key!r} cannot be read (truncated or "
-                                 f"corrupted file?): {type(exc).__name__}: {exc}") from None
-    return entries
+        bound = config_elements(meta["class"], meta["config"])
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path!r}: cannot rebuild {meta['class']} from its config: "
+                         f"{exc}") from None
+    if bound is not None and bound > 2 * elements + 4096:
+        raise ValueError(f"{path!r}: the config of {meta['class']} asks for up to {bound:,} "
+                         f"parameters but the file stores {elements:,}; refusing to build it")
+    need = 2 * sum(m[3] for m in members.values())
+    if max_bytes is not None and need > max_bytes:
+        raise ValueError(f"{path!r}: loading needs about {need:,} bytes (parameters and "
+                         f"their gradients), more than the {max_bytes:,} allowed")
 
 
-def load_checkpoint(path) -> dict:
+def _build(meta: dict, path: str):
+    cls = module_registry.get(meta["class"])
+    if cls is None:
+        raise ValueError(f"{path!r}: unknown model class {meta['class']!r}; import the module "
+                         "that defines (and registers) it before loading")
+    try:
+        return cls(**meta["config"])
+    except Exception as exc:  # includes RecursionError and MemoryError from a hostile config
+        raise ValueError(f"{path!r}: cannot rebuild {meta['class']} from its config "
+                         f"{_short(meta['config'])}: {type(exc).__name__}: {exc}") from None
+
+
+def _short(obj, limit=200) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _load_params(npz: SafeNpz, model, meta: dict, members: dict, path: str) -> None:
+    """Copy the stored parameters into ``model`` one at a time (shapes checked first)."""
+    params = meta["params"]
+    if sorted(params) != sorted(model.params):
+        raise ValueError(f"{path!r}: parameters do not fit {meta['class']}: the file has "
+                         f"{_short(params)}, the model {_short(list(model.params))}")
+    for k in params:
+        dtype, shape, _, _ = members[_PARAM + k]
+        if dtype.kind not in "fiu" or shape != model.params[k].shape:
+            raise ValueError(f"{path!r}: parameters do not fit {meta['class']}: "
+                             f"{k!r} is {dtype} {shape}, expected "
+                             f"{model.params[k].dtype} {model.params[k].shape}")
+    for k in params:
+        value = npz.read(_PARAM + k)
+        with np.errstate(over="ignore"):
+            cast = value.astype(model.params[k].dtype)
+        if not np.array_equal(np.isfinite(cast), np.isfinite(value)):
+            raise ValueError(f"{path!r}: parameter {k!r} overflows {model.params[k].dtype}")
+        model.params[k][...] = cast
+
+
+def load_checkpoint(path, *, max_bytes=None) -> dict:
     """Read a checkpoint written by :func:`save`.
 
     Parameters
     ----------
     path : str or os.PathLike
+    max_bytes : int, optional
+        Refuse a checkpoint whose model (parameters and gradients) and
+        optimizer state would need more memory than this (the CLI passes the
+        available memory).
 
     Returns
     -------
     dict
         ``model``: the rebuilt model (``module_registry[class](**config)``
-        then ``load_state_dict``); ``optimizer_state``: the optimizer's
+        then the stored parameters); ``optimizer_state``: the optimizer's
         state dict (scalars back as Python scalars, ready for
         ``optimizer.load_state_dict``) or None; ``extra``: the saved dict or
         None.
@@ -202,62 +316,50 @@ def load_checkpoint(path) -> dict:
     FileNotFoundError
         When ``path`` does not exist.
     ValueError
-        For a truncated/corrupted file, a file that is not an ``.npz``, an
-        ``.npz`` that is not an rnncore checkpoint (missing entries, unknown
-        class, newer format), or a pickled object array.
+        For anything wrong with the file: truncated/corrupted, not an
+        ``.npz``, not an rnncore checkpoint (missing or unlisted entries,
+        unknown class, newer format, a header of the wrong types), a pickled
+        object array, a config that does not fit the stored parameters, a
+        parameter that overflows the model's dtype.
 
     Notes
     -----
+    Hostile files: only the members the header lists are read (any other
+    member is refused without being decompressed), each only after its
+    ``.npy`` header was checked against the member's size and, for
+    parameters, against the model built from the config; the config of
+    rnncore's own classes must not ask for more than twice the parameters
+    the file stores. So loading needs at most the model itself (parameters
+    and gradients), the optimizer state (at most 3x the parameters),
+    ``extra`` (at most :data:`MAX_EXTRA_BYTES`) and the header (at most
+    :data:`MAX_HEADER_BYTES`), and runs in time linear in those sizes.
+
     The model's class must be registered when loading: import the module
     that defines it first (rnncore's own classes are found on demand, see
     :data:`rnncore.module.module_registry`).
     """
     path = os.fspath(path)
-    entries = _read_all(path)
-    if _META not in entries:
-        raise ValueError(f"{path!r} is not an rnncore checkpoint: no {_META!r} entry "
-                         f"(entries: {sorted(entries)[:8]})")
-    meta = _from_json_array(entries[_META], _META, path)
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise ValueError(f"{path!r} is not an rnncore checkpoint: bad {_META!r} header")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
-        raise ValueError(f"{path!r}: unsupported checkpoint format_version {version!r} "
-                         f"(this rnncore reads 1..{FORMAT_VERSION})")
-    for key in ("class", "config", "params"):
-        if key not in meta:
-            raise ValueError(f"{path!r}: checkpoint header lacks {key!r}")
-    cls = module_registry.get(meta["class"])
-    if cls is None:
-        raise ValueError(f"{path!r}: unknown model class {meta['class']!r}; import the module "
-                         "that defines (and registers) it before loading")
-    try:
-        model = cls(**meta["config"])
-    except Exception as exc:
-        raise ValueError(f"{path!r}: cannot rebuild {meta['class']} from its config "
-                         f"{meta['config']!r}: {exc}") from exc
-    lost = [k for k in meta.get("entries", ()) if k not in entries]
-    if lost:
-        raise ValueError(f"{path!r}: checkpoint is damaged: entries {lost} listed in its "
-                         "header are missing")
-    params = {k[len(_PARAM):]: v for k, v in entries.items() if k.startswith(_PARAM)}
-    missing = [k for k in meta["params"] if k not in params]
-    if missing:
-        raise ValueError(f"{path!r}: checkpoint lacks parameters {missing}")
-    try:
-        model.load_state_dict(params)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"{path!r}: parameters do not fit {meta['class']}: {exc}") from exc
-    optimizer_state = None
-    if meta.get("optimizer") is not None:
-        optimizer_state = {}
-        for k, v in entries.items():
-            if k.startswith(_OPTIM):
-                optimizer_state[k[len(_OPTIM):]] = v.item() if v.ndim == 0 else v
-    extra = _from_json_array(entries[_EXTRA], _EXTRA, path) if _EXTRA in entries else None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no such checkpoint file", path)
+    with SafeNpz(path) as npz:
+        meta = _header(npz, path)
+        members = _members(npz, meta, path)
+        _check_config(meta, members, path, max_bytes)
+        model = _build(meta, path)
+        _load_params(npz, model, meta, members, path)
+        optimizer_state = None
+        if meta.get("optimizer") is not None:
+            optimizer_state = {}
+            for k in members:
+                if k.startswith(_OPTIM):
+                    v = npz.read(k)
+                    optimizer_state[k[len(_OPTIM):]] = v.item() if v.ndim == 0 else v
+        extra = _from_json_array(npz.read(_EXTRA), _EXTRA, path) if _EXTRA in members else None
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"{path!r}: entry {_EXTRA!r} is not a JSON object")
     return {"model": model, "optimizer_state": optimizer_state, "extra": extra}
 
 
-def load(path):
+def load(path, *, max_bytes=None):
     """Load just the model of a checkpoint (see :func:`load_checkpoint`)."""
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path, max_bytes=max_bytes)["model"]

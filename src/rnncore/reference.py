@@ -132,6 +132,54 @@ def _split_gates(a, G):
     return np.split(a, G, axis=-1)
 
 
+def _check_shapes(*named, **sizes):
+    """Raise ValueError naming the argument unless every ``(name, array, letters)`` has one
+    axis per letter and equal letters have equal sizes (``sizes`` fixes some letters;
+    ``K`` is the gates' width G*H). A None array is skipped. Returns the sizes."""
+    for name, a, letters in named:
+        if a is None:
+            continue
+        shape = ", ".join(letters).replace("K", "G*H")
+        shape = f"({shape},)" if len(letters) == 1 else f"({shape})"
+        if a.ndim != len(letters):
+            raise ValueError(f"{name}: expected a {len(letters)}-D array {shape}, "
+                             f"got shape {a.shape}")
+        for letter, n in zip(letters, a.shape):
+            if sizes.setdefault(letter, n) != n:
+                raise ValueError(f"{name}: expected shape {shape} with "
+                                 f"{letter.replace('K', 'G*H')} = {sizes[letter]}, got {a.shape}")
+    return sizes
+
+
+def _check_sequence_args(G, x, h0, Wx, Wh, Wr=None, **more):
+    """The shapes of a sequence forward's x (N, T, D), h0 (N, H), Wx (D, G*H),
+    Wh (H, G*H), and ``more``: biases (G*H,), c0 (N, H). With an LSTM
+    projection ``Wr`` (H, P), h0 and the rows of Wh are P wide."""
+    if Wr is None:
+        n = _check_shapes(("x", x, "NTD"), ("h0", h0, "NH"))
+    else:
+        n = _check_shapes(("x", x, "NTD"), ("h0", h0, "NP"), ("Wr", Wr, "HP"))
+    _check_shapes(("Wx", Wx, "DK"), ("Wh", Wh, ("HK" if Wr is None else "PK")),
+                  *((k, v, "NH" if k == "c0" else "K") for k, v in more.items()),
+                  **n, K=G * n["H"])
+
+
+def _check_grad_args(cache, dh, **finals):
+    """The shapes of a sequence backward's dh (N, T, H) and final-state gradients (N, H)
+    (with an LSTM projection, dh and dhn are (N, T, P) and (N, P), dcn (N, H))."""
+    N, H = cache.h0.shape
+    if getattr(cache, "Wr", None) is None:
+        _check_shapes(("dh", None if dh is None else np.asarray(dh), "NTH"),
+                      *((k, None if v is None else np.asarray(v), "NH")
+                        for k, v in finals.items()),
+                      N=N, T=len(cache.steps), H=H)
+        return
+    _check_shapes(("dh", None if dh is None else np.asarray(dh), "NTP"),
+                  *((k, None if v is None else np.asarray(v), "NH" if k == "dcn" else "NP")
+                    for k, v in finals.items()),
+                  N=N, T=len(cache.steps), P=H, H=cache.Wr.shape[0])
+
+
 def _check_nonlinearity(nonlinearity):
     if nonlinearity not in _NONLINEARITIES:
         raise ValueError(
@@ -366,6 +414,7 @@ def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
     _check_nonlinearity(nonlinearity)
     dtype = _float_dtype(x, h0, Wx, Wh, b)
     x, h0, Wx, Wh, b = _as(dtype, x, h0, Wx, Wh, b)
+    _check_sequence_args(1, x, h0, Wx, Wh, b=b)
     N, T, _ = x.shape
     H = h0.shape[1]
 
@@ -413,6 +462,7 @@ def rnn_backward(dh, cache, dhn=None):
     N, H = h0.shape
     D = Wx.shape[0]
     T = len(cache.steps)
+    _check_grad_args(cache, dh, dhn=dhn)
     (dh,) = _as(dtype, dh)
 
     dx = np.zeros((N, T, D), dtype=dtype)
@@ -848,6 +898,7 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     """
     dtype = _float_dtype(x, h0, Wx, Wh, bx, bh)
     x, h0, Wx, Wh, bx, bh = _as(dtype, x, h0, Wx, Wh, bx, bh)
+    _check_sequence_args(3, x, h0, Wx, Wh, bx=bx, bh=bh)
     N, T, _ = x.shape
     H = h0.shape[1]
 
@@ -895,6 +946,7 @@ def gru_backward(dh, cache, dhn=None):
     N, H = h0.shape
     D = Wx.shape[0]
     T = len(cache.steps)
+    _check_grad_args(cache, dh, dhn=dhn)
     (dh,) = _as(dtype, dh)
 
     dx = np.zeros((N, T, D), dtype=dtype)
@@ -1166,6 +1218,8 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None, Wr=None):
     arrays = (x, h0, Wx, Wh, b) if c0 is None else (x, h0, Wx, Wh, b, c0)
     dtype = _float_dtype(*arrays)
     x, h0, Wx, Wh, b = _as(dtype, x, h0, Wx, Wh, b)
+    _check_sequence_args(4, x, h0, Wx, Wh, None if Wr is None else np.asarray(Wr), b=b,
+                         **({} if c0 is None else {"c0": np.asarray(c0)}))
     N, T, _ = x.shape
     H = np.shape(Wh)[1] // 4           # the cell's width (h0's is P with a projection)
     c0 = np.zeros((N, H), dtype=dtype) if c0 is None else np.asarray(c0, dtype=dtype)
@@ -1224,6 +1278,7 @@ def lstm_backward(dh, cache, dhn=None, dcn=None):
     H = Wh.shape[1] // 4
     D = Wx.shape[0]
     T = len(cache.steps)
+    _check_grad_args(cache, dh, dhn=dhn, dcn=dcn)
     (dh,) = _as(dtype, dh)
 
     dx = np.zeros((N, T, D), dtype=dtype)

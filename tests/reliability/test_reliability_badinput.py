@@ -204,15 +204,6 @@ def _relu_nan_mismatch(name, nonlin, h):
     return name.startswith("rnn") and nonlin == "relu" and not np.all(np.isfinite(h))
 
 
-def _straddle_bug(outs, ref_dwh):
-    """Non-finite values in a batch-major sequence with N, T > 1 (bug: batch-major dWh
-    turns the straddling pair's inf into NaN, see below)."""
-    h = np.asarray(outs[0])
-    if h.ndim != 3 or h.shape[0] < 2 or h.shape[1] < 2:
-        return False
-    return not (all(np.all(np.isfinite(o)) for o in outs) and np.all(np.isfinite(ref_dwh)))
-
-
 def _call_forward(name, fn, args, nonlin):
     spec = SPECS[name]
     pos = [args[a] for a in spec["args"]]
@@ -292,18 +283,11 @@ def _run_functional(case):
     assert_no_alias(grads, bsnap.inputs() + list(outs), bapi)
     rgrads = _call_backward(name, bref, douts, rcache, extra)
     assert len(grads) == len(rgrads)
-    skip = set()
-    i_dwh = {"rnn": 3, "gru": 3, "lstm": 4}.get(name)
-    if i_dwh is not None and _straddle_bug(outs, rgrads[i_dwh]):
-        skip.add(i_dwh)  # KNOWN BUG: see test_dWh_ignores_pairs_straddling_two_rows
-        count(bapi, "known_bug_skipped_dWh")
     loose_nan = _relu_nan_mismatch(name, case["nonlin"], outs[0])
     if loose_nan:
         count(bapi, "known_mismatch_relu_nan")
-    for i, (g, r) in enumerate(zip(grads, rgrads)):
+    for g, r in zip(grads, rgrads):
         assert g.dtype == dt
-        if i in skip:
-            continue
         if loose_nan:  # compare where both are finite
             both = np.isfinite(g) & np.isfinite(r)
             g, r = np.where(both, g, 0), np.where(both, r, 0)
@@ -437,11 +421,6 @@ def test_rnn_step_forward_names_prev_h(bad):
     assert str(ei.value).startswith("prev_h"), str(ei.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in batch-major layout (the functional API, models "
-                   "with batch_first=True) dWh is one shifted GEMM minus the pairs that straddle "
-                   "two sequences, (h[n-1, T-1], dz[n, 0]); when that product is inf/NaN the "
-                   "subtraction leaves NaN where the true dWh is finite or +-inf (time-major "
-                   "models give the right value)")
 @pytest.mark.parametrize("where", ["functional", "model_batch_first"])
 @pytest.mark.parametrize("case", ["rnn_relu_inf_last_state", "rnn_relu_nan_last_state",
                                   "lstm_inf_c0_of_next_row"])
@@ -696,13 +675,7 @@ def _run_model(case):
     cmp(dx_tnd, rdx, f"{bapi} dx")
     for d, r in zip(dsts, rds):
         cmp(d, r, f"{bapi} dstate0")
-    straddle = case["bf"] and not (np.all(np.isfinite(ro)) and all(
-        np.all(np.isfinite(g)) for g in rg.values()))
     for k, g in rg.items():
-        if straddle and k.startswith("weight_hh"):
-            # KNOWN BUG: see test_dWh_ignores_pairs_straddling_two_rows
-            count(bapi, "known_bug_skipped_dWh")
-            continue
         cmp(m.grads[k], g, f"{bapi} grads[{k}]")
     count(bapi, "ok")
 
@@ -1349,3 +1322,101 @@ def test_kernel_entry_points_never_crash_subprocess(tmp_path):
             count("_kernels.*.forward/backward (subprocess fuzz)", "ok")
         for _ in range(err):
             count("_kernels.*.forward/backward (subprocess fuzz)", "error")
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+@pytest.mark.parametrize("special", [np.inf, -np.inf, np.nan, 1e300])
+@pytest.mark.parametrize("lengths", [None, [5, 3, 5, 2]])
+def test_batch_first_weight_grads_equal_time_major_with_non_finite_values(cls, special,
+                                                                         lengths):
+    """batch_first=True (the straddle-corrected dWh, both directions) gives the weight
+    gradients of batch_first=False (no straddling pairs) -- same NaN/inf pattern, finite
+    parts close -- when sequences end or start with inf/NaN/huge values."""
+    rng = np.random.default_rng(7)
+    kw = dict(nonlinearity="relu") if cls == "RNN" else {}
+    T, N, D, H = 5, 4, 3, 3
+    x = rng.standard_normal((T, N, D))
+    last = [T - 1] * N if lengths is None else [n - 1 for n in lengths]
+    x[last[1], 1] = special          # row 1 ends with it (the forward straddle's h)
+    x[0, 2, 0] = special             # row 2 starts with it (the reverse straddle's h)
+    dout = rng.standard_normal((T, N, 2 * H))
+    grads = []
+    for bf in (False, True):
+        m = getattr(rnncore, cls)(D, H, bidirectional=True, batch_first=bf, dtype=np.float64,
+                                  seed=3, **kw)
+        xb = x.transpose(1, 0, 2).copy() if bf else x
+        out, _ = m(xb, lengths=lengths)
+        m.backward(dout.transpose(1, 0, 2).copy() if bf else dout)
+        grads.append(m.grads)
+    for k in grads[0]:
+        assert_matches(grads[1][k], grads[0][k], np.float64, f"{cls} {k}")
+
+
+INT_MAX_PROBE = r"""
+import sys, numpy as np
+from numpy.lib.stride_tricks import as_strided
+from rnncore._kernels import rnn as K
+buf = np.zeros(64)
+LD = 2**32 + 1                # wraps to 1 as a 32-bit int: BLAS would accept it, wrongly
+T, N, D, H = 2, 2, 1, 2
+ok = lambda *s: np.zeros(s)
+cases = {
+    # time-major x whose rows are LD elements apart (never read: refused first)
+    "x": lambda: K.forward(as_strided(buf, (T, N, D), (N * LD * 8, LD * 8, 8)), ok(N, H),
+                           ok(D, H), ok(H, H), ok(H), np.empty((T, N, H))),
+    "Wx": lambda: K.forward(ok(T, N, 2), ok(N, H), as_strided(buf, (2, H), (LD * 8, 8)),
+                            ok(H, H), ok(H), np.empty((T, N, H))),
+    "Wh": lambda: K.forward(ok(T, N, D), ok(N, H), ok(D, H),
+                            as_strided(buf, (H, H), (LD * 8, 8)), ok(H), np.empty((T, N, H))),
+    "h": lambda: K.forward(ok(T, N, D), ok(N, H), ok(D, H), ok(H, H), ok(H),
+                           as_strided(np.zeros(64), (T, N, H), (N * LD * 8, LD * 8, 8))),
+}
+for name, call in cases.items():
+    try:
+        call()
+        print(name, "ACCEPTED")
+    except ValueError as e:
+        print(name, "ValueError", str(e).split(":")[0], "INT_MAX" in str(e))
+"""
+
+
+def test_blas_sizes_past_int_max_raise_value_error():
+    """Issue 17 item 5: a BLAS size or leading dimension past INT_MAX is refused at the
+    entry point (before nogil) instead of wrapping in _blas.pxd's int casts. Run in a
+    child: without the guard the kernel would read the views' far-away elements."""
+    r = subprocess.run([sys.executable, "-c", INT_MAX_PROBE], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    lines = r.stdout.split("\n")
+    for name in ("x", "Wx", "Wh", "h"):
+        assert f"{name} ValueError {name} True" in lines, r.stdout
+    count("kernels (BLAS size > INT_MAX)", "error")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_reference_checks_its_arguments_like_the_kernels(cell):
+    """Issue 17 item 7: the specification refuses what the kernels refuse, naming the
+    argument (a 1-D h0 gave IndexError; a dh of T+1 steps was accepted)."""
+    rng = np.random.default_rng(0)
+    N, T, D, H = 2, 3, 4, 5
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
+    Wx, Wh = rng.standard_normal((D, G * H)), rng.standard_normal((H, G * H))
+    biases = [np.zeros(G * H)] * (2 if cell == "gru" else 1)
+    fwd, bwd = getattr(R, f"{cell}_forward"), getattr(R, f"{cell}_backward")
+    bad_calls = {
+        "h0": lambda: fwd(x, h0[0], Wx, Wh, *biases),
+        "x": lambda: fwd(x[0], h0, Wx, Wh, *biases),
+        "Wh": lambda: fwd(x, h0, Wx, Wh[:, :-1], *biases),
+        "Wx": lambda: fwd(x, h0, Wx[1:], Wh, *biases),
+    }
+    for name, call in bad_calls.items():
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            call()
+    cache = fwd(x, h0, Wx, Wh, *biases)[-1]
+    for name, kw in (("dh", dict(dh=np.ones((N, T + 1, H)))),
+                     ("dh", dict(dh=np.ones((N, T, H + 1)))),
+                     ("dhn", dict(dh=np.ones((N, T, H)), dhn=np.ones((N + 1, H))))):
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            bwd(cache=cache, **kw)
+    count(f"reference.{cell}_forward/backward (bad shapes)", "error")

@@ -91,8 +91,46 @@ def restore_training_state(trainer, extra) -> None:
     trainer.corpus_changed = trainer.corpus.sha256 != extra["corpus"]["sha256"]
 
 
-def load_charlm(path, need_training_state=False):
+#: the types of the ``extra`` entries a Trainer writes (checked when loading)
+_EXTRA_TYPES = {"charlm_version": int, "step": int, "train_config": dict, "corpus": dict,
+                "carry": (list, dict, type(None)), "sample_rng": dict, "history": dict,
+                "skipped": int, "target_steps": (int, type(None)), "chars_seen": int,
+                "train_seconds": (int, float)}
+
+
+def _is(value, types) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and types is int)
+
+
+def _check_extra(extra, where) -> None:
+    """ValueError unless ``extra`` has the types :func:`training_state` writes."""
+    from .data import Vocab
+    try:
+        Vocab(extra["vocab"])
+    except ValueError as exc:
+        raise ValueError(f"{where} has a bad vocabulary: {exc}") from None
+    for key, types in _EXTRA_TYPES.items():
+        if key in extra and not _is(extra[key], types):
+            raise ValueError(f"{where}: training state {key!r} is a "
+                             f"{type(extra[key]).__name__}")
+    hist = extra.get("history", {})
+    losses, val = hist.get("train_loss", []), hist.get("val", [])
+    if not (isinstance(losses, list) and all(_is(v, (int, float)) for v in losses)
+            and isinstance(val, list) and all(
+                isinstance(p, list) and len(p) == 2 and _is(p[0], int)
+                and _is(p[1], (int, float)) for p in val)):
+        raise ValueError(f"{where}: training state 'history' is malformed")
+    corpus = extra.get("corpus", {})
+    if not (_is(corpus.get("chars", 0), int) and isinstance(corpus.get("sources", []), list)
+            and all(isinstance(s, str) for s in corpus.get("sources", []))
+            and isinstance(corpus.get("kind", ""), str)):
+        raise ValueError(f"{where}: training state 'corpus' is malformed")
+
+
+def load_charlm(path, need_training_state=False, max_bytes=None):
     """Load a CharLM checkpoint: ``(model, optimizer_state, extra)``.
+
+    ``max_bytes`` is passed on to :func:`rnncore.io.load_checkpoint`.
 
     Raises
     ------
@@ -100,15 +138,17 @@ def load_charlm(path, need_training_state=False):
         When ``path`` does not exist.
     ValueError
         When it is not a readable rnncore checkpoint, or not one of a
-        :class:`CharLM` (with a vocabulary; and, with
+        :class:`CharLM` (with a sorted vocabulary and a training state of
+        the types :func:`training_state` writes; and, with
         ``need_training_state``, the training state to resume).
     """
-    ck = _io.load_checkpoint(path)
+    ck = _io.load_checkpoint(path, max_bytes=max_bytes)
     model, extra = ck["model"], ck["extra"]
     if not isinstance(model, CharLM):
         raise ValueError(f"{os.fspath(path)!r} holds a {type(model).__name__}, not a CharLM")
     if not isinstance(extra, dict) or not isinstance(extra.get("vocab"), str):
         raise ValueError(f"{os.fspath(path)!r} has no character vocabulary")
+    _check_extra(extra, repr(os.fspath(path)))
     if len(extra["vocab"]) != model.vocab_size:
         raise ValueError(f"{os.fspath(path)!r}: vocabulary of {len(extra['vocab'])} characters "
                          f"for a model of {model.vocab_size}")

@@ -12,8 +12,10 @@
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
+import stat
 import sysconfig
 from dataclasses import dataclass, field
 
@@ -193,35 +195,59 @@ def stdlib_corpus(max_chars=DEFAULT_MAX_CHARS, stdlib_dir=None, modules=DEFAULT_
     return Corpus(_cap(parts, max_chars), "stdlib", sources, max_chars)
 
 
-def _is_text_file(path: str) -> bool:
+def _is_regular(path: str) -> bool:
+    """A regular file (after symlinks): never a FIFO, device or socket, which could block
+    or never end."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
-    if b"\0" in data:
-        return False
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
-def _read_file(path: str) -> str:
+def _read_file(path: str, max_chars=None) -> str:
+    """The UTF-8 text of the regular file ``path``: its first ``max_chars`` characters at most
+    (so at most ``4 max_chars + 4`` bytes are read)."""
+    if not _is_regular(path):
+        raise CorpusError(f"{path!r} is not a regular file")
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read() if max_chars is None else f.read(4 * max_chars + 4)
+            more = max_chars is not None and bool(f.read(1))
     except OSError as exc:
         raise CorpusError(f"cannot read text file {path!r}: {exc.strerror or exc}") from None
     if b"\0" in data[:65536]:
         raise CorpusError(f"{path!r} looks like a binary file, not text")
-    try:
-        text = data.decode("utf-8")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:  # a cut file may end inside a character: keep only whole characters
+        text = decoder.decode(data, final=not more)
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
                           f"offset {exc.start})") from None
-    return _normalise_newlines(text)
+    text = _normalise_newlines(text)
+    return text if max_chars is None else text[:max_chars]
+
+
+def _folder_texts(folder: str, max_chars) -> list:
+    """``[(path, text)]`` of the non-empty UTF-8 regular files in ``folder`` (recursively,
+    sorted; hidden entries and ``__pycache__`` skipped), until ``max_chars`` are read."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+    texts, total = [], 0
+    for f in sorted(found):
+        if not _is_regular(f):
+            continue
+        try:
+            t = _read_file(f, None if max_chars is None else max_chars - total)
+        except CorpusError:  # binary or not UTF-8
+            continue
+        if t:
+            texts.append((f, t))
+            total += len(t) + 1
+        if max_chars is not None and total >= max_chars:
+            break
+    return texts
 
 
 def read_texts(paths, max_chars=None) -> Corpus:
@@ -232,38 +258,34 @@ def read_texts(paths, max_chars=None) -> Corpus:
     paths : sequence of str
         Files are read as UTF-8; a folder contributes all its text files
         (recursively, sorted by path; hidden entries, ``__pycache__`` and
-        binary or non-UTF-8 files are skipped).
+        binary or non-UTF-8 files are skipped). Only regular files are read
+        (a FIFO, device or socket given as a file is refused, in a folder
+        skipped), so reading cannot block or run without end.
     max_chars : int, optional
-        Cap on the total size.
+        Cap on the total size; reading stops there (at most ``4 max_chars + 4``
+        bytes are read from a file).
 
     Raises
     ------
     CorpusError
-        For a missing path, an empty or binary file, a folder without text
-        files, or an empty total.
+        For a missing path, a path that is not a regular file or folder, an
+        empty or binary file, a folder without text files, or an empty total.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     parts, sources = [], []
     for p in paths:
         p = os.fspath(p)
+        left = None if max_chars is None else max(1, max_chars - sum(len(t) + 1 for t in parts))
         if os.path.isdir(p):
-            found = []
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames
-                                     if not d.startswith(".") and d != "__pycache__")
-                found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                          if not f.startswith(".")]
-            found = [f for f in sorted(found) if _is_text_file(f)]
-            texts = [(f, _read_file(f)) for f in found]
-            texts = [(f, t) for f, t in texts if t]
+            texts = _folder_texts(p, left)
             if not texts:
                 raise CorpusError(f"no non-empty UTF-8 text files in folder {p!r}")
             for f, t in texts:
                 parts.append(t)
                 sources.append(os.path.abspath(f))
         elif os.path.exists(p):
-            text = _read_file(p)
+            text = _read_file(p, left)
             if not text:
                 raise CorpusError(f"text file {p!r} is empty")
             parts.append(text)

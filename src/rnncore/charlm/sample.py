@@ -25,7 +25,10 @@ def _draw(logits, temperature, rng) -> int:
     z = np.asarray(logits, dtype=np.float64)
     if temperature <= 0:
         return int(np.argmax(z))
-    z = z / temperature
+    with np.errstate(over="ignore"):
+        z = z / temperature
+    if not np.isfinite(z.max()):  # a temperature so small the logits overflow: its limit
+        return int(np.argmax(logits))
     p = np.exp(z - z.max())
     c = np.cumsum(p)
     return min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), z.shape[0] - 1)
@@ -58,9 +61,23 @@ def generate(model, vocab, length, temperature=1.0, prime="", seed=None) -> str:
     Raises
     ------
     ValueError
-        When ``prime`` has characters outside the vocabulary.
+        When ``prime`` has characters outside the vocabulary, ``length`` is not
+        an integer >= 0, ``temperature`` is negative or ``seed`` is not a seed.
+
+    Notes
+    -----
+    A temperature so small that ``logits / temperature`` overflows draws the
+    most likely character, the limit of the distribution as the temperature
+    goes to 0.
     """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise ValueError(f"length must be an integer >= 0, got {length!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    try:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"seed: {exc}") from None
     if prime:
         ids = vocab.encode(prime)
     else:
