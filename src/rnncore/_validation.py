@@ -32,6 +32,22 @@ def expected(name: str, what: str, given: str, must: bool = False) -> str:
     return f"{name}: expected {what}, got {given}"
 
 
+def rng_from_seed(seed, name: str = "seed") -> np.random.Generator:
+    """``np.random.default_rng(seed)``, with a message naming ``name`` for a bad seed.
+
+    Accepted: None, a non-negative integer (Python or NumPy), a
+    ``np.random.SeedSequence`` or a ``np.random.Generator`` (used as is).
+    """
+    if seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence)):
+        return np.random.default_rng(seed)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(expected(name, "None, a non-negative integer or a numpy Generator",
+                                 type(seed).__name__))
+    if seed < 0:
+        raise ValueError(expected(name, "a non-negative integer", repr(seed)))
+    return np.random.default_rng(int(seed))
+
+
 def as_float(a, name: str, dtype=None, owner=None) -> np.ndarray:
     """``a`` as a float32/float64 ndarray (no copy when it already is one).
 

@@ -58,7 +58,7 @@ class _CellBase(Module):
         if self.dtype not in V.FLOAT_DTYPES:
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
         self.seed = seed
-        rng = np.random.default_rng(seed)
+        rng = V.rng_from_seed(seed)
         H, GH = self.hidden_size, self.G * self.hidden_size
         bound = 1.0 / np.sqrt(H)
         shapes = [("weight_ih", (GH, self.input_size)), ("weight_hh", (GH, H))]

@@ -58,7 +58,7 @@ class _RNNBase(Module):
         if self.dtype not in V.FLOAT_DTYPES:
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self._rng = V.rng_from_seed(seed)
         self._init_transient()
         self.reset_parameters()
 

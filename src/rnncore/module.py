@@ -346,7 +346,9 @@ class Module:
         KeyError
             With ``strict=True``, when a key is missing or unexpected.
         ValueError
-            When a value has the wrong shape or is not numeric.
+            When a value has the wrong shape, is not numeric or not rectangular,
+            or holds finite values the module's dtype cannot represent (float64
+            1e300 into a float32 model: refused rather than turned into inf).
         """
         if not hasattr(state_dict, "keys"):
             raise TypeError(
@@ -366,7 +368,10 @@ class Module:
             v = state_dict[k]
             if hasattr(v, "detach") and hasattr(v, "cpu"):  # a torch tensor
                 v = v.detach().cpu().numpy()
-            v = np.asarray(v)
+            try:
+                v = np.asarray(v)
+            except ValueError as e:  # a ragged nested list
+                raise ValueError(f"state_dict[{k!r}] is not a rectangular array: {e}") from None
             if v.dtype.kind not in "fiu":
                 raise ValueError(
                     f"state_dict[{k!r}] must be a real numeric array, got dtype {v.dtype}"
@@ -375,6 +380,12 @@ class Module:
                 raise ValueError(
                     f"state_dict[{k!r}] has shape {v.shape}, expected {p.shape}"
                 )
+            if v.dtype.kind == "f" and v.dtype.itemsize > p.dtype.itemsize:
+                with np.errstate(over="ignore"):
+                    overflow = np.isfinite(v) & ~np.isfinite(v.astype(p.dtype))
+                if overflow.any():
+                    raise ValueError(f"state_dict[{k!r}] holds values outside the "
+                                     f"{p.dtype} range (e.g. {v[overflow].flat[0]!r})")
             staged[k] = v
         for k, v in staged.items():  # all checked first: no half-loaded model
             self.params[k][...] = v

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from ._validation import (as_index, as_real, blas_matmul, check_dtype, check_last_dim,
-                          positive_int)
+                          positive_int, rng_from_seed)
 from .module import Module, check_device, module_registry, register_module
 
 __all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
@@ -90,7 +90,7 @@ class Embedding(Module):
         self.embedding_dim = positive_int(embedding_dim, "embedding_dim")
         self.dtype = check_dtype(dtype, must=True)
         self.seed = seed
-        rng = np.random.default_rng(seed)
+        rng = rng_from_seed(seed)
         self._add_param("weight", rng.standard_normal(
             (self.num_embeddings, self.embedding_dim)).astype(self.dtype))
         self._idx = None
@@ -194,7 +194,7 @@ class Linear(Module):
         self.bias = bool(bias)
         self.dtype = check_dtype(dtype, must=True)
         self.seed = seed
-        rng = np.random.default_rng(seed)
+        rng = rng_from_seed(seed)
         k = 1.0 / math.sqrt(self.in_features)
         self._add_param("weight", rng.uniform(
             -k, k, (self.out_features, self.in_features)).astype(self.dtype))
@@ -308,7 +308,7 @@ class Dropout(Module):
             raise ValueError(f"p must be a probability in [0, 1], got {p}")
         self.p = p
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.rng = rng_from_seed(seed)
         self._mask = None
 
     _transient = ("_mask",)
