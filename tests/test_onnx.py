@@ -29,7 +29,21 @@ ORT_TOL = dict(rtol=1e-5, atol=1e-5)
 REF64_TOL = dict(rtol=1e-10, atol=1e-12)
 DIRECTIONS = [(False, "concat"), (True, "concat"), (True, "sum"), (True, "mul"), (True, "ave")]
 DIR_IDS = ["uni", "bi-concat", "bi-sum", "bi-mul", "bi-ave"]
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+#: "gru_rb" is GRU(reset_after=False), exported as linear_before_reset=0
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_rb", "lstm"]
+
+
+def _make(cell, **kw):
+    """make_model, with "gru_rb" the reset-before GRU."""
+    if cell == "gru_rb":
+        return make_model("gru", D, H, reset_after=False, **kw)
+    return make_model(cell, D, H, **kw)
+
+
+def _lbr(proto):
+    """linear_before_reset of each GRU node."""
+    return [onnx.helper.get_attribute_value(a) for n in proto.graph.node if n.op_type == "GRU"
+            for a in n.attribute if a.name == "linear_before_reset"]
 
 
 def _inputs(model, rng, lengths, initial_states):
@@ -91,9 +105,11 @@ def test_export_matches_onnxruntime_and_round_trips(cell, num_layers, bidirectio
                                                     merge_mode, rng):
     """Every batch_first x lengths x initial-states variant, float32, in ONNX Runtime."""
     for batch_first, lengths, initial in itertools.product([False, True], repeat=3):
-        model = make_model(cell, D, H, num_layers=num_layers, bidirectional=bidirectional,
-                           merge_mode=merge_mode, batch_first=batch_first, seed=3)
+        model = _make(cell, num_layers=num_layers, bidirectional=bidirectional,
+                      merge_mode=merge_mode, batch_first=batch_first, seed=3)
         proto = ronnx.export(model, None, lengths=lengths, initial_states=initial)
+        if cell.startswith("gru"):
+            assert _lbr(proto) == [int(cell == "gru")] * num_layers
         x, lens, states = _inputs(model, rng, lengths, initial)
         want = _model_outputs(model, x, lens, states)
         got = _run_ort(proto, _feeds(x, lens, states))
@@ -106,13 +122,16 @@ def test_export_matches_onnxruntime_and_round_trips(cell, num_layers, bidirectio
 @pytest.mark.parametrize("cell,num_layers,bidirectional,merge_mode,batch_first", [
     ("lstm", 2, True, "concat", False), ("gru", 2, True, "ave", True),
     ("rnn_tanh", 1, True, "mul", False), ("rnn_tanh", 2, False, "concat", True),
-    ("lstm", 1, True, "sum", True), ("gru", 1, False, "concat", False)])
+    ("lstm", 1, True, "sum", True), ("gru", 1, False, "concat", False),
+    ("gru_rb", 1, False, "concat", False), ("gru_rb", 2, True, "concat", True),
+    ("gru_rb", 1, True, "sum", False), ("gru_rb", 2, True, "mul", False),
+    ("gru_rb", 1, True, "ave", True)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_export_matches_reference_evaluator(cell, num_layers, bidirectional, merge_mode,
                                             batch_first, dtype, rng):
     from onnx.reference import ReferenceEvaluator
-    model = make_model(cell, D, H, num_layers=num_layers, bidirectional=bidirectional,
-                       merge_mode=merge_mode, batch_first=batch_first, dtype=dtype, seed=5)
+    model = _make(cell, num_layers=num_layers, bidirectional=bidirectional,
+                  merge_mode=merge_mode, batch_first=batch_first, dtype=dtype, seed=5)
     proto = ronnx.export(model, None, initial_states=True)
     x, _, states = _inputs(model, rng, False, True)
     want = _model_outputs(model, x, None, states)
@@ -121,16 +140,31 @@ def test_export_matches_reference_evaluator(cell, num_layers, bidirectional, mer
     _same_state_dict(ronnx.load(proto).state_dict(), model.state_dict())
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "gru_rb", "lstm"])
 def test_a_swapped_gate_is_caught(cell, rng, monkeypatch):
     """The tolerance is sensitive: exporting with two gate blocks swapped fails it."""
-    model = make_model(cell, D, H, bidirectional=True, seed=0)
+    model = _make(cell, bidirectional=True, seed=0)
     x, _, _ = _inputs(model, rng, False, False)
     want = _model_outputs(model, x, None, [])
-    wrong = {"gru": (0, 1, 2), "lstm": (0, 1, 3, 2)}[cell]  # GRU r<->z; LSTM f<->g
-    monkeypatch.setitem(_layout.TORCH_BLOCK_OF_ONNX, cell.upper(), wrong)
+    wrong = {"gru": (0, 1, 2), "lstm": (0, 1, 3, 2)}[cell[:4].rstrip("_")]  # r<->z; f<->g
+    monkeypatch.setitem(_layout.TORCH_BLOCK_OF_ONNX, cell[:4].rstrip("_").upper(), wrong)
     got = _run_ort(ronnx.export(model, None), {"x": x})
     assert np.abs(got[0] - want[0]).max() > 1e3 * ORT_TOL["atol"]
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_the_wrong_linear_before_reset_is_caught(reset_after, rng):
+    """linear_before_reset is checked by the outputs: flipping it fails the tolerance
+    (a bias of 0.5 makes b_hn inside or outside the reset product matter)."""
+    model = rnncore.GRU(D, H, reset_after=reset_after, seed=0)
+    model.load_state_dict({k: v + 0.5 if k.startswith("bias") else v
+                           for k, v in model.state_dict().items()})
+    x, _, _ = _inputs(model, rng, False, False)
+    proto = ronnx.export(model, None)
+    assert _lbr(proto) == [int(reset_after)]
+    _set_attr(_cell_node(proto), linear_before_reset=int(not reset_after))
+    got = _run_ort(proto, {"x": x})
+    assert np.abs(got[0] - _model_outputs(model, x, None, [])[0]).max() > 1e3 * ORT_TOL["atol"]
 
 
 def test_export_writes_a_file_and_checks_arguments(tmp_path):
@@ -151,8 +185,8 @@ def test_export_writes_a_file_and_checks_arguments(tmp_path):
 
 
 def test_bias_false_and_other_opsets_round_trip(rng):
-    for cell, opset in (("lstm", 14), ("gru", 18), ("rnn_tanh", 20)):
-        model = make_model(cell, D, H, num_layers=2, bias=False, seed=1)
+    for cell, opset in (("lstm", 14), ("gru", 18), ("gru_rb", 14), ("rnn_tanh", 20)):
+        model = _make(cell, num_layers=2, bias=False, seed=1)
         proto = ronnx.export(model, None, opset=opset, lengths=True)
         assert all(len(n.input) < 4 or n.input[3] == "" for n in proto.graph.node
                    if n.op_type in ("RNN", "GRU", "LSTM"))
@@ -254,12 +288,37 @@ def _set_attr(node, **attrs):
         node.attribute.append(onnx.helper.make_attribute(k, v))
 
 
-def test_load_refusals_name_the_node():
-    p = _exported(rnncore.GRU)
-    _set_attr(_cell_node(p), linear_before_reset=0)
-    with pytest.raises(NotImplementedError,
-                       match=r"GRU node 'GRU_l0'.*needs rnncore.GRU\(reset_after=False\)"):
+def test_export_refuses_projected_lstm():
+    """ONNX's LSTM op has no projection: refused, naming proj_size and why."""
+    for kw in (dict(), dict(num_layers=2, bidirectional=True)):
+        model = rnncore.LSTM(D, H, proj_size=2, seed=0, **kw)
+        with pytest.raises(NotImplementedError, match=r"LSTM\(proj_size=2\) cannot be "
+                                                      r"exported: ONNX's LSTM op has no "
+                                                      "projection"):
+            ronnx.export(model, None)
+
+
+def test_load_linear_before_reset_of_foreign_and_mixed_graphs():
+    """linear_before_reset=0 without rnncore's metadata is a GRU(reset_after=False); with
+    metadata that says otherwise, or with layers that disagree, it is refused."""
+    p = _exported(rnncore.GRU, num_layers=2)
+    for node in p.graph.node:
+        if node.op_type == "GRU":
+            _set_attr(node, linear_before_reset=0)
+    with pytest.raises(ValueError, match="metadata says reset_after=True, its nodes say False"):
         ronnx.load(p)
+    del p.metadata_props[:]
+    model = ronnx.load(p)
+    assert type(model) is rnncore.GRU and not model.reset_after and model.num_layers == 2
+    _set_attr([n for n in p.graph.node if n.op_type == "GRU"][1], linear_before_reset=1)
+    with pytest.raises(ValueError, match=r"GRU node 'GRU_l1': linear_before_reset 1 differs"):
+        ronnx.load(p)
+    _set_attr(_cell_node(p), linear_before_reset=2)
+    with pytest.raises(ValueError, match=r"GRU node 'GRU_l0': linear_before_reset=2"):
+        ronnx.load(p)
+
+
+def test_load_refusals_name_the_node():
 
     cases = [
         (dict(direction="reverse"), r"LSTM node 'LSTM_l0': direction 'reverse'"),

@@ -14,8 +14,14 @@ Gate orders (the reordering is done in one place, :mod:`rnncore.onnx._layout`)::
     PyTorch / rnncore   LSTM i, f, g, o    GRU r, z, n    biases b_ih, b_hh
     ONNX                LSTM i, o, f, c    GRU z, r, h    B = [Wb, Rb]
 
-PyTorch's GRU applies the reset gate after the recurrent product (``b_hn``
-inside it): ONNX's ``linear_before_reset=1``.
+PyTorch's GRU (``rnncore.GRU``'s default ``reset_after=True``) applies the
+reset gate after the recurrent product (``b_hn`` inside it): ONNX's
+``linear_before_reset=1``. ``rnncore.GRU(reset_after=False)`` (reset before
+it, Cho et al. 2014, Keras's ``reset_after=False``) is ONNX's default
+``linear_before_reset=0``; ``export`` and ``load`` map one to the other.
+
+``LSTM(proj_size=P)`` is not exported (``NotImplementedError``): ONNX's LSTM
+op has no projection.
 """
 try:
     import onnx as _onnx  # noqa: F401

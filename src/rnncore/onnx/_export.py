@@ -4,6 +4,7 @@ The graph, for L layers and dirs = 1 or 2 directions (time-major names)::
 
     x (T, N, D)                       [Transpose from (N, T, D) if batch_first]
     layer k: RNN/GRU/LSTM node, direction forward|bidirectional, layout 0
+             (GRU: linear_before_reset = 1 if reset_after else 0)
         X (T, N, D_k) -> Y (T, dirs, N, H), Y_h (dirs, N, H) [, Y_c]
         Y -> Transpose (T, N, dirs, H) -> Reshape (T, N, dirs*H)   (PyTorch's concat)
     last layer, merge_mode sum/mul/ave: Gather both directions -> Add / Mul / Add*0.5
@@ -70,13 +71,21 @@ def _cell_attrs(model, cell, nd):
         return {"activations": [act] * nd}
     attrs = {"activations": [a.capitalize() for a in DEFAULT_ACTIVATIONS[cell]] * nd}
     if cell == "GRU":
-        # PyTorch's GRU (reset after the recurrent product) is linear_before_reset=1;
-        # a reset-before rnncore.GRU(reset_after=False) (issue 16, part 1) will be 0.
-        attrs["linear_before_reset"] = int(getattr(model, "reset_after", True))
-    elif getattr(model, "proj_size", 0):
-        raise NotImplementedError(
-            "LSTM(proj_size=P) has no ONNX LSTM equivalent (ONNX's LSTM has no projection)")
+        # PyTorch's GRU (reset after the recurrent product, b_hn inside it) is
+        # linear_before_reset=1; GRU(reset_after=False) (reset before it) is 0.
+        attrs["linear_before_reset"] = int(model.reset_after)
     return attrs
+
+
+def _refuse_projection(model):
+    """ONNX's LSTM op has no projection: an LSTM(proj_size=P) cannot be one LSTM node."""
+    P = getattr(model, "proj_size", 0)
+    if P:
+        raise NotImplementedError(
+            f"rnncore.onnx.export: LSTM(proj_size={P}) cannot be exported: ONNX's LSTM op "
+            "has no projection (no weight_hr; its recurrence reads the unprojected "
+            f"h of size hidden_size={model.hidden_size}, not h W_hr^T of size {P}); "
+            "export an LSTM with proj_size=0")
 
 
 def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OPSET,
@@ -111,6 +120,8 @@ def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OP
         ``model`` is not an rnncore RNN/GRU/LSTM.
     ValueError
         ``opset`` out of range.
+    NotImplementedError
+        An ``LSTM(proj_size=P)`` with P > 0: ONNX's LSTM op has no projection.
 
     Notes
     -----
@@ -123,6 +134,7 @@ def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OP
     >>> rnncore.onnx.export(rnncore.LSTM(8, 16), "lstm.onnx")     # doctest: +SKIP
     """
     cell = _cell_of(model)
+    _refuse_projection(model)
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not (
             MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
         raise ValueError(f"opset: expected an int in [{MIN_OPSET}, "

@@ -70,9 +70,13 @@ def load(path):
         activations other than ONNX's defaults (RNN: Tanh or Relu); ``clip``;
         LSTM ``input_forget`` or non-zero peepholes; weights that are not
         constants; cells that are not one chain of layers.
-    NotImplementedError
-        An ONNX GRU with ``linear_before_reset=0`` (the reset-before GRU):
-        needs ``rnncore.GRU(reset_after=False)``, not available yet.
+
+    Notes
+    -----
+    A GRU node's ``linear_before_reset`` gives the model's ``reset_after``:
+    1 (PyTorch's GRU, ``torch.onnx.export``) -> ``GRU(reset_after=True)``, 0
+    (ONNX's default, the reset-before GRU of Cho et al. 2014 and Keras's
+    ``reset_after=False``) -> ``GRU(reset_after=False)``; every layer must agree.
     """
     proto = path if isinstance(path, onnx.ModelProto) else onnx.load(os.fspath(path))
     graph = proto.graph
@@ -116,7 +120,8 @@ def load(path):
     for k, (n, lay) in enumerate(zip(cells, layers)):
         _check_chain(n, k, cells, producer, consts)
         for key, what in (("nd", "number of directions"), ("H", "hidden_size"),
-                          ("dtype", "dtype"), ("act", "activations"), ("layout", "layout")):
+                          ("dtype", "dtype"), ("act", "activations"), ("layout", "layout"),
+                          ("lbr", "linear_before_reset")):
             if lay[key] != layers[0][key]:
                 raise _refuse(n, f"{what} {lay[key]} differs from the first layer's "
                                  f"{layers[0][key]}")
@@ -138,6 +143,8 @@ def load(path):
                   bidirectional=nd == 2, dtype=dtype)
     if cell == "RNN":
         kwargs["nonlinearity"] = layers[0]["act"]
+    if cell == "GRU":
+        kwargs["reset_after"] = layers[0]["lbr"] == 1
     if meta is not None:
         kwargs = _with_metadata(meta, cell, kwargs, layers[0]["D"], H)
     from .. import models
@@ -172,10 +179,9 @@ def _read_node(n, consts, cell):
             raise _refuse(n, f"activations {list(acts)}: rnncore.{cell} computes ONNX's "
                              f"defaults {list(default * nd)}")
         act = None
-    if cell == "GRU" and a.get("linear_before_reset", 0) == 0:
-        raise _refuse(n, "linear_before_reset=0 is the reset-before GRU (Keras "
-                         "reset_after=False): needs rnncore.GRU(reset_after=False), not "
-                         "available yet", NotImplementedError)
+    lbr = a.get("linear_before_reset", 0) if cell == "GRU" else None
+    if lbr not in (None, 0, 1):
+        raise _refuse(n, f"linear_before_reset={lbr}: expected 0 (reset-before GRU) or 1")
     if cell == "LSTM" and a.get("input_forget", 0):
         raise _refuse(n, "input_forget=1 (coupled input and forget gates) is not supported")
     if cell == "LSTM" and ins[7]:
@@ -201,7 +207,8 @@ def _read_node(n, consts, cell):
     if B is not None and B.shape != (nd, 2 * G * H):
         raise _refuse(n, f"B {B.shape}, expected {(nd, 2 * G * H)}")
     return dict(W=W, R=R, B=None if B is None else B.astype(W.dtype), nd=nd, H=H,
-                D=W.shape[2], dtype=np.dtype(W.dtype), act=act, layout=a.get("layout", 0))
+                D=W.shape[2], dtype=np.dtype(W.dtype), act=act, layout=a.get("layout", 0),
+                lbr=lbr)
 
 
 def _upstream_cells(name, producer, consts):
@@ -250,8 +257,8 @@ def _with_metadata(meta, cell, kwargs, D, H):
         raise ValueError(f"rnncore.onnx.load: the graph's metadata ({meta.get('class')} "
                          f"{cfg.get('input_size')}->{cfg.get('hidden_size')}) disagrees with "
                          f"its nodes ({cell} {D}->{H})")
-    for key in ("num_layers", "bias", "bidirectional", "batch_first"):
-        if key in cfg and cfg[key] != kwargs[key]:
+    for key in ("num_layers", "bias", "bidirectional", "batch_first", "reset_after"):
+        if key in cfg and key in kwargs and cfg[key] != kwargs[key]:
             raise ValueError(f"rnncore.onnx.load: the graph's metadata says {key}={cfg[key]!r}, "
                              f"its nodes say {kwargs[key]!r}")
     return dict(kwargs, merge_mode=cfg.get("merge_mode", "concat"),
