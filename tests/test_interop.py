@@ -152,8 +152,8 @@ def _make(keras, kind, *, bidirectional=False, merge_mode="concat", use_bias=Tru
     kw = dict(return_sequences=return_sequences, return_state=return_state, use_bias=use_bias)
     if kind == "rnn":
         layer = L.SimpleRNN(H, activation=activation, **kw)
-    elif kind == "gru":
-        layer = L.GRU(H, reset_after=reset_after, **kw)
+    elif kind in ("gru", "gru_rb"):
+        layer = L.GRU(H, reset_after=reset_after and kind == "gru", **kw)
     else:
         layer = L.LSTM(H, **kw)
     return L.Bidirectional(layer, merge_mode=merge_mode) if bidirectional else layer
@@ -172,7 +172,9 @@ def _model_states(model, x, lengths=None):
     return out, list(s) if isinstance(s, tuple) else [s]
 
 
-KERAS_CASES = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
+#: "gru_rb": Keras GRU(reset_after=False) -> rnncore.GRU(reset_after=False)
+KERAS_CASES = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("gru_rb", "tanh"),
+               ("lstm", "tanh")]
 
 
 @pytest.mark.parametrize("bidirectional,merge_mode", [(False, "concat"), (True, "concat"),
@@ -180,7 +182,7 @@ KERAS_CASES = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh
                                                       (True, "ave")],
                          ids=["uni", "bi-concat", "bi-sum", "bi-mul", "bi-ave"])
 @pytest.mark.parametrize("kind,activation", KERAS_CASES, ids=["rnn_tanh", "rnn_relu", "gru",
-                                                               "lstm"])
+                                                               "gru_reset_before", "lstm"])
 def test_keras_layer_outputs_equal(keras, kind, activation, bidirectional, merge_mode, rng):
     x = rng.standard_normal((N, T, D)).astype(np.float32)
     for use_bias in (True, False):
@@ -191,6 +193,7 @@ def test_keras_layer_outputs_equal(keras, kind, activation, bidirectional, merge
         model = interop.from_keras(layer)
         assert model.batch_first and model.bias == use_bias
         assert model.merge_mode == merge_mode and model.bidirectional == bidirectional
+        assert getattr(model, "reset_after", None) == {"gru": True, "gru_rb": False}.get(kind)
         out, states = _model_states(model, x)
         np.testing.assert_allclose(out, want_out, **KERAS_TOL)
         for s, w in zip(states, want_states):
@@ -226,20 +229,43 @@ def test_keras_stacked_and_right_padded_mask(keras, rng):
 
 
 def test_keras_reset_before_gru(keras, rng):
-    """reset_after=False: refused by from_keras until rnncore.GRU(reset_after=False) exists;
-    its weights already convert for the reference's reset-before GRU."""
+    """reset_after=False: one bias (3H,) -> bias_ih, bias_hh = 0; stacked and with a
+    right-padded mask; the reset-after model with the same weights is far off; the
+    reference's reset-before GRU agrees too."""
     x = rng.standard_normal((N, T, D)).astype(np.float32)
-    layer = _make(keras, "gru", reset_after=False, return_state=False)
+    mask = np.arange(T)[None, :] < np.array([T, 2, 4])[:, None]
+    L = keras.layers
+    l1 = L.Bidirectional(L.GRU(H, reset_after=False, return_sequences=True))
+    l2 = L.Bidirectional(L.GRU(H, reset_after=False, return_sequences=True,
+                               return_state=True), merge_mode="ave")
+    _randomize(l1, x, rng)
+    _randomize(l2, _np(keras, l1(x)), rng)
+    assert [w.shape for w in l1.get_weights()] == [(D, 3 * H), (H, 3 * H), (3 * H,)] * 2
+    state = interop.keras_state_dict("gru", l1.get_weights(), reset_after=False,
+                                     bidirectional=True)
+    np.testing.assert_array_equal(state["bias_hh_l0_reverse"], np.zeros(3 * H, np.float32))
+    np.testing.assert_array_equal(state["bias_ih_l0_reverse"][:H],  # r, Keras's 2nd block
+                                  l1.get_weights()[5][H:2 * H])
+    want_out, want_states = _keras_states(keras, l2(l1(x, mask=mask), mask=mask), "gru", True)
+    model = interop.from_keras([l1, l2])
+    assert model.reset_after is False and model.num_layers == 2 and model.bidirectional
+    assert model.merge_mode == "ave"
+    out, (h_n,) = _model_states(model, x, lengths=interop.lengths_from_mask(mask))
+    np.testing.assert_allclose(out, want_out, **KERAS_TOL)
+    np.testing.assert_allclose(h_n[2:], want_states[0], **KERAS_TOL)
+    # the same weights in the reset-after GRU: the error the issue measured (0.24)
+    layer = _make(keras, "gru_rb", return_state=False)
     _randomize(layer, x, rng)
-    with pytest.raises(NotImplementedError, match=r"needs rnncore.GRU\(reset_after=False\), "
-                                                  "not available yet"):
-        interop.from_keras(layer)
-    with pytest.raises(NotImplementedError, match="reset_after=False"):
-        interop.keras_state_dict("gru", layer.get_weights(), reset_after=False)
+    want = _np(keras, layer(x))
+    wrong = rnncore.GRU(D, H, batch_first=True)
+    wrong.load_state_dict(interop.keras_state_dict("gru", layer.get_weights(),
+                                                   reset_after=False))
+    assert np.abs(wrong(x, train=False)[0] - want).max() > 1e-2
+    np.testing.assert_allclose(interop.from_keras(layer)(x, train=False)[0], want, **KERAS_TOL)
     weights = [w.astype(np.float64) for w in layer.get_weights()]
     h, _ = R.gru_forward(x.astype(np.float64), np.zeros((N, H)),
                          *interop.keras_gru_to_reference(weights), reset_after=False)
-    np.testing.assert_allclose(h, _np(keras, layer(x)), **KERAS_TOL)
+    np.testing.assert_allclose(h, want, **KERAS_TOL)
     # and reset_after=True through the reference too
     layer = _make(keras, "gru", return_state=False)
     _randomize(layer, x, rng)
@@ -283,3 +309,16 @@ def test_keras_refusals(keras, rng):
         interop.from_keras([l1, l2])
     with pytest.raises(ValueError, match=r"weights: expected 2 or 3 arrays"):
         interop.keras_state_dict("lstm", [np.zeros((2, 8))])
+    # a GRU's bias must fit its reset_after; a stack must not mix them
+    w = [np.zeros((D, 3 * H)), np.zeros((H, 3 * H))]
+    with pytest.raises(ValueError, match=r"bias: expected shape \(15,\) for a GRU with "
+                                         r"reset_after=False, got \(2, 15\)"):
+        interop.keras_state_dict("gru", w + [np.zeros((2, 3 * H))], reset_after=False)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(2, 15\) for a GRU with "
+                                         r"reset_after=True, got \(15,\)"):
+        interop.keras_state_dict("gru", w + [np.zeros(3 * H)])
+    g1, g2 = L.GRU(H, return_sequences=True), L.GRU(H, reset_after=False)
+    g2(g1(x))
+    with pytest.raises(ValueError, match=r"layers\[1\]: reset_after False differs from "
+                                         r"layers\[0\]'s True"):
+        interop.from_keras([g1, g2])

@@ -15,6 +15,11 @@ The conventions (``x @ W`` layouts keep the gates on the last axis)::
 
 Keras's ``c`` is PyTorch's ``g`` (no reordering for the LSTM); its GRU puts
 the update gate first, and both compute ``h' = z ⊙ h + (1 - z) ⊙ n``.
+Keras's ``GRU(reset_after=True)`` is ``rnncore.GRU()``; ``reset_after=False``
+(``n = tanh(x W_in + b_in + (r ⊙ h) W_hn)``, one bias (3H,) added to the
+input projection) is ``rnncore.GRU(reset_after=False)`` with that bias as
+``bias_ih`` and ``bias_hh = 0`` (in the reset-before GRU ``b_hn`` sits outside
+the reset product, so one bias per gate is all the model needs).
 cs231n's LSTM puts ``o`` before ``g``: passing cs231n arrays to
 ``rnncore.reference.lstm_forward`` unpermuted is wrong (error ~4e-2 at small
 weights) — use :func:`cs231n_lstm_to_reference`.
@@ -39,10 +44,6 @@ KERAS_BLOCK_OF_TORCH = {"rnn": (0,), "gru": (1, 0, 2), "lstm": (0, 1, 2, 3)}
 CS231N_BLOCK_OF_TORCH = {"rnn": (0,), "lstm": (0, 1, 3, 2)}
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 _KERAS_KINDS = {"SimpleRNN": "rnn", "GRU": "gru", "LSTM": "lstm"}
-_RESET_BEFORE = ("Keras GRU(reset_after=False) (the reset-before GRU) needs "
-                 "rnncore.GRU(reset_after=False), not available yet; "
-                 "keras_gru_to_reference gives its weights for rnncore.reference.gru_forward("
-                 "..., reset_after=False)")
 
 
 def _blocks(a, order, H):
@@ -98,8 +99,10 @@ def keras_state_dict(kind, weights, *, bidirectional=False, reset_after=True, la
     bidirectional : bool
         ``weights`` come from a ``Bidirectional`` wrapper.
     reset_after : bool, default True
-        The Keras GRU's ``reset_after`` (bias (2, 3H)). False raises
-        NotImplementedError until rnncore has the reset-before GRU.
+        The Keras GRU's ``reset_after``: True, bias (2, 3H) = [input; recurrent]
+        (for ``rnncore.GRU()``); False, bias (3H,) (for
+        ``rnncore.GRU(reset_after=False)``: it becomes ``bias_ih``, with
+        ``bias_hh = 0``).
     layer : int
         Layer index k of the names (``weight_ih_l{k}``), for stacking.
 
@@ -111,8 +114,6 @@ def keras_state_dict(kind, weights, *, bidirectional=False, reset_after=True, la
         gives it as ``bias_ih`` and zeros as ``bias_hh``).
     """
     kind = _kind(kind)
-    if kind == "gru" and not reset_after:
-        raise NotImplementedError(_RESET_BEFORE)
     weights = [np.asarray(w) for w in weights]
     nd = 2 if bidirectional else 1
     if len(weights) % nd or len(weights) // nd not in (2, 3):
@@ -127,14 +128,16 @@ def keras_state_dict(kind, weights, *, bidirectional=False, reset_after=True, la
                                  ("kernel", "recurrent_kernel"))
         bx = bh = None
         if b is not None:
-            if kind == "gru":
+            if kind == "gru" and reset_after:
                 if b.shape != (2, 3 * H):
                     raise ValueError(f"bias: expected shape (2, {3 * H}) for a GRU with "
                                      f"reset_after=True, got {b.shape}")
                 bx, bh = b[0], b[1]
             else:
                 if b.shape != (_GATES[kind] * H,):
-                    raise ValueError(f"bias: expected shape ({_GATES[kind] * H},), got {b.shape}")
+                    raise ValueError(f"bias: expected shape ({_GATES[kind] * H},)"
+                                     + (" for a GRU with reset_after=False" * (kind == "gru"))
+                                     + f", got {b.shape}")
                 bx = b
         sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
         out.update(_state(kind, Wx, Wh, bx, bh, KERAS_BLOCK_OF_TORCH[kind], H, sfx))
@@ -193,16 +196,15 @@ def _keras_layer(layer, k):
         raise ValueError(f"Keras layer {layer.name!r}: activation={act!r}, recurrent_activation="
                          f"{cfg.get('recurrent_activation')!r}; rnncore computes 'tanh' and "
                          "'sigmoid'")
-    reset_after = cfg.get("reset_after", True)
-    if kind == "gru" and not reset_after:
-        raise NotImplementedError(f"Keras layer {layer.name!r}: " + _RESET_BEFORE)
+    reset_after = bool(cfg.get("reset_after", True))
     state = keras_state_dict(kind, layer.get_weights(), bidirectional=bidirectional,
                              reset_after=reset_after, layer=k)
     w = state[f"weight_ih_l{k}"]
     info = dict(kind=kind, D=w.shape[1], H=cfg["units"], bidirectional=bidirectional,
                 merge_mode=merge, bias=bool(cfg.get("use_bias", True)),
                 nonlinearity=act if kind == "rnn" else None,
-                return_sequences=bool(cfg.get("return_sequences")), dtype=w.dtype)
+                return_sequences=bool(cfg.get("return_sequences")), dtype=w.dtype,
+                reset_after=reset_after if kind == "gru" else None)
     return info, state
 
 
@@ -212,7 +214,7 @@ def from_keras(layers, *, batch_first=True, dtype=None):
     Parameters
     ----------
     layers : Keras layer or list of Keras layers
-        ``SimpleRNN``, ``GRU`` (``reset_after=True``), ``LSTM``, or
+        ``SimpleRNN``, ``GRU`` (either ``reset_after``), ``LSTM``, or
         ``Bidirectional`` of one of them; a list is a stack of layers of one
         kind and width (each but the last with ``return_sequences=True`` and,
         if bidirectional, ``merge_mode='concat'``), built.
@@ -224,20 +226,18 @@ def from_keras(layers, *, batch_first=True, dtype=None):
     Returns
     -------
     rnncore.RNN, GRU or LSTM
-        ``model(x)[0]`` equals the Keras layer's output with
-        ``return_sequences=True`` (with ``False``, Keras returns ``out[:, -1]``
+        (A GRU with the Keras layers' ``reset_after``.) ``model(x)[0]`` equals
+        the Keras layer's output with ``return_sequences=True`` (with
+        ``False``, Keras returns ``out[:, -1]``
         — or, with ``lengths``, ``h_n[-1]`` — of a unidirectional model). Keras
         masks: see the module docstring (``lengths=mask.sum(1)``).
 
     Raises
     ------
-    NotImplementedError
-        A GRU with ``reset_after=False``: needs ``rnncore.GRU(reset_after=False)``,
-        not available yet.
     ValueError
         Another layer type, activations rnncore does not compute,
-        ``go_backwards`` outside ``Bidirectional``, ``merge_mode=None``, or a
-        stack that does not chain.
+        ``go_backwards`` outside ``Bidirectional``, ``merge_mode=None``, a
+        stack that does not chain, or GRUs that differ in ``reset_after``.
     """
     from .models import GRU, LSTM, RNN
     layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
@@ -248,7 +248,7 @@ def from_keras(layers, *, batch_first=True, dtype=None):
         state.update(s)
     first = infos[0]
     for k, info in enumerate(infos[1:], 1):
-        for key in ("kind", "H", "bidirectional", "nonlinearity"):
+        for key in ("kind", "H", "bidirectional", "nonlinearity", "reset_after"):
             if info[key] != first[key]:
                 raise ValueError(f"layers[{k}]: {key} {info[key]!r} differs from layers[0]'s "
                                  f"{first[key]!r}; an rnncore model stacks one kind of layer")
@@ -272,6 +272,8 @@ def from_keras(layers, *, batch_first=True, dtype=None):
               dtype=dtype or first["dtype"])
     if first["kind"] == "rnn":
         kw["nonlinearity"] = first["nonlinearity"]
+    if first["kind"] == "gru":
+        kw["reset_after"] = first["reset_after"]
     model = cls(first["D"], first["H"], **kw)
     model.load_state_dict(state)
     return model
