@@ -44,7 +44,6 @@ root_doc = "index"
 exclude_patterns = ["_build", "RELIABILITY.md", "SCALE_OUT.md", "**/README.md",
                     "gallery/*.ipynb", "gallery/*.py", "gallery/*.md5", "gallery/*.json",
                     "gallery/*.zip"]
-templates_path = ["_templates"]
 
 # -- autodoc / autosummary / numpydoc ---------------------------------------------
 autosummary_generate = True
@@ -101,7 +100,6 @@ sphinx_gallery_conf = {
 # -- HTML ---------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = f"rnncore {release}"
-html_static_path = ["_static"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
