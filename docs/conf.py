@@ -7,10 +7,10 @@ Two choices keep that command working without network:
 * intersphinx (links to NumPy, SciPy, PyTorch) is only configured when
   ``RNNCORE_DOCS_INTERSPHINX=1``: offline, Sphinx's failed inventory fetches are
   warnings, which ``-W`` turns into errors.
-* MathJax: by default the page loads MathJax 3 from its CDN (what an online
-  reader gets). ``RNNCORE_DOCS_MATHJAX=local`` copies a local MathJax
-  (Debian's ``libjs-mathjax``, ``/usr/share/javascript/mathjax``) into the
-  site, so equations render with no network at all.
+* MathJax: when Debian's ``libjs-mathjax`` is installed
+  (``/usr/share/javascript/mathjax``) its MathJax 2 is copied into the site, so
+  equations render with no network at all; otherwise pages load MathJax 3 from
+  its CDN when read. ``RNNCORE_DOCS_MATHJAX=local|cdn|auto`` forces a choice.
 """
 import os
 import shutil
@@ -57,6 +57,9 @@ numpydoc_xref_param_type = False
 # -- myst (the Markdown notes RELIABILITY.md and SCALE_OUT.md) ----------------------
 myst_enable_extensions = ["dollarmath"]
 myst_heading_anchors = 3
+# myst would mark its pages "mathjax_ignore" and configure MathJax 3 to process only
+# the math nodes; the local MathJax 2 reads no such configuration (below)
+myst_update_mathjax = False
 suppress_warnings = ["myst.xref_missing"]   # links between the notes and repo files
 
 # -- intersphinx: needs network, so only on request ---------------------------------
@@ -71,14 +74,23 @@ if os.environ.get("RNNCORE_DOCS_INTERSPHINX") == "1":
 intersphinx_timeout = 10
 
 # -- math ---------------------------------------------------------------------------
-_local_mathjax = Path(os.environ.get("RNNCORE_DOCS_MATHJAX_DIR", "/usr/share/javascript/mathjax"))
-if os.environ.get("RNNCORE_DOCS_MATHJAX") == "local":
-    if not (_local_mathjax / "MathJax.js").exists():
-        raise RuntimeError(f"RNNCORE_DOCS_MATHJAX=local: no MathJax.js in {_local_mathjax} "
-                           "(apt-get install libjs-mathjax fonts-mathjax, or set "
-                           "RNNCORE_DOCS_MATHJAX_DIR)")
-    # MathJax 2 (Debian's package); copied into the site after the build (see setup)
-    mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML"
+# RNNCORE_DOCS_MATHJAX: "cdn" (MathJax 3 from jsDelivr, Sphinx's default: needs network
+# when the page is read), "local" (copy a local MathJax 2 into the site: renders
+# offline; fails if there is none) or "auto" (the default: local when Debian's
+# libjs-mathjax is installed, else cdn).
+_mathjax_dir = Path(os.environ.get("RNNCORE_DOCS_MATHJAX_DIR", "/usr/share/javascript/mathjax"))
+_mathjax_mode = os.environ.get("RNNCORE_DOCS_MATHJAX", "auto")
+if _mathjax_mode not in ("auto", "local", "cdn"):
+    raise ValueError(f"RNNCORE_DOCS_MATHJAX: expected auto, local or cdn, got {_mathjax_mode!r}")
+_has_local = (_mathjax_dir / "MathJax.js").is_file()
+if _mathjax_mode == "local" and not _has_local:
+    raise RuntimeError(f"RNNCORE_DOCS_MATHJAX=local: no MathJax.js in {_mathjax_dir} "
+                       "(apt-get install libjs-mathjax fonts-mathjax, or set "
+                       "RNNCORE_DOCS_MATHJAX_DIR)")
+MATHJAX_LOCAL = _mathjax_mode == "local" or (_mathjax_mode == "auto" and _has_local)
+if MATHJAX_LOCAL:
+    # MathJax 2 with its CommonHTML output, relative to the site's _static/
+    mathjax_path = "mathjax/MathJax.js?config=TeX-AMS_CHTML"
 
 # -- sphinx-gallery -----------------------------------------------------------------
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -111,18 +123,28 @@ html_sidebars = {"index": []}
 html_show_sourcelink = False
 
 # -- doctest ------------------------------------------------------------------------
+# The docstrings' examples are written for their own module's namespace (as
+# ``python -m pytest --doctest-modules src/rnncore`` runs them); the doctest
+# builder (``python -m sphinx -b doctest docs docs/_build/doctest``) gives them
+# the same names.
 doctest_global_setup = """
 import numpy as np
 import rnncore
+from rnncore.reference import *
+from rnncore.nn import *
+from rnncore.gradcheck import gradcheck
 """
 
 
 def _copy_mathjax(app, exception):
-    if exception is None and app.builder.format == "html" \
-            and os.environ.get("RNNCORE_DOCS_MATHJAX") == "local":
+    """Copy the parts of the local MathJax 2 that TeX-AMS_CHTML loads."""
+    if exception is None and app.builder.format == "html" and MATHJAX_LOCAL:
         dest = Path(app.outdir) / "_static" / "mathjax"
-        if not dest.exists():
-            shutil.copytree(_local_mathjax, dest, symlinks=False)
+        if not (dest / "MathJax.js").exists():
+            skip = shutil.ignore_patterns("unpacked", "test", "STIX-Web", "SVG", "NativeMML",
+                                          "PlainSource", "PreviewHTML",
+                                          "*.eot", "*.svg")
+            shutil.copytree(_mathjax_dir, dest, symlinks=False, ignore=skip, dirs_exist_ok=True)
 
 
 def setup(app):
