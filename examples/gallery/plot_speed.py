@@ -31,7 +31,7 @@ print(f"{h['cpu']}, {h['threads']} threads, rnncore {h['rnncore_git']}, torch {h
 rows = [r for r in run["records"] if r.get("group") == "core" and r.get("pass") == "fb"]
 ms = {(r["cell"], r["T"], r["N"], r["D"], r["H"], r["impl"]): r["median_ms"] for r in rows}
 shapes = sorted({k[:5] for k in ms}, key=lambda k: (["rnn", "gru", "lstm"].index(k[0]), k[4]))
-labels = [f"{c.upper()}\n{T},{N},{D},{H}" for c, T, N, D, H in shapes]
+labels = [f"{c.upper()}\n{T},{N},\n{D},{H}" for c, T, N, D, H in shapes]
 rc = np.array([ms[s + ("rnncore-model",)] for s in shapes])
 pt = np.array([ms[s + ("torch",)] for s in shapes])
 
