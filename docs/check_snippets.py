@@ -1,4 +1,4 @@
-"""Run every ```python block of the user guide, page by page (one namespace per page).
+"""Run every ```python block of the landing page and the user guide, page by page (one namespace per page).
 
     python docs/check_snippets.py          # from the repository root; exit 1 on a failure
 
@@ -21,9 +21,9 @@ def blocks(path):
 
 
 def main():
-    guide = Path(__file__).resolve().parent / "guide"
+    docs = Path(__file__).resolve().parent
     failed = 0
-    for page in sorted(guide.glob("*.md")):
+    for page in [docs / "index.md"] + sorted((docs / "guide").glob("*.md")):
         ns = {"__name__": "__snippet__"}
         cwd = os.getcwd()
         with tempfile.TemporaryDirectory() as tmp:

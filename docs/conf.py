@@ -41,7 +41,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "RELIABILITY.md", "SCALE_OUT.md", "**/README.md",
+exclude_patterns = ["_build", "check_snippets.py", "RELIABILITY.md", "SCALE_OUT.md", "**/README.md",
                     "gallery/*.ipynb", "gallery/*.py", "gallery/*.md5", "gallery/*.json",
                     "gallery/*.zip"]
 
@@ -103,7 +103,6 @@ sphinx_gallery_conf = {
     "within_subsection_order": "FileNameSortKey",
     "matplotlib_animations": False,
     "image_scrapers": ("matplotlib",),
-    "reference_url": {"rnncore": None},
     "doc_module": ("rnncore",),
     "backreferences_dir": None,
     "show_memory": False,
