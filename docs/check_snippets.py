@@ -33,16 +33,16 @@ def main():
                     missing = [m for m in OPTIONAL if re.search(rf"^\s*import {m}\b", code, re.M)
                                and importlib.util.find_spec(m) is None]
                     if missing:
-                        print(f"{page.name} block {i}: skipped (needs {', '.join(missing)})")
+                        print(f"{page.relative_to(docs)} block {i}: skipped (needs {', '.join(missing)})")
                         break
                     try:
                         exec(compile(code, f"{page.name}[{i}]", "exec"), ns)
                     except Exception as e:                   # report and go on
-                        print(f"{page.name} block {i}: FAILED {type(e).__name__}: {e}")
+                        print(f"{page.relative_to(docs)} block {i}: FAILED {type(e).__name__}: {e}")
                         failed += 1
                         break
                 else:
-                    print(f"{page.name}: {len(blocks(page))} blocks ok")
+                    print(f"{page.relative_to(docs)}: {len(blocks(page))} blocks ok")
             finally:
                 os.chdir(cwd)
     return 1 if failed else 0
