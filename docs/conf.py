@@ -100,7 +100,7 @@ sphinx_gallery_conf = {
     "filename_pattern": r"/plot_",
     "download_all_examples": False,
     "remove_config_comments": True,
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "FileNameSortKey",   # plot_NN_*: the reading order
     "matplotlib_animations": False,
     "image_scrapers": ("matplotlib",),
     "doc_module": ("rnncore",),

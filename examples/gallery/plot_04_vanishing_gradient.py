@@ -1,6 +1,6 @@
 r"""
-Vanishing gradients: RNN vs LSTM
-================================
+Vanishing gradients: RNN, GRU and LSTM
+======================================
 
 How much does the output at the last step depend on an input :math:`k` steps
 earlier? Back-propagate a gradient from the last step only and measure
