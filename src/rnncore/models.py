@@ -206,8 +206,8 @@ _COMMON_PARAMS = """
     bias : bool, default True
         With False, no ``bias_ih``/``bias_hh`` parameters.
     batch_first : bool, default False
-        ``x`` and ``out`` are (N, T, ·) instead of (T, N, ·). **The states
-        ``h0``/``h_n`` (and ``c0``/``c_n``) are (num_layers * num_directions,
+        ``x`` and ``out`` are (N, T, ·) instead of (T, N, ·). **The states**
+        ``h0``/``h_n`` (and ``c0``/``c_n``) **are (num_layers * num_directions,
         N, H) either way**, as in PyTorch.
     dropout : float in [0, 1), default 0
         Dropout on each layer's output except the last, in training mode only,

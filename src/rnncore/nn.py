@@ -116,7 +116,7 @@ class Embedding(Module):
 
         Returns
         -------
-        out : ndarray, shape (*S, E)
+        out : ndarray, shape ``(*S, E)``
 
         Raises
         ------
@@ -135,7 +135,7 @@ class Embedding(Module):
 
         Parameters
         ----------
-        dout : ndarray, shape (*S, E)
+        dout : ndarray, shape ``(*S, E)``
 
         Returns
         -------
