@@ -299,3 +299,51 @@ def test_packing_depends_on_shapes_not_on_blas_threads():
         one = [K._packs_step_weight(*c) for c in cases]
     assert one == two
     assert two[:2] == [True, True] and two[3] is False        # T = 1: nothing to amortize
+
+
+def test_packed_loop_in_another_thread_leaves_blas_threads_alone(rng):
+    """Issue 17 item 3, exercised: while another thread runs a long packed time loop,
+    BLAS's process-wide thread count never drops to 1 (the loop opens no single-thread
+    section), and a model run meanwhile equals its sequential run bit for bit."""
+    _needs_packed()
+    import ctypes
+    import threading
+    from threadpoolctl import threadpool_limits
+    from rnncore import functional as F
+    hooks = _threads._find_blas_thread_functions()
+    if not hooks:
+        pytest.skip("cannot read OpenBLAS's thread count")
+    blas_threads = ctypes.CFUNCTYPE(ctypes.c_int)(hooks[2])
+
+    def run(m, x):
+        out, h_n = m(x)
+        m.zero_grad()
+        dx, dh0 = m.backward(np.cos(np.arange(out.size)).reshape(out.shape).astype(out.dtype))
+        return [out, h_n, dx, dh0] + [g.copy() for g in m.grads.values()]
+
+    with threadpool_limits(2, user_api="blas"):
+        if blas_threads() < 2:
+            pytest.skip("BLAS runs one thread: nothing to observe")
+        m = rnncore.RNN(300, 128, seed=0)
+        x = rng.standard_normal((10, 200, 300)).astype(np.float32)
+        sequential = run(m, x)
+        T = 3_000_000
+        assert K._packs_step_weight(1, 8, 8, T)
+        args = (rng.standard_normal((1, T, 4)), np.zeros((1, 8)),
+                rng.standard_normal((4, 8)) * 0.3, rng.standard_normal((8, 8)) * 0.3, np.zeros(8))
+        t = threading.Thread(target=lambda: F.rnn_forward(*args))
+        seen = []
+        t.start()
+        try:
+            seen.append(blas_threads())
+            raced = run(m, x)
+            overlapped = t.is_alive()
+            while t.is_alive():
+                seen.append(blas_threads())
+        finally:
+            t.join()
+    if not overlapped:
+        pytest.skip("the other thread's loop did not overlap this run (machine too slow/busy)")
+    assert min(seen) >= 2
+    for i, (a, b) in enumerate(zip(raced, sequential)):
+        assert np.array_equal(a, b), f"array {i} differs from the sequential run"
