@@ -32,10 +32,11 @@
  * (one FMA per k) whatever m, the block or the thread: results do not depend
  * on how the rows are split. beta == 0 writes C without reading it.
  *
- * Measured (phase-1 notes of the perf branch; Zen 4, 1 thread, CPU-time
- * GFLOP/s): 100-114 on (8..64, 128..4096) x (.., 256..4096) against OpenBLAS
- * 56-75 and the unpacked panel kernel 74-81 at the large shapes; 12x32 and
- * 14x32 blocks, packing A, and k blocking (KC = 256) measured no faster.
+ * Measured on a Zen 4 core (thread-CPU GFLOP/s, the machine shared): 100-114
+ * on every per-step shape from (8, 128)(128, 512) to (64, 1024)(1024, 4096) and
+ * (64, 4096)(4096, 1024); at the three large ones OpenBLAS (1 thread) ran at
+ * 56-75 and the unpacked panel kernel at 74-81. 12x32, 14x32 and 6x64 blocks,
+ * packing A per call and k blocking (KC = 256) measured no faster than 8x32.
  *
  * Policy (rc_pack_step_weight below; the row split in rc_threads.h): a loop of
  * T >= 2 steps packs its weight whenever this CPU has a layout and the loop's
