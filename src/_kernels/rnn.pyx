@@ -22,10 +22,13 @@ Design notes
   ``x`` and ``h`` (and ``dx``) must share the same kind of layout.
 * Weights are (D, H) / (H, H) operands, row-major or a transposed view of a
   row-major array (PyTorch's (H, D) ``weight_ih`` passed as ``weight_ih.T``):
-  the kernel passes BLAS the transpose flag, never copies. The one exception:
-  forward makes one C-ordered copy of a transposed ``Wh`` for all T steps when
-  the per-step products go to the panel kernel (see step_weight, _gemm.pxd),
-  instead of BLAS packing it on every step.
+  the kernel passes BLAS the transpose flag, never copies. The exceptions, for
+  the per-step products of a loop of T >= 2 steps (see step_weight, _gemm.pxd),
+  instead of BLAS packing the weight on every step: on a CPU with AVX2+FMA or
+  AVX-512, ``Wh`` (forward) or ``Wh^T`` (backward) is packed once for all
+  steps for the packed kernel (rc_gemm_packed.h); elsewhere forward makes one
+  C-ordered copy of a transposed ``Wh`` when the products go to the panel
+  kernel.
 * The caller allocates every output (h, dx, dh0 and the gradient arrays, which
   are *accumulated into*); backward allocates its dZ workspace (T*N*H, the
   only memory beyond the stored activations).
