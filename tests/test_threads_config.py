@@ -10,6 +10,7 @@ import pytest
 import rnncore
 from rnncore._runtime import blas as _config, threads as _threads
 from rnncore._kernels import rnn as K
+from rnncore._kernels import simd
 
 from conftest import assert_close_f64
 
@@ -94,7 +95,11 @@ def test_row_threads_policy():
         assert K._row_threads(32, 2_000_000, 100) == 2
         assert K._row_threads(7, 2_000_000, 100) == 1        # too few rows (N // 4 < 2)
         assert K._row_threads(32, 1000, 100) == 1            # too little work in all
-        assert K._row_threads(64, 64_000_000, 50) == 1       # per-step GEMM large: BLAS threads
+        # per-step GEMM large: the rows split when the threads' products go to the packed
+        # kernel (rc_gemm_packed.h; T >= 2), else BLAS's own threads take each step
+        packed = simd._gemm_packed_nr(np.float32) > 0
+        assert K._row_threads(64, 64_000_000, 50) == (2 if packed else 1)
+        assert K._row_threads(64, 64_000_000, 1) == 1
     with threadpool_limits(1, user_api="blas"):
         assert K._row_threads(32, 2_000_000, 100) == 1       # the user's thread limit holds
     rnncore.set_row_split(False)

@@ -10,7 +10,9 @@
 # PyTorch-layout weight of shape (H, D) seen as our (D, H) operand, or a
 # Fortran-ordered array). Row-major GEMM is done by swapping operands
 # (C^T = B^T A^T), never by copying. Which GEMM runs (BLAS or our own) is
-# decided in _gemm.pxd.
+# decided in _gemm.pxd. A recurrent weight packed once for a time loop
+# (rc_gemm_packed.h) is a Mat too, with nr > 0 (see _gemm.pxd: step_weight);
+# only our packed kernel reads it.
 
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -24,8 +26,9 @@ cdef enum BLAS_Trans:
 
 cdef struct Mat:    # a BLAS operand (void *: one struct serves float and double)
     void *p
-    Py_ssize_t ld
-    BLAS_Trans t
+    Py_ssize_t ld       # packed (nr > 0): rows per panel, panels nr * ld elements apart
+    BLAS_Trans t        # packed: NoTrans, the logical matrix is the packed B; Trans, B^T
+    Py_ssize_t nr       # packed: the panel width; 0: a plain (strided) operand
 
 
 cdef inline Mat mat(const void *p, Py_ssize_t ld, BLAS_Trans t) noexcept nogil:
@@ -34,6 +37,7 @@ cdef inline Mat mat(const void *p, Py_ssize_t ld, BLAS_Trans t) noexcept nogil:
     a.p = <void *>p
     a.ld = ld
     a.t = t
+    a.nr = 0
     return a
 
 
@@ -44,8 +48,18 @@ cdef inline Mat transposed(Mat a) noexcept nogil:
 
 
 cdef inline Mat col_block(Mat a, Py_ssize_t j, size_t isz) noexcept nogil:
-    """The column block [:, j:] of a logical matrix (isz: bytes per element)."""
-    a.p = <char *>a.p + (j * a.ld if a.t == Trans else j) * <Py_ssize_t>isz
+    """The column block [:, j:] of a logical matrix (isz: bytes per element).
+
+    Packed: columns of B start at the first panel at or past j (a block packed
+    from a panel boundary, pack_weight's `split`); columns of B^T (rows of B)
+    are j rows into every panel.
+    """
+    cdef Py_ssize_t off
+    if a.nr > 0:
+        off = (j + a.nr - 1) // a.nr * a.nr * a.ld if a.t == NoTrans else j * a.nr
+    else:
+        off = j * a.ld if a.t == Trans else j
+    a.p = <char *>a.p + off * <Py_ssize_t>isz
     return a
 
 

@@ -1,9 +1,13 @@
 # Which GEMM a kernel product runs on (header-only: cdef inline): BLAS
-# (_blas.pxd) or rnncore's own kernels (rc_gemm.h) -- the small-M kernel for a
-# batch of at most RC_SMALL_M rows, the unpacked panel kernel for a time loop's
-# per-step product with a row-major weight. The dispatch points are `mm`,
-# `mm_step`, `use_panel` (the panel shape policy), `step_weight` (which layout
-# of the recurrent weight a loop reads) and, in _threads.pxd, `row_threads`.
+# (_blas.pxd) or rnncore's own kernels (rc_gemm.h, rc_gemm_packed.h) -- the
+# small-M kernel for a batch of at most RC_SMALL_M rows, the packed kernel for
+# a time loop's per-step product with its weight packed once per call, the
+# unpacked panel kernel for one with a row-major weight. The dispatch points
+# are `mm`, `mm_step`, `use_panel` (the panel shape policy), `step_weight`
+# (which layout of the recurrent weight a loop reads: packed, a row-major copy
+# or as given; decided once, before the loop) and, in _threads.pxd, `row_threads`.
+
+from libc.stdint cimport uintptr_t
 
 from _blas cimport floating, Mat, mat, transposed, NoTrans, Trans, gemm_rm
 from _threads cimport row_threads
@@ -24,6 +28,22 @@ cdef extern from "rc_gemm.h" nogil:
                          double *c, Py_ssize_t ldc)
     bint use_panel "rc_use_panel"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
     bint panel_shape "rc_panel_shape"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+
+cdef extern from "rc_gemm_packed.h" nogil:
+    Py_ssize_t packed_nr "rc_packed_nr"(size_t elsize)
+    Py_ssize_t packed_size "rc_packed_size"(Py_ssize_t k, Py_ssize_t n, Py_ssize_t nr)
+    void rc_pack_f(Py_ssize_t k, Py_ssize_t n, const float *b, Py_ssize_t rs, Py_ssize_t cs,
+                   Py_ssize_t nr, float *dst)
+    void rc_pack_d(Py_ssize_t k, Py_ssize_t n, const double *b, Py_ssize_t rs, Py_ssize_t cs,
+                   Py_ssize_t nr, double *dst)
+    void rc_gemm_packed_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+                          Py_ssize_t lda, const float *bp, Py_ssize_t ldp, Py_ssize_t nr,
+                          float beta, float *c, Py_ssize_t ldc)
+    void rc_gemm_packed_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *a,
+                          Py_ssize_t lda, const double *bp, Py_ssize_t ldp, Py_ssize_t nr,
+                          double beta, double *c, Py_ssize_t ldc)
+    bint pack_step_weight "rc_pack_step_weight"(Py_ssize_t T, long long work)
+    void set_packing "rc_set_packing"(int enabled)
 
 
 cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Mat a, Mat b,
@@ -58,10 +78,20 @@ cdef inline void mm_step(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                          floating *c, Py_ssize_t ldc) noexcept nogil:
     """A time loop's per-step product, C (m, n) := A (m, k) op(B) (k, n) + beta C.
 
-    A and C row-major. Goes to the unpacked panel kernel (rc_gemm.h) when B is
-    row-major and rc_use_panel says so (B is the weight matrix: BLAS would
+    A and C row-major. A packed B (b.nr > 0, logical matrix the packed one:
+    b.t == NoTrans; see step_weight) goes to the packed kernel
+    (rc_gemm_packed.h). Else to the unpacked panel kernel (rc_gemm.h) when B
+    is row-major and rc_use_panel says so (B is the weight matrix: BLAS would
     repack it on every step), else to `mm`.
     """
+    if b.nr > 0:
+        if m <= 0 or n <= 0:
+            return
+        if floating is float:
+            rc_gemm_packed_f(m, n, k, a, lda, <float *>b.p, b.ld, b.nr, beta, c, ldc)
+        else:
+            rc_gemm_packed_d(m, n, k, a, lda, <double *>b.p, b.ld, b.nr, beta, c, ldc)
+        return
     if b.t == NoTrans and use_panel(m, n, k):
         if floating is float:
             rc_gemm_panel_f(m, n, k, a, lda, <float *>b.p, b.ld, beta, c, ldc)
@@ -71,32 +101,98 @@ cdef inline void mm_step(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     mm(m, n, k, <floating>1, mat(a, lda, NoTrans), b, beta, mat(c, ldc, NoTrans))
 
 
-cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, Py_ssize_t N,
-                               Py_ssize_t GH, Py_ssize_t H, bint backward=False):
-    """The recurrent weight as a time loop's per-step products will read it.
+cdef inline bint packs_step_weight(Py_ssize_t T, long long work) noexcept nogil:
+    """Whether a time loop of T steps packs its per-step operand (work: multiply-adds
+    of one step's product); rc_pack_step_weight: shapes and import-time configuration."""
+    return pack_step_weight(T, work)
 
-    Forward multiplies by Wh (H, GH), backward by Wh^T (GH, H). The unpacked
-    panel kernel (rc_use_panel) reads that operand row-major; when it arrives
-    as the other layout (a PyTorch-layout weight is the transposed view of a
-    (GH, H) array: right for backward, transposed for forward; a (H, GH) array
-    the other way round) and the loop will use the panel kernel, the loop gets
-    one C-ordered copy of the operand for all T steps -- the pass BLAS would
-    otherwise make on every step. Then `wh` is pointed at the copy, which is
-    returned (the caller keeps it alive); else `wh` is left as is and None
-    returned.
+
+cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0):
+    """B (k, n), any 2-D float32/float64 array with element strides (a row-major
+    weight or a transposed view of one: no copy first), packed in panels nr wide.
+
+    With 0 < split < n, the column blocks B[:, :split] and B[:, split:] are
+    packed one after the other, each from a panel boundary (col_block finds the
+    second). Returns a (panels * k, nr) array of B's dtype, 64-byte aligned
+    (whole-line vector loads); k >= 1 and n >= 1.
     """
     import numpy as np
-    if T <= 1 or (wh.t == Trans) == backward:
-        return None
+    src = np.asarray(B)
+    cdef Py_ssize_t k = src.shape[0], n = src.shape[1], isz = src.itemsize
+    if not 0 < split < n:
+        split = n
+    cdef Py_ssize_t first = packed_size(k, split, nr)
+    cdef Py_ssize_t size = first + packed_size(k, n - split, nr), pad = 64 // isz
+    buf = np.empty(size + pad, dtype=src.dtype)
+    cdef Py_ssize_t off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
+    out = buf[off:off + size].reshape(-1, nr)
+    if src.dtype == np.float32:
+        pack_blocks[float](src, out, split, first, nr)
+    else:
+        pack_blocks[double](src, out, split, first, nr)
+    return out
+
+
+cdef inline void pack_blocks(const floating[:, :] b, floating[:, ::1] dst, Py_ssize_t split,
+                             Py_ssize_t first, Py_ssize_t nr):
+    # dst := packed B[:, :split], then packed B[:, split:] at element `first`
+    cdef Py_ssize_t k = b.shape[0], n = b.shape[1], isz = sizeof(floating)
+    cdef Py_ssize_t rs = b.strides[0] // isz, cs = b.strides[1] // isz
+    cdef floating *d = &dst[0, 0]
+    with nogil:
+        if floating is float:
+            rc_pack_f(k, split, &b[0, 0], rs, cs, nr, d)
+            if split < n:
+                rc_pack_f(k, n - split, &b[0, split], rs, cs, nr, d + first)
+        else:
+            rc_pack_d(k, split, &b[0, 0], rs, cs, nr, d)
+            if split < n:
+                rc_pack_d(k, n - split, &b[0, split], rs, cs, nr, d + first)
+
+
+cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, Py_ssize_t N,
+                               Py_ssize_t GH, Py_ssize_t H, bint backward=False,
+                               Py_ssize_t split=0):
+    """The recurrent weight as a time loop's per-step products will read it.
+
+    Forward multiplies by Wh (H, GH), backward by Wh^T (GH, H). When
+    rc_pack_step_weight says so (shapes only, decided here once: the loop's
+    path cannot change while it runs), that operand is packed once for all T
+    steps (pack_weight; from either layout of Wh, no copy first; forward with
+    `split`, Wh[:, :split] and Wh[:, split:] each from a panel boundary), and
+    `wh` becomes the packed Mat: logical matrix Wh, so forward's `wh` (t =
+    NoTrans) and backward's `transposed(wh)` are the packed operand, and
+    col_block finds column blocks of either.
+    Otherwise, for the unpacked panel kernel (rc_use_panel), which reads the
+    operand row-major: when it arrives as the other layout (a PyTorch-layout
+    weight is the transposed view of a (GH, H) array: right for backward,
+    transposed for forward; a (H, GH) array the other way round) and the loop
+    will use the panel kernel, the loop gets one C-ordered copy of the operand
+    for all T steps -- the pass BLAS would otherwise make on every step. Then
+    `wh` is pointed at the copy or packed array, which is returned (the caller
+    keeps it alive); else `wh` is left as is and None returned.
+    """
+    import numpy as np
     # the operand (k, n) and, as the loop will decide, the rows per thread (m): rows
     # split over P threads run inside a single-thread section, so only the shape counts
     cdef Py_ssize_t n = H if backward else GH, k = GH if backward else H
-    cdef int P = row_threads(N, N * GH * H, T)
+    cdef Py_ssize_t nr = packed_nr(sizeof(floating))
+    cdef const floating[:, :] c
+    if N > 0 and n > 0 and k > 0 and packs_step_weight(T, N * n * k):
+        packed = pack_weight(np.asarray(Wh).T if backward else Wh, nr,
+                             0 if backward else split)
+        c = packed
+        wh[0] = mat(&c[0, 0], k, Trans if backward else NoTrans)
+        wh.nr = nr
+        return packed
+    if T <= 1 or (wh.t == Trans) == backward:
+        return None
+    cdef int P = row_threads(N, N * GH * H, T, False)
     if not (use_panel(N, n, k) if P == 1 else panel_shape((N + P - 1) // P, n, k)):
         return None
     # forward: Wh (H, GH) row-major; backward: Wh^T (GH, H) row-major, the
     # logical Wh being its transposed view
     copy = np.ascontiguousarray(np.asarray(Wh).T if backward else np.asarray(Wh))
-    cdef const floating[:, :] c = copy
+    c = copy
     wh[0] = mat(&c[0, 0], H if backward else GH, Trans if backward else NoTrans)
     return copy

@@ -80,6 +80,7 @@ cdef inline bint mat_layout(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t rows, Py_ss
     t = Trans: transpose of a row-major (cols, rows) array, element (i, j) at j*ld + i.
     Returns False when neither fits (the caller copies to C order).
     """
+    a.nr = 0    # a plain operand, not packed
     if row_major_fits(s0, s1, rows, cols, &a.ld):
         a.t = NoTrans
         return True

@@ -45,7 +45,7 @@ cdef struct Loop:
     body_f run_f                # the cell's time-loop body, for float and double
     body_d run_d
     # the step arrays (each body says which it uses)
-    Mat wh                      # the recurrent weight (H, GH) as the loop reads it
+    Mat wh                      # the recurrent weight (H, GH) as the loop reads it (maybe packed)
     const void *h0              # initial states (N, H), C-contiguous
     const void *c0              # LSTM
     const void *b               # bias (GH,) (GRU: the input side's bx)
@@ -54,7 +54,7 @@ cdef struct Loop:
     Seq g                       # pre-activations, then the saved gates (T, N, GH); RNN: = h
     Seq c                       # LSTM: the cell states (T, N, H)
     Seq hn                      # GRU: the saved hidden_n (T, N, H)
-    Mat wr                      # LSTM proj: W_hr^T (H, Hp) (p NULL: no projection)
+    Mat wr                      # LSTM proj: W_hr^T (H, Hp) (p NULL: no projection; maybe packed)
     Seq m                       # LSTM proj: o ⊙ tanh(c) (T, N, H), projected into h
     Seq dht                     # LSTM proj backward: dh_t + carry (T, N, Hp)
     void *scratch               # GRU forward: (N, GH) per-step recurrent projection
@@ -151,19 +151,28 @@ cdef inline void loop_task(void *p) noexcept nogil:
 
 
 cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
-    """The time loop: on this thread, or its rows split over P threads (row_threads)."""
+    """The time loop: on this thread, or its rows split over P threads (row_threads).
+
+    A loop whose per-step products all go to the packed kernel (step_weight) never
+    calls BLAS inside, so it opens no single-thread section: it leaves BLAS's
+    process-wide thread count alone. Otherwise, below rc_loop_parallel_min
+    multiply-adds per step (T >= 2), or with its rows split, it runs in one.
+    """
     cdef long long work = L.N * L.G * L.H * L.H     # multiply-adds of a step's GEMM
-    cdef int opened, k, P = row_threads(L.N, work, L.T)
+    cdef bint packed = L.wh.nr > 0 and (L.wr.p == NULL or L.wr.nr > 0)
+    cdef int opened = 0, k, P = row_threads(L.N, work, L.T, packed)
     cdef Loop tasks[MAX_TASKS]
     L.run_f, L.run_d = run_f, run_d
     if P == 1:
-        opened = loop_threads_begin(work)
+        if not packed and L.T > 1:
+            opened = loop_threads_begin(work)
         loop_task(L)
     else:
-        # the rows on P threads, each calling BLAS single-threaded
+        # the rows on P threads, each calling our kernels (or BLAS single-threaded)
         for k in range(P):
             tasks[k] = loop_share(L, k, P)
-        opened = single_open()
+        if not packed:
+            opened = single_open()
         run_tasks(loop_task, tasks, sizeof(Loop), P)
     loop_threads_end(opened)   # (closes either kind of single-thread section)
 

@@ -8,7 +8,7 @@ cdef extern from "rc_threads.h" nogil:
     void blas_thread_hooks "rc_blas_thread_hooks"(size_t set_fn, size_t get_fn,
                                                   long long min_work, size_t state,
                                                   int row_split)
-    int row_threads "rc_row_threads"(Py_ssize_t N, long long work, Py_ssize_t T)
+    int row_threads "rc_row_threads"(Py_ssize_t N, long long work, Py_ssize_t T, bint packed)
     Py_ssize_t share "rc_share"(Py_ssize_t B, int k, int P)
     ctypedef void (*task_fn "rc_task_fn")(void *) noexcept nogil
     void run_tasks "rc_run_tasks"(task_fn fn, void *args, size_t size, int P)

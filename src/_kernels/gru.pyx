@@ -102,7 +102,7 @@ from collections import namedtuple
 import numpy as np
 
 from _blas cimport floating, transposed, col_block, scale_rows
-from _gemm cimport mm_step, step_weight
+from _gemm cimport mm_step, step_weight, set_packing
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
@@ -268,7 +268,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.b = &bx[0]
     L.bh = &bh[0]
     L.scratch = &s[0, 0]
-    keep = step_weight(Wh, &L.wh, T, N, GH, H)
+    # packed, Wh[:, :2H] and Wh[:, 2H:] each from a panel boundary for the
+    # reset-before steps' two products (fwd_rows)
+    keep = step_weight(Wh, &L.wh, T, N, GH, H, False, 0 if reset_after else GH - H)
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     return saved
@@ -432,3 +434,9 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
                        bint row_split=False):
     """Install the BLAS thread functions and the shared section state (rc_threads.h)."""
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
+
+
+def _set_packing(bint enabled):
+    """Test hook: time loops pack their weight when the policy says so (True, the
+    default) or never (False: the panel kernel and BLAS paths), in this module."""
+    set_packing(enabled)

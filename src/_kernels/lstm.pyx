@@ -61,7 +61,7 @@ from collections import namedtuple
 import numpy as np
 
 from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans
-from _gemm cimport mm, mm_step, step_weight
+from _gemm cimport mm, mm_step, step_weight, set_packing
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
@@ -119,9 +119,8 @@ cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t
     lstm_pass(L, False, t, r0, rows, cp, ldcp)
     if L.wr.p != NULL:
         # h_t[rows] = m_t[rows] @ Wr         (rows, Hp) = (rows, H)(H, Hp)
-        mm(rows, Hp, H, <floating>1,
-           mat(<floating *>L.m.p + t * L.m.st + r0 * L.m.sn, L.m.sn, NoTrans), L.wr,
-           <floating>0, mat(<floating *>L.h.p + t * L.h.st + r0 * L.h.sn, L.h.sn, NoTrans))
+        mm_step(rows, Hp, H, <floating *>L.m.p + t * L.m.st + r0 * L.m.sn, L.m.sn, L.wr,
+                <floating>0, <floating *>L.h.p + t * L.h.st + r0 * L.h.sn, L.h.sn)
 
 
 cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
@@ -164,8 +163,8 @@ cdef inline void proj_grad(const Loop *L, Py_ssize_t t, Py_ssize_t B,
         for j in range(Hp):
             e[q * L.dht.sn + j] = dh[q * L.dh.sn + j] + cy[q * ldc + j]
     # S[:B, :H] = E_t[:B] @ Wr^T              (B, H) = (B, Hp)(H, Hp)^T
-    mm(B, L.H, Hp, <floating>1, mat(e, L.dht.sn, NoTrans), transposed(L.wr), <floating>0,
-       mat(<floating *>L.scratch, L.P * RC_LSTM_GATES * L.H, NoTrans))
+    mm_step(B, L.H, Hp, e, L.dht.sn, transposed(L.wr), <floating>0, <floating *>L.scratch,
+            L.P * RC_LSTM_GATES * L.H)
 
 
 cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
@@ -253,6 +252,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.c0 = &c0[0, 0]
     L.b = &b[0]
     keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
+    # the projection's operand Wr (H, Hp), as the loop reads it (packed once, too)
+    keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H) if Wr is not None else None
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     return saved
@@ -341,6 +342,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
         seq_check(dht, "E", T, N, L.Hp, &L.dht)
         L.scratch = &s[0, 0]
     keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
+    # backward's projection operand Wr^T (Hp, H)
+    keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H, True) if Wr is not None else None
     with nogil:
         backward_loop(&L, &inp, &gr, bwd_steps[float], bwd_steps[double], <floating>0)
         if proj is not None:
@@ -423,3 +426,9 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
                        bint row_split=False):
     """Install the BLAS thread functions and the shared section state (rc_threads.h)."""
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
+
+
+def _set_packing(bint enabled):
+    """Test hook: time loops pack their weight when the policy says so (True, the
+    default) or never (False: the panel kernel and BLAS paths), in this module."""
+    set_packing(enabled)

@@ -84,23 +84,37 @@ static void rc_loop_threads_end(int opened) { rc_single_close(opened); }
  * variable-length batch every thread gets long and short rows) through all T
  * steps with no synchronisation; the all-steps GEMMs before and after the
  * loop stay whole and keep BLAS's threads. Each thread's per-step products go
- * to the panel kernel (or BLAS inside a single-thread section opened by the
- * caller). P = min(BLAS threads, 8, N / 4) when rnncore._runtime.threads allowed it
+ * to the packed kernel (rc_gemm_packed.h), or, on a plain weight, to the panel
+ * kernel or BLAS inside a single-thread section opened by the caller. P = min(BLAS threads, 8, N / 4) when rnncore._runtime.threads allowed it
  * (rc_row_split: only when SciPy's OpenBLAS was loaded with a short thread
- * timeout -- spinning BLAS workers would compete with the loop's threads),
- * the per-step product is below RC_SPLIT_MAX_WORK multiply-adds (above it the
- * per-step GEMM itself scales on BLAS's threads) and the loop does at least
- * RC_SPLIT_MIN_TOTAL of them (thread start-up is ~50 us). */
+ * timeout -- spinning BLAS workers would compete with the loop's threads)
+ * and the loop does at least RC_SPLIT_MIN_TOTAL multiply-adds (thread
+ * start-up is ~50 us). Above RC_SPLIT_MAX_WORK per step, the rows are split
+ * only when the threads' products go to the packed kernel (`packed`:
+ * rc_gemm_packed.h, T >= 2) with more than RC_SPLIT_PACKED_ROWS rows each.
+ * Measured on 2 Zen 4 cores, (64, 1024)(1024, 4096) and (64, 4096)(4096, 1024)
+ * with the rows split over 2 threads: 200-215 GFLOP/s of thread-CPU time,
+ * where OpenBLAS on 2 threads reaches ~150 per step (it repacks B every call);
+ * LSTM (T, N, D, H) = (50, 64, 512, 1024) forward went from 289 to 205 ms,
+ * forward+backward from 747 to 637 ms. Each thread keeps its own rows through
+ * all T steps: no per-step hand-off between threads (splitting the columns
+ * instead needs a barrier per step, and measured far worse on the shared
+ * machine). Otherwise the per-step GEMM itself scales on BLAS's threads. The count may depend on BLAS's thread count; the numbers
+ * computed do not (each row's products are the same whichever thread runs
+ * them). */
 #define RC_SPLIT_MAX_WORK 33554432LL     /* 32 M multiply-adds per step */
 #define RC_SPLIT_MIN_TOTAL 2000000LL
-static int rc_row_threads(rc_idx N, long long work, rc_idx T)
+#define RC_SPLIT_PACKED_ROWS 4
+static int rc_row_threads(rc_idx N, long long work, rc_idx T, int packed)
 {
     if (!rc_row_split || rc_blas_get_threads == NULL) return 1;
-    if (work > RC_SPLIT_MAX_WORK || work * (long long)T < RC_SPLIT_MIN_TOTAL) return 1;
+    if (work * (long long)T < RC_SPLIT_MIN_TOTAL) return 1;
     int P = rc_blas_get_threads();
     if (P > 8) P = 8;
     if (P > N / 4) P = (int)(N / 4);
-    return P < 2 ? 1 : P;
+    if (P < 2) return 1;
+    if (work <= RC_SPLIT_MAX_WORK) return P;
+    return packed && T >= 2 && (N + P - 1) / P > RC_SPLIT_PACKED_ROWS ? P : 1;
 }
 
 /* Rows of thread k of P among the first B rows (k, k+P, ... < B). */

@@ -22,10 +22,13 @@ Design notes
   ``x`` and ``h`` (and ``dx``) must share the same kind of layout.
 * Weights are (D, H) / (H, H) operands, row-major or a transposed view of a
   row-major array (PyTorch's (H, D) ``weight_ih`` passed as ``weight_ih.T``):
-  the kernel passes BLAS the transpose flag, never copies. The one exception:
-  forward makes one C-ordered copy of a transposed ``Wh`` for all T steps when
-  the per-step products go to the panel kernel (see step_weight, _gemm.pxd),
-  instead of BLAS packing it on every step.
+  the kernel passes BLAS the transpose flag, never copies. The exceptions, for
+  the per-step products of a loop of T >= 2 steps (see step_weight, _gemm.pxd),
+  instead of BLAS packing the weight on every step: on a CPU with AVX2+FMA or
+  AVX-512, ``Wh`` (forward) or ``Wh^T`` (backward) is packed once for all
+  steps for the packed kernel (rc_gemm_packed.h); elsewhere forward makes one
+  C-ordered copy of a transposed ``Wh`` when the products go to the panel
+  kernel.
 * The caller allocates every output (h, dx, dh0 and the gradient arrays, which
   are *accumulated into*); backward allocates its dZ workspace (T*N*H, the
   only memory beyond the stored activations).
@@ -46,7 +49,7 @@ from libc.stdlib cimport malloc, free
 import numpy as np
 
 from _blas cimport floating, transposed, scale_rows
-from _gemm cimport mm_step, step_weight
+from _gemm cimport mm_step, step_weight, packs_step_weight, packed_nr, set_packing
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
 from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
@@ -278,9 +281,28 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
 
 
+def _set_packing(bint enabled):
+    """Test hook: time loops pack their weight when the policy says so (True, the
+    default) or never (False: the panel kernel and BLAS paths), in this module."""
+    set_packing(enabled)
+
+
 def _row_threads(Py_ssize_t N, long long work, Py_ssize_t T):
-    """How many threads a time loop of T steps, N rows, `work` multiply-adds per step uses."""
-    return row_threads(N, work, T)
+    """How many threads a time loop of T steps, N rows, `work` multiply-adds per step uses
+    (with its weight packed when step_weight would pack it)."""
+    return row_threads(N, work, T, packs_step_weight(T, work))
+
+
+def _packs_step_weight(Py_ssize_t N, Py_ssize_t n, Py_ssize_t k, Py_ssize_t T):
+    """Whether a time loop of T steps over N rows packs its (k, n) per-step operand
+    once and multiplies on the packed kernel (rc_gemm_packed.h), as step_weight decides."""
+    return N > 0 and n > 0 and k > 0 and packs_step_weight(T, N * n * k)
+
+
+def _packed_layout():
+    """Whether this CPU has a packed layout (AVX2+FMA or AVX-512): then time loops of
+    T >= 2 steps never switch BLAS's process-wide thread count (see _loop.pxd: run_loop)."""
+    return packed_nr(sizeof(float)) > 0
 
 
 def _single_thread_open():

@@ -1,14 +1,14 @@
-"""Vectorized activations (rc_activations.h) and own GEMMs (rc_gemm.h) exposed
-to Python, and the SIMD level.
+"""Vectorized activations (rc_activations.h) and own GEMMs (rc_gemm.h,
+rc_gemm_packed.h) exposed to Python, and the SIMD level.
 
 Used by the accuracy tests (tests/test_activations.py, tests/test_gemm.py) and
 ``rnncore.show_config()``; the cell kernels call the same C functions directly.
 """
 import numpy as np
 
-from _blas cimport floating
+from _blas cimport floating, Mat, mat, NoTrans, transposed, col_block
 from _gemm cimport (RC_SMALL_M, rc_gemm_small_f, rc_gemm_small_d, rc_gemm_panel_f,
-                   rc_gemm_panel_d)
+                   rc_gemm_panel_d, mm_step, packed_nr, pack_weight)
 
 cdef extern from "rc_activations.h" nogil:
     void rc_tanh_array_f(const float *x, float *y, Py_ssize_t n)
@@ -114,6 +114,52 @@ def gemm_panel(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :
             rc_gemm_panel_f(m, n, k, &a[0, 0], k, &b[0, 0], n, <float>beta, &c[0, 0], n)
         else:
             rc_gemm_panel_d(m, n, k, &a[0, 0], k, &b[0, 0], n, beta, &c[0, 0], n)
+    return np.asarray(c)
+
+
+def _gemm_packed_nr(dtype):
+    """Panel width of the packed weight layout for this CPU (0: no packed path)."""
+    return packed_nr(np.dtype(dtype).itemsize)
+
+
+def _gemm_packed(const floating[:, :] a, b, floating[:, :] c, floating beta,
+                 Py_ssize_t nr=0, Py_ssize_t split=0, Py_ssize_t j=0, Py_ssize_t p0=0,
+                 bint block=False):
+    """C (m, n) := A (m, k) B[p0:p0+k, j:j+n] + beta C in place, through the time loops' path.
+
+    B (any 2-D layout, e.g. a transposed view) is packed with panels nr wide
+    (0: this CPU's layout; 32/16 the AVX-512 one, 16/8 the AVX2 one for
+    float32/float64; `split` as in pack_weight) exactly as step_weight packs a
+    weight, and the block of it starting at column j (a panel start or
+    `split`) and row p0 is multiplied by mm_step -- the column and row blocks
+    the reset-before GRU reads (col_block of the packed Mat and of its
+    transpose; `block`: B may be larger than (k, n) at j = p0 = 0, else it is
+    exactly that). A and C need a contiguous last axis. For the tests.
+    """
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = c.shape[1]
+    cdef Py_ssize_t isz = sizeof(floating)
+    bb = np.asarray(b)
+    block = block or j > 0 or p0 > 0
+    if (bb.ndim != 2 or bb.shape[0] < p0 + k or bb.shape[1] < j + n or c.shape[0] != m
+            or bb.dtype != np.asarray(a).dtype or not (block or bb.shape == (k, n))):
+        raise ValueError("shapes or dtypes do not match")
+    if (k > 1 and a.strides[1] != isz) or (n > 1 and c.strides[1] != isz):
+        raise ValueError("a and c need a contiguous last axis")
+    if nr == 0:
+        nr = packed_nr(isz)
+    if nr <= 0 or m == 0 or n == 0:
+        raise ValueError("no packed layout for this CPU, or an empty product")
+    if k == 0:
+        bb = np.zeros((p0 + 1, bb.shape[1]), dtype=bb.dtype)   # a valid pointer; never read
+    cdef const floating[:, :] bp = pack_weight(bb, nr, split)
+    cdef Mat w = mat(&bp[0, 0], bb.shape[0], NoTrans)
+    w.nr = nr
+    # the column block j (NoTrans), then the row block p0 (a column block of B^T)
+    w = transposed(col_block(transposed(col_block(w, j, isz)), p0, isz))
+    cdef Py_ssize_t lda = a.strides[0] // isz if m > 1 else k
+    cdef const floating *ap = &a[0, 0] if k > 0 else NULL
+    with nogil:
+        mm_step(m, n, k, ap, lda, w, beta, &c[0, 0], c.strides[0] // isz)
     return np.asarray(c)
 
 

@@ -210,5 +210,5 @@ def _install_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split):
 
 
 _threads.attach_kernels(_install_thread_hooks, _krnn._single_thread_open,
-                        _krnn._single_thread_close)
+                        _krnn._single_thread_close, packed=_krnn._packed_layout())
 

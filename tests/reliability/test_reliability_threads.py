@@ -261,11 +261,6 @@ def _scipy_blas_threads():
     return infos[0]["num_threads"] if infos else None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the kernels' time-loop BLAS policy (_threads."
-                   "LOOP_PARALLEL_MIN) sets OpenBLAS's process-wide thread count to 1 for a "
-                   "loop's duration, so a model running in another thread meanwhile computes "
-                   "its weight-gradient GEMMs with 1 thread: concurrent runs are no longer "
-                   "bitwise equal to sequential ones (last-bit differences in dW)")
 def test_separate_model_unaffected_by_another_threads_kernel():
     """Deterministic version of the race: thread A runs a long small-step kernel
     loop; while it does (observed via OpenBLAS's thread count), this thread runs

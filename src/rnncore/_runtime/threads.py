@@ -15,7 +15,12 @@ process-wide, a model running in another thread meanwhile may compute its
 large GEMMs on one thread: results of *concurrent* runs can then differ in the
 last bits from sequential ones; under ``rnncore.threadpool_limits(1)`` (the
 recommended setting for running models in several threads) they are bitwise
-reproducible.
+reproducible. On a CPU with a packed layout (AVX2+FMA or AVX-512) the loops of
+T >= 2 steps multiply by their weight packed once (the kernels' packed GEMM),
+call no BLAS inside, and so never open a section: the loop policy is then
+inactive (:func:`loop_policy_active`), and concurrent runs of unidirectional
+models equal sequential ones. (The two-direction sections below, and the
+reset-before GRU's dWh product, still switch the count.)
 
 Directions. The kernels release the GIL for their whole time loop, so the
 forward and reverse directions of one layer (independent computations) run
@@ -50,17 +55,22 @@ _HOOKS = None
 _ROW_SPLIT = None
 #: set by attach_kernels: (install(set, get, min_work, state, row_split), open, close)
 _KERNELS = None
+#: set by attach_kernels: whether the kernels' time loops use packed weights (never BLAS)
+_PACKED = False
 
 
-def attach_kernels(install, section_open, section_close) -> None:
+def attach_kernels(install, section_open, section_close, packed=False) -> None:
     """Called once by rnncore._bindings when it loads the kernel modules.
 
     ``install(set_addr, get_addr, min_work, state_addr, row_split)`` hands the
     policy to every kernel module; ``section_open()``/``section_close(token)``
-    are the kernels' single-thread section. Installs the current policy.
+    are the kernels' single-thread section; ``packed``: the kernels' time loops
+    multiply by packed weights on this CPU (then they open no sections).
+    Installs the current policy.
     """
-    global _KERNELS
+    global _KERNELS, _PACKED
     _KERNELS = (install, section_open, section_close)
+    _PACKED = bool(packed)
     set_loop_parallel_min(LOOP_PARALLEL_MIN)
 
 
@@ -141,8 +151,9 @@ def row_split_enabled() -> bool:
 
 
 def loop_policy_active() -> bool:
-    """Whether the time-loop BLAS thread policy is installed."""
-    return bool(_HOOKS) and LOOP_PARALLEL_MIN > 0
+    """Whether time loops switch BLAS's process-wide thread count (the loop policy is
+    installed and the CPU has no packed layout for the kernels' own GEMM)."""
+    return bool(_HOOKS) and LOOP_PARALLEL_MIN > 0 and not _PACKED
 
 
 def set_parallel_directions(enabled: bool) -> None:

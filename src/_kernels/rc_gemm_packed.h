@@ -1,0 +1,233 @@
+/* rc_gemm_packed.h -- the time loops' recurrent GEMM on a weight packed once.
+ *
+ * Every step of a time loop multiplies by the same weight: forward
+ * S (N, GH) = H_prev (N, H) Wh (H, GH), backward carry (N, H) += dG (N, GH) Wh^T.
+ * BLAS repacks that (k, n) operand on every call, i.e. on every step, and an
+ * unpacked kernel reading B row-major in place (rc_gemm_panel_*) touches a new
+ * page per k step once n is large. Here B is packed ONCE per kernel call
+ * (rc_pack_*, from any strided layout: row-major or a transposed view, so a
+ * PyTorch-layout weight needs no extra copy) into column panels nr wide:
+ *
+ *     panel q = columns [q*nr, q*nr + nr) of B, k rows of nr contiguous
+ *     elements, at dst + q*nr*k; the last panel zero-padded to nr columns.
+ *
+ * and rc_gemm_packed_* computes C (m, n) := A (m, k) B + beta C with A and C
+ * row-major, read and written in place. The kernel takes the panel stride
+ * apart (ldp rows: panel q at bp + q*nr*ldp), so a row block B[p0:p0+k] of a
+ * packed operand is the same array from bp + p0*nr (the reset-before GRU's
+ * backward reads Wh^T[:2H] and Wh^T[2H:] of one packed Wh^T), and a column
+ * block that starts at a panel is the array from bp + q*nr*ldp (its forward
+ * packs Wh[:, :2H] and Wh[:, 2H:] each from a panel boundary: rc_pack_*
+ * twice, see _gemm.pxd: pack_weight). Each MR x nr block of C accumulates in
+ * registers over all of k: 2 vectors of B and MR broadcasts of A per k step,
+ * 2*MR FMAs. Two layouts, chosen at pack time by the CPU (rc_packed_nr):
+ *
+ *   wide   (AVX-512, x86-64-v4): nr = two 64-byte vectors (32 float / 16 double),
+ *          MR = 8: 16 zmm accumulators (no spills: objdump of the v4 clone);
+ *   narrow (AVX2+FMA, x86-64-v3): nr = two 32-byte vectors (16 float / 8 double),
+ *          MR = 6: 12 ymm accumulators + 2 of B + 1 broadcast = 15 of 16.
+ *
+ * Rows past the last whole MR block go through 4-, 3-, 2- and 1-row blocks of
+ * the same code. Every element of C is one dot product summed in k order
+ * (one FMA per k) whatever m, the block or the thread: results do not depend
+ * on how the rows are split. beta == 0 writes C without reading it.
+ *
+ * Measured on a Zen 4 core (thread-CPU GFLOP/s, the machine shared): 100-114
+ * on every per-step shape from (8, 128)(128, 512) to (64, 1024)(1024, 4096) and
+ * (64, 4096)(4096, 1024); at the three large ones OpenBLAS (1 thread) ran at
+ * 56-75 and the unpacked panel kernel at 74-81. 12x32, 14x32 and 6x64 blocks,
+ * packing A per call and k blocking (KC = 256) measured no faster than 8x32.
+ *
+ * Policy (rc_pack_step_weight below; the row split in rc_threads.h): a loop of
+ * T >= 2 steps packs its weight whenever this CPU has a layout and the loop's
+ * products would run on our threads -- a function of the shapes and of the
+ * configuration fixed at import, never of BLAS's current thread count, so a
+ * concurrent model's single-thread section cannot change the path. With the
+ * packed kernel the rows are split over threads at any per-step work
+ * (rc_row_threads); each thread multiplies its own rows by the whole packed
+ * weight, shared read-only, with no per-step synchronisation.
+ */
+#ifndef RC_GEMM_PACKED_H
+#define RC_GEMM_PACKED_H
+
+#include "rc_gemm.h"   /* RC_CLONES, rc_idx, rc_vf64b; rc_threads.h: rc_loop_parallel_min, rc_row_split */
+
+typedef float rc_vf32b __attribute__((vector_size(32)));   /* 32-byte vectors (GCC/Clang) */
+typedef double rc_vd32b __attribute__((vector_size(32)));
+
+#define RC_PK_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define RC_PK_WIDE_BYTES 128    /* panel width of the AVX-512 layout: two 64-byte vectors */
+#define RC_PK_NARROW_BYTES 64   /* of the AVX2 layout: two 32-byte vectors */
+
+/* Panel width (elements of `elsize` bytes) of the packed layout for this CPU,
+ * or 0: no packed path (baseline x86-64, other architectures/compilers). */
+static rc_idx rc_packed_nr(size_t elsize)
+{
+#if RC_HAVE_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return (rc_idx)(RC_PK_WIDE_BYTES / elsize);
+    if (__builtin_cpu_supports("x86-64-v3")) return (rc_idx)(RC_PK_NARROW_BYTES / elsize);
+#endif
+    (void)elsize;
+    return 0;
+}
+
+/* Elements of a packed (k, n) operand with panels nr wide. */
+static inline rc_idx rc_packed_size(rc_idx k, rc_idx n, rc_idx nr)
+{
+    return (n + nr - 1) / nr * nr * k;
+}
+
+/* dst := B (k, n) packed in panels nr wide (layout above); element (p, j) of
+ * B at b[p*rs + j*cs] (row-major: cs == 1; a transposed view: rs == 1). */
+#define RC_DEFINE_PACK(NAME, T)                                                 \
+    RC_CLONES static void NAME(rc_idx k, rc_idx n, const T *b, rc_idx rs,       \
+                               rc_idx cs, rc_idx nr, T *dst)                    \
+    {                                                                           \
+        for (rc_idx j0 = 0; j0 < n; j0 += nr) {                                 \
+            const rc_idx w = RC_PK_MIN(nr, n - j0);                             \
+            T *d = dst + j0 * k;                                                \
+            if (cs == 1) {                                                      \
+                for (rc_idx p = 0; p < k; p++) {                                \
+                    const T *s = b + p * rs + j0;                               \
+                    T *dp = d + p * nr;                                         \
+                    for (rc_idx j = 0; j < w; j++) dp[j] = s[j];                \
+                    for (rc_idx j = w; j < nr; j++) dp[j] = 0;                  \
+                }                                                               \
+                continue;                                                       \
+            }                                                                   \
+            /* columns of B are rows of the source (rs == 1) or strided: 16 k  \
+             * at a time from each column, so every source line is read once */ \
+            for (rc_idx p0 = 0; p0 < k; p0 += 16) {                             \
+                const rc_idx pc = RC_PK_MIN(16, k - p0);                        \
+                for (rc_idx j = 0; j < w; j++) {                                \
+                    const T *s = b + p0 * rs + (j0 + j) * cs;                   \
+                    for (rc_idx p = 0; p < pc; p++) d[(p0 + p) * nr + j] = s[p * rs]; \
+                }                                                               \
+                for (rc_idx p = 0; p < pc; p++)                                 \
+                    for (rc_idx j = w; j < nr; j++) d[(p0 + p) * nr + j] = 0;   \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_PACK(rc_pack_f, float)
+RC_DEFINE_PACK(rc_pack_d, double)
+
+/* One MR x (2 vectors) block over all of k:
+ * C[:MR, :w] := A[:MR, :k] Bpanel + beta C (w < panel width: the last panel).
+ * MR is a constant at every call site (always_inline: the loops over r unroll
+ * and the accumulators live in registers). */
+#define RC_DEFINE_PK_TILE(NAME, T, VT)                                          \
+    static inline __attribute__((always_inline)) void NAME(                     \
+        const int MR, rc_idx k, const T *a, rc_idx lda, const T *b, T beta,     \
+        T *c, rc_idx ldc, rc_idx w)                                             \
+    {                                                                           \
+        const rc_idx V = (rc_idx)(sizeof(VT) / sizeof(T));                      \
+        VT acc[2 * 8];                                                          \
+        _Pragma("GCC unroll 16")                                                \
+        for (int r = 0; r < 2 * MR; r++) acc[r] = (VT){0};                      \
+        for (rc_idx p = 0; p < k; p++) {                                        \
+            VT b0, b1;                                                          \
+            __builtin_memcpy(&b0, b + p * 2 * V, sizeof(VT));                   \
+            __builtin_memcpy(&b1, b + p * 2 * V + V, sizeof(VT));               \
+            _Pragma("GCC unroll 8")                                             \
+            for (int r = 0; r < MR; r++) {                                      \
+                const T x = a[r * lda + p];   /* vector * scalar: a broadcast */ \
+                acc[2 * r] += b0 * x;                                           \
+                acc[2 * r + 1] += b1 * x;                                       \
+            }                                                                   \
+        }                                                                       \
+        if (w == 2 * V) {                                                       \
+            _Pragma("GCC unroll 8")                                             \
+            for (int r = 0; r < MR; r++) {                                      \
+                for (int h = 0; h < 2; h++) {                                   \
+                    T *cp = c + r * ldc + h * V;                                \
+                    VT v = acc[2 * r + h];                                      \
+                    if (beta != 0) {                                            \
+                        VT old;                                                 \
+                        __builtin_memcpy(&old, cp, sizeof(VT));                 \
+                        v += beta == 1 ? old : old * beta;                      \
+                    }                                                           \
+                    __builtin_memcpy(cp, &v, sizeof(VT));                       \
+                }                                                               \
+            }                                                                   \
+        } else {                                                                \
+            for (int r = 0; r < MR; r++) {                                      \
+                T tmp[2 * sizeof(VT) / sizeof(T)];                              \
+                __builtin_memcpy(tmp, &acc[2 * r], sizeof tmp);                 \
+                T *cr = c + r * ldc;                                            \
+                for (rc_idx j = 0; j < w; j++)                                  \
+                    cr[j] = beta == 0 ? tmp[j] : tmp[j] + beta * cr[j];         \
+            }                                                                   \
+        }                                                                       \
+    }
+
+/* C (m, n) := A (m, k) B + beta C, B packed in panels of two VT vectors
+ * (nr = 2 * lanes); MR rows per register block, then 4, 3, 2, 1. */
+#define RC_PK_BLOCK(TILE, MRX)                                                  \
+    TILE(MRX, k, a + i0 * lda, lda, panel, beta, c + i0 * ldc + j0, ldc, w)
+#define RC_DEFINE_PK_GEMM(NAME, T, VT, MR, TILE)                                \
+    RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k, const T *a,        \
+                               rc_idx lda, const T *bp, rc_idx ldp, T beta,     \
+                               T *c, rc_idx ldc)                                \
+    {                                                                           \
+        const rc_idx NR = 2 * (rc_idx)(sizeof(VT) / sizeof(T));                 \
+        for (rc_idx j0 = 0; j0 < n; j0 += NR) {                                 \
+            const T *panel = bp + j0 * ldp;                                     \
+            const rc_idx w = RC_PK_MIN(NR, n - j0);                             \
+            rc_idx i0 = 0;                                                      \
+            for (; i0 + MR <= m; i0 += MR) RC_PK_BLOCK(TILE, MR);               \
+            if (m - i0 >= 4) { RC_PK_BLOCK(TILE, 4); i0 += 4; }                 \
+            switch (m - i0) {                                                   \
+            case 3: RC_PK_BLOCK(TILE, 3); break;                                \
+            case 2: RC_PK_BLOCK(TILE, 2); break;                                \
+            case 1: RC_PK_BLOCK(TILE, 1); break;                                \
+            default: break;                                                     \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_PK_TILE(rc_pk_tile_wide_f, float, rc_vf64b)
+RC_DEFINE_PK_TILE(rc_pk_tile_wide_d, double, rc_vd64b)
+RC_DEFINE_PK_TILE(rc_pk_tile_narrow_f, float, rc_vf32b)
+RC_DEFINE_PK_TILE(rc_pk_tile_narrow_d, double, rc_vd32b)
+RC_DEFINE_PK_GEMM(rc_gemm_packed_wide_f, float, rc_vf64b, 8, rc_pk_tile_wide_f)
+RC_DEFINE_PK_GEMM(rc_gemm_packed_wide_d, double, rc_vd64b, 8, rc_pk_tile_wide_d)
+RC_DEFINE_PK_GEMM(rc_gemm_packed_narrow_f, float, rc_vf32b, 6, rc_pk_tile_narrow_f)
+RC_DEFINE_PK_GEMM(rc_gemm_packed_narrow_d, double, rc_vd32b, 6, rc_pk_tile_narrow_d)
+
+/* C (m, n) := A (m, k) B + beta C, B packed by rc_pack_* with panels nr wide
+ * (either layout: nr tells which) and ldp rows apart (ldp >= k). */
+#define RC_DEFINE_PK_DISPATCH(NAME, T, WIDE, NARROW)                            \
+    static inline void NAME(rc_idx m, rc_idx n, rc_idx k, const T *a, rc_idx lda, \
+                            const T *bp, rc_idx ldp, rc_idx nr, T beta, T *c,    \
+                            rc_idx ldc)                                          \
+    {                                                                           \
+        if (nr == RC_PK_WIDE_BYTES / (rc_idx)sizeof(T))                         \
+            WIDE(m, n, k, a, lda, bp, ldp, beta, c, ldc);                       \
+        else                                                                    \
+            NARROW(m, n, k, a, lda, bp, ldp, beta, c, ldc);                     \
+    }
+RC_DEFINE_PK_DISPATCH(rc_gemm_packed_f, float, rc_gemm_packed_wide_f, rc_gemm_packed_narrow_f)
+RC_DEFINE_PK_DISPATCH(rc_gemm_packed_d, double, rc_gemm_packed_wide_d, rc_gemm_packed_narrow_d)
+
+/* ------------------------------------------------------------------ policy */
+
+/* Whether a time loop of T steps whose per-step product does `work`
+ * multiply-adds multiplies by a packed copy of its per-step operand: the CPU
+ * has a packed layout, T >= 2 (packing reads B about as often as one step
+ * does), and the products run on our threads -- below the BLAS thread
+ * threshold, or with rows split over threads (allowed at any work with the
+ * packed kernel, rc_row_threads). Any number of rows: for m = 1..4 the packed
+ * kernel measured 1.2-3x the small-M kernel (k, n = 256..1024, 1024..4096).
+ * Otherwise (row split configured off, a large product) the loop keeps BLAS's
+ * threads. Shapes and import-time configuration only: never BLAS's current
+ * thread count, which another thread's single-thread section changes. */
+static int rc_pack_enabled = 1;   /* a test hook turns packing off (rc_set_packing) */
+static void rc_set_packing(int enabled) { rc_pack_enabled = enabled; }
+
+static int rc_pack_step_weight(rc_idx T, long long work)
+{
+    if (!rc_pack_enabled || rc_packed_nr(sizeof(float)) == 0 || T < 2 || work < 1) return 0;
+    return rc_row_split || work < rc_loop_parallel_min;
+}
+
+#endif /* RC_GEMM_PACKED_H */
