@@ -211,3 +211,32 @@ def test_version_and_help():
     assert r.returncode == 0 and "--skip-nonfinite" in r.stdout and "--resume" in r.stdout
     r = rnncore("train", "--steps", 0)
     assert r.returncode == 2 and "expected an integer >= 1" in r.stderr
+
+
+def test_no_command_prints_the_help():
+    r = rnncore()
+    assert r.returncode == 0 and r.stdout.startswith("usage: rnncore")
+    assert "train" in r.stdout and "sample" in r.stdout and "info" in r.stdout
+
+
+def test_progress_shows_the_loss_the_summary_reports(tmp_path):
+    # plain progress lines (no tqdm): the last one is printed at the last step
+    env = env_without(tmp_path, "tqdm")
+    r = rnncore("train", "--steps", 12, "--out", tmp_path / "o", *SMALL, env=env)
+    assert r.returncode == 0, r.stderr
+    bar = re.findall(r"step 12/12 \| loss ([0-9.]+) bits/char", r.stderr)
+    summary = re.search(r"train ([0-9.]+) bits/char \(last 12 steps\)", r.stdout)
+    assert bar and summary and bar[-1] == summary.group(1)
+    losses = np.asarray(history(tmp_path / "o" / "checkpoint.npz"))
+    assert abs(float(bar[-1]) - losses.mean() / np.log(2)) < 6e-4     # the mean, not the last
+    assert abs(losses[-1] - losses.mean()) / np.log(2) > 1e-3          # (which differ here)
+
+
+def test_loss_plot_range_follows_the_later_steps():
+    from rnncore.charlm.plot import y_range
+    bits = np.concatenate([[7.4, 6.0, 4.5], np.linspace(3.0, 1.6, 197)])
+    lo, hi = y_range(bits, [2.4, 1.9, 1.7])
+    assert 1.4 < lo < 1.6 and 2.9 < hi < 3.3        # the first steps run off the top
+    assert y_range(bits[:10]) is None                # short runs: matplotlib's own range
+    lo, hi = y_range(bits, [5.0])
+    assert hi > 5.0                                  # validation points stay visible

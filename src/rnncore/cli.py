@@ -109,9 +109,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: steps of the training loss the progress bar and the summary line average
+RECENT_STEPS = 50
+
+
+def recent_loss(train_loss) -> float:
+    """Mean of the last RECENT_STEPS finite training losses (nats; nan if none):
+    what the progress bar shows and the summary line reports."""
+    recent = [v for v in train_loss[-RECENT_STEPS:] if math.isfinite(v)]
+    return sum(recent) / len(recent) if recent else float("nan")
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``rnncore`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``rnncore`` console script; returns the exit code.
+
+    With no command at all, prints the help and returns 0.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except CLIError as exc:
@@ -370,7 +389,9 @@ class _Run:
     def on_event(self, kind, info):
         """:meth:`Trainer.fit`'s events: progress, validation, samples, saves."""
         if kind == "step":
-            self.progress.update(info["step"], info["loss"], info["chars_per_s"])
+            # the smoothed loss the summary line reports, not the last step's
+            self.progress.update(info["step"], recent_loss(self.trainer.train_loss),
+                                 info["chars_per_s"])
         elif kind == "eval":
             self.progress.write(f"step {info['step']}: validation {info['bpc']:.3f} bits/char")
         elif kind == "sample":
@@ -478,8 +499,8 @@ class _Run:
         cps = (trainer.chars_seen - self.chars0) / secs if secs else 0.0
         val = (f"validation {trainer.val_history[-1][1]:.3f} bits/char"
                if trainer.val_history else "no validation split")
-        recent = [v for v in trainer.train_loss[-50:] if math.isfinite(v)]
-        train_bpc = sum(recent) / len(recent) / math.log(2) if recent else float("nan")
+        recent = [v for v in trainer.train_loss[-RECENT_STEPS:] if math.isfinite(v)]
+        train_bpc = recent_loss(trainer.train_loss) / math.log(2)
         skipped = f", {trainer.skipped} skipped" if trainer.skipped else ""
         files = ", ".join([self.ckpt] + ([self.plot_path] if plotted else [])
                           + [self.samples_path])
