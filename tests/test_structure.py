@@ -26,8 +26,8 @@ ALLOWED_UPWARD = set()
 BOUND = ("rnncore.functional", "rnncore._stack", "rnncore.models", "rnncore.cells")
 
 #: imported only on attribute access (PEP 562), never by `import rnncore`
-LAZY = ("rnncore.charlm", "rnncore.cli", "rnncore.bench", "rnncore.distributed",
-        "rnncore.dask_inference")
+LAZY = ("rnncore.charlm", "rnncore.cli", "rnncore.distributed", "rnncore.dask_inference",
+        "rnncore.interop", "rnncore.onnx")
 
 
 def _module_name(path):

@@ -15,7 +15,10 @@ cells       RNNCell, GRUCell, LSTMCell (single steps)
 nn          Embedding, Linear, Dropout, Sequential
 losses      cross_entropy, mse_loss, binary_cross_entropy_with_logits, last_step
 optim       SGD, Adam, AdamW, Adagrad, RMSprop, StepLR, CosineAnnealingLR
-charlm      the character-level language model (loaded on first use)
+clip, gradcheck, io   clipping, gradient checks, save/load
+charlm      the character-level language model (loaded on first use, like the rest below)
+onnx        ONNX export and import;  interop: Keras and cs231n weights
+distributed, dask_inference   scale-out (MPI, Dask)
 """
 from ._version import __version__
 from ._runtime.blas import select_blas_kernels as _select_blas_kernels
@@ -49,7 +52,7 @@ __all__ = [
 
 #: applications and optional integrations, imported on first attribute access
 #: (PEP 562) so that ``import rnncore`` loads none of them
-_LAZY_SUBMODULES = ("charlm", "cli", "bench", "distributed", "dask_inference", "interop", "onnx")
+_LAZY_SUBMODULES = ("charlm", "cli", "distributed", "dask_inference", "interop", "onnx")
 
 
 def __getattr__(name):

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "y_range"]
 
 _LN2 = math.log(2.0)
 
