@@ -125,7 +125,10 @@ def test_kernels_release_the_gil(fn):
     """While a long kernel call runs in a worker thread, the main thread keeps
     executing Python bytecode (millions of loop iterations, not zero)."""
     rng = np.random.default_rng(0)
-    T, N, D, H = 20000, 2, 4, 16
+    # long enough that the call outlasts a thread switch by far (with the packed
+    # per-step kernel, 20,000 steps of this size took ~1 ms: the main thread could
+    # miss the whole call)
+    T, N, D, H = 200000, 2, 4, 16
     G = {"rnn": 1, "gru": 3, "lstm": 4}[fn]
     x = rng.standard_normal((N, T, D))
     h0 = np.zeros((N, H))
