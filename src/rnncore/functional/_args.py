@@ -37,6 +37,34 @@ def cell_args(G, x, h0, Wx, Wh, biases, x_letters):
             + [V.rows_view(v) for _, v in biases])
 
 
+def run_sequence(binding, x, s0, Wx, Wh, biases, n_outs=1):
+    """A cell's kernel forward over a batch-major sequence ``x`` (N, T, D).
+
+    Returns ``x`` as the cache keeps it (the view the kernel read), the
+    ``n_outs`` outputs (N, T, H) (h; or h, c) and what the kernel saved (in its
+    (T, N, ·) layout).
+    """
+    N, T, _ = x.shape
+    H = Wh.shape[0]
+    xv = V.seq_view(x, time_major=False)
+    outs = [np.empty((N, T, H), dtype=x.dtype) for _ in range(n_outs)]
+    saved = binding.kernel_forward(xv, s0, Wx, Wh, biases, [o.transpose(1, 0, 2) for o in outs])
+    return xv.transpose(1, 0, 2), outs, saved
+
+
+def grad_arrays(cache, x, n_states, n_biases):
+    """The outputs of a kernel backward for ``cache``, ``x`` its (T, N, D) view:
+    dx (N, T, D) and the ``n_states`` state gradients (N, H), to be written, and
+    dWx, dWh and ``n_biases`` bias gradients (G*H,), zeros (accumulated into)."""
+    T, N, D = x.shape
+    H, GH = cache.h0.shape[1], cache.Wh.shape[1]
+    dt = x.dtype
+    dx = np.empty((N, T, D), dtype=dt)
+    ds0 = [np.empty((N, H), dtype=dt) for _ in range(n_states)]
+    dW = (np.zeros(cache.Wx.shape, dtype=dt), np.zeros(cache.Wh.shape, dtype=dt),
+          *(np.zeros(GH, dtype=dt) for _ in range(n_biases)))
+    return dx, ds0, dW
+
 
 def final_grad(d, name, N, H, dt):
     """An optional (N, H) state or state gradient as a C-contiguous array (zeros if None)."""

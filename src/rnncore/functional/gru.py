@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, fill_doc, seq_grads, step_grads
+from ._args import cell_args, fill_doc, grad_arrays, run_sequence, seq_grads, step_grads
 
 __all__ = ["gru_step_forward", "gru_step_backward", "gru_forward", "gru_backward", "GRUCache"]
 
@@ -57,19 +57,11 @@ def _gru_saved(cache):
 def _gru_grads(cache, dh, dhn):
     """Run the GRU kernel backward on (T, N, H) upstream gradients."""
     x, h, saved = _gru_saved(cache)
-    T, N, D = x.shape
-    H = cache.h0.shape[1]
-    dt = x.dtype
-    dx = np.empty((N, T, D), dtype=dt)
-    dh0 = np.empty((N, H), dtype=dt)
-    dWx = np.zeros(cache.Wx.shape, dtype=dt)
-    dWh = np.zeros(cache.Wh.shape, dtype=dt)
-    dbx = np.zeros(3 * H, dtype=dt)
-    dbh = np.zeros(3 * H, dtype=dt)
+    dx, ds0, dW = grad_arrays(cache, x, 1, 2)
     B.gru_binding(cache.reset_after).kernel_backward(
         dh, [dhn], x, [cache.h0], cache.Wx, cache.Wh, (None, cache.bh), [h], saved,
-        dx.transpose(1, 0, 2), [dh0], (dWx, dWh, dbx, dbh))
-    return dx, dh0, dWx, dWh, dbx, dbh
+        dx.transpose(1, 0, 2), ds0, dW)
+    return (dx, *ds0, *dW)
 
 
 @fill_doc
@@ -122,13 +114,8 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
     """
     x, h0, Wx, Wh, bx, bh = _gru_args(x, h0, Wx, Wh, bx, bh, "(N, T, D)")
     reset_after = bool(reset_after)
-    N, T, _ = x.shape
-    H = Wh.shape[0]
-    xv = V.seq_view(x, time_major=False)
-    h = np.empty((N, T, H), dtype=x.dtype)
-    saved = B.gru_binding(reset_after).kernel_forward(xv, [h0], Wx, Wh, (bx, bh),
-                                                      [h.transpose(1, 0, 2)])
-    return h, GRUCache(x=xv.transpose(1, 0, 2), h0=h0, Wx=Wx, Wh=Wh, bh=bh, h=h,
+    x, (h,), saved = run_sequence(B.gru_binding(reset_after), x, [h0], Wx, Wh, (bx, bh))
+    return h, GRUCache(x=x, h0=h0, Wx=Wx, Wh=Wh, bh=bh, h=h,
                        gates=saved.gates.transpose(1, 0, 2),
                        hidden_n=saved.hidden_n.transpose(1, 0, 2), reset_after=reset_after)
 

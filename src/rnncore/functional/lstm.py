@@ -12,7 +12,8 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, fill_doc, final_grad, seq_grads, step_grads
+from ._args import (cell_args, fill_doc, final_grad, grad_arrays, run_sequence, seq_grads,
+                    step_grads)
 
 __all__ = ["lstm_step_forward", "lstm_step_backward", "lstm_forward", "lstm_backward",
            "LSTMCache"]
@@ -52,19 +53,10 @@ def _lstm_grads(cache, dh, dhn, dcn):
         x, h, c, gates = cache.x[None], cache.h[None], cache.c[None], cache.gates[None]
     else:
         x, h, c, gates = (a.transpose(1, 0, 2) for a in (cache.x, cache.h, cache.c, cache.gates))
-    T, N, D = x.shape
-    H = cache.h0.shape[1]
-    dt = x.dtype
-    dx = np.empty((N, T, D), dtype=dt)
-    dh0 = np.empty((N, H), dtype=dt)
-    dc0 = np.empty((N, H), dtype=dt)
-    dWx = np.zeros(cache.Wx.shape, dtype=dt)
-    dWh = np.zeros(cache.Wh.shape, dtype=dt)
-    db = np.zeros(4 * H, dtype=dt)
+    dx, ds0, dW = grad_arrays(cache, x, 2, 1)
     B.LSTM.kernel_backward(dh, [dhn, dcn], x, [cache.h0, cache.c0], cache.Wx, cache.Wh, (),
-                           [h, c], B.LSTM.Saved(gates), dx.transpose(1, 0, 2), [dh0, dc0],
-                           (dWx, dWh, db))
-    return dx, dh0, dc0, dWx, dWh, db
+                           [h, c], B.LSTM.Saved(gates), dx.transpose(1, 0, 2), ds0, dW)
+    return (dx, *ds0, *dW)
 
 
 @fill_doc
@@ -113,14 +105,8 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
     ((2, 5, 4), (2, 5, 4))
     """
     x, h0, c0, Wx, Wh, b = _lstm_args(x, h0, c0, Wx, Wh, b, "(N, T, D)")
-    N, T, _ = x.shape
-    H = Wh.shape[0]
-    xv = V.seq_view(x, time_major=False)
-    h = np.empty((N, T, H), dtype=x.dtype)
-    c = np.empty((N, T, H), dtype=x.dtype)
-    saved = B.LSTM.kernel_forward(xv, [h0, c0], Wx, Wh, (b,),
-                                  [h.transpose(1, 0, 2), c.transpose(1, 0, 2)])
-    return h, c, LSTMCache(x=xv.transpose(1, 0, 2), h0=h0, c0=c0, Wx=Wx, Wh=Wh, h=h, c=c,
+    x, (h, c), saved = run_sequence(B.LSTM, x, [h0, c0], Wx, Wh, (b,), n_outs=2)
+    return h, c, LSTMCache(x=x, h0=h0, c0=c0, Wx=Wx, Wh=Wh, h=h, c=c,
                            gates=saved.gates.transpose(1, 0, 2))
 
 

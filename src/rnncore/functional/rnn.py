@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, fill_doc, seq_grads, step_grads
+from ._args import cell_args, fill_doc, grad_arrays, run_sequence, seq_grads, step_grads
 
 __all__ = ["rnn_step_forward", "rnn_step_backward", "rnn_forward", "rnn_backward", "RNNCache"]
 
@@ -75,12 +75,8 @@ def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
     (2, 5, 4)
     """
     x, h0, Wx, Wh, b, relu = _rnn_args(x, h0, Wx, Wh, b, nonlinearity, "(N, T, D)")
-    N, T, _ = x.shape
-    H = Wh.shape[0]
-    xv = V.seq_view(x, time_major=False)
-    h = np.empty((N, T, H), dtype=x.dtype)
-    B.rnn_binding(relu).kernel_forward(xv, [h0], Wx, Wh, (b,), [h.transpose(1, 0, 2)])
-    return h, RNNCache(x=xv.transpose(1, 0, 2), h0=h0, Wx=Wx, Wh=Wh, h=h, relu=relu)
+    x, (h,), _ = run_sequence(B.rnn_binding(relu), x, [h0], Wx, Wh, (b,))
+    return h, RNNCache(x=x, h0=h0, Wx=Wx, Wh=Wh, h=h, relu=relu)
 
 
 @fill_doc(cache="RNNCache", forward="rnn_forward")
@@ -95,20 +91,12 @@ def rnn_backward(dh, cache, dhn=None):
     dWx, dWh, db : ndarray, shapes (D, H), (H, H), (H,)
     """
     dh, dhn = seq_grads(cache, RNNCache, "rnn_forward", dh, dhn)
-    x, h = cache.x, cache.h
-    N, T, D = x.shape
-    H = h.shape[2]
-    dt = x.dtype
-    dx = np.empty((N, T, D), dtype=dt)
-    dh0 = np.empty((N, H), dtype=dt)
-    dWx = np.zeros(cache.Wx.shape, dtype=dt)
-    dWh = np.zeros((H, H), dtype=dt)
-    db = np.zeros(H, dtype=dt)
+    x = cache.x.transpose(1, 0, 2)
+    dx, ds0, dW = grad_arrays(cache, x, 1, 1)
     B.rnn_binding(cache.relu).kernel_backward(
-        dh, [dhn], x.transpose(1, 0, 2), [cache.h0], cache.Wx,
-        cache.Wh, (), [h.transpose(1, 0, 2)], None, dx.transpose(1, 0, 2), [dh0],
-        (dWx, dWh, db))
-    return dx, dh0, dWx, dWh, db
+        dh, [dhn], x, [cache.h0], cache.Wx, cache.Wh, (), [cache.h.transpose(1, 0, 2)],
+        None, dx.transpose(1, 0, 2), ds0, dW)
+    return (dx, *ds0, *dW)
 
 
 @fill_doc
@@ -148,15 +136,8 @@ def rnn_step_backward(dnext_h, cache):
     dWx, dWh, db : ndarray, shapes (D, H), (H, H), (H,)
     """
     dnext_h, dhn = step_grads(cache, RNNCache, "rnn_step_forward", dnext_h)
-    _, N, D = cache.x.shape
-    H = cache.h.shape[2]
-    dt = cache.x.dtype
-    dx = np.empty((1, N, D), dtype=dt)
-    dprev_h = np.empty((N, H), dtype=dt)
-    dWx = np.zeros(cache.Wx.shape, dtype=dt)
-    dWh = np.zeros((H, H), dtype=dt)
-    db = np.zeros(H, dtype=dt)
+    dx, ds0, dW = grad_arrays(cache, cache.x, 1, 1)   # dx (N, 1, D)
     B.rnn_binding(cache.relu).kernel_backward(
-        dnext_h, [dhn], cache.x, [cache.h0], cache.Wx,
-        cache.Wh, (), [cache.h], None, dx, [dprev_h], (dWx, dWh, db))
-    return dx[0], dprev_h, dWx, dWh, db
+        dnext_h, [dhn], cache.x, [cache.h0], cache.Wx, cache.Wh, (), [cache.h], None,
+        dx.transpose(1, 0, 2), ds0, dW)
+    return (dx[:, 0], *ds0, *dW)
