@@ -27,7 +27,8 @@ import pytest
 from test_cli import env_without, rnncore
 from test_distributed import mpi_env, mpirun_command, require_mpi
 
-from rnncore.charlm import TrainConfig, Trainer, _decode_state, load_charlm, stdlib_corpus
+from rnncore.charlm import TrainConfig, Trainer, load_charlm, stdlib_corpus
+from rnncore.charlm.checkpoint import _decode_state
 from rnncore.clip import clip_grad_norm_
 
 STEPS, CLIP, MAX_CHARS = 12, 0.05, 20000
