@@ -14,6 +14,7 @@ copied, never rewritten.
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
@@ -124,6 +125,62 @@ def seq_view(a: np.ndarray, time_major: bool) -> np.ndarray:
         a = a if a.flags.c_contiguous else np.ascontiguousarray(a)
         return a.transpose(1, 0, 2)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+class CopyBuffer:
+    """One reusable destination for :func:`owned` copies (kept by a model or layer).
+
+    A copy saved for backward is reused by the next call only when nothing
+    else references it any more: neither the activations saved by an earlier
+    forward (dropped when the next forward starts) nor any view of it. That
+    is checked with the buffer's reference count, measured against its count
+    when only this object held it, so a buffer still in use is never
+    overwritten (a new one is allocated instead).
+    """
+
+    __slots__ = ("_buf", "_key", "_alone")
+
+    def __init__(self):
+        self._buf = self._key = None
+        self._alone = 0
+
+    def take(self, a: np.ndarray) -> np.ndarray:
+        """An uninitialised array with ``a``'s shape, dtype and memory order."""
+        key = (a.shape, a.dtype, a.strides)
+        buf = self._buf
+        if buf is not None and key == self._key and sys.getrefcount(buf) <= self._alone:
+            return buf
+        buf = np.empty_like(a, order="K")  # the same layout (a transposed view stays one)
+        self._buf, self._key = buf, key
+        self._alone = sys.getrefcount(buf)  # held here and by `buf`, as in the test above
+        return buf
+
+    def clear(self) -> None:
+        """Drop the buffer (e.g. when the model is copied or cast)."""
+        self._buf = self._key = None
+
+
+def owned(a: np.ndarray, callers, buffer: CopyBuffer | None = None) -> np.ndarray:
+    """``a``, or a copy of it (same layout) when it may share memory with a caller's array.
+
+    What a backward reads must not change with the caller's arrays (``x[:] =
+    0`` between forward and backward), so an array that may share memory
+    with any of ``callers`` is copied -- whether the caller's array is
+    writable or not: a read-only view of a writable array still changes, and
+    ``writeable`` can be switched back on. Copying costs less than detecting a
+    change (a checksum of x is ~10x slower than its copy). With ``buffer`` the
+    copy goes into its reusable array when that is free (see
+    :class:`CopyBuffer`), which saves the allocation and its page faults.
+    ``a`` and the callers are never modified.
+    """
+    for c in callers:
+        if c is not None and np.may_share_memory(a, c):
+            if buffer is None:
+                return a.copy(order="K")
+            dst = buffer.take(a)
+            np.copyto(dst, a)
+            return dst
+    return a
 
 
 def check_int(value, name: str, minimum: int = 0) -> int:

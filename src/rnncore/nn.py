@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
-from ._validation import (as_index, as_real, blas_matmul, check_dtype, check_last_dim,
-                          positive_int, rng_from_seed)
+from ._validation import (CopyBuffer, as_index, as_real, blas_matmul, check_dtype,
+                          check_last_dim, owned, positive_int, rng_from_seed)
 from .module import Module, check_device, module_registry, register_module
 
 __all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
@@ -202,10 +202,11 @@ class Linear(Module):
             self._add_param("bias", rng.uniform(-k, k, self.out_features).astype(self.dtype))
         self._init_transient()
 
-    _transient = ("_x2", "_lead")
+    _transient = ("_x2", "_lead", "_x_copy")
 
     def _init_transient(self) -> None:
         self._x2 = self._lead = None
+        self._x_copy = CopyBuffer()  # where a training forward copies a caller's x
 
     def extra_repr(self) -> str:
         dt = "" if self.dtype == np.float32 else f", dtype={self.dtype.name}"
@@ -243,9 +244,8 @@ class Linear(Module):
         if self.bias:
             y += self.params["bias"]
         if self._mode(train)[1]:
-            if isinstance(caller, np.ndarray) and caller.flags.writeable and \
-                    np.may_share_memory(x2, caller):
-                x2 = x2.copy()  # backward must not see later changes to the caller's x
+            # backward must not see later changes to the caller's x (read-only or not)
+            x2 = owned(x2, [caller if isinstance(caller, np.ndarray) else x], self._x_copy)
             self._x2, self._lead = x2, lead
         return y.reshape(lead + (self.out_features,))
 
