@@ -306,3 +306,31 @@ def blas_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
         return np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)
     return gemm(1.0, op1, op2, trans_a=t1, trans_b=t2).T
+
+
+def blas_matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out += a @ b`` in place, one GEMM on SciPy's BLAS (``beta = 1``), no temporary.
+
+    ``out`` is a C-ordered (M, F) float array of ``a``'s dtype (e.g. a
+    weight gradient accumulated over calls). As in :func:`blas_matmul`, the
+    row-major product is the column-major ``out^T += B^T A^T`` and C- or
+    F-ordered operands are passed with transpose flags, never copied. Other
+    ``out`` layouts fall back to ``out += blas_matmul(a, b)``.
+    """
+    from scipy.linalg import blas as fblas
+
+    if not out.flags.c_contiguous or out.dtype != a.dtype or 0 in a.shape or 0 in b.shape:
+        out += blas_matmul(a, b)
+        return out
+    gemm = fblas.sgemm if a.dtype == np.float32 else fblas.dgemm
+    if not (a.flags.c_contiguous or a.flags.f_contiguous):
+        a = np.ascontiguousarray(a)
+    if not (b.flags.c_contiguous or b.flags.f_contiguous):
+        b = np.ascontiguousarray(b)
+    op1, t1 = (b.T, 0) if b.flags.c_contiguous else (b, 1)
+    op2, t2 = (a.T, 0) if a.flags.c_contiguous else (a, 1)
+    c = out.T  # Fortran-ordered (F, M): BLAS updates it in place
+    res = gemm(1.0, op1, op2, beta=1.0, c=c, trans_a=t1, trans_b=t2, overwrite_c=1)
+    if not np.may_share_memory(res, out):  # pragma: no cover - f2py copied c
+        out[...] = res.T
+    return out
