@@ -10,6 +10,8 @@ overwritten; two forwards before one backward back-propagate the second,
 exactly as the NumPy reference; ``out`` and ``y`` handed to the user are
 never overwritten by later calls; and the buffer is really reused.
 """
+import weakref
+
 import numpy as np
 import pytest
 
@@ -22,7 +24,7 @@ from rnncore.nn import Linear
 # ------------------------------------------------------------------ the copy rule
 def _inputs(rng):
     """(name, a, callers) cases: the array a layer would save, and the caller's arrays."""
-    base = rng.standard_normal((5, 6, 4))
+    base = rng.standard_normal((50, 40, 8))  # 128 KB: most cases go through the buffer
     ro = base.copy()
     ro.flags.writeable = False
     ro_view = base[:, 1:4]          # a read-only view of a writable array
@@ -46,6 +48,8 @@ def test_owned_copies_shared_inputs_and_never_modifies_them(rng, with_buffer):
         buf = V.CopyBuffer() if with_buffer else None
         got = V.owned(a, callers, buf)
         assert got is not a, name
+        if buf is not None and a.nbytes >= V._SMALL_COPY:
+            assert got is buf._buf, name  # the copy went into the buffer
         assert not any(np.may_share_memory(got, c) for c in callers), name
         np.testing.assert_array_equal(got, a, err_msg=name)
         # the same memory order as a (a transposed view stays one: no transposing copy)
@@ -77,9 +81,9 @@ def test_copy_buffer_is_reused_only_when_nothing_references_it(rng):
     third = buf.take(a)  # a view of the last one is alive: still not reused
     assert not np.may_share_memory(third, view)
     del view
-    third_id = id(third)
+    ref = weakref.ref(third)
     del third
-    assert id(buf.take(a)) == third_id  # nothing references it: the same array again
+    assert buf.take(a) is ref()  # nothing references it: the same array again
     # another shape or layout: a new array with that layout
     t = buf.take(a.T)
     assert t.shape == (3, 4) and t.flags.f_contiguous
@@ -111,10 +115,10 @@ def test_two_forwards_then_backward_back_propagates_the_second(rng, cell, batch_
     """forward(x1), forward(x2), backward: the gradients of x2's forward (x1's
     activations are dropped by the second forward), as the reference gives --
     also when both x share one caller array that is then overwritten."""
-    model = make_model(cell, 4, 3, num_layers=2, batch_first=batch_first, dtype=np.float64,
+    model = make_model(cell, 16, 3, num_layers=2, batch_first=batch_first, dtype=np.float64,
                        seed=1)
-    x1, dout = _draw(rng, model)
-    x2, _ = _draw(rng, model)
+    x1, dout = _draw(rng, model, T=10, N=60)  # (10, 60, 16) float64, 77 KB: the buffer
+    x2, _ = _draw(rng, model, T=10, N=60)
     x2_kept = x2.copy()
     out1, _ = model(x1)
     out1_kept = out1.copy()
@@ -150,22 +154,26 @@ def test_repeated_steps_reuse_the_copy_and_stay_exact(rng, cell):
     does): every step's gradients are the reference's, ``out`` of every step
     is kept unchanged, and from the second step on the model's copy of x is
     the same buffer (no allocation)."""
-    model = make_model(cell, 4, 3, batch_first=True, dtype=np.float64, seed=3)
-    x, dout = _draw(rng, model)
-    outs, copies = [], []
+    model = make_model(cell, 16, 3, batch_first=True, dtype=np.float64, seed=3)
+    x, dout = _draw(rng, model, T=10, N=60)  # 77 KB: above the small-copy threshold
+    assert x.nbytes >= V._SMALL_COPY
+    outs, buffers = [], []
     for _ in range(3):
         x[...] = rng.standard_normal(x.shape)
         want = x.copy()
         model.zero_grad()
         out, _ = model(x)
         outs.append((out, out.copy()))
-        copies.append(id(model._saved.inputs[0].base if model._saved.inputs[0].base is not None
-                         else model._saved.inputs[0]))
+        saved_x = model._saved.inputs[0]
+        buf = model._input_copy._buf
+        assert saved_x is buf or saved_x.base is buf  # the copy is the model's buffer
+        buffers.append(weakref.ref(buf))
+        del saved_x, buf
         assert not np.may_share_memory(model._saved.inputs[0], x)
         x[...] = 0.0  # changed between forward and backward
         dx, _ = model.backward(dout)
         _check_against_reference(model, want, dout, dx, model.grads)
-    assert copies[1] == copies[2]
+    assert buffers[0]() is not None and buffers[0]() is buffers[2]()  # one array, reused
     for out, kept in outs:
         np.testing.assert_array_equal(out, kept)
 
@@ -173,8 +181,8 @@ def test_repeated_steps_reuse_the_copy_and_stay_exact(rng, cell):
 def test_copy_buffer_not_reused_while_a_saved_forward_is_alive(rng):
     """A reference to the saved activations kept elsewhere (here: by hand) keeps
     the buffer busy: the next forward copies into a new one."""
-    model = make_model("gru", 4, 3, dtype=np.float64, seed=4)
-    x, _ = _draw(rng, model)
+    model = make_model("gru", 16, 3, dtype=np.float64, seed=4)
+    x, _ = _draw(rng, model, T=10, N=60)
     model(x)
     held = model._saved
     kept = held.inputs[0].copy()
