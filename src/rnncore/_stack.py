@@ -8,7 +8,9 @@ and calls :func:`forward`, :func:`backward` and :func:`step` here with itself
 as ``m`` (read: ``hidden_size``, ``num_layers``, ``num_directions``,
 ``batch_first``, ``dropout``, ``merge_mode``, ``input_size``, ``dtype``,
 ``n_states``, ``G``, ``bias``, ``_rng``, ``_kernel``, ``_weights(k, d)``, ``_h_size``
-(h's width: H, or the LSTM's ``proj_size``) and ``_state_sizes`` (each state's)).
+(h's width: H, or the LSTM's ``proj_size``), ``_state_sizes`` (each state's) and
+``_input_copy`` (the :class:`~rnncore._validation.CopyBuffer` a training forward
+copies a caller's x into)).
 
 Layouts. The kernels read sequences in place through strides, so the layout
 of ``x`` is kept end to end: with ``batch_first=False`` everything is
