@@ -8,7 +8,9 @@ and calls :func:`forward`, :func:`backward` and :func:`step` here with itself
 as ``m`` (read: ``hidden_size``, ``num_layers``, ``num_directions``,
 ``batch_first``, ``dropout``, ``merge_mode``, ``input_size``, ``dtype``,
 ``n_states``, ``G``, ``bias``, ``_rng``, ``_kernel``, ``_weights(k, d)``, ``_h_size``
-(h's width: H, or the LSTM's ``proj_size``) and ``_state_sizes`` (each state's)).
+(h's width: H, or the LSTM's ``proj_size``), ``_state_sizes`` (each state's) and
+``_input_copy`` (the :class:`~rnncore._validation.CopyBuffer` a training forward
+copies a caller's x into)).
 
 Layouts. The kernels read sequences in place through strides, so the layout
 of ``x`` is kept end to end: with ``batch_first=False`` everything is
@@ -273,19 +275,6 @@ def _to_caller(m, seq, states, inv, unbatched):
     return seq, states
 
 
-def _own(a, caller):
-    """``a``, or a copy of it (same layout) when it shares memory with a caller's array.
-
-    What backward reads must not change with the caller's arrays (``x[:] = 0``
-    between forward and backward); copying costs less than detecting a change
-    (a checksum of x is ~10x slower than its copy).
-    """
-    for c in caller:
-        if np.may_share_memory(a, c):
-            return a.copy(order="K")  # the same layout (a transposed view stays one)
-    return a
-
-
 def forward(m, x, states0, lengths, train, save=None):
     """(out, final states, :class:`Saved` or None); ``states0`` is [(array|None, name)].
 
@@ -306,9 +295,11 @@ def forward(m, x, states0, lengths, train, save=None):
     y, finals = _to_caller(m, _merge(m, buffers[-1], outputs[-1]), finals, order.inv, unbatched)
     if not save:
         return y, finals, None
+    # what backward reads must not change with the caller's arrays: x's copy goes
+    # into the model's reusable buffer (free once the last forward's saves are gone)
     callers = [x] + [s for s, _ in states0 if s is not None]
-    inputs[0] = _own(inputs[0], callers)
-    states_kernel = [_own(s, callers) for s in states_kernel]
+    inputs[0] = V.owned(inputs[0], callers, m._input_copy)
+    states_kernel = [V.owned(s, callers) for s in states_kernel]
     if y.base is not None or y is buffers[-1]:
         # `out` shares memory with the activations backward reads: hand it
         # out read-only, so an in-place edit fails loudly instead of silently

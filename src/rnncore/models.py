@@ -63,13 +63,15 @@ class _RNNBase(Module):
         self.reset_parameters()
 
     #: dropped by deepcopy/pickle, recreated empty (Module.__getstate__)
-    _transient = ("_saved", "_lock")
+    _transient = ("_saved", "_lock", "_input_copy")
     #: forward returns (out, state); Sequential passes out on
     _sequential_output = "pair"
 
     def _init_transient(self) -> None:
         self._saved = None
         self._lock = threading.Lock()
+        #: where a training forward copies a caller's x for backward (reused; _stack.forward)
+        self._input_copy = V.CopyBuffer()
 
     # ------------------------------------------------------------ parameters
     @property
@@ -79,7 +81,9 @@ class _RNNBase(Module):
     @property
     def _h_size(self) -> int:
         """The width of h (and of each direction's output): ``proj_size`` or H."""
-        return getattr(self, "proj_size", 0) or self.hidden_size
+        # the instance dict, not getattr: a missing attribute goes through
+        # Module.__getattr__ and an AttributeError, ~1 us each, many times a call
+        return self.__dict__.get("proj_size", 0) or self.hidden_size
 
     @property
     def _state_sizes(self) -> list:

@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
-from ._validation import (as_index, as_real, blas_matmul, check_dtype, check_last_dim,
-                          positive_int, rng_from_seed)
+from ._validation import (CopyBuffer, as_index, as_real, blas_matmul, blas_matmul_add,
+                          check_dtype, check_last_dim, owned, positive_int, rng_from_seed)
 from .module import Module, check_device, module_registry, register_module
 
 __all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
@@ -149,7 +149,10 @@ class Embedding(Module):
         # (np.add.at does the same one row at a time: ~7x slower at 3200 x 64)
         idx = self._idx.reshape(-1)
         if idx.size:
-            order = np.argsort(idx, kind="stable")
+            # ids < 2^16 sort as uint16: NumPy's stable sort is then a radix sort
+            # (the same order as on int64, ~3x faster at 3200 ids)
+            key = idx.astype(np.uint16) if self.num_embeddings <= 1 << 16 else idx
+            order = np.argsort(key, kind="stable")
             ids = idx[order]
             starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
             self.grads["weight"][ids[starts]] += np.add.reduceat(
@@ -202,10 +205,11 @@ class Linear(Module):
             self._add_param("bias", rng.uniform(-k, k, self.out_features).astype(self.dtype))
         self._init_transient()
 
-    _transient = ("_x2", "_lead")
+    _transient = ("_x2", "_lead", "_x_copy")
 
     def _init_transient(self) -> None:
         self._x2 = self._lead = None
+        self._x_copy = CopyBuffer()  # where a training forward copies a caller's x
 
     def extra_repr(self) -> str:
         dt = "" if self.dtype == np.float32 else f", dtype={self.dtype.name}"
@@ -233,6 +237,12 @@ class Linear(Module):
         ValueError
             When the last axis of ``x`` is not ``D``.
         """
+        return self._forward(x, train)
+
+    def _forward(self, x, train=None, private=False):
+        """:meth:`forward`; ``private=True``: ``x`` is the caller's own array, which
+        nobody changes before :meth:`backward` (e.g. a model's intermediate that
+        it never hands out), so it is saved without a copy."""
         self._x2 = self._lead = None
         caller = x
         x = as_real(x, "x", self.dtype)
@@ -243,9 +253,9 @@ class Linear(Module):
         if self.bias:
             y += self.params["bias"]
         if self._mode(train)[1]:
-            if isinstance(caller, np.ndarray) and caller.flags.writeable and \
-                    np.may_share_memory(x2, caller):
-                x2 = x2.copy()  # backward must not see later changes to the caller's x
+            # backward must not see later changes to the caller's x (read-only or not)
+            if not private:
+                x2 = owned(x2, [caller if isinstance(caller, np.ndarray) else x], self._x_copy)
             self._x2, self._lead = x2, lead
         return y.reshape(lead + (self.out_features,))
 
@@ -267,7 +277,7 @@ class Linear(Module):
         _require_forward(self, self._x2)
         dout = _check_dout(dout, self._lead + (self.out_features,), self.dtype)
         d2 = dout.reshape(-1, self.out_features)              # (M, F)
-        self.grads["weight"] += blas_matmul(d2.T, self._x2)   # (F, D) += (M, F)^T (M, D)
+        blas_matmul_add(d2.T, self._x2, self.grads["weight"])  # (F, D) += (M, F)^T (M, D)
         if self.bias:
             self.grads["bias"] += d2.sum(axis=0)
         dx = blas_matmul(d2, self.params["weight"])            # (M, D) = (M, F)(F, D)

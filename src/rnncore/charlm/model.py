@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..losses import cross_entropy
+from ..losses import _cross_entropy
 from ..models import GRU, LSTM, RNN
 from ..module import Module, register_module
 from ..nn import Embedding, Linear
@@ -124,7 +124,8 @@ class CharLM(Module):
         """
         e = self.embedding.forward(idx, train=train)             # (N, T, E)
         h, state = self.rnn(e, state, train=train)               # (N, T, H)
-        return self.head.forward(h, train=train), state          # (N, T, V)
+        # h is the recurrent model's output, never handed out: Linear need not copy it
+        return self.head._forward(h, train=train, private=True), state  # (N, T, V)
 
     def backward(self, dlogits):
         """Accumulate every parameter gradient from ``dlogits`` (N, T, V).
@@ -151,7 +152,8 @@ class CharLM(Module):
         When the loss is not finite, no backward is run (gradients unchanged).
         """
         logits, state = self.forward(idx, state, train=True)
-        loss, dlogits = cross_entropy(logits, target)
+        # the logits are this call's own array: their gradient overwrites them
+        loss, dlogits = _cross_entropy(logits, target, out=logits)
         if math.isfinite(loss):
             self.backward(dlogits)
         return loss, state
