@@ -132,9 +132,16 @@ def probability(s):
 
 def check_model_options(config):
     """CLIError for a combination of model options the model classes refuse."""
-    if config.layer_norm and config.cell == "rnn":
+    if not config.layer_norm:
+        return
+    if config.cell == "rnn":
         raise CLIError("--layer-norm needs --cell gru or --cell lstm (the Elman RNN has no "
                        "layer-normalised form here)")
+    try:  # the cell class itself says whether it has a layer-normalised form
+        CELLS[config.cell](1, 1, layer_norm=True)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise CLIError(f"--layer-norm is not available for --cell {config.cell}: "
+                       f"{exc}") from None
 
 
 def _count_option(group, d, flag, metavar, what, lo=1):
