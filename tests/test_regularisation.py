@@ -363,3 +363,29 @@ def test_charlm_layer_norm_reaches_the_model():
 
     m = CharLM(7, 4, 6, 1, "lstm", seed=0, layer_norm=True)
     assert m.rnn.layer_norm is True and m.get_config()["layer_norm"] is True
+
+
+# -------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("cell", MODELS)
+@pytest.mark.parametrize("shape,batch_first", [((0, 3, 4), False), ((3, 0, 4), False),
+                                               ((3, 2, 0), False), ((2, 0, 4), True)],
+                         ids=["T0", "N0", "D0", "bf-T0"])
+def test_zero_sized_inputs_with_both_regularisers(cell, shape, batch_first):
+    m = make_model(cell, shape[2], 3, num_layers=2, bidirectional=True,
+                   batch_first=batch_first, seed=0, weight_drop=0.3, variational_dropout=0.3)
+    x = np.zeros(shape, np.float32)
+    out, _ = run_forward(m, x)
+    assert out.shape == shape[:2] + (6,)
+    dx, _ = run_backward(m, np.ones_like(out))
+    assert dx.shape == x.shape and all(np.isfinite(g).all() for g in m.grads.values())
+
+
+@pytest.mark.parametrize("cell", MODELS)
+def test_padding_never_reaches_gradients_with_the_masks(cell, rng):
+    m = make_model(cell, 2, 3, num_layers=2, seed=0, weight_drop=0.3, variational_dropout=0.3)
+    x = rng.standard_normal((4, 2, 2)).astype(np.float32)
+    x[3:, 1] = np.nan
+    out, _ = run_forward(m, x, lengths=[4, 3])
+    dx, _ = run_backward(m, np.ones_like(out))
+    assert np.isfinite(out).all() and np.isfinite(dx).all()
+    assert all(np.isfinite(g).all() for g in m.grads.values())
