@@ -389,3 +389,31 @@ def test_padding_never_reaches_gradients_with_the_masks(cell, rng):
     dx, _ = run_backward(m, np.ones_like(out))
     assert np.isfinite(out).all() and np.isfinite(dx).all()
     assert all(np.isfinite(g).all() for g in m.grads.values())
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_charlm_resume_with_the_masks_is_bit_identical(tmp_path, cell):
+    from rnncore.charlm import Corpus, Trainer, TrainConfig
+
+    text = "def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 40
+    cfg = dict(cell=cell, hidden=16, embed=8, layers=2, seq_len=12, batch_size=4, lr=1e-2,
+               seed=0, weight_drop=0.4, variational_dropout=0.3)
+    straight = Trainer(Corpus(text, "files"), TrainConfig(**cfg))
+    straight.fit(10)
+    first = Trainer(Corpus(text, "files"), TrainConfig(**cfg))
+    first.fit(5)
+    first.save(tmp_path / "ck.npz")
+    resumed = Trainer.from_checkpoint(tmp_path / "ck.npz", Corpus(text, "files"))
+    assert resumed.model.rnn.weight_drop == 0.4
+    resumed.fit(10)
+    assert resumed.train_loss == straight.train_loss   # the same masks, step for step
+    plain = Trainer(Corpus(text, "files"), TrainConfig(**dict(cfg, weight_drop=0.0)))
+    plain.fit(10)
+    assert plain.train_loss[1:] != straight.train_loss[1:]
+    # a damaged mask generator state is refused with a message, not used
+    ck = rnncore.io.load_checkpoint(tmp_path / "ck.npz")
+    ck["extra"]["mask_rng"] = {"bit_generator": "MT19937", "state": {}}
+    rnncore.save(tmp_path / "bad.npz", ck["model"], extra=ck["extra"],
+                 optimizer=first.optimizer)
+    with pytest.raises(ValueError, match="PCG64"):
+        Trainer.from_checkpoint(tmp_path / "bad.npz", Corpus(text, "files"))
