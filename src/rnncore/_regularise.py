@@ -30,8 +30,31 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_weight_drop", "check_variational", "Masks", "draw", "effective_weight",
-           "weight_grads", "apply_locked", "locked_grad"]
+__all__ = ["OFF", "PARAMS_DOC", "check_weight_drop", "check_variational", "set_options",
+           "config", "Masks", "draw", "effective_weight", "weight_grads", "apply_locked",
+           "locked_grad"]
+
+#: (weight_drop, variational_dropout) of a model without them
+OFF = (0.0, (0.0, 0.0, 0.0))
+
+#: the two options in the models' numpydoc Parameters section
+PARAMS_DOC = """    weight_drop : float in [0, 1), default 0, keyword-only
+        DropConnect on the recurrent weights, AWD-LSTM's ``WeightDrop`` (Merity,
+        Keskar & Socher 2017, section 4.1; Wan et al. 2013): every forward that
+        keeps activations (training mode, outside :func:`rnncore.no_grad`) draws
+        one Bernoulli mask M per ``weight_hh_l*`` (all layers and directions) and
+        runs all T steps with ``weight_hh * M / (1 - p)``; backward gives
+        ``weight_hh`` the masked gradient. No cost per step, no extra
+        parameters; off in eval mode.
+    variational_dropout : float or (p_input, p_hidden, p_output), default 0, keyword-only
+        Variational ("locked") dropout (Gal & Ghahramani 2016; AWD-LSTM's
+        ``LockedDropout``): one mask of shape (N, F) per sequence, reused at
+        every time step, scaled by 1 / (1 - p), on the input of layer 0
+        (``p_input``), the input of every later layer (``p_hidden``) and the
+        model's output (``p_output``; the merged output when bidirectional). A
+        float sets all three. Applied when ``weight_drop`` is; independent of
+        (and combined with) ``dropout``, whose masks change at every step.
+"""
 
 
 def _probability(value, name) -> float:
@@ -57,6 +80,25 @@ def check_variational(p) -> tuple:
         return tuple(_probability(v, f"variational_dropout ({n})") for v, n in zip(p, names))
     q = _probability(p, "variational_dropout")
     return (q, q, q)
+
+
+def set_options(m, weight_drop, variational_dropout) -> None:
+    """Check the two constructor options and set them on the model ``m``."""
+    m.weight_drop = check_weight_drop(weight_drop)
+    m.variational_dropout = check_variational(variational_dropout)
+
+
+def config(m, as_given=False) -> dict:
+    """The options of ``m`` that are on, for ``get_config`` (JSON) or ``repr`` (``as_given``).
+
+    ``variational_dropout`` is one float when its three p agree.
+    """
+    cfg = {"weight_drop": m.weight_drop} if m.weight_drop else {}
+    p = m.variational_dropout
+    if any(p):
+        cfg["variational_dropout"] = p[0] if p[0] == p[1] == p[2] else (
+            p if as_given else list(p))
+    return cfg
 
 
 def _scaled_mask(rng, shape, p, dtype):

@@ -31,17 +31,14 @@ class _RNNBase(Module):
     #: gates per cell (1, 3, 4) and number of state arrays (h; or h, c)
     G = 1
     n_states = 1
-    #: AWD-LSTM's regularisers, off (also for models pickled before they existed)
-    weight_drop = 0.0
-    variational_dropout = (0.0, 0.0, 0.0)
+    weight_drop, variational_dropout = R.OFF  # (also for models pickled before the options)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
                  seed=None, *, device=None, weight_drop=0.0, variational_dropout=0.0):
         super().__init__()
         check_device(device)
-        self.weight_drop = R.check_weight_drop(weight_drop)
-        self.variational_dropout = R.check_variational(variational_dropout)
+        R.set_options(self, weight_drop, variational_dropout)
         self.input_size = V.check_int(input_size, "input_size", 0)
         self.hidden_size = V.check_int(hidden_size, "hidden_size", 1)
         self.num_layers = V.check_int(num_layers, "num_layers", 1)
@@ -137,17 +134,7 @@ class _RNNBase(Module):
                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                    dropout=self.dropout, bidirectional=self.bidirectional,
                    merge_mode=self.merge_mode, dtype=self.dtype.name, seed=self.seed)
-        if self.weight_drop:
-            cfg["weight_drop"] = self.weight_drop
-        if any(self.variational_dropout):
-            p = self._variational_arg()
-            cfg["variational_dropout"] = list(p) if isinstance(p, tuple) else p
-        return cfg
-
-    def _variational_arg(self):
-        """``variational_dropout`` as given: one float when the three p agree."""
-        p = self.variational_dropout
-        return p[0] if p[0] == p[1] == p[2] else p
+        return dict(cfg, **R.config(self))
 
     def __repr__(self) -> str:
         s = f"{type(self).__name__}({self.input_size}, {self.hidden_size}"
@@ -162,10 +149,7 @@ class _RNNBase(Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
-        if self.weight_drop:
-            s += f", weight_drop={self.weight_drop}"
-        if any(self.variational_dropout):
-            s += f", variational_dropout={self._variational_arg()!r}"
+        s += "".join(f", {k}={v!r}" for k, v in R.config(self, as_given=True).items())
         if self.bidirectional:
             s += ", bidirectional=True"
             if self.merge_mode != "concat":
@@ -244,23 +228,7 @@ _COMMON_PARAMS = """
         Seeds the parameter initialisation and the dropout masks.
     device : None or 'cpu', keyword-only
         PyTorch's argument; any other device raises ValueError (not supported).
-    weight_drop : float in [0, 1), default 0, keyword-only
-        DropConnect on the recurrent weights, AWD-LSTM's ``WeightDrop`` (Merity,
-        Keskar & Socher 2017, section 4.1; Wan et al. 2013): every forward that
-        keeps activations (training mode, outside :func:`rnncore.no_grad`) draws
-        one Bernoulli mask M per ``weight_hh_l*`` (all layers and directions) and
-        runs all T steps with ``weight_hh * M / (1 - p)``; backward gives
-        ``weight_hh`` the masked gradient. No cost per step, no extra
-        parameters; off in eval mode.
-    variational_dropout : float or (p_input, p_hidden, p_output), default 0, keyword-only
-        Variational ("locked") dropout (Gal & Ghahramani 2016; AWD-LSTM's
-        ``LockedDropout``): one mask of shape (N, F) per sequence, reused at
-        every time step, scaled by 1 / (1 - p), on the input of layer 0
-        (``p_input``), the input of every later layer (``p_hidden``) and the
-        model's output (``p_output``; the merged output when bidirectional). A
-        float sets all three. Applied when ``weight_drop`` is; independent of
-        (and combined with) ``dropout``, whose masks change at every step.
-"""
+""" + R.PARAMS_DOC
 
 _COMMON_CALL = """
     Calling: ``model(x, {state}=None, lengths=None)`` is :meth:`forward`;
