@@ -105,6 +105,8 @@ __all__ = [
     "layer_norm_backward",
     "ln_lstm_forward",
     "ln_lstm_backward",
+    "ln_gru_forward",
+    "ln_gru_backward",
     # caches (returned by the forward functions, consumed by the backward ones)
     "RNNStepCache",
     "RNNCache",
@@ -115,6 +117,7 @@ __all__ = [
     "LSTMCache",
     "LayerNormCache",
     "LNLSTMCache",
+    "LNGRUCache",
 ]
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -1544,3 +1547,128 @@ def ln_lstm_backward(dh, cache, dhn=None, dcn=None):
     return dict(dx=dx, dh0=carry_h, dc0=carry_c, dWx=dWx, dWh=g["dWh"], db=db,
                 dgamma_ih=dgamma_ih, dbeta_ih=dbeta_ih, dgamma_hh=g["dgamma_hh"],
                 dbeta_hh=g["dbeta_hh"], dgamma_c=g["dgamma_c"], dbeta_c=g["dbeta_c"])
+
+
+class LNGRUCache:
+    """What :func:`ln_gru_backward` needs (named): the inputs and parameters, ``ln_x``
+    (the input side's LayerNormCache over all steps), and per step ``ln_h``
+    (LayerNormCache), ``gates`` (N, 3H) the activations r, z, n, ``hn`` (N, H) the
+    recurrent n pre-activation ``LN(h W_hn) + b_hn``."""
+
+    __slots__ = ("x", "h0", "Wx", "Wh", "params", "ln_x", "ln_h", "gates", "hn", "h")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def ln_gru_forward(x, h0, Wx, Wh, bx, bh, gamma_ih, beta_ih, gamma_hh, beta_hh, eps=LN_EPS):
+    r"""Run a layer-normalised GRU over a whole sequence (Ba, Kiros & Hinton 2016, §3.1,
+    applied to PyTorch's GRU, ``reset_after=True``).
+
+    Parameters
+    ----------
+    x : ndarray (N, T, D)
+    h0 : ndarray (N, H)
+    Wx : ndarray (D, 3H)
+        PyTorch's ``weight_ih.T``, gates ``r, z, n``.
+    Wh : ndarray (H, 3H)
+        PyTorch's ``weight_hh.T``.
+    bx, bh : ndarray (3H,)
+        ``bias_ih``, ``bias_hh``.
+    gamma_ih, beta_ih, gamma_hh, beta_hh : ndarray (3H,)
+        Gains and biases of the input and recurrent layer norms (each of the three
+        gate groups normalised on its own).
+    eps : float
+
+    Returns
+    -------
+    h : ndarray (N, T, H)
+    cache : LNGRUCache
+
+    Notes
+    -----
+    With ``LN_G`` the layer norm of each gate group of H units::
+
+        A = LN_G(x_t Wx; γ_ih, β_ih) + bx,   S = LN_G(h_{t-1} Wh; γ_hh, β_hh) + bh
+        r = σ(A_r + S_r),  z = σ(A_z + S_z)
+        n = tanh(A_n + r ⊙ S_n)
+        h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+    """
+    arrays = [x, h0, Wx, Wh, bx, bh, gamma_ih, beta_ih, gamma_hh, beta_hh]
+    dtype = _float_dtype(*arrays)
+    x, h0, Wx, Wh, bx, bh, gamma_ih, beta_ih, gamma_hh, beta_hh = _as(dtype, *arrays)
+    _check_sequence_args(3, x, h0, Wx, Wh, bx=bx, bh=bh, gamma_ih=gamma_ih, beta_ih=beta_ih,
+                         gamma_hh=gamma_hh, beta_hh=beta_hh)
+    N, T, _ = x.shape
+    H = Wh.shape[1] // 3
+    ax, ln_x = layer_norm_forward(x @ Wx, gamma_ih, beta_ih, 3, eps)
+    ax = ax + bx
+    h = np.empty((N, T, H), dtype=dtype)
+    gates, hns, ln_h = [], [], []
+    prev_h = h0
+    for t in range(T):
+        sh, lh = layer_norm_forward(prev_h @ Wh, gamma_hh, beta_hh, 3, eps)
+        sh = sh + bh
+        a_r, a_z, a_n = _split_gates(ax[:, t], 3)
+        s_r, s_z, s_n = _split_gates(sh, 3)
+        r, z = sigmoid(a_r + s_r), sigmoid(a_z + s_z)
+        n = np.tanh(a_n + r * s_n)
+        prev_h = (1 - z) * n + z * prev_h
+        h[:, t] = prev_h
+        gates.append(np.concatenate([r, z, n], axis=-1))
+        hns.append(s_n)
+        ln_h.append(lh)
+    params = dict(bx=bx, bh=bh, gamma_ih=gamma_ih, beta_ih=beta_ih, gamma_hh=gamma_hh,
+                  beta_hh=beta_hh)
+    return h, LNGRUCache(x=x, h0=h0, Wx=Wx, Wh=Wh, params=params, ln_x=ln_x, ln_h=ln_h,
+                         gates=gates, hn=hns, h=h)
+
+
+def ln_gru_backward(dh, cache, dhn=None):
+    r"""Backpropagation through time for :func:`ln_gru_forward`.
+
+    Returns
+    -------
+    grads : dict of str -> ndarray
+        ``dx`` (N, T, D), ``dh0`` (N, H), ``dWx`` (D, 3H), ``dWh`` (H, 3H), ``dbx``,
+        ``dbh``, ``dgamma_ih``, ``dbeta_ih``, ``dgamma_hh``, ``dbeta_hh`` (3H,).
+
+    Notes
+    -----
+    Per step, backwards, with ``d = dh_t + carry``: ``dA = [dn (1-n²) S_n r(1-r) |
+    d (h_prev - n) z(1-z) | d (1-z)(1-n²)]`` (the input side), ``dS`` the same with
+    its n block times r (the recurrent side), ``carry = d ⊙ z + LN_G-backward(dS) Wh^T``.
+    """
+    x, Wx, Wh, h0 = cache.x, cache.Wx, cache.Wh, cache.h0
+    dtype = h0.dtype
+    N, T, D = x.shape
+    H = Wh.shape[1] // 3
+    p = cache.params
+    dh = np.asarray(dh, dtype=dtype)
+    if dh.shape != (N, T, H):
+        raise ValueError(f"dh: expected shape ({N}, {T}, {H}), got {dh.shape}")
+    carry = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
+    dA = np.zeros((N, T, 3 * H), dtype=dtype)
+    dWh, dbh = np.zeros_like(Wh), np.zeros_like(p["bh"])
+    dgamma_hh, dbeta_hh = np.zeros_like(p["gamma_hh"]), np.zeros_like(p["beta_hh"])
+    for t in reversed(range(T)):
+        d = dh[:, t] + carry
+        r, z, n = _split_gates(cache.gates[t], 3)
+        prev_h = cache.h[:, t - 1] if t > 0 else h0
+        dan = d * (1 - z) * (1 - n * n)
+        dar = dan * cache.hn[t] * r * (1 - r)
+        daz = d * (prev_h - n) * z * (1 - z)
+        dA[:, t] = np.concatenate([dar, daz, dan], axis=-1)
+        ds = np.concatenate([dar, daz, dan * r], axis=-1)
+        dbh += ds.sum(axis=0)
+        dzh, dg, db = layer_norm_backward(ds, cache.ln_h[t])
+        dgamma_hh += dg
+        dbeta_hh += db
+        dWh += prev_h.T @ dzh
+        carry = d * z + dzh @ Wh.T
+    dzx, dgamma_ih, dbeta_ih = layer_norm_backward(dA, cache.ln_x)
+    return dict(dx=dzx @ Wx.T, dh0=carry, dWx=np.einsum("ntd,ntg->dg", x, dzx),
+                dWh=dWh, dbx=dA.reshape(-1, 3 * H).sum(axis=0), dbh=dbh,
+                dgamma_ih=dgamma_ih, dbeta_ih=dbeta_ih, dgamma_hh=dgamma_hh,
+                dbeta_hh=dbeta_hh)
