@@ -161,3 +161,68 @@ RC_CLONES static void RC_LN(rc_lnlstm_bwd)(
             RC_LN(rc_ln_group_bwd)(daq + k * H, xq + k * H, g_hh + k * H, rq[k], dzq + k * H, H);
     }
 }
+
+/* One step of the LN-GRU (PyTorch's candidate, reset_after=True), rows [0, rows),
+ * fused. In: s = h_prev Wh (rows, 3H), a = the normalised input side plus bias_ih
+ * and the recurrent r, z biases (rows, 3H), hp = h_prev; bhn = β_hh,n + b_hh,n (H,).
+ * Per row:
+ *   xh = x̂ of each gate group of s, rh = their 1/σ                 (saved)
+ *   r = σ(a_r + γ_r x̂_r),  z = σ(a_z + γ_z x̂_z)
+ *   hn = γ_n x̂_n + bhn (saved),  n = tanh(a_n + r hn)              (a := [r | z | n])
+ *   h = (1 - z) n + z h_prev */
+RC_CLONES static void RC_LN(rc_lngru_fwd)(
+    rc_idx rows, rc_idx H, RC_LN_T eps, const RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
+    RC_LN_T *xh, rc_idx ldxh, RC_LN_T *rh, rc_idx ldrh, const RC_LN_T *hp, rc_idx ldhp,
+    RC_LN_T *hn, rc_idx ldhn, RC_LN_T *h, rc_idx ldh, const RC_LN_T *g_hh, const RC_LN_T *bhn)
+{
+    for (rc_idx q = 0; q < rows; q++) {
+        const RC_LN_T *sq = s + q * lds, *hpq = hp + q * ldhp;
+        RC_LN_T *aq = a + q * lda, *xq = xh + q * ldxh, *hnq = hn + q * ldhn, *hq = h + q * ldh;
+        for (rc_idx k = 0; k < 3; k++)
+            rh[q * ldrh + k] = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
+        RC_LN_T *ar = aq, *az = aq + H, *an = aq + 2 * H;
+        const RC_LN_T *xr = xq, *xz = xq + H, *xn = xq + 2 * H;
+        const RC_LN_T *gr = g_hh, *gz = g_hh + H, *gn = g_hh + 2 * H;
+#pragma GCC ivdep
+        for (rc_idx j = 0; j < H; j++) {
+            RC_LN_T r = RC_LN_SIG(ar[j] + gr[j] * xr[j]), z = RC_LN_SIG(az[j] + gz[j] * xz[j]);
+            RC_LN_T v = gn[j] * xn[j] + bhn[j];
+            RC_LN_T n = RC_LN_TANH(an[j] + r * v);
+            hnq[j] = v;
+            hq[j] = ((RC_LN_T)1 - z) * n + z * hpq[j];
+            ar[j] = r; az[j] = z; an[j] = n;
+        }
+    }
+}
+
+/* Its backward, rows [0, rows), fused. With d = dh + carry:
+ *   dA = [dn (1-n²) hn r(1-r) | d (h_prev - n) z(1-z) | d (1-z)(1-n²)]   (input side)
+ *   dS = dA with its n block times r                                      (recurrent side)
+ *   dz = LN_G-backward(dS; xh, rh, γ_hh);  carry = d z  (the caller adds dz Wh^T) */
+RC_CLONES static void RC_LN(rc_lngru_bwd)(
+    rc_idx rows, rc_idx H, const RC_LN_T *dh, rc_idx lddh, RC_LN_T *cy, rc_idx ldcy,
+    const RC_LN_T *gt, rc_idx ldg, const RC_LN_T *hn, rc_idx ldhn, const RC_LN_T *hp,
+    rc_idx ldhp, const RC_LN_T *xh, rc_idx ldxh, const RC_LN_T *rh, rc_idx ldrh, RC_LN_T *da,
+    rc_idx ldda, RC_LN_T *ds, rc_idx ldds, RC_LN_T *dz, rc_idx lddz, const RC_LN_T *g_hh)
+{
+    for (rc_idx q = 0; q < rows; q++) {
+        const RC_LN_T *dhq = dh + q * lddh, *gq = gt + q * ldg, *hnq = hn + q * ldhn;
+        const RC_LN_T *hpq = hp + q * ldhp;
+        RC_LN_T *cq = cy + q * ldcy, *daq = da + q * ldda, *dsq = ds + q * ldds;
+        RC_LN_T *dzq = dz + q * lddz;
+        const RC_LN_T *r = gq, *z = gq + H, *n = gq + 2 * H;
+#pragma GCC ivdep
+        for (rc_idx j = 0; j < H; j++) {
+            RC_LN_T d = dhq[j] + cq[j];
+            RC_LN_T dan = d * ((RC_LN_T)1 - z[j]) * ((RC_LN_T)1 - n[j] * n[j]);
+            RC_LN_T dar = dan * hnq[j] * (r[j] * ((RC_LN_T)1 - r[j]));
+            RC_LN_T daz = d * (hpq[j] - n[j]) * (z[j] * ((RC_LN_T)1 - z[j]));
+            daq[j] = dar; daq[H + j] = daz; daq[2 * H + j] = dan;
+            dsq[j] = dar; dsq[H + j] = daz; dsq[2 * H + j] = dan * r[j];
+            cq[j] = d * z[j];
+        }
+        const RC_LN_T *rq = rh + q * ldrh, *xq = xh + q * ldxh;
+        for (rc_idx k = 0; k < 3; k++)
+            RC_LN(rc_ln_group_bwd)(dsq + k * H, xq + k * H, g_hh + k * H, rq[k], dzq + k * H, H);
+    }
+}

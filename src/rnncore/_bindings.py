@@ -46,12 +46,13 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import gru as _kgru
+from ._kernels import lngru as _klngru
 from ._kernels import lnlstm as _klnlstm
 from ._kernels import lstm as _klstm
 from ._kernels import rnn as _krnn
 from ._runtime import threads as _threads
 
-__all__ = ["RNN_TANH", "RNN_RELU", "GRU", "GRU_RESET_BEFORE", "LSTM", "LN_LSTM",
+__all__ = ["RNN_TANH", "RNN_RELU", "GRU", "GRU_RESET_BEFORE", "LSTM", "LN_LSTM", "LN_GRU",
            "rnn_binding", "gru_binding"]
 
 
@@ -224,12 +225,51 @@ class LNLSTMBinding(LSTMBinding):
         return None
 
 
+class LNGRUBinding(GRUBinding):
+    """Layer-normalised GRU (Ba, Kiros & Hinton 2016, §3.1, on PyTorch's candidate), gates
+    r, z, n.
+
+    ``p`` (and ``g``) = [weight_ih, weight_hh, bias_ih, bias_hh, layer_norm_ih_weight,
+    layer_norm_ih_bias, layer_norm_hh_weight, layer_norm_hh_bias] (the norms' (3H,) each).
+    """
+
+    #: what the kernel's forward saves for backward (gates, S_n and the norms' x̂, 1/σ)
+    Saved = _klngru.LNGRUSaved
+
+    def __init__(self):
+        super().__init__(reset_after=True)
+
+    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
+        w_ih, w_hh, b_ih, b_hh = p[:4]
+        return _klngru.forward(x, s0[0], w_ih.T, w_hh.T, b_ih, b_hh, *p[4:8], outs[0],
+                               reverse, batch_sizes)
+
+    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
+                 batch_sizes=None, overwrite_saved=False):
+        """Accumulates into ``g``; ``overwrite_saved`` is accepted and ignored."""
+        _klngru.backward(dh, dn[0], x, s0[0], p[0].T, p[1].T, p[4], p[6], outs[0], saved, dx,
+                         ds0[0], g[0].T, g[1].T, g[2], g[3], *g[4:8], reverse, batch_sizes)
+
+    def kernel_forward(self, *args, **kwargs):
+        raise NotImplementedError("layer_norm: the functional API has no layer-normalised "
+                                  "GRU; use rnncore.GRU(..., layer_norm=True)")
+
+    kernel_backward = kernel_forward
+
+    def step(self, *args, **kwargs):
+        return False    # the cells take the sequence kernel with T = 1
+
+    def step_saved(self, N, H, dtype):
+        return None
+
+
 RNN_TANH = RNNBinding(relu=False)
 RNN_RELU = RNNBinding(relu=True)
 GRU = GRUBinding()
 GRU_RESET_BEFORE = GRUBinding(reset_after=False)
 LSTM = LSTMBinding()
 LN_LSTM = LNLSTMBinding()
+LN_GRU = LNGRUBinding()
 
 
 def rnn_binding(relu: bool) -> RNNBinding:
@@ -247,7 +287,7 @@ def gru_binding(reset_after: bool) -> GRUBinding:
 # ---------------------------------------------------------------------------
 def _install_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split):
     """Hand the thread policy of rnncore._runtime.threads to every kernel module."""
-    for mod in (_krnn, _kgru, _klstm, _klnlstm):
+    for mod in (_krnn, _kgru, _klstm, _klnlstm, _klngru):
         mod._blas_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split)
 
 

@@ -404,8 +404,17 @@ class GRU(_HiddenStateRNN):
         Where the reset gate applies: after the recurrent product (True,
         PyTorch's form) or before it (False). Same parameters and names.
     layer_norm : bool, default False
-        Reserved for the layer-normalised GRU (Ba, Kiros & Hinton 2016); only
-        False is implemented (True raises NotImplementedError).
+        The layer-normalised GRU (Ba, Kiros & Hinton 2016, §3.1, on PyTorch's
+        candidate): each gate group of the input and of the recurrent
+        pre-activations normalised on its own (mean and biased variance over H
+        units, eps = 1e-5, per-unit gain and bias, 1 and 0 at init)::
+
+            r = sigmoid(LN(x W_ir^T) + b_ir + LN(h W_hr^T) + b_hr)    (z alike)
+            n = tanh(LN(x W_in^T) + b_in + r * (LN(h W_hn^T) + b_hn))
+
+        Adds ``layer_norm_ih_weight_l{k}``, ``layer_norm_ih_bias_l{k}``,
+        ``layer_norm_hh_weight_l{k}``, ``layer_norm_hh_bias_l{k}`` (3H,). Needs
+        ``reset_after=True`` (ValueError otherwise); not exportable to ONNX.
 
     Attributes
     ----------
@@ -425,22 +434,24 @@ class GRU(_HiddenStateRNN):
                  seed=None, reset_after=True, *, layer_norm=False, device=None):
         self.reset_after = V.check_bool(reset_after, "reset_after")
         self.layer_norm = V.check_bool(layer_norm, "layer_norm")
-        if self.layer_norm:
-            raise NotImplementedError("GRU(layer_norm=True) is not implemented yet; the "
-                                      "layer-normalised LSTM is (LSTM(layer_norm=True))")
+        if self.layer_norm and not self.reset_after:
+            raise ValueError("layer_norm=True with reset_after=False: the layer-normalised GRU "
+                             "is PyTorch's candidate (use reset_after=True)")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, merge_mode, dtype, seed, device=device)
 
     @property
     def _kernel(self):
-        """The binding of this candidate (rnncore._bindings.GRU or GRU_RESET_BEFORE)."""
-        return B.gru_binding(self.reset_after)
+        """The binding of this candidate (rnncore._bindings.GRU, GRU_RESET_BEFORE or LN_GRU)."""
+        return B.LN_GRU if self.layer_norm else B.gru_binding(self.reset_after)
 
     def get_config(self) -> dict:
-        return dict(super().get_config(), reset_after=self.reset_after)
+        cfg = dict(super().get_config(), reset_after=self.reset_after)
+        return dict(cfg, layer_norm=True) if self.layer_norm else cfg
 
     def _repr_extra(self) -> str:
-        return "" if self.reset_after else "reset_after=False"
+        return ("" if self.reset_after else "reset_after=False") + (
+            "layer_norm=True" if self.layer_norm else "")
 
 
 @register_module
