@@ -45,7 +45,7 @@ from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop, dwh_accumulate
 from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
-                      batch_ptr, seq_empty, check_inputs, check_grads, copy_rows)
+                      batch_ptr, check_inputs, check_grads, copy_rows)
 
 cdef extern from "rc_layernorm.h" nogil:
     void rc_ln_rows_f(float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh, float *rs,
@@ -98,6 +98,20 @@ eps = EPS
 
 #: What `forward` saves for `backward` (see the module docstring).
 LNGRUSaved = namedtuple("LNGRUSaved", ["gates", "hidden_n", "xh_ih", "r_ih", "xh_hh", "r_hh"])
+
+
+def seq_block(bint batch_major, Py_ssize_t T, Py_ssize_t N, widths, dtype):
+    """(T, N, F) arrays of the given widths F, contiguous in the layout kind, carved out
+    of ONE allocation: one large block is reused from the heap from call to call, while
+    several fresh ones cost a page fault per 4 KiB page each call (measured 4.7 ms vs
+    0.2 ms for the LSTM's seven saved arrays at (T, N, H) = (100, 16, 128))."""
+    buf = np.empty(T * N * sum(widths), dtype=dtype)
+    out, o = [], 0
+    for F in widths:
+        a = buf[o:o + T * N * F]
+        o += T * N * F
+        out.append(a.reshape(N, T, F).transpose(1, 0, 2) if batch_major else a.reshape(T, N, F))
+    return out
 
 
 cdef struct LNArrays:
@@ -260,11 +274,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     bs = check_batch_sizes(batch_sizes, T, N)
     dtype = np.float32 if floating is float else np.float64
     bm = L.h.bm
-    saved = LNGRUSaved(gates=seq_empty(bm, T, N, GH, dtype), hidden_n=seq_empty(bm, T, N, H, dtype),
-                       xh_ih=seq_empty(bm, T, N, GH, dtype),
-                       r_ih=seq_empty(bm, T, N, GATES, dtype),
-                       xh_hh=seq_empty(bm, T, N, GH, dtype),
-                       r_hh=seq_empty(bm, T, N, GATES, dtype))
+    saved = LNGRUSaved(*seq_block(bm, T, N, (GH, H, GH, GATES, GH, GATES), dtype))
     if T == 0 or N == 0 or H == 0:
         return saved
     saved_seqs[floating](saved, T, N, H, &L, &E, &xi, &ri, k)
@@ -328,9 +338,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     bs = check_batch_sizes(batch_sizes, T, N)
     dtype = np.float32 if floating is float else np.float64
     bm = L.h.bm
-    da_arr = seq_empty(bm, T, N, GH, dtype)
-    ds_arr = seq_empty(bm, T, N, GH, dtype)
-    dz_arr = seq_empty(bm, T, N, GH, dtype)
+    da_arr, ds_arr, dz_arr = seq_block(bm, T, N, (GH, GH, GH), dtype)
     cdef floating[:, :] dzs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:
