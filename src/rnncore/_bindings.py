@@ -37,7 +37,11 @@ H = 128 is a few microseconds, so ``step`` builds no argument lists.)
 
 The GRU has one binding per candidate: :data:`GRU` (PyTorch's,
 ``reset_after=True``) and :data:`GRU_RESET_BEFORE` (Cho et al. 2014's,
-``reset_after=False``); :func:`gru_binding` picks one. The module also
+``reset_after=False``); :func:`gru_binding` picks one. :data:`LN_LSTM` and
+:data:`LN_GRU` are the layer-normalised cells (``layer_norm=True``; Ba, Kiros &
+Hinton 2016): their ``p``/``g`` lists carry the norms' gains and biases after
+PyTorch's four, and they offer ``forward``/``backward`` only (the functional API
+and the cells' single-step fast path take the plain cells). The module also
 installs the kernels' BLAS thread hooks (the policy itself lives in
 :mod:`rnncore._runtime.threads`).
 """
