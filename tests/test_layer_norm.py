@@ -451,7 +451,7 @@ def test_parameters_names_shapes_and_init():
             np.testing.assert_array_equal(m.params["weight_hh" + s], plain.params["weight_hh" + s])
     assert len(m.params) == len(plain.params) + 6 * 4
     assert m.num_parameters() == plain.num_parameters() + 4 * (4 * 16 + 2 * 4)
-    names = [n for n, _ in m.named_parameters()] if hasattr(m, "named_parameters") else list(m.params)
+    names = [n for n, _ in m.named_parameters()]
     assert "layer_norm_c_bias_l1_reverse" in names
     assert set(m.state_dict()) == set(m.params)
     assert "layer_norm=True" in repr(m) and "layer_norm" not in repr(plain)

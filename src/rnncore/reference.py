@@ -1370,7 +1370,8 @@ def layer_norm_backward(dy, cache):
     Returns
     -------
     da : ndarray, shape of ``dy``
-        Per group: ``dx̂ = dy ⊙ γ``, ``da = (dx̂ - mean(dx̂) - x̂ ⊙ mean(dx̂ ⊙ x̂)) / σ``.
+        Per group, with ``dx̂ = dy ⊙ γ``:
+        ``da = (dx̂ - mean(dx̂) - x̂ ⊙ mean(dx̂ ⊙ x̂)) / σ``.
     dgamma, dbeta : ndarray (G*H,)
         ``Σ dy ⊙ x̂`` and ``Σ dy`` over every leading axis.
     """
