@@ -5,7 +5,13 @@
 #define RC_THREADS_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #ifndef RC_IDX_DEFINED
 #define RC_IDX_DEFINED
@@ -145,6 +151,128 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
     for (int k = 1; k < P; k++) {
         if (started[k]) pthread_join(th[k], NULL);
         else fn((char *)args + k * size);
+    }
+}
+
+/* Unit-split time loops (the LSTM's; lstm.pyx: fwd_units, bwd_units).
+ *
+ * Weight-stationary (DeepCPU, Zhang et al., USENIX ATC 2018; oneDNN splits the
+ * cell GEMM over column blocks the same way): thread k of P owns the hidden units
+ * [u_k, u_{k+1}) -- the columns of all four gates for them -- and keeps its slice
+ * of the packed recurrent weight (H x 4U forward, 4H x U backward) for all T
+ * steps, so at H = 256 float32 each thread reads 512 KB from its own L2 every
+ * step instead of the whole 1 MB weight from L3 (the row split). Every thread
+ * runs every row for its units; a step's h_t (forward) or dA_t (backward) must be
+ * complete before the next product reads it (rc_units_* below). Each element is still one packed-kernel dot
+ * product in k order, so the results are bitwise those of the row split and of
+ * one thread.
+ *
+ * Policy (rc_unit_threads; shapes and import-time configuration only): the loop
+ * may split (rc_row_threads gives P >= 2), the LSTM has no projection, its weight
+ * is packed, T >= 2, and the whole recurrent weight is larger than
+ * RC_UNIT_MIN_BYTES (it no longer sits in one core's L2) while each thread's
+ * slice is at most RC_UNIT_MAX_BYTES. A test hook (rc_set_unit_split) forces
+ * either mode. */
+#define RC_UNIT_MIN_BYTES (512LL * 1024)
+#define RC_UNIT_MAX_BYTES (768LL * 1024)
+static int rc_unit_mode = 0;    /* 0: by shape, 1: always (rc_unit_forced threads), -1: never */
+static int rc_unit_forced = 2;
+static void rc_set_unit_split(int mode, int threads)
+{
+    rc_unit_mode = mode;
+    rc_unit_forced = threads < 1 ? 1 : threads > 8 ? 8 : threads;
+}
+
+/* Threads of a unit split for an LSTM loop (N rows, hidden size H, G gates, T
+ * steps, elsize-byte elements, packed weight), or 1: no unit split. */
+static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize, int packed)
+{
+    if (!packed || T < 2 || N < 1 || H < 2 || rc_unit_mode < 0) return 1;
+    if (rc_unit_mode > 0) return rc_unit_forced < H ? rc_unit_forced : (int)H;
+    long long work = (long long)N * G * H * H;
+    int P = rc_row_threads(N, work, T, packed);
+    if (P < 2) {   /* too few rows for the row split: the units may still be split */
+        if (!rc_row_split || rc_blas_get_threads == NULL || work * T < RC_SPLIT_MIN_TOTAL)
+            return 1;
+        P = rc_blas_get_threads();
+        if (P > 8) P = 8;
+        if (P < 2) return 1;
+    }
+    long long bytes = (long long)G * H * H * (long long)elsize;
+    if (bytes <= RC_UNIT_MIN_BYTES || bytes / P > RC_UNIT_MAX_BYTES) return 1;
+    return P;
+}
+
+/* The schedule of a unit split: the units in nb blocks, each step (forward) or
+ * half-step (backward: the fused pass, then the dh carry) a "phase" of nb block
+ * tasks. A thread may start phase p once all nb * p earlier tasks are done
+ * (rc_units_wait), then claims the blocks of phase p one by one, its own first
+ * (rc_units_claim: a compare-and-swap of the block's last phase, so each block
+ * runs once per phase), and counts each finished task (rc_units_done). On an
+ * idle machine every thread runs its own blocks (its weight slices stay in its
+ * L2); on a busy one a thread that is not scheduled holds up nobody: the other
+ * takes its blocks. Waiting spins (pause) for a while, then sleeps on a futex
+ * (sched_yield elsewhere). */
+#define RC_UNITS_MAX_BLOCKS 16
+typedef struct {
+    int done, waiters, nb, pad;
+    int last[RC_UNITS_MAX_BLOCKS];               /* the phase each block last ran in */
+    rc_idx ub[RC_UNITS_MAX_BLOCKS + 1];          /* block b: units [ub[b], ub[b+1]) */
+    rc_idx off[RC_UNITS_MAX_BLOCKS];             /* its packed weight slice, elements in */
+    rc_idx ws[RC_UNITS_MAX_BLOCKS];              /* forward: gate q's panels at q * ws */
+} rc_units;
+#define RC_UNITS_SPINS 4000
+
+static void rc_units_init(rc_units *u, int nb)
+{
+    u->done = 0; u->waiters = 0; u->nb = nb;
+    for (int b = 0; b < RC_UNITS_MAX_BLOCKS; b++) u->last[b] = -1;
+}
+
+static inline void rc_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Wait until phase p may start: all nb * p earlier tasks done. */
+static void rc_units_wait(rc_units *u, int p)
+{
+    const int target = p * u->nb;
+    int d;
+    for (int i = 0; i < RC_UNITS_SPINS; i++) {
+        if (__atomic_load_n(&u->done, __ATOMIC_ACQUIRE) >= target) return;
+        rc_cpu_relax();
+    }
+    __atomic_add_fetch(&u->waiters, 1, __ATOMIC_SEQ_CST);
+    while ((d = __atomic_load_n(&u->done, __ATOMIC_SEQ_CST)) < target) {
+#if defined(__linux__)
+        syscall(SYS_futex, &u->done, FUTEX_WAIT_PRIVATE, d, NULL, NULL, 0);
+#else
+        sched_yield();
+#endif
+    }
+    __atomic_sub_fetch(&u->waiters, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Claim block b for phase p (1: ours to run, 0: another thread has it). */
+static int rc_units_claim(rc_units *u, int b, int p)
+{
+    int expected = p - 1;
+    if (__atomic_load_n(&u->last[b], __ATOMIC_RELAXED) != expected) return 0;
+    return __atomic_compare_exchange_n(&u->last[b], &expected, p, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_RELAXED);
+}
+
+/* A claimed task is finished (its writes visible to whoever waits on the count). */
+static void rc_units_done(rc_units *u)
+{
+    __atomic_add_fetch(&u->done, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&u->waiters, __ATOMIC_SEQ_CST) > 0) {
+#if defined(__linux__)
+        syscall(SYS_futex, &u->done, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+#endif
     }
 }
 
