@@ -164,6 +164,8 @@ def test_unit_split_policy(no_units):
     assert two[1] == two[2] == two[4] == 1   # weight too big for L2 halves / fits one L2 / T = 1
     assert two[0] in (1, 2) and two[3] in (1, 2)
     assert KL._unit_threads(32, 256, 100, np.float64) == 1    # 2 MB: halves exceed L2
+    assert KL._unit_threads(32, 256, 100, backward=True) == 1  # backward keeps the rows
+    assert KL._unit_threads(2, 256, 100) == 1                  # rows too few to split
     KL._set_unit_split(-1)
     assert all(KL._unit_threads(*c) == 1 for c in cases)
     KL._set_unit_split(1, 3)
@@ -179,3 +181,27 @@ def test_projected_lstm_never_splits_units(units, rng):
     got = _kernel(inp, up, False, None, False, False)
     for name, w in _reference(inp, up, np.full(N, T), False).items():
         _check(got[name], w, np.float64, name)
+
+
+def test_unit_split_by_policy_is_bitwise_the_row_split(rng):
+    """At a shape the policy routes to the unit split (forward, float32, H = 256, rows
+    split over 2 threads), the same bits as with the unit split turned off."""
+    from threadpoolctl import threadpool_limits
+    N, T, D, H = 32, 4, 6, 256
+    with threadpool_limits(2, user_api="blas"):
+        if KL._unit_threads(N, H, T) < 2:
+            pytest.skip("the row split is off in this configuration (no unit split by policy)")
+        inp, up = _time_major("lstm", rng, N, T, D, H, np.float32)
+        lens = np.array([T] * 20 + [T - 1] * 6 + [1] * 6)
+        got = run_kernel("lstm", inp, up, batch_sizes=_batch_sizes(lens, T))
+        KL._set_unit_split(-1)
+        try:
+            want = run_kernel("lstm", inp, up, batch_sizes=_batch_sizes(lens, T))
+        finally:
+            KL._set_unit_split(0)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    ref = reference_per_row("lstm", {k: v.astype(np.float64) for k, v in inp.items()},
+                            {k: v.astype(np.float64) for k, v in up.items()}, lens, False)
+    for name in ("h", "c"):
+        _check(got[name], ref[name], np.float32, name)

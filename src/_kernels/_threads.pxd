@@ -25,5 +25,5 @@ cdef extern from "rc_threads.h" nogil:
     bint units_claim "rc_units_claim"(rc_units *u, int b, int p)
     void units_done "rc_units_done"(rc_units *u)
     int unit_threads "rc_unit_threads"(Py_ssize_t N, Py_ssize_t H, Py_ssize_t G, Py_ssize_t T,
-                                       size_t elsize, bint packed)
+                                       size_t elsize, bint packed, bint backward)
     void set_unit_split "rc_set_unit_split"(int mode, int threads)

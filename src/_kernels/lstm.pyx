@@ -338,7 +338,7 @@ cdef object unit_split(const floating[:, :] Wh, Loop *L, Loop *tasks, rc_units *
     if L.wr.p != NULL or nr <= 0 or L.N <= 0 or H <= 0:
         return None
     P = unit_threads(L.N, H, RC_LSTM_GATES, L.T, isz,
-                     packs_step_weight(L.T, L.N * GH * H))
+                     packs_step_weight(L.T, L.N * GH * H), backward)
     if P < 2:
         return None
     P = min(P, MAX_TASKS)
@@ -631,14 +631,16 @@ def _set_packing(bint enabled):
 
 def _set_unit_split(int mode, int threads=2):
     """Test hook: the LSTM's time loops split the hidden units over threads by shape
-    (mode 0, the default), always over `threads` threads (1), or never (-1)."""
+    (mode 0, the default: forward loops only, see rc_threads.h), always -- forward
+    and backward -- over `threads` threads (1), or never (-1)."""
     set_unit_split(mode, threads)
 
 
-def _unit_threads(Py_ssize_t N, Py_ssize_t H, Py_ssize_t T, dtype=np.float32):
+def _unit_threads(Py_ssize_t N, Py_ssize_t H, Py_ssize_t T, dtype=np.float32,
+                  bint backward=False):
     """Threads of a unit split for an LSTM loop of these shapes (1: none)."""
     cdef Py_ssize_t isz = np.dtype(dtype).itemsize
     if packed_nr(isz) <= 0:
         return 1
     return unit_threads(N, H, RC_LSTM_GATES, T, isz,
-                        packs_step_weight(T, N * RC_LSTM_GATES * H * H))
+                        packs_step_weight(T, N * RC_LSTM_GATES * H * H), backward)

@@ -167,12 +167,28 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * product in k order, so the results are bitwise those of the row split and of
  * one thread.
  *
- * Policy (rc_unit_threads; shapes and import-time configuration only): the loop
- * may split (rc_row_threads gives P >= 2), the LSTM has no projection, its weight
- * is packed, T >= 2, and the whole recurrent weight is larger than
- * RC_UNIT_MIN_BYTES (it no longer sits in one core's L2) while each thread's
- * slice is at most RC_UNIT_MAX_BYTES. A test hook (rc_set_unit_split) forces
- * either mode. */
+ * Policy (rc_unit_threads; shapes and the thread configuration only, as for the
+ * row split): the forward loop of an LSTM without projection whose weight is packed,
+ * T >= 2, whose rows the row split would put on P >= 2 threads, and whose whole
+ * recurrent weight is larger than RC_UNIT_MIN_BYTES (no longer in one core's L2)
+ * while each thread's share is at most RC_UNIT_MAX_BYTES: float32 256 <= H <= 313 at
+ * P = 2. A test hook (rc_set_unit_split) forces it on (forward and backward) or off.
+ *
+ * Measured (indicative only: a 2-core Zen 4 VM with a load average of 4-9 from other
+ * jobs, minima of 15-30 interleaved repeats, float32, 2 threads; forward, backward
+ * in ms, rows split -> unit split):
+ *   kernel, x Wx negligible (D = 8): (T, N, H) = (100, 32, 256): fwd 39.9 -> 31.6,
+ *     bwd 130.7 -> 173.7; (50, 64, 512): fwd 174.5 -> 156.2, bwd 452.6 -> 460.2;
+ *     (100, 16, 128): fwd 3.1 -> 6.3; (100, 4, 256) (rows: one thread): fwd 16.3 -> 18.5
+ *   model API, LSTM (100, 32, 256, 256): fwd 85.5 -> 54.2 and 69.9 -> 83.1 in two
+ *     runs, fb 163 -> 208 and 251 -> 255.
+ * The forward gain at H = 256 is the L2 effect (each thread reads its 512 KB slice
+ * from its own L2 instead of the whole 1 MB weight from L3); the backward has two
+ * hand-offs per step and measured no better, so it keeps the row split; small
+ * weights (in L2 anyway) and few rows keep theirs too. A first version with a
+ * static split and a plain barrier per step measured 10-60% slower than the row
+ * split under this load (a descheduled thread stalls every step): hence the block
+ * claiming below. */
 #define RC_UNIT_MIN_BYTES (512LL * 1024)
 #define RC_UNIT_MAX_BYTES (768LL * 1024)
 static int rc_unit_mode = 0;    /* 0: by shape, 1: always (rc_unit_forced threads), -1: never */
@@ -184,20 +200,16 @@ static void rc_set_unit_split(int mode, int threads)
 }
 
 /* Threads of a unit split for an LSTM loop (N rows, hidden size H, G gates, T
- * steps, elsize-byte elements, packed weight), or 1: no unit split. */
-static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize, int packed)
+ * steps, elsize-byte elements, packed weight, forward or backward), or 1: none. */
+static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize, int packed,
+                           int backward)
 {
     if (!packed || T < 2 || N < 1 || H < 2 || rc_unit_mode < 0) return 1;
     if (rc_unit_mode > 0) return rc_unit_forced < H ? rc_unit_forced : (int)H;
+    if (backward) return 1;
     long long work = (long long)N * G * H * H;
     int P = rc_row_threads(N, work, T, packed);
-    if (P < 2) {   /* too few rows for the row split: the units may still be split */
-        if (!rc_row_split || rc_blas_get_threads == NULL || work * T < RC_SPLIT_MIN_TOTAL)
-            return 1;
-        P = rc_blas_get_threads();
-        if (P > 8) P = 8;
-        if (P < 2) return 1;
-    }
+    if (P < 2) return 1;
     long long bytes = (long long)G * H * H * (long long)elsize;
     if (bytes <= RC_UNIT_MIN_BYTES || bytes / P > RC_UNIT_MAX_BYTES) return 1;
     return P;
