@@ -70,7 +70,7 @@ cdef struct Loop:
     # their packed weight slices from L.wh.p), this share's first block; `units`:
     # the nu shares run_loop runs instead
     void *sched
-    int ublock
+    int ublock, nown            # this share's own blocks: nown from ublock
     Loop *units
     int nu
 

@@ -53,6 +53,18 @@ Design notes
 * The time loop, its row split over threads and the all-steps GEMMs around
   it are shared with the other cells (_loop.pxd); this file holds the LSTM's
   per-step bodies (``fwd_steps``, ``bwd_steps``) and entry points.
+* Unit split (``fwd_units``, ``bwd_units``; policy, schedule and measurements
+  in rc_threads.h): instead of splitting the batch rows, the threads share the
+  hidden units, in blocks holding all four gates' columns for their units, each
+  with its slice of the packed Wh (weight-stationary: Zhang et al., "DeepCPU",
+  USENIX ATC 2018; oneDNN's RNN splits the cell GEMM over column blocks alike).
+  A step's h_t (backward: dA_t) must be complete before the next product reads
+  it, so threads claim the blocks step by step: all their own at once, then any
+  another thread has not reached (it is behind or descheduled). Each element is
+  the same packed-kernel dot product as in the row loops: the results are
+  bitwise those of the row split and of one thread. By policy the forward of a
+  float32 LSTM with H about 256-313 on 2 threads (its weight outgrows one L2,
+  half of it does not); `_set_unit_split` forces it on or off.
 """
 from libc.stdlib cimport malloc, free
 
@@ -275,17 +287,30 @@ cdef inline void fwd_block(const Loop *L, rc_units *u, int blk, Py_ssize_t t, Py
         zero_units(at + B * g_sn, g_sn, N - B, RC_LSTM_GATES, H, u0, U)
 
 
+cdef inline int own_blocks(const Loop *L, rc_units *u, int p) noexcept nogil:
+    # claim this share's own blocks of phase p at once; the mask of those it got
+    cdef int j, blk, mine = 0
+    for j in range(L.nown):
+        blk = (L.ublock + j) % u.nb
+        if units_claim(u, blk, p):
+            mine |= 1 << blk
+    return mine
+
+
 cdef void fwd_units(const Loop *L, floating kind) noexcept nogil:
     # fwd_steps by unit blocks: step i is phase i (it reads all of h_{i-1})
     cdef Py_ssize_t i, t, tp, B, Bc
-    cdef int j, blk
+    cdef int j, blk, mine
     cdef rc_units *u = <rc_units *>L.sched
     for i in range(L.T):
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         units_wait(u, <int>i)
+        # this share's own blocks are claimed together before any runs: another
+        # share takes one only when we have not yet reached this step
+        mine = own_blocks(L, u, <int>i)
         for j in range(u.nb):
             blk = (L.ublock + j) % u.nb
-            if units_claim(u, blk, <int>i):
+            if (mine >> blk) & 1 or (j >= L.nown and units_claim(u, blk, <int>i)):
                 fwd_block(L, u, blk, t, tp, B, Bc, kind)
                 units_done(u)
 
@@ -294,7 +319,7 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
     # bwd_steps by unit blocks: step i is phases 2i (the fused pass, block's units) and
     # 2i + 1 (carry_h[:, units] = dA_t @ Wh[units, :]^T (B, U) = (B, 4H)(4H, U): all of dA_t)
     cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, N = L.N, u0, U, dg_sn = L.dg.sn
-    cdef int j, blk, p
+    cdef int j, blk, p, mine
     cdef rc_units *u = <rc_units *>L.sched
     cdef const floating *c = <const floating *>L.c.p
     cdef const floating *c0 = <const floating *>L.c0
@@ -305,9 +330,10 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
         dgt = <floating *>L.dg.p + t * L.dg.st
         p = <int>(2 * i)
         units_wait(u, p)
+        mine = own_blocks(L, u, p)
         for j in range(u.nb):
             blk = (L.ublock + j) % u.nb
-            if units_claim(u, blk, p):
+            if (mine >> blk) & 1 or (j >= L.nown and units_claim(u, blk, p)):
                 u0, U = u.ub[blk], u.ub[blk + 1] - u.ub[blk]
                 if Bc > 0:
                     unit_pass(L, True, t, 0, Bc, c + tp * L.c.st, L.c.sn, u0, U)
@@ -317,9 +343,10 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
                     zero_units(dgt + B * dg_sn, dg_sn, N - B, RC_LSTM_GATES, H, u0, U)
                 units_done(u)
         units_wait(u, p + 1)
+        mine = own_blocks(L, u, p + 1)
         for j in range(u.nb):
             blk = (L.ublock + j) % u.nb
-            if units_claim(u, blk, p + 1):
+            if (mine >> blk) & 1 or (j >= L.nown and units_claim(u, blk, p + 1)):
                 w.p = <floating *>L.wh.p + u.off[blk]
                 mm_step(B, u.ub[blk + 1] - u.ub[blk], RC_LSTM_GATES * H, dgt, dg_sn,
                         transposed(w), <floating>0, <floating *>L.carry + u.ub[blk], H)
@@ -374,6 +401,7 @@ cdef object unit_split(const floating[:, :] Wh, Loop *L, Loop *tasks, rc_units *
         tasks[k].nu = 0
         tasks[k].sched = u
         tasks[k].ublock = k * nb // P
+        tasks[k].nown = (k + 1) * nb // P - k * nb // P
         tasks[k].wh.p = <void *><uintptr_t>out.ctypes.data
         tasks[k].wh.ld = kdim
         tasks[k].wh.t = Trans if backward else NoTrans

@@ -29,14 +29,14 @@ enum { RC_LSTM_I = 0, RC_LSTM_F = 1, RC_LSTM_G = 2, RC_LSTM_O = 3, RC_LSTM_GATES
 #define RC_LSTM_FWD_BODY(T, SIG, TANH, GS)                                      \
         RC_ROWS(T, a, lda, g) RC_ROWS(T, c, ldc, s) RC_ROWS(T, h, ldh, h)       \
         RC_ROWS(const T, cp, ldcp, prev) const T *restrict b = (const T *)st->b; \
-        const T *bi = b + RC_LSTM_I * GS, *bf = b + RC_LSTM_F * GS;               \
-        const T *bg = b + RC_LSTM_G * GS, *bo = b + RC_LSTM_O * GS;               \
+        const T *bi = b + RC_LSTM_I * GS, *bf = b + RC_LSTM_F * GS;             \
+        const T *bg = b + RC_LSTM_G * GS, *bo = b + RC_LSTM_O * GS;             \
         for (rc_idx q = 0; q < rows; q++) {                                     \
             T *ai = a + q * lda + RC_LSTM_I * GS, *af = a + q * lda + RC_LSTM_F * GS; \
             T *ag = a + q * lda + RC_LSTM_G * GS, *ao = a + q * lda + RC_LSTM_O * GS; \
             const T *cpq = cp + q * ldcp;                                       \
             T *cq = c + q * ldc, *hq = h + q * ldh;                             \
-            _Pragma("GCC ivdep")                                               \
+            _Pragma("GCC ivdep")                                                \
             for (rc_idx j = 0; j < H; j++) {                                    \
                 T i = SIG(ai[j] + bi[j]), f = SIG(af[j] + bf[j]);               \
                 T g = TANH(ag[j] + bg[j]), o = SIG(ao[j] + bo[j]);              \
@@ -56,7 +56,7 @@ RC_DEFINE_LSTM_FWD(rc_lstm_fwd_d, double, rc_sigmoidd, rc_tanhd)
  * (carry_h is only read: the caller overwrites it with dg Wh^T). */
 /* The in-place variant (rc_lstm_bwd_ip_*) writes dA over the saved gates
  * (same pointer twice; each element is read before it is overwritten). */
-#define RC_LSTM_BWD_BODY(T, TANH, DG, LDDG, G, LDG, GS)                             \
+#define RC_LSTM_BWD_BODY(T, TANH, DG, LDDG, G, LDG, GS)                         \
         for (rc_idx q = 0; q < rows; q++) {                                     \
             const T *gi = G + q * LDG + RC_LSTM_I * GS, *gf = G + q * LDG + RC_LSTM_F * GS; \
             const T *gg = G + q * LDG + RC_LSTM_G * GS, *go = G + q * LDG + RC_LSTM_O * GS; \
@@ -65,7 +65,7 @@ RC_DEFINE_LSTM_FWD(rc_lstm_fwd_d, double, rc_sigmoidd, rc_tanhd)
             const T *dhq = dh + q * lddh, *chq = ch + q * ldch;                 \
             const T *cq = c + q * ldc, *cpq = cp + q * ldcp;                    \
             T *ccq = cc + q * ldcc;                                             \
-            _Pragma("GCC ivdep")                                               \
+            _Pragma("GCC ivdep")                                                \
             for (rc_idx j = 0; j < H; j++) {                                    \
                 T d = dhq[j] + chq[j];                                          \
                 T i = gi[j], f = gf[j], gv = gg[j], o = go[j];                  \

@@ -218,12 +218,13 @@ static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize
 /* The schedule of a unit split: the units in nb blocks, each step (forward) or
  * half-step (backward: the fused pass, then the dh carry) a "phase" of nb block
  * tasks. A thread may start phase p once all nb * p earlier tasks are done
- * (rc_units_wait), then claims the blocks of phase p one by one, its own first
- * (rc_units_claim: a compare-and-swap of the block's last phase, so each block
- * runs once per phase), and counts each finished task (rc_units_done). On an
- * idle machine every thread runs its own blocks (its weight slices stay in its
- * L2); on a busy one a thread that is not scheduled holds up nobody: the other
- * takes its blocks. Waiting spins (pause) for a while, then sleeps on a futex
+ * (rc_units_wait), then claims all its own blocks of phase p at once, runs them,
+ * then claims and runs any other block still unclaimed (rc_units_claim: a
+ * compare-and-swap of the block's last phase, so each block runs once per
+ * phase), and counts each finished task (rc_units_done). On an idle machine every
+ * thread runs its own blocks (its weight slices stay in its L2); on a busy one a
+ * thread that has not reached the phase holds up nobody: the other takes its
+ * blocks. Waiting spins (pause) for a while, then sleeps on a futex
  * (sched_yield elsewhere). */
 #define RC_UNITS_MAX_BLOCKS 16
 typedef struct {
