@@ -182,6 +182,12 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  *     (100, 16, 128): fwd 3.1 -> 6.3; (100, 4, 256) (rows: one thread): fwd 16.3 -> 18.5
  *   model API, LSTM (100, 32, 256, 256): fwd 85.5 -> 54.2 and 69.9 -> 83.1 in two
  *     runs, fb 163 -> 208 and 251 -> 255.
+ *   with each thread claiming its own blocks together (the final schedule), load 9:
+ *     kernel (100, 32, 256) fwd 45.8 -> 36.7, bwd 280.7 -> 201.9 (units forced on);
+ *     model API (100, 32, 256, 256) fwd 118.2 -> 118.1 (by policy), fb 365 -> 388.
+ * These are too noisy to settle the backward (or the forward at other shapes):
+ * the policy is the conservative reading, to be rechecked on a quiet machine with
+ * `_set_unit_split(1)` / `(-1)` (rnncore._kernels.lstm) around the same timings.
  * The forward gain at H = 256 is the L2 effect (each thread reads its 512 KB slice
  * from its own L2 instead of the whole 1 MB weight from L3); the backward has two
  * hand-offs per step and measured no better, so it keeps the row split; small
