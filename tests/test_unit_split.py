@@ -13,8 +13,8 @@ per step, their own first (rc_threads.h: rc_units_*).
    split) and do not depend on the number of threads: each element is the same
    packed-kernel dot product in k order.
 3. overwrite_saved (dA over the saved gates) gives the same gradients.
-4. The policy (shapes and thread configuration); never for a projected LSTM, one step,
-   or when forced off.
+4. The policy: off by default; the shape rule (shapes and thread configuration);
+   never for a projected LSTM, one step, or when forced off.
 """
 import numpy as np
 import pytest
@@ -40,7 +40,7 @@ def units():
     try:
         yield force
     finally:
-        KL._set_unit_split(0)
+        KL._set_unit_split(-1)
 
 
 @pytest.fixture
@@ -49,7 +49,15 @@ def no_units():
     try:
         yield
     finally:
-        KL._set_unit_split(0)
+        KL._set_unit_split(-1)
+
+
+def test_unit_split_is_off_by_default():
+    """The loops keep the row split unless the hook turns the unit split on."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(2, user_api="blas"):
+        assert KL._unit_threads(32, 256, 100) == 1
+        assert KL._unit_threads(32, 256, 100, backward=True) == 1
 
 
 def _check(got, want, dtype, name):
@@ -119,7 +127,7 @@ def _run_modes(rng, dtype, N, T, D, H, **kw):
             KL._set_unit_split(1, P)
             out[P] = run_kernel("lstm", inp, up, **kw)
     finally:
-        KL._set_unit_split(0)
+        KL._set_unit_split(-1)
     return out
 
 
@@ -183,22 +191,21 @@ def test_projected_lstm_never_splits_units(units, rng):
         _check(got[name], w, np.float64, name)
 
 
-def test_unit_split_by_policy_is_bitwise_the_row_split(rng):
-    """At a shape the policy routes to the unit split (forward, float32, H = 256, rows
-    split over 2 threads), the same bits as with the unit split turned off."""
+def test_unit_split_by_policy_is_bitwise_the_row_split(no_units, rng):
+    """With the shape rule on (mode 0), at a shape it routes to the unit split (forward,
+    float32, H = 256, rows split over 2 threads): the same bits as the row split."""
     from threadpoolctl import threadpool_limits
     N, T, D, H = 32, 4, 6, 256
+    inp, up = _time_major("lstm", rng, N, T, D, H, np.float32)
+    bs = _batch_sizes(np.array([T] * 20 + [T - 1] * 6 + [1] * 6), T)
     with threadpool_limits(2, user_api="blas"):
+        KL._set_unit_split(0)
         if KL._unit_threads(N, H, T) < 2:
             pytest.skip("the row split is off in this configuration (no unit split by policy)")
-        inp, up = _time_major("lstm", rng, N, T, D, H, np.float32)
-        lens = np.array([T] * 20 + [T - 1] * 6 + [1] * 6)
-        got = run_kernel("lstm", inp, up, batch_sizes=_batch_sizes(lens, T))
+        got = run_kernel("lstm", inp, up, batch_sizes=bs)
         KL._set_unit_split(-1)
-        try:
-            want = run_kernel("lstm", inp, up, batch_sizes=_batch_sizes(lens, T))
-        finally:
-            KL._set_unit_split(0)
+        want = run_kernel("lstm", inp, up, batch_sizes=bs)
+    lens = np.array([T] * 20 + [T - 1] * 6 + [1] * 6)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     ref = reference_per_row("lstm", {k: v.astype(np.float64) for k, v in inp.items()},

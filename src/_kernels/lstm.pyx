@@ -62,9 +62,10 @@ Design notes
   it, so threads claim the blocks step by step: all their own at once, then any
   another thread has not reached (it is behind or descheduled). Each element is
   the same packed-kernel dot product as in the row loops: the results are
-  bitwise those of the row split and of one thread. By policy the forward of a
-  float32 LSTM with H about 256-313 on 2 threads (its weight outgrows one L2,
-  half of it does not); `_set_unit_split` forces it on or off.
+  bitwise those of the row split and of one thread. Off by default (it measured
+  no faster than the row split on 2 Zen 4 cores); `_set_unit_split` turns on its
+  shape rule (the forward of a float32 LSTM with H about 256-313 on 2 threads:
+  its weight outgrows one L2, half of it does not) or forces it.
 """
 from libc.stdlib cimport malloc, free
 
@@ -658,9 +659,10 @@ def _set_packing(bint enabled):
 
 
 def _set_unit_split(int mode, int threads=2):
-    """Test hook: the LSTM's time loops split the hidden units over threads by shape
-    (mode 0, the default: forward loops only, see rc_threads.h), always -- forward
-    and backward -- over `threads` threads (1), or never (-1)."""
+    """Test/benchmark hook: the LSTM's time loops never split the hidden units over
+    threads (mode -1, the default: see rc_threads.h), split them by the shape rule
+    (0: forward loops only), or always -- forward and backward -- over `threads`
+    threads (1)."""
     set_unit_split(mode, threads)
 
 

@@ -167,8 +167,14 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * product in k order, so the results are bitwise those of the row split and of
  * one thread.
  *
- * Policy (rc_unit_threads; shapes and the thread configuration only, as for the
- * row split): the forward loop of an LSTM without projection whose weight is packed,
+ * OFF BY DEFAULT: in the quietest run available (last figures below) the row split
+ * was as fast or faster, forward and backward, so the loops keep it; the unit split
+ * stays as a tested opt-in path (rc_set_unit_split, rnncore._kernels.lstm.
+ * _set_unit_split: 0 the shape rule below, 1 forced, -1 off) for a recheck on a
+ * quiet machine and for other CPUs (smaller L2, more cores).
+ *
+ * Shape rule (mode 0; rc_unit_threads; shapes and the thread configuration only, as
+ * for the row split): the forward loop of an LSTM without projection whose weight is packed,
  * T >= 2, whose rows the row split would put on P >= 2 threads, and whose whole
  * recurrent weight is larger than RC_UNIT_MIN_BYTES (no longer in one core's L2)
  * while each thread's share is at most RC_UNIT_MAX_BYTES: float32 256 <= H <= 313 at
@@ -185,9 +191,12 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  *   with each thread claiming its own blocks together (the final schedule), load 9:
  *     kernel (100, 32, 256) fwd 45.8 -> 36.7, bwd 280.7 -> 201.9 (units forced on);
  *     model API (100, 32, 256, 256) fwd 118.2 -> 118.1 (by policy), fb 365 -> 388.
- * These are too noisy to settle the backward (or the forward at other shapes):
- * the policy is the conservative reading, to be rechecked on a quiet machine with
- * `_set_unit_split(1)` / `(-1)` (rnncore._kernels.lstm) around the same timings.
+ *   the quietest run (load 1.5-2.5), kernel, units forced on: (100, 32, 256) fwd
+ *     10.5 -> 11.4 (the row loop at 160 GFLOP/s: the L3 reads of the whole weight do
+ *     not limit it), bwd 21.7 -> 22.5; (100, 64, 256) fwd 36.4 -> 35.6, bwd 72.9 ->
+ *     105.5; (100, 32, 300) fwd 41.9 -> 30.9, bwd 120.0 -> 132.2 (load 2.5).
+ * Hence off by default; recheck on a quiet machine with `_set_unit_split(0)` or
+ * `(1)` against `(-1)` around the same timings.
  * The forward gain at H = 256 is the L2 effect (each thread reads its 512 KB slice
  * from its own L2 instead of the whole 1 MB weight from L3); the backward has two
  * hand-offs per step and measured no better, so it keeps the row split; small
@@ -197,7 +206,7 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * claiming below. */
 #define RC_UNIT_MIN_BYTES (512LL * 1024)
 #define RC_UNIT_MAX_BYTES (768LL * 1024)
-static int rc_unit_mode = 0;    /* 0: by shape, 1: always (rc_unit_forced threads), -1: never */
+static int rc_unit_mode = -1;   /* -1: never (the default), 0: by shape, 1: always (rc_unit_forced threads) */
 static int rc_unit_forced = 2;
 static void rc_set_unit_split(int mode, int threads)
 {
