@@ -13,6 +13,8 @@
 #                  when the per-step GEMM is small) or split by rows over P
 #                  threads, each running the same body on rows k, k+P, ...;
 #   loop_rows:     which step, and which rows of this share, iteration i handles.
+# A cell may instead hand run_loop a unit split (L.units, L.nu: shares of the
+# hidden units over all rows, synchronised per step; the LSTM's, see rc_threads.h).
 # A body reads its arrays from the Loop and its own rows only, so the row
 # split needs no synchronisation (see rc_threads.h).
 
@@ -66,6 +68,13 @@ cdef struct Loop:
     int k, P                    # this share: rows k, k+P, ... (all rows: 0, 1)
     const void *ext             # a cell's own extra arrays (lnlstm.pyx: LNArrays), not
                                 # shared by loop_share: the body offsets them by (k, P)
+    # a unit split (LSTM; rc_threads.h): the schedule (an rc_units: the unit blocks,
+    # their packed weight slices from L.wh.p), this share's first block; `units`:
+    # the nu shares run_loop runs instead
+    void *sched
+    int ublock, nown            # this share's own blocks: nown from ublock
+    Loop *units
+    int nu
 
 cdef struct Input:              # the input side, all T*N rows at once
     Seq x                       # (T, N, D); the GEMMs read its uniform (T*N, D) view
@@ -165,6 +174,11 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     cdef int opened = 0, k, P = row_threads(L.N, work, L.T, packed)
     cdef Loop tasks[MAX_TASKS]
     L.run_f, L.run_d = run_f, run_d
+    if L.nu > 0:
+        # a unit split (prepared by the cell: its shares, their bodies, one barrier);
+        # the packed kernel only, no BLAS inside
+        run_tasks(loop_task, L.units, sizeof(Loop), L.nu)
+        return
     if P == 1:
         if not packed and L.T > 1:
             opened = loop_threads_begin(work)

@@ -14,3 +14,16 @@ cdef extern from "rc_threads.h" nogil:
     void run_tasks "rc_run_tasks"(task_fn fn, void *args, size_t size, int P)
     int single_open "rc_single_open"()
     void single_close "rc_single_close"(int opened)
+    enum: RC_UNITS_MAX_BLOCKS
+    ctypedef struct rc_units:
+        int nb
+        Py_ssize_t ub[17]
+        Py_ssize_t off[16]
+        Py_ssize_t ws[16]
+    void units_init "rc_units_init"(rc_units *u, int nb)
+    void units_wait "rc_units_wait"(rc_units *u, int p)
+    bint units_claim "rc_units_claim"(rc_units *u, int b, int p)
+    void units_done "rc_units_done"(rc_units *u)
+    int unit_threads "rc_unit_threads"(Py_ssize_t N, Py_ssize_t H, Py_ssize_t G, Py_ssize_t T,
+                                       size_t elsize, bint packed, bint backward)
+    void set_unit_split "rc_set_unit_split"(int mode, int threads)

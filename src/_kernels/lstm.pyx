@@ -53,6 +53,19 @@ Design notes
 * The time loop, its row split over threads and the all-steps GEMMs around
   it are shared with the other cells (_loop.pxd); this file holds the LSTM's
   per-step bodies (``fwd_steps``, ``bwd_steps``) and entry points.
+* Unit split (``fwd_units``, ``bwd_units``; policy, schedule and measurements
+  in rc_threads.h): instead of splitting the batch rows, the threads share the
+  hidden units, in blocks holding all four gates' columns for their units, each
+  with its slice of the packed Wh (weight-stationary: Zhang et al., "DeepCPU",
+  USENIX ATC 2018; oneDNN's RNN splits the cell GEMM over column blocks alike).
+  A step's h_t (backward: dA_t) must be complete before the next product reads
+  it, so threads claim the blocks step by step: all their own at once, then any
+  another thread has not reached (it is behind or descheduled). Each element is
+  the same packed-kernel dot product as in the row loops: the results are
+  bitwise those of the row split and of one thread. Off by default (it measured
+  no faster than the row split on 2 Zen 4 cores); `_set_unit_split` turns on its
+  shape rule (the forward of a float32 LSTM with H about 256-313 on 2 threads:
+  its weight outgrows one L2, half of it does not) or forces it.
 """
 from libc.stdlib cimport malloc, free
 
@@ -60,11 +73,15 @@ from collections import namedtuple
 
 import numpy as np
 
-from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans
-from _gemm cimport mm, mm_step, step_weight, set_packing
+from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
+from libc.stdint cimport uintptr_t
+
+from _gemm cimport (mm, mm_step, step_weight, set_packing, packs_step_weight, packed_nr,
+                    packed_size, pack_blocks)
 from _layout cimport uniform
-from _threads cimport blas_thread_hooks, share
-from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
+from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
+                       units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
+from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop, MAX_TASKS
 from _checks cimport (seq_check, same_layout, mat_check, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, seq_empty, workspace, check_inputs, check_grads, copy_rows)
 from _pass cimport (rc_pass, run_pass, pass_at, rows_at, state_rows, RC_PASS_FWD, RC_PASS_BWD,
@@ -76,6 +93,9 @@ cdef extern from "rc_lstm.h" nogil:
     enum: RC_LSTM_GATES
     # the fused passes (rc_lstm_fwd_*, rc_lstm_bwd_*, rc_lstm_bwd_ip_*) by kind and dtype
     void rc_lstm_pass(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H)
+    # the same on a block of H units of each gate, the gates GS apart (unit split)
+    void rc_lstm_pass_u(int kind, int f64, const rc_pass *st, Py_ssize_t rows, Py_ssize_t H,
+                        Py_ssize_t GS)
 
 #: What `forward` saves for `backward`: the gate activations (T, N, 4H); with a
 #: projection also m = o ⊙ tanh(c) (T, N, H) (LSTMProjSaved).
@@ -199,6 +219,202 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
                 L.P * L.Hp)
 
 
+# ----------------------------------------------------------------- unit split
+# The weight-stationary time loops (rc_threads.h: rc_unit_threads, rc_units_*):
+# the hidden units in blocks; a block's task runs every row for its units of all
+# four gates with its slice of the packed weight (forward: Wh[:, q*H + u0 :
+# q*H + u1] for q = i, f, g, o, each packed from a panel boundary, ws elements
+# apart; backward: Wh^T[:, u0:u1], (4H, U)). Forward: one phase per step (the
+# gates' product and the fused pass); backward: two (the fused pass; then the dh
+# carry, which reads all of dA_t).
+
+cdef inline void unit_pass(const Loop *L, bint backward, Py_ssize_t t, Py_ssize_t r0,
+                           Py_ssize_t rows, const void *cp, Py_ssize_t ldcp, Py_ssize_t u0,
+                           Py_ssize_t U) noexcept nogil:
+    # The fused pass over rows [r0, r0 + rows) of step t, units [u0, u0 + U) only.
+    cdef rc_pass st
+    cdef Py_ssize_t off = u0 * (sizeof(double) if L.f64 else sizeof(float))
+    cdef int kind = RC_PASS_FWD
+    if backward:
+        kind = RC_PASS_BWD_IP if L.dg.p == L.g.p else RC_PASS_BWD
+    pass_at(L, L.c, t, r0, cp, ldcp, &st)
+    st.g.p = <char *>st.g.p + off
+    st.s.p = <char *>st.s.p + off
+    st.prev.p = <char *>st.prev.p + off
+    if st.h.p != NULL:
+        st.h.p = <char *>st.h.p + off
+    st.b = NULL if L.b == NULL else <const char *>L.b + off
+    if backward:
+        st.dg.p = <char *>st.dg.p + off
+        st.dh.p = <char *>st.dh.p + off
+        st.carry.p = <char *>st.carry.p + off
+        st.carry_c.p = <char *>st.carry_c.p + off
+    rc_lstm_pass_u(kind, L.f64, &st, rows, U, L.H)
+
+
+cdef inline void zero_units(floating *p, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t G,
+                            Py_ssize_t H, Py_ssize_t u0, Py_ssize_t U) noexcept nogil:
+    # rows of (.., G*H) arrays: columns [q*H + u0, q*H + u0 + U) of each of G blocks := 0
+    cdef Py_ssize_t q
+    for q in range(G):
+        scale_rows(p + q * H + u0, ld, rows, U, <floating>0)
+
+
+cdef inline void fwd_block(const Loop *L, rc_units *u, int blk, Py_ssize_t t, Py_ssize_t tp,
+                           Py_ssize_t B, Py_ssize_t Bc, floating kind) noexcept nogil:
+    # Step t for the units of block blk, every active row
+    cdef Py_ssize_t q, H = L.H, N = L.N, u0 = u.ub[blk], U = u.ub[blk + 1] - u.ub[blk]
+    cdef Py_ssize_t h_st = L.h.st, h_sn = L.h.sn, g_sn = L.g.sn
+    cdef const floating *h0 = <const floating *>L.h0
+    cdef const floating *c0 = <const floating *>L.c0
+    cdef floating *h = <floating *>L.h.p
+    cdef floating *at = <floating *>L.g.p + t * L.g.st
+    cdef Mat w = L.wh
+    for q in range(RC_LSTM_GATES):
+        # A_t[:, gate q, units] += h_prev @ Wh[:, gate q, units]     (B, U) += (B, H)(H, U)
+        w.p = <floating *>L.wh.p + u.off[blk] + q * u.ws[blk]
+        if Bc > 0:
+            mm_step(Bc, U, H, h + tp * h_st, h_sn, w, <floating>1, at + q * H + u0, g_sn)
+        if B > Bc:
+            mm_step(B - Bc, U, H, h0 + Bc * H, H, w, <floating>1, at + Bc * g_sn + q * H + u0,
+                    g_sn)
+    if Bc > 0:
+        unit_pass(L, False, t, 0, Bc, <const floating *>L.c.p + tp * L.c.st, L.c.sn, u0, U)
+    if B > Bc:
+        unit_pass(L, False, t, Bc, B - Bc, c0 + Bc * H, H, u0, U)
+    if B < N:
+        zero_units(h + t * h_st + B * h_sn, h_sn, N - B, 1, H, u0, U)
+        zero_units(<floating *>L.c.p + t * L.c.st + B * L.c.sn, L.c.sn, N - B, 1, H, u0, U)
+        zero_units(at + B * g_sn, g_sn, N - B, RC_LSTM_GATES, H, u0, U)
+
+
+cdef inline int own_blocks(const Loop *L, rc_units *u, int p) noexcept nogil:
+    # claim this share's own blocks of phase p at once; the mask of those it got
+    cdef int j, blk, mine = 0
+    for j in range(L.nown):
+        blk = (L.ublock + j) % u.nb
+        if units_claim(u, blk, p):
+            mine |= 1 << blk
+    return mine
+
+
+cdef void fwd_units(const Loop *L, floating kind) noexcept nogil:
+    # fwd_steps by unit blocks: step i is phase i (it reads all of h_{i-1})
+    cdef Py_ssize_t i, t, tp, B, Bc
+    cdef int j, blk, mine
+    cdef rc_units *u = <rc_units *>L.sched
+    for i in range(L.T):
+        loop_rows(L, i, False, &t, &tp, &B, &Bc)
+        units_wait(u, <int>i)
+        # this share's own blocks are claimed together before any runs: another
+        # share takes one only when we have not yet reached this step
+        mine = own_blocks(L, u, <int>i)
+        for j in range(u.nb):
+            blk = (L.ublock + j) % u.nb
+            if (mine >> blk) & 1 or (j >= L.nown and units_claim(u, blk, <int>i)):
+                fwd_block(L, u, blk, t, tp, B, Bc, kind)
+                units_done(u)
+
+
+cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
+    # bwd_steps by unit blocks: step i is phases 2i (the fused pass, block's units) and
+    # 2i + 1 (carry_h[:, units] = dA_t @ Wh[units, :]^T (B, U) = (B, 4H)(4H, U): all of dA_t)
+    cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, N = L.N, u0, U, dg_sn = L.dg.sn
+    cdef int j, blk, p, mine
+    cdef rc_units *u = <rc_units *>L.sched
+    cdef const floating *c = <const floating *>L.c.p
+    cdef const floating *c0 = <const floating *>L.c0
+    cdef floating *dgt
+    cdef Mat w = L.wh
+    for i in range(L.T):
+        loop_rows(L, i, True, &t, &tp, &B, &Bc)
+        dgt = <floating *>L.dg.p + t * L.dg.st
+        p = <int>(2 * i)
+        units_wait(u, p)
+        mine = own_blocks(L, u, p)
+        for j in range(u.nb):
+            blk = (L.ublock + j) % u.nb
+            if (mine >> blk) & 1 or (j >= L.nown and units_claim(u, blk, p)):
+                u0, U = u.ub[blk], u.ub[blk + 1] - u.ub[blk]
+                if Bc > 0:
+                    unit_pass(L, True, t, 0, Bc, c + tp * L.c.st, L.c.sn, u0, U)
+                if B > Bc:
+                    unit_pass(L, True, t, Bc, B - Bc, c0 + Bc * H, H, u0, U)
+                if B < N:
+                    zero_units(dgt + B * dg_sn, dg_sn, N - B, RC_LSTM_GATES, H, u0, U)
+                units_done(u)
+        units_wait(u, p + 1)
+        mine = own_blocks(L, u, p + 1)
+        for j in range(u.nb):
+            blk = (L.ublock + j) % u.nb
+            if (mine >> blk) & 1 or (j >= L.nown and units_claim(u, blk, p + 1)):
+                w.p = <floating *>L.wh.p + u.off[blk]
+                mm_step(B, u.ub[blk + 1] - u.ub[blk], RC_LSTM_GATES * H, dgt, dg_sn,
+                        transposed(w), <floating>0, <floating *>L.carry + u.ub[blk], H)
+                units_done(u)
+
+
+cdef object unit_split(const floating[:, :] Wh, Loop *L, Loop *tasks, rc_units *u,
+                       bint backward):
+    """Prepare a unit split of L's loop when rc_unit_threads says so: the shares in
+    `tasks` (L.units, L.nu), the schedule `u` and the packed weight slices
+    (returned: the caller keeps them alive); else None (L untouched)."""
+    import numpy as np
+    cdef Py_ssize_t H = L.H, GH = RC_LSTM_GATES * H, nr = packed_nr(sizeof(floating))
+    cdef Py_ssize_t q, chunk, U, ws, kdim, off, vec, isz = sizeof(floating)
+    cdef int P, k, nb, b
+    if L.wr.p != NULL or nr <= 0 or L.N <= 0 or H <= 0:
+        return None
+    P = unit_threads(L.N, H, RC_LSTM_GATES, L.T, isz,
+                     packs_step_weight(L.T, L.N * GH * H), backward)
+    if P < 2:
+        return None
+    P = min(P, MAX_TASKS)
+    # two blocks per thread of whole vectors (nr / 2 elements) where H allows
+    vec = nr // 2
+    nb = min(2 * P, RC_UNITS_MAX_BLOCKS)
+    chunk = (H + nb * vec - 1) // (nb * vec) * vec
+    nb = min(nb, <int>((H + chunk - 1) // chunk))
+    kdim = GH if backward else H
+    units_init(u, nb)
+    off = 0
+    for b in range(nb + 1):
+        u.ub[b] = min(H, b * chunk)
+    for b in range(nb):
+        ws = packed_size(kdim, u.ub[b + 1] - u.ub[b], nr)
+        u.off[b], u.ws[b] = off, ws
+        off += ws * (1 if backward else RC_LSTM_GATES)
+    src = np.asarray(Wh)
+    buf = np.empty(off + 64 // isz, dtype=src.dtype)
+    cdef Py_ssize_t a0 = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
+    out = buf[a0:a0 + off].reshape(-1, nr)
+    for b in range(nb):
+        u0, u1, o, ws = u.ub[b], u.ub[b + 1], u.off[b] // nr, u.ws[b] // nr
+        if backward:
+            pack_blocks[floating](src.T[:, u0:u1], out[o:o + ws], u1 - u0, ws, nr)
+        else:
+            for q in range(RC_LSTM_GATES):
+                pack_blocks[floating](src[:, q * H + u0:q * H + u1],
+                                      out[o + q * ws:o + q * ws + ws], u1 - u0, ws, nr)
+    for k in range(P):
+        tasks[k] = L[0]
+        tasks[k].units = NULL
+        tasks[k].nu = 0
+        tasks[k].sched = u
+        tasks[k].ublock = k * nb // P
+        tasks[k].nown = (k + 1) * nb // P - k * nb // P
+        tasks[k].wh.p = <void *><uintptr_t>out.ctypes.data
+        tasks[k].wh.ld = kdim
+        tasks[k].wh.t = Trans if backward else NoTrans
+        tasks[k].wh.nr = nr
+        if backward:
+            tasks[k].run_f, tasks[k].run_d = bwd_units[float], bwd_units[double]
+        else:
+            tasks[k].run_f, tasks[k].run_d = fwd_units[float], fwd_units[double]
+    L.units, L.nu = tasks, P
+    return out
+
+
 # ----------------------------------------------------------------- entry points
 # Shapes and layouts are checked here, before `with nogil`; the loops above
 # cannot fail. Strides come from the memoryviews (in bytes), never from copies.
@@ -251,7 +467,11 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.bs = batch_ptr(bs)
     L.c0 = &c0[0, 0]
     L.b = &b[0]
-    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
+    cdef Loop tasks[MAX_TASKS]
+    cdef rc_units sched
+    keep = unit_split(Wh, &L, tasks, &sched, False)
+    if keep is None:
+        keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
     # the projection's operand Wr (H, Hp), as the loop reads it (packed once, too)
     keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H) if Wr is not None else None
     with nogil:
@@ -341,7 +561,11 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     if proj is not None:
         seq_check(dht, "E", T, N, L.Hp, &L.dht)
         L.scratch = &s[0, 0]
-    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
+    cdef Loop tasks[MAX_TASKS]
+    cdef rc_units sched
+    keep = unit_split(Wh, &L, tasks, &sched, True)
+    if keep is None:
+        keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
     # backward's projection operand Wr^T (Hp, H)
     keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H, True) if Wr is not None else None
     with nogil:
@@ -432,3 +656,21 @@ def _set_packing(bint enabled):
     """Test hook: time loops pack their weight when the policy says so (True, the
     default) or never (False: the panel kernel and BLAS paths), in this module."""
     set_packing(enabled)
+
+
+def _set_unit_split(int mode, int threads=2):
+    """Test/benchmark hook: the LSTM's time loops never split the hidden units over
+    threads (mode -1, the default: see rc_threads.h), split them by the shape rule
+    (0: forward loops only), or always -- forward and backward -- over `threads`
+    threads (1)."""
+    set_unit_split(mode, threads)
+
+
+def _unit_threads(Py_ssize_t N, Py_ssize_t H, Py_ssize_t T, dtype=np.float32,
+                  bint backward=False):
+    """Threads of a unit split for an LSTM loop of these shapes (1: none)."""
+    cdef Py_ssize_t isz = np.dtype(dtype).itemsize
+    if packed_nr(isz) <= 0:
+        return 1
+    return unit_threads(N, H, RC_LSTM_GATES, T, isz,
+                        packs_step_weight(T, N * RC_LSTM_GATES * H * H), backward)

@@ -5,7 +5,13 @@
 #define RC_THREADS_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #ifndef RC_IDX_DEFINED
 #define RC_IDX_DEFINED
@@ -145,6 +151,156 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
     for (int k = 1; k < P; k++) {
         if (started[k]) pthread_join(th[k], NULL);
         else fn((char *)args + k * size);
+    }
+}
+
+/* Unit-split time loops (the LSTM's; lstm.pyx: fwd_units, bwd_units).
+ *
+ * Weight-stationary (DeepCPU, Zhang et al., USENIX ATC 2018; oneDNN splits the
+ * cell GEMM over column blocks the same way): thread k of P owns the hidden units
+ * [u_k, u_{k+1}) -- the columns of all four gates for them -- and keeps its slice
+ * of the packed recurrent weight (H x 4U forward, 4H x U backward) for all T
+ * steps, so at H = 256 float32 each thread reads 512 KB from its own L2 every
+ * step instead of the whole 1 MB weight from L3 (the row split). Every thread
+ * runs every row for its units; a step's h_t (forward) or dA_t (backward) must be
+ * complete before the next product reads it (rc_units_* below). Each element is still one packed-kernel dot
+ * product in k order, so the results are bitwise those of the row split and of
+ * one thread.
+ *
+ * OFF BY DEFAULT: in the quietest run available (last figures below) the row split
+ * was as fast or faster, forward and backward, so the loops keep it; the unit split
+ * stays as a tested opt-in path (rc_set_unit_split, rnncore._kernels.lstm.
+ * _set_unit_split: 0 the shape rule below, 1 forced, -1 off) for a recheck on a
+ * quiet machine and for other CPUs (smaller L2, more cores).
+ *
+ * Shape rule (mode 0; rc_unit_threads; shapes and the thread configuration only, as
+ * for the row split): the forward loop of an LSTM without projection whose weight is packed,
+ * T >= 2, whose rows the row split would put on P >= 2 threads, and whose whole
+ * recurrent weight is larger than RC_UNIT_MIN_BYTES (no longer in one core's L2)
+ * while each thread's share is at most RC_UNIT_MAX_BYTES: float32 256 <= H <= 313 at
+ * P = 2. A test hook (rc_set_unit_split) forces it on (forward and backward) or off.
+ *
+ * Measured (indicative only: a 2-core Zen 4 VM with a load average of 4-9 from other
+ * jobs, minima of 15-30 interleaved repeats, float32, 2 threads; forward, backward
+ * in ms, rows split -> unit split):
+ *   kernel, x Wx negligible (D = 8): (T, N, H) = (100, 32, 256): fwd 39.9 -> 31.6,
+ *     bwd 130.7 -> 173.7; (50, 64, 512): fwd 174.5 -> 156.2, bwd 452.6 -> 460.2;
+ *     (100, 16, 128): fwd 3.1 -> 6.3; (100, 4, 256) (rows: one thread): fwd 16.3 -> 18.5
+ *   model API, LSTM (100, 32, 256, 256): fwd 85.5 -> 54.2 and 69.9 -> 83.1 in two
+ *     runs, fb 163 -> 208 and 251 -> 255.
+ *   with each thread claiming its own blocks together (the final schedule), load 9:
+ *     kernel (100, 32, 256) fwd 45.8 -> 36.7, bwd 280.7 -> 201.9 (units forced on);
+ *     model API (100, 32, 256, 256) fwd 118.2 -> 118.1 (by policy), fb 365 -> 388.
+ *   the quietest run (load 1.5-2.5), kernel, units forced on: (100, 32, 256) fwd
+ *     10.5 -> 11.4 (the row loop at 160 GFLOP/s: the L3 reads of the whole weight do
+ *     not limit it), bwd 21.7 -> 22.5; (100, 64, 256) fwd 36.4 -> 35.6, bwd 72.9 ->
+ *     105.5; (100, 32, 300) fwd 41.9 -> 30.9, bwd 120.0 -> 132.2 (load 2.5).
+ * Hence off by default; recheck on a quiet machine with `_set_unit_split(0)` or
+ * `(1)` against `(-1)` around the same timings.
+ * The forward gain at H = 256 is the L2 effect (each thread reads its 512 KB slice
+ * from its own L2 instead of the whole 1 MB weight from L3); the backward has two
+ * hand-offs per step and measured no better, so it keeps the row split; small
+ * weights (in L2 anyway) and few rows keep theirs too. A first version with a
+ * static split and a plain barrier per step measured 10-60% slower than the row
+ * split under this load (a descheduled thread stalls every step): hence the block
+ * claiming below. */
+#define RC_UNIT_MIN_BYTES (512LL * 1024)
+#define RC_UNIT_MAX_BYTES (768LL * 1024)
+static int rc_unit_mode = -1;   /* -1: never (the default), 0: by shape, 1: always (rc_unit_forced threads) */
+static int rc_unit_forced = 2;
+static void rc_set_unit_split(int mode, int threads)
+{
+    rc_unit_mode = mode;
+    rc_unit_forced = threads < 1 ? 1 : threads > 8 ? 8 : threads;
+}
+
+/* Threads of a unit split for an LSTM loop (N rows, hidden size H, G gates, T
+ * steps, elsize-byte elements, packed weight, forward or backward), or 1: none. */
+static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize, int packed,
+                           int backward)
+{
+    if (!packed || T < 2 || N < 1 || H < 2 || rc_unit_mode < 0) return 1;
+    if (rc_unit_mode > 0) return rc_unit_forced < H ? rc_unit_forced : (int)H;
+    if (backward) return 1;
+    long long work = (long long)N * G * H * H;
+    int P = rc_row_threads(N, work, T, packed);
+    if (P < 2) return 1;
+    long long bytes = (long long)G * H * H * (long long)elsize;
+    if (bytes <= RC_UNIT_MIN_BYTES || bytes / P > RC_UNIT_MAX_BYTES) return 1;
+    return P;
+}
+
+/* The schedule of a unit split: the units in nb blocks, each step (forward) or
+ * half-step (backward: the fused pass, then the dh carry) a "phase" of nb block
+ * tasks. A thread may start phase p once all nb * p earlier tasks are done
+ * (rc_units_wait), then claims all its own blocks of phase p at once, runs them,
+ * then claims and runs any other block still unclaimed (rc_units_claim: a
+ * compare-and-swap of the block's last phase, so each block runs once per
+ * phase), and counts each finished task (rc_units_done). On an idle machine every
+ * thread runs its own blocks (its weight slices stay in its L2); on a busy one a
+ * thread that has not reached the phase holds up nobody: the other takes its
+ * blocks. Waiting spins (pause) for a while, then sleeps on a futex
+ * (sched_yield elsewhere). */
+#define RC_UNITS_MAX_BLOCKS 16
+typedef struct {
+    int done, waiters, nb, pad;
+    int last[RC_UNITS_MAX_BLOCKS];               /* the phase each block last ran in */
+    rc_idx ub[RC_UNITS_MAX_BLOCKS + 1];          /* block b: units [ub[b], ub[b+1]) */
+    rc_idx off[RC_UNITS_MAX_BLOCKS];             /* its packed weight slice, elements in */
+    rc_idx ws[RC_UNITS_MAX_BLOCKS];              /* forward: gate q's panels at q * ws */
+} rc_units;
+#define RC_UNITS_SPINS 4000
+
+static void rc_units_init(rc_units *u, int nb)
+{
+    u->done = 0; u->waiters = 0; u->nb = nb;
+    for (int b = 0; b < RC_UNITS_MAX_BLOCKS; b++) u->last[b] = -1;
+}
+
+static inline void rc_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Wait until phase p may start: all nb * p earlier tasks done. */
+static void rc_units_wait(rc_units *u, int p)
+{
+    const int target = p * u->nb;
+    int d;
+    for (int i = 0; i < RC_UNITS_SPINS; i++) {
+        if (__atomic_load_n(&u->done, __ATOMIC_ACQUIRE) >= target) return;
+        rc_cpu_relax();
+    }
+    __atomic_add_fetch(&u->waiters, 1, __ATOMIC_SEQ_CST);
+    while ((d = __atomic_load_n(&u->done, __ATOMIC_SEQ_CST)) < target) {
+#if defined(__linux__)
+        syscall(SYS_futex, &u->done, FUTEX_WAIT_PRIVATE, d, NULL, NULL, 0);
+#else
+        sched_yield();
+#endif
+    }
+    __atomic_sub_fetch(&u->waiters, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Claim block b for phase p (1: ours to run, 0: another thread has it). */
+static int rc_units_claim(rc_units *u, int b, int p)
+{
+    int expected = p - 1;
+    if (__atomic_load_n(&u->last[b], __ATOMIC_RELAXED) != expected) return 0;
+    return __atomic_compare_exchange_n(&u->last[b], &expected, p, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_RELAXED);
+}
+
+/* A claimed task is finished (its writes visible to whoever waits on the count). */
+static void rc_units_done(rc_units *u)
+{
+    __atomic_add_fetch(&u->done, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&u->waiters, __ATOMIC_SEQ_CST) > 0) {
+#if defined(__linux__)
+        syscall(SYS_futex, &u->done, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+#endif
     }
 }
 

@@ -1,0 +1,214 @@
+"""The LSTM's unit-split time loops (lstm.pyx: fwd_units, bwd_units; rc_threads.h).
+
+The hidden units in blocks; a block's task runs every row for its units (all four
+gates' columns) with its slice of the packed recurrent weight; threads claim blocks
+per step, their own first (rc_threads.h: rc_units_*).
+
+1. Forced on (`_set_unit_split(1, P)`) at P = 2 and 3 threads, the kernels match the
+   per-row reference in float64 (forward and backward: h, c, dx, dh0, dc0 and the
+   weight gradients) and float32: lengths (variable batch sizes), reverse, batch-major
+   layouts, transposed (PyTorch-layout) weights, T = 1, H not divisible by the thread
+   count nor by the packed kernel's vector width, more threads than vectors of units.
+2. The results are bitwise those of the loops without the split (one thread, or rows
+   split) and do not depend on the number of threads: each element is the same
+   packed-kernel dot product in k order.
+3. overwrite_saved (dA over the saved gates) gives the same gradients.
+4. The policy: off by default; the shape rule (shapes and thread configuration);
+   never for a projected LSTM, one step, or when forced off.
+"""
+import numpy as np
+import pytest
+
+from conftest import assert_close_f32, assert_close_f64
+from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
+
+from rnncore._kernels import lstm as KL
+from rnncore._kernels import simd
+
+HAVE_PACKED = simd._gemm_packed_nr(np.float32) > 0
+
+pytestmark = pytest.mark.skipif(not HAVE_PACKED,
+                                reason="no packed GEMM layout for this CPU (unit split needs it)")
+
+
+@pytest.fixture
+def units():
+    """Force the unit split; yields a setter for the thread count; restores the policy."""
+    def force(threads=2):
+        KL._set_unit_split(1, threads)
+    force()
+    try:
+        yield force
+    finally:
+        KL._set_unit_split(-1)
+
+
+@pytest.fixture
+def no_units():
+    KL._set_unit_split(-1)
+    try:
+        yield
+    finally:
+        KL._set_unit_split(-1)
+
+
+def test_unit_split_is_off_by_default():
+    """The loops keep the row split unless the hook turns the unit split on."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(2, user_api="blas"):
+        assert KL._unit_threads(32, 256, 100) == 1
+        assert KL._unit_threads(32, 256, 100, backward=True) == 1
+
+
+def _check(got, want, dtype, name):
+    if dtype == np.float64:
+        assert_close_f64(got, want, name=name)
+    else:
+        assert_close_f32(got, want, name=name)
+
+
+#: (N, T, D, H): H = 40 splits 32 + 8 (float32) / 24 + 16 (float64) over 2; H = 37 is
+#: odd; H = 5 leaves the second thread no units (float32); T = 1 has no barrier
+SIZES = {"H40": (13, 6, 5, 40), "H37": (9, 5, 3, 37), "H5": (6, 4, 3, 5), "T1": (7, 1, 4, 33),
+         "N1": (1, 5, 3, 20)}
+LENGTHS = {"H40": [6, 6, 5, 5, 4, 4, 3, 3, 2, 1, 1, 0, 0], "H37": [5, 5, 4, 3, 3, 2, 1, 1, 0],
+           "H5": [4, 3, 3, 2, 1, 0], "T1": [1, 1, 1, 1, 0, 0, 0], "N1": [3]}
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("size", list(SIZES))
+def test_unit_split_matches_reference_f64(size, reverse, lengths, batch_major, threads, units,
+                                          rng):
+    units(threads)
+    N, T, D, H = SIZES[size]
+    inp, up = _time_major("lstm", rng, N, T, D, H)
+    lens = np.array(LENGTHS[size]) if lengths else np.full(N, T)
+    bs = _batch_sizes(lens, T) if lengths else None
+    if lengths:
+        for n, L in enumerate(lens):
+            up["dh"][L:, n] = np.nan     # padded upstream gradients are never read
+    got = run_kernel("lstm", inp, up, reverse=reverse, batch_sizes=bs, batch_major=batch_major,
+                     transposed=reverse)
+    want = reference_per_row("lstm", inp, up, lens, reverse)
+    for name in got:
+        _check(got[name], want[name], np.float64, name)
+    for n, L in enumerate(lens):
+        for name in ("h", "c", "dx"):
+            assert np.all(got[name][L:, n] == 0), name
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("size", ["H40", "H37"])
+def test_unit_split_matches_reference_f32(size, reverse, lengths, units, rng):
+    N, T, D, H = SIZES[size]
+    inp, up = _time_major("lstm", rng, N, T, D, H)
+    lens = np.array(LENGTHS[size]) if lengths else np.full(N, T)
+    bs = _batch_sizes(lens, T) if lengths else None
+    want = reference_per_row("lstm", inp, up, lens, reverse)
+    inp32 = {k: v.astype(np.float32) for k, v in inp.items()}
+    up32 = {k: v.astype(np.float32) for k, v in up.items()}
+    got = run_kernel("lstm", inp32, up32, reverse=reverse, batch_sizes=bs)
+    for name in got:
+        assert got[name].dtype == np.float32
+        _check(got[name], want[name], np.float32, name)
+
+
+def _run_modes(rng, dtype, N, T, D, H, **kw):
+    inp, up = _time_major("lstm", rng, N, T, D, H, dtype)
+    out = {}
+    KL._set_unit_split(-1)
+    try:
+        out["rows"] = run_kernel("lstm", inp, up, **kw)
+        for P in (2, 3, 4):
+            KL._set_unit_split(1, P)
+            out[P] = run_kernel("lstm", inp, up, **kw)
+    finally:
+        KL._set_unit_split(-1)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_unit_split_is_bitwise_independent_of_threads(dtype, reverse, rng):
+    """Same bits with the units split over 2, 3, 4 threads as without the split."""
+    N, T, D, H = 11, 7, 6, 70
+    lens = np.array([7, 7, 6, 6, 5, 4, 4, 3, 2, 1, 1])
+    out = _run_modes(rng, dtype, N, T, D, H, reverse=reverse, batch_sizes=_batch_sizes(lens, T))
+    for P in (2, 3, 4):
+        for name, v in out["rows"].items():
+            np.testing.assert_array_equal(out[P][name], v, err_msg=f"{name} at {P} threads")
+
+
+def test_unit_split_overwrite_saved_same_gradients(units, rng):
+    N, T, D, H = SIZES["H40"]
+    inp, up = _time_major("lstm", rng, N, T, D, H)
+    bs = _batch_sizes(np.array(LENGTHS["H40"]), T)
+    a = run_kernel("lstm", inp, up, reverse=True, batch_sizes=bs)
+    b = run_kernel("lstm", inp, up, reverse=True, batch_sizes=bs, once=True)
+    for name in a:
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
+def test_unit_split_models_match_reference(units, rng):
+    """Through the model layer (bidirectional, 2 layers, lengths) on the unit split."""
+    from test_models import check_against_reference
+    check_against_reference(rng, "lstm", 5, 9, 4, 24, lengths=rng.integers(1, 6, 9))
+
+
+def test_unit_split_policy(no_units):
+    """rc_unit_threads: shapes and the thread configuration (like the row split, the
+    thread count may follow BLAS's; the numbers do not: see the bitwise test above)."""
+    from threadpoolctl import threadpool_limits
+    cases = [(32, 256, 100), (64, 1024, 50), (16, 128, 100), (1, 256, 10), (32, 256, 1)]
+    KL._set_unit_split(0)
+    with threadpool_limits(1, user_api="blas"):
+        assert [KL._unit_threads(*c) for c in cases] == [1] * len(cases)
+    with threadpool_limits(2, user_api="blas"):
+        two = [KL._unit_threads(*c) for c in cases]
+    assert two[1] == two[2] == two[4] == 1   # weight too big for L2 halves / fits one L2 / T = 1
+    assert two[0] in (1, 2) and two[3] in (1, 2)
+    assert KL._unit_threads(32, 256, 100, np.float64) == 1    # 2 MB: halves exceed L2
+    assert KL._unit_threads(32, 256, 100, backward=True) == 1  # backward keeps the rows
+    assert KL._unit_threads(2, 256, 100) == 1                  # rows too few to split
+    KL._set_unit_split(-1)
+    assert all(KL._unit_threads(*c) == 1 for c in cases)
+    KL._set_unit_split(1, 3)
+    assert KL._unit_threads(4, 64, 5) == 3
+    assert KL._unit_threads(4, 2, 5) == 2    # never more threads than units
+
+
+def test_projected_lstm_never_splits_units(units, rng):
+    """A projected LSTM keeps the row loop (the projection needs all units of m_t)."""
+    from test_lstm_proj import _draw, _kernel, _reference
+    N, T, D, H, P = 13, 6, 5, 11, 7
+    inp, up = _draw(rng, N, T, D, H, P)
+    got = _kernel(inp, up, False, None, False, False)
+    for name, w in _reference(inp, up, np.full(N, T), False).items():
+        _check(got[name], w, np.float64, name)
+
+
+def test_unit_split_by_policy_is_bitwise_the_row_split(no_units, rng):
+    """With the shape rule on (mode 0), at a shape it routes to the unit split (forward,
+    float32, H = 256, rows split over 2 threads): the same bits as the row split."""
+    from threadpoolctl import threadpool_limits
+    N, T, D, H = 32, 4, 6, 256
+    inp, up = _time_major("lstm", rng, N, T, D, H, np.float32)
+    bs = _batch_sizes(np.array([T] * 20 + [T - 1] * 6 + [1] * 6), T)
+    with threadpool_limits(2, user_api="blas"):
+        KL._set_unit_split(0)
+        if KL._unit_threads(N, H, T) < 2:
+            pytest.skip("the row split is off in this configuration (no unit split by policy)")
+        got = run_kernel("lstm", inp, up, batch_sizes=bs)
+        KL._set_unit_split(-1)
+        want = run_kernel("lstm", inp, up, batch_sizes=bs)
+    lens = np.array([T] * 20 + [T - 1] * 6 + [1] * 6)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    ref = reference_per_row("lstm", {k: v.astype(np.float64) for k, v in inp.items()},
+                            {k: v.astype(np.float64) for k, v in up.items()}, lens, False)
+    for name in ("h", "c"):
+        _check(got[name], ref[name], np.float32, name)
