@@ -205,3 +205,69 @@ def test_the_script_is_importable_without_torch():
     import subprocess
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# -- compare.py's options rows ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def options_harness():
+    sys.path.insert(0, BENCH)
+    try:
+        from _harness import options
+        from _harness.timing import Budget
+    finally:
+        sys.path.remove(BENCH)
+    return options, Budget
+
+
+def test_options_rows_report_missing_keywords_as_na_and_time_the_rest(options_harness,
+                                                                      monkeypatch):
+    options, Budget = options_harness
+    monkeypatch.setattr(options, "OPTION_SHAPES", ((3, 2, 4, 5),))
+    opts = types.SimpleNamespace(cells=["gru", "lstm"], budget=Budget(True))
+    budget = opts.budget
+    budget.seconds, budget.max_repeats = 0.01, 2
+    out, records = io.StringIO(), []
+    options.run_options(opts, None, out, records)
+    assert len(records) == 2 * 2 * len(options.OPTIONS)  # cells x passes x options
+    for r in records:
+        missing = options.missing_keywords(r["cell"], r["option_kwargs"])
+        if missing:
+            assert r["na"] == "n/a (option missing)" and r["missing"] == missing
+            assert "median_ms" not in r
+        else:
+            assert r["median_ms"] > 0, r  # measured, not an error record
+            assert (r["cost_pct_over_plain"] is None) == (r["option"] == "plain")
+    assert options.missing_keywords("lstm", {"no_such_option": 1}) == ["no_such_option"]
+    text = out.getvalue()
+    for name in options.OPTIONS:
+        assert name in text
+    if any("na" in r for r in records):
+        assert "option missing" in text
+
+
+def test_torch_option_modules_match_plain_in_eval_and_train_their_own_weights(
+        options_harness):
+    torch = pytest.importorskip("torch")
+    options, _ = options_harness
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 4)
+    for cell in ("lstm", "gru"):
+        wd = options._torch_option_module(torch, cell, 4, 5, "weight_drop").eval()
+        plain = getattr(torch.nn, options.TORCH_NAMES[cell])(4, 5, batch_first=True)
+        sd = {k: v for k, v in wd.rnn.state_dict().items()}
+        sd["weight_hh_l0"] = wd.raw.detach()
+        plain.load_state_dict(sd)
+        with torch.no_grad():
+            torch.testing.assert_close(wd(x), plain(x)[0])  # eval: no mask
+        wd.train()
+        wd(x).sum().backward()
+        assert wd.raw.grad is not None and wd.raw.grad.abs().sum() > 0
+        vd = options._torch_option_module(torch, cell, 4, 5, "variational_dropout").train()
+        y = vd(x)
+        zero_cols = (y == 0).all(dim=1)  # (N, H): one mask per sequence, the same every step
+        assert zero_cols.any()
+        ln = options._torch_option_module(torch, cell, 4, 5, "layer_norm").train()
+        out = ln(x)
+        assert out.shape == (3, 6, 5)
+        out.sum().backward()
+        assert ln.g_h.grad.abs().sum() > 0 and ln.w_hh.grad.abs().sum() > 0
