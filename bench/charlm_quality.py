@@ -46,7 +46,7 @@ against training seconds) and ``<tag>.md`` (a short summary).
 Commands (on a quiet 2-core machine)::
 
     # (a) same learning and speed, each <= 5 min: rnncore train's GRU (H 256, E 64,
-    #     batch 32 x 100, Adam 4e-3, clip 5), 400 steps, evaluated every 25
+    #     batch 32 x 100, Adam 4e-3, clip 5), 1000 steps, evaluated every 50
     python bench/charlm_quality.py --corpus stdlib
     python bench/charlm_quality.py --corpus shakespeare
     # (b) regularisation, 2-layer LSTM trained longer, each <= 10 min
@@ -287,8 +287,8 @@ def parse(argv=None):
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--clip", type=float, default=d.clip)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--interleave", type=int, default=5,
                    help="steps of one trainer before switching to the other (default 5)")
     p.add_argument("--threads", type=int, default=2,
