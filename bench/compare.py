@@ -3,6 +3,7 @@
 Run it from a source checkout, against the rnncore the interpreter imports::
 
     python bench/compare.py [--quick] [--json OUT.json] [--threads N] [--rows TOKEN ...]
+                            [--load N]
 
 The harness is this file (options, the run, the JSON) and ``bench/_harness/``:
 ``contestants.py`` (what is timed, flop and memory counts), ``timing.py``,
@@ -82,6 +83,14 @@ with ``n`` chosen to fill the budget (``--quick``: 1..50 calls, 0.4 s; full:
 OpenMP) and sets ``torch.set_num_threads(N)``; rnncore's concurrent
 directions of bidirectional layers are switched off when N = 1 (they would
 use a second core).
+
+Under load: ``--load N`` starts N busy background processes (each a
+one-thread NumPy matmul loop, ``_harness/load.py``) after the sgemm ceiling is
+measured and before the first row, and ends them after the last: the same
+tables, measured with N cores' worth of competition (e.g. ``--load 1`` on a
+2-core machine checks that a ratio stays near its quiet value when a
+neighbour takes one core). The header and the JSON record the setting
+(``load``, ``load_kind``).
 
 Passes: ``fwd`` is forward-only inference -- rnncore models in ``eval()``
 mode (nothing kept for backward, no dropout), torch under
@@ -170,6 +179,7 @@ import time
 import rnncore  # first: it picks SciPy's BLAS kernels before scipy.linalg loads
 
 from _harness.contestants import CELLS, GROUPS, import_torch
+from _harness.load import DESCRIPTION as LOAD_KIND, Load
 from _harness.machine import best_sgemm, machine_header, print_header
 from _harness.memory import run_memory
 from _harness.options import run_options
@@ -198,6 +208,9 @@ def _parse(argv):
                     help="groups (" + ", ".join(GROUPS) + ") and/or cells (" +
                          ", ".join(CELLS) + "); default: everything")
     ap.add_argument("--no-torch", action="store_true", help="do not import PyTorch")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="run the rows with N busy background processes (1-thread NumPy "
+                         "matmul loops), to measure the ratios under load (default 0)")
     a = ap.parse_args(argv)
     toks = [t.strip().lower() for tok in a.rows for t in tok.split(",") if t.strip()]
     bad = [t for t in toks if t not in GROUPS and t not in CELLS]
@@ -213,6 +226,9 @@ def _parse(argv):
     o.groups = [g for g in GROUPS if g in toks] or list(GROUPS)
     o.cells = [c for c in CELLS if c in toks] or list(CELLS)
     o.no_torch = a.no_torch
+    if a.load < 0:
+        ap.error("--load must be >= 0")
+    o.load = a.load
     o.budget = Budget(a.quick)
     return o
 
@@ -233,6 +249,8 @@ def main(argv=None):
     header = machine_header(opts.threads, torch)
     header["quick"] = opts.quick
     header["groups"], header["cells"] = opts.groups, opts.cells
+    header["load"] = opts.load
+    header["load_kind"] = LOAD_KIND if opts.load else None
     sg = best_sgemm(opts.budget, torch)
     # the ceiling: the fastest call of any shape and library (a median can sink under
     # load and would let a row's efficiency exceed 100%)
@@ -248,17 +266,25 @@ def main(argv=None):
                "charlm": lambda: run_charlm(opts, torch, out, records),
                "options": lambda: run_options(opts, torch, out, records),
                "memory": lambda: run_memory(opts, torch, out, records)}
+    load = None
     try:
+        if opts.load:
+            load = Load(opts.load)
+            out.write(f"\nunder load: {opts.load} busy process(es) started (pids "
+                      f"{', '.join(map(str, load.pids))}; {LOAD_KIND})\n")
         for g in opts.groups:
             runners[g]()
     except KeyboardInterrupt:
         header["interrupted"] = True
         out.write("\ninterrupted; the figures so far are kept\n")
+    finally:
+        if load is not None:
+            load.stop()
     elapsed = time.perf_counter() - t_start
     header["elapsed_s"] = elapsed
     header["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     la = header["loadavg_end"]
-    noisy = la and la[0] > opts.threads + 0.5
+    noisy = la and la[0] > opts.threads + opts.load + 0.5  # the load processes count
     out.write(f"\ndone in {elapsed:.0f} s; load average at the end "
               f"{', '.join(f'{v:.2f}' for v in la) if la else '?'}"
               f"{'  (above the thread count: timings are noisy)' if noisy else ''}\n")

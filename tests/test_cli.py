@@ -240,3 +240,64 @@ def test_loss_plot_range_follows_the_later_steps():
     assert y_range(bits[:10]) is None                # short runs: matplotlib's own range
     lo, hi = y_range(bits, [5.0])
     assert hi > 5.0                                  # validation points stay visible
+
+
+# ------------------------------------------------- AWD-LSTM regularisation flags
+REG = ["--cell", "lstm", "--layers", "2", "--weight-drop", "0.3", "--variational-dropout",
+       "0.2", "--eval-every", "0", "--sample-every", "0"]
+
+
+def test_regularisation_flags_train_resume_exactly_and_rebuild(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ra = rnncore("train", "--steps", 8, "--out", a, *SMALL, *REG)
+    rb1 = rnncore("train", "--steps", 4, "--out", b, *SMALL, *REG)
+    rb2 = rnncore("train", "--resume", "--steps", 8, "--out", b, *SMALL)
+    for r in (ra, rb1, rb2):
+        assert r.returncode == 0, r.stderr
+    ck = rio.load_checkpoint(a / "checkpoint.npz")
+    model, cfg = ck["model"], ck["extra"]["train_config"]
+    assert model.rnn.weight_drop == 0.3 and model.rnn.variational_dropout == (0.2,) * 3
+    assert cfg["weight_drop"] == 0.3 and cfg["variational_dropout"] == 0.2
+    assert cfg["layer_norm"] is False
+    # the masks continue where the first run stopped: the same losses as one run
+    np.testing.assert_allclose(history(b / "checkpoint.npz"), history(a / "checkpoint.npz"),
+                               rtol=0, atol=1e-6)
+    # without the masks (or with other ones) the losses differ
+    rc = rnncore("train", "--steps", 8, "--out", tmp_path / "c", *SMALL, *REG[:4],
+                 "--eval-every", "0", "--sample-every", "0")
+    assert rc.returncode == 0, rc.stderr
+    assert np.abs(np.subtract(history(tmp_path / "c" / "checkpoint.npz"),
+                              history(a / "checkpoint.npz"))[1:]).max() > 1e-4
+    r = rnncore("sample", a, "--length", 20, "--seed", 0)
+    assert r.returncode == 0 and len(r.stdout) > 20, r.stderr
+    r = rnncore("info", a / "checkpoint.npz")
+    assert re.search(r"^weight_drop\s+0.3$", r.stdout, re.M), r.stdout
+    r = rnncore("train", "--resume", "--steps", 9, "--out", b, "--weight-drop", "0.5")
+    assert r.returncode == 2 and "--weight-drop 0.3" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--weight-drop", "1"], "--weight-drop: expected a number in [0, 1)"),
+    (["--weight-drop", "-0.1"], "--weight-drop: expected a number in [0, 1)"),
+    (["--variational-dropout", "nan"], "--variational-dropout: expected a number in [0, 1)"),
+    (["--variational-dropout", "x"], "--variational-dropout: expected a number in [0, 1)"),
+    (["--layer-norm", "--cell", "rnn"], "--layer-norm needs --cell gru or --cell lstm"),
+], ids=["wd-1", "wd-negative", "vd-nan", "vd-text", "layer-norm-rnn"])
+def test_bad_regularisation_flags_exit_2_with_one_line(tmp_path, args, expected):
+    r = rnncore("train", "--steps", 1, "--out", tmp_path / "o", *SMALL, *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr
+    assert not (tmp_path / "o" / "checkpoint.npz").exists()
+
+
+def test_layer_norm_flag_builds_a_layer_normalised_model(tmp_path):
+    """Needs the models' ``layer_norm=`` option (the layernorm branch)."""
+    out = tmp_path / "o"
+    r = rnncore("train", "--steps", 2, "--out", out, *SMALL, "--cell", "lstm", "--layer-norm",
+                "--eval-every", "0", "--sample-every", "0")
+    assert r.returncode == 0, r.stderr
+    ck = rio.load_checkpoint(out / "checkpoint.npz")
+    assert ck["extra"]["train_config"]["layer_norm"] is True
+    assert ck["model"].rnn.layer_norm is True and ck["model"].get_config()["layer_norm"] is True
+    r = rnncore("sample", out, "--length", 10, "--seed", 0)
+    assert r.returncode == 0, r.stderr

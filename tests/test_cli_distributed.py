@@ -27,7 +27,8 @@ import pytest
 from test_cli import env_without, rnncore
 from test_distributed import mpi_env, mpirun_command, require_mpi
 
-from rnncore.charlm import TrainConfig, Trainer, _decode_state, load_charlm, stdlib_corpus
+from rnncore.charlm import TrainConfig, Trainer, load_charlm, stdlib_corpus
+from rnncore.charlm.checkpoint import _decode_state
 from rnncore.clip import clip_grad_norm_
 
 STEPS, CLIP, MAX_CHARS = 12, 0.05, 20000
@@ -276,3 +277,15 @@ def test_launched_by_mpirun_needs_distributed_and_mpi4py(tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rnncore: error: ") and expected in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_two_ranks_with_weight_drop_train_like_one_process(tmp_path):
+    """Every rank draws the same weight-drop masks from the model's seeded generator."""
+    require_mpi()
+    args = [*ARGS, "--weight-drop", 0.4]
+    assert_ok(rnncore("train", "--steps", 6, "--out", tmp_path / "single", *args,
+                      env=mpi_env()))
+    assert_ok(mpi_rnncore(2, "train", "--distributed", "--steps", 6, "--out", tmp_path / "two",
+                          *args))
+    assert_same_training_state(tmp_path / "single" / "checkpoint.npz",
+                               tmp_path / "two" / "checkpoint.npz")

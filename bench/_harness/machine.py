@@ -157,6 +157,9 @@ def print_header(h, sg, out):
         out.write(f"  also        {p.get('library')} {p.get('internal_api')} {p.get('version')} "
                   f"{p.get('architecture') or ''} {p.get('num_threads')} threads\n")
     out.write(f"  kernels     SIMD {h['kernel_simd']}\n")
+    if "load" in h:
+        out.write(f"  load        {h['load']} busy background process(es) during the rows"
+                  f"{' (' + h['load_kind'] + ')' if h['load'] else ' (none)'}\n")
     for w in h.get("warnings") or []:
         out.write(f"  WARNING     {w}\n")
     for s in sg:

@@ -14,7 +14,8 @@ from ._safe_npz import config_elements
 from ._terminal import available_memory, fmt_bytes
 from .charlm import CELLS, DEFAULT_MAX_CHARS, OPTIMIZERS
 
-__all__ = ["add_train_parser", "int_at_least", "number", "MAX_SEED", "MAX_STEPS", "CLIError",
+__all__ = ["add_train_parser", "int_at_least", "number", "probability", "check_model_options",
+           "MAX_SEED", "MAX_STEPS", "CLIError",
            "check_training_memory", "check_sample_memory", "check_text_memory", "check_writable",
            "OneLineParser"]
 
@@ -118,6 +119,31 @@ def number(lo=None, positive=False, hi=None):
     return parse
 
 
+def probability(s):
+    """An argparse type: a drop probability, a number in [0, 1)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}") from None
+    if not 0.0 <= v < 1.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s}")
+    return v
+
+
+def check_model_options(config):
+    """CLIError for a combination of model options the model classes refuse."""
+    if not config.layer_norm:
+        return
+    if config.cell == "rnn":
+        raise CLIError("--layer-norm needs --cell gru or --cell lstm (the Elman RNN has no "
+                       "layer-normalised form here)")
+    try:  # the cell class itself says whether it has a layer-normalised form
+        CELLS[config.cell](1, 1, layer_norm=True)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise CLIError(f"--layer-norm is not available for --cell {config.cell}: "
+                       f"{exc}") from None
+
+
 def _count_option(group, d, flag, metavar, what, lo=1):
     """An integer option ``>= lo`` whose help ends with its default from ``d``."""
     default = d[flag[2:].replace("-", "_")]
@@ -158,6 +184,15 @@ def _model_options(g, d):
         _count_option(g, d, flag, metavar, what)
     g.add_argument("--dtype", choices=["float32", "float64"],
                    help=f"parameter dtype (default {d['dtype']})")
+    g.add_argument("--weight-drop", type=probability, metavar="P",
+                   help="AWD-LSTM weight drop: DropConnect on the recurrent weights, one mask "
+                   f"per batch (default {d['weight_drop']:g})")
+    g.add_argument("--variational-dropout", type=probability, metavar="P",
+                   help="variational dropout: one mask per sequence, reused at every step, on "
+                   "each recurrent layer's input and the last one's output (default "
+                   f"{d['variational_dropout']:g})")
+    g.add_argument("--layer-norm", action="store_true", default=None,
+                   help="layer-normalised GRU/LSTM (not with --cell rnn)")
 
 
 def _training_options(g, d):

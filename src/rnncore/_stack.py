@@ -1,14 +1,17 @@
 """Layers x directions x lengths x dropout: the composition behind RNN, GRU and LSTM.
 
 The only place that knows about stacking, bidirectional merging,
-``batch_first``, dropout between layers and variable ``lengths``; each (layer,
-direction) is one call through the model's binding (:mod:`rnncore._bindings`)
+``batch_first``, dropout between layers (and AWD-LSTM's weight drop and
+variational dropout, :mod:`rnncore._regularise`) and variable ``lengths``;
+each (layer, direction) is one call through the model's binding (:mod:`rnncore._bindings`)
 that runs all T steps. :mod:`rnncore.models` keeps the PyTorch-facing classes
 and calls :func:`forward`, :func:`backward` and :func:`step` here with itself
 as ``m`` (read: ``hidden_size``, ``num_layers``, ``num_directions``,
 ``batch_first``, ``dropout``, ``merge_mode``, ``input_size``, ``dtype``,
-``n_states``, ``G``, ``bias``, ``_rng``, ``_kernel``, ``_weights(k, d)``, ``_h_size``
-(h's width: H, or the LSTM's ``proj_size``) and ``_state_sizes`` (each state's)).
+``n_states``, ``G``, ``bias``, ``_rng``, ``weight_drop``, ``variational_dropout``,
+``_kernel``, ``_weights(k, d)``, ``_h_size`` (h's width: H, or the LSTM's
+``proj_size``), ``_state_sizes`` (each state's) and ``_input_copy`` (the
+:class:`~rnncore._validation.CopyBuffer` a training forward copies a caller's x into)).
 
 Layouts. The kernels read sequences in place through strides, so the layout
 of ``x`` is kept end to end: with ``batch_first=False`` everything is
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _regularise as R
 from . import _validation as V
 from ._runtime.threads import run_pair
 
@@ -41,7 +45,7 @@ from ._runtime.threads import run_pair
 class Saved:
     """What one training-mode forward keeps for backward (named, not a tuple)."""
 
-    __slots__ = ("inputs", "outputs", "states0", "kernel", "masks",
+    __slots__ = ("inputs", "outputs", "states0", "kernel", "masks", "reg",
                  "perm", "inv", "batch_sizes", "lengths", "unbatched", "N", "T")
 
 
@@ -186,8 +190,12 @@ def _initial_states(m, x, xin, st0, order, T, N):
     return xin, states_full, states_kernel
 
 
-def _run_layers(m, xin, states_kernel, batch_sizes, train, T, N):
-    """Every layer, both directions: (inputs, buffers, outputs, kernel saves, masks)."""
+def _run_layers(m, xin, states_kernel, order, train, T, N, reg):
+    """Every layer, both directions: (inputs, buffers, outputs, kernel saves, masks).
+
+    ``reg``: this call's :class:`rnncore._regularise.Masks` (the dropped
+    ``weight_hh`` each kernel gets; the locked mask on each later layer's input).
+    """
     H, Ho, nd = m.hidden_size, m._h_size, m.num_directions
     inputs, buffers, outputs, kern, masks = [], [], [], [], []
     layer_in = xin
@@ -196,9 +204,10 @@ def _run_layers(m, xin, states_kernel, batch_sizes, train, T, N):
 
         def run(d, k=k, layer_in=layer_in, out=out):
             p, _ = m._weights(k, d)
+            p = R.effective_weight(p, reg.weight, k * nd + d)
             s0 = [s[k * nd + d] for s in states_kernel]
             outs = _direction_outputs(m, out, d, T, N)
-            saved = m._kernel.forward(layer_in, s0, p, outs, d == 1, batch_sizes)
+            saved = m._kernel.forward(layer_in, s0, p, outs, d == 1, order.batch_sizes)
             return outs, saved
 
         per_dir = run_pair(run, nd, work=T * N * H * (H + layer_in.shape[2]))
@@ -216,6 +225,7 @@ def _run_layers(m, xin, states_kernel, batch_sizes, train, T, N):
         else:
             masks.append(None)
             layer_in = out
+        layer_in = R.apply_locked(layer_in, reg.hidden_mask(k + 1), order.perm)
     return inputs, buffers, outputs, kern, masks
 
 
@@ -273,24 +283,12 @@ def _to_caller(m, seq, states, inv, unbatched):
     return seq, states
 
 
-def _own(a, caller):
-    """``a``, or a copy of it (same layout) when it shares memory with a caller's array.
-
-    What backward reads must not change with the caller's arrays (``x[:] = 0``
-    between forward and backward); copying costs less than detecting a change
-    (a checksum of x is ~10x slower than its copy).
-    """
-    for c in caller:
-        if np.may_share_memory(a, c):
-            return a.copy(order="K")  # the same layout (a transposed view stays one)
-    return a
-
-
 def forward(m, x, states0, lengths, train, save=None):
     """(out, final states, :class:`Saved` or None); ``states0`` is [(array|None, name)].
 
     ``train`` applies dropout; ``save`` (default: ``train``) keeps the
-    activations for :func:`backward`.
+    activations for :func:`backward`. Weight drop and variational dropout
+    (:mod:`rnncore._regularise`) apply when both are true.
     """
     save = train if save is None else save
     x, xt, unbatched = _check_input(m, x)
@@ -300,15 +298,20 @@ def forward(m, x, states0, lengths, train, save=None):
     order = _sort_by_length(lengths, N, T, unbatched)
     xin, st0 = _kernel_input(m, x, xt, st0, order)
     xin, states_full, states_kernel = _initial_states(m, x, xin, st0, order, T, N)
-    inputs, buffers, outputs, kern, masks = _run_layers(m, xin, states_kernel,
-                                                        order.batch_sizes, train, T, N)
+    reg = R.draw(m, N, train and save)
+    xin = R.apply_locked(xin, reg.input, order.perm)
+    inputs, buffers, outputs, kern, masks = _run_layers(m, xin, states_kernel, order, train,
+                                                        T, N, reg)
     finals = _final_states(m, outputs, states_full, order, T, N)
-    y, finals = _to_caller(m, _merge(m, buffers[-1], outputs[-1]), finals, order.inv, unbatched)
+    merged = R.apply_locked(_merge(m, buffers[-1], outputs[-1]), reg.output, order.perm)
+    y, finals = _to_caller(m, merged, finals, order.inv, unbatched)
     if not save:
         return y, finals, None
+    # what backward reads must not change with the caller's arrays: x's copy goes
+    # into the model's reusable buffer (free once the last forward's saves are gone)
     callers = [x] + [s for s, _ in states0 if s is not None]
-    inputs[0] = _own(inputs[0], callers)
-    states_kernel = [_own(s, callers) for s in states_kernel]
+    inputs[0] = V.owned(inputs[0], callers, m._input_copy)
+    states_kernel = [V.owned(s, callers) for s in states_kernel]
     if y.base is not None or y is buffers[-1]:
         # `out` shares memory with the activations backward reads: hand it
         # out read-only, so an in-place edit fails loudly instead of silently
@@ -316,7 +319,7 @@ def forward(m, x, states0, lengths, train, save=None):
         y = y.view()
         y.flags.writeable = False
     sv = Saved()
-    sv.inputs, sv.outputs, sv.kernel, sv.masks = inputs, outputs, kern, masks
+    sv.inputs, sv.outputs, sv.kernel, sv.masks, sv.reg = inputs, outputs, kern, masks, reg
     sv.states0 = states_kernel
     sv.perm, sv.inv, sv.batch_sizes, sv.lengths = (order.perm, order.inv, order.batch_sizes,
                                                    order.lens)
@@ -386,14 +389,19 @@ def _layers_backward(m, sv, dlast, dsn):
             dxd = _seq_alloc(m, T, N, Dk)
             if not m.bias:
                 g = g[:2] + [np.zeros(m.G * H, m.dtype)] * 2 + g[4:]
+            p = R.effective_weight(p, sv.reg.weight, k * nd + d)
+            g, finish = R.weight_grads(g, sv.reg.weight, k * nd + d)
             m._kernel.backward(dlast[d], dn, x_in, s0, p, sv.outputs[k][d], sv.kernel[k][d],
                                dxd, ds0, g, d == 1, sv.batch_sizes, overwrite_saved=True)
+            finish()
             return dxd
 
         dxs = run_pair(run, nd, work=T * N * H * (H + Dk))
         dx = dxs[0]
         if nd == 2:
             dx += dxs[1]
+        # dx is the gradient of layer k's (variationally masked) input
+        R.locked_grad(dx, sv.reg.hidden_mask(k) if k > 0 else sv.reg.input, sv.perm)
         if k > 0:
             # dx is the gradient of layer k-1's (dropped-out) output
             if sv.masks[k - 1] is not None:
@@ -412,6 +420,7 @@ def check_backward(m, sv, dout, dstates_n):
 def backward(m, sv, dout, dstates_n, checked=None):
     """(dx, initial-state gradients) of the forward that saved ``sv``."""
     dt, dsn = checked if checked is not None else check_backward(m, sv, dout, dstates_n)
+    dt = R.apply_locked(dt, sv.reg.output, sv.perm)
     dx, dstates0 = _layers_backward(m, sv, _merge_backward(m, dt, sv.outputs[-1]), dsn)
     return _to_caller(m, dx, dstates0, sv.inv, sv.unbatched)
 

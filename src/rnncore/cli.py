@@ -49,8 +49,8 @@ from dataclasses import asdict, fields
 from ._version import __version__
 from . import distributed as dist
 from ._cli_options import (MAX_SEED, MAX_STEPS, CLIError, OneLineParser, add_train_parser,
-                           check_sample_memory, check_text_memory, check_training_memory,
-                           check_writable, int_at_least, number)
+                           check_model_options, check_sample_memory, check_text_memory,
+                           check_training_memory, check_writable, int_at_least, number)
 from ._terminal import (Progress, StopOnSignal, available_memory, fmt_time, rate, silenced,
                         thread_limit)
 from .charlm import (DEFAULT_MAX_CHARS, OPTIMIZERS, CorpusError, NonFiniteLossError,
@@ -172,6 +172,7 @@ def _prepare(args, ckpt, ranks):
                             if hasattr(args, f.name)})
     if args.lr is None:
         config.lr = OPTIMIZERS[config.optimizer][1]
+    check_model_options(config)
     _check_shards(config.batch_size, ranks)
     check_training_memory(config, len(set(corpus.text)))
     return corpus, None, config

@@ -94,6 +94,17 @@ def cross_entropy(logits, target, mask=None, reduction="mean", ignore_index=None
     ValueError
         For mismatched shapes, out-of-range targets or a bad ``reduction``.
     """
+    return _cross_entropy(logits, target, mask, reduction, ignore_index)
+
+
+def _cross_entropy(logits, target, mask=None, reduction="mean", ignore_index=None, out=None):
+    """:func:`cross_entropy`, with ``dlogits`` written into ``out`` when given.
+
+    ``out`` (shape and dtype of ``logits``, C-contiguous) may be ``logits``
+    itself: a caller that owns its logits and needs only the gradient (e.g.
+    :meth:`rnncore.charlm.CharLM.loss`) saves an allocation and its page
+    faults. The arithmetic is the same either way.
+    """
     _check_reduction(reduction)
     logits = as_real(logits, "logits")
     if logits.ndim == 0:
@@ -104,7 +115,7 @@ def cross_entropy(logits, target, mask=None, reduction="mean", ignore_index=None
         raise ValueError(
             f"target must have shape {logits.shape[:-1]} (logits.shape[:-1]), "
             f"got {target.shape}")
-    counted = np.ones(target.shape, dtype=bool)
+    counted = None  # every position counts (no mask, no ignore_index): the fast path
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != target.shape:
@@ -113,28 +124,47 @@ def cross_entropy(logits, target, mask=None, reduction="mean", ignore_index=None
             if mask.dtype.kind not in "iuf" or not np.isin(mask, (0, 1)).all():
                 raise ValueError("mask must be boolean (or 0/1)")
             mask = mask.astype(bool)
-        counted &= mask
+        counted = mask
     if ignore_index is not None:
-        counted &= target != ignore_index
-    bad = counted & ((target < 0) | (target >= C))
-    if bad.any():
-        raise ValueError(
-            f"target values must lie in [0, {C}) (C = logits.shape[-1]), got "
-            f"{int(target[bad][0])}")
-    safe_target = np.where(counted, target, 0).reshape(-1)     # (M,)
+        keep = target != ignore_index
+        counted = keep if counted is None else counted & keep
+    if counted is None:
+        if target.size and (target.min() < 0 or target.max() >= C):
+            bad = target[(target < 0) | (target >= C)]
+            raise ValueError(f"target values must lie in [0, {C}) (C = logits.shape[-1]), "
+                             f"got {int(bad[0])}")
+        safe_target = target.reshape(-1)                       # (M,)
+    else:
+        bad = counted & ((target < 0) | (target >= C))
+        if bad.any():
+            raise ValueError(
+                f"target values must lie in [0, {C}) (C = logits.shape[-1]), got "
+                f"{int(target[bad][0])}")
+        safe_target = np.where(counted, target, 0).reshape(-1)  # (M,)
     z = logits.reshape(-1, C)                                  # (M, C)
-    zmax = z.max(axis=1, keepdims=True)
-    e = np.exp(z - zmax)
-    s = e.sum(axis=1, keepdims=True)
     rows = np.arange(z.shape[0])
-    flat_counted = counted.reshape(-1)
+    z_target = z[rows, safe_target]                            # before out= may overwrite z
+    zmax = z.max(axis=1, keepdims=True)
+    if out is not None and out.shape == logits.shape and out.dtype == z.dtype \
+            and out.flags.c_contiguous and out.flags.writeable:
+        dz = out.reshape(z.shape)                              # a view of out
+    else:
+        dz = np.empty(z.shape, dtype=z.dtype)
+    np.subtract(z, zmax, out=dz)
+    np.exp(dz, out=dz)                                         # e = exp(z - max)
+    s = dz.sum(axis=1, keepdims=True)
     # loss = log(sum exp(z - max)) + max - z[target]
-    loss = np.log(s[:, 0]) + zmax[:, 0] - z[rows, safe_target]
-    dz = e / s                                                 # softmax, (M, C)
+    loss = np.log(s[:, 0]) + zmax[:, 0] - z_target
+    dz /= s                                                    # softmax, (M, C)
     dz[rows, safe_target] -= 1
-    loss[~flat_counted] = 0   # assignment, not a product: padding may hold inf/nan
-    dz[~flat_counted] = 0
-    loss, dz = _reduce(loss, dz, reduction, int(flat_counted.sum()))
+    if counted is None:
+        n_counted = loss.size
+    else:
+        flat_counted = counted.reshape(-1)
+        loss[~flat_counted] = 0   # assignment, not a product: padding may hold inf/nan
+        dz[~flat_counted] = 0
+        n_counted = int(flat_counted.sum())
+    loss, dz = _reduce(loss, dz, reduction, n_counted)
     if reduction == "none":
         loss = loss.reshape(target.shape)
     return loss, dz.reshape(logits.shape)

@@ -15,6 +15,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _bindings as B
+from . import _regularise as R
 from . import _stack
 from . import _validation as V
 from .module import Module, check_device, register_module
@@ -30,12 +31,14 @@ class _RNNBase(Module):
     #: gates per cell (1, 3, 4) and number of state arrays (h; or h, c)
     G = 1
     n_states = 1
+    weight_drop, variational_dropout = R.OFF  # (also for models pickled before the options)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
-                 seed=None, *, device=None):
+                 seed=None, *, device=None, weight_drop=0.0, variational_dropout=0.0):
         super().__init__()
         check_device(device)
+        R.set_options(self, weight_drop, variational_dropout)
         self.input_size = V.check_int(input_size, "input_size", 0)
         self.hidden_size = V.check_int(hidden_size, "hidden_size", 1)
         self.num_layers = V.check_int(num_layers, "num_layers", 1)
@@ -63,13 +66,15 @@ class _RNNBase(Module):
         self.reset_parameters()
 
     #: dropped by deepcopy/pickle, recreated empty (Module.__getstate__)
-    _transient = ("_saved", "_lock")
+    _transient = ("_saved", "_lock", "_input_copy")
     #: forward returns (out, state); Sequential passes out on
     _sequential_output = "pair"
 
     def _init_transient(self) -> None:
         self._saved = None
         self._lock = threading.Lock()
+        #: where a training forward copies a caller's x for backward (reused; _stack.forward)
+        self._input_copy = V.CopyBuffer()
 
     # ------------------------------------------------------------ parameters
     @property
@@ -79,7 +84,9 @@ class _RNNBase(Module):
     @property
     def _h_size(self) -> int:
         """The width of h (and of each direction's output): ``proj_size`` or H."""
-        return getattr(self, "proj_size", 0) or self.hidden_size
+        # the instance dict, not getattr: a missing attribute goes through
+        # Module.__getattr__ and an AttributeError, ~1 us each, many times a call
+        return self.__dict__.get("proj_size", 0) or self.hidden_size
 
     @property
     def _state_sizes(self) -> list:
@@ -131,7 +138,7 @@ class _RNNBase(Module):
                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                    dropout=self.dropout, bidirectional=self.bidirectional,
                    merge_mode=self.merge_mode, dtype=self.dtype.name, seed=self.seed)
-        return cfg
+        return dict(cfg, **R.config(self))
 
     def __repr__(self) -> str:
         s = f"{type(self).__name__}({self.input_size}, {self.hidden_size}"
@@ -146,6 +153,7 @@ class _RNNBase(Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
+        s += "".join(f", {k}={v!r}" for k, v in R.config(self, as_given=True).items())
         if self.bidirectional:
             s += ", bidirectional=True"
             if self.merge_mode != "concat":
@@ -224,7 +232,7 @@ _COMMON_PARAMS = """
         Seeds the parameter initialisation and the dropout masks.
     device : None or 'cpu', keyword-only
         PyTorch's argument; any other device raises ValueError (not supported).
-"""
+""" + R.PARAMS_DOC
 
 _COMMON_CALL = """
     Calling: ``model(x, {state}=None, lengths=None)`` is :meth:`forward`;
@@ -351,12 +359,14 @@ class RNN(_HiddenStateRNN):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, merge_mode="concat",
-                 dtype=np.float32, seed=None, *, device=None):
+                 dtype=np.float32, seed=None, *, device=None, weight_drop=0.0,
+                 variational_dropout=0.0):
         self._relu = V.check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         self._kernel = B.rnn_binding(self._relu)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, merge_mode, dtype, seed, device=device)
+                         bidirectional, merge_mode, dtype, seed, device=device,
+                         weight_drop=weight_drop, variational_dropout=variational_dropout)
 
     def get_config(self) -> dict:
         return dict(super().get_config(), nonlinearity=self.nonlinearity)
@@ -401,10 +411,12 @@ class GRU(_HiddenStateRNN):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
-                 seed=None, reset_after=True, *, device=None):
+                 seed=None, reset_after=True, *, device=None, weight_drop=0.0,
+                 variational_dropout=0.0):
         self.reset_after = V.check_bool(reset_after, "reset_after")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, merge_mode, dtype, seed, device=device)
+                         bidirectional, merge_mode, dtype, seed, device=device,
+                         weight_drop=weight_drop, variational_dropout=variational_dropout)
 
     @property
     def _kernel(self):
@@ -457,13 +469,15 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
-                 seed=None, proj_size=0, *, device=None):
+                 seed=None, proj_size=0, *, device=None, weight_drop=0.0,
+                 variational_dropout=0.0):
         self.proj_size = V.check_int(proj_size, "proj_size", 0)
         if self.proj_size and self.proj_size >= V.check_int(hidden_size, "hidden_size", 1):
             raise ValueError(f"proj_size: expected an int < hidden_size = {hidden_size} "
                              f"(or 0: no projection), got {proj_size}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, merge_mode, dtype, seed, device=device)
+                         bidirectional, merge_mode, dtype, seed, device=device,
+                         weight_drop=weight_drop, variational_dropout=variational_dropout)
 
     def get_config(self) -> dict:
         return dict(super().get_config(), proj_size=self.proj_size)

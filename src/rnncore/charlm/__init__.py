@@ -31,7 +31,7 @@ Examples
 >>> len(generate(model, vocab, 20, prime="he", seed=0))
 22
 """
-from .checkpoint import CHECKPOINT_VERSION, _decode_state, load_charlm  # noqa: F401 (tests)
+from .checkpoint import CHECKPOINT_VERSION, load_charlm
 from .data import (DEFAULT_MAX_CHARS, DEFAULT_MODULES, Corpus, CorpusError, Streams, Vocab,
                    corpus_from_record, read_texts, stdlib_corpus)
 from .model import CELLS, CharLM

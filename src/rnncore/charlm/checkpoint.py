@@ -66,6 +66,8 @@ def training_state(trainer) -> dict:
                    "chars": len(c.text), "sha256": c.sha256},
         "carry": _encode_state(trainer.global_state()),
         "sample_rng": trainer.sample_rng.bit_generator.state,
+        # the recurrent layers' dropout masks continue where they stopped
+        "mask_rng": trainer.model.rnn._rng.bit_generator.state,
         "history": {"train_loss": trainer.train_loss, "val": trainer.val_history},
         "skipped": trainer.skipped,
         "target_steps": trainer.target_steps,
@@ -82,6 +84,8 @@ def restore_training_state(trainer, extra) -> None:
     trainer.step = int(extra["step"])
     trainer.state = trainer._local_state(_decode_state(extra["carry"]))
     trainer.sample_rng.bit_generator.state = extra["sample_rng"]
+    if "mask_rng" in extra:  # (checkpoints before weight drop have none)
+        trainer.model.rnn._rng.bit_generator.state = extra["mask_rng"]
     trainer.train_loss = [float(v) for v in extra["history"]["train_loss"]]
     trainer.val_history = [[int(s), float(b)] for s, b in extra["history"]["val"]]
     trainer.skipped = int(extra.get("skipped", 0))
@@ -93,7 +97,8 @@ def restore_training_state(trainer, extra) -> None:
 
 #: the types of the ``extra`` entries a Trainer writes (checked when loading)
 _EXTRA_TYPES = {"charlm_version": int, "step": int, "train_config": dict, "corpus": dict,
-                "carry": (list, dict, type(None)), "sample_rng": dict, "history": dict,
+                "carry": (list, dict, type(None)), "sample_rng": dict, "mask_rng": dict,
+                "history": dict,
                 "skipped": int, "target_steps": (int, type(None)), "chars_seen": int,
                 "train_seconds": (int, float)}
 

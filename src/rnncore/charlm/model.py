@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..losses import cross_entropy
+from ..losses import _cross_entropy
 from ..models import GRU, LSTM, RNN
 from ..module import Module, register_module
 from ..nn import Embedding, Linear
@@ -55,7 +55,14 @@ class CharLM(Module):
     cell : {'rnn', 'gru', 'lstm'}, default 'lstm'
     dtype : {np.float32, np.float64}, default np.float32
     seed : int or None
-        Seeds the three layers' initialisation (PyTorch's default schemes).
+        Seeds the three layers' initialisation (PyTorch's default schemes)
+        and the recurrent layers' dropout masks.
+    weight_drop, variational_dropout : float, default 0
+        AWD-LSTM's regularisers (Merity, Keskar & Socher 2017) on the
+        recurrent layers: see :class:`rnncore.LSTM`.
+    layer_norm : bool, default False
+        Layer-normalised GRU/LSTM (``layer_norm=True`` of the model class);
+        not available for ``cell='rnn'``.
 
     Attributes
     ----------
@@ -78,11 +85,17 @@ class CharLM(Module):
     """
 
     def __init__(self, vocab_size, embed_dim=64, hidden_size=256, num_layers=1, cell="lstm",
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, weight_drop=0.0, variational_dropout=0.0,
+                 layer_norm=False):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+        if not isinstance(layer_norm, (bool, np.bool_)):
+            raise TypeError(f"layer_norm: expected a bool, got {type(layer_norm).__name__}")
+        if layer_norm and cell == "rnn":
+            raise ValueError("layer_norm: available for cell='gru' and 'lstm', not 'rnn'")
         self.cell = cell
+        self.layer_norm = bool(layer_norm)
         self.vocab_size = int(vocab_size)
         self.embed_dim = int(embed_dim)
         self.hidden_size = int(hidden_size)
@@ -91,8 +104,12 @@ class CharLM(Module):
         self.seed = None if seed is None else int(seed)
         s_emb, s_rnn, s_head = _child_seeds(self.seed, 3)
         self.embedding = Embedding(self.vocab_size, self.embed_dim, dtype=self.dtype, seed=s_emb)
+        # layer_norm only when asked: the models without it keep their signature
+        ln = {"layer_norm": True} if self.layer_norm else {}
         self.rnn = CELLS[cell](self.embed_dim, self.hidden_size, self.num_layers,
-                               batch_first=True, dtype=self.dtype, seed=s_rnn)
+                               batch_first=True, dtype=self.dtype, seed=s_rnn,
+                               weight_drop=weight_drop,
+                               variational_dropout=variational_dropout, **ln)
         self.head = Linear(self.hidden_size, self.vocab_size, dtype=self.dtype, seed=s_head)
         self.params, self.grads = OrderedDict(), OrderedDict()
         for prefix, child in self.children():
@@ -124,7 +141,8 @@ class CharLM(Module):
         """
         e = self.embedding.forward(idx, train=train)             # (N, T, E)
         h, state = self.rnn(e, state, train=train)               # (N, T, H)
-        return self.head.forward(h, train=train), state          # (N, T, V)
+        # h is the recurrent model's output, never handed out: Linear need not copy it
+        return self.head._forward(h, train=train, private=True), state  # (N, T, V)
 
     def backward(self, dlogits):
         """Accumulate every parameter gradient from ``dlogits`` (N, T, V).
@@ -151,17 +169,27 @@ class CharLM(Module):
         When the loss is not finite, no backward is run (gradients unchanged).
         """
         logits, state = self.forward(idx, state, train=True)
-        loss, dlogits = cross_entropy(logits, target)
+        # the logits are this call's own array: their gradient overwrites them
+        loss, dlogits = _cross_entropy(logits, target, out=logits)
         if math.isfinite(loss):
             self.backward(dlogits)
         return loss, state
 
     def get_config(self) -> dict:
-        return {"vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
-                "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-                "cell": self.cell, "dtype": self.dtype.name, "seed": self.seed}
+        cfg = {"vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
+               "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+               "cell": self.cell, "dtype": self.dtype.name, "seed": self.seed}
+        rnn = self.rnn.get_config()
+        for k in ("weight_drop", "variational_dropout"):
+            if k in rnn:
+                cfg[k] = rnn[k]
+        if self.layer_norm:
+            cfg["layer_norm"] = True
+        return cfg
 
     def __repr__(self) -> str:
+        reg = "".join(f", {k}={v}" for k, v in self.get_config().items()
+                      if k in ("weight_drop", "variational_dropout", "layer_norm"))
         return (f"CharLM(V={self.vocab_size}, E={self.embed_dim}, {self.cell.upper()} "
-                f"H={self.hidden_size} L={self.num_layers}, {self.dtype.name}, "
+                f"H={self.hidden_size} L={self.num_layers}{reg}, {self.dtype.name}, "
                 f"{self.num_parameters():,} parameters)")

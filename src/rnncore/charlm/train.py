@@ -71,10 +71,14 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     val_fraction: float = 0.05
+    #: AWD-LSTM's regularisers and the layer-normalised cell (see CharLM); off by default
+    weight_drop: float = 0.0
+    variational_dropout: float = 0.0
+    layer_norm: bool = False
 
     #: fields a resumed run must keep (they define the model, the data or the state)
     FIXED = ("cell", "hidden", "layers", "embed", "seq_len", "batch_size", "optimizer", "seed",
-             "dtype", "val_fraction")
+             "dtype", "val_fraction", "weight_drop", "variational_dropout", "layer_norm")
 
 
 def shard_problem(batch_size, size, option="batch_size"):
@@ -185,7 +189,10 @@ class Trainer:
         self.val_ids = ids[len(ids) - n_val:] if n_val else None
         self.streams = Streams(self.train_ids, config.batch_size, config.seq_len)
         self.model = model or CharLM(len(self.vocab), config.embed, config.hidden, config.layers,
-                                     config.cell, dtype=config.dtype, seed=config.seed)
+                                     config.cell, dtype=config.dtype, seed=config.seed,
+                                     weight_drop=config.weight_drop,
+                                     variational_dropout=config.variational_dropout,
+                                     layer_norm=config.layer_norm)
         if self.model.vocab_size != len(self.vocab):
             raise ValueError(f"the model has {self.model.vocab_size} characters, the vocabulary "
                              f"{len(self.vocab)}")
