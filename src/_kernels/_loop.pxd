@@ -64,6 +64,8 @@ cdef struct Loop:
     void *carry                 # backward: dh carry (N, H) (starts as dhn, ends as dh0)
     void *carry_c               # LSTM backward: dc carry (N, H)
     int k, P                    # this share: rows k, k+P, ... (all rows: 0, 1)
+    const void *ext             # a cell's own extra arrays (lnlstm.pyx: LNArrays), not
+                                # shared by loop_share: the body offsets them by (k, P)
 
 cdef struct Input:              # the input side, all T*N rows at once
     Seq x                       # (T, N, D); the GEMMs read its uniform (T*N, D) view

@@ -37,7 +37,11 @@ H = 128 is a few microseconds, so ``step`` builds no argument lists.)
 
 The GRU has one binding per candidate: :data:`GRU` (PyTorch's,
 ``reset_after=True``) and :data:`GRU_RESET_BEFORE` (Cho et al. 2014's,
-``reset_after=False``); :func:`gru_binding` picks one. The module also
+``reset_after=False``); :func:`gru_binding` picks one. :data:`LN_LSTM` and
+:data:`LN_GRU` are the layer-normalised cells (``layer_norm=True``; Ba, Kiros &
+Hinton 2016): their ``p``/``g`` lists carry the norms' gains and biases after
+PyTorch's four, and they offer ``forward``/``backward`` only (the functional API
+and the cells' single-step fast path take the plain cells). The module also
 installs the kernels' BLAS thread hooks (the policy itself lives in
 :mod:`rnncore._runtime.threads`).
 """
@@ -46,12 +50,14 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import gru as _kgru
+from ._kernels import lngru as _klngru
+from ._kernels import lnlstm as _klnlstm
 from ._kernels import lstm as _klstm
 from ._kernels import rnn as _krnn
 from ._runtime import threads as _threads
 
-__all__ = ["RNN_TANH", "RNN_RELU", "GRU", "GRU_RESET_BEFORE", "LSTM", "rnn_binding",
-           "gru_binding"]
+__all__ = ["RNN_TANH", "RNN_RELU", "GRU", "GRU_RESET_BEFORE", "LSTM", "LN_LSTM", "LN_GRU",
+           "rnn_binding", "gru_binding"]
 
 
 class _Binding:
@@ -183,11 +189,91 @@ class LSTMBinding(_Binding):
         return self.Saved(gates=np.empty((1, N, 4 * H), dtype))
 
 
+class LNLSTMBinding(LSTMBinding):
+    """Layer-normalised LSTM (Ba, Kiros & Hinton 2016, §3.1), gates i, f, g, o.
+
+    ``p`` (and ``g``) = [weight_ih, weight_hh, bias_ih, bias_hh, layer_norm_ih_weight,
+    layer_norm_ih_bias, layer_norm_hh_weight, layer_norm_hh_bias, layer_norm_c_weight,
+    layer_norm_c_bias]: PyTorch's four, then the norms' gains and biases ((4H,) x 4,
+    (H,) x 2). No projection.
+    """
+
+    #: what the kernel's forward saves for backward (gates and the norms' x̂, 1/σ)
+    Saved = _klnlstm.LNLSTMSaved
+
+    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
+        w_ih, w_hh, b_ih, b_hh = p[:4]
+        return _klnlstm.forward(x, s0[0], s0[1], w_ih.T, w_hh.T, b_ih + b_hh, *p[4:10],
+                                outs[0], outs[1], reverse, batch_sizes)
+
+    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
+                 batch_sizes=None, overwrite_saved=False):
+        """Accumulates into ``g``; ``overwrite_saved`` is accepted and ignored."""
+        db = np.zeros(p[1].shape[0], dtype=p[1].dtype)
+        _klnlstm.backward(dh, dn[0], dn[1], x, s0[0], s0[1], p[0].T, p[1].T, p[4], p[6],
+                          p[8], p[9], outs[0], outs[1], saved, dx, ds0[0], ds0[1],
+                          g[0].T, g[1].T, db, *g[4:10], reverse, batch_sizes)
+        g[2] += db
+        g[3] += db
+
+    def kernel_forward(self, *args, **kwargs):
+        raise NotImplementedError("layer_norm: the functional API has no layer-normalised "
+                                  "LSTM; use rnncore.LSTM(..., layer_norm=True)")
+
+    kernel_backward = kernel_forward
+
+    def step(self, *args, **kwargs):
+        return False    # the cells take the sequence kernel with T = 1
+
+    def step_saved(self, N, H, dtype):
+        return None
+
+
+class LNGRUBinding(GRUBinding):
+    """Layer-normalised GRU (Ba, Kiros & Hinton 2016, §3.1, on PyTorch's candidate), gates
+    r, z, n.
+
+    ``p`` (and ``g``) = [weight_ih, weight_hh, bias_ih, bias_hh, layer_norm_ih_weight,
+    layer_norm_ih_bias, layer_norm_hh_weight, layer_norm_hh_bias] (the norms' (3H,) each).
+    """
+
+    #: what the kernel's forward saves for backward (gates, S_n and the norms' x̂, 1/σ)
+    Saved = _klngru.LNGRUSaved
+
+    def __init__(self):
+        super().__init__(reset_after=True)
+
+    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
+        w_ih, w_hh, b_ih, b_hh = p[:4]
+        return _klngru.forward(x, s0[0], w_ih.T, w_hh.T, b_ih, b_hh, *p[4:8], outs[0],
+                               reverse, batch_sizes)
+
+    def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
+                 batch_sizes=None, overwrite_saved=False):
+        """Accumulates into ``g``; ``overwrite_saved`` is accepted and ignored."""
+        _klngru.backward(dh, dn[0], x, s0[0], p[0].T, p[1].T, p[4], p[6], outs[0], saved, dx,
+                         ds0[0], g[0].T, g[1].T, g[2], g[3], *g[4:8], reverse, batch_sizes)
+
+    def kernel_forward(self, *args, **kwargs):
+        raise NotImplementedError("layer_norm: the functional API has no layer-normalised "
+                                  "GRU; use rnncore.GRU(..., layer_norm=True)")
+
+    kernel_backward = kernel_forward
+
+    def step(self, *args, **kwargs):
+        return False    # the cells take the sequence kernel with T = 1
+
+    def step_saved(self, N, H, dtype):
+        return None
+
+
 RNN_TANH = RNNBinding(relu=False)
 RNN_RELU = RNNBinding(relu=True)
 GRU = GRUBinding()
 GRU_RESET_BEFORE = GRUBinding(reset_after=False)
 LSTM = LSTMBinding()
+LN_LSTM = LNLSTMBinding()
+LN_GRU = LNGRUBinding()
 
 
 def rnn_binding(relu: bool) -> RNNBinding:
@@ -205,7 +291,7 @@ def gru_binding(reset_after: bool) -> GRUBinding:
 # ---------------------------------------------------------------------------
 def _install_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split):
     """Hand the thread policy of rnncore._runtime.threads to every kernel module."""
-    for mod in (_krnn, _kgru, _klstm):
+    for mod in (_krnn, _kgru, _klstm, _klnlstm, _klngru):
         mod._blas_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split)
 
 

@@ -46,6 +46,10 @@ class _CellBase(Module):
     _kernel = None
     G = 1
     n_states = 1
+    #: the layer-normalised cell (LSTMCell(layer_norm=True)); its parameter names
+    layer_norm = False
+    _LN_NAMES = ("layer_norm_ih_weight", "layer_norm_ih_bias", "layer_norm_hh_weight",
+                 "layer_norm_hh_bias", "layer_norm_c_weight", "layer_norm_c_bias")
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None, *,
                  device=None):
@@ -66,6 +70,12 @@ class _CellBase(Module):
             shapes += [("bias_ih", (GH,)), ("bias_hh", (GH,))]
         for name, shape in shapes:
             self._add_param(name, rng.uniform(-bound, bound, size=shape).astype(self.dtype))
+        if self.layer_norm:
+            # gains 1, biases 0 (Ba et al. 2016; torch.nn.LayerNorm); no draws
+            for name in self._ln_names():
+                size = H if "_c_" in name else GH
+                self._add_param(name, (np.ones if name.endswith("weight") else np.zeros)(
+                    size, self.dtype))
         self._init_transient()
 
     #: dropped by deepcopy/pickle and recreated (Module.__getstate__)
@@ -112,19 +122,25 @@ class _CellBase(Module):
         self.clear_saved()
         return super().to(dtype, device=device)
 
+    def _ln_names(self):
+        """The layer-norm parameter names of this cell (no LN(c) without a cell state)."""
+        return self._LN_NAMES if self.n_states == 2 else self._LN_NAMES[:4]
+
     def _p(self):
+        ln = [self.params[n] for n in self._ln_names()] if self.layer_norm else []
         if self.bias:
             return [self.params["weight_ih"], self.params["weight_hh"],
-                    self.params["bias_ih"], self.params["bias_hh"]]
+                    self.params["bias_ih"], self.params["bias_hh"]] + ln
         return [self.params["weight_ih"], self.params["weight_hh"],
-                self._zero_bias, self._zero_bias]
+                self._zero_bias, self._zero_bias] + ln
 
     def _g(self):
         g = [self.grads["weight_ih"], self.grads["weight_hh"]]
+        ln = [self.grads[n] for n in self._ln_names()] if self.layer_norm else []
         if self.bias:
-            return g + [self.grads["bias_ih"], self.grads["bias_hh"]]
+            return g + [self.grads["bias_ih"], self.grads["bias_hh"]] + ln
         GH = self.G * self.hidden_size
-        return g + [np.zeros(GH, self.dtype), np.zeros(GH, self.dtype)]
+        return g + [np.zeros(GH, self.dtype), np.zeros(GH, self.dtype)] + ln
 
     def _input(self, x):
         x = V.as_float(x, "input", self.dtype, owner="cell")
@@ -291,7 +307,10 @@ class GRUCell(_CellBase):
     Parameters as :class:`RNNCell` without ``nonlinearity``, plus
     ``reset_after`` (default True, PyTorch's candidate; False: Cho et al.
     2014's ``n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)``, an extension
-    of PyTorch's cell).
+    of PyTorch's cell) and ``layer_norm`` (keyword-only, default False; True:
+    the layer-normalised GRU of :class:`rnncore.GRU`, with the parameters
+    ``layer_norm_ih_weight``, ``layer_norm_ih_bias``, ``layer_norm_hh_weight``,
+    ``layer_norm_hh_bias`` (3H,); needs ``reset_after=True``).
     """
 
     G = 3
@@ -299,17 +318,23 @@ class GRUCell(_CellBase):
     _kernel = B.GRU
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None,
-                 reset_after=True, *, device=None):
+                 reset_after=True, *, layer_norm=False, device=None):
         self.reset_after = V.check_bool(reset_after, "reset_after")
-        self._kernel = B.gru_binding(self.reset_after)
+        self.layer_norm = V.check_bool(layer_norm, "layer_norm")
+        if self.layer_norm and not self.reset_after:
+            raise ValueError("layer_norm=True with reset_after=False: the layer-normalised GRU "
+                             "is PyTorch's candidate (use reset_after=True)")
+        self._kernel = B.LN_GRU if self.layer_norm else B.gru_binding(self.reset_after)
         super().__init__(input_size, hidden_size, bias, dtype, seed, device=device)
 
     def get_config(self) -> dict:
-        return dict(super().get_config(), reset_after=self.reset_after)
+        cfg = dict(super().get_config(), reset_after=self.reset_after)
+        return dict(cfg, layer_norm=True) if self.layer_norm else cfg
 
     def __repr__(self) -> str:
         r = super().__repr__()
-        return r if self.reset_after else r[:-1] + ", reset_after=False)"
+        r = r if self.reset_after else r[:-1] + ", reset_after=False)"
+        return r[:-1] + ", layer_norm=True)" if self.layer_norm else r
 
     def forward(self, input, hx=None, train=None):
         """One step. input (N, D) or (D,); hx (N, H) or (H,) (zeros if None) -> h'."""
@@ -326,11 +351,42 @@ class LSTMCell(_CellBase):
     """An LSTM cell, ``torch.nn.LSTMCell`` in NumPy (gates i, f, g, o).
 
     ``h', c' = cell(input, (h, c))``; ``dinput, (dh, dc) = cell.backward(dh', dc')``.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    bias : bool, default True
+    dtype : {np.float32, np.float64}
+    seed : int or None
+    layer_norm : bool, default False, keyword-only
+        The layer-normalised cell of Ba, Kiros & Hinton (2016, §3.1), as
+        :class:`rnncore.LSTM` with ``layer_norm=True``::
+
+            a  = LN_G(x W_ih^T) + LN_G(h W_hh^T) + b_ih + b_hh
+            c' = f * c + i * g,    h' = o * tanh(LN(c'))
+
+        with the parameters ``layer_norm_ih_weight``, ``layer_norm_ih_bias``,
+        ``layer_norm_hh_weight``, ``layer_norm_hh_bias`` (4H,) and
+        ``layer_norm_c_weight``, ``layer_norm_c_bias`` (H,) (gains 1, biases 0
+        at init).
     """
 
     G = 4
     n_states = 2
-    _kernel = B.LSTM
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None, *,
+                 layer_norm=False, device=None):
+        self.layer_norm = V.check_bool(layer_norm, "layer_norm")
+        self._kernel = B.LN_LSTM if self.layer_norm else B.LSTM
+        super().__init__(input_size, hidden_size, bias, dtype, seed, device=device)
+
+    def get_config(self) -> dict:
+        cfg = super().get_config()
+        return dict(cfg, layer_norm=True) if self.layer_norm else cfg
+
+    def __repr__(self) -> str:
+        r = super().__repr__()
+        return r[:-1] + ", layer_norm=True)" if self.layer_norm else r
 
     def forward(self, input, hx=None, train=None):
         """One step. hx = (h, c) or None -> (h', c')."""

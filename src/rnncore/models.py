@@ -120,10 +120,28 @@ class _RNNBase(Module):
                 for name, shape in shapes:
                     w = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
                     self._add_param(name, w)
-                self._names.append([name for name, _ in shapes])
+                names = [name for name, _ in shapes]
+                if getattr(self, "layer_norm", False):
+                    # gains 1, biases 0 (Ba et al. 2016; torch.nn.LayerNorm); no draws
+                    for name, size in self._layer_norm_shapes():
+                        self._add_param(name + sfx, (np.ones if name.endswith("weight")
+                                                     else np.zeros)(size, self.dtype))
+                        names.append(name + sfx)
+                self._names.append(names)
+
+    def _layer_norm_shapes(self):
+        """(name without suffix, size) of each layer-norm parameter of one layer/direction."""
+        GH = self.G * self.hidden_size
+        shapes = [("layer_norm_ih_weight", GH), ("layer_norm_ih_bias", GH),
+                  ("layer_norm_hh_weight", GH), ("layer_norm_hh_bias", GH)]
+        if self.n_states == 2:
+            shapes += [("layer_norm_c_weight", self.hidden_size),
+                       ("layer_norm_c_bias", self.hidden_size)]
+        return shapes
 
     def _weights(self, k, d):
-        """(W_ih (GH, D_k), W_hh (GH, H), b_ih, b_hh[, W_hr (P, H)]) and their gradients."""
+        """(W_ih (GH, D_k), W_hh (GH, H), b_ih, b_hh[, W_hr (P, H)][, the layer norms'
+        gains and biases]) and their gradients."""
         names = self._names[k * self.num_directions + d]
         p = [self.params[n] for n in names]
         g = [self.grads[n] for n in names]
@@ -395,6 +413,18 @@ class GRU(_HiddenStateRNN):
     reset_after : bool, default True
         Where the reset gate applies: after the recurrent product (True,
         PyTorch's form) or before it (False). Same parameters and names.
+    layer_norm : bool, default False
+        The layer-normalised GRU (Ba, Kiros & Hinton 2016, §3.1, on PyTorch's
+        candidate): each gate group of the input and of the recurrent
+        pre-activations normalised on its own (mean and biased variance over H
+        units, eps = 1e-5, per-unit gain and bias, 1 and 0 at init)::
+
+            r = sigmoid(LN(x W_ir^T) + b_ir + LN(h W_hr^T) + b_hr)    (z alike)
+            n = tanh(LN(x W_in^T) + b_in + r * (LN(h W_hn^T) + b_hn))
+
+        Adds ``layer_norm_ih_weight_l{k}``, ``layer_norm_ih_bias_l{k}``,
+        ``layer_norm_hh_weight_l{k}``, ``layer_norm_hh_bias_l{k}`` (3H,). Needs
+        ``reset_after=True`` (ValueError otherwise); not exportable to ONNX.
 
     Attributes
     ----------
@@ -411,23 +441,29 @@ class GRU(_HiddenStateRNN):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
-                 seed=None, reset_after=True, *, device=None, weight_drop=0.0,
+                 seed=None, reset_after=True, *, layer_norm=False, device=None, weight_drop=0.0,
                  variational_dropout=0.0):
         self.reset_after = V.check_bool(reset_after, "reset_after")
+        self.layer_norm = V.check_bool(layer_norm, "layer_norm")
+        if self.layer_norm and not self.reset_after:
+            raise ValueError("layer_norm=True with reset_after=False: the layer-normalised GRU "
+                             "is PyTorch's candidate (use reset_after=True)")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, merge_mode, dtype, seed, device=device,
                          weight_drop=weight_drop, variational_dropout=variational_dropout)
 
     @property
     def _kernel(self):
-        """The binding of this candidate (rnncore._bindings.GRU or GRU_RESET_BEFORE)."""
-        return B.gru_binding(self.reset_after)
+        """The binding of this candidate (rnncore._bindings.GRU, GRU_RESET_BEFORE or LN_GRU)."""
+        return B.LN_GRU if self.layer_norm else B.gru_binding(self.reset_after)
 
     def get_config(self) -> dict:
-        return dict(super().get_config(), reset_after=self.reset_after)
+        cfg = dict(super().get_config(), reset_after=self.reset_after)
+        return dict(cfg, layer_norm=True) if self.layer_norm else cfg
 
     def _repr_extra(self) -> str:
-        return "" if self.reset_after else "reset_after=False"
+        return ("" if self.reset_after else "reset_after=False") + (
+            "layer_norm=True" if self.layer_norm else "")
 
 
 @register_module
@@ -447,6 +483,20 @@ class LSTM(_RNNBase):
         PyTorch's projection (LSTMP, Sak et al. 2014): h, ``h_n`` and each
         direction's output have P < H features, ``c`` keeps H; the next layer's
         input size is P * num_directions. 0: no projection.
+    layer_norm : bool, default False
+        The layer-normalised LSTM of Ba, Kiros & Hinton (2016, §3.1), as
+        TensorFlow Addons' ``LayerNormLSTMCell``: each gate group of the input
+        and of the recurrent pre-activations is normalised on its own, and so
+        is the cell state before its tanh (``LN`` below: mean and biased
+        variance over the H units of a group, eps = 1e-5, learnable per-unit
+        gain and bias, initialised to 1 and 0)::
+
+            a   = LN_G(x W_ih^T) + LN_G(h W_hh^T) + b_ih + b_hh
+            i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of the blocks of a
+            c'  = f * c + i * g                  (carried un-normalised)
+            h'  = o * tanh(LN(c'))
+
+        Not with ``proj_size`` (ValueError); not exportable to ONNX.
 
     Attributes
     ----------
@@ -455,6 +505,10 @@ class LSTM(_RNNBase):
         ``weight_hh_l{k}`` (4H, H) ((4H, P) with a projection),
         ``bias_ih_l{k}``/``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (P, H) with a
         projection, ``_reverse`` for the reverse direction: PyTorch's names and packing.
+        With ``layer_norm=True`` also ``layer_norm_ih_weight_l{k}``,
+        ``layer_norm_ih_bias_l{k}``, ``layer_norm_hh_weight_l{k}``,
+        ``layer_norm_hh_bias_l{k}`` (4H,) (gate groups i, f, g, o) and
+        ``layer_norm_c_weight_l{k}``, ``layer_norm_c_bias_l{k}`` (H,).
 
     Notes
     -----
@@ -465,25 +519,34 @@ class LSTM(_RNNBase):
 
     G = 4
     n_states = 2
-    _kernel = B.LSTM
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, merge_mode="concat", dtype=np.float32,
-                 seed=None, proj_size=0, *, device=None, weight_drop=0.0,
+                 seed=None, proj_size=0, *, layer_norm=False, device=None, weight_drop=0.0,
                  variational_dropout=0.0):
         self.proj_size = V.check_int(proj_size, "proj_size", 0)
         if self.proj_size and self.proj_size >= V.check_int(hidden_size, "hidden_size", 1):
             raise ValueError(f"proj_size: expected an int < hidden_size = {hidden_size} "
                              f"(or 0: no projection), got {proj_size}")
+        self.layer_norm = V.check_bool(layer_norm, "layer_norm")
+        if self.layer_norm and self.proj_size:
+            raise ValueError(f"layer_norm=True with proj_size={proj_size}: the layer-normalised "
+                             "LSTM has no projection (use proj_size=0 or layer_norm=False)")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, merge_mode, dtype, seed, device=device,
                          weight_drop=weight_drop, variational_dropout=variational_dropout)
 
+    @property
+    def _kernel(self):
+        """The binding: rnncore._bindings.LN_LSTM with layer_norm, else LSTM."""
+        return B.LN_LSTM if self.layer_norm else B.LSTM
+
     def get_config(self) -> dict:
-        return dict(super().get_config(), proj_size=self.proj_size)
+        return dict(super().get_config(), proj_size=self.proj_size, layer_norm=self.layer_norm)
 
     def _repr_extra(self) -> str:
-        return f"proj_size={self.proj_size}" if self.proj_size else ""
+        extra = [f"proj_size={self.proj_size}"] if self.proj_size else []
+        return ", ".join(extra + (["layer_norm=True"] if self.layer_norm else []))
 
     @staticmethod
     def _pair(state, name):

@@ -100,6 +100,13 @@ __all__ = [
     "lstm_step_backward",
     "lstm_forward",
     "lstm_backward",
+    # layer normalisation and the layer-normalised LSTM (Ba, Kiros & Hinton 2016)
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "ln_lstm_forward",
+    "ln_lstm_backward",
+    "ln_gru_forward",
+    "ln_gru_backward",
     # caches (returned by the forward functions, consumed by the backward ones)
     "RNNStepCache",
     "RNNCache",
@@ -108,6 +115,9 @@ __all__ = [
     "GRUCache",
     "LSTMStepCache",
     "LSTMCache",
+    "LayerNormCache",
+    "LNLSTMCache",
+    "LNGRUCache",
 ]
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -1303,3 +1313,363 @@ def lstm_backward(dh, cache, dhn=None, dcn=None):
     if dWr is not None:
         return dx, dh0, dc0, dWx, dWh, db, dWr
     return dx, dh0, dc0, dWx, dWh, db
+
+
+# ---------------------------------------------------------------------------
+# Layer normalisation (Ba, Kiros & Hinton 2016) and the layer-normalised LSTM
+# ---------------------------------------------------------------------------
+LN_EPS = 1e-5   # as torch.nn.LayerNorm
+
+
+class LayerNormCache:
+    """What :func:`layer_norm_backward` needs: the normalised values ``xhat``
+    (..., G, H), the reciprocal standard deviations ``rstd`` (..., G, 1), the
+    gain ``gamma`` (G*H,) and the number of groups ``G``."""
+
+    __slots__ = ("xhat", "rstd", "gamma", "G")
+
+    def __init__(self, xhat, rstd, gamma, G):
+        self.xhat, self.rstd, self.gamma, self.G = xhat, rstd, gamma, G
+
+
+def layer_norm_forward(a, gamma, beta, G=1, eps=LN_EPS):
+    r"""Layer normalisation of each group of H features (Ba, Kiros & Hinton 2016, eq. 4).
+
+    Parameters
+    ----------
+    a : ndarray (..., G*H)
+        Pre-activations; each of the G blocks of H features along the last axis is
+        normalised on its own (the gate groups of a recurrent layer).
+    gamma, beta : ndarray (G*H,)
+        Per-unit gain and bias.
+    G : int
+        Number of groups.
+    eps : float
+        Added to the variance, as ``torch.nn.LayerNorm`` (1e-5).
+
+    Returns
+    -------
+    y : ndarray (..., G*H)
+        ``y = γ ⊙ (a - μ) / sqrt(σ² + eps) + β`` with μ, σ² the mean and the
+        (biased) variance of each group of each row.
+    cache : LayerNormCache
+    """
+    shape = a.shape
+    ag = a.reshape(shape[:-1] + (G, shape[-1] // G))
+    mu = ag.mean(axis=-1, keepdims=True)
+    var = ((ag - mu) ** 2).mean(axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt(var + eps)
+    xhat = (ag - mu) * rstd
+    y = xhat.reshape(shape) * gamma + beta
+    return y, LayerNormCache(xhat, rstd, gamma, G)
+
+
+def layer_norm_backward(dy, cache):
+    r"""Gradients of :func:`layer_norm_forward`.
+
+    Returns
+    -------
+    da : ndarray, shape of ``dy``
+        Per group, with ``dx̂ = dy ⊙ γ``:
+        ``da = (dx̂ - mean(dx̂) - x̂ ⊙ mean(dx̂ ⊙ x̂)) / σ``.
+    dgamma, dbeta : ndarray (G*H,)
+        ``Σ dy ⊙ x̂`` and ``Σ dy`` over every leading axis.
+    """
+    xhat, rstd = cache.xhat, cache.rstd
+    shape = dy.shape
+    dxhat = (dy * cache.gamma).reshape(xhat.shape)
+    da = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                 - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    F = shape[-1]
+    dgamma = (dy * xhat.reshape(shape)).reshape(-1, F).sum(axis=0)
+    dbeta = dy.reshape(-1, F).sum(axis=0)
+    return da.reshape(shape), dgamma, dbeta
+
+
+class LNLSTMCache:
+    """What :func:`ln_lstm_backward` needs (named, per sequence): the inputs and
+    parameters, ``ln_x`` (the input side's LayerNormCache over all steps), and per
+    step ``ln_h``, ``ln_c`` (LayerNormCaches), ``gates`` (N, 4H) activations,
+    ``c`` (N, H) the cell states, ``tc`` (N, H) tanh(LN(c))."""
+
+    __slots__ = ("x", "h0", "c0", "Wx", "Wh", "params", "ln_x", "ln_h", "ln_c", "gates",
+                 "c", "tc", "h")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def ln_lstm_forward(x, h0, Wx, Wh, b, gamma_ih, beta_ih, gamma_hh, beta_hh, gamma_c,
+                    beta_c, c0=None, eps=LN_EPS):
+    r"""Run a layer-normalised LSTM over a whole sequence (Ba, Kiros & Hinton 2016, §3.1).
+
+    Parameters
+    ----------
+    x : ndarray (N, T, D)
+    h0 : ndarray (N, H)
+    Wx : ndarray (D, 4H)
+        PyTorch's ``weight_ih.T``, gates ``i, f, g, o``.
+    Wh : ndarray (H, 4H)
+        PyTorch's ``weight_hh.T``.
+    b : ndarray (4H,)
+        ``bias_ih + bias_hh``.
+    gamma_ih, beta_ih, gamma_hh, beta_hh : ndarray (4H,)
+        Gains and biases of the input and recurrent layer norms (one per unit;
+        each of the four gate groups is normalised on its own).
+    gamma_c, beta_c : ndarray (H,)
+        Gain and bias of the cell state's layer norm.
+    c0 : ndarray (N, H), optional (zeros)
+    eps : float
+
+    Returns
+    -------
+    h : ndarray (N, T, H)
+    c : ndarray (N, T, H)
+        The (un-normalised) cell states carried from step to step.
+    cache : LNLSTMCache
+
+    Notes
+    -----
+    With ``LN_G`` the layer norm of each gate group of H units::
+
+        a   = LN_G(x_t Wx; γ_ih, β_ih) + LN_G(h_{t-1} Wh; γ_hh, β_hh) + b
+        i, f, g, o = σ, σ, tanh, σ of the blocks of a
+        c_t = f ⊙ c_{t-1} + i ⊙ g
+        h_t = o ⊙ tanh(LN(c_t; γ_c, β_c))
+
+    The carried state ``c_t`` is the un-normalised one (Ba et al.; as
+    TensorFlow Addons' ``LayerNormLSTMCell``).
+    """
+    arrays = [x, h0, Wx, Wh, b, gamma_ih, beta_ih, gamma_hh, beta_hh, gamma_c, beta_c]
+    dtype = _float_dtype(*(arrays + ([] if c0 is None else [c0])))
+    (x, h0, Wx, Wh, b, gamma_ih, beta_ih, gamma_hh, beta_hh, gamma_c,
+     beta_c) = _as(dtype, *arrays)
+    _check_sequence_args(4, x, h0, Wx, Wh, b=b, gamma_ih=gamma_ih, beta_ih=beta_ih,
+                         gamma_hh=gamma_hh, beta_hh=beta_hh)
+    N, T, _ = x.shape
+    H = Wh.shape[1] // 4
+    for name, v in (("gamma_c", gamma_c), ("beta_c", beta_c)):
+        if v.shape != (H,):
+            raise ValueError(f"{name}: expected shape ({H},), got {v.shape}")
+    c0 = np.zeros((N, H), dtype=dtype) if c0 is None else np.asarray(c0, dtype=dtype)
+    if c0.shape != (N, H):
+        raise ValueError(f"c0: expected shape ({N}, {H}), got {c0.shape}")
+    # the input side over all steps at once: LN_G(x Wx)        (N, T, 4H)
+    ax, ln_x = layer_norm_forward(x @ Wx, gamma_ih, beta_ih, 4, eps)
+    h = np.empty((N, T, H), dtype=dtype)
+    c = np.empty((N, T, H), dtype=dtype)
+    gates, tcs, ln_h, ln_c = [], [], [], []
+    prev_h, prev_c = h0, c0
+    for t in range(T):
+        ah, lh = layer_norm_forward(prev_h @ Wh, gamma_hh, beta_hh, 4, eps)
+        a = ax[:, t] + ah + b
+        ai, af, ag, ao = _split_gates(a, 4)
+        i, f, g, o = sigmoid(ai), sigmoid(af), np.tanh(ag), sigmoid(ao)
+        next_c = f * prev_c + i * g
+        yc, lc = layer_norm_forward(next_c, gamma_c, beta_c, 1, eps)
+        tc = np.tanh(yc)
+        next_h = o * tc
+        h[:, t], c[:, t] = next_h, next_c
+        gates.append(np.concatenate([i, f, g, o], axis=-1))
+        tcs.append(tc)
+        ln_h.append(lh)
+        ln_c.append(lc)
+        prev_h, prev_c = next_h, next_c
+    params = dict(b=b, gamma_ih=gamma_ih, beta_ih=beta_ih, gamma_hh=gamma_hh,
+                  beta_hh=beta_hh, gamma_c=gamma_c, beta_c=beta_c)
+    return h, c, LNLSTMCache(x=x, h0=h0, c0=c0, Wx=Wx, Wh=Wh, params=params, ln_x=ln_x,
+                             ln_h=ln_h, ln_c=ln_c, gates=gates, c=c, tc=tcs, h=h)
+
+
+def ln_lstm_backward(dh, cache, dhn=None, dcn=None):
+    r"""Backpropagation through time for :func:`ln_lstm_forward`.
+
+    Parameters
+    ----------
+    dh : ndarray (N, T, H)
+    cache : LNLSTMCache
+    dhn, dcn : ndarray (N, H), optional
+        Gradients of the final states ``h[:, -1]``, ``c[:, -1]``.
+
+    Returns
+    -------
+    grads : dict of str -> ndarray
+        ``dx`` (N, T, D), ``dh0``, ``dc0`` (N, H), ``dWx`` (D, 4H), ``dWh``
+        (H, 4H), ``db`` (4H,), ``dgamma_ih``, ``dbeta_ih``, ``dgamma_hh``,
+        ``dbeta_hh`` (4H,), ``dgamma_c``, ``dbeta_c`` (H,).
+
+    Notes
+    -----
+    Per step, backwards, with ``d = dh_t + carry_h``: ``dy_c = d ⊙ o ⊙ (1 - tanh²)``,
+    ``dc = carry_c + LN-backward(dy_c)``, ``dA_t`` the pre-activation gradient as in
+    :func:`lstm_step_backward`, ``carry_h = LN_G-backward(dA_t) Wh^T``,
+    ``carry_c = dc ⊙ f``; after the loop ``dx = LN_G-backward(dA) Wx^T`` over all steps.
+    """
+    x, Wx, Wh, h0, c0 = cache.x, cache.Wx, cache.Wh, cache.h0, cache.c0
+    dtype = h0.dtype
+    N, T, D = x.shape
+    H = Wh.shape[1] // 4
+    p = cache.params
+    dh = np.asarray(dh, dtype=dtype)
+    if dh.shape != (N, T, H):
+        raise ValueError(f"dh: expected shape ({N}, {T}, {H}), got {dh.shape}")
+    carry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
+    carry_c = np.zeros((N, H), dtype=dtype) if dcn is None else np.array(dcn, dtype=dtype)
+    dA = np.zeros((N, T, 4 * H), dtype=dtype)
+    g = {k: np.zeros_like(v) for k, v in (("dWh", Wh), ("dgamma_hh", p["gamma_hh"]),
+                                          ("dbeta_hh", p["beta_hh"]),
+                                          ("dgamma_c", p["gamma_c"]),
+                                          ("dbeta_c", p["beta_c"]))}
+    for t in reversed(range(T)):
+        d = dh[:, t] + carry_h
+        i, f, gg, o = _split_gates(cache.gates[t], 4)
+        tc = cache.tc[t]
+        prev_c = cache.c[:, t - 1] if t > 0 else c0
+        prev_h = cache.h[:, t - 1] if t > 0 else h0
+        dyc = d * o * (1 - tc * tc)
+        dcn_t, dgc, dbc = layer_norm_backward(dyc, cache.ln_c[t])
+        g["dgamma_c"] += dgc
+        g["dbeta_c"] += dbc
+        dc = carry_c + dcn_t
+        da = np.concatenate([dc * gg * i * (1 - i), dc * prev_c * f * (1 - f),
+                             dc * i * (1 - gg * gg), d * tc * o * (1 - o)], axis=-1)
+        dA[:, t] = da
+        dz, dgh, dbh = layer_norm_backward(da, cache.ln_h[t])
+        g["dgamma_hh"] += dgh
+        g["dbeta_hh"] += dbh
+        g["dWh"] += prev_h.T @ dz
+        carry_h = dz @ Wh.T
+        carry_c = dc * f
+    dzx, dgamma_ih, dbeta_ih = layer_norm_backward(dA, cache.ln_x)
+    dx = dzx @ Wx.T
+    dWx = np.einsum("ntd,ntg->dg", x, dzx)
+    db = dA.reshape(-1, 4 * H).sum(axis=0)
+    return dict(dx=dx, dh0=carry_h, dc0=carry_c, dWx=dWx, dWh=g["dWh"], db=db,
+                dgamma_ih=dgamma_ih, dbeta_ih=dbeta_ih, dgamma_hh=g["dgamma_hh"],
+                dbeta_hh=g["dbeta_hh"], dgamma_c=g["dgamma_c"], dbeta_c=g["dbeta_c"])
+
+
+class LNGRUCache:
+    """What :func:`ln_gru_backward` needs (named): the inputs and parameters, ``ln_x``
+    (the input side's LayerNormCache over all steps), and per step ``ln_h``
+    (LayerNormCache), ``gates`` (N, 3H) the activations r, z, n, ``hn`` (N, H) the
+    recurrent n pre-activation ``LN(h W_hn) + b_hn``."""
+
+    __slots__ = ("x", "h0", "Wx", "Wh", "params", "ln_x", "ln_h", "gates", "hn", "h")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def ln_gru_forward(x, h0, Wx, Wh, bx, bh, gamma_ih, beta_ih, gamma_hh, beta_hh, eps=LN_EPS):
+    r"""Run a layer-normalised GRU over a whole sequence (Ba, Kiros & Hinton 2016, §3.1,
+    applied to PyTorch's GRU, ``reset_after=True``).
+
+    Parameters
+    ----------
+    x : ndarray (N, T, D)
+    h0 : ndarray (N, H)
+    Wx : ndarray (D, 3H)
+        PyTorch's ``weight_ih.T``, gates ``r, z, n``.
+    Wh : ndarray (H, 3H)
+        PyTorch's ``weight_hh.T``.
+    bx, bh : ndarray (3H,)
+        ``bias_ih``, ``bias_hh``.
+    gamma_ih, beta_ih, gamma_hh, beta_hh : ndarray (3H,)
+        Gains and biases of the input and recurrent layer norms (each of the three
+        gate groups normalised on its own).
+    eps : float
+
+    Returns
+    -------
+    h : ndarray (N, T, H)
+    cache : LNGRUCache
+
+    Notes
+    -----
+    With ``LN_G`` the layer norm of each gate group of H units::
+
+        A = LN_G(x_t Wx; γ_ih, β_ih) + bx,   S = LN_G(h_{t-1} Wh; γ_hh, β_hh) + bh
+        r = σ(A_r + S_r),  z = σ(A_z + S_z)
+        n = tanh(A_n + r ⊙ S_n)
+        h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+    """
+    arrays = [x, h0, Wx, Wh, bx, bh, gamma_ih, beta_ih, gamma_hh, beta_hh]
+    dtype = _float_dtype(*arrays)
+    x, h0, Wx, Wh, bx, bh, gamma_ih, beta_ih, gamma_hh, beta_hh = _as(dtype, *arrays)
+    _check_sequence_args(3, x, h0, Wx, Wh, bx=bx, bh=bh, gamma_ih=gamma_ih, beta_ih=beta_ih,
+                         gamma_hh=gamma_hh, beta_hh=beta_hh)
+    N, T, _ = x.shape
+    H = Wh.shape[1] // 3
+    ax, ln_x = layer_norm_forward(x @ Wx, gamma_ih, beta_ih, 3, eps)
+    ax = ax + bx
+    h = np.empty((N, T, H), dtype=dtype)
+    gates, hns, ln_h = [], [], []
+    prev_h = h0
+    for t in range(T):
+        sh, lh = layer_norm_forward(prev_h @ Wh, gamma_hh, beta_hh, 3, eps)
+        sh = sh + bh
+        a_r, a_z, a_n = _split_gates(ax[:, t], 3)
+        s_r, s_z, s_n = _split_gates(sh, 3)
+        r, z = sigmoid(a_r + s_r), sigmoid(a_z + s_z)
+        n = np.tanh(a_n + r * s_n)
+        prev_h = (1 - z) * n + z * prev_h
+        h[:, t] = prev_h
+        gates.append(np.concatenate([r, z, n], axis=-1))
+        hns.append(s_n)
+        ln_h.append(lh)
+    params = dict(bx=bx, bh=bh, gamma_ih=gamma_ih, beta_ih=beta_ih, gamma_hh=gamma_hh,
+                  beta_hh=beta_hh)
+    return h, LNGRUCache(x=x, h0=h0, Wx=Wx, Wh=Wh, params=params, ln_x=ln_x, ln_h=ln_h,
+                         gates=gates, hn=hns, h=h)
+
+
+def ln_gru_backward(dh, cache, dhn=None):
+    r"""Backpropagation through time for :func:`ln_gru_forward`.
+
+    Returns
+    -------
+    grads : dict of str -> ndarray
+        ``dx`` (N, T, D), ``dh0`` (N, H), ``dWx`` (D, 3H), ``dWh`` (H, 3H), ``dbx``,
+        ``dbh``, ``dgamma_ih``, ``dbeta_ih``, ``dgamma_hh``, ``dbeta_hh`` (3H,).
+
+    Notes
+    -----
+    Per step, backwards, with ``d = dh_t + carry``: ``dA = [dn (1-n²) S_n r(1-r) |
+    d (h_prev - n) z(1-z) | d (1-z)(1-n²)]`` (the input side), ``dS`` the same with
+    its n block times r (the recurrent side), ``carry = d ⊙ z + LN_G-backward(dS) Wh^T``.
+    """
+    x, Wx, Wh, h0 = cache.x, cache.Wx, cache.Wh, cache.h0
+    dtype = h0.dtype
+    N, T, D = x.shape
+    H = Wh.shape[1] // 3
+    p = cache.params
+    dh = np.asarray(dh, dtype=dtype)
+    if dh.shape != (N, T, H):
+        raise ValueError(f"dh: expected shape ({N}, {T}, {H}), got {dh.shape}")
+    carry = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
+    dA = np.zeros((N, T, 3 * H), dtype=dtype)
+    dWh, dbh = np.zeros_like(Wh), np.zeros_like(p["bh"])
+    dgamma_hh, dbeta_hh = np.zeros_like(p["gamma_hh"]), np.zeros_like(p["beta_hh"])
+    for t in reversed(range(T)):
+        d = dh[:, t] + carry
+        r, z, n = _split_gates(cache.gates[t], 3)
+        prev_h = cache.h[:, t - 1] if t > 0 else h0
+        dan = d * (1 - z) * (1 - n * n)
+        dar = dan * cache.hn[t] * r * (1 - r)
+        daz = d * (prev_h - n) * z * (1 - z)
+        dA[:, t] = np.concatenate([dar, daz, dan], axis=-1)
+        ds = np.concatenate([dar, daz, dan * r], axis=-1)
+        dbh += ds.sum(axis=0)
+        dzh, dg, db = layer_norm_backward(ds, cache.ln_h[t])
+        dgamma_hh += dg
+        dbeta_hh += db
+        dWh += prev_h.T @ dzh
+        carry = d * z + dzh @ Wh.T
+    dzx, dgamma_ih, dbeta_ih = layer_norm_backward(dA, cache.ln_x)
+    return dict(dx=dzx @ Wx.T, dh0=carry, dWx=np.einsum("ntd,ntg->dg", x, dzx),
+                dWh=dWh, dbx=dA.reshape(-1, 3 * H).sum(axis=0), dbh=dbh,
+                dgamma_ih=dgamma_ih, dbeta_ih=dbeta_ih, dgamma_hh=dgamma_hh,
+                dbeta_hh=dbeta_hh)

@@ -88,6 +88,15 @@ def _refuse_projection(model):
             "export an LSTM with proj_size=0")
 
 
+def _refuse_layer_norm(model):
+    """ONNX's LSTM/GRU ops have no layer normalisation inside the recurrence."""
+    if getattr(model, "layer_norm", False):
+        raise NotImplementedError(
+            f"rnncore.onnx.export: {type(model).__name__}(layer_norm=True) cannot be exported: "
+            "ONNX's LSTM and GRU ops have no layer normalisation of the pre-activations or "
+            "of the cell state; export a model with layer_norm=False")
+
+
 def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OPSET,
            graph_name=None):
     """Write ``model`` as an ONNX graph that computes ``model(x, ...)`` in inference mode.
@@ -121,7 +130,8 @@ def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OP
     ValueError
         ``opset`` out of range.
     NotImplementedError
-        An ``LSTM(proj_size=P)`` with P > 0: ONNX's LSTM op has no projection.
+        An ``LSTM(proj_size=P)`` with P > 0: ONNX's LSTM op has no projection;
+        a model with ``layer_norm=True``: ONNX's ops have no layer normalisation.
 
     Notes
     -----
@@ -135,6 +145,7 @@ def export(model, path, *, lengths=False, initial_states=False, opset=DEFAULT_OP
     """
     cell = _cell_of(model)
     _refuse_projection(model)
+    _refuse_layer_norm(model)
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not (
             MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
         raise ValueError(f"opset: expected an int in [{MIN_OPSET}, "

@@ -1,0 +1,399 @@
+"""Layer-normalised GRU kernel: one layer, one direction, all T steps in one call.
+
+Equations (Ba, Kiros & Hinton 2016, "Layer Normalization", §3.1, applied to
+PyTorch's GRU, ``reset_after=True``; gates r, z, n along the 3H axis). ``LN_G``
+normalises each of the three gate groups of H units of a row on its own (mean
+and biased variance, eps = 1e-5 as ``torch.nn.LayerNorm``) with a per-unit
+gain γ and bias β::
+
+    A = LN_G(x_t Wx; γ_ih, β_ih) + b_ih,   S = LN_G(h_{t-1} Wh; γ_hh, β_hh) + b_hh
+    r = σ(A_r + S_r),  z = σ(A_z + S_z)
+    n = tanh(A_n + r ⊙ S_n)
+    h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+Forward
+    A = X Wx                       one GEMM over all T*N rows, into `gates`
+    A = LN_G(A) + β_ih + b_ih (+ β_hh + b_hh in the r, z blocks)
+                                   one pass over all rows (rc_ln_rows, rc_layernorm.h)
+    per step t:  S = H_prev Wh     one GEMM into an (N, 3H) scratch
+                 one fused pass per row (rc_lngru_fwd): the three group norms of
+                 S, the gates, S_n = γ_n x̂_n + β_n + b_hn (saved), h_t
+Backward (BPTT)
+    per step t (reverse order):  one fused pass per row (rc_lngru_bwd): dA_t (input
+                 side), dS_t (recurrent side: dA_t with its n block times r),
+                 dZ_t = LN_G-backward(dS_t), carry = d ⊙ z;  carry += dZ_t Wh^T one GEMM
+    after the loop:  dWh += H_prev^T dZ (shifted pairs); the gains', biases' and
+                 b_ih/b_hh gradients as sums over all rows; dZx = LN_G-backward(dA)
+                 in place; dX = dZx Wx^T, dWx += X^T dZx
+
+Saved for backward (``LNGRUSaved``): ``gates`` (T, N, 3H) the activations r, z,
+n; ``hidden_n`` (T, N, H) S_n; ``xh_ih``/``xh_hh`` (T, N, 3H) the normalised
+projections and ``r_ih``/``r_hh`` (T, N, 3) their 1/σ (saved rather than
+recomputed for the reasons given in lnlstm.pyx).
+
+Design notes: as lnlstm.pyx (the Loop of _loop.pxd, the extra arrays through
+``Loop.ext``, offset per thread share by the body; zeros at padded positions).
+``reset_after=False`` with layer_norm is refused by the models.
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from _blas cimport floating, Mat, transposed, colsum_add, scale_rows
+from _gemm cimport mm, mm_step, step_weight, set_packing
+from _layout cimport Seq, uniform, every_pth_row
+from _threads cimport blas_thread_hooks, share
+from _loop cimport Loop, Input, Grads, loop_rows, run_loop, dwh_accumulate
+from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
+                      batch_ptr, check_inputs, check_grads, copy_rows)
+
+cdef extern from "rc_layernorm.h" nogil:
+    void rc_ln_rows_f(float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh, float *rs,
+                      Py_ssize_t ldrs, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t H,
+                      const float *gamma, const float *beta, float eps)
+    void rc_ln_rows_d(double *a, Py_ssize_t lda, double *xh, Py_ssize_t ldxh, double *rs,
+                      Py_ssize_t ldrs, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t H,
+                      const double *gamma, const double *beta, double eps)
+    void rc_ln_rows_bwd_f(float *da, Py_ssize_t ldda, const float *xh, Py_ssize_t ldxh,
+                          const float *rs, Py_ssize_t ldrs, Py_ssize_t rows, Py_ssize_t G,
+                          Py_ssize_t H, const float *gamma)
+    void rc_ln_rows_bwd_d(double *da, Py_ssize_t ldda, const double *xh, Py_ssize_t ldxh,
+                          const double *rs, Py_ssize_t ldrs, Py_ssize_t rows, Py_ssize_t G,
+                          Py_ssize_t H, const double *gamma)
+    void rc_ln_param_grads_f(const float *dy, Py_ssize_t lddy, const float *xh,
+                             Py_ssize_t ldxh, Py_ssize_t rows, Py_ssize_t F, float *dgamma,
+                             float *dbeta)
+    void rc_ln_param_grads_d(const double *dy, Py_ssize_t lddy, const double *xh,
+                             Py_ssize_t ldxh, Py_ssize_t rows, Py_ssize_t F, double *dgamma,
+                             double *dbeta)
+    void rc_lngru_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, const float *s,
+                        Py_ssize_t lds, float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh,
+                        float *rh, Py_ssize_t ldrh, const float *hp, Py_ssize_t ldhp,
+                        float *hn, Py_ssize_t ldhn, float *h, Py_ssize_t ldh,
+                        const float *g_hh, const float *bhn)
+    void rc_lngru_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, const double *s,
+                        Py_ssize_t lds, double *a, Py_ssize_t lda, double *xh,
+                        Py_ssize_t ldxh, double *rh, Py_ssize_t ldrh, const double *hp,
+                        Py_ssize_t ldhp, double *hn, Py_ssize_t ldhn, double *h,
+                        Py_ssize_t ldh, const double *g_hh, const double *bhn)
+    void rc_lngru_bwd_f(Py_ssize_t rows, Py_ssize_t H, const float *dh, Py_ssize_t lddh,
+                        float *cy, Py_ssize_t ldcy, const float *g, Py_ssize_t ldg,
+                        const float *hn, Py_ssize_t ldhn, const float *hp, Py_ssize_t ldhp,
+                        const float *xh, Py_ssize_t ldxh, const float *rh, Py_ssize_t ldrh,
+                        float *da, Py_ssize_t ldda, float *ds, Py_ssize_t ldds, float *dz,
+                        Py_ssize_t lddz, const float *g_hh)
+    void rc_lngru_bwd_d(Py_ssize_t rows, Py_ssize_t H, const double *dh, Py_ssize_t lddh,
+                        double *cy, Py_ssize_t ldcy, const double *g, Py_ssize_t ldg,
+                        const double *hn, Py_ssize_t ldhn, const double *hp, Py_ssize_t ldhp,
+                        const double *xh, Py_ssize_t ldxh, const double *rh, Py_ssize_t ldrh,
+                        double *da, Py_ssize_t ldda, double *ds, Py_ssize_t ldds, double *dz,
+                        Py_ssize_t lddz, const double *g_hh)
+
+cdef enum:
+    GATES = 3
+
+#: torch.nn.LayerNorm's default eps (the kernels' constant)
+cdef double EPS = 1e-5
+eps = EPS
+
+#: What `forward` saves for `backward` (see the module docstring).
+LNGRUSaved = namedtuple("LNGRUSaved", ["gates", "hidden_n", "xh_ih", "r_ih", "xh_hh", "r_hh"])
+
+
+def seq_block(bint batch_major, Py_ssize_t T, Py_ssize_t N, widths, dtype):
+    """(T, N, F) arrays of the given widths F, contiguous in the layout kind, carved out
+    of ONE allocation: one large block is reused from the heap from call to call, while
+    several fresh ones cost a page fault per 4 KiB page each call (measured 4.7 ms vs
+    0.2 ms for the LSTM's seven saved arrays at (T, N, H) = (100, 16, 128))."""
+    buf = np.empty(T * N * sum(widths), dtype=dtype)
+    out, o = [], 0
+    for F in widths:
+        a = buf[o:o + T * N * F]
+        o += T * N * F
+        out.append(a.reshape(N, T, F).transpose(1, 0, 2) if batch_major else a.reshape(T, N, F))
+    return out
+
+
+cdef struct LNArrays:
+    # the per-step arrays the Loop does not have (Loop.ext)
+    Seq xh              # x̂ of the recurrent norm (T, N, 3H)
+    Seq rh              # its 1/σ per group (T, N, 3)
+    Seq da              # backward: the input side's dA (T, N, 3H)
+    Seq ds              # backward: the recurrent side's dS (T, N, 3H)
+    const void *g_hh    # γ_hh (3H,)
+    const void *bhn     # β_hh,n + b_hh,n (H,)
+
+
+cdef inline LNArrays shared(const Loop *L) noexcept nogil:
+    """This share's rows (k, k+P, ...) of the Loop's LNArrays."""
+    cdef LNArrays E = (<const LNArrays *>L.ext)[0]
+    cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
+    E.xh = every_pth_row(E.xh, L.k, L.P, isz)
+    E.rh = every_pth_row(E.rh, L.k, L.P, isz)
+    E.da = every_pth_row(E.da, L.k, L.P, isz)
+    E.ds = every_pth_row(E.ds, L.k, L.P, isz)
+    return E
+
+
+cdef inline floating *at(Seq s, Py_ssize_t t, Py_ssize_t r0, floating kind) noexcept nogil:
+    """Row r0 of step t of a sequence."""
+    return <floating *>s.p + t * s.st + r0 * s.sn
+
+
+# ----------------------------------------------------------------- time loops
+
+cdef inline void fwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssize_t r0,
+                          Py_ssize_t rows, const floating *hp, Py_ssize_t ldhp) noexcept nogil:
+    cdef Py_ssize_t H = L.H, GH = GATES * H, lds = L.P * GH
+    cdef floating *s = <floating *>L.scratch + r0 * lds
+    cdef floating k = 0
+    # S[rows] = h_prev @ Wh                   (rows, 3H) = (rows, H)(H, 3H)
+    mm_step(rows, GH, H, hp, ldhp, L.wh, <floating>0, s, lds)
+    # fused (rc_lngru_fwd): x̂_hh = LN_G(S); r, z, S_n, n; h_t
+    if floating is float:
+        rc_lngru_fwd_f(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn, at(E.xh, t, r0, k),
+                       E.xh.sn, at(E.rh, t, r0, k), E.rh.sn, hp, ldhp, at(L.hn, t, r0, k),
+                       L.hn.sn, at(L.h, t, r0, k), L.h.sn, <const float *>E.g_hh,
+                       <const float *>E.bhn)
+    else:
+        rc_lngru_fwd_d(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn, at(E.xh, t, r0, k),
+                       E.xh.sn, at(E.rh, t, r0, k), E.rh.sn, hp, ldhp, at(L.hn, t, r0, k),
+                       L.hn.sn, at(L.h, t, r0, k), L.h.sn, <const double *>E.g_hh,
+                       <const double *>E.bhn)
+
+
+cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
+    cdef LNArrays E = shared(L)
+    cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = GATES * H, M = share(L.N, L.k, L.P)
+    cdef Py_ssize_t h0_ld = L.P * H, h_st = L.h.st, h_sn = L.h.sn
+    cdef const floating *h0 = <const floating *>L.h0
+    cdef floating *h = <floating *>L.h.p
+    for i in range(L.T):
+        loop_rows(L, i, False, &t, &tp, &B, &Bc)
+        if Bc > 0:
+            fwd_rows(L, &E, t, 0, Bc, h + tp * h_st, h_sn)
+        if B > Bc:
+            fwd_rows(L, &E, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld)
+        if B < M:
+            # padding: zeros in h and every saved array (the after-loop sums read them)
+            scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, H, <floating>0)
+            scale_rows(at(L.g, t, B, kind), L.g.sn, M - B, GH, <floating>0)
+            scale_rows(at(L.hn, t, B, kind), L.hn.sn, M - B, H, <floating>0)
+            scale_rows(at(E.xh, t, B, kind), E.xh.sn, M - B, GH, <floating>0)
+            scale_rows(at(E.rh, t, B, kind), E.rh.sn, M - B, GATES, <floating>0)
+
+
+cdef inline void bwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssize_t r0,
+                          Py_ssize_t rows, const floating *hp, Py_ssize_t ldhp) noexcept nogil:
+    cdef Py_ssize_t ldc = L.P * L.H
+    cdef floating k = 0
+    if floating is float:
+        rc_lngru_bwd_f(rows, L.H, at(L.dh, t, r0, k), L.dh.sn, <float *>L.carry + r0 * ldc, ldc,
+                       at(L.g, t, r0, k), L.g.sn, at(L.hn, t, r0, k), L.hn.sn, hp, ldhp,
+                       at(E.xh, t, r0, k), E.xh.sn, at(E.rh, t, r0, k), E.rh.sn,
+                       at(E.da, t, r0, k), E.da.sn, at(E.ds, t, r0, k), E.ds.sn,
+                       at(L.dg, t, r0, k), L.dg.sn, <const float *>E.g_hh)
+    else:
+        rc_lngru_bwd_d(rows, L.H, at(L.dh, t, r0, k), L.dh.sn, <double *>L.carry + r0 * ldc,
+                       ldc, at(L.g, t, r0, k), L.g.sn, at(L.hn, t, r0, k), L.hn.sn, hp, ldhp,
+                       at(E.xh, t, r0, k), E.xh.sn, at(E.rh, t, r0, k), E.rh.sn,
+                       at(E.da, t, r0, k), E.da.sn, at(E.ds, t, r0, k), E.ds.sn,
+                       at(L.dg, t, r0, k), L.dg.sn, <const double *>E.g_hh)
+
+
+cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
+    cdef LNArrays E = shared(L)
+    cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = GATES * H, M = share(L.N, L.k, L.P)
+    cdef Py_ssize_t ldc = L.P * H, h_st = L.h.st, h_sn = L.h.sn
+    cdef const floating *h0 = <const floating *>L.h0
+    cdef const floating *h = <const floating *>L.h.p
+    for i in range(L.T):
+        loop_rows(L, i, True, &t, &tp, &B, &Bc)
+        # fused (rc_lngru_bwd): dA_t, dS_t, dZ_t, carry = d z
+        if Bc > 0:
+            bwd_rows(L, &E, t, 0, Bc, h + tp * h_st, h_sn)
+        if B > Bc:
+            bwd_rows(L, &E, t, Bc, B - Bc, h0 + Bc * ldc, ldc)
+        if B < M:
+            scale_rows(at(L.dg, t, B, kind), L.dg.sn, M - B, GH, <floating>0)
+            scale_rows(at(E.da, t, B, kind), E.da.sn, M - B, GH, <floating>0)
+            scale_rows(at(E.ds, t, B, kind), E.ds.sn, M - B, GH, <floating>0)
+        # carry[:B] += dZ_t[:B] @ Wh^T           (B, H) += (B, 3H)(H, 3H)^T
+        mm_step(B, H, GH, at(L.dg, t, 0, kind), L.dg.sn, transposed(L.wh), <floating>1,
+                <floating *>L.carry, ldc)
+
+
+# ----------------------------------------------------------------- entry points
+
+cdef int saved_seqs(saved, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Loop *L, LNArrays *E,
+                    Seq *xh_ih, Seq *r_ih, floating kind) except -1:
+    cdef Py_ssize_t GH = GATES * H
+    try:
+        gates, hn, xi, ri, xh, rh = saved
+    except (TypeError, ValueError):
+        raise ValueError("saved: expected the LNGRUSaved returned by lngru.forward") from None
+    seq_check[floating](gates, "saved.gates", T, N, GH, &L.g)
+    seq_check[floating](hn, "saved.hidden_n", T, N, H, &L.hn)
+    seq_check[floating](xi, "saved.xh_ih", T, N, GH, xh_ih)
+    seq_check[floating](ri, "saved.r_ih", T, N, GATES, r_ih)
+    seq_check[floating](xh, "saved.xh_hh", T, N, GH, &E.xh)
+    seq_check[floating](rh, "saved.r_hh", T, N, GATES, &E.rh)
+    return 0
+
+
+def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] Wx,
+            const floating[:, :] Wh, const floating[:] bx, const floating[:] bh,
+            const floating[:] g_ih, const floating[:] b_ih, const floating[:] g_hh,
+            const floating[:] b_hh, floating[:, :, :] h, bint reverse=False,
+            batch_sizes=None):
+    """Run one layer-normalised GRU layer and direction over all T steps.
+
+    Parameters (logical shapes; layouts as gru.forward)
+    ----------
+    x : (T, N, D)   h0 : (N, H) C-contiguous   Wx : (D, 3H)   Wh : (H, 3H)
+    bx, bh : (3H,) PyTorch's bias_ih, bias_hh
+    g_ih, b_ih, g_hh, b_hh : (3H,) the gains and biases of the input and recurrent norms
+    h : (T, N, H) output, in x's layout kind
+    reverse, batch_sizes : as gru.forward
+
+    Returns
+    -------
+    saved : LNGRUSaved, in h's layout kind; pass to `backward`.
+    """
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = GATES * H
+    cdef Loop L
+    cdef Input inp
+    cdef LNArrays E
+    cdef Seq xi, ri
+    cdef floating k = 0
+    check_inputs(&L, &inp, GATES, reverse, x, h, Wx, Wh, h0)
+    same_layout(&inp.x, &L.h, NULL, T, N, inp.D)
+    for v, name in ((bx, "bx"), (bh, "bh"), (g_ih, "g_ih"), (b_ih, "b_ih"), (g_hh, "g_hh"),
+                    (b_hh, "b_hh")):
+        vec_check[floating](v, name, GH)
+    bs = check_batch_sizes(batch_sizes, T, N)
+    dtype = np.float32 if floating is float else np.float64
+    bm = L.h.bm
+    saved = LNGRUSaved(*seq_block(bm, T, N, (GH, H, GH, GATES, GH, GATES), dtype))
+    if T == 0 or N == 0 or H == 0:
+        return saved
+    saved_seqs[floating](saved, T, N, H, &L, &E, &xi, &ri, k)
+    # the input side's constant terms: β_ih + b_ih, and the recurrent r, z ones β_hh + b_hh
+    # (the recurrent n block's sit inside the reset product: bhn)
+    rec = np.asarray(b_hh, dtype=dtype) + np.asarray(bh, dtype=dtype)
+    beta_np = np.asarray(b_ih, dtype=dtype) + np.asarray(bx, dtype=dtype)
+    beta_np[:2 * H] += rec[:2 * H]
+    cdef floating[::1] beta = beta_np
+    cdef floating[::1] bhn = np.ascontiguousarray(rec[2 * H:])
+    cdef floating[:, ::1] scratch = np.empty((N, GH), dtype=dtype)
+    L.bs = batch_ptr(bs)
+    L.scratch = &scratch[0, 0]
+    E.g_hh, E.bhn = &g_hh[0], &bhn[0]
+    E.da.p = NULL
+    E.ds.p = NULL
+    L.ext = &E
+    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
+    cdef Mat a = uniform(L.g)
+    with nogil:
+        # A = x @ Wx                          (T*N, 3H) = (T*N, D)(D, 3H)
+        mm(T * N, GH, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, a)
+        # A = LN_G(A; γ_ih) + beta             (rc_ln_rows), saving x̂_ih, 1/σ_ih
+        if floating is float:
+            rc_ln_rows_f(<float *>a.p, a.ld, <float *>xi.p, xi.ld, <float *>ri.p, ri.ld,
+                         T * N, GATES, H, &g_ih[0], &beta[0], EPS)
+        else:
+            rc_ln_rows_d(<double *>a.p, a.ld, <double *>xi.p, xi.ld, <double *>ri.p, ri.ld,
+                         T * N, GATES, H, &g_ih[0], &beta[0], EPS)
+        run_loop(&L, fwd_steps[float], fwd_steps[double])
+    return saved
+
+
+def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
+             const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] Wx,
+             const floating[:, :] Wh, const floating[:] g_ih, const floating[:] g_hh,
+             const floating[:, :, :] h, saved, floating[:, :, :] dx, floating[:, :] dh0,
+             floating[:, :] dWx, floating[:, :] dWh, floating[:] dbx, floating[:] dbh,
+             floating[:] dg_ih, floating[:] db_ih, floating[:] dg_hh, floating[:] db_hh,
+             bint reverse=False, batch_sizes=None):
+    """BPTT through one layer-normalised GRU layer and direction.
+
+    Writes ``dx`` (T, N, D), ``dh0`` (N, H) and ADDS into ``dWx`` (D, 3H), ``dWh``
+    (H, 3H), ``dbx``, ``dbh`` and the norms' ``dg_ih``, ``db_ih``, ``dg_hh``,
+    ``db_hh`` (3H,). ``saved`` is what `forward` returned (not modified).
+    """
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = GATES * H
+    cdef Py_ssize_t R = T * N
+    cdef Loop L
+    cdef Input inp
+    cdef Grads gr
+    cdef LNArrays E
+    cdef Seq xi, ri
+    cdef floating k = 0
+    check_inputs(&L, &inp, GATES, reverse, x, h, Wx, Wh, h0)
+    check_grads(&L, &inp, &gr, dh, dx, dWx, dWh, dhn, dh0)
+    for v, name in ((g_ih, "g_ih"), (g_hh, "g_hh"), (dbx, "dbx"), (dbh, "dbh"),
+                    (dg_ih, "dg_ih"), (db_ih, "db_ih"), (dg_hh, "dg_hh"), (db_hh, "db_hh")):
+        vec_check[floating](v, name, GH)
+    saved_seqs[floating](saved, T, N, H, &L, &E, &xi, &ri, k)
+    bs = check_batch_sizes(batch_sizes, T, N)
+    dtype = np.float32 if floating is float else np.float64
+    bm = L.h.bm
+    da_arr, ds_arr, dz_arr = seq_block(bm, T, N, (GH, GH, GH), dtype)
+    cdef floating[:, :] dzs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
+    if N == 0 or H == 0:
+        if inp.D > 0 and N > 0 and T > 0:
+            np.asarray(dx)[...] = 0
+        return
+    copy_rows(dh0, dhn)
+    if T == 0:
+        return
+    seq_check[floating](da_arr, "dA", T, N, GH, &E.da)
+    seq_check[floating](ds_arr, "dS", T, N, GH, &E.ds)
+    seq_check[floating](dz_arr, "dZ", T, N, GH, &L.dg)
+    L.bs = batch_ptr(bs)
+    E.g_hh = &g_hh[0]
+    E.bhn = NULL
+    L.ext = &E
+    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
+    cdef Mat da = uniform(E.da)
+    cdef Mat ds = uniform(E.ds)
+    cdef Mat xh = uniform(E.xh)
+    with nogil:
+        run_loop(&L, bwd_steps[float], bwd_steps[double])
+        # dWh += sum_t h_prev(t)^T dZ_t                  (H, 3H)
+        dwh_accumulate(&L, gr.dwh, <floating *>(&dzs[0, 0] if dzs.shape[0] > 0 else NULL))
+        # dbx += Σ dA;  dbh += Σ dS;  the norms' dγ, dβ (sums over all T*N rows)
+        colsum_add(&dbx[0], <const floating *>da.p, da.ld, R, GH)
+        colsum_add(&dbh[0], <const floating *>ds.p, ds.ld, R, GH)
+        if floating is float:
+            rc_ln_param_grads_f(<float *>ds.p, ds.ld, <float *>xh.p, xh.ld, R, GH,
+                                &dg_hh[0], &db_hh[0])
+            rc_ln_param_grads_f(<float *>da.p, da.ld, <float *>xi.p, xi.ld, R, GH,
+                                &dg_ih[0], &db_ih[0])
+            # dZx = LN_G-backward(dA) over all rows, in place
+            rc_ln_rows_bwd_f(<float *>da.p, da.ld, <float *>xi.p, xi.ld, <float *>ri.p,
+                             ri.ld, R, GATES, H, &g_ih[0])
+        else:
+            rc_ln_param_grads_d(<double *>ds.p, ds.ld, <double *>xh.p, xh.ld, R, GH,
+                                &dg_hh[0], &db_hh[0])
+            rc_ln_param_grads_d(<double *>da.p, da.ld, <double *>xi.p, xi.ld, R, GH,
+                                &dg_ih[0], &db_ih[0])
+            rc_ln_rows_bwd_d(<double *>da.p, da.ld, <double *>xi.p, xi.ld, <double *>ri.p,
+                             ri.ld, R, GATES, H, &g_ih[0])
+        if inp.D > 0:
+            # dx = dZx @ Wx^T                 (R, D) = (R, 3H)(D, 3H)^T
+            mm(R, inp.D, GH, <floating>1, da, transposed(inp.wx), <floating>0, gr.dx)
+            # dWx += x^T dZx                  (D, 3H) += (D, R)(R, 3H)
+            mm(inp.D, GH, R, <floating>1, transposed(uniform(inp.x)), da, <floating>1, gr.dwx)
+
+
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state,
+                       bint row_split=False):
+    """Install the BLAS thread functions and the shared section state (rc_threads.h)."""
+    blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
+
+
+def _set_packing(bint enabled):
+    """Test hook: time loops pack their weight when the policy says so (True, the
+    default) or never (False), in this module."""
+    set_packing(enabled)
