@@ -22,8 +22,10 @@ import time
 import numpy as np
 
 import rnncore
-from rnncore.charlm import CELLS, Streams, TrainConfig, Trainer, stdlib_corpus
+from rnncore.charlm import CELLS, TrainConfig, Trainer, stdlib_corpus
 from rnncore.cli import DEFAULTS
+
+from _harness.torch_charlm import TorchCharLMTrainer, torch_charlm
 
 
 def parse():
@@ -61,45 +63,15 @@ def run_rnncore(trainer, steps, warmup, threads):
 def run_torch(trainer, args):
     import torch
     torch.set_num_threads(args.threads)
-    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[args.cell]
-
-    class TorchCharLM(torch.nn.Module):
-        def __init__(self, V):
-            super().__init__()
-            self.embedding = torch.nn.Embedding(V, args.embed)
-            self.rnn = cls(args.embed, args.hidden, args.layers, batch_first=True)
-            self.head = torch.nn.Linear(args.hidden, V)
-
-        def forward(self, x, state):
-            h, state = self.rnn(self.embedding(x), state)
-            return self.head(h), state
-
-    model = TorchCharLM(len(trainer.vocab))
-    # the same initial weights: rnncore's parameter names are PyTorch's
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in trainer.model.params.items()})
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    streams = Streams(trainer.train_ids, args.batch_size, args.seq_len)
-    X = torch.from_numpy(streams.inputs)
-    Y = torch.from_numpy(streams.targets)
-    state, losses, t0 = None, [], None
+    # reads the initial weights: call before rnncore trains
+    model = torch_charlm(torch, trainer.model)
+    tt = TorchCharLMTrainer(torch, model, trainer.train_ids, args.batch_size, args.seq_len,
+                            args.lr, args.clip)
+    losses, t0 = [], None
     for i in range(args.steps):
         if i == args.warmup:
             t0 = time.perf_counter()
-        j = i % len(streams)
-        if j == 0:
-            state = None
-        lo = j * args.seq_len
-        x, y = X[:, lo:lo + args.seq_len], Y[:, lo:lo + args.seq_len]
-        opt.zero_grad()
-        logits, state = model(x, state)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                 y.reshape(-1))
-        loss.backward()
-        if args.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
-        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        losses.append(loss.item())
+        losses.append(tt.train_step())
     return losses, time.perf_counter() - t0
 
 

@@ -8,7 +8,8 @@ Run it from a source checkout, against the rnncore the interpreter imports::
 The harness is this file (options, the run, the JSON) and ``bench/_harness/``:
 ``contestants.py`` (what is timed, flop and memory counts), ``timing.py``,
 ``machine.py`` (the header and the best-sgemm ceiling), ``rows.py`` (the
-core, bidir, step and charlm groups), ``memory.py`` and ``table.py``. It is
+core, bidir, step and charlm groups), ``options.py``, ``memory.py`` and
+``table.py``. It is
 not part of the installed package.
 
 Everything is float32 and batch-first (``x`` is (N, T, D)); every row is timed
@@ -49,6 +50,17 @@ charlm
     (``rnncore.charlm.Trainer.train_step``: embedding -> LSTM -> linear ->
     cross-entropy -> backward -> clip -> Adam) and the same network and step
     in PyTorch; skipped when ``rnncore.charlm`` is missing.
+options
+    the regularisation options of ``rnncore.LSTM/GRU`` at (T, N, D, H) in
+    {(100, 32, 256, 256), (50, 64, 512, 1024)}, inference and forward+backward:
+    plain, ``weight_drop=0.5``, ``variational_dropout=0.3``, ``layer_norm=True``,
+    each as a cost in % over the plain model, and the PyTorch equivalents
+    (``nn.LSTM/GRU``; awd-lstm-lm's WeightDrop wrapper -- ``W_hh`` masked at each
+    forward, then the fused path through ``torch.func.functional_call``; its
+    LockedDropout, a (N, 1, F) mask on the input and output; a Python loop of a
+    LayerNorm cell, ``F.layer_norm`` per gate block) with ``torch/rc``. An option
+    the installed rnncore lacks shows "n/a (option missing)". See
+    ``_harness/options.py``.
 memory
     peak memory of one forward+backward for every core row (see below).
 
@@ -170,6 +182,7 @@ from _harness.contestants import CELLS, GROUPS, import_torch
 from _harness.load import DESCRIPTION as LOAD_KIND, Load
 from _harness.machine import best_sgemm, machine_header, print_header
 from _harness.memory import run_memory
+from _harness.options import run_options
 from _harness.rows import run_bidir, run_charlm, run_core, run_step
 from _harness.timing import Budget
 
@@ -251,6 +264,7 @@ def main(argv=None):
                "bidir": lambda: run_bidir(opts, torch, out, records),
                "step": lambda: run_step(opts, torch, out, records),
                "charlm": lambda: run_charlm(opts, torch, out, records),
+               "options": lambda: run_options(opts, torch, out, records),
                "memory": lambda: run_memory(opts, torch, out, records)}
     load = None
     try:

@@ -50,7 +50,7 @@ CORE_SHAPES = ((50, 1, 32, 64), (100, 16, 64, 128), (100, 32, 256, 256), (50, 64
 BIDIR_SHAPE = (100, 32, 256, 256)
 BIDIR_LAYERS = 2
 STEP_SIZES = (128, 512)
-GROUPS = ("core", "bidir", "step", "charlm", "memory")
+GROUPS = ("core", "bidir", "step", "charlm", "options", "memory")
 SEED = 0
 
 

