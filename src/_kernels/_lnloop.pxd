@@ -2,7 +2,7 @@
 # dispatch of rc_layernorm.h's all-rows passes, the input side's forward (GEMM, then
 # LN_G over all T*N rows) and backward's after-the-loop section (dWh, the bias and
 # gain/bias reductions, LN_G-backward of the input side in place, the dX and dWx GEMMs).
-# cdef inline, fused over float/double: each kernel compiles its own copy.
+# cdef inline (fused over float/double where typed): each kernel compiles its own copy.
 from _blas cimport floating, Mat, transposed, colsum_add
 from _gemm cimport mm
 from _layout cimport Seq, uniform
@@ -27,6 +27,21 @@ cdef extern from "rc_layernorm.h" nogil:
     void rc_ln_param_grads_d(const double *dy, Py_ssize_t lddy, const double *xh,
                              Py_ssize_t ldxh, Py_ssize_t rows, Py_ssize_t F, double *dgamma,
                              double *dbeta)
+
+
+cdef inline list seq_block(bint batch_major, Py_ssize_t T, Py_ssize_t N, widths, dtype):
+    """(T, N, F) arrays of the given widths F, contiguous in the layout kind, carved out
+    of ONE allocation: one large block is reused from the heap from call to call, while
+    several fresh ones cost a page fault per 4 KiB page each call (measured 4.7 ms vs
+    0.2 ms for the LSTM's seven saved arrays at (T, N, H) = (100, 16, 128))."""
+    import numpy as np
+    buf = np.empty(T * N * sum(widths), dtype=dtype)
+    out, o = [], 0
+    for F in widths:
+        a = buf[o:o + T * N * F]
+        o += T * N * F
+        out.append(a.reshape(N, T, F).transpose(1, 0, 2) if batch_major else a.reshape(T, N, F))
+    return out
 
 
 cdef inline floating *at(Seq s, Py_ssize_t t, Py_ssize_t r0, floating kind) noexcept nogil:

@@ -72,7 +72,7 @@ from _gemm cimport mm_step, step_weight, set_packing
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop
-from _lnloop cimport at, ln_param_grads, input_side_fwd, after_loop
+from _lnloop cimport seq_block, at, ln_param_grads, input_side_fwd, after_loop
 from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, check_inputs, check_grads, copy_rows)
 
@@ -115,20 +115,6 @@ eps = EPS
 #: What `forward` saves for `backward` (see the module docstring).
 LNLSTMSaved = namedtuple("LNLSTMSaved", ["gates", "xh_ih", "r_ih", "xh_hh", "r_hh",
                                          "c_hat", "r_c"])
-
-
-def seq_block(bint batch_major, Py_ssize_t T, Py_ssize_t N, widths, dtype):
-    """(T, N, F) arrays of the given widths F, contiguous in the layout kind, carved out
-    of ONE allocation: one large block is reused from the heap from call to call, while
-    several fresh ones cost a page fault per 4 KiB page each call (measured 4.7 ms vs
-    0.2 ms for the LSTM's seven saved arrays at (T, N, H) = (100, 16, 128))."""
-    buf = np.empty(T * N * sum(widths), dtype=dtype)
-    out, o = [], 0
-    for F in widths:
-        a = buf[o:o + T * N * F]
-        o += T * N * F
-        out.append(a.reshape(N, T, F).transpose(1, 0, 2) if batch_major else a.reshape(T, N, F))
-    return out
 
 
 cdef struct LNArrays:
