@@ -94,19 +94,25 @@ def test_reference_matches_finite_differences(N, T, D, H, rng):
         np.testing.assert_allclose(g[gname], num, rtol=1e-6, atol=1e-8, err_msg=gname)
 
 
+def _plain_ln(v, g, b, groups):
+    """Layer norm of each of `groups` equal blocks of v's last axis (biased variance,
+    eps 1e-5), then gain g and bias b: the independent loops' norm."""
+    out = [(p - p.mean(-1, keepdims=True)) / np.sqrt(p.var(-1, keepdims=True) + 1e-5)
+           for p in np.split(v, groups, axis=-1)]
+    return np.concatenate(out, axis=-1) * g + b
+
+
+def _plain_sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
 def _plain_numpy_ln_lstm(a, per_gate=True, norm_c=True):
     """An independent LN-LSTM loop (explicit per-gate slices, no reference helpers); with
     per_gate=False it normalises over all 4H at once, with norm_c=False it skips LN(c)."""
     x, h, c = a["x"], a["h0"], a["c0"]
     H = h.shape[1]
-
-    def ln(v, g, b):
-        parts = np.split(v, 4, axis=-1) if per_gate else [v]
-        out = [(p - p.mean(-1, keepdims=True)) / np.sqrt(p.var(-1, keepdims=True) + 1e-5)
-               for p in parts]
-        return np.concatenate(out, axis=-1) * g + b
-
-    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    ln = functools.partial(_plain_ln, groups=4 if per_gate else 1)
+    sig = _plain_sigmoid
     hs = []
     for t in range(x.shape[1]):
         z = ln(x[:, t] @ a["Wx"], a["gamma_ih"], a["beta_ih"]) + \
@@ -726,14 +732,8 @@ def _plain_numpy_ln_gru(a, per_gate=True):
     """An independent LN-GRU loop; per_gate=False normalises over all 3H at once."""
     x, h = a["x"], a["h0"]
     H = h.shape[1]
-
-    def ln(v, g, b):
-        parts = np.split(v, 3, axis=-1) if per_gate else [v]
-        out = [(p - p.mean(-1, keepdims=True)) / np.sqrt(p.var(-1, keepdims=True) + 1e-5)
-               for p in parts]
-        return np.concatenate(out, axis=-1) * g + b
-
-    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    ln = functools.partial(_plain_ln, groups=3 if per_gate else 1)
+    sig = _plain_sigmoid
     hs = []
     for t in range(x.shape[1]):
         ax = ln(x[:, t] @ a["Wx"], a["gamma_ih"], a["beta_ih"]) + a["bx"]

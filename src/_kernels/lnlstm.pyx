@@ -67,34 +67,17 @@ from collections import namedtuple
 
 import numpy as np
 
-from _blas cimport floating, Mat, mat, transposed, colsum_add, scale_rows, NoTrans
-from _gemm cimport mm, mm_step, step_weight, set_packing
+from _blas cimport floating, Mat, transposed, scale_rows
+from _gemm cimport mm_step, step_weight, set_packing
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
-from _loop cimport Loop, Input, Grads, loop_rows, run_loop, dwh_accumulate
-from _checks cimport (seq_check, same_layout, mat_check, rows_check, vec_check, check_batch_sizes,
+from _loop cimport Loop, Input, Grads, loop_rows, run_loop
+from _lnloop cimport seq_block, at, ln_param_grads, input_side_fwd, after_loop
+from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, check_inputs, check_grads, copy_rows)
 
 cdef extern from "rc_layernorm.h" nogil:
     enum: RC_LN_GATES
-    void rc_ln_rows_f(float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh, float *rs,
-                      Py_ssize_t ldrs, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t H,
-                      const float *gamma, const float *beta, float eps)
-    void rc_ln_rows_d(double *a, Py_ssize_t lda, double *xh, Py_ssize_t ldxh, double *rs,
-                      Py_ssize_t ldrs, Py_ssize_t rows, Py_ssize_t G, Py_ssize_t H,
-                      const double *gamma, const double *beta, double eps)
-    void rc_ln_rows_bwd_f(float *da, Py_ssize_t ldda, const float *xh, Py_ssize_t ldxh,
-                          const float *rs, Py_ssize_t ldrs, Py_ssize_t rows, Py_ssize_t G,
-                          Py_ssize_t H, const float *gamma)
-    void rc_ln_rows_bwd_d(double *da, Py_ssize_t ldda, const double *xh, Py_ssize_t ldxh,
-                          const double *rs, Py_ssize_t ldrs, Py_ssize_t rows, Py_ssize_t G,
-                          Py_ssize_t H, const double *gamma)
-    void rc_ln_param_grads_f(const float *dy, Py_ssize_t lddy, const float *xh,
-                             Py_ssize_t ldxh, Py_ssize_t rows, Py_ssize_t F, float *dgamma,
-                             float *dbeta)
-    void rc_ln_param_grads_d(const double *dy, Py_ssize_t lddy, const double *xh,
-                             Py_ssize_t ldxh, Py_ssize_t rows, Py_ssize_t F, double *dgamma,
-                             double *dbeta)
     void rc_lnlstm_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, const float *s,
                          Py_ssize_t lds, float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh,
                          float *rh, Py_ssize_t ldrh, const float *cp, Py_ssize_t ldcp,
@@ -134,20 +117,6 @@ LNLSTMSaved = namedtuple("LNLSTMSaved", ["gates", "xh_ih", "r_ih", "xh_hh", "r_h
                                          "c_hat", "r_c"])
 
 
-def seq_block(bint batch_major, Py_ssize_t T, Py_ssize_t N, widths, dtype):
-    """(T, N, F) arrays of the given widths F, contiguous in the layout kind, carved out
-    of ONE allocation: one large block is reused from the heap from call to call, while
-    several fresh ones cost a page fault per 4 KiB page each call (measured 4.7 ms vs
-    0.2 ms for the LSTM's seven saved arrays at (T, N, H) = (100, 16, 128))."""
-    buf = np.empty(T * N * sum(widths), dtype=dtype)
-    out, o = [], 0
-    for F in widths:
-        a = buf[o:o + T * N * F]
-        o += T * N * F
-        out.append(a.reshape(N, T, F).transpose(1, 0, 2) if batch_major else a.reshape(T, N, F))
-    return out
-
-
 cdef struct LNArrays:
     # the per-step arrays lstm.pyx's Loop does not have (Loop.ext)
     Seq xh              # x̂ of the recurrent norm (T, N, 4H)
@@ -172,11 +141,6 @@ cdef inline LNArrays shared(const Loop *L) noexcept nogil:
     E.da = every_pth_row(E.da, L.k, L.P, isz)
     E.dyc = every_pth_row(E.dyc, L.k, L.P, isz)
     return E
-
-
-cdef inline floating *at(Seq s, Py_ssize_t t, Py_ssize_t r0, floating kind) noexcept nogil:
-    """Row r0 of step t of a sequence."""
-    return <floating *>s.p + t * s.st + r0 * s.sn
 
 
 # ----------------------------------------------------------------- time loops
@@ -359,15 +323,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
     cdef Mat a = uniform(L.g)
     with nogil:
-        # A = x @ Wx                          (T*N, 4H) = (T*N, D)(D, 4H)
-        mm(T * N, GH, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, a)
-        # A = LN_G(A; γ_ih) + β_ih + β_hh + b  (rc_ln_rows), saving x̂_ih, 1/σ_ih
-        if floating is float:
-            rc_ln_rows_f(<float *>a.p, a.ld, <float *>xi.p, xi.ld, <float *>ri.p, ri.ld,
-                         T * N, RC_LN_GATES, H, &g_ih[0], &beta[0], EPS)
-        else:
-            rc_ln_rows_d(<double *>a.p, a.ld, <double *>xi.p, xi.ld, <double *>ri.p, ri.ld,
-                         T * N, RC_LN_GATES, H, &g_ih[0], &beta[0], EPS)
+        # A = LN_G(x @ Wx; γ_ih) + β_ih + β_hh + b, saving x̂_ih, 1/σ_ih (_lnloop.pxd)
+        input_side_fwd(&inp, a, xi, ri, T * N, RC_LN_GATES, H, &g_ih[0], &beta[0], EPS)
         run_loop(&L, fwd_steps[float], fwd_steps[double])
     return saved
 
@@ -438,35 +395,13 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     cdef Mat ch = uniform(E.ch)
     with nogil:
         run_loop(&L, bwd_steps[float], bwd_steps[double])
-        # dWh += sum_t h_prev(t)^T dZ_t                  (H, 4H)
-        dwh_accumulate(&L, gr.dwh, <floating *>(&dzs[0, 0] if dzs.shape[0] > 0 else NULL))
-        # db += Σ dA;  dγ, dβ of the three norms (sums over all T*N rows)
-        colsum_add(&db[0], <const floating *>da.p, da.ld, R, GH)
-        if floating is float:
-            rc_ln_param_grads_f(<float *>da.p, da.ld, <float *>xh.p, xh.ld, R, GH,
-                                &dg_hh[0], &db_hh[0])
-            rc_ln_param_grads_f(<float *>da.p, da.ld, <float *>xi.p, xi.ld, R, GH,
-                                &dg_ih[0], &db_ih[0])
-            rc_ln_param_grads_f(<float *>dyc.p, dyc.ld, <float *>ch.p, ch.ld, R, H,
-                                &dg_c[0], &db_c[0])
-            # dZx = LN_G-backward(dA) over all rows, in place
-            rc_ln_rows_bwd_f(<float *>da.p, da.ld, <float *>xi.p, xi.ld, <float *>ri.p,
-                             ri.ld, R, RC_LN_GATES, H, &g_ih[0])
-        else:
-            rc_ln_param_grads_d(<double *>da.p, da.ld, <double *>xh.p, xh.ld, R, GH,
-                                &dg_hh[0], &db_hh[0])
-            rc_ln_param_grads_d(<double *>da.p, da.ld, <double *>xi.p, xi.ld, R, GH,
-                                &dg_ih[0], &db_ih[0])
-            rc_ln_param_grads_d(<double *>dyc.p, dyc.ld, <double *>ch.p, ch.ld, R, H,
-                                &dg_c[0], &db_c[0])
-            rc_ln_rows_bwd_d(<double *>da.p, da.ld, <double *>xi.p, xi.ld, <double *>ri.p,
-                             ri.ld, R, RC_LN_GATES, H, &g_ih[0])
-        if inp.D > 0:
-            # dx = dZx @ Wx^T                 (R, D) = (R, 4H)(D, 4H)^T
-            mm(R, inp.D, GH, <floating>1, da, transposed(inp.wx), <floating>0, gr.dx)
-            # dWx += x^T dZx                  (D, 4H) += (D, R)(R, 4H)
-            mm(inp.D, GH, R, <floating>1, transposed(uniform(inp.x)), da, <floating>1, gr.dwx)
-
+        # dWh, db, the input and recurrent norms' dγ, dβ, dZx = LN_G-backward(dA) in
+        # place, dx and dWx (_lnloop.pxd)
+        after_loop(&L, &inp, &gr, <floating *>(&dzs[0, 0] if dzs.shape[0] > 0 else NULL), R,
+                   da, da, xh, xi, ri, RC_LN_GATES, H, &g_ih[0], &db[0], <floating *>NULL,
+                   &dg_ih[0], &db_ih[0], &dg_hh[0], &db_hh[0])
+        # dγ_c += Σ dyc ⊙ ĉ, dβ_c += Σ dyc
+        ln_param_grads(dyc, ch, R, H, &dg_c[0], &db_c[0])
 
 def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state,
                        bint row_split=False):

@@ -189,7 +189,27 @@ class LSTMBinding(_Binding):
         return self.Saved(gates=np.empty((1, N, 4 * H), dtype))
 
 
-class LNLSTMBinding(LSTMBinding):
+class _LayerNormOnly:
+    """What the layer-normalised bindings share: no functional API (``kernel_forward``,
+    ``kernel_backward`` refuse) and no single-step kernel (the cells take the sequence
+    kernel with T = 1). ``_cell`` names the model ("LSTM", "GRU")."""
+
+    _cell = ""
+
+    def kernel_forward(self, *args, **kwargs):
+        raise NotImplementedError(f"layer_norm: the functional API has no layer-normalised "
+                                  f"{self._cell}; use rnncore.{self._cell}(..., layer_norm=True)")
+
+    kernel_backward = kernel_forward
+
+    def step(self, *args, **kwargs):
+        return False    # the cells take the sequence kernel with T = 1
+
+    def step_saved(self, N, H, dtype):
+        return None
+
+
+class LNLSTMBinding(_LayerNormOnly, LSTMBinding):
     """Layer-normalised LSTM (Ba, Kiros & Hinton 2016, §3.1), gates i, f, g, o.
 
     ``p`` (and ``g``) = [weight_ih, weight_hh, bias_ih, bias_hh, layer_norm_ih_weight,
@@ -200,6 +220,7 @@ class LNLSTMBinding(LSTMBinding):
 
     #: what the kernel's forward saves for backward (gates and the norms' x̂, 1/σ)
     Saved = _klnlstm.LNLSTMSaved
+    _cell = "LSTM"
 
     def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
         w_ih, w_hh, b_ih, b_hh = p[:4]
@@ -216,20 +237,8 @@ class LNLSTMBinding(LSTMBinding):
         g[2] += db
         g[3] += db
 
-    def kernel_forward(self, *args, **kwargs):
-        raise NotImplementedError("layer_norm: the functional API has no layer-normalised "
-                                  "LSTM; use rnncore.LSTM(..., layer_norm=True)")
 
-    kernel_backward = kernel_forward
-
-    def step(self, *args, **kwargs):
-        return False    # the cells take the sequence kernel with T = 1
-
-    def step_saved(self, N, H, dtype):
-        return None
-
-
-class LNGRUBinding(GRUBinding):
+class LNGRUBinding(_LayerNormOnly, GRUBinding):
     """Layer-normalised GRU (Ba, Kiros & Hinton 2016, §3.1, on PyTorch's candidate), gates
     r, z, n.
 
@@ -239,6 +248,7 @@ class LNGRUBinding(GRUBinding):
 
     #: what the kernel's forward saves for backward (gates, S_n and the norms' x̂, 1/σ)
     Saved = _klngru.LNGRUSaved
+    _cell = "GRU"
 
     def __init__(self):
         super().__init__(reset_after=True)
@@ -253,18 +263,6 @@ class LNGRUBinding(GRUBinding):
         """Accumulates into ``g``; ``overwrite_saved`` is accepted and ignored."""
         _klngru.backward(dh, dn[0], x, s0[0], p[0].T, p[1].T, p[4], p[6], outs[0], saved, dx,
                          ds0[0], g[0].T, g[1].T, g[2], g[3], *g[4:8], reverse, batch_sizes)
-
-    def kernel_forward(self, *args, **kwargs):
-        raise NotImplementedError("layer_norm: the functional API has no layer-normalised "
-                                  "GRU; use rnncore.GRU(..., layer_norm=True)")
-
-    kernel_backward = kernel_forward
-
-    def step(self, *args, **kwargs):
-        return False    # the cells take the sequence kernel with T = 1
-
-    def step_saved(self, N, H, dtype):
-        return None
 
 
 RNN_TANH = RNNBinding(relu=False)

@@ -288,17 +288,10 @@ def check_last_dim(x: np.ndarray, size: int, name: str, label: str) -> None:
         )
 
 
-def blas_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for 2-D float32/float64 arrays on SciPy's BLAS, C-ordered result.
-
-    rnncore's kernels call SciPy's OpenBLAS; NumPy's ``@`` calls NumPy's own,
-    separate OpenBLAS. Alternating the two (a Linear read-out between RNN
-    kernel calls) makes two BLAS thread pools spin against each other, which
-    on a 2-core machine made a training step ~1.7x slower with 2 threads than
-    with 1. So the layers around the kernels use this instead of ``@``.
-    Row-major C = A B is column-major C^T = B^T A^T; C-ordered arrays and
-    their transposes are passed with transpose flags, never copied.
-    """
+def _gemm_operands(a: np.ndarray, b: np.ndarray):
+    """SciPy's ?gemm for ``a``'s dtype and the column-major operands of row-major
+    ``a @ b``: (gemm, B^T, its trans flag, A^T, its trans flag); C- or F-ordered
+    operands are passed as they are, others copied C-ordered."""
     from scipy.linalg import blas as fblas
 
     gemm = fblas.sgemm if a.dtype == np.float32 else fblas.dgemm
@@ -310,6 +303,21 @@ def blas_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     op1, t1 = (b.T, 0) if b.flags.c_contiguous else (b, 1)
     # second operand A^T (K, M)
     op2, t2 = (a.T, 0) if a.flags.c_contiguous else (a, 1)
+    return gemm, op1, t1, op2, t2
+
+
+def blas_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-D float32/float64 arrays on SciPy's BLAS, C-ordered result.
+
+    rnncore's kernels call SciPy's OpenBLAS; NumPy's ``@`` calls NumPy's own,
+    separate OpenBLAS. Alternating the two (a Linear read-out between RNN
+    kernel calls) makes two BLAS thread pools spin against each other, which
+    on a 2-core machine made a training step ~1.7x slower with 2 threads than
+    with 1. So the layers around the kernels use this instead of ``@``.
+    Row-major C = A B is column-major C^T = B^T A^T; C-ordered arrays and
+    their transposes are passed with transpose flags, never copied.
+    """
+    gemm, op1, t1, op2, t2 = _gemm_operands(a, b)
     if a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
         return np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)
     return gemm(1.0, op1, op2, trans_a=t1, trans_b=t2).T
@@ -324,18 +332,10 @@ def blas_matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray
     F-ordered operands are passed with transpose flags, never copied. Other
     ``out`` layouts fall back to ``out += blas_matmul(a, b)``.
     """
-    from scipy.linalg import blas as fblas
-
     if not out.flags.c_contiguous or out.dtype != a.dtype or 0 in a.shape or 0 in b.shape:
         out += blas_matmul(a, b)
         return out
-    gemm = fblas.sgemm if a.dtype == np.float32 else fblas.dgemm
-    if not (a.flags.c_contiguous or a.flags.f_contiguous):
-        a = np.ascontiguousarray(a)
-    if not (b.flags.c_contiguous or b.flags.f_contiguous):
-        b = np.ascontiguousarray(b)
-    op1, t1 = (b.T, 0) if b.flags.c_contiguous else (b, 1)
-    op2, t2 = (a.T, 0) if a.flags.c_contiguous else (a, 1)
+    gemm, op1, t1, op2, t2 = _gemm_operands(a, b)
     c = out.T  # Fortran-ordered (F, M): BLAS updates it in place
     res = gemm(1.0, op1, op2, beta=1.0, c=c, trans_a=t1, trans_b=t2, overwrite_c=1)
     if not np.may_share_memory(res, out):  # pragma: no cover - f2py copied c

@@ -1482,6 +1482,28 @@ def ln_lstm_forward(x, h0, Wx, Wh, b, gamma_ih, beta_ih, gamma_hh, beta_hh, gamm
                              ln_h=ln_h, ln_c=ln_c, gates=gates, c=c, tc=tcs, h=h)
 
 
+def _ln_checked_dh(dh, cache, G):
+    """An LN backward's upstream ``dh`` as the cache's dtype, checked (N, T, H) (H =
+    the cache's Wh columns / G gates); returns (dh, N, T, H)."""
+    N, T = cache.x.shape[:2]
+    H = cache.Wh.shape[1] // G
+    dh = np.asarray(dh, dtype=cache.h0.dtype)
+    if dh.shape != (N, T, H):
+        raise ValueError(f"dh: expected shape ({N}, {T}, {H}), got {dh.shape}")
+    return dh, N, T, H
+
+
+def _ln_input_side_backward(dA, cache):
+    """An LN backward's after-the-loop input side, from dA (N, T, GH) over all steps:
+    dZx = LN_G-backward(dA), returns (dx = dZx Wx^T, dWx = Σ x^T dZx, the input bias's
+    gradient Σ dA, dγ_ih, dβ_ih)."""
+    dzx, dgamma_ih, dbeta_ih = layer_norm_backward(dA, cache.ln_x)
+    dx = dzx @ cache.Wx.T
+    dWx = np.einsum("ntd,ntg->dg", cache.x, dzx)
+    db = dA.reshape(-1, dA.shape[-1]).sum(axis=0)
+    return dx, dWx, db, dgamma_ih, dbeta_ih
+
+
 def ln_lstm_backward(dh, cache, dhn=None, dcn=None):
     r"""Backpropagation through time for :func:`ln_lstm_forward`.
 
@@ -1506,14 +1528,9 @@ def ln_lstm_backward(dh, cache, dhn=None, dcn=None):
     :func:`lstm_step_backward`, ``carry_h = LN_G-backward(dA_t) Wh^T``,
     ``carry_c = dc ⊙ f``; after the loop ``dx = LN_G-backward(dA) Wx^T`` over all steps.
     """
-    x, Wx, Wh, h0, c0 = cache.x, cache.Wx, cache.Wh, cache.h0, cache.c0
+    Wh, h0, c0, p = cache.Wh, cache.h0, cache.c0, cache.params
     dtype = h0.dtype
-    N, T, D = x.shape
-    H = Wh.shape[1] // 4
-    p = cache.params
-    dh = np.asarray(dh, dtype=dtype)
-    if dh.shape != (N, T, H):
-        raise ValueError(f"dh: expected shape ({N}, {T}, {H}), got {dh.shape}")
+    dh, N, T, H = _ln_checked_dh(dh, cache, 4)
     carry_h = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
     carry_c = np.zeros((N, H), dtype=dtype) if dcn is None else np.array(dcn, dtype=dtype)
     dA = np.zeros((N, T, 4 * H), dtype=dtype)
@@ -1541,10 +1558,7 @@ def ln_lstm_backward(dh, cache, dhn=None, dcn=None):
         g["dWh"] += prev_h.T @ dz
         carry_h = dz @ Wh.T
         carry_c = dc * f
-    dzx, dgamma_ih, dbeta_ih = layer_norm_backward(dA, cache.ln_x)
-    dx = dzx @ Wx.T
-    dWx = np.einsum("ntd,ntg->dg", x, dzx)
-    db = dA.reshape(-1, 4 * H).sum(axis=0)
+    dx, dWx, db, dgamma_ih, dbeta_ih = _ln_input_side_backward(dA, cache)
     return dict(dx=dx, dh0=carry_h, dc0=carry_c, dWx=dWx, dWh=g["dWh"], db=db,
                 dgamma_ih=dgamma_ih, dbeta_ih=dbeta_ih, dgamma_hh=g["dgamma_hh"],
                 dbeta_hh=g["dbeta_hh"], dgamma_c=g["dgamma_c"], dbeta_c=g["dbeta_c"])
@@ -1641,14 +1655,9 @@ def ln_gru_backward(dh, cache, dhn=None):
     d (h_prev - n) z(1-z) | d (1-z)(1-n²)]`` (the input side), ``dS`` the same with
     its n block times r (the recurrent side), ``carry = d ⊙ z + LN_G-backward(dS) Wh^T``.
     """
-    x, Wx, Wh, h0 = cache.x, cache.Wx, cache.Wh, cache.h0
+    Wh, h0, p = cache.Wh, cache.h0, cache.params
     dtype = h0.dtype
-    N, T, D = x.shape
-    H = Wh.shape[1] // 3
-    p = cache.params
-    dh = np.asarray(dh, dtype=dtype)
-    if dh.shape != (N, T, H):
-        raise ValueError(f"dh: expected shape ({N}, {T}, {H}), got {dh.shape}")
+    dh, N, T, H = _ln_checked_dh(dh, cache, 3)
     carry = np.zeros((N, H), dtype=dtype) if dhn is None else np.array(dhn, dtype=dtype)
     dA = np.zeros((N, T, 3 * H), dtype=dtype)
     dWh, dbh = np.zeros_like(Wh), np.zeros_like(p["bh"])
@@ -1668,8 +1677,7 @@ def ln_gru_backward(dh, cache, dhn=None):
         dbeta_hh += db
         dWh += prev_h.T @ dzh
         carry = d * z + dzh @ Wh.T
-    dzx, dgamma_ih, dbeta_ih = layer_norm_backward(dA, cache.ln_x)
-    return dict(dx=dzx @ Wx.T, dh0=carry, dWx=np.einsum("ntd,ntg->dg", x, dzx),
-                dWh=dWh, dbx=dA.reshape(-1, 3 * H).sum(axis=0), dbh=dbh,
+    dx, dWx, dbx, dgamma_ih, dbeta_ih = _ln_input_side_backward(dA, cache)
+    return dict(dx=dx, dh0=carry, dWx=dWx, dWh=dWh, dbx=dbx, dbh=dbh,
                 dgamma_ih=dgamma_ih, dbeta_ih=dbeta_ih, dgamma_hh=dgamma_hh,
                 dbeta_hh=dbeta_hh)
