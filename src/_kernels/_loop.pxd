@@ -193,12 +193,31 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     loop_threads_end(opened)   # (closes either kind of single-thread section)
 
 
+# All-steps GEMMs below this many multiply-adds in all (single-threaded: under
+# ~0.7 ms on one core) run on one BLAS thread. OpenBLAS splits even such small
+# GEMMs over its threads, and on a busy machine the caller then spins in its
+# inner_thread until a descheduled partner runs again: the RNN's backward at
+# (T, N, D, H) = (100, 16, 64, 128) took 36 ms instead of 1.9 ms with one other
+# busy process on 2 Zen 4 cores (perf: 61 % of the time in inner_thread); on
+# a quiet machine the second thread saves at most ~0.3 ms here.
+cdef enum:
+    SMALL_GEMMS_WORK = 67108864
+
+
+cdef inline int small_gemms_begin(Py_ssize_t work) noexcept nogil:
+    """Open a single-thread section (close with loop_threads_end) for all-steps
+    GEMMs of `work` multiply-adds in all, when that is small."""
+    return single_open() if work < SMALL_GEMMS_WORK else 0
+
+
 cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d run_d,
                               floating kind) noexcept nogil:
     """One layer and direction forward (`kind`'s type picks float or double)."""
     # A = x @ Wx          (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
     #                     into the gates (the RNN's: its output h)
+    cdef int opened = small_gemms_begin(L.T * L.N * L.G * L.H * inp.D)
     mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, uniform(L.g))
+    loop_threads_end(opened)
     run_loop(L, run_f, run_d)
 
 
@@ -213,7 +232,10 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     cdef Py_ssize_t nI = GH - H if split else GH
     cdef Mat dg = uniform(L.dg), dan = uniform(L.dan)
     cdef size_t isz = sizeof(floating)
+    cdef int opened
     run_loop(L, run_f, run_d)
+    # the GEMMs after the loop: dx, dWx (R*GH*D) and dWh (R*GH*H multiply-adds)
+    opened = small_gemms_begin(R * GH * (D + H))
     if D > 0:
         # dx = dG[:, :nI] @ Wx[:, :nI]^T              (R, D) = (R, nI)(D, nI)^T
         mm(R, D, nI, <floating>1, dg, transposed(inp.wx), <floating>0, gr.dx)
@@ -239,6 +261,7 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
         dwh_accumulate(L, gr.dwh, <floating *>gr.dzs)
     else:
         reset_before_dwh(L, gr.dwh, <floating *>gr.dzs)
+    loop_threads_end(opened)
 
 
 cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:

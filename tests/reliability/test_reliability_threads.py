@@ -422,3 +422,33 @@ if __name__ == "__main__":  # pragma: no cover
         s, p, x, r = measure_thread_speedup(cls)
         print(f"{cls}: sequential {s:.3f} s, 2 threads {p:.3f} s, speedup {x:.2f}x, "
               f"CPU/wall {r:.2f}")
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_small_all_steps_gemms_restore_blas_threads(cls):
+    """Small shapes run their all-steps GEMMs (input projection; dx, dWx, dWh) in a
+    single-thread section (robust on a busy machine): every section opened is closed
+    (the BLAS count is restored after forward and backward), and the results equal a
+    model run under a 1-thread limit."""
+    before = _scipy_blas_threads()
+    if before is None or before < 2:
+        pytest.skip("SciPy's BLAS already runs one thread: the section cannot be observed")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20, 4, 8)).astype(np.float32)        # T*N*G*H*(D+H) is small
+    dout = rng.standard_normal((20, 4, 16)).astype(np.float32)
+    grads = []
+    for limit in (None, 1):
+        m = getattr(rnncore, cls)(8, 16, seed=3)
+        ctx = threadpoolctl.threadpool_limits(limit) if limit else None
+        if ctx is not None:
+            ctx.__enter__()
+        try:
+            out, _ = m(x)
+            dx, _ = m.backward(dout)
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+        assert _scipy_blas_threads() == before
+        grads.append((out, dx, m.grads["weight_hh_l0"].copy()))
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
