@@ -495,6 +495,64 @@ def test_eval_and_train_modes(rng):
     assert np.any(m.grads["layer_norm_hh_weight_l0"])
 
 
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_inference_forward_bitwise_equals_saving_forward(cls, dtype, batch_first,
+                                                         with_lengths):
+    """eval() runs the kernels with save=False (no x̂, 1/σ, ĉ / S_n arrays, the norms
+    in scratch): outputs and final states bitwise those of the train()-mode forward,
+    both directions, 2 layers, variable lengths, both layouts."""
+    rng = np.random.default_rng(7)
+    T, N, D, H = 9, 23, 5, 40
+    m = cls(D, H, num_layers=2, bidirectional=True, batch_first=batch_first,
+            layer_norm=True, dtype=dtype, seed=5)
+    for k, v in m.params.items():   # non-trivial gains and biases of the norms
+        if k.startswith("layer_norm"):
+            v[...] = rng.uniform(0.5, 1.5, v.shape) if "weight" in k else \
+                rng.standard_normal(v.shape)
+    x = rng.standard_normal((N, T, D) if batch_first else (T, N, D)).astype(dtype)
+    lengths = rng.integers(0, T + 1, N) if with_lengths else None
+    out_t, st_t = m(x, lengths=lengths)
+    assert m._saved is not None
+    m.eval()
+    out_e, st_e = m(x, lengths=lengths)
+    assert out_e.dtype == dtype
+    np.testing.assert_array_equal(out_e, out_t)
+    for a, b in zip(st_e if isinstance(st_e, tuple) else [st_e],
+                    st_t if isinstance(st_t, tuple) else [st_t]):
+        np.testing.assert_array_equal(a, b)
+    # the output depends on the norms' parameters (the inference path does apply them)
+    m.params["layer_norm_hh_weight_l0"][...] *= 1.5
+    assert not np.array_equal(m(x, lengths=lengths)[0], out_e)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_kernel_forward_save_false(reverse, rng):
+    """The kernels' save=False keeps nothing (returns None) and writes the same h, c
+    (LSTM) / h (GRU) bitwise, float32 and float64, with batch_sizes."""
+    from rnncore._kernels import lngru, lnlstm
+    T, N, D, H = 6, 5, 3, 8
+    bs = np.array([5, 5, 4, 2, 2, 1], dtype=np.int64)
+    for dt in (np.float32, np.float64):
+        f = lambda *s: rng.standard_normal(s).astype(dt)   # noqa: E731
+        x, h0, c0 = f(T, N, D), f(N, H), f(N, H)
+        x[np.arange(T)[:, None] >= np.array([6, 5, 3, 3, 2])[None]] = 0
+        for G, mod in ((4, lnlstm), (3, lngru)):
+            args = [x, h0, c0, f(D, G * H), f(H, G * H)] if G == 4 else [x, h0, f(D, G * H),
+                                                                     f(H, G * H), f(G * H)]
+            args += [f(G * H) for _ in range(5)] + ([f(H), f(H)] if G == 4 else [])
+            runs = []
+            for save in (True, False):
+                outs = [np.full((T, N, H), np.nan, dtype=dt) for _ in range(G // 2)]
+                saved = mod.forward(*args, *outs, reverse, bs, save=save)
+                assert (saved is None) == (not save)
+                runs.append(outs)
+            for a, b in zip(*runs):
+                np.testing.assert_array_equal(a, b)
+
+
 def test_step_equals_forward(rng):
     m = _ln_model(num_layers=2)
     x = rng.standard_normal((4, 2, 3))

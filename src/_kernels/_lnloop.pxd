@@ -49,6 +49,12 @@ cdef inline floating *at(Seq s, Py_ssize_t t, Py_ssize_t r0, floating kind) noex
     return <floating *>s.p + t * s.st + r0 * s.sn
 
 
+cdef inline floating *at_or_null(Seq s, Py_ssize_t t, Py_ssize_t r0,
+                                floating kind) noexcept nogil:
+    """Row r0 of step t, or NULL for an array the forward does not save (s.p NULL)."""
+    return NULL if s.p == NULL else <floating *>s.p + t * s.st + r0 * s.sn
+
+
 cdef inline void ln_param_grads(Mat dy, Mat xh, Py_ssize_t rows, Py_ssize_t F,
                                 floating *dgamma, floating *dbeta) noexcept nogil:
     # dγ += Σ dy ⊙ x̂, dβ += Σ dy over `rows` rows of width F (rc_ln_param_grads)
@@ -64,7 +70,8 @@ cdef inline void input_side_fwd(const Input *inp, Mat a, Seq xi, Seq ri, Py_ssiz
                                 const floating *beta, double eps) noexcept nogil:
     # A = x @ Wx                          (R, GH) = (R, D)(D, GH), R = T*N
     mm(R, G * H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, a)
-    # A = LN_G(A; γ_ih) + beta            (rc_ln_rows), saving x̂_ih, 1/σ_ih
+    # A = LN_G(A; γ_ih) + beta            (rc_ln_rows), saving x̂_ih, 1/σ_ih (when
+    # xi.p, ri.p are NULL, inference: normalised in place, nothing saved)
     if floating is float:
         rc_ln_rows_f(<float *>a.p, a.ld, <float *>xi.p, xi.ld, <float *>ri.p, ri.ld, R, G, H,
                      g_ih, beta, eps)

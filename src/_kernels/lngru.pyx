@@ -44,17 +44,17 @@ from _gemm cimport mm_step, step_weight, set_packing
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop
-from _lnloop cimport seq_block, at, input_side_fwd, after_loop
+from _lnloop cimport seq_block, at, at_or_null, input_side_fwd, after_loop
 from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, check_inputs, check_grads, copy_rows)
 
 cdef extern from "rc_layernorm.h" nogil:
-    void rc_lngru_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, const float *s,
+    void rc_lngru_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, float *s,
                         Py_ssize_t lds, float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh,
                         float *rh, Py_ssize_t ldrh, const float *hp, Py_ssize_t ldhp,
                         float *hn, Py_ssize_t ldhn, float *h, Py_ssize_t ldh,
                         const float *g_hh, const float *bhn)
-    void rc_lngru_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, const double *s,
+    void rc_lngru_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, double *s,
                         Py_ssize_t lds, double *a, Py_ssize_t lda, double *xh,
                         Py_ssize_t ldxh, double *rh, Py_ssize_t ldrh, const double *hp,
                         Py_ssize_t ldhp, double *hn, Py_ssize_t ldhn, double *h,
@@ -113,15 +113,18 @@ cdef inline void fwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssi
     cdef floating k = 0
     # S[rows] = h_prev @ Wh                   (rows, 3H) = (rows, H)(H, 3H)
     mm_step(rows, GH, H, hp, ldhp, L.wh, <floating>0, s, lds)
-    # fused (rc_lngru_fwd): x̂_hh = LN_G(S); r, z, S_n, n; h_t
+    # fused (rc_lngru_fwd): x̂_hh = LN_G(S); r, z, S_n, n; h_t  (inference: the norms'
+    # arrays and S_n NULL, x̂_hh and S_n over s)
     if floating is float:
-        rc_lngru_fwd_f(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn, at(E.xh, t, r0, k),
-                       E.xh.sn, at(E.rh, t, r0, k), E.rh.sn, hp, ldhp, at(L.hn, t, r0, k),
+        rc_lngru_fwd_f(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn,
+                       at_or_null(E.xh, t, r0, k), E.xh.sn, at_or_null(E.rh, t, r0, k),
+                       E.rh.sn, hp, ldhp, at_or_null(L.hn, t, r0, k),
                        L.hn.sn, at(L.h, t, r0, k), L.h.sn, <const float *>E.g_hh,
                        <const float *>E.bhn)
     else:
-        rc_lngru_fwd_d(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn, at(E.xh, t, r0, k),
-                       E.xh.sn, at(E.rh, t, r0, k), E.rh.sn, hp, ldhp, at(L.hn, t, r0, k),
+        rc_lngru_fwd_d(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn,
+                       at_or_null(E.xh, t, r0, k), E.xh.sn, at_or_null(E.rh, t, r0, k),
+                       E.rh.sn, hp, ldhp, at_or_null(L.hn, t, r0, k),
                        L.hn.sn, at(L.h, t, r0, k), L.h.sn, <const double *>E.g_hh,
                        <const double *>E.bhn)
 
@@ -142,9 +145,10 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
             # padding: zeros in h and every saved array (the after-loop sums read them)
             scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, H, <floating>0)
             scale_rows(at(L.g, t, B, kind), L.g.sn, M - B, GH, <floating>0)
-            scale_rows(at(L.hn, t, B, kind), L.hn.sn, M - B, H, <floating>0)
-            scale_rows(at(E.xh, t, B, kind), E.xh.sn, M - B, GH, <floating>0)
-            scale_rows(at(E.rh, t, B, kind), E.rh.sn, M - B, GATES, <floating>0)
+            if E.xh.p != NULL:      # (inference: no saved norms)
+                scale_rows(at(L.hn, t, B, kind), L.hn.sn, M - B, H, <floating>0)
+                scale_rows(at(E.xh, t, B, kind), E.xh.sn, M - B, GH, <floating>0)
+                scale_rows(at(E.rh, t, B, kind), E.rh.sn, M - B, GATES, <floating>0)
 
 
 cdef inline void bwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssize_t r0,
@@ -209,7 +213,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
             const floating[:, :] Wh, const floating[:] bx, const floating[:] bh,
             const floating[:] g_ih, const floating[:] b_ih, const floating[:] g_hh,
             const floating[:] b_hh, floating[:, :, :] h, bint reverse=False,
-            batch_sizes=None):
+            batch_sizes=None, bint save=True):
     """Run one layer-normalised GRU layer and direction over all T steps.
 
     Parameters (logical shapes; layouts as gru.forward)
@@ -219,10 +223,12 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     g_ih, b_ih, g_hh, b_hh : (3H,) the gains and biases of the input and recurrent norms
     h : (T, N, H) output, in x's layout kind
     reverse, batch_sizes : as gru.forward
+    save : False for inference: nothing is kept for backward (no x̂, 1/σ, S_n arrays
+        allocated or written; only the (T, N, 3H) gate workspace); h bitwise the same
 
     Returns
     -------
-    saved : LNGRUSaved, in h's layout kind; pass to `backward`.
+    saved : LNGRUSaved, in h's layout kind; pass to `backward`. None if not ``save``.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = GATES * H
     cdef Loop L
@@ -238,10 +244,19 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     bs = check_batch_sizes(batch_sizes, T, N)
     dtype = np.float32 if floating is float else np.float64
     bm = L.h.bm
-    saved = LNGRUSaved(*seq_block(bm, T, N, (GH, H, GH, GATES, GH, GATES), dtype))
+    if save:
+        saved = LNGRUSaved(*seq_block(bm, T, N, (GH, H, GH, GATES, GH, GATES), dtype))
+    else:
+        gates, = seq_block(bm, T, N, (GH,), dtype)
+        saved = None
     if T == 0 or N == 0 or H == 0:
         return saved
-    saved_seqs[floating](saved, T, N, H, &L, &E, &xi, &ri, k)
+    if save:
+        saved_seqs[floating](saved, T, N, H, &L, &E, &xi, &ri, k)
+    else:
+        # inference: only the gate workspace; NULL norms arrays (rc_layernorm_body.h)
+        seq_check[floating](gates, "gates", T, N, GH, &L.g)
+        xi.p = ri.p = E.xh.p = E.rh.p = L.hn.p = NULL
     # the input side's constant terms: β_ih + b_ih, and the recurrent r, z ones β_hh + b_hh
     # (the recurrent n block's sit inside the reset product: bhn)
     rec = np.asarray(b_hh, dtype=dtype) + np.asarray(bh, dtype=dtype)

@@ -72,19 +72,19 @@ from _gemm cimport mm_step, step_weight, set_packing
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop
-from _lnloop cimport seq_block, at, ln_param_grads, input_side_fwd, after_loop
+from _lnloop cimport seq_block, at, at_or_null, ln_param_grads, input_side_fwd, after_loop
 from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, check_inputs, check_grads, copy_rows)
 
 cdef extern from "rc_layernorm.h" nogil:
     enum: RC_LN_GATES
-    void rc_lnlstm_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, const float *s,
+    void rc_lnlstm_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, float *s,
                          Py_ssize_t lds, float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh,
                          float *rh, Py_ssize_t ldrh, const float *cp, Py_ssize_t ldcp,
                          float *c, Py_ssize_t ldc, float *ch, Py_ssize_t ldch, float *rc,
                          Py_ssize_t ldrc, float *h, Py_ssize_t ldh, const float *g_hh,
                          const float *g_c, const float *b_c)
-    void rc_lnlstm_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, const double *s,
+    void rc_lnlstm_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, double *s,
                          Py_ssize_t lds, double *a, Py_ssize_t lda, double *xh,
                          Py_ssize_t ldxh, double *rh, Py_ssize_t ldrh, const double *cp,
                          Py_ssize_t ldcp, double *c, Py_ssize_t ldc, double *ch,
@@ -155,18 +155,20 @@ cdef inline void fwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssi
     # S[rows] = h_prev @ Wh                   (rows, 4H) = (rows, H)(H, 4H)
     mm_step(rows, GH, H, hp, ldhp, L.wh, <floating>0, s, lds)
     # fused (rc_lnlstm_fwd): x̂_hh = LN_G(S); A_t += γ_hh x̂_hh; gates; c_t; ĉ = LN(c_t);
-    #   h_t = o tanh(γ_c ĉ + β_c)
+    #   h_t = o tanh(γ_c ĉ + β_c)   (inference: the norms' arrays NULL, x̂_hh over s, ĉ in h)
     if floating is float:
         rc_lnlstm_fwd_f(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn,
-                        at(E.xh, t, r0, k), E.xh.sn, at(E.rh, t, r0, k), E.rh.sn, cp, ldcp,
-                        at(L.c, t, r0, k), L.c.sn, at(E.ch, t, r0, k), E.ch.sn,
-                        at(E.rc, t, r0, k), E.rc.sn, at(L.h, t, r0, k), L.h.sn,
+                        at_or_null(E.xh, t, r0, k), E.xh.sn, at_or_null(E.rh, t, r0, k),
+                        E.rh.sn, cp, ldcp, at(L.c, t, r0, k), L.c.sn,
+                        at_or_null(E.ch, t, r0, k), E.ch.sn, at_or_null(E.rc, t, r0, k),
+                        E.rc.sn, at(L.h, t, r0, k), L.h.sn,
                         <const float *>E.g_hh, <const float *>E.g_c, <const float *>E.b_c)
     else:
         rc_lnlstm_fwd_d(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn,
-                        at(E.xh, t, r0, k), E.xh.sn, at(E.rh, t, r0, k), E.rh.sn, cp, ldcp,
-                        at(L.c, t, r0, k), L.c.sn, at(E.ch, t, r0, k), E.ch.sn,
-                        at(E.rc, t, r0, k), E.rc.sn, at(L.h, t, r0, k), L.h.sn,
+                        at_or_null(E.xh, t, r0, k), E.xh.sn, at_or_null(E.rh, t, r0, k),
+                        E.rh.sn, cp, ldcp, at(L.c, t, r0, k), L.c.sn,
+                        at_or_null(E.ch, t, r0, k), E.ch.sn, at_or_null(E.rc, t, r0, k),
+                        E.rc.sn, at(L.h, t, r0, k), L.h.sn,
                         <const double *>E.g_hh, <const double *>E.g_c, <const double *>E.b_c)
 
 
@@ -193,10 +195,11 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
             scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, H, <floating>0)
             scale_rows(at(L.c, t, B, kind), L.c.sn, M - B, H, <floating>0)
             scale_rows(at(L.g, t, B, kind), L.g.sn, M - B, GH, <floating>0)
-            scale_rows(at(E.xh, t, B, kind), E.xh.sn, M - B, GH, <floating>0)
-            scale_rows(at(E.ch, t, B, kind), E.ch.sn, M - B, H, <floating>0)
-            scale_rows(at(E.rh, t, B, kind), E.rh.sn, M - B, RC_LN_GATES, <floating>0)
-            scale_rows(at(E.rc, t, B, kind), E.rc.sn, M - B, 1, <floating>0)
+            if E.xh.p != NULL:      # (inference: no saved norms)
+                scale_rows(at(E.xh, t, B, kind), E.xh.sn, M - B, GH, <floating>0)
+                scale_rows(at(E.ch, t, B, kind), E.ch.sn, M - B, H, <floating>0)
+                scale_rows(at(E.rh, t, B, kind), E.rh.sn, M - B, RC_LN_GATES, <floating>0)
+                scale_rows(at(E.rc, t, B, kind), E.rc.sn, M - B, 1, <floating>0)
 
 
 cdef inline void bwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssize_t r0,
@@ -270,7 +273,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
             const floating[:, :] Wx, const floating[:, :] Wh, const floating[:] b,
             const floating[:] g_ih, const floating[:] b_ih, const floating[:] g_hh,
             const floating[:] b_hh, const floating[:] g_c, const floating[:] b_c,
-            floating[:, :, :] h, floating[:, :, :] c, bint reverse=False, batch_sizes=None):
+            floating[:, :, :] h, floating[:, :, :] c, bint reverse=False, batch_sizes=None,
+            bint save=True):
     """Run one layer-normalised LSTM layer and direction over all T steps.
 
     Parameters (logical shapes; layouts as lstm.forward)
@@ -281,10 +285,12 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     g_c, b_c : (H,) those of LN(c)
     h, c : (T, N, H) outputs (h in x's layout kind); c the un-normalised cell states
     reverse, batch_sizes : as lstm.forward
+    save : False for inference: nothing is kept for backward (no x̂, 1/σ, ĉ arrays
+        allocated or written; only the (T, N, 4H) gate workspace); h, c bitwise the same
 
     Returns
     -------
-    saved : LNLSTMSaved, in h's layout kind; pass to `backward`.
+    saved : LNLSTMSaved, in h's layout kind; pass to `backward`. None if not ``save``.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = RC_LN_GATES * H
     cdef Loop L
@@ -304,11 +310,20 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     bs = check_batch_sizes(batch_sizes, T, N)
     dtype = np.float32 if floating is float else np.float64
     bm = L.h.bm
-    saved = LNLSTMSaved(*seq_block(bm, T, N, (GH, GH, RC_LN_GATES, GH, RC_LN_GATES, H, 1),
-                                   dtype))
+    if save:
+        saved = LNLSTMSaved(*seq_block(bm, T, N, (GH, GH, RC_LN_GATES, GH, RC_LN_GATES, H, 1),
+                                       dtype))
+    else:
+        gates, = seq_block(bm, T, N, (GH,), dtype)
+        saved = None
     if T == 0 or N == 0 or H == 0:
         return saved
-    saved_seqs[floating](saved, T, N, H, &L, &E, &xi, &ri, k)
+    if save:
+        saved_seqs[floating](saved, T, N, H, &L, &E, &xi, &ri, k)
+    else:
+        # inference: only the gate workspace; NULL norms arrays (rc_layernorm_body.h)
+        seq_check[floating](gates, "gates", T, N, GH, &L.g)
+        xi.p = ri.p = E.xh.p = E.rh.p = E.ch.p = E.rc.p = NULL
     # every constant term of a, added once to the input side: β_ih + β_hh + b
     cdef floating[::1] beta = np.asarray(b_ih, dtype=dtype) + np.asarray(b_hh, dtype=dtype) \
         + np.asarray(b, dtype=dtype)

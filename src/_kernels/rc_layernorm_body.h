@@ -1,8 +1,8 @@
 /* rc_layernorm_body.h -- included twice by rc_layernorm.h (float, double) with
  * RC_LN_T the element type and RC_LN(name) the suffixed name. No include guard. */
 
-/* x̂ of one group of H values: writes xh (may be x itself) and returns 1/σ */
-static inline RC_LN_T RC_LN(rc_ln_group)(const RC_LN_T *restrict x, RC_LN_T *restrict xh,
+/* x̂ of one group of H values: writes xh (may be x itself: no restrict) and returns 1/σ */
+static inline RC_LN_T RC_LN(rc_ln_group)(const RC_LN_T *x, RC_LN_T *xh,
                                          rc_idx H, RC_LN_T eps)
 {
     RC_LN_T s = 0, v = 0;
@@ -39,7 +39,9 @@ static inline void RC_LN(rc_ln_group_bwd)(const RC_LN_T *dy, const RC_LN_T *rest
 /* The input side, all T*N rows at once (before the time loop): per row q and
  * gate group k of a (rows, G*H),
  *   xh = x̂ of the group,  rs[q, k] = 1/σ,  a = γ ⊙ x̂ + beta
- * (beta: β_ih + β_hh + b_ih + b_hh, the time loop then adds only γ_hh ⊙ x̂_hh). */
+ * (beta: β_ih + β_hh + b_ih + b_hh, the time loop then adds only γ_hh ⊙ x̂_hh).
+ * Inference (nothing saved): xh = NULL normalises each group of a in place, rs =
+ * NULL stores no 1/σ; a is bitwise what the saving call writes. */
 RC_CLONES static void RC_LN(rc_ln_rows)(RC_LN_T *a, rc_idx lda, RC_LN_T *xh, rc_idx ldxh,
                                         RC_LN_T *rs, rc_idx ldrs, rc_idx rows, rc_idx G,
                                         rc_idx H, const RC_LN_T *gamma, const RC_LN_T *beta,
@@ -47,9 +49,10 @@ RC_CLONES static void RC_LN(rc_ln_rows)(RC_LN_T *a, rc_idx lda, RC_LN_T *xh, rc_
 {
     for (rc_idx q = 0; q < rows; q++)
         for (rc_idx k = 0; k < G; k++) {
-            RC_LN_T *aq = a + q * lda + k * H, *xq = xh + q * ldxh + k * H;
+            RC_LN_T *aq = a + q * lda + k * H, *xq = xh ? xh + q * ldxh + k * H : aq;
             const RC_LN_T *gk = gamma + k * H, *bk = beta + k * H;
-            rs[q * ldrs + k] = RC_LN(rc_ln_group)(aq, xq, H, eps);
+            const RC_LN_T r = RC_LN(rc_ln_group)(aq, xq, H, eps);
+            if (rs) rs[q * ldrs + k] = r;
 #pragma GCC ivdep
             for (rc_idx j = 0; j < H; j++) aq[j] = gk[j] * xq[j] + bk[j];
         }
@@ -88,19 +91,25 @@ RC_CLONES static void RC_LN(rc_ln_param_grads)(const RC_LN_T *dy, rc_idx lddy,
  *   a  = a + γ_hh ⊙ xh;  i, f, g, o = σ, σ, tanh, σ        (a := the activations)
  *   c  = f ⊙ c_prev + i ⊙ g                                (saved, carried)
  *   ch = x̂ of c, rc = its 1/σ                              (saved)
- *   h  = o ⊙ tanh(γ_c ⊙ ch + β_c) */
+ *   h  = o ⊙ tanh(γ_c ⊙ ch + β_c)
+ * Inference (nothing saved): xh = NULL puts x̂_hh over s in place, ch = NULL puts ĉ
+ * in the h row (overwritten elementwise by h), rh = NULL and rc = NULL store no 1/σ;
+ * h, c are bitwise those of the saving call. */
 RC_CLONES static void RC_LN(rc_lnlstm_fwd)(
-    rc_idx rows, rc_idx H, RC_LN_T eps, const RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
+    rc_idx rows, rc_idx H, RC_LN_T eps, RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
     RC_LN_T *xh, rc_idx ldxh, RC_LN_T *rh, rc_idx ldrh, const RC_LN_T *cp, rc_idx ldcp,
     RC_LN_T *c, rc_idx ldc, RC_LN_T *ch, rc_idx ldch, RC_LN_T *rc, rc_idx ldrc, RC_LN_T *h,
     rc_idx ldh, const RC_LN_T *g_hh, const RC_LN_T *g_c, const RC_LN_T *b_c)
 {
     for (rc_idx q = 0; q < rows; q++) {
-        const RC_LN_T *sq = s + q * lds, *cpq = cp + q * ldcp;
-        RC_LN_T *aq = a + q * lda, *xq = xh + q * ldxh, *cq = c + q * ldc, *chq = ch + q * ldch;
-        RC_LN_T *hq = h + q * ldh;
-        for (rc_idx k = 0; k < RC_LN_GATES; k++)
-            rh[q * ldrh + k] = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
+        RC_LN_T *sq = s + q * lds;
+        const RC_LN_T *cpq = cp + q * ldcp;
+        RC_LN_T *hq = h + q * ldh, *aq = a + q * lda, *cq = c + q * ldc;
+        RC_LN_T *xq = xh ? xh + q * ldxh : sq, *chq = ch ? ch + q * ldch : hq;
+        for (rc_idx k = 0; k < RC_LN_GATES; k++) {
+            const RC_LN_T r = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
+            if (rh) rh[q * ldrh + k] = r;
+        }
         RC_LN_T *ai = aq, *af = aq + H, *ag = aq + 2 * H, *ao = aq + 3 * H;
         const RC_LN_T *xi = xq, *xf = xq + H, *xg = xq + 2 * H, *xo = xq + 3 * H;
         const RC_LN_T *gi = g_hh, *gf = g_hh + H, *gg = g_hh + 2 * H, *go = g_hh + 3 * H;
@@ -111,7 +120,8 @@ RC_CLONES static void RC_LN(rc_lnlstm_fwd)(
             cq[j] = f * cpq[j] + i * g;
             ai[j] = i; af[j] = f; ag[j] = g; ao[j] = o;
         }
-        rc[q * ldrc] = RC_LN(rc_ln_group)(cq, chq, H, eps);
+        const RC_LN_T r = RC_LN(rc_ln_group)(cq, chq, H, eps);
+        if (rc) rc[q * ldrc] = r;
 #pragma GCC ivdep
         for (rc_idx j = 0; j < H; j++) hq[j] = ao[j] * RC_LN_TANH(g_c[j] * chq[j] + b_c[j]);
     }
@@ -169,17 +179,24 @@ RC_CLONES static void RC_LN(rc_lnlstm_bwd)(
  *   xh = x̂ of each gate group of s, rh = their 1/σ                 (saved)
  *   r = σ(a_r + γ_r x̂_r),  z = σ(a_z + γ_z x̂_z)
  *   hn = γ_n x̂_n + bhn (saved),  n = tanh(a_n + r hn)              (a := [r | z | n])
- *   h = (1 - z) n + z h_prev */
+ *   h = (1 - z) n + z h_prev
+ * Inference (nothing saved): xh = NULL puts x̂_hh over s in place, rh = NULL stores
+ * no 1/σ, hn = NULL puts S_n over x̂_n; h and the gates are bitwise those of the saving call. */
 RC_CLONES static void RC_LN(rc_lngru_fwd)(
-    rc_idx rows, rc_idx H, RC_LN_T eps, const RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
+    rc_idx rows, rc_idx H, RC_LN_T eps, RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
     RC_LN_T *xh, rc_idx ldxh, RC_LN_T *rh, rc_idx ldrh, const RC_LN_T *hp, rc_idx ldhp,
     RC_LN_T *hn, rc_idx ldhn, RC_LN_T *h, rc_idx ldh, const RC_LN_T *g_hh, const RC_LN_T *bhn)
 {
     for (rc_idx q = 0; q < rows; q++) {
-        const RC_LN_T *sq = s + q * lds, *hpq = hp + q * ldhp;
-        RC_LN_T *aq = a + q * lda, *xq = xh + q * ldxh, *hnq = hn + q * ldhn, *hq = h + q * ldh;
-        for (rc_idx k = 0; k < 3; k++)
-            rh[q * ldrh + k] = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
+        RC_LN_T *sq = s + q * lds;
+        const RC_LN_T *hpq = hp + q * ldhp;
+        RC_LN_T *aq = a + q * lda, *xq = xh ? xh + q * ldxh : sq, *hq = h + q * ldh;
+        for (rc_idx k = 0; k < 3; k++) {
+            const RC_LN_T r = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
+            if (rh) rh[q * ldrh + k] = r;
+        }
+        /* S_n over x̂_n itself when not saved (read, then written, elementwise) */
+        RC_LN_T *hnq = hn ? hn + q * ldhn : xq + 2 * H;
         RC_LN_T *ar = aq, *az = aq + H, *an = aq + 2 * H;
         const RC_LN_T *xr = xq, *xz = xq + H, *xn = xq + 2 * H;
         const RC_LN_T *gr = g_hh, *gz = g_hh + H, *gn = g_hh + 2 * H;

@@ -69,9 +69,11 @@ class _Binding:
     #: the kernel takes one bias, b_ih + b_hh (else the two separately)
     fused_bias = True
 
-    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
+    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None, save=True):
         """Forward of one layer and direction, PyTorch-layout parameters ``p``
-        (and the LSTM's ``weight_hr`` as p[4] with a projection)."""
+        (and the LSTM's ``weight_hr`` as p[4] with a projection). ``save=False``:
+        nothing will call backward (the layer-normalised kernels then keep nothing,
+        returning None; the others ignore it)."""
         w_ih, w_hh, b_ih, b_hh = p[:4]
         biases = (b_ih + b_hh,) if self.fused_bias else (b_ih, b_hh)
         proj = {"Wr": p[4].T} if len(p) > 4 else {}
@@ -222,10 +224,10 @@ class LNLSTMBinding(_LayerNormOnly, LSTMBinding):
     Saved = _klnlstm.LNLSTMSaved
     _cell = "LSTM"
 
-    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
+    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None, save=True):
         w_ih, w_hh, b_ih, b_hh = p[:4]
         return _klnlstm.forward(x, s0[0], s0[1], w_ih.T, w_hh.T, b_ih + b_hh, *p[4:10],
-                                outs[0], outs[1], reverse, batch_sizes)
+                                outs[0], outs[1], reverse, batch_sizes, save)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
                  batch_sizes=None, overwrite_saved=False):
@@ -253,10 +255,10 @@ class LNGRUBinding(_LayerNormOnly, GRUBinding):
     def __init__(self):
         super().__init__(reset_after=True)
 
-    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None):
+    def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None, save=True):
         w_ih, w_hh, b_ih, b_hh = p[:4]
         return _klngru.forward(x, s0[0], w_ih.T, w_hh.T, b_ih, b_hh, *p[4:8], outs[0],
-                               reverse, batch_sizes)
+                               reverse, batch_sizes, save)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
                  batch_sizes=None, overwrite_saved=False):

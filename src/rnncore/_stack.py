@@ -190,11 +190,12 @@ def _initial_states(m, x, xin, st0, order, T, N):
     return xin, states_full, states_kernel
 
 
-def _run_layers(m, xin, states_kernel, order, train, T, N, reg):
+def _run_layers(m, xin, states_kernel, order, train, T, N, reg, save=True):
     """Every layer, both directions: (inputs, buffers, outputs, kernel saves, masks).
 
     ``reg``: this call's :class:`rnncore._regularise.Masks` (the dropped
     ``weight_hh`` each kernel gets; the locked mask on each later layer's input).
+    ``save=False``: no backward follows (the kernels may keep nothing).
     """
     H, Ho, nd = m.hidden_size, m._h_size, m.num_directions
     inputs, buffers, outputs, kern, masks = [], [], [], [], []
@@ -207,7 +208,8 @@ def _run_layers(m, xin, states_kernel, order, train, T, N, reg):
             p = R.effective_weight(p, reg.weight, k * nd + d)
             s0 = [s[k * nd + d] for s in states_kernel]
             outs = _direction_outputs(m, out, d, T, N)
-            saved = m._kernel.forward(layer_in, s0, p, outs, d == 1, order.batch_sizes)
+            saved = m._kernel.forward(layer_in, s0, p, outs, d == 1, order.batch_sizes,
+                                      save)
             return outs, saved
 
         per_dir = run_pair(run, nd, work=T * N * H * (H + layer_in.shape[2]))
@@ -301,7 +303,7 @@ def forward(m, x, states0, lengths, train, save=None):
     reg = R.draw(m, N, train and save)
     xin = R.apply_locked(xin, reg.input, order.perm)
     inputs, buffers, outputs, kern, masks = _run_layers(m, xin, states_kernel, order, train,
-                                                        T, N, reg)
+                                                        T, N, reg, save)
     finals = _final_states(m, outputs, states_full, order, T, N)
     merged = R.apply_locked(_merge(m, buffers[-1], outputs[-1]), reg.output, order.perm)
     y, finals = _to_caller(m, merged, finals, order.inv, unbatched)
@@ -446,7 +448,7 @@ def step(m, x, states):
         p, _ = m._weights(k, 0)
         s0 = [z if s is None else np.ascontiguousarray(s[k]) for s, z in zip(st, zero)]
         outs = [n[k] for n in new]
-        m._kernel.forward(inp, s0, p, outs, False, None)
+        m._kernel.forward(inp, s0, p, outs, False, None, False)
         inp = outs[0]
     y = new[0][L - 1, 0]
     finals = [n[:, 0] for n in new]

@@ -178,7 +178,7 @@ class _CellBase(Module):
         s0 = [self._state(s, n, N, unbatched) for s, n in states]
         outs = [np.empty((1, N, self.hidden_size), dtype=self.dtype)
                 for _ in range(self.n_states)]
-        saved = self._kernel.forward(x[None], s0, self._p(), outs, False, None)
+        saved = self._kernel.forward(x[None], s0, self._p(), outs, False, None, train)
         if train:  # own copies: the caller may refill x or h before backward
             self._stack.append((x.copy(), [s.copy() for s in s0], outs, saved, unbatched))
         res = [o[0] for o in outs]
