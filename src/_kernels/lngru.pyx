@@ -30,6 +30,8 @@ Saved for backward (``LNGRUSaved``): ``gates`` (T, N, 3H) the activations r, z,
 n; ``hidden_n`` (T, N, H) S_n; ``xh_ih``/``xh_hh`` (T, N, 3H) the normalised
 projections and ``r_ih``/``r_hh`` (T, N, 3) their 1/σ (saved rather than
 recomputed for the reasons given in lnlstm.pyx).
+Inference (``save=False``) keeps none of them (as lnlstm.pyx: only the gate
+workspace; x̂_hh and S_n over the step's GEMM scratch); h bitwise the same.
 
 Design notes: as lnlstm.pyx (the Loop of _loop.pxd, the extra arrays through
 ``Loop.ext``, offset per thread share by the body; zeros at padded positions).

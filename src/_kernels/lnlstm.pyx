@@ -43,6 +43,11 @@ All saved arrays (and backward's workspaces) are views of ONE allocation
 (`seq_block`): seven fresh arrays cost a page fault per page on every call
 (forward at (T, N, D, H) = (100, 16, 64, 128) went from 3.8x to 1.2x the plain
 LSTM's time with this change).
+Inference (``save=False``, what the models' eval() forward passes) keeps none
+of them: only the gate workspace is allocated, the input side is normalised in
+place in it, the per-step x̂_hh goes over the step's GEMM scratch and ĉ into
+the h row that h_t then overwrites, and no 1/σ is stored; h and c are bitwise
+those of the saving forward (the same operations in the same order).
 
 Measured (indicative only: a shared, noisy 2-core machine, one BLAS thread,
 float32, plain vs layer_norm interleaved, medians): forward+backward 1.05x the
