@@ -500,7 +500,7 @@ def test_eval_and_train_modes(rng):
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 def test_inference_forward_bitwise_equals_saving_forward(cls, dtype, batch_first,
-                                                         with_lengths):
+                                                         with_lengths, monkeypatch):
     """eval() runs the kernels with save=False (no x̂, 1/σ, ĉ / S_n arrays, the norms
     in scratch): outputs and final states bitwise those of the train()-mode forward,
     both directions, 2 layers, variable lengths, both layouts."""
@@ -517,7 +517,13 @@ def test_inference_forward_bitwise_equals_saving_forward(cls, dtype, batch_first
     out_t, st_t = m(x, lengths=lengths)
     assert m._saved is not None
     m.eval()
+    kept = []   # what each kernel call of the eval forward returned (None: saved nothing)
+    binding = type(m._kernel)
+    orig = binding.forward
+    monkeypatch.setattr(binding, "forward",
+                        lambda self, *a, **k: kept.append(orig(self, *a, **k)) or kept[-1])
     out_e, st_e = m(x, lengths=lengths)
+    assert len(kept) == 4 and all(s is None for s in kept)
     assert out_e.dtype == dtype
     np.testing.assert_array_equal(out_e, out_t)
     for a, b in zip(st_e if isinstance(st_e, tuple) else [st_e],
