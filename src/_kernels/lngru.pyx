@@ -31,7 +31,7 @@ n; ``hidden_n`` (T, N, H) S_n; ``xh_ih``/``xh_hh`` (T, N, 3H) the normalised
 projections and ``r_ih``/``r_hh`` (T, N, 3) their 1/σ (saved rather than
 recomputed for the reasons given in lnlstm.pyx).
 Inference (``save=False``) keeps none of them (as lnlstm.pyx: only the gate
-workspace; x̂_hh and S_n over the step's GEMM scratch); h bitwise the same.
+workspace; x̂ evaluated inline from μ and 1/σ); h bitwise the same.
 
 Design notes: as lnlstm.pyx (the Loop of _loop.pxd, the extra arrays through
 ``Loop.ext``, offset per thread share by the body; zeros at padded positions).
@@ -51,12 +51,12 @@ from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch
                       batch_ptr, check_inputs, check_grads, copy_rows)
 
 cdef extern from "rc_layernorm.h" nogil:
-    void rc_lngru_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, float *s,
+    void rc_lngru_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, const float *s,
                         Py_ssize_t lds, float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh,
                         float *rh, Py_ssize_t ldrh, const float *hp, Py_ssize_t ldhp,
                         float *hn, Py_ssize_t ldhn, float *h, Py_ssize_t ldh,
                         const float *g_hh, const float *bhn)
-    void rc_lngru_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, double *s,
+    void rc_lngru_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, const double *s,
                         Py_ssize_t lds, double *a, Py_ssize_t lda, double *xh,
                         Py_ssize_t ldxh, double *rh, Py_ssize_t ldrh, const double *hp,
                         Py_ssize_t ldhp, double *hn, Py_ssize_t ldhn, double *h,
@@ -116,7 +116,7 @@ cdef inline void fwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssi
     # S[rows] = h_prev @ Wh                   (rows, 3H) = (rows, H)(H, 3H)
     mm_step(rows, GH, H, hp, ldhp, L.wh, <floating>0, s, lds)
     # fused (rc_lngru_fwd): x̂_hh = LN_G(S); r, z, S_n, n; h_t  (inference: the norms'
-    # arrays and S_n NULL, x̂_hh and S_n over s)
+    # arrays and S_n NULL, x̂_hh inline)
     if floating is float:
         rc_lngru_fwd_f(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn,
                        at_or_null(E.xh, t, r0, k), E.xh.sn, at_or_null(E.rh, t, r0, k),

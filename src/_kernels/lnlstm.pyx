@@ -44,10 +44,10 @@ All saved arrays (and backward's workspaces) are views of ONE allocation
 (forward at (T, N, D, H) = (100, 16, 64, 128) went from 3.8x to 1.2x the plain
 LSTM's time with this change).
 Inference (``save=False``, what the models' eval() forward passes) keeps none
-of them: only the gate workspace is allocated, the input side is normalised in
-place in it, the per-step x̂_hh goes over the step's GEMM scratch and ĉ into
-the h row that h_t then overwrites, and no 1/σ is stored; h and c are bitwise
-those of the saving forward (the same operations in the same order).
+of them: only the gate workspace is allocated; the input side's norm, the
+per-step x̂_hh and ĉ are evaluated inline from each group's μ and 1/σ (one
+pass fewer each, nothing stored); h and c are bitwise those of the saving
+forward (the same expressions in the same order).
 
 Measured (indicative only: a shared, noisy 2-core machine, one BLAS thread,
 float32, plain vs layer_norm interleaved, medians): forward+backward 1.05x the
@@ -83,13 +83,13 @@ from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch
 
 cdef extern from "rc_layernorm.h" nogil:
     enum: RC_LN_GATES
-    void rc_lnlstm_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, float *s,
+    void rc_lnlstm_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, const float *s,
                          Py_ssize_t lds, float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh,
                          float *rh, Py_ssize_t ldrh, const float *cp, Py_ssize_t ldcp,
                          float *c, Py_ssize_t ldc, float *ch, Py_ssize_t ldch, float *rc,
                          Py_ssize_t ldrc, float *h, Py_ssize_t ldh, const float *g_hh,
                          const float *g_c, const float *b_c)
-    void rc_lnlstm_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, double *s,
+    void rc_lnlstm_fwd_d(Py_ssize_t rows, Py_ssize_t H, double eps, const double *s,
                          Py_ssize_t lds, double *a, Py_ssize_t lda, double *xh,
                          Py_ssize_t ldxh, double *rh, Py_ssize_t ldrh, const double *cp,
                          Py_ssize_t ldcp, double *c, Py_ssize_t ldc, double *ch,
@@ -160,7 +160,7 @@ cdef inline void fwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssi
     # S[rows] = h_prev @ Wh                   (rows, 4H) = (rows, H)(H, 4H)
     mm_step(rows, GH, H, hp, ldhp, L.wh, <floating>0, s, lds)
     # fused (rc_lnlstm_fwd): x̂_hh = LN_G(S); A_t += γ_hh x̂_hh; gates; c_t; ĉ = LN(c_t);
-    #   h_t = o tanh(γ_c ĉ + β_c)   (inference: the norms' arrays NULL, x̂_hh over s, ĉ in h)
+    #   h_t = o tanh(γ_c ĉ + β_c)   (inference: the norms' arrays NULL, x̂_hh, ĉ inline)
     if floating is float:
         rc_lnlstm_fwd_f(rows, H, EPS, s, lds, at(L.g, t, r0, k), L.g.sn,
                         at_or_null(E.xh, t, r0, k), E.xh.sn, at_or_null(E.rh, t, r0, k),

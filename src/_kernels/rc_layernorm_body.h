@@ -1,9 +1,9 @@
 /* rc_layernorm_body.h -- included twice by rc_layernorm.h (float, double) with
  * RC_LN_T the element type and RC_LN(name) the suffixed name. No include guard. */
 
-/* x̂ of one group of H values: writes xh (may be x itself: no restrict) and returns 1/σ */
-static inline RC_LN_T RC_LN(rc_ln_group)(const RC_LN_T *x, RC_LN_T *xh,
-                                         rc_idx H, RC_LN_T eps)
+/* μ of one group of H values (*mu) and 1/σ (returned) */
+static inline RC_LN_T RC_LN(rc_ln_stats)(const RC_LN_T *restrict x, rc_idx H, RC_LN_T eps,
+                                         RC_LN_T *restrict mu_out)
 {
     RC_LN_T s = 0, v = 0;
 #pragma omp simd reduction(+:s)
@@ -11,7 +11,17 @@ static inline RC_LN_T RC_LN(rc_ln_group)(const RC_LN_T *x, RC_LN_T *xh,
     const RC_LN_T mu = s / (RC_LN_T)H;
 #pragma omp simd reduction(+:v)
     for (rc_idx j = 0; j < H; j++) { RC_LN_T d = x[j] - mu; v += d * d; }
-    const RC_LN_T rs = (RC_LN_T)1 / RC_LN_SQRT(v / (RC_LN_T)H + eps);
+    *mu_out = mu;
+    return (RC_LN_T)1 / RC_LN_SQRT(v / (RC_LN_T)H + eps);
+}
+
+/* x̂ of one group of H values: writes xh (may be x itself: no restrict) and returns 1/σ.
+ * x̂_j = (x_j - μ) * (1/σ), the expression the inference passes evaluate inline. */
+static inline RC_LN_T RC_LN(rc_ln_group)(const RC_LN_T *x, RC_LN_T *xh,
+                                         rc_idx H, RC_LN_T eps)
+{
+    RC_LN_T mu;
+    const RC_LN_T rs = RC_LN(rc_ln_stats)(x, H, eps, &mu);
 #pragma GCC ivdep
     for (rc_idx j = 0; j < H; j++) xh[j] = (x[j] - mu) * rs;
     return rs;
@@ -40,8 +50,8 @@ static inline void RC_LN(rc_ln_group_bwd)(const RC_LN_T *dy, const RC_LN_T *rest
  * gate group k of a (rows, G*H),
  *   xh = x̂ of the group,  rs[q, k] = 1/σ,  a = γ ⊙ x̂ + beta
  * (beta: β_ih + β_hh + b_ih + b_hh, the time loop then adds only γ_hh ⊙ x̂_hh).
- * Inference (nothing saved): xh = NULL normalises each group of a in place, rs =
- * NULL stores no 1/σ; a is bitwise what the saving call writes. */
+ * Inference (nothing saved; xh = rs = NULL): a = γ ⊙ x̂ + beta in one pass with x̂
+ * evaluated inline (the same expression: a bitwise what the saving call writes). */
 RC_CLONES static void RC_LN(rc_ln_rows)(RC_LN_T *a, rc_idx lda, RC_LN_T *xh, rc_idx ldxh,
                                         RC_LN_T *rs, rc_idx ldrs, rc_idx rows, rc_idx G,
                                         rc_idx H, const RC_LN_T *gamma, const RC_LN_T *beta,
@@ -49,10 +59,17 @@ RC_CLONES static void RC_LN(rc_ln_rows)(RC_LN_T *a, rc_idx lda, RC_LN_T *xh, rc_
 {
     for (rc_idx q = 0; q < rows; q++)
         for (rc_idx k = 0; k < G; k++) {
-            RC_LN_T *aq = a + q * lda + k * H, *xq = xh ? xh + q * ldxh + k * H : aq;
+            RC_LN_T *aq = a + q * lda + k * H;
             const RC_LN_T *gk = gamma + k * H, *bk = beta + k * H;
-            const RC_LN_T r = RC_LN(rc_ln_group)(aq, xq, H, eps);
-            if (rs) rs[q * ldrs + k] = r;
+            if (!xh) {
+                RC_LN_T mu;
+                const RC_LN_T r = RC_LN(rc_ln_stats)(aq, H, eps, &mu);
+#pragma GCC ivdep
+                for (rc_idx j = 0; j < H; j++) aq[j] = gk[j] * ((aq[j] - mu) * r) + bk[j];
+                continue;
+            }
+            RC_LN_T *xq = xh + q * ldxh + k * H;
+            rs[q * ldrs + k] = RC_LN(rc_ln_group)(aq, xq, H, eps);
 #pragma GCC ivdep
             for (rc_idx j = 0; j < H; j++) aq[j] = gk[j] * xq[j] + bk[j];
         }
@@ -92,27 +109,45 @@ RC_CLONES static void RC_LN(rc_ln_param_grads)(const RC_LN_T *dy, rc_idx lddy,
  *   c  = f ⊙ c_prev + i ⊙ g                                (saved, carried)
  *   ch = x̂ of c, rc = its 1/σ                              (saved)
  *   h  = o ⊙ tanh(γ_c ⊙ ch + β_c)
- * Inference (nothing saved): xh = NULL puts x̂_hh over s in place, ch = NULL puts ĉ
- * in the h row (overwritten elementwise by h), rh = NULL and rc = NULL store no 1/σ;
- * h, c are bitwise those of the saving call. */
+ * Inference (nothing saved; xh = ch = rh = rc = NULL): x̂_hh and ĉ are evaluated
+ * inline from μ, 1/σ (the same expression, so h, c are bitwise those of the saving
+ * call) and never stored. */
 RC_CLONES static void RC_LN(rc_lnlstm_fwd)(
-    rc_idx rows, rc_idx H, RC_LN_T eps, RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
+    rc_idx rows, rc_idx H, RC_LN_T eps, const RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
     RC_LN_T *xh, rc_idx ldxh, RC_LN_T *rh, rc_idx ldrh, const RC_LN_T *cp, rc_idx ldcp,
     RC_LN_T *c, rc_idx ldc, RC_LN_T *ch, rc_idx ldch, RC_LN_T *rc, rc_idx ldrc, RC_LN_T *h,
     rc_idx ldh, const RC_LN_T *g_hh, const RC_LN_T *g_c, const RC_LN_T *b_c)
 {
     for (rc_idx q = 0; q < rows; q++) {
-        RC_LN_T *sq = s + q * lds;
+        const RC_LN_T *sq = s + q * lds;
         const RC_LN_T *cpq = cp + q * ldcp;
         RC_LN_T *hq = h + q * ldh, *aq = a + q * lda, *cq = c + q * ldc;
-        RC_LN_T *xq = xh ? xh + q * ldxh : sq, *chq = ch ? ch + q * ldch : hq;
-        for (rc_idx k = 0; k < RC_LN_GATES; k++) {
-            const RC_LN_T r = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
-            if (rh) rh[q * ldrh + k] = r;
-        }
         RC_LN_T *ai = aq, *af = aq + H, *ag = aq + 2 * H, *ao = aq + 3 * H;
-        const RC_LN_T *xi = xq, *xf = xq + H, *xg = xq + 2 * H, *xo = xq + 3 * H;
         const RC_LN_T *gi = g_hh, *gf = g_hh + H, *gg = g_hh + 2 * H, *go = g_hh + 3 * H;
+        if (!xh) {
+            RC_LN_T m[RC_LN_GATES], r[RC_LN_GATES], mc;
+            for (rc_idx k = 0; k < RC_LN_GATES; k++)
+                r[k] = RC_LN(rc_ln_stats)(sq + k * H, H, eps, &m[k]);
+            const RC_LN_T *si = sq, *sf = sq + H, *sg = sq + 2 * H, *so = sq + 3 * H;
+#pragma GCC ivdep
+            for (rc_idx j = 0; j < H; j++) {
+                RC_LN_T i = RC_LN_SIG(ai[j] + gi[j] * ((si[j] - m[0]) * r[0]));
+                RC_LN_T f = RC_LN_SIG(af[j] + gf[j] * ((sf[j] - m[1]) * r[1]));
+                RC_LN_T g = RC_LN_TANH(ag[j] + gg[j] * ((sg[j] - m[2]) * r[2]));
+                RC_LN_T o = RC_LN_SIG(ao[j] + go[j] * ((so[j] - m[3]) * r[3]));
+                cq[j] = f * cpq[j] + i * g;
+                ao[j] = o;
+            }
+            const RC_LN_T rcq = RC_LN(rc_ln_stats)(cq, H, eps, &mc);
+#pragma GCC ivdep
+            for (rc_idx j = 0; j < H; j++)
+                hq[j] = ao[j] * RC_LN_TANH(g_c[j] * ((cq[j] - mc) * rcq) + b_c[j]);
+            continue;
+        }
+        RC_LN_T *xq = xh + q * ldxh, *chq = ch + q * ldch;
+        for (rc_idx k = 0; k < RC_LN_GATES; k++)
+            rh[q * ldrh + k] = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
+        const RC_LN_T *xi = xq, *xf = xq + H, *xg = xq + 2 * H, *xo = xq + 3 * H;
 #pragma GCC ivdep
         for (rc_idx j = 0; j < H; j++) {
             RC_LN_T i = RC_LN_SIG(ai[j] + gi[j] * xi[j]), f = RC_LN_SIG(af[j] + gf[j] * xf[j]);
@@ -120,8 +155,7 @@ RC_CLONES static void RC_LN(rc_lnlstm_fwd)(
             cq[j] = f * cpq[j] + i * g;
             ai[j] = i; af[j] = f; ag[j] = g; ao[j] = o;
         }
-        const RC_LN_T r = RC_LN(rc_ln_group)(cq, chq, H, eps);
-        if (rc) rc[q * ldrc] = r;
+        rc[q * ldrc] = RC_LN(rc_ln_group)(cq, chq, H, eps);
 #pragma GCC ivdep
         for (rc_idx j = 0; j < H; j++) hq[j] = ao[j] * RC_LN_TANH(g_c[j] * chq[j] + b_c[j]);
     }
@@ -180,26 +214,38 @@ RC_CLONES static void RC_LN(rc_lnlstm_bwd)(
  *   r = σ(a_r + γ_r x̂_r),  z = σ(a_z + γ_z x̂_z)
  *   hn = γ_n x̂_n + bhn (saved),  n = tanh(a_n + r hn)              (a := [r | z | n])
  *   h = (1 - z) n + z h_prev
- * Inference (nothing saved): xh = NULL puts x̂_hh over s in place, rh = NULL stores
- * no 1/σ, hn = NULL puts S_n over x̂_n; h and the gates are bitwise those of the saving call. */
+ * Inference (nothing saved; xh = rh = hn = NULL): x̂_hh evaluated inline from μ, 1/σ
+ * (the same expression: h bitwise that of the saving call), S_n not stored. */
 RC_CLONES static void RC_LN(rc_lngru_fwd)(
-    rc_idx rows, rc_idx H, RC_LN_T eps, RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
+    rc_idx rows, rc_idx H, RC_LN_T eps, const RC_LN_T *s, rc_idx lds, RC_LN_T *a, rc_idx lda,
     RC_LN_T *xh, rc_idx ldxh, RC_LN_T *rh, rc_idx ldrh, const RC_LN_T *hp, rc_idx ldhp,
     RC_LN_T *hn, rc_idx ldhn, RC_LN_T *h, rc_idx ldh, const RC_LN_T *g_hh, const RC_LN_T *bhn)
 {
     for (rc_idx q = 0; q < rows; q++) {
-        RC_LN_T *sq = s + q * lds;
+        const RC_LN_T *sq = s + q * lds;
         const RC_LN_T *hpq = hp + q * ldhp;
-        RC_LN_T *aq = a + q * lda, *xq = xh ? xh + q * ldxh : sq, *hq = h + q * ldh;
-        for (rc_idx k = 0; k < 3; k++) {
-            const RC_LN_T r = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
-            if (rh) rh[q * ldrh + k] = r;
-        }
-        /* S_n over x̂_n itself when not saved (read, then written, elementwise) */
-        RC_LN_T *hnq = hn ? hn + q * ldhn : xq + 2 * H;
+        RC_LN_T *aq = a + q * lda, *hq = h + q * ldh;
         RC_LN_T *ar = aq, *az = aq + H, *an = aq + 2 * H;
-        const RC_LN_T *xr = xq, *xz = xq + H, *xn = xq + 2 * H;
         const RC_LN_T *gr = g_hh, *gz = g_hh + H, *gn = g_hh + 2 * H;
+        if (!xh) {
+            RC_LN_T m[3], rs[3];
+            for (rc_idx k = 0; k < 3; k++)
+                rs[k] = RC_LN(rc_ln_stats)(sq + k * H, H, eps, &m[k]);
+            const RC_LN_T *sr = sq, *sz = sq + H, *sn = sq + 2 * H;
+#pragma GCC ivdep
+            for (rc_idx j = 0; j < H; j++) {
+                RC_LN_T r = RC_LN_SIG(ar[j] + gr[j] * ((sr[j] - m[0]) * rs[0]));
+                RC_LN_T z = RC_LN_SIG(az[j] + gz[j] * ((sz[j] - m[1]) * rs[1]));
+                RC_LN_T v = gn[j] * ((sn[j] - m[2]) * rs[2]) + bhn[j];
+                RC_LN_T n = RC_LN_TANH(an[j] + r * v);
+                hq[j] = ((RC_LN_T)1 - z) * n + z * hpq[j];
+            }
+            continue;
+        }
+        RC_LN_T *xq = xh + q * ldxh, *hnq = hn + q * ldhn;
+        for (rc_idx k = 0; k < 3; k++)
+            rh[q * ldrh + k] = RC_LN(rc_ln_group)(sq + k * H, xq + k * H, H, eps);
+        const RC_LN_T *xr = xq, *xz = xq + H, *xn = xq + 2 * H;
 #pragma GCC ivdep
         for (rc_idx j = 0; j < H; j++) {
             RC_LN_T r = RC_LN_SIG(ar[j] + gr[j] * xr[j]), z = RC_LN_SIG(az[j] + gz[j] * xz[j]);
