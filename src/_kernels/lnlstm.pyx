@@ -53,7 +53,10 @@ Measured (indicative only: a shared, noisy 2-core machine, one BLAS thread,
 float32, plain vs layer_norm interleaved, medians): forward+backward 1.05x the
 plain LSTM at (100, 32, 256, 256), 1.13x at (100, 16, 64, 128), 1.26x at
 (50, 1, 32, 64) (per-call overhead of the extra arguments and arrays dominates
-there); inference forward 1.19x, 1.19x, 1.30x.
+there); inference forward 1.19x, 1.19x, 1.30x before the save=False path; with it
+(model API, eval(), min of 20 interleaved, 2 BLAS threads, machine under load)
+about 1.04-1.10x at (100, 32, 256, 256) against 1.19-1.21x forcing the saving
+forward in the same process, the layer-normalised GRU 1.04-1.05x against 1.07-1.08x.
 
 Design notes
 ------------
