@@ -193,13 +193,13 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     loop_threads_end(opened)   # (closes either kind of single-thread section)
 
 
-# All-steps GEMMs below this many multiply-adds in all (single-threaded: under
-# ~0.7 ms on one core) run on one BLAS thread. OpenBLAS splits even such small
+# Backward's all-steps GEMMs below this many multiply-adds in all (single-threaded:
+# under ~0.7 ms on one core) run on one BLAS thread. OpenBLAS splits even such small
 # GEMMs over its threads, and on a busy machine the caller then spins in its
 # inner_thread until a descheduled partner runs again: the RNN's backward at
 # (T, N, D, H) = (100, 16, 64, 128) took 36 ms instead of 1.9 ms with one other
-# busy process on 2 Zen 4 cores (perf: 61 % of the time in inner_thread); on
-# a quiet machine the second thread saves at most ~0.3 ms here.
+# busy process on 2 Zen 4 cores (perf: 61 % of the time in inner_thread), 3.0 ms
+# with this section; on a quiet machine it costs ~0.5 ms there (1.9 -> 2.4 ms).
 cdef enum:
     SMALL_GEMMS_WORK = 67108864
 
@@ -215,9 +215,9 @@ cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d ru
     """One layer and direction forward (`kind`'s type picks float or double)."""
     # A = x @ Wx          (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
     #                     into the gates (the RNN's: its output h)
-    cdef int opened = small_gemms_begin(L.T * L.N * L.G * L.H * inp.D)
+    # (BLAS's threads at every size: a single-thread section here measured +0.2-0.6 ms
+    # at (100, 16, 64, 128) on a quiet machine, and forward did not suffer under load)
     mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, uniform(L.g))
-    loop_threads_end(opened)
     run_loop(L, run_f, run_d)
 
 
