@@ -26,9 +26,9 @@ on how a ``lengths`` batch is sorted) and kept on the saved state.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from ._validation import check_probability
 
 __all__ = ["OFF", "PARAMS_DOC", "check_weight_drop", "check_variational", "set_options",
            "config", "Masks", "draw", "effective_weight", "weight_grads", "apply_locked",
@@ -57,17 +57,9 @@ PARAMS_DOC = """    weight_drop : float in [0, 1), default 0, keyword-only
 """
 
 
-def _probability(value, name) -> float:
-    """A float in [0, 1), ValueError naming ``name`` otherwise (bools refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
-    return float(value)
-
-
 def check_weight_drop(p) -> float:
     """``weight_drop`` as a float in [0, 1)."""
-    return _probability(p, "weight_drop")
+    return check_probability(p, "weight_drop")
 
 
 def check_variational(p) -> tuple:
@@ -77,8 +69,8 @@ def check_variational(p) -> tuple:
             raise ValueError("variational_dropout: expected a number in [0, 1) or a tuple "
                              f"(p_input, p_hidden, p_output), got {len(p)} values: {p!r}")
         names = ("p_input", "p_hidden", "p_output")
-        return tuple(_probability(v, f"variational_dropout ({n})") for v, n in zip(p, names))
-    q = _probability(p, "variational_dropout")
+        return tuple(check_probability(v, f"variational_dropout ({n})") for v, n in zip(p, names))
+    q = check_probability(p, "variational_dropout")
     return (q, q, q)
 
 

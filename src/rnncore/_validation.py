@@ -199,6 +199,14 @@ def check_int(value, name: str, minimum: int = 0) -> int:
     return int(value)
 
 
+def check_probability(value, name: str) -> float:
+    """A drop probability: a real number in [0, 1) as a float (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 def check_bool(value, name: str) -> bool:
     """A bool (or NumPy bool); anything else refused (a string "False" is true)."""
     if not isinstance(value, (bool, np.bool_)):

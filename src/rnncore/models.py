@@ -7,7 +7,6 @@ directions, variable ``lengths``, dropout and ``batch_first`` they run is in
 """
 from __future__ import annotations
 
-import numbers
 import threading
 import warnings
 from collections import OrderedDict
@@ -44,10 +43,7 @@ class _RNNBase(Module):
         self.num_layers = V.check_int(num_layers, "num_layers", 1)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not (
-                0.0 <= float(dropout) < 1.0):
-            raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
+        self.dropout = V.check_probability(dropout, "dropout")
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(  # PyTorch's warning, word for word
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "

@@ -23,12 +23,12 @@ Conventions shared by every layer
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from ._validation import (CopyBuffer, as_index, as_real, blas_matmul, blas_matmul_add,
-                          check_dtype, check_last_dim, owned, positive_int, rng_from_seed)
+                          check_dtype, check_last_dim, check_probability, owned, positive_int,
+                          rng_from_seed)
 from .module import Module, check_device, module_registry, register_module
 
 __all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
@@ -101,10 +101,7 @@ class Embedding(Module):
         self.num_embeddings = positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = positive_int(embedding_dim, "embedding_dim")
         self.dtype = check_dtype(dtype, must=True)
-        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real) \
-                or not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
+        self.dropout = check_probability(dropout, "dropout")
         self.seed = seed
         self.rng = rng_from_seed(seed)
         self._add_param("weight", self.rng.standard_normal(
