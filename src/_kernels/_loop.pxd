@@ -27,7 +27,7 @@ from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale
 from _gemm cimport mm
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport (row_threads, share, run_tasks, single_open, loop_threads_begin,
-                       loop_threads_end)
+                       loop_threads_end, gemms_threads_begin)
 
 cdef enum:
     MAX_TASKS = 8       # rc_run_tasks runs at most 8 threads
@@ -193,30 +193,12 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     loop_threads_end(opened)   # (closes either kind of single-thread section)
 
 
-# Backward's all-steps GEMMs below this many multiply-adds in all (single-threaded:
-# under ~0.7 ms on one core) run on one BLAS thread. OpenBLAS splits even such small
-# GEMMs over its threads, and on a busy machine the caller then spins in its
-# inner_thread until a descheduled partner runs again: the RNN's backward at
-# (T, N, D, H) = (100, 16, 64, 128) took 36 ms instead of 1.9 ms with one other
-# busy process on 2 Zen 4 cores (perf: 61 % of the time in inner_thread), 3.0 ms
-# with this section; on a quiet machine it costs ~0.5 ms there (1.9 -> 2.4 ms).
-cdef enum:
-    SMALL_GEMMS_WORK = 67108864
-
-
-cdef inline int small_gemms_begin(Py_ssize_t work) noexcept nogil:
-    """Open a single-thread section (close with loop_threads_end) for all-steps
-    GEMMs of `work` multiply-adds in all, when that is small."""
-    return single_open() if work < SMALL_GEMMS_WORK else 0
-
-
 cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d run_d,
                               floating kind) noexcept nogil:
     """One layer and direction forward (`kind`'s type picks float or double)."""
     # A = x @ Wx          (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
     #                     into the gates (the RNN's: its output h)
-    # (BLAS's threads at every size: a single-thread section here measured +0.2-0.6 ms
-    # at (100, 16, 64, 128) on a quiet machine, and forward did not suffer under load)
+    # (BLAS's threads at every size: see rc_gemms_threads_begin, rc_threads.h)
     mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, uniform(L.g))
     run_loop(L, run_f, run_d)
 
@@ -235,7 +217,7 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     cdef int opened
     run_loop(L, run_f, run_d)
     # the GEMMs after the loop: dx, dWx (R*GH*D) and dWh (R*GH*H multiply-adds)
-    opened = small_gemms_begin(R * GH * (D + H))
+    opened = gemms_threads_begin(R * GH * (D + H))
     if D > 0:
         # dx = dG[:, :nI] @ Wx[:, :nI]^T              (R, D) = (R, nI)(D, nI)^T
         mm(R, D, nI, <floating>1, dg, transposed(inp.wx), <floating>0, gr.dx)

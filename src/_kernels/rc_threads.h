@@ -23,7 +23,8 @@ typedef ptrdiff_t rc_idx; /* 64-bit element counts and strides throughout */
  * The per-step GEMMs are small: below a few million multiply-adds, handing
  * them to BLAS's thread pool costs more than it saves, and on a busy machine
  * spin-waiting BLAS threads can make a step 5-10x slower. The all-steps GEMMs
- * before and after the loop are large and keep BLAS's threads. So a time loop
+ * before and after the loop keep BLAS's threads, except backward's when they are
+ * small (rc_gemms_threads_begin). So a time loop
  * whose per-step work is below rc_loop_parallel_min runs inside a
  * single-thread section; rnncore's Python layer opens one too while the two
  * directions of a bidirectional layer run concurrently.
@@ -82,6 +83,23 @@ static int rc_loop_threads_begin(long long work)
 }
 
 static void rc_loop_threads_end(int opened) { rc_single_close(opened); }
+
+/* Around backward's all-steps GEMMs (dx, dWx, dWh: `work` multiply-adds in all;
+ * close with rc_loop_threads_end). Below RC_GEMMS_PARALLEL_MIN (single-threaded:
+ * under ~0.7 ms on one core) they run on one BLAS thread: OpenBLAS splits even such
+ * small GEMMs over its threads, and on a busy machine the caller then spins in its
+ * inner_thread until a descheduled partner runs again -- the RNN's backward at
+ * (T, N, D, H) = (100, 16, 64, 128) took 36 ms instead of 1.9 ms with one other
+ * busy process on 2 Zen 4 cores (perf: 61 % of the time in inner_thread), 3.0 ms
+ * with this section; on a quiet machine it costs ~0.5 ms there (1.9 -> 2.4 ms).
+ * The forward's input projection keeps BLAS's threads at every size (a section
+ * there measured +0.2-0.6 ms at that shape, quiet, and forward did not suffer
+ * under load). */
+#define RC_GEMMS_PARALLEL_MIN 67108864LL  /* 2^26 multiply-adds */
+static int rc_gemms_threads_begin(long long work)
+{
+    return work < RC_GEMMS_PARALLEL_MIN ? rc_single_open() : 0;
+}
 
 /* Row-split time loops.
  *

@@ -2,8 +2,11 @@
 
 Time loops. A step's GEMM is small; below ``LOOP_PARALLEL_MIN`` multiply-adds
 per step the kernels run their time loop inside a "single-thread section":
-BLAS limited to one thread, the previous count restored afterwards (the big
-all-steps GEMMs before and after the loop keep BLAS's threads). The switch
+BLAS limited to one thread, the previous count restored afterwards (the
+all-steps GEMMs before and after the loop keep BLAS's threads, except
+backward's when they are small: below 2^26 multiply-adds in all they run in a
+section too, since OpenBLAS's threads spin against each other on a busy
+machine; rc_threads.h). The switch
 uses the BLAS's own ``openblas_get/set_num_threads``, found here when the
 kernels attach (:func:`attach_kernels`, called by :mod:`rnncore._bindings`).
 OpenBLAS's count is process-wide, so sections are reference-counted in one
@@ -18,9 +21,10 @@ recommended setting for running models in several threads) they are bitwise
 reproducible. On a CPU with a packed layout (AVX2+FMA or AVX-512) the loops of
 T >= 2 steps multiply by their weight packed once (the kernels' packed GEMM),
 call no BLAS inside, and so never open a section: the loop policy is then
-inactive (:func:`loop_policy_active`), and concurrent runs of unidirectional
-models equal sequential ones. (The two-direction sections below, and the
-reset-before GRU's dWh product, still switch the count.)
+inactive (:func:`loop_policy_active`). The count is still switched by the
+two-direction sections below, by backward's small all-steps GEMMs and by the
+reset-before GRU's dWh product, so the caveat above stands for concurrent
+training runs.
 
 Directions. The kernels release the GIL for their whole time loop, so the
 forward and reverse directions of one layer (independent computations) run
