@@ -458,8 +458,8 @@ class GRU(_HiddenStateRNN):
         return dict(cfg, layer_norm=True) if self.layer_norm else cfg
 
     def _repr_extra(self) -> str:
-        return ("" if self.reset_after else "reset_after=False") + (
-            "layer_norm=True" if self.layer_norm else "")
+        extra = [] if self.reset_after else ["reset_after=False"]
+        return ", ".join(extra + (["layer_norm=True"] if self.layer_norm else []))
 
 
 @register_module

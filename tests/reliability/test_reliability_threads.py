@@ -15,6 +15,7 @@ speedup (BLAS limited to one thread); the tests never assert on timing.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -439,15 +440,9 @@ def test_small_all_steps_gemms_restore_blas_threads(cls):
     grads = []
     for limit in (None, 1):
         m = getattr(rnncore, cls)(8, 16, seed=3)
-        ctx = threadpoolctl.threadpool_limits(limit) if limit else None
-        if ctx is not None:
-            ctx.__enter__()
-        try:
+        with threadpoolctl.threadpool_limits(limit) if limit else contextlib.nullcontext():
             out, _ = m(x)
             dx, _ = m.backward(dout)
-        finally:
-            if ctx is not None:
-                ctx.__exit__(None, None, None)
         assert _scipy_blas_threads() == before
         grads.append((out, dx, m.grads["weight_hh_l0"].copy()))
     for a, b in zip(*grads):
