@@ -1,4 +1,6 @@
 """Accuracy of the kernels' vectorized activations (rc_activations.h) over the whole float range."""
+import os
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,32 @@ def test_bad_dtype():
 
 def test_simd_level_is_reported():
     assert isinstance(simd.simd_level(), str) and simd.simd_level()
+    assert simd.simd_tier() in (0, 1, 3, 4)
+
+
+#: What each SIMD tier reports, and the packed GEMM's float32 panel width there
+#: (rc_gemm_packed.h: two 64-byte vectors, two 32-byte vectors, no packed path).
+TIERS = {4: ("AVX-512 (x86-64-v4)", 32), 3: ("AVX2+FMA (x86-64-v3)", 16),
+         1: ("SSE2 (x86-64 baseline)", 0), 0: ("portable C", 0)}
+FORCED = {"x86-64-v4": 4, "x86-64-v3": 3, "baseline": 1}
+
+
+def test_simd_tier_decides_the_packed_layout():
+    # the level the array functions run at and the packed layout the time loops
+    # use come from one decision (rc_simd_tier), whatever the build
+    level, nr = TIERS[simd.simd_tier()]
+    assert simd.simd_level().startswith(level)
+    assert simd._gemm_packed_nr(np.float32) == nr
+    assert simd._gemm_packed_nr(np.float64) == nr // 2
+
+
+def test_simd_build_is_the_one_ci_asked_for():
+    # .ci/run builds rnncore again with -Ccmake.define.RNNCORE_SIMD=<level> and runs the
+    # kernel tests with RNNCORE_EXPECT_SIMD=<level>: this fails if those tests ran on
+    # another build (e.g. the cloned one from site-packages) or the level was not forced
+    want = os.environ.get("RNNCORE_EXPECT_SIMD")
+    if not want:
+        assert "forced" not in simd.simd_level(), "a forced build outside the forced-build CI step"
+        return
+    assert simd.simd_tier() == FORCED[want]
+    assert simd.simd_level().endswith(", forced at build")

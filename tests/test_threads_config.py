@@ -87,19 +87,34 @@ def test_show_config_reports_timeout_and_split(capsys):
     assert "blas_thread_timeout" in capsys.readouterr().out
 
 
+def _packed():
+    return simd._gemm_packed_nr(np.float32) > 0
+
+
 def test_row_threads_policy():
     if not _threads.row_split_enabled():
         pytest.skip("row split not allowed in this process (SciPy's BLAS loaded first)")
     from threadpoolctl import threadpool_limits
+    # rows are split only when the threads' products go to the packed kernel
+    # (rc_gemm_packed.h; T >= 2), which sums each element alike whatever rows a call
+    # gets; without it (a CPU without AVX2, the forced-baseline CI build) never
+    packed = simd._gemm_packed_nr(np.float32) > 0
+    split = 2 if packed else 1
     with threadpool_limits(2, user_api="blas"):
-        assert K._row_threads(32, 2_000_000, 100) == 2
+        assert K._row_threads(32, 2_000_000, 100) == split
         assert K._row_threads(7, 2_000_000, 100) == 1        # too few rows (N // 4 < 2)
         assert K._row_threads(32, 1000, 100) == 1            # too little work in all
-        # per-step GEMM large: the rows split when the threads' products go to the packed
-        # kernel (rc_gemm_packed.h; T >= 2), else BLAS's own threads take each step
-        packed = simd._gemm_packed_nr(np.float32) > 0
-        assert K._row_threads(64, 64_000_000, 50) == (2 if packed else 1)
+        # per-step GEMM large: still split on the packed kernel, else BLAS's own
+        # threads take each step
+        assert K._row_threads(64, 64_000_000, 50) == split
         assert K._row_threads(64, 64_000_000, 1) == 1
+        # a loop that would not pack (the test hook turns packing off) keeps its rows
+        # on one thread: its kernels (small-M, panel, BLAS) depend on a call's rows
+        K._set_packing(False)
+        try:
+            assert K._row_threads(32, 2_000_000, 100) == 1
+        finally:
+            K._set_packing(True)
     with threadpool_limits(1, user_api="blas"):
         assert K._row_threads(32, 2_000_000, 100) == 1       # the user's thread limit holds
     rnncore.set_row_split(False)
@@ -137,7 +152,8 @@ def test_row_split_loops_equal_one_thread(cls, with_lengths, bidirectional):
     rnncore.set_parallel_directions(False)
     try:
         with threadpool_limits(2, user_api="blas"):
-            assert K._row_threads(N, N * 40 * 40, T) == 2      # the split really happens
+            # the split really happens (on the packed kernel; without one, one thread)
+            assert K._row_threads(N, N * 40 * 40, T) == (2 if _packed() else 1)
             split = _run_model(cls, x, lengths, 1, bidirectional)
             rnncore.set_row_split(False)
             try:

@@ -167,7 +167,7 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     A loop whose per-step products all go to the packed kernel (step_weight) never
     calls BLAS inside, so it opens no single-thread section: it leaves BLAS's
     process-wide thread count alone. Otherwise, below rc_loop_parallel_min
-    multiply-adds per step (T >= 2), or with its rows split, it runs in one.
+    multiply-adds per step (T >= 2), it runs in one. Only packed loops split rows.
     """
     cdef long long work = L.N * L.G * L.H * L.H     # multiply-adds of a step's GEMM
     cdef bint packed = L.wh.nr > 0 and (L.wr.p == NULL or L.wr.nr > 0)
@@ -184,11 +184,10 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
             opened = loop_threads_begin(work)
         loop_task(L)
     else:
-        # the rows on P threads, each calling our kernels (or BLAS single-threaded)
+        # the rows on P threads, each calling the packed kernel (row_threads splits
+        # only such loops): no BLAS inside
         for k in range(P):
             tasks[k] = loop_share(L, k, P)
-        if not packed:
-            opened = single_open()
         run_tasks(loop_task, tasks, sizeof(Loop), P)
     loop_threads_end(opened)   # (closes either kind of single-thread section)
 

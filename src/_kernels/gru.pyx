@@ -99,6 +99,7 @@ from libc.stdlib cimport malloc, free
 
 from collections import namedtuple
 
+from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, transposed, col_block, scale_rows
@@ -110,6 +111,8 @@ from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batc
 from _pass cimport rc_pass, cell_pass, run_pass
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
                     contiguous)
+
+require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
 
 cdef extern from "rc_gru.h" nogil:
     enum: RC_GRU_N   # index of the n block (the last one: r, z come first)

@@ -39,6 +39,7 @@ Design notes: as lnlstm.pyx (the Loop of _loop.pxd, the extra arrays through
 """
 from collections import namedtuple
 
+from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, Mat, transposed, scale_rows
@@ -49,6 +50,8 @@ from _loop cimport Loop, Input, Grads, loop_rows, run_loop
 from _lnloop cimport seq_block, at, at_or_null, input_side_fwd, after_loop
 from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, check_inputs, check_grads, copy_rows)
+
+require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
 
 cdef extern from "rc_layernorm.h" nogil:
     void rc_lngru_fwd_f(Py_ssize_t rows, Py_ssize_t H, float eps, const float *s,

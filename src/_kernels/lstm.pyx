@@ -71,6 +71,7 @@ from libc.stdlib cimport malloc, free
 
 from collections import namedtuple
 
+from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
@@ -88,6 +89,8 @@ from _pass cimport (rc_pass, run_pass, pass_at, rows_at, state_rows, RC_PASS_FWD
                    RC_PASS_BWD_IP)
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
                     contiguous)
+
+require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
 
 cdef extern from "rc_lstm.h" nogil:
     enum: RC_LSTM_GATES

@@ -27,12 +27,67 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(RNNCORE_NO_CLONES)
+#define RC_X86_DISPATCH 1   /* __builtin_cpu_supports("x86-64-v3"/"-v4") is available */
+#else
+#define RC_X86_DISPATCH 0
+#endif
+
+/* RC_FORCE_SIMD (CMake: -Ccmake.define.RNNCORE_SIMD=x86-64-v4 | x86-64-v3 |
+ * baseline; a test build, never the wheel): every array function is compiled
+ * for that one level instead of cloned, so CI runs the AVX2 and the baseline
+ * code on an AVX-512 machine (the clone a CPU picks is the only one the
+ * default build ever runs there). The package refuses to import a forced
+ * build on a CPU without the level (rc_simd_supported, _kernels/__init__.py). */
+#if defined(RC_FORCE_SIMD) && RC_X86_DISPATCH
+#if RC_FORCE_SIMD == 4
+#define RC_CLONES __attribute__((target("arch=x86-64-v4")))
+#elif RC_FORCE_SIMD == 3
+#define RC_CLONES __attribute__((target("arch=x86-64-v3")))
+#elif RC_FORCE_SIMD == 1
+#define RC_CLONES
+#else
+#error "RC_FORCE_SIMD must be 4 (x86-64-v4), 3 (x86-64-v3) or 1 (baseline)"
+#endif
+#define RC_HAVE_CLONES 1
+#elif defined(RC_FORCE_SIMD)
+#error "RNNCORE_SIMD needs GCC on x86-64 Linux (the target attribute and CPU checks)"
+#elif RC_X86_DISPATCH
 #define RC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define RC_HAVE_CLONES 1
 #else
 #define RC_CLONES
 #define RC_HAVE_CLONES 0
 #endif
+
+/* The level the array functions run at: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:
+ * AVX2+FMA), 1 (x86-64 baseline: SSE2), 0 (portable C: no dispatch on this
+ * platform/compiler). The clones' ifunc picks by the same priority. */
+static inline int rc_simd_tier(void)
+{
+#if defined(RC_FORCE_SIMD)
+    return RC_FORCE_SIMD;
+#elif RC_HAVE_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return 4;
+    if (__builtin_cpu_supports("x86-64-v3")) return 3;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Whether this CPU can run the build's code: always, except a forced build
+ * (RC_FORCE_SIMD) for a level the CPU lacks. */
+static inline int rc_simd_supported(void)
+{
+#if defined(RC_FORCE_SIMD) && RC_FORCE_SIMD > 1
+    __builtin_cpu_init();
+    return RC_FORCE_SIMD == 4 ? __builtin_cpu_supports("x86-64-v4")
+                              : __builtin_cpu_supports("x86-64-v3");
+#else
+    return 1;
+#endif
+}
 
 #ifndef RC_IDX_DEFINED
 #define RC_IDX_DEFINED
@@ -113,18 +168,22 @@ RC_DEFINE_MAP(rc_tanh_array_d, double, rc_tanhd)
 RC_DEFINE_MAP(rc_sigmoid_array_f, float, rc_sigmoidf)
 RC_DEFINE_MAP(rc_sigmoid_array_d, double, rc_sigmoidd)
 
-/* The SIMD level the ifunc resolver picks for the clones above (the same
- * priority order as the target_clones list). */
+/* The SIMD level the array functions run at (rc_simd_tier), for show_config
+ * and the benchmarks; "forced" names a test build (RC_FORCE_SIMD). */
 static const char *rc_simd_level(void)
 {
-#if RC_HAVE_CLONES
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return "AVX-512 (x86-64-v4)";
-    if (__builtin_cpu_supports("x86-64-v3")) return "AVX2+FMA (x86-64-v3)";
-    return "SSE2 (x86-64 baseline)";
+#if defined(RC_FORCE_SIMD)
+#define RC_FORCED_NOTE ", forced at build"
 #else
-    return "portable C (no run-time dispatch on this platform/compiler)";
+#define RC_FORCED_NOTE ""
 #endif
+    switch (rc_simd_tier()) {
+    case 4: return "AVX-512 (x86-64-v4)" RC_FORCED_NOTE;
+    case 3: return "AVX2+FMA (x86-64-v3)" RC_FORCED_NOTE;
+    case 1: return "SSE2 (x86-64 baseline)" RC_FORCED_NOTE;
+    default: return "portable C (no run-time dispatch on this platform/compiler)";
+    }
+#undef RC_FORCED_NOTE
 }
 
 #endif /* RC_ACTIVATIONS_H */

@@ -63,13 +63,11 @@ typedef double rc_vd32b __attribute__((vector_size(32)));
  * or 0: no packed path (baseline x86-64, other architectures/compilers). */
 static rc_idx rc_packed_nr(size_t elsize)
 {
-#if RC_HAVE_CLONES
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return (rc_idx)(RC_PK_WIDE_BYTES / elsize);
-    if (__builtin_cpu_supports("x86-64-v3")) return (rc_idx)(RC_PK_NARROW_BYTES / elsize);
-#endif
-    (void)elsize;
-    return 0;
+    switch (rc_simd_tier()) {   /* the level the kernel's clones run at */
+    case 4: return (rc_idx)(RC_PK_WIDE_BYTES / elsize);
+    case 3: return (rc_idx)(RC_PK_NARROW_BYTES / elsize);
+    default: return 0;
+    }
 }
 
 /* Elements of a packed (k, n) operand with panels nr wide. */

@@ -107,15 +107,18 @@ static int rc_gemms_threads_begin(long long work)
  * threads, thread k taking rows k, k+P, k+2P, ... (interleaved: with a sorted
  * variable-length batch every thread gets long and short rows) through all T
  * steps with no synchronisation; the all-steps GEMMs before and after the
- * loop stay whole and keep BLAS's threads. Each thread's per-step products go
- * to the packed kernel (rc_gemm_packed.h), or, on a plain weight, to the panel
- * kernel or BLAS inside a single-thread section opened by the caller. P = min(BLAS threads, 8, N / 4) when rnncore._runtime.threads allowed it
+ * loop stay whole and keep BLAS's threads. Only a loop whose per-step products
+ * all go to the packed kernel (rc_gemm_packed.h: `packed`) is split: it sums
+ * every element in the same order whatever rows a call gets. A plain weight's
+ * kernels are chosen by a call's row count (small-M up to RC_SMALL_M rows, the
+ * panel kernel, BLAS) and round differently, so split rows would make the
+ * results depend on the thread count (the forced-baseline build, which has no
+ * packed layout, showed it: .ci/run). P = min(BLAS threads, 8, N / 4) when rnncore._runtime.threads allowed it
  * (rc_row_split: only when SciPy's OpenBLAS was loaded with a short thread
  * timeout -- spinning BLAS workers would compete with the loop's threads)
  * and the loop does at least RC_SPLIT_MIN_TOTAL multiply-adds (thread
  * start-up is ~50 us). Above RC_SPLIT_MAX_WORK per step, the rows are split
- * only when the threads' products go to the packed kernel (`packed`:
- * rc_gemm_packed.h, T >= 2) with more than RC_SPLIT_PACKED_ROWS rows each.
+ * only for T >= 2 steps and more than RC_SPLIT_PACKED_ROWS rows per thread.
  * Measured on 2 Zen 4 cores, (64, 1024)(1024, 4096) and (64, 4096)(4096, 1024)
  * with the rows split over 2 threads: 200-215 GFLOP/s of thread-CPU time,
  * where OpenBLAS on 2 threads reaches ~150 per step (it repacks B every call);
@@ -131,14 +134,14 @@ static int rc_gemms_threads_begin(long long work)
 #define RC_SPLIT_PACKED_ROWS 4
 static int rc_row_threads(rc_idx N, long long work, rc_idx T, int packed)
 {
-    if (!rc_row_split || rc_blas_get_threads == NULL) return 1;
+    if (!rc_row_split || rc_blas_get_threads == NULL || !packed) return 1;
     if (work * (long long)T < RC_SPLIT_MIN_TOTAL) return 1;
     int P = rc_blas_get_threads();
     if (P > 8) P = 8;
     if (P > N / 4) P = (int)(N / 4);
     if (P < 2) return 1;
     if (work <= RC_SPLIT_MAX_WORK) return P;
-    return packed && T >= 2 && (N + P - 1) / P > RC_SPLIT_PACKED_ROWS ? P : 1;
+    return T >= 2 && (N + P - 1) / P > RC_SPLIT_PACKED_ROWS ? P : 1;
 }
 
 /* Rows of thread k of P among the first B rows (k, k+P, ... < B). */

@@ -46,6 +46,7 @@ Design notes
 """
 from libc.stdlib cimport malloc, free
 
+from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, transposed, scale_rows
@@ -56,6 +57,8 @@ from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, check_inputs, check_grads, copy_rows)
 from _step cimport StepBufs, step_init, step_cell_bufs, step_release, step_loop
+
+require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
 
 cdef extern from "rc_rnn.h" nogil:
     void rc_rnn_act_f(float *z, Py_ssize_t ldz, const float *b, Py_ssize_t rows,

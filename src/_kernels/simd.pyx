@@ -4,18 +4,20 @@ rc_gemm_packed.h) exposed to Python, and the SIMD level.
 Used by the accuracy tests (tests/test_activations.py, tests/test_gemm.py) and
 ``rnncore.show_config()``; the cell kernels call the same C functions directly.
 """
+from _cpu cimport require_simd, rc_simd_level, rc_simd_tier
 import numpy as np
 
 from _blas cimport floating, Mat, mat, NoTrans, transposed, col_block
 from _gemm cimport (RC_SMALL_M, rc_gemm_small_f, rc_gemm_small_d, rc_gemm_panel_f,
                    rc_gemm_panel_d, mm_step, packed_nr, pack_weight)
 
+require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
+
 cdef extern from "rc_activations.h" nogil:
     void rc_tanh_array_f(const float *x, float *y, Py_ssize_t n)
     void rc_tanh_array_d(const double *x, double *y, Py_ssize_t n)
     void rc_sigmoid_array_f(const float *x, float *y, Py_ssize_t n)
     void rc_sigmoid_array_d(const double *x, double *y, Py_ssize_t n)
-    const char *rc_simd_level()
 
 
 def _map(x, int which):
@@ -59,8 +61,15 @@ def sigmoid(x):
 
 
 def simd_level():
-    """The instruction set the kernels' elementwise code was dispatched to."""
+    """The instruction set the kernels' array code runs at (dispatched at load
+    time, or fixed by a forced test build: "..., forced at build")."""
     return rc_simd_level().decode()
+
+
+def simd_tier():
+    """That level as a number: 4 x86-64-v4 (AVX-512), 3 x86-64-v3 (AVX2+FMA),
+    1 x86-64 baseline (SSE2), 0 portable C (no dispatch on this platform)."""
+    return rc_simd_tier()
 
 
 # ----------------------------------------------------------------- own GEMMs
