@@ -12,7 +12,7 @@ from .contestants import (BIDIR_LAYERS, BIDIR_SHAPE, CORE_SHAPES, GATES, NO_FUNC
                           gemm_flops, make_inputs, out_size, rc_model_fns, seeded_rng,
                           torch_fns)
 from .table import Table, fmt_ms, fmt_num, gflops_of, speed_ratio
-from .timing import timeit_us, try_measure
+from .timing import measure_interleaved, timeit_us, try_measure
 
 
 def run_core(opts, torch, out, records, best_gf):
@@ -43,8 +43,12 @@ def run_core(opts, torch, out, records, best_gf):
             for pi, pas in enumerate(("fwd", "fb")):
                 fl = gemm_flops(cell, T, N, D, H, pas)
                 res = {}
+                # rnncore's model and PyTorch side by side (interleaved repeats); the
+                # functional API and the reference after them, as before
+                pair = {k: impls[k][pi] for k in ("rnncore-model", "torch") if k in impls}
+                timed = measure_interleaved(pair, opts.budget)
                 for name, makers in impls.items():
-                    r = try_measure(makers[pi], opts.budget)
+                    r = timed[name] if name in timed else try_measure(makers[pi], opts.budget)
                     r.update(group="core", cell=cell, T=T, N=N, D=D, H=H, layers=1, dirs=1,
                              dtype="float32", pass_=pas, impl=name, gflop=fl / 1e9,
                              gflops=gflops_of(r, fl))
@@ -97,10 +101,12 @@ def run_bidir(opts, torch, out, records):
             impls["torch-packed"] = torch_fns(torch, cell, D, H, x, dout, L, 2, lengths=lens)
         for pi, pas in enumerate(("fwd", "fb")):
             res = {}
+            # all four side by side: interleaved repeats (timing.measure_interleaved)
+            timed = measure_interleaved({k: m[pi] for k, m in impls.items()}, opts.budget)
             for name, makers in impls.items():
                 valid = int(lens.sum()) if name in ("rnncore-lengths", "torch-packed") else None
                 fl = gemm_flops(cell, T, N, D, H, pas, L, 2, rows_steps=valid)
-                r = try_measure(makers[pi], opts.budget)
+                r = timed[name]
                 r.update(group="bidir", cell=cell, T=T, N=N, D=D, H=H, layers=L, dirs=2,
                          dtype="float32", pass_=pas, impl=name, gflop=fl / 1e9,
                          gflops=gflops_of(r, fl), lengths_sum=int(lens.sum()))

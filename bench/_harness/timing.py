@@ -64,6 +64,58 @@ def try_measure(make, budget):
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+def measure_interleaved(makers, budget):
+    """Like `try_measure` for each of ``makers`` (name -> zero-argument maker of the
+    timed callable), but the contestants' repeats are interleaved: round after round,
+    each one is called once (the order rotating by round), so a slow spell of the
+    machine -- on a shared VM one vCPU may run at half speed for a second or so, which
+    slowed both libraries at once when measured -- falls on all of them instead of
+    on whichever was being timed. Each gets as many repeats as its own budget would
+    give it alone (capped by the budget's limits); a finished contestant drops out
+    of the rounds. Returns name -> record (an 'error' record for a failure)."""
+    pc = time.perf_counter
+    out, fns, want, times = {}, {}, {}, {}
+    with _gc_off():
+        for name, make in makers.items():
+            try:
+                fn = make()
+                t0 = pc()
+                fn()
+                first = pc() - t0
+                est = first
+                if first < budget.seconds:
+                    t0 = pc()
+                    fn()  # warm-up
+                    est = pc() - t0
+            except Exception as e:  # a benchmark reports, never raises
+                out[name] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            fns[name] = fn
+            n = int(budget.seconds / max(est, 1e-7))
+            want[name] = max(budget.min_repeats, min(budget.max_repeats, n))
+            times[name] = []
+            out[name] = {"first_ms": first * 1e3}
+        order = list(fns)
+        r = 0
+        while order:
+            k = r % len(order)
+            for name in order[k:] + order[:k]:
+                try:
+                    t0 = pc()
+                    fns[name]()
+                    times[name].append(pc() - t0)
+                except Exception as e:
+                    out[name] = {"error": f"{type(e).__name__}: {e}"}
+                    want[name] = 0
+            order = [nm for nm in order if len(times[nm]) < want[nm]]
+            r += 1
+    for name, ts in times.items():
+        if "error" not in out[name]:
+            out[name].update(median_ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3,
+                             repeats=len(ts))
+    return out
+
+
 def timeit_us(fn, budget):
     try:
         fn()  # warm-up
