@@ -68,6 +68,17 @@ def _threadpools():
             for i in threadpool_info()]
 
 
+_ISA_ENV = ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+            "MKL_ENABLE_INSTRUCTIONS")
+
+
+def _torch_capability(torch_mod):
+    try:
+        return torch_mod.backends.cpu.get_cpu_capability()
+    except Exception:  # no torch, or a torch without the query
+        return None
+
+
 def machine_header(threads, torch_mod=None):
     """The machine, thread and library facts printed above the tables."""
     from rnncore._kernels import simd
@@ -93,6 +104,10 @@ def machine_header(threads, torch_mod=None):
         "scipy": cfg.get("scipy"),
         "torch": getattr(torch_mod, "__version__", None),
         "torch_threads": torch_mod.get_num_threads() if torch_mod is not None else None,
+        "torch_cpu_capability": _torch_capability(torch_mod),
+        # instruction-set and BLAS-kernel overrides in effect (e.g. an AVX2-only run on an
+        # AVX-512 machine: see bench/README.md)
+        "isa_env": {k: os.environ[k] for k in _ISA_ENV if k in os.environ},
         "blas_library": os.path.basename(str(cfg.get("blas_library"))),
         "blas_version": cfg.get("blas_version"),
         "blas_architecture": cfg.get("blas_architecture"),
@@ -147,8 +162,11 @@ def print_header(h, sg, out):
               f"{h['torch_threads']}); parallel directions {h['parallel_directions']}; "
               f"load average {', '.join(f'{v:.2f}' for v in la) if la else '?'}\n")
     out.write(f"  versions    rnncore {h['rnncore']} ({h['rnncore_git'] or 'no git'}), numpy "
-              f"{h['numpy']}, scipy {h['scipy']}, torch {h['torch'] or 'not available'}, "
+              f"{h['numpy']}, scipy {h['scipy']}, torch {h['torch'] or 'not available'}"
+              f"{' (CPU capability ' + h['torch_cpu_capability'] + ')' if h.get('torch_cpu_capability') else ''}, "
               f"python {h['python']}\n")
+    if h.get("isa_env"):
+        out.write("  isa env     " + " ".join(f"{k}={v}" for k, v in h["isa_env"].items()) + "\n")
     out.write(f"  BLAS        {h['blas_library']} {h['blas_version']} arch "
               f"{h['blas_architecture']}, {h['blas_threads']} threads "
               f"({h['blas_coretype_override']})\n")
