@@ -21,15 +21,19 @@ class _Budget:
     seconds, min_repeats, max_repeats = 0.05, 3, 7
 
 
-def test_repeats_alternate_between_contestants(timing):
+def test_repeats_alternate_between_contestants_in_blocks(timing):
     calls = []
     makers = {name: (lambda name=name: (lambda: calls.append(name))) for name in "abc"}
-    out = timing.measure_interleaved(makers, _Budget)
-    # the first call and the warm-up of each, then rounds of one call each, the order rotating
+    out = timing.measure_interleaved(makers, _Budget, blocks=3)
+    # the first call and the warm-up of each, then rounds: each contestant a block of
+    # one untimed call and ceil(7 / 3) = 3 timed ones (the last block the 1 left), the
+    # order rotating by round
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
-    rounds = [calls[i:i + 3] for i in range(6, len(calls), 3)]
-    assert len(rounds) == 7 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
-    assert [r[0] for r in rounds[:3]] == ["a", "b", "c"]
+    rest = calls[6:]
+    blocks = [rest[i:i + 4] for i in range(0, 24, 4)] + [rest[24:26], rest[26:28], rest[28:30]]
+    assert len(rest) == 30
+    assert [b[0] for b in blocks] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(set(b)) == 1 for b in blocks)
     for name in "abc":
         rec = out[name]
         assert rec["repeats"] == 7 and rec["min_ms"] <= rec["median_ms"]

@@ -64,15 +64,18 @@ def try_measure(make, budget):
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def measure_interleaved(makers, budget):
+def measure_interleaved(makers, budget, blocks=4):
     """Like `try_measure` for each of ``makers`` (name -> zero-argument maker of the
-    timed callable), but the contestants' repeats are interleaved: round after round,
-    each one is called once (the order rotating by round), so a slow spell of the
-    machine -- on a shared VM one vCPU may run at half speed for a second or so, which
-    slowed both libraries at once when measured -- falls on all of them instead of
-    on whichever was being timed. Each gets as many repeats as its own budget would
-    give it alone (capped by the budget's limits); a finished contestant drops out
-    of the rounds. Returns name -> record (an 'error' record for a failure)."""
+    timed callable), but the contestants take turns: each one's repeats come in
+    `blocks` blocks, round after round (the order rotating by round), so a slow spell
+    of the machine -- on a shared VM one vCPU may run at half speed for a second or
+    so, which slowed both libraries at once when measured -- falls on all of them
+    instead of on whichever was being timed. Each block starts with one untimed call:
+    the previous contestant's threads may still be spinning (PyTorch's OpenMP workers
+    spin after a call; alternating single calls measured rnncore up to 1.4x slower
+    right after PyTorch). Each gets as many repeats as its own budget would give it
+    alone (capped by the budget's limits). Returns name -> record (an 'error' record
+    for a failure)."""
     pc = time.perf_counter
     out, fns, want, times = {}, {}, {}, {}
     with _gc_off():
@@ -95,15 +98,18 @@ def measure_interleaved(makers, budget):
             want[name] = max(budget.min_repeats, min(budget.max_repeats, n))
             times[name] = []
             out[name] = {"first_ms": first * 1e3}
+        size = {name: -(-want[name] // blocks) for name in fns}
         order = list(fns)
         r = 0
         while order:
             k = r % len(order)
             for name in order[k:] + order[:k]:
                 try:
-                    t0 = pc()
-                    fns[name]()
-                    times[name].append(pc() - t0)
+                    fns[name]()  # untimed: lets the previous contestant's threads settle
+                    for _ in range(min(size[name], want[name] - len(times[name]))):
+                        t0 = pc()
+                        fns[name]()
+                        times[name].append(pc() - t0)
                 except Exception as e:
                     out[name] = {"error": f"{type(e).__name__}: {e}"}
                     want[name] = 0
