@@ -64,16 +64,20 @@ def try_measure(make, budget):
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+#: How long each contestant's block of interleaved repeats first runs untimed.
+SETTLE_S = 0.01
+
+
 def measure_interleaved(makers, budget, blocks=4):
     """Like `try_measure` for each of ``makers`` (name -> zero-argument maker of the
     timed callable), but the contestants take turns: each one's repeats come in
     `blocks` blocks, round after round (the order rotating by round), so a slow spell
     of the machine -- on a shared VM one vCPU may run at half speed for a second or
     so, which slowed both libraries at once when measured -- falls on all of them
-    instead of on whichever was being timed. Each block starts with one untimed call:
-    the previous contestant's threads may still be spinning (PyTorch's OpenMP workers
-    spin after a call; alternating single calls measured rnncore up to 1.4x slower
-    right after PyTorch). Each gets as many repeats as its own budget would give it
+    instead of on whichever was being timed. Each block starts with untimed calls
+    (SETTLE_S, at least one): the previous contestant's threads may still be spinning
+    (PyTorch's OpenMP workers spin after a call: an LSTM inference of 18.7 ms measured
+    25.5 ms right after a PyTorch call, and a 0.03 ms one twice its time). Each gets as many repeats as its own budget would give it
     alone (capped by the budget's limits). Returns name -> record (an 'error' record
     for a failure)."""
     pc = time.perf_counter
@@ -105,7 +109,12 @@ def measure_interleaved(makers, budget, blocks=4):
             k = r % len(order)
             for name in order[k:] + order[:k]:
                 try:
-                    fns[name]()  # untimed: lets the previous contestant's threads settle
+                    # untimed calls, for SETTLE_S at least: the previous contestant's
+                    # threads may still be spinning
+                    t_end = pc() + SETTLE_S
+                    fns[name]()
+                    while pc() < t_end:
+                        fns[name]()
                     for _ in range(min(size[name], want[name] - len(times[name]))):
                         t0 = pc()
                         fns[name]()
