@@ -32,20 +32,27 @@ def _gc_off():
             gc.enable()
 
 
+def _first_and_repeats(fn, budget):
+    """Time ``fn``'s first call, warm it up once (unless the first call already used
+    the budget), and return (first call's seconds, repeats the budget allows)."""
+    pc = time.perf_counter
+    t0 = pc()
+    fn()
+    first = pc() - t0
+    est = first
+    if first < budget.seconds:
+        t0 = pc()
+        fn()  # warm-up
+        est = pc() - t0
+    n = int(budget.seconds / max(est, 1e-7))
+    return first, max(budget.min_repeats, min(budget.max_repeats, n))
+
+
 def measure(fn, budget):
     """``{'first_ms', 'median_ms', 'min_ms', 'repeats'}`` of calling ``fn()``."""
     pc = time.perf_counter
     with _gc_off():
-        t0 = pc()
-        fn()
-        first = pc() - t0
-        est = first
-        if first < budget.seconds:
-            t0 = pc()
-            fn()  # warm-up
-            est = pc() - t0
-        n = int(budget.seconds / max(est, 1e-7))
-        n = max(budget.min_repeats, min(budget.max_repeats, n))
+        first, n = _first_and_repeats(fn, budget)
         times = []
         for _ in range(n):
             t0 = pc()
@@ -71,35 +78,29 @@ SETTLE_S = 0.01
 def measure_interleaved(makers, budget, blocks=4):
     """Like `try_measure` for each of ``makers`` (name -> zero-argument maker of the
     timed callable), but the contestants take turns: each one's repeats come in
-    `blocks` blocks, round after round (the order rotating by round), so a slow spell
-    of the machine -- on a shared VM one vCPU may run at half speed for a second or
-    so, which slowed both libraries at once when measured -- falls on all of them
-    instead of on whichever was being timed. Each block starts with untimed calls
-    (SETTLE_S, at least one): the previous contestant's threads may still be spinning
-    (PyTorch's OpenMP workers spin after a call: an LSTM inference of 18.7 ms measured
-    25.5 ms right after a PyTorch call, and a 0.03 ms one twice its time). Each gets as many repeats as its own budget would give it
-    alone (capped by the budget's limits). Returns name -> record (an 'error' record
-    for a failure)."""
+    `blocks` blocks, round after round (the order rotating by round), so a slow
+    spell of the machine -- on a shared VM one vCPU may run at half speed for a
+    second or so, which slowed both libraries at once when measured -- falls on
+    all of them instead of on whichever was being timed.
+
+    Each block starts with untimed calls (SETTLE_S, at least one): the previous
+    contestant's threads may still be spinning (PyTorch's OpenMP workers spin
+    after a call: an LSTM inference of 18.7 ms measured 25.5 ms right after a
+    PyTorch call, and a 0.03 ms one twice its time). Each contestant gets as many
+    repeats as its own budget would give it alone (capped by the budget's
+    limits). Returns name -> record (an 'error' record for a failure).
+    """
     pc = time.perf_counter
     out, fns, want, times = {}, {}, {}, {}
     with _gc_off():
         for name, make in makers.items():
             try:
                 fn = make()
-                t0 = pc()
-                fn()
-                first = pc() - t0
-                est = first
-                if first < budget.seconds:
-                    t0 = pc()
-                    fn()  # warm-up
-                    est = pc() - t0
+                first, want[name] = _first_and_repeats(fn, budget)
             except Exception as e:  # a benchmark reports, never raises
                 out[name] = {"error": f"{type(e).__name__}: {e}"}
                 continue
             fns[name] = fn
-            n = int(budget.seconds / max(est, 1e-7))
-            want[name] = max(budget.min_repeats, min(budget.max_repeats, n))
             times[name] = []
             out[name] = {"first_ms": first * 1e3}
         size = {name: -(-want[name] // blocks) for name in fns}
