@@ -35,5 +35,12 @@ trap 'rm -rf "$work"' EXIT
 for level in "${levels[@]}"; do
   echo "== rnncore built for $level only: ${tests[*]}"
   pip install -q --no-deps --target "$work/$level" . -Ccmake.define.RNNCORE_SIMD="$level"
-  RNNCORE_EXPECT_SIMD="$level" PYTHONPATH="$work/$level" python -m pytest -q -p no:cacheprovider "${tests[@]}"
+  # (an editable install's import hook, processed from its .pth at start-up, would
+  # shadow PYTHONPATH: the prologue drops it, as tools/sanitize.sh does)
+  RNNCORE_EXPECT_SIMD="$level" PYTHONPATH="$work/$level" python -c '
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if type(f).__name__ not in ("ScikitBuildRedirectingFinder", "ScikitBuildInplaceFinder")]
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))' -q -p no:cacheprovider "${tests[@]}"
 done
