@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 if [ $# -gt 0 ]; then
   levels=("$@")
 else
-  tier=$(cd /tmp && python -c "from rnncore._kernels import simd; print(simd.simd_tier())")
+  # this CPU's level (cpu_tier: whatever level the installed build was made for)
+  tier=$(cd /tmp && python -c "from rnncore._kernels import simd; print(simd.cpu_tier())")
   case "$tier" in
     4) levels=(x86-64-v3 baseline) ;;
     3) levels=(baseline) ;;
@@ -34,7 +35,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for level in "${levels[@]}"; do
   echo "== rnncore built for $level only: ${tests[*]}"
-  pip install -q --no-deps --target "$work/$level" . -Ccmake.define.RNNCORE_SIMD="$level"
+  # its own build directory: never the tree's build/ (pyproject's build-dir), whose
+  # CMake cache a developer's next plain build reuses
+  python -m pip install -q --no-deps --target "$work/$level" . \
+      -Ccmake.define.RNNCORE_SIMD="$level" -Cbuild-dir="$work/build-$level"
   # (an editable install's import hook, processed from its .pth at start-up, would
   # shadow PYTHONPATH: the prologue drops it, as tools/sanitize.sh does)
   RNNCORE_EXPECT_SIMD="$level" PYTHONPATH="$work/$level" python -c '

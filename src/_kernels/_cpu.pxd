@@ -6,6 +6,7 @@
 
 cdef extern from "rc_activations.h" nogil:
     int rc_simd_tier()
+    int rc_cpu_tier()
     bint rc_simd_supported()
     const char *rc_simd_level()
 

@@ -37,7 +37,8 @@
  * for that one level instead of cloned, so CI runs the AVX2 and the baseline
  * code on an AVX-512 machine (the clone a CPU picks is the only one the
  * default build ever runs there). The package refuses to import a forced
- * build on a CPU without the level (rc_simd_supported, _kernels/__init__.py). */
+ * build on a CPU without the level (rc_simd_supported; every kernel module
+ * calls _cpu.pxd's require_simd when it is imported). */
 #if defined(RC_FORCE_SIMD) && RC_X86_DISPATCH
 #if RC_FORCE_SIMD == 4
 #define RC_CLONES __attribute__((target("arch=x86-64-v4")))
@@ -59,14 +60,11 @@
 #define RC_HAVE_CLONES 0
 #endif
 
-/* The level the array functions run at: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:
- * AVX2+FMA), 1 (x86-64 baseline: SSE2), 0 (portable C: no dispatch on this
- * platform/compiler). The clones' ifunc picks by the same priority. */
-static inline int rc_simd_tier(void)
+/* This CPU's level, whatever the build (the same scale as rc_simd_tier; 0:
+ * no dispatch on this platform/compiler). */
+static inline int rc_cpu_tier(void)
 {
-#if defined(RC_FORCE_SIMD)
-    return RC_FORCE_SIMD;
-#elif RC_HAVE_CLONES
+#if RC_X86_DISPATCH
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return 4;
     if (__builtin_cpu_supports("x86-64-v3")) return 3;
@@ -76,14 +74,24 @@ static inline int rc_simd_tier(void)
 #endif
 }
 
+/* The level the array functions run at: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:
+ * AVX2+FMA), 1 (x86-64 baseline: SSE2), 0 (portable C: no dispatch on this
+ * platform/compiler). The clones' ifunc picks by the same priority. */
+static inline int rc_simd_tier(void)
+{
+#if defined(RC_FORCE_SIMD)
+    return RC_FORCE_SIMD;
+#else
+    return rc_cpu_tier();   /* the clones' ifunc picks by the same priority */
+#endif
+}
+
 /* Whether this CPU can run the build's code: always, except a forced build
  * (RC_FORCE_SIMD) for a level the CPU lacks. */
 static inline int rc_simd_supported(void)
 {
-#if defined(RC_FORCE_SIMD) && RC_FORCE_SIMD > 1
-    __builtin_cpu_init();
-    return RC_FORCE_SIMD == 4 ? __builtin_cpu_supports("x86-64-v4")
-                              : __builtin_cpu_supports("x86-64-v3");
+#if defined(RC_FORCE_SIMD)
+    return rc_cpu_tier() >= RC_FORCE_SIMD;
 #else
     return 1;
 #endif

@@ -4,7 +4,7 @@ rc_gemm_packed.h) exposed to Python, and the SIMD level.
 Used by the accuracy tests (tests/test_activations.py, tests/test_gemm.py) and
 ``rnncore.show_config()``; the cell kernels call the same C functions directly.
 """
-from _cpu cimport require_simd, rc_simd_level, rc_simd_tier
+from _cpu cimport require_simd, rc_simd_level, rc_simd_tier, rc_cpu_tier
 import numpy as np
 
 from _blas cimport floating, Mat, mat, NoTrans, transposed, col_block
@@ -70,6 +70,12 @@ def simd_tier():
     """That level as a number: 4 x86-64-v4 (AVX-512), 3 x86-64-v3 (AVX2+FMA),
     1 x86-64 baseline (SSE2), 0 portable C (no dispatch on this platform)."""
     return rc_simd_tier()
+
+
+def cpu_tier():
+    """This CPU's level on the same scale, whatever level the build runs at (a
+    forced build, CMake RNNCORE_SIMD, may run a lower one)."""
+    return rc_cpu_tier()
 
 
 # ----------------------------------------------------------------- own GEMMs
