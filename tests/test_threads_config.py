@@ -170,3 +170,50 @@ def test_row_split_loops_equal_one_thread(cls, with_lengths, bidirectional):
             for u, v in zip(a if isinstance(a, (list, tuple)) else [a],
                             b if isinstance(b, (list, tuple)) else [b]):
                 assert_close_f64(u, v, name=name, atol=1e-11)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "lnlstm", "lngru"])
+def test_unpacked_loops_do_not_depend_on_the_row_split(cell, with_lengths):
+    """With the weight not packed (the test hook; on a CPU without AVX2 always), the
+    per-step kernels are chosen by a call's row count (small-M, panel, BLAS), so the
+    rows must stay on one thread: float64 results bitwise equal with the row split
+    allowed and not. (Splitting them gave 2e-10 differences for the layer-normalised
+    LSTM with lengths, found on the forced-baseline build.)"""
+    if not _threads.row_split_enabled():
+        pytest.skip("row split not allowed in this process (SciPy's BLAS loaded first)")
+    import importlib
+    from threadpoolctl import threadpool_limits
+    kern = importlib.import_module(f"rnncore._kernels.{cell}")
+    cls = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM,
+           "lnlstm": rnncore.LSTM, "lngru": rnncore.GRU}[cell]
+    extra = {"layer_norm": True} if cell.startswith("ln") else {}
+    N, T, D, H = 23, 60, 9, 40
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, T, D))
+    lengths = rng.integers(1, T + 1, N) if with_lengths else None
+    dout = rng.standard_normal((N, T, H))
+
+    def run():
+        m = cls(D, H, batch_first=True, dtype=np.float64, seed=5, **extra)
+        out, _ = m(x, lengths=lengths)
+        dx, _ = m.backward(dout)
+        return [out, dx] + [g.copy() for g in m.grads.values()]
+
+    kern._set_packing(False)
+    try:
+        with threadpool_limits(2, user_api="blas"):
+            # unpacked, this kernel's loops stay on one thread (rnn's _row_threads
+            # reads its own module's packing switch)
+            if cell == "rnn":
+                assert K._row_threads(N, N * H * H, T) == 1
+            split_allowed = run()
+            rnncore.set_row_split(False)
+            try:
+                one = run()
+            finally:
+                rnncore.set_row_split(True)
+    finally:
+        kern._set_packing(True)
+    for a, b in zip(split_allowed, one):
+        assert np.array_equal(a, b)

@@ -10,7 +10,6 @@
 from libc.stdint cimport uintptr_t
 
 from _blas cimport floating, Mat, mat, transposed, NoTrans, Trans, gemm_rm
-from _threads cimport row_threads
 
 cdef extern from "rc_gemm.h" nogil:
     const int RC_SMALL_M
@@ -27,7 +26,6 @@ cdef extern from "rc_gemm.h" nogil:
                          Py_ssize_t lda, const double *b, Py_ssize_t ldb, double beta,
                          double *c, Py_ssize_t ldc)
     bint use_panel "rc_use_panel"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
-    bint panel_shape "rc_panel_shape"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
 
 cdef extern from "rc_gemm_packed.h" nogil:
     Py_ssize_t packed_nr "rc_packed_nr"(size_t elsize)
@@ -173,8 +171,8 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
     keeps it alive); else `wh` is left as is and None returned.
     """
     import numpy as np
-    # the operand (k, n) and, as the loop will decide, the rows per thread (m): rows
-    # split over P threads run inside a single-thread section, so only the shape counts
+    # the operand (k, n); an unpacked loop keeps its rows on one thread (row_threads
+    # splits only packed loops), so each step's product has all N rows
     cdef Py_ssize_t n = H if backward else GH, k = GH if backward else H
     cdef Py_ssize_t nr = packed_nr(sizeof(floating))
     cdef const floating[:, :] c
@@ -187,8 +185,7 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
         return packed
     if T <= 1 or (wh.t == Trans) == backward:
         return None
-    cdef int P = row_threads(N, N * GH * H, T, False)
-    if not (use_panel(N, n, k) if P == 1 else panel_shape((N + P - 1) // P, n, k)):
+    if not use_panel(N, n, k):
         return None
     # forward: Wh (H, GH) row-major; backward: Wh^T (GH, H) row-major, the
     # logical Wh being its transposed view

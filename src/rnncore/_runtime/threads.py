@@ -133,9 +133,12 @@ def set_loop_parallel_min(work: int) -> None:
 def set_row_split(enabled: bool) -> None:
     """Let time loops run the rows of a batch on several threads (default: when allowed).
 
-    A loop splits its rows over min(BLAS threads, 8, N/4) threads when its
-    per-step product is between ~2M/T and 32M multiply-adds; each thread then
-    calls BLAS single-threaded. Allowed only when SciPy's BLAS workers sleep
+    A loop whose per-step products go to rnncore's packed kernel (CPUs with
+    AVX2 or AVX-512, T >= 2) splits its rows over min(BLAS threads, 8, N/4)
+    threads when it does at least ~2M multiply-adds in all; each thread
+    multiplies its own rows by the packed weight (shared, read-only) and calls
+    no BLAS, so the results are bitwise those of one thread. Loops without a
+    packed weight keep their rows on one thread. Allowed only when SciPy's BLAS workers sleep
     right after a call (:func:`rnncore._runtime.blas.row_split_allowed`): enabling it
     otherwise raises RuntimeError. ``threadpool_limits(1)`` also keeps loops
     on one thread.
