@@ -14,7 +14,7 @@ def timing():
     spec = importlib.util.spec_from_file_location("_bench_timing", _TIMING)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.SETTLE_S = 0.0   # one untimed call per block (the calls below take no time)
+    mod.SETTLE_S = 0.0   # one untimed call per block, no waiting (the calls take no time)
     return mod
 
 
@@ -49,7 +49,7 @@ def test_a_slower_contestant_gets_fewer_repeats_and_failures_are_records(timing)
         def call():
             calls[name] += 1
             if name == "breaks" and calls[name] > 3:
-                raise RuntimeError("third call")
+                raise RuntimeError("fourth call")   # the first timed one
             time.sleep(sleep)
         return call
 
@@ -61,5 +61,5 @@ def test_a_slower_contestant_gets_fewer_repeats_and_failures_are_records(timing)
                                      _Budget)
     assert out["fast"]["repeats"] == 7                 # its budget allows the cap
     assert out["slow"]["repeats"] == 3                 # 0.05 s / 0.02 s -> 2, raised to min_repeats
-    assert out["breaks"] == {"error": "RuntimeError: third call"}
+    assert out["breaks"] == {"error": "RuntimeError: fourth call"}
     assert out["bad"] == {"error": "ValueError: cannot build"}

@@ -179,6 +179,8 @@ def print_header(h, sg, out):
         out.write(f"  load        {h['load']} busy background process(es) during the rows"
                   f"{' (' + h['load_kind'] + ')' if h['load'] else ' (none)'}\n")
     for w in h.get("warnings") or []:
+        if "OPENBLAS_CORETYPE" in w and "OPENBLAS_CORETYPE" in (h.get("isa_env") or {}):
+            continue  # the kernel choice was capped on purpose (the isa env line says so)
         out.write(f"  WARNING     {w}\n")
     for s in sg:
         name = "sgemm" if s.get("lib", "scipy") == "scipy" else "torch.mm"

@@ -32,6 +32,11 @@ def _gc_off():
             gc.enable()
 
 
+#: How long a measurement waits before a first call (sleeping) and each block of
+#: interleaved repeats runs untimed (calling), for the previous one's threads to settle.
+SETTLE_S = 0.01
+
+
 def _first_and_repeats(fn, budget):
     """Time ``fn``'s first call, warm it up once (unless the first call already used
     the budget), and return (first call's seconds, repeats the budget allows)."""
@@ -52,6 +57,7 @@ def measure(fn, budget):
     """``{'first_ms', 'median_ms', 'min_ms', 'repeats'}`` of calling ``fn()``."""
     pc = time.perf_counter
     with _gc_off():
+        time.sleep(SETTLE_S)  # the previous measurement's threads may still be spinning
         first, n = _first_and_repeats(fn, budget)
         times = []
         for _ in range(n):
@@ -69,10 +75,6 @@ def try_measure(make, budget):
         return measure(fn, budget)
     except Exception as e:  # a benchmark reports, never raises
         return {"error": f"{type(e).__name__}: {e}"}
-
-
-#: How long each contestant's block of interleaved repeats first runs untimed.
-SETTLE_S = 0.01
 
 
 def measure_interleaved(makers, budget, blocks=4):
@@ -96,6 +98,7 @@ def measure_interleaved(makers, budget, blocks=4):
         for name, make in makers.items():
             try:
                 fn = make()
+                time.sleep(SETTLE_S)  # the first call, too, after others' threads settle
                 first, want[name] = _first_and_repeats(fn, budget)
             except Exception as e:  # a benchmark reports, never raises
                 out[name] = {"error": f"{type(e).__name__}: {e}"}
