@@ -103,6 +103,14 @@ def test_simd_tier_decides_the_packed_layout():
     assert simd._gemm_packed_nr(np.float64) == nr // 2
 
 
+def test_cpu_tier_is_at_least_the_builds_level():
+    # a forced build runs at most this CPU's level (else it refuses to import); the
+    # default build runs exactly it
+    assert simd.cpu_tier() >= simd.simd_tier()
+    if "forced" not in simd.simd_level():
+        assert simd.cpu_tier() == simd.simd_tier()
+
+
 def test_simd_build_is_the_one_ci_asked_for():
     # .ci/run builds rnncore again with -Ccmake.define.RNNCORE_SIMD=<level> and runs the
     # kernel tests with RNNCORE_EXPECT_SIMD=<level>: this fails if those tests ran on
