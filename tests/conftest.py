@@ -174,6 +174,19 @@ def assert_close_f32(actual, expected, rtol=None, name="value"):
     assert err <= rtol * scale, f"{name}: max abs err {err:.3g} > {rtol:g} * {scale:.3g}"
 
 
+def with_and_without_row_split(run):
+    """(run() with the time loops' row split allowed, run() with it off): the
+    setting is restored (on) afterwards."""
+    import rnncore
+    split = run()
+    rnncore.set_row_split(False)
+    try:
+        one = run()
+    finally:
+        rnncore.set_row_split(True)
+    return split, one
+
+
 def assert_close_f64(actual, expected, atol=None, name="value"):
     """float64 check: max |a - e| <= atol."""
     atol = TOL["f64_atol"] if atol is None else atol

@@ -24,7 +24,7 @@ from rnncore._kernels import simd
 from rnncore._runtime import threads as _threads
 
 from conftest import (FD_SHAPES, FD_SHAPE_IDS, SHAPES, SHAPE_IDS, assert_close_f32,
-                      assert_close_f64)
+                      assert_close_f64, with_and_without_row_split)
 
 LN_NAMES = ("layer_norm_ih_weight", "layer_norm_ih_bias", "layer_norm_hh_weight",
             "layer_norm_hh_bias", "layer_norm_c_weight", "layer_norm_c_bias")
@@ -662,12 +662,7 @@ def test_row_split_equals_one_thread(with_lengths, cls):
         with threadpool_limits(2, user_api="blas"):
             # split on the packed kernel (a CPU without one: one thread, trivially equal)
             assert K._row_threads(N, N * H * H, T) == (2 if simd._gemm_packed_nr(np.float32) else 1)
-            split = run()
-            rnncore.set_row_split(False)
-            try:
-                one = run()
-            finally:
-                rnncore.set_row_split(True)
+            split, one = with_and_without_row_split(run)
     finally:
         rnncore.set_parallel_directions(parallel)
     for a, b in zip(split[:-1], one[:-1]):

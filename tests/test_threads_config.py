@@ -12,7 +12,7 @@ from rnncore._runtime import blas as _config, threads as _threads
 from rnncore._kernels import rnn as K
 from rnncore._kernels import simd
 
-from conftest import assert_close_f64
+from conftest import assert_close_f64, with_and_without_row_split
 
 PROBE = r"""
 import json, os, sys
@@ -154,12 +154,8 @@ def test_row_split_loops_equal_one_thread(cls, with_lengths, bidirectional):
         with threadpool_limits(2, user_api="blas"):
             # the split really happens (on the packed kernel; without one, one thread)
             assert K._row_threads(N, N * 40 * 40, T) == (2 if _packed() else 1)
-            split = _run_model(cls, x, lengths, 1, bidirectional)
-            rnncore.set_row_split(False)
-            try:
-                one = _run_model(cls, x, lengths, 1, bidirectional)
-            finally:
-                rnncore.set_row_split(True)
+            split, one = with_and_without_row_split(
+                lambda: _run_model(cls, x, lengths, 1, bidirectional))
     finally:
         rnncore.set_parallel_directions(parallel)
     for a, b, name in zip(split, one, ["out", "state", "dx", "dstate", "grads"]):
@@ -207,12 +203,7 @@ def test_unpacked_loops_do_not_depend_on_the_row_split(cell, with_lengths):
             # reads its own module's packing switch)
             if cell == "rnn":
                 assert K._row_threads(N, N * H * H, T) == 1
-            split_allowed = run()
-            rnncore.set_row_split(False)
-            try:
-                one = run()
-            finally:
-                rnncore.set_row_split(True)
+            split_allowed, one = with_and_without_row_split(run)
     finally:
         kern._set_packing(True)
     for a, b in zip(split_allowed, one):
