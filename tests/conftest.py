@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 import rnncore
+from rnncore._kernels import simd
 from rnncore.models import GRU, LSTM, RNN
+
+#: Whether this build's time loops have a packed-weight layout (AVX2+FMA or AVX-512;
+#: not the baseline level): the row split and the packed-GEMM tests depend on it.
+HAVE_PACKED = simd._gemm_packed_nr(np.float32) > 0
 
 #: Tolerances, in one place. float64 comparisons of a kernel against the
 #: reference are essentially exact; float32 error grows with T, so looser.

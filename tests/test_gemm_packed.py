@@ -21,7 +21,7 @@
 import numpy as np
 import pytest
 
-from conftest import assert_close_f32, assert_close_f64
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
 from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
 from test_lstm_proj import _draw as _draw_proj
 from test_lstm_proj import _kernel as _kernel_proj
@@ -37,7 +37,6 @@ from rnncore._kernels import simd
 
 #: panel widths of the AVX-512 ("wide") and AVX2 ("narrow") layouts, per dtype
 LAYOUTS = {np.float32: {"wide": 32, "narrow": 16}, np.float64: {"wide": 16, "narrow": 8}}
-HAVE_PACKED = simd._gemm_packed_nr(np.float32) > 0
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 M_TAILS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17]

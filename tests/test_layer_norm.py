@@ -20,10 +20,9 @@ import pytest
 import rnncore
 from rnncore import _bindings as B
 from rnncore import reference as R
-from rnncore._kernels import simd
 from rnncore._runtime import threads as _threads
 
-from conftest import (FD_SHAPES, FD_SHAPE_IDS, SHAPES, SHAPE_IDS, assert_close_f32,
+from conftest import (FD_SHAPES, FD_SHAPE_IDS, HAVE_PACKED, SHAPES, SHAPE_IDS, assert_close_f32,
                       assert_close_f64, with_and_without_row_split)
 
 LN_NAMES = ("layer_norm_ih_weight", "layer_norm_ih_bias", "layer_norm_hh_weight",
@@ -661,7 +660,7 @@ def test_row_split_equals_one_thread(with_lengths, cls):
     try:
         with threadpool_limits(2, user_api="blas"):
             # split on the packed kernel (a CPU without one: one thread, trivially equal)
-            assert K._row_threads(N, N * H * H, T) == (2 if simd._gemm_packed_nr(np.float32) else 1)
+            assert K._row_threads(N, N * H * H, T) == (2 if HAVE_PACKED else 1)
             split, one = with_and_without_row_split(run)
     finally:
         rnncore.set_parallel_directions(parallel)

@@ -10,9 +10,8 @@ import pytest
 import rnncore
 from rnncore._runtime import blas as _config, threads as _threads
 from rnncore._kernels import rnn as K
-from rnncore._kernels import simd
 
-from conftest import assert_close_f64, with_and_without_row_split
+from conftest import HAVE_PACKED, assert_close_f64, with_and_without_row_split
 
 PROBE = r"""
 import json, os, sys
@@ -87,10 +86,6 @@ def test_show_config_reports_timeout_and_split(capsys):
     assert "blas_thread_timeout" in capsys.readouterr().out
 
 
-def _packed():
-    return simd._gemm_packed_nr(np.float32) > 0
-
-
 def test_row_threads_policy():
     if not _threads.row_split_enabled():
         pytest.skip("row split not allowed in this process (SciPy's BLAS loaded first)")
@@ -98,8 +93,7 @@ def test_row_threads_policy():
     # rows are split only when the threads' products go to the packed kernel
     # (rc_gemm_packed.h; T >= 2), which sums each element alike whatever rows a call
     # gets; without it (a CPU without AVX2, the forced-baseline CI build) never
-    packed = simd._gemm_packed_nr(np.float32) > 0
-    split = 2 if packed else 1
+    split = 2 if HAVE_PACKED else 1
     with threadpool_limits(2, user_api="blas"):
         assert K._row_threads(32, 2_000_000, 100) == split
         assert K._row_threads(7, 2_000_000, 100) == 1        # too few rows (N // 4 < 2)
@@ -153,7 +147,7 @@ def test_row_split_loops_equal_one_thread(cls, with_lengths, bidirectional):
     try:
         with threadpool_limits(2, user_api="blas"):
             # the split really happens (on the packed kernel; without one, one thread)
-            assert K._row_threads(N, N * 40 * 40, T) == (2 if _packed() else 1)
+            assert K._row_threads(N, N * 40 * 40, T) == (2 if HAVE_PACKED else 1)
             split, one = with_and_without_row_split(
                 lambda: _run_model(cls, x, lengths, 1, bidirectional))
     finally:

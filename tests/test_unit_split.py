@@ -19,13 +19,10 @@ per step, their own first (rc_threads.h: rc_units_*).
 import numpy as np
 import pytest
 
-from conftest import assert_close_f32, assert_close_f64
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
 from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
 
 from rnncore._kernels import lstm as KL
-from rnncore._kernels import simd
-
-HAVE_PACKED = simd._gemm_packed_nr(np.float32) > 0
 
 pytestmark = pytest.mark.skipif(not HAVE_PACKED,
                                 reason="no packed GEMM layout for this CPU (unit split needs it)")
