@@ -168,6 +168,7 @@ cdef inline int check_inputs(Loop *L, Input *inp, Py_ssize_t G, bint reverse,
     # the (T, N, GH) workspaces: one step's rows are T*GH (batch-major) or N*GH apart
     blas_fits("x", max(T, N) * GH, "T or N times the gates' width")
     inp.D = D
+    L.x, L.D = inp.x, D     # (read per step by a fused forward loop)
     L.h0 = &h0[0, 0] if N > 0 and Hp > 0 else NULL
     return 0
 

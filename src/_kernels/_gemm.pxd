@@ -31,9 +31,17 @@ cdef extern from "rc_gemm_packed.h" nogil:
     Py_ssize_t packed_nr "rc_packed_nr"(size_t elsize)
     Py_ssize_t packed_size "rc_packed_size"(Py_ssize_t k, Py_ssize_t n, Py_ssize_t nr)
     void rc_pack_f(Py_ssize_t k, Py_ssize_t n, const float *b, Py_ssize_t rs, Py_ssize_t cs,
-                   Py_ssize_t nr, float *dst)
+                   Py_ssize_t nr, Py_ssize_t ldp, float *dst)
     void rc_pack_d(Py_ssize_t k, Py_ssize_t n, const double *b, Py_ssize_t rs, Py_ssize_t cs,
-                   Py_ssize_t nr, double *dst)
+                   Py_ssize_t nr, Py_ssize_t ldp, double *dst)
+    void rc_gemm_packed2_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+                           Py_ssize_t lda, Py_ssize_t k2, const float *a2, Py_ssize_t lda2,
+                           const float *bp, Py_ssize_t ldp, Py_ssize_t nr, float beta,
+                           float *c, Py_ssize_t ldc)
+    void rc_gemm_packed2_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *a,
+                           Py_ssize_t lda, Py_ssize_t k2, const double *a2, Py_ssize_t lda2,
+                           const double *bp, Py_ssize_t ldp, Py_ssize_t nr, double beta,
+                           double *c, Py_ssize_t ldc)
     void rc_gemm_packed_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
                           Py_ssize_t lda, const float *bp, Py_ssize_t ldp, Py_ssize_t nr,
                           float beta, float *c, Py_ssize_t ldc)
@@ -41,7 +49,9 @@ cdef extern from "rc_gemm_packed.h" nogil:
                           Py_ssize_t lda, const double *bp, Py_ssize_t ldp, Py_ssize_t nr,
                           double beta, double *c, Py_ssize_t ldc)
     bint pack_step_weight "rc_pack_step_weight"(Py_ssize_t T, long long work)
-    void set_packing "rc_set_packing"(int enabled)
+    bint fuse_input "rc_fuse_input"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t k,
+                                    Py_ssize_t n, size_t elsize)
+    void set_packing "rc_set_packing"(int enabled, int fuse)
 
 
 cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Mat a, Mat b,
@@ -99,53 +109,79 @@ cdef inline void mm_step(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     mm(m, n, k, <floating>1, mat(a, lda, NoTrans), b, beta, mat(c, ldc, NoTrans))
 
 
+cdef inline void mm_step2(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *a,
+                          Py_ssize_t lda, Py_ssize_t k2, const floating *a2, Py_ssize_t lda2,
+                          Mat b, floating beta, floating *c, Py_ssize_t ldc) noexcept nogil:
+    """C (m, n) := [A (m, k) | A2 (m, k2)] B (k + k2, n) + beta C, B packed (b.nr > 0,
+    b.t == NoTrans): one register-blocked product over both row blocks of B, stored
+    once (rc_gemm_packed2_*; the fused loops' [x_t | h_{t-1}] [Wx; Wh])."""
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        rc_gemm_packed2_f(m, n, k, a, lda, k2, a2, lda2, <float *>b.p, b.ld, b.nr, beta, c, ldc)
+    else:
+        rc_gemm_packed2_d(m, n, k, a, lda, k2, a2, lda2, <double *>b.p, b.ld, b.nr, beta, c,
+                          ldc)
+
+
 cdef inline bint packs_step_weight(Py_ssize_t T, long long work) noexcept nogil:
     """Whether a time loop of T steps packs its per-step operand (work: multiply-adds
     of one step's product); rc_pack_step_weight: shapes and import-time configuration."""
     return pack_step_weight(T, work)
 
 
-cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0):
+cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, object top=None):
     """B (k, n), any 2-D float32/float64 array with element strides (a row-major
     weight or a transposed view of one: no copy first), packed in panels nr wide.
 
     With 0 < split < n, the column blocks B[:, :split] and B[:, split:] are
     packed one after the other, each from a panel boundary (col_block finds the
-    second). Returns a (panels * k, nr) array of B's dtype, 64-byte aligned
+    second). With `top` (k0, n) of B's dtype, the packed operand is the stacked
+    [top; B] (k0 + k, n): each panel holds top's k0 rows, then B's (the fused
+    loops' [Wx; Wh]: its row block k0.. is B packed, col_block of the transposed
+    view). Returns a (panels * (k0 + k), nr) array of B's dtype, 64-byte aligned
     (whole-line vector loads); k >= 1 and n >= 1.
     """
     import numpy as np
     src = np.asarray(B)
     cdef Py_ssize_t k = src.shape[0], n = src.shape[1], isz = src.itemsize
+    cdef Py_ssize_t k0 = 0 if top is None else np.asarray(top).shape[0]
     if not 0 < split < n:
         split = n
-    cdef Py_ssize_t first = packed_size(k, split, nr)
-    cdef Py_ssize_t size = first + packed_size(k, n - split, nr), pad = 64 // isz
+    cdef Py_ssize_t first = packed_size(k0 + k, split, nr)
+    cdef Py_ssize_t size = first + packed_size(k0 + k, n - split, nr), pad = 64 // isz
     buf = np.empty(size + pad, dtype=src.dtype)
     cdef Py_ssize_t off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
     out = buf[off:off + size].reshape(-1, nr)
     if src.dtype == np.float32:
-        pack_blocks[float](src, out, split, first, nr)
+        if k0 > 0:
+            pack_blocks[float](top, out, split, first, nr, k0 + k)
+        pack_blocks[float](src, out[k0:], split, first, nr, k0 + k)
     else:
-        pack_blocks[double](src, out, split, first, nr)
+        if k0 > 0:
+            pack_blocks[double](top, out, split, first, nr, k0 + k)
+        pack_blocks[double](src, out[k0:], split, first, nr, k0 + k)
     return out
 
 
 cdef inline void pack_blocks(const floating[:, :] b, floating[:, ::1] dst, Py_ssize_t split,
-                             Py_ssize_t first, Py_ssize_t nr):
-    # dst := packed B[:, :split], then packed B[:, split:] at element `first`
+                             Py_ssize_t first, Py_ssize_t nr, Py_ssize_t ldp=0):
+    # dst := packed B[:, :split], then packed B[:, split:] at element `first`; the
+    # panels ldp rows apart (0: B's k)
     cdef Py_ssize_t k = b.shape[0], n = b.shape[1], isz = sizeof(floating)
     cdef Py_ssize_t rs = b.strides[0] // isz, cs = b.strides[1] // isz
     cdef floating *d = &dst[0, 0]
+    if ldp == 0:
+        ldp = k
     with nogil:
         if floating is float:
-            rc_pack_f(k, split, &b[0, 0], rs, cs, nr, d)
+            rc_pack_f(k, split, &b[0, 0], rs, cs, nr, ldp, d)
             if split < n:
-                rc_pack_f(k, n - split, &b[0, split], rs, cs, nr, d + first)
+                rc_pack_f(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first)
         else:
-            rc_pack_d(k, split, &b[0, 0], rs, cs, nr, d)
+            rc_pack_d(k, split, &b[0, 0], rs, cs, nr, ldp, d)
             if split < n:
-                rc_pack_d(k, n - split, &b[0, split], rs, cs, nr, d + first)
+                rc_pack_d(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first)
 
 
 cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, Py_ssize_t N,
@@ -193,3 +229,31 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
     c = copy
     wh[0] = mat(&c[0, 0], H if backward else GH, Trans if backward else NoTrans)
     return copy
+
+
+cdef inline object fused_weight(const floating[:, :] Wx, const floating[:, :] Wh, Mat *wxh,
+                                Mat *wh, Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH,
+                                Py_ssize_t H, Py_ssize_t split=0):
+    """A forward loop's weights: [Wx; Wh] packed once, or Wh as step_weight decides.
+
+    When rc_fuse_input says so (shapes only) the loop computes x_t Wx step by
+    step: the stacked (D + H, GH) operand is packed once (pack_weight, `split`
+    as there), `wxh` becomes it (the fused product [x_t | h_{t-1}] [Wx; Wh], or
+    x_t Wx alone: its first D rows) and `wh` its row block D.. (Wh packed, as
+    step_weight would pack it); the packed array is returned (the caller keeps
+    it alive). Otherwise `wxh` is left as is (nr == 0: the loop's input
+    projection is one GEMM over all steps first) and this is step_weight.
+    """
+    cdef Py_ssize_t D = Wx.shape[0], nr
+    cdef const floating[:, :] c
+    if fuse_input(T, N, D, H, GH, sizeof(floating)):
+        nr = packed_nr(sizeof(floating))
+        packed = pack_weight(Wh, nr, split, Wx)
+        c = packed
+        wxh[0] = mat(&c[0, 0], D + H, NoTrans)
+        wxh.nr = nr
+        wh[0] = mat(&c[D, 0], D + H, NoTrans)     # row D of the (panels * (D + H), nr) array
+        wh.nr = nr
+        return packed
+    return step_weight(Wh, wh, T, N, GH, H, False, split)
+

@@ -24,7 +24,7 @@ from libc.string cimport memcpy, memset
 
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
                     NoTrans, Trans)
-from _gemm cimport mm
+from _gemm cimport mm, mm_step, mm_step2
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport (row_threads, share, run_tasks, single_open, loop_threads_begin,
                        loop_threads_end, gemms_threads_begin)
@@ -48,6 +48,11 @@ cdef struct Loop:
     body_d run_d
     # the step arrays (each body says which it uses)
     Mat wh                      # the recurrent weight (H, GH) as the loop reads it (maybe packed)
+    Mat wxh                     # a fused forward loop's [Wx; Wh] (D + Hp, GH), packed (nr > 0;
+                                # else nr == 0: x Wx is one GEMM before the loop); wh is its
+                                # row block D.. (_gemm.pxd: fused_weight)
+    Seq x                       # the input sequence (T, N, D), read per step by a fused loop
+    Py_ssize_t D
     const void *h0              # initial states (N, H), C-contiguous
     const void *c0              # LSTM
     const void *b               # bias (GH,) (GRU: the input side's bx)
@@ -116,6 +121,7 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     s.dan = every_pth_row(s.dan, k, P, isz)
     s.m = every_pth_row(s.m, k, P, isz)
     s.dht = every_pth_row(s.dht, k, P, isz)
+    s.x = every_pth_row(s.x, k, P, isz)
     # (N, H) states and carries: row stride P*H from here on (h0 and the dh
     # carry: P*Hp); the scratch P*GH
     s.h0 = rows_from(s.h0, rowp)
@@ -195,11 +201,43 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
 cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d run_d,
                               floating kind) noexcept nogil:
     """One layer and direction forward (`kind`'s type picks float or double)."""
-    # A = x @ Wx          (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
-    #                     into the gates (the RNN's: its output h)
-    # (BLAS's threads at every size: see rc_gemms_threads_begin, rc_threads.h)
-    mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, uniform(L.g))
+    if L.wxh.nr == 0:
+        # A = x @ Wx      (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
+        #                 into the gates (the RNN's: its output h)
+        # (BLAS's threads at every size: see rc_gemms_threads_begin, rc_threads.h);
+        # a fused loop (L.wxh packed) multiplies by Wx in its steps instead
+        mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0,
+           uniform(L.g))
     run_loop(L, run_f, run_d)
+
+
+cdef inline void step_product(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
+                              Py_ssize_t n, const floating *hp, Py_ssize_t ldhp, floating *c,
+                              Py_ssize_t ldc) noexcept nogil:
+    """Rows [r0, r0 + rows) of step t's pre-activations C (rows, n) from h_prev = hp.
+
+    A fused loop:  C := [x_t | h_prev] @ [Wx; Wh]   (rows, n) = (rows, D + Hp)(D + Hp, n)
+    otherwise:     C += h_prev @ Wh                 (C holds x_t Wx, from forward_loop)
+    """
+    if L.wxh.nr > 0:
+        mm_step2(rows, n, L.D, <const floating *>L.x.p + t * L.x.st + r0 * L.x.sn, L.x.sn,
+                 L.Hp, hp, ldhp, L.wxh, <floating>0, c, ldc)
+    else:
+        mm_step(rows, n, L.Hp, hp, ldhp, L.wh, <floating>1, c, ldc)
+
+
+cdef inline void input_product(const Loop *L, Py_ssize_t t, Py_ssize_t rows, floating *c,
+                               Py_ssize_t ldc, Py_ssize_t split) noexcept nogil:
+    """A fused loop's C := x_t[:rows] @ Wx (rows, GH) alone (the first D rows of the
+    packed [Wx; Wh]; packed with a column split at `split` > 0: two products)."""
+    cdef const floating *x = <const floating *>L.x.p + t * L.x.st
+    cdef Py_ssize_t GH = L.G * L.H
+    if split <= 0:
+        mm_step(rows, GH, L.D, x, L.x.sn, L.wxh, <floating>0, c, ldc)
+        return
+    mm_step(rows, split, L.D, x, L.x.sn, L.wxh, <floating>0, c, ldc)
+    mm_step(rows, GH - split, L.D, x, L.x.sn, col_block(L.wxh, split, sizeof(floating)),
+            <floating>0, c + split, ldc)
 
 
 cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_f run_f,

@@ -103,9 +103,10 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, transposed, col_block, scale_rows
-from _gemm cimport mm_step, step_weight, set_packing
+from _gemm cimport mm_step, step_weight, fused_weight, set_packing
 from _threads cimport blas_thread_hooks, share
-from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
+from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
+                   input_product)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, workspace, check_inputs, check_grads, copy_rows)
 from _pass cimport rc_pass, cell_pass, run_pass
@@ -168,6 +169,10 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     for i in range(L.T):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
+        if L.wxh.nr > 0 and B > 0:
+            # a fused loop: A_t[:B] = x_t[:B] @ Wx     (B, 3H) = (B, D)(D, 3H)
+            input_product(L, t, B, <floating *>L.g.p + t * L.g.st, L.g.sn,
+                          GH - H if L.reset_before else 0)
         if Bc > 0:
             fwd_rows(L, t, 0, Bc, h + tp * h_st, h_sn)
         if B > Bc:
@@ -273,7 +278,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.scratch = &s[0, 0]
     # packed, Wh[:, :2H] and Wh[:, 2H:] each from a panel boundary for the
     # reset-before steps' two products (fwd_rows)
-    keep = step_weight(Wh, &L.wh, T, N, GH, H, False, 0 if reset_after else GH - H)
+    # Wh packed, or [Wx; Wh] for a loop multiplying by Wx step by step
+    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, 0 if reset_after else GH - H)
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     return saved
@@ -439,7 +445,8 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
 
 
-def _set_packing(bint enabled):
+def _set_packing(bint enabled, bint fuse=True):
     """Test hook: time loops pack their weight when the policy says so (True, the
-    default) or never (False: the panel kernel and BLAS paths), in this module."""
-    set_packing(enabled)
+    default) or never (False: the panel kernel and BLAS paths), in this module; with
+    `fuse` False, forward loops never fuse x_t Wx into their steps (rc_fuse_input)."""
+    set_packing(enabled, fuse)

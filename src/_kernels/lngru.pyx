@@ -351,5 +351,5 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
 
 def _set_packing(bint enabled):
     """Test hook: time loops pack their weight when the policy says so (True, the
-    default) or never (False), in this module."""
-    set_packing(enabled)
+    default) or never (False), in this module (its loops never fuse x_t Wx)."""
+    set_packing(enabled, True)

@@ -77,12 +77,13 @@ import numpy as np
 from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
 from libc.stdint cimport uintptr_t
 
-from _gemm cimport (mm, mm_step, step_weight, set_packing, packs_step_weight, packed_nr,
-                    packed_size, pack_blocks)
+from _gemm cimport (mm, mm_step, mm_step2, step_weight, fused_weight, fuse_input, set_packing,
+                    packs_step_weight, packed_nr, packed_size, pack_blocks)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
                        units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
-from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop, MAX_TASKS
+from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
+                   MAX_TASKS)
 from _checks cimport (seq_check, same_layout, mat_check, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, seq_empty, workspace, check_inputs, check_grads, copy_rows)
 from _pass cimport (rc_pass, run_pass, pass_at, rows_at, state_rows, RC_PASS_FWD, RC_PASS_BWD,
@@ -136,7 +137,8 @@ cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t
     cdef Py_ssize_t H = L.H, GH = RC_LSTM_GATES * H, Hp = L.Hp
     cdef floating *at = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
     # A_t[rows] += h_prev @ Wh               (rows, 4H) += (rows, Hp)(Hp, 4H)
-    mm_step(rows, GH, Hp, hp, ldhp, L.wh, <floating>1, at, L.g.sn)
+    # (a fused loop: A_t[rows] = [x_t | h_prev] @ [Wx; Wh], step_product)
+    step_product(L, t, r0, rows, GH, hp, ldhp, at, L.g.sn)
     # fused (rc_lstm_fwd_*): [i, f, g, o] = σ, σ, tanh, σ of (A_t + b);
     #   c_t = f c_prev + i g;  h_t = o tanh(c_t)  (with a projection: m_t)
     lstm_pass(L, False, t, r0, rows, cp, ldcp)
@@ -272,10 +274,21 @@ cdef inline void fwd_block(const Loop *L, rc_units *u, int blk, Py_ssize_t t, Py
     cdef const floating *c0 = <const floating *>L.c0
     cdef floating *h = <floating *>L.h.p
     cdef floating *at = <floating *>L.g.p + t * L.g.st
+    cdef const floating *x = <const floating *>L.x.p + t * L.x.st
     cdef Mat w = L.wh
     for q in range(RC_LSTM_GATES):
         # A_t[:, gate q, units] += h_prev @ Wh[:, gate q, units]     (B, U) += (B, H)(H, U)
+        # (fused, L.wxh.nr > 0: the slices are of [Wx; Wh], and
+        #  A_t[:, gate q, units] = [x_t | h_prev] @ [Wx; Wh][:, gate q, units])
         w.p = <floating *>L.wh.p + u.off[blk] + q * u.ws[blk]
+        if L.wxh.nr > 0:
+            if Bc > 0:
+                mm_step2(Bc, U, L.D, x, L.x.sn, H, h + tp * h_st, h_sn, w, <floating>0,
+                         at + q * H + u0, g_sn)
+            if B > Bc:
+                mm_step2(B - Bc, U, L.D, x + Bc * L.x.sn, L.x.sn, H, h0 + Bc * H, H, w,
+                         <floating>0, at + Bc * g_sn + q * H + u0, g_sn)
+            continue
         if Bc > 0:
             mm_step(Bc, U, H, h + tp * h_st, h_sn, w, <floating>1, at + q * H + u0, g_sn)
         if B > Bc:
@@ -357,14 +370,16 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
                 units_done(u)
 
 
-cdef object unit_split(const floating[:, :] Wh, Loop *L, Loop *tasks, rc_units *u,
-                       bint backward):
+cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L,
+                       Loop *tasks, rc_units *u, bint backward):
     """Prepare a unit split of L's loop when rc_unit_threads says so: the shares in
     `tasks` (L.units, L.nu), the schedule `u` and the packed weight slices
-    (returned: the caller keeps them alive); else None (L untouched)."""
+    (returned: the caller keeps them alive); else None (L untouched). A forward
+    loop fusing x_t Wx into its steps (rc_fuse_input, as fused_weight decides)
+    packs slices of [Wx; Wh] and sets L.wxh.nr (its products: fwd_block)."""
     import numpy as np
     cdef Py_ssize_t H = L.H, GH = RC_LSTM_GATES * H, nr = packed_nr(sizeof(floating))
-    cdef Py_ssize_t q, chunk, U, ws, kdim, off, vec, isz = sizeof(floating)
+    cdef Py_ssize_t q, chunk, U, ws, kdim, off, vec, isz = sizeof(floating), D = 0
     cdef int P, k, nb, b
     if L.wr.p != NULL or nr <= 0 or L.N <= 0 or H <= 0:
         return None
@@ -373,12 +388,15 @@ cdef object unit_split(const floating[:, :] Wh, Loop *L, Loop *tasks, rc_units *
     if P < 2:
         return None
     P = min(P, MAX_TASKS)
+    if not backward and fuse_input(L.T, L.N, L.D, H, GH, isz):
+        D = L.D
+        L.wxh.nr = nr
     # two blocks per thread of whole vectors (nr / 2 elements) where H allows
     vec = nr // 2
     nb = min(2 * P, RC_UNITS_MAX_BLOCKS)
     chunk = (H + nb * vec - 1) // (nb * vec) * vec
     nb = min(nb, <int>((H + chunk - 1) // chunk))
-    kdim = GH if backward else H
+    kdim = GH if backward else D + H
     units_init(u, nb)
     off = 0
     for b in range(nb + 1):
@@ -397,8 +415,13 @@ cdef object unit_split(const floating[:, :] Wh, Loop *L, Loop *tasks, rc_units *
             pack_blocks[floating](src.T[:, u0:u1], out[o:o + ws], u1 - u0, ws, nr)
         else:
             for q in range(RC_LSTM_GATES):
+                if D > 0:
+                    pack_blocks[floating](Wx[:, q * H + u0:q * H + u1],
+                                          out[o + q * ws:o + q * ws + ws], u1 - u0, ws, nr,
+                                          kdim)
                 pack_blocks[floating](src[:, q * H + u0:q * H + u1],
-                                      out[o + q * ws:o + q * ws + ws], u1 - u0, ws, nr)
+                                      out[o + q * ws + D:o + q * ws + ws], u1 - u0, ws, nr,
+                                      kdim)
     for k in range(P):
         tasks[k] = L[0]
         tasks[k].units = NULL
@@ -472,9 +495,10 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.b = &b[0]
     cdef Loop tasks[MAX_TASKS]
     cdef rc_units sched
-    keep = unit_split(Wh, &L, tasks, &sched, False)
+    keep = unit_split(Wx, Wh, &L, tasks, &sched, False)
     if keep is None:
-        keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
+        # Wh packed, or [Wx; Wh] for a loop fusing x_t Wx into its steps
+        keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp)
     # the projection's operand Wr (H, Hp), as the loop reads it (packed once, too)
     keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H) if Wr is not None else None
     with nogil:
@@ -566,7 +590,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
         L.scratch = &s[0, 0]
     cdef Loop tasks[MAX_TASKS]
     cdef rc_units sched
-    keep = unit_split(Wh, &L, tasks, &sched, True)
+    keep = unit_split(Wx, Wh, &L, tasks, &sched, True)
     if keep is None:
         keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
     # backward's projection operand Wr^T (Hp, H)
@@ -655,10 +679,11 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
 
 
-def _set_packing(bint enabled):
+def _set_packing(bint enabled, bint fuse=True):
     """Test hook: time loops pack their weight when the policy says so (True, the
-    default) or never (False: the panel kernel and BLAS paths), in this module."""
-    set_packing(enabled)
+    default) or never (False: the panel kernel and BLAS paths), in this module; with
+    `fuse` False, forward loops never fuse x_t Wx into their steps (rc_fuse_input)."""
+    set_packing(enabled, fuse)
 
 
 def _set_unit_split(int mode, int threads=2):

@@ -50,10 +50,11 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, transposed, scale_rows
-from _gemm cimport mm_step, step_weight, packs_step_weight, packed_nr, set_packing
+from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_weight,
+                    packed_nr, set_packing)
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
-from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop
+from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, check_inputs, check_grads, copy_rows)
 from _step cimport StepBufs, step_init, step_cell_bufs, step_release, step_loop
@@ -109,13 +110,13 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         ht = h + t * h_st
+        # (a fused loop: h_t[rows] = [x_t | h_prev] @ [Wx; Wh], step_product)
         if Bc > 0:
             # h_t[:Bc] += h_tp[:Bc] @ Wh        (Bc, H) += (Bc, H)(H, H)
-            mm_step(Bc, H, H, h + tp * h_st, h_sn, L.wh, <floating>1, ht, h_sn)
+            step_product(L, t, 0, Bc, H, h + tp * h_st, h_sn, ht, h_sn)
         if B > Bc:
             # h_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, H) += (B-Bc, H)(H, H)
-            mm_step(B - Bc, H, H, h0 + Bc * h0_ld, h0_ld, L.wh, <floating>1, ht + Bc * h_sn,
-                    h_sn)
+            step_product(L, t, Bc, B - Bc, H, h0 + Bc * h0_ld, h0_ld, ht + Bc * h_sn, h_sn)
         # h_t[:B] = act(h_t[:B] + b)
         act_rows(ht, h_sn, <const floating *>L.b, B, H, L.relu)
         if B < M:
@@ -173,7 +174,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.relu = relu
     L.b = &b[0]
     L.g = L.h       # the input projection goes into h
-    keep = step_weight(Wh, &L.wh, T, N, H, H)
+    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, H, H)
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
 
@@ -284,10 +285,11 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
 
 
-def _set_packing(bint enabled):
+def _set_packing(bint enabled, bint fuse=True):
     """Test hook: time loops pack their weight when the policy says so (True, the
-    default) or never (False: the panel kernel and BLAS paths), in this module."""
-    set_packing(enabled)
+    default) or never (False: the panel kernel and BLAS paths), in this module; with
+    `fuse` False, forward loops never fuse x_t Wx into their steps (rc_fuse_input)."""
+    set_packing(enabled, fuse)
 
 
 def _row_threads(Py_ssize_t N, long long work, Py_ssize_t T):
@@ -300,6 +302,14 @@ def _packs_step_weight(Py_ssize_t N, Py_ssize_t n, Py_ssize_t k, Py_ssize_t T):
     """Whether a time loop of T steps over N rows packs its (k, n) per-step operand
     once and multiplies on the packed kernel (rc_gemm_packed.h), as step_weight decides."""
     return N > 0 and n > 0 and k > 0 and packs_step_weight(T, N * n * k)
+
+
+def _fuses_input(Py_ssize_t N, Py_ssize_t D, Py_ssize_t n, Py_ssize_t k, Py_ssize_t T,
+                 dtype=np.float32):
+    """Whether a forward loop of T steps, N rows, D inputs and a per-step (N, k)(k, n)
+    product computes x_t Wx in its steps ([x_t | h_{t-1}] [Wx; Wh]), as fused_weight
+    decides (rc_fuse_input)."""
+    return fuse_input(T, N, D, k, n, np.dtype(dtype).itemsize)
 
 
 def _packed_layout():

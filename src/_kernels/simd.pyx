@@ -9,7 +9,7 @@ import numpy as np
 
 from _blas cimport floating, Mat, mat, NoTrans, transposed, col_block
 from _gemm cimport (RC_SMALL_M, rc_gemm_small_f, rc_gemm_small_d, rc_gemm_panel_f,
-                   rc_gemm_panel_d, mm_step, packed_nr, pack_weight)
+                   rc_gemm_panel_d, mm_step, mm_step2, packed_nr, pack_weight)
 
 require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
 
@@ -175,6 +175,39 @@ def _gemm_packed(const floating[:, :] a, b, floating[:, :] c, floating beta,
     cdef const floating *ap = &a[0, 0] if k > 0 else NULL
     with nogil:
         mm_step(m, n, k, ap, lda, w, beta, &c[0, 0], c.strides[0] // isz)
+    return np.asarray(c)
+
+
+def _gemm_packed2(const floating[:, :] a, const floating[:, :] a2, b, b2, floating[:, :] c,
+                  floating beta, Py_ssize_t split=0):
+    """C (m, n) := [A (m, k) | A2 (m, k2)] [B; B2] + beta C in place, as a fused loop
+    computes [x_t | h_{t-1}] [Wx; Wh]: B (k, n) and B2 (k2, n), any 2-D layouts, packed
+    into one operand (pack_weight's `top`, `split` as there) and multiplied by mm_step2
+    (split > 0: the two column blocks, each its own call). A, A2 and C need a
+    contiguous last axis. For the tests.
+    """
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], k2 = a2.shape[1], n = c.shape[1]
+    cdef Py_ssize_t isz = sizeof(floating), nr = packed_nr(isz)
+    bb, bb2 = np.asarray(b), np.asarray(b2)
+    if (bb.shape != (k, n) or bb2.shape != (k2, n) or a2.shape[0] != m or c.shape[0] != m
+            or bb.dtype != np.asarray(a).dtype or bb2.dtype != bb.dtype):
+        raise ValueError("shapes or dtypes do not match")
+    if nr <= 0 or m == 0 or n == 0 or k == 0 or k2 == 0:
+        raise ValueError("no packed layout for this CPU, or an empty product")
+    if a.strides[1] != isz or a2.strides[1] != isz or c.strides[1] != isz:
+        raise ValueError("a, a2 and c need a contiguous last axis")
+    cdef const floating[:, :] bp = pack_weight(bb2, nr, split, bb)
+    cdef Mat w = mat(&bp[0, 0], k + k2, NoTrans)
+    w.nr = nr
+    if not 0 < split < n:
+        split = n
+    cdef Py_ssize_t lda = a.strides[0] // isz, lda2 = a2.strides[0] // isz
+    cdef Py_ssize_t ldc = c.strides[0] // isz
+    with nogil:
+        mm_step2(m, split, k, &a[0, 0], lda, k2, &a2[0, 0], lda2, w, beta, &c[0, 0], ldc)
+        if split < n:
+            mm_step2(m, n - split, k, &a[0, 0], lda, k2, &a2[0, 0], lda2,
+                     col_block(w, split, isz), beta, &c[0, split], ldc)
     return np.asarray(c)
 
 

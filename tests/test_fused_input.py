@@ -1,0 +1,227 @@
+"""Forward loops that compute x_t Wx in their steps (rc_fuse_input, rc_gemm_packed.h).
+
+A fused loop packs [Wx; Wh] once and computes each step's pre-activations as one
+product [x_t | h_{t-1}] [Wx; Wh] (rc_gemm_packed2_*: the RNN and the LSTM), or x_t Wx
+and h_{t-1} Wh as two packed products (the GRU, whose n gate keeps them apart),
+instead of one BLAS GEMM over all T*N rows before the loop.
+
+1. The two-segment kernel (`simd._gemm_packed2`) against NumPy in float64 and
+   float32, every m, n tail and both segments' k tails, B from row-major, transposed
+   and strided sources, a column split, beta 0 (NaN in C never read) and 1; and
+   bitwise the one-segment kernel on the concatenated operands (one dot product in
+   k order whatever the segments).
+2. The rule: shapes and configuration only (not BLAS's thread count); not for fewer
+   than 8 rows, no inputs, or one step.
+3. Every cell on the fused path against the reference composition (float64): the
+   RNN (tanh, ReLU), the GRU (both reset placements: the reset-before one packs Wx
+   with a column split), the LSTM with and without a projection; lengths, reverse,
+   two layers, batch-first; fused and unfused (`_set_packing(True, fuse=False)`)
+   agree; float32 outputs are bitwise the same with the rows split over 2 threads
+   or on one.
+"""
+import numpy as np
+import pytest
+
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
+from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
+from test_models import check_against_reference
+
+import rnncore
+from rnncore._kernels import gru as KG
+from rnncore._kernels import lstm as KL
+from rnncore._kernels import rnn as K
+from rnncore._kernels import simd
+
+pytestmark = pytest.mark.skipif(not HAVE_PACKED,
+                                reason="no packed GEMM layout for this CPU (fusing needs it)")
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def _operand(rng, k, n, dtype, source):
+    if source == "row-major":
+        return rng.standard_normal((k, n)).astype(dtype)
+    if source == "transposed":
+        return rng.standard_normal((n, k)).astype(dtype).T
+    return rng.standard_normal((k, 2 * n + 1)).astype(dtype)[:, 1::2]
+
+
+# ---------------------------------------------------------------------------
+# 1. The two-segment kernel
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("source", ["row-major", "transposed", "strided"])
+@pytest.mark.parametrize("ks", [(1, 1), (7, 64), (64, 7), (33, 40)])
+def test_two_segment_product_matches_numpy(ks, source, dtype, rng):
+    k, k2 = ks
+    for m in [1, 3, 4, 7, 8, 9, 17]:
+        for n in [1, 15, 33, 65]:
+            a = rng.standard_normal((m, k)).astype(dtype)
+            a2 = rng.standard_normal((m, k2 + 3)).astype(dtype)[:, :k2]   # row stride > k2
+            b, b2 = _operand(rng, k, n, dtype, source), _operand(rng, k2, n, dtype, source)
+            want = (a.astype(np.float64) @ b.astype(np.float64)
+                    + a2.astype(np.float64) @ b2.astype(np.float64))
+            c = np.full((m, n), np.nan, dtype)                       # beta 0: never read
+            simd._gemm_packed2(a, a2, b, b2, c, dtype(0))
+            check = assert_close_f64 if dtype == np.float64 else assert_close_f32
+            check(c, want, name=f"[A | A2] [B; B2] m={m} n={n}")
+            c0 = rng.standard_normal((m, n)).astype(dtype)
+            c1 = c0.copy()
+            simd._gemm_packed2(a, a2, b, b2, c1, dtype(1))
+            check(c1, want + c0, name=f"beta 1 m={m} n={n}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_two_segment_product_is_bitwise_the_concatenated_one(dtype, rng):
+    """One dot product over k + k2 in order: the same bits as the one-segment kernel on
+    [A | A2] and [B; B2] (what makes a fused loop's rows independent of the split)."""
+    for m, n, k, k2 in [(16, 1024, 256, 256), (5, 40, 9, 40), (8, 96, 1, 33)]:
+        a, a2 = (rng.standard_normal((m, j)).astype(dtype) for j in (k, k2))
+        b, b2 = (rng.standard_normal((j, n)).astype(dtype) for j in (k, k2))
+        got = np.empty((m, n), dtype)
+        simd._gemm_packed2(a, a2, b, b2, got, dtype(0))
+        one = np.empty((m, n), dtype)
+        simd._gemm_packed(np.hstack([a, a2]), np.vstack([b, b2]), one, dtype(0))
+        assert np.array_equal(got, one)
+
+
+@pytest.mark.parametrize("split", [11, 16, 22, 32])
+def test_two_segment_product_with_a_column_split(split, rng):
+    """[Wx; Wh] packed with Wx's and Wh's column blocks [:split], [split:] each from a
+    panel boundary (the reset-before GRU's): both blocks read right."""
+    m, k, k2, n = 9, 5, 11, 33
+    a, a2 = rng.standard_normal((m, k)), rng.standard_normal((m, k2))
+    b, b2 = rng.standard_normal((n, k)).T, rng.standard_normal((k2, n))
+    c = np.full((m, n), np.nan)
+    simd._gemm_packed2(a, a2, b, b2, c, 0.0, split)
+    assert_close_f64(c, a @ b + a2 @ b2, name=f"split {split}")
+
+
+def test_two_segment_hook_errors():
+    a = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="shapes or dtypes"):
+        simd._gemm_packed2(a, a, np.ones((3, 5), np.float32), np.ones((4, 5), np.float32),
+                           np.ones((2, 5), np.float32), np.float32(0))
+    with pytest.raises(ValueError, match="contiguous last axis"):
+        simd._gemm_packed2(np.ones((2, 6), np.float32)[:, ::2], a,
+                           np.ones((3, 5), np.float32), np.ones((3, 5), np.float32),
+                           np.ones((2, 5), np.float32), np.float32(0))
+
+
+# ---------------------------------------------------------------------------
+# 2. The rule
+# ---------------------------------------------------------------------------
+def test_fusing_depends_on_shapes_not_on_blas_threads():
+    from threadpoolctl import threadpool_limits
+    # (N, D, n, k, T): fused; 8 rows fused, 7 not; no inputs; one step; a stacked
+    # [Wx; Wh] over 8 MB (24 MB: every step would stream it from memory); 8 MB exactly,
+    # in float32 and float64
+    cases = [(32, 256, 1024, 256, 100), (8, 9, 160, 40, 60), (7, 9, 160, 40, 60),
+             (32, 0, 1024, 256, 100), (32, 256, 1024, 256, 1), (64, 512, 4096, 1024, 50),
+             (64, 512, 2048, 512, 50), (64, 512, 2048, 512, 50, np.float64)]
+    with threadpool_limits(2, user_api="blas"):
+        two = [K._fuses_input(*c) for c in cases]
+    with threadpool_limits(1, user_api="blas"):
+        one = [K._fuses_input(*c) for c in cases]
+    assert one == two == [True, True, False, False, False, False, True, False]
+
+
+@pytest.fixture
+def fusing_off():
+    """Forward loops with the all-steps input GEMM (packing stays on)."""
+    for mod in (K, KG, KL):
+        mod._set_packing(True, fuse=False)
+    try:
+        yield
+    finally:
+        for mod in (K, KG, KL):
+            mod._set_packing(True)
+
+
+def test_fusing_hook_turns_the_rule_off(fusing_off):
+    assert not K._fuses_input(32, 256, 1024, 256, 100)
+    assert K._packs_step_weight(32, 1024, 256, 100)
+
+
+# ---------------------------------------------------------------------------
+# 3. Cells on the fused path
+# ---------------------------------------------------------------------------
+#: (T, N, D, H); N >= 8 fuses; H = 40 / 11 leave the gates off panel boundaries
+FUSED_CASES = {"N23": (12, 23, 9, 40), "N8": (7, 8, 5, 11), "D1": (9, 10, 1, 24)}
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_models_on_the_fused_path_match_reference(cell, case, rng):
+    T, N, D, H = FUSED_CASES[case]
+    assert K._fuses_input(N, D, GATES[cell.split("_")[0]] * H, H, T)
+    lengths = rng.integers(1, T + 1, N)
+    check_against_reference(rng, cell, T, N, D, H, lengths=lengths)
+    check_against_reference(rng, cell, T, N, D, H, num_layers=2, bidirectional=True,
+                            batch_first=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["rowmajor-W", "pytorch-W"])
+@pytest.mark.parametrize("cell", ["gru", "gru-rb", "lstm"])
+def test_kernels_on_the_fused_path_match_reference_per_row(cell, transposed, reverse, rng):
+    """The gated kernels directly (the RNN's through its model, above): lengths (rows starting from h0 in the middle of the batch
+    in reverse), PyTorch-layout weights (Wx packed from a transposed view), the
+    reset-before GRU (Wx and Wh packed with a column split at 2H = 22)."""
+    N, T, D, H = 13, 6, 5, 11
+    kind = cell.split("-")[0]
+    assert K._fuses_input(N, D, GATES[kind] * H, H, T)
+    inp, up = _time_major(kind, rng, N, T, D, H)
+    lens = np.sort(rng.integers(1, T + 1, N))[::-1].copy()
+    extra = {"reset_after": False} if cell == "gru-rb" else {}
+    got = run_kernel(kind, inp, up, reverse=reverse, batch_sizes=_batch_sizes(lens, T),
+                     transposed=transposed, **extra)
+    want = reference_per_row(kind, inp, up, lens, reverse, **extra)
+    for name in got:
+        assert_close_f64(got[name], want[name], name=name)
+
+
+def test_projected_lstm_on_the_fused_path_matches_torch_semantics(rng):
+    """proj_size: the fused product is [x_t | h_{t-1}] (D + P columns) times [Wx; Wh]."""
+    from test_lstm_proj import _draw, _kernel, _reference
+    N, T, D, H, P = 13, 6, 5, 11, 7
+    assert K._fuses_input(N, D, 4 * H, P, T)
+    inp, up = _draw(rng, N, T, D, H, P)
+    for reverse in (False, True):
+        got = _kernel(inp, up, reverse, None, False, True)
+        for name, w in _reference(inp, up, np.full(N, T), reverse).items():
+            assert_close_f64(got[name], w, name=name)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "gru_rb", "lstm"])
+def test_fused_and_unfused_loops_agree(cell, rng):
+    """The same model, data and lengths with fusing on and off: only the rounding of
+    the input projection's sum differs."""
+    T, N, D, H = 10, 12, 7, 20
+    kind = cell.split("_")[0]
+    kw = {"reset_after": False} if cell == "gru_rb" else {}
+    if cell == "rnn_tanh":
+        cls = rnncore.RNN
+    else:
+        cls = {"gru": rnncore.GRU, "lstm": rnncore.LSTM}[kind]
+    x = rng.standard_normal((T, N, D))
+    dout = rng.standard_normal((T, N, H))
+    lengths = rng.integers(1, T + 1, N)
+
+    def run():
+        m = cls(D, H, bidirectional=True, dtype=np.float64, seed=3, **kw)
+        out, _ = m(x, lengths=lengths)
+        dx, _ = m.backward(np.concatenate([dout, dout[..., ::-1]], axis=-1))
+        return [out, dx] + [g.copy() for g in m.grads.values()]
+
+    assert K._fuses_input(N, D, GATES[kind] * H, H, T)
+    fused = run()
+    for mod in (K, KG, KL):
+        mod._set_packing(True, fuse=False)
+    try:
+        plain = run()
+    finally:
+        for mod in (K, KG, KL):
+            mod._set_packing(True)
+    for f, p in zip(fused, plain):
+        np.testing.assert_allclose(f, p, rtol=1e-12, atol=1e-12)
