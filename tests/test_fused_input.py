@@ -225,3 +225,73 @@ def test_fused_and_unfused_loops_agree(cell, rng):
             mod._set_packing(True)
     for f, p in zip(fused, plain):
         np.testing.assert_allclose(f, p, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# 4. Inference on a fused loop keeps one step of gates
+# ---------------------------------------------------------------------------
+def _models(D, H):
+    return {"gru": rnncore.GRU(D, H, bidirectional=True, seed=4),
+            "gru_rb": rnncore.GRU(D, H, reset_after=False, seed=4),
+            "lstm": rnncore.LSTM(D, H, num_layers=2, bidirectional=True, seed=4),
+            "lstm_proj": rnncore.LSTM(D, H, proj_size=5, seed=4)}
+
+
+@pytest.mark.parametrize("kind", ["gru", "gru_rb", "lstm", "lstm_proj"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_inference_gives_bitwise_the_training_forward(kind, dtype, rng):
+    """eval() (nothing saved: the gates of one step reused for all) and train() (all
+    saved) run the same products and passes: outputs and final states bit for bit,
+    with lengths, in both directions and through two layers."""
+    T, N, D, H = 9, 11, 6, 13
+    m = _models(D, H)[kind].to(dtype)
+    assert K._fuses_input(N, D, 3 * H, H, T, dtype)
+    x = rng.standard_normal((T, N, D)).astype(dtype)
+    lengths = rng.integers(1, T + 1, N)
+    m.train()
+    out_t, st_t = m(x, lengths=lengths)
+    m.eval()
+    out_e, st_e = m(x, lengths=lengths)
+    assert np.array_equal(out_t, out_e)
+    for a, b in zip(st_t if isinstance(st_t, tuple) else (st_t,),
+                    st_e if isinstance(st_e, tuple) else (st_e,)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_kernel_forward_without_save_keeps_one_step(cell, rng):
+    """save=False on a fused loop returns None, writes the same h (and c), and
+    allocates about one step of gates, not (T, N, G*H) (tracemalloc sees NumPy's
+    allocations)."""
+    import tracemalloc
+    T, N, D, H = 200, 16, 8, 32
+    G = GATES[cell]
+    assert K._fuses_input(N, D, G * H, H, T)
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    Wx = (0.3 * rng.standard_normal((D, G * H))).astype(np.float32)
+    Wh = (0.3 * rng.standard_normal((H, G * H))).astype(np.float32)
+    b = (0.1 * rng.standard_normal(G * H)).astype(np.float32)
+    h0 = np.zeros((N, H), np.float32)
+
+    def run(save):
+        h = np.empty((T, N, H), np.float32)
+        if cell == "lstm":
+            c = np.empty((T, N, H), np.float32)
+            return KL.forward(x, h0, h0, Wx, Wh, b, h, c, save=save), [h, c]
+        return KG.forward(x, h0, Wx, Wh, b, b, h, save=save), [h]
+
+    saved, want = run(True)
+    assert saved is not None
+    tracemalloc.start()
+    try:
+        got_saved, got = run(False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got_saved is None
+    for a, w in zip(got, want):
+        assert np.array_equal(a, w)
+    outputs = len(got) * T * N * H * 4
+    gates = T * N * G * H * 4
+    # the outputs, the packed [Wx; Wh] and one step's arrays; not the (T, N, G*H) gates
+    assert peak < outputs + gates // 4, (peak, outputs, gates)

@@ -7,10 +7,11 @@
 # modules fails at import.
 
 from libc.limits cimport INT_MAX
+from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy
 
 from _blas cimport floating, Mat
-from _layout cimport Seq, seq_ld, mat_layout, uniform
+from _layout cimport Seq, seq, seq_ld, mat_layout, uniform
 from _loop cimport Loop, Input, Grads, loop_init
 
 
@@ -126,6 +127,21 @@ cdef inline object seq_empty(bint batch_major, Py_ssize_t T, Py_ssize_t N, Py_ss
     if batch_major:
         return np.empty((N, T, F), dtype=dtype).transpose(1, 0, 2)
     return np.empty((T, N, F), dtype=dtype)
+
+
+cdef inline object one_step(Seq *s, Py_ssize_t N, Py_ssize_t F, object dtype):
+    """Point `s` at a new (N, F) array as a sequence whose every step is that array
+    (step stride 0) and return it: a fused forward loop's per-step arrays (the
+    gates, ...) when nothing is saved for backward -- one step's worth of memory,
+    in the cache, instead of (T, N, F). Only a fused loop (Loop.wxh packed) may
+    run on it: the others' all-steps input GEMM writes every step's rows first."""
+    import numpy as np
+    cdef Py_ssize_t isz = np.dtype(dtype).itemsize, size = max(N, 1) * F
+    buf = np.empty(size + 64 // isz, dtype=dtype)
+    cdef Py_ssize_t off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz   # 64-byte aligned rows
+    a = buf[off:off + size].reshape(max(N, 1), F)
+    s[0] = seq(<void *><uintptr_t>a.ctypes.data, 0, F, F, False)
+    return a
 
 
 cdef inline object workspace(object saved, str name, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F,

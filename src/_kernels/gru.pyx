@@ -103,12 +103,12 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, transposed, col_block, scale_rows
-from _gemm cimport mm_step, step_weight, fused_weight, set_packing
+from _gemm cimport mm_step, step_weight, fused_weight, fuse_input, set_packing
 from _threads cimport blas_thread_hooks, share
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
                    input_product)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
-                      seq_empty, workspace, check_inputs, check_grads, copy_rows)
+                      seq_empty, one_step, workspace, check_inputs, check_grads, copy_rows)
 from _pass cimport rc_pass, cell_pass, run_pass
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
                     contiguous)
@@ -236,7 +236,8 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
 
 def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] Wx,
             const floating[:, :] Wh, const floating[:] bx, const floating[:] bh,
-            floating[:, :, :] h, bint reverse=False, batch_sizes=None, bint reset_after=True):
+            floating[:, :, :] h, bint reverse=False, batch_sizes=None, bint reset_after=True,
+            bint save=True):
     """Run one GRU layer and direction over all T steps, writing ``h``.
 
     Parameters (logical shapes; layouts in the module docstring)
@@ -247,10 +248,13 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     reverse : run t = T-1 .. 0
     batch_sizes : (T,) non-increasing active-row counts (sorted batch), or None
     reset_after : PyTorch's candidate (True) or the reset-before one (False)
+    save : False when no `backward` follows (inference): gates and hidden_n need
+        not be kept -- a loop computing x_t Wx in its steps then reuses one
+        step's for all T -- and None is returned
 
     Returns
     -------
-    saved : GRUSaved(gates, hidden_n)
+    saved : GRUSaved(gates, hidden_n); None if not `save`
         gates (T, N, 3H) = [r | z | n] and hidden_n (T, N, H) = h_prev W_hn + b_hn
         (reset_after=False: reset_h = r ⊙ h_prev), in h's layout kind; pass to
         `backward` with the same ``reset_after``.
@@ -265,13 +269,19 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     vec_check(bh, "bh", GH)
     bs = check_batch_sizes(batch_sizes, T, N)
     dtype = np.float32 if floating is float else np.float64
-    saved = GRUSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
-                     hidden_n=seq_empty(L.h.bm, T, N, H, dtype))
+    # inference on a loop fusing x_t Wx into its steps (the rule fused_weight applies):
+    # one step's gates and hidden_n serve every step
+    cdef bint one = not save and fuse_input(T, N, inp.D, H, GH, sizeof(floating))
+    saved = None if one else GRUSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
+                                      hidden_n=seq_empty(L.h.bm, T, N, H, dtype))
     if T == 0 or N == 0 or H == 0:
-        return saved
+        return saved if save else None
     cdef floating[:, :] s = np.empty((N, GH), dtype=dtype)
-    seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
-    seq_check[floating](saved.hidden_n, "hidden_n", T, N, H, &L.hn)
+    if one:
+        step_arrays = (one_step(&L.g, N, GH, dtype), one_step(&L.hn, N, H, dtype))
+    else:
+        seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
+        seq_check[floating](saved.hidden_n, "hidden_n", T, N, H, &L.hn)
     L.bs = batch_ptr(bs)
     L.b = &bx[0]
     L.bh = &bh[0]
@@ -280,9 +290,11 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # reset-before steps' two products (fwd_rows)
     # Wh packed, or [Wx; Wh] for a loop multiplying by Wx step by step
     keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, 0 if reset_after else GH - H)
+    if one and L.wxh.nr == 0:   # (the same rule decided both: cannot happen)
+        raise RuntimeError("internal error: one step of gates for an unfused loop")
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
-    return saved
+    return saved if save else None
 
 
 def backward(const floating[:, :, :] dh, const floating[:, :] dhn,

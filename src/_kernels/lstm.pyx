@@ -85,7 +85,8 @@ from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wai
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
                    MAX_TASKS)
 from _checks cimport (seq_check, same_layout, mat_check, rows_check, vec_check, check_batch_sizes,
-                      batch_ptr, seq_empty, workspace, check_inputs, check_grads, copy_rows)
+                      batch_ptr, seq_empty, one_step, workspace, check_inputs, check_grads,
+                      copy_rows)
 from _pass cimport (rc_pass, run_pass, pass_at, rows_at, state_rows, RC_PASS_FWD, RC_PASS_BWD,
                    RC_PASS_BWD_IP)
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
@@ -448,7 +449,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
 def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:, :] c0,
             const floating[:, :] Wx, const floating[:, :] Wh, const floating[:] b,
             floating[:, :, :] h, floating[:, :, :] c, bint reverse=False, batch_sizes=None,
-            const floating[:, :] Wr=None):
+            const floating[:, :] Wr=None, bint save=True):
     """Run one LSTM layer and direction over all T steps, writing ``h`` and ``c``.
 
     Parameters (logical shapes; layouts in the module docstring)
@@ -461,10 +462,13 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     batch_sizes : (T,) non-increasing active-row counts (sorted batch), or None
     Wr : (H, P) or None: PyTorch's projection ``weight_hr.T`` (``proj_size`` P);
         then h0, h are (N, P), (T, N, P) and Wh is (P, 4H): h_t = (o ⊙ tanh(c_t)) Wr
+    save : False when no `backward` follows (inference): the gates (and m) need
+        not be kept -- a loop computing x_t Wx in its steps then reuses one
+        step's (N, 4H) for all T -- and None is returned
 
     Returns
     -------
-    saved : LSTMSaved(gates), or with Wr LSTMProjSaved(gates, m)
+    saved : LSTMSaved(gates), or with Wr LSTMProjSaved(gates, m); None if not `save`
         The gate activations (T, N, 4H) (and m = o ⊙ tanh(c) (T, N, H)), in h's
         layout kind; pass to `backward`.
     """
@@ -480,16 +484,24 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     rows_check(c0, "c0", N, H)
     vec_check(b, "b", GH)
     bs = check_batch_sizes(batch_sizes, T, N)
-    # saved gate activations, in h's layout kind (the x @ Wx GEMM writes them as one matrix)
+    # saved gate activations, in h's layout kind (the x @ Wx GEMM writes them as one
+    # matrix); inference on a loop fusing x_t Wx into its steps (the rule fused_weight
+    # and unit_split apply): one step's gates (and m) serve every step
     dtype = np.float32 if floating is float else np.float64
-    saved = (LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype)) if Wr is None else
-             LSTMProjSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
-                           m=seq_empty(L.h.bm, T, N, H, dtype)))
+    cdef bint one = not save and fuse_input(T, N, inp.D, L.Hp, GH, sizeof(floating))
+    saved = None if one else (
+        LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype)) if Wr is None else
+        LSTMProjSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
+                      m=seq_empty(L.h.bm, T, N, H, dtype)))
     if T == 0 or N == 0 or H == 0:
-        return saved
-    seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
-    if Wr is not None:
-        seq_check[floating](saved.m, "m", T, N, H, &L.m)
+        return saved if save else None
+    if one:
+        step_arrays = (one_step(&L.g, N, GH, dtype),
+                       one_step(&L.m, N, H, dtype) if Wr is not None else None)
+    else:
+        seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
+        if Wr is not None:
+            seq_check[floating](saved.m, "m", T, N, H, &L.m)
     L.bs = batch_ptr(bs)
     L.c0 = &c0[0, 0]
     L.b = &b[0]
@@ -501,9 +513,11 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
         keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp)
     # the projection's operand Wr (H, Hp), as the loop reads it (packed once, too)
     keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H) if Wr is not None else None
+    if one and L.wxh.nr == 0:   # (the same rule decided both: cannot happen)
+        raise RuntimeError("internal error: one step of gates for an unfused loop")
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
-    return saved
+    return saved if save else None
 
 
 def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floating[:, :] dcn,

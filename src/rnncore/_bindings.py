@@ -72,13 +72,13 @@ class _Binding:
     def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None, save=True):
         """Forward of one layer and direction, PyTorch-layout parameters ``p``
         (and the LSTM's ``weight_hr`` as p[4] with a projection). ``save=False``:
-        nothing will call backward (the layer-normalised kernels then keep nothing,
-        returning None; the others ignore it)."""
+        nothing will call backward (the kernels then keep nothing they need not,
+        returning None)."""
         w_ih, w_hh, b_ih, b_hh = p[:4]
         biases = (b_ih + b_hh,) if self.fused_bias else (b_ih, b_hh)
         proj = {"Wr": p[4].T} if len(p) > 4 else {}
         return self.kernel_forward(x, s0, w_ih.T, w_hh.T, biases, outs, reverse, batch_sizes,
-                                   **proj)
+                                   save=save, **proj)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
                  batch_sizes=None, overwrite_saved=False):
@@ -107,7 +107,9 @@ class RNNBinding(_Binding):
     def __init__(self, relu: bool):
         self.relu = bool(relu)
 
-    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None):
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None,
+                       save=True):
+        """``save`` unused: the RNN keeps nothing but its outputs."""
         _krnn.forward(x, s0[0], Wx, Wh, biases[0], outs[0], self.relu, reverse, batch_sizes)
         return None
 
@@ -138,9 +140,10 @@ class GRUBinding(_Binding):
     def __init__(self, reset_after: bool = True):
         self.reset_after = bool(reset_after)
 
-    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None):
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None,
+                       save=True):
         return _kgru.forward(x, s0[0], Wx, Wh, biases[0], biases[1], outs[0], reverse,
-                             batch_sizes, self.reset_after)
+                             batch_sizes, self.reset_after, save)
 
     def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
                         reverse=False, batch_sizes=None, overwrite_saved=False):
@@ -169,10 +172,10 @@ class LSTMBinding(_Binding):
     Saved = _klstm.LSTMSaved
 
     def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None,
-                       Wr=None):
+                       save=True, Wr=None):
         """``Wr`` (H, P): the projection (``weight_hr.T``), or None."""
         return _klstm.forward(x, s0[0], s0[1], Wx, Wh, biases[0], outs[0], outs[1], reverse,
-                              batch_sizes, Wr)
+                              batch_sizes, Wr, save)
 
     def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
                         reverse=False, batch_sizes=None, overwrite_saved=False, proj=None):
