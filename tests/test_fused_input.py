@@ -1,4 +1,5 @@
-"""Forward loops that compute x_t Wx in their steps (rc_fuse_input, rc_gemm_packed.h).
+"""Time loops that multiply by Wx in their steps (rc_gemm_packed.h: rc_fuse_input,
+rc_step_input_grad): forward x_t Wx, backward dx_t = dA_t Wx^T.
 
 A fused loop packs [Wx; Wh] once and computes each step's pre-activations as one
 product [x_t | h_{t-1}] [Wx; Wh] (rc_gemm_packed2_*: the RNN and the LSTM), or x_t Wx
@@ -12,12 +13,14 @@ instead of one BLAS GEMM over all T*N rows before the loop.
    k order whatever the segments).
 2. The rule: shapes and configuration only (not BLAS's thread count); not for fewer
    than 8 rows, no inputs, or one step.
-3. Every cell on the fused path against the reference composition (float64): the
+3. Every cell on the fused path -- and its backward computing dx_t = dA_t Wx^T in the
+   steps on Wx^T packed once (rc_step_input_grad) -- against the reference (float64): the
    RNN (tanh, ReLU), the GRU (both reset placements: the reset-before one packs Wx
    with a column split), the LSTM with and without a projection; lengths, reverse,
    two layers, batch-first; fused and unfused (`_set_packing(True, fuse=False)`)
-   agree; float32 outputs are bitwise the same with the rows split over 2 threads
-   or on one.
+   agree (float32 results not depending on the thread count: test_gemm_packed.py).
+4. Inference (nothing saved) on a fused loop: one step of gates, bitwise the
+   outputs of a training forward.
 """
 import numpy as np
 import pytest
@@ -126,6 +129,21 @@ def test_fusing_depends_on_shapes_not_on_blas_threads():
     assert one == two == [True, True, False, False, False, False, True, False]
 
 
+def test_stepwise_input_gradient_depends_on_shapes_not_on_blas_threads():
+    """Backward loops compute dx_t = dA_t Wx^T in their steps by the same conditions,
+    Wx^T (GH, D) being the operand held in the cache."""
+    from threadpoolctl import threadpool_limits
+    # (N, D, Hp, GH, T)
+    cases = [(32, 256, 256, 1024, 100), (8, 9, 40, 160, 60), (7, 9, 40, 160, 60),
+             (32, 0, 256, 1024, 100), (32, 256, 256, 1024, 1), (64, 1024, 1024, 4096, 50),
+             (64, 512, 1024, 4096, 50), (64, 512, 1024, 4096, 50, np.float64)]
+    with threadpool_limits(2, user_api="blas"):
+        two = [K._steps_input_grad(*c) for c in cases]
+    with threadpool_limits(1, user_api="blas"):
+        one = [K._steps_input_grad(*c) for c in cases]
+    assert one == two == [True, True, False, False, False, False, True, False]
+
+
 @pytest.fixture
 def fusing_off():
     """Forward loops with the all-steps input GEMM (packing stays on)."""
@@ -140,6 +158,7 @@ def fusing_off():
 
 def test_fusing_hook_turns_the_rule_off(fusing_off):
     assert not K._fuses_input(32, 256, 1024, 256, 100)
+    assert not K._steps_input_grad(32, 256, 256, 1024, 100)
     assert K._packs_step_weight(32, 1024, 256, 100)
 
 

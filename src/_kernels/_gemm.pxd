@@ -49,6 +49,8 @@ cdef extern from "rc_gemm_packed.h" nogil:
                           Py_ssize_t lda, const double *bp, Py_ssize_t ldp, Py_ssize_t nr,
                           double beta, double *c, Py_ssize_t ldc)
     bint pack_step_weight "rc_pack_step_weight"(Py_ssize_t T, long long work)
+    bint step_input_grad "rc_step_input_grad"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D,
+                                              Py_ssize_t Hp, Py_ssize_t GH, size_t elsize)
     bint fuse_input "rc_fuse_input"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t k,
                                     Py_ssize_t n, size_t elsize)
     void set_packing "rc_set_packing"(int enabled, int fuse)
@@ -256,4 +258,24 @@ cdef inline object fused_weight(const floating[:, :] Wx, const floating[:, :] Wh
         wh.nr = nr
         return packed
     return step_weight(Wh, wh, T, N, GH, H, False, split)
+
+
+cdef inline object input_grad_weight(const floating[:, :] Wx, Mat *wxt, Py_ssize_t T,
+                                     Py_ssize_t N, Py_ssize_t Hp):
+    """A backward loop's Wx^T (GH, D), packed once when rc_step_input_grad says so
+    (shapes only): then `wxt` becomes it (the loop computes dx_t = dA_t Wx^T in its
+    steps, _loop.pxd: input_grad) and the packed array is returned (the caller keeps
+    it alive); else None and `wxt` is left as is (nr == 0: dx is one GEMM after the
+    loop)."""
+    import numpy as np
+    cdef Py_ssize_t D = Wx.shape[0], GH = Wx.shape[1], nr
+    cdef const floating[:, :] c
+    if not step_input_grad(T, N, D, Hp, GH, sizeof(floating)):
+        return None
+    nr = packed_nr(sizeof(floating))
+    packed = pack_weight(np.asarray(Wx).T, nr)
+    c = packed
+    wxt[0] = mat(&c[0, 0], GH, NoTrans)
+    wxt.nr = nr
+    return packed
 

@@ -53,6 +53,9 @@ cdef struct Loop:
                                 # row block D.. (_gemm.pxd: fused_weight)
     Seq x                       # the input sequence (T, N, D), read per step by a fused loop
     Py_ssize_t D
+    Mat wxt                     # backward: Wx^T (GH, D) packed (nr > 0: dx_t = dA_t Wx^T in
+                                # the steps, input_grad; else nr == 0: one GEMM after the loop)
+    Seq dx                      # backward: the input gradient (T, N, D)
     const void *h0              # initial states (N, H), C-contiguous
     const void *c0              # LSTM
     const void *b               # bias (GH,) (GRU: the input side's bx)
@@ -122,6 +125,7 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     s.m = every_pth_row(s.m, k, P, isz)
     s.dht = every_pth_row(s.dht, k, P, isz)
     s.x = every_pth_row(s.x, k, P, isz)
+    s.dx = every_pth_row(s.dx, k, P, isz)
     # (N, H) states and carries: row stride P*H from here on (h0 and the dh
     # carry: P*Hp); the scratch P*GH
     s.h0 = rows_from(s.h0, rowp)
@@ -255,13 +259,14 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     run_loop(L, run_f, run_d)
     # the GEMMs after the loop: dx, dWx (R*GH*D) and dWh (R*GH*H multiply-adds)
     opened = gemms_threads_begin(R * GH * (D + H))
-    if D > 0:
+    if D > 0 and L.wxt.nr == 0:     # (else the loop computed dx: input_grad)
         # dx = dG[:, :nI] @ Wx[:, :nI]^T              (R, D) = (R, nI)(D, nI)^T
         mm(R, D, nI, <floating>1, dg, transposed(inp.wx), <floating>0, gr.dx)
         if split:
             # dx += dAn @ Wx[:, nI:]^T                (R, D) += (R, H)(D, H)^T
             mm(R, D, H, <floating>1, dan, transposed(col_block(inp.wx, nI, isz)),
                <floating>1, gr.dx)
+    if D > 0:
         # dWx[:, :nI] += x^T dG[:, :nI]               (D, nI) += (D, R)(R, nI)
         mm(D, nI, R, <floating>1, transposed(uniform(inp.x)), dg, <floating>1, gr.dwx)
         if split:
@@ -281,6 +286,29 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     else:
         reset_before_dwh(L, gr.dwh, <floating *>gr.dzs)
     loop_threads_end(opened)
+
+
+cdef inline void input_grad(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
+                            Py_ssize_t M, floating kind) noexcept nogil:
+    """A backward loop computing dx in its steps (L.wxt packed): rows [r0, r0 + rows)
+    of this share at step t, from its finished dA_t, and rows [r0 + rows, M) zeros
+    (padding; nothing when M <= r0 + rows):
+        dx_t = dA_t @ Wx^T                      (rows, D) = (rows, GH)(GH, D)
+    the GRU's (reset-after) input-side dA_t being [dG_t[:, :2H] | dAn_t]."""
+    cdef bint split = L.dan.p != NULL
+    cdef Py_ssize_t nI = (L.G - 1) * L.H if split else L.G * L.H
+    cdef floating *dx = <floating *>L.dx.p + t * L.dx.st + r0 * L.dx.sn
+    if rows > 0:
+        mm_step(rows, L.D, nI, <const floating *>L.dg.p + t * L.dg.st + r0 * L.dg.sn, L.dg.sn,
+                L.wxt, <floating>0, dx, L.dx.sn)
+        if split:
+            # rows [nI, GH) of the packed Wx^T: a column block of its transpose
+            mm_step(rows, L.D, L.H,
+                    <const floating *>L.dan.p + t * L.dan.st + r0 * L.dan.sn, L.dan.sn,
+                    transposed(col_block(transposed(L.wxt), nI, sizeof(floating))),
+                    <floating>1, dx, L.dx.sn)
+    if M > r0 + rows:
+        scale_rows(dx + rows * L.dx.sn, L.dx.sn, M - r0 - rows, L.D, <floating>0)
 
 
 cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:

@@ -103,10 +103,11 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, transposed, col_block, scale_rows
-from _gemm cimport mm_step, step_weight, fused_weight, fuse_input, set_packing
+from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing,
+                    input_grad_weight)
 from _threads cimport blas_thread_hooks, share
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
-                   input_product)
+                   input_product, input_grad)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, one_step, workspace, check_inputs, check_grads, copy_rows)
 from _pass cimport rc_pass, cell_pass, run_pass
@@ -228,6 +229,9 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
                            M - B, H, <floating>0)
         # carry[:B] += dG_t[:B, :nk] @ Wh[:, :nk]^T    (B, H) += (B, nk)(H, nk)^T
         mm_step(B, H, nk, dgt, dg_sn, transposed(L.wh), <floating>1, <floating *>L.carry, ldc)
+        if L.wxt.nr > 0:
+            # dx_t[:B] = [dG_t | dAn_t][:B] @ Wx^T; dx_t[B:] = 0
+            input_grad(L, t, 0, B, M, kind)
 
 
 # ----------------------------------------------------------------- entry points
@@ -372,6 +376,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     gr.dbh = &dbh[0]
     gr.dzs = &dgs[0, 0] if dgs.shape[0] > 0 else NULL
     keep = step_weight(Wh, &L.wh, T, N, GH, H, True)
+    # Wx^T packed for dx_t = dA_t Wx^T in the steps, or dx after the loop
+    keep_x = input_grad_weight(Wx, &L.wxt, T, N, H)
     with nogil:
         backward_loop(&L, &inp, &gr, bwd_steps[float], bwd_steps[double], <floating>0)
 
@@ -460,5 +466,6 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
 def _set_packing(bint enabled, bint fuse=True):
     """Test hook: time loops pack their weight when the policy says so (True, the
     default) or never (False: the panel kernel and BLAS paths), in this module; with
-    `fuse` False, forward loops never fuse x_t Wx into their steps (rc_fuse_input)."""
+    `fuse` False, loops never multiply by Wx in their steps (forward x_t Wx,
+    rc_fuse_input; backward dx_t = dA_t Wx^T, rc_step_input_grad)."""
     set_packing(enabled, fuse)

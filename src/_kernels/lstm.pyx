@@ -78,12 +78,12 @@ from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
 from libc.stdint cimport uintptr_t
 
 from _gemm cimport (mm, mm_step, mm_step2, step_weight, fused_weight, fuse_input, set_packing,
-                    packs_step_weight, packed_nr, packed_size, pack_blocks)
+                    packs_step_weight, packed_nr, packed_size, pack_blocks, input_grad_weight)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
                        units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
-                   MAX_TASKS)
+                   input_grad, MAX_TASKS)
 from _checks cimport (seq_check, same_layout, mat_check, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, seq_empty, one_step, workspace, check_inputs, check_grads,
                       copy_rows)
@@ -223,6 +223,9 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
         # carry_h[:B] = dA_t[:B] @ Wh^T          (B, Hp) = (B, 4H)(Hp, 4H)^T
         mm_step(B, L.Hp, GH, dgt, dg_sn, transposed(L.wh), <floating>0, <floating *>L.carry,
                 L.P * L.Hp)
+        if L.wxt.nr > 0:
+            # dx_t[:B] = dA_t[:B] @ Wx^T; dx_t[B:] = 0
+            input_grad(L, t, 0, B, M, kind)
 
 
 # ----------------------------------------------------------------- unit split
@@ -368,6 +371,10 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
                 w.p = <floating *>L.wh.p + u.off[blk]
                 mm_step(B, u.ub[blk + 1] - u.ub[blk], RC_LSTM_GATES * H, dgt, dg_sn,
                         transposed(w), <floating>0, <floating *>L.carry + u.ub[blk], H)
+                if L.wxt.nr > 0:
+                    # this block's share of dx_t's rows (the last one: the padding too)
+                    input_grad(L, t, B * blk // u.nb, B * (blk + 1) // u.nb - B * blk // u.nb,
+                               N if blk == u.nb - 1 else 0, kind)
                 units_done(u)
 
 
@@ -604,6 +611,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
         L.scratch = &s[0, 0]
     cdef Loop tasks[MAX_TASKS]
     cdef rc_units sched
+    # Wx^T packed for dx_t = dA_t Wx^T in the steps, or dx after the loop
+    keep_x = input_grad_weight(Wx, &L.wxt, T, N, L.Hp)
     keep = unit_split(Wx, Wh, &L, tasks, &sched, True)
     if keep is None:
         keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
@@ -696,7 +705,8 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
 def _set_packing(bint enabled, bint fuse=True):
     """Test hook: time loops pack their weight when the policy says so (True, the
     default) or never (False: the panel kernel and BLAS paths), in this module; with
-    `fuse` False, forward loops never fuse x_t Wx into their steps (rc_fuse_input)."""
+    `fuse` False, loops never multiply by Wx in their steps (forward x_t Wx,
+    rc_fuse_input; backward dx_t = dA_t Wx^T, rc_step_input_grad)."""
     set_packing(enabled, fuse)
 
 

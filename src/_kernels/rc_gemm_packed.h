@@ -294,4 +294,16 @@ static int rc_fuse_input(rc_idx T, rc_idx N, rc_idx D, rc_idx k, rc_idx n, size_
     return rc_pack_step_weight(T, (long long)N * n * k);
 }
 
+/* Whether a backward loop of T steps over N rows computes the input gradient
+ * step by step, dx_t = dA_t Wx^T ((N, GH)(GH, D), on Wx^T packed once, while
+ * dA_t is in the cache) instead of as one BLAS GEMM over all T*N rows after
+ * the loop: the same conditions as rc_fuse_input, the loop's own product being
+ * (N, GH)(GH, Hp) and Wx^T's (GH, D) at most RC_FUSE_MAX_BYTES. */
+static int rc_step_input_grad(rc_idx T, rc_idx N, rc_idx D, rc_idx Hp, rc_idx GH, size_t elsize)
+{
+    if (!rc_fuse_enabled || D <= 0 || N < RC_FUSE_MIN_ROWS || Hp <= 0 || GH <= 0) return 0;
+    if ((long long)GH * D * (long long)elsize > RC_FUSE_MAX_BYTES) return 0;
+    return rc_pack_step_weight(T, (long long)N * GH * Hp);
+}
+
 #endif /* RC_GEMM_PACKED_H */

@@ -51,10 +51,11 @@ import numpy as np
 
 from _blas cimport floating, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_weight,
-                    packed_nr, set_packing)
+                    packed_nr, set_packing, input_grad_weight, step_input_grad)
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
-from _loop cimport Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product
+from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
+                   input_grad)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, check_inputs, check_grads, copy_rows)
 from _step cimport StepBufs, step_init, step_cell_bufs, step_release, step_loop
@@ -143,6 +144,9 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
             scale_rows(dzt + B * dz_sn, dz_sn, M - B, H, <floating>0)
         # carry[:B] = dz_t[:B] @ Wh^T            (B, H) = (B, H)(H, H)^T
         mm_step(B, H, H, dzt, dz_sn, transposed(L.wh), <floating>0, carry, ldc)
+        if L.wxt.nr > 0:
+            # dx_t[:B] = dz_t[:B] @ Wx^T; dx_t[B:] = 0
+            input_grad(L, t, 0, B, M, kind)
 
 
 # ----------------------------------------------------------------- entry points
@@ -219,6 +223,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     gr.dbh = NULL
     gr.dzs = &dzs[0, 0] if dzs.shape[0] > 0 else NULL
     keep = step_weight(Wh, &L.wh, T, N, H, H, True)
+    # Wx^T packed for dx_t = dz_t Wx^T in the steps, or dx after the loop
+    keep_x = input_grad_weight(Wx, &L.wxt, T, N, H)
     with nogil:
         backward_loop(&L, &inp, &gr, bwd_steps[float], bwd_steps[double], <floating>0)
 
@@ -288,7 +294,8 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
 def _set_packing(bint enabled, bint fuse=True):
     """Test hook: time loops pack their weight when the policy says so (True, the
     default) or never (False: the panel kernel and BLAS paths), in this module; with
-    `fuse` False, forward loops never fuse x_t Wx into their steps (rc_fuse_input)."""
+    `fuse` False, loops never multiply by Wx in their steps (forward x_t Wx,
+    rc_fuse_input; backward dx_t = dA_t Wx^T, rc_step_input_grad)."""
     set_packing(enabled, fuse)
 
 
@@ -310,6 +317,14 @@ def _fuses_input(Py_ssize_t N, Py_ssize_t D, Py_ssize_t n, Py_ssize_t k, Py_ssiz
     product computes x_t Wx in its steps ([x_t | h_{t-1}] [Wx; Wh]), as fused_weight
     decides (rc_fuse_input)."""
     return fuse_input(T, N, D, k, n, np.dtype(dtype).itemsize)
+
+
+def _steps_input_grad(Py_ssize_t N, Py_ssize_t D, Py_ssize_t Hp, Py_ssize_t GH, Py_ssize_t T,
+                      dtype=np.float32):
+    """Whether a backward loop of T steps, N rows, D inputs, gates GH wide and a
+    recurrent width Hp computes dx_t = dA_t Wx^T in its steps, as input_grad_weight
+    decides (rc_step_input_grad)."""
+    return step_input_grad(T, N, D, Hp, GH, np.dtype(dtype).itemsize)
 
 
 def _packed_layout():
