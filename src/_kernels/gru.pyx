@@ -29,6 +29,13 @@ Backward (BPTT)
         dWx += X^T [da_r | da_z],  X^T da_n            two GEMMs into column blocks
         dWh += H_prev^T dG  (shifted pairs),  dbh += sum dG
         dbx += sum [da_r | da_z | da_n]
+Fused loops (rc_fuse_input, rc_step_input_grad in rc_gemm_packed.h: a packed
+loop of at least 8 rows whose weights fit the caches) multiply by Wx in their
+steps instead: forward A_t = x_t Wx, then S = H_prev Wh, two products on
+[Wx; Wh] packed once (kept apart: r multiplies only the n gate's hidden side);
+backward dX_t = [da_r | da_z | da_n] Wx^T while they are in the cache, on Wx^T
+packed once. A fused forward that saves nothing (``save=False``: inference)
+reuses one step's gates and hidden_n for all T steps.
 
 Why two gradient buffers: the n block of the pre-activation gradient differs
 between the two sides. ``x W_in + b_in`` enters n directly (gradient da_n),

@@ -20,6 +20,13 @@ Backward (BPTT)
                                  dh carry = dA_t Wh^T   one GEMM
     after the loop:              dX = dA Wx^T,  dWx += X^T dA,
                                  dWh += H_prev^T dA (shifted pairs),  db += sum dA
+Fused loops (rc_fuse_input, rc_step_input_grad in rc_gemm_packed.h: a packed
+loop of at least 8 rows whose stacked weight fits the caches) multiply by Wx
+in their steps instead: forward A_t = [x_t | h_prev] [Wx; Wh], one product on
+[Wx; Wh] packed once (no all-steps GEMM for the loop to re-read out of cache);
+backward dX_t = dA_t Wx^T while dA_t is in the cache, on Wx^T packed once. A
+fused forward that saves nothing (``save=False``: inference) reuses one step's
+(N, 4H) gates for all T steps.
 
 Saved for backward (``LSTMSaved``): ``gates`` (T, N, 4H), the activations
 [i | f | g | o] of every step. Together with the cell states ``c`` (T, N, H),

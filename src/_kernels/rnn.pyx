@@ -13,7 +13,11 @@ Backward (BPTT)
                                  carry = dZ_t Wh^T
     after the loop:              dX = dZ Wx^T,  dWx += X^T dZ,
                                  dWh += H_prev^T dZ,  db += sum dZ
-Only the recurrent GEMM and the elementwise work are inside the time loop.
+Fused loops (rc_fuse_input, rc_step_input_grad in rc_gemm_packed.h: a packed
+loop of at least 8 rows whose stacked weight fits the caches) multiply by Wx
+in their steps instead: forward H_t = [x_t | H_prev] [Wx; Wh], one product on
+[Wx; Wh] packed once (no all-steps GEMM for the loop to re-read out of cache);
+backward dX_t = dZ_t Wx^T while dZ_t is in the cache, on Wx^T packed once.
 
 Design notes
 ------------
