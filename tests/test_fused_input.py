@@ -30,6 +30,7 @@ from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kerne
 from test_models import check_against_reference
 
 import rnncore
+from rnncore._runtime import threads as _threads
 from rnncore._kernels import gru as KG
 from rnncore._kernels import lstm as KL
 from rnncore._kernels import rnn as K
@@ -206,17 +207,21 @@ def test_projected_lstm_on_the_fused_path_matches_torch_semantics(rng):
     N, T, D, H, P = 13, 6, 5, 11, 7
     assert K._fuses_input(N, D, 4 * H, P, T)
     inp, up = _draw(rng, N, T, D, H, P)
+    lens = np.sort(rng.integers(1, T + 1, N))[::-1].copy()
     for reverse in (False, True):
-        got = _kernel(inp, up, reverse, None, False, True)
-        for name, w in _reference(inp, up, np.full(N, T), reverse).items():
-            assert_close_f64(got[name], w, name=name)
+        for lengths in (np.full(N, T), lens):
+            bs = None if lengths is not lens else _batch_sizes(lens, T)
+            got = _kernel(inp, up, reverse, bs, lengths is lens, True)
+            for name, w in _reference(inp, up, lengths, reverse).items():
+                assert_close_f64(got[name], w, name=name)
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "gru_rb", "lstm"])
 def test_fused_and_unfused_loops_agree(cell, rng):
     """The same model, data and lengths with fusing on and off: only the rounding of
     the input projection's sum differs."""
-    T, N, D, H = 10, 12, 7, 20
+    from threadpoolctl import threadpool_limits
+    T, N, D, H = 30, 24, 7, 64
     kind = cell.split("_")[0]
     kw = {"reset_after": False} if cell == "gru_rb" else {}
     if cell == "rnn_tanh":
@@ -233,15 +238,18 @@ def test_fused_and_unfused_loops_agree(cell, rng):
         dx, _ = m.backward(np.concatenate([dout, dout[..., ::-1]], axis=-1))
         return [out, dx] + [g.copy() for g in m.grads.values()]
 
-    assert K._fuses_input(N, D, GATES[kind] * H, H, T)
-    fused = run()
-    for mod in (K, KG, KL):
-        mod._set_packing(True, fuse=False)
-    try:
-        plain = run()
-    finally:
+    assert K._fuses_input(N, D, GATES[kind] * H, H, T, np.float64)
+    with threadpool_limits(2, user_api="blas"):
+        if _threads.row_split_enabled():       # the rows really split (else one thread)
+            assert K._row_threads(N, N * GATES[kind] * H * H, T) == 2
+        fused = run()
         for mod in (K, KG, KL):
-            mod._set_packing(True)
+            mod._set_packing(True, fuse=False)
+        try:
+            plain = run()
+        finally:
+            for mod in (K, KG, KL):
+                mod._set_packing(True)
     for f, p in zip(fused, plain):
         np.testing.assert_allclose(f, p, rtol=1e-12, atol=1e-12)
 
@@ -251,22 +259,14 @@ def test_fused_and_unfused_loops_agree(cell, rng):
 # ---------------------------------------------------------------------------
 def _models(D, H):
     return {"gru": rnncore.GRU(D, H, bidirectional=True, seed=4),
-            "gru_rb": rnncore.GRU(D, H, reset_after=False, seed=4),
+            "gru_rb": rnncore.GRU(D, H, reset_after=False, bidirectional=True,
+                                  batch_first=True, seed=4),
             "lstm": rnncore.LSTM(D, H, num_layers=2, bidirectional=True, seed=4),
+            "lstm_bf": rnncore.LSTM(D, H, bidirectional=True, batch_first=True, seed=4),
             "lstm_proj": rnncore.LSTM(D, H, proj_size=5, seed=4)}
 
 
-@pytest.mark.parametrize("kind", ["gru", "gru_rb", "lstm", "lstm_proj"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_inference_gives_bitwise_the_training_forward(kind, dtype, rng):
-    """eval() (nothing saved: the gates of one step reused for all) and train() (all
-    saved) run the same products and passes: outputs and final states bit for bit,
-    with lengths, in both directions and through two layers."""
-    T, N, D, H = 9, 11, 6, 13
-    m = _models(D, H)[kind].to(dtype)
-    assert K._fuses_input(N, D, 3 * H, H, T, dtype)
-    x = rng.standard_normal((T, N, D)).astype(dtype)
-    lengths = rng.integers(1, T + 1, N)
+def _eval_matches_train(m, x, lengths):
     m.train()
     out_t, st_t = m(x, lengths=lengths)
     m.eval()
@@ -275,6 +275,69 @@ def test_inference_gives_bitwise_the_training_forward(kind, dtype, rng):
     for a, b in zip(st_t if isinstance(st_t, tuple) else (st_t,),
                     st_e if isinstance(st_e, tuple) else (st_e,)):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["gru", "gru_rb", "lstm", "lstm_bf", "lstm_proj"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("size", [(9, 11, 6, 13), (20, 24, 5, 64)], ids=["one-thread", "split"])
+def test_inference_gives_bitwise_the_training_forward(size, kind, dtype, rng):
+    """eval() (nothing saved: the gates of one step reused for all) and train() (all
+    saved) run the same products and passes: outputs and final states bit for bit,
+    with lengths, in both directions, batch-first, through two layers, with the rows
+    on one thread and split over two (each share its own rows of the one step)."""
+    from threadpoolctl import threadpool_limits
+    T, N, D, H = size
+    m = _models(D, H)[kind].to(dtype)
+    assert K._fuses_input(N, D, 3 * H, H, T, dtype)
+    x = rng.standard_normal((N, T, D) if kind.endswith(("_bf", "_rb")) else (T, N, D))
+    lengths = rng.integers(1, T + 1, N)
+    with threadpool_limits(2, user_api="blas"):
+        if size[1] == 24 and _threads.row_split_enabled():
+            assert K._row_threads(N, N * 3 * H * H, T) == 2
+        _eval_matches_train(m, x.astype(dtype), lengths)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_inference_with_the_unit_split_gives_bitwise_the_training_forward(threads, rng):
+    """The LSTM's unit split (forced) on a fused loop: one step of gates shared by the
+    blocks of every step, eval() bitwise train()."""
+    T, N, D, H = 7, 13, 5, 40
+    m = rnncore.LSTM(D, H, bidirectional=True, seed=5, dtype=np.float32)
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    KL._set_unit_split(1, threads)
+    try:
+        _eval_matches_train(m, x, rng.integers(1, T + 1, N))
+    finally:
+        KL._set_unit_split(-1)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "gru_rb", "lstm"])
+def test_fused_loops_never_read_padded_inputs(cell, rng):
+    """NaN in x and dout at padded positions (t >= length): the fused products read x_t
+    and dA_t of active rows only, so outputs, dx (zeros at padding) and the weight
+    gradients are those of zero padding."""
+    T, N, D, H = 12, 16, 5, 24
+    kind = cell.split("_")[0]
+    cls = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM}[kind]
+    kw = {"reset_after": False} if cell == "gru_rb" else {}
+    assert K._fuses_input(N, D, GATES[kind] * H, H, T, np.float64)
+    assert K._steps_input_grad(N, D, H, GATES[kind] * H, T, np.float64)
+    lengths = rng.integers(1, T + 1, N)
+    pad = np.arange(T)[:, None] >= lengths[None, :]                    # (T, N)
+    x = rng.standard_normal((T, N, D))
+    dout = rng.standard_normal((T, N, H))
+    x[pad], dout[pad] = 0, 0
+    runs = []
+    for fill in (0.0, np.nan):
+        xf, df = x.copy(), dout.copy()
+        xf[pad], df[pad] = fill, fill
+        m = cls(D, H, seed=6, dtype=np.float64, **kw)
+        out, _ = m(xf, lengths=lengths)
+        dx, _ = m.backward(df)
+        runs.append([out, dx] + [g.copy() for g in m.grads.values()])
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+    assert not np.any(runs[1][1][pad])                                  # dx padding: zeros
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

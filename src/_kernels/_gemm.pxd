@@ -235,20 +235,21 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
 
 cdef inline object fused_weight(const floating[:, :] Wx, const floating[:, :] Wh, Mat *wxh,
                                 Mat *wh, Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH,
-                                Py_ssize_t H, Py_ssize_t split=0):
+                                Py_ssize_t H, bint fuse, Py_ssize_t split=0):
     """A forward loop's weights: [Wx; Wh] packed once, or Wh as step_weight decides.
 
-    When rc_fuse_input says so (shapes only) the loop computes x_t Wx step by
-    step: the stacked (D + H, GH) operand is packed once (pack_weight, `split`
-    as there), `wxh` becomes it (the fused product [x_t | h_{t-1}] [Wx; Wh], or
-    x_t Wx alone: its first D rows) and `wh` its row block D.. (Wh packed, as
-    step_weight would pack it); the packed array is returned (the caller keeps
-    it alive). Otherwise `wxh` is left as is (nr == 0: the loop's input
-    projection is one GEMM over all steps first) and this is step_weight.
+    With `fuse` (the caller's rc_fuse_input, decided once: the rule reads the
+    row-split setting, which another thread may change) the loop computes x_t Wx
+    step by step: the stacked (D + H, GH) operand is packed once (pack_weight,
+    `split` as there), `wxh` becomes it (the fused product [x_t | h_{t-1}]
+    [Wx; Wh], or x_t Wx alone: its first D rows) and `wh` its row block D.. (Wh
+    packed, as step_weight would pack it); the packed array is returned (the
+    caller keeps it alive). Otherwise `wxh` is left as is (nr == 0: the loop's
+    input projection is one GEMM over all steps first) and this is step_weight.
     """
     cdef Py_ssize_t D = Wx.shape[0], nr
     cdef const floating[:, :] c
-    if fuse_input(T, N, D, H, GH, sizeof(floating)):
+    if fuse:
         nr = packed_nr(sizeof(floating))
         packed = pack_weight(Wh, nr, split, Wx)
         c = packed

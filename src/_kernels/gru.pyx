@@ -282,7 +282,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     dtype = np.float32 if floating is float else np.float64
     # inference on a loop fusing x_t Wx into its steps (the rule fused_weight applies):
     # one step's gates and hidden_n serve every step
-    cdef bint one = not save and fuse_input(T, N, inp.D, H, GH, sizeof(floating))
+    cdef bint fuse = fuse_input(T, N, inp.D, H, GH, sizeof(floating))   # decided once
+    cdef bint one = not save and fuse
     saved = None if one else GRUSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
                                       hidden_n=seq_empty(L.h.bm, T, N, H, dtype))
     if T == 0 or N == 0 or H == 0:
@@ -300,7 +301,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # packed, Wh[:, :2H] and Wh[:, 2H:] each from a panel boundary for the
     # reset-before steps' two products (fwd_rows)
     # Wh packed, or [Wx; Wh] for a loop multiplying by Wx step by step
-    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, 0 if reset_after else GH - H)
+    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, fuse,
+                        0 if reset_after else GH - H)
     if one and L.wxh.nr == 0:   # (the same rule decided both: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")
     with nogil:

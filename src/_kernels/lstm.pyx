@@ -386,12 +386,12 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
 
 
 cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L,
-                       Loop *tasks, rc_units *u, bint backward):
+                       Loop *tasks, rc_units *u, bint backward, bint fuse):
     """Prepare a unit split of L's loop when rc_unit_threads says so: the shares in
     `tasks` (L.units, L.nu), the schedule `u` and the packed weight slices
     (returned: the caller keeps them alive); else None (L untouched). A forward
-    loop fusing x_t Wx into its steps (rc_fuse_input, as fused_weight decides)
-    packs slices of [Wx; Wh] and sets L.wxh.nr (its products: fwd_block)."""
+    loop fusing x_t Wx into its steps (`fuse`: the caller's rc_fuse_input, as for
+    fused_weight) packs slices of [Wx; Wh] and sets L.wxh.nr (its products: fwd_block)."""
     import numpy as np
     cdef Py_ssize_t H = L.H, GH = RC_LSTM_GATES * H, nr = packed_nr(sizeof(floating))
     cdef Py_ssize_t q, chunk, U, ws, kdim, off, vec, isz = sizeof(floating), D = 0
@@ -403,7 +403,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
     if P < 2:
         return None
     P = min(P, MAX_TASKS)
-    if not backward and fuse_input(L.T, L.N, L.D, H, GH, isz):
+    if not backward and fuse:
         D = L.D
         L.wxh.nr = nr
     # two blocks per thread of whole vectors (nr / 2 elements) where H allows
@@ -502,7 +502,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # matrix); inference on a loop fusing x_t Wx into its steps (the rule fused_weight
     # and unit_split apply): one step's gates (and m) serve every step
     dtype = np.float32 if floating is float else np.float64
-    cdef bint one = not save and fuse_input(T, N, inp.D, L.Hp, GH, sizeof(floating))
+    cdef bint fuse = fuse_input(T, N, inp.D, L.Hp, GH, sizeof(floating))   # decided once
+    cdef bint one = not save and fuse
     saved = None if one else (
         LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype)) if Wr is None else
         LSTMProjSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
@@ -521,10 +522,10 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.b = &b[0]
     cdef Loop tasks[MAX_TASKS]
     cdef rc_units sched
-    keep = unit_split(Wx, Wh, &L, tasks, &sched, False)
+    keep = unit_split(Wx, Wh, &L, tasks, &sched, False, fuse)
     if keep is None:
         # Wh packed, or [Wx; Wh] for a loop fusing x_t Wx into its steps
-        keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp)
+        keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp, fuse)
     # the projection's operand Wr (H, Hp), as the loop reads it (packed once, too)
     keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H) if Wr is not None else None
     if one and L.wxh.nr == 0:   # (the same rule decided both: cannot happen)
@@ -620,7 +621,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     cdef rc_units sched
     # Wx^T packed for dx_t = dA_t Wx^T in the steps, or dx after the loop
     keep_x = input_grad_weight(Wx, &L.wxt, T, N, L.Hp)
-    keep = unit_split(Wx, Wh, &L, tasks, &sched, True)
+    keep = unit_split(Wx, Wh, &L, tasks, &sched, True, False)
     if keep is None:
         keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
     # backward's projection operand Wr^T (Hp, H)

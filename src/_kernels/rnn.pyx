@@ -182,7 +182,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.relu = relu
     L.b = &b[0]
     L.g = L.h       # the input projection goes into h
-    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, H, H)
+    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, H, H,
+                        fuse_input(T, N, inp.D, H, H, sizeof(floating)))
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
 

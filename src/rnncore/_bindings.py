@@ -107,7 +107,7 @@ class RNNBinding(_Binding):
     def __init__(self, relu: bool):
         self.relu = bool(relu)
 
-    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None,
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None, *,
                        save=True):
         """``save`` unused: the RNN keeps nothing but its outputs."""
         _krnn.forward(x, s0[0], Wx, Wh, biases[0], outs[0], self.relu, reverse, batch_sizes)
@@ -140,7 +140,7 @@ class GRUBinding(_Binding):
     def __init__(self, reset_after: bool = True):
         self.reset_after = bool(reset_after)
 
-    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None,
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None, *,
                        save=True):
         return _kgru.forward(x, s0[0], Wx, Wh, biases[0], biases[1], outs[0], reverse,
                              batch_sizes, self.reset_after, save)
@@ -171,7 +171,7 @@ class LSTMBinding(_Binding):
     #: what the kernel's forward saves for backward: gates (T, N, 4H)
     Saved = _klstm.LSTMSaved
 
-    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None,
+    def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None, *,
                        save=True, Wr=None):
         """``Wr`` (H, P): the projection (``weight_hr.T``), or None."""
         return _klstm.forward(x, s0[0], s0[1], Wx, Wh, biases[0], outs[0], outs[1], reverse,
