@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
+from test_gemm_packed import _operand
 from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
 from test_models import check_against_reference
 
@@ -40,14 +41,6 @@ pytestmark = pytest.mark.skipif(not HAVE_PACKED,
                                 reason="no packed GEMM layout for this CPU (fusing needs it)")
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
-def _operand(rng, k, n, dtype, source):
-    if source == "row-major":
-        return rng.standard_normal((k, n)).astype(dtype)
-    if source == "transposed":
-        return rng.standard_normal((n, k)).astype(dtype).T
-    return rng.standard_normal((k, 2 * n + 1)).astype(dtype)[:, 1::2]
 
 
 # ---------------------------------------------------------------------------
@@ -115,33 +108,31 @@ def test_two_segment_hook_errors():
 # ---------------------------------------------------------------------------
 # 2. The rule
 # ---------------------------------------------------------------------------
-def test_fusing_depends_on_shapes_not_on_blas_threads():
-    from threadpoolctl import threadpool_limits
-    # (N, D, n, k, T): fused; 8 rows fused, 7 not; no inputs; one step; a stacked
-    # [Wx; Wh] over 8 MB (24 MB: every step would stream it from memory); 8 MB exactly,
-    # in float32 and float64
-    cases = [(32, 256, 1024, 256, 100), (8, 9, 160, 40, 60), (7, 9, 160, 40, 60),
-             (32, 0, 1024, 256, 100), (32, 256, 1024, 256, 1), (64, 512, 4096, 1024, 50),
-             (64, 512, 2048, 512, 50), (64, 512, 2048, 512, 50, np.float64)]
-    with threadpool_limits(2, user_api="blas"):
-        two = [K._fuses_input(*c) for c in cases]
-    with threadpool_limits(1, user_api="blas"):
-        one = [K._fuses_input(*c) for c in cases]
-    assert one == two == [True, True, False, False, False, False, True, False]
+#: the two rules' cases: fused; 8 rows fused, 7 not; no inputs; one step; the operand
+#: held in the cache over 8 MB (24 MB: every step would stream it from memory); 8 MB
+#: exactly, in float32 and float64. Forward: (N, D, n, k, T), the stacked [Wx; Wh]
+#: (D + k, n); backward: (N, D, Hp, GH, T), Wx^T (GH, D).
+RULES = {
+    "forward": ("_fuses_input",
+                [(32, 256, 1024, 256, 100), (8, 9, 160, 40, 60), (7, 9, 160, 40, 60),
+                 (32, 0, 1024, 256, 100), (32, 256, 1024, 256, 1), (64, 512, 4096, 1024, 50),
+                 (64, 512, 2048, 512, 50), (64, 512, 2048, 512, 50, np.float64)]),
+    "backward": ("_steps_input_grad",
+                 [(32, 256, 256, 1024, 100), (8, 9, 40, 160, 60), (7, 9, 40, 160, 60),
+                  (32, 0, 256, 1024, 100), (32, 256, 256, 1024, 1), (64, 1024, 1024, 4096, 50),
+                  (64, 512, 1024, 4096, 50), (64, 512, 1024, 4096, 50, np.float64)])}
 
 
-def test_stepwise_input_gradient_depends_on_shapes_not_on_blas_threads():
-    """Backward loops compute dx_t = dA_t Wx^T in their steps by the same conditions,
-    Wx^T (GH, D) being the operand held in the cache."""
+@pytest.mark.parametrize("rule", list(RULES))
+def test_multiplying_by_wx_in_the_steps_depends_on_shapes_not_on_blas_threads(rule):
+    """Forward x_t Wx (rc_fuse_input) and backward dx_t = dA_t Wx^T (rc_step_input_grad)
+    in the steps: shapes and configuration only."""
     from threadpoolctl import threadpool_limits
-    # (N, D, Hp, GH, T)
-    cases = [(32, 256, 256, 1024, 100), (8, 9, 40, 160, 60), (7, 9, 40, 160, 60),
-             (32, 0, 256, 1024, 100), (32, 256, 256, 1024, 1), (64, 1024, 1024, 4096, 50),
-             (64, 512, 1024, 4096, 50), (64, 512, 1024, 4096, 50, np.float64)]
+    name, cases = RULES[rule]
     with threadpool_limits(2, user_api="blas"):
-        two = [K._steps_input_grad(*c) for c in cases]
+        two = [getattr(K, name)(*c) for c in cases]
     with threadpool_limits(1, user_api="blas"):
-        one = [K._steps_input_grad(*c) for c in cases]
+        one = [getattr(K, name)(*c) for c in cases]
     assert one == two == [True, True, False, False, False, False, True, False]
 
 
