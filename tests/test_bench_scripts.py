@@ -7,8 +7,10 @@ import importlib.util
 import io
 import math
 import os
+import re
 import sys
 import tarfile
+import time
 import types
 
 import numpy as np
@@ -271,3 +273,49 @@ def test_torch_option_modules_match_plain_in_eval_and_train_their_own_weights(
         assert out.shape == (3, 6, 5)
         out.sum().backward()
         assert ln.g_h.grad.abs().sum() > 0 and ln.w_hh.grad.abs().sum() > 0
+
+
+# -- fusing_ab.py -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fab():
+    spec = importlib.util.spec_from_file_location("fusing_ab", os.path.join(BENCH, "fusing_ab.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fusing_ab_parses_shapes_and_names_a_bad_one(fab):
+    assert fab.parse_shape("100,32,256,256") == (100, 32, 256, 256)
+    for bad in ["100,32,256", "100,32,x,256", "100,0,256,256"]:
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            fab.parse_shape(bad)
+
+
+def test_fusing_ab_alternates_blocks_and_medians_each_side(fab):
+    """Blocks alternate on, off; each opens with an untimed call; the medians are per side."""
+    log, state = [], {"on": None}
+
+    def set_fused(on):
+        state["on"] = on
+        log.append(("set", on))
+
+    def run():
+        log.append(("run", state["on"]))
+        time.sleep(0.002 if state["on"] else 0.004)
+
+    fused, unfused = fab.alternate(run, set_fused, blocks=3, reps=2)
+    sets = [v for k, v in log if k == "set"]
+    assert sets == [True, False] * 3
+    assert [v for k, v in log if k == "run"] == ([True] * 3 + [False] * 3) * 3
+    assert 0.0015 < fused < unfused < 0.02
+
+
+def test_fusing_ab_runs_a_tiny_shape_forced_and_restores_the_rule(fab, capsys):
+    from rnncore._kernels import rnn as K
+    assert fab.main(["lstm", "4,2,3,5", "--forced", "--blocks", "1", "--ms", "1"]) == 0
+    assert fab.main(["gru", "4,9,3,5", "--fb", "--blocks", "1", "--ms", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("lstm 4,2,3,5 fwd: fused ") and "unfused/fused" in out[0]
+    assert out[1].startswith("gru 4,9,3,5 fb: fused ")
+    assert not K._fuses_input(2, 3, 20, 5, 4)          # the rule again: 2 rows do not fuse
+

@@ -151,6 +151,21 @@ def fusing_off():
 def test_fusing_hook_turns_the_rule_off(fusing_off):
     assert not K._fuses_input(32, 256, 1024, 256, 100)
     assert not K._steps_input_grad(32, 256, 256, 1024, 100)
+
+
+def test_fusing_hook_forces_the_products_past_the_rule():
+    """fuse=2 (bench/fusing_ab.py --forced): whenever the loop packs, whatever its rows
+    and weight size; never without inputs or for one step."""
+    args = [(2, 9, 160, 40, 60), (64, 512, 4096, 1024, 50), (32, 0, 1024, 256, 100),
+            (32, 256, 1024, 256, 1)]
+    assert [K._fuses_input(*a) for a in args] == [False] * 4
+    K._set_packing(True, 2)
+    try:
+        assert [K._fuses_input(*a) for a in args] == [True, True, False, False]
+        assert K._steps_input_grad(2, 9, 40, 160, 60)
+    finally:
+        K._set_packing(True)
+    assert not K._fuses_input(*args[0])
     assert K._packs_step_weight(32, 1024, 256, 100)
 
 

@@ -251,8 +251,9 @@ RC_DEFINE_PK_DISPATCH(rc_gemm_packed_d, rc_gemm_packed2_d, double, rc_gemm_packe
  * Otherwise (row split configured off, a large product) the loop keeps BLAS's
  * threads. Shapes and import-time configuration only: never BLAS's current
  * thread count, which another thread's single-thread section changes. */
-static int rc_pack_enabled = 1;   /* test hooks turn packing, or fusing (rc_fuse_input), */
-static int rc_fuse_enabled = 1;   /* off (rc_set_packing) */
+static int rc_pack_enabled = 1;   /* test hooks turn packing off (rc_set_packing); and */
+static int rc_fuse_enabled = 1;   /* the in-step Wx products (rc_fuse_input, rc_step_input_grad):
+                                     0 never, 1 by their rule, 2 whenever the loop packs */
 static void rc_set_packing(int enabled, int fuse)
 {
     rc_pack_enabled = enabled;
@@ -289,8 +290,10 @@ static int rc_pack_step_weight(rc_idx T, long long work)
 #define RC_FUSE_MAX_BYTES (8LL << 20)
 static int rc_fuse_input(rc_idx T, rc_idx N, rc_idx D, rc_idx k, rc_idx n, size_t elsize)
 {
-    if (!rc_fuse_enabled || D <= 0 || N < RC_FUSE_MIN_ROWS || k <= 0 || n <= 0) return 0;
-    if ((long long)(D + k) * n * (long long)elsize > RC_FUSE_MAX_BYTES) return 0;
+    if (!rc_fuse_enabled || D <= 0 || N <= 0 || k <= 0 || n <= 0) return 0;
+    if (rc_fuse_enabled == 1 && (N < RC_FUSE_MIN_ROWS
+                                 || (long long)(D + k) * n * (long long)elsize > RC_FUSE_MAX_BYTES))
+        return 0;
     return rc_pack_step_weight(T, (long long)N * n * k);
 }
 
@@ -301,8 +304,10 @@ static int rc_fuse_input(rc_idx T, rc_idx N, rc_idx D, rc_idx k, rc_idx n, size_
  * (N, GH)(GH, Hp) and Wx^T's (GH, D) at most RC_FUSE_MAX_BYTES. */
 static int rc_step_input_grad(rc_idx T, rc_idx N, rc_idx D, rc_idx Hp, rc_idx GH, size_t elsize)
 {
-    if (!rc_fuse_enabled || D <= 0 || N < RC_FUSE_MIN_ROWS || Hp <= 0 || GH <= 0) return 0;
-    if ((long long)GH * D * (long long)elsize > RC_FUSE_MAX_BYTES) return 0;
+    if (!rc_fuse_enabled || D <= 0 || N <= 0 || Hp <= 0 || GH <= 0) return 0;
+    if (rc_fuse_enabled == 1 && (N < RC_FUSE_MIN_ROWS
+                                 || (long long)GH * D * (long long)elsize > RC_FUSE_MAX_BYTES))
+        return 0;
     return rc_pack_step_weight(T, (long long)N * GH * Hp);
 }
 

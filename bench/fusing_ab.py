@@ -1,0 +1,111 @@
+"""In-process A/B of the time loops' in-step Wx products, for tuning their rule.
+
+The kernels multiply by Wx inside the time loop (forward ``[x_t | h_{t-1}] [Wx; Wh]``,
+backward ``dx_t = dA_t Wx^T``) when ``rc_fuse_input`` / ``rc_step_input_grad``
+(src/_kernels/rc_gemm_packed.h) say so; the test hook ``_set_packing(True,
+fuse=False)`` turns that off. This script times the same model with it on and off
+in alternate blocks within one process, so a slow spell of the machine falls on
+both (timings of separate processes varied by up to 40 % on the VM the rule was
+set on). Run it on a new machine (an Intel Xeon's 2 MB L2, say) before moving
+``RC_FUSE_MIN_ROWS`` or ``RC_FUSE_MAX_BYTES``::
+
+    python bench/fusing_ab.py lstm 100,32,256,256 50,64,512,1024 [--fb] [--forced]
+        [--threads 2] [--blocks 8] [--ms 200]
+
+``--forced`` runs every shape fused, whatever the rule (``_set_packing(True, 2)``
+lifts its row and byte bounds), so shapes the rule leaves out can be measured too. Prints, per shape, the median ms per call of each and
+``unfused / fused`` (> 1: fusing is faster). Benchmarks never assert; the
+arithmetic is checked in tests/test_bench_scripts.py.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def parse_shape(text):
+    """'T,N,D,H' -> (T, N, D, H) of positive ints (ValueError naming the text)."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"shape {text!r}: expected four integers T,N,D,H") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"shape {text!r}: expected four positive integers T,N,D,H")
+    return shape
+
+
+def alternate(run, set_fused, blocks, reps):
+    """Median seconds per call of run() with set_fused(True) and set_fused(False),
+    timed in `blocks` alternating blocks of `reps` calls (each block opened by one
+    untimed call). Returns (fused, unfused)."""
+    times = {True: [], False: []}
+    for _ in range(blocks):
+        for on in (True, False):
+            set_fused(on)
+            run()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                run()
+            times[on].append((time.perf_counter() - t0) / reps)
+    return float(np.median(times[True])), float(np.median(times[False]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cell", choices=["rnn", "gru", "lstm"])
+    ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
+    ap.add_argument("--fb", action="store_true", help="time forward+backward (default: eval())")
+    ap.add_argument("--forced", action="store_true",
+                    help="fuse every shape, lifting the rule's row and byte bounds")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--ms", type=float, default=200.0, help="target milliseconds per block")
+    args = ap.parse_args(argv)
+    shapes = [parse_shape(s) for s in args.shapes]
+
+    import rnncore
+    from threadpoolctl import threadpool_limits
+    from rnncore._kernels import gru as KG
+    from rnncore._kernels import lstm as KL
+    from rnncore._kernels import rnn as K
+    mods = (K, KG, KL)
+
+    def set_fused(on):
+        for m in mods:
+            m._set_packing(True, fuse=(2 if args.forced else 1) if on else 0)
+
+    cls = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM}[args.cell]
+    try:
+        with threadpool_limits(args.threads):
+            for T, N, D, H in shapes:
+                rng = np.random.default_rng(0)
+                x = rng.standard_normal((N, T, D)).astype(np.float32)
+                m = cls(D, H, batch_first=True, seed=0)
+                if args.fb:
+                    dout = np.ones((N, T, H), np.float32)
+
+                    def run():
+                        m(x)
+                        m.backward(dout)
+                else:
+                    m.eval()
+
+                    def run():
+                        m(x)
+                run()
+                t0 = time.perf_counter()
+                run()
+                reps = max(1, int(args.ms / 1e3 / max(time.perf_counter() - t0, 1e-6)))
+                fused, unfused = alternate(run, set_fused, args.blocks, reps)
+                print(f"{args.cell} {T},{N},{D},{H} {'fb' if args.fb else 'fwd'}: "
+                      f"fused {fused * 1e3:.3f} ms  unfused {unfused * 1e3:.3f} ms  "
+                      f"unfused/fused {unfused / fused:.3f}", flush=True)
+    finally:
+        for m in mods:
+            m._set_packing(True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
