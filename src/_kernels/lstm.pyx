@@ -711,12 +711,7 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
 
 
 def _set_packing(bint enabled, int fuse=1):
-    """Test hook: time loops pack their weight when the policy says so (True, the
-    default) or never (False: the panel kernel and BLAS paths), in this module; loops
-    multiply by Wx in their steps (forward x_t Wx, rc_fuse_input; backward dx_t =
-    dA_t Wx^T, rc_step_input_grad) by their rule (`fuse` 1, the default), never (0,
-    or False) or whenever the loop packs, whatever its rows and weight size (2:
-    bench/fusing_ab.py --forced)."""
+    """Test hook: rnn._set_packing, for this module's loops."""
     set_packing(enabled, fuse)
 
 
