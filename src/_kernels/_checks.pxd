@@ -11,6 +11,7 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy
 
 from _blas cimport floating, Mat
+from _gemm cimport aligned_empty
 from _layout cimport Seq, seq, seq_ld, mat_layout, uniform
 from _loop cimport Loop, Input, Grads, loop_init
 
@@ -135,11 +136,7 @@ cdef inline object one_step(Seq *s, Py_ssize_t N, Py_ssize_t F, object dtype):
     gates, ...) when nothing is saved for backward -- one step's worth of memory,
     in the cache, instead of (T, N, F). Only a fused loop (Loop.wxh packed) may
     run on it: the others' all-steps input GEMM writes every step's rows first."""
-    import numpy as np
-    cdef Py_ssize_t isz = np.dtype(dtype).itemsize, size = max(N, 1) * F
-    buf = np.empty(size + 64 // isz, dtype=dtype)
-    cdef Py_ssize_t off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz   # 64-byte aligned rows
-    a = buf[off:off + size].reshape(max(N, 1), F)
+    a = aligned_empty(max(N, 1) * F, dtype).reshape(max(N, 1), F)
     s[0] = seq(<void *><uintptr_t>a.ctypes.data, 0, F, F, False)
     return a
 

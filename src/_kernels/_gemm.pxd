@@ -132,6 +132,16 @@ cdef inline bint packs_step_weight(Py_ssize_t T, long long work) noexcept nogil:
     return pack_step_weight(T, work)
 
 
+cdef inline object aligned_empty(Py_ssize_t size, object dtype):
+    """An uninitialized 1-D array of `size` elements starting on a 64-byte boundary
+    (whole-line vector loads and stores; NumPy aligns to 16)."""
+    import numpy as np
+    cdef Py_ssize_t isz = np.dtype(dtype).itemsize
+    buf = np.empty(size + 64 // isz, dtype=dtype)
+    cdef Py_ssize_t off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
+    return buf[off:off + size]
+
+
 cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, object top=None):
     """B (k, n), any 2-D float32/float64 array with element strides (a row-major
     weight or a transposed view of one: no copy first), packed in panels nr wide.
@@ -146,15 +156,12 @@ cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, obje
     """
     import numpy as np
     src = np.asarray(B)
-    cdef Py_ssize_t k = src.shape[0], n = src.shape[1], isz = src.itemsize
+    cdef Py_ssize_t k = src.shape[0], n = src.shape[1]
     cdef Py_ssize_t k0 = 0 if top is None else np.asarray(top).shape[0]
     if not 0 < split < n:
         split = n
     cdef Py_ssize_t first = packed_size(k0 + k, split, nr)
-    cdef Py_ssize_t size = first + packed_size(k0 + k, n - split, nr), pad = 64 // isz
-    buf = np.empty(size + pad, dtype=src.dtype)
-    cdef Py_ssize_t off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
-    out = buf[off:off + size].reshape(-1, nr)
+    out = aligned_empty(first + packed_size(k0 + k, n - split, nr), src.dtype).reshape(-1, nr)
     if src.dtype == np.float32:
         if k0 > 0:
             pack_blocks[float](top, out, split, first, nr, k0 + k)

@@ -217,17 +217,21 @@ cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d ru
 
 cdef inline void step_product(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
                               Py_ssize_t n, const floating *hp, Py_ssize_t ldhp, floating *c,
-                              Py_ssize_t ldc) noexcept nogil:
+                              Py_ssize_t ldc, Py_ssize_t off=0) noexcept nogil:
     """Rows [r0, r0 + rows) of step t's pre-activations C (rows, n) from h_prev = hp.
 
     A fused loop:  C := [x_t | h_prev] @ [Wx; Wh]   (rows, n) = (rows, D + Hp)(D + Hp, n)
     otherwise:     C += h_prev @ Wh                 (C holds x_t Wx, from forward_loop)
+    `off`: the operand starts `off` elements into the packed array (the LSTM unit
+    split's slice of a block and gate, fwd_block).
     """
+    cdef Mat w = L.wxh if L.wxh.nr > 0 else L.wh
+    w.p = <floating *>w.p + off
     if L.wxh.nr > 0:
         mm_step2(rows, n, L.D, <const floating *>L.x.p + t * L.x.st + r0 * L.x.sn, L.x.sn,
-                 L.Hp, hp, ldhp, L.wxh, <floating>0, c, ldc)
+                 L.Hp, hp, ldhp, w, <floating>0, c, ldc)
     else:
-        mm_step(rows, n, L.Hp, hp, ldhp, L.wh, <floating>1, c, ldc)
+        mm_step(rows, n, L.Hp, hp, ldhp, w, <floating>1, c, ldc)
 
 
 cdef inline void input_product(const Loop *L, Py_ssize_t t, Py_ssize_t rows, floating *c,

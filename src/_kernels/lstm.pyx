@@ -84,8 +84,9 @@ import numpy as np
 from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
 from libc.stdint cimport uintptr_t
 
-from _gemm cimport (mm, mm_step, mm_step2, step_weight, fused_weight, fuse_input, set_packing,
-                    packs_step_weight, packed_nr, packed_size, pack_blocks, input_grad_weight)
+from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing,
+                    packs_step_weight, packed_nr, packed_size, pack_blocks, input_grad_weight,
+                    aligned_empty)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
                        units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
@@ -285,26 +286,17 @@ cdef inline void fwd_block(const Loop *L, rc_units *u, int blk, Py_ssize_t t, Py
     cdef const floating *c0 = <const floating *>L.c0
     cdef floating *h = <floating *>L.h.p
     cdef floating *at = <floating *>L.g.p + t * L.g.st
-    cdef const floating *x = <const floating *>L.x.p + t * L.x.st
-    cdef Mat w = L.wh
+    cdef Py_ssize_t off
     for q in range(RC_LSTM_GATES):
         # A_t[:, gate q, units] += h_prev @ Wh[:, gate q, units]     (B, U) += (B, H)(H, U)
         # (fused, L.wxh.nr > 0: the slices are of [Wx; Wh], and
         #  A_t[:, gate q, units] = [x_t | h_prev] @ [Wx; Wh][:, gate q, units])
-        w.p = <floating *>L.wh.p + u.off[blk] + q * u.ws[blk]
-        if L.wxh.nr > 0:
-            if Bc > 0:
-                mm_step2(Bc, U, L.D, x, L.x.sn, H, h + tp * h_st, h_sn, w, <floating>0,
-                         at + q * H + u0, g_sn)
-            if B > Bc:
-                mm_step2(B - Bc, U, L.D, x + Bc * L.x.sn, L.x.sn, H, h0 + Bc * H, H, w,
-                         <floating>0, at + Bc * g_sn + q * H + u0, g_sn)
-            continue
+        off = u.off[blk] + q * u.ws[blk]
         if Bc > 0:
-            mm_step(Bc, U, H, h + tp * h_st, h_sn, w, <floating>1, at + q * H + u0, g_sn)
+            step_product(L, t, 0, Bc, U, h + tp * h_st, h_sn, at + q * H + u0, g_sn, off)
         if B > Bc:
-            mm_step(B - Bc, U, H, h0 + Bc * H, H, w, <floating>1, at + Bc * g_sn + q * H + u0,
-                    g_sn)
+            step_product(L, t, Bc, B - Bc, U, h0 + Bc * H, H, at + Bc * g_sn + q * H + u0,
+                         g_sn, off)
     if Bc > 0:
         unit_pass(L, False, t, 0, Bc, <const floating *>L.c.p + tp * L.c.st, L.c.sn, u0, U)
     if B > Bc:
@@ -421,9 +413,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
         u.off[b], u.ws[b] = off, ws
         off += ws * (1 if backward else RC_LSTM_GATES)
     src = np.asarray(Wh)
-    buf = np.empty(off + 64 // isz, dtype=src.dtype)
-    cdef Py_ssize_t a0 = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
-    out = buf[a0:a0 + off].reshape(-1, nr)
+    out = aligned_empty(off, src.dtype).reshape(-1, nr)
     for b in range(nb):
         u0, u1, o, ws = u.ub[b], u.ub[b + 1], u.off[b] // nr, u.ws[b] // nr
         if backward:
@@ -448,6 +438,8 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
         tasks[k].wh.ld = kdim
         tasks[k].wh.t = Trans if backward else NoTrans
         tasks[k].wh.nr = nr
+        if D > 0:
+            tasks[k].wxh = tasks[k].wh      # the slices are of [Wx; Wh] (step_product)
         if backward:
             tasks[k].run_f, tasks[k].run_d = bwd_units[float], bwd_units[double]
         else:

@@ -288,27 +288,32 @@ static int rc_pack_step_weight(rc_idx T, long long work)
  * like the packing rule: never BLAS's current thread count. */
 #define RC_FUSE_MIN_ROWS 8
 #define RC_FUSE_MAX_BYTES (8LL << 20)
+/* The rule both in-step products share: a loop of T steps over N rows whose
+ * per-step product does `work` multiply-adds and whose in-step operand takes
+ * `bytes` (the hook's mode 2 drops the row and byte bounds). */
+static int rc_in_step_rule(rc_idx T, rc_idx N, long long bytes, long long work)
+{
+    if (!rc_fuse_enabled || N <= 0) return 0;
+    if (rc_fuse_enabled == 1 && (N < RC_FUSE_MIN_ROWS || bytes > RC_FUSE_MAX_BYTES)) return 0;
+    return rc_pack_step_weight(T, work);
+}
+
 static int rc_fuse_input(rc_idx T, rc_idx N, rc_idx D, rc_idx k, rc_idx n, size_t elsize)
 {
-    if (!rc_fuse_enabled || D <= 0 || N <= 0 || k <= 0 || n <= 0) return 0;
-    if (rc_fuse_enabled == 1 && (N < RC_FUSE_MIN_ROWS
-                                 || (long long)(D + k) * n * (long long)elsize > RC_FUSE_MAX_BYTES))
-        return 0;
-    return rc_pack_step_weight(T, (long long)N * n * k);
+    if (D <= 0 || k <= 0 || n <= 0) return 0;
+    return rc_in_step_rule(T, N, (long long)(D + k) * n * (long long)elsize,
+                           (long long)N * n * k);
 }
 
 /* Whether a backward loop of T steps over N rows computes the input gradient
  * step by step, dx_t = dA_t Wx^T ((N, GH)(GH, D), on Wx^T packed once, while
  * dA_t is in the cache) instead of as one BLAS GEMM over all T*N rows after
- * the loop: the same conditions as rc_fuse_input, the loop's own product being
- * (N, GH)(GH, Hp) and Wx^T's (GH, D) at most RC_FUSE_MAX_BYTES. */
+ * the loop: the same rule, the loop's own product being (N, GH)(GH, Hp) and
+ * the operand Wx^T (GH, D). */
 static int rc_step_input_grad(rc_idx T, rc_idx N, rc_idx D, rc_idx Hp, rc_idx GH, size_t elsize)
 {
-    if (!rc_fuse_enabled || D <= 0 || N <= 0 || Hp <= 0 || GH <= 0) return 0;
-    if (rc_fuse_enabled == 1 && (N < RC_FUSE_MIN_ROWS
-                                 || (long long)GH * D * (long long)elsize > RC_FUSE_MAX_BYTES))
-        return 0;
-    return rc_pack_step_weight(T, (long long)N * GH * Hp);
+    if (D <= 0 || Hp <= 0 || GH <= 0) return 0;
+    return rc_in_step_rule(T, N, (long long)GH * D * (long long)elsize, (long long)N * GH * Hp);
 }
 
 #endif /* RC_GEMM_PACKED_H */
