@@ -11,7 +11,7 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy
 
 from _blas cimport floating, Mat
-from _gemm cimport aligned_empty
+from _gemm cimport aligned_empty, infer_chunk
 from _layout cimport Seq, seq, seq_ld, mat_layout, uniform
 from _loop cimport Loop, Input, Grads, loop_init
 
@@ -139,6 +139,26 @@ cdef inline object one_step(Seq *s, Py_ssize_t N, Py_ssize_t F, object dtype):
     a = aligned_empty(max(N, 1) * F, dtype).reshape(max(N, 1), F)
     s[0] = seq(<void *><uintptr_t>a.ctypes.data, 0, F, F, False)
     return a
+
+
+cdef inline object chunk_buffers(Loop *L, const Input *inp, object dtype):
+    """Inference on an unfused loop of many steps (rc_infer_chunk; _loop.pxd:
+    chunk_input or chunked_forward): set L.chunk and point L.cbuf (chunk, N, GH)
+    and L.xbuf (chunk, N, D) at new arrays, returned (the caller keeps them alive);
+    None, L untouched, otherwise (or no inputs: D = 0). The caller decides this only
+    for a loop that will not fuse x_t Wx (rc_fuse_input) and will not split its
+    units."""
+    import numpy as np
+    cdef Py_ssize_t GH = L.G * L.H, N = L.N, D = inp.D
+    cdef Py_ssize_t C = infer_chunk(L.T, N, GH, np.dtype(dtype).itemsize)
+    if C <= 0 or N <= 0 or GH <= 0 or D <= 0:
+        return None
+    cb = aligned_empty(C * N * GH, dtype)
+    xb = aligned_empty(C * N * D, dtype)
+    L.chunk = C
+    L.cbuf = <void *><uintptr_t>cb.ctypes.data
+    L.xbuf = NULL if xb is None else <void *><uintptr_t>xb.ctypes.data
+    return cb, xb
 
 
 cdef inline object workspace(object saved, str name, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F,

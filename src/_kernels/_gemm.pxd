@@ -54,6 +54,9 @@ cdef extern from "rc_gemm_packed.h" nogil:
     bint fuse_input "rc_fuse_input"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t k,
                                     Py_ssize_t n, size_t elsize)
     void set_packing "rc_set_packing"(int enabled, int fuse)
+    Py_ssize_t infer_chunk "rc_infer_chunk"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH,
+                                            size_t elsize)
+    void set_chunk "rc_set_chunk"(long long steps)
 
 
 cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Mat a, Mat b,

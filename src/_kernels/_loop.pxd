@@ -6,7 +6,10 @@
 # bodies (`fwd_steps`, `bwd_steps` in rnn/gru/lstm.pyx) -- the statsmodels
 # way: one state object, short named stages. What is the same for every cell
 # lives here once:
-#   forward_loop:  the all-steps input projection A = X Wx, then the time loop;
+#   forward_loop:  the all-steps input projection A = X Wx, then the time loop
+#                  (inference on a long loop: a chunk of steps' A at a time, by
+#                  BLAS before them, chunked_forward, or by each thread's share
+#                  in its steps on the packed [Wx; Wh], chunk_input);
 #   backward_loop: the time loop, then the all-steps input-side and weight
 #                  gradients (dX, dWx, db, dWh);
 #   run_loop:      the time loop on one thread (in a BLAS single-thread section
@@ -20,12 +23,13 @@
 
 from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport INFINITY, fabs
+from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy, memset
 
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
                     NoTrans, Trans)
 from _gemm cimport mm, mm_step, mm_step2
-from _layout cimport Seq, uniform, every_pth_row
+from _layout cimport Seq, seq, uniform, every_pth_row
 from _threads cimport (row_threads, share, run_tasks, single_open, loop_threads_begin,
                        loop_threads_end, gemms_threads_begin)
 
@@ -41,6 +45,7 @@ cdef struct Loop:
     # the problem
     Py_ssize_t T, N, H, G       # steps, batch rows, hidden size, gates (1, 3, 4)
     Py_ssize_t Hp               # the width of h, h0 and the dh carry: H, or LSTM's proj_size
+    Py_ssize_t i0, i1           # the iterations a body runs, [i0, i1) (all: 0, T; a chunk)
     const Py_ssize_t *bs        # batch_sizes (T,) of a sorted batch, or NULL: all N rows
     bint reverse, f64, relu     # direction, dtype, the RNN's activation (else tanh)
     bint reset_before           # GRU reset_after=False: L.hn holds r ⊙ h_prev (see gru.pyx)
@@ -56,6 +61,12 @@ cdef struct Loop:
     Mat wxt                     # backward: Wx^T (GH, D) packed (nr > 0: dx_t = dA_t Wx^T in
                                 # the steps, input_grad; else nr == 0: one GEMM after the loop)
     Seq dx                      # backward: the input gradient (T, N, D)
+    Py_ssize_t chunk            # inference: steps per chunk of the input projection (0: all
+                                # T steps at once; rc_infer_chunk), into `cbuf` (chunk, N, GH)
+    void *cbuf                  # from x rows gathered time-major into `xbuf` (chunk, N, D)
+    void *xbuf                  # (NULL: x's own rows). With wxh packed each share computes
+                                # its own rows' chunks in its steps (chunk_input; loop_share
+                                # gives it its part of both buffers), else BLAS before them
     const void *h0              # initial states (N, H), C-contiguous
     const void *c0              # LSTM
     const void *b               # bias (GH,) (GRU: the input side's bx)
@@ -102,6 +113,7 @@ cdef inline void loop_init(Loop *L, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py
     """A Loop over all rows with no arrays yet (NULL everywhere; bs NULL: no lengths)."""
     memset(L, 0, sizeof(Loop))
     L.T, L.N, L.H, L.G, L.Hp = T, N, H, G, H
+    L.i0, L.i1 = 0, T
     L.reverse, L.f64 = reverse, f64
     L.k, L.P = 0, 1
 
@@ -133,8 +145,22 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     s.carry = <void *>rows_from(s.carry, rowp)
     s.carry_c = <void *>rows_from(s.carry_c, row)
     s.scratch = <void *>rows_from(s.scratch, row * L.G)
+    if L.chunk > 0 and L.wxh.nr > 0:
+        # chunk_input's buffers: this share's rows of every step of a chunk, after
+        # those of shares 0..k-1
+        s.cbuf = <void *>rows_from(s.cbuf, rows_before(L.N, k, P) * L.chunk * L.G * L.H * isz)
+        s.xbuf = <void *>rows_from(s.xbuf, rows_before(L.N, k, P) * L.chunk * L.D * isz)
     s.k, s.P = k, P
     return s
+
+
+cdef inline Py_ssize_t rows_before(Py_ssize_t N, int k, int P) noexcept nogil:
+    """Rows of shares 0..k-1 of N rows split over P threads."""
+    cdef Py_ssize_t n = 0
+    cdef int q
+    for q in range(k):
+        n += share(N, q, P)
+    return n
 
 
 cdef inline void loop_rows(const Loop *L, Py_ssize_t i, bint backward, Py_ssize_t *t,
@@ -205,6 +231,9 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
 cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d run_d,
                               floating kind) noexcept nogil:
     """One layer and direction forward (`kind`'s type picks float or double)."""
+    if L.wxh.nr == 0 and L.chunk > 0 and L.nu == 0:
+        chunked_forward(L, inp, run_f, run_d, kind)
+        return
     if L.wxh.nr == 0:
         # A = x @ Wx      (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
         #                 into the gates (the RNN's: its output h)
@@ -215,37 +244,106 @@ cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d ru
     run_loop(L, run_f, run_d)
 
 
+cdef inline void chunked_forward(Loop *L, const Input *inp, body_f run_f, body_d run_d,
+                                 floating kind) noexcept nogil:
+    """forward_loop in chunks of L.chunk steps (inference, unfused: rc_infer_chunk):
+    per chunk, its input projection into L.cbuf, then its steps."""
+    cdef Py_ssize_t T = L.T, N = L.N, D = inp.D, GH = L.G * L.H, C = L.chunk
+    cdef Py_ssize_t i0 = 0, i1, n, t0, t, r
+    cdef size_t isz = sizeof(floating)
+    cdef floating *xb = <floating *>L.xbuf
+    cdef const floating *x = <const floating *>inp.x.p
+    cdef Mat xa
+    while i0 < T:
+        i1 = i0 + C if i0 + C < T else T
+        n = i1 - i0
+        t0 = T - i1 if L.reverse else i0     # the chunk's steps: [t0, t0 + n)
+        if not inp.x.bm and (N == 1 or inp.x.st == N * inp.x.sn):
+            # time-major x: rows t0*N ... of its uniform view are the chunk's
+            xa = mat(x + t0 * inp.x.st, inp.x.sn if N > 1 else inp.x.st, NoTrans)
+        else:
+            # batch-major x: gather the chunk's rows time-major
+            for t in range(n):
+                for r in range(N):
+                    memcpy(xb + (t * N + r) * D, x + (t0 + t) * inp.x.st + r * inp.x.sn,
+                           D * isz)
+            xa = mat(xb, D, NoTrans)
+        # A[t0:t0+n] = x[t0:t0+n] @ Wx     (n*N, GH) = (n*N, D)(D, GH), time-major
+        mm(n * N, GH, D, <floating>1, xa, inp.wx, <floating>0, mat(L.cbuf, GH, NoTrans))
+        # the gates of step t at cbuf + (t - t0)*N*GH: the bodies index from step 0
+        # (an integer base: the pointer itself would lie outside the buffer)
+        L.g = seq(<void *>(<uintptr_t>L.cbuf - <uintptr_t>(t0 * N * GH * isz)), N * GH, GH,
+                  GH, False)
+        L.i0, L.i1 = i0, i1
+        run_loop(L, run_f, run_d)
+        i0 = i1
+    L.i0, L.i1 = 0, T
+
+
 cdef inline void step_product(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
                               Py_ssize_t n, const floating *hp, Py_ssize_t ldhp, floating *c,
                               Py_ssize_t ldc, Py_ssize_t off=0) noexcept nogil:
     """Rows [r0, r0 + rows) of step t's pre-activations C (rows, n) from h_prev = hp.
 
     A fused loop:  C := [x_t | h_prev] @ [Wx; Wh]   (rows, n) = (rows, D + Hp)(D + Hp, n)
-    otherwise:     C += h_prev @ Wh                 (C holds x_t Wx, from forward_loop)
+    otherwise:     C += h_prev @ Wh                 (C holds x_t Wx, from forward_loop
+                                                    or chunk_input)
     `off`: the operand starts `off` elements into the packed array (the LSTM unit
     split's slice of a block and gate, fwd_block).
     """
-    cdef Mat w = L.wxh if L.wxh.nr > 0 else L.wh
+    cdef bint fused = L.wxh.nr > 0 and L.chunk == 0
+    cdef Mat w = L.wxh if fused else L.wh
     w.p = <floating *>w.p + off
-    if L.wxh.nr > 0:
+    if fused:
         mm_step2(rows, n, L.D, <const floating *>L.x.p + t * L.x.st + r0 * L.x.sn, L.x.sn,
                  L.Hp, hp, ldhp, w, <floating>0, c, ldc)
     else:
         mm_step(rows, n, L.Hp, hp, ldhp, w, <floating>1, c, ldc)
 
 
-cdef inline void input_product(const Loop *L, Py_ssize_t t, Py_ssize_t rows, floating *c,
-                               Py_ssize_t ldc, Py_ssize_t split) noexcept nogil:
-    """A fused loop's C := x_t[:rows] @ Wx (rows, GH) alone (the first D rows of the
-    packed [Wx; Wh]; packed with a column split at `split` > 0: two products)."""
-    cdef const floating *x = <const floating *>L.x.p + t * L.x.st
+cdef inline void input_product(const Loop *L, const floating *x, Py_ssize_t ldx,
+                               Py_ssize_t rows, floating *c, Py_ssize_t ldc,
+                               Py_ssize_t split) noexcept nogil:
+    """C := X @ Wx (rows, GH) alone, X (rows, D) rows ldx apart: the first D rows of
+    the packed [Wx; Wh] (packed with a column split at `split` > 0: two products).
+    A fused loop's x_t Wx (GRU), or a chunk's (chunk_input)."""
     cdef Py_ssize_t GH = L.G * L.H
     if split <= 0:
-        mm_step(rows, GH, L.D, x, L.x.sn, L.wxh, <floating>0, c, ldc)
+        mm_step(rows, GH, L.D, x, ldx, L.wxh, <floating>0, c, ldc)
         return
-    mm_step(rows, split, L.D, x, L.x.sn, L.wxh, <floating>0, c, ldc)
-    mm_step(rows, GH - split, L.D, x, L.x.sn, col_block(L.wxh, split, sizeof(floating)),
+    mm_step(rows, split, L.D, x, ldx, L.wxh, <floating>0, c, ldc)
+    mm_step(rows, GH - split, L.D, x, ldx, col_block(L.wxh, split, sizeof(floating)),
             <floating>0, c + split, ldc)
+
+
+cdef inline void chunk_input(const Loop *L, Py_ssize_t i, Py_ssize_t split,
+                             floating kind) noexcept nogil:
+    """Iteration i of an inference loop computing its input projection in chunks in
+    its steps (L.chunk > 0, L.wxh packed: chunked_buffers): at a chunk's first
+    iteration, this share's rows of the chunk's steps [t0, t0 + n) gathered
+    time-major into L.xbuf and multiplied at once,
+        A = X @ Wx       (n * M, GH) = (n * M, D)(D, GH)   into L.cbuf,
+    on the packed kernel (the weight's panels reused by n * M rows, where a step
+    alone has M), and L.g pointed at it. The Loop is this share's own copy
+    (loop_share; or the caller's, on one thread), so it is written here."""
+    cdef Loop *Lm = <Loop *>L
+    cdef Py_ssize_t C = L.chunk, T = L.T, D = L.D, GH = L.G * L.H, M = share(L.N, L.k, L.P)
+    cdef Py_ssize_t n, t0, t, j
+    cdef size_t isz = sizeof(floating)
+    cdef floating *xb = <floating *>L.xbuf
+    cdef const floating *x = <const floating *>L.x.p
+    if C <= 0 or L.wxh.nr == 0 or i % C != 0 or M <= 0:
+        return
+    n = C if i + C <= T else T - i
+    t0 = T - i - n if L.reverse else i
+    for t in range(n):
+        for j in range(M):
+            memcpy(xb + (t * M + j) * D, x + (t0 + t) * L.x.st + j * L.x.sn, D * isz)
+    input_product(L, xb, D, n * M, <floating *>L.cbuf, GH, split)
+    # step t's rows at cbuf + (t - t0)*M*GH: the bodies index from step 0 (an
+    # integer base: the pointer itself would lie outside the buffer)
+    Lm.g = seq(<void *>(<uintptr_t>L.cbuf - <uintptr_t>(t0 * M * GH * isz)), M * GH, GH, GH,
+               False)
 
 
 cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_f run_f,

@@ -35,7 +35,9 @@ steps instead: forward A_t = x_t Wx, then S = H_prev Wh, two products on
 [Wx; Wh] packed once (kept apart: r multiplies only the n gate's hidden side);
 backward dX_t = [da_r | da_z | da_n] Wx^T while they are in the cache, on Wx^T
 packed once. A fused forward that saves nothing (``save=False``: inference)
-reuses one step's gates and hidden_n for all T steps.
+reuses one step's gates and hidden_n for all T steps; an unfused one that saves
+nothing and would need more than 16 MB for all steps' x Wx computes it a chunk
+of steps at a time (_loop.pxd: chunk_input, chunked_forward).
 
 Why two gradient buffers: the n block of the pre-activation gradient differs
 between the two sides. ``x W_in + b_in`` enters n directly (gradient da_n),
@@ -110,13 +112,14 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, transposed, col_block, scale_rows
-from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing,
-                    input_grad_weight)
+from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
+                    packs_step_weight, input_grad_weight)
 from _threads cimport blas_thread_hooks, share
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
-                   input_product, input_grad)
+                   input_product, chunk_input, input_grad)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
-                      seq_empty, one_step, workspace, check_inputs, check_grads, copy_rows)
+                      seq_empty, one_step, chunk_buffers, workspace, check_inputs, check_grads,
+                      copy_rows)
 from _pass cimport rc_pass, cell_pass, run_pass
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
                     contiguous)
@@ -174,12 +177,16 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t h0_ld = L.P * H, h_st = L.h.st, h_sn = L.h.sn
     cdef const floating *h0 = <const floating *>L.h0
     cdef floating *h = <floating *>L.h.p
-    for i in range(L.T):
+    for i in range(L.i0, L.i1):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
-        if L.wxh.nr > 0 and B > 0:
+        if L.chunk > 0:
+            # inference in chunks: at a chunk's start, its steps' x Wx for this share
+            chunk_input(L, i, GH - H if L.reset_before else 0, kind)
+        elif L.wxh.nr > 0 and B > 0:
             # a fused loop: A_t[:B] = x_t[:B] @ Wx     (B, 3H) = (B, D)(D, 3H)
-            input_product(L, t, B, <floating *>L.g.p + t * L.g.st, L.g.sn,
+            input_product(L, <const floating *>L.x.p + t * L.x.st, L.x.sn, B,
+                          <floating *>L.g.p + t * L.g.st, L.g.sn,
                           GH - H if L.reset_before else 0)
         if Bc > 0:
             fwd_rows(L, t, 0, Bc, h + tp * h_st, h_sn)
@@ -213,7 +220,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t ldc = L.P * H, dg_sn = L.dg.sn, nI = GH - H
     cdef Py_ssize_t nk = nI if L.reset_before else GH   # dG's columns the carry GEMM reads
     cdef floating *dgt
-    for i in range(L.T):
+    for i in range(L.i0, L.i1):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
         if not L.reset_before:
@@ -261,7 +268,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     reset_after : PyTorch's candidate (True) or the reset-before one (False)
     save : False when no `backward` follows (inference): gates and hidden_n need
         not be kept -- a loop computing x_t Wx in its steps then reuses one
-        step's for all T -- and None is returned
+        step's for all T, a long loop that does not computes x Wx a chunk of
+        steps at a time into one (chunk, N, 3H) buffer (rc_infer_chunk) and
+        reuses one step's hidden_n -- and None is returned
 
     Returns
     -------
@@ -283,14 +292,16 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # inference on a loop fusing x_t Wx into its steps (the rule fused_weight applies):
     # one step's gates and hidden_n serve every step
     cdef bint fuse = fuse_input(T, N, inp.D, H, GH, sizeof(floating))   # decided once
-    cdef bint one = not save and fuse
+    chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse) else None
+    cdef bint one = not save and (fuse or chunks is not None)
     saved = None if one else GRUSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
                                       hidden_n=seq_empty(L.h.bm, T, N, H, dtype))
     if T == 0 or N == 0 or H == 0:
         return saved if save else None
     cdef floating[:, :] s = np.empty((N, GH), dtype=dtype)
     if one:
-        step_arrays = (one_step(&L.g, N, GH, dtype), one_step(&L.hn, N, H, dtype))
+        step_arrays = (None if L.chunk > 0 else one_step(&L.g, N, GH, dtype),
+                       one_step(&L.hn, N, H, dtype))
     else:
         seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
         seq_check[floating](saved.hidden_n, "hidden_n", T, N, H, &L.hn)
@@ -301,9 +312,10 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # packed, Wh[:, :2H] and Wh[:, 2H:] each from a panel boundary for the
     # reset-before steps' two products (fwd_rows)
     # Wh packed, or [Wx; Wh] for a loop multiplying by Wx step by step
-    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, fuse,
-                        0 if reset_after else GH - H)
-    if one and L.wxh.nr == 0:   # (the same rule decided both: cannot happen)
+    # (inference in chunks: [Wx; Wh] too when the loop packs, for chunk_input)
+    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, fuse or (
+        chunks is not None and packs_step_weight(T, N * GH * H)), 0 if reset_after else GH - H)
+    if one and L.wxh.nr == 0 and L.chunk == 0:   # (the same rules decided both:
         raise RuntimeError("internal error: one step of gates for an unfused loop")
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
@@ -472,6 +484,9 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
 
 
-def _set_packing(bint enabled, int fuse=1):
-    """Test hook: rnn._set_packing, for this module's loops."""
+def _set_packing(bint enabled, int fuse=1, long long chunk=0):
+    """Test hook: rnn._set_packing, for this module's loops; `chunk`: an unfused
+    inference loop computes its input projection in chunks of steps by the rule
+    (0, the default; rc_infer_chunk), of `chunk` steps (> 0) or never (< 0)."""
     set_packing(enabled, fuse)
+    set_chunk(chunk)

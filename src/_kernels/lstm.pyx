@@ -26,7 +26,9 @@ in their steps instead: forward A_t = [x_t | h_prev] [Wx; Wh], one product on
 [Wx; Wh] packed once (no all-steps GEMM for the loop to re-read out of cache);
 backward dX_t = dA_t Wx^T while dA_t is in the cache, on Wx^T packed once. A
 fused forward that saves nothing (``save=False``: inference) reuses one step's
-(N, 4H) gates for all T steps.
+(N, 4H) gates for all T steps; an unfused one that would need more than 16 MB
+for all steps' x Wx computes it a chunk of steps at a time (_loop.pxd:
+chunk_input, chunked_forward).
 
 Saved for backward (``LSTMSaved``): ``gates`` (T, N, 4H), the activations
 [i | f | g | o] of every step. Together with the cell states ``c`` (T, N, H),
@@ -84,17 +86,18 @@ import numpy as np
 from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
 from libc.stdint cimport uintptr_t
 
-from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing,
+from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_step_weight, packed_nr, packed_size, pack_blocks, input_grad_weight,
                     aligned_empty)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
                        units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
+                   chunk_input,
                    input_grad, MAX_TASKS)
 from _checks cimport (seq_check, same_layout, mat_check, rows_check, vec_check, check_batch_sizes,
-                      batch_ptr, seq_empty, one_step, workspace, check_inputs, check_grads,
-                      copy_rows)
+                      batch_ptr, seq_empty, one_step, chunk_buffers, workspace, check_inputs,
+                      check_grads, copy_rows)
 from _pass cimport (rc_pass, run_pass, pass_at, rows_at, state_rows, RC_PASS_FWD, RC_PASS_BWD,
                    RC_PASS_BWD_IP)
 from _step cimport (StepBufs, step_init, step_buf, step_cell_bufs, step_release, step_loop,
@@ -166,9 +169,11 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef const floating *c0 = <const floating *>L.c0
     cdef const floating *c = <const floating *>L.c.p
     cdef floating *h = <floating *>L.h.p
-    for i in range(L.T):
+    for i in range(L.i0, L.i1):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from (h0, c0) here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
+        # inference in chunks: at a chunk's start, its steps' x Wx for this share
+        chunk_input(L, i, 0, kind)
         if Bc > 0:
             fwd_rows(L, t, 0, Bc, h + tp * h_st, h_sn, c + tp * L.c.st, L.c.sn)
         if B > Bc:
@@ -210,7 +215,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef const floating *c = <const floating *>L.c.p
     cdef const floating *c0 = <const floating *>L.c0
     cdef floating *dgt
-    for i in range(L.T):
+    for i in range(L.i0, L.i1):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
         if L.wr.p != NULL:
@@ -322,7 +327,7 @@ cdef void fwd_units(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t i, t, tp, B, Bc
     cdef int j, blk, mine
     cdef rc_units *u = <rc_units *>L.sched
-    for i in range(L.T):
+    for i in range(L.i0, L.i1):
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         units_wait(u, <int>i)
         # this share's own blocks are claimed together before any runs: another
@@ -345,7 +350,7 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
     cdef const floating *c0 = <const floating *>L.c0
     cdef floating *dgt
     cdef Mat w = L.wh
-    for i in range(L.T):
+    for i in range(L.i0, L.i1):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
         p = <int>(2 * i)
@@ -470,7 +475,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
         then h0, h are (N, P), (T, N, P) and Wh is (P, 4H): h_t = (o ⊙ tanh(c_t)) Wr
     save : False when no `backward` follows (inference): the gates (and m) need
         not be kept -- a loop computing x_t Wx in its steps then reuses one
-        step's (N, 4H) for all T -- and None is returned
+        step's (N, 4H) for all T, a long loop that does not computes x Wx a
+        chunk of steps at a time into one (chunk, N, 4H) buffer (rc_infer_chunk)
+        -- and None is returned
 
     Returns
     -------
@@ -492,10 +499,14 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     bs = check_batch_sizes(batch_sizes, T, N)
     # saved gate activations, in h's layout kind (the x @ Wx GEMM writes them as one
     # matrix); inference on a loop fusing x_t Wx into its steps (the rule fused_weight
-    # and unit_split apply): one step's gates (and m) serve every step
+    # and unit_split apply): one step's gates (and m) serve every step; inference
+    # on a long unfused loop: the gates of a chunk of steps (chunk_buffers)
     dtype = np.float32 if floating is float else np.float64
     cdef bint fuse = fuse_input(T, N, inp.D, L.Hp, GH, sizeof(floating))   # decided once
-    cdef bint one = not save and fuse
+    cdef bint units = (Wr is None and packed_nr(sizeof(floating)) > 0 and unit_threads(
+        N, H, RC_LSTM_GATES, T, sizeof(floating), packs_step_weight(T, N * GH * H), False) > 1)
+    chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse or units) else None
+    cdef bint one = not save and (fuse or chunks is not None)
     saved = None if one else (
         LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype)) if Wr is None else
         LSTMProjSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
@@ -503,7 +514,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     if T == 0 or N == 0 or H == 0:
         return saved if save else None
     if one:
-        step_arrays = (one_step(&L.g, N, GH, dtype),
+        step_arrays = (None if L.chunk > 0 else one_step(&L.g, N, GH, dtype),
                        one_step(&L.m, N, H, dtype) if Wr is not None else None)
     else:
         seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
@@ -517,10 +528,13 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     keep = unit_split(Wx, Wh, &L, tasks, &sched, False, fuse)
     if keep is None:
         # Wh packed, or [Wx; Wh] for a loop fusing x_t Wx into its steps
-        keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp, fuse)
+        # (inference in chunks: [Wx; Wh] too when the loop packs, for chunk_input)
+        keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp, fuse or (
+            chunks is not None and packs_step_weight(T, N * GH * L.Hp)))
     # the projection's operand Wr (H, Hp), as the loop reads it (packed once, too)
     keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H) if Wr is not None else None
-    if one and L.wxh.nr == 0:   # (the same rule decided both: cannot happen)
+    if one and L.wxh.nr == 0 and (L.chunk == 0 or L.nu > 0):
+        # (the same rules decided them: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
@@ -702,9 +716,12 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
 
 
-def _set_packing(bint enabled, int fuse=1):
-    """Test hook: rnn._set_packing, for this module's loops."""
+def _set_packing(bint enabled, int fuse=1, long long chunk=0):
+    """Test hook: rnn._set_packing, for this module's loops; `chunk`: an unfused
+    inference loop computes its input projection in chunks of steps by the rule
+    (0, the default; rc_infer_chunk), of `chunk` steps (> 0) or never (< 0)."""
     set_packing(enabled, fuse)
+    set_chunk(chunk)
 
 
 def _set_unit_split(int mode, int threads=2):

@@ -316,4 +316,32 @@ static int rc_step_input_grad(rc_idx T, rc_idx N, rc_idx D, rc_idx Hp, rc_idx GH
     return rc_in_step_rule(T, N, (long long)GH * D * (long long)elsize, (long long)N * GH * Hp);
 }
 
+/* Steps per chunk of a forward loop that keeps nothing for backward (inference)
+ * and does not fuse x_t Wx into its steps, or 0: the input projection A = X Wx
+ * as one GEMM over all T*N rows, into a (T, N, GH) array, as in training.
+ * Chunked (_loop.pxd: forward_loop), the loop computes A for RC_CHUNK_BYTES'
+ * worth of steps at a time (one BLAS GEMM of chunk*N rows) into one reused
+ * buffer and runs those steps: inference then needs memory for a chunk, not
+ * for all T steps (the LSTM at (T, N, D, H) = (50, 64, 512, 1024): 8 MB
+ * instead of 52 MB), and A is read back while it is in the cache. Past
+ * RC_CHUNK_MIN_BYTES only: below that the whole array fits the caches, and
+ * glibc reuses a freed block of that size instead of mapping (and the kernel
+ * zeroing) fresh pages on every call. At least 2 steps per chunk; 0 when one
+ * chunk would hold all T. Shapes only (and the hook: rc_set_chunk). */
+#define RC_CHUNK_MIN_BYTES (16LL << 20)
+#define RC_CHUNK_BYTES (8LL << 20)
+static long long rc_chunk_forced = 0;   /* test hook: > 0 that many steps, < 0 never */
+static void rc_set_chunk(long long steps) { rc_chunk_forced = steps; }
+
+static rc_idx rc_infer_chunk(rc_idx T, rc_idx N, rc_idx GH, size_t elsize)
+{
+    const long long step = (long long)N * GH * (long long)elsize;
+    if (rc_chunk_forced < 0 || T < 2 || step <= 0) return 0;
+    if (rc_chunk_forced > 0) return rc_chunk_forced < T ? (rc_idx)rc_chunk_forced : 0;
+    if (step * T <= RC_CHUNK_MIN_BYTES) return 0;
+    long long c = RC_CHUNK_BYTES / step;
+    if (c < 2) c = 2;
+    return c < T ? (rc_idx)c : 0;
+}
+
 #endif /* RC_GEMM_PACKED_H */

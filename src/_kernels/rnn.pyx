@@ -55,7 +55,7 @@ import numpy as np
 
 from _blas cimport floating, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_weight,
-                    packed_nr, set_packing, input_grad_weight, step_input_grad)
+                    packed_nr, set_packing, infer_chunk, input_grad_weight, step_input_grad)
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
@@ -111,7 +111,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef floating *h = <floating *>L.h.p
     cdef const floating *h0 = <const floating *>L.h0
     cdef floating *ht
-    for i in range(L.T):
+    for i in range(L.i0, L.i1):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         ht = h + t * h_st
@@ -138,7 +138,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef floating *dz = <floating *>L.dg.p
     cdef floating *carry = <floating *>L.carry
     cdef floating *dzt
-    for i in range(L.T):
+    for i in range(L.i0, L.i1):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dzt = dz + t * L.dg.st
         # dz_t[:B] = (dh_t[:B] + carry[:B]) * act'(h_t[:B])
@@ -324,6 +324,13 @@ def _fuses_input(Py_ssize_t N, Py_ssize_t D, Py_ssize_t n, Py_ssize_t k, Py_ssiz
     product computes x_t Wx in its steps ([x_t | h_{t-1}] [Wx; Wh]), as fused_weight
     decides (rc_fuse_input)."""
     return fuse_input(T, N, D, k, n, np.dtype(dtype).itemsize)
+
+
+def _infer_chunk(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH, dtype=np.float32):
+    """Steps per chunk of the input projection of a GRU or LSTM inference loop (nothing
+    saved, x_t Wx not in the steps) of T steps, N rows and GH gate columns; 0: all T
+    at once (rc_infer_chunk; in this module's copy of the hook)."""
+    return infer_chunk(T, N, GH, np.dtype(dtype).itemsize)
 
 
 def _steps_input_grad(Py_ssize_t N, Py_ssize_t D, Py_ssize_t Hp, Py_ssize_t GH, Py_ssize_t T,

@@ -1,0 +1,204 @@
+"""Inference on long unfused loops: the input projection in chunks of steps.
+
+A GRU or LSTM forward that saves nothing for backward (``eval()``, the kernels'
+``save=False``) and does not multiply by Wx in its steps (rc_fuse_input: fewer
+than 8 rows, or weights past its 8 MB bound) computes A = X Wx for a chunk of
+steps at a time into one reused buffer, then runs those steps (_loop.pxd:
+chunked_forward), once all T steps' projections would pass 16 MB
+(rc_infer_chunk). The hook ``_set_packing(True, 1, chunk)`` forces chunks of
+``chunk`` steps at any size (or none: -1).
+
+1. The rule: shapes only; 8 MB chunks of at least 2 steps; none below 16 MB or
+   when one chunk would hold every step.
+2. Chunked inference against the reference (float64) and against the training
+   forward (which keeps every step), for every GRU and LSTM variant: lengths,
+   both directions, two layers, batch-first and time-major x, chunks that do not
+   divide T, NaN in padded inputs; each share's chunks in its steps on the packed
+   [Wx; Wh] (chunk_input) and, with packing off, BLAS's before them
+   (chunked_forward).
+3. Results do not depend on the thread count (rows split over threads within
+   each chunk).
+4. Memory: at the rule's sizes a forward allocates about a chunk of gates, not
+   (T, N, G*H).
+"""
+import numpy as np
+import pytest
+
+from _oracle import reference_run
+from conftest import assert_close_f32, assert_close_f64
+
+import rnncore
+from rnncore._kernels import gru as KG
+from rnncore._kernels import lstm as KL
+from rnncore._kernels import rnn as K
+from rnncore._runtime import threads as _threads
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def chunks():
+    """Set the chunk hook of both modules (restored afterwards); packing=False: the
+    loops do not pack their weights, so BLAS computes each chunk's projection before
+    its steps (chunked_forward) instead of each share in its steps (chunk_input)."""
+    def set_(steps, fuse=1, packing=True):
+        for mod in (KG, KL):
+            mod._set_packing(packing, fuse, steps)
+    yield set_
+    set_(0)
+
+
+# ---------------------------------------------------------------------------
+# 1. The rule
+# ---------------------------------------------------------------------------
+def test_chunk_rule_depends_on_shapes_only():
+    T, N, GH = 50, 64, 4096                     # the LSTM at (50, 64, 512, 1024): 52 MB
+    assert K._infer_chunk(T, N, GH) == 8 * MB // (N * GH * 4) == 8
+    assert K._infer_chunk(T, N, GH, np.float64) == 4
+    assert K._infer_chunk(100, 32, 1024) == 0   # 13 MB: the whole array
+    assert K._infer_chunk(2000, 1, 4096) == 8 * MB // (4096 * 4)
+    assert K._infer_chunk(1, 10 ** 6, 4096) == 0                # one step
+    assert K._infer_chunk(9, 1024, 4096) == 2                   # 16 MB steps: at least 2
+    assert K._infer_chunk(2, 1024, 4096) == 0                   # one chunk would hold all
+    assert K._infer_chunk(T, 0, GH) == 0
+
+
+# ---------------------------------------------------------------------------
+# 2. Against the reference and the training forward
+# ---------------------------------------------------------------------------
+def _model(kind, D, H, dtype):
+    kw = {"gru": dict(cls=rnncore.GRU),
+          "gru_rb": dict(cls=rnncore.GRU, reset_after=False),
+          "lstm": dict(cls=rnncore.LSTM),
+          "lstm_proj": dict(cls=rnncore.LSTM, proj_size=3)}[kind]
+    cls = kw.pop("cls")
+    return cls(D, H, num_layers=2, bidirectional=True, seed=7, dtype=dtype, **kw)
+
+
+def _inputs(rng, T, N, D, lengths, batch_first, dtype, fill=0.0):
+    x = rng.standard_normal((T, N, D))
+    if lengths is not None:
+        x[np.arange(T)[:, None] >= lengths[None, :]] = fill     # padded positions
+    return (x.transpose(1, 0, 2).copy() if batch_first else x).astype(dtype)
+
+
+@pytest.mark.parametrize("kind", ["gru", "gru_rb", "lstm"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("steps", [2, 3])
+@pytest.mark.parametrize("packing", [True, False], ids=["in-steps", "blas"])
+def test_chunked_inference_matches_reference(kind, batch_first, steps, packing, chunks, rng):
+    T, N, D, H = 7, 5, 6, 8                      # 5 rows: never fused
+    m = _model(kind, D, H, np.float64)
+    m.batch_first = batch_first
+    m.eval()
+    lengths = np.array([7, 6, 6, 3, 1])
+    x = _inputs(rng, T, N, D, lengths, batch_first, np.float64)
+    chunks(steps, packing=packing)
+    out, st = m(x, lengths=lengths)
+    x_tnd = x.transpose(1, 0, 2) if batch_first else x
+    want, finals, *_ = reference_run(m, x_tnd, [None] * len(finals_of(st)), lengths)
+    assert_close_f64(out.transpose(1, 0, 2) if batch_first else out, want, name="out")
+    for a, w in zip(finals_of(st), finals):
+        assert_close_f64(a, w, name="final state")
+
+
+def finals_of(st):
+    return st if isinstance(st, tuple) else (st,)
+
+
+@pytest.mark.parametrize("kind", ["gru", "gru_rb", "lstm", "lstm_proj"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_chunked_inference_matches_the_training_forward(kind, dtype, batch_first, chunks, rng):
+    """eval() in chunks of 3 and 4 steps (T = 10: a short last chunk) against train(),
+    which keeps every step's gates; NaN in padded inputs is never read."""
+    T, N, D, H = 10, 6, 4, 12
+    m = _model(kind, D, H, dtype)
+    m.batch_first = batch_first
+    lengths = np.array([10, 9, 7, 7, 2, 1])
+    chunks(-1)
+    m.train()
+    want_out, want_st = m(_inputs(rng, T, N, D, lengths, batch_first, dtype), lengths=lengths)
+    m.eval()
+    close = assert_close_f32 if dtype == np.float32 else assert_close_f64
+    for steps in (3, 4):
+        chunks(steps)
+        x = _inputs(np.random.default_rng(0), T, N, D, lengths, batch_first, dtype, np.nan)
+        rng_x = _inputs(np.random.default_rng(0), T, N, D, lengths, batch_first, dtype)
+        out, st = m(x, lengths=lengths)
+        out0, st0 = m(rng_x, lengths=lengths)
+        assert np.array_equal(out, out0)                         # padding never read
+        m.train()
+        chunks(-1)
+        ref_out, ref_st = m(rng_x, lengths=lengths)
+        m.eval()
+        close(out, ref_out, name="out")
+        for a, w in zip(finals_of(st), finals_of(ref_st)):
+            close(a, w, name="final state")
+    assert want_out.shape == out.shape
+
+
+# ---------------------------------------------------------------------------
+# 3. Thread count
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_chunked_inference_does_not_depend_on_threads(cell, chunks, rng):
+    """24 rows on an unfused loop (fusing off) split over 2 threads in every chunk:
+    bitwise the one-thread result."""
+    from threadpoolctl import threadpool_limits
+    T, N, D, H = 12, 24, 5, 64
+    m = {"gru": rnncore.GRU, "lstm": rnncore.LSTM}[cell](D, H, seed=8, dtype=np.float32)
+    m.eval()
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, N)
+    chunks(4, fuse=0)
+    outs = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            if threads == 2 and _threads.row_split_enabled():
+                assert K._row_threads(N, N * 4 * H * H, T) == 2
+            outs.append(m(x, lengths=lengths)[0])
+    assert np.array_equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------------------
+# 4. Memory
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_kernel_inference_keeps_a_chunk_of_gates(cell, rng):
+    """At the rule's sizes (the whole projection 19-25 MB) save=False allocates about
+    an 8 MB chunk of gates (and one step of the GRU's hidden_n), not (T, N, G*H), and
+    writes the same h (and c) as save=True."""
+    import tracemalloc
+    T, N, D, H = 600, 4, 8, 512 if cell == "lstm" else 680
+    G = {"gru": 3, "lstm": 4}[cell]
+    assert not K._fuses_input(N, D, G * H, H, T) and K._infer_chunk(T, N, G * H) > 0
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    Wx = (0.3 * rng.standard_normal((D, G * H))).astype(np.float32)
+    Wh = (0.05 * rng.standard_normal((H, G * H))).astype(np.float32)
+    b = (0.1 * rng.standard_normal(G * H)).astype(np.float32)
+    h0 = np.zeros((N, H), np.float32)
+
+    def run(save):
+        h = np.empty((T, N, H), np.float32)
+        if cell == "lstm":
+            c = np.empty((T, N, H), np.float32)
+            return KL.forward(x, h0, h0, Wx, Wh, b, h, c, save=save), [h, c]
+        return KG.forward(x, h0, Wx, Wh, b, b, h, save=save), [h]
+
+    saved, want = run(True)
+    assert saved is not None
+    tracemalloc.start()
+    try:
+        got_saved, got = run(False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got_saved is None
+    for a, w in zip(got, want):
+        assert_close_f32(a, w)
+    gates, outputs = T * N * G * H * 4, len(got) * T * N * H * 4
+    assert gates > 16 * MB
+    # the outputs, the packed Wh (and the GRU's scratch) and an 8 MB chunk; not the gates
+    assert peak < outputs + 9 * MB + H * G * H * 4 + 2 * N * G * H * 4 < outputs + gates, \
+        (peak, outputs, gates)
