@@ -98,12 +98,19 @@ cdef inline void scale_rows(floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_
                 c[i * ldc + j] *= beta
 
 
+cdef extern from "rc_gemm.h" nogil:
+    void rc_colsum_add_f(float *out, float *out2, Py_ssize_t n2, const float *a,
+                         Py_ssize_t lda, Py_ssize_t m, Py_ssize_t n)
+    void rc_colsum_add_d(double *out, double *out2, Py_ssize_t n2, const double *a,
+                         Py_ssize_t lda, Py_ssize_t m, Py_ssize_t n)
+
+
 cdef inline void colsum_add(floating *out, const floating *a, Py_ssize_t lda,
-                            Py_ssize_t m, Py_ssize_t n) noexcept nogil:
-    """out (n,) += A (m, n).sum(axis=0), A row-major."""
-    cdef Py_ssize_t i, j
-    cdef const floating *row
-    for i in range(m):
-        row = a + i * lda
-        for j in range(n):
-            out[j] += row[j]
+                            Py_ssize_t m, Py_ssize_t n, floating *out2=NULL,
+                            Py_ssize_t n2=0) noexcept nogil:
+    """out (n,) += A (m, n).sum(axis=0), A row-major; and out2 (n2,) += the sums of
+    its first n2 columns (one read of A for both; rc_colsum_add_*, vectorized)."""
+    if floating is float:
+        rc_colsum_add_f(out, out2, n2, a, lda, m, n)
+    else:
+        rc_colsum_add_d(out, out2, n2, a, lda, m, n)

@@ -376,12 +376,15 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
             mm(D, H, R, <floating>1, transposed(uniform(inp.x)), dan, <floating>1,
                col_block(gr.dwx, nI, isz))
     # db[:nI] += dG[:, :nI].sum(axis=0);  db[nI:] += dAn.sum(axis=0)
-    colsum_add(<floating *>gr.db, <const floating *>dg.p, dg.ld, R, nI)
+    if gr.dbh != NULL:
+        # and the GRU's hidden side h Wh + bh sees all of dG: dbh += dG.sum(axis=0)
+        # (one pass over dG for both)
+        colsum_add(<floating *>gr.dbh, <const floating *>dg.p, dg.ld, R, GH,
+                   <floating *>gr.db, nI)
+    else:
+        colsum_add(<floating *>gr.db, <const floating *>dg.p, dg.ld, R, nI)
     if split:
         colsum_add(<floating *>gr.db + nI, <const floating *>dan.p, dan.ld, R, H)
-    if gr.dbh != NULL:
-        # the GRU's hidden side h Wh + bh sees all of dG: dbh += dG.sum(axis=0)
-        colsum_add(<floating *>gr.dbh, <const floating *>dg.p, dg.ld, R, GH)
     if not L.reset_before:
         # dWh += sum_t h_prev(t)^T dG_t                   (H, GH)
         dwh_accumulate(L, gr.dwh, <floating *>gr.dzs)

@@ -200,4 +200,23 @@ static int rc_use_panel(rc_idx m, rc_idx n, rc_idx k)
     return rc_blas_get_threads != NULL && rc_blas_get_threads() <= 1;
 }
 
+/* The bias gradients: out (n,) += A (m, n).sum(axis=0), and out2 (n2,) += the
+ * same sums over the first n2 <= n columns (NULL: none) -- the GRU's hidden-side
+ * bias sees all of dG and the input side's its [r | z] block, one read of dG for
+ * both. Each out[j] accumulates the rows in order, one add per row, as a loop
+ * over the rows would (so the result is bitwise that of two separate sums). */
+#define RC_DEFINE_COLSUM(NAME, T)                                               \
+    RC_CLONES static void NAME(T *restrict out, T *restrict out2, rc_idx n2,    \
+                               const T *restrict a, rc_idx lda, rc_idx m, rc_idx n) \
+    {                                                                           \
+        for (rc_idx i = 0; i < m; i++) {                                        \
+            const T *restrict row = a + i * lda;                                \
+            for (rc_idx j = 0; j < n; j++) out[j] += row[j];                    \
+            if (out2 != NULL)                                                   \
+                for (rc_idx j = 0; j < n2; j++) out2[j] += row[j];              \
+        }                                                                       \
+    }
+RC_DEFINE_COLSUM(rc_colsum_add_f, float)
+RC_DEFINE_COLSUM(rc_colsum_add_d, double)
+
 #endif /* RC_GEMM_H */
