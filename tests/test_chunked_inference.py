@@ -26,6 +26,7 @@ import pytest
 
 from _oracle import reference_run
 from conftest import assert_close_f32, assert_close_f64
+from test_fused_input import kernel_inference_peak
 
 import rnncore
 from rnncore._kernels import gru as KG
@@ -169,32 +170,10 @@ def test_kernel_inference_keeps_a_chunk_of_gates(cell, rng):
     """At the rule's sizes (the whole projection 19-25 MB) save=False allocates about
     an 8 MB chunk of gates (and one step of the GRU's hidden_n), not (T, N, G*H), and
     writes the same h (and c) as save=True."""
-    import tracemalloc
     T, N, D, H = 600, 4, 8, 512 if cell == "lstm" else 680
     G = {"gru": 3, "lstm": 4}[cell]
     assert not K._fuses_input(N, D, G * H, H, T) and K._infer_chunk(T, N, G * H) > 0
-    x = rng.standard_normal((T, N, D)).astype(np.float32)
-    Wx = (0.3 * rng.standard_normal((D, G * H))).astype(np.float32)
-    Wh = (0.05 * rng.standard_normal((H, G * H))).astype(np.float32)
-    b = (0.1 * rng.standard_normal(G * H)).astype(np.float32)
-    h0 = np.zeros((N, H), np.float32)
-
-    def run(save):
-        h = np.empty((T, N, H), np.float32)
-        if cell == "lstm":
-            c = np.empty((T, N, H), np.float32)
-            return KL.forward(x, h0, h0, Wx, Wh, b, h, c, save=save), [h, c]
-        return KG.forward(x, h0, Wx, Wh, b, b, h, save=save), [h]
-
-    saved, want = run(True)
-    assert saved is not None
-    tracemalloc.start()
-    try:
-        got_saved, got = run(False)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert got_saved is None
+    peak, got, want = kernel_inference_peak(cell, T, N, D, H, rng, w_scale=0.05)
     for a, w in zip(got, want):
         assert_close_f32(a, w)
     gates, outputs = T * N * G * H * 4, len(got) * T * N * H * 4

@@ -346,18 +346,16 @@ def test_fused_loops_never_read_padded_inputs(cell, rng):
     assert not np.any(runs[1][1][pad])                                  # dx padding: zeros
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_kernel_forward_without_save_keeps_one_step(cell, rng):
-    """save=False on a fused loop returns None, writes the same h (and c), and
-    allocates about one step of gates, not (T, N, G*H) (tracemalloc sees NumPy's
-    allocations)."""
+def kernel_inference_peak(cell, T, N, D, H, rng, w_scale=0.3):
+    """Run the GRU or LSTM kernel's forward on random float32 data with save=True,
+    then save=False under tracemalloc (which sees NumPy's allocations, the outputs
+    included): returns (peak bytes of the second call, its outputs [h(, c)], the first
+    call's). Asserts save=True returns saved arrays and save=False None."""
     import tracemalloc
-    T, N, D, H = 200, 16, 8, 32
     G = GATES[cell]
-    assert K._fuses_input(N, D, G * H, H, T)
     x = rng.standard_normal((T, N, D)).astype(np.float32)
     Wx = (0.3 * rng.standard_normal((D, G * H))).astype(np.float32)
-    Wh = (0.3 * rng.standard_normal((H, G * H))).astype(np.float32)
+    Wh = (w_scale * rng.standard_normal((H, G * H))).astype(np.float32)
     b = (0.1 * rng.standard_normal(G * H)).astype(np.float32)
     h0 = np.zeros((N, H), np.float32)
 
@@ -377,6 +375,18 @@ def test_kernel_forward_without_save_keeps_one_step(cell, rng):
     finally:
         tracemalloc.stop()
     assert got_saved is None
+    return peak, got, want
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_kernel_forward_without_save_keeps_one_step(cell, rng):
+    """save=False on a fused loop returns None, writes the same h (and c), and
+    allocates about one step of gates, not (T, N, G*H) (tracemalloc sees NumPy's
+    allocations)."""
+    T, N, D, H = 200, 16, 8, 32
+    G = GATES[cell]
+    assert K._fuses_input(N, D, G * H, H, T)
+    peak, got, want = kernel_inference_peak(cell, T, N, D, H, rng)
     for a, w in zip(got, want):
         assert np.array_equal(a, w)
     outputs = len(got) * T * N * H * 4
