@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from _oracle import reference_run
-from conftest import assert_close_f32, assert_close_f64
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
 from test_fused_input import kernel_inference_peak
 
 import rnncore
@@ -53,15 +53,19 @@ def chunks():
 # 1. The rule
 # ---------------------------------------------------------------------------
 def test_chunk_rule_depends_on_shapes_only():
-    T, N, GH = 50, 64, 4096                     # the LSTM at (50, 64, 512, 1024): 52 MB
-    assert K._infer_chunk(T, N, GH) == 8 * MB // (N * GH * 4) == 8
-    assert K._infer_chunk(T, N, GH, np.float64) == 4
-    assert K._infer_chunk(100, 32, 1024) == 0   # 13 MB: the whole array
-    assert K._infer_chunk(2000, 1, 4096) == 8 * MB // (4096 * 4)
-    assert K._infer_chunk(1, 10 ** 6, 4096) == 0                # one step
-    assert K._infer_chunk(9, 1024, 4096) == 2                   # 16 MB steps: at least 2
-    assert K._infer_chunk(2, 1024, 4096) == 0                   # one chunk would hold all
-    assert K._infer_chunk(T, 0, GH) == 0
+    T, N, D, GH = 50, 64, 512, 4096            # the LSTM at (50, 64, 512, 1024): 52 MB
+    # 8 MB for a chunk's gates and gathered inputs, at least 2 steps
+    assert K._infer_chunk(T, N, GH, D) == 8 * MB // (N * (GH + D) * 4) == 7
+    assert K._infer_chunk(T, N, GH, D, np.float64) == 3
+    assert K._infer_chunk(100, 32, 1024, 256) == 0     # 13 MB of gates: all at once
+    assert K._infer_chunk(2000, 1, 4096, 8) == 8 * MB // (4104 * 4)
+    assert K._infer_chunk(1, 10 ** 6, 4096, 8) == 0    # one step
+    assert K._infer_chunk(9, 1024, 4096, 8) == 2       # 16 MB steps: at least 2
+    assert K._infer_chunk(2, 1024, 4096, 8) == 0       # one chunk would hold all
+    # many inputs, few gates: the gathered x counts (8 MB in all, not 8 MB of gates)
+    assert K._infer_chunk(11000, 4, 96, 1024) == 8 * MB // (4 * 1120 * 4)
+    assert K._infer_chunk(T, 0, GH, D) == 0
+    assert K._infer_chunk(T, N, GH, 0) == 0            # no inputs: nothing to project
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +114,9 @@ def finals_of(st):
 @pytest.mark.parametrize("kind", ["gru", "gru_rb", "lstm", "lstm_proj"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
-def test_chunked_inference_matches_the_training_forward(kind, dtype, batch_first, chunks, rng):
+@pytest.mark.parametrize("packing", [True, False], ids=["in-steps", "blas"])
+def test_chunked_inference_matches_the_training_forward(kind, dtype, batch_first, packing,
+                                                       chunks, rng):
     """eval() in chunks of 3 and 4 steps (T = 10: a short last chunk) against train(),
     which keeps every step's gates; NaN in padded inputs is never read."""
     T, N, D, H = 10, 6, 4, 12
@@ -123,14 +129,14 @@ def test_chunked_inference_matches_the_training_forward(kind, dtype, batch_first
     m.eval()
     close = assert_close_f32 if dtype == np.float32 else assert_close_f64
     for steps in (3, 4):
-        chunks(steps)
+        chunks(steps, packing=packing)
         x = _inputs(np.random.default_rng(0), T, N, D, lengths, batch_first, dtype, np.nan)
         rng_x = _inputs(np.random.default_rng(0), T, N, D, lengths, batch_first, dtype)
         out, st = m(x, lengths=lengths)
         out0, st0 = m(rng_x, lengths=lengths)
         assert np.array_equal(out, out0)                         # padding never read
         m.train()
-        chunks(-1)
+        chunks(-1, packing=packing)
         ref_out, ref_st = m(rng_x, lengths=lengths)
         m.eval()
         close(out, ref_out, name="out")
@@ -144,10 +150,16 @@ def test_chunked_inference_matches_the_training_forward(kind, dtype, batch_first
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_chunked_inference_does_not_depend_on_threads(cell, chunks, rng):
-    """24 rows on an unfused loop (fusing off) split over 2 threads in every chunk:
-    bitwise the one-thread result."""
+    """25 rows on an unfused loop (fusing off) split over 2 threads (shares of 13 and
+    12 rows: each its own part of the chunk buffers) in every chunk: bitwise the
+    one-thread result."""
     from threadpoolctl import threadpool_limits
-    T, N, D, H = 12, 24, 5, 64
+    if not HAVE_PACKED:
+        pytest.skip("no packed layout for this CPU or build: time loops never split rows")
+    if not _threads.row_split_enabled():
+        pytest.skip("time loops do not split rows here (OPENBLAS_THREAD_TIMEOUT set long)")
+    T, N, D, H = 12, 25, 5, 64
+    G = {"gru": 3, "lstm": 4}[cell]
     m = {"gru": rnncore.GRU, "lstm": rnncore.LSTM}[cell](D, H, seed=8, dtype=np.float32)
     m.eval()
     x = rng.standard_normal((T, N, D)).astype(np.float32)
@@ -156,8 +168,7 @@ def test_chunked_inference_does_not_depend_on_threads(cell, chunks, rng):
     outs = []
     for threads in (1, 2):
         with threadpool_limits(threads, user_api="blas"):
-            if threads == 2 and _threads.row_split_enabled():
-                assert K._row_threads(N, N * 4 * H * H, T) == 2
+            assert K._row_threads(N, N * G * H * H, T) == threads
             outs.append(m(x, lengths=lengths)[0])
     assert np.array_equal(outs[0], outs[1])
 
@@ -166,18 +177,23 @@ def test_chunked_inference_does_not_depend_on_threads(cell, chunks, rng):
 # 4. Memory
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_kernel_inference_keeps_a_chunk_of_gates(cell, rng):
+@pytest.mark.parametrize("layout", ["time-major", "batch-major", "reverse-lengths"])
+def test_kernel_inference_keeps_a_chunk_of_gates(cell, layout, rng):
     """At the rule's sizes (the whole projection 19-25 MB) save=False allocates about
-    an 8 MB chunk of gates (and one step of the GRU's hidden_n), not (T, N, G*H), and
-    writes the same h (and c) as save=True."""
+    an 8 MB chunk of gates and gathered inputs (and one step of the GRU's hidden_n),
+    not (T, N, G*H), and writes the same h (and c) as save=True: time-major x (its
+    own rows), batch-major x (gathered), and the reverse direction with lengths."""
     T, N, D, H = 600, 4, 8, 512 if cell == "lstm" else 680
     G = {"gru": 3, "lstm": 4}[cell]
-    assert not K._fuses_input(N, D, G * H, H, T) and K._infer_chunk(T, N, G * H) > 0
-    peak, got, want = kernel_inference_peak(cell, T, N, D, H, rng, w_scale=0.05)
+    assert not K._fuses_input(N, D, G * H, H, T) and K._infer_chunk(T, N, G * H, D) > 0
+    peak, got, want = kernel_inference_peak(cell, T, N, D, H, rng, w_scale=0.05,
+                                            batch_major=layout == "batch-major",
+                                            reverse_lengths=layout == "reverse-lengths")
     for a, w in zip(got, want):
         assert_close_f32(a, w)
     gates, outputs = T * N * G * H * 4, len(got) * T * N * H * 4
     assert gates > 16 * MB
-    # the outputs, the packed Wh (and the GRU's scratch) and an 8 MB chunk; not the gates
-    assert peak < outputs + 9 * MB + H * G * H * 4 + 2 * N * G * H * 4 < outputs + gates, \
-        (peak, outputs, gates)
+    # the outputs, the packed weights (and the GRU's scratch) and an 8 MB chunk; not
+    # the gates
+    assert peak < outputs + 9 * MB + (D + H) * G * H * 4 + 2 * N * G * H * 4 \
+        < outputs + gates, (peak, outputs, gates)

@@ -346,25 +346,38 @@ def test_fused_loops_never_read_padded_inputs(cell, rng):
     assert not np.any(runs[1][1][pad])                                  # dx padding: zeros
 
 
-def kernel_inference_peak(cell, T, N, D, H, rng, w_scale=0.3):
+def kernel_inference_peak(cell, T, N, D, H, rng, w_scale=0.3, batch_major=False,
+                          reverse_lengths=False):
     """Run the GRU or LSTM kernel's forward on random float32 data with save=True,
     then save=False under tracemalloc (which sees NumPy's allocations, the outputs
     included): returns (peak bytes of the second call, its outputs [h(, c)], the first
-    call's). Asserts save=True returns saved arrays and save=False None."""
+    call's). Asserts save=True returns saved arrays and save=False None.
+    batch_major: x and the outputs (N, T, F) arrays passed as (T, N, F) views;
+    reverse_lengths: the reverse direction over a sorted batch of lengths."""
     import tracemalloc
     G = GATES[cell]
-    x = rng.standard_normal((T, N, D)).astype(np.float32)
+
+    def seq(F):   # a (T, N, F) array, or the (T, N, F) view of an (N, T, F) one
+        return np.empty((N, T, F), np.float32).transpose(1, 0, 2) if batch_major else \
+            np.empty((T, N, F), np.float32)
+
+    x = seq(D)
+    x[...] = rng.standard_normal((T, N, D))
     Wx = (0.3 * rng.standard_normal((D, G * H))).astype(np.float32)
     Wh = (w_scale * rng.standard_normal((H, G * H))).astype(np.float32)
     b = (0.1 * rng.standard_normal(G * H)).astype(np.float32)
     h0 = np.zeros((N, H), np.float32)
+    kw = {}
+    if reverse_lengths:
+        lengths = np.sort(rng.integers(1, T + 1, N))[::-1]
+        kw = dict(reverse=True, batch_sizes=_batch_sizes(lengths, T))
 
     def run(save):
-        h = np.empty((T, N, H), np.float32)
+        h = seq(H)
         if cell == "lstm":
-            c = np.empty((T, N, H), np.float32)
-            return KL.forward(x, h0, h0, Wx, Wh, b, h, c, save=save), [h, c]
-        return KG.forward(x, h0, Wx, Wh, b, b, h, save=save), [h]
+            c = seq(H)
+            return KL.forward(x, h0, h0, Wx, Wh, b, h, c, save=save, **kw), [h, c]
+        return KG.forward(x, h0, Wx, Wh, b, b, h, save=save, **kw), [h]
 
     saved, want = run(True)
     assert saved is not None

@@ -150,14 +150,14 @@ cdef inline object chunk_buffers(Loop *L, const Input *inp, object dtype):
     units."""
     import numpy as np
     cdef Py_ssize_t GH = L.G * L.H, N = L.N, D = inp.D
-    cdef Py_ssize_t C = infer_chunk(L.T, N, GH, np.dtype(dtype).itemsize)
-    if C <= 0 or N <= 0 or GH <= 0 or D <= 0:
+    cdef Py_ssize_t C = infer_chunk(L.T, N, GH, D, np.dtype(dtype).itemsize)
+    if C <= 0:
         return None
     cb = aligned_empty(C * N * GH, dtype)
     xb = aligned_empty(C * N * D, dtype)
     L.chunk = C
     L.cbuf = <void *><uintptr_t>cb.ctypes.data
-    L.xbuf = NULL if xb is None else <void *><uintptr_t>xb.ctypes.data
+    L.xbuf = <void *><uintptr_t>xb.ctypes.data
     return cb, xb
 
 

@@ -55,7 +55,7 @@ cdef extern from "rc_gemm_packed.h" nogil:
                                     Py_ssize_t n, size_t elsize)
     void set_packing "rc_set_packing"(int enabled, int fuse)
     Py_ssize_t infer_chunk "rc_infer_chunk"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH,
-                                            size_t elsize)
+                                            Py_ssize_t D, size_t elsize)
     void set_chunk "rc_set_chunk"(long long steps)
 
 

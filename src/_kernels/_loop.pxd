@@ -64,9 +64,10 @@ cdef struct Loop:
     Py_ssize_t chunk            # inference: steps per chunk of the input projection (0: all
                                 # T steps at once; rc_infer_chunk), into `cbuf` (chunk, N, GH)
     void *cbuf                  # from x rows gathered time-major into `xbuf` (chunk, N, D)
-    void *xbuf                  # (NULL: x's own rows). With wxh packed each share computes
-                                # its own rows' chunks in its steps (chunk_input; loop_share
-                                # gives it its part of both buffers), else BLAS before them
+    void *xbuf                  # (BLAS reads time-major x in place). With wxh packed each
+                                # share computes its own rows' chunks in its steps
+                                # (chunk_input; loop_share gives it its part of both
+                                # buffers), else BLAS before them (chunked_forward)
     const void *h0              # initial states (N, H), C-contiguous
     const void *c0              # LSTM
     const void *b               # bias (GH,) (GRU: the input side's bx)

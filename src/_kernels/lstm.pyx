@@ -383,20 +383,23 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
 
 
 cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L,
-                       Loop *tasks, rc_units *u, bint backward, bint fuse):
+                       Loop *tasks, rc_units *u, bint backward, bint fuse, int P=0):
     """Prepare a unit split of L's loop when rc_unit_threads says so: the shares in
     `tasks` (L.units, L.nu), the schedule `u` and the packed weight slices
     (returned: the caller keeps them alive); else None (L untouched). A forward
     loop fusing x_t Wx into its steps (`fuse`: the caller's rc_fuse_input, as for
-    fused_weight) packs slices of [Wx; Wh] and sets L.wxh.nr (its products: fwd_block)."""
+    fused_weight) packs slices of [Wx; Wh] and sets L.wxh.nr (its products: fwd_block).
+    P > 0: the thread count the caller already took from unit_threads (decided once:
+    the rule reads the BLAS thread count, which another thread may change); 0: ask it."""
     import numpy as np
     cdef Py_ssize_t H = L.H, GH = RC_LSTM_GATES * H, nr = packed_nr(sizeof(floating))
     cdef Py_ssize_t q, chunk, U, ws, kdim, off, vec, isz = sizeof(floating), D = 0
-    cdef int P, k, nb, b
+    cdef int k, nb, b
     if L.wr.p != NULL or nr <= 0 or L.N <= 0 or H <= 0:
         return None
-    P = unit_threads(L.N, H, RC_LSTM_GATES, L.T, isz,
-                     packs_step_weight(L.T, L.N * GH * H), backward)
+    if P <= 0:
+        P = unit_threads(L.N, H, RC_LSTM_GATES, L.T, isz,
+                         packs_step_weight(L.T, L.N * GH * H), backward)
     if P < 2:
         return None
     P = min(P, MAX_TASKS)
@@ -503,9 +506,12 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # on a long unfused loop: the gates of a chunk of steps (chunk_buffers)
     dtype = np.float32 if floating is float else np.float64
     cdef bint fuse = fuse_input(T, N, inp.D, L.Hp, GH, sizeof(floating))   # decided once
-    cdef bint units = (Wr is None and packed_nr(sizeof(floating)) > 0 and unit_threads(
-        N, H, RC_LSTM_GATES, T, sizeof(floating), packs_step_weight(T, N * GH * H), False) > 1)
-    chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse or units) else None
+    # the unit split's thread count, decided once (unit_split takes it): 1, none
+    cdef int units = unit_threads(N, H, RC_LSTM_GATES, T, sizeof(floating),
+                                  packs_step_weight(T, N * GH * H), False)
+    if Wr is not None or packed_nr(sizeof(floating)) <= 0:
+        units = 1
+    chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse or units > 1) else None
     cdef bint one = not save and (fuse or chunks is not None)
     saved = None if one else (
         LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype)) if Wr is None else
@@ -525,7 +531,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.b = &b[0]
     cdef Loop tasks[MAX_TASKS]
     cdef rc_units sched
-    keep = unit_split(Wx, Wh, &L, tasks, &sched, False, fuse)
+    keep = unit_split(Wx, Wh, &L, tasks, &sched, False, fuse, units) if units > 1 else None
     if keep is None:
         # Wh packed, or [Wx; Wh] for a loop fusing x_t Wx into its steps
         # (inference in chunks: [Wx; Wh] too when the loop packs, for chunk_input)

@@ -204,9 +204,12 @@ static int rc_use_panel(rc_idx m, rc_idx n, rc_idx k)
  * same sums over the first n2 <= n columns (NULL: none) -- the GRU's hidden-side
  * bias sees all of dG and the input side's its [r | z] block, one read of dG for
  * both. Each out[j] accumulates the rows in order, one add per row, as a loop
- * over the rows would (so the result is bitwise that of two separate sums). */
+ * over the rows would (so the result is bitwise that of two separate sums).
+ * out and out2 may be one array (a GRU without biases passes one zero array
+ * for both, and discards it: its first n2 elements then get both sums,
+ * interleaved row by row); A is read-only and apart from both. */
 #define RC_DEFINE_COLSUM(NAME, T)                                               \
-    RC_CLONES static void NAME(T *restrict out, T *restrict out2, rc_idx n2,    \
+    RC_CLONES static void NAME(T *out, T *out2, rc_idx n2,                      \
                                const T *restrict a, rc_idx lda, rc_idx m, rc_idx n) \
     {                                                                           \
         for (rc_idx i = 0; i < m; i++) {                                        \

@@ -326,11 +326,12 @@ def _fuses_input(Py_ssize_t N, Py_ssize_t D, Py_ssize_t n, Py_ssize_t k, Py_ssiz
     return fuse_input(T, N, D, k, n, np.dtype(dtype).itemsize)
 
 
-def _infer_chunk(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH, dtype=np.float32):
+def _infer_chunk(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH, Py_ssize_t D,
+                 dtype=np.float32):
     """Steps per chunk of the input projection of a GRU or LSTM inference loop (nothing
-    saved, x_t Wx not in the steps) of T steps, N rows and GH gate columns; 0: all T
-    at once (rc_infer_chunk; in this module's copy of the hook)."""
-    return infer_chunk(T, N, GH, np.dtype(dtype).itemsize)
+    saved, x_t Wx not in the steps) of T steps, N rows, GH gate columns and D inputs;
+    0: all T at once (rc_infer_chunk; in this module's copy of the hook)."""
+    return infer_chunk(T, N, GH, D, np.dtype(dtype).itemsize)
 
 
 def _steps_input_grad(Py_ssize_t N, Py_ssize_t D, Py_ssize_t Hp, Py_ssize_t GH, Py_ssize_t T,
