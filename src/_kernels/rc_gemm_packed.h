@@ -323,7 +323,7 @@ static int rc_step_input_grad(rc_idx T, rc_idx N, rc_idx D, rc_idx Hp, rc_idx GH
  * chunk of steps at a time into one reused buffer, from the chunk's rows of x
  * gathered into another, and runs those steps: inference then needs memory for
  * a chunk, not for all T steps (the LSTM at (T, N, D, H) = (50, 64, 512,
- * 1024): 8 MB of A and 1 MB of x instead of 52 MB of A), and A is read back
+ * 1024): 7 steps, 7 MB of A and 1 MB of x, instead of 52 MB of A), and A is read back
  * while it is in the cache. The two buffers take at most RC_CHUNK_BYTES (D
  * counts: the gathered x) and at least 2 steps. Past RC_CHUNK_MIN_BYTES for
  * all of A only: below that it fits the caches, and glibc reuses a freed block
