@@ -3,9 +3,9 @@
 A GRU or LSTM forward that saves nothing for backward (``eval()``, the kernels'
 ``save=False``) and does not multiply by Wx in its steps (rc_fuse_input: fewer
 than 8 rows, or weights past its 8 MB bound) computes A = X Wx for a chunk of
-steps at a time into one reused buffer, then runs those steps (_loop.pxd:
-chunked_forward), once all T steps' projections would pass 16 MB
-(rc_infer_chunk). The hook ``_set_packing(True, 1, chunk)`` forces chunks of
+steps at a time into one reused buffer, each thread its rows as its steps reach
+the chunk (_loop.pxd: chunk_input), once all T steps' projections would pass
+16 MB (rc_infer_chunk). The hook ``_set_packing(True, 1, chunk)`` forces chunks of
 ``chunk`` steps at any size (or none: -1).
 
 1. The rule: shapes only; 8 MB chunks of at least 2 steps; none below 16 MB or
@@ -13,9 +13,8 @@ chunked_forward), once all T steps' projections would pass 16 MB
 2. Chunked inference against the reference (float64) and against the training
    forward (which keeps every step), for every GRU and LSTM variant: lengths,
    both directions, two layers, batch-first and time-major x, chunks that do not
-   divide T, NaN in padded inputs; each share's chunks in its steps on the packed
-   [Wx; Wh] (chunk_input) and, with packing off, BLAS's before them
-   (chunked_forward).
+   divide T, NaN in padded inputs; on the packed [Wx; Wh] and, with packing off,
+   on Wx as given (the unpacked kernels or BLAS).
 3. Results do not depend on the thread count (rows split over threads within
    each chunk).
 4. Memory: at the rule's sizes a forward allocates about a chunk of gates, not
@@ -40,8 +39,8 @@ MB = 1 << 20
 @pytest.fixture
 def chunks():
     """Set the chunk hook of both modules (restored afterwards); packing=False: the
-    loops do not pack their weights, so BLAS computes each chunk's projection before
-    its steps (chunked_forward) instead of each share in its steps (chunk_input)."""
+    loops do not pack their weights, so each chunk's projection is on Wx as given
+    (the unpacked kernels or BLAS) instead of the packed [Wx; Wh]."""
     def set_(steps, fuse=1, packing=True):
         for mod in (KG, KL):
             mod._set_packing(packing, fuse, steps)

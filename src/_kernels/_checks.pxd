@@ -143,7 +143,7 @@ cdef inline object one_step(Seq *s, Py_ssize_t N, Py_ssize_t F, object dtype):
 
 cdef inline object chunk_buffers(Loop *L, const Input *inp, object dtype):
     """Inference on an unfused loop of many steps (rc_infer_chunk; _loop.pxd:
-    chunk_input or chunked_forward): set L.chunk and point L.cbuf (chunk, N, GH)
+    chunk_input): set L.chunk and point L.cbuf (chunk, N, GH)
     and L.xbuf (chunk, N, D) at new arrays, returned (the caller keeps them alive);
     None, L untouched, otherwise (or no inputs: D = 0). The caller decides this only
     for a loop that will not fuse x_t Wx (rc_fuse_input) and will not split its

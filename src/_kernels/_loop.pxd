@@ -8,8 +8,7 @@
 # lives here once:
 #   forward_loop:  the all-steps input projection A = X Wx, then the time loop
 #                  (inference on a long loop: a chunk of steps' A at a time, by
-#                  BLAS before them, chunked_forward, or by each thread's share
-#                  in its steps on the packed [Wx; Wh], chunk_input);
+#                  each thread's share in its steps, chunk_input);
 #   backward_loop: the time loop, then the all-steps input-side and weight
 #                  gradients (dX, dWx, db, dWh);
 #   run_loop:      the time loop on one thread (in a BLAS single-thread section
@@ -45,7 +44,6 @@ cdef struct Loop:
     # the problem
     Py_ssize_t T, N, H, G       # steps, batch rows, hidden size, gates (1, 3, 4)
     Py_ssize_t Hp               # the width of h, h0 and the dh carry: H, or LSTM's proj_size
-    Py_ssize_t i0, i1           # the iterations a body runs, [i0, i1) (all: 0, T; a chunk)
     const Py_ssize_t *bs        # batch_sizes (T,) of a sorted batch, or NULL: all N rows
     bint reverse, f64, relu     # direction, dtype, the RNN's activation (else tanh)
     bint reset_before           # GRU reset_after=False: L.hn holds r ⊙ h_prev (see gru.pyx)
@@ -54,8 +52,9 @@ cdef struct Loop:
     # the step arrays (each body says which it uses)
     Mat wh                      # the recurrent weight (H, GH) as the loop reads it (maybe packed)
     Mat wxh                     # a fused forward loop's [Wx; Wh] (D + Hp, GH), packed (nr > 0;
-                                # else nr == 0: x Wx is one GEMM before the loop); wh is its
-                                # row block D.. (_gemm.pxd: fused_weight)
+                                # else nr == 0: x Wx is one GEMM before the loop, or in
+                                # chunks on Wx as given); wh is its row block D..
+                                # (_gemm.pxd: fused_weight)
     Seq x                       # the input sequence (T, N, D), read per step by a fused loop
     Py_ssize_t D
     Mat wxt                     # backward: Wx^T (GH, D) packed (nr > 0: dx_t = dA_t Wx^T in
@@ -64,10 +63,8 @@ cdef struct Loop:
     Py_ssize_t chunk            # inference: steps per chunk of the input projection (0: all
                                 # T steps at once; rc_infer_chunk), into `cbuf` (chunk, N, GH)
     void *cbuf                  # from x rows gathered time-major into `xbuf` (chunk, N, D)
-    void *xbuf                  # (BLAS reads time-major x in place). With wxh packed each
-                                # share computes its own rows' chunks in its steps
-                                # (chunk_input; loop_share gives it its part of both
-                                # buffers), else BLAS before them (chunked_forward)
+    void *xbuf                  # each share computes its own rows' chunks in its steps
+                                # (chunk_input; loop_share gives it its part of both)
     const void *h0              # initial states (N, H), C-contiguous
     const void *c0              # LSTM
     const void *b               # bias (GH,) (GRU: the input side's bx)
@@ -114,7 +111,6 @@ cdef inline void loop_init(Loop *L, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py
     """A Loop over all rows with no arrays yet (NULL everywhere; bs NULL: no lengths)."""
     memset(L, 0, sizeof(Loop))
     L.T, L.N, L.H, L.G, L.Hp = T, N, H, G, H
-    L.i0, L.i1 = 0, T
     L.reverse, L.f64 = reverse, f64
     L.k, L.P = 0, 1
 
@@ -146,7 +142,7 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     s.carry = <void *>rows_from(s.carry, rowp)
     s.carry_c = <void *>rows_from(s.carry_c, row)
     s.scratch = <void *>rows_from(s.scratch, row * L.G)
-    if L.chunk > 0 and L.wxh.nr > 0:
+    if L.chunk > 0:
         # chunk_input's buffers: this share's rows of every step of a chunk, after
         # those of shares 0..k-1
         s.cbuf = <void *>rows_from(s.cbuf, rows_before(L.N, k, P) * L.chunk * L.G * L.H * isz)
@@ -232,10 +228,12 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
 cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d run_d,
                               floating kind) noexcept nogil:
     """One layer and direction forward (`kind`'s type picks float or double)."""
-    if L.wxh.nr == 0 and L.chunk > 0 and L.nu == 0:
-        chunked_forward(L, inp, run_f, run_d, kind)
-        return
-    if L.wxh.nr == 0:
+    if L.chunk > 0:
+        # inference in chunks: the steps compute them (chunk_input), on the packed
+        # [Wx; Wh] or, where the loop does not pack, on Wx as given
+        if L.wxh.nr == 0:
+            L.wxh = inp.wx
+    elif L.wxh.nr == 0:
         # A = x @ Wx      (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
         #                 into the gates (the RNN's: its output h)
         # (BLAS's threads at every size: see rc_gemms_threads_begin, rc_threads.h);
@@ -243,42 +241,6 @@ cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d ru
         mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0,
            uniform(L.g))
     run_loop(L, run_f, run_d)
-
-
-cdef inline void chunked_forward(Loop *L, const Input *inp, body_f run_f, body_d run_d,
-                                 floating kind) noexcept nogil:
-    """forward_loop in chunks of L.chunk steps (inference, unfused: rc_infer_chunk):
-    per chunk, its input projection into L.cbuf, then its steps."""
-    cdef Py_ssize_t T = L.T, N = L.N, D = inp.D, GH = L.G * L.H, C = L.chunk
-    cdef Py_ssize_t i0 = 0, i1, n, t0, t, r
-    cdef size_t isz = sizeof(floating)
-    cdef floating *xb = <floating *>L.xbuf
-    cdef const floating *x = <const floating *>inp.x.p
-    cdef Mat xa
-    while i0 < T:
-        i1 = i0 + C if i0 + C < T else T
-        n = i1 - i0
-        t0 = T - i1 if L.reverse else i0     # the chunk's steps: [t0, t0 + n)
-        if not inp.x.bm and (N == 1 or inp.x.st == N * inp.x.sn):
-            # time-major x: rows t0*N ... of its uniform view are the chunk's
-            xa = mat(x + t0 * inp.x.st, inp.x.sn if N > 1 else inp.x.st, NoTrans)
-        else:
-            # batch-major x: gather the chunk's rows time-major
-            for t in range(n):
-                for r in range(N):
-                    memcpy(xb + (t * N + r) * D, x + (t0 + t) * inp.x.st + r * inp.x.sn,
-                           D * isz)
-            xa = mat(xb, D, NoTrans)
-        # A[t0:t0+n] = x[t0:t0+n] @ Wx     (n*N, GH) = (n*N, D)(D, GH), time-major
-        mm(n * N, GH, D, <floating>1, xa, inp.wx, <floating>0, mat(L.cbuf, GH, NoTrans))
-        # the gates of step t at cbuf + (t - t0)*N*GH: the bodies index from step 0
-        # (an integer base: the pointer itself would lie outside the buffer)
-        L.g = seq(<void *>(<uintptr_t>L.cbuf - <uintptr_t>(t0 * N * GH * isz)), N * GH, GH,
-                  GH, False)
-        L.i0, L.i1 = i0, i1
-        run_loop(L, run_f, run_d)
-        i0 = i1
-    L.i0, L.i1 = 0, T
 
 
 cdef inline void step_product(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
@@ -320,12 +282,13 @@ cdef inline void input_product(const Loop *L, const floating *x, Py_ssize_t ldx,
 cdef inline void chunk_input(const Loop *L, Py_ssize_t i, Py_ssize_t split,
                              floating kind) noexcept nogil:
     """Iteration i of an inference loop computing its input projection in chunks in
-    its steps (L.chunk > 0, L.wxh packed: chunked_buffers): at a chunk's first
-    iteration, this share's rows of the chunk's steps [t0, t0 + n) gathered
-    time-major into L.xbuf and multiplied at once,
+    its steps (L.chunk > 0: chunk_buffers): at a chunk's first iteration, this
+    share's rows of the chunk's steps [t0, t0 + n) gathered time-major into L.xbuf
+    and multiplied at once,
         A = X @ Wx       (n * M, GH) = (n * M, D)(D, GH)   into L.cbuf,
-    on the packed kernel (the weight's panels reused by n * M rows, where a step
-    alone has M), and L.g pointed at it. The Loop is this share's own copy
+    on the packed kernel (L.wxh packed: the weight's panels reused by n * M rows,
+    where a step alone has M; else L.wxh is Wx as given, forward_loop: mm_step's
+    kernels or BLAS), and L.g pointed at it. The Loop is this share's own copy
     (loop_share; or the caller's, on one thread), so it is written here."""
     cdef Loop *Lm = <Loop *>L
     cdef Py_ssize_t C = L.chunk, T = L.T, D = L.D, GH = L.G * L.H, M = share(L.N, L.k, L.P)
@@ -333,7 +296,7 @@ cdef inline void chunk_input(const Loop *L, Py_ssize_t i, Py_ssize_t split,
     cdef size_t isz = sizeof(floating)
     cdef floating *xb = <floating *>L.xbuf
     cdef const floating *x = <const floating *>L.x.p
-    if C <= 0 or L.wxh.nr == 0 or i % C != 0 or M <= 0:
+    if C <= 0 or i % C != 0 or M <= 0:
         return
     n = C if i + C <= T else T - i
     t0 = T - i - n if L.reverse else i

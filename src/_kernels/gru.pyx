@@ -37,7 +37,7 @@ backward dX_t = [da_r | da_z | da_n] Wx^T while they are in the cache, on Wx^T
 packed once. A fused forward that saves nothing (``save=False``: inference)
 reuses one step's gates and hidden_n for all T steps; an unfused one that saves
 nothing and would need more than 16 MB for all steps' x Wx computes it a chunk
-of steps at a time (_loop.pxd: chunk_input, chunked_forward).
+of steps at a time (_loop.pxd: chunk_input).
 
 Why two gradient buffers: the n block of the pre-activation gradient differs
 between the two sides. ``x W_in + b_in`` enters n directly (gradient da_n),
@@ -177,7 +177,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t h0_ld = L.P * H, h_st = L.h.st, h_sn = L.h.sn
     cdef const floating *h0 = <const floating *>L.h0
     cdef floating *h = <floating *>L.h.p
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         if L.chunk > 0:
@@ -220,7 +220,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t ldc = L.P * H, dg_sn = L.dg.sn, nI = GH - H
     cdef Py_ssize_t nk = nI if L.reset_before else GH   # dG's columns the carry GEMM reads
     cdef floating *dgt
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
         if not L.reset_before:

@@ -140,7 +140,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t h0_ld = L.P * H, h_st = L.h.st, h_sn = L.h.sn
     cdef const floating *h0 = <const floating *>L.h0
     cdef floating *h = <floating *>L.h.p
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         if Bc > 0:
             fwd_rows(L, &E, t, 0, Bc, h + tp * h_st, h_sn)
@@ -180,7 +180,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t ldc = L.P * H, h_st = L.h.st, h_sn = L.h.sn
     cdef const floating *h0 = <const floating *>L.h0
     cdef const floating *h = <const floating *>L.h.p
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         # fused (rc_lngru_bwd): dA_t, dS_t, dZ_t, carry = d z
         if Bc > 0:

@@ -194,7 +194,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef const floating *c0 = <const floating *>L.c0
     cdef const floating *c = <const floating *>L.c.p
     cdef floating *h = <floating *>L.h.p
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from (h0, c0) here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         if Bc > 0:
@@ -245,7 +245,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t ldc = L.P * H
     cdef const floating *c = <const floating *>L.c.p
     cdef const floating *c0 = <const floating *>L.c0
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         # fused (rc_lnlstm_bwd): dyc, dc, dA_t, carry_c, dZ_t
         if Bc > 0:

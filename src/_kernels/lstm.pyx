@@ -28,7 +28,7 @@ backward dX_t = dA_t Wx^T while dA_t is in the cache, on Wx^T packed once. A
 fused forward that saves nothing (``save=False``: inference) reuses one step's
 (N, 4H) gates for all T steps; an unfused one that would need more than 16 MB
 for all steps' x Wx computes it a chunk of steps at a time (_loop.pxd:
-chunk_input, chunked_forward).
+chunk_input).
 
 Saved for backward (``LSTMSaved``): ``gates`` (T, N, 4H), the activations
 [i | f | g | o] of every step. Together with the cell states ``c`` (T, N, H),
@@ -169,7 +169,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef const floating *c0 = <const floating *>L.c0
     cdef const floating *c = <const floating *>L.c.p
     cdef floating *h = <floating *>L.h.p
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from (h0, c0) here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         # inference in chunks: at a chunk's start, its steps' x Wx for this share
@@ -215,7 +215,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef const floating *c = <const floating *>L.c.p
     cdef const floating *c0 = <const floating *>L.c0
     cdef floating *dgt
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
         if L.wr.p != NULL:
@@ -327,7 +327,7 @@ cdef void fwd_units(const Loop *L, floating kind) noexcept nogil:
     cdef Py_ssize_t i, t, tp, B, Bc
     cdef int j, blk, mine
     cdef rc_units *u = <rc_units *>L.sched
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         units_wait(u, <int>i)
         # this share's own blocks are claimed together before any runs: another
@@ -350,7 +350,7 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
     cdef const floating *c0 = <const floating *>L.c0
     cdef floating *dgt
     cdef Mat w = L.wh
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dgt = <floating *>L.dg.p + t * L.dg.st
         p = <int>(2 * i)

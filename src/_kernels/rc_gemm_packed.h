@@ -319,9 +319,9 @@ static int rc_step_input_grad(rc_idx T, rc_idx N, rc_idx D, rc_idx Hp, rc_idx GH
 /* Steps per chunk of a forward loop that keeps nothing for backward (inference)
  * and does not fuse x_t Wx into its steps, or 0: the input projection A = X Wx
  * as one GEMM over all T*N rows, into a (T, N, GH) array, as in training.
- * Chunked (_loop.pxd: chunk_input, chunked_forward), the loop computes A for a
+ * Chunked (_loop.pxd: chunk_input), each thread computes its rows' A for a
  * chunk of steps at a time into one reused buffer, from the chunk's rows of x
- * gathered into another, and runs those steps: inference then needs memory for
+ * gathered into another, as its steps reach the chunk: inference then needs memory for
  * a chunk, not for all T steps (the LSTM at (T, N, D, H) = (50, 64, 512,
  * 1024): 7 steps, 7 MB of A and 1 MB of x, instead of 52 MB of A), and A is read back
  * while it is in the cache. The two buffers take at most RC_CHUNK_BYTES (D

@@ -111,7 +111,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef floating *h = <floating *>L.h.p
     cdef const floating *h0 = <const floating *>L.h0
     cdef floating *ht
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         # rows [0, Bc) continue from step tp; rows [Bc, B) start from h0 here
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
         ht = h + t * h_st
@@ -138,7 +138,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef floating *dz = <floating *>L.dg.p
     cdef floating *carry = <floating *>L.carry
     cdef floating *dzt
-    for i in range(L.i0, L.i1):
+    for i in range(L.T):
         loop_rows(L, i, True, &t, &tp, &B, &Bc)
         dzt = dz + t * L.dg.st
         # dz_t[:B] = (dh_t[:B] + carry[:B]) * act'(h_t[:B])
