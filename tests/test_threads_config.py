@@ -25,8 +25,22 @@ try:
 except RuntimeError as e:
     forced = str(e)
 print(json.dumps(dict(timeout=_config._TIMEOUT_STATE, coretype=_config._CORETYPE_STATE,
-                      split=_threads.row_split_enabled(), env_after=env_after, forced=forced)))
+                      split=_threads.row_split_enabled(), env_after=env_after, forced=forced,
+                      numpy=_config._NUMPY_STATE, numpy_spins=_config.numpy_blas_spins(),
+                      numpy_spinning={spinning})))
 """
+
+# NumPy's OpenBLAS worker threads still running (spinning) 20 ms after a threaded product:
+# state R in /proc/self/task/<tid>/stat (None: not measurable here)
+SPINNING = r"""(lambda: (
+    __import__("time").sleep(0.2),
+    [__import__("numpy").ones((512, 512), "f4") @ __import__("numpy").ones((512, 512), "f4")
+     for _ in range(3)],
+    __import__("time").sleep(0.02),
+    sum(open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[0] == "R"
+        for t in __import__("os").listdir("/proc/self/task")
+        if int(t) != __import__("threading").get_native_id()))[-1]
+    if __import__("os").path.exists("/proc/self/task") else None)()"""
 
 
 def probe(pre="", **env):
@@ -35,7 +49,7 @@ def probe(pre="", **env):
          if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT", "RNNCORE_NO_CORETYPE",
                       "RNNCORE_NO_THREAD_TIMEOUT")}
     e.update(env)
-    out = subprocess.run([sys.executable, "-c", PROBE.format(pre=pre)], env=e,
+    out = subprocess.run([sys.executable, "-c", PROBE.format(pre=pre, spinning=SPINNING)], env=e,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -50,6 +64,45 @@ def test_short_thread_timeout_applied_even_after_numpy_and_environment_restored(
     assert r["split"] is True and r["forced"] == "ok"
     assert r["env_after"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_THREAD_TIMEOUT": None}
     assert "loaded before" not in r["coretype"]["reason"], r
+
+
+def _numpy_blas_threads():
+    from threadpoolctl import threadpool_info
+    return max([i.get("num_threads") or 1 for i in threadpool_info()
+                if i.get("internal_api") == "openblas" and "openblas64_" in i["filepath"]],
+               default=0)
+
+
+def test_numpy_blas_timeout_reported_and_applied_when_rnncore_comes_first():
+    pytest.importorskip("threadpoolctl")
+    first = probe()                        # rnncore imports NumPy inside its window
+    assert first["numpy"]["short"] is True and "imported by rnncore" in \
+        first["numpy"]["reason"], first
+    assert first["numpy_spins"] is False
+    after = probe(pre="import numpy")      # NumPy's BLAS loaded with the default timeout
+    assert after["numpy"]["short"] is False and "before rnncore" in after["numpy"]["reason"]
+    threads = _numpy_blas_threads()
+    assert after["numpy_spins"] is (threads > 1)
+    user = probe(pre="import numpy", OPENBLAS_THREAD_TIMEOUT="4")
+    assert user["numpy"]["short"] is True and "set by the user" in user["numpy"]["reason"]
+    assert user["numpy_spins"] is False
+    if threads > 1 and first["numpy_spinning"] is not None:
+        # what the report is about: NumPy's workers asleep right after a product when
+        # rnncore came first, still running 20 ms later when NumPy came first
+        assert first["numpy_spinning"] == 0, first
+        assert after["numpy_spinning"] >= 1, after
+
+
+def test_show_config_warns_when_numpy_blas_spins(monkeypatch, capsys):
+    monkeypatch.setattr(_config, "numpy_blas_spins", lambda: True)
+    from rnncore._runtime import config
+    monkeypatch.setattr(config, "numpy_blas_spins", lambda: True)
+    cfg = rnncore.show_config()
+    assert any("OPENBLAS_THREAD_TIMEOUT=4" in w and "NumPy" in w for w in cfg["warnings"])
+    assert "numpy_blas_thread_timeout" in cfg
+    monkeypatch.setattr(config, "numpy_blas_spins", lambda: False)
+    assert not any("NumPy" in w for w in rnncore.show_config()["warnings"])
+    capsys.readouterr()
 
 
 def test_blas_loaded_before_rnncore_keeps_loops_on_one_thread():

@@ -40,8 +40,28 @@ user, no ``RNNCORE_NO_THREAD_TIMEOUT=1``; any CPU), rnncore loads SciPy's BLAS
 with ``OPENBLAS_THREAD_TIMEOUT=4`` (the workers sleep right after a call and
 are woken by the next threaded one, a few microseconds) and restores the
 environment. Loops split rows only when the timeout is short (ours, or a
-user's value <= 12); otherwise they keep running on one thread. NumPy's own
-OpenBLAS copy is not affected.
+user's value <= 12); otherwise they keep running on one thread.
+
+NumPy's BLAS
+------------
+NumPy's wheels bundle their own OpenBLAS copy (``libscipy_openblas64_``), with
+worker threads of its own that spin the same way after every threaded NumPy
+matrix product (``a @ b`` above a small size). Spinning next to a row-split
+loop they take a core from it: an LSTM forward at (T, N, D, H) = (100, 32,
+256, 256) right after a NumPy product measured 34 ms instead of 18 on 2 Zen 4
+cores, i.e. one thread's speed (PyTorch's forward, 27 -> 55 ms, suffers the
+same). Once NumPy's copy is loaded its timeout cannot change. So:
+
+* ``import rnncore`` before NumPy: rnncore imports NumPy inside the same
+  window, and NumPy's copy gets the short timeout too (and, on AMD AVX-512
+  CPUs, the SkylakeX kernels);
+* NumPy imported first, with ``OPENBLAS_THREAD_TIMEOUT`` unset: nothing can be
+  done from here; ``show_config()`` says so and warns, and the fix is to set
+  ``OPENBLAS_THREAD_TIMEOUT=4`` in the environment before starting Python (or
+  to import rnncore first).
+
+``_NUMPY_STATE`` records which case applies (``"short"``: NumPy's BLAS sleeps
+right after a call, or the case is unknown to be harmful).
 """
 from __future__ import annotations
 
@@ -92,6 +112,8 @@ THREAD_TIMEOUT = "4"
 #: the largest user-set OPENBLAS_THREAD_TIMEOUT with which time loops still split rows
 _SPLIT_MAX_TIMEOUT = 12
 _TIMEOUT_STATE = {"short": False, "reason": "not evaluated"}
+#: whether NumPy's BLAS workers sleep right after a call (see "NumPy's BLAS" above)
+_NUMPY_STATE = {"short": None, "reason": "not evaluated"}
 
 
 def _user_decides(state, opt_out, var) -> bool:
@@ -133,6 +155,8 @@ def select_blas_kernels() -> None:
     SciPy's BLAS loads, only if it is not loaded yet and the user has not set
     them (or opted out); the environment is restored right after.
     """
+    numpy_first = "numpy" in sys.modules
+    _numpy_timeout_state(numpy_first)
     env = {}
     if _coretype_wanted(_CORETYPE_STATE):
         env["OPENBLAS_CORETYPE"] = "SkylakeX"
@@ -149,10 +173,15 @@ def select_blas_kernels() -> None:
         return
     os.environ.update(env)
     try:
+        import numpy  # noqa: F401  (if not loaded yet: NumPy's BLAS, too, loads now)
         import scipy.linalg.cython_blas  # noqa: F401  (loads libscipy_openblas now)
     finally:
         for k in env:
             del os.environ[k]
+    if not numpy_first and "OPENBLAS_THREAD_TIMEOUT" in env:
+        _NUMPY_STATE["short"] = True
+        _NUMPY_STATE["reason"] = (f"OPENBLAS_THREAD_TIMEOUT={THREAD_TIMEOUT} applied: NumPy was "
+                                  "imported by rnncore")
     if "OPENBLAS_CORETYPE" in env:
         _CORETYPE_STATE["applied"] = True
         _CORETYPE_STATE["reason"] = ("OPENBLAS_CORETYPE=SkylakeX applied while loading SciPy's "
@@ -161,6 +190,44 @@ def select_blas_kernels() -> None:
         _TIMEOUT_STATE["short"] = True
         _TIMEOUT_STATE["reason"] = (f"OPENBLAS_THREAD_TIMEOUT={THREAD_TIMEOUT} applied while "
                                     "loading SciPy's BLAS")
+
+
+def _numpy_timeout_state(numpy_first: bool) -> None:
+    """Fill _NUMPY_STATE for NumPy imported before rnncore (``numpy_first``) or not."""
+    given = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    if given is not None:
+        try:
+            short = int(given) <= _SPLIT_MAX_TIMEOUT
+        except ValueError:
+            short = False
+        _NUMPY_STATE.update(short=short, reason=f"OPENBLAS_THREAD_TIMEOUT={given} set by the user")
+    elif numpy_first:
+        _NUMPY_STATE.update(short=False, reason=(
+            "NumPy was imported before rnncore, with OpenBLAS's default thread timeout"))
+    else:
+        _NUMPY_STATE.update(short=False, reason=(
+            "NumPy imported by rnncore, with OpenBLAS's default thread timeout"))
+
+
+def numpy_blas_spins() -> bool:
+    """Whether NumPy's BLAS is a separate threaded OpenBLAS whose workers spin (~0.1 s)
+    after each call: loaded before rnncore, or with the timeout unchanged.
+
+    False when NumPy's BLAS sleeps right after a call, is SciPy's own (the one
+    the kernels call, covered by :func:`row_split_allowed`), is not OpenBLAS,
+    runs one thread, or threadpoolctl is not installed (unknown).
+    """
+    if _NUMPY_STATE["short"] is not False:
+        return False
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return False
+    for info in threadpool_info():
+        name = os.path.basename(info.get("filepath", ""))
+        if info.get("internal_api") == "openblas" and "openblas64_" in name:
+            return (info.get("num_threads") or 1) > 1
+    return False
 
 
 def row_split_allowed() -> bool:

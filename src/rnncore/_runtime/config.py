@@ -10,7 +10,8 @@ import platform
 import sys
 
 from .._version import __version__
-from .blas import _AVX512_NEEDED, _CORETYPE_STATE, _TIMEOUT_STATE, _blas_info, _cpu_info
+from .blas import (_AVX512_NEEDED, _CORETYPE_STATE, _NUMPY_STATE, _TIMEOUT_STATE, _blas_info,
+                   _cpu_info, numpy_blas_spins)
 from . import threads
 
 
@@ -21,7 +22,10 @@ def show_config(file=None) -> dict:
     the kernels call, its version, the CPU architecture it selected and its
     thread count (via threadpoolctl when installed); the SIMD level the
     kernels' elementwise code was dispatched to; the CPU; and whether the
-    BLAS kernel override described in :mod:`rnncore._runtime.blas` was applied.
+    BLAS kernel override and thread timeout described in :mod:`rnncore._runtime.blas`
+    were applied, to SciPy's BLAS and to NumPy's. Warns when OpenBLAS runs AVX2
+    kernels on an AVX-512 CPU, and when NumPy's own OpenBLAS spins after each call
+    (it then takes cores from the time loops' threads).
     """
     import numpy as np
     import scipy
@@ -45,6 +49,7 @@ def show_config(file=None) -> dict:
         "blas_threads": blas.get("num_threads") if blas else None,
         "blas_coretype_override": _CORETYPE_STATE["reason"],
         "blas_thread_timeout": _TIMEOUT_STATE["reason"],
+        "numpy_blas_thread_timeout": _NUMPY_STATE["reason"],
         "parallel_directions": threads.parallel_directions_enabled(),
         "loop_single_thread_below": (f"{threads.LOOP_PARALLEL_MIN} multiply-adds per step"
                                      if threads.loop_policy_active() else "off"),
@@ -57,6 +62,13 @@ def show_config(file=None) -> dict:
             "OpenBLAS runs its AVX2 kernels on this AVX-512 CPU (about half the sgemm "
             "speed): set OPENBLAS_CORETYPE=SkylakeX in the environment before starting "
             "Python, or import rnncore before scipy.linalg.")
+    if numpy_blas_spins():
+        warnings.append(
+            "NumPy's own OpenBLAS keeps its default thread timeout: after each threaded "
+            "NumPy matrix product its workers spin for ~0.1 s, and rnncore's (and "
+            "PyTorch's) multi-threaded loops run up to P times slower meanwhile. Set "
+            "OPENBLAS_THREAD_TIMEOUT=4 in the environment before starting Python, or "
+            "import rnncore before numpy.")
     cfg["warnings"] = warnings
     out = file if file is not None else sys.stdout
     width = max(len(k) for k in cfg)
