@@ -118,13 +118,20 @@ cdef inline const Py_ssize_t *batch_ptr(object bs):
 
 
 cdef inline object seq_empty(bint batch_major, Py_ssize_t T, Py_ssize_t N, Py_ssize_t F,
-                             object dtype):
+                             object dtype, bint pool=False):
     """An uninitialized (T, N, F) array in the given layout kind, contiguous in it.
 
     Workspaces and saved arrays are allocated in h's layout kind so that they
-    form one matrix with h's row order (for the all-steps GEMMs).
+    form one matrix with h's row order (for the all-steps GEMMs). `pool`: a
+    training call's (forward keeping its activations, or backward): from the
+    workspace cache (_pool.pyx).
     """
     import numpy as np
+    if pool:
+        from rnncore._kernels._pool import empty as pool_empty
+        if batch_major:
+            return pool_empty((N, T, F), dtype).transpose(1, 0, 2)
+        return pool_empty((T, N, F), dtype)
     if batch_major:
         return np.empty((N, T, F), dtype=dtype).transpose(1, 0, 2)
     return np.empty((T, N, F), dtype=dtype)
@@ -170,7 +177,7 @@ cdef inline object workspace(object saved, str name, Py_ssize_t T, Py_ssize_t N,
     """
     import numpy as np
     if saved is None:
-        return seq_empty(batch_major, T, N, F, dtype)
+        return seq_empty(batch_major, T, N, F, dtype, True)     # (backward: training)
     a = np.asarray(saved)
     b = a.transpose(1, 0, 2) if (batch_major and a.ndim == 3) else a
     if a.shape != (T, N, F) or not a.flags.writeable or not b.flags.c_contiguous:

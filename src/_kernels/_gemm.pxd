@@ -135,17 +135,23 @@ cdef inline bint packs_step_weight(Py_ssize_t T, long long work) noexcept nogil:
     return pack_step_weight(T, work)
 
 
-cdef inline object aligned_empty(Py_ssize_t size, object dtype):
+cdef inline object aligned_empty(Py_ssize_t size, object dtype, bint pool=False):
     """An uninitialized 1-D array of `size` elements starting on a 64-byte boundary
-    (whole-line vector loads and stores; NumPy aligns to 16)."""
+    (whole-line vector loads and stores; NumPy aligns to 16). `pool`: a training
+    call's (forward keeping its activations, or backward): from the workspace cache
+    (_pool.pyx; large arrays only, 64-byte aligned too)."""
     import numpy as np
+    if pool:
+        from rnncore._kernels._pool import empty as pool_empty
+        return pool_empty((size,), dtype)
     cdef Py_ssize_t isz = np.dtype(dtype).itemsize
     buf = np.empty(size + 64 // isz, dtype=dtype)
     cdef Py_ssize_t off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
     return buf[off:off + size]
 
 
-cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, object top=None):
+cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, object top=None,
+                                bint pool=False):
     """B (k, n), any 2-D float32/float64 array with element strides (a row-major
     weight or a transposed view of one: no copy first), packed in panels nr wide.
 
@@ -164,7 +170,8 @@ cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, obje
     if not 0 < split < n:
         split = n
     cdef Py_ssize_t first = packed_size(k0 + k, split, nr)
-    out = aligned_empty(first + packed_size(k0 + k, n - split, nr), src.dtype).reshape(-1, nr)
+    out = aligned_empty(first + packed_size(k0 + k, n - split, nr), src.dtype,
+                        pool).reshape(-1, nr)
     if src.dtype == np.float32:
         if k0 > 0:
             pack_blocks[float](top, out, split, first, nr, k0 + k)
@@ -198,7 +205,7 @@ cdef inline void pack_blocks(const floating[:, :] b, floating[:, ::1] dst, Py_ss
 
 cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, Py_ssize_t N,
                                Py_ssize_t GH, Py_ssize_t H, bint backward=False,
-                               Py_ssize_t split=0):
+                               Py_ssize_t split=0, bint pool=False):
     """The recurrent weight as a time loop's per-step products will read it.
 
     Forward multiplies by Wh (H, GH), backward by Wh^T (GH, H). When
@@ -226,7 +233,7 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
     cdef const floating[:, :] c
     if N > 0 and n > 0 and k > 0 and packs_step_weight(T, N * n * k):
         packed = pack_weight(np.asarray(Wh).T if backward else Wh, nr,
-                             0 if backward else split)
+                             0 if backward else split, None, pool or backward)
         c = packed
         wh[0] = mat(&c[0, 0], k, Trans if backward else NoTrans)
         wh.nr = nr
@@ -245,7 +252,7 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
 
 cdef inline object fused_weight(const floating[:, :] Wx, const floating[:, :] Wh, Mat *wxh,
                                 Mat *wh, Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH,
-                                Py_ssize_t H, bint fuse, Py_ssize_t split=0):
+                                Py_ssize_t H, bint fuse, Py_ssize_t split=0, bint pool=False):
     """A forward loop's weights: [Wx; Wh] packed once, or Wh as step_weight decides.
 
     With `fuse` (the caller's rc_fuse_input, decided once: the rule reads the
@@ -261,14 +268,14 @@ cdef inline object fused_weight(const floating[:, :] Wx, const floating[:, :] Wh
     cdef const floating[:, :] c
     if fuse:
         nr = packed_nr(sizeof(floating))
-        packed = pack_weight(Wh, nr, split, Wx)
+        packed = pack_weight(Wh, nr, split, Wx, pool)
         c = packed
         wxh[0] = mat(&c[0, 0], D + H, NoTrans)
         wxh.nr = nr
         wh[0] = mat(&c[D, 0], D + H, NoTrans)     # row D of the (panels * (D + H), nr) array
         wh.nr = nr
         return packed
-    return step_weight(Wh, wh, T, N, GH, H, False, split)
+    return step_weight(Wh, wh, T, N, GH, H, False, split, pool)
 
 
 cdef inline object input_grad_weight(const floating[:, :] Wx, Mat *wxt, Py_ssize_t T,
@@ -284,7 +291,7 @@ cdef inline object input_grad_weight(const floating[:, :] Wx, Mat *wxt, Py_ssize
     if not step_input_grad(T, N, D, Hp, GH, sizeof(floating)):
         return None
     nr = packed_nr(sizeof(floating))
-    packed = pack_weight(np.asarray(Wx).T, nr)
+    packed = pack_weight(np.asarray(Wx).T, nr, 0, None, True)     # (backward: training)
     c = packed
     wxt[0] = mat(&c[0, 0], GH, NoTrans)
     wxt.nr = nr

@@ -29,13 +29,19 @@ cdef extern from "rc_layernorm.h" nogil:
                              double *dbeta)
 
 
-cdef inline list seq_block(bint batch_major, Py_ssize_t T, Py_ssize_t N, widths, dtype):
+cdef inline list seq_block(bint batch_major, Py_ssize_t T, Py_ssize_t N, widths, dtype,
+                           bint pool=False):
     """(T, N, F) arrays of the given widths F, contiguous in the layout kind, carved out
     of ONE allocation: one large block is reused from the heap from call to call, while
     several fresh ones cost a page fault per 4 KiB page each call (measured 4.7 ms vs
-    0.2 ms for the LSTM's seven saved arrays at (T, N, H) = (100, 16, 128))."""
+    0.2 ms for the LSTM's seven saved arrays at (T, N, H) = (100, 16, 128)); `pool`: a
+    training call's, from the workspace cache (_pool.pyx), which keeps it between calls."""
     import numpy as np
-    buf = np.empty(T * N * sum(widths), dtype=dtype)
+    if pool:
+        from rnncore._kernels._pool import empty as pool_empty
+        buf = pool_empty((T * N * sum(widths),), dtype)
+    else:
+        buf = np.empty(T * N * sum(widths), dtype=dtype)
     out, o = [], 0
     for F in widths:
         a = buf[o:o + T * N * F]

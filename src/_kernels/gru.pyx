@@ -294,8 +294,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     cdef bint fuse = fuse_input(T, N, inp.D, H, GH, sizeof(floating))   # decided once
     chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse) else None
     cdef bint one = not save and (fuse or chunks is not None)
-    saved = None if one else GRUSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
-                                      hidden_n=seq_empty(L.h.bm, T, N, H, dtype))
+    saved = None if one else GRUSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype, save),
+                                      hidden_n=seq_empty(L.h.bm, T, N, H, dtype, save))
     if T == 0 or N == 0 or H == 0:
         return saved if save else None
     cdef floating[:, :] s = np.empty((N, GH), dtype=dtype)
@@ -314,7 +314,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # Wh packed, or [Wx; Wh] for a loop multiplying by Wx step by step
     # (inference in chunks: [Wx; Wh] too when the loop packs, for chunk_input)
     keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, fuse or (
-        chunks is not None and packs_step_weight(T, N * GH * H)), 0 if reset_after else GH - H)
+        chunks is not None and packs_step_weight(T, N * GH * H)), 0 if reset_after else GH - H,
+        save)
     if one and L.wxh.nr == 0 and L.chunk == 0:   # (the same rules decided both:
         raise RuntimeError("internal error: one step of gates for an unfused loop")
     with nogil:
@@ -363,7 +364,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     seq_check[floating](hidden_n_arr, "saved.hidden_n", T, N, H, &L.hn)
     if L.reset_before and L.hn.bm != L.h.bm:
         # dWh's n block pairs reset_h with dG row by row: h's layout kind
-        hidden_n_arr = seq_empty(L.h.bm, T, N, H, gates_arr.dtype)
+        hidden_n_arr = seq_empty(L.h.bm, T, N, H, gates_arr.dtype, True)
         hidden_n_arr[...] = saved[1]
         seq_check[floating](hidden_n_arr, "saved.hidden_n", T, N, H, &L.hn)
     vec_check(bh, "bh", GH)

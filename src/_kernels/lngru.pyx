@@ -250,7 +250,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     dtype = np.float32 if floating is float else np.float64
     bm = L.h.bm
     if save:
-        saved = LNGRUSaved(*seq_block(bm, T, N, (GH, H, GH, GATES, GH, GATES), dtype))
+        saved = LNGRUSaved(*seq_block(bm, T, N, (GH, H, GH, GATES, GH, GATES), dtype, True))
     else:
         gates, = seq_block(bm, T, N, (GH,), dtype)
         saved = None
@@ -276,7 +276,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     E.da.p = NULL
     E.ds.p = NULL
     L.ext = &E
-    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
+    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, False, 0, save)
     cdef Mat a = uniform(L.g)
     with nogil:
         # A = LN_G(x @ Wx; γ_ih) + beta, saving x̂_ih, 1/σ_ih (_lnloop.pxd)
@@ -315,7 +315,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     bs = check_batch_sizes(batch_sizes, T, N)
     dtype = np.float32 if floating is float else np.float64
     bm = L.h.bm
-    da_arr, ds_arr, dz_arr = seq_block(bm, T, N, (GH, GH, GH), dtype)
+    da_arr, ds_arr, dz_arr = seq_block(bm, T, N, (GH, GH, GH), dtype, True)
     cdef floating[:, :] dzs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:

@@ -323,7 +323,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     bm = L.h.bm
     if save:
         saved = LNLSTMSaved(*seq_block(bm, T, N, (GH, GH, RC_LN_GATES, GH, RC_LN_GATES, H, 1),
-                                       dtype))
+                                       dtype, True))
     else:
         gates, = seq_block(bm, T, N, (GH,), dtype)
         saved = None
@@ -346,7 +346,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     E.da.p = NULL
     E.dyc.p = NULL
     L.ext = &E
-    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp)
+    keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, False, 0, save)
     cdef Mat a = uniform(L.g)
     with nogil:
         # A = LN_G(x @ Wx; γ_ih) + β_ih + β_hh + b, saving x̂_ih, 1/σ_ih (_lnloop.pxd)
@@ -396,7 +396,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     dtype = np.float32 if floating is float else np.float64
     bm = L.h.bm
     # workspaces in h's layout kind: dA, dZ (the recurrent norm's input gradient), dyc
-    da_arr, dz_arr, dyc_arr = seq_block(bm, T, N, (GH, GH, H), dtype)
+    da_arr, dz_arr, dyc_arr = seq_block(bm, T, N, (GH, GH, H), dtype, True)
     cdef floating[:, :] dzs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:

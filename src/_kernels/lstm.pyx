@@ -383,14 +383,16 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
 
 
 cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L,
-                       Loop *tasks, rc_units *u, bint backward, bint fuse, int P=0):
+                       Loop *tasks, rc_units *u, bint backward, bint fuse, int P=0,
+                       bint pool=False):
     """Prepare a unit split of L's loop when rc_unit_threads says so: the shares in
     `tasks` (L.units, L.nu), the schedule `u` and the packed weight slices
     (returned: the caller keeps them alive); else None (L untouched). A forward
     loop fusing x_t Wx into its steps (`fuse`: the caller's rc_fuse_input, as for
     fused_weight) packs slices of [Wx; Wh] and sets L.wxh.nr (its products: fwd_block).
     P > 0: the thread count the caller already took from unit_threads (decided once:
-    the rule reads the BLAS thread count, which another thread may change); 0: ask it."""
+    the rule reads the BLAS thread count, which another thread may change); 0: ask it.
+    `pool` (or `backward`): a training call's, the slices from the workspace cache."""
     import numpy as np
     cdef Py_ssize_t H = L.H, GH = RC_LSTM_GATES * H, nr = packed_nr(sizeof(floating))
     cdef Py_ssize_t q, chunk, U, ws, kdim, off, vec, isz = sizeof(floating), D = 0
@@ -421,7 +423,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
         u.off[b], u.ws[b] = off, ws
         off += ws * (1 if backward else RC_LSTM_GATES)
     src = np.asarray(Wh)
-    out = aligned_empty(off, src.dtype).reshape(-1, nr)
+    out = aligned_empty(off, src.dtype, pool or backward).reshape(-1, nr)
     for b in range(nb):
         u0, u1, o, ws = u.ub[b], u.ub[b + 1], u.off[b] // nr, u.ws[b] // nr
         if backward:
@@ -514,9 +516,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse or units > 1) else None
     cdef bint one = not save and (fuse or chunks is not None)
     saved = None if one else (
-        LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype)) if Wr is None else
-        LSTMProjSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype),
-                      m=seq_empty(L.h.bm, T, N, H, dtype)))
+        LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype, save)) if Wr is None else
+        LSTMProjSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype, save),
+                      m=seq_empty(L.h.bm, T, N, H, dtype, save)))
     if T == 0 or N == 0 or H == 0:
         return saved if save else None
     if one:
@@ -531,14 +533,15 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.b = &b[0]
     cdef Loop tasks[MAX_TASKS]
     cdef rc_units sched
-    keep = unit_split(Wx, Wh, &L, tasks, &sched, False, fuse, units) if units > 1 else None
+    keep = (unit_split(Wx, Wh, &L, tasks, &sched, False, fuse, units, save) if units > 1
+            else None)
     if keep is None:
         # Wh packed, or [Wx; Wh] for a loop fusing x_t Wx into its steps
         # (inference in chunks: [Wx; Wh] too when the loop packs, for chunk_input)
         keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp, fuse or (
-            chunks is not None and packs_step_weight(T, N * GH * L.Hp)))
+            chunks is not None and packs_step_weight(T, N * GH * L.Hp)), 0, save)
     # the projection's operand Wr (H, Hp), as the loop reads it (packed once, too)
-    keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H) if Wr is not None else None
+    keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H, False, 0, save) if Wr is not None else None
     if one and L.wxh.nr == 0 and (L.chunk == 0 or L.nu > 0):
         # (the same rules decided them: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")
@@ -608,7 +611,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     cdef floating[:, :] dgs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
     # with a projection: E (T, N, P), the whole gradient of each h_t, for dWr; the
     # scratch S (N, 4H): the gradient of m_t in [:, :H], zeros in [:, H:2H]
-    cdef floating[:, :, :] dht = seq_empty(L.h.bm, T if proj is not None else 0, N, L.Hp, dtype)
+    cdef floating[:, :, :] dht = seq_empty(L.h.bm, T if proj is not None else 0, N, L.Hp, dtype,
+                                           True)
     cdef floating[:, :] s = np.zeros((N if proj is not None else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:

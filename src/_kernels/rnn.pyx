@@ -212,7 +212,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     bs = check_batch_sizes(batch_sizes, T, N)
     # workspaces: dz in h's layout kind (contiguous), dzs for reverse + lengths
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, :, :] dz = seq_empty(L.h.bm, T, N, H, dtype)
+    cdef floating[:, :, :] dz = seq_empty(L.h.bm, T, N, H, dtype, True)
     cdef floating[:, :] dzs = np.empty((N if reverse and bs is not None else 0, H), dtype=dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0:

@@ -28,6 +28,7 @@ _select_blas_kernels()  # before the kernels load SciPy's BLAS; see rnncore._run
 from . import cells, functional, losses, nn, optim, reference  # noqa: E402
 from ._runtime.blas import threadpool_limits  # noqa: E402
 from ._runtime.config import show_config  # noqa: E402
+from ._bindings import cache_info, empty_cache, set_cache_limit  # noqa: E402
 from ._runtime.threads import (set_loop_parallel_min, set_parallel_directions,  # noqa: E402
                                set_row_split)
 from .cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
@@ -46,7 +47,7 @@ __all__ = [
     "clip_grad_norm_", "clip_grad_value_", "gradcheck",
     "save", "load", "load_checkpoint",
     "show_config", "threadpool_limits", "set_parallel_directions", "set_loop_parallel_min",
-    "set_row_split",
+    "set_row_split", "empty_cache", "set_cache_limit", "cache_info",
     "__version__",
 ]
 

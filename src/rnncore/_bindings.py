@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._kernels import _pool as _kpool
 from ._kernels import gru as _kgru
 from ._kernels import lngru as _klngru
 from ._kernels import lnlstm as _klnlstm
@@ -287,6 +288,50 @@ def rnn_binding(relu: bool) -> RNNBinding:
 def gru_binding(reset_after: bool) -> GRUBinding:
     """The GRU binding for a candidate (reset_after True/False)."""
     return GRU if reset_after else GRU_RESET_BEFORE
+
+
+def workspace_empty(shape, dtype):
+    """An uninitialized C-contiguous array for a training call (a forward that keeps
+    its activations, or backward): large ones from the workspace cache
+    (``rnncore._kernels._pool``: kept between calls instead of freed), else NumPy's."""
+    return _kpool.empty(shape, dtype)
+
+
+def empty_cache() -> None:
+    """Free the training workspaces rnncore keeps between calls.
+
+    A training step (a forward keeping its activations, then backward) allocates
+    the same large arrays every time; rnncore keeps them when they are released
+    and hands them out again on the next step of the same shapes, instead of
+    returning them to the system and taking page faults on them again (the
+    ``rnncore train`` step: ~6 % faster on 2 Zen 4 cores). At most
+    :func:`set_cache_limit` bytes are kept (256 MiB by default); inference never
+    uses the cache. Arrays still in use are not affected: they return to the
+    cache when released. Like ``torch.cuda.empty_cache()``.
+    """
+    _kpool.clear()
+
+
+def set_cache_limit(nbytes: int) -> None:
+    """Keep at most ``nbytes`` of released training workspaces (0: keep none).
+
+    See :func:`empty_cache`. Lowering the limit frees the least recently
+    released blocks at once.
+    """
+    n = int(nbytes)
+    if n < 0:
+        raise ValueError(f"nbytes: expected a non-negative byte count, got {nbytes!r}")
+    _kpool.set_limit(n)
+
+
+def cache_info() -> dict:
+    """The workspace cache: ``{'limit', 'kept_bytes', 'kept_blocks', 'hits', 'misses'}``.
+
+    ``kept_bytes`` are released blocks held for reuse (not in use, not counted by
+    ``tracemalloc``); ``hits`` and ``misses`` count the requests served from them
+    or newly mapped since the process started.
+    """
+    return _kpool.info()
 
 
 # ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import numpy as np
 
 from . import _regularise as R
 from . import _validation as V
+from ._bindings import workspace_empty
 from ._runtime.threads import run_pair
 
 
@@ -83,18 +84,20 @@ def check_states(m, states, name, N, unbatched, H):
     return arr
 
 
-def _seq_alloc(m, T, N, F):
-    """An uninitialised (T, N, F) view in this call's layout kind."""
+def _seq_alloc(m, T, N, F, pool=False):
+    """An uninitialised (T, N, F) view in this call's layout kind; ``pool``: a training
+    call's, from the workspace cache (rnncore._kernels._pool)."""
+    empty = workspace_empty if pool else np.empty
     if m.batch_first:
-        return np.empty((N, T, F), dtype=m.dtype).transpose(1, 0, 2)
-    return np.empty((T, N, F), dtype=m.dtype)
+        return empty((N, T, F), m.dtype).transpose(1, 0, 2)
+    return empty((T, N, F), m.dtype)
 
 
-def _direction_outputs(m, out, d, T, N):
+def _direction_outputs(m, out, d, T, N, pool=False):
     """Per-direction output views (h, and c for LSTM) for one layer."""
     Ho = m._h_size
     h = out[:, :, d * Ho:(d + 1) * Ho]
-    return [h] + [_seq_alloc(m, T, N, H) for H in m._state_sizes[1:]]
+    return [h] + [_seq_alloc(m, T, N, H, pool) for H in m._state_sizes[1:]]
 
 
 def _dropout_scale(m):
@@ -201,13 +204,13 @@ def _run_layers(m, xin, states_kernel, order, train, T, N, reg, save=True):
     inputs, buffers, outputs, kern, masks = [], [], [], [], []
     layer_in = xin
     for k in range(m.num_layers):
-        out = _seq_alloc(m, T, N, nd * Ho)
+        out = _seq_alloc(m, T, N, nd * Ho, save)
 
         def run(d, k=k, layer_in=layer_in, out=out):
             p, _ = m._weights(k, d)
             p = R.effective_weight(p, reg.weight, k * nd + d)
             s0 = [s[k * nd + d] for s in states_kernel]
-            outs = _direction_outputs(m, out, d, T, N)
+            outs = _direction_outputs(m, out, d, T, N, save)
             saved = m._kernel.forward(layer_in, s0, p, outs, d == 1, order.batch_sizes,
                                       save)
             return outs, saved
@@ -219,7 +222,7 @@ def _run_layers(m, xin, states_kernel, order, train, T, N, reg, save=True):
         kern.append([s for _, s in per_dir])
         if k < m.num_layers - 1 and train and m.dropout > 0:
             keep = m._rng.random(out.shape) >= m.dropout
-            dropped = _seq_alloc(m, T, N, nd * Ho)
+            dropped = _seq_alloc(m, T, N, nd * Ho, save)
             np.multiply(out, keep, out=dropped)
             dropped *= _dropout_scale(m)
             masks.append(keep)
@@ -388,7 +391,7 @@ def _layers_backward(m, sv, dlast, dsn):
             s0 = [s[k * nd + d] for s in sv.states0]
             dn = [z if s is None else s[k * nd + d] for s, z in zip(dsn, zeros_n)]
             ds0 = [s[k * nd + d] for s in dstates0]
-            dxd = _seq_alloc(m, T, N, Dk)
+            dxd = _seq_alloc(m, T, N, Dk, True)
             if not m.bias:
                 g = g[:2] + [np.zeros(m.G * H, m.dtype)] * 2 + g[4:]
             p = R.effective_weight(p, sv.reg.weight, k * nd + d)

@@ -15,6 +15,15 @@ from .blas import (_AVX512_NEEDED, _CORETYPE_STATE, _NUMPY_STATE, _TIMEOUT_STATE
 from . import threads
 
 
+def _cache_summary() -> str:
+    from .._kernels import _pool
+    c = _pool.info()
+    if c["limit"] == 0:
+        return "off"
+    return (f"keeps up to {c['limit'] / 2**20:.0f} MiB of training workspaces "
+            f"({c['kept_bytes'] / 2**20:.1f} MiB kept now)")
+
+
 def show_config(file=None) -> dict:
     """Print (and return) what rnncore runs on.
 
@@ -54,6 +63,7 @@ def show_config(file=None) -> dict:
         "loop_single_thread_below": (f"{threads.LOOP_PARALLEL_MIN} multiply-adds per step"
                                      if threads.loop_policy_active() else "off"),
         "loop_row_split": threads.row_split_enabled(),
+        "workspace_cache": _cache_summary(),
     }
     warnings = []
     avx512 = all(f in flags for f in _AVX512_NEEDED)
