@@ -27,6 +27,11 @@ except RuntimeError as e:
 print(json.dumps(dict(timeout=_config._TIMEOUT_STATE, coretype=_config._CORETYPE_STATE,
                       split=_threads.row_split_enabled(), env_after=env_after, forced=forced,
                       numpy=_config._NUMPY_STATE, numpy_spins=_config.numpy_blas_spins(),
+                      numpy_threads=max([i.get("num_threads") or 1 for i in
+                                         __import__("threadpoolctl").threadpool_info()
+                                         if i.get("internal_api") == "openblas"
+                                         and "openblas64_" in i["filepath"]], default=0)
+                      if __import__("importlib.util").util.find_spec("threadpoolctl") else 0,
                       numpy_spinning={spinning})))
 """
 
@@ -43,13 +48,14 @@ SPINNING = r"""(lambda: (
     if __import__("os").path.exists("/proc/self/task") else None)()"""
 
 
-def probe(pre="", **env):
+def probe(pre="", spinning=False, **env):
     """Import rnncore in a fresh interpreter (after `pre`) and report the BLAS load state."""
     e = {k: v for k, v in os.environ.items()
          if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT", "RNNCORE_NO_CORETYPE",
                       "RNNCORE_NO_THREAD_TIMEOUT")}
     e.update(env)
-    out = subprocess.run([sys.executable, "-c", PROBE.format(pre=pre, spinning=SPINNING)], env=e,
+    code = PROBE.format(pre=pre, spinning=SPINNING if spinning else "None")
+    out = subprocess.run([sys.executable, "-c", code], env=e,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -66,26 +72,21 @@ def test_short_thread_timeout_applied_even_after_numpy_and_environment_restored(
     assert "loaded before" not in r["coretype"]["reason"], r
 
 
-def _numpy_blas_threads():
-    from threadpoolctl import threadpool_info
-    return max([i.get("num_threads") or 1 for i in threadpool_info()
-                if i.get("internal_api") == "openblas" and "openblas64_" in i["filepath"]],
-               default=0)
-
-
 def test_numpy_blas_timeout_reported_and_applied_when_rnncore_comes_first():
     pytest.importorskip("threadpoolctl")
-    first = probe()                        # rnncore imports NumPy inside its window
+    first = probe(spinning=True)           # rnncore imports NumPy inside its window
     assert first["numpy"]["short"] is True and "imported by rnncore" in \
         first["numpy"]["reason"], first
     assert first["numpy_spins"] is False
-    after = probe(pre="import numpy")      # NumPy's BLAS loaded with the default timeout
+    after = probe(pre="import numpy", spinning=True)   # NumPy's BLAS: the default timeout
     assert after["numpy"]["short"] is False and "before rnncore" in after["numpy"]["reason"]
-    threads = _numpy_blas_threads()
-    assert after["numpy_spins"] is (threads > 1)
+    threads = after["numpy_threads"]
+    assert after["numpy_spins"] is (threads > 1 and after["split"])
     user = probe(pre="import numpy", OPENBLAS_THREAD_TIMEOUT="4")
     assert user["numpy"]["short"] is True and "set by the user" in user["numpy"]["reason"]
     assert user["numpy_spins"] is False
+    out = probe(RNNCORE_NO_THREAD_TIMEOUT="1")     # opted out: not rnncore's to judge
+    assert out["numpy"]["short"] is None and out["numpy_spins"] is False
     if threads > 1 and first["numpy_spinning"] is not None:
         # what the report is about: NumPy's workers asleep right after a product when
         # rnncore came first, still running 20 ms later when NumPy came first
@@ -94,9 +95,9 @@ def test_numpy_blas_timeout_reported_and_applied_when_rnncore_comes_first():
 
 
 def test_show_config_warns_when_numpy_blas_spins(monkeypatch, capsys):
-    monkeypatch.setattr(_config, "numpy_blas_spins", lambda: True)
     from rnncore._runtime import config
     monkeypatch.setattr(config, "numpy_blas_spins", lambda: True)
+    monkeypatch.setattr(_threads, "row_split_enabled", lambda: True)
     cfg = rnncore.show_config()
     assert any("OPENBLAS_THREAD_TIMEOUT=4" in w and "NumPy" in w for w in cfg["warnings"])
     assert "numpy_blas_thread_timeout" in cfg

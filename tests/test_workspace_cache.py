@@ -10,7 +10,7 @@ import pytest
 import rnncore
 from rnncore._kernels import _pool
 
-from conftest import run_backward, run_forward
+from conftest import HAVE_PACKED, run_backward, run_forward
 
 #: (name, constructor, kind): every kernel family the training paths pool for
 MODELS = [
@@ -103,17 +103,77 @@ def test_second_step_is_served_from_the_cache():
     assert second["kept_bytes"] == first["kept_bytes"]
 
 
-def test_inference_does_not_use_the_cache():
-    m = rnncore.GRU(64, 128, seed=0).eval()
-    x = np.random.default_rng(0).standard_normal((50, 16, 64)).astype(np.float32)
+@pytest.mark.parametrize("bidir", [False, True])
+@pytest.mark.parametrize("name, make, kind", MODELS, ids=IDS)
+def test_inference_does_not_use_the_cache(cache, name, make, kind, bidir):
+    # every array would qualify (min bytes 1): eval(), no_grad and inference_mode
+    # calls, with and without lengths, take none
+    m = make(16, 32, num_layers=2, bidirectional=bidir, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((20, 8, 16)).astype(np.float32)
     rnncore.empty_cache()
     before = _pool.info()
-    for _ in range(3):
+    for _ in range(2):
         m(x)
+        m(x, lengths=np.arange(20, 12, -1))
+    m.train()
     with rnncore.no_grad():
-        m.train()
+        m(x)
+    with rnncore.inference_mode():
         m(x)
     assert _pool.info() == before
+
+
+@pytest.mark.skipif(not HAVE_PACKED, reason="the unit split needs the packed layout")
+def test_unit_split_lstm_on_reused_poisoned_blocks(cache):
+    from rnncore._kernels import lstm as KL
+    T, N, D, H = 6, 8, 12, 64
+    rng = np.random.default_rng(5)
+    m = rnncore.LSTM(D, H, seed=2)
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    dout = rng.standard_normal((T, N, H)).astype(np.float32)
+    _pool.set_limit(0)
+    ref, ref_g = _step(m, x, dout, None)
+    _pool.set_limit(256 << 20)
+    KL._set_unit_split(1, 2)             # forced on: its packed slices from the cache
+    try:
+        for _ in range(3):
+            got, got_g = _step(m, x, dout, None)
+            for a, b in zip(got, ref):
+                np.testing.assert_array_equal(a, b)
+            for k in ref_g:
+                np.testing.assert_array_equal(got_g[k], ref_g[k], err_msg=k)
+    finally:
+        KL._set_unit_split(-1)
+
+
+def test_small_arrays_stay_numpys_and_blocks_over_the_limit_are_not_kept():
+    limit = _pool.limit()
+    try:
+        rnncore.empty_cache()
+        before = _pool.info()
+        m = rnncore.GRU(4, 8, seed=0)                 # every array far below MIN_BYTES
+        m(np.ones((5, 2, 4), np.float32))
+        m.backward(np.ones((5, 2, 8), np.float32))
+        assert _pool.info()["kept_bytes"] == 0
+        assert _pool.info()["misses"] == before["misses"]
+        # gates (50, 16, 4 * 128) float32: 1.6 MB, over a 1 MiB limit; the smaller
+        # arrays (h, c, dx: 0.4 MB) are kept and reused, the large ones never kept
+        rnncore.set_cache_limit(1 << 20)
+        m = rnncore.LSTM(64, 128, seed=0)
+        x = np.ones((50, 16, 64), np.float32)
+        for _ in range(3):
+            m(x)
+            m.backward(np.ones((50, 16, 128), np.float32))
+            assert 0 < _pool.info()["kept_bytes"] <= 1 << 20
+        first = _pool.info()
+        m(x)
+        m.backward(np.ones((50, 16, 128), np.float32))
+        assert _pool.info()["hits"] > first["hits"]           # kept ones served again
+        first = _pool.info()
+        a = _pool.empty((1 << 19,), np.float32)               # 2 MiB > the limit: NumPy's
+        assert a.ctypes.data % 64 == 0 and _pool.info() == first
+    finally:
+        rnncore.set_cache_limit(limit)
 
 
 def test_outputs_held_by_the_caller_are_never_reused():
@@ -145,7 +205,7 @@ def test_limit_and_empty_cache():
         m.backward(np.ones((50, 16, 128), np.float32))
         kept = rnncore.cache_info()["kept_bytes"]
         rnncore.set_cache_limit(kept // 2)          # the oldest blocks go at once
-        assert 0 < rnncore.cache_info()["kept_bytes"] <= kept // 2
+        assert rnncore.cache_info()["kept_bytes"] <= kept // 2
         rnncore.set_cache_limit(0)                   # off: nothing kept any more
         assert rnncore.cache_info()["kept_bytes"] == 0
         m(x)
@@ -215,8 +275,10 @@ def test_show_config_reports_the_cache(capsys):
 
 
 def test_small_arrays_and_bad_shapes():
-    a = _pool.empty((3, 4), np.float32)           # below MIN_BYTES: NumPy's own
-    assert a.shape == (3, 4) and a.flags.c_contiguous and a.flags.writeable
+    for _ in range(8):                              # below MIN_BYTES: NumPy's own, aligned
+        a = _pool.empty((3, 4), np.float32)
+        assert a.shape == (3, 4) and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % 64 == 0
     b = _pool.empty((1024, 1024), np.float64)     # 8 MiB: a block, aligned
     assert b.shape == (1024, 1024) and b.flags.c_contiguous and b.flags.writeable
     assert b.ctypes.data % 64 == 0

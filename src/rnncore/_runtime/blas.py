@@ -193,14 +193,22 @@ def select_blas_kernels() -> None:
 
 
 def _numpy_timeout_state(numpy_first: bool) -> None:
-    """Fill _NUMPY_STATE for NumPy imported before rnncore (``numpy_first``) or not."""
+    """Fill _NUMPY_STATE for NumPy imported before rnncore (``numpy_first``) or not.
+
+    ``short`` None: not rnncore's to judge (the user opted out, or set the variable
+    after NumPy had loaded, which cannot be told from here)."""
     given = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
-    if given is not None:
+    if os.environ.get("RNNCORE_NO_THREAD_TIMEOUT", "") not in ("", "0"):
+        _NUMPY_STATE.update(short=None, reason="disabled by RNNCORE_NO_THREAD_TIMEOUT")
+    elif given is not None:
         try:
             short = int(given) <= _SPLIT_MAX_TIMEOUT
         except ValueError:
             short = False
-        _NUMPY_STATE.update(short=short, reason=f"OPENBLAS_THREAD_TIMEOUT={given} set by the user")
+        when = " (in the environment when rnncore loaded; NumPy loaded earlier)" \
+            if numpy_first else ""
+        _NUMPY_STATE.update(short=short,
+                            reason=f"OPENBLAS_THREAD_TIMEOUT={given} set by the user{when}")
     elif numpy_first:
         _NUMPY_STATE.update(short=False, reason=(
             "NumPy was imported before rnncore, with OpenBLAS's default thread timeout"))
@@ -215,10 +223,12 @@ def numpy_blas_spins() -> bool:
 
     False when NumPy's BLAS sleeps right after a call, is SciPy's own (the one
     the kernels call, covered by :func:`row_split_allowed`), is not OpenBLAS,
-    runs one thread, or threadpoolctl is not installed (unknown).
+    runs one thread, or threadpoolctl is not installed (unknown); and when the
+    time loops do not split rows (:func:`row_split_allowed`) or the user opted
+    out (``RNNCORE_NO_THREAD_TIMEOUT``).
     """
-    if _NUMPY_STATE["short"] is not False:
-        return False
+    if _NUMPY_STATE["short"] is not False or not row_split_allowed():
+        return False    # (no row-split loops: nothing of rnncore's to take a core from)
     try:
         from threadpoolctl import threadpool_info
     except ImportError:

@@ -72,13 +72,14 @@ def show_config(file=None) -> dict:
             "OpenBLAS runs its AVX2 kernels on this AVX-512 CPU (about half the sgemm "
             "speed): set OPENBLAS_CORETYPE=SkylakeX in the environment before starting "
             "Python, or import rnncore before scipy.linalg.")
-    if numpy_blas_spins():
+    if numpy_blas_spins() and threads.row_split_enabled():
         warnings.append(
             "NumPy's own OpenBLAS keeps its default thread timeout: after each threaded "
             "NumPy matrix product its workers spin for ~0.1 s, and rnncore's (and "
             "PyTorch's) multi-threaded loops run up to P times slower meanwhile. Set "
-            "OPENBLAS_THREAD_TIMEOUT=4 in the environment before starting Python, or "
-            "import rnncore before numpy.")
+            "OPENBLAS_THREAD_TIMEOUT=4 in the environment before starting Python"
+            + (", or import rnncore before numpy." if "before rnncore" in
+               _NUMPY_STATE["reason"] else "."))
     cfg["warnings"] = warnings
     out = file if file is not None else sys.stdout
     width = max(len(k) for k in cfg)
