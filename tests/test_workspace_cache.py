@@ -53,6 +53,19 @@ def _step(m, x, dout, lengths):
     return [out, *[s.copy() for s in states], dx.copy(), *[d.copy() for d in dstates]], grads
 
 
+def _steps_match_cache_off(m, x, dout, lengths, steps=3):
+    """A cache-off step, then `steps` steps on the cache: bitwise the same results."""
+    _pool.set_limit(0)              # the first step: fresh arrays only
+    ref, ref_g = _step(m, x, dout, lengths)
+    _pool.set_limit(256 << 20)
+    for _ in range(steps):
+        got, got_g = _step(m, x, dout, lengths)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
+        for k in ref_g:
+            np.testing.assert_array_equal(got_g[k], ref_g[k], err_msg=k)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("batch_first, with_lengths, bidir", [
     (False, False, False), (True, True, True), (True, False, True), (False, True, False)])
@@ -73,16 +86,8 @@ def test_training_steps_bitwise_equal_with_reused_poisoned_blocks(
         lengths[0] = T
     Ho = m.proj_size if getattr(m, "proj_size", 0) else H
     dout = rng.standard_normal(shape[:2] + ((2 if bidir else 1) * Ho,)).astype(dtype)
-    _pool.set_limit(0)              # the first step: fresh arrays only
-    ref, ref_g = _step(m, x, dout, lengths)
-    _pool.set_limit(256 << 20)
     before = _pool.info()
-    for _ in range(3):
-        got, got_g = _step(m, x, dout, lengths)
-        for a, b in zip(got, ref):
-            np.testing.assert_array_equal(a, b)
-        for k in ref_g:
-            np.testing.assert_array_equal(got_g[k], ref_g[k], err_msg=k)
+    _steps_match_cache_off(m, x, dout, lengths)
     after = _pool.info()
     assert after["hits"] > before["hits"], "the steps did not reuse any block"
 
@@ -131,17 +136,9 @@ def test_unit_split_lstm_on_reused_poisoned_blocks(cache):
     m = rnncore.LSTM(D, H, seed=2)
     x = rng.standard_normal((T, N, D)).astype(np.float32)
     dout = rng.standard_normal((T, N, H)).astype(np.float32)
-    _pool.set_limit(0)
-    ref, ref_g = _step(m, x, dout, None)
-    _pool.set_limit(256 << 20)
     KL._set_unit_split(1, 2)             # forced on: its packed slices from the cache
     try:
-        for _ in range(3):
-            got, got_g = _step(m, x, dout, None)
-            for a, b in zip(got, ref):
-                np.testing.assert_array_equal(a, b)
-            for k in ref_g:
-                np.testing.assert_array_equal(got_g[k], ref_g[k], err_msg=k)
+        _steps_match_cache_off(m, x, dout, None)
     finally:
         KL._set_unit_split(-1)
 
