@@ -53,6 +53,24 @@ cdef inline int seq_check(const floating[:, :, :] a, str name, Py_ssize_t T, Py_
     return 0
 
 
+cdef inline int running_seq(const floating[:, :, :] a, str name, Py_ssize_t T, Py_ssize_t N,
+                             Py_ssize_t F, Seq *s) except -1:
+    """The Seq of an inference call's running state: a (T, N, F) view of ONE (N, F)
+    array, step stride 0 -- every step reads and writes the same rows, so the array
+    ends holding each row's state after its last step (a forward loop leaves finished
+    rows alone: no padding written). Raises ValueError for another shape, a
+    non-contiguous feature axis or overlapping rows."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    if a.shape[0] != T or a.shape[1] != N or a.shape[2] != F:
+        raise ValueError(f"{name}: expected shape {(T, N, F)}, got "
+                         f"{(a.shape[0], a.shape[1], a.shape[2])}")
+    if (F > 1 and a.strides[2] != isz) or a.strides[0] != 0 or a.strides[1] < F * isz:
+        raise ValueError(f"{name}: a running state needs step stride 0 and rows of "
+                         f"contiguous features apart")
+    s[0] = seq(&a[0, 0, 0], 0, a.strides[1] // isz, a.strides[1] // isz, False)
+    return 0
+
+
 cdef inline int same_layout(const Seq *x, const Seq *h, const Seq *dx, Py_ssize_t T,
                             Py_ssize_t N, Py_ssize_t D) except -1:
     """x, h (and dx, if given) in one layout kind, as the all-steps GEMMs need."""

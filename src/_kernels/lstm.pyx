@@ -95,7 +95,8 @@ from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wai
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
                    chunk_input,
                    input_grad, MAX_TASKS)
-from _checks cimport (seq_check, same_layout, mat_check, rows_check, vec_check, check_batch_sizes,
+from _checks cimport (seq_check, running_seq, same_layout, mat_check, rows_check, vec_check,
+                      check_batch_sizes,
                       batch_ptr, seq_empty, one_step, chunk_buffers, workspace, check_inputs,
                       check_grads, copy_rows)
 from _pass cimport (rc_pass, run_pass, pass_at, rows_at, state_rows, RC_PASS_FWD, RC_PASS_BWD,
@@ -179,10 +180,12 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
         if B > Bc:
             fwd_rows(L, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld, c0 + Bc * s0_ld, s0_ld)
         if B < M:
-            # padding: h_t[B:] = c_t[B:] = 0 (and no stale projections in the saved gates)
+            # padding: h_t[B:] = c_t[B:] = 0 (and no stale projections in the saved gates);
+            # a running c (step stride 0, inference) keeps its finished rows' last states
             scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, L.Hp, <floating>0)
-            scale_rows(<floating *>L.c.p + t * L.c.st + B * L.c.sn, L.c.sn, M - B, H,
-                       <floating>0)
+            if L.c.st != 0:
+                scale_rows(<floating *>L.c.p + t * L.c.st + B * L.c.sn, L.c.sn, M - B, H,
+                           <floating>0)
             scale_rows(<floating *>L.g.p + t * L.g.st + B * L.g.sn, L.g.sn, M - B, GH,
                        <floating>0)
             if L.m.p != NULL:
@@ -308,7 +311,9 @@ cdef inline void fwd_block(const Loop *L, rc_units *u, int blk, Py_ssize_t t, Py
         unit_pass(L, False, t, Bc, B - Bc, c0 + Bc * H, H, u0, U)
     if B < N:
         zero_units(h + t * h_st + B * h_sn, h_sn, N - B, 1, H, u0, U)
-        zero_units(<floating *>L.c.p + t * L.c.st + B * L.c.sn, L.c.sn, N - B, 1, H, u0, U)
+        if L.c.st != 0:     # (a running c keeps its finished rows' last states)
+            zero_units(<floating *>L.c.p + t * L.c.st + B * L.c.sn, L.c.sn, N - B, 1, H,
+                       u0, U)
         zero_units(at + B * g_sn, g_sn, N - B, RC_LSTM_GATES, H, u0, U)
 
 
@@ -473,7 +478,10 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     x : (T, N, D)   h0, c0 : (N, H) C-contiguous   Wx : (D, 4H)   Wh : (H, 4H)
     b : (4H,) contiguous, PyTorch's bias_ih + bias_hh
     h : (T, N, H) output, same layout kind as x
-    c : (T, N, H) output, the cell states of all steps (zeros at padded positions)
+    c : (T, N, H) output, the cell states of all steps (zeros at padded positions);
+        with ``save=False`` it may instead be a running state, a (T, N, H) view of
+        one (N, H) array with step stride 0 (_checks.pxd: running_seq): updated in
+        place, it ends holding each row's cell state after its last step
     reverse : run t = T-1 .. 0
     batch_sizes : (T,) non-increasing active-row counts (sorted batch), or None
     Wr : (H, P) or None: PyTorch's projection ``weight_hr.T`` (``proj_size`` P);
@@ -497,7 +505,11 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     check_inputs(&L, &inp, RC_LSTM_GATES, reverse, x, h, Wx, Wh, h0, H)
     if Wr is not None:
         mat_check(Wr, "Wr", H, L.Hp, &L.wr)
-    seq_check(c, "c", T, N, H, &L.c)
+    if not save and T > 0 and N > 0 and H > 0 and c.strides[0] == 0:
+        # inference: one (N, H) array of cell states for every step (running_seq)
+        running_seq(c, "c", T, N, H, &L.c)
+    else:
+        seq_check(c, "c", T, N, H, &L.c)
     same_layout(&inp.x, &L.h, NULL, T, N, inp.D)
     rows_check(c0, "c0", N, H)
     vec_check(b, "b", GH)

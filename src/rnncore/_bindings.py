@@ -69,6 +69,9 @@ class _Binding:
     n_states = 1
     #: the kernel takes one bias, b_ih + b_hh (else the two separately)
     fused_bias = True
+    #: an inference forward (``save=False``) takes the states after h (the LSTM's c)
+    #: as running states: (T, N, H) views of one (N, H) array, step stride 0
+    running_states = False
 
     def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None, save=True):
         """Forward of one layer and direction, PyTorch-layout parameters ``p``
@@ -169,6 +172,7 @@ class LSTMBinding(_Binding):
 
     G = 4
     n_states = 2
+    running_states = True
     #: what the kernel's forward saves for backward: gates (T, N, 4H)
     Saved = _klstm.LSTMSaved
 
@@ -223,6 +227,8 @@ class LNLSTMBinding(_LayerNormOnly, LSTMBinding):
     layer_norm_c_bias]: PyTorch's four, then the norms' gains and biases ((4H,) x 4,
     (H,) x 2). No projection.
     """
+
+    running_states = False
 
     #: what the kernel's forward saves for backward (gates and the norms' x̂, 1/σ)
     Saved = _klnlstm.LNLSTMSaved

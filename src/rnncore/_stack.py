@@ -93,11 +93,25 @@ def _seq_alloc(m, T, N, F, pool=False):
     return empty((T, N, F), m.dtype)
 
 
-def _direction_outputs(m, out, d, T, N, pool=False):
-    """Per-direction output views (h, and c for LSTM) for one layer."""
+def _direction_outputs(m, out, d, T, N, save=False):
+    """Per-direction output views (h, and c for LSTM) for one layer.
+
+    Without ``save`` (inference) a binding with ``running_states`` gets the LSTM's
+    c as ONE (N, H) array seen as (T, N, H) with step stride 0: the kernel updates
+    it in place, and it ends holding each row's state after its last step (what
+    :func:`_final_state` reads), instead of T steps of it."""
     Ho = m._h_size
     h = out[:, :, d * Ho:(d + 1) * Ho]
-    return [h] + [_seq_alloc(m, T, N, H, pool) for H in m._state_sizes[1:]]
+    if not save and m._kernel.running_states:
+        return [h] + [_running_state(m, T, N, H) for H in m._state_sizes[1:]]
+    return [h] + [_seq_alloc(m, T, N, H, save) for H in m._state_sizes[1:]]
+
+
+def _running_state(m, T, N, H):
+    """A (T, N, H) view of one new (N, H) array, step stride 0."""
+    a = np.empty((N, H), dtype=m.dtype)
+    return np.lib.stride_tricks.as_strided(a, shape=(T, N, H),
+                                           strides=(0,) + a.strides, writeable=True)
 
 
 def _dropout_scale(m):
