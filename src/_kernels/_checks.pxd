@@ -146,10 +146,8 @@ cdef inline object seq_empty(bint batch_major, Py_ssize_t T, Py_ssize_t N, Py_ss
     """
     import numpy as np
     if pool:
-        from rnncore._kernels._pool import empty as pool_empty
-        if batch_major:
-            return pool_empty((N, T, F), dtype).transpose(1, 0, 2)
-        return pool_empty((T, N, F), dtype)
+        a = aligned_empty(T * N * F, dtype, True)
+        return a.reshape(N, T, F).transpose(1, 0, 2) if batch_major else a.reshape(T, N, F)
     if batch_major:
         return np.empty((N, T, F), dtype=dtype).transpose(1, 0, 2)
     return np.empty((T, N, F), dtype=dtype)

@@ -7,8 +7,6 @@
 # (which layout of the recurrent weight a loop reads: packed, a row-major copy
 # or as given; decided once, before the loop) and, in _threads.pxd, `row_threads`.
 
-from libc.stdint cimport uintptr_t
-
 from _blas cimport floating, Mat, mat, transposed, NoTrans, Trans, gemm_rm
 
 cdef extern from "rc_gemm.h" nogil:
@@ -139,15 +137,9 @@ cdef inline object aligned_empty(Py_ssize_t size, object dtype, bint pool=False)
     """An uninitialized 1-D array of `size` elements starting on a 64-byte boundary
     (whole-line vector loads and stores; NumPy aligns to 16). `pool`: a training
     call's (forward keeping its activations, or backward): from the workspace cache
-    (_pool.pyx; large arrays only, 64-byte aligned too)."""
-    import numpy as np
-    if pool:
-        from rnncore._kernels._pool import empty as pool_empty
-        return pool_empty((size,), dtype)
-    cdef Py_ssize_t isz = np.dtype(dtype).itemsize
-    buf = np.empty(size + 64 // isz, dtype=dtype)
-    cdef Py_ssize_t off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
-    return buf[off:off + size]
+    when large enough. Both are _pool.pyx's `empty`."""
+    from rnncore._kernels._pool import empty
+    return empty((size,), dtype, pool)
 
 
 cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, object top=None,

@@ -4,7 +4,7 @@
 # gain/bias reductions, LN_G-backward of the input side in place, the dX and dWx GEMMs).
 # cdef inline (fused over float/double where typed): each kernel compiles its own copy.
 from _blas cimport floating, Mat, transposed, colsum_add
-from _gemm cimport mm
+from _gemm cimport mm, aligned_empty
 from _layout cimport Seq, uniform
 from _loop cimport Loop, Input, Grads, dwh_accumulate
 
@@ -37,11 +37,8 @@ cdef inline list seq_block(bint batch_major, Py_ssize_t T, Py_ssize_t N, widths,
     0.2 ms for the LSTM's seven saved arrays at (T, N, H) = (100, 16, 128)); `pool`: a
     training call's, from the workspace cache (_pool.pyx), which keeps it between calls."""
     import numpy as np
-    if pool:
-        from rnncore._kernels._pool import empty as pool_empty
-        buf = pool_empty((T * N * sum(widths),), dtype)
-    else:
-        buf = np.empty(T * N * sum(widths), dtype=dtype)
+    buf = (aligned_empty(T * N * sum(widths), dtype, True) if pool
+           else np.empty(T * N * sum(widths), dtype=dtype))
     out, o = [], 0
     for F in widths:
         a = buf[o:o + T * N * F]

@@ -170,10 +170,11 @@ cdef _Block _take(size_t n):
     return b
 
 
-def empty(shape, dtype):
+def empty(shape, dtype, bint pool=True):
     """An uninitialized C-contiguous array, 64-byte aligned: from the cache (page-aligned)
-    when it takes at least MIN_BYTES and at most the limit, else NumPy's (over-allocated
-    and sliced to a 64-byte boundary)."""
+    when `pool` (a training call's) and it takes at least MIN_BYTES and at most the
+    limit, else NumPy's (over-allocated and sliced to a 64-byte boundary: NumPy aligns
+    to 16; whole-line vector loads and stores)."""
     dt = np.dtype(dtype)
     shape = tuple(int(s) for s in shape) if isinstance(shape, tuple) else (int(shape),)
     cdef Py_ssize_t count = 1
@@ -183,7 +184,7 @@ def empty(shape, dtype):
         count *= s
     cdef size_t nbytes = count * dt.itemsize
     cdef Py_ssize_t isz = dt.itemsize, off
-    if nbytes < _min_bytes or _rounded(nbytes) > _limit:
+    if not pool or nbytes < _min_bytes or _rounded(nbytes) > _limit:
         buf = np.empty(count + 64 // isz, dtype=dt)
         off = ((-<uintptr_t>buf.ctypes.data) % 64) // isz
         return buf[off:off + count].reshape(shape)

@@ -316,7 +316,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, fuse or (
         chunks is not None and packs_step_weight(T, N * GH * H)), 0 if reset_after else GH - H,
         save)
-    if one and L.wxh.nr == 0 and L.chunk == 0:   # (the same rules decided both:
+    if one and L.wxh.nr == 0 and L.chunk == 0:
+        # (the same rules decided them: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)

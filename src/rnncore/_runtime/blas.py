@@ -137,14 +137,18 @@ def _coretype_wanted(state) -> bool:
     return True
 
 
+def _short_timeout(given) -> bool:
+    """Whether a user's OPENBLAS_THREAD_TIMEOUT (a string or None) lets loops split rows."""
+    try:
+        return given is not None and int(given) <= _SPLIT_MAX_TIMEOUT
+    except ValueError:
+        return False
+
+
 def _timeout_wanted(state) -> bool:
     if not _user_decides(state, "RNNCORE_NO_THREAD_TIMEOUT", "OPENBLAS_THREAD_TIMEOUT"):
         return True
-    given = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
-    try:
-        state["short"] = given is not None and int(given) <= _SPLIT_MAX_TIMEOUT
-    except ValueError:
-        state["short"] = False
+    state["short"] = _short_timeout(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
     return False
 
 
@@ -201,13 +205,9 @@ def _numpy_timeout_state(numpy_first: bool) -> None:
     if os.environ.get("RNNCORE_NO_THREAD_TIMEOUT", "") not in ("", "0"):
         _NUMPY_STATE.update(short=None, reason="disabled by RNNCORE_NO_THREAD_TIMEOUT")
     elif given is not None:
-        try:
-            short = int(given) <= _SPLIT_MAX_TIMEOUT
-        except ValueError:
-            short = False
         when = " (in the environment when rnncore loaded; NumPy loaded earlier)" \
             if numpy_first else ""
-        _NUMPY_STATE.update(short=short,
+        _NUMPY_STATE.update(short=_short_timeout(given),
                             reason=f"OPENBLAS_THREAD_TIMEOUT={given} set by the user{when}")
     elif numpy_first:
         _NUMPY_STATE.update(short=False, reason=(
