@@ -7,7 +7,7 @@ Run it from a source checkout, against the rnncore the interpreter imports::
 
 The harness is this file (options, the run, the JSON) and ``bench/_harness/``:
 ``contestants.py`` (what is timed, flop and memory counts), ``timing.py``,
-``machine.py`` (the header and the best-sgemm ceiling), ``rows.py`` (the
+``machine.py`` (the header, the best-sgemm ceiling, the FMA peak), ``rows.py`` (the
 core, bidir, step and charlm groups), ``options.py``, ``memory.py`` and
 ``table.py``. It is
 not part of the installed package.
@@ -123,6 +123,18 @@ a 2048^3 and a (64 x 1024)(1024 x 4096) float32 GEMM through
 Fortran-ordered operands, so nothing is copied) and, when PyTorch is there,
 through ``torch.mm`` (MKL) -- whichever library is faster sets the ceiling.
 
+``fma peak`` (header) is the arithmetic ceiling of the machine in this run: as
+many threads as ``--threads``, started together, each running independent
+float32 vector FMAs on registers only (no loads, no stores) at the SIMD level
+rnncore's kernels run at (``rnncore._kernels.simd._fma_rate``; 12 chains,
+enough for two FMA units of latency 4), the best total of 3 tries of 0.1 s.
+No GEMM reaches it. In the core table, ``max`` = FMA peak / torch's GFLOP/s:
+the largest ``torch/rc`` any implementation that does the counted flops could
+show on this machine (it would have to run at the FMA peak from the first
+step to the last) -- a goal above ``max`` cannot be met here. The JSON
+records keep both (``torch_over_rc_ceiling``, and ``fraction_of_fma_peak`` =
+rnncore's GFLOP/s / FMA peak).
+
 Memory (group ``memory``)
 -------------------------
 What is measured, for one forward+backward of the model API (weights and
@@ -180,7 +192,7 @@ import rnncore  # first: it picks SciPy's BLAS kernels before scipy.linalg loads
 
 from _harness.contestants import CELLS, GROUPS, import_torch
 from _harness.load import DESCRIPTION as LOAD_KIND, Load
-from _harness.machine import best_sgemm, machine_header, print_header
+from _harness.machine import best_sgemm, fma_peak, machine_header, print_header
 from _harness.memory import run_memory
 from _harness.options import run_options
 from _harness.rows import run_bidir, run_charlm, run_core, run_step
@@ -251,6 +263,7 @@ def main(argv=None):
     header["groups"], header["cells"] = opts.groups, opts.cells
     header["load"] = opts.load
     header["load_kind"] = LOAD_KIND if opts.load else None
+    header["fma_peak"] = fma_peak(opts.threads)
     sg = best_sgemm(opts.budget, torch)
     # the ceiling: the fastest call of any shape and library (a median can sink under
     # load and would let a row's efficiency exceed 100%)
@@ -260,7 +273,8 @@ def main(argv=None):
                                   for lib in sorted({s["lib"] for s in sg})}
     print_header(header, sg, out)
     records = []
-    runners = {"core": lambda: run_core(opts, torch, out, records, best_gf),
+    peak = header["fma_peak"]["total_gflops"] if header["fma_peak"] else None
+    runners = {"core": lambda: run_core(opts, torch, out, records, best_gf, peak),
                "bidir": lambda: run_bidir(opts, torch, out, records),
                "step": lambda: run_step(opts, torch, out, records),
                "charlm": lambda: run_charlm(opts, torch, out, records),

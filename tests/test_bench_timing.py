@@ -63,3 +63,21 @@ def test_a_slower_contestant_gets_fewer_repeats_and_failures_are_records(timing)
     assert out["slow"]["repeats"] == 3                 # 0.05 s / 0.02 s -> 2, raised to min_repeats
     assert out["breaks"] == {"error": "RuntimeError: fourth call"}
     assert out["bad"] == {"error": "ValueError: cannot build"}
+
+
+# -- the FMA peak of the header (bench/_harness/machine.py) ---------------------------------
+def test_fma_peak_sums_its_threads_and_records_the_setting():
+    import sys
+    bench = str(_TIMING.parents[1])
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from _harness.machine import fma_peak
+    from rnncore._kernels import simd
+    pk = fma_peak(2, seconds=0.005, repeats=2)
+    if simd.simd_tier() < 3:
+        assert pk is None
+        return
+    assert pk["threads"] == 2 and pk["repeats"] == 2 and len(pk["per_thread_gflops"]) == 2
+    assert pk["total_gflops"] == sum(pk["per_thread_gflops"])
+    assert all(r > 0 for r in pk["per_thread_gflops"])
+    assert pk["simd"] == simd.simd_level()

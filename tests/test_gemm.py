@@ -121,3 +121,22 @@ def test_mixed_dtypes_rejected():
     a = np.ones((2, 3), np.float32); b = np.ones((3, 4), np.float64); c = np.zeros((2, 4))
     with pytest.raises((TypeError, ValueError)):
         simd.gemm_small(a, b, c)
+
+
+# -- the FMA ceiling the benchmarks report (simd._fma_rate) --------------------------------
+def test_fma_rate_is_a_plausible_rate_or_none_without_vector_fma():
+    """One thread's float32 FMA rate at the kernels' level. An upper bound any x86 core
+    obeys (2 x 16-lane FMA units at 6 GHz = 384 GFLOP/s): a burn loop the compiler folded
+    or shortened reports far more (a first version, its accumulators spilled and the
+    rounds not kept opaque, measured 1360). No lower bound: the machine may be busy."""
+    rate = simd._fma_rate(0.01)
+    if simd.simd_tier() < 3:
+        assert rate is None   # baseline (SSE2) or portable builds: no vector FMA level
+        return
+    assert isinstance(rate, float) and 0 < rate < 384
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan")])
+def test_fma_rate_rejects_a_non_positive_duration(seconds):
+    with pytest.raises(ValueError, match="seconds"):
+        simd._fma_rate(seconds)

@@ -1,10 +1,12 @@
-"""The machine header: CPU, threads, library versions, BLAS, and the best-sgemm ceiling."""
+"""The machine header: CPU, threads, library versions, BLAS, the best-sgemm ceiling and the
+FMA peak."""
 from __future__ import annotations
 
 import io
 import os
 import platform
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -150,6 +152,39 @@ def best_sgemm(budget, torch_mod=None):
     return res
 
 
+def fma_peak(threads, seconds=0.1, repeats=3):
+    """The machine's arithmetic ceiling for this run: float32 GFLOP/s of ``threads``
+    threads each running independent vector FMAs in registers at the kernels' SIMD
+    level (``rnncore._kernels.simd._fma_rate``), all at once; the best of ``repeats``
+    tries. No GEMM and no RNN passes it, so ``total / torch GF/s`` bounds the
+    torch/rc ratio any implementation of a row's counted flops can reach here.
+    None when the kernels' level has no vector FMA (baseline builds)."""
+    try:
+        from rnncore._kernels.simd import _fma_rate, simd_level
+    except ImportError:  # an rnncore without the hook
+        return None
+    best = None
+    for _ in range(repeats):
+        start = threading.Barrier(threads)
+        rates = [None] * threads
+
+        def run(i):
+            start.wait()
+            rates[i] = _fma_rate(seconds)   # releases the GIL: one core per thread
+
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        if any(r is None for r in rates):
+            return None
+        if best is None or sum(rates) > best["total_gflops"]:
+            best = {"total_gflops": sum(rates), "per_thread_gflops": rates}
+    best.update(threads=threads, simd=simd_level(), seconds=seconds, repeats=repeats)
+    return best
+
+
 def print_header(h, sg, out):
     """The header lines above the tables."""
     out.write("rnncore benchmark: rnncore vs rnncore.reference vs PyTorch (float32)\n")
@@ -182,6 +217,11 @@ def print_header(h, sg, out):
         if "OPENBLAS_CORETYPE" in w and "OPENBLAS_CORETYPE" in (h.get("isa_env") or {}):
             continue  # the kernel choice was capped on purpose (the isa env line says so)
         out.write(f"  WARNING     {w}\n")
+    pk = h.get("fma_peak")
+    if pk:
+        out.write(f"  fma peak    {pk['total_gflops']:.1f} GFLOP/s on {pk['threads']} thread(s) "
+                  f"({', '.join(f'{r:.1f}' for r in pk['per_thread_gflops'])}): float32 vector "
+                  f"FMAs in registers at the kernels' level, the ceiling no GEMM passes\n")
     for s in sg:
         name = "sgemm" if s.get("lib", "scipy") == "scipy" else "torch.mm"
         out.write(f"  {name:<11} {s['shape']:<22} {s['gflops']:7.1f} GFLOP/s median, "

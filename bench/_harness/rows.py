@@ -15,16 +15,19 @@ from .table import Table, fmt_ms, fmt_num, gflops_of, speed_ratio
 from .timing import measure_interleaved, timeit_us, try_measure
 
 
-def run_core(opts, torch, out, records, best_gf):
+def run_core(opts, torch, out, records, best_gf, peak=None):
     out.write("\n== core: one layer, one direction, float32, batch_first; ms = median "
               "(first = first call) ==\n")
     out.write("   ratios: torch/rc = torch / rnncore model, ref/rc = reference / rnncore "
               f"functional (>1: rnncore faster); eff = model GF/s / best GEMM (SciPy or torch.mm) "
               f"({best_gf:.1f} GF/s)\n")
+    out.write("   max = FMA peak / torch GF/s"
+              f" ({peak:.1f} GF/s)" if peak else "   max = FMA peak / torch GF/s (not measured)")
+    out.write(": the torch/rc no implementation of the counted flops passes on this machine\n")
     t = Table(out, [("cell", 7, "<"), ("T", 3, ">"), ("N", 3, ">"), ("D", 4, ">"), ("H", 4, ">"),
                     ("pass", 4, "<"), ("model", 8, ">"), ("func", 8, ">"), ("ref", 8, ">"),
                     ("torch", 8, ">"), ("GF/s:rc", 7, ">"), ("torch", 6, ">"),
-                    ("torch/rc", 8, ">"), ("ref/rc", 6, ">"), ("eff%", 5, ">"),
+                    ("torch/rc", 8, ">"), ("max", 5, ">"), ("ref/rc", 6, ">"), ("eff%", 5, ">"),
                     ("first:rc", 8, ">"), ("torch", 8, ">")])
     t.header()
     largest = CORE_SHAPES[-1]
@@ -57,10 +60,12 @@ def run_core(opts, torch, out, records, best_gf):
                 model, func = res.get("rnncore-model"), res.get("rnncore-func")
                 ref, tor = res.get("reference"), res.get("torch")
                 gm = gflops_of(model, fl)
+                gt = gflops_of(tor, fl)
+                ceiling = peak / gt if peak and gt else None
                 t.line([cell, T, N, D, H, pas,
                         fmt_ms(model), fmt_ms(func), fmt_ms(ref), fmt_ms(tor),
-                        fmt_num(gm), fmt_num(gflops_of(tor, fl)),
-                        fmt_num(speed_ratio(tor, model), 2),
+                        fmt_num(gm), fmt_num(gt),
+                        fmt_num(speed_ratio(tor, model), 2), fmt_num(ceiling, 2),
                         fmt_num(speed_ratio(ref, func), 2),
                         fmt_num(100 * gm / best_gf if gm and best_gf else None, 0),
                         fmt_num(model.get("first_ms"), 2) if model else "-",
@@ -69,6 +74,8 @@ def run_core(opts, torch, out, records, best_gf):
                     r["torch_over_rc"] = speed_ratio(tor, model)
                     r["ref_over_rc"] = speed_ratio(ref, func)
                     r["eff_vs_best_sgemm"] = (gm / best_gf) if gm and best_gf else None
+                    r["fraction_of_fma_peak"] = (gm / peak) if gm and peak else None
+                    r["torch_over_rc_ceiling"] = ceiling
 
 
 def _lengths(T, N):

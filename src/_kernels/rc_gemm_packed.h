@@ -239,6 +239,60 @@ RC_DEFINE_PK_DISPATCH(rc_gemm_packed_f, rc_gemm_packed2_f, float, rc_gemm_packed
 RC_DEFINE_PK_DISPATCH(rc_gemm_packed_d, rc_gemm_packed2_d, double, rc_gemm_packed_wide_d,
                       rc_gemm_packed_narrow_d)
 
+/* ------------------------------------------------------------ FMA ceiling
+ * One thread's float32 FMA rate at the SIMD level the kernels run at: `rounds`
+ * rounds of RC_PEAK_CHAINS independent vector FMAs (acc = acc * b + c), all in
+ * registers, with no loads or stores -- the arithmetic ceiling no GEMM on this
+ * core passes. 12 chains cover the FMA latency x throughput of the machines we
+ * target (4 cycles x 2 units on Intel's AVX-512 cores = 8 in flight; Zen 4 runs
+ * a 64-byte FMA on both 32-byte units: 4 in flight) and fit the registers of
+ * either layout (12 zmm, 12 ymm of 16). Returns the sum of the accumulators (so
+ * nothing is optimised away) and the flops done in *flops (0: no vector FMA at
+ * this level). For the benchmarks' ceiling (simd._fma_rate, bench/compare.py). */
+#define RC_PEAK_CHAINS 12
+#if RC_X86_DISPATCH
+/* one chain: a = a * b + c, then an empty asm that keeps `a` in a vector
+ * register and opaque to the optimiser (no folding of the rounds) */
+#define RC_FMA1(a) a = a * b + c; __asm__ volatile("" : "+v"(a));
+#define RC_DEFINE_FMA_BURN(NAME, VT, TARGET)                                    \
+    __attribute__((target(TARGET), noinline)) static float NAME(long long rounds) \
+    {                                                                           \
+        const VT b = (VT){0} + 0.999999f, c = (VT){0} + 1e-6f;                  \
+        VT a0 = (VT){0} + 0.f, a1 = (VT){0} + 1.f, a2 = (VT){0} + 2.f,          \
+           a3 = (VT){0} + 3.f, a4 = (VT){0} + 4.f, a5 = (VT){0} + 5.f,          \
+           a6 = (VT){0} + 6.f, a7 = (VT){0} + 7.f, a8 = (VT){0} + 8.f,          \
+           a9 = (VT){0} + 9.f, a10 = (VT){0} + 10.f, a11 = (VT){0} + 11.f;      \
+        for (long long it = 0; it < rounds; it++) {                             \
+            RC_FMA1(a0) RC_FMA1(a1) RC_FMA1(a2) RC_FMA1(a3) RC_FMA1(a4)         \
+            RC_FMA1(a5) RC_FMA1(a6) RC_FMA1(a7) RC_FMA1(a8) RC_FMA1(a9)         \
+            RC_FMA1(a10) RC_FMA1(a11)                                           \
+        }                                                                       \
+        VT t = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;     \
+        float s = 0;                                                            \
+        for (int j = 0; j < (int)(sizeof(VT) / sizeof(float)); j++) s += t[j];  \
+        return s;                                                               \
+    }
+RC_DEFINE_FMA_BURN(rc_fma_burn_v4, rc_vf64b, "arch=x86-64-v4")
+RC_DEFINE_FMA_BURN(rc_fma_burn_v3, rc_vf32b, "arch=x86-64-v3")
+#endif
+static float rc_fma_burn(long long rounds, double *flops)
+{
+    *flops = 0;
+#if RC_X86_DISPATCH
+    switch (rc_simd_tier()) {   /* the level the kernels' clones run at */
+    case 4:
+        *flops = 2.0 * RC_PEAK_CHAINS * 16 * (double)rounds;
+        return rc_fma_burn_v4(rounds);
+    case 3:
+        *flops = 2.0 * RC_PEAK_CHAINS * 8 * (double)rounds;
+        return rc_fma_burn_v3(rounds);
+    default: break;
+    }
+#endif
+    (void)rounds;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ policy */
 
 /* Whether a time loop of T steps whose per-step product does `work`

@@ -13,6 +13,9 @@ from _gemm cimport (RC_SMALL_M, rc_gemm_small_f, rc_gemm_small_d, rc_gemm_panel_
 
 require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
 
+cdef extern from "rc_gemm_packed.h" nogil:
+    float rc_fma_burn(long long rounds, double *flops)
+
 cdef extern from "rc_activations.h" nogil:
     void rc_tanh_array_f(const float *x, float *y, Py_ssize_t n)
     void rc_tanh_array_d(const double *x, double *y, Py_ssize_t n)
@@ -213,3 +216,31 @@ def _gemm_packed2(const floating[:, :] a, const floating[:, :] a2, b, b2, floati
 
 #: The largest batch the kernels send to the small-M GEMM.
 SMALL_M = RC_SMALL_M
+
+
+# ------------------------------------------------------------- FMA ceiling
+
+def _fma_rate(double seconds=0.05):
+    """GFLOP/s of float32 FMAs on the calling thread at the kernels' SIMD level
+    (rc_fma_burn: independent vector FMAs in registers, no memory traffic): the
+    arithmetic ceiling of one core, which no GEMM on it passes. Runs for about
+    `seconds` without the GIL, so threads calling it at once each load a core.
+    None where the level has no vector FMA (baseline, portable builds). For the
+    benchmarks (bench/compare.py's ``fma peak`` and ``max`` column)."""
+    import time
+    cdef double flops = 0
+    cdef long long rounds = 1 << 14
+    cdef float sink = 0
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds!r}")
+    while True:
+        t0 = time.perf_counter()
+        with nogil:
+            sink += rc_fma_burn(rounds, &flops)
+        dt = time.perf_counter() - t0
+        if flops == 0:
+            return None
+        if dt >= seconds or rounds >= (1 << 40):
+            return flops / dt / 1e9
+        # at least 4x longer per try, aiming past `seconds`
+        rounds = max(4 * rounds, <long long>(rounds * 1.2 * seconds / max(dt, 1e-9)))
