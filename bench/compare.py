@@ -133,7 +133,9 @@ the largest ``torch/rc`` any implementation that does the counted flops could
 show on this machine (it would have to run at the FMA peak from the first
 step to the last) -- a goal above ``max`` cannot be met here. The JSON
 records keep both (``torch_over_rc_ceiling``, and ``fraction_of_fma_peak`` =
-rnncore's GFLOP/s / FMA peak).
+rnncore's GFLOP/s / FMA peak). The bidir table's ``max`` is the same bound for
+``t-pad/rc-pad`` (FMA peak / torch-pad GFLOP/s; JSON
+``torch_pad_over_rc_pad_ceiling``).
 
 Memory (group ``memory``)
 -------------------------
@@ -275,7 +277,7 @@ def main(argv=None):
     records = []
     peak = header["fma_peak"]["total_gflops"] if header["fma_peak"] else None
     runners = {"core": lambda: run_core(opts, torch, out, records, best_gf, peak),
-               "bidir": lambda: run_bidir(opts, torch, out, records),
+               "bidir": lambda: run_bidir(opts, torch, out, records, peak),
                "step": lambda: run_step(opts, torch, out, records),
                "charlm": lambda: run_charlm(opts, torch, out, records),
                "options": lambda: run_options(opts, torch, out, records),

@@ -83,18 +83,19 @@ def _lengths(T, N):
     return rng.integers(T // 2, T + 1, size=N).astype(np.int64)
 
 
-def run_bidir(opts, torch, out, records):
+def run_bidir(opts, torch, out, records, peak=None):
     T, N, D, H = BIDIR_SHAPE
     L = BIDIR_LAYERS
     lens = _lengths(T, N)
     out.write(f"\n== bidir: {L}-layer bidirectional, (T, N, D, H) = {BIDIR_SHAPE}, float32; "
               f"lengths ~ U[{T // 2}, {T}] (sum {int(lens.sum())} of {T * N}) ==\n")
     out.write("   ms = median; GF/s on valid steps for lengths/packed, on T*N for padded; "
-              "ratios >1: the rnncore-lengths run is faster\n")
+              "ratios >1: the rnncore-lengths run is faster; max = FMA peak / torch-pad GF/s "
+              "(the t-pad/rc-pad no implementation passes here)\n")
     tab = Table(out, [("cell", 4, "<"), ("pass", 4, "<"), ("rc-pad", 8, ">"), ("rc-len", 8, ">"),
                       ("torch-pad", 9, ">"), ("torch-pack", 10, ">"), ("GF/s:rc-len", 11, ">"),
                       ("rc-pad/len", 10, ">"), ("t-pad/rc-len", 12, ">"),
-                      ("t-pack/rc-len", 13, ">"), ("t-pad/rc-pad", 12, ">")])
+                      ("t-pack/rc-len", 13, ">"), ("t-pad/rc-pad", 12, ">"), ("max", 5, ">")])
     tab.header()
     for cell in opts.cells:
         x, dout = make_inputs(T, N, D, 2 * H)
@@ -121,10 +122,15 @@ def run_bidir(opts, torch, out, records):
                 records.append(r)
             pad, ln = res.get("rnncore-padded"), res.get("rnncore-lengths")
             tp, tk = res.get("torch-padded"), res.get("torch-packed")
+            gtp = tp.get("gflops") if tp else None
+            ceiling = peak / gtp if peak and gtp else None
+            for r in res.values():
+                r["torch_pad_over_rc_pad_ceiling"] = ceiling
             tab.line([cell, pas, fmt_ms(pad), fmt_ms(ln), fmt_ms(tp), fmt_ms(tk),
                       fmt_num(ln.get("gflops") if ln else None),
                       fmt_num(speed_ratio(pad, ln), 2), fmt_num(speed_ratio(tp, ln), 2),
-                      fmt_num(speed_ratio(tk, ln), 2), fmt_num(speed_ratio(tp, pad), 2)])
+                      fmt_num(speed_ratio(tk, ln), 2), fmt_num(speed_ratio(tp, pad), 2),
+                      fmt_num(ceiling, 2)])
 
 
 def run_step(opts, torch, out, records):
