@@ -32,6 +32,12 @@ cdef extern from "rc_gemm_packed.h" nogil:
                    Py_ssize_t nr, Py_ssize_t ldp, float *dst)
     void rc_pack_d(Py_ssize_t k, Py_ssize_t n, const double *b, Py_ssize_t rs, Py_ssize_t cs,
                    Py_ssize_t nr, Py_ssize_t ldp, double *dst)
+    # the same on the loops' threads for a large operand (RC_PACK_PAR_BYTES)
+    void set_pack_par "rc_set_pack_par"(long long min_bytes)
+    void rc_pack_par_f(Py_ssize_t k, Py_ssize_t n, const float *b, Py_ssize_t rs,
+                       Py_ssize_t cs, Py_ssize_t nr, Py_ssize_t ldp, float *dst)
+    void rc_pack_par_d(Py_ssize_t k, Py_ssize_t n, const double *b, Py_ssize_t rs,
+                       Py_ssize_t cs, Py_ssize_t nr, Py_ssize_t ldp, double *dst)
     void rc_gemm_packed2_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
                            Py_ssize_t lda, Py_ssize_t k2, const float *a2, Py_ssize_t lda2,
                            const float *bp, Py_ssize_t ldp, Py_ssize_t nr, float beta,
@@ -186,13 +192,13 @@ cdef inline void pack_blocks(const floating[:, :] b, floating[:, ::1] dst, Py_ss
         ldp = k
     with nogil:
         if floating is float:
-            rc_pack_f(k, split, &b[0, 0], rs, cs, nr, ldp, d)
+            rc_pack_par_f(k, split, &b[0, 0], rs, cs, nr, ldp, d)
             if split < n:
-                rc_pack_f(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first)
+                rc_pack_par_f(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first)
         else:
-            rc_pack_d(k, split, &b[0, 0], rs, cs, nr, ldp, d)
+            rc_pack_par_d(k, split, &b[0, 0], rs, cs, nr, ldp, d)
             if split < n:
-                rc_pack_d(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first)
+                rc_pack_par_d(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first)
 
 
 cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, Py_ssize_t N,

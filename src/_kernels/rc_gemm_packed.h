@@ -116,6 +116,56 @@ static inline rc_idx rc_packed_size(rc_idx k, rc_idx n, rc_idx nr)
 RC_DEFINE_PACK(rc_pack_f, float)
 RC_DEFINE_PACK(rc_pack_d, double)
 
+/* Packing a large operand on the loop's threads: rc_pack_* over column ranges
+ * that start at panel boundaries, one range per thread (rc_run_tasks). A pure
+ * copy, so the packed array is the same whatever the thread count. Packing is
+ * serial work before the time loop starts (the other threads idle): the LSTM
+ * inference at (T, N, D, H) = (50, 64, 512, 1024) spent ~7 ms of each ~215 ms
+ * call with only the calling thread running (perf samples per thread), most of
+ * it packing the 24 MB [Wx; Wh] into freshly mapped memory. Operands from
+ * RC_PACK_PAR_BYTES up go on min(BLAS threads, 8) threads (thread start-up is
+ * ~40 us on the VMs measured; a 1 MB operand packs in ~100-200 us), and only
+ * where the loops themselves may split rows (rc_row_split: the BLAS workers
+ * sleep) and outside single-thread sections (a bidirectional layer's two
+ * directions each pack on their own thread then). */
+#define RC_PACK_PAR_BYTES (1LL << 20)
+static long long rc_pack_par_bytes = RC_PACK_PAR_BYTES;   /* test hook: rc_set_pack_par */
+/* Threads pack operands of at least `min_bytes` (default RC_PACK_PAR_BYTES; < 0:
+ * never) -- still only where the row split is allowed, outside single-thread
+ * sections. */
+static void rc_set_pack_par(long long min_bytes) { rc_pack_par_bytes = min_bytes; }
+#define RC_DEFINE_PACK_PAR(NAME, PACK, T)                                       \
+    typedef struct { rc_idx k, n, rs, cs, nr, ldp; const T *b; T *dst; } NAME##_task; \
+    static void NAME##_run(void *arg)                                           \
+    {                                                                           \
+        const NAME##_task *t = (const NAME##_task *)arg;                        \
+        if (t->n > 0) PACK(t->k, t->n, t->b, t->rs, t->cs, t->nr, t->ldp, t->dst); \
+    }                                                                           \
+    static void NAME(rc_idx k, rc_idx n, const T *b, rc_idx rs, rc_idx cs,      \
+                     rc_idx nr, rc_idx ldp, T *dst)                             \
+    {                                                                           \
+        const rc_idx panels = (n + nr - 1) / nr;                                \
+        int P = 1;                                                              \
+        if (rc_row_split && rc_blas_get_threads != NULL && rc_pack_par_bytes >= 0 \
+                && (long long)k * n * (long long)sizeof(T) >= rc_pack_par_bytes) \
+            P = rc_blas_get_threads();                                          \
+        if (P > 8) P = 8;                                                       \
+        if (P > panels) P = (int)panels;                                        \
+        if (P < 2) {                                                            \
+            PACK(k, n, b, rs, cs, nr, ldp, dst);                                \
+            return;                                                             \
+        }                                                                       \
+        NAME##_task tk[8];                                                      \
+        for (int q = 0; q < P; q++) {                                           \
+            const rc_idx p0 = panels * q / P, p1 = panels * (q + 1) / P;        \
+            const rc_idx j0 = p0 * nr, j1 = RC_PK_MIN(p1 * nr, n);              \
+            tk[q] = (NAME##_task){k, j1 - j0, rs, cs, nr, ldp, b + j0 * cs, dst + j0 * ldp}; \
+        }                                                                       \
+        rc_run_tasks(NAME##_run, tk, sizeof tk[0], P);                          \
+    }
+RC_DEFINE_PACK_PAR(rc_pack_par_f, rc_pack_f, float)
+RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
+
 /* One MR x (2 vectors) block over all of k:
  * C[:MR, :w] := A[:MR, :k] Bpanel + beta C (w < panel width: the last panel).
  * MR is a constant at every call site (always_inline: the loops over r unroll

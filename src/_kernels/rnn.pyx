@@ -55,7 +55,8 @@ import numpy as np
 
 from _blas cimport floating, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_weight,
-                    packed_nr, set_packing, infer_chunk, input_grad_weight, step_input_grad)
+                    packed_nr, set_packing, infer_chunk, input_grad_weight, step_input_grad,
+                    set_pack_par)
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
@@ -304,6 +305,12 @@ def _set_packing(bint enabled, int fuse=1):
     or False) or whenever the loop packs, whatever its rows and weight size (2:
     bench/fusing_ab.py --forced)."""
     set_packing(enabled, fuse)
+
+def _set_pack_threads(long long min_bytes=1 << 20):
+    """Test/benchmark hook: this module's loops pack weights of at least `min_bytes`
+    on their threads (default 1 MiB, RC_PACK_PAR_BYTES; 0: any size; < 0: never),
+    where the row split is allowed (rc_gemm_packed.h: rc_pack_par_*)."""
+    set_pack_par(min_bytes)
 
 
 def _row_threads(Py_ssize_t N, long long work, Py_ssize_t T):
