@@ -139,6 +139,15 @@ cdef inline bint packs_step_weight(Py_ssize_t T, long long work) noexcept nogil:
     return pack_step_weight(T, work)
 
 
+cdef inline bint packs_stacked(bint fuse, object chunks, Py_ssize_t T, long long work):
+    """Whether a forward loop packs the stacked [Wx; Wh] (fused_weight's `fuse`): it
+    multiplies by Wx in its steps (`fuse`: fuse_input), or it is an inference loop
+    computing its input projection in chunks (`chunks`: chunk_buffers' arrays, else
+    None) on the packed kernel, which it uses whenever the loop packs (`work`:
+    multiply-adds of one step's product)."""
+    return fuse or (chunks is not None and packs_step_weight(T, work))
+
+
 cdef inline object aligned_empty(Py_ssize_t size, object dtype, bint pool=False):
     """An uninitialized 1-D array of `size` elements starting on a 64-byte boundary
     (whole-line vector loads and stores; NumPy aligns to 16). `pool`: a training

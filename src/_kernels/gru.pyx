@@ -113,7 +113,7 @@ import numpy as np
 
 from _blas cimport floating, transposed, col_block, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
-                    packs_step_weight, input_grad_weight, set_pack_par)
+                    packs_stacked, input_grad_weight, set_pack_par)
 from _threads cimport blas_thread_hooks, share
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
                    input_product, chunk_input, input_grad)
@@ -313,9 +313,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # reset-before steps' two products (fwd_rows)
     # Wh packed, or [Wx; Wh] for a loop multiplying by Wx step by step
     # (inference in chunks: [Wx; Wh] too when the loop packs, for chunk_input)
-    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H, fuse or (
-        chunks is not None and packs_step_weight(T, N * GH * H)), 0 if reset_after else GH - H,
-        save)
+    keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, H,
+                        packs_stacked(fuse, chunks, T, N * GH * H),
+                        0 if reset_after else GH - H, save)
     if one and L.wxh.nr == 0 and L.chunk == 0:
         # (the same rules decided them: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")

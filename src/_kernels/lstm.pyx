@@ -87,8 +87,8 @@ from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
 from libc.stdint cimport uintptr_t
 
 from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
-                    packs_step_weight, packed_nr, packed_size, pack_blocks, input_grad_weight,
-                    aligned_empty, set_pack_par)
+                    packs_step_weight, packs_stacked, packed_nr, packed_size, pack_blocks,
+                    input_grad_weight, aligned_empty, set_pack_par)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
                        units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
@@ -550,8 +550,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     if keep is None:
         # Wh packed, or [Wx; Wh] for a loop fusing x_t Wx into its steps
         # (inference in chunks: [Wx; Wh] too when the loop packs, for chunk_input)
-        keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp, fuse or (
-            chunks is not None and packs_step_weight(T, N * GH * L.Hp)), 0, save)
+        keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, GH, L.Hp,
+                            packs_stacked(fuse, chunks, T, N * GH * L.Hp), 0, save)
     # the projection's operand Wr (H, Hp), as the loop reads it (packed once, too)
     keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H, False, 0, save) if Wr is not None else None
     if one and L.wxh.nr == 0 and (L.chunk == 0 or L.nu > 0):
