@@ -77,7 +77,7 @@ initialisation: thread pools, BLAS buffers, torch's autograd and oneDNN
 set-up, page faults on fresh buffers; the very first row of a process also
 pays process-wide one-time costs). Then, unless the first call already took
 longer than the time budget, one untimed warm-up call; then ``n`` timed calls
-with ``n`` chosen to fill the budget (``--quick``: 5..50 calls, 0.4 s; full:
+with ``n`` chosen to fill the budget (``--quick``: 3..50 calls, 0.4 s; full:
 3..200 calls, 2 s), garbage collection disabled; ``ms`` is their median.
 ``--threads N`` limits every thread pool threadpoolctl finds (BLAS and
 OpenMP) and sets ``torch.set_num_threads(N)``; rnncore's concurrent

@@ -13,10 +13,10 @@ class Budget:
 
     def __init__(self, quick):
         self.quick = quick
-        # --quick: at least 5 timed calls even for a 0.2-0.7 s call (the largest
-        # core rows): with 1-2 (the budget's count) one slow spell of a shared VM
-        # decided a row's ratio; 5 interleaved calls cost ~30 s more in all
-        self.min_repeats = 5 if quick else 3
+        # --quick: at least 3 timed calls even for a 0.2-0.7 s call (the largest
+        # core rows): with 1 (the budget's count) one slow spell of a shared VM
+        # decided a row's ratio (5 made --quick take 5.5 min instead of 3)
+        self.min_repeats = 3
         self.max_repeats = 50 if quick else 200
         self.seconds = 0.4 if quick else 2.0
         self.step_number = 500 if quick else 2000
