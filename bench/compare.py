@@ -123,12 +123,13 @@ a 2048^3 and a (64 x 1024)(1024 x 4096) float32 GEMM through
 Fortran-ordered operands, so nothing is copied) and, when PyTorch is there,
 through ``torch.mm`` (MKL) -- whichever library is faster sets the ceiling.
 
-``fma peak`` (header) is the arithmetic ceiling of the machine in this run: as
-many threads as ``--threads``, started together, each running independent
-float32 vector FMAs on registers only (no loads, no stores) at the SIMD level
-rnncore's kernels run at (``rnncore._kernels.simd._fma_rate``; 12 chains,
+``fma peak`` (header) is the arithmetic ceiling of the machine in this run at
+the SIMD level rnncore's kernels run at: as many threads as ``--threads``,
+started together, each running independent float32 vector FMAs on registers
+only (no loads, no stores; ``rnncore._kernels.simd._fma_rate``; 12 chains,
 enough for two FMA units of latency 4), the best total of 3 tries of 0.1 s.
-No GEMM reaches it. In the core table, ``max`` = FMA peak / torch's GFLOP/s:
+No GEMM at that level reaches it (a library running wider vectors than a
+forced lower-level rnncore build could: compare such runs by their ratios). In the core table, ``max`` = FMA peak / torch's GFLOP/s:
 the largest ``torch/rc`` any implementation that does the counted flops could
 show on this machine (it would have to run at the FMA peak from the first
 step to the last) -- a goal above ``max`` cannot be met here. The JSON

@@ -136,7 +136,7 @@ def test_fma_rate_is_a_plausible_rate_or_none_without_vector_fma():
     assert isinstance(rate, float) and 0 < rate < 384
 
 
-@pytest.mark.parametrize("seconds", [0, -1.0, float("nan")])
-def test_fma_rate_rejects_a_non_positive_duration(seconds):
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf"), 61.0])
+def test_fma_rate_rejects_a_duration_outside_0_60_s(seconds):
     with pytest.raises(ValueError, match="seconds"):
         simd._fma_rate(seconds)

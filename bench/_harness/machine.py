@@ -221,7 +221,7 @@ def print_header(h, sg, out):
     if pk:
         out.write(f"  fma peak    {pk['total_gflops']:.1f} GFLOP/s on {pk['threads']} thread(s) "
                   f"({', '.join(f'{r:.1f}' for r in pk['per_thread_gflops'])}): float32 vector "
-                  f"FMAs in registers at the kernels' level, the ceiling no GEMM passes\n")
+                  f"FMAs in registers at the kernels' level, the ceiling no GEMM there passes\n")
     for s in sg:
         name = "sgemm" if s.get("lib", "scipy") == "scipy" else "torch.mm"
         out.write(f"  {name:<11} {s['shape']:<22} {s['gflops']:7.1f} GFLOP/s median, "

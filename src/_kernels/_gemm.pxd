@@ -32,12 +32,17 @@ cdef extern from "rc_gemm_packed.h" nogil:
                    Py_ssize_t nr, Py_ssize_t ldp, float *dst)
     void rc_pack_d(Py_ssize_t k, Py_ssize_t n, const double *b, Py_ssize_t rs, Py_ssize_t cs,
                    Py_ssize_t nr, Py_ssize_t ldp, double *dst)
-    # the same on the loops' threads for a large operand (RC_PACK_PAR_BYTES)
+    # the same on the loops' threads when the whole operand takes `bytes` >= the
+    # threshold (RC_PACK_PAR_BYTES; set_pack_par, pack_par_count: test hooks)
+    enum: RC_PACK_PAR_BYTES
     void set_pack_par "rc_set_pack_par"(long long min_bytes)
+    long long pack_par_count "rc_pack_par_count"()
     void rc_pack_par_f(Py_ssize_t k, Py_ssize_t n, const float *b, Py_ssize_t rs,
-                       Py_ssize_t cs, Py_ssize_t nr, Py_ssize_t ldp, float *dst)
+                       Py_ssize_t cs, Py_ssize_t nr, Py_ssize_t ldp, float *dst,
+                       long long bytes)
     void rc_pack_par_d(Py_ssize_t k, Py_ssize_t n, const double *b, Py_ssize_t rs,
-                       Py_ssize_t cs, Py_ssize_t nr, Py_ssize_t ldp, double *dst)
+                       Py_ssize_t cs, Py_ssize_t nr, Py_ssize_t ldp, double *dst,
+                       long long bytes)
     void rc_gemm_packed2_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
                            Py_ssize_t lda, Py_ssize_t k2, const float *a2, Py_ssize_t lda2,
                            const float *bp, Py_ssize_t ldp, Py_ssize_t nr, float beta,
@@ -179,35 +184,41 @@ cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, obje
     cdef Py_ssize_t first = packed_size(k0 + k, split, nr)
     out = aligned_empty(first + packed_size(k0 + k, n - split, nr), src.dtype,
                         pool).reshape(-1, nr)
+    # the operand's bytes: whether its blocks are packed on threads (rc_pack_par_*)
+    cdef long long nbytes = out.nbytes
     if src.dtype == np.float32:
         if k0 > 0:
-            pack_blocks[float](top, out, split, first, nr, k0 + k)
-        pack_blocks[float](src, out[k0:], split, first, nr, k0 + k)
+            pack_blocks[float](top, out, split, first, nr, k0 + k, nbytes)
+        pack_blocks[float](src, out[k0:], split, first, nr, k0 + k, nbytes)
     else:
         if k0 > 0:
-            pack_blocks[double](top, out, split, first, nr, k0 + k)
-        pack_blocks[double](src, out[k0:], split, first, nr, k0 + k)
+            pack_blocks[double](top, out, split, first, nr, k0 + k, nbytes)
+        pack_blocks[double](src, out[k0:], split, first, nr, k0 + k, nbytes)
     return out
 
 
 cdef inline void pack_blocks(const floating[:, :] b, floating[:, ::1] dst, Py_ssize_t split,
-                             Py_ssize_t first, Py_ssize_t nr, Py_ssize_t ldp=0):
+                             Py_ssize_t first, Py_ssize_t nr, Py_ssize_t ldp=0,
+                             long long nbytes=-1):
     # dst := packed B[:, :split], then packed B[:, split:] at element `first`; the
-    # panels ldp rows apart (0: B's k)
+    # panels ldp rows apart (0: B's k); on threads when the whole packed operand
+    # takes nbytes >= RC_PACK_PAR_BYTES (-1: this block's bytes), each block a call
     cdef Py_ssize_t k = b.shape[0], n = b.shape[1], isz = sizeof(floating)
     cdef Py_ssize_t rs = b.strides[0] // isz, cs = b.strides[1] // isz
     cdef floating *d = &dst[0, 0]
     if ldp == 0:
         ldp = k
+    if nbytes < 0:
+        nbytes = k * n * isz
     with nogil:
         if floating is float:
-            rc_pack_par_f(k, split, &b[0, 0], rs, cs, nr, ldp, d)
+            rc_pack_par_f(k, split, &b[0, 0], rs, cs, nr, ldp, d, nbytes)
             if split < n:
-                rc_pack_par_f(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first)
+                rc_pack_par_f(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first, nbytes)
         else:
-            rc_pack_par_d(k, split, &b[0, 0], rs, cs, nr, ldp, d)
+            rc_pack_par_d(k, split, &b[0, 0], rs, cs, nr, ldp, d, nbytes)
             if split < n:
-                rc_pack_par_d(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first)
+                rc_pack_par_d(k, n - split, &b[0, split], rs, cs, nr, ldp, d + first, nbytes)
 
 
 cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, Py_ssize_t N,

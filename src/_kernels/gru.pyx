@@ -113,7 +113,8 @@ import numpy as np
 
 from _blas cimport floating, transposed, col_block, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
-                    packs_stacked, input_grad_weight, set_pack_par)
+                    packs_stacked, input_grad_weight, set_pack_par, pack_par_count,
+                    RC_PACK_PAR_BYTES)
 from _threads cimport blas_thread_hooks, share
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
                    input_product, chunk_input, input_grad)
@@ -493,8 +494,5 @@ def _set_packing(bint enabled, int fuse=1, long long chunk=0):
     set_packing(enabled, fuse)
     set_chunk(chunk)
 
-def _set_pack_threads(long long min_bytes=1 << 20):
-    """Test/benchmark hook: this module's loops pack weights of at least `min_bytes`
-    on their threads (default 1 MiB, RC_PACK_PAR_BYTES; 0: any size; < 0: never),
-    where the row split is allowed (rc_gemm_packed.h: rc_pack_par_*)."""
-    set_pack_par(min_bytes)
+
+include "_pack_hooks.pxi"

@@ -77,7 +77,8 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, Mat, transposed, scale_rows
-from _gemm cimport mm_step, step_weight, set_packing
+from _gemm cimport (mm_step, step_weight, set_packing, set_pack_par, pack_par_count,
+                    RC_PACK_PAR_BYTES)
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop
@@ -439,3 +440,6 @@ def _set_packing(bint enabled):
     """Test hook: time loops pack their weight when the policy says so (True, the
     default) or never (False), in this module (its loops never fuse x_t Wx)."""
     set_packing(enabled, True)
+
+
+include "_pack_hooks.pxi"

@@ -88,7 +88,8 @@ from libc.stdint cimport uintptr_t
 
 from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_step_weight, packs_stacked, packed_nr, packed_size, pack_blocks,
-                    input_grad_weight, aligned_empty, set_pack_par)
+                    input_grad_weight, aligned_empty, set_pack_par, pack_par_count,
+                    RC_PACK_PAR_BYTES)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
                        units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
@@ -745,13 +746,6 @@ def _set_packing(bint enabled, int fuse=1, long long chunk=0):
     set_packing(enabled, fuse)
     set_chunk(chunk)
 
-def _set_pack_threads(long long min_bytes=1 << 20):
-    """Test/benchmark hook: this module's loops pack weights of at least `min_bytes`
-    on their threads (default 1 MiB, RC_PACK_PAR_BYTES; 0: any size; < 0: never),
-    where the row split is allowed (rc_gemm_packed.h: rc_pack_par_*)."""
-    set_pack_par(min_bytes)
-
-
 def _set_unit_split(int mode, int threads=2):
     """Test/benchmark hook: the LSTM's time loops never split the hidden units over
     threads (mode -1, the default: see rc_threads.h), split them by the shape rule
@@ -768,3 +762,6 @@ def _unit_threads(Py_ssize_t N, Py_ssize_t H, Py_ssize_t T, dtype=np.float32,
         return 1
     return unit_threads(N, H, RC_LSTM_GATES, T, isz,
                         packs_step_weight(T, N * RC_LSTM_GATES * H * H), backward)
+
+
+include "_pack_hooks.pxi"

@@ -118,49 +118,55 @@ RC_DEFINE_PACK(rc_pack_d, double)
 
 /* Packing a large operand on the loop's threads: rc_pack_* over column ranges
  * that start at panel boundaries, one range per thread (rc_run_tasks). A pure
- * copy, so the packed array is the same whatever the thread count. Packing is
- * serial work before the time loop starts (the other threads idle): the LSTM
- * inference at (T, N, D, H) = (50, 64, 512, 1024) spent ~7 ms of each ~215 ms
- * call with only the calling thread running (perf samples per thread), most of
- * it packing the 24 MB [Wx; Wh] into freshly mapped memory. Operands from
- * RC_PACK_PAR_BYTES up go on min(BLAS threads, 8) threads (thread start-up is
- * ~40 us on the VMs measured; a 1 MB operand packs in ~100-200 us), and only
- * where the loops themselves may split rows (rc_row_split: the BLAS workers
- * sleep) and outside single-thread sections (a bidirectional layer's two
- * directions each pack on their own thread then). */
+ * copy, so the packed array is the same whatever the thread count (which does
+ * read BLAS's current thread count: it only decides who copies). Packing is
+ * serial work before the time loop starts, the other threads idle: the LSTM
+ * inference at (T, N, D, H) = (50, 64, 512, 1024) ran on the calling thread
+ * alone for 17-38 ms of each ~230-290 ms call (perf samples per thread, two
+ * runs; most of it packing the 24 MB [Wx; Wh] into freshly mapped memory), and
+ * for 1-3 ms with the packing on both threads; its call ran 1.02x faster (in
+ * one process, alternating). An operand of `bytes` bytes in all (the caller's:
+ * pack_weight's whole array, whichever block of it this call packs) from
+ * rc_pack_par_bytes (RC_PACK_PAR_BYTES) up goes on min(BLAS threads,
+ * RC_MAX_THREADS, panels) threads -- thread start-up is ~40 us on the VMs
+ * measured, a 1 MiB operand packs in ~100-200 us -- and only where the loops
+ * themselves may split rows (rc_row_split: the BLAS workers sleep) and outside
+ * single-thread sections (there BLAS's count is 1: e.g. a bidirectional
+ * layer's two directions, each on its own thread, pack serially). */
 #define RC_PACK_PAR_BYTES (1LL << 20)
 static long long rc_pack_par_bytes = RC_PACK_PAR_BYTES;   /* test hook: rc_set_pack_par */
-/* Threads pack operands of at least `min_bytes` (default RC_PACK_PAR_BYTES; < 0:
- * never) -- still only where the row split is allowed, outside single-thread
- * sections. */
+static long long rc_pack_par_calls = 0;   /* calls that packed on threads (test hook) */
+/* Threads pack operands of at least `min_bytes` (< 0: never). */
 static void rc_set_pack_par(long long min_bytes) { rc_pack_par_bytes = min_bytes; }
+static long long rc_pack_par_count(void) { return __atomic_load_n(&rc_pack_par_calls, __ATOMIC_RELAXED); }
 #define RC_DEFINE_PACK_PAR(NAME, PACK, T)                                       \
     typedef struct { rc_idx k, n, rs, cs, nr, ldp; const T *b; T *dst; } NAME##_task; \
     static void NAME##_run(void *arg)                                           \
     {                                                                           \
         const NAME##_task *t = (const NAME##_task *)arg;                        \
-        if (t->n > 0) PACK(t->k, t->n, t->b, t->rs, t->cs, t->nr, t->ldp, t->dst); \
+        PACK(t->k, t->n, t->b, t->rs, t->cs, t->nr, t->ldp, t->dst);            \
     }                                                                           \
     static void NAME(rc_idx k, rc_idx n, const T *b, rc_idx rs, rc_idx cs,      \
-                     rc_idx nr, rc_idx ldp, T *dst)                             \
+                     rc_idx nr, rc_idx ldp, T *dst, long long bytes)            \
     {                                                                           \
         const rc_idx panels = (n + nr - 1) / nr;                                \
         int P = 1;                                                              \
         if (rc_row_split && rc_blas_get_threads != NULL && rc_pack_par_bytes >= 0 \
-                && (long long)k * n * (long long)sizeof(T) >= rc_pack_par_bytes) \
+                && bytes >= rc_pack_par_bytes)                                  \
             P = rc_blas_get_threads();                                          \
-        if (P > 8) P = 8;                                                       \
+        if (P > RC_MAX_THREADS) P = RC_MAX_THREADS;                             \
         if (P > panels) P = (int)panels;                                        \
         if (P < 2) {                                                            \
             PACK(k, n, b, rs, cs, nr, ldp, dst);                                \
             return;                                                             \
         }                                                                       \
-        NAME##_task tk[8];                                                      \
-        for (int q = 0; q < P; q++) {                                           \
+        NAME##_task tk[RC_MAX_THREADS];                                         \
+        for (int q = 0; q < P; q++) {   /* P <= panels: every range non-empty */ \
             const rc_idx p0 = panels * q / P, p1 = panels * (q + 1) / P;        \
             const rc_idx j0 = p0 * nr, j1 = RC_PK_MIN(p1 * nr, n);              \
             tk[q] = (NAME##_task){k, j1 - j0, rs, cs, nr, ldp, b + j0 * cs, dst + j0 * ldp}; \
         }                                                                       \
+        __atomic_fetch_add(&rc_pack_par_calls, 1, __ATOMIC_RELAXED);            \
         rc_run_tasks(NAME##_run, tk, sizeof tk[0], P);                          \
     }
 RC_DEFINE_PACK_PAR(rc_pack_par_f, rc_pack_f, float)
@@ -291,39 +297,45 @@ RC_DEFINE_PK_DISPATCH(rc_gemm_packed_d, rc_gemm_packed2_d, double, rc_gemm_packe
 
 /* ------------------------------------------------------------ FMA ceiling
  * One thread's float32 FMA rate at the SIMD level the kernels run at: `rounds`
- * rounds of RC_PEAK_CHAINS independent vector FMAs (acc = acc * b + c), all in
- * registers, with no loads or stores -- the arithmetic ceiling no GEMM on this
- * core passes. 12 chains cover the FMA latency x throughput of the machines we
+ * rounds of RC_PEAK_CHAINS independent vector FMAs (acc = fma(acc, b, c)), all in
+ * registers, with no loads or stores -- the arithmetic ceiling no GEMM at this
+ * SIMD level passes on this core. 12 chains cover the FMA latency x throughput of the machines we
  * target (4 cycles x 2 units on Intel's AVX-512 cores = 8 in flight; Zen 4 runs
  * a 64-byte FMA on both 32-byte units: 4 in flight) and fit the registers of
- * either layout (12 zmm, 12 ymm of 16). Returns the sum of the accumulators (so
- * nothing is optimised away) and the flops done in *flops (0: no vector FMA at
- * this level). For the benchmarks' ceiling (simd._fma_rate, bench/compare.py). */
+ * either layout (12 zmm, 12 ymm of 16; the chains are written out: RC_FMA1).
+ * Returns the sum of the accumulators and the flops done in *flops (0: no vector
+ * FMA at this level: baseline and non-GCC builds). For the benchmarks' ceiling
+ * (simd._fma_rate, bench/compare.py). */
 #define RC_PEAK_CHAINS 12
 #if RC_X86_DISPATCH
-/* one chain: a = a * b + c, then an empty asm that keeps `a` in a vector
- * register and opaque to the optimiser (no folding of the rounds) */
-#define RC_FMA1(a) a = a * b + c; __asm__ volatile("" : "+v"(a));
-#define RC_DEFINE_FMA_BURN(NAME, VT, TARGET)                                    \
+#include <immintrin.h>
+/* one chain: a = fma(a, b, c) (the intrinsic: an FMA whatever -ffp-contract
+ * says), then an empty asm that keeps `a` in a vector register and opaque to
+ * the optimiser (no folding of the rounds) */
+#define RC_FMA1(FMA, a) a = FMA(a, b, c); __asm__ volatile("" : "+v"(a));
+#define RC_DEFINE_FMA_BURN(NAME, VT, SET1, FMA, ADD, STORE, LANES, TARGET)       \
     __attribute__((target(TARGET), noinline)) static float NAME(long long rounds) \
     {                                                                           \
-        const VT b = (VT){0} + 0.999999f, c = (VT){0} + 1e-6f;                  \
-        VT a0 = (VT){0} + 0.f, a1 = (VT){0} + 1.f, a2 = (VT){0} + 2.f,          \
-           a3 = (VT){0} + 3.f, a4 = (VT){0} + 4.f, a5 = (VT){0} + 5.f,          \
-           a6 = (VT){0} + 6.f, a7 = (VT){0} + 7.f, a8 = (VT){0} + 8.f,          \
-           a9 = (VT){0} + 9.f, a10 = (VT){0} + 10.f, a11 = (VT){0} + 11.f;      \
+        const VT b = SET1(0.999999f), c = SET1(1e-6f);                          \
+        VT a0 = SET1(0.f), a1 = SET1(1.f), a2 = SET1(2.f), a3 = SET1(3.f),      \
+           a4 = SET1(4.f), a5 = SET1(5.f), a6 = SET1(6.f), a7 = SET1(7.f),      \
+           a8 = SET1(8.f), a9 = SET1(9.f), a10 = SET1(10.f), a11 = SET1(11.f);  \
         for (long long it = 0; it < rounds; it++) {                             \
-            RC_FMA1(a0) RC_FMA1(a1) RC_FMA1(a2) RC_FMA1(a3) RC_FMA1(a4)         \
-            RC_FMA1(a5) RC_FMA1(a6) RC_FMA1(a7) RC_FMA1(a8) RC_FMA1(a9)         \
-            RC_FMA1(a10) RC_FMA1(a11)                                           \
+            RC_FMA1(FMA, a0) RC_FMA1(FMA, a1) RC_FMA1(FMA, a2) RC_FMA1(FMA, a3) \
+            RC_FMA1(FMA, a4) RC_FMA1(FMA, a5) RC_FMA1(FMA, a6) RC_FMA1(FMA, a7) \
+            RC_FMA1(FMA, a8) RC_FMA1(FMA, a9) RC_FMA1(FMA, a10) RC_FMA1(FMA, a11) \
         }                                                                       \
-        VT t = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;     \
-        float s = 0;                                                            \
-        for (int j = 0; j < (int)(sizeof(VT) / sizeof(float)); j++) s += t[j];  \
+        VT t = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7))); \
+        t = ADD(t, ADD(ADD(a8, a9), ADD(a10, a11)));                            \
+        float v[LANES], s = 0;                                                  \
+        STORE(v, t);                                                            \
+        for (int j = 0; j < LANES; j++) s += v[j];                              \
         return s;                                                               \
     }
-RC_DEFINE_FMA_BURN(rc_fma_burn_v4, rc_vf64b, "arch=x86-64-v4")
-RC_DEFINE_FMA_BURN(rc_fma_burn_v3, rc_vf32b, "arch=x86-64-v3")
+RC_DEFINE_FMA_BURN(rc_fma_burn_v4, __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps,
+                   _mm512_storeu_ps, 16, "arch=x86-64-v4")
+RC_DEFINE_FMA_BURN(rc_fma_burn_v3, __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
+                   _mm256_storeu_ps, 8, "arch=x86-64-v3")
 #endif
 static float rc_fma_burn(long long rounds, double *flops)
 {

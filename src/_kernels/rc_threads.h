@@ -150,6 +150,9 @@ static rc_idx rc_share(rc_idx B, int k, int P)
     return B > k ? (B - k + P - 1) / P : 0;
 }
 
+/* The most threads rnncore's own loops and packing run at once (rc_run_tasks). */
+#define RC_MAX_THREADS 8
+
 typedef void (*rc_task_fn)(void *);
 typedef struct { rc_task_fn fn; void *arg; } rc_task;
 static void *rc_task_main(void *p) { rc_task *t = (rc_task *)p; t->fn(t->arg); return NULL; }
@@ -159,10 +162,10 @@ static void *rc_task_main(void *p) { rc_task *t = (rc_task *)p; t->fn(t->arg); r
  * task runs on the calling thread (same result). */
 static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
 {
-    pthread_t th[8];
-    rc_task tk[8];
-    int started[8] = {0};
-    if (P > 8) P = 8;
+    pthread_t th[RC_MAX_THREADS];
+    rc_task tk[RC_MAX_THREADS];
+    int started[RC_MAX_THREADS] = {0};
+    if (P > RC_MAX_THREADS) P = RC_MAX_THREADS;
     for (int k = 1; k < P; k++) {
         tk[k].fn = fn;
         tk[k].arg = (char *)args + k * size;

@@ -56,7 +56,7 @@ import numpy as np
 from _blas cimport floating, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_weight,
                     packed_nr, set_packing, infer_chunk, input_grad_weight, step_input_grad,
-                    set_pack_par)
+                    set_pack_par, pack_par_count, RC_PACK_PAR_BYTES)
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
@@ -306,13 +306,6 @@ def _set_packing(bint enabled, int fuse=1):
     bench/fusing_ab.py --forced)."""
     set_packing(enabled, fuse)
 
-def _set_pack_threads(long long min_bytes=1 << 20):
-    """Test/benchmark hook: this module's loops pack weights of at least `min_bytes`
-    on their threads (default 1 MiB, RC_PACK_PAR_BYTES; 0: any size; < 0: never),
-    where the row split is allowed (rc_gemm_packed.h: rc_pack_par_*)."""
-    set_pack_par(min_bytes)
-
-
 def _row_threads(Py_ssize_t N, long long work, Py_ssize_t T):
     """How many threads a time loop of T steps, N rows, `work` multiply-adds per step uses
     (with its weight packed when step_weight would pack it)."""
@@ -363,3 +356,6 @@ def _single_thread_open():
 def _single_thread_close(int opened):
     """Close a section opened by `_single_thread_open`."""
     single_close(opened)
+
+
+include "_pack_hooks.pxi"

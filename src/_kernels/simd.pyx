@@ -230,13 +230,12 @@ def _fma_rate(double seconds=0.05):
     import time
     cdef double flops = 0
     cdef long long rounds = 1 << 14
-    cdef float sink = 0
-    if not seconds > 0:
-        raise ValueError(f"seconds must be > 0, got {seconds!r}")
+    if not 0 < seconds <= 60:   # (NaN and inf fail too)
+        raise ValueError(f"seconds must be > 0 and at most 60, got {seconds!r}")
     while True:
         t0 = time.perf_counter()
         with nogil:
-            sink += rc_fma_burn(rounds, &flops)
+            rc_fma_burn(rounds, &flops)
         dt = time.perf_counter() - t0
         if flops == 0:
             return None

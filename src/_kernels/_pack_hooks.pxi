@@ -1,0 +1,17 @@
+# The test and benchmark hooks of packing on threads (rc_gemm_packed.h:
+# rc_pack_par_*), included by every kernel module that packs weights: each module
+# has its own copy of the C statics. The module cimports set_pack_par,
+# pack_par_count and RC_PACK_PAR_BYTES from _gemm.
+
+
+def _set_pack_threads(min_bytes=None):
+    """Test/benchmark hook: this module's loops pack a weight on their threads when the
+    packed weight takes at least `min_bytes` (None: the default, RC_PACK_PAR_BYTES =
+    1 MiB; 0: any size; < 0: never) -- still only where the row split is allowed and
+    outside single-thread sections."""
+    set_pack_par(RC_PACK_PAR_BYTES if min_bytes is None else min_bytes)
+
+
+def _pack_threads_calls():
+    """How many packing calls of this module have run on threads (a count since import)."""
+    return pack_par_count()
