@@ -214,7 +214,7 @@ def _parse(argv):
                ". See the docstring of bench/compare.py for what is counted.")
     ap.add_argument("--quick", action="store_true",
                     help="fewer repeats; on the largest core shape only the rnncore model and "
-                         "torch run and no memory row (~2 min on a quiet 2-core machine)")
+                         "torch run and no memory row (~4 min on a quiet 2-core machine)")
     ap.add_argument("--json", metavar="PATH", help="write every figure and the header here")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for BLAS/OpenMP and torch (default: the CPUs this process "

@@ -37,7 +37,7 @@ def run_core(opts, torch, out, records, best_gf, peak=None):
             x, dout = make_inputs(T, N, D, out_size(cell, H))
             impls = {"rnncore-model": rc_model_fns(cell, D, H, x, dout)}
             # --quick: on the largest shape, neither the slow reference nor the functional
-            # API (the same kernels as the model's) -- that keeps --quick near 2 minutes
+            # API (the same kernels as the model's) -- that keeps --quick near 4 minutes
             if not (opts.quick and (T, N, D, H) == largest) and cell not in NO_FUNCTIONAL:
                 impls["rnncore-func"] = functional_fns(F, cell, D, H, x, dout)
                 impls["reference"] = functional_fns(R, cell, D, H, x, dout)
