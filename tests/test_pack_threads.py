@@ -16,6 +16,8 @@ outside single-thread sections. Packing is a copy, so:
 3. By default (1 MiB): a weight below it packs serially, one above on threads;
    the two directions of a bidirectional layer, run concurrently inside a
    single-thread section, pack serially even when forced.
+4. Models in four concurrent Python threads, packing forced onto threads, get the
+   serial results.
 """
 import numpy as np
 import pytest
@@ -130,3 +132,40 @@ def test_concurrent_directions_pack_serially():
     finally:
         rnncore.set_parallel_directions(was)
     assert n_bi == 0 and n_uni > 0
+
+
+def test_models_in_concurrent_python_threads_pack_on_threads_correctly():
+    """Four Python threads each train and run their own LSTM at once, packing forced
+    onto threads wherever BLAS's count allows (another thread's single-thread section
+    makes a call pack serially): each gets the results of a serial run (packing tasks
+    of different calls never share state)."""
+    import threading
+    want, _ = _step("lstm", 2, -1, np.float32, False, None, layers=1)
+    KL._set_pack_threads(0)
+    got, errors = [None] * 4, []
+
+    def run(i):
+        try:
+            rng = np.random.default_rng(7)
+            x = rng.standard_normal((12, 9, 24)).astype(np.float32)
+            m = _model("lstm", 24, 45, np.float32, False, layers=1)
+            with threadpool_limits(2, user_api="blas"):
+                y, _ = m(x)
+                dx = m.backward(rng.standard_normal(y.shape).astype(np.float32))[0]
+                grads = {k: v.copy() for k, v in m.grads.items()}
+                m.eval()
+                yi, _ = m(x)
+            got[i] = [y, dx, yi] + [grads[k] for k in sorted(grads)]
+        except Exception as e:  # reported below
+            errors.append(e)
+    try:
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        KL._set_pack_threads()
+    assert not errors
+    for g in got:
+        _same(want, g, np.float32)
