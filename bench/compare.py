@@ -129,8 +129,9 @@ started together, each running independent float32 vector FMAs on registers
 only (no loads, no stores; ``rnncore._kernels.simd._fma_rate``; 12 chains,
 enough for two FMA units of latency 4), the best total of 3 tries of 0.1 s.
 No GEMM at that level reaches it (a library running wider vectors than a
-forced lower-level rnncore build could: compare such runs by their ratios). In the core table, ``max`` = FMA peak / torch's GFLOP/s:
-the largest ``torch/rc`` any implementation that does the counted flops could
+forced lower-level rnncore build could: compare such runs by their ratios).
+In the core table, ``max`` = FMA peak / torch's GFLOP/s: the largest
+``torch/rc`` any implementation that does the counted flops could
 show on this machine (it would have to run at the FMA peak from the first
 step to the last) -- a goal above ``max`` cannot be met here. The JSON
 records keep both (``torch_over_rc_ceiling``, and ``fraction_of_fma_peak`` =

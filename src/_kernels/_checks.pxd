@@ -145,12 +145,8 @@ cdef inline object seq_empty(bint batch_major, Py_ssize_t T, Py_ssize_t N, Py_ss
     workspace cache (_pool.pyx).
     """
     import numpy as np
-    if pool:
-        a = aligned_empty(T * N * F, dtype, True)
-        return a.reshape(N, T, F).transpose(1, 0, 2) if batch_major else a.reshape(T, N, F)
-    if batch_major:
-        return np.empty((N, T, F), dtype=dtype).transpose(1, 0, 2)
-    return np.empty((T, N, F), dtype=dtype)
+    a = aligned_empty(T * N * F, dtype, True) if pool else np.empty(T * N * F, dtype=dtype)
+    return a.reshape(N, T, F).transpose(1, 0, 2) if batch_major else a.reshape(T, N, F)
 
 
 cdef inline object one_step(Seq *s, Py_ssize_t N, Py_ssize_t F, object dtype):

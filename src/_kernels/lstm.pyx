@@ -746,6 +746,7 @@ def _set_packing(bint enabled, int fuse=1, long long chunk=0):
     set_packing(enabled, fuse)
     set_chunk(chunk)
 
+
 def _set_unit_split(int mode, int threads=2):
     """Test/benchmark hook: the LSTM's time loops never split the hidden units over
     threads (mode -1, the default: see rc_threads.h), split them by the shape rule

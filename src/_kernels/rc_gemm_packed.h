@@ -127,18 +127,21 @@ RC_DEFINE_PACK(rc_pack_d, double)
  * for 1-3 ms with the packing on both threads; its call ran 1.02x faster (in
  * one process, alternating). An operand of `bytes` bytes in all (the caller's:
  * pack_weight's whole array, whichever block of it this call packs) from
- * rc_pack_par_bytes (RC_PACK_PAR_BYTES) up goes on min(BLAS threads,
- * RC_MAX_THREADS, panels) threads -- thread start-up is ~40 us on the VMs
- * measured, a 1 MiB operand packs in ~100-200 us -- and only where the loops
- * themselves may split rows (rc_row_split: the BLAS workers sleep) and outside
- * single-thread sections (there BLAS's count is 1: e.g. a bidirectional
- * layer's two directions, each on its own thread, pack serially). */
+ * rc_pack_par_bytes (RC_PACK_PAR_BYTES) up goes on min(rc_own_threads(),
+ * panels) threads -- thread start-up is ~40 us on the VMs measured, a 1 MiB
+ * operand packs in ~100-200 us: so only where the loops themselves may split
+ * rows (the BLAS workers sleep) and outside single-thread sections (there
+ * BLAS's count is 1: e.g. a bidirectional layer's two directions, each on its
+ * own thread, pack serially). */
 #define RC_PACK_PAR_BYTES (1LL << 20)
 static long long rc_pack_par_bytes = RC_PACK_PAR_BYTES;   /* test hook: rc_set_pack_par */
 static long long rc_pack_par_calls = 0;   /* calls that packed on threads (test hook) */
 /* Threads pack operands of at least `min_bytes` (< 0: never). */
 static void rc_set_pack_par(long long min_bytes) { rc_pack_par_bytes = min_bytes; }
-static long long rc_pack_par_count(void) { return __atomic_load_n(&rc_pack_par_calls, __ATOMIC_RELAXED); }
+static long long rc_pack_par_count(void)
+{
+    return __atomic_load_n(&rc_pack_par_calls, __ATOMIC_RELAXED);
+}
 #define RC_DEFINE_PACK_PAR(NAME, PACK, T)                                       \
     typedef struct { rc_idx k, n, rs, cs, nr, ldp; const T *b; T *dst; } NAME##_task; \
     static void NAME##_run(void *arg)                                           \
@@ -150,11 +153,8 @@ static long long rc_pack_par_count(void) { return __atomic_load_n(&rc_pack_par_c
                      rc_idx nr, rc_idx ldp, T *dst, long long bytes)            \
     {                                                                           \
         const rc_idx panels = (n + nr - 1) / nr;                                \
-        int P = 1;                                                              \
-        if (rc_row_split && rc_blas_get_threads != NULL && rc_pack_par_bytes >= 0 \
-                && bytes >= rc_pack_par_bytes)                                  \
-            P = rc_blas_get_threads();                                          \
-        if (P > RC_MAX_THREADS) P = RC_MAX_THREADS;                             \
+        int P = rc_pack_par_bytes >= 0 && bytes >= rc_pack_par_bytes        \
+                    ? rc_own_threads() : 1;                                     \
         if (P > panels) P = (int)panels;                                        \
         if (P < 2) {                                                            \
             PACK(k, n, b, rs, cs, nr, ldp, dst);                                \
@@ -299,8 +299,9 @@ RC_DEFINE_PK_DISPATCH(rc_gemm_packed_d, rc_gemm_packed2_d, double, rc_gemm_packe
  * One thread's float32 FMA rate at the SIMD level the kernels run at: `rounds`
  * rounds of RC_PEAK_CHAINS independent vector FMAs (acc = fma(acc, b, c)), all in
  * registers, with no loads or stores -- the arithmetic ceiling no GEMM at this
- * SIMD level passes on this core. 12 chains cover the FMA latency x throughput of the machines we
- * target (4 cycles x 2 units on Intel's AVX-512 cores = 8 in flight; Zen 4 runs
+ * SIMD level passes on this core. 12 chains cover the FMA latency x throughput
+ * of the machines we target (4 cycles x 2 units on Intel's AVX-512 cores = 8 in
+ * flight; Zen 4 runs
  * a 64-byte FMA on both 32-byte units: 4 in flight) and fit the registers of
  * either layout (12 zmm, 12 ymm of 16; the chains are written out: RC_FMA1).
  * Returns the sum of the accumulators and the flops done in *flops (0: no vector

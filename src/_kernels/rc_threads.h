@@ -132,12 +132,24 @@ static int rc_gemms_threads_begin(long long work)
 #define RC_SPLIT_MAX_WORK 33554432LL     /* 32 M multiply-adds per step */
 #define RC_SPLIT_MIN_TOTAL 2000000LL
 #define RC_SPLIT_PACKED_ROWS 4
+/* The most threads rnncore's own loops and packing run at once (rc_run_tasks). */
+#define RC_MAX_THREADS 8
+
+/* How many threads rnncore's own work may use now: BLAS's current count, at most
+ * RC_MAX_THREADS, where the row split is allowed (the BLAS workers sleep); 1
+ * otherwise, and inside a single-thread section. The row split and the packing on
+ * threads (rc_gemm_packed.h: rc_pack_par_*) both start from it. */
+static int rc_own_threads(void)
+{
+    if (!rc_row_split || rc_blas_get_threads == NULL) return 1;
+    int P = rc_blas_get_threads();
+    return P > RC_MAX_THREADS ? RC_MAX_THREADS : P;
+}
+
 static int rc_row_threads(rc_idx N, long long work, rc_idx T, int packed)
 {
-    if (!rc_row_split || rc_blas_get_threads == NULL || !packed) return 1;
-    if (work * (long long)T < RC_SPLIT_MIN_TOTAL) return 1;
-    int P = rc_blas_get_threads();
-    if (P > 8) P = 8;
+    if (!packed || work * (long long)T < RC_SPLIT_MIN_TOTAL) return 1;
+    int P = rc_own_threads();
     if (P > N / 4) P = (int)(N / 4);
     if (P < 2) return 1;
     if (work <= RC_SPLIT_MAX_WORK) return P;
@@ -149,9 +161,6 @@ static rc_idx rc_share(rc_idx B, int k, int P)
 {
     return B > k ? (B - k + P - 1) / P : 0;
 }
-
-/* The most threads rnncore's own loops and packing run at once (rc_run_tasks). */
-#define RC_MAX_THREADS 8
 
 typedef void (*rc_task_fn)(void *);
 typedef struct { rc_task_fn fn; void *arg; } rc_task;

@@ -306,6 +306,7 @@ def _set_packing(bint enabled, int fuse=1):
     bench/fusing_ab.py --forced)."""
     set_packing(enabled, fuse)
 
+
 def _row_threads(Py_ssize_t N, long long work, Py_ssize_t T):
     """How many threads a time loop of T steps, N rows, `work` multiply-adds per step uses
     (with its weight packed when step_weight would pack it)."""
