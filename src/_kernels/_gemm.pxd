@@ -138,6 +138,29 @@ cdef inline void mm_step2(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floati
                           ldc)
 
 
+cdef extern from "rc_gemm_dw.h" nogil:
+    # the all-steps weight gradients on packed chunks of dG (rc_dw_*)
+    enum: RC_DW_TERMS
+    ctypedef struct rc_dw_term:
+        const void *a
+        Py_ssize_t lda, off, plo, phi, m, bcol, n
+        void *c
+        Py_ssize_t ldc
+        void *ct
+        Py_ssize_t ldt
+    ctypedef struct rc_dw_problem:
+        const void *b0
+        const void *b1
+        Py_ssize_t ld0, n0, ld1, n1, K, nr
+        int nterms
+        rc_dw_term term[RC_DW_TERMS]
+    int rc_dw_f(const rc_dw_problem *pr)
+    int rc_dw_d(const rc_dw_problem *pr)
+    bint dw_enabled "rc_dw_use"(long long work)
+    void set_dw "rc_set_dw"(int enabled)
+    long long dw_count "rc_dw_count"(int threaded)
+
+
 cdef inline bint packs_step_weight(Py_ssize_t T, long long work) noexcept nogil:
     """Whether a time loop of T steps packs its per-step operand (work: multiply-adds
     of one step's product); rc_pack_step_weight: shapes and import-time configuration."""

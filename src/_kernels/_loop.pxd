@@ -27,7 +27,8 @@ from libc.string cimport memcpy, memset
 
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
                     NoTrans, Trans)
-from _gemm cimport mm, mm_step, mm_step2
+from _gemm cimport (mm, mm_step, mm_step2, packed_nr, rc_dw_problem, rc_dw_term, rc_dw_f,
+                    rc_dw_d, dw_enabled)
 from _layout cimport Seq, seq, uniform, every_pth_row
 from _threads cimport (row_threads, share, run_tasks, single_open, loop_threads_begin,
                        loop_threads_end, gemms_threads_begin)
@@ -322,9 +323,12 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     cdef Mat dg = uniform(L.dg), dan = uniform(L.dan)
     cdef size_t isz = sizeof(floating)
     cdef int opened
+    cdef bint dw_done
     run_loop(L, run_f, run_d)
     # the GEMMs after the loop: dx, dWx (R*GH*D) and dWh (R*GH*H multiply-adds)
     opened = gemms_threads_begin(R * GH * (D + H))
+    # dWx and dWh's shifted main term on packed chunks of dG, read once for both
+    dw_done = weight_grads(L, inp, gr, dg, dan, nI, kind)
     if D > 0 and L.wxt.nr == 0:     # (else the loop computed dx: input_grad)
         # dx = dG[:, :nI] @ Wx[:, :nI]^T              (R, D) = (R, nI)(D, nI)^T
         mm(R, D, nI, <floating>1, dg, transposed(inp.wx), <floating>0, gr.dx)
@@ -332,7 +336,7 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
             # dx += dAn @ Wx[:, nI:]^T                (R, D) += (R, H)(D, H)^T
             mm(R, D, H, <floating>1, dan, transposed(col_block(inp.wx, nI, isz)),
                <floating>1, gr.dx)
-    if D > 0:
+    if D > 0 and not dw_done:
         # dWx[:, :nI] += x^T dG[:, :nI]               (D, nI) += (D, R)(R, nI)
         mm(D, nI, R, <floating>1, transposed(uniform(inp.x)), dg, <floating>1, gr.dwx)
         if split:
@@ -351,10 +355,76 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
         colsum_add(<floating *>gr.db + nI, <const floating *>dan.p, dan.ld, R, H)
     if not L.reset_before:
         # dWh += sum_t h_prev(t)^T dG_t                   (H, GH)
-        dwh_accumulate(L, gr.dwh, <floating *>gr.dzs)
+        dwh_accumulate(L, gr.dwh, <floating *>gr.dzs, dw_done)
     else:
         reset_before_dwh(L, gr.dwh, <floating *>gr.dzs)
     loop_threads_end(opened)
+
+
+cdef inline void dw_target(rc_dw_term *e, Mat c, Py_ssize_t j0, floating kind) noexcept nogil:
+    """A dW term's target: columns j0.. of C, row-major or a transposed view."""
+    e.c, e.ct = NULL, NULL
+    if c.t == NoTrans:
+        e.c, e.ldc = <floating *>c.p + j0, c.ld
+    else:
+        e.ct, e.ldt = <floating *>c.p + j0 * c.ld, c.ld
+
+
+cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, Mat dg, Mat dan,
+                              Py_ssize_t nI, floating kind) noexcept nogil:
+    """backward_loop's weight gradients on the packed dW kernel (rc_gemm_dw.h: rc_dw_*):
+        dWx += x^T [dG[:, :nI] | dAn]        (D, GH)
+        dWh += sum_t h_prev(t)^T dG_t        the shifted main term of dwh_accumulate
+    with dG packed once, chunk by chunk, for both. False (nothing done): BLAS does them --
+    no packed layout, the hook, the reset-before GRU, a batch-major shift that needs
+    the per-row pairs (dwh_shifted), a transposed operand, or the GRU's n block off a
+    panel boundary."""
+    cdef Py_ssize_t R = L.T * L.N, H = L.H, GH = L.G * L.H, D = inp.D, Hp = L.Hp
+    cdef Py_ssize_t nr = packed_nr(sizeof(floating)), shift
+    cdef bint split = dan.p != NULL
+    cdef Mat x = uniform(inp.x)
+    cdef rc_dw_problem pr
+    cdef rc_dw_term *e
+    if R <= 0 or GH <= 0 or nr == 0 or L.reset_before \
+            or not dw_enabled(<long long>R * GH * (D + Hp)):
+        return False
+    if (split and GH % nr != 0) or dg.t != NoTrans or dan.t != NoTrans or not dwh_shifted(L):
+        return False
+    memset(&pr, 0, sizeof(pr))
+    pr.b0, pr.ld0, pr.n0, pr.K, pr.nr = dg.p, dg.ld, GH, R, nr
+    if split:
+        pr.b1, pr.ld1, pr.n1 = dan.p, dan.ld, H
+    if D > 0:
+        # dWx[:, :nI] += x^T B[:, :nI];  the GRU's dWx[:, nI:] += x^T B[:, GH:GH + H]
+        e = &pr.term[pr.nterms]
+        pr.nterms += 1
+        e.a, e.lda, e.off, e.plo, e.phi, e.m = x.p, x.ld, 0, 0, R, D
+        e.bcol, e.n = 0, nI
+        dw_target(e, gr.dwx, 0, kind)
+        if split:
+            pr.term[pr.nterms] = e[0]
+            e = &pr.term[pr.nterms]
+            pr.nterms += 1
+            e.bcol, e.n = GH, H
+            dw_target(e, gr.dwx, nI, kind)
+    if L.T > 1:
+        # pairs (h row p - shift, dG row p), p >= shift (reverse: h row p + shift, p < R - shift)
+        shift = L.dg.st // L.dg.ld
+        e = &pr.term[pr.nterms]
+        pr.nterms += 1
+        e.a, e.lda, e.m = L.h.p, L.h.ld, Hp
+        if L.reverse:
+            e.off, e.plo, e.phi = shift, 0, R - shift
+        else:
+            e.off, e.plo, e.phi = -shift, shift, R
+        e.bcol, e.n = 0, GH
+        dw_target(e, gr.dwh, 0, kind)
+    if pr.nterms == 0:
+        return False
+    if floating is float:
+        return rc_dw_f(&pr) != 0
+    else:
+        return rc_dw_d(&pr) != 0
 
 
 cdef inline void input_grad(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
@@ -424,7 +494,25 @@ cdef inline bint straddle_unsafe(const floating *a, Py_ssize_t lda, Py_ssize_t n
     return not (ma * mb * rows <= limit)
 
 
-cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
+cdef inline bint dwh_shifted(const Loop *L) noexcept nogil:
+    """Whether dwh_accumulate's pairs (h_prev, dz) are one shifted GEMM (plus the
+    straddle subtraction in batch-major layout), not one GEMM per row."""
+    cdef Py_ssize_t T = L.T, N = L.N, H = L.Hp, GH = L.G * L.H
+    cdef Py_ssize_t h_st = L.h.st, h_sn = L.h.sn, dz_st = L.dg.st, dz_sn = L.dg.sn
+    if not (T > 1 and L.h.bm and N > 1):
+        return True
+    if L.f64:
+        return not straddle_unsafe(
+            <const double *>L.h.p + (h_sn if L.reverse else (T - 1) * h_st), h_sn, H,
+            <const double *>L.dg.p + ((T - 1) * dz_st if L.reverse else dz_sn), dz_sn, GH,
+            N - 1)
+    return not straddle_unsafe(
+        <const float *>L.h.p + (h_sn if L.reverse else (T - 1) * h_st), h_sn, H,
+        <const float *>L.dg.p + ((T - 1) * dz_st if L.reverse else dz_sn), dz_sn, GH, N - 1)
+
+
+cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
+                                bint main_done=False) noexcept nogil:
     """dWh (H, GH) += sum_t h_prev(t)^T dz_t, with h_prev(t) = h0 at each row's first step.
 
     h (L.h): the (T, N, H) outputs, zeros at padded positions; h0 (N, H)
@@ -449,9 +537,7 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept 
     cdef Py_ssize_t dz_ld = L.dg.ld
     cdef Py_ssize_t shift = dz_st // dz_ld    # N rows (time-major) or 1 (batch-major)
     cdef bint straddle = L.h.bm and N > 1
-    if T > 1 and straddle and straddle_unsafe(
-            h + (h_sn if L.reverse else (T - 1) * h_st), h_sn, H,
-            dz + ((T - 1) * dz_st if L.reverse else dz_sn), dz_sn, GH, N - 1):
+    if not dwh_shifted(L):
         for n in range(N):
             # row n's own pairs: (H, GH) += (H, T-1)(T-1, GH)
             if not L.reverse:   # (h[n, t-1], dz[n, t])
@@ -461,18 +547,21 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs) noexcept 
                 mm(H, GH, T - 1, <floating>1, mat(h + n * h_sn + h_st, h_st, Trans),
                    mat(dz + n * dz_sn, dz_st, NoTrans), <floating>1, dwh)
     elif T > 1:
+        # (main_done: weight_grads added the shifted main term)
         if not L.reverse:
             # pairs (h_{t-1}, dz_t):  (H, GH) += (H, R-shift)(R-shift, GH)
-            mm(H, GH, R - shift, <floating>1, mat(h, L.h.ld, Trans),
-               mat(dz + dz_st, dz_ld, NoTrans), <floating>1, dwh)
+            if not main_done:
+                mm(H, GH, R - shift, <floating>1, mat(h, L.h.ld, Trans),
+                   mat(dz + dz_st, dz_ld, NoTrans), <floating>1, dwh)
             if straddle:
                 # (h[n-1, T-1], dz[n, 0]) for n = 1..N-1   (H, GH) -= (H, N-1)(N-1, GH)
                 mm(H, GH, N - 1, <floating>-1, mat(h + (T - 1) * h_st, h_sn, Trans),
                    mat(dz + dz_sn, dz_sn, NoTrans), <floating>1, dwh)
         else:
             # pairs (h_{t+1}, dz_t)
-            mm(H, GH, R - shift, <floating>1, mat(h + h_st, L.h.ld, Trans),
-               mat(dz, dz_ld, NoTrans), <floating>1, dwh)
+            if not main_done:
+                mm(H, GH, R - shift, <floating>1, mat(h + h_st, L.h.ld, Trans),
+                   mat(dz, dz_ld, NoTrans), <floating>1, dwh)
             if straddle:
                 # (h[n+1, 0], dz[n, T-1]) for n = 0..N-2
                 mm(H, GH, N - 1, <floating>-1, mat(h + h_sn, h_sn, Trans),

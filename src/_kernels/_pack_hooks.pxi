@@ -15,3 +15,17 @@ def _set_pack_threads(min_bytes=None):
 def _pack_threads_calls():
     """How many packing calls of this module have run on threads (a count since import)."""
     return pack_par_count()
+
+
+def _set_weight_grads(int mode=1):
+    """Test/benchmark hook: this module's backward computes the all-steps weight
+    gradients on packed chunks of dG (rc_gemm_dw.h: rc_dw_*) by its rule (1, the
+    default), at any size (2), or leaves them to BLAS (0)."""
+    set_dw(mode)
+
+
+def _weight_grads_calls():
+    """(calls, threaded): how many backward calls of this module have computed weight
+    gradients on the packed dW kernel, and how many of them on more than one thread
+    (counts since import)."""
+    return dw_count(0), dw_count(1)

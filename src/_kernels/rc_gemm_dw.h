@@ -1,0 +1,288 @@
+/* rc_gemm_dw.h -- a backward call's all-steps weight gradients on the packed kernel.
+ *
+ * A separate job from the time loops' per-step products (rc_gemm_packed.h, whose
+ * tile and packed layout it reuses): after backward's time loop, dWx += x^T dG
+ * and dWh += sum_t h_prev(t)^T dG_t over all T*N rows (_loop.pxd: weight_grads).
+ */
+#ifndef RC_GEMM_DW_H
+#define RC_GEMM_DW_H
+
+#include <stdlib.h>   /* posix_memalign, free */
+#include "rc_gemm_packed.h"
+
+/* dW (m, n) += A^T dG: A the saved inputs (x, or h shifted by a step: R = T*N
+ * rows of m), dG the (R, n) pre-activation gradients, K = R in the thousands.
+ * BLAS packs both operands on every call: OpenBLAS's copies took ~9 % of an
+ * LSTM's training step at (T, N, D, H) = (100, 32, 256, 256), and it packed the
+ * large dG once for dWx and again for dWh. Here:
+ *
+ *   - each thread owns a range of B's column panels (rc_dw_split: equal shares of
+ *     the multiply-adds) and, for each chunk of RC_DW_KC rows of K, packs its
+ *     panels of the chunk ONCE, row by row (rc_dw_bpack), for every term;
+ *   - each term's A^T is copied per chunk in blocks of RC_DW_MB rows, row-major
+ *     (rc_dw_acopy: 8 x 8 transposes; A is read as given, any row stride);
+ *   - each block times the thread's panels is the packed kernel
+ *     (rc_gemm_packed2_*), beta = 1: added into C, chunk after chunk;
+ *   - a target given as a transposed view (PyTorch's (GH, D) layout, the
+ *     models' case) is summed in a row-major scratch C, which each thread adds
+ *     into the target for its own columns at the end.
+ *
+ * Every element of dW is summed chunk by chunk: within a chunk one dot product in
+ * k order in registers, then added; chunks in order, their boundaries multiples
+ * of RC_DW_KC of the K index, fixed by the dtype. So the results do not depend on
+ * the thread count, which only decides who computes which columns.
+ *
+ * B may be two sources side by side (the GRU's dWx reads [dG[:, :2H] | dAn]):
+ * virtual columns [0, n0) from b0, [n0, n0 + n1) from b1; n0 a multiple of nr
+ * then, so every panel comes from one source. A term reads virtual columns
+ * [bcol, bcol + n) (bcol a multiple of nr) and K indices [plo, phi), the A row of
+ * K index p being p + off.
+ *
+ * Measured on 2 Zen 4 cores (a C harness, float32, dWx and dWh of one call,
+ * GFLOP/s; OpenBLAS 0.3.30 on 2 threads, its two GEMMs): (R, n, D + H) = (1600,
+ * 512, 64 + 128) 199.5 against 173.7; (3200, 1024, 256 + 256) 195.5 against
+ * 173.1; (3200, 4096, 512 + 1024) 208.6 against 197.1. Chunks of 256 rows ran
+ * 192-198 at the three, of 1024 170-207. In the models, forward + backward, this
+ * kernel / BLAS (one process, alternating): LSTM (100, 32, 256, 256) 1.02-1.05x,
+ * (100, 16, 64, 128) 1.04x; GRU 1.00-1.02x; RNN 1.03-1.08x; (50, 64, 512, 1024)
+ * 1.00-1.03x. Below RC_DW_MIN_WORK multiply-adds BLAS keeps the work: at (50, 1,
+ * 32, 64) (1M) this kernel was 0.92-0.94x (its buffers, one chunk). */
+#define RC_DW_KC_F 512
+#define RC_DW_KC_D 256
+#define RC_DW_MB 64
+#define RC_DW_TERMS 3
+typedef struct {
+    const void *a; rc_idx lda, off, plo, phi, m;   /* A row of K index p at a + (p + off) * lda */
+    rc_idx bcol, n;                                /* B's virtual columns [bcol, bcol + n) */
+    void *c; rc_idx ldc;                           /* C (m, n) += A^T B, row-major; or */
+    void *ct; rc_idx ldt;                          /* C stored transposed, element (i, j) at
+                                                      ct[j * ldt + i] (c == NULL: a PyTorch-
+                                                      layout gradient; summed in a scratch C) */
+} rc_dw_term;
+typedef struct {
+    const void *b0, *b1; rc_idx ld0, n0, ld1, n1;  /* B's sources (b1 NULL: none) */
+    rc_idx K, nr;
+    int nterms;
+    rc_dw_term term[RC_DW_TERMS];
+} rc_dw_problem;
+static long long rc_dw_calls[2] = {0, 0};   /* calls that ran here; of them on threads (test hook) */
+static int rc_dw_enabled = 1;       /* test hook: 0 leaves the weight gradients to BLAS */
+static void rc_set_dw(int enabled) { rc_dw_enabled = enabled; }
+/* Whether a backward call's weight gradients (`work` multiply-adds in all) run
+ * here: a packed layout for this CPU, and the hook (2: at any size). */
+#define RC_DW_MIN_WORK (1LL << 22)
+static int rc_dw_use(long long work)
+{
+    if (!rc_dw_enabled || rc_packed_nr(sizeof(float)) == 0) return 0;
+    return rc_dw_enabled == 2 || work >= RC_DW_MIN_WORK;
+}
+static long long rc_dw_count(int threaded)
+{
+    return __atomic_load_n(&rc_dw_calls[threaded != 0], __ATOMIC_RELAXED);
+}
+
+/* dst (mb, kk) row-major := A's rows [i0, i0 + mb) over K indices [p0, p0 + kk):
+ * a transposing copy in 8 x 8 blocks (three rounds of two-vector shuffles, which
+ * GCC lowers to each clone's unpack/permute instructions), the edges element by
+ * element. */
+typedef float rc_v8f __attribute__((vector_size(32)));
+typedef int rc_v8fi __attribute__((vector_size(32)));
+typedef double rc_v8d __attribute__((vector_size(64)));
+typedef long long rc_v8di __attribute__((vector_size(64)));
+#define RC_T8_ROUND(V, MT, x, y, i0, i1, lo, hi)                                 \
+    do {                                                                        \
+        V l_ = __builtin_shuffle(x[i0], x[i1], lo);                             \
+        V h_ = __builtin_shuffle(x[i0], x[i1], hi);                             \
+        y[i0] = l_; y[i1] = h_;                                                 \
+    } while (0)
+#define RC_DEFINE_DW_ACOPY(NAME, T, V, MT)                                      \
+    RC_CLONES static void NAME(const T *a, rc_idx lda, rc_idx p0, rc_idx kk,    \
+                               rc_idx i0, rc_idx mb, T *dst)                    \
+    {                                                                           \
+        const MT s1l = {0, 8, 1, 9, 4, 12, 5, 13}, s1h = {2, 10, 3, 11, 6, 14, 7, 15}; \
+        const MT s2l = {0, 1, 8, 9, 4, 5, 12, 13}, s2h = {2, 3, 10, 11, 6, 7, 14, 15}; \
+        const MT s3l = {0, 1, 2, 3, 8, 9, 10, 11}, s3h = {4, 5, 6, 7, 12, 13, 14, 15}; \
+        const rc_idx q8 = kk / 8 * 8, r8 = mb / 8 * 8;                          \
+        for (rc_idx q = 0; q < q8; q += 8)                                      \
+            for (rc_idx r = 0; r < r8; r += 8) {                                \
+                V x[8], y[8];                                                   \
+                for (int j = 0; j < 8; j++)                                     \
+                    __builtin_memcpy(&x[j], a + (p0 + q + j) * lda + i0 + r, sizeof(V)); \
+                RC_T8_ROUND(V, MT, x, y, 0, 1, s1l, s1h);                       \
+                RC_T8_ROUND(V, MT, x, y, 2, 3, s1l, s1h);                       \
+                RC_T8_ROUND(V, MT, x, y, 4, 5, s1l, s1h);                       \
+                RC_T8_ROUND(V, MT, x, y, 6, 7, s1l, s1h);                       \
+                RC_T8_ROUND(V, MT, y, x, 0, 2, s2l, s2h);                       \
+                RC_T8_ROUND(V, MT, y, x, 1, 3, s2l, s2h);                       \
+                RC_T8_ROUND(V, MT, y, x, 4, 6, s2l, s2h);                       \
+                RC_T8_ROUND(V, MT, y, x, 5, 7, s2l, s2h);                       \
+                RC_T8_ROUND(V, MT, x, y, 0, 4, s3l, s3h);                       \
+                RC_T8_ROUND(V, MT, x, y, 2, 6, s3l, s3h);                       \
+                RC_T8_ROUND(V, MT, x, y, 1, 5, s3l, s3h);                       \
+                RC_T8_ROUND(V, MT, x, y, 3, 7, s3l, s3h);                       \
+                /* y[0], y[4]: columns 0, 4; y[2], y[6]: 1, 5; y[1], y[5]: 2, 6; \
+                 * y[3], y[7]: 3, 7 */                                          \
+                static const int col[8] = {0, 2, 1, 3, 4, 6, 5, 7};             \
+                for (int j = 0; j < 8; j++)                                     \
+                    __builtin_memcpy(dst + (r + col[j]) * kk + q, &y[j], sizeof(V)); \
+            }                                                                   \
+        for (rc_idx r = 0; r < mb; r++) {   /* the edges */                     \
+            const rc_idx qs = r < r8 ? q8 : 0;                                  \
+            for (rc_idx q = qs; q < kk; q++)                                    \
+                dst[r * kk + q] = a[(p0 + q) * lda + i0 + r];                   \
+        }                                                                       \
+    }
+RC_DEFINE_DW_ACOPY(rc_dw_acopy_f, float, rc_v8f, rc_v8fi)
+RC_DEFINE_DW_ACOPY(rc_dw_acopy_d, double, rc_v8d, rc_v8di)
+
+/* dst := B's columns [0, w) over rows [0, kc) (row stride ld) in panels nr wide,
+ * kc rows apart (rc_pack_*'s layout with ldp = kc), row by row: each source row
+ * is read once, in order. */
+#define RC_DEFINE_DW_BPACK(NAME, T)                                             \
+    RC_CLONES static void NAME(rc_idx kc, rc_idx w, const T *b, rc_idx ld,      \
+                               rc_idx nr, T *dst)                               \
+    {                                                                           \
+        const rc_idx full = w / nr;                                             \
+        for (rc_idx p = 0; p < kc; p++) {                                       \
+            const T *s = b + p * ld;                                            \
+            for (rc_idx q = 0; q < full; q++) {                                 \
+                T *d = dst + q * nr * kc + p * nr;                              \
+                for (rc_idx j = 0; j < nr; j++) d[j] = s[q * nr + j];           \
+            }                                                                   \
+            if (full * nr < w) {                                                \
+                T *d = dst + full * nr * kc + p * nr;                           \
+                for (rc_idx j = 0; j < nr; j++)                                 \
+                    d[j] = full * nr + j < w ? s[full * nr + j] : (T)0;         \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_DW_BPACK(rc_dw_bpack_f, float)
+RC_DEFINE_DW_BPACK(rc_dw_bpack_d, double)
+
+/* The threads' panel ranges bound[q] .. bound[q + 1] (q < P) of B's `panels`:
+ * equal shares of the multiply-adds, a panel weighing the rows m times the K
+ * range of every term that reads it (the GRU's terms cover different columns). */
+static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *bound)
+{
+    long long total = 0, acc = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        int q = 1;
+        bound[0] = 0;
+        for (rc_idx j = 0; j < panels; j++) {
+            long long wgt = 0;
+            for (int t = 0; t < pr->nterms; t++) {
+                const rc_dw_term *e = &pr->term[t];
+                const rc_idx c = j * pr->nr;
+                if (c + pr->nr > e->bcol && c < e->bcol + e->n && e->phi > e->plo)
+                    wgt += (long long)e->m * (e->phi - e->plo);
+            }
+            if (pass == 0) { total += wgt; continue; }
+            /* start thread q's range once the panels so far hold q/P of the work,
+             * leaving at least one panel for each later thread */
+            while (q < P && (acc * P >= total * q || panels - j <= P - q)) bound[q++] = j;
+            acc += wgt;
+        }
+        if (pass == 1) while (q <= P) bound[q++] = panels;
+    }
+}
+#define RC_DEFINE_DW(NAME, T, KC, PACK, ACOPY, GEMM)                            \
+    typedef struct { const rc_dw_problem *pr; rc_idx q0, q1; T *buf;            \
+                     void *cs[RC_DW_TERMS]; } NAME##_task;                      \
+    static void NAME##_run(void *arg)                                           \
+    {                                                                           \
+        const NAME##_task *tk = (const NAME##_task *)arg;                       \
+        const rc_dw_problem *pr = tk->pr;                                       \
+        const rc_idx nr = pr->nr, W = pr->n0 + pr->n1;                          \
+        const rc_idx c0 = tk->q0 * nr, c1 = RC_PK_MIN(tk->q1 * nr, W);          \
+        const rc_idx kcap = RC_PK_MIN(KC, pr->K);   /* rows per chunk, at most */ \
+        T *bb = tk->buf, *ab = tk->buf + (tk->q1 - tk->q0) * nr * kcap;         \
+        for (rc_idx k0 = 0; k0 < pr->K; k0 += KC) {                             \
+            const rc_idx kc = RC_PK_MIN(KC, pr->K - k0);                        \
+            /* this thread's panels of rows [k0, k0 + kc), ldp = kc */          \
+            if (c0 < pr->n0)                                                    \
+                PACK(kc, RC_PK_MIN(c1, pr->n0) - c0,                            \
+                     (const T *)pr->b0 + k0 * pr->ld0 + c0, pr->ld0, nr, bb);   \
+            if (c1 > pr->n0) {                                                  \
+                const rc_idx s0 = c0 > pr->n0 ? c0 : pr->n0;                    \
+                PACK(kc, c1 - s0, (const T *)pr->b1 + k0 * pr->ld1 + (s0 - pr->n0), \
+                     pr->ld1, nr, bb + (s0 - c0) * kc);                         \
+            }                                                                   \
+            for (int t = 0; t < pr->nterms; t++) {                              \
+                const rc_dw_term *e = &pr->term[t];                             \
+                const rc_idx p0 = e->plo > k0 ? e->plo : k0;                    \
+                const rc_idx p1 = RC_PK_MIN(e->phi, k0 + kc);                   \
+                const rc_idx j0 = e->bcol > c0 ? e->bcol : c0;                  \
+                const rc_idx j1 = RC_PK_MIN(e->bcol + e->n, c1);                \
+                if (p1 <= p0 || j1 <= j0) continue;                             \
+                const T *bp = bb + (j0 - c0) * kc + (p0 - k0) * nr;             \
+                /* a scratch C starts at the term's first K index (beta 0) */   \
+                const T beta = e->ct != NULL && p0 == e->plo ? (T)0 : (T)1;     \
+                T *cc = (T *)(e->ct != NULL ? tk->cs[t] : e->c);                \
+                const rc_idx ldc = e->ct != NULL ? e->n : e->ldc;               \
+                for (rc_idx i0 = 0; i0 < e->m; i0 += RC_DW_MB) {                \
+                    const rc_idx mb = RC_PK_MIN(RC_DW_MB, e->m - i0);           \
+                    ACOPY((const T *)e->a + e->off * e->lda, e->lda, p0, p1 - p0, i0, mb, ab); \
+                    GEMM(mb, j1 - j0, p1 - p0, ab, p1 - p0, 0, ab, p1 - p0, bp, kc, nr, \
+                         beta, cc + i0 * ldc + (j0 - e->bcol), ldc);             \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+        /* transposed targets: add this thread's columns of each scratch C */    \
+        for (int t = 0; t < pr->nterms; t++) {                                  \
+            const rc_dw_term *e = &pr->term[t];                                 \
+            const rc_idx j0 = e->bcol > c0 ? e->bcol : c0;                      \
+            const rc_idx j1 = RC_PK_MIN(e->bcol + e->n, c1);                    \
+            if (e->ct == NULL || j1 <= j0 || e->phi <= e->plo) continue;        \
+            const T *cs = (const T *)tk->cs[t];                                 \
+            T *ct = (T *)e->ct;                                                 \
+            for (rc_idx i0 = 0; i0 < e->m; i0 += 16)                            \
+                for (rc_idx j = j0 - e->bcol; j < j1 - e->bcol; j++)            \
+                    for (rc_idx i = i0; i < RC_PK_MIN(i0 + 16, e->m); i++)      \
+                        ct[j * e->ldt + i] += cs[i * e->n + j];                 \
+        }                                                                       \
+    }                                                                           \
+    /* Returns 0 when out of memory (nothing done: the caller falls back). */   \
+    static int NAME(const rc_dw_problem *pr)                                    \
+    {                                                                           \
+        const rc_idx W = pr->n0 + pr->n1, panels = (W + pr->nr - 1) / pr->nr;   \
+        int P = rc_own_threads();                                               \
+        if (P > panels) P = (int)panels;                                        \
+        if (P < 1) P = 1;                                                       \
+        NAME##_task tk[RC_MAX_THREADS];                                         \
+        rc_idx per = 0, bound[RC_MAX_THREADS + 1];                              \
+        rc_dw_split(pr, panels, P, bound);                                      \
+        for (int q = 0; q < P; q++) {                                           \
+            const rc_idx sz = ((bound[q + 1] - bound[q]) * pr->nr + RC_DW_MB)   \
+                              * RC_PK_MIN(KC, pr->K);                           \
+            tk[q] = (NAME##_task){pr, bound[q], bound[q + 1], NULL, {NULL}};    \
+            if (sz > per) per = sz;                                             \
+        }                                                                       \
+        per = (per + 15) / 16 * 16;   /* 64-byte multiples */                    \
+        /* the threads' buffers and each transposed target's scratch C: separate \
+         * blocks, each below glibc's largest mmap threshold (32 MiB) in the    \
+         * shapes measured, so repeated calls reuse heap memory instead of      \
+         * mapping (and the kernel clearing) fresh pages every time */          \
+        void *blk[1 + RC_DW_TERMS] = {NULL};                                    \
+        int ok = posix_memalign(&blk[0], 64, (size_t)per * P * sizeof(T)) == 0; \
+        for (int t = 0; t < pr->nterms && ok; t++)                              \
+            if (pr->term[t].ct != NULL)                                         \
+                ok = posix_memalign(&blk[1 + t], 64, (size_t)pr->term[t].m      \
+                                    * pr->term[t].n * sizeof(T)) == 0;          \
+        if (!ok) {                                                              \
+            for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);               \
+            return 0;                                                           \
+        }                                                                       \
+        for (int q = 0; q < P; q++) {                                           \
+            tk[q].buf = (T *)blk[0] + per * q;                                  \
+            for (int t = 0; t < pr->nterms; t++) tk[q].cs[t] = blk[1 + t];      \
+        }                                                                       \
+        __atomic_fetch_add(&rc_dw_calls[0], 1, __ATOMIC_RELAXED);               \
+        if (P > 1) __atomic_fetch_add(&rc_dw_calls[1], 1, __ATOMIC_RELAXED);    \
+        rc_run_tasks(NAME##_run, tk, sizeof tk[0], P);                          \
+        for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);                    \
+        return 1;                                                               \
+    }
+RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_dw_bpack_f, rc_dw_acopy_f, rc_gemm_packed2_f)
+RC_DEFINE_DW(rc_dw_d, double, RC_DW_KC_D, rc_dw_bpack_d, rc_dw_acopy_d, rc_gemm_packed2_d)
+
+#endif /* RC_GEMM_DW_H */

@@ -1,0 +1,301 @@
+"""The all-steps weight gradients on packed chunks of dG (rc_gemm_dw.h: rc_dw_*).
+
+After its time loop, backward adds dWx += x^T dG and dWh += sum_t h_prev(t)^T dG_t
+(the GRU's dWx reading [dG[:, :2H] | dAn]). The dW kernel packs each chunk of
+dG's rows once for both, each thread owning a range of its column panels, and
+multiplies the saved inputs' rows (copied transposed per block) by them on the
+packed kernel; PyTorch-layout gradients (transposed views) are summed in a
+scratch and added in. So:
+
+1. The kernels (RNN, GRU, LSTM) forced onto it (``_set_weight_grads(2)``) match the
+   reference per row in float64, with rows past one chunk (K = T*N > 512 / 256), m
+   past one 64-row block and off the 8-row register blocks, row-major and
+   PyTorch-layout (transposed) gradients accumulated onto preset values, both
+   layout kinds, reverse, lengths; the count of calls shows it ran. float32 too.
+2. The projected LSTM (dWh has proj_size rows) matches its reference.
+3. Results do not depend on the thread count: models with 1, 2 and 3 BLAS threads
+   give bitwise equal gradients (and the counts show more than one thread ran
+   where the row split is allowed).
+4. Where it does not apply, BLAS does the work (no call counted) and the results
+   still match: the reset-before GRU, a GRU whose n block starts off a panel
+   boundary, the hook off (0), the default rule below 4M multiply-adds; and the
+   layer-normalised cells (not routed here).
+"""
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
+from test_kernels import (_batch_sizes, _empty_seq, _mat, _ref_one_sequence, _seq,
+                          _time_major, reference_per_row, run_kernel)
+
+import rnncore
+from rnncore._kernels import gru as KG, lngru as KLG, lnlstm as KLL, lstm as KL, rnn as KR
+from rnncore._kernels import simd
+from rnncore._runtime.threads import row_split_enabled
+
+pytestmark = pytest.mark.skipif(not HAVE_PACKED,
+                                reason="no packed GEMM layout for this CPU (no dW kernel)")
+
+MODULES = {"rnn": KR, "gru": KG, "lstm": KL}
+NR32 = simd._gemm_packed_nr(np.float32)   # panel width: 32 float32 (AVX-512), 16 (AVX2)
+
+
+class forced:
+    """The modules' weight gradients on the dW kernel at any size (mode 2), or BLAS (0)."""
+
+    def __init__(self, mode=2, modules=(KR, KG, KL, KLG, KLL)):
+        self.mode, self.modules = mode, modules
+
+    def __enter__(self):
+        for m in self.modules:
+            m._set_weight_grads(self.mode)
+
+    def __exit__(self, *exc):
+        for m in self.modules:
+            m._set_weight_grads(1)
+
+
+def _calls(mod):
+    return mod._weight_grads_calls()[0]
+
+
+def _run(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=False,
+         transposed=False, preset=None):
+    """run_kernel, and the same for the RNN's kernel (tanh)."""
+    if cell != "rnn":
+        return run_kernel(cell, inp, up, reverse=reverse, batch_sizes=batch_sizes,
+                          batch_major=batch_major, transposed=transposed, preset=preset)
+    x = _seq(inp["x"], batch_major)
+    t, n, d = x.shape
+    h_ = inp["h0"].shape[1]
+    dt = x.dtype
+    preset = preset or {}
+    h = _empty_seq(t, n, h_, dt, batch_major)
+    dx = _empty_seq(t, n, d, dt, batch_major)
+    dh0 = np.full((n, h_), np.nan, dtype=dt)
+    dWx = _mat(preset.get("dWx", np.zeros((d, h_), dt)), transposed)
+    dWh = _mat(preset.get("dWh", np.zeros((h_, h_), dt)), transposed)
+    db = np.zeros(h_, dt)
+    Wx, Wh = _mat(inp["Wx"], transposed), _mat(inp["Wh"], transposed)
+    KR.forward(x, inp["h0"], Wx, Wh, inp["b"], h, False, reverse, batch_sizes)
+    KR.backward(_seq(up["dh"], batch_major), up["dhn"], x, inp["h0"], Wx, Wh, h, dx, dh0,
+                dWx, dWh, db, False, reverse, batch_sizes)
+    return {k: np.array(v) for k, v in dict(dx=dx, dh0=dh0, dWx=dWx, dWh=dWh).items()}
+
+
+def _reference(cell, inp, up, lens, reverse):
+    """reference_per_row, and the same for the RNN (tanh)."""
+    if cell != "rnn":
+        return reference_per_row(cell, inp, up, lens, reverse)
+    t, n, d = inp["x"].shape
+    h_ = inp["h0"].shape[1]
+    out = dict(dx=np.zeros((t, n, d)), dh0=np.zeros((n, h_)), dWx=np.zeros((d, h_)),
+               dWh=np.zeros((h_, h_)))
+    f64 = {k: np.asarray(v, dtype=np.float64) for k, v in {**inp, **up}.items()}
+    for r in range(n):
+        L = int(lens[r])
+        if L == 0:
+            out["dh0"][r] = f64["dhn"][r]
+            continue
+        _, dxr, dh0r, dWxr, dWhr, _ = _ref_one_sequence(
+            f64["x"][:L, r], f64["h0"][r], f64["Wx"], f64["Wh"], f64["b"], False, reverse,
+            f64["dh"][:L, r], f64["dhn"][r])
+        out["dx"][:L, r], out["dh0"][r] = dxr, dh0r
+        out["dWx"] += dWxr
+        out["dWh"] += dWhr
+    return out
+
+
+# ---------------------------------------------------------------------------
+# 1. The kernels against the reference
+# ---------------------------------------------------------------------------
+#: N*T = 609 rows: two chunks in float32 (512), three in float64 (256); D = 70: two
+#: blocks of A^T's rows (64 + 6), off the 8-row register blocks; H = 32: the GRU's
+#: n block starts on a panel boundary in every layout
+N, T, D, H = 29, 21, 70, 32
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["rowmajor-dW", "pytorch-dW"])
+@pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_kernels_match_reference(cell, transposed, batch_major, reverse, lengths, rng):
+    inp, up = _time_major(cell, rng, N, T, D, H)
+    lens = (np.sort(rng.integers(1, T + 1, N))[::-1].copy() if lengths
+            else np.full(N, T))
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    preset = {"dWx": rng.standard_normal((D, G * H)), "dWh": rng.standard_normal((H, G * H))}
+    mod = MODULES[cell]
+    before = _calls(mod)
+    with forced():
+        got = _run(cell, inp, up, reverse=reverse, transposed=transposed,
+                   batch_major=batch_major, preset={k: v.copy() for k, v in preset.items()},
+                   batch_sizes=_batch_sizes(lens, T) if lengths else None)
+    assert _calls(mod) == before + 1
+    want = _reference(cell, inp, up, lens, reverse)
+    for name in ("dWx", "dWh"):
+        assert_close_f64(got[name], preset[name] + want[name], atol=1e-9, name=name)
+    for name in ("dx", "dh0"):
+        assert_close_f64(got[name], want[name], name=name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_kernels_match_reference_float32(cell, rng):
+    inp, up = _time_major(cell, rng, N, T, D, H, dtype=np.float32)
+    lens = np.full(N, T)
+    with forced():
+        got = _run(cell, inp, up, transposed=True)
+    want = _reference(cell, inp, up, lens, False)
+    for name in ("dWx", "dWh"):
+        assert_close_f32(got[name], want[name], name=name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("h", [3, 20])
+def test_part_filled_panels_match_reference(cell, h, rng):
+    """4H or H no multiple of the panel width: the last panel part-filled (zeros
+    packed past the edge, never stored); H = 3: fewer panels than threads."""
+    inp, up = _time_major(cell, rng, N, T, D, h)
+    with threadpool_limits(2, user_api="blas"):
+        with forced():
+            got = _run(cell, inp, up, transposed=True)
+    want = _reference(cell, inp, up, np.full(N, T), False)
+    for name in ("dWx", "dWh"):
+        assert_close_f64(got[name], want[name], name=name)
+
+
+def test_a_wrong_term_would_be_caught(rng):
+    """The tolerance above is far below what a missing step or a shifted pair changes."""
+    inp, up = _time_major("lstm", rng, N, T, D, H)
+    want = reference_per_row("lstm", inp, up, np.full(N, T), False)
+    short = reference_per_row("lstm", inp, up, np.full(N, T - 1), False)
+    assert np.abs(want["dWh"] - short["dWh"]).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# 2. The projected LSTM
+# ---------------------------------------------------------------------------
+def test_projected_lstm_matches_reference(rng):
+    from test_lstm_proj import _draw, _kernel, _reference
+    n, t, d, h, p = 23, 25, 9, 24, 7      # 575 rows: two chunks in float32, three in f64
+    inp, up = _draw(rng, n, t, d, h, p)
+    lens = np.sort(rng.integers(1, t + 1, n))[::-1].copy()
+    before = _calls(KL)
+    with forced():
+        for reverse in (False, True):
+            for lengths in (np.full(n, t), lens):
+                bs = None if lengths is not lens else _batch_sizes(lens, t)
+                got = _kernel(inp, up, reverse, bs, lengths is lens, True)
+                for name, w in _reference(inp, up, lengths, reverse).items():
+                    assert_close_f64(got[name], w, name=name)
+    assert _calls(KL) >= before + 4
+
+
+# ---------------------------------------------------------------------------
+# 3. Thread counts
+# ---------------------------------------------------------------------------
+def _train(cell, dtype, threads, bidirectional=True, names=False):
+    # T*N * GH * (D + H) >= 84M multiply-adds: past rc_gemms_threads_begin's 2^26, so
+    # the weight gradients may run on more than one thread
+    rng = np.random.default_rng(5)
+    n, t, d, h = 32, 20, 256, 256
+    x = rng.standard_normal((n, t, d)).astype(dtype)
+    cls = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM}[cell]
+    m = cls(d, h, num_layers=2, bidirectional=bidirectional, batch_first=True, seed=2,
+            dtype=dtype)
+    with threadpool_limits(threads, user_api="blas"):
+        y, _ = m(x)
+        m.backward(rng.standard_normal(y.shape).astype(dtype))
+    if names:
+        return sorted(m.grads)
+    return [m.grads[k].copy() for k in sorted(m.grads)]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_results_do_not_depend_on_the_thread_count(cell, dtype):
+    """All gradients bitwise with 1 and 2 threads; with 3 (more than this machine's
+    cores, maybe) dWx bitwise -- all of it is the dW kernel's -- while dWh's first-step
+    term h0^T dz_0 stays a BLAS call, whose float64 rounding OpenBLAS may change with
+    its thread count (its own GEMMs did so before this kernel existed)."""
+    mod = MODULES[cell]
+    names = _train(cell, dtype, 1, bidirectional=False, names=True)
+    with forced():
+        one = _train(cell, dtype, 1, bidirectional=False)
+        threaded = mod._weight_grads_calls()[1]
+        for threads in (2, 3):
+            other = _train(cell, dtype, threads, bidirectional=False)
+            for name, a, b in zip(names, one, other):
+                if threads == 2 or name.startswith("weight_ih"):
+                    np.testing.assert_array_equal(a, b, err_msg=f"{name}, {threads} threads")
+    if row_split_enabled():       # rnncore's own threads may run: they did
+        assert mod._weight_grads_calls()[1] >= threaded + 2 * 2
+
+
+# ---------------------------------------------------------------------------
+# 4. Where BLAS does it
+# ---------------------------------------------------------------------------
+def _model_grads(make, x, dy_seed=4):
+    m = make()
+    y, _ = m(x)
+    m.backward(np.random.default_rng(dy_seed).standard_normal(y.shape).astype(x.dtype))
+    return {k: v.copy() for k, v in m.grads.items()}
+
+
+@pytest.mark.parametrize("case", ["gru-rb", "gru-offpanel", "ln-gru", "ln-lstm", "off",
+                                  "below-rule"])
+def test_blas_where_the_kernel_does_not_apply(case, rng):
+    h, mode, mods = H, 2, (KG,)
+    kw = dict(num_layers=2, bidirectional=True, seed=1, dtype=np.float64)
+    if case == "gru-rb":
+        make = lambda: rnncore.GRU(D, h, reset_after=False, **kw)   # noqa: E731
+    elif case == "gru-offpanel":
+        h = NR32 // 2 + 4                  # 3H is no multiple of the panel width
+        assert (3 * h) % simd._gemm_packed_nr(np.float64) != 0
+        make = lambda: rnncore.GRU(D, h, **kw)   # noqa: E731
+    elif case in ("ln-gru", "ln-lstm"):
+        mods = (KLG,) if case == "ln-gru" else (KLL,)
+        make = lambda: (rnncore.GRU if case == "ln-gru" else rnncore.LSTM)(   # noqa: E731
+            D, h, layer_norm=True, **kw)
+    elif case == "off":
+        mode, mods = 0, (KL,)
+        make = lambda: rnncore.LSTM(D, h, **kw)   # noqa: E731
+    else:
+        mode, mods = 1, (KL,)              # the rule: 4 * 8 rows * 128 * 42 < 4M
+        make = lambda: rnncore.LSTM(10, h, **kw)   # noqa: E731
+    x = rng.standard_normal((T if case != "below-rule" else 4, 2, D if case != "below-rule"
+                             else 10))
+    before = [_calls(m) for m in mods]
+    with forced(mode):
+        got = _model_grads(make, x)
+    assert [_calls(m) for m in mods] == before
+    with forced(0):
+        want = _model_grads(make, x)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_the_default_rule_uses_the_kernel_from_4m_multiply_adds(rng):
+    x = rng.standard_normal((40, 16, 64)).astype(np.float32)   # 640 * 512 * 192 = 63M
+    before = _calls(KL)
+    _model_grads(lambda: rnncore.LSTM(64, 128, seed=1), x)
+    assert _calls(KL) == before + 1
+
+
+def test_hook_modes_route_and_agree(rng):
+    """Forced (2) and BLAS (0) on the same model and data: the sums' rounding only."""
+    x = rng.standard_normal((T, N, D))
+
+    def make():
+        return rnncore.LSTM(D, H, num_layers=2, bidirectional=True, seed=6, dtype=np.float64)
+    before = _calls(KL)
+    with forced(2):
+        a = _model_grads(make, x)
+    assert _calls(KL) == before + 4          # two layers, two directions
+    with forced(0):
+        b = _model_grads(make, x)
+    assert _calls(KL) == before + 4
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-12, atol=1e-11)
