@@ -7,7 +7,7 @@ multiplies the saved inputs' rows (copied transposed per block) by them on the
 packed kernel; PyTorch-layout gradients (transposed views) are summed in a
 scratch and added in. So:
 
-1. The kernels (RNN, GRU, LSTM) forced onto it (``_set_weight_grads(2)``) match the
+1. The kernels (RNN, GRU with the reset after and before, LSTM) forced onto it (``_set_weight_grads(2)``) match the
    reference per row in float64, with rows past one chunk (K = T*N > 512 / 256), m
    past one 64-row block and off the 8-row register blocks, row-major and
    PyTorch-layout (transposed) gradients accumulated onto preset values, both
@@ -17,7 +17,7 @@ scratch and added in. So:
    give bitwise equal gradients (and the counts show more than one thread ran
    where the row split is allowed).
 4. Where it does not apply, BLAS does the work (no call counted) and the results
-   still match: the reset-before GRU, a GRU whose n block starts off a panel
+   still match: a GRU (reset after or before) whose n block starts off a panel
    boundary, the hook off (0), the default rule below 4M multiply-adds; and the
    layer-normalised cells (not routed here).
 """
@@ -61,11 +61,12 @@ def _calls(mod):
 
 
 def _run(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=False,
-         transposed=False, preset=None):
+         transposed=False, preset=None, **extra):
     """run_kernel, and the same for the RNN's kernel (tanh)."""
     if cell != "rnn":
         return run_kernel(cell, inp, up, reverse=reverse, batch_sizes=batch_sizes,
-                          batch_major=batch_major, transposed=transposed, preset=preset)
+                          batch_major=batch_major, transposed=transposed, preset=preset,
+                          **extra)
     x = _seq(inp["x"], batch_major)
     t, n, d = x.shape
     h_ = inp["h0"].shape[1]
@@ -84,10 +85,10 @@ def _run(cell, inp, up, *, reverse=False, batch_sizes=None, batch_major=False,
     return {k: np.array(v) for k, v in dict(dx=dx, dh0=dh0, dWx=dWx, dWh=dWh).items()}
 
 
-def _reference(cell, inp, up, lens, reverse):
+def _reference(cell, inp, up, lens, reverse, **extra):
     """reference_per_row, and the same for the RNN (tanh)."""
     if cell != "rnn":
-        return reference_per_row(cell, inp, up, lens, reverse)
+        return reference_per_row(cell, inp, up, lens, reverse, **extra)
     t, n, d = inp["x"].shape
     h_ = inp["h0"].shape[1]
     out = dict(dx=np.zeros((t, n, d)), dh0=np.zeros((n, h_)), dWx=np.zeros((d, h_)),
@@ -116,25 +117,26 @@ def _reference(cell, inp, up, lens, reverse):
 N, T, D, H = 29, 21, 70, 32
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "gru-rb", "lstm"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["rowmajor-dW", "pytorch-dW"])
 @pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 def test_kernels_match_reference(cell, transposed, batch_major, reverse, lengths, rng):
-    inp, up = _time_major(cell, rng, N, T, D, H)
+    kind, extra = cell.split("-")[0], {"reset_after": False} if cell == "gru-rb" else {}
+    inp, up = _time_major(kind, rng, N, T, D, H)
     lens = (np.sort(rng.integers(1, T + 1, N))[::-1].copy() if lengths
             else np.full(N, T))
-    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[kind]
     preset = {"dWx": rng.standard_normal((D, G * H)), "dWh": rng.standard_normal((H, G * H))}
-    mod = MODULES[cell]
+    mod = MODULES[kind]
     before = _calls(mod)
     with forced():
-        got = _run(cell, inp, up, reverse=reverse, transposed=transposed,
+        got = _run(kind, inp, up, reverse=reverse, transposed=transposed,
                    batch_major=batch_major, preset={k: v.copy() for k, v in preset.items()},
-                   batch_sizes=_batch_sizes(lens, T) if lengths else None)
+                   batch_sizes=_batch_sizes(lens, T) if lengths else None, **extra)
     assert _calls(mod) == before + 1
-    want = _reference(cell, inp, up, lens, reverse)
+    want = _reference(kind, inp, up, lens, reverse, **extra)
     for name in ("dWx", "dWh"):
         assert_close_f64(got[name], preset[name] + want[name], atol=1e-9, name=name)
     for name in ("dx", "dh0"):
@@ -244,12 +246,14 @@ def _model_grads(make, x, dy_seed=4):
     return {k: v.copy() for k, v in m.grads.items()}
 
 
-@pytest.mark.parametrize("case", ["gru-rb", "gru-offpanel", "ln-gru", "ln-lstm", "off",
-                                  "below-rule"])
+@pytest.mark.parametrize("case", ["gru-rb-offpanel", "gru-offpanel", "ln-gru", "ln-lstm",
+                                  "off", "below-rule"])
 def test_blas_where_the_kernel_does_not_apply(case, rng):
     h, mode, mods = H, 2, (KG,)
     kw = dict(num_layers=2, bidirectional=True, seed=1, dtype=np.float64)
-    if case == "gru-rb":
+    if case == "gru-rb-offpanel":
+        nr64 = simd._gemm_packed_nr(np.float64)
+        h = nr64 // 2 + 1                  # its n block (2H..) starts off a panel boundary
         make = lambda: rnncore.GRU(D, h, reset_after=False, **kw)   # noqa: E731
     elif case == "gru-offpanel":
         h = NR32 // 2 + 4                  # 3H is no multiple of the panel width

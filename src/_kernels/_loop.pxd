@@ -357,7 +357,7 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
         # dWh += sum_t h_prev(t)^T dG_t                   (H, GH)
         dwh_accumulate(L, gr.dwh, <floating *>gr.dzs, dw_done)
     else:
-        reset_before_dwh(L, gr.dwh, <floating *>gr.dzs)
+        reset_before_dwh(L, gr.dwh, <floating *>gr.dzs, dw_done)
     loop_threads_end(opened)
 
 
@@ -375,20 +375,20 @@ cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, 
     """backward_loop's weight gradients on the packed dW kernel (rc_gemm_dw.h: rc_dw_*):
         dWx += x^T [dG[:, :nI] | dAn]        (D, GH)
         dWh += sum_t h_prev(t)^T dG_t        the shifted main term of dwh_accumulate
-    with dG packed once, chunk by chunk, for both. False (nothing done): BLAS does them --
-    no packed layout, the hook, the reset-before GRU, a batch-major shift that needs
-    the per-row pairs (dwh_shifted), a transposed operand, or the GRU's n block off a
-    panel boundary."""
+    (the reset-before GRU's n columns: (r ⊙ h_prev)^T dG[:, 2H:]) with dG packed once,
+    chunk by chunk, for all. False (nothing done): BLAS does them -- no packed layout,
+    the hook, a batch-major shift that needs the per-row pairs (dwh_shifted), a
+    transposed dG, or the GRU's n block off a panel boundary."""
     cdef Py_ssize_t R = L.T * L.N, H = L.H, GH = L.G * L.H, D = inp.D, Hp = L.Hp
     cdef Py_ssize_t nr = packed_nr(sizeof(floating)), shift
     cdef bint split = dan.p != NULL
     cdef Mat x = uniform(inp.x)
     cdef rc_dw_problem pr
     cdef rc_dw_term *e
-    if R <= 0 or GH <= 0 or nr == 0 or L.reset_before \
-            or not dw_enabled(<long long>R * GH * (D + Hp)):
+    if R <= 0 or GH <= 0 or nr == 0 or not dw_enabled(<long long>R * GH * (D + Hp)):
         return False
-    if (split and GH % nr != 0) or dg.t != NoTrans or dan.t != NoTrans or not dwh_shifted(L):
+    if (split and GH % nr != 0) or (L.reset_before and (2 * H) % nr != 0) \
+            or dg.t != NoTrans or dan.t != NoTrans or not dwh_shifted(L):
         return False
     memset(&pr, 0, sizeof(pr))
     pr.b0, pr.ld0, pr.n0, pr.K, pr.nr = dg.p, dg.ld, GH, R, nr
@@ -417,8 +417,16 @@ cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, 
             e.off, e.plo, e.phi = shift, 0, R - shift
         else:
             e.off, e.plo, e.phi = -shift, shift, R
-        e.bcol, e.n = 0, GH
+        # (the reset-before GRU: its [r | z] columns only)
+        e.bcol, e.n = 0, GH - H if L.reset_before else GH
         dw_target(e, gr.dwh, 0, kind)
+    if L.reset_before:
+        # and its n columns: dWh[:, 2H:] += (r ⊙ h_prev)^T dG[:, 2H:], all rows unshifted
+        e = &pr.term[pr.nterms]
+        pr.nterms += 1
+        e.a, e.lda, e.m, e.off, e.plo, e.phi = L.hn.p, L.hn.ld, H, 0, 0, R
+        e.bcol, e.n = GH - H, H
+        dw_target(e, gr.dwh, GH - H, kind)
     if pr.nterms == 0:
         return False
     if floating is float:
@@ -450,14 +458,18 @@ cdef inline void input_grad(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize
         scale_rows(dx + rows * L.dx.sn, L.dx.sn, M - r0 - rows, L.D, <floating>0)
 
 
-cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs) noexcept nogil:
-    """dWh of the reset-before GRU: [r | z] pair dG with h_prev, n with r ⊙ h_prev."""
+cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs,
+                                  bint main_done=False) noexcept nogil:
+    """dWh of the reset-before GRU: [r | z] pair dG with h_prev, n with r ⊙ h_prev
+    (main_done: weight_grads added the shifted main term and the n columns)."""
     cdef Loop rz = L[0]
     cdef Py_ssize_t nI = (L.G - 1) * L.H
     cdef size_t isz = sizeof(floating)
     rz.G = L.G - 1
     # dWh[:, :2H] += sum_t h_prev(t)^T dG_t[:, :2H]   (H, 2H)
-    dwh_accumulate(&rz, dwh, dzs)
+    dwh_accumulate(&rz, dwh, dzs, main_done)
+    if main_done:
+        return
     # dWh[:, 2H:] += reset_h^T dG[:, 2H:]             (H, H) += (H, R)(R, H)
     # on one BLAS thread: threaded OpenBLAS spent 30 ms spinning in inner_thread (perf) on
     # this (H, H) product at (T, N, H) = (100, 16, 128), 5x the whole backward, on a loaded
