@@ -7,19 +7,21 @@ multiplies the saved inputs' rows (copied transposed per block) by them on the
 packed kernel; PyTorch-layout gradients (transposed views) are summed in a
 scratch and added in. So:
 
-1. The kernels (RNN, GRU with the reset after and before, LSTM) forced onto it (``_set_weight_grads(2)``) match the
-   reference per row in float64, with rows past one chunk (K = T*N > 512 / 256), m
-   past one 64-row block and off the 8-row register blocks, row-major and
-   PyTorch-layout (transposed) gradients accumulated onto preset values, both
-   layout kinds, reverse, lengths; the count of calls shows it ran. float32 too.
-2. The projected LSTM (dWh has proj_size rows) matches its reference.
-3. Results do not depend on the thread count: models with 1, 2 and 3 BLAS threads
-   give bitwise equal gradients (and the counts show more than one thread ran
-   where the row split is allowed).
+1. The kernels (RNN, GRU with the reset after and before, LSTM) forced onto it
+   (``_set_weight_grads(2)``) match the reference per row in float64, with rows past
+   one chunk (K = T*N > 512 / 256), m past one 64-row block and off the 8-row
+   register blocks, row-major and PyTorch-layout (transposed) gradients accumulated
+   onto preset values, both layout kinds, reverse, lengths; the count of calls
+   shows it ran. float32 too, and part-filled last panels.
+2. The projected LSTM (dWh has proj_size rows) matches its reference; the
+   layer-normalised cells' dWh and dWx (each on its own B) match the reference
+   (LN-LSTM kernel) and BLAS (both models).
+3. Results do not depend on the thread count: models with 1 and 2 BLAS threads
+   give bitwise equal gradients, with 3 the dW kernel's own (dWx) too (and the counts
+   show more than one thread ran where the row split is allowed).
 4. Where it does not apply, BLAS does the work (no call counted) and the results
    still match: a GRU (reset after or before) whose n block starts off a panel
-   boundary, the hook off (0), the default rule below 4M multiply-adds; and the
-   layer-normalised cells (not routed here).
+   boundary, the hook off (0), the default rule below 4M multiply-adds.
 """
 import numpy as np
 import pytest
@@ -177,7 +179,7 @@ def test_a_wrong_term_would_be_caught(rng):
 
 
 # ---------------------------------------------------------------------------
-# 2. The projected LSTM
+# 2. The projected LSTM, the layer-normalised cells
 # ---------------------------------------------------------------------------
 def test_projected_lstm_matches_reference(rng):
     from test_lstm_proj import _draw, _kernel, _reference
@@ -193,6 +195,37 @@ def test_projected_lstm_matches_reference(rng):
                 for name, w in _reference(inp, up, lengths, reverse).items():
                     assert_close_f64(got[name], w, name=name)
     assert _calls(KL) >= before + 4
+
+
+def test_layer_normalised_lstm_kernel_matches_reference(rng):
+    """The LN cells' dWh (on dZ) and dWx (on the normalised input side's gradient):
+    two problems, each its own packed B."""
+    from test_layer_norm import _check_kernel, draw
+    a, up = draw(rng, N, T, D, H)
+    before = _calls(KLL)
+    with forced():
+        for reverse in (False, True):
+            for batch_major in (False, True):
+                _check_kernel(a, up, reverse, batch_major, np.float64)
+    assert _calls(KLL) == before + 2 * 4
+
+
+@pytest.mark.parametrize("cls", ["gru", "lstm"])
+def test_layer_normalised_models_agree_with_blas(cls, rng):
+    x = rng.standard_normal((T, N, D))
+
+    def make():
+        return (rnncore.GRU if cls == "gru" else rnncore.LSTM)(
+            D, H, layer_norm=True, num_layers=2, bidirectional=True, seed=6, dtype=np.float64)
+    mod = KLG if cls == "gru" else KLL
+    before = _calls(mod)
+    with forced(2):
+        a = _model_grads(make, x)
+    assert _calls(mod) == before + 2 * 4     # dWh and dWx; two layers, two directions
+    with forced(0):
+        b = _model_grads(make, x)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-12, atol=1e-11, err_msg=k)
 
 
 # ---------------------------------------------------------------------------
@@ -246,8 +279,7 @@ def _model_grads(make, x, dy_seed=4):
     return {k: v.copy() for k, v in m.grads.items()}
 
 
-@pytest.mark.parametrize("case", ["gru-rb-offpanel", "gru-offpanel", "ln-gru", "ln-lstm",
-                                  "off", "below-rule"])
+@pytest.mark.parametrize("case", ["gru-rb-offpanel", "gru-offpanel", "off", "below-rule"])
 def test_blas_where_the_kernel_does_not_apply(case, rng):
     h, mode, mods = H, 2, (KG,)
     kw = dict(num_layers=2, bidirectional=True, seed=1, dtype=np.float64)
@@ -259,10 +291,6 @@ def test_blas_where_the_kernel_does_not_apply(case, rng):
         h = NR32 // 2 + 4                  # 3H is no multiple of the panel width
         assert (3 * h) % simd._gemm_packed_nr(np.float64) != 0
         make = lambda: rnncore.GRU(D, h, **kw)   # noqa: E731
-    elif case in ("ln-gru", "ln-lstm"):
-        mods = (KLG,) if case == "ln-gru" else (KLL,)
-        make = lambda: (rnncore.GRU if case == "ln-gru" else rnncore.LSTM)(   # noqa: E731
-            D, h, layer_norm=True, **kw)
     elif case == "off":
         mode, mods = 0, (KL,)
         make = lambda: rnncore.LSTM(D, h, **kw)   # noqa: E731

@@ -6,7 +6,9 @@
 from _blas cimport floating, Mat, transposed, colsum_add
 from _gemm cimport mm, aligned_empty
 from _layout cimport Seq, uniform
-from _loop cimport Loop, Input, Grads, dwh_accumulate
+from _gemm cimport rc_dw_problem
+from _loop cimport (Loop, Input, Grads, dwh_accumulate, dwh_shifted, dw_begin, dw_term,
+                   dw_shifted_term, dw_run)
 
 cdef extern from "rc_layernorm.h" nogil:
     void rc_ln_rows_f(float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh, float *rs,
@@ -93,8 +95,17 @@ cdef inline void after_loop(const Loop *L, const Input *inp, const Grads *gr, fl
     # GRU); xh: x̂_hh; xi, ri: x̂_ih, 1/σ_ih; dbh: the recurrent bias's gradient or NULL;
     # R = T*N rows.
     cdef Py_ssize_t GH = G * H
+    cdef rc_dw_problem pr
+    cdef Mat x = uniform(inp.x)
+    cdef bint done
     # dWh += sum_t h_prev(t)^T dZ_t                  (H, GH)
-    dwh_accumulate(L, gr.dwh, dzs)
+    # (its shifted main term on the packed dW kernel when it applies: _loop.pxd)
+    done = dw_begin(&pr, uniform(L.dg), GH, R, <long long>R * GH * L.Hp, <floating>0) \
+        and dwh_shifted(L)
+    if done:
+        dw_shifted_term(&pr, L, GH, gr.dwh, <floating>0)
+        done = dw_run(&pr, <floating>0)
+    dwh_accumulate(L, gr.dwh, dzs, done)
     # db += Σ dA (dbh += Σ dS);  dγ, dβ of the norms (sums over all T*N rows)
     colsum_add(db, <const floating *>da.p, da.ld, R, GH)
     if dbh != NULL:
@@ -111,5 +122,10 @@ cdef inline void after_loop(const Loop *L, const Input *inp, const Grads *gr, fl
     if inp.D > 0:
         # dx = dZx @ Wx^T                 (R, D) = (R, GH)(D, GH)^T
         mm(R, inp.D, GH, <floating>1, da, transposed(inp.wx), <floating>0, gr.dx)
-        # dWx += x^T dZx                  (D, GH) += (D, R)(R, GH)
-        mm(inp.D, GH, R, <floating>1, transposed(uniform(inp.x)), da, <floating>1, gr.dwx)
+        # dWx += x^T dZx                  (D, GH) += (D, R)(R, GH), on the dW kernel or BLAS
+        done = dw_begin(&pr, da, GH, R, <long long>R * GH * inp.D, <floating>0)
+        if done:
+            dw_term(&pr, x.p, x.ld, inp.D, 0, 0, R, 0, GH, gr.dwx, 0, <floating>0)
+            done = dw_run(&pr, <floating>0)
+        if not done:
+            mm(inp.D, GH, R, <floating>1, transposed(x), da, <floating>1, gr.dwx)

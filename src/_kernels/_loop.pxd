@@ -361,13 +361,57 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     loop_threads_end(opened)
 
 
-cdef inline void dw_target(rc_dw_term *e, Mat c, Py_ssize_t j0, floating kind) noexcept nogil:
-    """A dW term's target: columns j0.. of C, row-major or a transposed view."""
+cdef inline bint dw_begin(rc_dw_problem *pr, Mat b, Py_ssize_t n, Py_ssize_t R,
+                          long long work, floating kind) noexcept nogil:
+    """Start a dW problem on B (R, n) (rc_gemm_dw.h: rc_dw_*), `work` multiply-adds in
+    all; False: it does not run here (no packed layout, the hook's rule, a transposed
+    B): BLAS does the products."""
+    cdef Py_ssize_t nr = packed_nr(sizeof(floating))
+    memset(pr, 0, sizeof(rc_dw_problem))
+    if R <= 0 or n <= 0 or nr == 0 or b.t != NoTrans or not dw_enabled(work):
+        return False
+    pr.b0, pr.ld0, pr.n0, pr.K, pr.nr = b.p, b.ld, n, R, nr
+    return True
+
+
+cdef inline rc_dw_term *dw_term(rc_dw_problem *pr, const void *a, Py_ssize_t lda,
+                                Py_ssize_t m, Py_ssize_t off, Py_ssize_t plo, Py_ssize_t phi,
+                                Py_ssize_t bcol, Py_ssize_t n, Mat c, Py_ssize_t j0,
+                                floating kind) noexcept nogil:
+    """Add the term C[:, j0:j0 + n] += sum_{plo <= p < phi} a[p + off]^T B[p, bcol:bcol + n]
+    (a's rows m wide, lda apart; C row-major or a transposed view)."""
+    cdef rc_dw_term *e = &pr.term[pr.nterms]
+    pr.nterms += 1
+    e.a, e.lda, e.m, e.off, e.plo, e.phi, e.bcol, e.n = a, lda, m, off, plo, phi, bcol, n
     e.c, e.ct = NULL, NULL
     if c.t == NoTrans:
         e.c, e.ldc = <floating *>c.p + j0, c.ld
     else:
         e.ct, e.ldt = <floating *>c.p + j0 * c.ld, c.ld
+    return e
+
+
+cdef inline void dw_shifted_term(rc_dw_problem *pr, const Loop *L, Py_ssize_t n, Mat dwh,
+                                 floating kind) noexcept nogil:
+    """dwh_accumulate's shifted main term on B's first n columns: pairs (h row p - shift,
+    B row p), p >= shift (reverse: h row p + shift, p < R - shift); none when T = 1."""
+    cdef Py_ssize_t R = L.T * L.N, shift = L.dg.st // L.dg.ld
+    if L.T <= 1:
+        return
+    if L.reverse:
+        dw_term(pr, L.h.p, L.h.ld, L.Hp, shift, 0, R - shift, 0, n, dwh, 0, kind)
+    else:
+        dw_term(pr, L.h.p, L.h.ld, L.Hp, -shift, shift, R, 0, n, dwh, 0, kind)
+
+
+cdef inline bint dw_run(rc_dw_problem *pr, floating kind) noexcept nogil:
+    """Run a dW problem's terms; False when it has none or could not allocate."""
+    if pr.nterms == 0:
+        return False
+    if floating is float:
+        return rc_dw_f(pr) != 0
+    else:
+        return rc_dw_d(pr) != 0
 
 
 cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, Mat dg, Mat dan,
@@ -376,63 +420,32 @@ cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, 
         dWx += x^T [dG[:, :nI] | dAn]        (D, GH)
         dWh += sum_t h_prev(t)^T dG_t        the shifted main term of dwh_accumulate
     (the reset-before GRU's n columns: (r ⊙ h_prev)^T dG[:, 2H:]) with dG packed once,
-    chunk by chunk, for all. False (nothing done): BLAS does them -- no packed layout,
-    the hook, a batch-major shift that needs the per-row pairs (dwh_shifted), a
-    transposed dG, or the GRU's n block off a panel boundary."""
-    cdef Py_ssize_t R = L.T * L.N, H = L.H, GH = L.G * L.H, D = inp.D, Hp = L.Hp
-    cdef Py_ssize_t nr = packed_nr(sizeof(floating)), shift
+    chunk by chunk, for all. False (nothing done): BLAS does them -- dw_begin's cases,
+    a batch-major shift that needs the per-row pairs (dwh_shifted), or the GRU's n
+    block off a panel boundary."""
+    cdef Py_ssize_t R = L.T * L.N, H = L.H, GH = L.G * L.H, D = inp.D
     cdef bint split = dan.p != NULL
     cdef Mat x = uniform(inp.x)
     cdef rc_dw_problem pr
-    cdef rc_dw_term *e
-    if R <= 0 or GH <= 0 or nr == 0 or not dw_enabled(<long long>R * GH * (D + Hp)):
+    if not dw_begin(&pr, dg, GH, R, <long long>R * GH * (D + L.Hp), kind):
         return False
-    if (split and GH % nr != 0) or (L.reset_before and (2 * H) % nr != 0) \
-            or dg.t != NoTrans or dan.t != NoTrans or not dwh_shifted(L):
+    if (split and (GH % pr.nr != 0 or dan.t != NoTrans)) \
+            or (L.reset_before and (2 * H) % pr.nr != 0) or not dwh_shifted(L):
         return False
-    memset(&pr, 0, sizeof(pr))
-    pr.b0, pr.ld0, pr.n0, pr.K, pr.nr = dg.p, dg.ld, GH, R, nr
     if split:
+        # B = [dG | dAn]: dAn from the virtual column GH
         pr.b1, pr.ld1, pr.n1 = dan.p, dan.ld, H
     if D > 0:
         # dWx[:, :nI] += x^T B[:, :nI];  the GRU's dWx[:, nI:] += x^T B[:, GH:GH + H]
-        e = &pr.term[pr.nterms]
-        pr.nterms += 1
-        e.a, e.lda, e.off, e.plo, e.phi, e.m = x.p, x.ld, 0, 0, R, D
-        e.bcol, e.n = 0, nI
-        dw_target(e, gr.dwx, 0, kind)
+        dw_term(&pr, x.p, x.ld, D, 0, 0, R, 0, nI, gr.dwx, 0, kind)
         if split:
-            pr.term[pr.nterms] = e[0]
-            e = &pr.term[pr.nterms]
-            pr.nterms += 1
-            e.bcol, e.n = GH, H
-            dw_target(e, gr.dwx, nI, kind)
-    if L.T > 1:
-        # pairs (h row p - shift, dG row p), p >= shift (reverse: h row p + shift, p < R - shift)
-        shift = L.dg.st // L.dg.ld
-        e = &pr.term[pr.nterms]
-        pr.nterms += 1
-        e.a, e.lda, e.m = L.h.p, L.h.ld, Hp
-        if L.reverse:
-            e.off, e.plo, e.phi = shift, 0, R - shift
-        else:
-            e.off, e.plo, e.phi = -shift, shift, R
-        # (the reset-before GRU: its [r | z] columns only)
-        e.bcol, e.n = 0, GH - H if L.reset_before else GH
-        dw_target(e, gr.dwh, 0, kind)
+            dw_term(&pr, x.p, x.ld, D, 0, 0, R, GH, H, gr.dwx, nI, kind)
+    # (the reset-before GRU: its [r | z] columns only; its n columns pair all rows,
+    # unshifted, with r ⊙ h_prev)
+    dw_shifted_term(&pr, L, GH - H if L.reset_before else GH, gr.dwh, kind)
     if L.reset_before:
-        # and its n columns: dWh[:, 2H:] += (r ⊙ h_prev)^T dG[:, 2H:], all rows unshifted
-        e = &pr.term[pr.nterms]
-        pr.nterms += 1
-        e.a, e.lda, e.m, e.off, e.plo, e.phi = L.hn.p, L.hn.ld, H, 0, 0, R
-        e.bcol, e.n = GH - H, H
-        dw_target(e, gr.dwh, GH - H, kind)
-    if pr.nterms == 0:
-        return False
-    if floating is float:
-        return rc_dw_f(&pr) != 0
-    else:
-        return rc_dw_d(&pr) != 0
+        dw_term(&pr, L.hn.p, L.hn.ld, H, 0, 0, R, GH - H, H, gr.dwh, GH - H, kind)
+    return dw_run(&pr, kind)
 
 
 cdef inline void input_grad(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
