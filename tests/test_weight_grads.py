@@ -21,7 +21,7 @@ scratch and added in. So:
    show more than one thread ran where the row split is allowed).
 4. Where it does not apply, BLAS does the work (no call counted) and the results
    still match: a GRU (reset after or before) whose n block starts off a panel
-   boundary, the hook off (0), the default rule below 4M multiply-adds.
+   boundary, the hook off (0), the default rule below 4M multiply-adds or 256 rows.
 """
 import numpy as np
 import pytest
@@ -279,7 +279,8 @@ def _model_grads(make, x, dy_seed=4):
     return {k: v.copy() for k, v in m.grads.items()}
 
 
-@pytest.mark.parametrize("case", ["gru-rb-offpanel", "gru-offpanel", "off", "below-rule"])
+@pytest.mark.parametrize("case", ["gru-rb-offpanel", "gru-offpanel", "off", "below-rule",
+                                  "few-rows"])
 def test_blas_where_the_kernel_does_not_apply(case, rng):
     h, mode, mods = H, 2, (KG,)
     kw = dict(num_layers=2, bidirectional=True, seed=1, dtype=np.float64)
@@ -294,11 +295,14 @@ def test_blas_where_the_kernel_does_not_apply(case, rng):
     elif case == "off":
         mode, mods = 0, (KL,)
         make = lambda: rnncore.LSTM(D, h, **kw)   # noqa: E731
-    else:
-        mode, mods = 1, (KL,)              # the rule: 4 * 8 rows * 128 * 42 < 4M
+    elif case == "below-rule":
+        mode, mods = 1, (KL,)              # the rule: 8 rows * 128 * 42 < 4M
         make = lambda: rnncore.LSTM(10, h, **kw)   # noqa: E731
-    x = rng.standard_normal((T if case != "below-rule" else 4, 2, D if case != "below-rule"
-                             else 10))
+    else:
+        mode, mods = 1, (KL,)              # the rule: 192 rows * 512 * 192 >= 4M, < 256 rows
+        make = lambda: rnncore.LSTM(64, 128, **kw)   # noqa: E731
+    shape = {"below-rule": (4, 2, 10), "few-rows": (3, 64, 64)}.get(case, (T, 2, D))
+    x = rng.standard_normal(shape)
     before = [_calls(m) for m in mods]
     with forced(mode):
         got = _model_grads(make, x)

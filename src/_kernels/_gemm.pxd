@@ -156,7 +156,7 @@ cdef extern from "rc_gemm_dw.h" nogil:
         rc_dw_term term[RC_DW_TERMS]
     int rc_dw_f(const rc_dw_problem *pr)
     int rc_dw_d(const rc_dw_problem *pr)
-    bint dw_enabled "rc_dw_use"(long long work)
+    bint dw_enabled "rc_dw_use"(long long work, Py_ssize_t K)
     void set_dw "rc_set_dw"(int enabled)
     long long dw_count "rc_dw_count"(int threaded)
 

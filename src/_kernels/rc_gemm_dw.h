@@ -68,13 +68,17 @@ typedef struct {
 static long long rc_dw_calls[2] = {0, 0};   /* calls that ran here; of them on threads (test hook) */
 static int rc_dw_enabled = 1;       /* test hook: 0 leaves the weight gradients to BLAS */
 static void rc_set_dw(int enabled) { rc_dw_enabled = enabled; }
-/* Whether a backward call's weight gradients (`work` multiply-adds in all) run
- * here: a packed layout for this CPU, and the hook (2: at any size). */
+/* Whether a backward call's weight gradients over K rows (`work` multiply-adds in
+ * all) run here: a packed layout for this CPU, at least RC_DW_MIN_WORK multiply-adds
+ * and RC_DW_MIN_ROWS rows (a transposed target's scratch costs m*n whatever K: at
+ * (T, N, D, H) = (3, 64, 256, 256), K = 192, the LSTM's fb ran 0.95x BLAS's; K = 256
+ * and 384 ran 1.01-1.02x), or the hook's 2: at any size. */
 #define RC_DW_MIN_WORK (1LL << 22)
-static int rc_dw_use(long long work)
+#define RC_DW_MIN_ROWS 256
+static int rc_dw_use(long long work, rc_idx K)
 {
     if (!rc_dw_enabled || rc_packed_nr(sizeof(float)) == 0) return 0;
-    return rc_dw_enabled == 2 || work >= RC_DW_MIN_WORK;
+    return rc_dw_enabled == 2 || (work >= RC_DW_MIN_WORK && K >= RC_DW_MIN_ROWS);
 }
 static long long rc_dw_count(int threaded)
 {
@@ -185,7 +189,30 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
         if (pass == 1) while (q <= P) bound[q++] = panels;
     }
 }
-#define RC_DEFINE_DW(NAME, T, KC, PACK, ACOPY, GEMM)                            \
+/* ct[j * ldt + i] += cs[i * ldcs + j] for i < m, j0 <= j < j1: a scratch C added into
+ * its transposed target, in blocks transposed by rc_dw_acopy_* into `tmp` (at least
+ * RC_DW_MB * RC_DW_MB elements), then added row by row (vector adds). */
+#define RC_DEFINE_DW_TADD(NAME, T, ACOPY)                                       \
+    RC_CLONES static void NAME(rc_idx m, rc_idx j0, rc_idx j1, const T *cs,     \
+                               rc_idx ldcs, T *ct, rc_idx ldt, T *tmp)          \
+    {                                                                           \
+        for (rc_idx i0 = 0; i0 < m; i0 += RC_DW_MB) {                           \
+            const rc_idx mi = RC_PK_MIN(RC_DW_MB, m - i0);                      \
+            for (rc_idx jb = j0; jb < j1; jb += RC_DW_MB) {                     \
+                const rc_idx mj = RC_PK_MIN(RC_DW_MB, j1 - jb);                 \
+                ACOPY(cs, ldcs, i0, mi, jb, mj, tmp);   /* tmp (mj, mi) */      \
+                for (rc_idx j = 0; j < mj; j++) {                               \
+                    T *d = ct + (jb + j) * ldt + i0;                            \
+                    const T *v = tmp + j * mi;                                  \
+                    for (rc_idx i = 0; i < mi; i++) d[i] += v[i];               \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_DW_TADD(rc_dw_tadd_f, float, rc_dw_acopy_f)
+RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
+
+#define RC_DEFINE_DW(NAME, T, KC, PACK, ACOPY, TADD, GEMM)                            \
     typedef struct { const rc_dw_problem *pr; rc_idx q0, q1; T *buf;            \
                      void *cs[RC_DW_TERMS]; } NAME##_task;                      \
     static void NAME##_run(void *arg)                                           \
@@ -233,12 +260,8 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
             const rc_idx j0 = e->bcol > c0 ? e->bcol : c0;                      \
             const rc_idx j1 = RC_PK_MIN(e->bcol + e->n, c1);                    \
             if (e->ct == NULL || j1 <= j0 || e->phi <= e->plo) continue;        \
-            const T *cs = (const T *)tk->cs[t];                                 \
-            T *ct = (T *)e->ct;                                                 \
-            for (rc_idx i0 = 0; i0 < e->m; i0 += 16)                            \
-                for (rc_idx j = j0 - e->bcol; j < j1 - e->bcol; j++)            \
-                    for (rc_idx i = i0; i < RC_PK_MIN(i0 + 16, e->m); i++)      \
-                        ct[j * e->ldt + i] += cs[i * e->n + j];                 \
+            TADD(e->m, j0 - e->bcol, j1 - e->bcol, (const T *)tk->cs[t], e->n,  \
+                 (T *)e->ct, e->ldt, ab);                                        \
         }                                                                       \
     }                                                                           \
     /* Returns 0 when out of memory (nothing done: the caller falls back). */   \
@@ -252,8 +275,10 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
         rc_idx per = 0, bound[RC_MAX_THREADS + 1];                              \
         rc_dw_split(pr, panels, P, bound);                                      \
         for (int q = 0; q < P; q++) {                                           \
-            const rc_idx sz = ((bound[q + 1] - bound[q]) * pr->nr + RC_DW_MB)   \
-                              * RC_PK_MIN(KC, pr->K);                           \
+            /* its panels of a chunk, then A^T's block (or rc_dw_tadd's tmp) */ \
+            const rc_idx kcap = RC_PK_MIN(KC, pr->K);                           \
+            const rc_idx sz = (bound[q + 1] - bound[q]) * pr->nr * kcap         \
+                              + RC_DW_MB * (kcap > RC_DW_MB ? kcap : RC_DW_MB); \
             tk[q] = (NAME##_task){pr, bound[q], bound[q + 1], NULL, {NULL}};    \
             if (sz > per) per = sz;                                             \
         }                                                                       \
@@ -282,7 +307,9 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
         for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);                    \
         return 1;                                                               \
     }
-RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_dw_bpack_f, rc_dw_acopy_f, rc_gemm_packed2_f)
-RC_DEFINE_DW(rc_dw_d, double, RC_DW_KC_D, rc_dw_bpack_d, rc_dw_acopy_d, rc_gemm_packed2_d)
+RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_dw_bpack_f, rc_dw_acopy_f, rc_dw_tadd_f,
+             rc_gemm_packed2_f)
+RC_DEFINE_DW(rc_dw_d, double, RC_DW_KC_D, rc_dw_bpack_d, rc_dw_acopy_d, rc_dw_tadd_d,
+             rc_gemm_packed2_d)
 
 #endif /* RC_GEMM_DW_H */
