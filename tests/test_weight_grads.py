@@ -145,15 +145,49 @@ def test_kernels_match_reference(cell, transposed, batch_major, reverse, lengths
         assert_close_f64(got[name], want[name], name=name)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_kernels_match_reference_float32(cell, rng):
-    inp, up = _time_major(cell, rng, N, T, D, H, dtype=np.float32)
-    lens = np.full(N, T)
+@pytest.mark.parametrize("cell", ["rnn", "gru", "gru-rb", "lstm"])
+@pytest.mark.parametrize("config", ["tm-fwd-T", "bm-rev-lengths", "tm-rev-rowmajor"])
+def test_kernels_match_reference_float32(cell, config, rng):
+    kind, extra = cell.split("-")[0], {"reset_after": False} if cell == "gru-rb" else {}
+    n, t = 37, 19                   # 703 rows: two float32 chunks (512)
+    inp, up = _time_major(kind, rng, n, t, D, H, dtype=np.float32)
+    lengths = "lengths" in config
+    lens = np.sort(rng.integers(1, t + 1, n))[::-1].copy() if lengths else np.full(n, t)
+    before = _calls(MODULES[kind])
     with forced():
-        got = _run(cell, inp, up, transposed=True)
-    want = _reference(cell, inp, up, lens, False)
+        got = _run(kind, inp, up, transposed=config.endswith("-T"), reverse="rev" in config,
+                   batch_major=config.startswith("bm"),
+                   batch_sizes=_batch_sizes(lens, t) if lengths else None, **extra)
+    assert _calls(MODULES[kind]) == before + 1
+    want = _reference(kind, inp, up, lens, "rev" in config, **extra)
     for name in ("dWx", "dWh"):
         assert_close_f32(got[name], want[name], name=name)
+
+
+#: (N, T, D): K below one chunk; one step (dWx only, or the reset-before GRU's n
+#: columns too: its h0 term is BLAS's); a shift of N >= a chunk (the first chunks hold
+#: no pair, a scratch starts in a later one); one input (the GRU's B with dAn: 1 row)
+EDGES = {"K35": (7, 5, 9), "T1": (40, 1, 9), "shift300": (300, 3, 9),
+         "shift520": (520, 2, 9), "D1": (30, 11, 1)}
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "gru-rb", "lstm"])
+@pytest.mark.parametrize("edge", list(EDGES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_edges_match_reference(cell, edge, dtype, reverse, rng):
+    kind, extra = cell.split("-")[0], {"reset_after": False} if cell == "gru-rb" else {}
+    n, t, d = EDGES[edge]
+    h = 32
+    inp, up = _time_major(kind, rng, n, t, d, h, dtype=dtype)
+    before = _calls(MODULES[kind])
+    with forced():
+        got = _run(kind, inp, up, transposed=True, reverse=reverse, **extra)
+    assert _calls(MODULES[kind]) == before + 1
+    want = _reference(kind, inp, up, np.full(n, t), reverse, **extra)
+    check = assert_close_f64 if dtype == np.float64 else assert_close_f32
+    for name in ("dWx", "dWh"):
+        check(got[name], want[name], name=name)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
@@ -231,7 +265,7 @@ def test_layer_normalised_models_agree_with_blas(cls, rng):
 # ---------------------------------------------------------------------------
 # 3. Thread counts
 # ---------------------------------------------------------------------------
-def _train(cell, dtype, threads, bidirectional=True, names=False):
+def _train(cell, dtype, threads, bidirectional=True):
     # T*N * GH * (D + H) >= 84M multiply-adds: past rc_gemms_threads_begin's 2^26, so
     # the weight gradients may run on more than one thread
     rng = np.random.default_rng(5)
@@ -243,9 +277,7 @@ def _train(cell, dtype, threads, bidirectional=True, names=False):
     with threadpool_limits(threads, user_api="blas"):
         y, _ = m(x)
         m.backward(rng.standard_normal(y.shape).astype(dtype))
-    if names:
-        return sorted(m.grads)
-    return [m.grads[k].copy() for k in sorted(m.grads)]
+    return {k: m.grads[k].copy() for k in sorted(m.grads)}
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
@@ -256,15 +288,15 @@ def test_results_do_not_depend_on_the_thread_count(cell, dtype):
     term h0^T dz_0 stays a BLAS call, whose float64 rounding OpenBLAS may change with
     its thread count (its own GEMMs did so before this kernel existed)."""
     mod = MODULES[cell]
-    names = _train(cell, dtype, 1, bidirectional=False, names=True)
     with forced():
         one = _train(cell, dtype, 1, bidirectional=False)
         threaded = mod._weight_grads_calls()[1]
         for threads in (2, 3):
             other = _train(cell, dtype, threads, bidirectional=False)
-            for name, a, b in zip(names, one, other):
+            for name in one:
                 if threads == 2 or name.startswith("weight_ih"):
-                    np.testing.assert_array_equal(a, b, err_msg=f"{name}, {threads} threads")
+                    np.testing.assert_array_equal(one[name], other[name],
+                                                  err_msg=f"{name}, {threads} threads")
     if row_split_enabled():       # rnncore's own threads may run: they did
         assert mod._weight_grads_calls()[1] >= threaded + 2 * 2
 
@@ -313,6 +345,22 @@ def test_blas_where_the_kernel_does_not_apply(case, rng):
         np.testing.assert_array_equal(got[k], want[k])
 
 
+def test_the_default_rule_leaves_blas_its_threads_when_the_row_split_is_off(rng):
+    """rnncore's own threads run only where the row split is allowed: without it the
+    kernel would run on one thread where BLAS's GEMMs keep all of theirs."""
+    x = rng.standard_normal((40, 16, 64)).astype(np.float32)
+    was = row_split_enabled()
+    before = _calls(KL)
+    rnncore.set_row_split(False)
+    try:
+        _model_grads(lambda: rnncore.LSTM(64, 128, seed=1), x)
+    finally:
+        if was:
+            rnncore.set_row_split(True)
+    assert _calls(KL) == before
+
+
+@pytest.mark.skipif(not row_split_enabled(), reason="the row split is off: BLAS keeps dW")
 def test_the_default_rule_uses_the_kernel_from_4m_multiply_adds(rng):
     x = rng.standard_normal((40, 16, 64)).astype(np.float32)   # 640 * 512 * 192 = 63M
     before = _calls(KL)

@@ -4,9 +4,8 @@
 # gain/bias reductions, LN_G-backward of the input side in place, the dX and dWx GEMMs).
 # cdef inline (fused over float/double where typed): each kernel compiles its own copy.
 from _blas cimport floating, Mat, transposed, colsum_add
-from _gemm cimport mm, aligned_empty
+from _gemm cimport mm, aligned_empty, rc_dw_problem
 from _layout cimport Seq, uniform
-from _gemm cimport rc_dw_problem
 from _loop cimport (Loop, Input, Grads, dwh_accumulate, dwh_shifted, dw_begin, dw_term,
                    dw_shifted_term, dw_run)
 

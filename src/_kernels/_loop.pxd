@@ -28,7 +28,7 @@ from libc.string cimport memcpy, memset
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
                     NoTrans, Trans)
 from _gemm cimport (mm, mm_step, mm_step2, packed_nr, rc_dw_problem, rc_dw_term, rc_dw_f,
-                    rc_dw_d, dw_enabled)
+                    rc_dw_d, dw_enabled, RC_DW_TERMS)
 from _layout cimport Seq, seq, uniform, every_pth_row
 from _threads cimport (row_threads, share, run_tasks, single_open, loop_threads_begin,
                        loop_threads_end, gemms_threads_begin)
@@ -374,21 +374,25 @@ cdef inline bint dw_begin(rc_dw_problem *pr, Mat b, Py_ssize_t n, Py_ssize_t R,
     return True
 
 
-cdef inline rc_dw_term *dw_term(rc_dw_problem *pr, const void *a, Py_ssize_t lda,
-                                Py_ssize_t m, Py_ssize_t off, Py_ssize_t plo, Py_ssize_t phi,
-                                Py_ssize_t bcol, Py_ssize_t n, Mat c, Py_ssize_t j0,
-                                floating kind) noexcept nogil:
-    """Add the term C[:, j0:j0 + n] += sum_{plo <= p < phi} a[p + off]^T B[p, bcol:bcol + n]
-    (a's rows m wide, lda apart; C row-major or a transposed view)."""
-    cdef rc_dw_term *e = &pr.term[pr.nterms]
+cdef inline void dw_term(rc_dw_problem *pr, const void *a, Py_ssize_t lda, Py_ssize_t m,
+                         Py_ssize_t off, Py_ssize_t plo, Py_ssize_t phi, Py_ssize_t bcol,
+                         Py_ssize_t n, Mat c, Py_ssize_t tcol, floating kind) noexcept nogil:
+    """Add the term C[:, tcol:tcol + n] += sum_{plo <= p < phi} a[p + off]^T B[p, bcol:bcol + n]
+    (a's rows m wide, lda apart; C row-major or a transposed view). A problem given
+    more than RC_DW_TERMS terms is marked invalid (K = 0): dw_run then does nothing
+    and returns False, so the caller's BLAS path does all of it."""
+    cdef rc_dw_term *e
+    if pr.nterms >= RC_DW_TERMS:
+        pr.K = 0
+        return
+    e = &pr.term[pr.nterms]
     pr.nterms += 1
     e.a, e.lda, e.m, e.off, e.plo, e.phi, e.bcol, e.n = a, lda, m, off, plo, phi, bcol, n
     e.c, e.ct = NULL, NULL
     if c.t == NoTrans:
-        e.c, e.ldc = <floating *>c.p + j0, c.ld
+        e.c, e.ldc = <floating *>c.p + tcol, c.ld
     else:
-        e.ct, e.ldt = <floating *>c.p + j0 * c.ld, c.ld
-    return e
+        e.ct, e.ldt = <floating *>c.p + tcol * c.ld, c.ld
 
 
 cdef inline void dw_shifted_term(rc_dw_problem *pr, const Loop *L, Py_ssize_t n, Mat dwh,
@@ -405,8 +409,9 @@ cdef inline void dw_shifted_term(rc_dw_problem *pr, const Loop *L, Py_ssize_t n,
 
 
 cdef inline bint dw_run(rc_dw_problem *pr, floating kind) noexcept nogil:
-    """Run a dW problem's terms; False when it has none or could not allocate."""
-    if pr.nterms == 0:
+    """Run a dW problem's terms; False (nothing done) when it has none, is invalid or
+    could not allocate."""
+    if pr.nterms == 0 or pr.K <= 0:
         return False
     if floating is float:
         return rc_dw_f(pr) != 0
@@ -432,8 +437,8 @@ cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, 
     if (split and (GH % pr.nr != 0 or dan.t != NoTrans)) \
             or (L.reset_before and (2 * H) % pr.nr != 0) or not dwh_shifted(L):
         return False
-    if split:
-        # B = [dG | dAn]: dAn from the virtual column GH
+    if split and D > 0:
+        # B = [dG | dAn]: dAn from the virtual column GH (for dWx: none without inputs)
         pr.b1, pr.ld1, pr.n1 = dan.p, dan.ld, H
     if D > 0:
         # dWx[:, :nI] += x^T B[:, :nI];  the GRU's dWx[:, nI:] += x^T B[:, GH:GH + H]
@@ -539,6 +544,8 @@ cdef inline bint dwh_shifted(const Loop *L) noexcept nogil:
 cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                                 bint main_done=False) noexcept nogil:
     """dWh (H, GH) += sum_t h_prev(t)^T dz_t, with h_prev(t) = h0 at each row's first step.
+    main_done: the shifted main term (below) is already added (weight_grads: the
+    packed dW kernel, which requires dwh_shifted); the rest still runs here.
 
     h (L.h): the (T, N, H) outputs, zeros at padded positions; h0 (N, H)
     C-contiguous; dz (L.dg): the (T, N, GH) pre-activation gradients in h's

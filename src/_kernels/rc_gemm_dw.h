@@ -1,8 +1,10 @@
 /* rc_gemm_dw.h -- a backward call's all-steps weight gradients on the packed kernel.
  *
  * A separate job from the time loops' per-step products (rc_gemm_packed.h, whose
- * tile and packed layout it reuses): after backward's time loop, dWx += x^T dG
- * and dWh += sum_t h_prev(t)^T dG_t over all T*N rows (_loop.pxd: weight_grads).
+ * tile and packed layout it reuses): after backward's time loop, over all T*N rows,
+ * dWx += x^T dG and dWh += sum_t h_prev(t)^T dG_t (_loop.pxd: weight_grads; the
+ * reset-before GRU's n columns pair dG with r ⊙ h_prev, unshifted), and the
+ * layer-normalised cells' dWh on dZ and dWx on dZx (_lnloop.pxd: after_loop).
  */
 #ifndef RC_GEMM_DW_H
 #define RC_GEMM_DW_H
@@ -32,9 +34,11 @@
  * of RC_DW_KC of the K index, fixed by the dtype. So the results do not depend on
  * the thread count, which only decides who computes which columns.
  *
- * B may be two sources side by side (the GRU's dWx reads [dG[:, :2H] | dAn]):
- * virtual columns [0, n0) from b0, [n0, n0 + n1) from b1; n0 a multiple of nr
- * then, so every panel comes from one source. A term reads virtual columns
+ * B may be two sources side by side: virtual columns [0, n0) from b0, [n0, n0 +
+ * n1) from b1, n0 a multiple of nr then, so every panel comes from one source. The
+ * GRU's B is [dG | dAn] (all 3H columns of dG, then dAn): dWh reads dG, dWx reads
+ * dG's r and z columns and dAn -- so it runs here only when 3H is a multiple of nr,
+ * i.e. H is (nr a power of two): a float32 GRU with H = 100 on AVX-512 stays on BLAS. A term reads virtual columns
  * [bcol, bcol + n) (bcol a multiple of nr) and K indices [plo, phi), the A row of
  * K index p being p + off.
  *
@@ -65,20 +69,25 @@ typedef struct {
     int nterms;
     rc_dw_term term[RC_DW_TERMS];
 } rc_dw_problem;
-static long long rc_dw_calls[2] = {0, 0};   /* calls that ran here; of them on threads (test hook) */
+/* calls that ran here, and of them on threads (test hook) */
+static long long rc_dw_calls[2] = {0, 0};
 static int rc_dw_enabled = 1;       /* test hook: 0 leaves the weight gradients to BLAS */
 static void rc_set_dw(int enabled) { rc_dw_enabled = enabled; }
 /* Whether a backward call's weight gradients over K rows (`work` multiply-adds in
- * all) run here: a packed layout for this CPU, at least RC_DW_MIN_WORK multiply-adds
- * and RC_DW_MIN_ROWS rows (a transposed target's scratch costs m*n whatever K: at
- * (T, N, D, H) = (3, 64, 256, 256), K = 192, the LSTM's fb ran 0.95x BLAS's; K = 256
- * and 384 ran 1.01-1.02x), or the hook's 2: at any size. */
+ * all) run here: a packed layout for this CPU, the row split allowed, at least
+ * RC_DW_MIN_WORK multiply-adds and RC_DW_MIN_ROWS rows (a transposed target's
+ * scratch costs m*n whatever K: at (T, N, D, H) = (3, 64, 256, 256), K = 192, the
+ * LSTM's fb ran 0.95x BLAS's; K = 256 and 384 ran 1.01-1.02x); or the hook's 2: at
+ * any size. Shapes and configuration only. */
 #define RC_DW_MIN_WORK (1LL << 22)
 #define RC_DW_MIN_ROWS 256
 static int rc_dw_use(long long work, rc_idx K)
 {
     if (!rc_dw_enabled || rc_packed_nr(sizeof(float)) == 0) return 0;
-    return rc_dw_enabled == 2 || (work >= RC_DW_MIN_WORK && K >= RC_DW_MIN_ROWS);
+    if (rc_dw_enabled == 2) return 1;
+    /* its threads are rnncore's (rc_own_threads): with the row split off they would
+     * be one, where BLAS's GEMMs keep all of theirs */
+    return rc_row_split && work >= RC_DW_MIN_WORK && K >= RC_DW_MIN_ROWS;
 }
 static long long rc_dw_count(int threaded)
 {
@@ -93,7 +102,7 @@ typedef float rc_v8f __attribute__((vector_size(32)));
 typedef int rc_v8fi __attribute__((vector_size(32)));
 typedef double rc_v8d __attribute__((vector_size(64)));
 typedef long long rc_v8di __attribute__((vector_size(64)));
-#define RC_T8_ROUND(V, MT, x, y, i0, i1, lo, hi)                                 \
+#define RC_T8_ROUND(V, x, y, i0, i1, lo, hi)                                     \
     do {                                                                        \
         V l_ = __builtin_shuffle(x[i0], x[i1], lo);                             \
         V h_ = __builtin_shuffle(x[i0], x[i1], hi);                             \
@@ -112,18 +121,18 @@ typedef long long rc_v8di __attribute__((vector_size(64)));
                 V x[8], y[8];                                                   \
                 for (int j = 0; j < 8; j++)                                     \
                     __builtin_memcpy(&x[j], a + (p0 + q + j) * lda + i0 + r, sizeof(V)); \
-                RC_T8_ROUND(V, MT, x, y, 0, 1, s1l, s1h);                       \
-                RC_T8_ROUND(V, MT, x, y, 2, 3, s1l, s1h);                       \
-                RC_T8_ROUND(V, MT, x, y, 4, 5, s1l, s1h);                       \
-                RC_T8_ROUND(V, MT, x, y, 6, 7, s1l, s1h);                       \
-                RC_T8_ROUND(V, MT, y, x, 0, 2, s2l, s2h);                       \
-                RC_T8_ROUND(V, MT, y, x, 1, 3, s2l, s2h);                       \
-                RC_T8_ROUND(V, MT, y, x, 4, 6, s2l, s2h);                       \
-                RC_T8_ROUND(V, MT, y, x, 5, 7, s2l, s2h);                       \
-                RC_T8_ROUND(V, MT, x, y, 0, 4, s3l, s3h);                       \
-                RC_T8_ROUND(V, MT, x, y, 2, 6, s3l, s3h);                       \
-                RC_T8_ROUND(V, MT, x, y, 1, 5, s3l, s3h);                       \
-                RC_T8_ROUND(V, MT, x, y, 3, 7, s3l, s3h);                       \
+                RC_T8_ROUND(V, x, y, 0, 1, s1l, s1h);                       \
+                RC_T8_ROUND(V, x, y, 2, 3, s1l, s1h);                       \
+                RC_T8_ROUND(V, x, y, 4, 5, s1l, s1h);                       \
+                RC_T8_ROUND(V, x, y, 6, 7, s1l, s1h);                       \
+                RC_T8_ROUND(V, y, x, 0, 2, s2l, s2h);                       \
+                RC_T8_ROUND(V, y, x, 1, 3, s2l, s2h);                       \
+                RC_T8_ROUND(V, y, x, 4, 6, s2l, s2h);                       \
+                RC_T8_ROUND(V, y, x, 5, 7, s2l, s2h);                       \
+                RC_T8_ROUND(V, x, y, 0, 4, s3l, s3h);                       \
+                RC_T8_ROUND(V, x, y, 2, 6, s3l, s3h);                       \
+                RC_T8_ROUND(V, x, y, 1, 5, s3l, s3h);                       \
+                RC_T8_ROUND(V, x, y, 3, 7, s3l, s3h);                       \
                 /* y[0], y[4]: columns 0, 4; y[2], y[6]: 1, 5; y[1], y[5]: 2, 6; \
                  * y[3], y[7]: 3, 7 */                                          \
                 static const int col[8] = {0, 2, 1, 3, 4, 6, 5, 7};             \
@@ -248,7 +257,9 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
                 const rc_idx ldc = e->ct != NULL ? e->n : e->ldc;               \
                 for (rc_idx i0 = 0; i0 < e->m; i0 += RC_DW_MB) {                \
                     const rc_idx mb = RC_PK_MIN(RC_DW_MB, e->m - i0);           \
-                    ACOPY((const T *)e->a + e->off * e->lda, e->lda, p0, p1 - p0, i0, mb, ab); \
+                    /* (from A's row p0 + off >= 0: no pointer before the array) */ \
+                    ACOPY((const T *)e->a + (p0 + e->off) * e->lda, e->lda, 0, p1 - p0, \
+                          i0, mb, ab);                                          \
                     GEMM(mb, j1 - j0, p1 - p0, ab, p1 - p0, 0, ab, p1 - p0, bp, kc, nr, \
                          beta, cc + i0 * ldc + (j0 - e->bcol), ldc);             \
                 }                                                               \
@@ -267,6 +278,8 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
     /* Returns 0 when out of memory (nothing done: the caller falls back). */   \
     static int NAME(const rc_dw_problem *pr)                                    \
     {                                                                           \
+        if (pr->K <= 0 || pr->nr <= 0 || (pr->b1 != NULL && pr->n0 % pr->nr != 0)) \
+            return 0;   /* nothing done: the caller's BLAS path runs */          \
         const rc_idx W = pr->n0 + pr->n1, panels = (W + pr->nr - 1) / pr->nr;   \
         int P = rc_own_threads();                                               \
         if (P > panels) P = (int)panels;                                        \
@@ -284,9 +297,10 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
         }                                                                       \
         per = (per + 15) / 16 * 16;   /* 64-byte multiples */                    \
         /* the threads' buffers and each transposed target's scratch C: separate \
-         * blocks, each below glibc's largest mmap threshold (32 MiB) in the    \
-         * shapes measured, so repeated calls reuse heap memory instead of      \
-         * mapping (and the kernel clearing) fresh pages every time */          \
+         * blocks, so that each stays below glibc's largest mmap threshold      \
+         * (32 MiB) in more shapes (float32 (50, 64, 512, 1024): 8 and 16 MiB   \
+         * of scratch; float64 dWh there takes 32 MiB) and repeated calls reuse \
+         * heap memory instead of mapping (and the kernel clearing) fresh pages */ \
         void *blk[1 + RC_DW_TERMS] = {NULL};                                    \
         int ok = posix_memalign(&blk[0], 64, (size_t)per * P * sizeof(T)) == 0; \
         for (int t = 0; t < pr->nterms && ok; t++)                              \

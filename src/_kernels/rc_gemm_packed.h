@@ -176,7 +176,7 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
  * C[:MR, :w] := A[:MR, :k] Bpanel + beta C (w < panel width: the last panel).
  * MR is a constant at every call site (always_inline: the loops over r unroll
  * and the accumulators live in registers). */
-#define RC_PK_KLOOP(T, VT, K, A, LDA, B)                                          \
+#define RC_PK_KLOOP(T, VT, K, A, LDA, B)                                        \
         for (rc_idx p = 0; p < (K); p++) {                                      \
             VT b0, b1;                                                          \
             __builtin_memcpy(&b0, (B) + p * 2 * V, sizeof(VT));                 \
