@@ -209,17 +209,10 @@ def test_kernels_on_the_fused_path_match_reference_per_row(cell, transposed, rev
 
 def test_projected_lstm_on_the_fused_path_matches_torch_semantics(rng):
     """proj_size: the fused product is [x_t | h_{t-1}] (D + P columns) times [Wx; Wh]."""
-    from test_lstm_proj import _draw, _kernel, _reference
+    from test_lstm_proj import check_kernel_lengths_reverse
     N, T, D, H, P = 13, 6, 5, 11, 7
     assert K._fuses_input(N, D, 4 * H, P, T)
-    inp, up = _draw(rng, N, T, D, H, P)
-    lens = np.sort(rng.integers(1, T + 1, N))[::-1].copy()
-    for reverse in (False, True):
-        for lengths in (np.full(N, T), lens):
-            bs = None if lengths is not lens else _batch_sizes(lens, T)
-            got = _kernel(inp, up, reverse, bs, lengths is lens, True)
-            for name, w in _reference(inp, up, lengths, reverse).items():
-                assert_close_f64(got[name], w, name=name)
+    check_kernel_lengths_reverse(rng, N, T, D, H, P)
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "gru_rb", "lstm"])

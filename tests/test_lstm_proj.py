@@ -10,7 +10,7 @@ config; errors. ``LSTMCell`` has no ``proj_size`` (PyTorch's has none either).
 """
 import numpy as np
 import pytest
-from conftest import assert_close, numerical_gradient, randn
+from conftest import assert_close, assert_close_f64, numerical_gradient, randn
 from test_kernels import _batch_sizes, _empty_seq, _mat, _seq
 
 import rnncore
@@ -73,6 +73,19 @@ def _reference(inp, up, lens, reverse):
         for k in ("dWx", "dWh", "db", "dWr"):
             want[k] = want[k] + g[k]
     return want
+
+
+def check_kernel_lengths_reverse(rng, N, T, D, H, P):
+    """The kernel (PyTorch-layout weights) against the reference in float64, both
+    directions: all rows full (time-major), and sorted random lengths (batch-major)."""
+    inp, up = _draw(rng, N, T, D, H, P)
+    lens = np.sort(rng.integers(1, T + 1, N))[::-1].copy()
+    for reverse in (False, True):
+        for lengths in (np.full(N, T), lens):
+            bs = None if lengths is not lens else _batch_sizes(lens, T)
+            got = _kernel(inp, up, reverse, bs, lengths is lens, True)
+            for name, w in _reference(inp, up, lengths, reverse).items():
+                assert_close_f64(got[name], w, name=name)
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["rowmajor-W", "pytorch-W"])

@@ -216,19 +216,11 @@ def test_a_wrong_term_would_be_caught(rng):
 # 2. The projected LSTM, the layer-normalised cells
 # ---------------------------------------------------------------------------
 def test_projected_lstm_matches_reference(rng):
-    from test_lstm_proj import _draw, _kernel, _reference
-    n, t, d, h, p = 23, 25, 9, 24, 7      # 575 rows: two chunks in float32, three in f64
-    inp, up = _draw(rng, n, t, d, h, p)
-    lens = np.sort(rng.integers(1, t + 1, n))[::-1].copy()
+    from test_lstm_proj import check_kernel_lengths_reverse
     before = _calls(KL)
-    with forced():
-        for reverse in (False, True):
-            for lengths in (np.full(n, t), lens):
-                bs = None if lengths is not lens else _batch_sizes(lens, t)
-                got = _kernel(inp, up, reverse, bs, lengths is lens, True)
-                for name, w in _reference(inp, up, lengths, reverse).items():
-                    assert_close_f64(got[name], w, name=name)
-    assert _calls(KL) >= before + 4
+    with forced():   # 575 rows: two chunks in float32, three in float64
+        check_kernel_lengths_reverse(rng, 23, 25, 9, 24, 7)
+    assert _calls(KL) == before + 4
 
 
 def test_layer_normalised_lstm_kernel_matches_reference(rng):

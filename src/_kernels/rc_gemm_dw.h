@@ -108,6 +108,14 @@ typedef long long rc_v8di __attribute__((vector_size(64)));
         V h_ = __builtin_shuffle(x[i0], x[i1], hi);                             \
         y[i0] = l_; y[i1] = h_;                                                 \
     } while (0)
+/* one round: four pairs of vectors (a, b), (c, d), (e, f), (g, h) of x into y */
+#define RC_T8_STAGE(V, x, y, lo, hi, a, b, c, d, e, f, g, h)                     \
+    do {                                                                        \
+        RC_T8_ROUND(V, x, y, a, b, lo, hi);                                     \
+        RC_T8_ROUND(V, x, y, c, d, lo, hi);                                     \
+        RC_T8_ROUND(V, x, y, e, f, lo, hi);                                     \
+        RC_T8_ROUND(V, x, y, g, h, lo, hi);                                     \
+    } while (0)
 #define RC_DEFINE_DW_ACOPY(NAME, T, V, MT)                                      \
     RC_CLONES static void NAME(const T *a, rc_idx lda, rc_idx p0, rc_idx kk,    \
                                rc_idx i0, rc_idx mb, T *dst)                    \
@@ -121,18 +129,9 @@ typedef long long rc_v8di __attribute__((vector_size(64)));
                 V x[8], y[8];                                                   \
                 for (int j = 0; j < 8; j++)                                     \
                     __builtin_memcpy(&x[j], a + (p0 + q + j) * lda + i0 + r, sizeof(V)); \
-                RC_T8_ROUND(V, x, y, 0, 1, s1l, s1h);                       \
-                RC_T8_ROUND(V, x, y, 2, 3, s1l, s1h);                       \
-                RC_T8_ROUND(V, x, y, 4, 5, s1l, s1h);                       \
-                RC_T8_ROUND(V, x, y, 6, 7, s1l, s1h);                       \
-                RC_T8_ROUND(V, y, x, 0, 2, s2l, s2h);                       \
-                RC_T8_ROUND(V, y, x, 1, 3, s2l, s2h);                       \
-                RC_T8_ROUND(V, y, x, 4, 6, s2l, s2h);                       \
-                RC_T8_ROUND(V, y, x, 5, 7, s2l, s2h);                       \
-                RC_T8_ROUND(V, x, y, 0, 4, s3l, s3h);                       \
-                RC_T8_ROUND(V, x, y, 2, 6, s3l, s3h);                       \
-                RC_T8_ROUND(V, x, y, 1, 5, s3l, s3h);                       \
-                RC_T8_ROUND(V, x, y, 3, 7, s3l, s3h);                       \
+                RC_T8_STAGE(V, x, y, s1l, s1h, 0, 1, 2, 3, 4, 5, 6, 7);         \
+                RC_T8_STAGE(V, y, x, s2l, s2h, 0, 2, 1, 3, 4, 6, 5, 7);         \
+                RC_T8_STAGE(V, x, y, s3l, s3h, 0, 4, 2, 6, 1, 5, 3, 7);         \
                 /* y[0], y[4]: columns 0, 4; y[2], y[6]: 1, 5; y[1], y[5]: 2, 6; \
                  * y[3], y[7]: 3, 7 */                                          \
                 static const int col[8] = {0, 2, 1, 3, 4, 6, 5, 7};             \
