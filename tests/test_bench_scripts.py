@@ -319,3 +319,32 @@ def test_fusing_ab_runs_a_tiny_shape_forced_and_restores_the_rule(fab, capsys):
     assert out[1].startswith("gru 4,9,3,5 fb: fused ")
     assert not K._fuses_input(2, 3, 20, 5, 4)          # the rule again: 2 rows do not fuse
 
+
+
+# -- weight_grads_ab.py -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wab():
+    spec = importlib.util.spec_from_file_location("weight_grads_ab",
+                                                  os.path.join(BENCH, "weight_grads_ab.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_weight_grads_ab_makes_every_cell_and_restores_the_rule(wab, capsys):
+    import rnncore
+    from rnncore._kernels import lstm as KL
+    m = wab.make_model("gru-rb", 3, 5)
+    assert isinstance(m, rnncore.GRU) and not m.reset_after
+    assert isinstance(wab.make_model("ln-lstm", 3, 5), rnncore.LSTM)
+    calls = KL._weight_grads_calls()[0]
+    assert wab.main(["lstm", "4,2,3,5", "--forced", "--blocks", "1", "--ms", "1"]) == 0
+    assert wab.main(["ln-gru", "4,3,3,5", "--blocks", "1", "--ms", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("lstm 4,2,3,5 fb: kernel ") and "blas/kernel" in out[0]
+    assert out[1].startswith("ln-gru 4,3,3,5 fb: kernel ")
+    assert KL._weight_grads_calls()[0] > calls            # forced: the kernel ran
+    with pytest.raises(SystemExit):
+        wab.main(["lstm-x", "4,2,3,5"])
+    with pytest.raises(ValueError, match="'4,2,3'"):
+        wab.main(["lstm", "4,2,3"])

@@ -1,0 +1,86 @@
+"""In-process A/B of backward's weight gradients: rnncore's dW kernel against BLAS.
+
+After backward's time loop, ``dWx += x^T dG`` and ``dWh += sum_t h_prev(t)^T dG_t``
+run on rnncore's dW kernel (src/_kernels/rc_gemm_dw.h) where its rule says so, or on
+BLAS (the test hook ``_set_weight_grads(0)``). This script times the same model's
+forward+backward with each, in alternate blocks within one process, so a slow spell
+of the machine falls on both. Run it on a new machine before moving the rule's
+bounds (``RC_DW_MIN_WORK``, ``RC_DW_MIN_ROWS``) or the chunk size::
+
+    python bench/weight_grads_ab.py lstm 100,32,256,256 50,64,512,1024 [--forced]
+        [--threads 2] [--blocks 8] [--ms 200]
+
+Cells: rnn, gru, gru-rb (``reset_after=False``), lstm, ln-gru, ln-lstm
+(``layer_norm=True``). ``--forced`` puts every shape on the kernel, past the rule
+(mode 2). Prints, per shape, the median ms per call of each and ``blas/kernel``
+(> 1: the kernel is faster). Benchmarks never assert; the arithmetic is checked in
+tests/test_bench_scripts.py.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fusing_ab import alternate, parse_shape  # noqa: E402
+
+CELLS = ("rnn", "gru", "gru-rb", "lstm", "ln-gru", "ln-lstm")
+
+
+def make_model(cell, D, H):
+    """The float32 batch-first model of a cell name (CELLS)."""
+    import rnncore
+    if cell == "rnn":
+        return rnncore.RNN(D, H, batch_first=True, seed=0)
+    cls = rnncore.LSTM if cell.endswith("lstm") else rnncore.GRU
+    kw = {"reset_after": False} if cell == "gru-rb" else {}
+    return cls(D, H, batch_first=True, seed=0, layer_norm=cell.startswith("ln-"), **kw)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cell", choices=CELLS)
+    ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
+    ap.add_argument("--forced", action="store_true",
+                    help="the kernel at every size, past the rule (mode 2)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--ms", type=float, default=200.0, help="target milliseconds per block")
+    args = ap.parse_args(argv)
+    shapes = [parse_shape(s) for s in args.shapes]
+
+    from threadpoolctl import threadpool_limits
+    from rnncore._kernels import gru, lngru, lnlstm, lstm, rnn
+    mods = (rnn, gru, lstm, lngru, lnlstm)
+
+    def set_kernel(on):
+        for m in mods:
+            m._set_weight_grads((2 if args.forced else 1) if on else 0)
+
+    try:
+        with threadpool_limits(args.threads):
+            for T, N, D, H in shapes:
+                x = np.random.default_rng(0).standard_normal((N, T, D)).astype(np.float32)
+                dout = np.ones((N, T, H), np.float32)
+                m = make_model(args.cell, D, H)
+
+                def run():
+                    m(x)
+                    m.backward(dout)
+                run()
+                t0 = time.perf_counter()
+                run()
+                reps = max(1, int(args.ms / 1e3 / max(time.perf_counter() - t0, 1e-6)))
+                kernel, blas = alternate(run, set_kernel, args.blocks, reps)
+                print(f"{args.cell} {T},{N},{D},{H} fb: kernel {kernel * 1e3:.3f} ms  "
+                      f"blas {blas * 1e3:.3f} ms  blas/kernel {blas / kernel:.3f}", flush=True)
+    finally:
+        for m in mods:
+            m._set_weight_grads(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
