@@ -320,7 +320,6 @@ def test_fusing_ab_runs_a_tiny_shape_forced_and_restores_the_rule(fab, capsys):
     assert not K._fuses_input(2, 3, 20, 5, 4)          # the rule again: 2 rows do not fuse
 
 
-
 # -- weight_grads_ab.py -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def wab():
@@ -331,19 +330,33 @@ def wab():
     return mod
 
 
-def test_weight_grads_ab_makes_every_cell_and_restores_the_rule(wab, capsys):
+def test_weight_grads_ab_makes_each_cell(wab):
+    import rnncore
+    for cell in wab.CELLS:
+        m = wab.make_model(cell, 3, 5)
+        want = rnncore.RNN if cell == "rnn" else rnncore.LSTM if "lstm" in cell else rnncore.GRU
+        assert type(m) is want, cell
+        if cell != "rnn":
+            assert m.layer_norm == cell.startswith("ln-"), cell
+        if want is rnncore.GRU:
+            assert m.reset_after == (cell != "gru-rb"), cell
+
+
+def test_weight_grads_ab_runs_and_restores_the_rule(wab, capsys):
     import rnncore
     from rnncore._kernels import lstm as KL
-    m = wab.make_model("gru-rb", 3, 5)
-    assert isinstance(m, rnncore.GRU) and not m.reset_after
-    assert isinstance(wab.make_model("ln-lstm", 3, 5), rnncore.LSTM)
     calls = KL._weight_grads_calls()[0]
     assert wab.main(["lstm", "4,2,3,5", "--forced", "--blocks", "1", "--ms", "1"]) == 0
     assert wab.main(["ln-gru", "4,3,3,5", "--blocks", "1", "--ms", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("lstm 4,2,3,5 fb: kernel ") and "blas/kernel" in out[0]
     assert out[1].startswith("ln-gru 4,3,3,5 fb: kernel ")
-    assert KL._weight_grads_calls()[0] > calls            # forced: the kernel ran
+    after = KL._weight_grads_calls()[0]
+    assert after > calls                                   # forced: the kernel ran
+    m = rnncore.LSTM(3, 5, seed=0)                          # the rule again: far below it
+    y, _ = m(np.ones((4, 2, 3), np.float32))
+    m.backward(np.ones_like(y))
+    assert KL._weight_grads_calls()[0] == after
     with pytest.raises(SystemExit):
         wab.main(["lstm-x", "4,2,3,5"])
     with pytest.raises(ValueError, match="'4,2,3'"):

@@ -37,10 +37,10 @@
  * B may be two sources side by side: virtual columns [0, n0) from b0, [n0, n0 +
  * n1) from b1, n0 a multiple of nr then, so every panel comes from one source. The
  * GRU's B is [dG | dAn] (all 3H columns of dG, then dAn): dWh reads dG, dWx reads
- * dG's r and z columns and dAn -- so it runs here only when 3H is a multiple of nr,
- * i.e. H is (nr a power of two): a float32 GRU with H = 100 on AVX-512 stays on BLAS. A term reads virtual columns
- * [bcol, bcol + n) (bcol a multiple of nr) and K indices [plo, phi), the A row of
- * K index p being p + off.
+ * dG's r and z columns and dAn -- so it runs here only when 3H is a multiple of
+ * nr, i.e. when H is a multiple of nr (a power of two): a float32 GRU with H = 100
+ * stays on BLAS. A term reads virtual columns [bcol, bcol + n) (bcol a multiple of
+ * nr) and K indices [plo, phi), the A row of K index p being p + off.
  *
  * Measured on 2 Zen 4 cores (a C harness, float32, dWx and dWh of one call,
  * GFLOP/s; OpenBLAS 0.3.30 on 2 threads, its two GEMMs): (R, n, D + H) = (1600,
@@ -274,7 +274,8 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
                  (T *)e->ct, e->ldt, ab);                                        \
         }                                                                       \
     }                                                                           \
-    /* Returns 0 when out of memory (nothing done: the caller falls back). */   \
+    /* Returns 0 (nothing done: the caller falls back) for an invalid problem \
+     * or when out of memory. */                                                \
     static int NAME(const rc_dw_problem *pr)                                    \
     {                                                                           \
         if (pr->K <= 0 || pr->nr <= 0 || (pr->b1 != NULL && pr->n0 % pr->nr != 0)) \
