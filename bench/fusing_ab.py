@@ -51,6 +51,23 @@ def alternate(run, set_fused, blocks, reps):
     return float(np.median(times[True])), float(np.median(times[False]))
 
 
+def add_timing_args(ap):
+    """The A/B scripts' shared options: threads, blocks, milliseconds per block."""
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--ms", type=float, default=200.0, help="target milliseconds per block")
+
+
+def timed_ab(run, set_on, blocks, ms):
+    """(on, off): alternate() with as many calls per block as fill about `ms`
+    milliseconds, from one untimed and one timed call."""
+    run()
+    t0 = time.perf_counter()
+    run()
+    reps = max(1, int(ms / 1e3 / max(time.perf_counter() - t0, 1e-6)))
+    return alternate(run, set_on, blocks, reps)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cell", choices=["rnn", "gru", "lstm"])
@@ -58,9 +75,7 @@ def main(argv=None):
     ap.add_argument("--fb", action="store_true", help="time forward+backward (default: eval())")
     ap.add_argument("--forced", action="store_true",
                     help="fuse every shape, lifting the rule's row and byte bounds")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--blocks", type=int, default=8)
-    ap.add_argument("--ms", type=float, default=200.0, help="target milliseconds per block")
+    add_timing_args(ap)
     args = ap.parse_args(argv)
     shapes = [parse_shape(s) for s in args.shapes]
 
@@ -93,11 +108,7 @@ def main(argv=None):
 
                     def run():
                         m(x)
-                run()
-                t0 = time.perf_counter()
-                run()
-                reps = max(1, int(args.ms / 1e3 / max(time.perf_counter() - t0, 1e-6)))
-                fused, unfused = alternate(run, set_fused, args.blocks, reps)
+                fused, unfused = timed_ab(run, set_fused, args.blocks, args.ms)
                 print(f"{args.cell} {T},{N},{D},{H} {'fb' if args.fb else 'fwd'}: "
                       f"fused {fused * 1e3:.3f} ms  unfused {unfused * 1e3:.3f} ms  "
                       f"unfused/fused {unfused / fused:.3f}", flush=True)

@@ -19,12 +19,11 @@ tests/test_bench_scripts.py.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fusing_ab import alternate, parse_shape  # noqa: E402
+from fusing_ab import add_timing_args, parse_shape, timed_ab  # noqa: E402
 
 CELLS = ("rnn", "gru", "gru-rb", "lstm", "ln-gru", "ln-lstm")
 
@@ -45,9 +44,7 @@ def main(argv=None):
     ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
     ap.add_argument("--forced", action="store_true",
                     help="the kernel at every size, past the rule (mode 2)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--blocks", type=int, default=8)
-    ap.add_argument("--ms", type=float, default=200.0, help="target milliseconds per block")
+    add_timing_args(ap)
     args = ap.parse_args(argv)
     shapes = [parse_shape(s) for s in args.shapes]
 
@@ -69,11 +66,7 @@ def main(argv=None):
                 def run():
                     m(x)
                     m.backward(dout)
-                run()
-                t0 = time.perf_counter()
-                run()
-                reps = max(1, int(args.ms / 1e3 / max(time.perf_counter() - t0, 1e-6)))
-                kernel, blas = alternate(run, set_kernel, args.blocks, reps)
+                kernel, blas = timed_ab(run, set_kernel, args.blocks, args.ms)
                 print(f"{args.cell} {T},{N},{D},{H} fb: kernel {kernel * 1e3:.3f} ms  "
                       f"blas {blas * 1e3:.3f} ms  blas/kernel {blas / kernel:.3f}", flush=True)
     finally:

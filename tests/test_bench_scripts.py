@@ -23,13 +23,17 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(BENCH, "charlm_q
                                 reason="needs the source checkout's bench/ folder")
 
 
-@pytest.fixture(scope="module")
-def cq():
-    spec = importlib.util.spec_from_file_location("charlm_quality",
-                                                  os.path.join(BENCH, "charlm_quality.py"))
+def _load(name):
+    """bench/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def cq():
+    return _load("charlm_quality")
 
 
 # -- splitting ------------------------------------------------------------------------------
@@ -278,10 +282,7 @@ def test_torch_option_modules_match_plain_in_eval_and_train_their_own_weights(
 # -- fusing_ab.py -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fab():
-    spec = importlib.util.spec_from_file_location("fusing_ab", os.path.join(BENCH, "fusing_ab.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load("fusing_ab")
 
 
 def test_fusing_ab_parses_shapes_and_names_a_bad_one(fab):
@@ -323,11 +324,7 @@ def test_fusing_ab_runs_a_tiny_shape_forced_and_restores_the_rule(fab, capsys):
 # -- weight_grads_ab.py -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def wab():
-    spec = importlib.util.spec_from_file_location("weight_grads_ab",
-                                                  os.path.join(BENCH, "weight_grads_ab.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load("weight_grads_ab")
 
 
 def test_weight_grads_ab_makes_each_cell(wab):
