@@ -21,8 +21,9 @@ scratch and added in. So:
    show more than one thread ran where the row split is allowed).
 4. Where it does not apply, BLAS does the work (no call counted) and the results
    still match: a GRU (reset after or before) whose n block starts off a panel
-   boundary, the hook off (0), the default rule below 4M multiply-adds or 256 rows,
-   the row split off.
+   boundary, the hook off (0), the default rule below 4M multiply-adds or 256 rows.
+   With the row split off the kernel still runs (the same path, so the same bits),
+   on one thread.
 """
 import numpy as np
 import pytest
@@ -341,24 +342,30 @@ def test_blas_where_the_kernel_does_not_apply(case, rng):
         np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_the_default_rule_leaves_blas_its_threads_when_the_row_split_is_off(rng):
-    """rnncore's own threads run only where the row split is allowed: without it the
-    kernel would run on one thread where BLAS's GEMMs keep all of theirs."""
+def test_with_the_row_split_off_the_kernel_runs_on_one_thread(rng):
+    """rnncore's own threads run only where the row split is allowed (BLAS's workers
+    sleep); without it the kernel still takes the gradients -- the same path, so the
+    same bits as with the split -- on one thread."""
     from rnncore._runtime import threads as _threads
-    x = rng.standard_normal((40, 16, 64)).astype(np.float32)
+    # 640 rows * 512 * 256 = 84M multiply-adds: past the section of one BLAS thread
+    x = rng.standard_normal((40, 16, 128)).astype(np.float32)
+    make = lambda: rnncore.LSTM(128, 128, seed=1)   # noqa: E731
     was = _threads._ROW_SPLIT                # None: by default, as allowed
-    before = _calls(KL)
+    calls, threaded = KL._weight_grads_calls()
     rnncore.set_row_split(False)
     try:
-        _model_grads(lambda: rnncore.LSTM(64, 128, seed=1), x)
-        assert _calls(KL) == before
+        with threadpool_limits(2, user_api="blas"):
+            one = _model_grads(make, x)
+        assert KL._weight_grads_calls() == (calls + 1, threaded)
     finally:
         _threads._ROW_SPLIT = was
         _threads.set_loop_parallel_min(_threads.LOOP_PARALLEL_MIN)   # hands it to the kernels
-    assert row_split_enabled() == _threads.row_split_allowed() if was is None else was
-    if row_split_enabled():                 # the same shape with the split on: the kernel
-        _model_grads(lambda: rnncore.LSTM(64, 128, seed=1), x)
-        assert _calls(KL) == before + 1
+    if row_split_enabled():                  # with the split: on two threads, same bits
+        with threadpool_limits(2, user_api="blas"):
+            split = _model_grads(make, x)
+        assert KL._weight_grads_calls() == (calls + 2, threaded + 1)
+        for k in one:
+            np.testing.assert_array_equal(one[k], split[k], err_msg=k)
 
 
 @pytest.mark.skipif(not row_split_enabled(), reason="the row split is off: BLAS keeps dW")

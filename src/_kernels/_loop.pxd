@@ -364,8 +364,8 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
 cdef inline bint dw_begin(rc_dw_problem *pr, Mat b, Py_ssize_t n, Py_ssize_t R,
                           long long work, floating kind) noexcept nogil:
     """Start a dW problem on B (R, n) (rc_gemm_dw.h: rc_dw_*), `work` multiply-adds in
-    all; False: it does not run here (no packed layout, the rule -- work, rows, the
-    row split allowed -- or the hook, a transposed B): BLAS does the products."""
+    all; False: it does not run here (no packed layout, the rule on work and rows or
+    the hook, a transposed B): BLAS does the products."""
     cdef Py_ssize_t nr = packed_nr(sizeof(floating))
     memset(pr, 0, sizeof(rc_dw_problem))
     if R <= 0 or n <= 0 or nr == 0 or b.t != NoTrans or not dw_enabled(work, R):

@@ -74,8 +74,8 @@ static long long rc_dw_calls[2] = {0, 0};
 static int rc_dw_enabled = 1;       /* test hook: 0 leaves the weight gradients to BLAS */
 static void rc_set_dw(int enabled) { rc_dw_enabled = enabled; }
 /* Whether a backward call's weight gradients over K rows (`work` multiply-adds in
- * all) run here: a packed layout for this CPU, the row split allowed, at least
- * RC_DW_MIN_WORK multiply-adds and RC_DW_MIN_ROWS rows (a transposed target's
+ * all) run here: a packed layout for this CPU, at least RC_DW_MIN_WORK
+ * multiply-adds and RC_DW_MIN_ROWS rows (a transposed target's
  * scratch costs m*n whatever K: at (T, N, D, H) = (3, 64, 256, 256), K = 192, the
  * LSTM's fb ran 0.95x BLAS's; K = 256 and 384 ran 1.01-1.02x); or the hook's 2: at
  * any size. Shapes and configuration only. */
@@ -85,9 +85,10 @@ static int rc_dw_use(long long work, rc_idx K)
 {
     if (!rc_dw_enabled || rc_packed_nr(sizeof(float)) == 0) return 0;
     if (rc_dw_enabled == 2) return 1;
-    /* its threads are rnncore's (rc_own_threads): with the row split off they would
-     * be one, where BLAS's GEMMs keep all of theirs */
-    return rc_row_split && work >= RC_DW_MIN_WORK && K >= RC_DW_MIN_ROWS;
+    /* not rc_row_split: the path, and with it the rounding, must not depend on
+     * whether the row split is allowed (the tests compare the two bitwise); with
+     * it off (BLAS's workers spin) the kernel runs on one thread, like the loops */
+    return work >= RC_DW_MIN_WORK && K >= RC_DW_MIN_ROWS;
 }
 static long long rc_dw_count(int threaded)
 {
