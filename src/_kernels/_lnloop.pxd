@@ -100,7 +100,7 @@ cdef inline void after_loop(const Loop *L, const Input *inp, const Grads *gr, fl
     # dWh += sum_t h_prev(t)^T dZ_t                  (H, GH)
     # (its shifted main term on the packed dW kernel when it applies: _loop.pxd)
     done = dw_begin(&pr, uniform(L.dg), GH, R, <long long>R * GH * L.Hp, <floating>0) \
-        and dwh_shifted(L)
+        and dwh_shifted(L, <floating>0)
     if done:
         dw_shifted_term(&pr, L, GH, gr.dwh, <floating>0)
         done = dw_run(&pr, <floating>0)

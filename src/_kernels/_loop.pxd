@@ -435,7 +435,7 @@ cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, 
     if not dw_begin(&pr, dg, GH, R, <long long>R * GH * (D + L.Hp), kind):
         return False
     if (split and (GH % pr.nr != 0 or dan.t != NoTrans)) \
-            or (L.reset_before and (2 * H) % pr.nr != 0) or not dwh_shifted(L):
+            or (L.reset_before and (2 * H) % pr.nr != 0) or not dwh_shifted(L, kind):
         return False
     if split and D > 0:
         # B = [dG | dAn]: dAn from the virtual column GH (for dWx: none without inputs)
@@ -524,21 +524,17 @@ cdef inline bint straddle_unsafe(const floating *a, Py_ssize_t lda, Py_ssize_t n
     return not (ma * mb * rows <= limit)
 
 
-cdef inline bint dwh_shifted(const Loop *L) noexcept nogil:
+cdef inline bint dwh_shifted(const Loop *L, floating kind) noexcept nogil:
     """Whether dwh_accumulate's pairs (h_prev, dz) are one shifted GEMM (plus the
     straddle subtraction in batch-major layout), not one GEMM per row."""
     cdef Py_ssize_t T = L.T, N = L.N, H = L.Hp, GH = L.G * L.H
     cdef Py_ssize_t h_st = L.h.st, h_sn = L.h.sn, dz_st = L.dg.st, dz_sn = L.dg.sn
     if not (T > 1 and L.h.bm and N > 1):
         return True
-    if L.f64:
-        return not straddle_unsafe(
-            <const double *>L.h.p + (h_sn if L.reverse else (T - 1) * h_st), h_sn, H,
-            <const double *>L.dg.p + ((T - 1) * dz_st if L.reverse else dz_sn), dz_sn, GH,
-            N - 1)
     return not straddle_unsafe(
-        <const float *>L.h.p + (h_sn if L.reverse else (T - 1) * h_st), h_sn, H,
-        <const float *>L.dg.p + ((T - 1) * dz_st if L.reverse else dz_sn), dz_sn, GH, N - 1)
+        <const floating *>L.h.p + (h_sn if L.reverse else (T - 1) * h_st), h_sn, H,
+        <const floating *>L.dg.p + ((T - 1) * dz_st if L.reverse else dz_sn), dz_sn, GH,
+        N - 1)
 
 
 cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
@@ -569,7 +565,8 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
     cdef Py_ssize_t dz_ld = L.dg.ld
     cdef Py_ssize_t shift = dz_st // dz_ld    # N rows (time-major) or 1 (batch-major)
     cdef bint straddle = L.h.bm and N > 1
-    if not dwh_shifted(L):
+    # (main_done implies the shifted form: weight_grads checked it; not scanned again)
+    if not (main_done or dwh_shifted(L, <floating>0)):
         for n in range(N):
             # row n's own pairs: (H, GH) += (H, T-1)(T-1, GH)
             if not L.reverse:   # (h[n, t-1], dz[n, t])

@@ -20,7 +20,7 @@
  *
  *   - each thread owns a range of B's column panels (rc_dw_split: equal shares of
  *     the multiply-adds) and, for each chunk of RC_DW_KC rows of K, packs its
- *     panels of the chunk ONCE, row by row (rc_dw_bpack), for every term;
+ *     panels of the chunk ONCE (rc_pack_*, row by row), for every term;
  *   - each term's A^T is copied per chunk in blocks of RC_DW_MB rows, row-major
  *     (rc_dw_acopy: 8 x 8 transposes; A is read as given, any row stride);
  *   - each block times the thread's panels is the packed kernel
@@ -148,30 +148,6 @@ typedef long long rc_v8di __attribute__((vector_size(64)));
 RC_DEFINE_DW_ACOPY(rc_dw_acopy_f, float, rc_v8f, rc_v8fi)
 RC_DEFINE_DW_ACOPY(rc_dw_acopy_d, double, rc_v8d, rc_v8di)
 
-/* dst := B's columns [0, w) over rows [0, kc) (row stride ld) in panels nr wide,
- * kc rows apart (rc_pack_*'s layout with ldp = kc), row by row: each source row
- * is read once, in order. */
-#define RC_DEFINE_DW_BPACK(NAME, T)                                             \
-    RC_CLONES static void NAME(rc_idx kc, rc_idx w, const T *b, rc_idx ld,      \
-                               rc_idx nr, T *dst)                               \
-    {                                                                           \
-        const rc_idx full = w / nr;                                             \
-        for (rc_idx p = 0; p < kc; p++) {                                       \
-            const T *s = b + p * ld;                                            \
-            for (rc_idx q = 0; q < full; q++) {                                 \
-                T *d = dst + q * nr * kc + p * nr;                              \
-                for (rc_idx j = 0; j < nr; j++) d[j] = s[q * nr + j];           \
-            }                                                                   \
-            if (full * nr < w) {                                                \
-                T *d = dst + full * nr * kc + p * nr;                           \
-                for (rc_idx j = 0; j < nr; j++)                                 \
-                    d[j] = full * nr + j < w ? s[full * nr + j] : (T)0;         \
-            }                                                                   \
-        }                                                                       \
-    }
-RC_DEFINE_DW_BPACK(rc_dw_bpack_f, float)
-RC_DEFINE_DW_BPACK(rc_dw_bpack_d, double)
-
 /* The threads' panel ranges bound[q] .. bound[q + 1] (q < P) of B's `panels`:
  * equal shares of the multiply-adds, a panel weighing the rows m times the K
  * range of every term that reads it (the GRU's terms cover different columns). */
@@ -237,11 +213,11 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
             /* this thread's panels of rows [k0, k0 + kc), ldp = kc */          \
             if (c0 < pr->n0)                                                    \
                 PACK(kc, RC_PK_MIN(c1, pr->n0) - c0,                            \
-                     (const T *)pr->b0 + k0 * pr->ld0 + c0, pr->ld0, nr, bb);   \
+                     (const T *)pr->b0 + k0 * pr->ld0 + c0, pr->ld0, 1, nr, kc, bb); \
             if (c1 > pr->n0) {                                                  \
                 const rc_idx s0 = c0 > pr->n0 ? c0 : pr->n0;                    \
                 PACK(kc, c1 - s0, (const T *)pr->b1 + k0 * pr->ld1 + (s0 - pr->n0), \
-                     pr->ld1, nr, bb + (s0 - c0) * kc);                         \
+                     pr->ld1, 1, nr, kc, bb + (s0 - c0) * kc);                  \
             }                                                                   \
             for (int t = 0; t < pr->nterms; t++) {                              \
                 const rc_dw_term *e = &pr->term[t];                             \
@@ -322,9 +298,9 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
         for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);                    \
         return 1;                                                               \
     }
-RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_dw_bpack_f, rc_dw_acopy_f, rc_dw_tadd_f,
+RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_pack_f, rc_dw_acopy_f, rc_dw_tadd_f,
              rc_gemm_packed2_f)
-RC_DEFINE_DW(rc_dw_d, double, RC_DW_KC_D, rc_dw_bpack_d, rc_dw_acopy_d, rc_dw_tadd_d,
+RC_DEFINE_DW(rc_dw_d, double, RC_DW_KC_D, rc_pack_d, rc_dw_acopy_d, rc_dw_tadd_d,
              rc_gemm_packed2_d)
 
 #endif /* RC_GEMM_DW_H */

@@ -88,18 +88,20 @@ static inline rc_idx rc_packed_size(rc_idx k, rc_idx n, rc_idx nr)
     RC_CLONES static void NAME(rc_idx k, rc_idx n, const T *b, rc_idx rs,       \
                                rc_idx cs, rc_idx nr, rc_idx ldp, T *dst)        \
     {                                                                           \
-        for (rc_idx j0 = 0; j0 < n; j0 += nr) {                                 \
-            const rc_idx w = RC_PK_MIN(nr, n - j0);                             \
-            T *d = dst + j0 * ldp;                                              \
-            if (cs == 1) {                                                      \
-                for (rc_idx p = 0; p < k; p++) {                                \
+        if (cs == 1) {   /* row by row: each source row read once, in order */  \
+            for (rc_idx p = 0; p < k; p++)                                      \
+                for (rc_idx j0 = 0; j0 < n; j0 += nr) {                         \
+                    const rc_idx w = RC_PK_MIN(nr, n - j0);                     \
                     const T *s = b + p * rs + j0;                               \
-                    T *dp = d + p * nr;                                         \
+                    T *dp = dst + j0 * ldp + p * nr;                            \
                     for (rc_idx j = 0; j < w; j++) dp[j] = s[j];                \
                     for (rc_idx j = w; j < nr; j++) dp[j] = 0;                  \
                 }                                                               \
-                continue;                                                       \
-            }                                                                   \
+            return;                                                             \
+        }                                                                       \
+        for (rc_idx j0 = 0; j0 < n; j0 += nr) {                                 \
+            const rc_idx w = RC_PK_MIN(nr, n - j0);                             \
+            T *d = dst + j0 * ldp;                                              \
             /* columns of B are rows of the source (rs == 1) or strided: 16 k  \
              * at a time from each column, so every source line is read once */ \
             for (rc_idx p0 = 0; p0 < k; p0 += 16) {                             \
