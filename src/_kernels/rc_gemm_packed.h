@@ -317,6 +317,7 @@ RC_DEFINE_PK_DISPATCH(rc_gemm_packed_d, rc_gemm_packed2_d, double, rc_gemm_packe
  * the optimiser (no folding of the rounds) */
 #define RC_FMA1(FMA, a) a = FMA(a, b, c); __asm__ volatile("" : "+v"(a));
 #define RC_DEFINE_FMA_BURN(NAME, VT, SET1, FMA, ADD, STORE, LANES, TARGET)       \
+    enum { NAME##_lanes = LANES };   /* floats per vector: rc_fma_burn's count */ \
     __attribute__((target(TARGET), noinline)) static float NAME(long long rounds) \
     {                                                                           \
         const VT b = SET1(0.999999f), c = SET1(1e-6f);                          \
@@ -346,10 +347,10 @@ static float rc_fma_burn(long long rounds, double *flops)
 #if RC_X86_DISPATCH
     switch (rc_simd_tier()) {   /* the level the kernels' clones run at */
     case 4:
-        *flops = 2.0 * RC_PEAK_CHAINS * 16 * (double)rounds;
+        *flops = 2.0 * RC_PEAK_CHAINS * rc_fma_burn_v4_lanes * (double)rounds;
         return rc_fma_burn_v4(rounds);
     case 3:
-        *flops = 2.0 * RC_PEAK_CHAINS * 8 * (double)rounds;
+        *flops = 2.0 * RC_PEAK_CHAINS * rc_fma_burn_v3_lanes * (double)rounds;
         return rc_fma_burn_v3(rounds);
     default: break;
     }
