@@ -29,3 +29,21 @@ def _weight_grads_calls():
     gradients on the packed dW kernel, and how many of them on more than one thread
     (counts since import)."""
     return dw_count(0), dw_count(1)
+
+
+from _threads cimport set_pool, pool_count
+
+
+def _set_thread_team(bint enabled=True, long spin_ns=-1):
+    """Test/benchmark hook: this module's threaded work (row-split loops, packing
+    and dW on threads) runs on its persistent team of workers (rc_threads.h:
+    rc_pool; True, the default) or on threads started per call (False); the
+    workers and the caller spin `spin_ns` nanoseconds before they sleep (-1: the
+    default, 100 us; 0: sleep at once)."""
+    set_pool(enabled, spin_ns)
+
+
+def _thread_team_runs():
+    """How many threaded runs of this module have used its persistent team (a count
+    since import)."""
+    return pool_count()

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stddef.h>
+#include <string.h>
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -166,15 +167,77 @@ typedef void (*rc_task_fn)(void *);
 typedef struct { rc_task_fn fn; void *arg; } rc_task;
 static void *rc_task_main(void *p) { rc_task *t = (rc_task *)p; t->fn(t->arg); return NULL; }
 
+static inline void rc_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* A persistent team for rc_run_tasks (Linux: futexes).
+ *
+ * Starting a thread per task and joining it costs ~55 us on a 2-core Zen 4 VM (a
+ * futex wake of a sleeping thread ~25 us: the hypervisor's IPI), and a forward or
+ * backward call runs one to three such teams (packing on threads, the row-split
+ * loop, the dW kernel): at short sequences that was most of the call -- an LSTM
+ * (T, N, D, H) = (2, 16, 64, 128) inference took 262 us on 2 threads against
+ * 139 us on one. So each kernel module keeps up to RC_MAX_THREADS - 1 workers,
+ * started on first use. After a task a worker spins for rc_pool_spin_ns (pause;
+ * every 32 rounds it reads the clock and yields the core to any other runnable
+ * thread there, such as BLAS's) before it sleeps on its futex word, so the
+ * calls of a training or inference loop find it awake; the caller waits for the
+ * team the same way. PyTorch's OpenMP threads spin the same way between calls
+ * (libgomp: GOMP_SPINCOUNT), OpenBLAS's for OPENBLAS_THREAD_TIMEOUT; ours only
+ * for a bounded, short time, then sleep.
+ *
+ * One submitter at a time (`busy`): a second thread calling rc_run_tasks while the
+ * team works (two Python threads, a nested call) starts its own threads as before
+ * (rc_run_spawned). The same tasks run with the same arguments either way, so
+ * results do not depend on which path ran them. After fork() the child has no
+ * workers: a pthread_atfork handler empties the team (the child starts its own).
+ * Test hooks: rc_set_pool (0: always spawn; the spin time). */
+#define RC_POOL_SPIN_NS_DEFAULT 100000L
+#if defined(__linux__)
+#define RC_POOL 1
+#include <time.h>
+typedef struct {
+    int gen;            /* futex word: bumped by the submitter for each task posted */
+    int sleeping;       /* the worker sleeps (or is about to) on gen */
+    rc_task task;
+    pthread_t th;
+    char pad[64];
+} rc_worker;
+static struct {
+    int busy;           /* a submitter owns the team */
+    int n;              /* workers started */
+    int pending;        /* futex word: workers still running the current tasks */
+    int waiting;        /* the submitter sleeps (or is about to) on pending */
+    int registered;     /* the atfork handler is installed */
+    int failed;         /* a worker could not be started: spawn from now on */
+    rc_worker w[RC_MAX_THREADS];
+} rc_pool;
+#else
+#define RC_POOL 0
+#endif
+static int rc_pool_enabled = 1;
+static long rc_pool_spin_ns = RC_POOL_SPIN_NS_DEFAULT;
+static long long rc_pool_runs = 0;     /* team runs (a count for tests) */
+
+static long long rc_pool_count(void) { return __atomic_load_n(&rc_pool_runs, __ATOMIC_RELAXED); }
+static void rc_set_pool(int enabled, long spin_ns)
+{
+    rc_pool_enabled = enabled;
+    rc_pool_spin_ns = spin_ns < 0 ? RC_POOL_SPIN_NS_DEFAULT : spin_ns;
+}
+
 /* Run fn(args + k * size) for k = 0..P-1, task 0 on the calling thread, the
  * others on new threads; joins them all. If a thread cannot be created its
  * task runs on the calling thread (same result). */
-static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
+static void rc_run_spawned(rc_task_fn fn, void *args, size_t size, int P)
 {
     pthread_t th[RC_MAX_THREADS];
     rc_task tk[RC_MAX_THREADS];
     int started[RC_MAX_THREADS] = {0};
-    if (P > RC_MAX_THREADS) P = RC_MAX_THREADS;
     for (int k = 1; k < P; k++) {
         tk[k].fn = fn;
         tk[k].arg = (char *)args + k * size;
@@ -185,6 +248,135 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
         if (started[k]) pthread_join(th[k], NULL);
         else fn((char *)args + k * size);
     }
+}
+
+#if RC_POOL
+static long long rc_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* Spin until (*word == value) == until_equal, or rc_pool_spin_ns have passed;
+ * 1: the condition holds. */
+static int rc_pool_spin(int *word, int value, int until_equal)
+{
+    long long end = 0;
+    long spin = rc_pool_spin_ns;
+    for (unsigned i = 0;; i++) {
+        if ((__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) == until_equal) return 1;
+        if (spin <= 0) return 0;
+        if ((i & 31) == 0) {
+            long long now = rc_now_ns();
+            if (end == 0) end = now + spin;
+            else if (now >= end) return 0;
+            if (i > 0) sched_yield();   /* a runnable thread on this core (BLAS's) goes first */
+        }
+        rc_cpu_relax();
+    }
+}
+
+/* Sleep until *word != value; *flag says so to the waker (both sequentially
+ * consistent: the waker stores the word, then reads the flag; we store the flag,
+ * then read the word -- one of us sees the other's store). */
+static void rc_pool_sleep(int *word, int value, int *flag)
+{
+    __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(word, __ATOMIC_SEQ_CST) == value)
+        syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+    __atomic_store_n(flag, 0, __ATOMIC_SEQ_CST);
+}
+
+static void rc_pool_wake(int *word, int *flag)
+{
+    if (__atomic_load_n(flag, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static void *rc_pool_main(void *p)
+{
+    rc_worker *w = (rc_worker *)p;
+    int seen = 0;   /* gen was 0 when the thread was started (rc_pool_acquire) */
+    for (;;) {
+        if (!rc_pool_spin(&w->gen, seen, 0)) rc_pool_sleep(&w->gen, seen, &w->sleeping);
+        seen = __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE);
+        w->task.fn(w->task.arg);
+        if (__atomic_sub_fetch(&rc_pool.pending, 1, __ATOMIC_SEQ_CST) == 0)
+            rc_pool_wake(&rc_pool.pending, &rc_pool.waiting);
+    }
+    return NULL;
+}
+
+/* In a forked child: no workers (only the forking thread survives). */
+static void rc_pool_atfork_child(void)
+{
+    memset(&rc_pool, 0, sizeof rc_pool);
+}
+
+/* Take the team for P - 1 workers (starting any missing); 0: spawn instead. */
+static int rc_pool_acquire(int P)
+{
+    if (!rc_pool_enabled || __atomic_exchange_n(&rc_pool.busy, 1, __ATOMIC_ACQUIRE))
+        return 0;
+    if (!rc_pool.registered) {
+        rc_pool.registered = 1;
+        if (pthread_atfork(NULL, NULL, rc_pool_atfork_child) != 0) rc_pool.failed = 1;
+    }
+    while (!rc_pool.failed && rc_pool.n < P - 1) {
+        rc_worker *w = &rc_pool.w[rc_pool.n];
+        w->gen = 0;
+        w->sleeping = 0;
+        if (pthread_create(&w->th, NULL, rc_pool_main, w) != 0) rc_pool.failed = 1;
+        else rc_pool.n++;
+    }
+    if (rc_pool.n < P - 1) {
+        __atomic_store_n(&rc_pool.busy, 0, __ATOMIC_RELEASE);
+        return 0;
+    }
+    return 1;
+}
+
+static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
+{
+    __atomic_store_n(&rc_pool.pending, P - 1, __ATOMIC_SEQ_CST);
+    for (int k = 1; k < P; k++) {
+        rc_worker *w = &rc_pool.w[k - 1];
+        w->task.fn = fn;
+        w->task.arg = (char *)args + k * size;
+        __atomic_add_fetch(&w->gen, 1, __ATOMIC_SEQ_CST);
+        rc_pool_wake(&w->gen, &w->sleeping);
+    }
+    fn(args);
+    if (!rc_pool_spin(&rc_pool.pending, 0, 1)) {
+        int left;
+        __atomic_store_n(&rc_pool.waiting, 1, __ATOMIC_SEQ_CST);
+        while ((left = __atomic_load_n(&rc_pool.pending, __ATOMIC_SEQ_CST)) != 0)
+            syscall(SYS_futex, &rc_pool.pending, FUTEX_WAIT_PRIVATE, left, NULL, NULL, 0);
+        __atomic_store_n(&rc_pool.waiting, 0, __ATOMIC_SEQ_CST);
+    }
+    __atomic_add_fetch(&rc_pool_runs, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&rc_pool.busy, 0, __ATOMIC_RELEASE);
+}
+#endif
+
+/* Run fn(args + k * size) for k = 0..P-1 (each a task of `size` bytes), task 0
+ * on the calling thread, the others on the team's workers (rc_pool) or, when the
+ * team is taken or off, on threads started for them; returns when all are done. */
+static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
+{
+    if (P > RC_MAX_THREADS) P = RC_MAX_THREADS;
+    if (P <= 1) {
+        fn(args);
+        return;
+    }
+#if RC_POOL
+    if (rc_pool_acquire(P)) {
+        rc_run_pooled(fn, args, size, P);
+        return;
+    }
+#endif
+    rc_run_spawned(fn, args, size, P);
 }
 
 /* Unit-split time loops (the LSTM's; lstm.pyx: fwd_units, bwd_units).
@@ -288,13 +480,6 @@ static void rc_units_init(rc_units *u, int nb)
 {
     u->done = 0; u->waiters = 0; u->nb = nb;
     for (int b = 0; b < RC_UNITS_MAX_BLOCKS; b++) u->last[b] = -1;
-}
-
-static inline void rc_cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
 }
 
 /* Wait until phase p may start: all nb * p earlier tasks done. */

@@ -1,0 +1,171 @@
+"""The kernels' persistent thread team (rc_threads.h: rc_pool, rc_run_tasks).
+
+Row-split loops, packing on threads and the dW kernel hand their tasks to a team
+of workers each kernel module keeps (started on first use; they spin briefly after
+a task, then sleep), or -- when the team is taken by another caller, or off
+(``_set_thread_team(False)``) -- to threads started for the call. The tasks are the
+same either way, so:
+
+1. Every cell's training step and inference on 2 and 3 BLAS threads give bitwise
+   the results of threads started per call and of the workers sleeping at once
+   (spin 0: the futex path), and match the float64 reference; the team's count
+   shows it ran (and did not, when off).
+2. Models in four concurrent Python threads (one takes the team, the others start
+   threads) get the serial results.
+3. A child forked after the team ran (it has no workers) runs threaded loops
+   correctly and does not hang.
+"""
+import multiprocessing
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from _oracle import reference_run
+from conftest import HAVE_PACKED
+
+import rnncore
+from rnncore._kernels import gru as KG, lngru as KLG, lnlstm as KLL, lstm as KL, rnn as KR
+from rnncore._runtime.threads import row_split_enabled
+
+pytestmark = [
+    pytest.mark.skipif(not HAVE_PACKED,
+                       reason="no packed GEMM layout for this CPU (loops do not split rows)"),
+    pytest.mark.skipif(not row_split_enabled(),
+                       reason="the row split is off (SciPy's BLAS spins): no threaded loops"),
+]
+
+MODULES = {"rnn": KR, "gru": KG, "gru-rb": KG, "lstm": KL, "ln-gru": KLG, "ln-lstm": KLL}
+T, N, D, H = 24, 24, 20, 64     # T N H H = 2.4M multiply-adds (an RNN; more for the rest): rows split
+
+
+def _model(cell, dtype):
+    kw = dict(num_layers=2, batch_first=True, seed=5, dtype=dtype)
+    if cell == "rnn":
+        return rnncore.RNN(D, H, **kw)
+    if cell in ("lstm", "ln-lstm"):
+        return rnncore.LSTM(D, H, layer_norm=cell == "ln-lstm", **kw)
+    return rnncore.GRU(D, H, reset_after=cell != "gru-rb", layer_norm=cell == "ln-gru", **kw)
+
+
+def _inputs(dtype):
+    rng = np.random.default_rng(11)
+    return (rng.standard_normal((N, T, D)).astype(dtype),
+            rng.standard_normal((N, T, H)).astype(dtype))
+
+
+def _step(cell, dtype, threads=2):
+    """A training step and an inference: [y, dx, y_inference, grads...]."""
+    m = _model(cell, dtype)
+    x, dy = _inputs(dtype)
+    with threadpool_limits(threads, user_api="blas"):
+        y, _ = m(x)
+        dx = m.backward(dy)[0]
+        grads = {k: v.copy() for k, v in m.grads.items()}
+        m.eval()
+        yi, _ = m(x)
+    return [y, dx, yi] + [grads[k] for k in sorted(grads)]
+
+
+def _with_team(cell, dtype, enabled, spin_ns=-1, threads=2):
+    mod = MODULES[cell]
+    runs = mod._thread_team_runs()
+    mod._set_thread_team(enabled, spin_ns)
+    try:
+        out = _step(cell, dtype, threads)
+    finally:
+        mod._set_thread_team(True)
+    return out, mod._thread_team_runs() - runs
+
+
+def _same(a_list, b_list):
+    for a, b in zip(a_list, b_list, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", list(MODULES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_team_gives_the_results_of_threads_started_per_call(cell, dtype, threads):
+    spawned, n_off = _with_team(cell, dtype, False, threads=threads)
+    team, n_on = _with_team(cell, dtype, True, threads=threads)
+    sleeping, n_sleep = _with_team(cell, dtype, True, spin_ns=0, threads=threads)
+    _same(spawned, team)
+    _same(spawned, sleeping)
+    assert n_off == 0
+    assert n_on > 0 and n_sleep > 0    # the team ran the split loops
+    assert all(np.isfinite(a).all() for a in team)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "gru-rb", "lstm"])
+def test_team_matches_the_reference_float64(cell):
+    """On the team (2 threads, rows split), forward and backward against the
+    reference at tolerances that catch a wrong gate or a missing term."""
+    m = _model(cell, np.float64)
+    x, dy = _inputs(np.float64)
+    runs = MODULES[cell]._thread_team_runs()
+    with threadpool_limits(2, user_api="blas"):
+        y, _ = m(x)
+        dx = m.backward(dy)[0]
+    assert MODULES[cell]._thread_team_runs() > runs
+    tnd = lambda a: np.swapaxes(a, 0, 1)   # noqa: E731  (batch_first -> (T, N, .))
+    want_y, _, want_dx, _, want_grads = reference_run(m, tnd(x), [None] * m.n_states, None,
+                                                      tnd(dy))
+    np.testing.assert_allclose(y, tnd(want_y), rtol=0, atol=1e-11)
+    np.testing.assert_allclose(dx, tnd(want_dx), rtol=0, atol=1e-10)
+    for k, g in want_grads.items():
+        np.testing.assert_allclose(m.grads[k], g, rtol=0, atol=1e-9, err_msg=k)
+
+
+def test_models_in_concurrent_python_threads_share_the_team_correctly():
+    """Four Python threads each run training steps at once: whichever call takes the
+    team and whichever starts its own threads, each gets the serial results."""
+    want = {c: _with_team(c, np.float32, False)[0] for c in ("lstm", "gru")}
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            cell = ("lstm", "gru")[i % 2]
+            for _ in range(3):
+                got.setdefault(i, []).append((cell, _step(cell, np.float32)))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    with threadpool_limits(2, user_api="blas"):
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    assert not errors
+    assert sum(len(v) for v in got.values()) == 12
+    for runs in got.values():
+        for cell, out in runs:
+            _same(want[cell], out)
+
+
+def _child(q):
+    q.put(_step("lstm", np.float64))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="no fork() on this platform")
+def test_a_forked_child_runs_threaded_loops():
+    """The parent's workers do not exist in a forked child: the team is emptied
+    there (pthread_atfork) and the child's threaded loops start their own."""
+    want = _step("lstm", np.float64)           # the parent's team has run
+    assert KL._thread_team_runs() > 0
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    try:
+        got = q.get(timeout=120)
+    finally:
+        p.join(timeout=30)
+        if p.is_alive():  # pragma: no cover - the failure this test looks for
+            p.kill()
+    assert p.exitcode == 0
+    _same(want, got)
