@@ -22,7 +22,7 @@
  *     the multiply-adds) and, for each chunk of RC_DW_KC rows of K, packs its
  *     panels of the chunk ONCE (rc_pack_*, row by row), for every term;
  *   - each term's A^T is copied per chunk in blocks of RC_DW_MB rows, row-major
- *     (rc_dw_acopy: 8 x 8 transposes; A is read as given, any row stride);
+ *     (rc_tcopy: 8 x 8 transposes; A is read as given, any row stride);
  *   - each block times the thread's panels is the packed kernel
  *     (rc_gemm_packed2_*), beta = 1: added into C, chunk after chunk;
  *   - a target given as a transposed view (PyTorch's (GH, D) layout, the
@@ -95,59 +95,6 @@ static long long rc_dw_count(int threaded)
     return __atomic_load_n(&rc_dw_calls[threaded != 0], __ATOMIC_RELAXED);
 }
 
-/* dst (mb, kk) row-major := A's rows [i0, i0 + mb) over K indices [p0, p0 + kk):
- * a transposing copy in 8 x 8 blocks (three rounds of two-vector shuffles, which
- * GCC lowers to each clone's unpack/permute instructions), the edges element by
- * element. */
-typedef float rc_v8f __attribute__((vector_size(32)));
-typedef int rc_v8fi __attribute__((vector_size(32)));
-typedef double rc_v8d __attribute__((vector_size(64)));
-typedef long long rc_v8di __attribute__((vector_size(64)));
-#define RC_T8_ROUND(V, x, y, i0, i1, lo, hi)                                     \
-    do {                                                                        \
-        V l_ = __builtin_shuffle(x[i0], x[i1], lo);                             \
-        V h_ = __builtin_shuffle(x[i0], x[i1], hi);                             \
-        y[i0] = l_; y[i1] = h_;                                                 \
-    } while (0)
-/* one round: four pairs of vectors (a, b), (c, d), (e, f), (g, h) of x into y */
-#define RC_T8_STAGE(V, x, y, lo, hi, a, b, c, d, e, f, g, h)                     \
-    do {                                                                        \
-        RC_T8_ROUND(V, x, y, a, b, lo, hi);                                     \
-        RC_T8_ROUND(V, x, y, c, d, lo, hi);                                     \
-        RC_T8_ROUND(V, x, y, e, f, lo, hi);                                     \
-        RC_T8_ROUND(V, x, y, g, h, lo, hi);                                     \
-    } while (0)
-#define RC_DEFINE_DW_ACOPY(NAME, T, V, MT)                                      \
-    RC_CLONES static void NAME(const T *a, rc_idx lda, rc_idx p0, rc_idx kk,    \
-                               rc_idx i0, rc_idx mb, T *dst)                    \
-    {                                                                           \
-        const MT s1l = {0, 8, 1, 9, 4, 12, 5, 13}, s1h = {2, 10, 3, 11, 6, 14, 7, 15}; \
-        const MT s2l = {0, 1, 8, 9, 4, 5, 12, 13}, s2h = {2, 3, 10, 11, 6, 7, 14, 15}; \
-        const MT s3l = {0, 1, 2, 3, 8, 9, 10, 11}, s3h = {4, 5, 6, 7, 12, 13, 14, 15}; \
-        const rc_idx q8 = kk / 8 * 8, r8 = mb / 8 * 8;                          \
-        for (rc_idx q = 0; q < q8; q += 8)                                      \
-            for (rc_idx r = 0; r < r8; r += 8) {                                \
-                V x[8], y[8];                                                   \
-                for (int j = 0; j < 8; j++)                                     \
-                    __builtin_memcpy(&x[j], a + (p0 + q + j) * lda + i0 + r, sizeof(V)); \
-                RC_T8_STAGE(V, x, y, s1l, s1h, 0, 1, 2, 3, 4, 5, 6, 7);         \
-                RC_T8_STAGE(V, y, x, s2l, s2h, 0, 2, 1, 3, 4, 6, 5, 7);         \
-                RC_T8_STAGE(V, x, y, s3l, s3h, 0, 4, 2, 6, 1, 5, 3, 7);         \
-                /* y[0], y[4]: columns 0, 4; y[2], y[6]: 1, 5; y[1], y[5]: 2, 6; \
-                 * y[3], y[7]: 3, 7 */                                          \
-                static const int col[8] = {0, 2, 1, 3, 4, 6, 5, 7};             \
-                for (int j = 0; j < 8; j++)                                     \
-                    __builtin_memcpy(dst + (r + col[j]) * kk + q, &y[j], sizeof(V)); \
-            }                                                                   \
-        for (rc_idx r = 0; r < mb; r++) {   /* the edges */                     \
-            const rc_idx qs = r < r8 ? q8 : 0;                                  \
-            for (rc_idx q = qs; q < kk; q++)                                    \
-                dst[r * kk + q] = a[(p0 + q) * lda + i0 + r];                   \
-        }                                                                       \
-    }
-RC_DEFINE_DW_ACOPY(rc_dw_acopy_f, float, rc_v8f, rc_v8fi)
-RC_DEFINE_DW_ACOPY(rc_dw_acopy_d, double, rc_v8d, rc_v8di)
-
 /* The threads' panel ranges bound[q] .. bound[q + 1] (q < P) of B's `panels`:
  * equal shares of the multiply-adds, a panel weighing the rows m times the K
  * range of every term that reads it (the GRU's terms cover different columns). */
@@ -175,7 +122,7 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
     }
 }
 /* ct[j * ldt + i] += cs[i * ldcs + j] for i < m, j0 <= j < j1: a scratch C added into
- * its transposed target, in blocks transposed by rc_dw_acopy_* into `tmp` (at least
+ * its transposed target, in blocks transposed by rc_tcopy_* into `tmp` (at least
  * RC_DW_MB * RC_DW_MB elements), then added row by row (vector adds). */
 #define RC_DEFINE_DW_TADD(NAME, T, ACOPY)                                       \
     RC_CLONES static void NAME(rc_idx m, rc_idx j0, rc_idx j1, const T *cs,     \
@@ -194,8 +141,8 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
             }                                                                   \
         }                                                                       \
     }
-RC_DEFINE_DW_TADD(rc_dw_tadd_f, float, rc_dw_acopy_f)
-RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
+RC_DEFINE_DW_TADD(rc_dw_tadd_f, float, rc_tcopy_f)
+RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
 
 #define RC_DEFINE_DW(NAME, T, KC, PACK, ACOPY, TADD, GEMM)                            \
     typedef struct { const rc_dw_problem *pr; rc_idx q0, q1; T *buf;            \
@@ -298,9 +245,9 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_dw_acopy_d)
         for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);                    \
         return 1;                                                               \
     }
-RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_pack_f, rc_dw_acopy_f, rc_dw_tadd_f,
+RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_pack_f, rc_tcopy_f, rc_dw_tadd_f,
              rc_gemm_packed2_f)
-RC_DEFINE_DW(rc_dw_d, double, RC_DW_KC_D, rc_pack_d, rc_dw_acopy_d, rc_dw_tadd_d,
+RC_DEFINE_DW(rc_dw_d, double, RC_DW_KC_D, rc_pack_d, rc_tcopy_d, rc_dw_tadd_d,
              rc_gemm_packed2_d)
 
 #endif /* RC_GEMM_DW_H */

@@ -78,13 +78,67 @@ static inline rc_idx rc_packed_size(rc_idx k, rc_idx n, rc_idx nr)
     return (n + nr - 1) / nr * nr * k;
 }
 
+/* dst (mb, kk) row-major := A's rows [i0, i0 + mb) over K indices [p0, p0 + kk),
+ * A (K, .) with rows lda apart, i.e. dst[r * kk + q] = a[(p0 + q) * lda + i0 + r]:
+ * a transposing copy in 8 x 8 blocks (three rounds of two-vector shuffles, which
+ * GCC lowers to each clone's unpack/permute instructions), the edges element by
+ * element. */
+typedef float rc_v8f __attribute__((vector_size(32)));
+typedef int rc_v8fi __attribute__((vector_size(32)));
+typedef double rc_v8d __attribute__((vector_size(64)));
+typedef long long rc_v8di __attribute__((vector_size(64)));
+#define RC_T8_ROUND(V, x, y, i0, i1, lo, hi)                                     \
+    do {                                                                        \
+        V l_ = __builtin_shuffle(x[i0], x[i1], lo);                             \
+        V h_ = __builtin_shuffle(x[i0], x[i1], hi);                             \
+        y[i0] = l_; y[i1] = h_;                                                 \
+    } while (0)
+/* one round: four pairs of vectors (a, b), (c, d), (e, f), (g, h) of x into y */
+#define RC_T8_STAGE(V, x, y, lo, hi, a, b, c, d, e, f, g, h)                     \
+    do {                                                                        \
+        RC_T8_ROUND(V, x, y, a, b, lo, hi);                                     \
+        RC_T8_ROUND(V, x, y, c, d, lo, hi);                                     \
+        RC_T8_ROUND(V, x, y, e, f, lo, hi);                                     \
+        RC_T8_ROUND(V, x, y, g, h, lo, hi);                                     \
+    } while (0)
+#define RC_DEFINE_TCOPY(NAME, T, V, MT)                                      \
+    RC_CLONES static void NAME(const T *a, rc_idx lda, rc_idx p0, rc_idx kk,    \
+                               rc_idx i0, rc_idx mb, T *dst)                    \
+    {                                                                           \
+        const MT s1l = {0, 8, 1, 9, 4, 12, 5, 13}, s1h = {2, 10, 3, 11, 6, 14, 7, 15}; \
+        const MT s2l = {0, 1, 8, 9, 4, 5, 12, 13}, s2h = {2, 3, 10, 11, 6, 7, 14, 15}; \
+        const MT s3l = {0, 1, 2, 3, 8, 9, 10, 11}, s3h = {4, 5, 6, 7, 12, 13, 14, 15}; \
+        const rc_idx q8 = kk / 8 * 8, r8 = mb / 8 * 8;                          \
+        for (rc_idx q = 0; q < q8; q += 8)                                      \
+            for (rc_idx r = 0; r < r8; r += 8) {                                \
+                V x[8], y[8];                                                   \
+                for (int j = 0; j < 8; j++)                                     \
+                    __builtin_memcpy(&x[j], a + (p0 + q + j) * lda + i0 + r, sizeof(V)); \
+                RC_T8_STAGE(V, x, y, s1l, s1h, 0, 1, 2, 3, 4, 5, 6, 7);         \
+                RC_T8_STAGE(V, y, x, s2l, s2h, 0, 2, 1, 3, 4, 6, 5, 7);         \
+                RC_T8_STAGE(V, x, y, s3l, s3h, 0, 4, 2, 6, 1, 5, 3, 7);         \
+                /* y[0], y[4]: columns 0, 4; y[2], y[6]: 1, 5; y[1], y[5]: 2, 6; \
+                 * y[3], y[7]: 3, 7 */                                          \
+                static const int col[8] = {0, 2, 1, 3, 4, 6, 5, 7};             \
+                for (int j = 0; j < 8; j++)                                     \
+                    __builtin_memcpy(dst + (r + col[j]) * kk + q, &y[j], sizeof(V)); \
+            }                                                                   \
+        for (rc_idx r = 0; r < mb; r++) {   /* the edges */                     \
+            const rc_idx qs = r < r8 ? q8 : 0;                                  \
+            for (rc_idx q = qs; q < kk; q++)                                    \
+                dst[r * kk + q] = a[(p0 + q) * lda + i0 + r];                   \
+        }                                                                       \
+    }
+RC_DEFINE_TCOPY(rc_tcopy_f, float, rc_v8f, rc_v8fi)
+RC_DEFINE_TCOPY(rc_tcopy_d, double, rc_v8d, rc_v8di)
+
 /* dst := B (k, n) packed in panels nr wide (layout above), the panels ldp
  * rows apart (ldp >= k: ldp = k packs B alone; a larger ldp leaves room for
  * other row blocks in each panel -- rc_pack_* into dst + k0*nr with the same
  * ldp stacks a block of rows k0.. under them: [Wx; Wh] of the fused loops);
  * element (p, j) of B at b[p*rs + j*cs] (row-major: cs == 1; a transposed
  * view: rs == 1). */
-#define RC_DEFINE_PACK(NAME, T)                                                 \
+#define RC_DEFINE_PACK(NAME, T, TCOPY)                                               \
     RC_CLONES static void NAME(rc_idx k, rc_idx n, const T *b, rc_idx rs,       \
                                rc_idx cs, rc_idx nr, rc_idx ldp, T *dst)        \
     {                                                                           \
@@ -102,6 +156,12 @@ static inline rc_idx rc_packed_size(rc_idx k, rc_idx n, rc_idx nr)
         for (rc_idx j0 = 0; j0 < n; j0 += nr) {                                 \
             const rc_idx w = RC_PK_MIN(nr, n - j0);                             \
             T *d = dst + j0 * ldp;                                              \
+            if (rs == 1 && w == nr && nr % 8 == 0) {                            \
+                /* a full panel (k, nr) of a transposed view: the transpose of  \
+                 * the source's rows j0 .. j0 + nr (k long), in 8 x 8 blocks */ \
+                TCOPY(b, cs, j0, nr, 0, k, d);                                  \
+                continue;                                                       \
+            }                                                                   \
             /* columns of B are rows of the source (rs == 1) or strided: 16 k  \
              * at a time from each column, so every source line is read once */ \
             for (rc_idx p0 = 0; p0 < k; p0 += 16) {                             \
@@ -115,8 +175,8 @@ static inline rc_idx rc_packed_size(rc_idx k, rc_idx n, rc_idx nr)
             }                                                                   \
         }                                                                       \
     }
-RC_DEFINE_PACK(rc_pack_f, float)
-RC_DEFINE_PACK(rc_pack_d, double)
+RC_DEFINE_PACK(rc_pack_f, float, rc_tcopy_f)
+RC_DEFINE_PACK(rc_pack_d, double, rc_tcopy_d)
 
 /* Packing a large operand on the loop's threads: rc_pack_* over column ranges
  * that start at panel boundaries, one range per thread (rc_run_tasks). A pure
