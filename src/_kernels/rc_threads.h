@@ -117,8 +117,9 @@ static int rc_gemms_threads_begin(long long work)
  * packed layout, showed it: .ci/run). P = min(BLAS threads, 8, N / 4) when rnncore._runtime.threads allowed it
  * (rc_row_split: only when SciPy's OpenBLAS was loaded with a short thread
  * timeout -- spinning BLAS workers would compete with the loop's threads)
- * and the loop does at least RC_SPLIT_MIN_TOTAL multiply-adds (thread
- * start-up is ~50 us). Above RC_SPLIT_MAX_WORK per step, the rows are split
+ * and the loop does at least RC_SPLIT_MIN_TOTAL multiply-adds (handing tasks
+ * to the team costs a few us, starting threads ~50 us) over at least
+ * RC_SPLIT_MIN_ROW_STEPS rows times steps per thread. Above RC_SPLIT_MAX_WORK per step, the rows are split
  * only for T >= 2 steps and more than RC_SPLIT_PACKED_ROWS rows per thread.
  * Measured on 2 Zen 4 cores, (64, 1024)(1024, 4096) and (64, 4096)(4096, 1024)
  * with the rows split over 2 threads: 200-215 GFLOP/s of thread-CPU time,
@@ -132,6 +133,15 @@ static int rc_gemms_threads_begin(long long work)
  * them). */
 #define RC_SPLIT_MAX_WORK 33554432LL     /* 32 M multiply-adds per step */
 #define RC_SPLIT_MIN_TOTAL 2000000LL
+/* ... and at least RC_SPLIT_MIN_ROW_STEPS (row, step) pairs per thread: a thread
+ * reads the whole packed weight into its own core's caches before its first step
+ * (the caller packed it into its own), which a short loop over few rows does not
+ * repay. Row split on / off in one process, 2 Zen 4 cores, float32 inference
+ * (fb): LSTM (T, N, D, H) = (2, 16, 64, 128) 0.85 (0.87), (4, 16, ..) 0.89 (0.96),
+ * (8, 16, ..) 1.16 (1.09), (2, 64, 256, 256) 1.21 (0.95); GRU (4, 16, ..) 0.88
+ * (0.99), (16, 16, ..) 1.43 (1.21); RNN (8, 16, ..) 1.27 (0.99): from 64 pairs
+ * (T = 8 at 8 rows a thread). */
+#define RC_SPLIT_MIN_ROW_STEPS 64
 #define RC_SPLIT_PACKED_ROWS 4
 /* The most threads rnncore's own loops and packing run at once (rc_run_tasks). */
 #define RC_MAX_THREADS 8
@@ -153,6 +163,7 @@ static int rc_row_threads(rc_idx N, long long work, rc_idx T, int packed)
     int P = rc_own_threads();
     if (P > N / 4) P = (int)(N / 4);
     if (P < 2) return 1;
+    if ((long long)T * ((N + P - 1) / P) < RC_SPLIT_MIN_ROW_STEPS) return 1;
     if (work <= RC_SPLIT_MAX_WORK) return P;
     return T >= 2 && (N + P - 1) / P > RC_SPLIT_PACKED_ROWS ? P : 1;
 }
