@@ -41,7 +41,7 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 M_TAILS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17]
 N_TAILS = [1, 7, 8, 15, 16, 17, 31, 32, 33, 65]
-K_TAILS = [0, 1, 7, 64]
+K_TAILS = [0, 1, 7, 9, 64, 71]   # 9, 71: 8 x 8 transposed blocks and a tail (packing)
 
 
 def _operand(rng, k, n, dtype, source):

@@ -13,9 +13,13 @@ same either way, so:
 2. Models in four concurrent Python threads (one takes the team, the others start
    threads) get the serial results.
 3. A child forked after the team ran (it has no workers) runs threaded loops
-   correctly and does not hang.
+   correctly on a team of its own and does not hang.
+4. Tens of thousands of tiny runs through the team (workers sleeping at once or
+   spinning briefly; 2, 3 and 8 threads) lose no hand-off.
 """
 import multiprocessing
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -147,7 +151,9 @@ def test_models_in_concurrent_python_threads_share_the_team_correctly():
 
 
 def _child(q):
-    q.put(_step("lstm", np.float64))
+    runs = KL._thread_team_runs()
+    out = _step("lstm", np.float64)
+    q.put((out, KL._thread_team_runs() - runs))
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
@@ -162,10 +168,34 @@ def test_a_forked_child_runs_threaded_loops():
     p = ctx.Process(target=_child, args=(q,))
     p.start()
     try:
-        got = q.get(timeout=120)
+        got, child_runs = q.get(timeout=120)
     finally:
         p.join(timeout=30)
         if p.is_alive():  # pragma: no cover - the failure this test looks for
             p.kill()
     assert p.exitcode == 0
+    assert child_runs > 0      # the child's loops ran on its own (new) team
     _same(want, got)
+
+
+STRESS = r"""
+import sys
+from rnncore._kernels import lstm
+calls, threads, spin = map(int, sys.argv[1:])
+counts = lstm._thread_team_stress(calls, threads, spin)
+assert counts == [calls] * threads, counts
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("threads", [2, 3, 8])
+@pytest.mark.parametrize("spin_ns, calls", [(0, 3000), (300, 20000), (2000, 20000),
+                                             (-1, 20000)])
+def test_team_hand_offs_are_never_lost(threads, spin_ns, calls):
+    """Many tiny runs through the team, its workers sleeping at once or spinning
+    briefly (the moment a worker falls asleep as the caller posts is then frequent),
+    more threads than cores too: every task runs once per call. In a child process
+    under a watchdog, so a lost wake-up fails instead of hanging the suite."""
+    r = subprocess.run([sys.executable, "-c", STRESS, str(calls), str(threads), str(spin_ns)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

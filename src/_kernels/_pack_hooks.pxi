@@ -1,6 +1,7 @@
 # The test and benchmark hooks of packing on threads (rc_gemm_packed.h:
-# rc_pack_par_*), included by every kernel module that packs weights: each module
-# has its own copy of the C statics. The module cimports set_pack_par,
+# rc_pack_par_*), of the dW kernel (rc_gemm_dw.h) and of the thread team
+# (rc_threads.h: rc_pool), included by every kernel module that packs weights: each
+# module has its own copy of the C statics. The module cimports set_pack_par,
 # pack_par_count and RC_PACK_PAR_BYTES from _gemm.
 
 
@@ -31,7 +32,16 @@ def _weight_grads_calls():
     return dw_count(0), dw_count(1)
 
 
-from _threads cimport set_pool, pool_count
+from _threads cimport set_pool, pool_count, run_tasks
+
+
+cdef struct _TeamProbe:
+    long long count
+    char pad[56]      # one task per cache line
+
+
+cdef void _team_probe(void *arg) noexcept nogil:
+    (<_TeamProbe *>arg).count += 1
 
 
 def _set_thread_team(bint enabled=True, long spin_ns=-1):
@@ -47,3 +57,25 @@ def _thread_team_runs():
     """How many threaded runs of this module have used its persistent team (a count
     since import)."""
     return pool_count()
+
+
+def _thread_team_stress(long long calls, int threads, long spin_ns=-1):
+    """Test hook: `calls` runs of `threads` tiny tasks each through rc_run_tasks (the
+    team, its workers spinning `spin_ns` ns after a task: 0 sleeps at once, so
+    nearly every hand-off wakes a sleeping or falling-asleep worker). Returns each
+    task's run count: all equal `calls` unless a hand-off was lost."""
+    cdef _TeamProbe tasks[8]
+    cdef long long i
+    cdef int k
+    if threads < 1 or threads > 8:
+        raise ValueError(f"threads must be in 1..8, got {threads}")
+    for k in range(8):
+        tasks[k].count = 0
+    set_pool(True, spin_ns)
+    try:
+        with nogil:
+            for i in range(calls):
+                run_tasks(_team_probe, tasks, sizeof(_TeamProbe), threads)
+    finally:
+        set_pool(True, -1)
+    return [tasks[k].count for k in range(threads)]

@@ -118,7 +118,7 @@ static int rc_gemms_threads_begin(long long work)
  * (rc_row_split: only when SciPy's OpenBLAS was loaded with a short thread
  * timeout -- spinning BLAS workers would compete with the loop's threads)
  * and the loop does at least RC_SPLIT_MIN_TOTAL multiply-adds (handing tasks
- * to the team costs a few us, starting threads ~50 us) over at least
+ * to the team costs a few us, starting threads ~55 us) over at least
  * RC_SPLIT_MIN_ROW_STEPS rows times steps per thread. Above RC_SPLIT_MAX_WORK per step, the rows are split
  * only for T >= 2 steps and more than RC_SPLIT_PACKED_ROWS rows per thread.
  * Measured on 2 Zen 4 cores, (64, 1024)(1024, 4096) and (64, 4096)(4096, 1024)
@@ -214,6 +214,7 @@ static inline void rc_cpu_relax(void)
 typedef struct {
     int gen;            /* futex word: bumped by the submitter for each task posted */
     int sleeping;       /* the worker sleeps (or is about to) on gen */
+    unsigned mxcsr;     /* the submitter's SSE control (rounding, FTZ/DAZ), for the task */
     rc_task task;
     pthread_t th;
     char pad[64];
@@ -223,13 +224,13 @@ static struct {
     int n;              /* workers started */
     int pending;        /* futex word: workers still running the current tasks */
     int waiting;        /* the submitter sleeps (or is about to) on pending */
-    int registered;     /* the atfork handler is installed */
     int failed;         /* a worker could not be started: spawn from now on */
     rc_worker w[RC_MAX_THREADS];
 } rc_pool;
 #else
 #define RC_POOL 0
 #endif
+static int rc_pool_registered = 0;   /* the atfork handler is installed (kept across fork) */
 static int rc_pool_enabled = 1;
 static long rc_pool_spin_ns = RC_POOL_SPIN_NS_DEFAULT;
 static long long rc_pool_runs = 0;     /* team runs (a count for tests) */
@@ -237,8 +238,9 @@ static long long rc_pool_runs = 0;     /* team runs (a count for tests) */
 static long long rc_pool_count(void) { return __atomic_load_n(&rc_pool_runs, __ATOMIC_RELAXED); }
 static void rc_set_pool(int enabled, long spin_ns)
 {
-    rc_pool_enabled = enabled;
-    rc_pool_spin_ns = spin_ns < 0 ? RC_POOL_SPIN_NS_DEFAULT : spin_ns;
+    __atomic_store_n(&rc_pool_enabled, enabled, __ATOMIC_RELAXED);
+    __atomic_store_n(&rc_pool_spin_ns, spin_ns < 0 ? RC_POOL_SPIN_NS_DEFAULT : spin_ns,
+                     __ATOMIC_RELAXED);
 }
 
 /* Run fn(args + k * size) for k = 0..P-1, task 0 on the calling thread, the
@@ -274,7 +276,7 @@ static long long rc_now_ns(void)
 static int rc_pool_spin(int *word, int value, int until_equal)
 {
     long long end = 0;
-    long spin = rc_pool_spin_ns;
+    long spin = __atomic_load_n(&rc_pool_spin_ns, __ATOMIC_RELAXED);
     for (unsigned i = 0;; i++) {
         if ((__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) == until_equal) return 1;
         if (spin <= 0) return 0;
@@ -312,6 +314,11 @@ static void *rc_pool_main(void *p)
     for (;;) {
         if (!rc_pool_spin(&w->gen, seen, 0)) rc_pool_sleep(&w->gen, seen, &w->sleeping);
         seen = __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE);
+#if defined(__x86_64__) || defined(__i386__)
+        /* a thread started per call inherits the caller's rounding and
+         * flush-to-zero modes; a worker takes them with each task */
+        __builtin_ia32_ldmxcsr(w->mxcsr);
+#endif
         w->task.fn(w->task.arg);
         if (__atomic_sub_fetch(&rc_pool.pending, 1, __ATOMIC_SEQ_CST) == 0)
             rc_pool_wake(&rc_pool.pending, &rc_pool.waiting);
@@ -328,10 +335,11 @@ static void rc_pool_atfork_child(void)
 /* Take the team for P - 1 workers (starting any missing); 0: spawn instead. */
 static int rc_pool_acquire(int P)
 {
-    if (!rc_pool_enabled || __atomic_exchange_n(&rc_pool.busy, 1, __ATOMIC_ACQUIRE))
+    if (!__atomic_load_n(&rc_pool_enabled, __ATOMIC_RELAXED)
+        || __atomic_exchange_n(&rc_pool.busy, 1, __ATOMIC_ACQUIRE))
         return 0;
-    if (!rc_pool.registered) {
-        rc_pool.registered = 1;
+    if (!rc_pool_registered) {
+        rc_pool_registered = 1;
         if (pthread_atfork(NULL, NULL, rc_pool_atfork_child) != 0) rc_pool.failed = 1;
     }
     while (!rc_pool.failed && rc_pool.n < P - 1) {
@@ -350,9 +358,14 @@ static int rc_pool_acquire(int P)
 
 static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
 {
+    unsigned mxcsr = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    mxcsr = __builtin_ia32_stmxcsr();
+#endif
     __atomic_store_n(&rc_pool.pending, P - 1, __ATOMIC_SEQ_CST);
     for (int k = 1; k < P; k++) {
         rc_worker *w = &rc_pool.w[k - 1];
+        w->mxcsr = mxcsr;
         w->task.fn = fn;
         w->task.arg = (char *)args + k * size;
         __atomic_add_fetch(&w->gen, 1, __ATOMIC_SEQ_CST);

@@ -135,10 +135,13 @@ def set_row_split(enabled: bool) -> None:
 
     A loop whose per-step products go to rnncore's packed kernel (CPUs with
     AVX2 or AVX-512, T >= 2) splits its rows over min(BLAS threads, 8, N/4)
-    threads when it does at least ~2M multiply-adds in all; each thread
-    multiplies its own rows by the packed weight (shared, read-only) and calls
-    no BLAS, so the results are bitwise those of one thread. Loops without a
-    packed weight keep their rows on one thread. Allowed only when SciPy's BLAS workers sleep
+    threads when it does at least ~2M multiply-adds in all over at least 64
+    (row, step) pairs a thread; each thread multiplies its own rows by the
+    packed weight (shared, read-only) and calls no BLAS, so the results are
+    bitwise those of one thread. The threads are a team each kernel module
+    keeps (started on first use; after a task they spin up to 0.1 ms, yielding
+    the core, then sleep). Loops without a packed weight keep their rows on
+    one thread. Allowed only when SciPy's BLAS workers sleep
     right after a call (:func:`rnncore._runtime.blas.row_split_allowed`): enabling it
     otherwise raises RuntimeError. ``threadpool_limits(1)`` also keeps loops
     on one thread.
