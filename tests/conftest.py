@@ -20,6 +20,24 @@ from rnncore.models import GRU, LSTM, RNN
 #: not the baseline level): the row split and the packed-GEMM tests depend on it.
 HAVE_PACKED = simd._gemm_packed_nr(np.float32) > 0
 
+
+def threaded_kernel_marks(what):
+    """``pytestmark`` of the tests of rnncore's threaded kernel paths (packing on
+    threads, the thread team): skipped without a packed layout for this CPU or
+    with the row split off; `what` says what is then missing."""
+    from rnncore._runtime.threads import row_split_enabled
+    return [pytest.mark.skipif(not HAVE_PACKED,
+                               reason=f"no packed GEMM layout for this CPU ({what})"),
+            pytest.mark.skipif(not row_split_enabled(),
+                               reason=f"the row split is off (SciPy's BLAS spins): {what}")]
+
+
+def cell_kernel_modules():
+    """{cell variant: its kernel module} for the threaded-path tests' hooks."""
+    from rnncore._kernels import gru, lngru, lnlstm, lstm, rnn
+    return {"rnn": rnn, "gru": gru, "gru-rb": gru, "lstm": lstm, "ln-gru": lngru,
+            "ln-lstm": lnlstm}
+
 #: Tolerances, in one place. float64 comparisons of a kernel against the
 #: reference are essentially exact; float32 error grows with T, so looser.
 #: Finite-difference checks compare analytic vs central-difference gradients.

@@ -23,21 +23,15 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from conftest import HAVE_PACKED
+from conftest import cell_kernel_modules, threaded_kernel_marks
 
 import rnncore
-from rnncore._kernels import gru as KG, lngru as KLG, lnlstm as KLL, lstm as KL, rnn as KR
+from rnncore._kernels import lstm as KL
 from rnncore._kernels import simd
-from rnncore._runtime.threads import row_split_enabled
 
-pytestmark = [
-    pytest.mark.skipif(not HAVE_PACKED,
-                       reason="no packed GEMM layout for this CPU (nothing is packed)"),
-    pytest.mark.skipif(not row_split_enabled(),
-                       reason="the row split is off (SciPy's BLAS spins): nothing packs on threads"),
-]
+pytestmark = threaded_kernel_marks("nothing packs on threads")
 
-MODULES = {"rnn": KR, "gru": KG, "gru-rb": KG, "lstm": KL, "ln-gru": KLG, "ln-lstm": KLL}
+MODULES = cell_kernel_modules()
 NR32 = simd._gemm_packed_nr(np.float32)   # panel width: 32 float32 (AVX-512), 16 (AVX2)
 
 

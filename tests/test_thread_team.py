@@ -27,20 +27,14 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from _oracle import reference_run
-from conftest import HAVE_PACKED
+from conftest import cell_kernel_modules, threaded_kernel_marks
 
 import rnncore
-from rnncore._kernels import gru as KG, lngru as KLG, lnlstm as KLL, lstm as KL, rnn as KR
-from rnncore._runtime.threads import row_split_enabled
+from rnncore._kernels import lstm as KL
 
-pytestmark = [
-    pytest.mark.skipif(not HAVE_PACKED,
-                       reason="no packed GEMM layout for this CPU (loops do not split rows)"),
-    pytest.mark.skipif(not row_split_enabled(),
-                       reason="the row split is off (SciPy's BLAS spins): no threaded loops"),
-]
+pytestmark = threaded_kernel_marks("no threaded loops")
 
-MODULES = {"rnn": KR, "gru": KG, "gru-rb": KG, "lstm": KL, "ln-gru": KLG, "ln-lstm": KLL}
+MODULES = cell_kernel_modules()
 T, N, D, H = 24, 24, 20, 64     # T N H H = 2.4M multiply-adds (an RNN; more for the rest): rows split
 
 
