@@ -103,6 +103,14 @@ cdef extern from "rc_gemm.h" nogil:
                          Py_ssize_t lda, Py_ssize_t m, Py_ssize_t n)
     void rc_colsum_add_d(double *out, double *out2, Py_ssize_t n2, const double *a,
                          Py_ssize_t lda, Py_ssize_t m, Py_ssize_t n)
+    bint rc_any_nonfinite_f(const float *a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rs,
+                            Py_ssize_t cs)
+    bint rc_any_nonfinite_d(const double *a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rs,
+                            Py_ssize_t cs)
+    bint rc_any_nonzero_f(const float *a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rs,
+                          Py_ssize_t cs)
+    bint rc_any_nonzero_d(const double *a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rs,
+                          Py_ssize_t cs)
 
 
 cdef inline void colsum_add(floating *out, const floating *a, Py_ssize_t lda,
@@ -114,3 +122,19 @@ cdef inline void colsum_add(floating *out, const floating *a, Py_ssize_t lda,
         rc_colsum_add_f(out, out2, n2, a, lda, m, n)
     else:
         rc_colsum_add_d(out, out2, n2, a, lda, m, n)
+
+
+cdef inline bint all_finite(const floating *a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rs,
+                            Py_ssize_t cs=1) noexcept nogil:
+    """Whether A (m, n), element (i, j) at a[i*rs + j*cs], has no inf or NaN."""
+    if floating is float:
+        return not rc_any_nonfinite_f(a, m, n, rs, cs)
+    return not rc_any_nonfinite_d(a, m, n, rs, cs)
+
+
+cdef inline bint all_zero(const floating *a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rs,
+                          Py_ssize_t cs=1) noexcept nogil:
+    """Whether A (m, n) (as in all_finite) is all zeros (+0 or -0)."""
+    if floating is float:
+        return not rc_any_nonzero_f(a, m, n, rs, cs)
+    return not rc_any_nonzero_d(a, m, n, rs, cs)

@@ -26,6 +26,7 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy, memset
 
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
+                    all_finite, all_zero,
                     NoTrans, Trans)
 from _gemm cimport (mm, mm_step, mm_step2, packed_nr, rc_dw_problem, rc_dw_term, rc_dw_f,
                     rc_dw_d, dw_enabled, RC_DW_TERMS)
@@ -67,6 +68,8 @@ cdef struct Loop:
     void *xbuf                  # each share computes its own rows' chunks in its steps
                                 # (chunk_input; loop_share gives it its part of both)
     const void *h0              # initial states (N, H), C-contiguous
+    bint h0_zero                # forward: h0 all zeros, Wh finite (zero_start): the
+                                # products from h0 are skipped (step_product `from_h0`)
     const void *c0              # LSTM
     const void *b               # bias (GH,) (GRU: the input side's bx)
     const void *bh              # GRU: the hidden side's bias (GH,)
@@ -246,22 +249,25 @@ cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d ru
 
 cdef inline void step_product(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
                               Py_ssize_t n, const floating *hp, Py_ssize_t ldhp, floating *c,
-                              Py_ssize_t ldc, Py_ssize_t off=0) noexcept nogil:
+                              Py_ssize_t ldc, Py_ssize_t off=0, bint from_h0=False) noexcept nogil:
     """Rows [r0, r0 + rows) of step t's pre-activations C (rows, n) from h_prev = hp.
 
     A fused loop:  C := [x_t | h_prev] @ [Wx; Wh]   (rows, n) = (rows, D + Hp)(D + Hp, n)
     otherwise:     C += h_prev @ Wh                 (C holds x_t Wx, from forward_loop
                                                     or chunk_input)
     `off`: the operand starts `off` elements into the packed array (the LSTM unit
-    split's slice of a block and gate, fwd_block).
+    split's slice of a block and gate, fwd_block). `from_h0`: hp is rows of h0;
+    when it is all zeros (L.h0_zero) its product is left out -- C := x_t Wx alone
+    (fused), nothing to add (otherwise).
     """
     cdef bint fused = L.wxh.nr > 0 and L.chunk == 0
+    cdef bint skip = from_h0 and L.h0_zero
     cdef Mat w = L.wxh if fused else L.wh
     w.p = <floating *>w.p + off
     if fused:
         mm_step2(rows, n, L.D, <const floating *>L.x.p + t * L.x.st + r0 * L.x.sn, L.x.sn,
-                 L.Hp, hp, ldhp, w, <floating>0, c, ldc)
-    else:
+                 0 if skip else L.Hp, hp, ldhp, w, <floating>0, c, ldc)
+    elif not skip:
         mm_step(rows, n, L.Hp, hp, ldhp, w, <floating>1, c, ldc)
 
 
@@ -524,6 +530,37 @@ cdef inline bint straddle_unsafe(const floating *a, Py_ssize_t lda, Py_ssize_t n
     return not (ma * mb * rows <= limit)
 
 
+# The first step's products from h0 are skipped when h0 is all zeros (a model's
+# default initial state) -- 0 * w adds nothing unless w is inf or NaN, so the other
+# factor is checked finite (then NaN still propagates as in the full product). The
+# check reads h0 (N, H) and the other factor (Wh: H x GH); worth it while the first
+# step is a large share of the loop: T <= H0_SKIP_MAX_T. At T = 1 that is half of
+# forward's products (x Wx and h0 Wh) and all of backward's dWh.
+cdef enum:
+    H0_SKIP_MAX_T = 4
+
+
+cdef inline bint zero_start(const floating[:, :] h0, const floating[:, :] Wh,
+                            Py_ssize_t T) noexcept nogil:
+    """Whether a forward loop of T steps skips its products from h0 (L.h0_zero): T
+    small, h0 (N, Hp) C-contiguous and all zeros, Wh (Hp, GH) finite."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    if not (0 < T <= H0_SKIP_MAX_T and h0.shape[0] > 0 and h0.shape[1] > 0
+            and Wh.shape[1] > 0):
+        return False
+    return (all_zero(&h0[0, 0], 1, h0.shape[0] * h0.shape[1], 0)
+            and all_finite(&Wh[0, 0], Wh.shape[0], Wh.shape[1], Wh.strides[0] // isz,
+                           Wh.strides[1] // isz))
+
+
+cdef inline bint h0_term_zero(const Loop *L, const floating *h0, const floating *dz,
+                              Py_ssize_t ld, Py_ssize_t GH) noexcept nogil:
+    """Whether backward's h0^T dz_first (H, GH) adds nothing: T small, h0 all zeros
+    and the N rows of dz (ld apart) finite."""
+    return (L.T <= H0_SKIP_MAX_T and all_zero(h0, 1, L.N * L.Hp, 0)
+            and all_finite(dz, L.N, GH, ld))
+
+
 cdef inline bint dwh_shifted(const Loop *L, floating kind) noexcept nogil:
     """Whether dwh_accumulate's pairs (h_prev, dz) are one shifted GEMM (plus the
     straddle subtraction in batch-major layout), not one GEMM per row."""
@@ -597,17 +634,21 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                    mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
     if T > 0:
         # h0^T dz at each row's first step        (H, GH) += (H, N)(N, GH)
+        # (left out when it adds nothing: h0_term_zero)
         if not L.reverse:
-            mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dz, dz_sn, NoTrans),
-               <floating>1, dwh)
+            if not h0_term_zero(L, h0, dz, dz_sn, GH):
+                mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dz, dz_sn, NoTrans),
+                   <floating>1, dwh)
         elif L.bs == NULL:
-            mm(H, GH, N, <floating>1, mat(h0, H, Trans),
-               mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
+            if not h0_term_zero(L, h0, dz + (T - 1) * dz_st, dz_sn, GH):
+                mm(H, GH, N, <floating>1, mat(h0, H, Trans),
+                   mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
         else:
             # reverse with lengths: row n starts at t = len_n - 1; gather those rows
             scale_rows(dzs, GH, N, GH, <floating>0)
             for t in range(T):
                 for n in range(active(L, t + 1), L.bs[t]):
                     memcpy(dzs + n * GH, dz + t * dz_st + n * dz_sn, GH * sizeof(floating))
-            mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dzs, GH, NoTrans),
-               <floating>1, dwh)
+            if not h0_term_zero(L, h0, dzs, GH, GH):
+                mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dzs, GH, NoTrans),
+                   <floating>1, dwh)

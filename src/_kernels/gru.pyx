@@ -117,7 +117,7 @@ from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing,
                     set_dw, dw_count, RC_PACK_PAR_BYTES)
 from _threads cimport blas_thread_hooks, share
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
-                   input_product, chunk_input, input_grad)
+                   input_product, chunk_input, input_grad, zero_start)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, one_step, chunk_buffers, workspace, check_inputs, check_grads,
                       copy_rows)
@@ -146,26 +146,34 @@ GRUSaved = namedtuple("GRUSaved", ["gates", "hidden_n"])
 # them, or rows k, k+P, ... on a thread); active rows stay a prefix.
 
 cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
-                          const floating *hp, Py_ssize_t ldhp) noexcept nogil:
-    # Step t for rows [r0, r0 + rows) of this share, from h_prev = hp (ldhp apart).
+                          const floating *hp, Py_ssize_t ldhp, bint from_h0=False) noexcept nogil:
+    # Step t for rows [r0, r0 + rows) of this share, from h_prev = hp (ldhp apart);
+    # from_h0: hp is h0's rows -- all zeros with Wh finite (L.h0_zero: _loop.pxd
+    # zero_start), then S = 0 without the products (reset-before: r h_prev = 0 too).
     cdef Py_ssize_t H = L.H, GH = RC_GRU_G * H, nI = GH - H, s_ld = L.P * GH
     cdef floating *s = <floating *>L.scratch + r0 * s_ld
     cdef const floating *rh
+    cdef bint zero = from_h0 and L.h0_zero
+    if zero:
+        scale_rows(s, s_ld, rows, GH, <floating>0)
     if not L.reset_before:
         # S = h_prev @ Wh                     (rows, 3H) = (rows, H)(H, 3H)
-        mm_step(rows, GH, H, hp, ldhp, L.wh, <floating>0, s, s_ld)
+        if not zero:
+            mm_step(rows, GH, H, hp, ldhp, L.wh, <floating>0, s, s_ld)
         # fused (rc_gru_fwd_*): r, z = σ(g + bx + S + bh);  hn = S_n + bh_n;
         #   n = tanh(g_n + bx_n + r hn);  h_t = (1 - z) n + z h_prev;  g = [r | z | n]
         run_pass(L, rc_gru_pass, False, L.hn, t, r0, rows, hp, ldhp)
         return
     # S[:, :2H] = h_prev @ Wh[:, :2H]         (rows, 2H) = (rows, H)(H, 2H)
-    mm_step(rows, nI, H, hp, ldhp, L.wh, <floating>0, s, s_ld)
+    if not zero:
+        mm_step(rows, nI, H, hp, ldhp, L.wh, <floating>0, s, s_ld)
     # fused (rc_gru_rb_fwd1_*): r, z = σ(g + bx + S + bh);  reset_h = r h_prev
     run_pass(L, rc_gru_rb_pass1, False, L.hn, t, r0, rows, hp, ldhp)
     # S[:, 2H:] = reset_h @ Wh[:, 2H:]        (rows, H) = (rows, H)(H, H)
     rh = <const floating *>L.hn.p + t * L.hn.st + r0 * L.hn.sn
-    mm_step(rows, H, H, rh, L.hn.sn, col_block(L.wh, nI, sizeof(floating)), <floating>0,
-            s + nI, s_ld)
+    if not zero:
+        mm_step(rows, H, H, rh, L.hn.sn, col_block(L.wh, nI, sizeof(floating)), <floating>0,
+                s + nI, s_ld)
     # fused (rc_gru_rb_fwd2_*): n = tanh(g_n + bx_n + S_n + bh_n);  h_t = (1 - z) n + z h_prev
     run_pass(L, rc_gru_rb_pass2, False, L.hn, t, r0, rows, hp, ldhp)
 
@@ -192,7 +200,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
         if Bc > 0:
             fwd_rows(L, t, 0, Bc, h + tp * h_st, h_sn)
         if B > Bc:
-            fwd_rows(L, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld)
+            fwd_rows(L, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld, True)
         if B < M:
             # padding: h_t[B:] = 0 (and no stale projections in the saved arrays)
             scale_rows(h + t * h_st + B * h_sn, h_sn, M - B, H, <floating>0)
@@ -320,6 +328,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     if one and L.wxh.nr == 0 and L.chunk == 0:
         # (the same rules decided them: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")
+    L.h0_zero = zero_start(h0, Wh, T)    # the first step's h0 Wh left out (fwd_rows)
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     return saved if save else None

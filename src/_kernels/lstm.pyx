@@ -94,7 +94,7 @@ from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
                        units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
-                   chunk_input,
+                   chunk_input, zero_start,
                    input_grad, MAX_TASKS)
 from _checks cimport (seq_check, running_seq, same_layout, mat_check, rows_check, vec_check,
                       check_batch_sizes,
@@ -146,13 +146,13 @@ cdef inline void lstm_pass(const Loop *L, bint backward, Py_ssize_t t, Py_ssize_
 
 cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,
                           const floating *hp, Py_ssize_t ldhp, const floating *cp,
-                          Py_ssize_t ldcp) noexcept nogil:
-    # Step t for rows [r0, r0 + rows) from (h_prev, c_prev) = (hp, cp).
+                          Py_ssize_t ldcp, bint from_h0=False) noexcept nogil:
+    # Step t for rows [r0, r0 + rows) from (h_prev, c_prev) = (hp, cp) (from_h0: h0's).
     cdef Py_ssize_t H = L.H, GH = RC_LSTM_GATES * H, Hp = L.Hp
     cdef floating *at = <floating *>L.g.p + t * L.g.st + r0 * L.g.sn
     # A_t[rows] += h_prev @ Wh               (rows, 4H) += (rows, Hp)(Hp, 4H)
     # (a fused loop: A_t[rows] = [x_t | h_prev] @ [Wx; Wh], step_product)
-    step_product(L, t, r0, rows, GH, hp, ldhp, at, L.g.sn)
+    step_product(L, t, r0, rows, GH, hp, ldhp, at, L.g.sn, 0, from_h0)
     # fused (rc_lstm_fwd_*): [i, f, g, o] = σ, σ, tanh, σ of (A_t + b);
     #   c_t = f c_prev + i g;  h_t = o tanh(c_t)  (with a projection: m_t)
     lstm_pass(L, False, t, r0, rows, cp, ldcp)
@@ -179,7 +179,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
         if Bc > 0:
             fwd_rows(L, t, 0, Bc, h + tp * h_st, h_sn, c + tp * L.c.st, L.c.sn)
         if B > Bc:
-            fwd_rows(L, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld, c0 + Bc * s0_ld, s0_ld)
+            fwd_rows(L, t, Bc, B - Bc, h0 + Bc * h0_ld, h0_ld, c0 + Bc * s0_ld, s0_ld, True)
         if B < M:
             # padding: h_t[B:] = c_t[B:] = 0 (and no stale projections in the saved gates);
             # a running c (step stride 0, inference) keeps its finished rows' last states
@@ -558,6 +558,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     if one and L.wxh.nr == 0 and (L.chunk == 0 or L.nu > 0):
         # (the same rules decided them: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")
+    L.h0_zero = zero_start(h0, Wh, T)    # the first step's h0 Wh left out (step_product)
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     return saved if save else None

@@ -222,4 +222,33 @@ static int rc_use_panel(rc_idx m, rc_idx n, rc_idx k)
 RC_DEFINE_COLSUM(rc_colsum_add_f, float)
 RC_DEFINE_COLSUM(rc_colsum_add_d, double)
 
+/* Whole-array tests for the zero-initial-state shortcut (_loop.pxd: zero_start,
+ * h0_term_zero), on the bits (integer operations the compiler vectorizes; no
+ * early exit): whether A (m, n), element (i, j) at a[i*rs + j*cs], has an inf or
+ * NaN (exponent all ones), and whether it has a nonzero (-0 counts as zero). The
+ * inner loop runs along the unit-stride dimension when there is one. */
+#define RC_DEFINE_SCAN(NAME, T, U, COND)                                          \
+    RC_CLONES static int NAME(const T *a, rc_idx m, rc_idx n, rc_idx rs, rc_idx cs) \
+    {                                                                           \
+        U bad = 0;                                                              \
+        if (rs == 1 && cs != 1) {   /* column-major: walk the columns */        \
+            rc_idx t = m; m = n; n = t;                                         \
+            rs = cs; cs = 1;                                                    \
+        }                                                                       \
+        for (rc_idx i = 0; i < m; i++) {                                        \
+            const T *r = a + i * rs;                                            \
+            for (rc_idx j = 0; j < n; j++) {                                    \
+                U u;                                                            \
+                __builtin_memcpy(&u, r + j * cs, sizeof u);                     \
+                bad |= (U)(COND);                                               \
+            }                                                                   \
+        }                                                                       \
+        return bad != 0;                                                        \
+    }
+RC_DEFINE_SCAN(rc_any_nonfinite_f, float, unsigned int, (u & 0x7f800000u) == 0x7f800000u)
+RC_DEFINE_SCAN(rc_any_nonfinite_d, double, unsigned long long,
+               (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull)
+RC_DEFINE_SCAN(rc_any_nonzero_f, float, unsigned int, (u & 0x7fffffffu) != 0)
+RC_DEFINE_SCAN(rc_any_nonzero_d, double, unsigned long long, (u & 0x7fffffffffffffffull) != 0)
+
 #endif /* RC_GEMM_H */

@@ -60,7 +60,7 @@ from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_w
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
-                   input_grad)
+                   input_grad, zero_start)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, check_inputs, check_grads, copy_rows)
 from _step cimport StepBufs, step_init, step_cell_bufs, step_release, step_loop
@@ -122,7 +122,8 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
             step_product(L, t, 0, Bc, H, h + tp * h_st, h_sn, ht, h_sn)
         if B > Bc:
             # h_t[Bc:B] += h0[Bc:B] @ Wh        (B-Bc, H) += (B-Bc, H)(H, H)
-            step_product(L, t, Bc, B - Bc, H, h0 + Bc * h0_ld, h0_ld, ht + Bc * h_sn, h_sn)
+            step_product(L, t, Bc, B - Bc, H, h0 + Bc * h0_ld, h0_ld, ht + Bc * h_sn, h_sn,
+                         0, True)
         # h_t[:B] = act(h_t[:B] + b)
         act_rows(ht, h_sn, <const floating *>L.b, B, H, L.relu)
         if B < M:
@@ -185,6 +186,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.g = L.h       # the input projection goes into h
     keep = fused_weight(Wx, Wh, &L.wxh, &L.wh, T, N, H, H,
                         fuse_input(T, N, inp.D, H, H, sizeof(floating)))
+    L.h0_zero = zero_start(h0, Wh, T)    # the first step's h0 Wh left out (step_product)
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
 
