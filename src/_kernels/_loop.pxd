@@ -533,9 +533,11 @@ cdef inline bint straddle_unsafe(const floating *a, Py_ssize_t lda, Py_ssize_t n
 # The first step's products from h0 are skipped when h0 is all zeros (a model's
 # default initial state) -- 0 * w adds nothing unless w is inf or NaN, so the other
 # factor is checked finite (then NaN still propagates as in the full product). The
-# check reads h0 (N, H) and the other factor (Wh: H x GH); worth it while the first
-# step is a large share of the loop: T <= H0_SKIP_MAX_T. At T = 1 that is half of
-# forward's products (x Wx and h0 Wh) and all of backward's dWh.
+# checks read h0 (N, Hp) and the other factor: Wh (Hp, GH) in forward, the first
+# step's dz rows (N, GH) in backward; worth it while the first step is a large
+# share of the loop: T <= H0_SKIP_MAX_T. At T = 1 that is half of forward's products
+# (x Wx and h0 Wh) and backward's dWh (but for the reset-before GRU's n block, whose
+# r h_prev term reset_before_dwh takes over all rows).
 cdef enum:
     H0_SKIP_MAX_T = 4
 
@@ -592,7 +594,8 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
     NaN where the true sum is finite or +-inf): then one GEMM per row over its
     own T-1 pairs (the check reads only the 2(N-1) straddling rows). Then
     h0^T dz at each row's first step is added (gathered per row in the
-    reverse direction with lengths).
+    reverse direction with lengths) -- left out when it adds nothing
+    (h0_term_zero: T <= 4, h0 all zeros, those dz rows finite).
     """
     cdef Py_ssize_t t, n, T = L.T, N = L.N, H = L.Hp, GH = L.G * L.H, R = T * N
     cdef const floating *h = <const floating *>L.h.p

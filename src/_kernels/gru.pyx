@@ -111,7 +111,7 @@ from collections import namedtuple
 from _cpu cimport require_simd
 import numpy as np
 
-from _blas cimport floating, transposed, col_block, scale_rows
+from _blas cimport floating, transposed, col_block, scale_rows, all_zero
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_stacked, input_grad_weight, set_pack_par, pack_par_count,
                     set_dw, dw_count, RC_PACK_PAR_BYTES)
@@ -149,7 +149,9 @@ cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t
                           const floating *hp, Py_ssize_t ldhp, bint from_h0=False) noexcept nogil:
     # Step t for rows [r0, r0 + rows) of this share, from h_prev = hp (ldhp apart);
     # from_h0: hp is h0's rows -- all zeros with Wh finite (L.h0_zero: _loop.pxd
-    # zero_start), then S = 0 without the products (reset-before: r h_prev = 0 too).
+    # zero_start), then S = 0 without the products (reset-before: the n block's too
+    # when r h_prev came out all zeros -- a NaN r makes it NaN, and the product then
+    # runs, as it must).
     cdef Py_ssize_t H = L.H, GH = RC_GRU_G * H, nI = GH - H, s_ld = L.P * GH
     cdef floating *s = <floating *>L.scratch + r0 * s_ld
     cdef const floating *rh
@@ -171,7 +173,7 @@ cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t
     run_pass(L, rc_gru_rb_pass1, False, L.hn, t, r0, rows, hp, ldhp)
     # S[:, 2H:] = reset_h @ Wh[:, 2H:]        (rows, H) = (rows, H)(H, H)
     rh = <const floating *>L.hn.p + t * L.hn.st + r0 * L.hn.sn
-    if not zero:
+    if not (zero and all_zero(rh, rows, H, L.hn.sn)):
         mm_step(rows, H, H, rh, L.hn.sn, col_block(L.wh, nI, sizeof(floating)), <floating>0,
                 s + nI, s_ld)
     # fused (rc_gru_rb_fwd2_*): n = tanh(g_n + bx_n + S_n + bh_n);  h_t = (1 - z) n + z h_prev

@@ -305,7 +305,7 @@ cdef inline void fwd_block(const Loop *L, rc_units *u, int blk, Py_ssize_t t, Py
             step_product(L, t, 0, Bc, U, h + tp * h_st, h_sn, at + q * H + u0, g_sn, off)
         if B > Bc:
             step_product(L, t, Bc, B - Bc, U, h0 + Bc * H, H, at + Bc * g_sn + q * H + u0,
-                         g_sn, off)
+                         g_sn, off, True)
     if Bc > 0:
         unit_pass(L, False, t, 0, Bc, <const floating *>L.c.p + tp * L.c.st, L.c.sn, u0, U)
     if B > Bc:
@@ -546,6 +546,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     L.b = &b[0]
     cdef Loop tasks[MAX_TASKS]
     cdef rc_units sched
+    # the first step's h0 Wh left out (step_product; set before unit_split copies L)
+    L.h0_zero = zero_start(h0, Wh, T)
     keep = (unit_split(Wx, Wh, &L, tasks, &sched, False, fuse, units, save) if units > 1
             else None)
     if keep is None:
@@ -558,7 +560,6 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     if one and L.wxh.nr == 0 and (L.chunk == 0 or L.nu > 0):
         # (the same rules decided them: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")
-    L.h0_zero = zero_start(h0, Wh, T)    # the first step's h0 Wh left out (step_product)
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     return saved if save else None
