@@ -1,7 +1,7 @@
-"""The kernels' persistent thread team (rc_threads.h: rc_pool, rc_run_tasks).
+"""The kernels' persistent thread team (rc_threads.h: rc_pool_t, rc_run_tasks).
 
 Row-split loops, packing on threads and the dW kernel hand their tasks to a team
-of workers each kernel module keeps (started on first use; they spin briefly after
+of workers the kernel modules share (started on first use; they spin briefly after
 a task, then sleep), or -- when the team is taken by another caller, or off
 (``_set_thread_team(False)``) -- to threads started for the call. The tasks are the
 same either way, so:
@@ -193,3 +193,15 @@ def test_team_hand_offs_are_never_lost(threads, spin_ns, calls):
     r = subprocess.run([sys.executable, "-c", STRESS, str(calls), str(threads), str(spin_ns)],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_the_kernel_modules_share_one_team():
+    """rnncore hands every kernel module the same team (in the thread state it
+    shares with them): a model mixing cells does not get a spinning team per
+    module. An LSTM then a GRU run their threaded loops on it."""
+    ids = {name: mod._thread_team_id() for name, mod in MODULES.items()}
+    assert len(set(ids.values())) == 1 and 0 not in ids.values(), ids
+    before = {m: m._thread_team_runs() for m in (KL, MODULES["gru"])}
+    _step("lstm", np.float32)
+    _step("gru", np.float32)
+    assert all(m._thread_team_runs() > n for m, n in before.items())

@@ -32,7 +32,7 @@ def _weight_grads_calls():
     return dw_count(0), dw_count(1)
 
 
-from _threads cimport set_pool, pool_count, run_tasks
+from _threads cimport set_pool, pool_count, pool_id, thread_state_bytes, run_tasks
 
 
 cdef struct _TeamProbe:
@@ -51,6 +51,18 @@ def _set_thread_team(bint enabled=True, long spin_ns=-1):
     workers and the caller spin `spin_ns` nanoseconds before they sleep (-1: the
     default, 100 us; 0: sleep at once)."""
     set_pool(enabled, spin_ns)
+
+
+def _thread_team_id():
+    """Test hook: the address of the thread team this module uses (every kernel
+    module's is the same once rnncore installed its thread hooks)."""
+    return pool_id()
+
+
+def _thread_state_bytes():
+    """Bytes of the thread state rnncore._runtime.threads shares with the kernel
+    modules (rc_threads.h: the single-thread section state and the thread team)."""
+    return thread_state_bytes()
 
 
 def _thread_team_runs():

@@ -45,9 +45,16 @@ static rc_thread_state *rc_tstate = NULL;
 static long long rc_loop_parallel_min = 4000000LL;
 static int rc_row_split = 0;   /* may time loops split the batch rows over threads */
 
+/* The thread state every kernel module shares (rnncore._runtime.threads allocates
+ * rc_thread_state_bytes() of it): rc_thread_state, then, from byte
+ * RC_THREAD_STATE_TEAM, the thread team (rc_pool_t below). */
+#define RC_THREAD_STATE_TEAM 64
+static void rc_pool_attach(size_t state);
+
 static void rc_blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work,
                                  size_t state, int row_split)
 {
+    rc_pool_attach(state);
     rc_row_split = row_split;
     rc_blas_set_threads = (rc_set_threads_fn)set_fn;
     rc_blas_get_threads = (rc_get_threads_fn)get_fn;
@@ -192,8 +199,9 @@ static inline void rc_cpu_relax(void)
  * backward call runs one to three such teams (packing on threads, the row-split
  * loop, the dW kernel): at short sequences that was most of the call -- an LSTM
  * (T, N, D, H) = (2, 16, 64, 128) inference took 262 us on 2 threads against
- * 139 us on one. So each kernel module keeps up to RC_MAX_THREADS - 1 workers,
- * started on first use. After a task a worker spins for rc_pool_spin_ns (pause;
+ * 139 us on one. So the kernel modules keep one team of up to RC_MAX_THREADS - 1
+ * workers (shared through the thread state: rc_pool_attach), started on first
+ * use. After a task a worker spins for the submitting module's rc_pool_spin_ns (pause;
  * every 32 rounds it reads the clock and yields the core to any other runnable
  * thread there, such as BLAS's) before it sleeps on its futex word, so the
  * calls of a training or inference loop find it awake; the caller waits for the
@@ -215,18 +223,25 @@ typedef struct {
     int gen;            /* futex word: bumped by the submitter for each task posted */
     int sleeping;       /* the worker sleeps (or is about to) on gen */
     unsigned mxcsr;     /* the submitter's SSE control (rounding, FTZ/DAZ), for the task */
+    long spin_ns;       /* how long to spin after the task (the submitter's module's setting) */
     rc_task task;
     pthread_t th;
     char pad[64];
 } rc_worker;
-static struct {
+typedef struct {
     int busy;           /* a submitter owns the team */
     int n;              /* workers started */
     int pending;        /* futex word: workers still running the current tasks */
     int waiting;        /* the submitter sleeps (or is about to) on pending */
     int failed;         /* a worker could not be started: spawn from now on */
     rc_worker w[RC_MAX_THREADS];
-} rc_pool;
+} rc_pool_t;
+/* The team: this module's own until rc_blas_thread_hooks hands every kernel
+ * module the same one, in the thread state rnncore._runtime.threads allocates
+ * (RC_THREAD_STATE_BYTES: the section state, then the team), so the modules share
+ * one team -- a model mixing cells does not get one spinning team per module. */
+static rc_pool_t rc_pool_local;
+static rc_pool_t *rc_pool_p = &rc_pool_local;
 #else
 #define RC_POOL 0
 #endif
@@ -236,6 +251,21 @@ static long rc_pool_spin_ns = RC_POOL_SPIN_NS_DEFAULT;
 static long long rc_pool_runs = 0;     /* team runs (a count for tests) */
 
 static long long rc_pool_count(void) { return __atomic_load_n(&rc_pool_runs, __ATOMIC_RELAXED); }
+#if RC_POOL
+static size_t rc_thread_state_bytes(void) { return RC_THREAD_STATE_TEAM + sizeof(rc_pool_t); }
+static size_t rc_pool_id(void) { return (size_t)rc_pool_p; }
+static void rc_pool_attach(size_t state)
+{
+    /* (before any kernel call: rnncore._bindings installs the hooks at import;
+     * a module whose own team has already started keeps it) */
+    if (state != 0 && rc_pool_p == &rc_pool_local && rc_pool_local.n == 0)
+        rc_pool_p = (rc_pool_t *)((char *)state + RC_THREAD_STATE_TEAM);
+}
+#else
+static size_t rc_thread_state_bytes(void) { return RC_THREAD_STATE_TEAM; }
+static size_t rc_pool_id(void) { return 0; }
+static void rc_pool_attach(size_t state) { (void)state; }
+#endif
 static void rc_set_pool(int enabled, long spin_ns)
 {
     __atomic_store_n(&rc_pool_enabled, enabled, __ATOMIC_RELAXED);
@@ -271,12 +301,11 @@ static long long rc_now_ns(void)
     return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-/* Spin until (*word == value) == until_equal, or rc_pool_spin_ns have passed;
+/* Spin until (*word == value) == until_equal, or `spin` ns have passed;
  * 1: the condition holds. */
-static int rc_pool_spin(int *word, int value, int until_equal)
+static int rc_pool_spin(int *word, int value, int until_equal, long spin)
 {
     long long end = 0;
-    long spin = __atomic_load_n(&rc_pool_spin_ns, __ATOMIC_RELAXED);
     for (unsigned i = 0;; i++) {
         if ((__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) == until_equal) return 1;
         if (spin <= 0) return 0;
@@ -312,7 +341,8 @@ static void *rc_pool_main(void *p)
     rc_worker *w = (rc_worker *)p;
     int seen = 0;   /* gen was 0 when the thread was started (rc_pool_acquire) */
     for (;;) {
-        if (!rc_pool_spin(&w->gen, seen, 0)) rc_pool_sleep(&w->gen, seen, &w->sleeping);
+        if (!rc_pool_spin(&w->gen, seen, 0, __atomic_load_n(&w->spin_ns, __ATOMIC_RELAXED)))
+            rc_pool_sleep(&w->gen, seen, &w->sleeping);
         seen = __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE);
 #if defined(__x86_64__) || defined(__i386__)
         /* a thread started per call inherits the caller's rounding and
@@ -320,8 +350,8 @@ static void *rc_pool_main(void *p)
         __builtin_ia32_ldmxcsr(w->mxcsr);
 #endif
         w->task.fn(w->task.arg);
-        if (__atomic_sub_fetch(&rc_pool.pending, 1, __ATOMIC_SEQ_CST) == 0)
-            rc_pool_wake(&rc_pool.pending, &rc_pool.waiting);
+        if (__atomic_sub_fetch(&rc_pool_p->pending, 1, __ATOMIC_SEQ_CST) == 0)
+            rc_pool_wake(&rc_pool_p->pending, &rc_pool_p->waiting);
     }
     return NULL;
 }
@@ -329,28 +359,28 @@ static void *rc_pool_main(void *p)
 /* In a forked child: no workers (only the forking thread survives). */
 static void rc_pool_atfork_child(void)
 {
-    memset(&rc_pool, 0, sizeof rc_pool);
+    memset(rc_pool_p, 0, sizeof *rc_pool_p);
 }
 
 /* Take the team for P - 1 workers (starting any missing); 0: spawn instead. */
 static int rc_pool_acquire(int P)
 {
     if (!__atomic_load_n(&rc_pool_enabled, __ATOMIC_RELAXED)
-        || __atomic_exchange_n(&rc_pool.busy, 1, __ATOMIC_ACQUIRE))
+        || __atomic_exchange_n(&rc_pool_p->busy, 1, __ATOMIC_ACQUIRE))
         return 0;
     if (!rc_pool_registered) {
         rc_pool_registered = 1;
-        if (pthread_atfork(NULL, NULL, rc_pool_atfork_child) != 0) rc_pool.failed = 1;
+        if (pthread_atfork(NULL, NULL, rc_pool_atfork_child) != 0) rc_pool_p->failed = 1;
     }
-    while (!rc_pool.failed && rc_pool.n < P - 1) {
-        rc_worker *w = &rc_pool.w[rc_pool.n];
+    while (!rc_pool_p->failed && rc_pool_p->n < P - 1) {
+        rc_worker *w = &rc_pool_p->w[rc_pool_p->n];
         w->gen = 0;
         w->sleeping = 0;
-        if (pthread_create(&w->th, NULL, rc_pool_main, w) != 0) rc_pool.failed = 1;
-        else rc_pool.n++;
+        if (pthread_create(&w->th, NULL, rc_pool_main, w) != 0) rc_pool_p->failed = 1;
+        else rc_pool_p->n++;
     }
-    if (rc_pool.n < P - 1) {
-        __atomic_store_n(&rc_pool.busy, 0, __ATOMIC_RELEASE);
+    if (rc_pool_p->n < P - 1) {
+        __atomic_store_n(&rc_pool_p->busy, 0, __ATOMIC_RELEASE);
         return 0;
     }
     return 1;
@@ -359,28 +389,30 @@ static int rc_pool_acquire(int P)
 static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
 {
     unsigned mxcsr = 0;
+    const long spin = __atomic_load_n(&rc_pool_spin_ns, __ATOMIC_RELAXED);
 #if defined(__x86_64__) || defined(__i386__)
     mxcsr = __builtin_ia32_stmxcsr();
 #endif
-    __atomic_store_n(&rc_pool.pending, P - 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&rc_pool_p->pending, P - 1, __ATOMIC_SEQ_CST);
     for (int k = 1; k < P; k++) {
-        rc_worker *w = &rc_pool.w[k - 1];
+        rc_worker *w = &rc_pool_p->w[k - 1];
         w->mxcsr = mxcsr;
+        __atomic_store_n(&w->spin_ns, spin, __ATOMIC_RELAXED);
         w->task.fn = fn;
         w->task.arg = (char *)args + k * size;
         __atomic_add_fetch(&w->gen, 1, __ATOMIC_SEQ_CST);
         rc_pool_wake(&w->gen, &w->sleeping);
     }
     fn(args);
-    if (!rc_pool_spin(&rc_pool.pending, 0, 1)) {
+    if (!rc_pool_spin(&rc_pool_p->pending, 0, 1, spin)) {
         int left;
-        __atomic_store_n(&rc_pool.waiting, 1, __ATOMIC_SEQ_CST);
-        while ((left = __atomic_load_n(&rc_pool.pending, __ATOMIC_SEQ_CST)) != 0)
-            syscall(SYS_futex, &rc_pool.pending, FUTEX_WAIT_PRIVATE, left, NULL, NULL, 0);
-        __atomic_store_n(&rc_pool.waiting, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&rc_pool_p->waiting, 1, __ATOMIC_SEQ_CST);
+        while ((left = __atomic_load_n(&rc_pool_p->pending, __ATOMIC_SEQ_CST)) != 0)
+            syscall(SYS_futex, &rc_pool_p->pending, FUTEX_WAIT_PRIVATE, left, NULL, NULL, 0);
+        __atomic_store_n(&rc_pool_p->waiting, 0, __ATOMIC_SEQ_CST);
     }
     __atomic_add_fetch(&rc_pool_runs, 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&rc_pool.busy, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&rc_pool_p->busy, 0, __ATOMIC_RELEASE);
 }
 #endif
 

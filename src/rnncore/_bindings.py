@@ -350,5 +350,6 @@ def _install_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split):
 
 
 _threads.attach_kernels(_install_thread_hooks, _krnn._single_thread_open,
-                        _krnn._single_thread_close, packed=_krnn._packed_layout())
+                        _krnn._single_thread_close, packed=_krnn._packed_layout(),
+                        state_bytes=_krnn._thread_state_bytes())
 

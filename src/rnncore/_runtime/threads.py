@@ -61,20 +61,25 @@ _ROW_SPLIT = None
 _KERNELS = None
 #: set by attach_kernels: whether the kernels' time loops use packed weights (never BLAS)
 _PACKED = False
+#: set by attach_kernels: bytes of the state the kernel modules share
+_STATE_BYTES = 16
 
 
-def attach_kernels(install, section_open, section_close, packed=False) -> None:
+def attach_kernels(install, section_open, section_close, packed=False,
+                   state_bytes=16) -> None:
     """Called once by rnncore._bindings when it loads the kernel modules.
 
     ``install(set_addr, get_addr, min_work, state_addr, row_split)`` hands the
     policy to every kernel module; ``section_open()``/``section_close(token)``
     are the kernels' single-thread section; ``packed``: the kernels' time loops
-    multiply by packed weights on this CPU (then they open no sections).
-    Installs the current policy.
+    multiply by packed weights on this CPU (then they open no sections);
+    ``state_bytes``: the size of the state the kernel modules share (the section
+    state, then their thread team). Installs the current policy.
     """
-    global _KERNELS, _PACKED
+    global _KERNELS, _PACKED, _STATE_BYTES
     _KERNELS = (install, section_open, section_close)
     _PACKED = bool(packed)
+    _STATE_BYTES = max(16, int(state_bytes))
     set_loop_parallel_min(LOOP_PARALLEL_MIN)
 
 
@@ -120,8 +125,10 @@ def set_loop_parallel_min(work: int) -> None:
         return
     if _HOOKS is None:
         found = _find_blas_thread_functions()
-        # the one section state every kernel module shares: {lock, depth, saved, pad}
-        _HOOKS = (found + ((ctypes.c_int * 4)(),)) if found else False
+        # the one state every kernel module shares: the section's {lock, depth, saved,
+        # pad}, then their thread team (rc_threads.h: RC_THREAD_STATE_TEAM); 8-byte
+        # aligned (the team holds pointers and pthread_t)
+        _HOOKS = (found + ((ctypes.c_uint64 * ((_STATE_BYTES + 7) // 8))(),)) if found else False
     if _HOOKS:
         lib, set_addr, get_addr, state = _HOOKS
         state_addr = ctypes.addressof(state)
@@ -138,8 +145,8 @@ def set_row_split(enabled: bool) -> None:
     threads when it does at least ~2M multiply-adds in all over at least 64
     (row, step) pairs a thread; each thread multiplies its own rows by the
     packed weight (shared, read-only) and calls no BLAS, so the results are
-    bitwise those of one thread. The threads are a team each kernel module
-    keeps (started on first use; after a task they spin up to 0.1 ms, yielding
+    bitwise those of one thread. The threads are one team the kernel modules
+    share (started on first use; after a task they spin up to 0.1 ms, yielding
     the core, then sleep). Loops without a packed weight keep their rows on
     one thread. Allowed only when SciPy's BLAS workers sleep
     right after a call (:func:`rnncore._runtime.blas.row_split_allowed`): enabling it
