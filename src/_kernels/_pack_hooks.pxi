@@ -1,7 +1,7 @@
 # The test and benchmark hooks of packing on threads (rc_gemm_packed.h:
 # rc_pack_par_*), of the dW kernel (rc_gemm_dw.h) and of the thread team
-# (rc_threads.h: rc_pool), included by every kernel module that packs weights: each
-# module has its own copy of the C statics. The module cimports set_pack_par,
+# (rc_threads.h: rc_pool_t), included by every kernel module that packs weights: each
+# module has its own copy of the C statics (the team itself is shared: rc_pool_attach). The module cimports set_pack_par,
 # pack_par_count and RC_PACK_PAR_BYTES from _gemm.
 
 
@@ -46,10 +46,10 @@ cdef void _team_probe(void *arg) noexcept nogil:
 
 def _set_thread_team(bint enabled=True, long spin_ns=-1):
     """Test/benchmark hook: this module's threaded work (row-split loops, packing
-    and dW on threads) runs on its persistent team of workers (rc_threads.h:
-    rc_pool; True, the default) or on threads started per call (False); the
-    workers and the caller spin `spin_ns` nanoseconds before they sleep (-1: the
-    default, 100 us; 0: sleep at once)."""
+    and dW on threads) runs on the kernels' shared team of workers (rc_threads.h:
+    rc_pool_t; True, the default) or on threads started per call (False); after
+    this module's tasks the workers and the caller spin `spin_ns` nanoseconds
+    before they sleep (-1: the default, 100 us; 0: sleep at once)."""
     set_pool(enabled, spin_ns)
 
 
@@ -66,7 +66,7 @@ def _thread_state_bytes():
 
 
 def _thread_team_runs():
-    """How many threaded runs of this module have used its persistent team (a count
+    """How many threaded runs of this module have used the shared team (a count
     since import)."""
     return pool_count()
 

@@ -238,7 +238,7 @@ typedef struct {
 } rc_pool_t;
 /* The team: this module's own until rc_blas_thread_hooks hands every kernel
  * module the same one, in the thread state rnncore._runtime.threads allocates
- * (RC_THREAD_STATE_BYTES: the section state, then the team), so the modules share
+ * (rc_thread_state_bytes(): the section state, then the team), so the modules share
  * one team -- a model mixing cells does not get one spinning team per module. */
 static rc_pool_t rc_pool_local;
 static rc_pool_t *rc_pool_p = &rc_pool_local;
@@ -417,7 +417,7 @@ static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
 #endif
 
 /* Run fn(args + k * size) for k = 0..P-1 (each a task of `size` bytes), task 0
- * on the calling thread, the others on the team's workers (rc_pool) or, when the
+ * on the calling thread, the others on the team's workers (rc_pool_t) or, when the
  * team is taken or off, on threads started for them; returns when all are done. */
 static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
 {

@@ -61,12 +61,12 @@ _ROW_SPLIT = None
 _KERNELS = None
 #: set by attach_kernels: whether the kernels' time loops use packed weights (never BLAS)
 _PACKED = False
-#: set by attach_kernels: bytes of the state the kernel modules share
-_STATE_BYTES = 16
+#: set by attach_kernels: bytes of the state the kernel modules share (the section
+#: state, then their thread team)
+_STATE_BYTES = 0
 
 
-def attach_kernels(install, section_open, section_close, packed=False,
-                   state_bytes=16) -> None:
+def attach_kernels(install, section_open, section_close, packed, state_bytes) -> None:
     """Called once by rnncore._bindings when it loads the kernel modules.
 
     ``install(set_addr, get_addr, min_work, state_addr, row_split)`` hands the
@@ -79,7 +79,7 @@ def attach_kernels(install, section_open, section_close, packed=False,
     global _KERNELS, _PACKED, _STATE_BYTES
     _KERNELS = (install, section_open, section_close)
     _PACKED = bool(packed)
-    _STATE_BYTES = max(16, int(state_bytes))
+    _STATE_BYTES = int(state_bytes)
     set_loop_parallel_min(LOOP_PARALLEL_MIN)
 
 
@@ -115,6 +115,19 @@ def _find_blas_thread_functions():
     return None
 
 
+def _lasting_zeroed_block(nbytes: int) -> int:
+    """The address of `nbytes` zeroed bytes from the C heap that are never freed."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.calloc.restype = ctypes.c_void_p
+    libc.calloc.argtypes = (ctypes.c_size_t, ctypes.c_size_t)
+    addr = libc.calloc(1, nbytes)
+    if not addr:  # pragma: no cover
+        raise MemoryError("rnncore: no memory for the kernels' thread state")
+    return addr
+
+
 def set_loop_parallel_min(work: int) -> None:
     """Per-step multiply-adds from which time loops keep BLAS's threads (0: always)."""
     global LOOP_PARALLEL_MIN, _HOOKS
@@ -126,12 +139,12 @@ def set_loop_parallel_min(work: int) -> None:
     if _HOOKS is None:
         found = _find_blas_thread_functions()
         # the one state every kernel module shares: the section's {lock, depth, saved,
-        # pad}, then their thread team (rc_threads.h: RC_THREAD_STATE_TEAM); 8-byte
-        # aligned (the team holds pointers and pthread_t)
-        _HOOKS = (found + ((ctypes.c_uint64 * ((_STATE_BYTES + 7) // 8))(),)) if found else False
+        # pad}, then their thread team (rc_threads.h: RC_THREAD_STATE_TEAM), zeroed,
+        # 16-byte aligned, and never freed: the team's workers wait on it until the
+        # process ends (a Python object would be freed at interpreter shutdown)
+        _HOOKS = (found + (_lasting_zeroed_block(_STATE_BYTES),)) if found else False
     if _HOOKS:
-        lib, set_addr, get_addr, state = _HOOKS
-        state_addr = ctypes.addressof(state)
+        lib, set_addr, get_addr, state_addr = _HOOKS
     else:
         set_addr = get_addr = state_addr = 0
     _KERNELS[0](set_addr, get_addr, LOOP_PARALLEL_MIN, state_addr, row_split_enabled())
