@@ -602,7 +602,8 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
     cdef const floating *h0 = <const floating *>L.h0
     cdef const floating *dz = <const floating *>L.dg.p
     cdef Py_ssize_t h_st = L.h.st, h_sn = L.h.sn, dz_st = L.dg.st, dz_sn = L.dg.sn
-    cdef Py_ssize_t dz_ld = L.dg.ld
+    cdef Py_ssize_t dz_ld = L.dg.ld, ld0
+    cdef const floating *dz0
     cdef Py_ssize_t shift = dz_st // dz_ld    # N rows (time-major) or 1 (batch-major)
     cdef bint straddle = L.h.bm and N > 1
     # (main_done implies the shifted form: weight_grads checked it; not scanned again)
@@ -637,21 +638,19 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                    mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
     if T > 0:
         # h0^T dz at each row's first step        (H, GH) += (H, N)(N, GH)
-        # (left out when it adds nothing: h0_term_zero)
+        # (left out when it adds nothing: h0_term_zero); those dz rows: step 0,
+        # step T-1 in reverse, gathered per row in reverse with lengths
         if not L.reverse:
-            if not h0_term_zero(L, h0, dz, dz_sn, GH):
-                mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dz, dz_sn, NoTrans),
-                   <floating>1, dwh)
+            dz0, ld0 = dz, dz_sn
         elif L.bs == NULL:
-            if not h0_term_zero(L, h0, dz + (T - 1) * dz_st, dz_sn, GH):
-                mm(H, GH, N, <floating>1, mat(h0, H, Trans),
-                   mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
+            dz0, ld0 = dz + (T - 1) * dz_st, dz_sn
         else:
             # reverse with lengths: row n starts at t = len_n - 1; gather those rows
             scale_rows(dzs, GH, N, GH, <floating>0)
             for t in range(T):
                 for n in range(active(L, t + 1), L.bs[t]):
                     memcpy(dzs + n * GH, dz + t * dz_st + n * dz_sn, GH * sizeof(floating))
-            if not h0_term_zero(L, h0, dzs, GH, GH):
-                mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dzs, GH, NoTrans),
-                   <floating>1, dwh)
+            dz0, ld0 = dzs, GH
+        if not h0_term_zero(L, h0, dz0, ld0, GH):
+            mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dz0, ld0, NoTrans), <floating>1,
+               dwh)

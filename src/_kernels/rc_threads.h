@@ -319,14 +319,16 @@ static int rc_pool_spin(int *word, int value, int until_equal, long spin)
     }
 }
 
-/* Sleep until *word != value; *flag says so to the waker (both sequentially
- * consistent: the waker stores the word, then reads the flag; we store the flag,
- * then read the word -- one of us sees the other's store). */
-static void rc_pool_sleep(int *word, int value, int *flag)
+/* Sleep until (*word == value) == until_equal, as rc_pool_spin; *flag says so to
+ * the waker (both sequentially consistent: the waker stores the word, then reads
+ * the flag; we store the flag, then read the word -- one of us sees the other's
+ * store). */
+static void rc_pool_sleep(int *word, int value, int until_equal, int *flag)
 {
+    int now;
     __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
-    while (__atomic_load_n(word, __ATOMIC_SEQ_CST) == value)
-        syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+    while (((now = __atomic_load_n(word, __ATOMIC_SEQ_CST)) == value) != until_equal)
+        syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, now, NULL, NULL, 0);
     __atomic_store_n(flag, 0, __ATOMIC_SEQ_CST);
 }
 
@@ -342,7 +344,7 @@ static void *rc_pool_main(void *p)
     int seen = 0;   /* gen was 0 when the thread was started (rc_pool_acquire) */
     for (;;) {
         if (!rc_pool_spin(&w->gen, seen, 0, __atomic_load_n(&w->spin_ns, __ATOMIC_RELAXED)))
-            rc_pool_sleep(&w->gen, seen, &w->sleeping);
+            rc_pool_sleep(&w->gen, seen, 0, &w->sleeping);
         seen = __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE);
 #if defined(__x86_64__) || defined(__i386__)
         /* a thread started per call inherits the caller's rounding and
@@ -404,13 +406,8 @@ static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
         rc_pool_wake(&w->gen, &w->sleeping);
     }
     fn(args);
-    if (!rc_pool_spin(&rc_pool_p->pending, 0, 1, spin)) {
-        int left;
-        __atomic_store_n(&rc_pool_p->waiting, 1, __ATOMIC_SEQ_CST);
-        while ((left = __atomic_load_n(&rc_pool_p->pending, __ATOMIC_SEQ_CST)) != 0)
-            syscall(SYS_futex, &rc_pool_p->pending, FUTEX_WAIT_PRIVATE, left, NULL, NULL, 0);
-        __atomic_store_n(&rc_pool_p->waiting, 0, __ATOMIC_SEQ_CST);
-    }
+    if (!rc_pool_spin(&rc_pool_p->pending, 0, 1, spin))
+        rc_pool_sleep(&rc_pool_p->pending, 0, 1, &rc_pool_p->waiting);
     __atomic_add_fetch(&rc_pool_runs, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&rc_pool_p->busy, 0, __ATOMIC_RELEASE);
 }
