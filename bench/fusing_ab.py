@@ -51,6 +51,23 @@ def alternate(run, set_fused, blocks, reps):
     return float(np.median(times[True])), float(np.median(times[False]))
 
 
+def ab_parser(description, cells, forced_help):
+    """The A/B scripts' command line: a cell (one of `cells`), shapes T,N,D,H,
+    --forced (past the rule under test: `forced_help`) and the timing options."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("cell", choices=cells)
+    ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
+    ap.add_argument("--forced", action="store_true", help=forced_help)
+    add_timing_args(ap)
+    return ap
+
+
+def parse_ab(ap, argv):
+    """(the parsed arguments, their shapes as (T, N, D, H) tuples)."""
+    args = ap.parse_args(argv)
+    return args, [parse_shape(s) for s in args.shapes]
+
+
 def add_timing_args(ap):
     """The A/B scripts' shared options: threads, blocks, milliseconds per block."""
     ap.add_argument("--threads", type=int, default=2)
@@ -69,15 +86,10 @@ def timed_ab(run, set_on, blocks, ms):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cell", choices=["rnn", "gru", "lstm"])
-    ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
+    ap = ab_parser(__doc__.split("\n\n")[0], ["rnn", "gru", "lstm"],
+                   "fuse every shape, lifting the rule's row and byte bounds")
     ap.add_argument("--fb", action="store_true", help="time forward+backward (default: eval())")
-    ap.add_argument("--forced", action="store_true",
-                    help="fuse every shape, lifting the rule's row and byte bounds")
-    add_timing_args(ap)
-    args = ap.parse_args(argv)
-    shapes = [parse_shape(s) for s in args.shapes]
+    args, shapes = parse_ab(ap, argv)
 
     import rnncore
     from threadpoolctl import threadpool_limits

@@ -16,14 +16,13 @@ Cells: rnn, gru, gru-rb (``reset_after=False``), lstm, ln-gru, ln-lstm
 (> 1: the kernel is faster). Benchmarks never assert; the arithmetic is checked in
 tests/test_bench_scripts.py.
 """
-import argparse
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fusing_ab import add_timing_args, parse_shape, timed_ab  # noqa: E402
+from fusing_ab import ab_parser, parse_ab, timed_ab  # noqa: E402
 
 CELLS = ("rnn", "gru", "gru-rb", "lstm", "ln-gru", "ln-lstm")
 
@@ -39,14 +38,9 @@ def make_model(cell, D, H):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cell", choices=CELLS)
-    ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
-    ap.add_argument("--forced", action="store_true",
-                    help="the kernel at every size, past the rule (mode 2)")
-    add_timing_args(ap)
-    args = ap.parse_args(argv)
-    shapes = [parse_shape(s) for s in args.shapes]
+    ap = ab_parser(__doc__.split("\n\n")[0], CELLS,
+                   "the kernel at every size, past the rule (mode 2)")
+    args, shapes = parse_ab(ap, argv)
 
     from threadpoolctl import threadpool_limits
     from rnncore._kernels import gru, lngru, lnlstm, lstm, rnn

@@ -193,7 +193,7 @@ RC_DEFINE_PACK(rc_pack_d, double, rc_tcopy_d)
  * panels) threads -- starting threads took ~40-55 us on the VMs measured, a
  * 1 MiB operand packed in ~100-200 us (with the thread team and the 8 x 8
  * transposing copy, packing at any size measured 0.96-1.06x the default at
- * 0.2-1.5 MB weights: bench/compare-results/2026-11-30-pack-threads-ab.*): so only where the loops themselves may split
+ * 0.2-1.5 MB weights: bench/compare-results/2026-11-30-pack-threads-ab.txt): so only where the loops themselves may split
  * rows (the BLAS workers sleep) and outside single-thread sections (there
  * BLAS's count is 1: e.g. a bidirectional layer's two directions, each on its
  * own thread, pack serially). */
