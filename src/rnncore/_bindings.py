@@ -43,7 +43,9 @@ Hinton 2016): their ``p``/``g`` lists carry the norms' gains and biases after
 PyTorch's four, and they offer ``forward``/``backward`` only (the functional API
 and the cells' single-step fast path take the plain cells). The module also
 installs the kernels' BLAS thread hooks (the policy itself lives in
-:mod:`rnncore._runtime.threads`).
+:mod:`rnncore._runtime.threads`). :func:`matmul` and :func:`matmul_tn_add` are the
+dense layers' products (:class:`rnncore.nn.Linear`) on the same packed kernel, or
+on BLAS where its rule says so.
 """
 from __future__ import annotations
 
@@ -51,11 +53,13 @@ import numpy as np
 
 from ._kernels import _pool as _kpool
 from ._kernels import gru as _kgru
+from ._kernels import linear as _klinear
 from ._kernels import lngru as _klngru
 from ._kernels import lnlstm as _klnlstm
 from ._kernels import lstm as _klstm
 from ._kernels import rnn as _krnn
 from ._runtime import threads as _threads
+from ._validation import blas_matmul, blas_matmul_add
 
 __all__ = ["RNN_TANH", "RNN_RELU", "GRU", "GRU_RESET_BEFORE", "LSTM", "LN_LSTM", "LN_GRU",
            "rnn_binding", "gru_binding"]
@@ -341,11 +345,33 @@ def cache_info() -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Dense layers' products
+# ---------------------------------------------------------------------------
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-D arrays of one float dtype, a C-ordered result: on the
+    kernels' packed GEMM (``_kernels.linear``: B packed once, rows on the kernels'
+    threads) where its rule says so, else :func:`~rnncore._validation.blas_matmul`."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    if _klinear.matmul(a, b, out):
+        return out
+    return blas_matmul(a, b)
+
+
+def matmul_tn_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out += a.T @ b`` in place (a weight gradient): on the kernels' dW kernel where
+    the cells' rule says so, else :func:`~rnncore._validation.blas_matmul_add`."""
+    if (out.flags.c_contiguous and out.dtype == a.dtype == b.dtype and a.ndim == b.ndim == 2
+            and _klinear.matmul_tn_add(a, b, out)):
+        return out
+    return blas_matmul_add(a.T, b, out)
+
+
+# ---------------------------------------------------------------------------
 # BLAS thread hooks and the single-thread section
 # ---------------------------------------------------------------------------
 def _install_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split):
     """Hand the thread policy of rnncore._runtime.threads to every kernel module."""
-    for mod in (_krnn, _kgru, _klstm, _klnlstm, _klngru):
+    for mod in (_krnn, _kgru, _klstm, _klnlstm, _klngru, _klinear):
         mod._blas_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split)
 
 

@@ -26,9 +26,9 @@ import math
 
 import numpy as np
 
-from ._validation import (CopyBuffer, as_index, as_real, blas_matmul, blas_matmul_add,
-                          check_dtype, check_last_dim, check_probability, owned, positive_int,
-                          rng_from_seed)
+from ._bindings import matmul, matmul_tn_add
+from ._validation import (CopyBuffer, as_index, as_real, check_dtype, check_last_dim,
+                          check_probability, owned, positive_int, rng_from_seed)
 from .module import Module, check_device, module_registry, register_module
 
 __all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
@@ -279,7 +279,7 @@ class Linear(Module):
         check_last_dim(x, self.in_features, "x", "in_features")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                 # (M, D)
-        y = blas_matmul(x2, self.params["weight"].T)          # (M, F) = (M, D)(F, D)^T
+        y = matmul(x2, self.params["weight"].T)               # (M, F) = (M, D)(F, D)^T
         if self.bias:
             y += self.params["bias"]
         if self._mode(train)[1]:
@@ -307,10 +307,10 @@ class Linear(Module):
         _require_forward(self, self._x2)
         dout = _check_dout(dout, self._lead + (self.out_features,), self.dtype)
         d2 = dout.reshape(-1, self.out_features)              # (M, F)
-        blas_matmul_add(d2.T, self._x2, self.grads["weight"])  # (F, D) += (M, F)^T (M, D)
+        matmul_tn_add(d2, self._x2, self.grads["weight"])      # (F, D) += (M, F)^T (M, D)
         if self.bias:
             self.grads["bias"] += d2.sum(axis=0)
-        dx = blas_matmul(d2, self.params["weight"])            # (M, D) = (M, F)(F, D)
+        dx = matmul(d2, self.params["weight"])                 # (M, D) = (M, F)(F, D)
         return dx.reshape(self._lead + (self.in_features,))
 
     def get_config(self) -> dict:

@@ -1,0 +1,171 @@
+"""A dense layer's products on the packed kernel (rc_matmul.h).
+
+``rnncore.nn.Linear`` (through ``rnncore._bindings``: ``matmul``, ``matmul_tn_add``)
+computes ``y = x W^T``, ``dx = dy W`` and ``dW += dy^T x`` here where the rule says
+so (rc_matmul_use; the weight gradient: rc_dw_use, the recurrent cells' rule), else
+on SciPy's BLAS: each entry returns False, having written nothing, and the caller
+calls BLAS. The rule reads the shapes and the import-time thread configuration
+only, so a product's rounding never depends on the current thread count.
+"""
+from _cpu cimport require_simd
+import numpy as np
+
+from _blas cimport floating
+from _gemm cimport (dw_enabled, packed_nr, set_pack_par, pack_par_count, set_dw, dw_count,
+                    RC_PACK_PAR_BYTES)
+from _threads cimport blas_thread_hooks
+
+require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
+
+cdef extern from "rc_matmul.h" nogil:
+    bint matmul_use "rc_matmul_use"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, size_t elsize)
+    int rc_matmul_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a, Py_ssize_t lda,
+                    const float *b, Py_ssize_t rs, Py_ssize_t cs, float beta, float *c,
+                    Py_ssize_t ldc)
+    int rc_matmul_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *a, Py_ssize_t lda,
+                    const double *b, Py_ssize_t rs, Py_ssize_t cs, double beta, double *c,
+                    Py_ssize_t ldc)
+    int rc_matmul_f_tn(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const float *a,
+                       Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc)
+    int rc_matmul_d_tn(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const double *a,
+                       Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
+                       Py_ssize_t ldc)
+    void set_matmul "rc_set_matmul"(int mode)
+    long long matmul_count "rc_matmul_count"(int threaded)
+
+
+cdef bint _mm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
+              floating beta) noexcept:
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1], isz = sizeof(floating)
+    cdef Py_ssize_t lda = a.strides[0] // isz, rs = b.strides[0] // isz
+    cdef Py_ssize_t cs = b.strides[1] // isz
+    cdef int done
+    with nogil:
+        if floating is float:
+            done = rc_matmul_f(m, n, k, &a[0, 0], lda, &b[0, 0], rs, cs, beta, &c[0, 0], n)
+        else:
+            done = rc_matmul_d(m, n, k, &a[0, 0], lda, &b[0, 0], rs, cs, beta, &c[0, 0], n)
+    return done != 0
+
+
+cdef bint _tn(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c) noexcept:
+    cdef Py_ssize_t K = a.shape[0], m = a.shape[1], n = b.shape[1], isz = sizeof(floating)
+    cdef Py_ssize_t lda = a.strides[0] // isz, ldb = b.strides[0] // isz
+    cdef int done
+    with nogil:
+        if floating is float:
+            done = rc_matmul_f_tn(K, m, n, &a[0, 0], lda, &b[0, 0], ldb, &c[0, 0], n)
+        else:
+            done = rc_matmul_d_tn(K, m, n, &a[0, 0], lda, &b[0, 0], ldb, &c[0, 0], n)
+    return done != 0
+
+
+cdef _operands(a, b, out, str what):
+    """The dtype of three 2-D float arrays of one dtype, `out` C-ordered and writeable
+    (TypeError / ValueError naming the argument otherwise)."""
+    for name, arr in (("a", a), ("b", b), ("out", out)):
+        if not isinstance(arr, np.ndarray) or arr.ndim != 2:
+            raise TypeError(f"{what}: {name} must be a 2-D ndarray")
+        if arr.dtype != a.dtype or a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{what}: a, b and out must share one float32/float64 dtype, "
+                            f"got {a.dtype}, {b.dtype}, {out.dtype}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{what}: out must be a writeable C-ordered array")
+    if np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        raise ValueError(f"{what}: out must not overlap a or b")
+    return a.dtype
+
+
+cdef bint _rows_unit(arr):
+    """Rows with unit element stride and a non-negative row stride in whole elements."""
+    cdef Py_ssize_t isz = arr.itemsize
+    return (arr.shape[1] <= 1 or arr.strides[1] == isz) and arr.strides[0] >= 0 \
+        and arr.strides[0] % isz == 0
+
+
+def matmul(a, b, out, double beta=0.0):
+    """``out[...] = a @ b + beta * out`` on the packed kernel; True if done.
+
+    Parameters
+    ----------
+    a : ndarray, shape (M, K)
+        Rows with unit element stride (C-ordered, or rows of a larger array).
+    b : ndarray, shape (K, N)
+        Any non-negative strides (a transposed view ``W.T`` is packed as it is).
+    out : ndarray, shape (M, N)
+        C-ordered, writeable, not overlapping ``a`` or ``b``.
+    beta : float
+        0 writes ``out`` without reading it.
+
+    Returns
+    -------
+    bool
+        False, with nothing written, where the rule (rc_matmul_use) leaves the
+        product to BLAS or for layouts this path does not take.
+    """
+    dt = _operands(a, b, out, "matmul")
+    if a.shape[1] != b.shape[0] or out.shape[0] != a.shape[0] or out.shape[1] != b.shape[1]:
+        raise ValueError(f"matmul: shapes {a.shape} @ {b.shape} -> {out.shape} do not match")
+    if not matmul_use(a.shape[0], b.shape[1], a.shape[1], a.itemsize):
+        return False
+    isz = a.itemsize
+    if not _rows_unit(a) or b.strides[0] < 0 or b.strides[1] < 0 \
+            or b.strides[0] % isz or b.strides[1] % isz:
+        return False
+    if dt == np.float32:
+        return _mm[float](a, b, out, <float>beta)
+    return _mm[double](a, b, out, beta)
+
+
+def matmul_tn_add(a, b, out):
+    """``out += a.T @ b`` on the dW kernel (rc_gemm_dw.h); True if done.
+
+    Parameters
+    ----------
+    a : ndarray, shape (K, M)
+    b : ndarray, shape (K, N)
+        Both with rows of unit element stride (e.g. C-ordered).
+    out : ndarray, shape (M, N)
+        C-ordered, writeable, not overlapping ``a`` or ``b``; accumulated into.
+
+    Returns
+    -------
+    bool
+        False, with nothing written, where the rule (rc_dw_use) leaves the product
+        to BLAS or for layouts this path does not take.
+    """
+    _operands(a, b, out, "matmul_tn_add")
+    if a.shape[0] != b.shape[0] or out.shape[0] != a.shape[1] or out.shape[1] != b.shape[1]:
+        raise ValueError(f"matmul_tn_add: shapes {a.shape}^T @ {b.shape} -> {out.shape} "
+                         "do not match")
+    cdef Py_ssize_t K = a.shape[0], m = a.shape[1], n = b.shape[1]
+    if K == 0 or m == 0 or n == 0 or packed_nr(a.itemsize) == 0 \
+            or not dw_enabled(<long long>K * m * n, K):
+        return False
+    if not (_rows_unit(a) and _rows_unit(b)):
+        return False
+    if a.dtype == np.float32:
+        return _tn[float](a, b, out)
+    return _tn[double](a, b, out)
+
+
+def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t state,
+                       bint row_split=False):
+    """Install the BLAS thread functions and the shared section state (rc_threads.h)."""
+    blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
+
+
+def _set_matmul(int mode=1):
+    """Test/benchmark hook: ``matmul`` runs here by its rule (1, the default), at any
+    size (2; still False without a packed layout) or never (0). ``matmul_tn_add``
+    follows this module's ``_set_weight_grads`` (_pack_hooks.pxi)."""
+    set_matmul(mode)
+
+
+def _matmul_calls():
+    """(calls, threaded): ``matmul`` calls that ran here, and of them on more than one
+    thread (counts since import)."""
+    return matmul_count(0), matmul_count(1)
+
+
+include "_pack_hooks.pxi"

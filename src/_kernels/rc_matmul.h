@@ -1,0 +1,106 @@
+/* rc_matmul.h -- a dense layer's products on the packed kernel (linear.pyx).
+ *
+ * A read-out layer after the recurrent ones (rnncore.nn.Linear: logits over a
+ * character vocabulary) multiplies all T*N rows by a weight with few output
+ * columns. OpenBLAS runs those shapes well below its large-GEMM rate: on 2 Zen 4
+ * cores (M, K, F) = (3200, 256, 96) ran at 92-105 GFLOP/s for y = x W^T,
+ * dx = dy W and dW = dy^T x alike (torch.mm the same), against ~200 at 2048^3.
+ * Here, with the time loops' kernel:
+ *
+ *   rc_matmul_*:  C (m, n) := A (m, k) B (k, n) + beta C, A and C row-major, B any
+ *                 strided layout (W^T of a PyTorch-layout weight is a transposed
+ *                 view): B packed once (rc_pack_par_*), the rows of A split in
+ *                 blocks of whole register blocks over rc_own_threads() threads,
+ *                 each block one rc_gemm_packed_* call;
+ *   rc_matmul_tn_*: C (m, n) += A^T B, A (K, m) and B (K, n) row-major: the
+ *                 weight gradient, on the dW kernel (rc_gemm_dw.h, one term).
+ *
+ * Every element of C is one dot product in k order (chunks of RC_DW_KC in the
+ * second), whatever the thread count: results depend on the shapes only. Which
+ * path (this or BLAS) a product takes is decided by rc_matmul_use / rc_dw_use on
+ * shapes and the import-time configuration (rc_row_split), never on the current
+ * thread count.
+ */
+#ifndef RC_MATMUL_H
+#define RC_MATMUL_H
+
+#include "rc_gemm_dw.h"
+
+/* Whether C (m, n) = A (m, k) B (k, n) runs here: a packed layout for this CPU, the
+ * kernels' own threads allowed (as for the time loops' packing), at least
+ * RC_MATMUL_MIN_ROWS rows (B is packed per call: a few rows do not repay it) and
+ * RC_MATMUL_MIN_WORK multiply-adds. */
+#define RC_MATMUL_MIN_ROWS 64
+#define RC_MATMUL_MIN_WORK (1LL << 20)
+static int rc_matmul_enabled = 1;   /* test hook: 0 leaves every product to BLAS, 2 forces */
+static void rc_set_matmul(int mode) { rc_matmul_enabled = mode; }
+static int rc_matmul_use(rc_idx m, rc_idx n, rc_idx k, size_t elsize)
+{
+    if (!rc_matmul_enabled || m <= 0 || n <= 0 || k <= 0 || rc_packed_nr(elsize) == 0)
+        return 0;
+    if (rc_matmul_enabled == 2) return 1;
+    return rc_row_split && m >= RC_MATMUL_MIN_ROWS
+           && (long long)m * n * k >= RC_MATMUL_MIN_WORK;
+}
+static long long rc_matmul_calls[2] = {0, 0};   /* calls here, and of them on threads */
+static long long rc_matmul_count(int threaded)
+{
+    return __atomic_load_n(&rc_matmul_calls[threaded != 0], __ATOMIC_RELAXED);
+}
+
+#define RC_DEFINE_MATMUL(NAME, T, PACKPAR, GEMM)                                \
+    typedef struct { rc_idx m, n, k, lda, nr, ldc; const T *a, *bp; T beta; T *c; } \
+        NAME##_task;                                                            \
+    static void NAME##_run(void *arg)                                           \
+    {                                                                           \
+        const NAME##_task *t = (const NAME##_task *)arg;                        \
+        GEMM(t->m, t->n, t->k, t->a, t->lda, t->bp, t->k, t->nr, t->beta, t->c, t->ldc); \
+    }                                                                           \
+    /* Returns 0 (nothing done: the caller's BLAS runs) when out of memory or   \
+     * without a packed layout. */                                              \
+    static int NAME(rc_idx m, rc_idx n, rc_idx k, const T *a, rc_idx lda, const T *b, \
+                    rc_idx rs, rc_idx cs, T beta, T *c, rc_idx ldc)              \
+    {                                                                           \
+        const rc_idx nr = rc_packed_nr(sizeof(T));                              \
+        if (nr == 0 || m <= 0 || n <= 0 || k <= 0) return 0;                    \
+        void *buf = NULL;                                                       \
+        const long long bytes = (long long)rc_packed_size(k, n, nr) * (long long)sizeof(T); \
+        if (posix_memalign(&buf, 64, (size_t)bytes) != 0) return 0;             \
+        PACKPAR(k, n, b, rs, cs, nr, k, (T *)buf, bytes);                       \
+        /* whole 8-row register blocks a thread */                              \
+        const rc_idx blocks = (m + 7) / 8;                                      \
+        int P = rc_own_threads();                                               \
+        if (P > blocks) P = (int)blocks;                                        \
+        if (P < 1) P = 1;                                                       \
+        NAME##_task tk[RC_MAX_THREADS];                                         \
+        for (int q = 0; q < P; q++) {                                           \
+            const rc_idx r0 = RC_PK_MIN(m, blocks * q / P * 8);                 \
+            const rc_idx r1 = RC_PK_MIN(m, blocks * (q + 1) / P * 8);           \
+            tk[q] = (NAME##_task){r1 - r0, n, k, lda, nr, ldc, a + r0 * lda,    \
+                                  (const T *)buf, beta, c + r0 * ldc};          \
+        }                                                                       \
+        __atomic_fetch_add(&rc_matmul_calls[0], 1, __ATOMIC_RELAXED);           \
+        if (P > 1) __atomic_fetch_add(&rc_matmul_calls[1], 1, __ATOMIC_RELAXED); \
+        rc_run_tasks(NAME##_run, tk, sizeof tk[0], P);                          \
+        free(buf);                                                              \
+        return 1;                                                               \
+    }                                                                           \
+    /* C (m, n) += A^T B, A (K, m) rows lda apart, B (K, n) rows ldb apart, C   \
+     * row-major; 0: nothing done (the caller's BLAS runs). */                  \
+    static int NAME##_tn(rc_idx K, rc_idx m, rc_idx n, const T *a, rc_idx lda,  \
+                         const T *b, rc_idx ldb, T *c, rc_idx ldc)               \
+    {                                                                           \
+        rc_dw_problem pr;                                                       \
+        memset(&pr, 0, sizeof pr);                                              \
+        pr.b0 = b; pr.ld0 = ldb; pr.n0 = n; pr.K = K;                           \
+        pr.nr = rc_packed_nr(sizeof(T));                                        \
+        pr.nterms = 1;                                                          \
+        pr.term[0] = (rc_dw_term){a, lda, 0, 0, K, m, 0, n, c, ldc, NULL, 0};   \
+        return NAME##_dw(&pr);                                                  \
+    }
+#define rc_matmul_f_dw rc_dw_f
+#define rc_matmul_d_dw rc_dw_d
+RC_DEFINE_MATMUL(rc_matmul_f, float, rc_pack_par_f, rc_gemm_packed_f)
+RC_DEFINE_MATMUL(rc_matmul_d, double, rc_pack_par_d, rc_gemm_packed_d)
+
+#endif /* RC_MATMUL_H */
