@@ -358,3 +358,27 @@ def test_weight_grads_ab_runs_and_restores_the_rule(wab, capsys):
         wab.main(["lstm-x", "4,2,3,5"])
     with pytest.raises(ValueError, match="'4,2,3'"):
         wab.main(["lstm", "4,2,3"])
+
+
+# -- linear_ab.py -----------------------------------------------------------------------------
+def test_linear_ab_runs_and_restores_the_rules(capsys):
+    from rnncore._kernels import linear
+    lab = _load("linear_ab")
+    assert lab.main(["70,8,5", "--blocks", "1", "--ms", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in out] == ["y", "dx", "dW"]
+    assert all("blas/kernel" in line for line in out)
+    # the hook back on its rule: nothing below it (not forced), and where this CPU and
+    # the thread configuration allow the kernel, a product at the rule's bound on it
+    # (not off)
+    from conftest import HAVE_PACKED
+    from rnncore._runtime.threads import row_split_enabled
+    out = np.empty((8, 5), np.float32)
+    assert not linear.matmul(np.ones((8, 3), np.float32), np.ones((3, 5), np.float32), out)
+    if HAVE_PACKED and row_split_enabled():
+        big = np.ones((64, 128), np.float32)
+        assert linear.matmul(big, big.T, np.empty((64, 64), np.float32)) is False  # 0.5M
+        assert linear.matmul(big, np.ones((128, 128), np.float32),
+                             np.empty((64, 128), np.float32))                    # 1M
+    with pytest.raises(SystemExit):
+        lab.main(["70,8"])
