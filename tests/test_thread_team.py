@@ -16,6 +16,8 @@ same either way, so:
    correctly on a team of its own and does not hang.
 4. Tens of thousands of tiny runs through the team (workers sleeping at once or
    spinning briefly; 2, 3 and 8 threads) lose no hand-off.
+5. Every task runs under its caller's floating-point control (MXCSR: FTZ/DAZ set,
+   then cleared), on the team and on started threads.
 """
 import multiprocessing
 import subprocess
@@ -207,3 +209,22 @@ def test_the_kernel_modules_share_one_team():
     _step("lstm", np.float32)
     _step("gru", np.float32)
     assert all(m._thread_team_runs() > n for m, n in before.items())
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux")
+                         and __import__("platform").machine() in ("x86_64", "AMD64")),
+                    reason="MXCSR is x86's SSE control word")
+@pytest.mark.parametrize("team", [True, False], ids=["team", "started"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_tasks_run_with_the_callers_floating_point_control(team, threads):
+    """A task runs under its caller's MXCSR (rounding, flush-to-zero,
+    denormals-are-zero): a worker of the team takes it with each task, a started
+    thread inherits it. Set FTZ | DAZ, then clear it again: no worker keeps a stale
+    one from an earlier caller."""
+    FTZ_DAZ = 0x8040
+    during, seen = KL._thread_team_mxcsr(threads, FTZ_DAZ, team)
+    assert during & FTZ_DAZ == FTZ_DAZ
+    assert seen == [during] * threads, [hex(v) for v in seen]
+    during, seen = KL._thread_team_mxcsr(threads, 0, team)
+    assert during & FTZ_DAZ == 0                      # the caller's own was restored
+    assert seen == [during] * threads, [hex(v) for v in seen]

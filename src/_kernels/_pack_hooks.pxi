@@ -71,6 +71,64 @@ def _thread_team_runs():
     return pool_count()
 
 
+cdef extern from *:
+    """
+    static unsigned rc_hook_get_mxcsr(void)
+    {
+    #if defined(__x86_64__) || defined(__i386__)
+        return __builtin_ia32_stmxcsr();
+    #else
+        return 0;
+    #endif
+    }
+    static void rc_hook_set_mxcsr(unsigned v)
+    {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_ldmxcsr(v);
+    #else
+        (void)v;
+    #endif
+    }
+    """
+    unsigned get_mxcsr "rc_hook_get_mxcsr"() nogil
+    void set_mxcsr "rc_hook_set_mxcsr"(unsigned v) nogil
+
+
+cdef struct _MxcsrProbe:
+    unsigned mxcsr
+    char pad[60]      # one task per cache line
+
+
+cdef void _mxcsr_probe(void *arg) noexcept nogil:
+    (<_MxcsrProbe *>arg).mxcsr = get_mxcsr()
+
+
+def _thread_team_mxcsr(int threads, unsigned bits, bint team=True):
+    """Test hook: `threads` tasks through rc_run_tasks (on the team, or on threads
+    started for them) while the caller's SSE control word (MXCSR) has `bits` set
+    (e.g. 0x8040, flush-to-zero and denormals-are-zero); returns (the caller's
+    MXCSR during the call, [each task's MXCSR]). The caller's MXCSR and the team
+    setting are restored. (0, [0, ...]) off x86."""
+    cdef _MxcsrProbe tasks[8]
+    cdef unsigned saved, during
+    cdef int k
+    if threads < 1 or threads > 8:
+        raise ValueError(f"threads must be in 1..8, got {threads}")
+    for k in range(8):
+        tasks[k].mxcsr = 0
+    set_pool(team, -1)
+    try:
+        with nogil:
+            saved = get_mxcsr()
+            set_mxcsr(saved | bits)
+            during = get_mxcsr()
+            run_tasks(_mxcsr_probe, tasks, sizeof(_MxcsrProbe), threads)
+            set_mxcsr(saved)
+    finally:
+        set_pool(True, -1)
+    return during, [tasks[k].mxcsr for k in range(threads)]
+
+
 def _thread_team_stress(long long calls, int threads, long spin_ns=-1):
     """Test hook: `calls` runs of `threads` tiny tasks each through rc_run_tasks (the
     team, its workers spinning `spin_ns` ns after a task: 0 sleeps at once, so
