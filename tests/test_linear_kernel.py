@@ -11,6 +11,8 @@ naming the argument; shapes the rule leaves to BLAS, which return False having
 written nothing; and ``Linear`` forward/backward on the kernel against the
 float64 reference and PyTorch's ``nn.Linear`` where installed.
 """
+import os
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -23,9 +25,10 @@ from rnncore.nn import Linear
 needs_packed = pytest.mark.skipif(not HAVE_PACKED,
                                   reason="no packed GEMM layout for this CPU: BLAS only")
 
-#: (M, K, N): rows not a multiple of 8, columns not of the panel width (16/32),
-#: K from 1 up; all at or above the rule's 64 rows
-SHAPES = [(64, 1, 5), (67, 3, 33), (129, 96, 95), (200, 256, 96), (517, 40, 257)]
+#: (M, K, N): rows below one register block (8) and not a multiple of it, columns
+#: not of the panel width (16/32), K from 1 up (forced past the rule's 64 rows)
+SHAPES = [(1, 7, 3), (7, 5, 40), (9, 3, 33), (64, 1, 5), (67, 3, 33), (129, 96, 95),
+          (200, 256, 96), (517, 40, 257)]
 
 
 @pytest.fixture
@@ -59,12 +62,13 @@ def test_matmul_matches_float64(forced, rng, dtype, M, K, N):
     out2 = np.full((M, N), np.nan, dtype)
     assert KLIN.matmul(a, np.ascontiguousarray(w.T), out2)  # B row-major
     _check(dtype, out2, exact, "a @ B")
-    # beta = 1 accumulates; A as rows of a wider array
+    # beta = 1 accumulates, any other scales; A as rows of a wider array
     wide = np.concatenate([a, rng.standard_normal((M, 7)).astype(dtype)], axis=1)
     base = rng.standard_normal((M, N)).astype(dtype)
-    acc = base.copy()
-    assert KLIN.matmul(wide[:, :K], w.T, acc, beta=1.0)
-    _check(dtype, acc, exact + base, "out + a @ w.T")
+    for beta in (1.0, -0.5):
+        acc = base.copy()
+        assert KLIN.matmul(wide[:, :K], w.T, acc, beta=beta)
+        _check(dtype, acc, exact + beta * base.astype(np.float64), f"beta {beta}")
 
 
 @needs_packed
@@ -97,11 +101,16 @@ def test_results_do_not_depend_on_the_thread_count(rng, threads):
         g = np.zeros((96, 256), np.float32)
         return _bindings.matmul(a, w.T), _bindings.matmul(d, w), _bindings.matmul_tn_add(d, a, g)
     with threadpool_limits(2):
-        before = KLIN._matmul_calls()[0]
+        before = KLIN._matmul_calls(), KLIN._weight_grads_calls()
         ref = run()
-        assert KLIN._matmul_calls()[0] == before + 2      # the rule took both products
+        # the rule took all three, on 2 threads where BLAS has 2 (a 1-CPU runner: 1)
+        assert KLIN._matmul_calls()[0] == before[0][0] + 2
+        assert KLIN._weight_grads_calls()[0] == before[1][0] + 1
     with threadpool_limits(threads):
+        before = KLIN._matmul_calls()[1]
         got = run()
+        if threads > 1 and (os.cpu_count() or 1) > 1:
+            assert KLIN._matmul_calls()[1] == before + 2   # the rows really were split
     for r, g in zip(ref, got):
         np.testing.assert_array_equal(r, g)
 
@@ -136,6 +145,48 @@ def test_layouts_the_kernel_does_not_take_fall_back(forced, rng):
                      a @ w.T[:, ::-1], name="fallback")
 
 
+def test_misaligned_and_foreign_operands_go_to_blas(forced, rng):
+    """Arrays the kernel does not take (misaligned, byte-swapped, float16) are left to
+    BLAS by the bindings, with the right product."""
+    raw = np.zeros(70 * 12 * 4 + 1, np.uint8)
+    a = np.frombuffer(raw.data, dtype=np.float32, count=70 * 12, offset=1).reshape(70, 12)
+    assert not a.flags.aligned
+    w = rng.standard_normal((9, 12)).astype(np.float32)
+    out = np.zeros((70, 9), np.float32)
+    assert not KLIN.matmul(a, w.T, out) and not out.any()
+    assert not KLIN.matmul(np.zeros((0, 12), np.float32), w.T, np.zeros((0, 9), np.float32))
+    swapped = rng.standard_normal((70, 12)).astype(">f8")
+    assert_close_f64(_bindings.matmul(swapped, w.T.astype(">f8")),
+                     swapped.astype(np.float64) @ w.T.astype(np.float64), name="byte-swapped")
+    with pytest.raises(TypeError, match="float32/float64"):
+        KLIN.matmul(swapped, w.T.astype(">f8"), np.zeros((70, 9), ">f8"))
+
+
+def test_zero_sized_products_through_linear():
+    lin = Linear(4, 3, seed=0)
+    y = lin.forward(np.zeros((0, 4), np.float32))
+    assert y.shape == (0, 3)
+    assert lin.backward(np.zeros((0, 3), np.float32)).shape == (0, 4)
+    assert not lin.grads["weight"].any()
+    y = _bindings.matmul(np.ones((70, 0), np.float32), np.ones((0, 3), np.float32))
+    assert y.shape == (70, 3) and not y.any()
+
+
+@pytest.mark.skipif(not HAVE_PACKED, reason="no packed GEMM layout for this CPU: BLAS only")
+def test_the_weight_gradient_follows_the_row_split_setting(rng):
+    """With the kernels' own threads off (rnncore.set_row_split(False)), Linear's
+    products go back to BLAS's threads: all three, the weight gradient too."""
+    import rnncore
+    d = rng.standard_normal((1000, 96)).astype(np.float32)
+    x = rng.standard_normal((1000, 256)).astype(np.float32)
+    rnncore.set_row_split(False)
+    try:
+        assert not KLIN.matmul_tn_add(d, x, np.zeros((96, 256), np.float32))
+        assert not KLIN.matmul(x, np.ones((256, 96), np.float32), np.zeros((1000, 96), np.float32))
+    finally:
+        rnncore.set_row_split(True)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: KLIN.matmul(np.ones((64, 3)), np.ones((4, 2)), np.empty((64, 2))), "shapes"),
     (lambda: KLIN.matmul(np.ones((64, 3)), np.ones((3, 2), np.float32), np.empty((64, 2))),
@@ -164,7 +215,7 @@ def test_out_overlapping_an_operand_is_refused():
     assert (buf == 1).all()
 
 
-@needs_packed
+@_threaded
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_linear_on_the_kernel_matches_the_reference(rng, dtype):
     """A read-out at the char-LM's shape (T*N = 3200 rows, 256 -> 96): forward and

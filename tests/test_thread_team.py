@@ -228,3 +228,8 @@ def test_tasks_run_with_the_callers_floating_point_control(team, threads):
     during, seen = KL._thread_team_mxcsr(threads, 0, team)
     assert during & FTZ_DAZ == 0                      # the caller's own was restored
     assert seen == [during] * threads, [hex(v) for v in seen]
+
+
+def test_the_mxcsr_hook_refuses_reserved_bits():
+    with pytest.raises(ValueError, match="low 16 bits"):
+        KL._thread_team_mxcsr(2, 0x10000)

@@ -107,13 +107,15 @@ def _thread_team_mxcsr(int threads, unsigned bits, bint team=True):
     """Test hook: `threads` tasks through rc_run_tasks (on the team, or on threads
     started for them) while the caller's SSE control word (MXCSR) has `bits` set
     (e.g. 0x8040, flush-to-zero and denormals-are-zero); returns (the caller's
-    MXCSR during the call, [each task's MXCSR]). The caller's MXCSR and the team
-    setting are restored. (0, [0, ...]) off x86."""
+    MXCSR during the call, [each task's MXCSR]). The caller's MXCSR is restored and
+    the team is on again afterwards. (0, [0, ...]) off x86."""
     cdef _MxcsrProbe tasks[8]
     cdef unsigned saved, during
     cdef int k
     if threads < 1 or threads > 8:
         raise ValueError(f"threads must be in 1..8, got {threads}")
+    if bits > 0xFFFF:   # bits 16-31 are reserved: loading one faults
+        raise ValueError(f"bits must lie in MXCSR's low 16 bits, got {bits:#x}")
     for k in range(8):
         tasks[k].mxcsr = 0
     set_pool(team, -1)

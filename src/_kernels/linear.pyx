@@ -2,23 +2,23 @@
 
 ``rnncore.nn.Linear`` (through ``rnncore._bindings``: ``matmul``, ``matmul_tn_add``)
 computes ``y = x W^T``, ``dx = dy W`` and ``dW += dy^T x`` here where the rule says
-so (rc_matmul_use; the weight gradient: rc_dw_use, the recurrent cells' rule), else
-on SciPy's BLAS: each entry returns False, having written nothing, and the caller
-calls BLAS. The rule reads the shapes and the import-time thread configuration
-only, so a product's rounding never depends on the current thread count.
+so (rc_matmul_use, rc_matmul_tn_use), else on SciPy's BLAS: each entry returns
+False, having written nothing, and the caller calls BLAS. The rule reads the
+shapes, the machine and the thread configuration (``rnncore.set_row_split``) only,
+never the current thread count, so a product's rounding does not depend on it.
 """
 from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating
-from _gemm cimport (dw_enabled, packed_nr, set_pack_par, pack_par_count, set_dw, dw_count,
-                    RC_PACK_PAR_BYTES)
+from _gemm cimport set_pack_par, pack_par_count, set_dw, dw_count, RC_PACK_PAR_BYTES
 from _threads cimport blas_thread_hooks
 
 require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
 
 cdef extern from "rc_matmul.h" nogil:
     bint matmul_use "rc_matmul_use"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, size_t elsize)
+    bint matmul_tn_use "rc_matmul_tn_use"(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n)
     int rc_matmul_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a, Py_ssize_t lda,
                     const float *b, Py_ssize_t rs, Py_ssize_t cs, float beta, float *c,
                     Py_ssize_t ldc)
@@ -66,7 +66,8 @@ cdef _operands(a, b, out, str what):
     for name, arr in (("a", a), ("b", b), ("out", out)):
         if not isinstance(arr, np.ndarray) or arr.ndim != 2:
             raise TypeError(f"{what}: {name} must be a 2-D ndarray")
-        if arr.dtype != a.dtype or a.dtype not in (np.float32, np.float64):
+        if arr.dtype != a.dtype or not (a.dtype == np.float32 or a.dtype == np.float64) \
+                or not a.dtype.isnative:
             raise TypeError(f"{what}: a, b and out must share one float32/float64 dtype, "
                             f"got {a.dtype}, {b.dtype}, {out.dtype}")
     if not (out.flags.c_contiguous and out.flags.writeable):
@@ -77,10 +78,11 @@ cdef _operands(a, b, out, str what):
 
 
 cdef bint _rows_unit(arr):
-    """Rows with unit element stride and a non-negative row stride in whole elements."""
+    """Aligned rows with unit element stride and a non-negative row stride in whole
+    elements."""
     cdef Py_ssize_t isz = arr.itemsize
-    return (arr.shape[1] <= 1 or arr.strides[1] == isz) and arr.strides[0] >= 0 \
-        and arr.strides[0] % isz == 0
+    return arr.flags.aligned and (arr.shape[1] <= 1 or arr.strides[1] == isz) \
+        and arr.strides[0] >= 0 and arr.strides[0] % isz == 0
 
 
 def matmul(a, b, out, double beta=0.0):
@@ -109,7 +111,7 @@ def matmul(a, b, out, double beta=0.0):
     if not matmul_use(a.shape[0], b.shape[1], a.shape[1], a.itemsize):
         return False
     isz = a.itemsize
-    if not _rows_unit(a) or b.strides[0] < 0 or b.strides[1] < 0 \
+    if not _rows_unit(a) or not b.flags.aligned or b.strides[0] < 0 or b.strides[1] < 0 \
             or b.strides[0] % isz or b.strides[1] % isz:
         return False
     if dt == np.float32:
@@ -131,16 +133,16 @@ def matmul_tn_add(a, b, out):
     Returns
     -------
     bool
-        False, with nothing written, where the rule (rc_dw_use) leaves the product
-        to BLAS or for layouts this path does not take.
+        False, with nothing written, where the rule (rc_matmul_tn_use: the dW
+        kernel's sizes) leaves the product to BLAS or for layouts this path does
+        not take.
     """
     _operands(a, b, out, "matmul_tn_add")
     if a.shape[0] != b.shape[0] or out.shape[0] != a.shape[1] or out.shape[1] != b.shape[1]:
         raise ValueError(f"matmul_tn_add: shapes {a.shape}^T @ {b.shape} -> {out.shape} "
                          "do not match")
     cdef Py_ssize_t K = a.shape[0], m = a.shape[1], n = b.shape[1]
-    if K == 0 or m == 0 or n == 0 or packed_nr(a.itemsize) == 0 \
-            or not dw_enabled(<long long>K * m * n, K):
+    if not matmul_tn_use(K, m, n):
         return False
     if not (_rows_unit(a) and _rows_unit(b)):
         return False

@@ -17,30 +17,49 @@
  *
  * Every element of C is one dot product in k order (chunks of RC_DW_KC in the
  * second), whatever the thread count: results depend on the shapes only. Which
- * path (this or BLAS) a product takes is decided by rc_matmul_use / rc_dw_use on
- * shapes and the import-time configuration (rc_row_split), never on the current
- * thread count.
+ * path (this or BLAS) a product takes is decided by rc_matmul_use /
+ * rc_matmul_tn_use on the shapes, the machine and the thread configuration
+ * (rc_row_split: rnncore.set_row_split), never on the current thread count.
  */
 #ifndef RC_MATMUL_H
 #define RC_MATMUL_H
 
+#include <unistd.h>    /* sysconf */
 #include "rc_gemm_dw.h"
 
 /* Whether C (m, n) = A (m, k) B (k, n) runs here: a packed layout for this CPU, the
- * kernels' own threads allowed (as for the time loops' packing), at least
- * RC_MATMUL_MIN_ROWS rows (B is packed per call: a few rows do not repay it) and
- * RC_MATMUL_MIN_WORK multiply-adds. */
+ * kernels' own threads allowed (rc_row_split, as for the time loops' packing: else
+ * they would run on one thread against BLAS's several), a machine of at most
+ * RC_MAX_THREADS CPUs (the most threads the kernels use: on a larger one BLAS
+ * keeps the products it would run on all of them), at least RC_MATMUL_MIN_ROWS
+ * rows (B is packed per call: a few rows do not repay it) and RC_MATMUL_MIN_WORK
+ * multiply-adds. rc_matmul_tn_use: the same for C += A^T B, whose sizes are the dW
+ * kernel's rule (rc_dw_use). */
 #define RC_MATMUL_MIN_ROWS 64
 #define RC_MATMUL_MIN_WORK (1LL << 20)
 static int rc_matmul_enabled = 1;   /* test hook: 0 leaves every product to BLAS, 2 forces */
 static void rc_set_matmul(int mode) { rc_matmul_enabled = mode; }
+static int rc_matmul_machine(void)
+{
+    static int cpus = 0;
+    if (cpus == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        __atomic_store_n(&cpus, n > 0 ? (int)(n < 1 << 20 ? n : 1 << 20) : 1, __ATOMIC_RELAXED);
+    }
+    return rc_row_split && cpus <= RC_MAX_THREADS;
+}
 static int rc_matmul_use(rc_idx m, rc_idx n, rc_idx k, size_t elsize)
 {
     if (!rc_matmul_enabled || m <= 0 || n <= 0 || k <= 0 || rc_packed_nr(elsize) == 0)
         return 0;
     if (rc_matmul_enabled == 2) return 1;
-    return rc_row_split && m >= RC_MATMUL_MIN_ROWS
+    return rc_matmul_machine() && m >= RC_MATMUL_MIN_ROWS
            && (long long)m * n * k >= RC_MATMUL_MIN_WORK;
+}
+static int rc_matmul_tn_use(rc_idx K, rc_idx m, rc_idx n)
+{
+    if (K <= 0 || m <= 0 || n <= 0 || !rc_dw_use((long long)K * m * n, K)) return 0;
+    return rc_dw_enabled == 2 || rc_matmul_machine();
 }
 static long long rc_matmul_calls[2] = {0, 0};   /* calls here, and of them on threads */
 static long long rc_matmul_count(int threaded)
