@@ -19,6 +19,7 @@ require_simd()   # a forced single-SIMD-level build on a CPU without that level:
 cdef extern from "rc_matmul.h" nogil:
     bint matmul_use "rc_matmul_use"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, size_t elsize)
     bint matmul_tn_use "rc_matmul_tn_use"(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n)
+    bint matmul_machine "rc_matmul_machine"()
     int rc_matmul_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a, Py_ssize_t lda,
                     const float *b, Py_ssize_t rs, Py_ssize_t cs, float beta, float *c,
                     Py_ssize_t ldc)
@@ -162,6 +163,13 @@ def _set_matmul(int mode=1):
     size (2; still False without a packed layout) or never (0). ``matmul_tn_add``
     follows this module's ``_set_weight_grads`` (_pack_hooks.pxi)."""
     set_matmul(mode)
+
+
+def _rule_allows_kernel():
+    """Whether the rule may take products at all on this machine and configuration:
+    the kernels' own threads allowed (``rnncore.set_row_split``) and at most 8 CPUs
+    (rc_matmul_machine); the test hook's forced mode takes them regardless."""
+    return bool(matmul_machine())
 
 
 def _matmul_calls():
