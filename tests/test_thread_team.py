@@ -18,6 +18,9 @@ same either way, so:
    spinning briefly; 2, 3 and 8 threads) lose no hand-off.
 5. Every task runs under its caller's floating-point control (MXCSR: FTZ/DAZ set,
    then cleared), on the team and on started threads.
+6. A caller done with its own task runs the tasks no worker has started yet: each
+   task still runs exactly once, and it happens (workers asleep at once); the
+   results are those of a caller that waits for its workers (point 1).
 """
 import multiprocessing
 import subprocess
@@ -68,10 +71,10 @@ def _step(cell, dtype, threads=2):
     return [y, dx, yi] + [grads[k] for k in sorted(grads)]
 
 
-def _with_team(cell, dtype, enabled, spin_ns=-1, threads=2):
+def _with_team(cell, dtype, enabled, spin_ns=-1, threads=2, take=True):
     mod = MODULES[cell]
     runs = mod._thread_team_runs()
-    mod._set_thread_team(enabled, spin_ns)
+    mod._set_thread_team(enabled, spin_ns, take)
     try:
         out = _step(cell, dtype, threads)
     finally:
@@ -92,8 +95,10 @@ def test_team_gives_the_results_of_threads_started_per_call(cell, dtype, threads
     spawned, n_off = _with_team(cell, dtype, False, threads=threads)
     team, n_on = _with_team(cell, dtype, True, threads=threads)
     sleeping, n_sleep = _with_team(cell, dtype, True, spin_ns=0, threads=threads)
+    waiting, _ = _with_team(cell, dtype, True, spin_ns=0, threads=threads, take=False)
     _same(spawned, team)
     _same(spawned, sleeping)
+    _same(spawned, waiting)      # the caller never runs a worker's task itself
     assert n_off == 0
     assert n_on > 0 and n_sleep > 0    # the team ran the split loops
     assert all(np.isfinite(a).all() for a in team)
@@ -233,3 +238,26 @@ def test_tasks_run_with_the_callers_floating_point_control(team, threads):
 def test_the_mxcsr_hook_refuses_reserved_bits():
     with pytest.raises(ValueError, match="low 16 bits"):
         KL._thread_team_mxcsr(2, 0x10000)
+
+
+TAKEN = r"""
+from rnncore._kernels import lstm as KL
+taken = KL._thread_team_taken()
+assert KL._thread_team_stress(2000, 3, 0) == [2000] * 3
+assert KL._thread_team_taken() > taken, "the caller never took a task"
+KL._set_thread_team(True, 0, False)
+taken = KL._thread_team_taken()
+assert KL._thread_team_stress(500, 3, 0) == [500] * 3
+assert KL._thread_team_taken() == taken, "took tasks with taking off"
+print("ok")
+"""
+
+
+def test_the_caller_takes_the_tasks_no_worker_started():
+    """Workers that sleep at once take ~25-50 us to wake; the caller's own tiny task
+    is long done by then, so it runs theirs: it happens, and every task still runs
+    exactly once per call (taken or not); with taking off it never happens. In a
+    child process under a watchdog, as the hand-off test."""
+    r = subprocess.run([sys.executable, "-c", TAKEN], capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -32,7 +32,8 @@ def _weight_grads_calls():
     return dw_count(0), dw_count(1)
 
 
-from _threads cimport set_pool, pool_count, pool_id, thread_state_bytes, run_tasks
+from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
+                       thread_state_bytes, run_tasks)
 
 
 cdef struct _TeamProbe:
@@ -44,13 +45,22 @@ cdef void _team_probe(void *arg) noexcept nogil:
     (<_TeamProbe *>arg).count += 1
 
 
-def _set_thread_team(bint enabled=True, long spin_ns=-1):
+def _set_thread_team(bint enabled=True, long spin_ns=-1, bint take=True):
     """Test/benchmark hook: this module's threaded work (row-split loops, packing
     and dW on threads) runs on the kernels' shared team of workers (rc_threads.h:
     rc_pool_t; True, the default) or on threads started per call (False); after
     this module's tasks the workers and the caller spin `spin_ns` nanoseconds
-    before they sleep (-1: the default, 100 us; 0: sleep at once)."""
+    before they sleep (-1: the default, 100 us; 0: sleep at once); `take`: in this
+    module's calls the caller, done with its own task, runs the tasks no worker
+    has started yet (True, the default) rather than wait for those workers."""
     set_pool(enabled, spin_ns)
+    set_pool_take(take)
+
+
+def _thread_team_taken():
+    """Test hook: tasks a caller ran itself because their worker had not started
+    them yet (this module's count of them, since import)."""
+    return pool_taken()
 
 
 def _thread_team_id():

@@ -14,6 +14,8 @@ cdef extern from "rc_threads.h" nogil:
     ctypedef void (*task_fn "rc_task_fn")(void *) noexcept nogil
     void run_tasks "rc_run_tasks"(task_fn fn, void *args, size_t size, int P)
     void set_pool "rc_set_pool"(int enabled, long spin_ns)
+    void set_pool_take "rc_set_pool_take"(int take)
+    long long pool_taken "rc_pool_taken_count"()
     size_t pool_id "rc_pool_id"()
     size_t thread_state_bytes "rc_thread_state_bytes"()
     long long pool_count "rc_pool_count"()
