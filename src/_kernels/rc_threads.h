@@ -212,9 +212,10 @@ static inline void rc_cpu_relax(void)
  * The caller runs task 0, then any task whose worker has not started it yet
  * (asleep, still waking, or its core taken by another process: `claim`, swapped
  * 0 -> 1 by whoever runs it) instead of waiting for that worker; the same tasks,
- * so the same numbers. In one process, taking / waiting (bench: session 12's
- * take A/B, 2 Zen 4 cores): quiet 0.94-1.16x (noise), with one busy process
- * beside it 0.93-1.15x, most rows 1.00-1.05x; the caller took thousands of
+ * so the same numbers. In one process, taking / waiting (bench/compare-results/
+ * 2026-11-30-take-ab.*, 2 Zen 4 cores): quiet 0.94-1.16x (noise), with one busy process
+ * beside it 0.86-1.15x (the 0.86, RNN (100, 32) fb, where it took 4 tasks, was
+ * 1.06 and 0.93 repeated), most rows 1.00-1.05x; the caller took thousands of
  * tasks under load at (T, N) = (8, 16) and (100, 16), few at (100, 32).
  *
  * One submitter at a time (`busy`): a second thread calling rc_run_tasks while the
