@@ -95,10 +95,12 @@ def test_team_gives_the_results_of_threads_started_per_call(cell, dtype, threads
     spawned, n_off = _with_team(cell, dtype, False, threads=threads)
     team, n_on = _with_team(cell, dtype, True, threads=threads)
     sleeping, n_sleep = _with_team(cell, dtype, True, spin_ns=0, threads=threads)
+    taken = MODULES[cell]._thread_team_taken()
     waiting, _ = _with_team(cell, dtype, True, spin_ns=0, threads=threads, take=False)
+    assert MODULES[cell]._thread_team_taken() == taken   # the caller ran no worker's task
     _same(spawned, team)
     _same(spawned, sleeping)
-    _same(spawned, waiting)      # the caller never runs a worker's task itself
+    _same(spawned, waiting)
     assert n_off == 0
     assert n_on > 0 and n_sleep > 0    # the team ran the split loops
     assert all(np.isfinite(a).all() for a in team)
@@ -182,22 +184,26 @@ def test_a_forked_child_runs_threaded_loops():
 STRESS = r"""
 import sys
 from rnncore._kernels import lstm
-calls, threads, spin = map(int, sys.argv[1:])
-counts = lstm._thread_team_stress(calls, threads, spin)
+calls, threads, spin, take = map(int, sys.argv[1:])
+counts = lstm._thread_team_stress(calls, threads, spin, bool(take))
 assert counts == [calls] * threads, counts
 print("ok")
 """
 
 
 @pytest.mark.parametrize("threads", [2, 3, 8])
-@pytest.mark.parametrize("spin_ns, calls", [(0, 3000), (300, 20000), (2000, 20000),
-                                             (-1, 20000)])
-def test_team_hand_offs_are_never_lost(threads, spin_ns, calls):
+@pytest.mark.parametrize("spin_ns, calls, take", [
+    (0, 3000, False), (300, 20000, False), (0, 3000, True), (300, 20000, True),
+    (2000, 20000, True), (-1, 20000, True)])
+def test_team_hand_offs_are_never_lost(threads, spin_ns, calls, take):
     """Many tiny runs through the team, its workers sleeping at once or spinning
     briefly (the moment a worker falls asleep as the caller posts is then frequent),
-    more threads than cores too: every task runs once per call. In a child process
-    under a watchdog, so a lost wake-up fails instead of hanging the suite."""
-    r = subprocess.run([sys.executable, "-c", STRESS, str(calls), str(threads), str(spin_ns)],
+    more threads than cores too: every task runs once per call. With the caller
+    not taking tasks every task waits for its worker's wake-up (a lost wake-up
+    hangs); with it, the caller and late workers race for the tasks. In a child
+    process under a watchdog, so a lost wake-up fails instead of hanging the suite."""
+    r = subprocess.run([sys.executable, "-c", STRESS, str(calls), str(threads), str(spin_ns),
+                        str(int(take))],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
@@ -245,9 +251,8 @@ from rnncore._kernels import lstm as KL
 taken = KL._thread_team_taken()
 assert KL._thread_team_stress(2000, 3, 0) == [2000] * 3
 assert KL._thread_team_taken() > taken, "the caller never took a task"
-KL._set_thread_team(True, 0, False)
 taken = KL._thread_team_taken()
-assert KL._thread_team_stress(500, 3, 0) == [500] * 3
+assert KL._thread_team_stress(500, 3, 0, False) == [500] * 3
 assert KL._thread_team_taken() == taken, "took tasks with taking off"
 print("ok")
 """

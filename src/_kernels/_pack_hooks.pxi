@@ -117,8 +117,10 @@ def _thread_team_mxcsr(int threads, unsigned bits, bint team=True):
     """Test hook: `threads` tasks through rc_run_tasks (on the team, or on threads
     started for them) while the caller's SSE control word (MXCSR) has `bits` set
     (e.g. 0x8040, flush-to-zero and denormals-are-zero); returns (the caller's
-    MXCSR during the call, [each task's MXCSR]). The caller's MXCSR is restored and
-    the team is on again afterwards. (0, [0, ...]) off x86."""
+    MXCSR during the call, [each task's MXCSR]). The caller does not take its
+    workers' tasks here (tasks 1.. run on workers or started threads). The caller's
+    MXCSR is restored and the team and taking are on again afterwards. (0, [0, ...])
+    off x86."""
     cdef _MxcsrProbe tasks[8]
     cdef unsigned saved, during
     cdef int k
@@ -129,6 +131,7 @@ def _thread_team_mxcsr(int threads, unsigned bits, bint team=True):
     for k in range(8):
         tasks[k].mxcsr = 0
     set_pool(team, -1)
+    set_pool_take(False)
     try:
         with nogil:
             saved = get_mxcsr()
@@ -138,14 +141,17 @@ def _thread_team_mxcsr(int threads, unsigned bits, bint team=True):
             set_mxcsr(saved)
     finally:
         set_pool(True, -1)
+        set_pool_take(True)
     return during, [tasks[k].mxcsr for k in range(threads)]
 
 
-def _thread_team_stress(long long calls, int threads, long spin_ns=-1):
+def _thread_team_stress(long long calls, int threads, long spin_ns=-1, bint take=True):
     """Test hook: `calls` runs of `threads` tiny tasks each through rc_run_tasks (the
     team, its workers spinning `spin_ns` ns after a task: 0 sleeps at once, so
-    nearly every hand-off wakes a sleeping or falling-asleep worker). Returns each
-    task's run count: all equal `calls` unless a hand-off was lost."""
+    nearly every hand-off wakes a sleeping or falling-asleep worker; `take`: the
+    caller runs the tasks no worker has started -- False makes every task wait for
+    its worker's wake-up). Returns each task's run count: all equal `calls` unless a
+    hand-off was lost. Taking is on again afterwards."""
     cdef _TeamProbe tasks[8]
     cdef long long i
     cdef int k
@@ -154,10 +160,12 @@ def _thread_team_stress(long long calls, int threads, long spin_ns=-1):
     for k in range(8):
         tasks[k].count = 0
     set_pool(True, spin_ns)
+    set_pool_take(take)
     try:
         with nogil:
             for i in range(calls):
                 run_tasks(_team_probe, tasks, sizeof(_TeamProbe), threads)
     finally:
         set_pool(True, -1)
+        set_pool_take(True)
     return [tasks[k].count for k in range(threads)]
