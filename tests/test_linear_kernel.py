@@ -163,6 +163,11 @@ def test_misaligned_and_foreign_operands_go_to_blas(forced, rng):
                      swapped.astype(np.float64) @ w.T.astype(np.float64), name="byte-swapped")
     with pytest.raises(TypeError, match="float32/float64"):
         KLIN.matmul(swapped, w.T.astype(">f8"), np.zeros((70, 9), ">f8"))
+    # what the bindings ask before calling the kernel entries (which raise)
+    assert not KLIN.takes(swapped, w.T.astype(">f8"))
+    assert not KLIN.takes(w.astype(np.float16), w.T.astype(np.float16))
+    assert KLIN.takes(a, w.T) and KLIN.takes(w, w.T, np.zeros((9, 9), np.float32))
+    assert not KLIN.takes(w, w.T, np.zeros((9, 9), np.float32)[:, ::-1])
 
 
 def test_zero_sized_products_through_linear():

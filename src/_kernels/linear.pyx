@@ -61,29 +61,56 @@ cdef bint _tn(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c
     return done != 0
 
 
-cdef _operands(a, b, out, str what):
-    """The dtype of three 2-D float arrays of one dtype, `out` C-ordered and writeable
-    (TypeError / ValueError naming the argument otherwise)."""
+cdef _operand_error(a, b, out, str what):
+    """Why matmul / matmul_tn_add refuse these operands (a TypeError or ValueError
+    naming the argument), or None: 2-D arrays of one native float32/float64 dtype,
+    `out` (None: not checked) C-ordered, writeable, overlapping neither."""
     for name, arr in (("a", a), ("b", b), ("out", out)):
+        if arr is None:
+            continue
         if not isinstance(arr, np.ndarray) or arr.ndim != 2:
-            raise TypeError(f"{what}: {name} must be a 2-D ndarray")
+            return TypeError(f"{what}: {name} must be a 2-D ndarray")
         if arr.dtype != a.dtype or not (a.dtype == np.float32 or a.dtype == np.float64) \
                 or not a.dtype.isnative:
-            raise TypeError(f"{what}: a, b and out must share one float32/float64 dtype, "
-                            f"got {a.dtype}, {b.dtype}, {out.dtype}")
+            return TypeError(f"{what}: a, b and out must share one float32/float64 dtype, "
+                             f"got {a.dtype}, {b.dtype}, "
+                             f"{out.dtype if out is not None else None}")
+    if out is None:
+        return None
     if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError(f"{what}: out must be a writeable C-ordered array")
+        return ValueError(f"{what}: out must be a writeable C-ordered array")
     if np.may_share_memory(out, a) or np.may_share_memory(out, b):
-        raise ValueError(f"{what}: out must not overlap a or b")
+        return ValueError(f"{what}: out must not overlap a or b")
+    return None
+
+
+cdef _operands(a, b, out, str what):
+    """The dtype of operands matmul / matmul_tn_add take; raises _operand_error's
+    error otherwise."""
+    err = _operand_error(a, b, out, what)
+    if err is not None:
+        raise err
     return a.dtype
+
+
+def takes(a, b, out=None):
+    """Whether ``matmul`` / ``matmul_tn_add`` take these operands rather than raise
+    (``out`` None: a fresh C-ordered array of ``a``'s dtype); the callers that fall
+    back to BLAS for other arrays ask first (``rnncore._bindings``)."""
+    return _operand_error(a, b, out, "takes") is None
+
+
+cdef bint _strides_whole(arr):
+    """Aligned, with non-negative strides in whole elements."""
+    cdef Py_ssize_t isz = arr.itemsize
+    return arr.flags.aligned and arr.strides[0] >= 0 and arr.strides[1] >= 0 \
+        and arr.strides[0] % isz == 0 and arr.strides[1] % isz == 0
 
 
 cdef bint _rows_unit(arr):
     """Aligned rows with unit element stride and a non-negative row stride in whole
     elements."""
-    cdef Py_ssize_t isz = arr.itemsize
-    return arr.flags.aligned and (arr.shape[1] <= 1 or arr.strides[1] == isz) \
-        and arr.strides[0] >= 0 and arr.strides[0] % isz == 0
+    return _strides_whole(arr) and (arr.shape[1] <= 1 or arr.strides[1] == arr.itemsize)
 
 
 def matmul(a, b, out, double beta=0.0):
@@ -111,9 +138,7 @@ def matmul(a, b, out, double beta=0.0):
         raise ValueError(f"matmul: shapes {a.shape} @ {b.shape} -> {out.shape} do not match")
     if not matmul_use(a.shape[0], b.shape[1], a.shape[1], a.itemsize):
         return False
-    isz = a.itemsize
-    if not _rows_unit(a) or not b.flags.aligned or b.strides[0] < 0 or b.strides[1] < 0 \
-            or b.strides[0] % isz or b.strides[1] % isz:
+    if not (_rows_unit(a) and _strides_whole(b)):
         return False
     if dt == np.float32:
         return _mm[float](a, b, out, <float>beta)

@@ -351,7 +351,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-D arrays of one float dtype, a C-ordered result: on the
     kernels' packed GEMM (``_kernels.linear``: B packed once, rows on the kernels'
     threads) where its rule says so, else :func:`~rnncore._validation.blas_matmul`."""
-    if _kernel_operands(a, b):
+    if _klinear.takes(a, b):
         out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
         if _klinear.matmul(a, b, out):
             return out
@@ -361,18 +361,9 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def matmul_tn_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out += a.T @ b`` in place (a weight gradient): on the kernels' dW kernel where
     the cells' rule says so, else :func:`~rnncore._validation.blas_matmul_add`."""
-    if (_kernel_operands(a, b, out) and out.flags.c_contiguous and out.flags.writeable
-            and not np.may_share_memory(out, a) and not np.may_share_memory(out, b)
-            and _klinear.matmul_tn_add(a, b, out)):
+    if _klinear.takes(a, b, out) and _klinear.matmul_tn_add(a, b, out):
         return out
     return blas_matmul_add(a.T, b, out)
-
-
-def _kernel_operands(*arrays) -> bool:
-    """2-D arrays of one native float32/float64 dtype: what the kernels take."""
-    dt = arrays[0].dtype
-    return (dt.isnative and (dt == np.float32 or dt == np.float64)
-            and all(x.ndim == 2 and x.dtype == dt for x in arrays))
 
 
 # ---------------------------------------------------------------------------
