@@ -31,8 +31,8 @@ from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale
 from _gemm cimport (mm, mm_step, mm_step2, packed_nr, rc_dw_problem, rc_dw_term, rc_dw_f,
                     rc_dw_d, dw_enabled, RC_DW_TERMS)
 from _layout cimport Seq, seq, uniform, every_pth_row
-from _threads cimport (row_threads, share, run_tasks, single_open, loop_threads_begin,
-                       loop_threads_end, gemms_threads_begin)
+from _threads cimport (row_threads, share, run_tasks, single_open, single_close,
+                       loop_threads_begin, loop_threads_end, gemms_threads_begin)
 
 cdef enum:
     MAX_TASKS = 8       # rc_run_tasks runs at most 8 threads
@@ -606,6 +606,12 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
     cdef const floating *dz0
     cdef Py_ssize_t shift = dz_st // dz_ld    # N rows (time-major) or 1 (batch-major)
     cdef bint straddle = L.h.bm and N > 1
+    # The small corrections below -- the straddling pairs (K = N - 1) and the h0 term
+    # (K = N) -- run on one BLAS thread: OpenBLAS's float32 sums for them differed
+    # between 1 and 2 threads on its Haswell kernels (a Zen 3 VM: ~3 % of dWh's
+    # elements by an ulp), so with the main term on rnncore's dW kernel dWh would
+    # otherwise depend on BLAS's thread count. O(N H GH) work: microseconds to ~1 ms.
+    cdef int one_thread
     # (main_done implies the shifted form: weight_grads checked it; not scanned again)
     if not (main_done or dwh_shifted(L, <floating>0)):
         for n in range(N):
@@ -625,8 +631,10 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                    mat(dz + dz_st, dz_ld, NoTrans), <floating>1, dwh)
             if straddle:
                 # (h[n-1, T-1], dz[n, 0]) for n = 1..N-1   (H, GH) -= (H, N-1)(N-1, GH)
+                one_thread = single_open()
                 mm(H, GH, N - 1, <floating>-1, mat(h + (T - 1) * h_st, h_sn, Trans),
                    mat(dz + dz_sn, dz_sn, NoTrans), <floating>1, dwh)
+                single_close(one_thread)
         else:
             # pairs (h_{t+1}, dz_t)
             if not main_done:
@@ -634,8 +642,10 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                    mat(dz, dz_ld, NoTrans), <floating>1, dwh)
             if straddle:
                 # (h[n+1, 0], dz[n, T-1]) for n = 0..N-2
+                one_thread = single_open()
                 mm(H, GH, N - 1, <floating>-1, mat(h + h_sn, h_sn, Trans),
                    mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
+                single_close(one_thread)
     if T > 0:
         # h0^T dz at each row's first step        (H, GH) += (H, N)(N, GH)
         # (left out when it adds nothing: h0_term_zero); those dz rows: step 0,
@@ -652,5 +662,7 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                     memcpy(dzs + n * GH, dz + t * dz_st + n * dz_sn, GH * sizeof(floating))
             dz0, ld0 = dzs, GH
         if not h0_term_zero(L, h0, dz0, ld0, GH):
+            one_thread = single_open()
             mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dz0, ld0, NoTrans), <floating>1,
                dwh)
+            single_close(one_thread)
