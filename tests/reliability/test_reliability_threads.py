@@ -88,9 +88,41 @@ def _reseed(models):
         m._rng = np.random.default_rng(1000 + i)  # the dropout generator, reset per run
 
 
+_PROBE = {}
+
+
+def _blas_sums_depend_on_thread_count():
+    """Whether the BLAS rnncore calls (SciPy's) gives other float32 bits on 2 threads
+    than on 1 at small GEMM shapes: OpenBLAS 0.3.30's Haswell kernels did (a Zen 3 VM,
+    ~1-15 % of the elements of (160, 32)(32, 128), (40, 64)(64, 512), (256, 31)(31,
+    256)); its SkylakeX kernels did not (Zen 4). Then the kernels' single-thread
+    sections, which set BLAS's process-wide count to 1 while open (bidirectional
+    pairs, backward's all-steps GEMMs below 2^26 multiply-adds and its small
+    corrections), change the bits of another thread's concurrent BLAS calls."""
+    if "v" not in _PROBE:
+        from scipy.linalg import blas
+        rng = np.random.default_rng(0)
+        differ = False
+        if (os.cpu_count() or 1) >= 2:
+            for m, k, n in [(160, 32, 128), (40, 64, 512), (256, 31, 256)]:
+                a = rng.standard_normal((m, k)).astype(np.float32)
+                b = rng.standard_normal((k, n)).astype(np.float32)
+                got = []
+                for t in (1, 2):
+                    with threadpoolctl.threadpool_limits(t, user_api="blas"):
+                        got.append(blas.sgemm(1.0, a, b))
+                differ |= not np.array_equal(got[0], got[1])
+        _PROBE["v"] = differ
+    return _PROBE["v"]
+
+
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_concurrent_separate_models_bitwise_equal_sequential(cls, bidirectional):
+    """Bitwise equal -- unless this BLAS's float32 sums depend on its thread count
+    (_blas_sums_depend_on_thread_count): then the results must still agree to float32
+    rounding, and the test reports an expected failure (bug 9 of docs/RELIABILITY.md,
+    open on such BLAS kernels) instead of passing."""
     k = 4
     models, xs = _models_and_inputs(cls, k, bidirectional=bidirectional)
     _reseed(models)
@@ -114,10 +146,21 @@ def test_concurrent_separate_models_bitwise_equal_sequential(cls, bidirectional)
         for t in threads:
             t.join(120)
         assert not errors, errors
+        differ = []
         for i in range(k):
             assert len(results[i]) == len(sequential[i])
-            for a, b in zip(results[i], sequential[i]):
-                assert np.array_equal(a, b), f"{cls} thread {i} rep {rep}: not bitwise equal"
+            for j, (a, b) in enumerate(zip(results[i], sequential[i])):
+                if not np.array_equal(a, b):
+                    differ.append((i, j))
+                    # a race or a wrong result is far off; rounding is not
+                    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(b).max(),
+                                               err_msg=f"{cls} thread {i} rep {rep}")
+        if differ:
+            assert _blas_sums_depend_on_thread_count(), \
+                f"{cls} rep {rep}: not bitwise equal (thread, array): {differ[:5]}"
+            pytest.xfail(f"{cls}: {len(differ)} arrays differ in the last bits: this BLAS's "
+                         "float32 sums depend on its thread count, which the kernels' "
+                         "single-thread sections change process-wide (bug 9)")
         count(f"threads.{cls}{'-bidir' if bidirectional else ''}.concurrent", "ok")
 
 
