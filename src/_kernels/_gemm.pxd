@@ -63,6 +63,10 @@ cdef extern from "rc_gemm_packed.h" nogil:
     bint fuse_input "rc_fuse_input"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t k,
                                     Py_ssize_t n, size_t elsize)
     void set_packing "rc_set_packing"(int enabled, int fuse)
+    # copying A into the register blocks' order per call (rc_pk_pack_a_use: 0 never,
+    # 1 by the rule, 2 always; pack_a_count: calls that copied A; test hooks)
+    void set_pack_a "rc_set_pack_a"(int mode)
+    long long pack_a_count "rc_pack_a_count"()
     Py_ssize_t infer_chunk "rc_infer_chunk"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH,
                                             Py_ssize_t D, size_t elsize)
     void set_chunk "rc_set_chunk"(long long steps)

@@ -18,6 +18,22 @@ def _pack_threads_calls():
     return pack_par_count()
 
 
+def _set_pack_a(int mode=1):
+    """Test/benchmark hook: this module's products on a packed weight copy the rows
+    of A into the register blocks' order first (rc_gemm_packed.h: rc_pk_pack_a_use)
+    by their rule (1, the default: the AVX2 layout, a packed weight of 4 MiB or
+    more), always (2, any layout and size) or never (0). Same results, bitwise."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
+    set_pack_a(mode)
+
+
+def _pack_a_calls():
+    """How many products of this module on a packed weight copied A first (a count
+    since import)."""
+    return pack_a_count()
+
+
 def _set_weight_grads(int mode=1):
     """Test/benchmark hook: this module's backward computes the all-steps weight
     gradients on packed chunks of dG (rc_gemm_dw.h: rc_dw_*) by its rule (1, the
@@ -32,6 +48,7 @@ def _weight_grads_calls():
     return dw_count(0), dw_count(1)
 
 
+from _gemm cimport set_pack_a, pack_a_count
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
                        thread_state_bytes, run_tasks)
 

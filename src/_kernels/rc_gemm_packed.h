@@ -240,30 +240,35 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
  * C[:MR, :w] := A[:MR, :k] Bpanel + beta C (w < panel width: the last panel).
  * MR is a constant at every call site (always_inline: the loops over r unroll
  * and the accumulators live in registers). */
-#define RC_PK_KLOOP(T, VT, K, A, LDA, B)                                        \
+#define RC_PK_KLOOP(T, VT, K, A, LDA, PS, B, PF)                                \
         for (rc_idx p = 0; p < (K); p++) {                                      \
             VT b0, b1;                                                          \
+            if (PF != NULL) {   /* the next panel, row p, into L2 (prefetcht1) */ \
+                __builtin_prefetch((PF) + p * 2 * V, 0, 2);                     \
+                if (2 * sizeof(VT) > 64) __builtin_prefetch((PF) + p * 2 * V + V, 0, 2); \
+            }                                                                   \
             __builtin_memcpy(&b0, (B) + p * 2 * V, sizeof(VT));                 \
             __builtin_memcpy(&b1, (B) + p * 2 * V + V, sizeof(VT));             \
             _Pragma("GCC unroll 8")                                             \
             for (int r = 0; r < MR; r++) {                                      \
-                const T x = (A)[r * (LDA) + p];   /* vector * scalar: a broadcast */ \
+                const T x = (A)[r * (LDA) + p * (PS)];   /* a broadcast */      \
                 acc[2 * r] += b0 * x;                                           \
                 acc[2 * r + 1] += b1 * x;                                       \
             }                                                                   \
         }
 #define RC_DEFINE_PK_TILE(NAME, T, VT)                                          \
     static inline __attribute__((always_inline)) void NAME(                     \
-        const int MR, rc_idx k, const T *a, rc_idx lda, rc_idx k2, const T *a2, \
-        rc_idx lda2, const T *b, T beta, T *c, rc_idx ldc, rc_idx w)            \
+        const int MR, const int PS, rc_idx k, const T *a, rc_idx lda, rc_idx k2, \
+        const T *a2, rc_idx lda2, const T *b, T beta, T *c, rc_idx ldc, rc_idx w, \
+        const T *pf)                                                            \
     {                                                                           \
         const rc_idx V = (rc_idx)(sizeof(VT) / sizeof(T));                      \
         VT acc[2 * 8];                                                          \
         _Pragma("GCC unroll 16")                                                \
         for (int r = 0; r < 2 * MR; r++) acc[r] = (VT){0};                      \
-        RC_PK_KLOOP(T, VT, k, a, lda, b)                                        \
+        RC_PK_KLOOP(T, VT, k, a, lda, PS, b, pf)                                \
         /* the second segment: B's next k2 rows times a2 (rc_gemm_packed2_*) */ \
-        RC_PK_KLOOP(T, VT, k2, a2, lda2, b + k * 2 * V)                         \
+        RC_PK_KLOOP(T, VT, k2, a2, lda2, PS, b + k * 2 * V, (const T *)NULL)    \
         if (w == 2 * V) {                                                       \
             _Pragma("GCC unroll 8")                                             \
             for (int r = 0; r < MR; r++) {                                      \
@@ -289,47 +294,110 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
         }                                                                       \
     }
 
+/* Copying A into the blocks' order (rc_pk_pack_a_*): with the weight streamed
+ * from L3 (a packed B of several MiB: the large shapes' per-step products), the
+ * MR broadcasts of each k step reading MR rows of A lda apart (4-16 KiB: one
+ * line and page per row) held the AVX2 kernel at 61-72 GFLOP/s of a Zen 3
+ * core's ~100; with A copied per call into the blocks' order -- block b's rows
+ * as (k + k2, MRb): [A | A2] row r at ap[p * MRb + r], the blocks one after
+ * another -- the same FMAs in the same order ran 1.09-1.18x faster on 2 threads
+ * at (m per thread, k, n) = (32, 1024..4096, 1024..4096), and 0.93-0.98x at
+ * B = 1-2 MiB, (16, 512..1024, 256..1024) (C harness, best of 4, one process).
+ * The copy is O(m k) against O(m k n) FMAs, on a buffer from malloc (none: A
+ * is read in place). On that path each block's k loop also prefetches the next
+ * panel into L2 (prefetcht1, a line per k step), so only the first panel comes
+ * from L3 at the pace of the FMAs: 1.05-1.15x more at the same shapes (best
+ * of 3; prefetcht0 and prefetchnta measured lower). Same FMAs, same order: bitwise the same C. Used by the
+ * AVX2 layout only (measured there; the AVX-512 layout is unmeasured with it)
+ * and where the packed B takes at least rc_pk_pack_a_bytes (4 MiB). */
+#define RC_PK_PACK_A_BYTES (4LL << 20)
+static long long rc_pk_pack_a_bytes = RC_PK_PACK_A_BYTES;   /* test hook: rc_set_pack_a */
+static int rc_pk_pack_a_mode = 1;   /* 0 never, 1 by the rule, 2 always (any layout, size) */
+static long long rc_pk_pack_a_calls = 0;   /* calls that copied A (test hook) */
+static void rc_set_pack_a(int mode) { rc_pk_pack_a_mode = mode; }
+static long long rc_pack_a_count(void)
+{
+    return __atomic_load_n(&rc_pk_pack_a_calls, __ATOMIC_RELAXED);
+}
+static inline int rc_pk_pack_a_use(int narrow, rc_idx m, rc_idx n, rc_idx k, size_t elsize)
+{
+    if (rc_pk_pack_a_mode == 2) return m > 0 && k > 0;
+    return rc_pk_pack_a_mode == 1 && narrow && m >= 4
+           && (long long)n * k * (long long)elsize >= rc_pk_pack_a_bytes;
+}
+/* The height of the register block at row i0 of m: MR rows, but never an MR
+ * block followed by a 1- or 2-row one when two blocks of 3-4 rows cover the
+ * rest (MR = 6: 8 rows as 4 + 4, 7 as 4 + 3: a 2-row block has too few
+ * accumulator chains to keep the FMA units busy); then 4, then the last 3, 2, 1. */
+static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
+{
+    const rc_idx rem = m - i0, left = rem - MR;
+    if (rem >= MR && !(left > 0 && left < 3 && MR + left <= 8)) return MR;
+    return rem >= 4 ? 4 : (int)rem;
+}
+
 /* C (m, n) := A (m, k) B + beta C, B packed in panels of two VT vectors
- * (nr = 2 * lanes); MR rows per register block, then 4, 3, 2, 1. */
+ * (nr = 2 * lanes); blocks of rc_pk_block_rows rows (MR, 4, 3, 2, 1); A read
+ * in place, or from a copy in the blocks' order (above). */
 #define RC_PK_BLOCK(TILE, MRX)                                                  \
-    TILE(MRX, k, a + i0 * lda, lda, k2, a2 + i0 * lda2, lda2, panel, beta,      \
-         c + i0 * ldc + j0, ldc, w)
-#define RC_DEFINE_PK_GEMM(NAME, T, VT, MR, TILE)                                \
+    do {                                                                        \
+        if (ap != NULL) {                                                       \
+            TILE(MRX, MRX, k + k2, ap + i0 * (k + k2), 1, 0, ap, 1, panel, beta, \
+                 c + i0 * ldc + j0, ldc, w, next);                              \
+        } else {                                                                \
+            TILE(MRX, 1, k, a + i0 * lda, lda, k2, a2 + i0 * lda2, lda2, panel, \
+                 beta, c + i0 * ldc + j0, ldc, w, NULL);                        \
+        }                                                                       \
+    } while (0)
+#define RC_DEFINE_PK_GEMM(NAME, T, VT, MR, TILE, NARROW)                        \
     RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k, const T *a,        \
                                rc_idx lda, rc_idx k2, const T *a2, rc_idx lda2, \
                                const T *bp, rc_idx ldp, T beta, T *c, rc_idx ldc) \
     {                                                                           \
         const rc_idx NR = 2 * (rc_idx)(sizeof(VT) / sizeof(T));                 \
-        for (rc_idx j0 = 0; j0 < n; j0 += NR) {                                 \
-            const T *panel = bp + j0 * ldp;                                     \
-            const rc_idx w = RC_PK_MIN(NR, n - j0);                             \
-            rc_idx i0 = 0;                                                      \
-            /* MR-row blocks, but never an MR block followed by a 1- or 2-row   \
-             * one when two blocks of 3-4 rows cover the rest (MR = 6: 8 rows  \
-             * as 4 + 4, 7 as 4 + 3): a 2-row block has too few accumulator    \
-             * chains to keep the FMA units busy */                             \
-            for (; i0 + MR <= m; i0 += MR) {                                    \
-                const rc_idx left = m - i0 - MR;                                \
-                if (left > 0 && left < 3 && MR + left <= 8) break;              \
-                RC_PK_BLOCK(TILE, MR);                                          \
-            }                                                                   \
-            for (; m - i0 >= 4; i0 += 4) RC_PK_BLOCK(TILE, 4);                  \
-            switch (m - i0) {                                                   \
-            case 3: RC_PK_BLOCK(TILE, 3); break;                                \
-            case 2: RC_PK_BLOCK(TILE, 2); break;                                \
-            case 1: RC_PK_BLOCK(TILE, 1); break;                                \
-            default: break;                                                     \
+        T *ap = NULL;                                                           \
+        if (rc_pk_pack_a_use(NARROW, m, (n + NR - 1) / NR * NR, k + k2, sizeof(T))) { \
+            ap = (T *)malloc((size_t)m * (size_t)(k + k2) * sizeof(T));         \
+            if (ap != NULL) {                                                   \
+                __atomic_fetch_add(&rc_pk_pack_a_calls, 1, __ATOMIC_RELAXED);   \
+                for (rc_idx i0 = 0; i0 < m;) {   /* block by block: (k + k2, h) */ \
+                    const int h = rc_pk_block_rows(m, i0, MR);                  \
+                    T *dst = ap + i0 * (k + k2);                                \
+                    for (int r = 0; r < h; r++) {                               \
+                        const T *s1 = a + (i0 + r) * lda, *s2 = a2 + (i0 + r) * lda2; \
+                        for (rc_idx p = 0; p < k; p++) dst[p * h + r] = s1[p];  \
+                        for (rc_idx p = 0; p < k2; p++) dst[(k + p) * h + r] = s2[p]; \
+                    }                                                           \
+                    i0 += h;                                                    \
+                }                                                               \
             }                                                                   \
         }                                                                       \
+        for (rc_idx j0 = 0; j0 < n; j0 += NR) {                                 \
+            const T *panel = bp + j0 * ldp;                                     \
+            const T *next = j0 + NR < n ? panel + NR * ldp : panel;             \
+            const rc_idx w = RC_PK_MIN(NR, n - j0);                             \
+            for (rc_idx i0 = 0; i0 < m;) {                                      \
+                const int h = rc_pk_block_rows(m, i0, MR);                      \
+                switch (h) {                                                    \
+                case MR: RC_PK_BLOCK(TILE, MR); break;                          \
+                case 4: RC_PK_BLOCK(TILE, 4); break;                            \
+                case 3: RC_PK_BLOCK(TILE, 3); break;                            \
+                case 2: RC_PK_BLOCK(TILE, 2); break;                            \
+                default: RC_PK_BLOCK(TILE, 1); break;                           \
+                }                                                               \
+                i0 += h;                                                        \
+            }                                                                   \
+        }                                                                       \
+        free(ap);                                                               \
     }
 RC_DEFINE_PK_TILE(rc_pk_tile_wide_f, float, rc_vf64b)
 RC_DEFINE_PK_TILE(rc_pk_tile_wide_d, double, rc_vd64b)
 RC_DEFINE_PK_TILE(rc_pk_tile_narrow_f, float, rc_vf32b)
 RC_DEFINE_PK_TILE(rc_pk_tile_narrow_d, double, rc_vd32b)
-RC_DEFINE_PK_GEMM(rc_gemm_packed_wide_f, float, rc_vf64b, 8, rc_pk_tile_wide_f)
-RC_DEFINE_PK_GEMM(rc_gemm_packed_wide_d, double, rc_vd64b, 8, rc_pk_tile_wide_d)
-RC_DEFINE_PK_GEMM(rc_gemm_packed_narrow_f, float, rc_vf32b, 6, rc_pk_tile_narrow_f)
-RC_DEFINE_PK_GEMM(rc_gemm_packed_narrow_d, double, rc_vd32b, 6, rc_pk_tile_narrow_d)
+RC_DEFINE_PK_GEMM(rc_gemm_packed_wide_f, float, rc_vf64b, 8, rc_pk_tile_wide_f, 0)
+RC_DEFINE_PK_GEMM(rc_gemm_packed_wide_d, double, rc_vd64b, 8, rc_pk_tile_wide_d, 0)
+RC_DEFINE_PK_GEMM(rc_gemm_packed_narrow_f, float, rc_vf32b, 6, rc_pk_tile_narrow_f, 1)
+RC_DEFINE_PK_GEMM(rc_gemm_packed_narrow_d, double, rc_vd32b, 6, rc_pk_tile_narrow_d, 1)
 
 /* C (m, n) := [A (m, k) | A2 (m, k2)] B + beta C, B (k + k2, n) packed by
  * rc_pack_* with panels nr wide (either layout: nr tells which) and ldp rows

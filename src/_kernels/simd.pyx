@@ -15,6 +15,8 @@ require_simd()   # a forced single-SIMD-level build on a CPU without that level:
 
 cdef extern from "rc_gemm_packed.h" nogil:
     float rc_fma_burn(long long rounds, double *flops)
+    void rc_set_pack_a(int mode)
+    long long rc_pack_a_count()
 
 cdef extern from "rc_activations.h" nogil:
     void rc_tanh_array_f(const float *x, float *y, Py_ssize_t n)
@@ -133,6 +135,19 @@ def gemm_panel(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :
         else:
             rc_gemm_panel_d(m, n, k, &a[0, 0], k, &b[0, 0], n, beta, &c[0, 0], n)
     return np.asarray(c)
+
+
+def _set_pack_a(int mode=1):
+    """Test hook: _gemm_packed / _gemm_packed2 copy A into the register blocks'
+    order first by the rule (1), always (2) or never (0); see _pack_hooks.pxi."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
+    rc_set_pack_a(mode)
+
+
+def _pack_a_calls():
+    """How many of this module's packed products copied A first (since import)."""
+    return rc_pack_a_count()
 
 
 def _gemm_packed_nr(dtype):
