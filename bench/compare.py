@@ -127,7 +127,10 @@ through ``torch.mm`` (MKL) -- whichever library is faster sets the ceiling.
 the SIMD level rnncore's kernels run at: as many threads as ``--threads``,
 started together, each running independent float32 vector FMAs on registers
 only (no loads, no stores; ``rnncore._kernels.simd._fma_rate``; 12 chains,
-enough for two FMA units of latency 4), the best total of 3 tries of 0.1 s.
+enough for two FMA units of latency 4), the best total of 3 tries of 0.1 s;
+measured again after the rows (``fma_peak_end`` in the JSON), with a note
+when the end's is more than 10 % higher: the start was slowed, and the
+``max`` columns understate the ceiling.
 No GEMM at that level reaches it (a library running wider vectors than a
 forced lower-level rnncore build could: compare such runs by their ratios).
 In the core table, ``max`` = FMA peak / torch's GFLOP/s: the largest
@@ -306,6 +309,18 @@ def main(argv=None):
     out.write(f"\ndone in {elapsed:.0f} s; load average at the end "
               f"{', '.join(f'{v:.2f}' for v in la) if la else '?'}"
               f"{'  (above the thread count: timings are noisy)' if noisy else ''}\n")
+    # the ceiling again: a VM that was slowed while the header measured it (seen on
+    # a Zen 3 VM: 115 GFLOP/s at the start of one run, ~200 in every other) would
+    # leave every row's `max` too low without a word
+    start_pk, end_pk = header["fma_peak"], fma_peak(opts.threads)
+    header["fma_peak_end"] = end_pk
+    if start_pk and end_pk:
+        out.write(f"fma peak at the end {end_pk['total_gflops']:.1f} GFLOP/s "
+                  f"(start {start_pk['total_gflops']:.1f})")
+        if end_pk["total_gflops"] > 1.1 * start_pk["total_gflops"]:
+            out.write(": the start was low, so the `max` columns understate the ceiling "
+                      f"by {end_pk['total_gflops'] / start_pk['total_gflops']:.2f}x")
+        out.write("\n")
     if opts.json:
         for r in records:  # 'pass' is a keyword in Python, not in JSON
             if "pass_" in r:
