@@ -5,7 +5,8 @@ The copy changes where the kernel reads A from, not what it computes: every test
 here compares the copying path (hook mode 2: always) with the in-place one (mode 0)
 bit for bit, and against float64 products, on both packed layouts and through
 every kernel module's loops (forward, backward and the dW kernel), and checks the
-rule (mode 1): the AVX2 layout with a packed weight of 4 MiB or more only.
+rule (mode 1): the AVX2 layout with a packed weight of 4 MiB or more only. The
+default is mode 0 (never): see rc_gemm_packed.h for the measurements.
 """
 import numpy as np
 import pytest
@@ -29,11 +30,11 @@ pytestmark = pytest.mark.skipif(not HAVE_PACKED, reason="no packed layout on thi
 
 @pytest.fixture
 def pack_a_modes():
-    """Restores every module's rule (mode 1) after the test."""
+    """Restores every module's default (mode 0: never) after the test."""
     yield
-    simd._set_pack_a(1)
+    simd._set_pack_a(0)
     for mod in MODULES.values():
-        mod._set_pack_a(1)
+        mod._set_pack_a(0)
 
 
 def _set_all(mode):
@@ -93,7 +94,7 @@ def test_copied_a_in_two_segments(dtype, rng, pack_a_modes):
 
 def test_the_rule_copies_on_the_avx2_layout_from_4_mib(rng, pack_a_modes):
     """Mode 1: a packed weight of >= 4 MiB on the AVX2 layout copies A; a smaller one,
-    or the AVX-512 layout, reads it in place."""
+    or the AVX-512 layout, reads it in place; mode 0 (the default) never copies."""
     _set_all(1)
     a = rng.standard_normal((8, 1024)).astype(np.float32)
     for n, layout, copies in [(1024, "narrow", True), (1008, "narrow", False),
@@ -174,3 +175,18 @@ def test_linear_copying_a_is_bitwise_the_in_place_linear(rng, pack_a_modes):
         res[mode] = [y, dx] + [g.copy() for g in lin.grads.values()]
     for a, b in zip(res[0], res[2]):
         assert np.array_equal(a, b)
+
+
+def test_the_default_never_copies():
+    """A fresh process (no hook called) reads A in place even where the rule would copy."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; from rnncore._kernels import simd; "
+            "a = np.ones((8, 1024), np.float32); b = np.ones((1024, 1024), np.float32); "
+            "c = np.empty((8, 1024), np.float32); "
+            "simd._gemm_packed(a, b, c, np.float32(0), 16); "
+            "assert (c == 1024).all(); print(simd._pack_a_calls())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

@@ -18,11 +18,11 @@ def _pack_threads_calls():
     return pack_par_count()
 
 
-def _set_pack_a(int mode=1):
+def _set_pack_a(int mode=0):
     """Test/benchmark hook: this module's products on a packed weight copy the rows
     of A into the register blocks' order first (rc_gemm_packed.h: rc_pk_pack_a_use)
-    by their rule (1, the default: the AVX2 layout, a packed weight of 4 MiB or
-    more), always (2, any layout and size) or never (0). Same results, bitwise."""
+    never (0, the default), by their rule (1: the AVX2 layout, a packed weight of
+    4 MiB or more) or always (2, any layout and size). Same results, bitwise."""
     if mode not in (0, 1, 2):
         raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
     set_pack_a(mode)

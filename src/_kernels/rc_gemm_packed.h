@@ -307,12 +307,23 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
  * is read in place). On that path each block's k loop also prefetches the next
  * panel into L2 (prefetcht1, a line per k step), so only the first panel comes
  * from L3 at the pace of the FMAs: 1.05-1.15x more at the same shapes (best
- * of 3; prefetcht0 and prefetchnta measured lower). Same FMAs, same order: bitwise the same C. Used by the
- * AVX2 layout only (measured there; the AVX-512 layout is unmeasured with it)
- * and where the packed B takes at least rc_pk_pack_a_bytes (4 MiB). */
+ * of 3; prefetcht0 and prefetchnta measured lower). Same FMAs, same order:
+ * bitwise the same C. The rule (mode 1): the AVX2 layout only (measured
+ * there; the AVX-512 layout is unmeasured with it) and a packed B of at least
+ * rc_pk_pack_a_bytes (4 MiB).
+ *
+ * OFF by default (rc_pk_pack_a_mode = 0): in the models the gain did not
+ * hold. At (T, N, D, H) = (50, 64, 512, 1024) on the same VM, in one process
+ * alternating call by call, never / rule was 1.03-1.15 (LSTM, GRU; RNN 0.92-
+ * 1.10) in three runs, then 0.87-0.98 in the next three (LSTM fb 0.87 as the
+ * median of 14 pairs, inference 0.94 of 30) -- the VM's L3 was shared with
+ * other tenants and its state changed between runs; perf of the copying loop
+ * showed the FMAs waiting on B's second vector (B from L3), as in place. The
+ * hook (rc_set_pack_a: 1 the rule above, 2 always) keeps it measurable; the
+ * tests run it forced (results bitwise the in-place path's). */
 #define RC_PK_PACK_A_BYTES (4LL << 20)
 static long long rc_pk_pack_a_bytes = RC_PK_PACK_A_BYTES;   /* test hook: rc_set_pack_a */
-static int rc_pk_pack_a_mode = 1;   /* 0 never, 1 by the rule, 2 always (any layout, size) */
+static int rc_pk_pack_a_mode = 0;   /* 0 never (default), 1 by the rule, 2 always (any layout, size) */
 static long long rc_pk_pack_a_calls = 0;   /* calls that copied A (test hook) */
 static void rc_set_pack_a(int mode) { rc_pk_pack_a_mode = mode; }
 static long long rc_pack_a_count(void)

@@ -137,9 +137,10 @@ def gemm_panel(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :
     return np.asarray(c)
 
 
-def _set_pack_a(int mode=1):
+def _set_pack_a(int mode=0):
     """Test hook: _gemm_packed / _gemm_packed2 copy A into the register blocks'
-    order first by the rule (1), always (2) or never (0); see _pack_hooks.pxi."""
+    order first never (0, the default), by the rule (1) or always (2); see
+    _pack_hooks.pxi."""
     if mode not in (0, 1, 2):
         raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
     rc_set_pack_a(mode)
