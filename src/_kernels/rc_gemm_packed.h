@@ -52,6 +52,7 @@
 #ifndef RC_GEMM_PACKED_H
 #define RC_GEMM_PACKED_H
 
+#include <stdlib.h>    /* malloc, free: the copy of A */
 #include "rc_gemm.h"   /* RC_CLONES, rc_idx, rc_vf64b; rc_threads.h: rc_loop_parallel_min, rc_row_split */
 
 typedef float rc_vf32b __attribute__((vector_size(32)));   /* 32-byte vectors (GCC/Clang) */
@@ -322,7 +323,7 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
  * hook (rc_set_pack_a: 1 the rule above, 2 always) keeps it measurable; the
  * tests run it forced (results bitwise the in-place path's). */
 #define RC_PK_PACK_A_BYTES (4LL << 20)
-static long long rc_pk_pack_a_bytes = RC_PK_PACK_A_BYTES;   /* test hook: rc_set_pack_a */
+static long long rc_pk_pack_a_bytes = RC_PK_PACK_A_BYTES;   /* the rule's threshold (fixed) */
 static int rc_pk_pack_a_mode = 0;   /* 0 never (default), 1 by the rule, 2 always (any layout, size) */
 static long long rc_pk_pack_a_calls = 0;   /* calls that copied A (test hook) */
 static void rc_set_pack_a(int mode) { rc_pk_pack_a_mode = mode; }
@@ -394,7 +395,7 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
                 case 4: RC_PK_BLOCK(TILE, 4); break;                            \
                 case 3: RC_PK_BLOCK(TILE, 3); break;                            \
                 case 2: RC_PK_BLOCK(TILE, 2); break;                            \
-                default: RC_PK_BLOCK(TILE, 1); break;                           \
+                default: RC_PK_BLOCK(TILE, 1); break;   /* h == 1 */            \
                 }                                                               \
                 i0 += h;                                                        \
             }                                                                   \
