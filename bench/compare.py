@@ -312,7 +312,11 @@ def main(argv=None):
     # the ceiling again: a VM that was slowed while the header measured it (seen on
     # a Zen 3 VM: 115 GFLOP/s at the start of one run, ~200 in every other) would
     # leave every row's `max` too low without a word
-    start_pk, end_pk = header["fma_peak"], fma_peak(opts.threads)
+    try:
+        end_pk = fma_peak(opts.threads)
+    except (Exception, KeyboardInterrupt):   # the rows' figures are written regardless
+        end_pk = None
+    start_pk = header["fma_peak"]
     header["fma_peak_end"] = end_pk
     if start_pk and end_pk:
         out.write(f"fma peak at the end {end_pk['total_gflops']:.1f} GFLOP/s "
