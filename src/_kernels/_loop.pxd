@@ -482,6 +482,15 @@ cdef inline void input_grad(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize
         scale_rows(dx + rows * L.dx.sn, L.dx.sn, M - r0 - rows, L.D, <floating>0)
 
 
+cdef inline void mm_one_thread(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                               Mat a, Mat b, floating beta, Mat c) noexcept nogil:
+    """mm inside a BLAS single-thread section: its sums then do not depend on BLAS's
+    thread count, and threaded OpenBLAS cannot spin on a small product."""
+    cdef int opened = single_open()
+    mm(m, n, k, alpha, a, b, beta, c)
+    single_close(opened)
+
+
 cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs,
                                   bint main_done=False) noexcept nogil:
     """dWh of the reset-before GRU: [r | z] pair dG with h_prev, n with r ⊙ h_prev
@@ -499,10 +508,8 @@ cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs,
     # this (H, H) product at (T, N, H) = (100, 16, 128), 5x the whole backward, on a loaded
     # 2-core machine; one thread takes H*H*T*N multiply-adds (fb at (50, 64, 512, 1024)
     # measured within 1% of the reset-after GRU's)
-    cdef int opened = single_open()
-    mm(L.H, L.H, L.T * L.N, <floating>1, transposed(uniform(L.hn)),
-       col_block(uniform(L.dg), nI, isz), <floating>1, col_block(dwh, nI, isz))
-    loop_threads_end(opened)
+    mm_one_thread(L.H, L.H, L.T * L.N, <floating>1, transposed(uniform(L.hn)),
+                  col_block(uniform(L.dg), nI, isz), <floating>1, col_block(dwh, nI, isz))
 
 
 cdef inline double absmax(const floating *a, Py_ssize_t ld, Py_ssize_t rows,
@@ -610,8 +617,8 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
     # (K = N) -- run on one BLAS thread: OpenBLAS's float32 sums for them differed
     # between 1 and 2 threads on its Haswell kernels (a Zen 3 VM: ~3 % of dWh's
     # elements by an ulp), so with the main term on rnncore's dW kernel dWh would
-    # otherwise depend on BLAS's thread count. O(N H GH) work: microseconds to ~1 ms.
-    cdef int one_thread
+    # otherwise depend on BLAS's thread count (mm_one_thread). O(N H GH) work:
+    # microseconds to ~1 ms.
     # (main_done implies the shifted form: weight_grads checked it; not scanned again)
     if not (main_done or dwh_shifted(L, <floating>0)):
         for n in range(N):
@@ -631,10 +638,8 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                    mat(dz + dz_st, dz_ld, NoTrans), <floating>1, dwh)
             if straddle:
                 # (h[n-1, T-1], dz[n, 0]) for n = 1..N-1   (H, GH) -= (H, N-1)(N-1, GH)
-                one_thread = single_open()
-                mm(H, GH, N - 1, <floating>-1, mat(h + (T - 1) * h_st, h_sn, Trans),
-                   mat(dz + dz_sn, dz_sn, NoTrans), <floating>1, dwh)
-                single_close(one_thread)
+                mm_one_thread(H, GH, N - 1, <floating>-1, mat(h + (T - 1) * h_st, h_sn, Trans),
+                              mat(dz + dz_sn, dz_sn, NoTrans), <floating>1, dwh)
         else:
             # pairs (h_{t+1}, dz_t)
             if not main_done:
@@ -642,10 +647,8 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                    mat(dz, dz_ld, NoTrans), <floating>1, dwh)
             if straddle:
                 # (h[n+1, 0], dz[n, T-1]) for n = 0..N-2
-                one_thread = single_open()
-                mm(H, GH, N - 1, <floating>-1, mat(h + h_sn, h_sn, Trans),
-                   mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
-                single_close(one_thread)
+                mm_one_thread(H, GH, N - 1, <floating>-1, mat(h + h_sn, h_sn, Trans),
+                              mat(dz + (T - 1) * dz_st, dz_sn, NoTrans), <floating>1, dwh)
     if T > 0:
         # h0^T dz at each row's first step        (H, GH) += (H, N)(N, GH)
         # (left out when it adds nothing: h0_term_zero); those dz rows: step 0,
@@ -662,7 +665,5 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
                     memcpy(dzs + n * GH, dz + t * dz_st + n * dz_sn, GH * sizeof(floating))
             dz0, ld0 = dzs, GH
         if not h0_term_zero(L, h0, dz0, ld0, GH):
-            one_thread = single_open()
-            mm(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dz0, ld0, NoTrans), <floating>1,
-               dwh)
-            single_close(one_thread)
+            mm_one_thread(H, GH, N, <floating>1, mat(h0, H, Trans), mat(dz0, ld0, NoTrans),
+                          <floating>1, dwh)

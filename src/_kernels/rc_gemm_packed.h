@@ -241,6 +241,17 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
  * C[:MR, :w] := A[:MR, :k] Bpanel + beta C (w < panel width: the last panel).
  * MR is a constant at every call site (always_inline: the loops over r unroll
  * and the accumulators live in registers). */
+/* C's vector at cp := v + beta * C (beta 0: C is written, never read; 1: added). */
+#define RC_PK_STORE(VT, cp, v, beta)                                            \
+        do {                                                                    \
+            VT v_ = (v);                                                        \
+            if ((beta) != 0) {                                                  \
+                VT old_;                                                        \
+                __builtin_memcpy(&old_, (cp), sizeof(VT));                      \
+                v_ += (beta) == 1 ? old_ : old_ * (beta);                       \
+            }                                                                   \
+            __builtin_memcpy((cp), &v_, sizeof(VT));                            \
+        } while (0)
 #define RC_PK_KLOOP(T, VT, K, A, LDA, PS, B, PF)                                \
         for (rc_idx p = 0; p < (K); p++) {                                      \
             VT b0, b1;                                                          \
@@ -273,16 +284,8 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
         if (w == 2 * V) {                                                       \
             _Pragma("GCC unroll 8")                                             \
             for (int r = 0; r < MR; r++) {                                      \
-                for (int h = 0; h < 2; h++) {                                   \
-                    T *cp = c + r * ldc + h * V;                                \
-                    VT v = acc[2 * r + h];                                      \
-                    if (beta != 0) {                                            \
-                        VT old;                                                 \
-                        __builtin_memcpy(&old, cp, sizeof(VT));                 \
-                        v += beta == 1 ? old : old * beta;                      \
-                    }                                                           \
-                    __builtin_memcpy(cp, &v, sizeof(VT));                       \
-                }                                                               \
+                for (int h = 0; h < 2; h++)                                     \
+                    RC_PK_STORE(VT, c + r * ldc + h * V, acc[2 * r + h], beta); \
             }                                                                   \
         } else {                                                                \
             for (int r = 0; r < MR; r++) {                                      \
@@ -327,16 +330,8 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
         RC_PK_ROW_KLOOP(T, VT, k, a, b)                                         \
         RC_PK_ROW_KLOOP(T, VT, k2, a2, b + k * 2 * V)   /* A2 on B's next rows */ \
         _Pragma("GCC unroll 8")                                                 \
-        for (int q = 0; q < 2 * RC_PK_ROW_PANELS; q++) {                        \
-            T *cp = c + q * V;                                                  \
-            VT v = acc[q];                                                      \
-            if (beta != 0) {                                                    \
-                VT old;                                                         \
-                __builtin_memcpy(&old, cp, sizeof(VT));                         \
-                v += beta == 1 ? old : old * beta;                              \
-            }                                                                   \
-            __builtin_memcpy(cp, &v, sizeof(VT));                               \
-        }                                                                       \
+        for (int q = 0; q < 2 * RC_PK_ROW_PANELS; q++)                          \
+            RC_PK_STORE(VT, c + q * V, acc[q], beta);                           \
     }
 RC_DEFINE_PK_ROW(rc_pk_row_wide_f, float, rc_vf64b)
 RC_DEFINE_PK_ROW(rc_pk_row_wide_d, double, rc_vd64b)
@@ -359,7 +354,7 @@ RC_DEFINE_PK_ROW(rc_pk_row_narrow_d, double, rc_vd32b)
  * of 3; prefetcht0 and prefetchnta measured lower). Same FMAs, same order:
  * bitwise the same C. The rule (mode 1): the AVX2 layout only (measured
  * there; the AVX-512 layout is unmeasured with it) and a packed B of at least
- * rc_pk_pack_a_bytes (4 MiB).
+ * RC_PK_PACK_A_BYTES (4 MiB).
  *
  * OFF by default (rc_pk_pack_a_mode = 0): in the models the gain did not
  * hold. At (T, N, D, H) = (50, 64, 512, 1024) on the same VM, in one process
@@ -371,7 +366,6 @@ RC_DEFINE_PK_ROW(rc_pk_row_narrow_d, double, rc_vd32b)
  * hook (rc_set_pack_a: 1 the rule above, 2 always) keeps it measurable; the
  * tests run it forced (results bitwise the in-place path's). */
 #define RC_PK_PACK_A_BYTES (4LL << 20)
-static long long rc_pk_pack_a_bytes = RC_PK_PACK_A_BYTES;   /* the rule's threshold (fixed) */
 static int rc_pk_pack_a_mode = 0;   /* 0 never (default), 1 by the rule, 2 always (any layout, size) */
 static long long rc_pk_pack_a_calls = 0;   /* calls that copied A (test hook) */
 static void rc_set_pack_a(int mode) { rc_pk_pack_a_mode = mode; }
@@ -383,7 +377,7 @@ static inline int rc_pk_pack_a_use(int narrow, rc_idx m, rc_idx n, rc_idx k, siz
 {
     if (rc_pk_pack_a_mode == 2) return m > 0 && k > 0;
     return rc_pk_pack_a_mode == 1 && narrow && m >= 4
-           && (long long)n * k * (long long)elsize >= rc_pk_pack_a_bytes;
+           && (long long)n * k * (long long)elsize >= RC_PK_PACK_A_BYTES;
 }
 /* The height of the register block at row i0 of m: MR rows, but never an MR
  * block followed by a 1- or 2-row one when two blocks of 3-4 rows cover the
