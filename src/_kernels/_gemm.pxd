@@ -72,9 +72,42 @@ cdef extern from "rc_gemm_packed.h" nogil:
     void set_chunk "rc_set_chunk"(long long steps)
 
 
+cdef extern from "rc_matmul.h" nogil:
+    # a product inside this thread's single-thread section (rc_threads.h:
+    # RC_SECTION_LOCAL), on the packed kernel; 0: nothing done (rc_gemm_own_*)
+    int rc_gemm_own_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha, const float *a,
+                      Py_ssize_t lda, int at, const float *b, Py_ssize_t rs, Py_ssize_t cs,
+                      float beta, float *c, Py_ssize_t ldc)
+    int rc_gemm_own_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha, const double *a,
+                      Py_ssize_t lda, int at, const double *b, Py_ssize_t rs, Py_ssize_t cs,
+                      double beta, double *c, Py_ssize_t ldc)
+    long long gemm_own_count "rc_gemm_own_count"()
+
+cdef extern from "rc_threads.h" nogil:
+    int local_depth "rc_local_depth"()
+
+
+cdef inline bint own_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Mat a,
+                          Mat b, floating beta, Mat c) noexcept nogil:
+    """C (m, n) := alpha op(A) op(B) + beta C (C row-major, B plain) on rnncore's own GEMM,
+    on this thread; False (nothing done) where it cannot (rc_gemm_own_*)."""
+    cdef Py_ssize_t rs = 1 if b.t == Trans else b.ld, cs = b.ld if b.t == Trans else 1
+    if floating is float:
+        return rc_gemm_own_f(m, n, k, alpha, <const float *>a.p, a.ld, a.t == Trans,
+                             <const float *>b.p, rs, cs, beta, <float *>c.p, c.ld) != 0
+    else:
+        return rc_gemm_own_d(m, n, k, alpha, <const double *>a.p, a.ld, a.t == Trans,
+                             <const double *>b.p, rs, cs, beta, <double *>c.p, c.ld) != 0
+
+
 cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Mat a, Mat b,
                     floating beta, Mat c) noexcept nogil:
-    """C (m, n) := alpha op(A) (m, k) op(B) (k, n) + beta C, any of the three transposed views."""
+    """C (m, n) := alpha op(A) (m, k) op(B) (k, n) + beta C, any of the three transposed views.
+
+    Inside a single-thread section of this thread (rc_threads.h: RC_SECTION_LOCAL,
+    a CPU with a packed layout), what would go to BLAS runs on rnncore's own GEMM
+    instead (own_gemm): BLAS's thread count is process-wide, and switching it
+    would change other threads' products."""
     cdef Mat s
     cdef Py_ssize_t r
     if c.t == Trans:
@@ -95,6 +128,8 @@ cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Ma
         else:
             rc_gemm_small_d(m, n, k, alpha, <double *>a.p, a.ld, <double *>b.p, b.ld, b.t,
                             beta, <double *>c.p, c.ld)
+        return
+    if k > 0 and local_depth() > 0 and own_gemm(m, n, k, alpha, a, b, beta, c):
         return
     gemm_rm(m, n, k, alpha, a, b, beta, <floating *>c.p, c.ld)
 

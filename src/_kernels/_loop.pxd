@@ -11,7 +11,7 @@
 #                  each thread's share in its steps, chunk_input);
 #   backward_loop: the time loop, then the all-steps input-side and weight
 #                  gradients (dX, dWx, db, dWh);
-#   run_loop:      the time loop on one thread (in a BLAS single-thread section
+#   run_loop:      the time loop on one thread (in a single-thread section
 #                  when the per-step GEMM is small) or split by rows over P
 #                  threads, each running the same body on rows k, k+P, ...;
 #   loop_rows:     which step, and which rows of this share, iteration i handles.
@@ -484,8 +484,10 @@ cdef inline void input_grad(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize
 
 cdef inline void mm_one_thread(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                                Mat a, Mat b, floating beta, Mat c) noexcept nogil:
-    """mm inside a BLAS single-thread section: its sums then do not depend on BLAS's
-    thread count, and threaded OpenBLAS cannot spin on a small product."""
+    """mm inside a single-thread section (rc_threads.h): on rnncore's own GEMM, on this
+    thread, where the CPU has a packed layout, else on one BLAS thread. Its sums then
+    do not depend on BLAS's thread count, and threaded OpenBLAS cannot spin on a
+    small product."""
     cdef int opened = single_open()
     mm(m, n, k, alpha, a, b, beta, c)
     single_close(opened)

@@ -48,9 +48,25 @@ def _weight_grads_calls():
     return dw_count(0), dw_count(1)
 
 
-from _gemm cimport set_pack_a, pack_a_count
+def _own_gemm_calls():
+    """How many products of this module ran on rnncore's own GEMM instead of BLAS
+    inside a single-thread section of their thread (rc_gemm_own_*; a count since
+    import)."""
+    return gemm_own_count()
+
+
+def _section_probe():
+    """Test hook: (token, this thread's section depth inside it, rnncore's own thread
+    count inside it): a single-thread section opened and closed here."""
+    cdef int tok = single_open()
+    cdef int depth = local_depth(), own = own_threads()
+    single_close(tok)
+    return tok, depth, own
+
+
+from _gemm cimport set_pack_a, pack_a_count, gemm_own_count, local_depth
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
-                       thread_state_bytes, run_tasks)
+                       thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 
 
 cdef struct _TeamProbe:

@@ -19,6 +19,7 @@ cdef extern from "rc_threads.h" nogil:
     size_t pool_id "rc_pool_id"()
     size_t thread_state_bytes "rc_thread_state_bytes"()
     long long pool_count "rc_pool_count"()
+    int own_threads "rc_own_threads"()
     int single_open "rc_single_open"()
     void single_close "rc_single_close"(int opened)
     enum: RC_UNITS_MAX_BLOCKS

@@ -10,8 +10,8 @@ never the current thread count, so a product's rounding does not depend on it.
 from _cpu cimport require_simd
 import numpy as np
 
-from _blas cimport floating
-from _gemm cimport set_pack_par, pack_par_count, set_dw, dw_count, RC_PACK_PAR_BYTES
+from _blas cimport floating, Mat, mat, NoTrans, Trans
+from _gemm cimport mm, set_pack_par, pack_par_count, set_dw, dw_count, RC_PACK_PAR_BYTES
 from _threads cimport blas_thread_hooks
 
 require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
@@ -195,6 +195,33 @@ def _rule_allows_kernel():
     the kernels' own threads allowed (``rnncore.set_row_split``) and at most 8 CPUs
     (rc_matmul_machine); the test hook's forced mode takes them regardless."""
     return bool(matmul_machine())
+
+
+cdef Mat _operand(const floating[:, :] x):
+    """x as a Mat: row-major (last axis contiguous) or the transposed view of one."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    if x.shape[1] == 1 or x.strides[1] == isz:
+        return mat(&x[0, 0], x.strides[0] // isz if x.shape[0] > 1 else x.shape[1], NoTrans)
+    return mat(&x[0, 0], x.strides[1] // isz, Trans)
+
+
+def _mm_in_section(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
+                   double alpha=1.0, double beta=0.0, bint section=True):
+    """Test hook: C := alpha A B + beta C in place through the kernels' `mm`, inside a
+    single-thread section of this thread (`section`; else as outside one). A, B and C
+    are 2-D arrays of one dtype, each with its last or its first axis contiguous
+    (a transposed view: _gemm.pxd's Trans operand). Returns C."""
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
+    if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m == 0 or n == 0 or k == 0:
+        raise ValueError("shapes do not match, or an empty product")
+    cdef Mat ma = _operand(a), mb = _operand(b), mc = _operand(c)
+    cdef int tok = 0
+    with nogil:
+        if section:
+            tok = single_open()
+        mm(m, n, k, <floating>alpha, ma, mb, <floating>beta, mc)
+        single_close(tok)
+    return np.asarray(c)
 
 
 def _matmul_calls():

@@ -196,7 +196,7 @@ RC_DEFINE_PACK(rc_pack_d, double, rc_tcopy_d)
  * transposing copy, packing at any size measured 0.96-1.06x the default at
  * 0.2-1.5 MB weights: bench/compare-results/2026-11-30-pack-threads-ab.txt): so only where the loops themselves may split
  * rows (the BLAS workers sleep) and outside single-thread sections (there
- * BLAS's count is 1: e.g. a bidirectional layer's two directions, each on its
+ * rc_own_threads() is 1: e.g. a bidirectional layer's two directions, each on its
  * own thread, pack serially). */
 #define RC_PACK_PAR_BYTES (1LL << 20)
 static long long rc_pack_par_bytes = RC_PACK_PAR_BYTES;   /* test hook: rc_set_pack_par */
@@ -562,7 +562,8 @@ static float rc_fma_burn(long long rounds, double *flops)
  * kernel measured 1.2-3x the small-M kernel (k, n = 256..1024, 1024..4096).
  * Otherwise (row split configured off, a large product) the loop keeps BLAS's
  * threads. Shapes and import-time configuration only: never BLAS's current
- * thread count, which another thread's single-thread section changes. */
+ * thread count (which a single-thread section without a packed layout changes
+ * process-wide, rc_threads.h). */
 static int rc_pack_enabled = 1;   /* test hooks turn packing off (rc_set_packing); and */
 static int rc_fuse_enabled = 1;   /* the in-step Wx products (rc_fuse_input, rc_step_input_grad):
                                      0 never, 1 by their rule, 2 whenever the loop packs */

@@ -122,4 +122,51 @@ static long long rc_matmul_count(int threaded)
 RC_DEFINE_MATMUL(rc_matmul_f, float, rc_pack_par_f, rc_gemm_packed_f)
 RC_DEFINE_MATMUL(rc_matmul_d, double, rc_pack_par_d, rc_gemm_packed_d)
 
+/* A product inside a single-thread section of this thread (rc_threads.h:
+ * RC_SECTION_LOCAL), on the packed kernel and this thread alone (_gemm.pxd: mm,
+ * instead of BLAS, whose thread count is process-wide):
+ *
+ *   C (m, n) := alpha op(A) (m, k) B (k, n) + beta C, C row-major; A row-major
+ *   (at = 0, rows lda apart) or the transposed view of a (k, m) array (at = 1:
+ *   element (i, p) at a[p*lda + i]); element (p, j) of B at b[p*rs + j*cs].
+ *
+ * B is packed once (alpha applied to the packed copy: exact for the -1 of the
+ * corrections) and A^T copied row-major (rc_tcopy), then one rc_gemm_packed_*
+ * call: buffers of B's and A's size, freed on return (what BLAS's own packing
+ * takes, about). Each element of C is one dot product in k order, so the result
+ * depends on the shapes only. Returns 0 (nothing done: the caller's BLAS runs)
+ * without a packed layout or when out of memory. */
+#define RC_DEFINE_GEMM_OWN(NAME, T, PACK, TCOPY, GEMM)                             \
+    static int NAME(rc_idx m, rc_idx n, rc_idx k, T alpha, const T *a, rc_idx lda, \
+                    int at, const T *b, rc_idx rs, rc_idx cs, T beta, T *c, rc_idx ldc) \
+    {                                                                           \
+        const rc_idx nr = rc_packed_nr(sizeof(T));                              \
+        if (nr == 0 || m <= 0 || n <= 0 || k <= 0) return 0;                    \
+        const size_t nb = (size_t)rc_packed_size(k, n, nr);                     \
+        const size_t na = at ? (size_t)m * (size_t)k : 0;                        \
+        void *buf = NULL;                                                       \
+        if (posix_memalign(&buf, 64, (nb + na) * sizeof(T)) != 0) return 0;     \
+        T *bp = (T *)buf;                                                       \
+        PACK(k, n, b, rs, cs, nr, k, bp);                                       \
+        if (alpha != 1)                                                         \
+            for (size_t i = 0; i < nb; i++) bp[i] *= alpha;                     \
+        const T *ap = a;                                                        \
+        if (at) {                                                               \
+            TCOPY(a, lda, 0, k, 0, m, bp + nb);                                 \
+            ap = bp + nb;                                                       \
+            lda = k;                                                            \
+        }                                                                       \
+        __atomic_fetch_add(&rc_gemm_own_calls, 1, __ATOMIC_RELAXED);            \
+        GEMM(m, n, k, ap, lda, bp, k, nr, beta, c, ldc);                        \
+        free(buf);                                                              \
+        return 1;                                                               \
+    }
+static long long rc_gemm_own_calls = 0;   /* products here, by either route (tests) */
+static long long rc_gemm_own_count(void)
+{
+    return __atomic_load_n(&rc_gemm_own_calls, __ATOMIC_RELAXED);
+}
+RC_DEFINE_GEMM_OWN(rc_gemm_own_f, float, rc_pack_f, rc_tcopy_f, rc_gemm_packed_f)
+RC_DEFINE_GEMM_OWN(rc_gemm_own_d, double, rc_pack_d, rc_tcopy_d, rc_gemm_packed_d)
+
 #endif /* RC_MATMUL_H */

@@ -18,6 +18,7 @@
 #define RC_IDX_DEFINED
 typedef ptrdiff_t rc_idx; /* 64-bit element counts and strides throughout */
 #endif
+#include "rc_activations.h"   /* rc_simd_tier: whether the CPU has a packed layout */
 
 /* BLAS thread policy: "single-thread sections".
  *
@@ -30,15 +31,31 @@ typedef ptrdiff_t rc_idx; /* 64-bit element counts and strides throughout */
  * single-thread section; rnncore's Python layer opens one too while the two
  * directions of a bidirectional layer run concurrently.
  *
- * BLAS's thread count is process-wide, so the sections are reference-counted
- * in ONE state shared by every kernel module and the Python layer (allocated
- * by rnncore._runtime.threads and passed in with the hooks): the first section to
- * open saves the count and sets 1, the last to close restores it, under a
- * spin lock. The hooks are the BLAS's own openblas_{set,get}_num_threads,
- * found by rnncore._runtime.threads at import (NULL: no policy). */
+ * Where the CPU has a packed layout (AVX2+FMA or AVX-512: rc_simd_tier() >= 3,
+ * as rc_packed_nr) a section is this thread's alone (RC_SECTION_LOCAL): a depth
+ * per thread (a pthread key in the shared state, so every kernel module and the
+ * Python layer see one depth per thread), and while it is open every product
+ * that would go to BLAS runs on rnncore's own GEMM on this thread instead
+ * (_gemm.pxd: mm, rc_gemm_own_*), and rc_own_threads() is 1 here. BLAS's
+ * process-wide thread count is never touched, so another thread's products
+ * keep their threads and their bits (bug 9: OpenBLAS's Haswell kernels sum
+ * float32 products differently on 1 and 2 threads, and switching the count
+ * changed a concurrent model's results in the last bits).
+ *
+ * Without a packed layout (RC_SECTION_BLAS) BLAS's count is set to 1, and it is
+ * process-wide, so those sections are reference-counted in ONE state shared by
+ * every kernel module and the Python layer (allocated by rnncore._runtime.threads
+ * and passed in with the hooks): the first section to open saves the count and
+ * sets 1, the last to close restores it, under a spin lock. The hooks are the
+ * BLAS's own openblas_{set,get}_num_threads, found by rnncore._runtime.threads at
+ * import (NULL: no policy). */
 typedef void (*rc_set_threads_fn)(int);
 typedef int (*rc_get_threads_fn)(void);
-typedef struct { int lock; int depth; int saved; int pad; } rc_thread_state;
+typedef struct { int lock; int depth; int saved; int key_ok; pthread_key_t key; } rc_thread_state;
+#define RC_SECTION_BLAS 1    /* a section token: BLAS's process-wide count set to 1 */
+#define RC_SECTION_LOCAL 2   /* ... this thread's products on rnncore's own GEMM */
+static int rc_local_ok = 0;           /* this module has the shared key (rc_local_key) */
+static pthread_key_t rc_local_key;
 static rc_set_threads_fn rc_blas_set_threads = NULL;
 static rc_get_threads_fn rc_blas_get_threads = NULL;
 static rc_thread_state *rc_tstate = NULL;
@@ -54,17 +71,38 @@ static void rc_pool_attach(size_t state);
 static void rc_blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work,
                                  size_t state, int row_split)
 {
+    rc_thread_state *ts = (rc_thread_state *)state;
     rc_pool_attach(state);
     rc_row_split = row_split;
     rc_blas_set_threads = (rc_set_threads_fn)set_fn;
     rc_blas_get_threads = (rc_get_threads_fn)get_fn;
-    rc_tstate = (rc_thread_state *)state;
+    if (ts != NULL) {
+        /* the per-thread section depth: one key for every module (the first creates it) */
+        while (__atomic_exchange_n(&ts->lock, 1, __ATOMIC_ACQUIRE)) { }
+        if (!ts->key_ok && pthread_key_create(&ts->key, NULL) == 0) ts->key_ok = 1;
+        __atomic_store_n(&ts->lock, 0, __ATOMIC_RELEASE);
+        if (ts->key_ok) {
+            rc_local_key = ts->key;
+            rc_local_ok = 1;
+        }
+    }
+    rc_tstate = ts;
     rc_loop_parallel_min = min_work;
 }
 
-/* Open a single-thread section; returns 1 if opened (pass it to the close). */
+/* How many sections this thread has open with RC_SECTION_LOCAL. */
+static inline int rc_local_depth(void)
+{
+    return rc_local_ok ? (int)(intptr_t)pthread_getspecific(rc_local_key) : 0;
+}
+
+/* Open a single-thread section; returns its token (0: none; pass it to the close). */
 static int rc_single_open(void)
 {
+    if (rc_local_ok && rc_simd_tier() >= 3) {
+        if (pthread_setspecific(rc_local_key, (void *)(intptr_t)(rc_local_depth() + 1)) == 0)
+            return RC_SECTION_LOCAL;
+    }
     if (rc_blas_set_threads == NULL || rc_blas_get_threads == NULL || rc_tstate == NULL)
         return 0;
     while (__atomic_exchange_n(&rc_tstate->lock, 1, __ATOMIC_ACQUIRE)) { }
@@ -73,12 +111,16 @@ static int rc_single_open(void)
         if (rc_tstate->saved > 1) rc_blas_set_threads(1);
     }
     __atomic_store_n(&rc_tstate->lock, 0, __ATOMIC_RELEASE);
-    return 1;
+    return RC_SECTION_BLAS;
 }
 
 static void rc_single_close(int opened)
 {
-    if (!opened) return;
+    if (opened == RC_SECTION_LOCAL) {
+        pthread_setspecific(rc_local_key, (void *)(intptr_t)(rc_local_depth() - 1));
+        return;
+    }
+    if (opened != RC_SECTION_BLAS) return;
     while (__atomic_exchange_n(&rc_tstate->lock, 1, __ATOMIC_ACQUIRE)) { }
     if (--rc_tstate->depth == 0 && rc_tstate->saved > 1) rc_blas_set_threads(rc_tstate->saved);
     __atomic_store_n(&rc_tstate->lock, 0, __ATOMIC_RELEASE);
@@ -159,7 +201,7 @@ static int rc_gemms_threads_begin(long long work)
  * threads (rc_gemm_packed.h: rc_pack_par_*) both start from it. */
 static int rc_own_threads(void)
 {
-    if (!rc_row_split || rc_blas_get_threads == NULL) return 1;
+    if (!rc_row_split || rc_blas_get_threads == NULL || rc_local_depth() > 0) return 1;
     int P = rc_blas_get_threads();
     return P > RC_MAX_THREADS ? RC_MAX_THREADS : P;
 }

@@ -1,35 +1,35 @@
 """Thread policy.
 
 Time loops. A step's GEMM is small; below ``LOOP_PARALLEL_MIN`` multiply-adds
-per step the kernels run their time loop inside a "single-thread section":
-BLAS limited to one thread, the previous count restored afterwards (the
+per step the kernels run their time loop inside a "single-thread section" (the
 all-steps GEMMs before and after the loop keep BLAS's threads, except
 backward's when they are small: below 2^26 multiply-adds in all they run in a
 section too, since OpenBLAS's threads spin against each other on a busy
-machine; rc_threads.h). The switch
-uses the BLAS's own ``openblas_get/set_num_threads``, found here when the
-kernels attach (:func:`attach_kernels`, called by :mod:`rnncore._bindings`).
-OpenBLAS's count is process-wide, so sections are reference-counted in one
-lock-protected state shared by every kernel module and this module: the
-first to open saves the count, the last to close restores it (the kernels'
-C thread helpers).
-``set_loop_parallel_min(0)`` disables the loop policy. Because the count is
-process-wide, a model running in another thread meanwhile may compute its
-large GEMMs on one thread: results of *concurrent* runs can then differ in the
-last bits from sequential ones; under ``rnncore.threadpool_limits(1)`` (the
-recommended setting for running models in several threads) they are bitwise
-reproducible. On a CPU with a packed layout (AVX2+FMA or AVX-512) the loops of
-T >= 2 steps multiply by their weight packed once (the kernels' packed GEMM),
-call no BLAS inside, and so never open a section: the loop policy is then
-inactive (:func:`loop_policy_active`). The count is still switched by the
-two-direction sections below, by backward's small all-steps GEMMs and by the
-reset-before GRU's dWh product, so the caveat above stands for concurrent
-training runs.
+machine; rc_threads.h).
+
+On a CPU with a packed layout (AVX2+FMA or AVX-512) a section belongs to the
+thread that opened it: the products in it that would go to BLAS run on the
+kernels' own GEMM, on that thread, and BLAS's process-wide thread count is never
+touched (:func:`sections_switch_blas` is False). So models running in several
+threads give bitwise the results of sequential runs. The loops of T >= 2 steps
+there multiply by their weight packed once and call no BLAS inside anyway.
+
+Without a packed layout a section limits BLAS to one thread, the previous count
+restored afterwards, with the BLAS's own ``openblas_get/set_num_threads``,
+found here when the kernels attach (:func:`attach_kernels`, called by
+:mod:`rnncore._bindings`). That count is process-wide, so sections are
+reference-counted in one lock-protected state shared by every kernel module and
+this module: the first to open saves the count, the last to close restores it
+(the kernels' C thread helpers). A model running in another thread meanwhile
+may then compute its large GEMMs on one thread: results of *concurrent* runs
+can differ in the last bits from sequential ones (bug 9 of RELIABILITY.md);
+under ``rnncore.threadpool_limits(1)`` they are bitwise reproducible.
+``set_loop_parallel_min(0)`` disables the time loops' sections.
 
 Directions. The kernels release the GIL for their whole time loop, so the
 forward and reverse directions of one layer (independent computations) run
-on two cores at once, inside a single-thread section so the two directions do
-not oversubscribe the cores with nested BLAS threads. Small problems run
+on two cores at once, each inside a single-thread section so the two directions
+do not oversubscribe the cores with nested BLAS threads. Small problems run
 sequentially: below ``PARALLEL_MIN_WORK`` (T*N*H*(H+D) multiply-adds per
 direction) a thread hand-off costs more than it saves.
 ``set_parallel_directions(False)`` turns this off (e.g. when the caller
@@ -186,6 +186,14 @@ def loop_policy_active() -> bool:
     return bool(_HOOKS) and LOOP_PARALLEL_MIN > 0 and not _PACKED
 
 
+def sections_switch_blas() -> bool:
+    """Whether the kernels' single-thread sections set BLAS's process-wide thread count
+    to 1 (the policy is installed and the CPU has no packed layout). With a packed
+    layout a section belongs to its thread: the BLAS products inside it run on the
+    kernels' own GEMM, and other threads keep BLAS's threads and their results."""
+    return bool(_HOOKS) and not _PACKED
+
+
 def set_parallel_directions(enabled: bool) -> None:
     """Run the two directions of bidirectional layers on two threads (default: on >1 core)."""
     global _PARALLEL
@@ -199,12 +207,15 @@ def parallel_directions_enabled() -> bool:
 
 @contextmanager
 def _blas_single_thread():
-    """Context: BLAS limited to one thread for the whole process.
+    """Context: a "single-thread section" of the kernels (their C thread helpers).
 
-    A "single-thread section" of the kernels (their C thread helpers): reference-counted in
-    the state the kernels' own time loops share, so overlapping sections from
-    several threads restore the original count exactly once, when the last one
-    closes. A no-op where the BLAS's thread functions were not found.
+    On a CPU with a packed layout it is this thread's: the kernels it calls run
+    their products on one thread, on their own GEMM instead of BLAS, and BLAS's
+    thread count is left alone. Otherwise BLAS is limited to one thread for the
+    whole process, reference-counted in the state the kernels' own time loops
+    share, so overlapping sections from several threads restore the original count
+    exactly once, when the last one closes. A no-op where the BLAS's thread
+    functions were not found.
     """
     _, section_open, section_close = _KERNELS
     token = section_open()
@@ -212,6 +223,11 @@ def _blas_single_thread():
         yield
     finally:
         section_close(token)
+
+
+def _in_section(fn, d):
+    with _blas_single_thread():
+        return fn(d)
 
 
 def run_pair(fn, n: int, work: int):
@@ -224,7 +240,9 @@ def run_pair(fn, n: int, work: int):
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnncore-dir")
     with _blas_single_thread():
-        fut = _POOL.submit(fn, 1)
+        # each direction in a section of its own thread: on a CPU with a packed layout
+        # the sections are per thread (the BLAS products run on the kernels' own GEMM)
+        fut = _POOL.submit(_in_section, fn, 1)
         try:
             r0 = fn(0)
         finally:

@@ -1,0 +1,189 @@
+"""Single-thread sections belong to their thread (bug 9 of docs/RELIABILITY.md).
+
+The kernels run small products on one thread: a time loop with small steps,
+backward's all-steps GEMMs below 2^26 multiply-adds, dW_hh's small corrections,
+each direction of a bidirectional pair. On a CPU with a packed layout (AVX2+FMA
+or AVX-512) such a "single-thread section" is a depth of the calling thread: the
+products in it that would go to BLAS run on the kernels' own GEMM
+(rc_matmul.h: rc_gemm_own_*), and BLAS's process-wide thread count is never
+switched. So another thread's BLAS products keep their thread count and their
+bits. Here:
+
+* the section is per thread and leaves BLAS's count alone;
+* the own GEMM computes every operand layout the kernels pass (A, B, C row-major
+  or transposed views; alpha -1 of the corrections; beta 0 and 1; the dW route
+  C += A^T B) to float rounding of NumPy's float64 product, in float32 and
+  float64, and leaves its inputs unchanged;
+* a model run while another thread holds a section open gives bitwise the
+  sequential results (the failure of session 13 on OpenBLAS's Haswell kernels);
+* models route their small backward GEMMs through it.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import rnncore
+from rnncore._kernels import linear as KL
+from rnncore._kernels import rnn as KR
+from rnncore._runtime import threads as _threads
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+HAVE_PACKED = KR._packed_layout()
+RC_SECTION_LOCAL = 2
+needs_packed = pytest.mark.skipif(not HAVE_PACKED, reason="no packed layout on this CPU: "
+                                  "sections switch BLAS's process-wide count here")
+needs_hooks = pytest.mark.skipif(not _threads._HOOKS,
+                                 reason="SciPy's OpenBLAS thread functions not found")
+
+
+def _scipy_blas_threads():
+    infos = [i for i in threadpoolctl.threadpool_info()
+             if i["user_api"] == "blas" and "scipy" in i["filepath"]]
+    return infos[0]["num_threads"] if infos else None
+
+
+@needs_hooks
+@needs_packed
+def test_section_is_this_threads_and_leaves_blas_alone():
+    tok, depth, own = KL._section_probe()
+    assert (tok, depth, own) == (RC_SECTION_LOCAL, 1, 1)
+    assert _threads.sections_switch_blas() is False
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = _scipy_blas_threads()
+        with _threads._blas_single_thread():
+            inside = _scipy_blas_threads()
+            # nested, as a bidirectional pair's loop sections are
+            assert KL._section_probe()[1] == 2
+            seen = []
+            t = threading.Thread(target=lambda: seen.append(KL._section_probe()[1]))
+            t.start()
+            t.join()
+        assert inside == before
+        assert seen == [1]   # another thread has its own depth
+        assert KL._section_probe()[1] == 1   # the section closed: back to 0 (+1 probe)
+
+
+def _operand(x, transposed):
+    """x (r, c) as given, or as the transposed view of a C-ordered (c, r) copy."""
+    return np.ascontiguousarray(x.T).T if transposed else np.ascontiguousarray(x)
+
+
+LAYOUTS = [(at, bt, ct) for at in (False, True) for bt in (False, True) for ct in (False, True)]
+
+
+@needs_hooks
+@needs_packed
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("at,bt,ct", LAYOUTS)
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (1.0, 1.0), (-1.0, 1.0), (0.5, 0.25)])
+@pytest.mark.parametrize("m,n,k", [(37, 45, 29), (9, 130, 300), (64, 17, 1), (5, 1, 70)])
+def test_own_gemm_in_a_section_matches_numpy(m, n, k, alpha, beta, at, bt, ct, dtype):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a0 = rng.standard_normal((m, k))
+    b0 = rng.standard_normal((k, n))
+    c0 = rng.standard_normal((m, n))
+    a, b, c = _operand(a0.astype(dtype), at), _operand(b0.astype(dtype), bt), \
+        _operand(c0.astype(dtype), ct)
+    a_in, b_in = a.copy(), b.copy()
+    want = alpha * (a.astype(np.float64) @ b.astype(np.float64)) + beta * c.astype(np.float64)
+    calls = KL._own_gemm_calls()
+    got = KL._mm_in_section(a, b, c, alpha, beta)
+    assert got is not None
+    # a C given as a transposed view is computed as C^T = B^T A^T; the small-M
+    # kernel (at most 4 rows of a row-major A, after that swap) is the kernels' own too
+    # (the hook's flags: an operand with one column is row-major either way)
+    at, bt, ct = (not (x.shape[1] == 1 or x.strides[1] == x.itemsize) for x in (a, b, c))
+    rows, a_rowmajor = (n, bt) if ct else (m, not at)
+    routed = not (rows <= 4 and a_rowmajor)
+    assert KL._own_gemm_calls() - calls == (1 if routed else 0)
+    np.testing.assert_array_equal(a, a_in)
+    np.testing.assert_array_equal(b, b_in)
+    # float rounding of a k-term dot product, relative to the terms' magnitude
+    scale = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)) + np.abs(c0)
+    eps = np.finfo(dtype).eps
+    assert np.all(np.abs(c.astype(np.float64) - want) <= 4 * (k + 2) * eps * scale)
+
+
+@needs_hooks
+@needs_packed
+def test_own_gemm_outside_a_section_is_not_used():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((40, 30)), rng.standard_normal((30, 20))
+    c = np.zeros((40, 20))
+    calls = KL._own_gemm_calls()
+    KL._mm_in_section(a, b, c, section=False)
+    assert KL._own_gemm_calls() == calls
+    np.testing.assert_allclose(c, a @ b, rtol=1e-12, atol=1e-12)
+
+
+def _run(m, x):
+    out, fin = m(x)
+    m.zero_grad()
+    dx, _ = m.backward(np.cos(np.arange(out.size)).reshape(out.shape).astype(out.dtype))
+    return [out, dx] + [g.copy() for g in m.grads.values()]
+
+
+@needs_hooks
+@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
+def test_model_beside_an_open_section_is_bitwise_sequential(cls):
+    """While another thread holds a section open, a model's results (its BLAS
+    products at BLAS's thread count) are bitwise those of a run without it."""
+    if (_scipy_blas_threads() or 1) < 2:
+        pytest.skip("BLAS runs one thread: a switched count cannot be observed")
+    m = getattr(rnncore, cls)(96, 64, seed=0)
+    x = np.random.default_rng(0).standard_normal((12, 40, 96)).astype(np.float32)
+    sequential = _run(m, x)
+    opened, release = threading.Event(), threading.Event()
+
+    def hold():
+        with _threads._blas_single_thread():
+            opened.set()
+            release.wait(60)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert opened.wait(60)
+        blas_inside = _scipy_blas_threads()
+        beside = _run(m, x)
+    finally:
+        release.set()
+        t.join()
+    if _threads.sections_switch_blas():
+        assert blas_inside == 1
+        pytest.xfail("no packed layout: sections switch BLAS's process-wide count (bug 9)")
+    assert blas_inside >= 2
+    for i, (u, v) in enumerate(zip(beside, sequential)):
+        assert np.array_equal(u, v), f"array {i} differs beside another thread's section"
+
+
+@needs_hooks
+@needs_packed
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
+def test_models_route_section_products_to_own_gemm(cls, bidirectional):
+    """Backward's all-steps GEMMs below 2^26 multiply-adds run in a section, and so
+    does each direction of a bidirectional pair above PARALLEL_MIN_WORK: on the
+    kernels' own GEMM here. Outputs, states, dx and every gradient match the
+    reference model (float64)."""
+    import rnncore._kernels as K
+    from _oracle import reference_run
+    T, N, D, H = 40, 8, 48, 64      # T*N*H*(H+D) = 2.3M: the pair runs concurrently
+    m = getattr(rnncore, cls)(D, H, num_layers=2, bidirectional=bidirectional,
+                              dtype=np.float64, seed=1)
+    x = np.random.default_rng(2).standard_normal((T, N, D))
+    mod = getattr(K, cls.lower())
+    calls = mod._own_gemm_calls()
+    out, st = m(x)
+    dout = np.random.default_rng(3).standard_normal(out.shape)
+    dx, _ = m.backward(dout)
+    assert mod._own_gemm_calls() > calls
+    want_out, _, want_dx, _, want_grads = reference_run(m, x, [None] * m.n_states, None, dout)
+    np.testing.assert_allclose(out, want_out, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-10, atol=1e-12)
+    for k, g in want_grads.items():
+        np.testing.assert_allclose(m.grads[k], g, rtol=1e-9, atol=1e-11, err_msg=k)
