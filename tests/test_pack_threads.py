@@ -114,7 +114,8 @@ def test_the_default_threshold_is_one_mebibyte():
 
 def test_concurrent_directions_pack_serially():
     """A bidirectional layer whose two directions run on two threads at once (inside a
-    single-thread section: BLAS's count is 1 there) packs serially, even when forced;
+    single-thread section of each thread: rnncore's own thread count is 1 there) packs
+    serially, even when forced;
     one direction alone packs on threads."""
     from rnncore._runtime.threads import parallel_directions_enabled
     kw = dict(D=64, H=64, T=40, N=16, layers=1)   # T N H (H + D) = 5.2 M: concurrent
@@ -130,9 +131,9 @@ def test_concurrent_directions_pack_serially():
 
 def test_models_in_concurrent_python_threads_pack_on_threads_correctly():
     """Four Python threads each train and run their own LSTM at once, packing forced
-    onto threads wherever BLAS's count allows (another thread's single-thread section
-    makes a call pack serially): each gets the results of a serial run (packing tasks
-    of different calls never share state)."""
+    onto threads wherever rnncore's own thread count allows (a call inside a
+    single-thread section packs serially): each gets the results of a serial run
+    (packing tasks of different calls never share state)."""
     import threading
     want, _ = _step("lstm", 2, -1, np.float32, False, None, layers=1)
     KL._set_pack_threads(0)

@@ -283,7 +283,8 @@ def test_results_do_not_depend_on_the_thread_count(cell, dtype):
     """All gradients bitwise with 1, 2 and 3 threads (3: more than this machine's
     cores, maybe): dWx is all the dW kernel's; dWh's main term too, and its small
     BLAS corrections (the pairs straddling two sequences in batch-major layout, the
-    h0^T dz_0 term) run on one BLAS thread -- OpenBLAS's float32 sums for them
+    h0^T dz_0 term) run on one thread (rnncore's own GEMM with a packed layout, else
+    one BLAS thread) -- OpenBLAS's float32 sums for them
     changed with its thread count on its Haswell kernels (a Zen 3 VM: ~3 % of dWh's
     elements by an ulp between 1 and 2 threads)."""
     mod = MODULES[cell]

@@ -506,7 +506,7 @@ cdef inline void reset_before_dwh(const Loop *L, Mat dwh, floating *dzs,
     if main_done:
         return
     # dWh[:, 2H:] += reset_h^T dG[:, 2H:]             (H, H) += (H, R)(R, H)
-    # on one BLAS thread: threaded OpenBLAS spent 30 ms spinning in inner_thread (perf) on
+    # on one thread (mm_one_thread): threaded OpenBLAS spent 30 ms spinning in inner_thread (perf) on
     # this (H, H) product at (T, N, H) = (100, 16, 128), 5x the whole backward, on a loaded
     # 2-core machine; one thread takes H*H*T*N multiply-adds (fb at (50, 64, 512, 1024)
     # measured within 1% of the reset-after GRU's)
@@ -616,7 +616,8 @@ cdef inline void dwh_accumulate(const Loop *L, Mat dwh, floating *dzs,
     cdef Py_ssize_t shift = dz_st // dz_ld    # N rows (time-major) or 1 (batch-major)
     cdef bint straddle = L.h.bm and N > 1
     # The small corrections below -- the straddling pairs (K = N - 1) and the h0 term
-    # (K = N) -- run on one BLAS thread: OpenBLAS's float32 sums for them differed
+    # (K = N) -- run on one thread (mm_one_thread: rnncore's own GEMM with a packed
+    # layout, else one BLAS thread): OpenBLAS's float32 sums for them differed
     # between 1 and 2 threads on its Haswell kernels (a Zen 3 VM: ~3 % of dWh's
     # elements by an ulp), so with the main term on rnncore's dW kernel dWh would
     # otherwise depend on BLAS's thread count (mm_one_thread). O(N H GH) work:

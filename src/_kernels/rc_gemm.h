@@ -183,8 +183,9 @@ RC_DEFINE_PANEL_GEMM(rc_gemm_panel_d, double, rc_vd64b)
  * rc_gemm_panel_* instead of BLAS: more rows than the small-M kernel takes,
  * at most RC_PANEL_MAX_M (beyond, BLAS's packing is amortized over enough
  * rows), B below RC_PANEL_MAX_KN elements, a whole panel of columns, and a loop that runs single-threaded
- * anyway (below the BLAS thread policy's threshold, or BLAS limited to one
- * thread): the panel kernel has no threads of its own. */
+ * anyway (below the BLAS thread policy's threshold, inside a single-thread
+ * section of this thread, or BLAS limited to one thread): the panel kernel has
+ * no threads of its own. */
 #define RC_PANEL_MAX_M 32
 #define RC_PANEL_MAX_KN (1024 * 1024)  /* elements of B: 4 MB in float32 */
 static int rc_panel_shape(rc_idx m, rc_idx n, rc_idx k)
@@ -196,7 +197,7 @@ static int rc_panel_shape(rc_idx m, rc_idx n, rc_idx k)
 static int rc_use_panel(rc_idx m, rc_idx n, rc_idx k)
 {
     if (!rc_panel_shape(m, n, k)) return 0;
-    if ((long long)m * n * k < rc_loop_parallel_min) return 1;
+    if ((long long)m * n * k < rc_loop_parallel_min || rc_local_depth() > 0) return 1;
     return rc_blas_get_threads != NULL && rc_blas_get_threads() <= 1;
 }
 

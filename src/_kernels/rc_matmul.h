@@ -131,11 +131,15 @@ RC_DEFINE_MATMUL(rc_matmul_d, double, rc_pack_par_d, rc_gemm_packed_d)
  *   element (i, p) at a[p*lda + i]); element (p, j) of B at b[p*rs + j*cs].
  *
  * B is packed once (alpha applied to the packed copy: exact for the -1 of the
- * corrections) and A^T copied row-major (rc_tcopy), then one rc_gemm_packed_*
- * call: buffers of B's and A's size, freed on return (what BLAS's own packing
- * takes, about). Each element of C is one dot product in k order, so the result
- * depends on the shapes only. Returns 0 (nothing done: the caller's BLAS runs)
- * without a packed layout or when out of memory. */
+ * corrections) and A^T copied row-major (rc_tcopy), then rc_gemm_packed_* on
+ * blocks of rows whose part of A takes about RC_OWN_A_BYTES (it stays in L2
+ * while B's panels stream past): buffers of B's and A's size, freed on return
+ * (what BLAS's own packing takes, about). Each element of C is one dot product
+ * in k order, so the result depends on the shapes only. Returns 0 (nothing done)
+ * without a packed layout or when out of memory: then the caller's BLAS runs, at
+ * its thread count (the section's one-thread promise and bitwise reproducibility
+ * are lost for that product only). */
+#define RC_OWN_A_BYTES (128 * 1024)
 #define RC_DEFINE_GEMM_OWN(NAME, T, PACK, TCOPY, GEMM)                             \
     static int NAME(rc_idx m, rc_idx n, rc_idx k, T alpha, const T *a, rc_idx lda, \
                     int at, const T *b, rc_idx rs, rc_idx cs, T beta, T *c, rc_idx ldc) \
@@ -157,7 +161,13 @@ RC_DEFINE_MATMUL(rc_matmul_d, double, rc_pack_par_d, rc_gemm_packed_d)
             lda = k;                                                            \
         }                                                                       \
         __atomic_fetch_add(&rc_gemm_own_calls, 1, __ATOMIC_RELAXED);            \
-        GEMM(m, n, k, ap, lda, bp, k, nr, beta, c, ldc);                        \
+        /* blocks of whole register blocks of rows whose A stays in L2 while B's \
+         * panels stream past (the packed kernel: panels outer, rows inner) */  \
+        rc_idx mb = (rc_idx)(RC_OWN_A_BYTES / ((size_t)k * sizeof(T))) / 8 * 8; \
+        if (mb < 8) mb = 8;                                                     \
+        for (rc_idx r0 = 0; r0 < m; r0 += mb)                                   \
+            GEMM(RC_PK_MIN(mb, m - r0), n, k, ap + r0 * lda, lda, bp, k, nr, beta, \
+                 c + r0 * ldc, ldc);                                            \
         free(buf);                                                              \
         return 1;                                                               \
     }

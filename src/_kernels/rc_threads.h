@@ -136,7 +136,8 @@ static void rc_loop_threads_end(int opened) { rc_single_close(opened); }
 
 /* Around backward's all-steps GEMMs (dx, dWx, dWh: `work` multiply-adds in all;
  * close with rc_loop_threads_end). Below RC_GEMMS_PARALLEL_MIN (single-threaded:
- * under ~0.7 ms on one core) they run on one BLAS thread: OpenBLAS splits even such
+ * under ~0.7 ms on one core) they run on one thread (a section: rnncore's own GEMM
+ * with a packed layout, else one BLAS thread): OpenBLAS splits even such
  * small GEMMs over its threads, and on a busy machine the caller then spins in its
  * inner_thread until a descheduled partner runs again -- the RNN's backward at
  * (T, N, D, H) = (100, 16, 64, 128) took 36 ms instead of 1.9 ms with one other

@@ -71,8 +71,9 @@ def attach_kernels(install, section_open, section_close, packed, state_bytes) ->
 
     ``install(set_addr, get_addr, min_work, state_addr, row_split)`` hands the
     policy to every kernel module; ``section_open()``/``section_close(token)``
-    are the kernels' single-thread section; ``packed``: the kernels' time loops
-    multiply by packed weights on this CPU (then they open no sections);
+    are the kernels' single-thread section; ``packed``: the CPU has the kernels'
+    packed layout (their time loops multiply by packed weights and open no
+    sections; every section is per thread, on their own GEMM);
     ``state_bytes``: the size of the state the kernel modules share (the section
     state, then their thread team). Installs the current policy.
     """
@@ -139,9 +140,10 @@ def set_loop_parallel_min(work: int) -> None:
     if _HOOKS is None:
         found = _find_blas_thread_functions()
         # the one state every kernel module shares: the section's {lock, depth, saved,
-        # pad}, then their thread team (rc_threads.h: RC_THREAD_STATE_TEAM), zeroed,
-        # 16-byte aligned, and never freed: the team's workers wait on it until the
-        # process ends (a Python object would be freed at interpreter shutdown)
+        # key_ok, key} (key: the per-thread section depth), then their thread team
+        # (rc_threads.h: RC_THREAD_STATE_TEAM), zeroed, 16-byte aligned, and never
+        # freed: the team's workers wait on it until the process ends (a Python
+        # object would be freed at interpreter shutdown)
         _HOOKS = (found + (_lasting_zeroed_block(_STATE_BYTES),)) if found else False
     if _HOOKS:
         lib, set_addr, get_addr, state_addr = _HOOKS
@@ -195,7 +197,11 @@ def sections_switch_blas() -> bool:
 
 
 def set_parallel_directions(enabled: bool) -> None:
-    """Run the two directions of bidirectional layers on two threads (default: on >1 core)."""
+    """Run the two directions of bidirectional layers on two threads (default: on >1 core).
+
+    Off, each direction of a layer above ``PARALLEL_MIN_WORK`` still runs on one
+    thread (a single-thread section): the same products, and so the same results,
+    as the two threads compute."""
     global _PARALLEL
     _PARALLEL = bool(enabled)
 
@@ -231,12 +237,23 @@ def _in_section(fn, d):
 
 
 def run_pair(fn, n: int, work: int):
-    """[fn(0)] or [fn(0), fn(1)], the pair concurrently when worth it."""
+    """[fn(0)] or [fn(0), fn(1)], the pair concurrently when worth it.
+
+    From ``PARALLEL_MIN_WORK`` on, each direction runs in a single-thread section
+    of its thread, concurrently or (directions turned off, one CPU) one after the
+    other: with per-thread sections (:func:`sections_switch_blas` False) its
+    products then run on the kernels' own GEMM either way, so the results do not
+    depend on the CPU count or on :func:`set_parallel_directions`.
+    """
     global _POOL
     if n == 1:
         return [fn(0)]
-    if not _PARALLEL or work < PARALLEL_MIN_WORK:
+    if work < PARALLEL_MIN_WORK:
         return [fn(0), fn(1)]
+    if not _PARALLEL:
+        if sections_switch_blas():
+            return [fn(0), fn(1)]
+        return [_in_section(fn, 0), _in_section(fn, 1)]
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnncore-dir")
     with _blas_single_thread():
