@@ -751,9 +751,9 @@ def _set_packing(bint enabled, int fuse=1, long long chunk=0):
 
 def _set_unit_split(int mode, int threads=2):
     """Test/benchmark hook: the LSTM's time loops never split the hidden units over
-    threads (mode -1, the default: see rc_threads.h), split them by the shape rule
-    (0: forward loops only), or always -- forward and backward -- over `threads`
-    threads (1)."""
+    threads (mode -1), split them by the shape rule (0, the default: forward loops
+    whose weight streams from L3 anyway; see rc_threads.h), or always -- forward
+    and backward -- over `threads` threads (1)."""
     set_unit_split(mode, threads)
 
 

@@ -524,18 +524,26 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * product in k order, so the results are bitwise those of the row split and of
  * one thread.
  *
- * OFF BY DEFAULT: in the quietest run available (last figures below) the row split
- * was as fast or faster, forward and backward, so the loops keep it; the unit split
- * stays as a tested opt-in path (rc_set_unit_split, rnncore._kernels.lstm.
- * _set_unit_split: 0 the shape rule below, 1 forced, -1 off) for a recheck on a
- * quiet machine and for other CPUs (smaller L2, more cores).
+ * Default (mode 0, the shape rule below): only forward loops whose recurrent
+ * weight is so large that each thread's slice of it streams from L3 every step
+ * anyway (at least RC_UNIT_L3_BYTES a thread: float32 H >= 887 at P = 2). There
+ * the row split makes every core stream the WHOLE weight from L3 each step, the
+ * unit split half of it. Measured on 2 Zen 3 cores (512 KB L2, 32 MB L3; session
+ * 14, float32 LSTM inference through the model API, 11 alternating repeats in one
+ * process, rows / units): (T, N, D, H) = (50, 64, 512, 1024) 1.063 (and 1.033,
+ * 1.045 in two earlier runs), (50, 64, 256, 1024) 1.099, (50, 32, 512, 1024)
+ * 1.013; below that size the row split won: (50, 64, 512, 768) 0.926, (50, 64,
+ * 512, 512) 0.970, (100, 64, 256, 512) 0.939, (100, 32, 256, 256) 0.949. The
+ * L2-sized window of earlier sessions (a slice small enough to stay in L2: the
+ * figures below) measured no better than the row split in the quietest run, so
+ * it is gone from the rule; forced on (mode 1) it stays a tested path. Modes:
+ * rc_set_unit_split, rnncore._kernels.lstm._set_unit_split: 0 the shape rule,
+ * 1 forced (forward and backward), -1 off.
  *
  * Shape rule (mode 0; rc_unit_threads; shapes and the thread configuration only, as
- * for the row split): the forward loop of an LSTM without projection whose weight is packed,
- * T >= 2, whose rows the row split would put on P >= 2 threads, and whose whole
- * recurrent weight is larger than RC_UNIT_MIN_BYTES (no longer in one core's L2)
- * while each thread's share is at most RC_UNIT_MAX_BYTES: float32 256 <= H <= 313 at
- * P = 2. A test hook (rc_set_unit_split) forces it on (forward and backward) or off.
+ * for the row split): the forward loop of an LSTM without projection whose weight is
+ * packed, T >= 2, whose rows the row split would put on P >= 2 threads, and whose
+ * recurrent weight takes at least RC_UNIT_L3_BYTES per thread.
  *
  * Measured (indicative only: a 2-core Zen 4 VM with a load average of 4-9 from other
  * jobs, minima of 15-30 interleaved repeats, float32, 2 threads; forward, backward
@@ -561,9 +569,8 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * static split and a plain barrier per step measured 10-60% slower than the row
  * split under this load (a descheduled thread stalls every step): hence the block
  * claiming below. */
-#define RC_UNIT_MIN_BYTES (512LL * 1024)
-#define RC_UNIT_MAX_BYTES (768LL * 1024)
-static int rc_unit_mode = -1;   /* -1: never (the default), 0: by shape, 1: always (rc_unit_forced threads) */
+#define RC_UNIT_L3_BYTES (6LL << 20)
+static int rc_unit_mode = 0;   /* -1: never, 0: by shape (the default), 1: always (rc_unit_forced threads) */
 static int rc_unit_forced = 2;
 static void rc_set_unit_split(int mode, int threads)
 {
@@ -583,8 +590,7 @@ static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize
     int P = rc_row_threads(N, work, T, packed);
     if (P < 2) return 1;
     long long bytes = (long long)G * H * H * (long long)elsize;
-    if (bytes <= RC_UNIT_MIN_BYTES || bytes / P > RC_UNIT_MAX_BYTES) return 1;
-    return P;
+    return bytes / P >= RC_UNIT_L3_BYTES ? P : 1;
 }
 
 /* The schedule of a unit split: the units in nb blocks, each step (forward) or
