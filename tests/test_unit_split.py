@@ -53,7 +53,7 @@ def no_units():
 
 def test_unit_split_by_default_only_where_the_weight_streams_from_l3():
     """By default (the shape rule) the loops keep the row split, except forward loops
-    whose weight slice per thread (>= 6 MiB) streams from L3 anyway."""
+    whose weight (>= 12 MiB) streams from L3 anyway (lstm.pyx: not chunked inference)."""
     from threadpoolctl import threadpool_limits
     if not _row_split():
         pytest.skip("the row split is off in this configuration (no unit split by policy)")
@@ -174,11 +174,11 @@ def test_unit_split_policy(no_units):
         assert [KL._unit_threads(*c) for c in cases] == [1] * len(cases)
     with threadpool_limits(2, user_api="blas"):
         two = [KL._unit_threads(*c) for c in cases]
-        # float64 halves the H where a slice reaches 6 MiB (627): H = 640 splits there
-        f64 = KL._unit_threads(64, 640, 50, np.float64), KL._unit_threads(64, 626, 50, np.float64)
+        # float64: the weight reaches 12 MiB from H = 628
+        f64 = KL._unit_threads(64, 628, 50, np.float64), KL._unit_threads(64, 627, 50, np.float64)
         back = KL._unit_threads(64, 1024, 50, backward=True)
     if _row_split():
-        # slices below 6 MiB (L2-sized or not) / T = 1 / one row: the row split's choice
+        # weights below 12 MiB (L2-sized or not) / T = 1 / one row: the row split's choice
         assert two == [1, 2, 1, 1, 1, 1, 1, 2]
         assert f64 == (2, 1)
     else:
@@ -204,8 +204,8 @@ def test_projected_lstm_never_splits_units(units, rng):
 
 def test_unit_split_by_policy_is_bitwise_the_row_split(no_units, rng):
     """With the shape rule on (mode 0, the default), at a shape it routes to the unit
-    split (forward, float32, H = 1024: a 8 MiB slice a thread, rows split over 2
-    threads): the same bits as the row split."""
+    split (forward, float32, H = 1024: a 16 MiB weight, rows split over 2 threads;
+    a training call, which keeps its gates): the same bits as the row split."""
     from threadpoolctl import threadpool_limits
     N, T, D, H = 32, 4, 6, 1024
     inp, up = _time_major("lstm", rng, N, T, D, H, np.float32)
@@ -226,3 +226,37 @@ def test_unit_split_by_policy_is_bitwise_the_row_split(no_units, rng):
         # float32 dot products of D + H = 1030 terms: ~1e-4 of rounding (a wrong gate
         # or a missing term is off by O(1))
         assert_close_f32(got[name], ref[name], rtol=5e-4, name=name)
+
+
+def test_inference_keeps_its_chunks_under_the_shape_rule(no_units):
+    """Inference (nothing saved for backward) at a shape the rule splits by units in
+    training keeps the row split and its chunked input projection: the memory of a
+    chunk of steps' gates, not all T (forced on, the unit loops hold all T), and the
+    same bits as the row split."""
+    import tracemalloc
+    from threadpoolctl import threadpool_limits
+    import rnncore
+    T, N, D, H = 40, 32, 8, 900          # weight 13 MB: split by the rule in training
+    m = rnncore.LSTM(D, H, seed=0)
+    m.eval()
+    x = np.random.default_rng(0).standard_normal((T, N, D)).astype(np.float32)
+    gates = T * N * 4 * H * 4            # all T steps' gates: 18 MB
+    peaks, outs = {}, {}
+    with threadpool_limits(2, user_api="blas"):
+        KL._set_unit_split(0)
+        if KL._unit_threads(N, H, T) < 2:
+            pytest.skip("the row split is off in this configuration (no unit split by policy)")
+        for mode in (-1, 0, 1):
+            KL._set_unit_split(mode)
+            with rnncore.no_grad():
+                m(x)                                  # warm the workspace cache
+                tracemalloc.start()
+                outs[mode] = m(x)[0]
+                peaks[mode] = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+    np.testing.assert_array_equal(outs[0], outs[-1])
+    # (forced units run the input projection as one BLAS GEMM, not in chunks on the
+    # packed kernel: other rounding)
+    np.testing.assert_allclose(outs[1], outs[-1], rtol=1e-4, atol=1e-5)
+    assert peaks[0] < peaks[-1] + gates / 4, peaks       # as the rows: chunked
+    assert peaks[1] > peaks[-1] + gates / 2, peaks       # forced units: all T steps

@@ -71,10 +71,10 @@ Design notes
   it, so threads claim the blocks step by step: all their own at once, then any
   another thread has not reached (it is behind or descheduled). Each element is
   the same packed-kernel dot product as in the row loops: the results are
-  bitwise those of the row split and of one thread. Off by default (it measured
-  no faster than the row split on 2 Zen 4 cores); `_set_unit_split` turns on its
-  shape rule (the forward of a float32 LSTM with H about 256-313 on 2 threads:
-  its weight outgrows one L2, half of it does not) or forces it.
+  bitwise those of the row split and of one thread. By default (the shape rule)
+  only a training forward whose recurrent weight takes at least 12 MiB (float32
+  H >= 887) splits its units; inference keeps the row split and its chunks of
+  steps; `_set_unit_split` forces it on or off.
 """
 from libc.stdlib cimport malloc, free
 
@@ -89,10 +89,11 @@ from libc.stdint cimport uintptr_t
 from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_step_weight, packs_stacked, packed_nr, packed_size, pack_blocks,
                     input_grad_weight, aligned_empty, set_pack_par, pack_par_count,
-                    set_dw, dw_count, RC_PACK_PAR_BYTES)
+                    set_dw, dw_count, RC_PACK_PAR_BYTES, infer_chunk)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
-                       units_done, unit_threads, set_unit_split, RC_UNITS_MAX_BLOCKS)
+                       units_done, unit_threads, unit_mode, set_unit_split,
+                       RC_UNITS_MAX_BLOCKS)
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
                    chunk_input, zero_start,
                    input_grad, MAX_TASKS)
@@ -525,6 +526,11 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     cdef int units = unit_threads(N, H, RC_LSTM_GATES, T, sizeof(floating),
                                   packs_step_weight(T, N * GH * H), False)
     if Wr is not None or packed_nr(sizeof(floating)) <= 0:
+        units = 1
+    if (units > 1 and unit_mode == 0 and not save and not fuse
+            and infer_chunk(T, N, GH, inp.D, sizeof(floating)) > 0):
+        # by the shape rule, inference keeps its chunks (memory for a chunk of steps'
+        # gates, not all T: rc_infer_chunk), which the unit split has not
         units = 1
     chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse or units > 1) else None
     cdef bint one = not save and (fuse or chunks is not None)

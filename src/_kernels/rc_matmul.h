@@ -164,7 +164,7 @@ RC_DEFINE_MATMUL(rc_matmul_d, double, rc_pack_par_d, rc_gemm_packed_d)
         /* blocks of whole register blocks of rows whose A stays in L2 while B's \
          * panels stream past (the packed kernel: panels outer, rows inner) */  \
         rc_idx mb = (rc_idx)(RC_OWN_A_BYTES / ((size_t)k * sizeof(T))) / 8 * 8; \
-        if (mb < 8) mb = 8;                                                     \
+        if (mb < 2 * nr) mb = m;   /* blocks this thin would re-read B too often */ \
         for (rc_idx r0 = 0; r0 < m; r0 += mb)                                   \
             GEMM(RC_PK_MIN(mb, m - r0), n, k, ap + r0 * lda, lda, bp, k, nr, beta, \
                  c + r0 * ldc, ldc);                                            \

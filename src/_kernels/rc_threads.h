@@ -524,26 +524,33 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * product in k order, so the results are bitwise those of the row split and of
  * one thread.
  *
- * Default (mode 0, the shape rule below): only forward loops whose recurrent
- * weight is so large that each thread's slice of it streams from L3 every step
- * anyway (at least RC_UNIT_L3_BYTES a thread: float32 H >= 887 at P = 2). There
- * the row split makes every core stream the WHOLE weight from L3 each step, the
- * unit split half of it. Measured on 2 Zen 3 cores (512 KB L2, 32 MB L3; session
- * 14, float32 LSTM inference through the model API, 11 alternating repeats in one
- * process, rows / units): (T, N, D, H) = (50, 64, 512, 1024) 1.063 (and 1.033,
- * 1.045 in two earlier runs), (50, 64, 256, 1024) 1.099, (50, 32, 512, 1024)
- * 1.013; below that size the row split won: (50, 64, 512, 768) 0.926, (50, 64,
- * 512, 512) 0.970, (100, 64, 256, 512) 0.939, (100, 32, 256, 256) 0.949. The
- * L2-sized window of earlier sessions (a slice small enough to stay in L2: the
- * figures below) measured no better than the row split in the quietest run, so
- * it is gone from the rule; forced on (mode 1) it stays a tested path. Modes:
- * rc_set_unit_split, rnncore._kernels.lstm._set_unit_split: 0 the shape rule,
- * 1 forced (forward and backward), -1 off.
+ * Default (mode 0, the shape rule below): only the forward loops of training
+ * calls whose recurrent weight is so large that it streams from L3 every step
+ * anyway (at least RC_UNIT_L3_BYTES in all: float32 H >= 887, float64 H >= 628).
+ * There the row split makes every core stream the WHOLE weight from L3 each step,
+ * the unit split a 1/P share of it. Measured on 2 Zen 3 cores (512 KB L2, 32 MB
+ * L3; session 14, float32 LSTM through the model API, 9-15 alternating repeats in
+ * one process, time with the rows split / with the rule): forward + backward at
+ * (T, N, D, H) = (50, 64, 512, 1024) 1.076, 1.014, 1.012 in three runs (the
+ * forward split, the backward on rows), 1.024 and 0.944 with the backward split
+ * too (forced); (50, 64, 256, 1024) 0.998. Inference keeps the row split: its
+ * chunked input projection (rc_infer_chunk: memory for a chunk of steps, not
+ * all T) is not implemented in the unit loops, and the inference gains measured
+ * with units forced (1.03-1.10 at H = 1024) came with the chunks off, i.e. at
+ * the full (T, N, 4H) memory. At H <= 768 the rows won (forced, inference:
+ * (50, 64, 512, 768) 0.926, (50, 64, 512, 512) 0.970, (100, 64, 256, 512) 0.939,
+ * (100, 32, 256, 256) 0.949). Only P = 2 was measured; the threshold is on the
+ * whole weight, so at more threads each share is smaller still. The L2-sized
+ * window of earlier sessions (a share small enough to stay in L2: the figures
+ * below) measured no better than the row split in the quietest run, so it is
+ * gone from the rule; forced on (mode 1) the split stays a tested path, forward
+ * and backward. Modes: rc_set_unit_split, rnncore._kernels.lstm._set_unit_split:
+ * 0 the shape rule (lstm.pyx: not for chunked inference), 1 forced, -1 off.
  *
  * Shape rule (mode 0; rc_unit_threads; shapes and the thread configuration only, as
  * for the row split): the forward loop of an LSTM without projection whose weight is
  * packed, T >= 2, whose rows the row split would put on P >= 2 threads, and whose
- * recurrent weight takes at least RC_UNIT_L3_BYTES per thread.
+ * recurrent weight takes at least RC_UNIT_L3_BYTES.
  *
  * Measured (indicative only: a 2-core Zen 4 VM with a load average of 4-9 from other
  * jobs, minima of 15-30 interleaved repeats, float32, 2 threads; forward, backward
@@ -560,8 +567,8 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  *     10.5 -> 11.4 (the row loop at 160 GFLOP/s: the L3 reads of the whole weight do
  *     not limit it), bwd 21.7 -> 22.5; (100, 64, 256) fwd 36.4 -> 35.6, bwd 72.9 ->
  *     105.5; (100, 32, 300) fwd 41.9 -> 30.9, bwd 120.0 -> 132.2 (load 2.5).
- * Hence off by default; recheck on a quiet machine with `_set_unit_split(0)` or
- * `(1)` against `(-1)` around the same timings.
+ * Hence the L2 window left the rule (session 14); recheck on a quiet machine with
+ * `_set_unit_split(1)` against `(-1)` around the same timings.
  * The forward gain at H = 256 is the L2 effect (each thread reads its 512 KB slice
  * from its own L2 instead of the whole 1 MB weight from L3); the backward has two
  * hand-offs per step and measured no better, so it keeps the row split; small
@@ -569,7 +576,7 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * static split and a plain barrier per step measured 10-60% slower than the row
  * split under this load (a descheduled thread stalls every step): hence the block
  * claiming below. */
-#define RC_UNIT_L3_BYTES (6LL << 20)
+#define RC_UNIT_L3_BYTES (12LL << 20)
 static int rc_unit_mode = 0;   /* -1: never, 0: by shape (the default), 1: always (rc_unit_forced threads) */
 static int rc_unit_forced = 2;
 static void rc_set_unit_split(int mode, int threads)
@@ -590,7 +597,7 @@ static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize
     int P = rc_row_threads(N, work, T, packed);
     if (P < 2) return 1;
     long long bytes = (long long)G * H * H * (long long)elsize;
-    return bytes / P >= RC_UNIT_L3_BYTES ? P : 1;
+    return bytes >= RC_UNIT_L3_BYTES ? P : 1;
 }
 
 /* The schedule of a unit split: the units in nb blocks, each step (forward) or

@@ -199,9 +199,11 @@ def sections_switch_blas() -> bool:
 def set_parallel_directions(enabled: bool) -> None:
     """Run the two directions of bidirectional layers on two threads (default: on >1 core).
 
-    Off, each direction of a layer above ``PARALLEL_MIN_WORK`` still runs on one
-    thread (a single-thread section): the same products, and so the same results,
-    as the two threads compute."""
+    Off, the directions run one after the other, each with all threads (BLAS's
+    and the kernels' own); on a CPU with AVX2 or AVX-512 the float32 results of
+    layers above ``PARALLEL_MIN_WORK`` may then differ in the last bits from the
+    concurrent run's (whose products run on the kernels' own GEMM, one thread
+    each)."""
     global _PARALLEL
     _PARALLEL = bool(enabled)
 
@@ -240,10 +242,12 @@ def run_pair(fn, n: int, work: int):
     """[fn(0)] or [fn(0), fn(1)], the pair concurrently when worth it.
 
     From ``PARALLEL_MIN_WORK`` on, each direction runs in a single-thread section
-    of its thread, concurrently or (directions turned off, one CPU) one after the
-    other: with per-thread sections (:func:`sections_switch_blas` False) its
-    products then run on the kernels' own GEMM either way, so the results do not
-    depend on the CPU count or on :func:`set_parallel_directions`.
+    of its thread: concurrently, or one after the other on a machine with one CPU
+    (nothing to lose there). With per-thread sections (:func:`sections_switch_blas`
+    False) its products run on the kernels' own GEMM either way, so the default
+    results do not depend on the CPU count. Turned off on a multi-core machine
+    (:func:`set_parallel_directions`), the directions keep all threads, BLAS's
+    and the kernels' own: their float32 results may then differ in the last bits.
     """
     global _POOL
     if n == 1:
@@ -251,7 +255,7 @@ def run_pair(fn, n: int, work: int):
     if work < PARALLEL_MIN_WORK:
         return [fn(0), fn(1)]
     if not _PARALLEL:
-        if sections_switch_blas():
+        if sections_switch_blas() or (os.cpu_count() or 1) > 1:
             return [fn(0), fn(1)]
         return [_in_section(fn, 0), _in_section(fn, 1)]
     if _POOL is None:
