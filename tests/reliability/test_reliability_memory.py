@@ -27,8 +27,28 @@ WARMUP = 500
 RSS_BUDGET = 4 * 2**20  # 4 MiB
 
 
+def _malloc_trim():
+    """glibc's malloc_trim(0), or a no-op elsewhere."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return lambda pad: 0
+
+
+_TRIM = _malloc_trim()
+
+
 def _rss():
+    """The resident set after handing the heap's free memory back to the system.
+
+    Without the trim, what earlier tests left free in the heap hides growth: glibc
+    raises its mmap threshold after freeing a large block (up to 32 MiB), so later
+    blocks of that size come from the heap and stay there when freed (the kernels'
+    per-call buffers, e.g. a section's own-GEMM packing, did so in CI). A leak is
+    memory still allocated, which no trim can return."""
     gc.collect()
+    _TRIM(0)
     return psutil.Process().memory_info().rss
 
 
@@ -116,7 +136,8 @@ def test_cells_and_error_paths_rss_flat():
 
 def test_the_rss_probe_detects_a_leak():
     """Control: the same measurement sees a deliberate 16 KiB-per-call leak (160 MiB;
-    larger than what earlier tests can leave free in the heap for it to reuse)."""
+    the heap's free memory is trimmed before each reading, so earlier tests' free
+    blocks cannot absorb it)."""
     hoard = []
     growth = _measure(lambda: hoard.append(np.ones(2048)), warmup=10)
     assert growth > RSS_BUDGET, f"the probe missed a {16 * CALLS} KiB leak ({growth} bytes)"
