@@ -171,7 +171,7 @@ RC_DEFINE_MATMUL(rc_matmul_d, double, rc_pack_par_d, rc_gemm_packed_d)
         free(buf);                                                              \
         return 1;                                                               \
     }
-static long long rc_gemm_own_calls = 0;   /* products here, by either route (tests) */
+static long long rc_gemm_own_calls = 0;   /* products here (a count for tests) */
 static long long rc_gemm_own_count(void)
 {
     return __atomic_load_n(&rc_gemm_own_calls, __ATOMIC_RELAXED);

@@ -185,7 +185,7 @@ def row_split_enabled() -> bool:
 def loop_policy_active() -> bool:
     """Whether time loops switch BLAS's process-wide thread count (the loop policy is
     installed and the CPU has no packed layout for the kernels' own GEMM)."""
-    return bool(_HOOKS) and LOOP_PARALLEL_MIN > 0 and not _PACKED
+    return sections_switch_blas() and LOOP_PARALLEL_MIN > 0
 
 
 def sections_switch_blas() -> bool:
