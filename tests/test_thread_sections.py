@@ -245,3 +245,46 @@ def test_models_route_section_products_to_own_gemm(cls, bidirectional):
     np.testing.assert_allclose(dx, want_dx, rtol=1e-10, atol=1e-12)
     for k, g in want_grads.items():
         np.testing.assert_allclose(m.grads[k], g, rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+@needs_hooks
+@needs_packed
+@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
+def test_small_input_projection_runs_in_a_section(cls):
+    """Forward's all-steps input projection x Wx below 2^22 multiply-adds runs in a
+    section of this thread (rc_input_threads_begin: on the kernels' own GEMM here,
+    no BLAS thread hand-off); with the bound at 0, and above it, on BLAS. Inference
+    in float64 matches the reference either way (N = 2 rows: never fused into the
+    steps)."""
+    import rnncore._kernels as K
+    from _oracle import reference_run
+    from conftest import assert_close_f64
+    mod = getattr(K, cls.lower())
+    rng = np.random.default_rng(5)
+    G = {"RNN": 1, "GRU": 3, "LSTM": 4}[cls]
+
+    def run(T, N, D, H, bound):
+        m = getattr(rnncore, cls)(D, H, seed=1, dtype=np.float64)
+        m.eval()
+        x = rng.standard_normal((T, N, D))
+        mod._set_input_single(bound)
+        try:
+            before = mod._own_gemm_calls()
+            out, st = m(x)
+            calls = mod._own_gemm_calls() - before
+        finally:
+            mod._set_input_single(None)
+        finals = st if isinstance(st, tuple) else (st,)
+        want, want_finals, *_ = reference_run(m, x, [None] * len(finals), None)
+        assert_close_f64(out, want, name="out")
+        for a, w in zip(finals, want_finals):
+            assert_close_f64(a, w, name="final state")
+        return calls
+
+    small = (50, 2, 32, 24)                 # T*N*G*H*D = 0.08-0.3 M multiply-adds
+    assert run(*small, None) == 1           # the default bound: in a section
+    assert run(*small, 0) == 0              # no bound: BLAS
+    large = (64, 2, 160, 128)               # 1.3-5.2 M: above a bound of 2^20
+    assert 64 * 2 * G * 128 * 160 >= 1 << 20
+    assert run(*large, 1 << 20) == 0
+    assert run(*large, 1 << 30) == 1

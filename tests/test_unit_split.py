@@ -228,20 +228,20 @@ def test_unit_split_by_policy_is_bitwise_the_row_split(no_units, rng):
         assert_close_f32(got[name], ref[name], rtol=5e-4, name=name)
 
 
-def test_inference_keeps_its_chunks_under_the_shape_rule(no_units):
-    """Inference (nothing saved for backward) at a shape the rule splits by units in
-    training keeps the row split and its chunked input projection: the memory of a
-    chunk of steps' gates, not all T (forced on, the unit loops hold all T), and the
-    same bits as the row split."""
+def test_inference_splits_units_in_chunks_under_the_shape_rule(no_units):
+    """Inference (nothing saved for backward) at a shape the rule splits by units
+    computes its input projection in chunks of steps there too (lstm.pyx:
+    block_input): the memory of a chunk of steps' gates, not all T, as the row split;
+    and the same bits as the row split, by the rule and forced."""
     import tracemalloc
     from threadpoolctl import threadpool_limits
     import rnncore
-    T, N, D, H = 40, 32, 8, 900          # weight 13 MB: split by the rule in training
+    T, N, D, H = 40, 32, 8, 900          # weight 13 MB: split by the rule
     m = rnncore.LSTM(D, H, seed=0)
     m.eval()
     x = np.random.default_rng(0).standard_normal((T, N, D)).astype(np.float32)
     gates = T * N * 4 * H * 4            # all T steps' gates: 18 MB
-    peaks, outs = {}, {}
+    peaks, outs, splits = {}, {}, {}
     with threadpool_limits(2, user_api="blas"):
         KL._set_unit_split(0)
         if KL._unit_threads(N, H, T) < 2:
@@ -250,13 +250,60 @@ def test_inference_keeps_its_chunks_under_the_shape_rule(no_units):
             KL._set_unit_split(mode)
             with rnncore.no_grad():
                 m(x)                                  # warm the workspace cache
+                before = KL._unit_split_counts()
                 tracemalloc.start()
                 outs[mode] = m(x)[0]
                 peaks[mode] = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
+                splits[mode] = np.subtract(KL._unit_split_counts(), before).tolist()
+    # one loop, split in chunks by the rule and forced; rows when forced off
+    assert splits == {-1: [0, 0, 0], 0: [0, 0, 1], 1: [0, 0, 1]}
     np.testing.assert_array_equal(outs[0], outs[-1])
-    # (forced units run the input projection as one BLAS GEMM, not in chunks on the
-    # packed kernel: other rounding)
-    np.testing.assert_allclose(outs[1], outs[-1], rtol=1e-4, atol=1e-5)
-    assert peaks[0] < peaks[-1] + gates / 4, peaks       # as the rows: chunked
-    assert peaks[1] > peaks[-1] + gates / 2, peaks       # forced units: all T steps
+    np.testing.assert_array_equal(outs[1], outs[-1])
+    for mode in (0, 1):
+        assert peaks[mode] < peaks[-1] + gates / 4, peaks    # chunked, as the rows
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("steps", [2, 3])
+def test_unit_split_chunked_inference_matches_reference(threads, batch_first, steps, units,
+                                                        rng):
+    """Units forced on and the input projection in chunks of 2 and 3 steps (T = 7: a
+    short last chunk; fusing off): a 2-layer bidirectional LSTM with lengths in
+    float64 against the reference, NaN in padded inputs never read, and bitwise the
+    row split's chunked result in float32 and float64."""
+    from _oracle import reference_run
+    import rnncore
+    units(threads)
+    T, N, D, H = 7, 6, 5, 37              # H = 37: blocks of unequal width
+    lengths = np.array([7, 6, 6, 3, 1, 1])
+    x = rng.standard_normal((T, N, D))
+    pad = np.arange(T)[:, None] >= lengths[None, :]
+    outs = {}
+    try:
+        for dtype in (np.float64, np.float32):
+            m = rnncore.LSTM(D, H, num_layers=2, bidirectional=True, seed=3, dtype=dtype,
+                             batch_first=batch_first)
+            m.eval()
+            xn = np.where(pad[:, :, None], np.nan, x).astype(dtype)
+            feed = xn.transpose(1, 0, 2).copy() if batch_first else xn
+            for mode in ("units", "rows"):
+                KL._set_unit_split(1, threads) if mode == "units" else KL._set_unit_split(-1)
+                KL._set_packing(True, 0, steps)
+                before = KL._unit_split_counts()
+                out, (hn, cn) = m(feed, lengths=lengths)
+                split = np.subtract(KL._unit_split_counts(), before).tolist()
+                assert split == ([0, 0, 4] if mode == "units" else [0, 0, 0])
+                outs[dtype, mode] = (out.transpose(1, 0, 2) if batch_first else out, hn, cn)
+            if dtype == np.float64:
+                want, finals, *_ = reference_run(m, np.where(pad[:, :, None], 0.0, x),
+                                                 [None, None], lengths)
+                got = outs[dtype, "units"]
+                assert_close_f64(got[0], want, name="out")
+                for a, w in zip(got[1:], finals):
+                    assert_close_f64(a, w, name="final state")
+            for a, w in zip(outs[dtype, "units"], outs[dtype, "rows"]):
+                np.testing.assert_array_equal(a, w)
+    finally:
+        KL._set_packing(True, 1, 0)

@@ -165,8 +165,8 @@ cdef inline object chunk_buffers(Loop *L, const Input *inp, object dtype):
     chunk_input): set L.chunk and point L.cbuf (chunk, N, GH)
     and L.xbuf (chunk, N, D) at new arrays, returned (the caller keeps them alive);
     None, L untouched, otherwise (or no inputs: D = 0). The caller decides this only
-    for a loop that will not fuse x_t Wx (rc_fuse_input) and will not split its
-    units."""
+    for a loop that will not fuse x_t Wx (rc_fuse_input); an LSTM loop that splits
+    its units uses cbuf alone (lstm.pyx: block_input)."""
     import numpy as np
     cdef Py_ssize_t GH = L.G * L.H, N = L.N, D = inp.D
     cdef Py_ssize_t C = infer_chunk(L.T, N, GH, D, np.dtype(dtype).itemsize)

@@ -32,7 +32,8 @@ from _gemm cimport (mm, mm_step, mm_step2, packed_nr, rc_dw_problem, rc_dw_term,
                     rc_dw_d, dw_enabled, RC_DW_TERMS)
 from _layout cimport Seq, seq, uniform, every_pth_row
 from _threads cimport (row_threads, share, run_tasks, single_open, single_close,
-                       loop_threads_begin, loop_threads_end, gemms_threads_begin)
+                       loop_threads_begin, loop_threads_end, gemms_threads_begin,
+                       input_threads_begin)
 
 cdef enum:
     MAX_TASKS = 8       # rc_run_tasks runs at most 8 threads
@@ -66,7 +67,8 @@ cdef struct Loop:
                                 # T steps at once; rc_infer_chunk), into `cbuf` (chunk, N, GH)
     void *cbuf                  # from x rows gathered time-major into `xbuf` (chunk, N, D)
     void *xbuf                  # each share computes its own rows' chunks in its steps
-                                # (chunk_input; loop_share gives it its part of both)
+                                # (chunk_input; loop_share gives it its part of both;
+                                # the LSTM's unit split: each block its columns of cbuf)
     const void *h0              # initial states (N, H), C-contiguous
     bint h0_zero                # forward: h0 all zeros, Wh finite (zero_start): the
                                 # products from h0 are skipped (step_product `from_h0`)
@@ -232,6 +234,7 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
 cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d run_d,
                               floating kind) noexcept nogil:
     """One layer and direction forward (`kind`'s type picks float or double)."""
+    cdef int opened
     if L.chunk > 0:
         # inference in chunks: the steps compute them (chunk_input), on the packed
         # [Wx; Wh] or, where the loop does not pack, on Wx as given
@@ -242,8 +245,10 @@ cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d ru
         #                 into the gates (the RNN's: its output h)
         # (BLAS's threads at every size: see rc_gemms_threads_begin, rc_threads.h);
         # a fused loop (L.wxh packed) multiplies by Wx in its steps instead
+        opened = input_threads_begin(L.T * L.N * L.G * L.H * inp.D)
         mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0,
            uniform(L.g))
+        loop_threads_end(opened)
     run_loop(L, run_f, run_d)
 
 
@@ -286,35 +291,47 @@ cdef inline void input_product(const Loop *L, const floating *x, Py_ssize_t ldx,
             <floating>0, c + split, ldc)
 
 
+cdef inline Py_ssize_t chunk_start(const Loop *L, Py_ssize_t i, Py_ssize_t *n,
+                                   floating kind) noexcept nogil:
+    """Iteration i of an inference loop computing its input projection in chunks in
+    its steps (L.chunk > 0: chunk_buffers): at a chunk's first iteration, the
+    chunk's first step t0 (its steps: [t0, t0 + n[0])), with L.g pointed at L.cbuf
+    (this share's rows of step t at cbuf + (t - t0) * M * GH); -1 at any other
+    iteration. The Loop is this share's own copy (loop_share, a unit split's task;
+    or the caller's, on one thread), so it is written here."""
+    cdef Loop *Lm = <Loop *>L
+    cdef Py_ssize_t C = L.chunk, T = L.T, GH = L.G * L.H, M = share(L.N, L.k, L.P), t0
+    if C <= 0 or i % C != 0 or M <= 0:
+        return -1
+    n[0] = C if i + C <= T else T - i
+    t0 = T - i - n[0] if L.reverse else i
+    # (the bodies index from step 0: an integer base, the pointer itself would lie
+    # outside the buffer)
+    Lm.g = seq(<void *>(<uintptr_t>L.cbuf - <uintptr_t>(t0 * M * GH * sizeof(floating))),
+               M * GH, GH, GH, False)
+    return t0
+
+
 cdef inline void chunk_input(const Loop *L, Py_ssize_t i, Py_ssize_t split,
                              floating kind) noexcept nogil:
     """Iteration i of an inference loop computing its input projection in chunks in
-    its steps (L.chunk > 0: chunk_buffers): at a chunk's first iteration, this
-    share's rows of the chunk's steps [t0, t0 + n) gathered time-major into L.xbuf
-    and multiplied at once,
+    its steps (chunk_start): at a chunk's first iteration, this share's rows of the
+    chunk's steps [t0, t0 + n) gathered time-major into L.xbuf and multiplied at once,
         A = X @ Wx       (n * M, GH) = (n * M, D)(D, GH)   into L.cbuf,
     on the packed kernel (L.wxh packed: the weight's panels reused by n * M rows,
     where a step alone has M; else L.wxh is Wx as given, forward_loop: mm_step's
-    kernels or BLAS), and L.g pointed at it. The Loop is this share's own copy
-    (loop_share; or the caller's, on one thread), so it is written here."""
-    cdef Loop *Lm = <Loop *>L
-    cdef Py_ssize_t C = L.chunk, T = L.T, D = L.D, GH = L.G * L.H, M = share(L.N, L.k, L.P)
-    cdef Py_ssize_t n, t0, t, j
-    cdef size_t isz = sizeof(floating)
+    kernels or BLAS). (The LSTM's unit split computes each block's columns
+    instead: lstm.pyx, block_input.)"""
+    cdef Py_ssize_t D = L.D, GH = L.G * L.H, M = share(L.N, L.k, L.P)
+    cdef Py_ssize_t n = 0, t0 = chunk_start(L, i, &n, kind), t, j
     cdef floating *xb = <floating *>L.xbuf
     cdef const floating *x = <const floating *>L.x.p
-    if C <= 0 or i % C != 0 or M <= 0:
+    if t0 < 0:
         return
-    n = C if i + C <= T else T - i
-    t0 = T - i - n if L.reverse else i
     for t in range(n):
         for j in range(M):
-            memcpy(xb + (t * M + j) * D, x + (t0 + t) * L.x.st + j * L.x.sn, D * isz)
+            memcpy(xb + (t * M + j) * D, x + (t0 + t) * L.x.st + j * L.x.sn, D * sizeof(floating))
     input_product(L, xb, D, n * M, <floating *>L.cbuf, GH, split)
-    # step t's rows at cbuf + (t - t0)*M*GH: the bodies index from step 0 (an
-    # integer base: the pointer itself would lie outside the buffer)
-    Lm.g = seq(<void *>(<uintptr_t>L.cbuf - <uintptr_t>(t0 * M * GH * isz)), M * GH, GH, GH,
-               False)
 
 
 cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_f run_f,

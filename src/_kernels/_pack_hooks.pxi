@@ -202,3 +202,14 @@ def _thread_team_stress(long long calls, int threads, long spin_ns=-1, bint take
         set_pool(True, -1)
         set_pool_take(True)
     return [tasks[k].count for k in range(threads)]
+
+
+
+from _threads cimport set_input_single as _set_input_single_c
+
+
+def _set_input_single(work=None):
+    """Test/benchmark hook: this module's forward loops run their all-steps input
+    projection in a single-thread section below `work` multiply-adds (None: the
+    default, rc_threads.h: RC_INPUT_SINGLE_MAX = 2^22; 0: never)."""
+    _set_input_single_c(-1 if work is None else max(0, int(work)))

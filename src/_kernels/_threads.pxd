@@ -6,6 +6,8 @@ cdef extern from "rc_threads.h" nogil:
     int loop_threads_begin "rc_loop_threads_begin"(long long work)
     void loop_threads_end "rc_loop_threads_end"(int saved)
     int gemms_threads_begin "rc_gemms_threads_begin"(long long work)
+    int input_threads_begin "rc_input_threads_begin"(long long work)
+    void set_input_single "rc_set_input_single"(long long work)
     void blas_thread_hooks "rc_blas_thread_hooks"(size_t set_fn, size_t get_fn,
                                                   long long min_work, size_t state,
                                                   int row_split)

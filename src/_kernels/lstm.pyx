@@ -72,9 +72,10 @@ Design notes
   another thread has not reached (it is behind or descheduled). Each element is
   the same packed-kernel dot product as in the row loops: the results are
   bitwise those of the row split and of one thread. By default (the shape rule)
-  only a training forward whose recurrent weight takes at least 12 MiB (float32
-  H >= 887) splits its units; inference keeps the row split and its chunks of
-  steps; `_set_unit_split` forces it on or off.
+  only a forward whose recurrent weight takes at least 12 MiB (float32 H >= 887)
+  splits its units; inference there computes its input projection in chunks of
+  steps as the row loops do, each block its own columns (``block_input``);
+  `_set_unit_split` forces it on or off.
 """
 from libc.stdlib cimport malloc, free
 
@@ -89,13 +90,13 @@ from libc.stdint cimport uintptr_t
 from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_step_weight, packs_stacked, packed_nr, packed_size, pack_blocks,
                     input_grad_weight, aligned_empty, set_pack_par, pack_par_count,
-                    set_dw, dw_count, RC_PACK_PAR_BYTES, infer_chunk)
+                    set_dw, dw_count, RC_PACK_PAR_BYTES)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
-                       units_done, unit_threads, unit_mode, set_unit_split,
+                       units_done, unit_threads, set_unit_split,
                        RC_UNITS_MAX_BLOCKS)
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
-                   chunk_input, zero_start,
+                   chunk_start, chunk_input, zero_start,
                    input_grad, MAX_TASKS)
 from _checks cimport (seq_check, running_seq, same_layout, mat_check, rows_check, vec_check,
                       check_batch_sizes,
@@ -319,6 +320,31 @@ cdef inline void fwd_block(const Loop *L, rc_units *u, int blk, Py_ssize_t t, Py
         zero_units(at + B * g_sn, g_sn, N - B, RC_LSTM_GATES, H, u0, U)
 
 
+cdef inline void block_input(const Loop *L, rc_units *u, int blk, Py_ssize_t t0,
+                             Py_ssize_t n, floating kind) noexcept nogil:
+    # Inference in chunks (chunk_start): the chunk's input projection for the units of
+    # block blk, by whichever share runs the block at the chunk's first step (before
+    # its product; no other block reads these columns):
+    #   A[t0:t0+n, :, gate q, units] = x[t0:t0+n] @ Wx[:, gate q, units]
+    #                                  (n*N, U) = (n*N, D)(D, U)
+    # on the first D rows of the block's packed [Wx; Wh] slices (L.wxh), its panels
+    # reused by all n*N rows; a step at a time when x's steps are not N rows apart.
+    cdef Py_ssize_t q, t, N = L.N, H = L.H, GH = RC_LSTM_GATES * H
+    cdef Py_ssize_t u0 = u.ub[blk], U = u.ub[blk + 1] - u.ub[blk]
+    cdef const floating *x = <const floating *>L.x.p + t0 * L.x.st
+    cdef floating *a = <floating *>L.cbuf + u0
+    cdef Mat w
+    for q in range(RC_LSTM_GATES):
+        w = L.wxh
+        w.p = <floating *>w.p + u.off[blk] + q * u.ws[blk]
+        if L.x.st == N * L.x.sn:
+            mm_step(n * N, U, L.D, x, L.x.sn, w, <floating>0, a + q * H, GH)
+        else:
+            for t in range(n):
+                mm_step(N, U, L.D, x + t * L.x.st, L.x.sn, w, <floating>0,
+                        a + t * N * GH + q * H, GH)
+
+
 cdef inline int own_blocks(const Loop *L, rc_units *u, int p) noexcept nogil:
     # claim this share's own blocks of phase p at once; the mask of those it got
     cdef int j, blk, mine = 0
@@ -331,11 +357,13 @@ cdef inline int own_blocks(const Loop *L, rc_units *u, int p) noexcept nogil:
 
 cdef void fwd_units(const Loop *L, floating kind) noexcept nogil:
     # fwd_steps by unit blocks: step i is phase i (it reads all of h_{i-1})
-    cdef Py_ssize_t i, t, tp, B, Bc
+    cdef Py_ssize_t i, t, tp, B, Bc, n = 0, t0
     cdef int j, blk, mine
     cdef rc_units *u = <rc_units *>L.sched
     for i in range(L.T):
         loop_rows(L, i, False, &t, &tp, &B, &Bc)
+        # inference in chunks: at a chunk's start, this share's L.g at the chunk buffer
+        t0 = chunk_start(L, i, &n, kind)
         units_wait(u, <int>i)
         # this share's own blocks are claimed together before any runs: another
         # share takes one only when we have not yet reached this step
@@ -343,6 +371,8 @@ cdef void fwd_units(const Loop *L, floating kind) noexcept nogil:
         for j in range(u.nb):
             blk = (L.ublock + j) % u.nb
             if (mine >> blk) & 1 or (j >= L.nown and units_claim(u, blk, <int>i)):
+                if t0 >= 0:
+                    block_input(L, u, blk, t0, n, kind)
                 fwd_block(L, u, blk, t, tp, B, Bc, kind)
                 units_done(u)
 
@@ -389,6 +419,11 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
                 units_done(u)
 
 
+#: unit splits prepared: backward, forward, forward in chunks (_unit_split_counts)
+cdef long long _split_counts[3]
+_split_counts[:] = [0, 0, 0]
+
+
 cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L,
                        Loop *tasks, rc_units *u, bint backward, bint fuse, int P=0,
                        bint pool=False):
@@ -396,7 +431,9 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
     `tasks` (L.units, L.nu), the schedule `u` and the packed weight slices
     (returned: the caller keeps them alive); else None (L untouched). A forward
     loop fusing x_t Wx into its steps (`fuse`: the caller's rc_fuse_input, as for
-    fused_weight) packs slices of [Wx; Wh] and sets L.wxh.nr (its products: fwd_block).
+    fused_weight) packs slices of [Wx; Wh] and sets L.wxh.nr (its products: fwd_block);
+    so does inference in chunks (L.chunk > 0, chunk_buffers: block_input multiplies by
+    the slices' first D rows, fwd_block by the rest, the tasks' L.wh).
     P > 0: the thread count the caller already took from unit_threads (decided once:
     the rule reads the BLAS thread count, which another thread may change); 0: ask it.
     `pool` (or `backward`): a training call's, the slices from the workspace cache."""
@@ -412,7 +449,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
     if P < 2:
         return None
     P = min(P, MAX_TASKS)
-    if not backward and fuse:
+    if not backward and (fuse or L.chunk > 0):
         D = L.D
         L.wxh.nr = nr
     # two blocks per thread of whole vectors (nr / 2 elements) where H allows
@@ -457,11 +494,16 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
         tasks[k].wh.nr = nr
         if D > 0:
             tasks[k].wxh = tasks[k].wh      # the slices are of [Wx; Wh] (step_product)
+            if not fuse:
+                # chunks: x Wx on the slices' rows [0, D) (block_input), h_prev Wh on
+                # rows [D, D + H) (step_product: a row block of a packed operand)
+                tasks[k].wh.p = <void *><uintptr_t>(out.ctypes.data + D * nr * isz)
         if backward:
             tasks[k].run_f, tasks[k].run_d = bwd_units[float], bwd_units[double]
         else:
             tasks[k].run_f, tasks[k].run_d = fwd_units[float], fwd_units[double]
     L.units, L.nu = tasks, P
+    _split_counts[0 if backward else (2 if L.chunk > 0 else 1)] += 1
     return out
 
 
@@ -527,12 +569,8 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
                                   packs_step_weight(T, N * GH * H), False)
     if Wr is not None or packed_nr(sizeof(floating)) <= 0:
         units = 1
-    if (units > 1 and unit_mode == 0 and not save and not fuse
-            and infer_chunk(T, N, GH, inp.D, sizeof(floating)) > 0):
-        # by the shape rule, inference keeps its chunks (memory for a chunk of steps'
-        # gates, not all T: rc_infer_chunk), which the unit split has not
-        units = 1
-    chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse or units > 1) else None
+    # (a unit split computes each block's columns of a chunk: block_input)
+    chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse) else None
     cdef bint one = not save and (fuse or chunks is not None)
     saved = None if one else (
         LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype, save)) if Wr is None else
@@ -771,6 +809,12 @@ def _unit_threads(Py_ssize_t N, Py_ssize_t H, Py_ssize_t T, dtype=np.float32,
         return 1
     return unit_threads(N, H, RC_LSTM_GATES, T, isz,
                         packs_step_weight(T, N * RC_LSTM_GATES * H * H), backward)
+
+
+def _unit_split_counts():
+    """Test hook: how many loops have split their units so far: (backward, forward,
+    forward inference computing its input projection in chunks)."""
+    return tuple(_split_counts[k] for k in range(3))
 
 
 include "_pack_hooks.pxi"

@@ -143,13 +143,38 @@ static void rc_loop_threads_end(int opened) { rc_single_close(opened); }
  * (T, N, D, H) = (100, 16, 64, 128) took 36 ms instead of 1.9 ms with one other
  * busy process on 2 Zen 4 cores (perf: 61 % of the time in inner_thread), 3.0 ms
  * with this section; on a quiet machine it costs ~0.5 ms there (1.9 -> 2.4 ms).
- * The forward's input projection keeps BLAS's threads at every size (a section
- * there measured +0.2-0.6 ms at that shape, quiet, and forward did not suffer
- * under load). */
+ * The forward's input projection keeps BLAS's threads down to RC_INPUT_SINGLE_MAX
+ * (a section there measured +0.2-0.6 ms at that shape, quiet, and forward did not
+ * suffer under load; below it see rc_input_threads_begin). */
 #define RC_GEMMS_PARALLEL_MIN 67108864LL  /* 2^26 multiply-adds */
 static int rc_gemms_threads_begin(long long work)
 {
     return work < RC_GEMMS_PARALLEL_MIN ? rc_single_open() : 0;
+}
+
+/* Around forward's all-steps input projection A = X Wx (`work` multiply-adds;
+ * close with rc_loop_threads_end): below RC_INPUT_SINGLE_MAX (2^22, ~45-90 us on
+ * one core) in a section, like the small GEMMs above. OpenBLAS splits a GEMM over
+ * its threads from ~0.26 M multiply-adds on; at these sizes the hand-off costs
+ * about what the second thread saves, and when another thread pool of the process
+ * spins on the cores (PyTorch's OpenMP workers after a torch call) the caller
+ * waits for a partner that is not running. Measured on 2 Zen 3 cores (session 15,
+ * float32 LSTM inference, model API, medians of 40, each call right after a torch
+ * LSTM call): (T, N, D, H) = (100, 1, 32, 64) (0.8 M) 300 -> 249 us, (200, 1, 32,
+ * 64) 607 -> 520 us, (100, 4, 32, 64) 545 -> 504 us; quiet (50, 1, 32, 64) 343 ->
+ * 315 us. Above it the product keeps BLAS's threads: at (100, 16, 64, 128), 52 M,
+ * a section measured mixed under that load (LSTM slower, GRU faster) and gives up
+ * the second core when quiet. Shapes only; the hook (rc_set_input_single) moves
+ * the bound for tests. */
+#define RC_INPUT_SINGLE_MAX (1LL << 22)
+static long long rc_input_single_max = RC_INPUT_SINGLE_MAX;
+static void rc_set_input_single(long long work)
+{
+    rc_input_single_max = work < 0 ? RC_INPUT_SINGLE_MAX : work;
+}
+static int rc_input_threads_begin(long long work)
+{
+    return work < rc_input_single_max ? rc_single_open() : 0;
 }
 
 /* Row-split time loops.
@@ -524,20 +549,24 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * product in k order, so the results are bitwise those of the row split and of
  * one thread.
  *
- * Default (mode 0, the shape rule below): only the forward loops of training
- * calls whose recurrent weight is so large that it streams from L3 every step
- * anyway (at least RC_UNIT_L3_BYTES in all: float32 H >= 887, float64 H >= 628).
- * There the row split makes every core stream the WHOLE weight from L3 each step,
- * the unit split a 1/P share of it. Measured on 2 Zen 3 cores (512 KB L2, 32 MB
- * L3; session 14, float32 LSTM through the model API, 9-15 alternating repeats in
- * one process, time with the rows split / with the rule): forward + backward at
- * (T, N, D, H) = (50, 64, 512, 1024) 1.076, 1.014, 1.012 in three runs (the
- * forward split, the backward on rows), 1.024 and 0.944 with the backward split
- * too (forced); (50, 64, 256, 1024) 0.998. Inference keeps the row split: its
- * chunked input projection (rc_infer_chunk: memory for a chunk of steps, not
- * all T) is not implemented in the unit loops, and the inference gains measured
- * with units forced (1.03-1.10 at H = 1024) came with the chunks off, i.e. at
- * the full (T, N, 4H) memory. At H <= 768 the rows won (forced, inference:
+ * Default (mode 0, the shape rule below): only the forward loops whose recurrent
+ * weight is so large that it streams from L3 every step anyway (at least
+ * RC_UNIT_L3_BYTES in all: float32 H >= 887, float64 H >= 628), training and
+ * inference. There the row split makes every core stream the WHOLE weight from
+ * L3 each step, the unit split a 1/P share of it. Measured on 2 Zen 3 cores
+ * (512 KB L2, 32 MB L3; session 14, float32 LSTM through the model API, 9-15
+ * alternating repeats in one process, time with the rows split / with the rule):
+ * forward + backward at (T, N, D, H) = (50, 64, 512, 1024) 1.076, 1.014, 1.012 in
+ * three runs (the forward split, the backward on rows), 1.024 and 0.944 with the
+ * backward split too (forced); (50, 64, 256, 1024) 0.998. Inference (session 15)
+ * computes its input projection in chunks of steps in the unit loops too
+ * (rc_infer_chunk: memory for a chunk, not all T; lstm.pyx: block_input, each
+ * block the columns of its units at a chunk's first step, on the first D rows of
+ * its packed [Wx; Wh] slices): rows / units, the median of 21 alternating pairs,
+ * 1.045 (quartiles 1.00-1.11) at (50, 64, 512, 1024), 1.02 (0.83-1.12, noise) at
+ * (50, 64, 256, 1024); bitwise the row split's results and memory;
+ * session 14 had measured 1.03-1.10 with the units forced and the chunks off (the
+ * full (T, N, 4H) memory). At H <= 768 the rows won (forced, inference:
  * (50, 64, 512, 768) 0.926, (50, 64, 512, 512) 0.970, (100, 64, 256, 512) 0.939,
  * (100, 32, 256, 256) 0.949). Only P = 2 was measured; the threshold is on the
  * whole weight, so at more threads each share is smaller still. The L2-sized
@@ -545,7 +574,7 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * below) measured no better than the row split in the quietest run, so it is
  * gone from the rule; forced on (mode 1) the split stays a tested path, forward
  * and backward. Modes: rc_set_unit_split, rnncore._kernels.lstm._set_unit_split:
- * 0 the shape rule (lstm.pyx: not for chunked inference), 1 forced, -1 off.
+ * 0 the shape rule, 1 forced, -1 off.
  *
  * Shape rule (mode 0; rc_unit_threads; shapes and the thread configuration only, as
  * for the row split): the forward loop of an LSTM without projection whose weight is
