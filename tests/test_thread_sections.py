@@ -1,8 +1,9 @@
 """Single-thread sections belong to their thread (bug 9 of docs/RELIABILITY.md).
 
 The kernels run small products on one thread: a time loop with small steps,
-backward's all-steps GEMMs below 2^26 multiply-adds, dW_hh's small corrections,
-each direction of a bidirectional pair. On a CPU with a packed layout (AVX2+FMA
+backward's all-steps GEMMs below 2^26 multiply-adds, forward's input projection
+below 2^22 (with a packed layout), dW_hh's small corrections, each direction of a
+bidirectional pair. On a CPU with a packed layout (AVX2+FMA
 or AVX-512) such a "single-thread section" is a depth of the calling thread: the
 products in it that would go to BLAS run on the kernels' own GEMM
 (rc_matmul.h: rc_gemm_own_*), and BLAS's process-wide thread count is never
@@ -16,7 +17,8 @@ bits. Here:
   float64, and leaves its inputs unchanged;
 * a model run while another thread holds a section open gives bitwise the
   sequential results (the failure of session 13 on OpenBLAS's Haswell kernels);
-* models route their small backward GEMMs through it.
+* models route their small backward GEMMs through it, and their small forward
+  input projections (layer-normalised cells too).
 """
 from __future__ import annotations
 
@@ -282,9 +284,37 @@ def test_small_input_projection_runs_in_a_section(cls):
         return calls
 
     small = (50, 2, 32, 24)                 # T*N*G*H*D = 0.08-0.3 M multiply-adds
-    assert run(*small, None) == 1           # the default bound: in a section
+    assert 50 * 2 * G * 24 * 32 < 1 << 22
+    assert run(*small, None) == 1           # the default bound (2^22): in a section
     assert run(*small, 0) == 0              # no bound: BLAS
-    large = (64, 2, 160, 128)               # 1.3-5.2 M: above a bound of 2^20
-    assert 64 * 2 * G * 128 * 160 >= 1 << 20
-    assert run(*large, 1 << 20) == 0
+    large = (64, 2, 160, 128)               # 1.3-5.2 M multiply-adds
+    assert 1 << 20 <= 64 * 2 * G * 128 * 160 < 1 << 30
+    assert run(*large, 1 << 20) == 0        # above the bound: BLAS
     assert run(*large, 1 << 30) == 1
+    huge = (100, 4, 256, 256)               # 26-105 M: above the default bound
+    assert run(*huge, None) == 0
+
+
+@needs_hooks
+@needs_packed
+@pytest.mark.parametrize("cls", ["GRU", "LSTM"])
+def test_small_layer_norm_input_projection_runs_in_a_section(cls):
+    """The layer-normalised cells' all-steps x Wx (_lnloop.pxd: input_side_fwd) below
+    2^22 multiply-adds runs in a section of this thread too; float64 results as on
+    BLAS."""
+    import rnncore._kernels as K
+    mod = getattr(K, "ln" + cls.lower())
+    m = getattr(rnncore, cls)(16, 12, layer_norm=True, seed=2, dtype=np.float64)
+    m.eval()
+    x = np.random.default_rng(6).standard_normal((30, 3, 16))
+    outs, calls = [], []
+    try:
+        for bound in (None, 0):
+            mod._set_input_single(bound)
+            before = mod._own_gemm_calls()
+            outs.append(m(x)[0])
+            calls.append(mod._own_gemm_calls() - before)
+    finally:
+        mod._set_input_single(None)
+    assert calls == [1, 0]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)

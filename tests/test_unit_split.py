@@ -53,7 +53,7 @@ def no_units():
 
 def test_unit_split_by_default_only_where_the_weight_streams_from_l3():
     """By default (the shape rule) the loops keep the row split, except forward loops
-    whose weight (>= 12 MiB) streams from L3 anyway (lstm.pyx: not chunked inference)."""
+    whose weight (>= 12 MiB) streams from L3 anyway (inference too, with its chunks)."""
     from threadpoolctl import threadpool_limits
     if not _row_split():
         pytest.skip("the row split is off in this configuration (no unit split by policy)")
@@ -289,7 +289,10 @@ def test_unit_split_chunked_inference_matches_reference(threads, batch_first, st
             xn = np.where(pad[:, :, None], np.nan, x).astype(dtype)
             feed = xn.transpose(1, 0, 2).copy() if batch_first else xn
             for mode in ("units", "rows"):
-                KL._set_unit_split(1, threads) if mode == "units" else KL._set_unit_split(-1)
+                if mode == "units":
+                    KL._set_unit_split(1, threads)
+                else:
+                    KL._set_unit_split(-1)
                 KL._set_packing(True, 0, steps)
                 before = KL._unit_split_counts()
                 out, (hn, cn) = m(feed, lengths=lengths)
@@ -307,3 +310,34 @@ def test_unit_split_chunked_inference_matches_reference(threads, batch_first, st
                 np.testing.assert_array_equal(a, w)
     finally:
         KL._set_packing(True, 1, 0)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_unit_split_blocks_claimed_by_any_thread(reverse, units, rng):
+    """With no share owning blocks (_set_unit_claims(True)) the blocks of each step go
+    to whichever thread claims them first, so they move between threads from step to
+    step: training (forward and backward) and chunked inference are still bitwise
+    the row split's."""
+    import rnncore
+    N, T, D, H = 12, 9, 6, 70
+    lens = np.array([9, 9, 8, 8, 7, 6, 5, 5, 3, 2, 1, 1])
+    inp, up = _time_major("lstm", rng, N, T, D, H, np.float32)
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    m = rnncore.LSTM(D, H, seed=4, dtype=np.float32)
+    m.eval()
+    got, want = {}, {}
+    try:
+        for out, mode in ((got, 1), (want, -1)):
+            KL._set_unit_split(mode, 3)
+            KL._set_unit_claims(mode == 1)
+            out["train"] = run_kernel("lstm", inp, up, reverse=reverse,
+                                      batch_sizes=_batch_sizes(lens, T))
+            KL._set_packing(True, 0, 2)
+            out["infer"] = m(x, lengths=lens)[0]
+            KL._set_packing(True, 1, 0)
+    finally:
+        KL._set_unit_claims(False)
+        KL._set_packing(True, 1, 0)
+    for name, v in want["train"].items():
+        np.testing.assert_array_equal(got["train"][name], v, err_msg=name)
+    np.testing.assert_array_equal(got["infer"], want["infer"])

@@ -8,7 +8,8 @@
 # lives here once:
 #   forward_loop:  the all-steps input projection A = X Wx, then the time loop
 #                  (inference on a long loop: a chunk of steps' A at a time, by
-#                  each thread's share in its steps, chunk_input);
+#                  each thread's share in its steps, chunk_input; the LSTM's
+#                  unit split: each block its columns, lstm.pyx block_input);
 #   backward_loop: the time loop, then the all-steps input-side and weight
 #                  gradients (dX, dWx, db, dWh);
 #   run_loop:      the time loop on one thread (in a single-thread section
@@ -92,7 +93,8 @@ cdef struct Loop:
     const void *ext             # a cell's own extra arrays (lnlstm.pyx: LNArrays), not
                                 # shared by loop_share: the body offsets them by (k, P)
     # a unit split (LSTM; rc_threads.h): the schedule (an rc_units: the unit blocks,
-    # their packed weight slices from L.wh.p), this share's first block; `units`:
+    # their packed weight slices from L.wh.p, or from L.wxh.p when they are of
+    # [Wx; Wh]), this share's first block; `units`:
     # the nu shares run_loop runs instead
     void *sched
     int ublock, nown            # this share's own blocks: nown from ublock
@@ -243,7 +245,8 @@ cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d ru
     elif L.wxh.nr == 0:
         # A = x @ Wx      (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
         #                 into the gates (the RNN's: its output h)
-        # (BLAS's threads at every size: see rc_gemms_threads_begin, rc_threads.h);
+        # (BLAS's threads; below 2^22 multiply-adds on this thread, in a section:
+        # rc_input_threads_begin, rc_threads.h);
         # a fused loop (L.wxh packed) multiplies by Wx in its steps instead
         opened = input_threads_begin(L.T * L.N * L.G * L.H * inp.D)
         mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0,
@@ -258,8 +261,8 @@ cdef inline void step_product(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssi
     """Rows [r0, r0 + rows) of step t's pre-activations C (rows, n) from h_prev = hp.
 
     A fused loop:  C := [x_t | h_prev] @ [Wx; Wh]   (rows, n) = (rows, D + Hp)(D + Hp, n)
-    otherwise:     C += h_prev @ Wh                 (C holds x_t Wx, from forward_loop
-                                                    or chunk_input)
+    otherwise:     C += h_prev @ Wh                 (C holds x_t Wx, from forward_loop,
+                                                    chunk_input or block_input)
     `off`: the operand starts `off` elements into the packed array (the LSTM unit
     split's slice of a block and gate, fwd_block). `from_h0`: hp is rows of h0;
     when it is all zeros (L.h0_zero) its product is left out -- C := x_t Wx alone

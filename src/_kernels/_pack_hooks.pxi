@@ -4,6 +4,8 @@
 # module has its own copy of the C statics (the team itself is shared: rc_pool_attach). The module cimports set_pack_par,
 # pack_par_count and RC_PACK_PAR_BYTES from _gemm.
 
+from _threads cimport set_input_single as _set_input_single_c
+
 
 def _set_pack_threads(min_bytes=None):
     """Test/benchmark hook: this module's loops pack a weight on their threads when the
@@ -202,10 +204,6 @@ def _thread_team_stress(long long calls, int threads, long spin_ns=-1, bint take
         set_pool(True, -1)
         set_pool_take(True)
     return [tasks[k].count for k in range(threads)]
-
-
-
-from _threads cimport set_input_single as _set_input_single_c
 
 
 def _set_input_single(work=None):

@@ -28,7 +28,7 @@ backward dX_t = dA_t Wx^T while dA_t is in the cache, on Wx^T packed once. A
 fused forward that saves nothing (``save=False``: inference) reuses one step's
 (N, 4H) gates for all T steps; an unfused one that would need more than 16 MB
 for all steps' x Wx computes it a chunk of steps at a time (_loop.pxd:
-chunk_input).
+chunk_input; with its units split, each block its columns: block_input).
 
 Saved for backward (``LSTMSaved``): ``gates`` (T, N, 4H), the activations
 [i | f | g | o] of every step. Together with the cell states ``c`` (T, N, H),
@@ -420,8 +420,10 @@ cdef void bwd_units(const Loop *L, floating kind) noexcept nogil:
 
 
 #: unit splits prepared: backward, forward, forward in chunks (_unit_split_counts)
-cdef long long _split_counts[3]
-_split_counts[:] = [0, 0, 0]
+cdef long long _split_counts[3]     # (a C static: zero at load)
+#: test hook (_set_unit_claims): no share owns blocks, every block of every phase
+#: goes to the first share to claim it
+cdef bint _claim_all = False
 
 
 cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L,
@@ -487,7 +489,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
         tasks[k].nu = 0
         tasks[k].sched = u
         tasks[k].ublock = k * nb // P
-        tasks[k].nown = (k + 1) * nb // P - k * nb // P
+        tasks[k].nown = 0 if _claim_all else (k + 1) * nb // P - k * nb // P
         tasks[k].wh.p = <void *><uintptr_t>out.ctypes.data
         tasks[k].wh.ld = kdim
         tasks[k].wh.t = Trans if backward else NoTrans
@@ -809,6 +811,16 @@ def _unit_threads(Py_ssize_t N, Py_ssize_t H, Py_ssize_t T, dtype=np.float32,
         return 1
     return unit_threads(N, H, RC_LSTM_GATES, T, isz,
                         packs_step_weight(T, N * RC_LSTM_GATES * H * H), backward)
+
+
+def _set_unit_claims(bint claim_all):
+    """Test hook: a unit split's shares own no blocks (True): every block of every
+    step goes to whichever share claims it first, so blocks move between threads
+    from step to step (and a chunk's input columns are computed by whichever share
+    runs the block at the chunk's first step); False (the default): each share
+    claims its own blocks first."""
+    global _claim_all
+    _claim_all = claim_all
 
 
 def _unit_split_counts():

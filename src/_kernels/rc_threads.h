@@ -26,7 +26,8 @@ typedef ptrdiff_t rc_idx; /* 64-bit element counts and strides throughout */
  * them to BLAS's thread pool costs more than it saves, and on a busy machine
  * spin-waiting BLAS threads can make a step 5-10x slower. The all-steps GEMMs
  * before and after the loop keep BLAS's threads, except backward's when they are
- * small (rc_gemms_threads_begin). So a time loop
+ * small (rc_gemms_threads_begin) and, with a packed layout, forward's input
+ * projection when it is small (rc_input_threads_begin). So a time loop
  * whose per-step work is below rc_loop_parallel_min runs inside a
  * single-thread section; rnncore's Python layer opens one too while the two
  * directions of a bidirectional layer run concurrently.
@@ -154,7 +155,9 @@ static int rc_gemms_threads_begin(long long work)
 
 /* Around forward's all-steps input projection A = X Wx (`work` multiply-adds;
  * close with rc_loop_threads_end): below RC_INPUT_SINGLE_MAX (2^22, ~45-90 us on
- * one core) in a section, like the small GEMMs above. OpenBLAS splits a GEMM over
+ * one core) in a section of this thread, like the small GEMMs above -- on CPUs
+ * with a packed layout only (RC_SECTION_LOCAL: the product on rnncore's own GEMM;
+ * without one BLAS's count stays as it is). OpenBLAS splits a GEMM over
  * its threads from ~0.26 M multiply-adds on; at these sizes the hand-off costs
  * about what the second thread saves, and when another thread pool of the process
  * spins on the cores (PyTorch's OpenMP workers after a torch call) the caller
@@ -174,7 +177,10 @@ static void rc_set_input_single(long long work)
 }
 static int rc_input_threads_begin(long long work)
 {
-    return work < rc_input_single_max ? rc_single_open() : 0;
+    /* only where a section is this thread's (a packed layout): without one it
+     * would switch BLAS's process-wide count around every small forward */
+    return work < rc_input_single_max && rc_local_ok && rc_simd_tier() >= 3
+           ? rc_single_open() : 0;
 }
 
 /* Row-split time loops.
@@ -183,7 +189,7 @@ static int rc_input_threads_begin(long long work)
  * threads, thread k taking rows k, k+P, k+2P, ... (interleaved: with a sorted
  * variable-length batch every thread gets long and short rows) through all T
  * steps with no synchronisation; the all-steps GEMMs before and after the
- * loop stay whole and keep BLAS's threads. Only a loop whose per-step products
+ * loop stay whole (BLAS's threads, or a section when small: above). Only a loop whose per-step products
  * all go to the packed kernel (rc_gemm_packed.h: `packed`) is split: it sums
  * every element in the same order whatever rows a call gets. A plain weight's
  * kernels are chosen by a call's row count (small-M up to RC_SMALL_M rows, the
@@ -564,7 +570,7 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * block the columns of its units at a chunk's first step, on the first D rows of
  * its packed [Wx; Wh] slices): rows / units, the median of 21 alternating pairs,
  * 1.045 (quartiles 1.00-1.11) at (50, 64, 512, 1024), 1.02 (0.83-1.12, noise) at
- * (50, 64, 256, 1024); bitwise the row split's results and memory;
+ * (50, 64, 256, 1024); bitwise the row split's results, about its memory;
  * session 14 had measured 1.03-1.10 with the units forced and the chunks off (the
  * full (T, N, 4H) memory). At H <= 768 the rows won (forced, inference:
  * (50, 64, 512, 768) 0.926, (50, 64, 512, 512) 0.970, (100, 64, 256, 512) 0.939,

@@ -5,7 +5,8 @@ per step the kernels run their time loop inside a "single-thread section" (the
 all-steps GEMMs before and after the loop keep BLAS's threads, except
 backward's when they are small: below 2^26 multiply-adds in all they run in a
 section too, since OpenBLAS's threads spin against each other on a busy
-machine; rc_threads.h).
+machine; and, on CPUs with a packed layout, forward's input projection below 2^22;
+rc_threads.h).
 
 On a CPU with a packed layout (AVX2+FMA or AVX-512) a section belongs to the
 thread that opened it: the products in it that would go to BLAS run on the
