@@ -6,9 +6,8 @@
 from _blas cimport floating, Mat, transposed, colsum_add
 from _gemm cimport mm, aligned_empty, rc_dw_problem
 from _layout cimport Seq, uniform
-from _threads cimport input_threads_begin, loop_threads_end
 from _loop cimport (Loop, Input, Grads, dwh_accumulate, dwh_shifted, dw_begin, dw_term,
-                   dw_shifted_term, dw_run)
+                   dw_shifted_term, dw_run, input_projection)
 
 cdef extern from "rc_layernorm.h" nogil:
     void rc_ln_rows_f(float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh, float *rs,
@@ -74,10 +73,7 @@ cdef inline void input_side_fwd(const Input *inp, Mat a, Seq xi, Seq ri, Py_ssiz
                                 Py_ssize_t G, Py_ssize_t H, const floating *g_ih,
                                 const floating *beta, double eps) noexcept nogil:
     # A = x @ Wx                          (R, GH) = (R, D)(D, GH), R = T*N
-    # (below 2^22 multiply-adds on this thread: rc_input_threads_begin)
-    cdef int opened = input_threads_begin(R * G * H * inp.D)
-    mm(R, G * H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, a)
-    loop_threads_end(opened)
+    input_projection(inp, R, G * H, a, <floating>0)
     # A = LN_G(A; γ_ih) + beta            (rc_ln_rows), saving x̂_ih, 1/σ_ih (when
     # xi.p, ri.p are NULL, inference: normalised in place, nothing saved)
     if floating is float:

@@ -233,10 +233,20 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     loop_threads_end(opened)   # (closes either kind of single-thread section)
 
 
+cdef inline void input_projection(const Input *inp, Py_ssize_t R, Py_ssize_t GH, Mat a,
+                                  floating kind) noexcept nogil:
+    """A = x @ Wx (R, GH) = (R, D)(D, GH), R = T*N: forward's all-steps input
+    projection (forward_loop; _lnloop.pxd: input_side_fwd). BLAS's threads; below
+    2^22 multiply-adds on this thread, in a section (rc_input_threads_begin,
+    rc_threads.h)."""
+    cdef int opened = input_threads_begin(R * GH * inp.D)
+    mm(R, GH, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0, a)
+    loop_threads_end(opened)
+
+
 cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d run_d,
                               floating kind) noexcept nogil:
     """One layer and direction forward (`kind`'s type picks float or double)."""
-    cdef int opened
     if L.chunk > 0:
         # inference in chunks: the steps compute them (chunk_input), on the packed
         # [Wx; Wh] or, where the loop does not pack, on Wx as given
@@ -245,13 +255,8 @@ cdef inline void forward_loop(Loop *L, const Input *inp, body_f run_f, body_d ru
     elif L.wxh.nr == 0:
         # A = x @ Wx      (T*N, GH) = (T*N, D)(D, GH): all steps' input projection,
         #                 into the gates (the RNN's: its output h)
-        # (BLAS's threads; below 2^22 multiply-adds on this thread, in a section:
-        # rc_input_threads_begin, rc_threads.h);
         # a fused loop (L.wxh packed) multiplies by Wx in its steps instead
-        opened = input_threads_begin(L.T * L.N * L.G * L.H * inp.D)
-        mm(L.T * L.N, L.G * L.H, inp.D, <floating>1, uniform(inp.x), inp.wx, <floating>0,
-           uniform(L.g))
-        loop_threads_end(opened)
+        input_projection(inp, L.T * L.N, L.G * L.H, uniform(L.g), kind)
     run_loop(L, run_f, run_d)
 
 
@@ -327,13 +332,14 @@ cdef inline void chunk_input(const Loop *L, Py_ssize_t i, Py_ssize_t split,
     instead: lstm.pyx, block_input.)"""
     cdef Py_ssize_t D = L.D, GH = L.G * L.H, M = share(L.N, L.k, L.P)
     cdef Py_ssize_t n = 0, t0 = chunk_start(L, i, &n, kind), t, j
+    cdef size_t isz = sizeof(floating)
     cdef floating *xb = <floating *>L.xbuf
     cdef const floating *x = <const floating *>L.x.p
     if t0 < 0:
         return
     for t in range(n):
         for j in range(M):
-            memcpy(xb + (t * M + j) * D, x + (t0 + t) * L.x.st + j * L.x.sn, D * sizeof(floating))
+            memcpy(xb + (t * M + j) * D, x + (t0 + t) * L.x.st + j * L.x.sn, D * isz)
     input_product(L, xb, D, n * M, <floating *>L.cbuf, GH, split)
 
 

@@ -34,7 +34,6 @@ cdef extern from "rc_threads.h" nogil:
     void units_wait "rc_units_wait"(rc_units *u, int p)
     bint units_claim "rc_units_claim"(rc_units *u, int b, int p)
     void units_done "rc_units_done"(rc_units *u)
-    int unit_mode "rc_unit_mode"      # -1 never, 0 the shape rule, 1 forced (test hook)
     int unit_threads "rc_unit_threads"(Py_ssize_t N, Py_ssize_t H, Py_ssize_t G, Py_ssize_t T,
                                        size_t elsize, bint packed, bint backward)
     void set_unit_split "rc_set_unit_split"(int mode, int threads)

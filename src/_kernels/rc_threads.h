@@ -97,10 +97,17 @@ static inline int rc_local_depth(void)
     return rc_local_ok ? (int)(intptr_t)pthread_getspecific(rc_local_key) : 0;
 }
 
+/* Whether this module's sections are per thread (RC_SECTION_LOCAL): it has the
+ * shared key and the CPU a packed layout for the own GEMM (rc_packed_nr). */
+static inline int rc_section_local(void)
+{
+    return rc_local_ok && rc_simd_tier() >= 3;
+}
+
 /* Open a single-thread section; returns its token (0: none; pass it to the close). */
 static int rc_single_open(void)
 {
-    if (rc_local_ok && rc_simd_tier() >= 3) {
+    if (rc_section_local()) {
         if (pthread_setspecific(rc_local_key, (void *)(intptr_t)(rc_local_depth() + 1)) == 0)
             return RC_SECTION_LOCAL;
     }
@@ -179,8 +186,7 @@ static int rc_input_threads_begin(long long work)
 {
     /* only where a section is this thread's (a packed layout): without one it
      * would switch BLAS's process-wide count around every small forward */
-    return work < rc_input_single_max && rc_local_ok && rc_simd_tier() >= 3
-           ? rc_single_open() : 0;
+    return work < rc_input_single_max && rc_section_local() ? rc_single_open() : 0;
 }
 
 /* Row-split time loops.
