@@ -93,25 +93,27 @@ def _seq_alloc(m, T, N, F, pool=False):
     return empty((T, N, F), m.dtype)
 
 
-def _direction_outputs(m, out, d, T, N, save=False):
+def _direction_outputs(m, out, d, T, N, save, sizes):
     """Per-direction output views (h, and c for LSTM) for one layer.
 
     Without ``save`` (inference) a binding with ``running_states`` gets the LSTM's
     c as ONE (N, H) array seen as (T, N, H) with step stride 0: the kernel updates
     it in place, and it ends holding each row's state after its last step (what
-    :func:`_final_state` reads), instead of T steps of it."""
-    Ho = m._h_size
+    :func:`_final_state` reads), instead of T steps of it. ``sizes``: the model's
+    ``_state_sizes`` (read once per call by the caller)."""
+    Ho = sizes[0]
     h = out[:, :, d * Ho:(d + 1) * Ho]
     if not save and m._kernel.running_states:
-        return [h] + [_running_state(m, T, N, H) for H in m._state_sizes[1:]]
-    return [h] + [_seq_alloc(m, T, N, H, save) for H in m._state_sizes[1:]]
+        return [h] + [_running_state(m, T, N, H) for H in sizes[1:]]
+    return [h] + [_seq_alloc(m, T, N, H, save) for H in sizes[1:]]
 
 
 def _running_state(m, T, N, H):
     """A (T, N, H) view of one new (N, H) array, step stride 0."""
     a = np.empty((N, H), dtype=m.dtype)
-    return np.lib.stride_tricks.as_strided(a, shape=(T, N, H),
-                                           strides=(0,) + a.strides, writeable=True)
+    # the ndarray constructor, not as_strided (5x its cost at the small shapes
+    # where a call's Python time shows)
+    return np.ndarray((T, N, H), a.dtype, buffer=a, strides=(0,) + a.strides)
 
 
 def _dropout_scale(m):
@@ -167,19 +169,19 @@ def _kernel_input(m, x, xt, st0, order):
     return V.seq_view(xt, time_major=True), st0
 
 
-def _initial_states(m, x, xin, st0, order, T, N):
+def _initial_states(m, x, xin, st0, order, T, N, sizes):
     """(xin, the (L*dirs, N, H) initial states as given, the ones the kernels see).
 
     Padding must not reach any product: the all-steps weight-gradient GEMMs
     run over every row, and 0 * NaN = NaN. So the kernels see x with its
     padding zeroed (a copy; the caller's x is untouched) and zero initial
     states for empty sequences (whose final state is still the caller's h0,
-    see :func:`_final_states`).
+    see :func:`_final_states`). ``sizes``: the model's ``_state_sizes``.
     """
     Ld = m.num_layers * m.num_directions
     zeros = {}
     states_full = []
-    for s, H in zip(st0, m._state_sizes):
+    for s, H in zip(st0, sizes):
         if s is None:
             if H not in zeros:
                 zeros[H] = np.zeros((Ld, N, H), dtype=m.dtype)
@@ -214,7 +216,8 @@ def _run_layers(m, xin, states_kernel, order, train, T, N, reg, save=True):
     ``weight_hh`` each kernel gets; the locked mask on each later layer's input).
     ``save=False``: no backward follows (the kernels may keep nothing).
     """
-    H, Ho, nd = m.hidden_size, m._h_size, m.num_directions
+    H, nd, sizes = m.hidden_size, m.num_directions, m._state_sizes
+    Ho = sizes[0]
     inputs, buffers, outputs, kern, masks = [], [], [], [], []
     layer_in = xin
     for k in range(m.num_layers):
@@ -224,7 +227,7 @@ def _run_layers(m, xin, states_kernel, order, train, T, N, reg, save=True):
             p, _ = m._weights(k, d)
             p = R.effective_weight(p, reg.weight, k * nd + d)
             s0 = [s[k * nd + d] for s in states_kernel]
-            outs = _direction_outputs(m, out, d, T, N, save)
+            outs = _direction_outputs(m, out, d, T, N, save, sizes)
             saved = m._kernel.forward(layer_in, s0, p, outs, d == 1, order.batch_sizes,
                                       save)
             return outs, saved
@@ -263,11 +266,15 @@ def _final_state(seq, s0, reverse, order, T):
     return res
 
 
-def _final_states(m, outputs, states_full, order, T, N):
+def _final_states(m, outputs, states_full, order, T, N, sizes):
     """Final states in PyTorch's order (index k * num_directions + d), sorted order."""
     L, nd = m.num_layers, m.num_directions
+    if L * nd == 1 and order.lens is None and T > 0:
+        # one layer, one direction, no lengths: each state's last step, copied
+        # (the common case, where a call's Python time shows at small shapes)
+        return [outputs[0][0][si][T - 1:T].copy() for si in range(len(sizes))]
     finals = []
-    for si, H in enumerate(m._state_sizes):
+    for si, H in enumerate(sizes):
         fin = np.empty((L * nd, N, H), dtype=m.dtype)
         for k in range(L):
             for d in range(nd):
@@ -312,16 +319,16 @@ def forward(m, x, states0, lengths, train, save=None):
     save = train if save is None else save
     x, xt, unbatched = _check_input(m, x)
     T, N, _ = xt.shape
-    st0 = [check_states(m, s, n, N, unbatched, H)
-           for (s, n), H in zip(states0, m._state_sizes)]
+    sizes = m._state_sizes
+    st0 = [check_states(m, s, n, N, unbatched, H) for (s, n), H in zip(states0, sizes)]
     order = _sort_by_length(lengths, N, T, unbatched)
     xin, st0 = _kernel_input(m, x, xt, st0, order)
-    xin, states_full, states_kernel = _initial_states(m, x, xin, st0, order, T, N)
+    xin, states_full, states_kernel = _initial_states(m, x, xin, st0, order, T, N, sizes)
     reg = R.draw(m, N, train and save)
     xin = R.apply_locked(xin, reg.input, order.perm)
     inputs, buffers, outputs, kern, masks = _run_layers(m, xin, states_kernel, order, train,
                                                         T, N, reg, save)
-    finals = _final_states(m, outputs, states_full, order, T, N)
+    finals = _final_states(m, outputs, states_full, order, T, N, sizes)
     merged = R.apply_locked(_merge(m, buffers[-1], outputs[-1]), reg.output, order.perm)
     y, finals = _to_caller(m, merged, finals, order.inv, unbatched)
     if not save:
