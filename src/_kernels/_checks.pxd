@@ -160,23 +160,24 @@ cdef inline object one_step(Seq *s, Py_ssize_t N, Py_ssize_t F, object dtype):
     return a
 
 
-cdef inline object chunk_buffers(Loop *L, const Input *inp, object dtype):
+cdef inline object chunk_buffers(Loop *L, const Input *inp, object dtype, bint gather=True):
     """Inference on an unfused loop of many steps (rc_infer_chunk; _loop.pxd:
     chunk_input): set L.chunk and point L.cbuf (chunk, N, GH)
     and L.xbuf (chunk, N, D) at new arrays, returned (the caller keeps them alive);
     None, L untouched, otherwise (or no inputs: D = 0). The caller decides this only
-    for a loop that will not fuse x_t Wx (rc_fuse_input); an LSTM loop that splits
-    its units uses cbuf alone (lstm.pyx: block_input)."""
+    for a loop that will not fuse x_t Wx (rc_fuse_input). ``gather`` False: no xbuf
+    (L.xbuf NULL) -- an LSTM loop that splits its units reads x in place and uses
+    cbuf alone (lstm.pyx: block_input)."""
     import numpy as np
     cdef Py_ssize_t GH = L.G * L.H, N = L.N, D = inp.D
     cdef Py_ssize_t C = infer_chunk(L.T, N, GH, D, np.dtype(dtype).itemsize)
     if C <= 0:
         return None
     cb = aligned_empty(C * N * GH, dtype)
-    xb = aligned_empty(C * N * D, dtype)
+    xb = aligned_empty(C * N * D, dtype) if gather else None
     L.chunk = C
     L.cbuf = <void *><uintptr_t>cb.ctypes.data
-    L.xbuf = <void *><uintptr_t>xb.ctypes.data
+    L.xbuf = <void *><uintptr_t>xb.ctypes.data if gather else NULL
     return cb, xb
 
 

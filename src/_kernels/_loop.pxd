@@ -154,7 +154,8 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
         # chunk_input's buffers: this share's rows of every step of a chunk, after
         # those of shares 0..k-1
         s.cbuf = <void *>rows_from(s.cbuf, rows_before(L.N, k, P) * L.chunk * L.G * L.H * isz)
-        s.xbuf = <void *>rows_from(s.xbuf, rows_before(L.N, k, P) * L.chunk * L.D * isz)
+        if s.xbuf != NULL:
+            s.xbuf = <void *>rows_from(s.xbuf, rows_before(L.N, k, P) * L.chunk * L.D * isz)
     s.k, s.P = k, P
     return s
 

@@ -571,8 +571,9 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
                                   packs_step_weight(T, N * GH * H), False)
     if Wr is not None or packed_nr(sizeof(floating)) <= 0:
         units = 1
-    # (a unit split computes each block's columns of a chunk: block_input)
-    chunks = chunk_buffers(&L, &inp, dtype) if not (save or fuse) else None
+    # (a unit split computes each block's columns of a chunk, reading x in place:
+    # block_input; no gather buffer)
+    chunks = chunk_buffers(&L, &inp, dtype, units <= 1) if not (save or fuse) else None
     cdef bint one = not save and (fuse or chunks is not None)
     saved = None if one else (
         LSTMSaved(gates=seq_empty(L.h.bm, T, N, GH, dtype, save)) if Wr is None else
