@@ -31,6 +31,7 @@ import rnncore
 from rnncore._kernels import linear as KL
 from rnncore._kernels import rnn as KR
 from rnncore._runtime import threads as _threads
+from rnncore._runtime.blas import _kernel_blas_threads
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -42,15 +43,6 @@ needs_hooks = pytest.mark.skipif(not _threads._HOOKS,
                                  reason="SciPy's OpenBLAS thread functions not found")
 
 
-def _scipy_blas_threads():
-    """The thread count of SciPy's OpenBLAS, the one the kernels call and sections
-    switch (NumPy's libscipy_openblas64_ also has "scipy" in its name, and the order
-    in which threadpoolctl lists the two varies between processes)."""
-    from rnncore._runtime.blas import _blas_info
-    info = _blas_info()
-    return info["num_threads"] if info else None
-
-
 @needs_hooks
 @needs_packed
 def test_section_is_this_threads_and_leaves_blas_alone():
@@ -58,9 +50,9 @@ def test_section_is_this_threads_and_leaves_blas_alone():
     assert (tok, depth, own) == (RC_SECTION_LOCAL, 1, 1)
     assert _threads.sections_switch_blas() is False
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        before = _scipy_blas_threads()
+        before = _kernel_blas_threads()
         with _threads._blas_single_thread():
-            inside = _scipy_blas_threads()
+            inside = _kernel_blas_threads()
             # nested, as a bidirectional pair's loop sections are
             assert KL._section_probe()[1] == 2
             seen = []
@@ -157,7 +149,7 @@ def test_model_beside_an_open_section_is_bitwise_sequential(cls):
     at its thread count (above 2^26 multiply-adds, the dW kernel off), where OpenBLAS's
     Haswell kernels give other float32 bits on 1 thread than on 2: a section that set
     BLAS's process-wide count to 1 (before session 14) changed them."""
-    if (_scipy_blas_threads() or 1) < 2:
+    if (_kernel_blas_threads() or 1) < 2:
         pytest.skip("BLAS runs one thread: a switched count cannot be observed")
     import rnncore._kernels as K
     mod = getattr(K, cls.lower())
@@ -179,7 +171,7 @@ def test_model_beside_an_open_section_is_bitwise_sequential(cls):
         t.start()
         try:
             assert opened.wait(60)
-            blas_inside = _scipy_blas_threads()
+            blas_inside = _kernel_blas_threads()
             beside = _run(m, x)
         finally:
             release.set()

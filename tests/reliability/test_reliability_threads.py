@@ -28,6 +28,7 @@ import pytest
 
 import rnncore
 from rnncore._runtime import threads as _threads
+from rnncore._runtime.blas import _kernel_blas_threads
 from rnncore import functional as F
 
 from _reliability import count, same_rnncore_prelude
@@ -309,21 +310,12 @@ def test_concurrent_bidirectional_models_restore_blas_threads():
     assert _blas_threads() == before, f"BLAS threads {before} -> {_blas_threads()}"
 
 
-def _scipy_blas_threads():
-    """The thread count of SciPy's OpenBLAS, the one the kernels call and sections
-    switch (NumPy's libscipy_openblas64_ also has "scipy" in its name, and the order
-    in which threadpoolctl lists the two varies between processes)."""
-    from rnncore._runtime.blas import _blas_info
-    info = _blas_info()
-    return info["num_threads"] if info else None
-
-
 def test_separate_model_unaffected_by_another_threads_kernel():
     """Deterministic version of the race: thread A runs a long small-step kernel
     loop; while it does (observed via OpenBLAS's thread count), this thread runs
     forward+backward of a model whose weight gradients depend on the BLAS thread
     count. The result must equal the sequential run."""
-    if (_scipy_blas_threads() or 1) < 2:
+    if (_kernel_blas_threads() or 1) < 2:
         pytest.skip("BLAS runs one thread: nothing to observe")
     from rnncore._kernels import rnn as K
     # the weight gradients on BLAS, whose rounding follows its thread count (rnncore's
@@ -495,7 +487,7 @@ def test_small_all_steps_gemms_restore_blas_threads(cls):
     single-thread section (robust on a busy machine): every section opened is closed
     (the BLAS count is restored after forward and backward), and the results equal a
     model run under a 1-thread limit."""
-    before = _scipy_blas_threads()
+    before = _kernel_blas_threads()
     if before is None or before < 2:
         pytest.skip("SciPy's BLAS already runs one thread: the section cannot be observed")
     rng = np.random.default_rng(5)
@@ -507,7 +499,7 @@ def test_small_all_steps_gemms_restore_blas_threads(cls):
         with threadpoolctl.threadpool_limits(limit) if limit else contextlib.nullcontext():
             out, _ = m(x)
             dx, _ = m.backward(dout)
-        assert _scipy_blas_threads() == before
+        assert _kernel_blas_threads() == before
         grads.append((out, dx, m.grads["weight_hh_l0"].copy()))
     for a, b in zip(*grads):
         np.testing.assert_array_equal(a, b)

@@ -265,6 +265,16 @@ def _blas_info():
     return infos[0] if infos else None
 
 
+def _kernel_blas_threads():
+    """The thread count of SciPy's OpenBLAS -- the one the kernels call and
+    single-thread sections switch -- or None (threadpoolctl missing). NumPy's
+    ``libscipy_openblas64_`` also has "scipy" in its name, and the order in which
+    threadpoolctl lists the two varies between processes: :func:`_blas_info` tells
+    them apart. (The thread tests and the reliability suite read it here.)"""
+    info = _blas_info()
+    return info["num_threads"] if info else None
+
+
 def threadpool_limits(limits=1):
     """Context manager/decorator limiting BLAS threads (threadpoolctl's).
 
