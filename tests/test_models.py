@@ -710,26 +710,41 @@ def test_out_is_writable_in_eval_mode(rng, cell):
     assert out.flags.writeable
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("cell", CELLS + ["lstm-proj"])
+@pytest.mark.parametrize("layout", ["tm", "bf", "unbatched"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_one_layer_final_states_are_the_last_step_copied(rng, cell, batch_first, dtype):
+def test_one_layer_final_states_are_the_last_step_copied(rng, cell, layout, dtype, monkeypatch):
     """One layer, one direction, no lengths (the forward's shortcut for the final
-    states): h_n (and c_n) are the last step's states, equal between eval and
-    training forwards, each a C-contiguous (1, N, H) array of its own -- editing
-    ``out`` leaves them unchanged -- and the reference's (float64)."""
+    states, taken: the general per-state helper is never called): h_n (and c_n) are
+    the last step's states, equal between eval and training forwards, each a
+    C-contiguous array of its own -- editing ``out`` leaves them unchanged -- and the
+    reference's (float64). With a projection, h_n is P wide and c_n H wide."""
+    from rnncore import _stack
+
+    def general(*args):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(_stack, "_final_state", general)
     T, N, D, H = 6, 3, 4, 5
-    model = make_model(cell, D, H, dtype=dtype, seed=1, batch_first=batch_first)
-    x = rng.standard_normal((N, T, D) if batch_first else (T, N, D)).astype(dtype)
-    s0 = [rng.standard_normal((1, N, H)).astype(dtype) for _ in range(model.n_states)]
+    proj = 2 if cell == "lstm-proj" else 0
+    kw = dict(proj_size=proj) if proj else {}
+    batch_first = layout == "bf"
+    model = make_model(cell.split("-")[0], D, H, dtype=dtype, seed=1, batch_first=batch_first,
+                       **kw)
+    widths = [proj or H] + [H] * (model.n_states - 1)
+    unbatched = layout == "unbatched"
+    lead = (T,) if unbatched else (N, T) if batch_first else (T, N)
+    x = rng.standard_normal(lead + (D,)).astype(dtype)
+    s0 = [rng.standard_normal((1,) + (() if unbatched else (N,)) + (w,)).astype(dtype)
+          for w in widths]
     got = {}
     for train in (True, False):
         out, finals = run_forward(model, x, s0, train=train)
         last = out[:, -1] if batch_first else out[-1]
         np.testing.assert_array_equal(finals[0][0], last)
-        for f in finals:
-            assert f.shape == (1, N, H) and f.dtype == dtype and f.flags.c_contiguous
-            assert f.flags.writeable and not np.shares_memory(f, out)
+        for f, w in zip(finals, widths):
+            assert f.shape == ((1, w) if unbatched else (1, N, w)) and f.dtype == dtype
+            assert f.flags.c_contiguous and f.flags.writeable and not np.shares_memory(f, out)
         if not train:
             before = [f.copy() for f in finals]
             out[...] = 7.0
@@ -738,8 +753,10 @@ def test_one_layer_final_states_are_the_last_step_copied(rng, cell, batch_first,
         got[train] = finals
     for a, b in zip(got[True], got[False]):
         np.testing.assert_array_equal(a, b)
-    if dtype == np.float64:
-        xt = x.transpose(1, 0, 2) if batch_first else x
-        want = reference_model(cell, model.params, xt, s0, None, 1, False)
+    if dtype == np.float64 and not proj:
+        xt = x[:, None] if unbatched else (x.transpose(1, 0, 2) if batch_first else x)
+        st = [s[:, None] for s in s0] if unbatched else s0
+        want = reference_model(cell, model.params, xt, st, None, 1, False)
         for si, f in enumerate(got[False]):
-            assert_close_f64(f, want["states"][si], name=f"state {si}")
+            assert_close_f64(f.reshape(1, 1 if unbatched else N, -1), want["states"][si],
+                             name=f"state {si}")

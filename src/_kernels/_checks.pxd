@@ -163,11 +163,11 @@ cdef inline object one_step(Seq *s, Py_ssize_t N, Py_ssize_t F, object dtype):
 cdef inline object chunk_buffers(Loop *L, const Input *inp, object dtype, bint gather=True):
     """Inference on an unfused loop of many steps (rc_infer_chunk; _loop.pxd:
     chunk_input): set L.chunk and point L.cbuf (chunk, N, GH)
-    and L.xbuf (chunk, N, D) at new arrays, returned (the caller keeps them alive);
-    None, L untouched, otherwise (or no inputs: D = 0). The caller decides this only
-    for a loop that will not fuse x_t Wx (rc_fuse_input). ``gather`` False: no xbuf
-    (L.xbuf NULL) -- an LSTM loop that splits its units reads x in place and uses
-    cbuf alone (lstm.pyx: block_input)."""
+    and L.xbuf (chunk, N, D) at new arrays, returned as (cbuf, xbuf) (the caller keeps
+    them alive); None, L untouched, otherwise (or no inputs: D = 0). The caller decides
+    this only for a loop that will not fuse x_t Wx (rc_fuse_input). ``gather`` False:
+    no xbuf (L.xbuf NULL, (cbuf, None) returned) -- an LSTM loop that splits its units
+    reads x in place and uses cbuf alone (lstm.pyx: block_input)."""
     import numpy as np
     cdef Py_ssize_t GH = L.G * L.H, N = L.N, D = inp.D
     cdef Py_ssize_t C = infer_chunk(L.T, N, GH, D, np.dtype(dtype).itemsize)

@@ -69,7 +69,8 @@ cdef struct Loop:
     void *cbuf                  # from x rows gathered time-major into `xbuf` (chunk, N, D)
     void *xbuf                  # each share computes its own rows' chunks in its steps
                                 # (chunk_input; loop_share gives it its part of both;
-                                # the LSTM's unit split: each block its columns of cbuf)
+                                # the LSTM's unit split: each block its columns of cbuf,
+                                # from x in place -- xbuf NULL there)
     const void *h0              # initial states (N, H), C-contiguous
     bint h0_zero                # forward: h0 all zeros, Wh finite (zero_start): the
                                 # products from h0 are skipped (step_product `from_h0`)
@@ -154,8 +155,7 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
         # chunk_input's buffers: this share's rows of every step of a chunk, after
         # those of shares 0..k-1
         s.cbuf = <void *>rows_from(s.cbuf, rows_before(L.N, k, P) * L.chunk * L.G * L.H * isz)
-        if s.xbuf != NULL:
-            s.xbuf = <void *>rows_from(s.xbuf, rows_before(L.N, k, P) * L.chunk * L.D * isz)
+        s.xbuf = <void *>rows_from(s.xbuf, rows_before(L.N, k, P) * L.chunk * L.D * isz)
     s.k, s.P = k, P
     return s
 

@@ -607,6 +607,10 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     if one and L.wxh.nr == 0 and (L.chunk == 0 or L.nu > 0):
         # (the same rules decided them: cannot happen)
         raise RuntimeError("internal error: one step of gates for an unfused loop")
+    if L.chunk > 0 and L.xbuf == NULL and L.nu == 0:
+        # (chunk_buffers gathers no x only for a loop that splits its units: chunk_input
+        # would write through NULL)
+        raise RuntimeError("internal error: a chunked row loop without its gather buffer")
     with nogil:
         forward_loop(&L, &inp, fwd_steps[float], fwd_steps[double], <floating>0)
     return saved if save else None

@@ -638,7 +638,9 @@ static int rc_step_input_grad(rc_idx T, rc_idx N, rc_idx D, rc_idx Hp, rc_idx GH
  * a chunk, not for all T steps (the LSTM at (T, N, D, H) = (50, 64, 512,
  * 1024): 7 steps, 7 MB of A and 1 MB of x, instead of 52 MB of A), and A is read back
  * while it is in the cache. The two buffers take at most RC_CHUNK_BYTES (D
- * counts: the gathered x) and at least 2 steps. Past RC_CHUNK_MIN_BYTES for
+ * counts: the gathered x) and at least 2 steps. (The LSTM's unit split reads x in
+ * place and allocates no gather buffer; its chunks are counted the same way, so
+ * their boundaries are the row split's.) Past RC_CHUNK_MIN_BYTES for
  * all of A only: below that it fits the caches, and glibc reuses a freed block
  * of that size instead of mapping (and the kernel zeroing) fresh pages on
  * every call; 0 too when one chunk would hold all T. Measured on 2 Zen 4

@@ -69,7 +69,10 @@ def _by_dtype(fused):
     """A fused kernel's specialisations by dtype: ``{float32: fn["float"], float64:
     fn["double"]}``. Calling one directly skips Cython's signature lookup on every call
     (2-4 us, which shows at small shapes: LSTM inference at (T, N, D, H) = (50, 1, 32, 64)
-    is ~100 us); any other dtype goes to ``fused`` itself, which raises as before."""
+    is ~100 us); any other dtype of x goes to ``fused`` itself, which raises as before.
+    The specialisation is chosen by x (Cython's dispatch looked at the first argument): an
+    argument of the other dtype raises Cython's ValueError ("Buffer dtype mismatch")
+    either way. The models and the functional API check the dtypes first."""
     return {np.dtype(np.float32): fused["float"], np.dtype(np.float64): fused["double"]}
 
 

@@ -99,8 +99,8 @@ def _direction_outputs(m, out, d, T, N, save, sizes):
     Without ``save`` (inference) a binding with ``running_states`` gets the LSTM's
     c as ONE (N, H) array seen as (T, N, H) with step stride 0: the kernel updates
     it in place, and it ends holding each row's state after its last step (what
-    :func:`_final_state` reads), instead of T steps of it. ``sizes``: the model's
-    ``_state_sizes`` (read once per call by the caller)."""
+    :func:`_final_states` reads), instead of T steps of it. ``sizes``: the model's
+    ``_state_sizes`` (read once per call by :func:`forward`)."""
     Ho = sizes[0]
     h = out[:, :, d * Ho:(d + 1) * Ho]
     if not save and m._kernel.running_states:
@@ -209,15 +209,15 @@ def _initial_states(m, x, xin, st0, order, T, N, sizes):
     return xin, states_full, states_kernel
 
 
-def _run_layers(m, xin, states_kernel, order, train, T, N, reg, save=True):
+def _run_layers(m, xin, states_kernel, order, train, T, N, reg, save, sizes):
     """Every layer, both directions: (inputs, buffers, outputs, kernel saves, masks).
 
     ``reg``: this call's :class:`rnncore._regularise.Masks` (the dropped
     ``weight_hh`` each kernel gets; the locked mask on each later layer's input).
-    ``save=False``: no backward follows (the kernels may keep nothing).
+    ``save=False``: no backward follows (the kernels may keep nothing). ``sizes``: the
+    model's ``_state_sizes``.
     """
-    H, nd, sizes = m.hidden_size, m.num_directions, m._state_sizes
-    Ho = sizes[0]
+    H, nd, Ho = m.hidden_size, m.num_directions, sizes[0]
     inputs, buffers, outputs, kern, masks = [], [], [], [], []
     layer_in = xin
     for k in range(m.num_layers):
@@ -327,7 +327,7 @@ def forward(m, x, states0, lengths, train, save=None):
     reg = R.draw(m, N, train and save)
     xin = R.apply_locked(xin, reg.input, order.perm)
     inputs, buffers, outputs, kern, masks = _run_layers(m, xin, states_kernel, order, train,
-                                                        T, N, reg, save)
+                                                        T, N, reg, save, sizes)
     finals = _final_states(m, outputs, states_full, order, T, N, sizes)
     merged = R.apply_locked(_merge(m, buffers[-1], outputs[-1]), reg.output, order.perm)
     y, finals = _to_caller(m, merged, finals, order.inv, unbatched)

@@ -266,8 +266,9 @@ def _blas_info():
 
 
 def _kernel_blas_threads():
-    """The thread count of SciPy's OpenBLAS -- the one the kernels call and
-    single-thread sections switch -- or None (threadpoolctl missing). NumPy's
+    """The thread count of the BLAS :func:`_blas_info` finds -- SciPy's OpenBLAS, the
+    one the kernels call and single-thread sections switch, else the first BLAS
+    threadpoolctl lists -- or None (threadpoolctl missing, or no BLAS listed). NumPy's
     ``libscipy_openblas64_`` also has "scipy" in its name, and the order in which
     threadpoolctl lists the two varies between processes: :func:`_blas_info` tells
     them apart. (The thread tests and the reliability suite read it here.)"""
