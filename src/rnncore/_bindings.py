@@ -66,19 +66,19 @@ __all__ = ["RNN_TANH", "RNN_RELU", "GRU", "GRU_RESET_BEFORE", "LSTM", "LN_LSTM",
 
 
 def _by_dtype(fused):
-    """A fused kernel's specialisations by dtype: ``{float32: fn["float"], float64:
-    fn["double"]}``. Calling one directly skips Cython's signature lookup on every call
+    """``pick(x)``: the fused kernel's specialisation for ``x``'s dtype (``fused["float"]``
+    or ``fused["double"]``), ``fused`` itself for any other dtype (which raises as before).
+    Calling a specialisation directly skips Cython's signature lookup on every call
     (2-4 us, which shows at small shapes: LSTM inference at (T, N, D, H) = (50, 1, 32, 64)
-    is ~100 us); any other dtype of x goes to ``fused`` itself, which raises as before.
-    The specialisation is chosen by x (Cython's dispatch looked at the first argument): an
+    is ~100 us). It is chosen by x (Cython's dispatch looked at the first argument): an
     argument of the other dtype raises Cython's ValueError ("Buffer dtype mismatch")
     either way. The models and the functional API check the dtypes first."""
-    return {np.dtype(np.float32): fused["float"], np.dtype(np.float64): fused["double"]}
+    specs = {np.dtype(np.float32): fused["float"], np.dtype(np.float64): fused["double"]}
 
+    def pick(x):
+        return specs.get(getattr(x, "dtype", None), fused)
 
-def _kernel(specs, fused, x):
-    """The specialisation of ``fused`` for ``x``'s dtype (``fused`` for any other)."""
-    return specs.get(getattr(x, "dtype", None), fused)
+    return pick
 
 
 _RNN_FWD, _RNN_BWD = _by_dtype(_krnn.forward), _by_dtype(_krnn.backward)
@@ -141,14 +141,13 @@ class RNNBinding(_Binding):
     def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None, *,
                        save=True):
         """``save`` unused: the RNN keeps nothing but its outputs."""
-        _kernel(_RNN_FWD, _krnn.forward, x)(x, s0[0], Wx, Wh, biases[0], outs[0], self.relu,
-                                             reverse, batch_sizes)
+        _RNN_FWD(x)(x, s0[0], Wx, Wh, biases[0], outs[0], self.relu, reverse, batch_sizes)
         return None
 
     def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
                         reverse=False, batch_sizes=None, overwrite_saved=False):
         """``dW`` = (dWx, dWh, db), accumulated into. ``biases`` and ``saved`` unused."""
-        _kernel(_RNN_BWD, _krnn.backward, x)(
+        _RNN_BWD(x)(
             dh, dn[0], x, s0[0], Wx, Wh, outs[0], dx, ds0[0], *dW, self.relu, reverse,
             batch_sizes)
 
@@ -175,14 +174,13 @@ class GRUBinding(_Binding):
 
     def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None, *,
                        save=True):
-        return _kernel(_GRU_FWD, _kgru.forward, x)(x, s0[0], Wx, Wh, biases[0], biases[1],
-                                                   outs[0], reverse, batch_sizes,
-                                                   self.reset_after, save)
+        return _GRU_FWD(x)(x, s0[0], Wx, Wh, biases[0], biases[1], outs[0], reverse,
+                           batch_sizes, self.reset_after, save)
 
     def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
                         reverse=False, batch_sizes=None, overwrite_saved=False):
         """``dW`` = (dWx, dWh, dbx, dbh), accumulated into; ``biases[1]`` is b_hh."""
-        _kernel(_GRU_BWD, _kgru.backward, x)(
+        _GRU_BWD(x)(
             dh, dn[0], x, s0[0], Wx, Wh, biases[1], outs[0], saved, dx, ds0[0], *dW, reverse,
             batch_sizes, overwrite_saved, self.reset_after)
 
@@ -210,15 +208,14 @@ class LSTMBinding(_Binding):
     def kernel_forward(self, x, s0, Wx, Wh, biases, outs, reverse=False, batch_sizes=None, *,
                        save=True, Wr=None):
         """``Wr`` (H, P): the projection (``weight_hr.T``), or None."""
-        return _kernel(_LSTM_FWD, _klstm.forward, x)(x, s0[0], s0[1], Wx, Wh, biases[0],
-                                                     outs[0], outs[1], reverse, batch_sizes,
-                                                     Wr, save)
+        return _LSTM_FWD(x)(x, s0[0], s0[1], Wx, Wh, biases[0], outs[0], outs[1], reverse,
+                            batch_sizes, Wr, save)
 
     def kernel_backward(self, dh, dn, x, s0, Wx, Wh, biases, outs, saved, dx, ds0, dW,
                         reverse=False, batch_sizes=None, overwrite_saved=False, proj=None):
         """``dn``/``ds0`` = [h, c] each; ``dW`` = (dWx, dWh, db). ``biases`` unused.
         ``proj`` = (Wr, dWr) (H, P) each with a projection (dWr accumulated into)."""
-        _kernel(_LSTM_BWD, _klstm.backward, x)(
+        _LSTM_BWD(x)(
             dh, dn[0], dn[1], x, s0[0], s0[1], Wx, Wh, outs[0], outs[1], saved, dx, ds0[0],
             ds0[1], *dW, reverse, batch_sizes, overwrite_saved, proj)
 
@@ -269,7 +266,7 @@ class LNLSTMBinding(_LayerNormOnly, LSTMBinding):
 
     def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None, save=True):
         w_ih, w_hh, b_ih, b_hh = p[:4]
-        return _kernel(_LNLSTM_FWD, _klnlstm.forward, x)(
+        return _LNLSTM_FWD(x)(
             x, s0[0], s0[1], w_ih.T, w_hh.T, b_ih + b_hh, *p[4:10], outs[0], outs[1], reverse,
             batch_sizes, save)
 
@@ -277,7 +274,7 @@ class LNLSTMBinding(_LayerNormOnly, LSTMBinding):
                  batch_sizes=None, overwrite_saved=False):
         """Accumulates into ``g``; ``overwrite_saved`` is accepted and ignored."""
         db = np.zeros(p[1].shape[0], dtype=p[1].dtype)
-        _kernel(_LNLSTM_BWD, _klnlstm.backward, x)(
+        _LNLSTM_BWD(x)(
             dh, dn[0], dn[1], x, s0[0], s0[1], p[0].T, p[1].T, p[4], p[6], p[8], p[9], outs[0],
             outs[1], saved, dx, ds0[0], ds0[1], g[0].T, g[1].T, db, *g[4:10], reverse,
             batch_sizes)
@@ -302,13 +299,13 @@ class LNGRUBinding(_LayerNormOnly, GRUBinding):
 
     def forward(self, x, s0, p, outs, reverse=False, batch_sizes=None, save=True):
         w_ih, w_hh, b_ih, b_hh = p[:4]
-        return _kernel(_LNGRU_FWD, _klngru.forward, x)(
+        return _LNGRU_FWD(x)(
             x, s0[0], w_ih.T, w_hh.T, b_ih, b_hh, *p[4:8], outs[0], reverse, batch_sizes, save)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
                  batch_sizes=None, overwrite_saved=False):
         """Accumulates into ``g``; ``overwrite_saved`` is accepted and ignored."""
-        _kernel(_LNGRU_BWD, _klngru.backward, x)(
+        _LNGRU_BWD(x)(
             dh, dn[0], x, s0[0], p[0].T, p[1].T, p[4], p[6], outs[0], saved, dx, ds0[0], g[0].T,
             g[1].T, g[2], g[3], *g[4:8], reverse, batch_sizes)
 
