@@ -281,3 +281,31 @@ def test_small_arrays_and_bad_shapes():
     assert b.ctypes.data % 64 == 0
     with pytest.raises(ValueError, match="negative"):
         _pool.empty((-1, 4), np.float32)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("shape, want", [
+    (5, (5,)), ((5,), (5,)), ((2, 3, 4), (2, 3, 4)), ((np.int64(3), 7), (3, 7)),
+    (np.intp(6), (6,)), ((), ()), ((0, 4), (0, 4)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.dtype(np.float64), "float32"])
+def test_empty_takes_int_and_tuple_shapes_and_any_dtype_spelling(shape, want, dtype, pool):
+    # an int (the kernels' 1-D workspaces), a tuple, NumPy integers; the dtype as a
+    # type, a dtype or a name: the same array either way, 64-byte aligned
+    a = _pool.empty(shape, dtype, pool)
+    assert a.shape == want and a.dtype == np.dtype(dtype)
+    assert a.flags.c_contiguous and a.flags.writeable
+    assert a.size == 0 or a.ctypes.data % 64 == 0      # (an empty array's address is moot)
+    a[...] = 1.0        # the whole array is ours to write
+    assert np.all(a == 1.0)
+
+
+def test_empty_rejects_negative_and_non_integer_sizes():
+    with pytest.raises(ValueError, match="negative"):
+        _pool.empty(-3, np.float32)
+    with pytest.raises(ValueError, match="negative"):
+        _pool.empty((4, -1), np.float64, True)
+    with pytest.raises(TypeError):
+        _pool.empty((2.5, 3), np.float32)
+    with pytest.raises(TypeError):
+        _pool.empty([2, 3], np.float32)     # a list is not a shape here

@@ -7,11 +7,10 @@
 # modules fails at import.
 
 from libc.limits cimport INT_MAX
-from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy
 
 from _blas cimport floating, Mat
-from _gemm cimport aligned_empty, infer_chunk
+from _gemm cimport aligned_empty, array_data, infer_chunk
 from _layout cimport Seq, seq, seq_ld, mat_layout, uniform
 from _loop cimport Loop, Input, Grads, loop_init
 
@@ -115,9 +114,9 @@ cdef inline int vec_check(const floating[:] a, str name, Py_ssize_t n) except -1
 
 cdef inline object check_batch_sizes(object batch_sizes, Py_ssize_t T, Py_ssize_t N):
     """batch_sizes as a contiguous intp array, validated; None if not given."""
-    import numpy as np
     if batch_sizes is None:
         return None
+    import numpy as np
     bs = np.ascontiguousarray(batch_sizes, dtype=np.intp)
     if bs.shape != (T,):
         raise ValueError(f"batch_sizes: expected shape {(T,)}, got {bs.shape}")
@@ -156,7 +155,7 @@ cdef inline object one_step(Seq *s, Py_ssize_t N, Py_ssize_t F, object dtype):
     in the cache, instead of (T, N, F). Only a fused loop (Loop.wxh packed) may
     run on it: the others' all-steps input GEMM writes every step's rows first."""
     a = aligned_empty(max(N, 1) * F, dtype).reshape(max(N, 1), F)
-    s[0] = seq(<void *><uintptr_t>a.ctypes.data, 0, F, F, False)
+    s[0] = seq(array_data(a), 0, F, F, False)
     return a
 
 
@@ -176,8 +175,8 @@ cdef inline object chunk_buffers(Loop *L, const Input *inp, object dtype, bint g
     cb = aligned_empty(C * N * GH, dtype)
     xb = aligned_empty(C * N * D, dtype) if gather else None
     L.chunk = C
-    L.cbuf = <void *><uintptr_t>cb.ctypes.data
-    L.xbuf = <void *><uintptr_t>xb.ctypes.data if gather else NULL
+    L.cbuf = array_data(cb)
+    L.xbuf = array_data(xb) if gather else NULL
     return cb, xb
 
 

@@ -7,6 +7,8 @@
 # (which layout of the recurrent weight a loop reads: packed, a row-major copy
 # or as given; decided once, before the loop) and, in _threads.pxd, `row_threads`.
 
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+
 from _blas cimport floating, Mat, mat, transposed, NoTrans, Trans, gemm_rm
 
 cdef extern from "rc_gemm.h" nogil:
@@ -221,7 +223,59 @@ cdef inline object aligned_empty(Py_ssize_t size, object dtype, bint pool=False)
     call's (forward keeping its activations, or backward): from the workspace cache
     when large enough. Both are _pool.pyx's `empty`."""
     from rnncore._kernels._pool import empty
-    return empty((size,), dtype, pool)
+    return empty(size, dtype, pool)
+
+
+cdef inline void *array_data(object a) except NULL:
+    """The address of a C-contiguous, non-empty array's data (the buffer protocol:
+    ~0.1 us, where a typed memoryview takes ~0.5 us and ``ndarray.ctypes`` ~1.8)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(a, &view, PyBUF_SIMPLE)
+    cdef void *p = view.buf
+    PyBuffer_Release(&view)
+    if p == NULL:
+        raise ValueError("internal error: an array without data")
+    return p
+
+
+cdef inline object pack_ptr(const floating *b, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t k,
+                            Py_ssize_t n, Py_ssize_t nr, Py_ssize_t split,
+                            const floating *top, Py_ssize_t trs, Py_ssize_t tcs,
+                            Py_ssize_t k0, bint pool, floating **data):
+    """pack_weight on raw operands: B (k, n) at `b` with element strides rs, cs (and
+    `top` (k0, n) with trs, tcs when k0 > 0). Returns the packed 1-D array and sets
+    `data` to its first element. The kernels' path: no NumPy views, no memoryviews
+    (a small-shape call packs in ~1-2 us, where its Python-level steps took ~8)."""
+    import numpy as np
+    if not 0 < split < n:
+        split = n
+    cdef Py_ssize_t first = packed_size(k0 + k, split, nr)
+    out = aligned_empty(first + packed_size(k0 + k, n - split, nr),
+                        np.float32 if floating is float else np.float64, pool)
+    cdef floating *d = <floating *>array_data(out)
+    # the operand's bytes: whether its blocks are packed on threads (rc_pack_par_*)
+    cdef long long nbytes = (first + packed_size(k0 + k, n - split, nr)) * sizeof(floating)
+    with nogil:
+        if k0 > 0:
+            pack_par(k0, split, top, trs, tcs, nr, k0 + k, d, nbytes)
+            if split < n:
+                pack_par(k0, n - split, top + split * tcs, trs, tcs, nr, k0 + k, d + first,
+                         nbytes)
+        pack_par(k, split, b, rs, cs, nr, k0 + k, d + k0 * nr, nbytes)
+        if split < n:
+            pack_par(k, n - split, b + split * cs, rs, cs, nr, k0 + k, d + first + k0 * nr,
+                     nbytes)
+    data[0] = d
+    return out
+
+
+cdef inline void pack_par(Py_ssize_t k, Py_ssize_t n, const floating *b, Py_ssize_t rs,
+                          Py_ssize_t cs, Py_ssize_t nr, Py_ssize_t ldp, floating *dst,
+                          long long nbytes) noexcept nogil:
+    if floating is float:
+        rc_pack_par_f(k, n, b, rs, cs, nr, ldp, dst, nbytes)
+    else:
+        rc_pack_par_d(k, n, b, rs, cs, nr, ldp, dst, nbytes)
 
 
 cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, object top=None,
@@ -235,28 +289,28 @@ cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, obje
     [top; B] (k0 + k, n): each panel holds top's k0 rows, then B's (the fused
     loops' [Wx; Wh]: its row block k0.. is B packed, col_block of the transposed
     view). Returns a (panels * (k0 + k), nr) array of B's dtype, 64-byte aligned
-    (whole-line vector loads); k >= 1 and n >= 1.
+    (whole-line vector loads); k >= 1 and n >= 1. The tests' entry (simd.pyx);
+    the kernels call pack_ptr on their typed operands.
     """
     import numpy as np
     src = np.asarray(B)
-    cdef Py_ssize_t k = src.shape[0], n = src.shape[1]
-    cdef Py_ssize_t k0 = 0 if top is None else np.asarray(top).shape[0]
-    if not 0 < split < n:
-        split = n
-    cdef Py_ssize_t first = packed_size(k0 + k, split, nr)
-    out = aligned_empty(first + packed_size(k0 + k, n - split, nr), src.dtype,
-                        pool).reshape(-1, nr)
-    # the operand's bytes: whether its blocks are packed on threads (rc_pack_par_*)
-    cdef long long nbytes = out.nbytes
     if src.dtype == np.float32:
-        if k0 > 0:
-            pack_blocks[float](top, out, split, first, nr, k0 + k, nbytes)
-        pack_blocks[float](src, out[k0:], split, first, nr, k0 + k, nbytes)
-    else:
-        if k0 > 0:
-            pack_blocks[double](top, out, split, first, nr, k0 + k, nbytes)
-        pack_blocks[double](src, out[k0:], split, first, nr, k0 + k, nbytes)
-    return out
+        return _pack_typed[float](src, nr, split, top, pool).reshape(-1, nr)
+    return _pack_typed[double](src, nr, split, top, pool).reshape(-1, nr)
+
+
+cdef inline object _pack_typed(const floating[:, :] b, Py_ssize_t nr, Py_ssize_t split,
+                               object top, bint pool):
+    cdef const floating[:, :] t
+    cdef floating *d
+    cdef Py_ssize_t isz = sizeof(floating)
+    if top is None:
+        return pack_ptr(&b[0, 0], b.strides[0] // isz, b.strides[1] // isz, b.shape[0],
+                        b.shape[1], nr, split, <const floating *>NULL, 0, 0, 0, pool, &d)
+    t = top
+    return pack_ptr(&b[0, 0], b.strides[0] // isz, b.strides[1] // isz, b.shape[0],
+                    b.shape[1], nr, split, &t[0, 0], t.strides[0] // isz,
+                    t.strides[1] // isz, t.shape[0], pool, &d)
 
 
 cdef inline void pack_blocks(const floating[:, :] b, floating[:, ::1] dst, Py_ssize_t split,
@@ -305,17 +359,19 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
     `wh` is pointed at the copy or packed array, which is returned (the caller
     keeps it alive); else `wh` is left as is and None returned.
     """
-    import numpy as np
     # the operand (k, n); an unpacked loop keeps its rows on one thread (row_threads
     # splits only packed loops), so each step's product has all N rows
     cdef Py_ssize_t n = H if backward else GH, k = GH if backward else H
-    cdef Py_ssize_t nr = packed_nr(sizeof(floating))
+    cdef Py_ssize_t nr = packed_nr(sizeof(floating)), isz = sizeof(floating)
+    cdef Py_ssize_t rs = Wh.strides[0] // isz, cs = Wh.strides[1] // isz
     cdef const floating[:, :] c
+    cdef floating *d
     if N > 0 and n > 0 and k > 0 and packs_step_weight(T, N * n * k):
-        packed = pack_weight(np.asarray(Wh).T if backward else Wh, nr,
-                             0 if backward else split, None, pool or backward)
-        c = packed
-        wh[0] = mat(&c[0, 0], k, Trans if backward else NoTrans)
+        # the operand (k, n): Wh, or Wh^T (its strides swapped)
+        packed = pack_ptr(&Wh[0, 0], cs if backward else rs, rs if backward else cs, k, n,
+                          nr, 0 if backward else split, <const floating *>NULL, 0, 0, 0,
+                          pool or backward, &d)
+        wh[0] = mat(d, k, Trans if backward else NoTrans)
         wh.nr = nr
         return packed
     if T <= 1 or (wh.t == Trans) == backward:
@@ -324,6 +380,7 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
         return None
     # forward: Wh (H, GH) row-major; backward: Wh^T (GH, H) row-major, the
     # logical Wh being its transposed view
+    import numpy as np
     copy = np.ascontiguousarray(np.asarray(Wh).T if backward else np.asarray(Wh))
     c = copy
     wh[0] = mat(&c[0, 0], H if backward else GH, Trans if backward else NoTrans)
@@ -344,15 +401,16 @@ cdef inline object fused_weight(const floating[:, :] Wx, const floating[:, :] Wh
     caller keeps it alive). Otherwise `wxh` is left as is (nr == 0: the loop's
     input projection is one GEMM over all steps first) and this is step_weight.
     """
-    cdef Py_ssize_t D = Wx.shape[0], nr
-    cdef const floating[:, :] c
+    cdef Py_ssize_t D = Wx.shape[0], nr, isz = sizeof(floating)
+    cdef floating *d
     if fuse:
-        nr = packed_nr(sizeof(floating))
-        packed = pack_weight(Wh, nr, split, Wx, pool)
-        c = packed
-        wxh[0] = mat(&c[0, 0], D + H, NoTrans)
+        nr = packed_nr(isz)
+        packed = pack_ptr(&Wh[0, 0], Wh.strides[0] // isz, Wh.strides[1] // isz, H, GH, nr,
+                          split, &Wx[0, 0], Wx.strides[0] // isz, Wx.strides[1] // isz, D,
+                          pool, &d)
+        wxh[0] = mat(d, D + H, NoTrans)
         wxh.nr = nr
-        wh[0] = mat(&c[D, 0], D + H, NoTrans)     # row D of the (panels * (D + H), nr) array
+        wh[0] = mat(d + D * nr, D + H, NoTrans)     # row D of the panels (D + H rows each)
         wh.nr = nr
         return packed
     return step_weight(Wh, wh, T, N, GH, H, False, split, pool)
@@ -365,15 +423,15 @@ cdef inline object input_grad_weight(const floating[:, :] Wx, Mat *wxt, Py_ssize
     steps, _loop.pxd: input_grad) and the packed array is returned (the caller keeps
     it alive); else None and `wxt` is left as is (nr == 0: dx is one GEMM after the
     loop)."""
-    import numpy as np
-    cdef Py_ssize_t D = Wx.shape[0], GH = Wx.shape[1], nr
-    cdef const floating[:, :] c
-    if not step_input_grad(T, N, D, Hp, GH, sizeof(floating)):
+    cdef Py_ssize_t D = Wx.shape[0], GH = Wx.shape[1], nr, isz = sizeof(floating)
+    cdef floating *d
+    if not step_input_grad(T, N, D, Hp, GH, isz):
         return None
-    nr = packed_nr(sizeof(floating))
-    packed = pack_weight(np.asarray(Wx).T, nr, 0, None, True)     # (backward: training)
-    c = packed
-    wxt[0] = mat(&c[0, 0], GH, NoTrans)
+    nr = packed_nr(isz)
+    # Wx^T (GH, D): Wx's strides swapped (backward: training, pooled)
+    packed = pack_ptr(&Wx[0, 0], Wx.strides[1] // isz, Wx.strides[0] // isz, GH, D, nr, 0,
+                      <const floating *>NULL, 0, 0, 0, True, &d)
+    wxt[0] = mat(d, GH, NoTrans)
     wxt.nr = nr
     return packed
 

@@ -85,11 +85,10 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
-from libc.stdint cimport uintptr_t
 
 from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_step_weight, packs_stacked, packed_nr, packed_size, pack_blocks,
-                    input_grad_weight, aligned_empty, set_pack_par, pack_par_count,
+                    input_grad_weight, aligned_empty, array_data, set_pack_par, pack_par_count,
                     set_dw, dw_count, RC_PACK_PAR_BYTES)
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
@@ -483,6 +482,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
                 pack_blocks[floating](src[:, q * H + u0:q * H + u1],
                                       out[o + q * ws + D:o + q * ws + ws], u1 - u0, ws, nr,
                                       kdim)
+    cdef char *wp = <char *>array_data(out)
     for k in range(P):
         tasks[k] = L[0]
         tasks[k].units = NULL
@@ -490,7 +490,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
         tasks[k].sched = u
         tasks[k].ublock = k * nb // P
         tasks[k].nown = 0 if _claim_all else (k + 1) * nb // P - k * nb // P
-        tasks[k].wh.p = <void *><uintptr_t>out.ctypes.data
+        tasks[k].wh.p = wp
         tasks[k].wh.ld = kdim
         tasks[k].wh.t = Trans if backward else NoTrans
         tasks[k].wh.nr = nr
@@ -499,7 +499,7 @@ cdef object unit_split(const floating[:, :] Wx, const floating[:, :] Wh, Loop *L
             if not fuse:
                 # chunks: x Wx on the slices' rows [0, D) (block_input), h_prev Wh on
                 # rows [D, D + H) (step_product: a row block of a packed operand)
-                tasks[k].wh.p = <void *><uintptr_t>(out.ctypes.data + D * nr * isz)
+                tasks[k].wh.p = wp + D * nr * isz
         if backward:
             tasks[k].run_f, tasks[k].run_d = bwd_units[float], bwd_units[double]
         else:
