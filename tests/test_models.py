@@ -710,6 +710,47 @@ def test_out_is_writable_in_eval_mode(rng, cell):
     assert out.flags.writeable
 
 
+@pytest.mark.parametrize("variant", ["rnn", "rnn-relu", "gru", "gru-rb", "lstm", "lstm-proj",
+                                     "gru-ln", "lstm-ln"])
+@pytest.mark.parametrize("layout", ["tm", "bf", "unbatched"])
+@pytest.mark.parametrize("given", [False, True], ids=["zeros", "h0"])
+def test_one_layer_inference_short_path_matches_the_general_one(rng, variant, layout, given,
+                                                                 monkeypatch):
+    """An inference call of one layer and direction without lengths runs
+    _stack._forward_one (the stacking code's general loop is never entered) and gives
+    the same bits as the general path (a training forward of the same model), states
+    given or zeros; out is writable and shares nothing with the final states."""
+    from rnncore import _stack
+    T, N, D, H = 7, 3, 5, 6
+    kw = {"gru-rb": dict(reset_after=False), "lstm-proj": dict(proj_size=4),
+          "gru-ln": dict(layer_norm=True), "lstm-ln": dict(layer_norm=True)}.get(variant, {})
+    batch_first = layout == "bf"
+    cell = {"rnn": "rnn_tanh", "rnn-relu": "rnn_relu"}.get(variant, variant.split("-")[0])
+    model = make_model(cell, D, H, dtype=np.float32, seed=3, batch_first=batch_first, **kw)
+    unbatched = layout == "unbatched"
+    lead = (T,) if unbatched else (N, T) if batch_first else (T, N)
+    x = rng.standard_normal(lead + (D,)).astype(np.float32)
+    widths = [model._h_size] + [H] * (model.n_states - 1)
+    s0 = ([rng.standard_normal((1,) + (() if unbatched else (N,)) + (w,)).astype(np.float32)
+           for w in widths] if given else None)
+    x_before = x.copy()
+    want_out, want_fin = run_forward(model, x, s0, train=True)      # the general path
+
+    def general(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(_stack, "_run_layers", general)
+    out, finals = run_forward(model, x, s0, train=False)
+    np.testing.assert_array_equal(out, want_out)
+    assert out.shape == want_out.shape and out.dtype == np.float32 and out.flags.writeable
+    for f, w in zip(finals, want_fin):
+        np.testing.assert_array_equal(f, w)
+        assert f.shape == w.shape and f.flags.c_contiguous and not np.shares_memory(f, out)
+    np.testing.assert_array_equal(x, x_before)
+    with pytest.raises(AssertionError, match="general path"):
+        run_forward(model, x, s0, train=True)        # a training forward does not take it
+
+
 @pytest.mark.parametrize("cell", CELLS + ["lstm-proj"])
 @pytest.mark.parametrize("layout", ["tm", "bf", "unbatched"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

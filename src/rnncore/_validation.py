@@ -57,6 +57,9 @@ def as_float(a, name: str, dtype=None, owner=None) -> np.ndarray:
     ``dtype`` given, the array must already have that dtype; ``owner`` (e.g.
     ``"model"``) names whose dtype that is in the message.
     """
+    if (type(a) is np.ndarray and a.dtype in FLOAT_DTYPES
+            and (dtype is None or a.dtype == dtype)):
+        return a    # the common case, what the checks below return (~1 us less)
     if a is None:
         raise TypeError(expected(name, "a float32 or float64 array", "None"))
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor
