@@ -19,6 +19,7 @@ PyTorch parity of the models is in ``test_torch_parity.py``.
 import numpy as np
 import pytest
 
+import rnncore
 from _oracle import reference_model
 from conftest import (CELLS, GATES, TOL, assert_close_f32, assert_close_f64, kind_of, make_model,
                       n_states, numerical_gradient, run_backward, run_forward)
@@ -714,8 +715,9 @@ def test_out_is_writable_in_eval_mode(rng, cell):
                                      "gru-ln", "lstm-ln"])
 @pytest.mark.parametrize("layout", ["tm", "bf", "unbatched"])
 @pytest.mark.parametrize("given", [False, True], ids=["zeros", "h0"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_one_layer_inference_short_path_matches_the_general_one(rng, variant, layout, given,
-                                                                 monkeypatch):
+                                                                 dtype, monkeypatch):
     """An inference call of one layer and direction without lengths runs
     _stack._forward_one (the stacking code's general loop is never entered) and gives
     the same bits as the general path (a training forward of the same model), states
@@ -726,12 +728,12 @@ def test_one_layer_inference_short_path_matches_the_general_one(rng, variant, la
           "gru-ln": dict(layer_norm=True), "lstm-ln": dict(layer_norm=True)}.get(variant, {})
     batch_first = layout == "bf"
     cell = {"rnn": "rnn_tanh", "rnn-relu": "rnn_relu"}.get(variant, variant.split("-")[0])
-    model = make_model(cell, D, H, dtype=np.float32, seed=3, batch_first=batch_first, **kw)
+    model = make_model(cell, D, H, dtype=dtype, seed=3, batch_first=batch_first, **kw)
     unbatched = layout == "unbatched"
     lead = (T,) if unbatched else (N, T) if batch_first else (T, N)
-    x = rng.standard_normal(lead + (D,)).astype(np.float32)
+    x = rng.standard_normal(lead + (D,)).astype(dtype)
     widths = [model._h_size] + [H] * (model.n_states - 1)
-    s0 = ([rng.standard_normal((1,) + (() if unbatched else (N,)) + (w,)).astype(np.float32)
+    s0 = ([rng.standard_normal((1,) + (() if unbatched else (N,)) + (w,)).astype(dtype)
            for w in widths] if given else None)
     x_before = x.copy()
     want_out, want_fin = run_forward(model, x, s0, train=True)      # the general path
@@ -742,13 +744,56 @@ def test_one_layer_inference_short_path_matches_the_general_one(rng, variant, la
     monkeypatch.setattr(_stack, "_run_layers", general)
     out, finals = run_forward(model, x, s0, train=False)
     np.testing.assert_array_equal(out, want_out)
-    assert out.shape == want_out.shape and out.dtype == np.float32 and out.flags.writeable
+    assert out.shape == want_out.shape and out.dtype == dtype and out.flags.writeable
     for f, w in zip(finals, want_fin):
         np.testing.assert_array_equal(f, w)
         assert f.shape == w.shape and f.flags.c_contiguous and not np.shares_memory(f, out)
     np.testing.assert_array_equal(x, x_before)
     with pytest.raises(AssertionError, match="general path"):
         run_forward(model, x, s0, train=True)        # a training forward does not take it
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_short_path_without_bias_under_no_grad_with_regularisation_and_odd_layouts(
+        rng, cell, monkeypatch):
+    """The short path (_stack._forward_one) in the other calls that reach it: a model
+    without biases; a model in training mode under no_grad (train=True, nothing
+    saved), with weight drop and variational dropout -- which act only on a forward
+    that saves, so the result is eval's -- and nothing kept for backward; an h0 that
+    is a strided view and a Fortran-ordered x (the same bits as their contiguous
+    copies, the caller's arrays unchanged); an empty batch (N = 0)."""
+    from rnncore import _stack
+    T, N, D, H = 6, 3, 4, 5
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    big = [rng.standard_normal((1, N, 2 * H)).astype(np.float32) for _ in range(2)]
+    s0 = [b[..., ::2] for b in big][:2 if cell == "lstm" else 1]
+    plain = make_model(cell, D, H, dtype=np.float32, seed=4, bias=False)
+    reg = make_model(cell, D, H, dtype=np.float32, seed=4, weight_drop=0.5,
+                     variational_dropout=0.3)
+    want_plain = run_forward(plain, x, [np.ascontiguousarray(s) for s in s0], train=True)
+    plain.eval()
+    want_reg = run_forward(reg, x, [np.ascontiguousarray(s) for s in s0], train=False)
+
+    def general(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(_stack, "_run_layers", general)
+    before = [s.copy() for s in s0] + [x.copy()]
+    xf = np.asfortranarray(x)
+    got = run_forward(plain, xf, s0, train=None)                    # bias=False, eval
+    for a, b in zip([got[0]] + got[1], [want_plain[0]] + want_plain[1]):
+        np.testing.assert_array_equal(a, b)
+    reg.train()
+    with rnncore.no_grad():
+        got = run_forward(reg, x, s0, train=None)                   # training mode, no_grad
+    for a, b in zip([got[0]] + got[1], [want_reg[0]] + want_reg[1]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RuntimeError):
+        reg.backward(np.ones_like(got[0]))                          # nothing was kept
+    for a, b in zip(s0 + [xf], before):
+        np.testing.assert_array_equal(a, b)
+    out, finals = run_forward(plain, np.zeros((T, 0, D), np.float32), train=None)
+    assert out.shape == (T, 0, H) and all(f.shape == (1, 0, H) for f in finals)
 
 
 @pytest.mark.parametrize("cell", CELLS + ["lstm-proj"])

@@ -309,3 +309,17 @@ def test_empty_rejects_negative_and_non_integer_sizes():
         _pool.empty((2.5, 3), np.float32)
     with pytest.raises(TypeError):
         _pool.empty([2, 3], np.float32)     # a list is not a shape here
+
+
+@pytest.mark.parametrize("shape", [1 << 17, (1 << 17,), (256, 512)])
+def test_empty_from_the_cache_takes_an_int_shape_too(cache, shape):
+    # a pooled request as the kernels make it (a bare int: 1-D) or as a tuple: a
+    # page-aligned block, served again from the cache once the array is gone
+    a = _pool.empty(shape, np.float32, True)
+    assert a.shape == (shape if isinstance(shape, tuple) else (shape,))
+    assert a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % 4096 == 0
+    address = a.ctypes.data
+    del a
+    before = _pool.info()
+    b = _pool.empty(shape, np.float32, True)
+    assert _pool.info()["hits"] == before["hits"] + 1 and b.ctypes.data == address

@@ -227,8 +227,9 @@ cdef inline object aligned_empty(Py_ssize_t size, object dtype, bint pool=False)
 
 
 cdef inline void *array_data(object a) except NULL:
-    """The address of a C-contiguous, non-empty array's data (the buffer protocol:
-    ~0.1 us, where a typed memoryview takes ~0.5 us and ``ndarray.ctypes`` ~1.8)."""
+    """The address of a C-contiguous array's data (the buffer protocol: ~0.1 us, where
+    a typed memoryview takes ~0.5 us and ``ndarray.ctypes`` ~1.8); any other layout
+    raises BufferError. NumPy never hands out NULL, even for an empty array."""
     cdef Py_buffer view
     PyObject_GetBuffer(a, &view, PyBUF_SIMPLE)
     cdef void *p = view.buf
@@ -345,8 +346,9 @@ cdef inline object step_weight(const floating[:, :] Wh, Mat *wh, Py_ssize_t T, P
     Forward multiplies by Wh (H, GH), backward by Wh^T (GH, H). When
     rc_pack_step_weight says so (shapes only, decided here once: the loop's
     path cannot change while it runs), that operand is packed once for all T
-    steps (pack_weight; from either layout of Wh, no copy first; forward with
-    `split`, Wh[:, :split] and Wh[:, split:] each from a panel boundary), and
+    steps (pack_ptr, pack_weight's layout; from either layout of Wh, no copy
+    first; forward with `split`, Wh[:, :split] and Wh[:, split:] each from a
+    panel boundary), and
     `wh` becomes the packed Mat: logical matrix Wh, so forward's `wh` (t =
     NoTrans) and backward's `transposed(wh)` are the packed operand, and
     col_block finds column blocks of either.
@@ -394,7 +396,7 @@ cdef inline object fused_weight(const floating[:, :] Wx, const floating[:, :] Wh
 
     With `fuse` (the caller's rc_fuse_input, decided once: the rule reads the
     row-split setting, which another thread may change) the loop computes x_t Wx
-    step by step: the stacked (D + H, GH) operand is packed once (pack_weight,
+    step by step: the stacked (D + H, GH) operand is packed once (pack_ptr with `top`,
     `split` as there), `wxh` becomes it (the fused product [x_t | h_{t-1}]
     [Wx; Wh], or x_t Wx alone: its first D rows) and `wh` its row block D.. (Wh
     packed, as step_weight would pack it); the packed array is returned (the

@@ -177,10 +177,11 @@ def empty(shape, dtype, bint pool=True):
     limit, else NumPy's (over-allocated and sliced to a 64-byte boundary: NumPy aligns
     to 16; whole-line vector loads and stores).
 
-    `shape`: an int or a tuple of ints. Called on every kernel call (its packed weights,
-    workspaces), so it stays cheap: ~1 us for a NumPy array (the address from the
-    buffer protocol, not ``ndarray.ctypes``: that alone took ~1.8 us)."""
-    dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
+    `shape`: an int or a tuple of ints (a float size raises TypeError). Called on
+    every kernel call (its packed weights, workspaces), so it stays cheap: ~1 us
+    for a NumPy array (the address from the buffer protocol, not
+    ``ndarray.ctypes``: that alone took ~1.8 us; a dtype object is used as given)."""
+    dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
     cdef tuple shp = shape if type(shape) is tuple else tuple(shape) \
         if isinstance(shape, tuple) else (shape,)
     cdef Py_ssize_t count = 1, s

@@ -29,7 +29,9 @@ recurrent work, never reaches the outputs (they are zero there, as PyTorch's
 
 Forward, as named steps: :func:`_check_input`, :func:`_sort_by_length`,
 :func:`_kernel_input`, :func:`_initial_states`, :func:`_run_layers`,
-:func:`_final_states`, :func:`_merge`, :func:`_to_caller`; backward mirrors
+:func:`_final_states`, :func:`_merge`, :func:`_to_caller` (an inference call of one
+layer and direction without lengths takes :func:`_forward_one`: the same steps
+without the ones that have nothing to do there); backward mirrors
 them (:func:`_check_dout`, :func:`_final_state_grads`, :func:`_merge_backward`,
 :func:`_layers_backward`, :func:`_to_caller`).
 """
@@ -270,8 +272,8 @@ def _final_states(m, outputs, states_full, order, T, N, sizes):
     """Final states in PyTorch's order (index k * num_directions + d), sorted order."""
     L, nd = m.num_layers, m.num_directions
     if L * nd == 1 and order.lens is None and T > 0:
-        # one layer, one direction, no lengths: each state's last step, copied
-        # (the common case, where a call's Python time shows at small shapes)
+        # one layer, one direction, no lengths: each state's last step, copied (a
+        # training forward's; an inference call of that kind takes _forward_one)
         return [outputs[0][0][si][T - 1:T].copy() for si in range(len(sizes))]
     finals = []
     for si, H in enumerate(sizes):
