@@ -10,7 +10,8 @@ from libc.limits cimport INT_MAX
 from libc.string cimport memcpy
 
 from _blas cimport floating, Mat
-from _gemm cimport aligned_empty, array_data, infer_chunk
+from _buffer cimport array_data
+from _gemm cimport aligned_empty, infer_chunk
 from _layout cimport Seq, seq, seq_ld, mat_layout, uniform
 from _loop cimport Loop, Input, Grads, loop_init
 

@@ -7,9 +7,8 @@
 # (which layout of the recurrent weight a loop reads: packed, a row-major copy
 # or as given; decided once, before the loop) and, in _threads.pxd, `row_threads`.
 
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-
 from _blas cimport floating, Mat, mat, transposed, NoTrans, Trans, gemm_rm
+from _buffer cimport array_data
 
 cdef extern from "rc_gemm.h" nogil:
     const int RC_SMALL_M
@@ -226,19 +225,6 @@ cdef inline object aligned_empty(Py_ssize_t size, object dtype, bint pool=False)
     return empty(size, dtype, pool)
 
 
-cdef inline void *array_data(object a) except NULL:
-    """The address of a C-contiguous array's data (the buffer protocol: ~0.1 us, where
-    a typed memoryview takes ~0.5 us and ``ndarray.ctypes`` ~1.8); any other layout
-    raises BufferError. NumPy never hands out NULL, even for an empty array."""
-    cdef Py_buffer view
-    PyObject_GetBuffer(a, &view, PyBUF_SIMPLE)
-    cdef void *p = view.buf
-    PyBuffer_Release(&view)
-    if p == NULL:
-        raise ValueError("internal error: an array without data")
-    return p
-
-
 cdef inline object pack_ptr(const floating *b, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t k,
                             Py_ssize_t n, Py_ssize_t nr, Py_ssize_t split,
                             const floating *top, Py_ssize_t trs, Py_ssize_t tcs,
@@ -251,11 +237,11 @@ cdef inline object pack_ptr(const floating *b, Py_ssize_t rs, Py_ssize_t cs, Py_
     if not 0 < split < n:
         split = n
     cdef Py_ssize_t first = packed_size(k0 + k, split, nr)
-    out = aligned_empty(first + packed_size(k0 + k, n - split, nr),
-                        np.float32 if floating is float else np.float64, pool)
+    cdef Py_ssize_t total = first + packed_size(k0 + k, n - split, nr)
+    out = aligned_empty(total, np.float32 if floating is float else np.float64, pool)
     cdef floating *d = <floating *>array_data(out)
     # the operand's bytes: whether its blocks are packed on threads (rc_pack_par_*)
-    cdef long long nbytes = (first + packed_size(k0 + k, n - split, nr)) * sizeof(floating)
+    cdef long long nbytes = total * sizeof(floating)
     with nogil:
         if k0 > 0:
             pack_par(k0, split, top, trs, tcs, nr, k0 + k, d, nbytes)
@@ -303,15 +289,14 @@ cdef inline object pack_weight(object B, Py_ssize_t nr, Py_ssize_t split=0, obje
 cdef inline object _pack_typed(const floating[:, :] b, Py_ssize_t nr, Py_ssize_t split,
                                object top, bint pool):
     cdef const floating[:, :] t
+    cdef const floating *tp = NULL
     cdef floating *d
-    cdef Py_ssize_t isz = sizeof(floating)
-    if top is None:
-        return pack_ptr(&b[0, 0], b.strides[0] // isz, b.strides[1] // isz, b.shape[0],
-                        b.shape[1], nr, split, <const floating *>NULL, 0, 0, 0, pool, &d)
-    t = top
+    cdef Py_ssize_t isz = sizeof(floating), trs = 0, tcs = 0, k0 = 0
+    if top is not None:
+        t = top
+        tp, trs, tcs, k0 = &t[0, 0], t.strides[0] // isz, t.strides[1] // isz, t.shape[0]
     return pack_ptr(&b[0, 0], b.strides[0] // isz, b.strides[1] // isz, b.shape[0],
-                    b.shape[1], nr, split, &t[0, 0], t.strides[0] // isz,
-                    t.strides[1] // isz, t.shape[0], pool, &d)
+                    b.shape[1], nr, split, tp, trs, tcs, k0, pool, &d)
 
 
 cdef inline void pack_blocks(const floating[:, :] b, floating[:, ::1] dst, Py_ssize_t split,

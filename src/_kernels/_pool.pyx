@@ -36,7 +36,8 @@ blocks are not in use and are not traced (:func:`info` counts them).
 """
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+
+from _buffer cimport array_data
 
 import numpy as np
 
@@ -182,8 +183,7 @@ def empty(shape, dtype, bint pool=True):
     for a NumPy array (the address from the buffer protocol, not
     ``ndarray.ctypes``: that alone took ~1.8 us; a dtype object is used as given)."""
     dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
-    cdef tuple shp = shape if type(shape) is tuple else tuple(shape) \
-        if isinstance(shape, tuple) else (shape,)
+    cdef tuple shp = tuple(shape) if isinstance(shape, tuple) else (shape,)
     cdef Py_ssize_t count = 1, s
     for d in shp:
         s = d
@@ -194,21 +194,12 @@ def empty(shape, dtype, bint pool=True):
     cdef size_t nbytes = count * isz
     if not pool or nbytes < _min_bytes or _rounded(nbytes) > _limit:
         buf = np.empty(count + 64 // isz, dtype=dt)
-        off = ((-_address(buf)) % 64) // isz
+        off = ((-<uintptr_t>array_data(buf)) % 64) // isz
         a = buf[off:off + count]
         return a if len(shp) == 1 else a.reshape(shp)
     b = _take(_rounded(nbytes))
     a = np.frombuffer(b, dtype=dt, count=count)
     return a if len(shp) == 1 else a.reshape(shp)
-
-
-cdef uintptr_t _address(object a) except? 0:
-    """The address of a C-contiguous array's data (the buffer protocol)."""
-    cdef Py_buffer view
-    PyObject_GetBuffer(a, &view, PyBUF_SIMPLE)
-    cdef uintptr_t p = <uintptr_t>view.buf
-    PyBuffer_Release(&view)
-    return p
 
 
 def set_limit(size_t nbytes):

@@ -272,8 +272,8 @@ def _final_states(m, outputs, states_full, order, T, N, sizes):
     """Final states in PyTorch's order (index k * num_directions + d), sorted order."""
     L, nd = m.num_layers, m.num_directions
     if L * nd == 1 and order.lens is None and T > 0:
-        # one layer, one direction, no lengths: each state's last step, copied (a
-        # training forward's; an inference call of that kind takes _forward_one)
+        # one layer, one direction, no lengths: each state's last step, copied (the
+        # LSTM's running c in inference: its only step)
         return [outputs[0][0][si][T - 1:T].copy() for si in range(len(sizes))]
     finals = []
     for si, H in enumerate(sizes):
@@ -365,15 +365,15 @@ def _forward_one(m, x, st0, unbatched, T, N, sizes):
     forward that saves), so none of their bookkeeping -- ~10 us of Python, which
     shows at small shapes (an RNN at (T, N, D, H) = (50, 1, 32, 64) runs ~20 us of
     kernel). ``st0``: the checked initial states (None: zeros)."""
-    xin = V.seq_view(x, time_major=not m.batch_first)
+    xin = V.seq_view(x, time_major=not m.batch_first)     # _kernel_input, nothing to sort
+    # _initial_states' arrays, (N, H) each (no padding to zero)
     s0 = [np.zeros((N, H), dtype=m.dtype) if s is None else np.ascontiguousarray(s[0])
           for s, H in zip(st0, sizes)]
     out = _seq_alloc(m, T, N, sizes[0])
     outs = _direction_outputs(m, out, 0, T, N, False, sizes)
     p, _ = m._weights(0, 0)
     m._kernel.forward(xin, s0, p, outs, False, None, False)
-    # each final state: the last step's (the LSTM's running c: its only step), copied
-    finals = [o[T - 1:T].copy() for o in outs]
+    finals = _final_states(m, [[outs]], None, _FULL_LENGTHS, T, N, sizes)
     y, finals = _to_caller(m, out, finals, None, unbatched)
     return y, finals, None
 
