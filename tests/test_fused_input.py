@@ -153,6 +153,46 @@ def test_fusing_hook_turns_the_rule_off(fusing_off):
     assert not K._steps_input_grad(32, 256, 256, 1024, 100)
 
 
+def test_step_dx_bound_hook_moves_only_the_backward_rule(rng):
+    """_set_step_dx_max: the in-step dx's own byte bound (RC_STEP_DX_MAX_BYTES by
+    default); the forward rule does not move, fuse=2 still forces, and a model's
+    gradients with dx after the loop match those with dx in the steps."""
+    case = (32, 256, 256, 1024, 100)          # Wx^T (1024, 256) float32: 1 MiB
+    assert K._steps_input_grad(*case) and K._fuses_input(32, 256, 1024, 256, 100)
+    try:
+        K._set_step_dx_max((1 << 20) - 4)
+        assert not K._steps_input_grad(*case)
+        assert K._steps_input_grad(32, 255, 256, 1024, 100)   # 1 MiB - 4 KiB
+        assert K._fuses_input(32, 256, 1024, 256, 100)
+        K._set_step_dx_max(0)
+        assert not K._steps_input_grad(8, 9, 40, 160, 60)
+        K._set_packing(True, 2)
+        assert K._steps_input_grad(*case)
+    finally:
+        K._set_packing(True)
+        K._set_step_dx_max()
+    assert K._steps_input_grad(*case)
+    T, N, D, H = 6, 9, 40, 40
+
+    def run():
+        m = rnncore.RNN(D, H, dtype=np.float64, seed=5)
+        x = np.random.default_rng(1).standard_normal((T, N, D))
+        m(x)
+        dx, _ = m.backward(np.random.default_rng(2).standard_normal((T, N, H)))
+        return [dx] + [g.copy() for g in m.grads.values()]
+
+    assert K._steps_input_grad(N, D, H, H, T, np.float64)
+    in_steps = run()
+    K._set_step_dx_max(0)
+    try:
+        assert not K._steps_input_grad(N, D, H, H, T, np.float64)
+        after = run()
+    finally:
+        K._set_step_dx_max()
+    for a, b in zip(in_steps, after):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_fusing_hook_forces_the_products_past_the_rule():
     """fuse=2 (bench/fusing_ab.py --forced): whenever the loop packs, whatever its rows
     and weight size; never without inputs or for one step."""

@@ -71,6 +71,8 @@ cdef extern from "rc_gemm_packed.h" nogil:
     Py_ssize_t infer_chunk "rc_infer_chunk"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH,
                                             Py_ssize_t D, size_t elsize)
     void set_chunk "rc_set_chunk"(long long steps)
+    void set_step_dx_max "rc_set_step_dx_max"(long long bytes)
+    long long RC_STEP_DX_MAX_BYTES
 
 
 cdef extern from "rc_matmul.h" nogil:

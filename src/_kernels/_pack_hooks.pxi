@@ -36,6 +36,15 @@ def _pack_a_calls():
     return pack_a_count()
 
 
+def _set_step_dx_max(max_bytes=None):
+    """Test/benchmark hook: this module's backward loops compute dx_t = dA_t Wx^T in
+    their steps (rc_gemm_packed.h: rc_step_input_grad) only while the packed Wx^T
+    takes at most `max_bytes` (None: the default, RC_STEP_DX_MAX_BYTES); larger, dx
+    is one GEMM after the loop. The `fuse` modes of _set_packing still apply (0:
+    never in the steps, 2: whenever the loop packs, whatever this bound)."""
+    set_step_dx_max(RC_STEP_DX_MAX_BYTES if max_bytes is None else max_bytes)
+
+
 def _set_weight_grads(int mode=1):
     """Test/benchmark hook: this module's backward computes the all-steps weight
     gradients on packed chunks of dG (rc_gemm_dw.h: rc_dw_*) by its rule (1, the
@@ -66,7 +75,8 @@ def _section_probe():
     return tok, depth, own
 
 
-from _gemm cimport set_pack_a, pack_a_count, gemm_own_count, local_depth
+from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
+                    RC_STEP_DX_MAX_BYTES)
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 
