@@ -39,7 +39,9 @@ from rnncore._kernels import simd
 LAYOUTS = {np.float32: {"wide": 32, "narrow": 16}, np.float64: {"wide": 16, "narrow": 8}}
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
-M_TAILS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17]
+#: rows: every block height of either layout (wide: 8, 4, 3, 2, 1 rows; narrow: 6, 4, 3,
+#: 2, 1) and combinations of several blocks (20, 25, 28 rows)
+M_TAILS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 17, 20, 25, 28]
 N_TAILS = [1, 7, 8, 15, 16, 17, 31, 32, 33, 65]
 K_TAILS = [0, 1, 7, 9, 64, 71]   # 9, 71: 8 x 8 transposed blocks and a tail (packing)
 

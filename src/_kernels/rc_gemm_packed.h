@@ -39,6 +39,13 @@
  * (64, 4096)(4096, 1024); at the three large ones OpenBLAS (1 thread) ran at
  * 56-75 and the unpacked panel kernel at 74-81. 12x32, 14x32 and 6x64 blocks,
  * packing A per call and k blocking (KC = 256) measured no faster than 8x32.
+ * Nor on 2 Intel Xeon cores (Emerald Rapids, session 18: two 64-byte FMA
+ * units, so a block's loads per FMA weigh more than on Zen 4): 12x32 (24 zmm
+ * accumulators) against 8x32 in a C harness, both threads on one shared packed
+ * B, per-thread GF/s medians of 15-25 alternating rounds, was 0.99-1.09x in the
+ * VM's fast spells (the 8x32 at 95-99 % of the FMA peak at most shapes) and
+ * 0.94-1.05x in its slow ones; k blocking with KC = 128 and 256 there
+ * 0.95-1.01x.
  *
  * Policy (rc_pack_step_weight below; the row split in rc_threads.h): a loop of
  * T >= 2 steps packs its weight whenever this CPU has a layout and the loop's
