@@ -13,8 +13,13 @@ set on). Run it on a new machine (an Intel Xeon's 2 MB L2, say) before moving
         [--threads 2] [--blocks 8] [--ms 200]
 
 ``--forced`` runs every shape fused, whatever the rule (``_set_packing(True, 2)``
-lifts its row and byte bounds), so shapes the rule leaves out can be measured too. Prints, per shape, the median ms per call of each and
-``unfused / fused`` (> 1: fusing is faster). Benchmarks never assert; the
+lifts its row and byte bounds), so shapes the rule leaves out can be measured too.
+``--dx-only`` (forward + backward) moves only the backward's dx: in the steps by the
+rule against one GEMM after the loop (the hook ``_set_step_dx_max(-1)``; the forward's
+fusing stays by its rule) -- on the Intel Xeon of session 18 the LSTM and GRU at
+(50, 64, 512, 1024), whose Wx^T (8 and 6 MiB) the rule keeps in the steps, measured
+1.01-1.08 after / in the steps, within that VM's noise. Prints, per shape, the median
+ms per call of each and ``unfused / fused`` (> 1: fusing is faster). Benchmarks never assert; the
 arithmetic is checked in tests/test_bench_scripts.py.
 """
 import argparse
@@ -89,7 +94,13 @@ def main(argv=None):
     ap = ab_parser(__doc__.split("\n\n")[0], ["rnn", "gru", "lstm"],
                    "fuse every shape, lifting the rule's row and byte bounds")
     ap.add_argument("--fb", action="store_true", help="time forward+backward (default: eval())")
+    ap.add_argument("--dx-only", action="store_true",
+                    help="forward+backward, moving only the backward's dx (in the steps by the "
+                         "rule, or after the loop); the forward fuses by its rule")
     args, shapes = parse_ab(ap, argv)
+    if args.dx_only and args.forced:
+        ap.error("--dx-only and --forced are exclusive")
+    args.fb = args.fb or args.dx_only
 
     import rnncore
     from threadpoolctl import threadpool_limits
@@ -100,7 +111,10 @@ def main(argv=None):
 
     def set_fused(on):
         for m in mods:
-            m._set_packing(True, fuse=(2 if args.forced else 1) if on else 0)
+            if args.dx_only:
+                m._set_step_dx_max(None if on else -1)
+            else:
+                m._set_packing(True, fuse=(2 if args.forced else 1) if on else 0)
 
     cls = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM}[args.cell]
     try:
@@ -121,12 +135,14 @@ def main(argv=None):
                     def run():
                         m(x)
                 fused, unfused = timed_ab(run, set_fused, args.blocks, args.ms)
-                print(f"{args.cell} {T},{N},{D},{H} {'fb' if args.fb else 'fwd'}: "
+                print(f"{args.cell} {T},{N},{D},{H} "
+                      f"{'fb, dx only' if args.dx_only else 'fb' if args.fb else 'fwd'}: "
                       f"fused {fused * 1e3:.3f} ms  unfused {unfused * 1e3:.3f} ms  "
                       f"unfused/fused {unfused / fused:.3f}", flush=True)
     finally:
         for m in mods:
             m._set_packing(True)
+            m._set_step_dx_max()
     return 0
 
 

@@ -321,6 +321,17 @@ def test_fusing_ab_runs_a_tiny_shape_forced_and_restores_the_rule(fab, capsys):
     assert not K._fuses_input(2, 3, 20, 5, 4)          # the rule again: 2 rows do not fuse
 
 
+def test_fusing_ab_moves_only_dx_and_restores_the_bound(fab, capsys):
+    from rnncore._kernels import rnn as K
+    assert K._steps_input_grad(9, 3, 5, 5, 4)
+    assert fab.main(["rnn", "4,9,3,5", "--dx-only", "--blocks", "1", "--ms", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("rnn 4,9,3,5 fb, dx only: fused ") and "unfused/fused" in out[0]
+    assert K._steps_input_grad(9, 3, 5, 5, 4)          # the default bound again
+    with pytest.raises(SystemExit):
+        fab.main(["rnn", "4,9,3,5", "--dx-only", "--forced"])
+
+
 # -- weight_grads_ab.py -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def wab():
