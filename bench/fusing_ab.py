@@ -9,7 +9,7 @@ both (timings of separate processes varied by up to 40 % on the VM the rule was
 set on). Run it on a new machine (an Intel Xeon's 2 MB L2, say) before moving
 ``RC_FUSE_MIN_ROWS`` or ``RC_FUSE_MAX_BYTES``::
 
-    python bench/fusing_ab.py lstm 100,32,256,256 50,64,512,1024 [--fb] [--forced]
+    python bench/fusing_ab.py lstm 100,32,256,256 50,64,512,1024 [--fb] [--forced | --dx-only]
         [--threads 2] [--blocks 8] [--ms 200]
 
 ``--forced`` runs every shape fused, whatever the rule (``_set_packing(True, 2)``
@@ -27,6 +27,8 @@ import sys
 import time
 
 import numpy as np
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 def parse_shape(text):
@@ -135,10 +137,13 @@ def main(argv=None):
                     def run():
                         m(x)
                 fused, unfused = timed_ab(run, set_fused, args.blocks, args.ms)
+                note = ""
+                if args.dx_only and not K._steps_input_grad(N, D, H, GATES[args.cell] * H, T):
+                    note = "  (the rule puts dx after the loop here: both sides alike)"
                 print(f"{args.cell} {T},{N},{D},{H} "
                       f"{'fb, dx only' if args.dx_only else 'fb' if args.fb else 'fwd'}: "
                       f"fused {fused * 1e3:.3f} ms  unfused {unfused * 1e3:.3f} ms  "
-                      f"unfused/fused {unfused / fused:.3f}", flush=True)
+                      f"unfused/fused {unfused / fused:.3f}{note}", flush=True)
     finally:
         for m in mods:
             m._set_packing(True)

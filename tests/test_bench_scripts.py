@@ -321,15 +321,25 @@ def test_fusing_ab_runs_a_tiny_shape_forced_and_restores_the_rule(fab, capsys):
     assert not K._fuses_input(2, 3, 20, 5, 4)          # the rule again: 2 rows do not fuse
 
 
-def test_fusing_ab_moves_only_dx_and_restores_the_bound(fab, capsys):
+def test_fusing_ab_moves_only_dx_and_restores_the_bound(fab, capsys, monkeypatch):
+    from conftest import HAVE_PACKED
     from rnncore._kernels import rnn as K
+    if not HAVE_PACKED:
+        pytest.skip("no packed GEMM layout for this CPU: dx is never in the steps")
+    packing = []
+    real = K._set_packing
+    monkeypatch.setattr(K, "_set_packing", lambda *a, **k: (packing.append(a), real(*a, **k)))
     assert K._steps_input_grad(9, 3, 5, 5, 4)
     assert fab.main(["rnn", "4,9,3,5", "--dx-only", "--blocks", "1", "--ms", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("rnn 4,9,3,5 fb, dx only: fused ") and "unfused/fused" in out[0]
-    assert K._steps_input_grad(9, 3, 5, 5, 4)          # the default bound again
-    with pytest.raises(SystemExit):
+    assert all(a in ((), (True,)) for a in packing), packing   # the forward's rule untouched
+    # the default bound again: 8 MiB exactly still in the steps (float32), not above
+    assert K._steps_input_grad(64, 512, 1024, 4096, 50)
+    assert not K._steps_input_grad(64, 513, 1024, 4096, 50)
+    with pytest.raises(SystemExit) as exc:
         fab.main(["rnn", "4,9,3,5", "--dx-only", "--forced"])
+    assert exc.value.code == 2
 
 
 # -- weight_grads_ab.py -----------------------------------------------------------------------

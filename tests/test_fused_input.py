@@ -153,24 +153,42 @@ def test_fusing_hook_turns_the_rule_off(fusing_off):
     assert not K._steps_input_grad(32, 256, 256, 1024, 100)
 
 
-def test_step_dx_bound_hook_moves_only_the_backward_rule(rng):
-    """_set_step_dx_max: the in-step dx's own byte bound (RC_STEP_DX_MAX_BYTES by
-    default); the forward rule does not move, fuse=2 still forces, and a model's
-    gradients with dx after the loop match those with dx in the steps."""
+def test_step_dx_bound_hook_moves_only_the_backward_rule():
+    """_set_step_dx_max: the in-step dx's own byte bound (RC_STEP_DX_MAX_BYTES = 8 MiB
+    by default), lowered and raised; the forward rule does not move, fuse=2 still
+    forces, bad values are refused, and a model's gradients with dx after the loop
+    match those with dx in the steps."""
     case = (32, 256, 256, 1024, 100)          # Wx^T (1024, 256) float32: 1 MiB
+    edge = (64, 512, 1024, 4096, 50)          # Wx^T (4096, 512) float32: 8 MiB exactly
+    big = (64, 1024, 1024, 4096, 50)          # 16 MiB
+
+    def default_bound():
+        assert K._steps_input_grad(*edge) and not K._steps_input_grad(*edge, np.float64)
+        assert not K._steps_input_grad(*big)
+
+    default_bound()
     assert K._steps_input_grad(*case) and K._fuses_input(32, 256, 1024, 256, 100)
     try:
         K._set_step_dx_max((1 << 20) - 4)
         assert not K._steps_input_grad(*case)
         assert K._steps_input_grad(32, 255, 256, 1024, 100)   # 1 MiB - 4 KiB
         assert K._fuses_input(32, 256, 1024, 256, 100)
+        K._set_step_dx_max(16 << 20)                          # raised past the forward's
+        assert K._steps_input_grad(*big) and not K._steps_input_grad(*big, np.float64)
+        assert not K._fuses_input(64, 512, 4096, 256, 50)     # 12 MiB: the forward bound stays
         K._set_step_dx_max(0)
+        assert not K._steps_input_grad(8, 9, 40, 160, 60)
+        K._set_step_dx_max(-5)
         assert not K._steps_input_grad(8, 9, 40, 160, 60)
         K._set_packing(True, 2)
         assert K._steps_input_grad(*case)
+        for bad in (1.5, "8", True):
+            with pytest.raises(TypeError, match="max_bytes"):
+                K._set_step_dx_max(bad)
     finally:
         K._set_packing(True)
         K._set_step_dx_max()
+    default_bound()
     assert K._steps_input_grad(*case)
     T, N, D, H = 6, 9, 40, 40
 

@@ -220,12 +220,20 @@ def test_a_wrong_term_would_be_caught(rng):
 # ---------------------------------------------------------------------------
 # 2. The projected LSTM, the layer-normalised cells
 # ---------------------------------------------------------------------------
-def test_projected_lstm_matches_reference(rng):
+@pytest.mark.parametrize("blas_slow", [False, True], ids=["blas", "blas-slow"])
+def test_projected_lstm_matches_reference(rng, blas_slow):
+    """Four backward calls, each one dW problem; while BLAS is slow (rc_blas_slow) the
+    projection's dWr += m^T E takes the dW kernel too (mm: own_matmul)."""
+    from rnncore import _bindings
     from test_lstm_proj import check_kernel_lengths_reverse
     before = _calls(KL)
-    with forced():   # float64, 575 rows: three chunks of 256
-        check_kernel_lengths_reverse(rng, 23, 25, 9, 24, 7)
-    assert _calls(KL) == before + 4
+    _bindings.set_blas_slow(blas_slow)
+    try:
+        with forced():   # float64, 575 rows: three chunks of 256
+            check_kernel_lengths_reverse(rng, 23, 25, 9, 24, 7)
+    finally:
+        _bindings.set_blas_slow(_bindings.BLAS_SLOW)
+    assert _calls(KL) == before + (8 if blas_slow and HAVE_PACKED else 4)
 
 
 def test_layer_normalised_lstm_kernel_matches_reference(rng):

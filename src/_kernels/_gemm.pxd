@@ -76,6 +76,33 @@ cdef extern from "rc_gemm_packed.h" nogil:
 
 
 cdef extern from "rc_matmul.h" nogil:
+    # a product on the packed kernel, B packed per call, the rows on the kernels'
+    # threads (rc_matmul_*), and C += A^T B on the dW kernel (rc_matmul_*_tn), where
+    # their rules take the shapes (matmul_use, matmul_tn_use); 0: nothing done
+    bint matmul_use "rc_matmul_use"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, size_t elsize)
+    bint matmul_tn_use "rc_matmul_tn_use"(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n)
+    bint matmul_machine "rc_matmul_machine"()
+    int rc_matmul_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a, Py_ssize_t lda,
+                    const float *b, Py_ssize_t rs, Py_ssize_t cs, float beta, float *c,
+                    Py_ssize_t ldc)
+    int rc_matmul_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *a, Py_ssize_t lda,
+                    const double *b, Py_ssize_t rs, Py_ssize_t cs, double beta, double *c,
+                    Py_ssize_t ldc)
+    int rc_matmul_f_tn(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const float *a,
+                       Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc)
+    int rc_matmul_d_tn(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const double *a,
+                       Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
+                       Py_ssize_t ldc)
+    void set_matmul "rc_set_matmul"(int mode)
+    long long matmul_count "rc_matmul_count"(int threaded)
+    # BLAS's kernels below this CPU's level: mm's all-steps products run here by these
+    # rules (shapes and the machine's size; set once at import: rnncore._bindings;
+    # set_blas_slow is also the test hook)
+    int blas_slow "rc_blas_slow"
+    void set_blas_slow "rc_set_blas_slow"(int on)
+    bint slow_matmul_use "rc_slow_matmul_use"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                              size_t elsize)
+    bint slow_matmul_tn_use "rc_slow_matmul_tn_use"(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n)
     # a product inside this thread's single-thread section (rc_threads.h:
     # RC_SECTION_LOCAL), on the packed kernel; 0: nothing done (rc_gemm_own_*)
     int rc_gemm_own_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha, const float *a,
@@ -103,6 +130,33 @@ cdef inline bint own_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alp
                              <const double *>b.p, rs, cs, beta, <double *>c.p, c.ld) != 0
 
 
+cdef inline bint own_matmul(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Mat a, Mat b,
+                            floating beta, Mat c) noexcept nogil:
+    """While BLAS is slow (blas_slow): C (m, n) := op(A) op(B) + beta C (C row-major) on
+    the kernels' threads, the packed kernel for a row-major A (rc_matmul_*: B packed
+    per call, any view), the dW kernel for C += A^T B with a row-major B
+    (rc_matmul_*_tn); False (nothing done) where their rules (rc_slow_matmul_use,
+    rc_slow_matmul_tn_use) do not take the shapes, or for other operand kinds."""
+    cdef Py_ssize_t rs = 1 if b.t == Trans else b.ld, cs = b.ld if b.t == Trans else 1
+    if a.t == NoTrans:
+        if not slow_matmul_use(m, n, k, sizeof(floating)):
+            return False
+        if floating is float:
+            return rc_matmul_f(m, n, k, <const float *>a.p, a.ld, <const float *>b.p, rs, cs,
+                               beta, <float *>c.p, c.ld) != 0
+        else:
+            return rc_matmul_d(m, n, k, <const double *>a.p, a.ld, <const double *>b.p, rs,
+                               cs, beta, <double *>c.p, c.ld) != 0
+    if b.t != NoTrans or beta != 1 or not slow_matmul_tn_use(k, m, n):
+        return False
+    if floating is float:
+        return rc_matmul_f_tn(k, m, n, <const float *>a.p, a.ld, <const float *>b.p, b.ld,
+                              <float *>c.p, c.ld) != 0
+    else:
+        return rc_matmul_d_tn(k, m, n, <const double *>a.p, a.ld, <const double *>b.p, b.ld,
+                              <double *>c.p, c.ld) != 0
+
+
 cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Mat a, Mat b,
                     floating beta, Mat c) noexcept nogil:
     """C (m, n) := alpha op(A) (m, k) op(B) (k, n) + beta C, any of the three transposed views.
@@ -110,7 +164,10 @@ cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Ma
     Inside a single-thread section of this thread (rc_threads.h: RC_SECTION_LOCAL,
     a CPU with a packed layout), what would go to BLAS runs on rnncore's own GEMM
     instead (own_gemm): BLAS's thread count is process-wide, and switching it
-    would change other threads' products."""
+    would change other threads' products. Outside one, when SciPy's BLAS runs
+    kernels below this CPU's level (blas_slow, rc_matmul.h), the products the rules
+    of rc_slow_matmul_use / rc_slow_matmul_tn_use take run on the kernels' threads instead
+    (own_matmul; alpha 1 only)."""
     cdef Mat s
     cdef Py_ssize_t r
     if c.t == Trans:
@@ -133,6 +190,8 @@ cdef inline void mm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, Ma
                             beta, <double *>c.p, c.ld)
         return
     if k > 0 and local_depth() > 0 and own_gemm(m, n, k, alpha, a, b, beta, c):
+        return
+    if k > 0 and blas_slow and alpha == 1 and own_matmul(m, n, k, a, b, beta, c):
         return
     gemm_rm(m, n, k, alpha, a, b, beta, <floating *>c.p, c.ld)
 

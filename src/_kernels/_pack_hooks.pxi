@@ -1,8 +1,12 @@
 # The test and benchmark hooks of packing on threads (rc_gemm_packed.h:
-# rc_pack_par_*), of the dW kernel (rc_gemm_dw.h) and of the thread team
+# rc_pack_par_*), of copying A (rc_set_pack_a), of the in-step dx bound
+# (rc_set_step_dx_max), of the dW kernel (rc_gemm_dw.h), of the per-call packed
+# products (rc_matmul.h: rc_set_matmul, rc_set_blas_slow) and of the thread team
 # (rc_threads.h: rc_pool_t), included by every kernel module that packs weights: each
 # module has its own copy of the C statics (the team itself is shared: rc_pool_attach). The module cimports set_pack_par,
 # pack_par_count and RC_PACK_PAR_BYTES from _gemm.
+
+import operator
 
 from _threads cimport set_input_single as _set_input_single_c
 
@@ -39,10 +43,22 @@ def _pack_a_calls():
 def _set_step_dx_max(max_bytes=None):
     """Test/benchmark hook: this module's backward loops compute dx_t = dA_t Wx^T in
     their steps (rc_gemm_packed.h: rc_step_input_grad) only while the packed Wx^T
-    takes at most `max_bytes` (None: the default, RC_STEP_DX_MAX_BYTES); larger, dx
-    is one GEMM after the loop. The `fuse` modes of _set_packing still apply (0:
-    never in the steps, 2: whenever the loop packs, whatever this bound)."""
-    set_step_dx_max(RC_STEP_DX_MAX_BYTES if max_bytes is None else max_bytes)
+    takes at most `max_bytes` (an int; None: the default, RC_STEP_DX_MAX_BYTES =
+    8 MiB; <= 0: never); larger, dx is one GEMM after the loop. The `fuse` modes of
+    _set_packing still apply (0: never in the steps, 2: whenever the loop packs,
+    whatever this bound). Only the RNN, GRU and LSTM modules' loops compute dx in
+    their steps; elsewhere the bound is kept and read by nothing."""
+    if max_bytes is None:
+        set_step_dx_max(RC_STEP_DX_MAX_BYTES)
+        return
+    if isinstance(max_bytes, (bool, np.bool_)):
+        raise TypeError("max_bytes must be an int or None, got a bool")
+    try:
+        value = operator.index(max_bytes)
+    except TypeError:
+        raise TypeError("max_bytes must be an int or None, got "
+                        f"{type(max_bytes).__name__}") from None
+    set_step_dx_max(max(-1, min(value, 1 << 62)))
 
 
 def _set_weight_grads(int mode=1):
@@ -57,6 +73,41 @@ def _weight_grads_calls():
     gradients on the packed dW kernel, and how many of them on more than one thread
     (counts since import)."""
     return dw_count(0), dw_count(1)
+
+
+def _set_matmul(int mode=1):
+    """Test/benchmark hook: this module's products on the packed kernel with B packed
+    per call (rc_matmul.h: ``linear.matmul``, and ``mm``'s all-steps products while
+    BLAS is slow: _set_blas_slow) run by their rule (1, the default), at any size
+    (2; still not without a packed layout) or never (0). C += A^T B follows
+    ``_set_weight_grads``."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
+    set_matmul(mode)
+
+
+def _matmul_calls():
+    """(calls, threaded): this module's products on the packed kernel with B packed
+    per call (rc_matmul_*), and of them on more than one thread (counts since
+    import)."""
+    return matmul_count(0), matmul_count(1)
+
+
+def _set_blas_slow(on):
+    """Whether SciPy's BLAS runs kernels below this CPU's SIMD level (rc_matmul.h:
+    rc_blas_slow): then this module's all-steps products outside single-thread
+    sections (``mm``: the input projection, dx after the loop, weight gradients the
+    dW kernel did not take) run on the packed kernel by rc_matmul_use's rule instead
+    of BLAS. rnncore sets it once at import (rnncore._runtime.blas:
+    blas_below_cpu); tests and benchmarks flip it. `on`: a bool."""
+    if not isinstance(on, (bool, np.bool_)):
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    set_blas_slow(1 if on else 0)
+
+
+def _blas_slow():
+    """This module's rc_blas_slow (see _set_blas_slow)."""
+    return bool(blas_slow)
 
 
 def _own_gemm_calls():
@@ -76,7 +127,7 @@ def _section_probe():
 
 
 from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
-                    RC_STEP_DX_MAX_BYTES)
+                    RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow)
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 

@@ -11,29 +11,12 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, Mat, mat, NoTrans, Trans
-from _gemm cimport mm, set_pack_par, pack_par_count, set_dw, dw_count, RC_PACK_PAR_BYTES
+from _gemm cimport (mm, set_pack_par, pack_par_count, set_dw, dw_count, RC_PACK_PAR_BYTES,
+                    matmul_use, matmul_tn_use, matmul_machine, rc_matmul_f, rc_matmul_d,
+                    rc_matmul_f_tn, rc_matmul_d_tn)
 from _threads cimport blas_thread_hooks
 
 require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
-
-cdef extern from "rc_matmul.h" nogil:
-    bint matmul_use "rc_matmul_use"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, size_t elsize)
-    bint matmul_tn_use "rc_matmul_tn_use"(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n)
-    bint matmul_machine "rc_matmul_machine"()
-    int rc_matmul_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a, Py_ssize_t lda,
-                    const float *b, Py_ssize_t rs, Py_ssize_t cs, float beta, float *c,
-                    Py_ssize_t ldc)
-    int rc_matmul_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *a, Py_ssize_t lda,
-                    const double *b, Py_ssize_t rs, Py_ssize_t cs, double beta, double *c,
-                    Py_ssize_t ldc)
-    int rc_matmul_f_tn(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const float *a,
-                       Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc)
-    int rc_matmul_d_tn(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const double *a,
-                       Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
-                       Py_ssize_t ldc)
-    void set_matmul "rc_set_matmul"(int mode)
-    long long matmul_count "rc_matmul_count"(int threaded)
-
 
 cdef bint _mm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
               floating beta) noexcept:
@@ -183,13 +166,6 @@ def _blas_thread_hooks(size_t set_fn, size_t get_fn, long long min_work, size_t 
     blas_thread_hooks(set_fn, get_fn, min_work, state, row_split)
 
 
-def _set_matmul(int mode=1):
-    """Test/benchmark hook: ``matmul`` runs here by its rule (1, the default), at any
-    size (2; still False without a packed layout) or never (0). ``matmul_tn_add``
-    follows this module's ``_set_weight_grads`` (_pack_hooks.pxi)."""
-    set_matmul(mode)
-
-
 def _rule_allows_kernel():
     """Whether the rule may take products at all on this machine and configuration:
     the kernels' own threads allowed (``rnncore.set_row_split``) and at most 8 CPUs
@@ -222,12 +198,6 @@ def _mm_in_section(const floating[:, :] a, const floating[:, :] b, floating[:, :
         mm(m, n, k, <floating>alpha, ma, mb, <floating>beta, mc)
         single_close(tok)
     return np.asarray(c)
-
-
-def _matmul_calls():
-    """(calls, threaded): ``matmul`` calls that ran here, and of them on more than one
-    thread (counts since import)."""
-    return matmul_count(0), matmul_count(1)
 
 
 include "_pack_hooks.pxi"

@@ -59,6 +59,7 @@
 #ifndef RC_GEMM_PACKED_H
 #define RC_GEMM_PACKED_H
 
+#include <stdint.h>    /* uintptr_t: the L1 prefetch's address */
 #include <stdlib.h>    /* malloc, free: the copy of A */
 #include "rc_gemm.h"   /* RC_CLONES, rc_idx, rc_vf64b; rc_threads.h: rc_loop_parallel_min, rc_row_split */
 
@@ -262,16 +263,28 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
 /* The wide layout's k loop also prefetches B's row RC_PK_L1_AHEAD steps ahead
  * into L1 (prefetcht0, both lines of the 128-byte row). Without it the FMAs
  * waited on B's loads from L2 (perf annotate: the samples on the two B loads)
- * once a panel outgrew L1 (k * 128 bytes): on 2 Intel Xeon cores (Emerald
+ * whenever the packed B (k * n elements) did not stay in L1, each panel's
+ * first pass over k coming from L2: on 2 Intel Xeon cores (Emerald
  * Rapids, AVX-512, 2 MiB L2 each), both threads multiplying by one shared
  * packed B in a C harness, per-thread GF/s median of 9 alternating rounds,
  * off / 16 / 24 / 32 steps ahead: (m, k, n) = (32, 4096, 1024) 94.5 / 112.7 /
  * 113.4 / 108.8; (16, 256, 1024) 84.4 / 94.9 / 99.1 / 96.5; (16, 1024, 256)
- * 87.0 / 96.5 / 100.7 / 103.6; (8, 128, 512) 85.5 / 100.5 / 97.1 / 107.6. A
- * prefetch past the end of B is dropped (no fault). Same loads, same FMAs:
- * bitwise the same C. The AVX2 layout (measured on no machine with it since)
+ * 87.0 / 96.5 / 100.7 / 103.6; (8, 128, 512) 85.5 / 100.5 / 97.1 / 107.6: 24
+ * was the best or within 4 % of it at three of the four shapes, and no setting
+ * led at all four. In the last 24 rows of a panel the address runs past the
+ * packed B: a prefetch never faults (an unmapped line is dropped, a mapped one
+ * fetched for nothing), and the address is computed as an integer, so no
+ * out-of-bounds pointer is formed. Same loads, same FMAs: bitwise the same C.
+ * On 2 AMD EPYC Zen 5 cores (session 19; the same harness, 15 rounds, on /
+ * off) it is neutral: 192.9 / 188.9 at (32, 1024, 4096), 204.2 / 199.8 at
+ * (32, 4096, 1024), 220.3 / 221.3 at (16, 256, 1024), 218.4 / 222.3 at (16,
+ * 1024, 256), 195.8 / 199.0 at (8, 128, 512) -- the kernel at 82-95 % of a
+ * core's FMA peak (233 GFLOP/s) either way. Zen 4 (the same layout) was not
+ * measured with it. The AVX2 layout (measured on no machine with it since)
  * keeps the hardware prefetchers alone. */
+#ifndef RC_PK_L1_AHEAD   /* (0: no prefetch; a C harness's A/B builds) */
 #define RC_PK_L1_AHEAD 24
+#endif
 #define RC_PK_KLOOP(T, VT, K, A, LDA, PS, B, PF)                                \
         for (rc_idx p = 0; p < (K); p++) {                                      \
             VT b0, b1;                                                          \
@@ -279,9 +292,11 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
                 __builtin_prefetch((PF) + p * 2 * V, 0, 2);                     \
                 if (2 * sizeof(VT) > 64) __builtin_prefetch((PF) + p * 2 * V + V, 0, 2); \
             }                                                                   \
-            if (sizeof(VT) == 64) {   /* wide: row p + RC_PK_L1_AHEAD into L1 */ \
-                __builtin_prefetch((B) + (p + RC_PK_L1_AHEAD) * 2 * V, 0, 3);   \
-                __builtin_prefetch((B) + (p + RC_PK_L1_AHEAD) * 2 * V + V, 0, 3); \
+            if (sizeof(VT) == 64 && RC_PK_L1_AHEAD > 0) {   /* wide: into L1 */  \
+                const uintptr_t ahead_ = (uintptr_t)(B)                         \
+                    + (uintptr_t)((p + RC_PK_L1_AHEAD) * 2 * V) * sizeof(T);    \
+                __builtin_prefetch((const void *)ahead_, 0, 3);                 \
+                __builtin_prefetch((const void *)(ahead_ + sizeof(VT)), 0, 3);  \
             }                                                                   \
             __builtin_memcpy(&b0, (B) + p * 2 * V, sizeof(VT));                 \
             __builtin_memcpy(&b1, (B) + p * 2 * V + V, sizeof(VT));             \
@@ -627,11 +642,12 @@ static int rc_pack_step_weight(rc_idx T, long long work)
 #define RC_FUSE_MAX_BYTES (8LL << 20)
 /* The rule both in-step products share: a loop of T steps over N rows whose
  * per-step product does `work` multiply-adds and whose in-step operand takes
- * `bytes` (the hook's mode 2 drops the row and byte bounds). */
-static int rc_in_step_rule(rc_idx T, rc_idx N, long long bytes, long long work)
+ * `bytes`, at most `max_bytes` (the hook's mode 2 drops the row and byte bounds). */
+static int rc_in_step_rule(rc_idx T, rc_idx N, long long bytes, long long max_bytes,
+                           long long work)
 {
     if (!rc_fuse_enabled || N <= 0) return 0;
-    if (rc_fuse_enabled == 1 && (N < RC_FUSE_MIN_ROWS || bytes > RC_FUSE_MAX_BYTES)) return 0;
+    if (rc_fuse_enabled == 1 && (N < RC_FUSE_MIN_ROWS || bytes > max_bytes)) return 0;
     return rc_pack_step_weight(T, work);
 }
 
@@ -639,23 +655,24 @@ static int rc_fuse_input(rc_idx T, rc_idx N, rc_idx D, rc_idx k, rc_idx n, size_
 {
     if (D <= 0 || k <= 0 || n <= 0) return 0;
     return rc_in_step_rule(T, N, (long long)(D + k) * n * (long long)elsize,
-                           (long long)N * n * k);
+                           RC_FUSE_MAX_BYTES, (long long)N * n * k);
 }
 
 /* Whether a backward loop of T steps over N rows computes the input gradient
  * step by step, dx_t = dA_t Wx^T ((N, GH)(GH, D), on Wx^T packed once, while
- * dA_t is in the cache) instead of as one BLAS GEMM over all T*N rows after
- * the loop: the same rule, the loop's own product being (N, GH)(GH, Hp) and
- * the operand Wx^T (GH, D). */
-#define RC_STEP_DX_MAX_BYTES (8LL << 20)
+ * dA_t is in the cache) instead of as one GEMM over all T*N rows after the
+ * loop: the same rule, the loop's own product being (N, GH)(GH, Hp) and the
+ * operand Wx^T (GH, D), with its own byte bound (by default the forward's,
+ * RC_FUSE_MAX_BYTES; the benchmark hook rc_set_step_dx_max moves it either way:
+ * bench/fusing_ab.py --dx-only; <= 0: never in the steps). */
+#define RC_STEP_DX_MAX_BYTES RC_FUSE_MAX_BYTES
 static long long rc_step_dx_max_bytes = RC_STEP_DX_MAX_BYTES;   /* hook: rc_set_step_dx_max */
 static void rc_set_step_dx_max(long long bytes) { rc_step_dx_max_bytes = bytes; }
 static int rc_step_input_grad(rc_idx T, rc_idx N, rc_idx D, rc_idx Hp, rc_idx GH, size_t elsize)
 {
     const long long bytes = (long long)GH * D * (long long)elsize;
     if (D <= 0 || Hp <= 0 || GH <= 0) return 0;
-    if (rc_fuse_enabled == 1 && bytes > rc_step_dx_max_bytes) return 0;
-    return rc_in_step_rule(T, N, bytes, (long long)N * GH * Hp);
+    return rc_in_step_rule(T, N, bytes, rc_step_dx_max_bytes, (long long)N * GH * Hp);
 }
 
 /* Steps per chunk of a forward loop that keeps nothing for backward (inference)

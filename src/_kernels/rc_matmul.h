@@ -39,27 +39,66 @@
 #define RC_MATMUL_MIN_WORK (1LL << 20)
 static int rc_matmul_enabled = 1;   /* test hook: 0 leaves every product to BLAS, 2 forces */
 static void rc_set_matmul(int mode) { rc_matmul_enabled = mode; }
-static int rc_matmul_machine(void)
+static int rc_matmul_small_machine(void)   /* at most RC_MAX_THREADS CPUs */
 {
     static int cpus = 0;
     if (cpus == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         __atomic_store_n(&cpus, n > 0 ? (int)(n < 1 << 20 ? n : 1 << 20) : 1, __ATOMIC_RELAXED);
     }
-    return rc_row_split && cpus <= RC_MAX_THREADS;
+    return cpus <= RC_MAX_THREADS;
 }
-static int rc_matmul_use(rc_idx m, rc_idx n, rc_idx k, size_t elsize)
+static int rc_matmul_machine(void)
+{
+    return rc_row_split && rc_matmul_small_machine();
+}
+static int rc_matmul_shapes(rc_idx m, rc_idx n, rc_idx k, size_t elsize)
 {
     if (!rc_matmul_enabled || m <= 0 || n <= 0 || k <= 0 || rc_packed_nr(elsize) == 0)
         return 0;
-    if (rc_matmul_enabled == 2) return 1;
-    return rc_matmul_machine() && m >= RC_MATMUL_MIN_ROWS
-           && (long long)m * n * k >= RC_MATMUL_MIN_WORK;
+    return rc_matmul_enabled == 2
+           || (m >= RC_MATMUL_MIN_ROWS && (long long)m * n * k >= RC_MATMUL_MIN_WORK);
+}
+static int rc_matmul_use(rc_idx m, rc_idx n, rc_idx k, size_t elsize)
+{
+    return rc_matmul_shapes(m, n, k, elsize)
+           && (rc_matmul_enabled == 2 || rc_matmul_machine());
 }
 static int rc_matmul_tn_use(rc_idx K, rc_idx m, rc_idx n)
 {
     if (K <= 0 || m <= 0 || n <= 0 || !rc_dw_use((long long)K * m * n, K)) return 0;
     return rc_dw_enabled == 2 || rc_matmul_machine();
+}
+/* Whether SciPy's BLAS runs kernels below this CPU's SIMD level (rnncore._runtime.blas:
+ * blas_below_cpu; e.g. OpenBLAS's AVX2 "Haswell" kernels on an AVX-512 CPU, chosen
+ * by OPENBLAS_CORETYPE in the environment or because OpenBLAS does not know the
+ * CPU): set once at import (rnncore._bindings), never changed by the product's
+ * shapes or the current thread count. Then the products the time loops would give
+ * BLAS outside their steps (_gemm.pxd: mm -- the all-steps input projection, dx
+ * after the loop, a weight gradient the dW kernel did not take) run here instead,
+ * by the rule above (rc_matmul_use, rc_matmul_tn_use). Measured on 2 AMD EPYC
+ * Zen 5 cores (session 19, float32, OPENBLAS_CORETYPE=Haswell set by the
+ * machine's environment): (3200 x 512)(512 x 4096), an LSTM's input projection
+ * at (T, N, D, H) = (50, 64, 512, 1024), 414 GFLOP/s here against OpenBLAS's
+ * 186 (its SkylakeX kernels: 352); (3200 x 256)(256 x 1024) 349 against 181.
+ * Test hook: rc_set_blas_slow. */
+static int rc_blas_slow = 0;
+static void rc_set_blas_slow(int on) { rc_blas_slow = on != 0; }
+/* The rules for those products (_gemm.pxd: own_matmul): rc_matmul_use's and
+ * rc_matmul_tn_use's without the row-split setting (rnncore.set_row_split): the
+ * path, and with it the rounding, must not depend on it (the tests compare the two
+ * bitwise, as for the dW kernel: rc_dw_use); with the row split off the products
+ * run on one thread (rc_own_threads), against BLAS's several on its slower kernels. */
+static int rc_slow_matmul_use(rc_idx m, rc_idx n, rc_idx k, size_t elsize)
+{
+    return rc_blas_slow && rc_matmul_shapes(m, n, k, elsize)
+           && (rc_matmul_enabled == 2 || rc_matmul_small_machine());
+}
+static int rc_slow_matmul_tn_use(rc_idx K, rc_idx m, rc_idx n)
+{
+    if (!rc_blas_slow || K <= 0 || m <= 0 || n <= 0 || !rc_dw_use((long long)K * m * n, K))
+        return 0;
+    return rc_dw_enabled == 2 || rc_matmul_small_machine();
 }
 static long long rc_matmul_calls[2] = {0, 0};   /* calls here, and of them on threads */
 static long long rc_matmul_count(int threaded)

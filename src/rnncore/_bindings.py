@@ -58,6 +58,8 @@ from ._kernels import lngru as _klngru
 from ._kernels import lnlstm as _klnlstm
 from ._kernels import lstm as _klstm
 from ._kernels import rnn as _krnn
+from ._kernels import simd as _ksimd
+from ._runtime import blas as _blas
 from ._runtime import threads as _threads
 from ._validation import blas_matmul, blas_matmul_add
 
@@ -398,13 +400,35 @@ def matmul_tn_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # BLAS thread hooks and the single-thread section
 # ---------------------------------------------------------------------------
+_KERNEL_MODULES = (_krnn, _kgru, _klstm, _klnlstm, _klngru, _klinear)
+
+
 def _install_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split):
     """Hand the thread policy of rnncore._runtime.threads to every kernel module."""
-    for mod in (_krnn, _kgru, _klstm, _klnlstm, _klngru, _klinear):
+    for mod in _KERNEL_MODULES:
         mod._blas_thread_hooks(set_addr, get_addr, min_work, state_addr, row_split)
 
 
 _threads.attach_kernels(_install_thread_hooks, _krnn._single_thread_open,
                         _krnn._single_thread_close, packed=_krnn._packed_layout(),
                         state_bytes=_krnn._thread_state_bytes())
+
+
+# ---------------------------------------------------------------------------
+# BLAS below the CPU's SIMD level
+# ---------------------------------------------------------------------------
+def set_blas_slow(slow: bool) -> None:
+    """Tell every kernel module whether SciPy's BLAS runs kernels below this CPU's SIMD
+    level (rc_matmul.h: rc_blas_slow); then their all-steps products outside the time
+    steps run on the kernels' packed GEMM instead of BLAS. Decided once at import
+    (:data:`BLAS_SLOW`); tests and benchmarks flip it."""
+    for mod in _KERNEL_MODULES:
+        mod._set_blas_slow(bool(slow))
+
+
+#: whether SciPy's OpenBLAS selected kernels below the level rnncore's kernels run at
+#: (e.g. its AVX2 "Haswell" kernels on an AVX-512 CPU: ``OPENBLAS_CORETYPE`` set in
+#: the environment, or a CPU OpenBLAS does not know; rnncore._runtime.blas)
+BLAS_SLOW = _blas.blas_below_cpu(_ksimd.simd_tier())
+set_blas_slow(BLAS_SLOW)
 

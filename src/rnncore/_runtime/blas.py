@@ -251,6 +251,75 @@ def row_split_allowed() -> bool:
     return bool(_TIMEOUT_STATE["short"])
 
 
+def scipy_openblas():
+    """(path, ctypes library) of SciPy's OpenBLAS as loaded in this process (the one
+    the kernels call: ``libscipy_openblas-*``, not NumPy's ``libscipy_openblas64_``),
+    or None when it is not loaded or cannot be opened."""
+    import ctypes
+
+    path = None
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
+            for line in f:
+                name = line.rsplit(None, 1)[-1]
+                base = os.path.basename(name)
+                if base.startswith("libscipy_openblas") and "64_" not in base:
+                    path = name
+                    break
+    except OSError:  # pragma: no cover - non-Linux
+        return None
+    if path is None:
+        return None
+    try:
+        return path, ctypes.CDLL(path)
+    except OSError:  # pragma: no cover
+        return None
+
+
+#: OpenBLAS kernel sets (``openblas_get_corename``, lower case) by the SIMD tier of
+#: their kernels, as rnncore's kernels number them (4: AVX-512, 3: AVX2+FMA)
+_CORE_TIERS = {"skylakex": 4, "cooperlake": 4, "sapphirerapids": 4,
+               "haswell": 3, "zen": 3}
+
+
+def blas_corename():
+    """The kernel set SciPy's OpenBLAS selected at load time (``openblas_get_corename``:
+    "Haswell", "SkylakeX", ...), or None when unknown."""
+    import ctypes
+
+    found = scipy_openblas()
+    if found is None:
+        return None
+    for prefix in ("scipy_", ""):
+        fn = getattr(found[1], prefix + "openblas_get_corename", None)
+        if fn is None:
+            continue
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = ()
+        name = fn()
+        return name.decode("ascii", "replace").strip() if name else None
+    return None
+
+
+def blas_below_cpu(kernel_tier: int, corename=None) -> bool:
+    """Whether SciPy's OpenBLAS runs kernels below ``kernel_tier``, the SIMD level
+    rnncore's kernels dispatched to (4: AVX-512, 3: AVX2+FMA; lower: none packed).
+
+    True for OpenBLAS's AVX2 kernels ("Haswell", "Zen") on an AVX-512 CPU -- what
+    ``OPENBLAS_CORETYPE=Haswell`` in the environment, or an OpenBLAS that does not
+    know the CPU, gives -- and for pre-AVX2 kernel sets on either level. Then the
+    kernels run the time loops' all-steps products on their own packed GEMM
+    (rc_matmul.h: rc_blas_slow). An unknown kernel set (``corename`` None, not
+    given and not found) counts as not below: BLAS keeps its products.
+    """
+    if kernel_tier < 3:
+        return False
+    name = blas_corename() if corename is None else corename
+    if not name:
+        return False
+    return _CORE_TIERS.get(name.lower(), 2) < kernel_tier
+
+
 def _blas_info():
     """threadpoolctl's record for SciPy's BLAS (the one the kernels call), or None."""
     try:

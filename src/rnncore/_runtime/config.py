@@ -39,6 +39,7 @@ def show_config(file=None) -> dict:
     import numpy as np
     import scipy
 
+    from .. import _bindings
     from .._kernels import simd  # (here, not at the top: loading it loads SciPy's BLAS)
 
     vendor, model, flags = _cpu_info()
@@ -63,6 +64,9 @@ def show_config(file=None) -> dict:
         "loop_single_thread_below": (f"{threads.LOOP_PARALLEL_MIN} multiply-adds per step"
                                      if threads.loop_policy_active() else "off"),
         "loop_row_split": threads.row_split_enabled(),
+        "all_steps_products": ("rnncore's packed GEMM (BLAS's kernels are below this "
+                               f"CPU's {simd.simd_level()})" if _bindings.BLAS_SLOW
+                               else "BLAS"),
         "workspace_cache": _cache_summary(),
     }
     warnings = []
@@ -70,8 +74,10 @@ def show_config(file=None) -> dict:
     if blas and avx512 and str(blas.get("architecture", "")).lower() in ("haswell", "zen"):
         warnings.append(
             "OpenBLAS runs its AVX2 kernels on this AVX-512 CPU (about half the sgemm "
-            "speed): set OPENBLAS_CORETYPE=SkylakeX in the environment before starting "
-            "Python, or import rnncore before scipy.linalg.")
+            "speed; rnncore's time loops run their large products on their own kernels "
+            "meanwhile, other SciPy products do not): set OPENBLAS_CORETYPE=SkylakeX in "
+            "the environment before starting Python, or import rnncore before "
+            "scipy.linalg.")
     if numpy_blas_spins() and threads.row_split_enabled():
         warnings.append(
             "NumPy's own OpenBLAS keeps its default thread timeout: after each threaded "

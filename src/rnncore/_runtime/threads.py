@@ -46,7 +46,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from .blas import row_split_allowed
+from .blas import row_split_allowed, scipy_openblas
 
 _POOL = None
 _PARALLEL = (os.cpu_count() or 1) > 1
@@ -89,23 +89,10 @@ def _find_blas_thread_functions():
     """Addresses of SciPy's OpenBLAS get/set_num_threads, or None."""
     import ctypes
 
-    path = None
-    try:
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
-            for line in f:
-                name = line.rsplit(None, 1)[-1]
-                base = os.path.basename(name)
-                if base.startswith("libscipy_openblas") and "64_" not in base:
-                    path = name
-                    break
-    except OSError:  # pragma: no cover - non-Linux
+    found = scipy_openblas()
+    if found is None:
         return None
-    if path is None:
-        return None
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError:  # pragma: no cover
-        return None
+    lib = found[1]
     for prefix in ("scipy_", ""):
         try:
             set_fn = getattr(lib, prefix + "openblas_set_num_threads")
