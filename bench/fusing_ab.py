@@ -82,6 +82,25 @@ def add_timing_args(ap):
     ap.add_argument("--ms", type=float, default=200.0, help="target milliseconds per block")
 
 
+def model_call(cell, T, N, D, H, fb):
+    """A zero-argument call of a fresh float32 batch-first model of `cell` at (T, N, D,
+    H) on fixed random inputs: forward + backward (`fb`) or eval() inference."""
+    import rnncore
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, T, D)).astype(np.float32)
+    m = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM}[cell](
+        D, H, batch_first=True, seed=0)
+    if fb:
+        dout = np.ones((N, T, H), np.float32)
+
+        def run():
+            m(x)
+            m.backward(dout)
+        return run
+    m.eval()
+    return lambda: m(x)
+
+
 def timed_ab(run, set_on, blocks, ms):
     """(on, off): alternate() with as many calls per block as fill about `ms`
     milliseconds, from one untimed and one timed call."""
@@ -104,7 +123,6 @@ def main(argv=None):
         ap.error("--dx-only and --forced are exclusive")
     args.fb = args.fb or args.dx_only
 
-    import rnncore
     from threadpoolctl import threadpool_limits
     from rnncore._kernels import gru as KG
     from rnncore._kernels import lstm as KL
@@ -118,28 +136,15 @@ def main(argv=None):
             else:
                 m._set_packing(True, fuse=(2 if args.forced else 1) if on else 0)
 
-    cls = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM}[args.cell]
     try:
         with threadpool_limits(args.threads):
             for T, N, D, H in shapes:
-                rng = np.random.default_rng(0)
-                x = rng.standard_normal((N, T, D)).astype(np.float32)
-                m = cls(D, H, batch_first=True, seed=0)
-                if args.fb:
-                    dout = np.ones((N, T, H), np.float32)
-
-                    def run():
-                        m(x)
-                        m.backward(dout)
-                else:
-                    m.eval()
-
-                    def run():
-                        m(x)
-                fused, unfused = timed_ab(run, set_fused, args.blocks, args.ms)
+                run = model_call(args.cell, T, N, D, H, args.fb)
+                # (asked before timing: timed_ab leaves the hooks in the "off" state)
                 note = ""
                 if args.dx_only and not K._steps_input_grad(N, D, H, GATES[args.cell] * H, T):
                     note = "  (the rule puts dx after the loop here: both sides alike)"
+                fused, unfused = timed_ab(run, set_fused, args.blocks, args.ms)
                 print(f"{args.cell} {T},{N},{D},{H} "
                       f"{'fb, dx only' if args.dx_only else 'fb' if args.fb else 'fwd'}: "
                       f"fused {fused * 1e3:.3f} ms  unfused {unfused * 1e3:.3f} ms  "

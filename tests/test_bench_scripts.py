@@ -333,7 +333,14 @@ def test_fusing_ab_moves_only_dx_and_restores_the_bound(fab, capsys, monkeypatch
     assert fab.main(["rnn", "4,9,3,5", "--dx-only", "--blocks", "1", "--ms", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("rnn 4,9,3,5 fb, dx only: fused ") and "unfused/fused" in out[0]
+    assert "after the loop here" not in out[0]                 # the rule puts dx in the steps
     assert all(a in ((), (True,)) for a in packing), packing   # the forward's rule untouched
+    K._set_step_dx_max(0)
+    try:
+        assert fab.main(["rnn", "4,9,3,5", "--dx-only", "--blocks", "1", "--ms", "1"]) == 0
+    finally:
+        K._set_step_dx_max()
+    assert "after the loop here" in capsys.readouterr().out    # ...the hook's bound 0: not
     # the default bound again: 8 MiB exactly still in the steps (float32), not above
     assert K._steps_input_grad(64, 512, 1024, 4096, 50)
     assert not K._steps_input_grad(64, 513, 1024, 4096, 50)
@@ -403,3 +410,42 @@ def test_linear_ab_runs_and_restores_the_rules(capsys):
                              np.empty((64, 128), np.float32))                    # 1M
     with pytest.raises(SystemExit):
         lab.main(["70,8"])
+
+
+# -- _harness/machine.py: the header ---------------------------------------------------------
+def test_header_names_where_the_all_steps_products_run():
+    sys.path.insert(0, BENCH)
+    try:
+        from _harness import machine
+    finally:
+        sys.path.remove(BENCH)
+    from rnncore import _bindings
+    h = machine.machine_header(1)
+    want = "rnncore's packed GEMM" if _bindings.BLAS_SLOW else "BLAS"
+    assert h["all_steps_products"].startswith(want)
+    out = io.StringIO()
+    h.update(time="t", host="h")
+    machine.print_header(h, [], out)
+    kernels = [ln for ln in out.getvalue().splitlines() if ln.strip().startswith("kernels")]
+    assert kernels and f"all-steps products on {want}" in kernels[0]
+
+
+# -- blas_slow_ab.py --------------------------------------------------------------------------
+def test_blas_slow_ab_runs_and_restores_the_flag(capsys):
+    from rnncore import _bindings
+    from rnncore._kernels import rnn as K
+    bab = _load("blas_slow_ab")
+    flips = []
+    real = _bindings.set_blas_slow
+    _bindings.set_blas_slow = lambda on: (flips.append(bool(on)), real(on))
+    try:
+        assert bab.main(["rnn", "4,9,3,5", "--fb", "--blocks", "1", "--ms", "1"]) == 0
+    finally:
+        _bindings.set_blas_slow = real
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("SciPy's OpenBLAS kernels: ")
+    assert out[1].startswith("rnn 4,9,3,5 fb: kernel ") and "blas/kernel" in out[1]
+    assert True in flips and False in flips and flips[-1] is _bindings.BLAS_SLOW
+    assert K._blas_slow() is _bindings.BLAS_SLOW
+    with pytest.raises(SystemExit):
+        bab.main(["rnn", "4,9,3"])

@@ -18,6 +18,7 @@ not take) on its own packed kernel.
 3. The hooks refuse bad values, naming the argument.
 """
 import io
+import os
 
 import numpy as np
 import pytest
@@ -49,6 +50,7 @@ MODULES = {"rnn": K, "gru": KG, "lstm": KL}
     (4, "Sandybridge", True), (3, "Sandybridge", True), (3, "Nehalem", True),
     (3, "Haswell", False), (3, "Zen", False), (3, "SkylakeX", False),
     (2, "Prescott", False), (0, "Haswell", False),
+    (4, "SomeFutureCore", False), (3, "SomeFutureCore", False),
 ])
 def test_blas_below_cpu_by_kernel_set_and_tier(tier, name, below):
     assert _blas.blas_below_cpu(tier, name) is below
@@ -61,6 +63,8 @@ def test_unknown_kernel_set_keeps_blas(monkeypatch):
 
 
 def test_corename_is_what_openblas_reports():
+    if _blas.scipy_openblas() is None:
+        pytest.skip("SciPy's wheel OpenBLAS is not loaded (another BLAS build)")
     name = _blas.blas_corename()
     assert isinstance(name, str) and name
     info = _blas._blas_info()
@@ -74,7 +78,27 @@ def test_import_decided_once_for_every_module():
     for mod in (K, KG, KL, KLNL, KLNG, KLIN):
         assert mod._blas_slow() is want
     cfg = rnncore.show_config(file=io.StringIO())
-    assert ("packed GEMM" in cfg["all_steps_products"]) is want
+    assert ("packed GEMM" in cfg["all_steps_products"]) is (want and os.cpu_count() <= 8)
+    assert any("below this CPU" in w for w in cfg["warnings"]) is want
+
+
+def test_show_config_follows_the_flag_and_names_the_cause(monkeypatch):
+    """all_steps_products reads the kernels' current flag; the warning names the
+    kernel set and, for a user's OPENBLAS_CORETYPE, says so."""
+    from rnncore._runtime import config
+    B.set_blas_slow(not B.BLAS_SLOW)
+    try:
+        cfg = rnncore.show_config(file=io.StringIO())
+        assert ("packed GEMM" in cfg["all_steps_products"]) is (
+            (not B.BLAS_SLOW) and os.cpu_count() <= 8)
+    finally:
+        B.set_blas_slow(B.BLAS_SLOW)
+    monkeypatch.setattr(B, "BLAS_SLOW", True)
+    monkeypatch.setattr(config, "blas_corename", lambda: "Haswell")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    cfg = rnncore.show_config(file=io.StringIO())
+    w = [w for w in cfg["warnings"] if "below this CPU" in w]
+    assert w and "Haswell kernels" in w[0] and "OPENBLAS_CORETYPE=Haswell" in w[0]
 
 
 # ---------------------------------------------------------------------------
@@ -111,6 +135,8 @@ CASES = [
 
 @pytest.mark.parametrize("cell, kw", CASES, ids=[f"{c}-{i}" for i, (c, _) in enumerate(CASES)])
 def test_cells_on_the_packed_products_match_the_reference(forced, rng, cell, kw):
+    if kw.get("bidirectional") and (os.cpu_count() or 1) == 1:
+        pytest.skip("one CPU: the directions run in single-thread sections (own GEMM)")
     kind = cell.split("_")[0]
     mod = MODULES[kind]
     before = mod._matmul_calls()[0]
@@ -129,11 +155,11 @@ def test_cells_on_the_packed_products_match_the_reference(forced, rng, cell, kw)
 
 @pytest.mark.parametrize("layout", ["time-major", "batch-first"])
 def test_reset_before_gru_agrees_with_the_blas_path(forced, rng, layout):
-    """The reset-before GRU (Cho et al. 2014; reset_after=False): its input gradient in
-    two products (dG's r, z columns and its own n block) and dWh's shifted products
-    (C += A^T B), float64, flag on against off."""
-    T, N, D, H = SHAPES["gru"]
-    bf = layout == "batch-first"
+    """The reset-before GRU (Cho et al. 2014; reset_after=False): x Wx, dx and dWh's
+    shifted products (C += A^T B, with 2H off the panel width), float64, flag on
+    against off."""
+    T, N, D, H = 20, 32, 160, 170     # 2H = 340: off the panel width, so dWh's
+    bf = layout == "batch-first"      # products go through mm (C += A^T B)
     x = rng.standard_normal((N, T, D) if bf else (T, N, D))
     dout = rng.standard_normal((N, T, H) if bf else (T, N, H))
     h0 = rng.standard_normal((1, N, H))
@@ -144,11 +170,17 @@ def test_reset_before_gru_agrees_with_the_blas_path(forced, rng, layout):
         dx, dh0 = m.backward(dout)
         return [out, hn, dx, dh0] + [g.copy() for g in m.grads.values()]
 
-    before = KG._matmul_calls()[0]
+    before = KG._matmul_calls()[0], KG._weight_grads_calls()[0]
     own = run()
-    assert KG._matmul_calls()[0] >= before + 2
+    on = KG._matmul_calls()[0] - before[0], KG._weight_grads_calls()[0] - before[1]
     B.set_blas_slow(False)
-    for a, b in zip(own, run()):
+    before = KG._matmul_calls()[0], KG._weight_grads_calls()[0]
+    blas = run()
+    off = KG._matmul_calls()[0] - before[0], KG._weight_grads_calls()[0] - before[1]
+    # x Wx and dx (per call)
+    assert on[0] >= 2 and off[0] == 0
+    assert on[1] > off[1]                # some of dWh's A^T B products took the dW kernel
+    for a, b in zip(own, blas):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
 
 
@@ -219,7 +251,10 @@ def test_projection_weight_gradient_takes_the_transposed_product(forced, rng):
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_float32_agrees_with_blas_and_ignores_the_row_split(forced, rng, cell):
-    T, N, D, H = 20, 16, 48, 40
+    """The products really on the path (counted); float32 bitwise the same with the
+    kernels' row split off (one thread) and by default; within tolerance of BLAS."""
+    T, N, D, H = SHAPES[cell]
+    mod = MODULES[cell]
     x = rng.standard_normal((T, N, D)).astype(np.float32)
     dout = rng.standard_normal((T, N, H)).astype(np.float32)
 
@@ -229,14 +264,20 @@ def test_float32_agrees_with_blas_and_ignores_the_row_split(forced, rng, cell):
         dx, _ = m.backward(dout)
         return [out, dx] + [g.copy() for g in m.grads.values()]
 
+    before = mod._matmul_calls()[0]
     own = run()
-    split = _threads.row_split_enabled()
-    _threads.set_row_split(not split)
+    assert mod._matmul_calls()[0] >= before + 2
+    was = _threads._ROW_SPLIT
+    rnncore.set_row_split(False)
     try:
-        other = run()
+        before = mod._matmul_calls()
+        one = run()
+        after = mod._matmul_calls()
     finally:
-        _threads.set_row_split(split)
-    for a, b in zip(own, other):
+        _threads._ROW_SPLIT = was
+        _threads.set_loop_parallel_min(_threads.LOOP_PARALLEL_MIN)   # hands it to the kernels
+    assert after[0] >= before[0] + 2 and after[1] == before[1]      # on one thread
+    for a, b in zip(own, one):
         np.testing.assert_array_equal(a, b)
     B.set_blas_slow(False)
     blas = run()

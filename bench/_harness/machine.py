@@ -116,6 +116,9 @@ def machine_header(threads, torch_mod=None):
         "blas_threads": cfg.get("blas_threads"),
         "blas_coretype_override": cfg.get("blas_coretype_override"),
         "kernel_simd": simd.simd_level(),
+        # where the time loops' all-steps products run (BLAS, or rnncore's packed GEMM
+        # while BLAS's kernels are below the CPU's level; older rnncore: not reported)
+        "all_steps_products": cfg.get("all_steps_products"),
         "parallel_directions": _parallel_directions_enabled(),
         "threadpools": _threadpools(),
         "warnings": cfg.get("warnings", []),
@@ -209,7 +212,9 @@ def print_header(h, sg, out):
     for p in others:
         out.write(f"  also        {p.get('library')} {p.get('internal_api')} {p.get('version')} "
                   f"{p.get('architecture') or ''} {p.get('num_threads')} threads\n")
-    out.write(f"  kernels     SIMD {h['kernel_simd']}\n")
+    out.write(f"  kernels     SIMD {h['kernel_simd']}"
+              + (f"; all-steps products on {h['all_steps_products']}"
+                 if h.get("all_steps_products") else "") + "\n")
     if "load" in h:
         out.write(f"  load        {h['load']} busy background process(es) during the rows"
                   f"{' (' + h['load_kind'] + ')' if h['load'] else ' (none)'}\n")

@@ -426,6 +426,11 @@ def set_blas_slow(slow: bool) -> None:
         mod._set_blas_slow(bool(slow))
 
 
+def blas_slow() -> bool:
+    """The kernels' current rc_blas_slow (:data:`BLAS_SLOW` unless a test flipped it)."""
+    return _krnn._blas_slow()
+
+
 #: whether SciPy's OpenBLAS selected kernels below the level rnncore's kernels run at
 #: (e.g. its AVX2 "Haswell" kernels on an AVX-512 CPU: ``OPENBLAS_CORETYPE`` set in
 #: the environment, or a CPU OpenBLAS does not know; rnncore._runtime.blas)

@@ -276,10 +276,16 @@ def scipy_openblas():
         return None
 
 
-#: OpenBLAS kernel sets (``openblas_get_corename``, lower case) by the SIMD tier of
-#: their kernels, as rnncore's kernels number them (4: AVX-512, 3: AVX2+FMA)
+#: OpenBLAS's x86-64 kernel sets (``openblas_get_corename``, lower case) by the SIMD
+#: tier of their kernels, as rnncore's kernels number them (4: AVX-512, 3: AVX2+FMA,
+#: 2: older); a name not listed counts as unknown (not below: BLAS keeps its products)
 _CORE_TIERS = {"skylakex": 4, "cooperlake": 4, "sapphirerapids": 4,
-               "haswell": 3, "zen": 3}
+               "haswell": 3, "zen": 3,
+               **dict.fromkeys(("sandybridge", "nehalem", "core2", "penryn", "dunnington",
+                                "prescott", "atom", "barcelona", "bobcat", "bulldozer",
+                                "piledriver", "steamroller", "excavator", "opteron",
+                                "opteron_sse3", "nano", "katmai", "coppermine", "northwood",
+                                "banias", "athlon", "generic"), 2)}
 
 
 def blas_corename():
@@ -310,14 +316,16 @@ def blas_below_cpu(kernel_tier: int, corename=None) -> bool:
     know the CPU, gives -- and for pre-AVX2 kernel sets on either level. Then the
     kernels run the time loops' all-steps products on their own packed GEMM
     (rc_matmul.h: rc_blas_slow). An unknown kernel set (``corename`` None, not
-    given and not found) counts as not below: BLAS keeps its products.
+    given and not found, or a name not in ``_CORE_TIERS``) counts as not below:
+    BLAS keeps its products.
     """
     if kernel_tier < 3:
         return False
     name = blas_corename() if corename is None else corename
     if not name:
         return False
-    return _CORE_TIERS.get(name.lower(), 2) < kernel_tier
+    tier = _CORE_TIERS.get(name.lower())
+    return tier is not None and tier < kernel_tier
 
 
 def _blas_info():

@@ -10,8 +10,8 @@ import platform
 import sys
 
 from .._version import __version__
-from .blas import (_AVX512_NEEDED, _CORETYPE_STATE, _NUMPY_STATE, _TIMEOUT_STATE, _blas_info,
-                   _cpu_info, numpy_blas_spins)
+from .blas import (_CORETYPE_STATE, _NUMPY_STATE, _TIMEOUT_STATE, _blas_info, _cpu_info,
+                   blas_corename, numpy_blas_spins)
 from . import threads
 
 
@@ -22,6 +22,24 @@ def _cache_summary() -> str:
         return "off"
     return (f"keeps up to {c['limit'] / 2**20:.0f} MiB of training workspaces "
             f"({c['kept_bytes'] / 2**20:.1f} MiB kept now)")
+
+
+def _small_machine() -> bool:
+    """At most 8 CPUs: the kernels' thread cap (rc_matmul.h: rc_matmul_small_machine)."""
+    return (os.cpu_count() or 1) <= 8
+
+
+def _all_steps_products(slow: bool, level: str) -> str:
+    """show_config's ``all_steps_products``: where the time loops' products over all
+    steps run outside their steps (rc_matmul.h: rc_blas_slow and its rules)."""
+    if not slow:
+        return "BLAS"
+    if not _small_machine():
+        return "BLAS (its kernels are below this CPU's level, but this machine has more " \
+               "than 8 CPUs, the kernels' thread cap)"
+    return (f"rnncore's packed GEMM (BLAS's kernels are below this CPU's {level}), from 64 "
+            "rows and 2^20 multiply-adds, on the kernels' threads (one thread with the "
+            "row split off)")
 
 
 def show_config(file=None) -> dict:
@@ -42,8 +60,9 @@ def show_config(file=None) -> dict:
     from .. import _bindings
     from .._kernels import simd  # (here, not at the top: loading it loads SciPy's BLAS)
 
-    vendor, model, flags = _cpu_info()
+    vendor, model, _ = _cpu_info()
     blas = _blas_info()
+    slow = _bindings.blas_slow()
     cfg = {
         "rnncore": __version__,
         "python": platform.python_version(),
@@ -64,20 +83,26 @@ def show_config(file=None) -> dict:
         "loop_single_thread_below": (f"{threads.LOOP_PARALLEL_MIN} multiply-adds per step"
                                      if threads.loop_policy_active() else "off"),
         "loop_row_split": threads.row_split_enabled(),
-        "all_steps_products": ("rnncore's packed GEMM (BLAS's kernels are below this "
-                               f"CPU's {simd.simd_level()})" if _bindings.BLAS_SLOW
-                               else "BLAS"),
+        "all_steps_products": _all_steps_products(slow, simd.simd_level()),
         "workspace_cache": _cache_summary(),
     }
     warnings = []
-    avx512 = all(f in flags for f in _AVX512_NEEDED)
-    if blas and avx512 and str(blas.get("architecture", "")).lower() in ("haswell", "zen"):
+    if _bindings.BLAS_SLOW:
+        if "OPENBLAS_CORETYPE" in os.environ:
+            advice = (f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} in the environment "
+                      "chose them: unset it (on AMD AVX-512 CPUs rnncore then selects "
+                      "SkylakeX) or name this CPU's kernel set")
+        elif "loaded before rnncore" in _CORETYPE_STATE["reason"]:
+            advice = "import rnncore before scipy.linalg"
+        else:
+            advice = ("set OPENBLAS_CORETYPE to this CPU's kernel set (SkylakeX for AVX-512, "
+                      "Haswell for AVX2) before starting Python")
         warnings.append(
-            "OpenBLAS runs its AVX2 kernels on this AVX-512 CPU (about half the sgemm "
-            "speed; rnncore's time loops run their large products on their own kernels "
-            "meanwhile, other SciPy products do not): set OPENBLAS_CORETYPE=SkylakeX in "
-            "the environment before starting Python, or import rnncore before "
-            "scipy.linalg.")
+            f"SciPy's OpenBLAS runs its {blas_corename()} kernels, below this CPU's "
+            f"{simd.simd_level()} (about half the GEMM speed). rnncore's time loops run "
+            "their all-steps products on their own kernels instead"
+            + ("" if _small_machine() else " (not on machines of more than 8 CPUs)")
+            + f"; other SciPy products do not: {advice}.")
     if numpy_blas_spins() and threads.row_split_enabled():
         warnings.append(
             "NumPy's own OpenBLAS keeps its default thread timeout: after each threaded "
