@@ -82,6 +82,7 @@ cdef extern from "rc_matmul.h" nogil:
     bint matmul_use "rc_matmul_use"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, size_t elsize)
     bint matmul_tn_use "rc_matmul_tn_use"(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n)
     bint matmul_machine "rc_matmul_machine"()
+    bint matmul_small_machine "rc_matmul_small_machine"()
     int rc_matmul_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a, Py_ssize_t lda,
                     const float *b, Py_ssize_t rs, Py_ssize_t cs, float beta, float *c,
                     Py_ssize_t ldc)

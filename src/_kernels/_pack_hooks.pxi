@@ -110,6 +110,12 @@ def _blas_slow():
     return bool(blas_slow)
 
 
+def _matmul_small_machine():
+    """Whether this machine has at most the kernels' thread cap of CPUs
+    (rc_matmul_small_machine): where the products move while BLAS is slow."""
+    return bool(matmul_small_machine())
+
+
 def _own_gemm_calls():
     """How many products of this module ran on rnncore's own GEMM instead of BLAS
     inside a single-thread section of their thread (rc_gemm_own_*; a count since
@@ -127,7 +133,8 @@ def _section_probe():
 
 
 from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
-                    RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow)
+                    RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
+                    matmul_small_machine)
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 

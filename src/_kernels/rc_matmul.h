@@ -64,10 +64,13 @@ static int rc_matmul_use(rc_idx m, rc_idx n, rc_idx k, size_t elsize)
     return rc_matmul_shapes(m, n, k, elsize)
            && (rc_matmul_enabled == 2 || rc_matmul_machine());
 }
+static int rc_matmul_tn_shapes(rc_idx K, rc_idx m, rc_idx n)   /* the dW kernel's rule */
+{
+    return K > 0 && m > 0 && n > 0 && rc_dw_use((long long)K * m * n, K);
+}
 static int rc_matmul_tn_use(rc_idx K, rc_idx m, rc_idx n)
 {
-    if (K <= 0 || m <= 0 || n <= 0 || !rc_dw_use((long long)K * m * n, K)) return 0;
-    return rc_dw_enabled == 2 || rc_matmul_machine();
+    return rc_matmul_tn_shapes(K, m, n) && (rc_dw_enabled == 2 || rc_matmul_machine());
 }
 /* Whether SciPy's BLAS runs kernels below this CPU's SIMD level (rnncore._runtime.blas:
  * blas_below_cpu; e.g. OpenBLAS's AVX2 "Haswell" kernels on an AVX-512 CPU, chosen
@@ -96,9 +99,8 @@ static int rc_slow_matmul_use(rc_idx m, rc_idx n, rc_idx k, size_t elsize)
 }
 static int rc_slow_matmul_tn_use(rc_idx K, rc_idx m, rc_idx n)
 {
-    if (!rc_blas_slow || K <= 0 || m <= 0 || n <= 0 || !rc_dw_use((long long)K * m * n, K))
-        return 0;
-    return rc_dw_enabled == 2 || rc_matmul_small_machine();
+    return rc_blas_slow && rc_matmul_tn_shapes(K, m, n)
+           && (rc_dw_enabled == 2 || rc_matmul_small_machine());
 }
 static long long rc_matmul_calls[2] = {0, 0};   /* calls here, and of them on threads */
 static long long rc_matmul_count(int threaded)

@@ -431,6 +431,12 @@ def blas_slow() -> bool:
     return _krnn._blas_slow()
 
 
+def slow_products_machine() -> bool:
+    """Whether the products move at all on this machine while BLAS is slow: at most the
+    kernels' thread cap of CPUs (rc_matmul.h: rc_matmul_small_machine)."""
+    return _krnn._matmul_small_machine()
+
+
 #: whether SciPy's OpenBLAS selected kernels below the level rnncore's kernels run at
 #: (e.g. its AVX2 "Haswell" kernels on an AVX-512 CPU: ``OPENBLAS_CORETYPE`` set in
 #: the environment, or a CPU OpenBLAS does not know; rnncore._runtime.blas)

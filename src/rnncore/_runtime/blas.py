@@ -97,14 +97,24 @@ def _cpu_info():
 def _blas_already_loaded() -> bool:
     if "scipy.linalg" in sys.modules or "scipy.linalg.cython_blas" in sys.modules:
         return True
-    # SciPy's wheels bundle libscipy_openblas-<hash>.so; NumPy's (loaded first
-    # in most programs) is the separate ILP64 copy libscipy_openblas64_-<hash>.so
+    return _scipy_openblas_path() is not None
+
+
+def _scipy_openblas_path():
+    """The path of SciPy's OpenBLAS if this process has it mapped, else None.
+
+    SciPy's wheels bundle libscipy_openblas-<hash>.so; NumPy's (loaded first in
+    most programs) is the separate ILP64 copy libscipy_openblas64_-<hash>.so."""
     try:
         with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
-            return any("libscipy_openblas" in line and "openblas64" not in line
-                       for line in f)
+            for line in f:
+                name = line.rsplit(None, 1)[-1]
+                base = os.path.basename(name)
+                if base.startswith("libscipy_openblas") and "64_" not in base:
+                    return name
     except OSError:  # pragma: no cover - non-Linux
-        return False
+        pass
+    return None
 
 
 #: OPENBLAS_THREAD_TIMEOUT rnncore loads SciPy's BLAS with (see the module docstring)
@@ -257,17 +267,7 @@ def scipy_openblas():
     or None when it is not loaded or cannot be opened."""
     import ctypes
 
-    path = None
-    try:
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
-            for line in f:
-                name = line.rsplit(None, 1)[-1]
-                base = os.path.basename(name)
-                if base.startswith("libscipy_openblas") and "64_" not in base:
-                    path = name
-                    break
-    except OSError:  # pragma: no cover - non-Linux
-        return None
+    path = _scipy_openblas_path()
     if path is None:
         return None
     try:

@@ -24,17 +24,12 @@ def _cache_summary() -> str:
             f"({c['kept_bytes'] / 2**20:.1f} MiB kept now)")
 
 
-def _small_machine() -> bool:
-    """At most 8 CPUs: the kernels' thread cap (rc_matmul.h: rc_matmul_small_machine)."""
-    return (os.cpu_count() or 1) <= 8
-
-
-def _all_steps_products(slow: bool, level: str) -> str:
+def _all_steps_products(slow: bool, small_machine: bool, level: str) -> str:
     """show_config's ``all_steps_products``: where the time loops' products over all
     steps run outside their steps (rc_matmul.h: rc_blas_slow and its rules)."""
     if not slow:
         return "BLAS"
-    if not _small_machine():
+    if not small_machine:
         return "BLAS (its kernels are below this CPU's level, but this machine has more " \
                "than 8 CPUs, the kernels' thread cap)"
     return (f"rnncore's packed GEMM (BLAS's kernels are below this CPU's {level}), from 64 "
@@ -62,7 +57,7 @@ def show_config(file=None) -> dict:
 
     vendor, model, _ = _cpu_info()
     blas = _blas_info()
-    slow = _bindings.blas_slow()
+    slow, small_machine = _bindings.blas_slow(), _bindings.slow_products_machine()
     cfg = {
         "rnncore": __version__,
         "python": platform.python_version(),
@@ -83,7 +78,7 @@ def show_config(file=None) -> dict:
         "loop_single_thread_below": (f"{threads.LOOP_PARALLEL_MIN} multiply-adds per step"
                                      if threads.loop_policy_active() else "off"),
         "loop_row_split": threads.row_split_enabled(),
-        "all_steps_products": _all_steps_products(slow, simd.simd_level()),
+        "all_steps_products": _all_steps_products(slow, small_machine, simd.simd_level()),
         "workspace_cache": _cache_summary(),
     }
     warnings = []
@@ -101,7 +96,7 @@ def show_config(file=None) -> dict:
             f"SciPy's OpenBLAS runs its {blas_corename()} kernels, below this CPU's "
             f"{simd.simd_level()} (about half the GEMM speed). rnncore's time loops run "
             "their all-steps products on their own kernels instead"
-            + ("" if _small_machine() else " (not on machines of more than 8 CPUs)")
+            + ("" if small_machine else " (not on machines of more than 8 CPUs)")
             + f"; other SciPy products do not: {advice}.")
     if numpy_blas_spins() and threads.row_split_enabled():
         warnings.append(
