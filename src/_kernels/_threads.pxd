@@ -37,3 +37,5 @@ cdef extern from "rc_threads.h" nogil:
     int unit_threads "rc_unit_threads"(Py_ssize_t N, Py_ssize_t H, Py_ssize_t G, Py_ssize_t T,
                                        size_t elsize, bint packed, bint backward)
     void set_unit_split "rc_set_unit_split"(int mode, int threads)
+    int unit_rows "rc_unit_rows"()
+    void set_unit_rows "rc_set_unit_rows"(int rows)

@@ -588,10 +588,11 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * and backward. Modes: rc_set_unit_split, rnncore._kernels.lstm._set_unit_split:
  * 0 the shape rule, 1 forced, -1 off.
  *
- * Shape rule (mode 0; rc_unit_threads; shapes and the thread configuration only, as
- * for the row split): the forward loop of an LSTM without projection whose weight is
- * packed, T >= 2, whose rows the row split would put on P >= 2 threads, and whose
- * recurrent weight takes at least RC_UNIT_L3_BYTES.
+ * Shape rule (mode 0; rc_unit_threads; shapes, the thread configuration and the
+ * CPU's vendor only, as for the row split): the forward loop of an LSTM without
+ * projection whose weight is packed, T >= 2, whose rows the row split would put on
+ * P >= 2 threads, and whose recurrent weight takes at least RC_UNIT_L3_BYTES; on
+ * Intel CPUs also fewer than RC_UNIT_INTEL_ROWS rows a thread (rc_unit_rows).
  *
  * Measured (indicative only: a 2-core Zen 4 VM with a load average of 4-9 from other
  * jobs, minima of 15-30 interleaved repeats, float32, 2 threads; forward, backward
@@ -618,6 +619,35 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * split under this load (a descheduled thread stalls every step): hence the block
  * claiming below. */
 #define RC_UNIT_L3_BYTES (12LL << 20)
+/* On Intel's server cores the rule also asks for few rows: a unit split only where
+ * the row split would give each thread fewer than RC_UNIT_INTEL_ROWS rows. There
+ * (2 MiB L2 per core, the L3 a mesh) a core streaming the whole weight from L3 for
+ * 16 or more rows lost little, and the unit split's per-step hand-off cost more
+ * than the halved stream saved. Measured on 2 Intel Xeon cores (Emerald Rapids,
+ * session 20; float32 LSTM inference, the rule's units against rows forced, 10
+ * alternating blocks in one process, rows / units): (T, N, D, H) = (50, 64, 512,
+ * 1024) 0.886, 0.897, 0.914, 0.931, 0.994 in five runs; (50, 32, 512, 1024) 0.920,
+ * 0.957; (20, 64, 1024, 1024) 0.903, 1.012; but (50, 16, 256, 1024), 8 rows a
+ * thread, 1.038, 1.047 (the units won); forward + backward at (50, 64, 512, 1024)
+ * 0.993 (the backward keeps the rows anyway). perf of the forced split at (100,
+ * 32, 256, 256): 8 % of the samples waiting at the step's hand-off
+ * (rc_units_wait). The AMD cores measured above (Zen 3; Zen 5, session 19: 1.06
+ * inference, 1.03 forward + backward at (50, 64, 512, 1024)) keep the rule without
+ * the bound. rc_unit_rows: the bound (0: none), chosen once from the CPU's vendor;
+ * rc_set_unit_rows (test hook) sets it, < 0 restores the CPU's choice. */
+#define RC_UNIT_INTEL_ROWS 16
+static int rc_unit_rows_set = -1;   /* the hook's value; -1: the CPU's */
+static int rc_unit_rows(void)
+{
+    if (rc_unit_rows_set >= 0) return rc_unit_rows_set;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") ? RC_UNIT_INTEL_ROWS : 0;
+#else
+    return 0;
+#endif
+}
+static void rc_set_unit_rows(int rows) { rc_unit_rows_set = rows < 0 ? -1 : rows; }
 static int rc_unit_mode = 0;   /* -1: never, 0: by shape (the default), 1: always (rc_unit_forced threads) */
 static int rc_unit_forced = 2;
 static void rc_set_unit_split(int mode, int threads)
@@ -638,7 +668,9 @@ static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize
     int P = rc_row_threads(N, work, T, packed);
     if (P < 2) return 1;
     long long bytes = (long long)G * H * H * (long long)elsize;
-    return bytes >= RC_UNIT_L3_BYTES ? P : 1;
+    if (bytes < RC_UNIT_L3_BYTES) return 1;
+    const int rows = rc_unit_rows();   /* Intel: only where each thread has few rows */
+    return rows > 0 && N / P >= rows ? 1 : P;
 }
 
 /* The schedule of a unit split: the units in nb blocks, each step (forward) or
