@@ -211,6 +211,75 @@ def test_step_dx_bound_hook_moves_only_the_backward_rule():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def _cpu_vendor():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+@pytest.fixture
+def intel_rules():
+    """A setter of the rules' vendor choice in every cell module; restores the CPU's."""
+    def put(intel):
+        for mod in (K, KG, KL):
+            mod._set_intel_rules(intel)
+    try:
+        yield put
+    finally:
+        put(None)
+
+
+def test_forward_rule_with_few_rows_on_intel(intel_rules):
+    """Intel's rules (rc_fuse_input): N < 32 rows fuse only a stacked weight of at
+    most N x 160 KiB; 32 rows and more as before; the backward's dx rule does not
+    move; fuse=2 still forces. The others' rules keep fusing from 8 rows. By default
+    the CPU's vendor decides."""
+    fits = (16, 64, 2048, 256, 50)            # (64 + 256) x 2048 float32: 2.5 MiB = 16 x 160 KiB
+    over = (16, 64, 2049, 256, 50)            # 4 KiB past it
+    eight = (8, 64, 1024, 256, 50)            # 1.25 MiB = 8 x 160 KiB
+    eight_over = (8, 64, 1025, 256, 50)
+    big = (8, 512, 2048, 512, 50)             # 8 MiB: fused by the general rule
+    rows32, rows31 = (32, 512, 2048, 512, 50), (31, 512, 2048, 512, 50)   # 8 MiB; 31 x 160 KiB: 4.8
+    f64 = (16, 64, 2048, 256, 50, np.float64)  # 5 MiB
+    cases = [fits, over, eight, eight_over, big, rows32, rows31, f64]
+    intel_rules(False)
+    assert not K._intel_rules()
+    assert [K._fuses_input(*c) for c in cases] == [True] * 8
+    intel_rules(True)
+    assert K._intel_rules() and KG._intel_rules() and KL._intel_rules()
+    assert [K._fuses_input(*c) for c in cases] == [True, False, True, False, False, True,
+                                                   False, False]
+    assert K._steps_input_grad(8, 512, 512, 2048, 50)       # dx keeps its rule
+    K._set_packing(True, 2)
+    try:
+        assert K._fuses_input(*big) and K._fuses_input(*over)
+    finally:
+        K._set_packing(True)
+    for bad in (1, "True"):
+        with pytest.raises(TypeError, match="intel"):
+            K._set_intel_rules(bad)
+    intel_rules(None)
+    assert K._intel_rules() == (_cpu_vendor() == "GenuineIntel")
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_models_either_side_of_the_intel_bound_match_reference(cell, intel_rules, rng):
+    """A float64 model at 8 rows with a stacked weight over 8 x 160 KiB (and under
+    the general 8 MiB) runs fused under the others' rules and unfused under Intel's:
+    it matches the reference either way."""
+    T, N, D, H = 3, 8, 900, 200
+    G = {"rnn_tanh": 1, "gru": 3, "lstm": 4}[cell]
+    for intel in (False, True):
+        intel_rules(intel)
+        assert K._fuses_input(N, D, G * H, H, T, np.float64) == (not intel)
+        check_against_reference(rng, cell, T, N, D, H)
+
+
 def test_fusing_hook_forces_the_products_past_the_rule():
     """fuse=2 (bench/fusing_ab.py --forced): whenever the loop packs, whatever its rows
     and weight size; never without inputs or for one step."""

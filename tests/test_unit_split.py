@@ -49,7 +49,7 @@ def no_units():
         yield
     finally:
         KL._set_unit_split(0)     # the default: the shape rule
-        KL._set_unit_rows(None)   # and its rows bound: this CPU's
+        KL._set_intel_rules(None)  # and the CPU's vendor's choices
 
 
 def _cpu_vendor():
@@ -83,34 +83,33 @@ def test_unit_split_by_default_only_where_the_weight_streams_from_l3():
 
 
 def test_unit_rows_bound(no_units):
-    """The rule's rows bound (rc_unit_rows): a unit split only where N / P < rows; 0
-    lifts it; None restores this CPU's; bad values are refused and change nothing."""
+    """Intel's rules (rc_unit_rows): a unit split only where the row split gives each
+    thread fewer than 16 rows; the others' rules have no such bound; None restores
+    the CPU's; bad values are refused and change nothing."""
     from threadpoolctl import threadpool_limits
     if not _row_split():
         pytest.skip("the row split is off in this configuration (no unit split by policy)")
-    default = KL._unit_rows()
+    default = KL._intel_rules()
     KL._set_unit_split(0)
     with threadpool_limits(2, user_api="blas"):
-        KL._set_unit_rows(0)
-        assert KL._unit_rows() == 0
+        KL._set_intel_rules(False)
+        assert KL._unit_rows() == 0 and not KL._intel_rules()
         assert [KL._unit_threads(n, 1024, 50) for n in (8, 16, 32, 64)] == [2, 2, 2, 2]
-        KL._set_unit_rows(16)
+        KL._set_intel_rules(True)
+        assert KL._unit_rows() == 16 and KL._intel_rules()
         # rows a thread: 4, 8, 15, 16, 32
         assert [KL._unit_threads(n, 1024, 50) for n in (8, 16, 30, 32, 64)] == [2, 2, 2, 1, 1]
         assert KL._unit_threads(8, 1024, 50, backward=True) == 1
         assert KL._unit_threads(8, 768, 50) == 1                   # below 12 MiB: rows
-        KL._set_unit_rows(np.int64(33))
-        assert KL._unit_rows() == 33 and KL._unit_threads(64, 1024, 50) == 2
-        for bad, err in ((-1, ValueError), (1 << 20, ValueError), (2.0, TypeError),
-                         ("16", TypeError), (True, TypeError)):
-            with pytest.raises(err, match="rows"):
-                KL._set_unit_rows(bad)
-        assert KL._unit_rows() == 33
+        for bad in (1, "yes", 2.0):
+            with pytest.raises(TypeError, match="intel"):
+                KL._set_intel_rules(bad)
+        assert KL._intel_rules()
         KL._set_unit_split(1, 2)                                   # forced: no bound
         assert KL._unit_threads(64, 1024, 50) == 2
         KL._set_unit_split(0)
-        KL._set_unit_rows(None)
-        assert KL._unit_rows() == default
+        KL._set_intel_rules(None)
+        assert KL._intel_rules() == default
 
 
 def _check(got, want, dtype, name):
@@ -219,7 +218,7 @@ def test_unit_split_policy(no_units):
     cases = [(32, 256, 100), (64, 1024, 50), (16, 128, 100), (1, 1024, 10), (64, 1024, 1),
              (64, 768, 50), (64, 886, 50), (64, 887, 50)]
     KL._set_unit_split(0)
-    KL._set_unit_rows(0)          # the rule without the Intel rows bound (tested above)
+    KL._set_intel_rules(False)    # the rule without Intel's rows bound (tested above)
     with threadpool_limits(1, user_api="blas"):
         assert [KL._unit_threads(*c) for c in cases] == [1] * len(cases)
     with threadpool_limits(2, user_api="blas"):
@@ -262,7 +261,7 @@ def test_unit_split_by_policy_is_bitwise_the_row_split(no_units, rng):
     bs = _batch_sizes(np.array([T] * 20 + [T - 1] * 6 + [1] * 6), T)
     with threadpool_limits(2, user_api="blas"):
         KL._set_unit_split(0)
-        KL._set_unit_rows(0)      # 16 rows a thread: the rule's path on any CPU
+        KL._set_intel_rules(False)  # 16 rows a thread: the rule's path on any CPU
         if KL._unit_threads(N, H, T) < 2:
             pytest.skip("the row split is off in this configuration (no unit split by policy)")
         got = run_kernel("lstm", inp, up, batch_sizes=bs)
@@ -295,7 +294,7 @@ def test_inference_splits_units_in_chunks_under_the_shape_rule(no_units):
     peaks, outs, splits = {}, {}, {}
     with threadpool_limits(2, user_api="blas"):
         KL._set_unit_split(0)
-        KL._set_unit_rows(0)      # 16 rows a thread: the rule's path on any CPU
+        KL._set_intel_rules(False)  # 16 rows a thread: the rule's path on any CPU
         if KL._unit_threads(N, H, T) < 2:
             pytest.skip("the row split is off in this configuration (no unit split by policy)")
         for mode in (-1, 0, 1):

@@ -24,6 +24,22 @@ def _pack_threads_calls():
     return pack_par_count()
 
 
+def _set_intel_rules(intel=None):
+    """Test/benchmark hook: this module's rules take the choices measured on Intel's
+    server cores (True), the others' (False), or this CPU's by its vendor (None, the
+    default): the forward's in-step Wx product with N < 32 rows only for a stacked
+    weight of at most N x 160 KiB (rc_gemm_packed.h: rc_fuse_input), the LSTM's
+    unit split only below 16 rows a thread (rc_threads.h: rc_unit_rows)."""
+    if intel is not None and not isinstance(intel, (bool, np.bool_)):
+        raise TypeError(f"intel must be True, False or None, not {type(intel).__name__}")
+    set_intel_rules(-1 if intel is None else int(bool(intel)))
+
+
+def _intel_rules():
+    """Whether this module's rules take Intel's choices now (see _set_intel_rules)."""
+    return bool(intel_rules())
+
+
 def _set_pack_a(int mode=0):
     """Test/benchmark hook: this module's products on a packed weight copy the rows
     of A into the register blocks' order first (rc_gemm_packed.h: rc_pk_pack_a_use)
@@ -134,7 +150,7 @@ def _section_probe():
 
 from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
-                    matmul_small_machine)
+                    matmul_small_machine, intel_rules, set_intel_rules)
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 

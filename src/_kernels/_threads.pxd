@@ -38,4 +38,3 @@ cdef extern from "rc_threads.h" nogil:
                                        size_t elsize, bint packed, bint backward)
     void set_unit_split "rc_set_unit_split"(int mode, int threads)
     int unit_rows "rc_unit_rows"()
-    void set_unit_rows "rc_set_unit_rows"(int rows)

@@ -76,7 +76,7 @@ Design notes
   splits its units; inference there computes its input projection in chunks of
   steps as the row loops do, each block its own columns (``block_input``);
   `_set_unit_split` forces it on or off; on Intel CPUs the rule also asks for
-  fewer than 16 rows a thread (`_set_unit_rows`).
+  fewer than 16 rows a thread (`_unit_rows`, `_set_intel_rules`).
 """
 from libc.stdlib cimport malloc, free
 
@@ -94,7 +94,7 @@ from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_pack
 from _buffer cimport array_data
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
-                       units_done, unit_threads, set_unit_split, unit_rows, set_unit_rows,
+                       units_done, unit_threads, set_unit_split, unit_rows,
                        RC_UNITS_MAX_BLOCKS)
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
                    chunk_start, chunk_input, zero_start,
@@ -810,23 +810,9 @@ def _set_unit_split(int mode, int threads=2):
     set_unit_split(mode, threads)
 
 
-def _set_unit_rows(rows=None):
-    """Test/benchmark hook: the shape rule's bound on rows per thread -- a unit split
-    only where the row split would give each thread fewer than `rows` rows (0: no
-    bound; None: this CPU's choice, 16 on Intel CPUs and none elsewhere: see
-    rc_threads.h, rc_unit_rows)."""
-    if rows is None:
-        set_unit_rows(-1)
-        return
-    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)):
-        raise TypeError(f"rows must be an int or None, not {type(rows).__name__}")
-    if not 0 <= rows < 1 << 20:
-        raise ValueError(f"rows must be in [0, 2**20), got {rows}")
-    set_unit_rows(<int>rows)
-
-
 def _unit_rows():
-    """The shape rule's current bound on rows per thread (0: none)."""
+    """The shape rule's bound on rows per thread: a unit split only where the row split
+    would give each thread fewer (0: no bound; 16 with Intel's rules, `_set_intel_rules`)."""
     return unit_rows()
 
 

@@ -74,6 +74,26 @@ static inline int rc_cpu_tier(void)
 #endif
 }
 
+/* Whether the kernels' rules take the choices measured on Intel's server cores
+ * (rc_threads.h: rc_unit_rows; rc_gemm_packed.h: rc_fuse_input): the CPU's vendor,
+ * read once per call of the rule (GCC's cpu model, set at load), or the test hook's
+ * value (rc_set_intel_rules: 1 Intel's choices, 0 the others', -1 the CPU's). The
+ * rules are measured per vendor: a 2-core Intel Xeon (Emerald Rapids: 2 MiB L2 per
+ * core, a mesh L3) and AMD EPYC Zen 3/4/5 (0.5-1 MiB L2, an L3 per CCX) differed in
+ * what a weight streamed from L3 every step costs. */
+static int rc_intel_rules_set = -1;
+static inline int rc_intel_rules(void)
+{
+    if (rc_intel_rules_set >= 0) return rc_intel_rules_set;
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+#else
+    return 0;
+#endif
+}
+static void rc_set_intel_rules(int mode) { rc_intel_rules_set = mode < 0 ? -1 : mode != 0; }
+
 /* The level the array functions run at: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:
  * AVX2+FMA), 1 (x86-64 baseline: SSE2), 0 (portable C: no dispatch on this
  * platform/compiler). The clones' ifunc picks by the same priority. */

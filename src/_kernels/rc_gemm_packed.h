@@ -640,6 +640,29 @@ static int rc_pack_step_weight(rc_idx T, long long work)
  * like the packing rule: never BLAS's current thread count. */
 #define RC_FUSE_MIN_ROWS 8
 #define RC_FUSE_MAX_BYTES (8LL << 20)
+/* With Intel's rules (rc_activations.h: rc_intel_rules) a forward of fewer than
+ * RC_FUSE_INTEL_ROWS rows fuses only a stacked weight of at most
+ * RC_FUSE_INTEL_ROW_BYTES per row (N = 8: 1.25 MiB, N = 16: 2.5 MiB): with few
+ * rows a thread each step streams the whole stacked weight for them, and x_t Wx's
+ * part of it cost more than the all-steps GEMM and the re-read of its gates.
+ * Measured on 2 Intel Xeon cores (Emerald Rapids, session 20; float32 inference,
+ * T = 50, fused against `_set_packing(True, fuse=False)` in alternate rounds of
+ * one process, fused / unfused time; N, D = H, the stacked weight): LSTM (8, 192,
+ * 1.2 MB) 0.94, (8, 256, 2 MB) 1.25, (8, 384, 4.7 MB) 1.48, (8, 512, 8 MB) 1.48,
+ * (16, 256, 2 MB) 1.02, (16, 384) 1.09, (16, 512) 1.37, (32, 256) 1.07, (32, 512)
+ * 1.04; GRU (8, 192, 0.9 MB) 0.99, (8, 256, 1.5 MB) 1.11, (8, 512, 6.3 MB) 1.52,
+ * (16, 256, 1.5 MB) 0.97, (16, 512) 1.15, (32, 512) 1.02; RNN (8, 256, 0.5 MB)
+ * 0.99, (8, 512, 2 MB) 1.14, (8, 1024, 8 MB) 1.42, (16, 1024) 1.13; LSTM forward
+ * + backward (8, 512) 1.15 and 0.99 in two runs, (8, 256) 1.09 (the backward's
+ * in-step dx measured neutral there: it keeps its rule). At 32 rows and more the
+ * fused loops won or tied ((100, 32, 256, 256) 1.18 unfused / fused, (100, 32,
+ * 256, 512) 1.09, (50, 64, 512, 512) 1.04). The bound is on N, not on the rows a
+ * thread gets, so that the path (and with it the rounding) never depends on the
+ * thread count. The AMD cores the rule was set on ran the one shape of this kind
+ * they measured faster fused (Zen 4, (100, 8, 256, 256): 1.04 unfused / fused)
+ * and keep the rule without the bound. */
+#define RC_FUSE_INTEL_ROWS 32
+#define RC_FUSE_INTEL_ROW_BYTES (160LL << 10)   /* 160 KiB per row */
 /* The rule both in-step products share: a loop of T steps over N rows whose
  * per-step product does `work` multiply-adds and whose in-step operand takes
  * `bytes`, at most `max_bytes` (the hook's mode 2 drops the row and byte bounds). */
@@ -654,8 +677,11 @@ static int rc_in_step_rule(rc_idx T, rc_idx N, long long bytes, long long max_by
 static int rc_fuse_input(rc_idx T, rc_idx N, rc_idx D, rc_idx k, rc_idx n, size_t elsize)
 {
     if (D <= 0 || k <= 0 || n <= 0) return 0;
-    return rc_in_step_rule(T, N, (long long)(D + k) * n * (long long)elsize,
-                           RC_FUSE_MAX_BYTES, (long long)N * n * k);
+    const long long bytes = (long long)(D + k) * n * (long long)elsize;
+    if (rc_fuse_enabled == 1 && N < RC_FUSE_INTEL_ROWS
+        && bytes > (long long)N * RC_FUSE_INTEL_ROW_BYTES && rc_intel_rules())
+        return 0;
+    return rc_in_step_rule(T, N, bytes, RC_FUSE_MAX_BYTES, (long long)N * n * k);
 }
 
 /* Whether a backward loop of T steps over N rows computes the input gradient

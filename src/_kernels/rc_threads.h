@@ -633,21 +633,9 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * 32, 256, 256): 8 % of the samples waiting at the step's hand-off
  * (rc_units_wait). The AMD cores measured above (Zen 3; Zen 5, session 19: 1.06
  * inference, 1.03 forward + backward at (50, 64, 512, 1024)) keep the rule without
- * the bound. rc_unit_rows: the bound (0: none), chosen once from the CPU's vendor;
- * rc_set_unit_rows (test hook) sets it, < 0 restores the CPU's choice. */
+ * the bound (rc_activations.h: rc_intel_rules). */
 #define RC_UNIT_INTEL_ROWS 16
-static int rc_unit_rows_set = -1;   /* the hook's value; -1: the CPU's */
-static int rc_unit_rows(void)
-{
-    if (rc_unit_rows_set >= 0) return rc_unit_rows_set;
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel") ? RC_UNIT_INTEL_ROWS : 0;
-#else
-    return 0;
-#endif
-}
-static void rc_set_unit_rows(int rows) { rc_unit_rows_set = rows < 0 ? -1 : rows; }
+static int rc_unit_rows(void) { return rc_intel_rules() ? RC_UNIT_INTEL_ROWS : 0; }
 static int rc_unit_mode = 0;   /* -1: never, 0: by shape (the default), 1: always (rc_unit_forced threads) */
 static int rc_unit_forced = 2;
 static void rc_set_unit_split(int mode, int threads)
