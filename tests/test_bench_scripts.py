@@ -428,6 +428,9 @@ def test_header_names_where_the_all_steps_products_run():
     machine.print_header(h, [], out)
     kernels = [ln for ln in out.getvalue().splitlines() if ln.strip().startswith("kernels")]
     assert kernels and f"all-steps products on {want}" in kernels[0]
+    from rnncore._kernels import lstm
+    rules = "Intel's" if lstm._intel_rules() else "general"
+    assert h["loop_shape_rules"].startswith(rules) and f"shape rules {rules}" in kernels[0]
 
 
 # -- blas_slow_ab.py --------------------------------------------------------------------------

@@ -110,6 +110,13 @@ def test_unit_rows_bound(no_units):
         KL._set_unit_split(0)
         KL._set_intel_rules(None)
         assert KL._intel_rules() == default
+    import io
+    import rnncore
+    cfg = rnncore.show_config(file=io.StringIO())
+    assert cfg["loop_shape_rules"].startswith("Intel's" if default else "general")
+    KL._set_intel_rules(not default)
+    cfg = rnncore.show_config(file=io.StringIO())
+    assert cfg["loop_shape_rules"].startswith("general" if default else "Intel's")
 
 
 def _check(got, want, dtype, name):

@@ -119,6 +119,8 @@ def machine_header(threads, torch_mod=None):
         # where the time loops' all-steps products run (BLAS, or rnncore's packed GEMM
         # while BLAS's kernels are below the CPU's level; older rnncore: not reported)
         "all_steps_products": cfg.get("all_steps_products"),
+        # which vendor's measured choices the loops' shape rules take (older: not reported)
+        "loop_shape_rules": cfg.get("loop_shape_rules"),
         "parallel_directions": _parallel_directions_enabled(),
         "threadpools": _threadpools(),
         "warnings": cfg.get("warnings", []),
@@ -214,7 +216,9 @@ def print_header(h, sg, out):
                   f"{p.get('architecture') or ''} {p.get('num_threads')} threads\n")
     out.write(f"  kernels     SIMD {h['kernel_simd']}"
               + (f"; all-steps products on {h['all_steps_products']}"
-                 if h.get("all_steps_products") else "") + "\n")
+                 if h.get("all_steps_products") else "")
+              + (f"; shape rules {h['loop_shape_rules'].split(':')[0]}"
+                 if h.get("loop_shape_rules") else "") + "\n")
     if "load" in h:
         out.write(f"  load        {h['load']} busy background process(es) during the rows"
                   f"{' (' + h['load_kind'] + ')' if h['load'] else ' (none)'}\n")

@@ -37,6 +37,16 @@ def _all_steps_products(slow: bool, small_machine: bool, level: str) -> str:
             "row split off)")
 
 
+def _loop_shape_rules(intel: bool) -> str:
+    """show_config's ``loop_shape_rules``: which vendor's measured choices the time
+    loops' shape rules take (rc_activations.h: rc_intel_rules)."""
+    if intel:
+        return ("Intel's: below 32 rows the input weight goes inside the steps only up "
+                "to N x 160 KiB stacked; the LSTM splits hidden units only below 16 rows "
+                "a thread")
+    return "general: the input weight inside the steps from 8 rows up to 8 MiB stacked"
+
+
 def show_config(file=None) -> dict:
     """Print (and return) what rnncore runs on.
 
@@ -54,6 +64,7 @@ def show_config(file=None) -> dict:
 
     from .. import _bindings
     from .._kernels import simd  # (here, not at the top: loading it loads SciPy's BLAS)
+    from .._kernels import lstm as _lstm_kernels
 
     vendor, model, _ = _cpu_info()
     blas = _blas_info()
@@ -79,6 +90,7 @@ def show_config(file=None) -> dict:
                                      if threads.loop_policy_active() else "off"),
         "loop_row_split": threads.row_split_enabled(),
         "all_steps_products": _all_steps_products(slow, small_machine, simd.simd_level()),
+        "loop_shape_rules": _loop_shape_rules(_lstm_kernels._intel_rules()),
         "workspace_cache": _cache_summary(),
     }
     warnings = []
