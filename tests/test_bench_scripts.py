@@ -413,7 +413,7 @@ def test_linear_ab_runs_and_restores_the_rules(capsys):
 
 
 # -- _harness/machine.py: the header ---------------------------------------------------------
-def test_header_names_where_the_all_steps_products_run():
+def test_header_names_where_the_all_steps_products_run_and_the_shape_rules():
     sys.path.insert(0, BENCH)
     try:
         from _harness import machine

@@ -11,8 +11,9 @@ instead of one BLAS GEMM over all T*N rows before the loop.
    and strided sources, a column split, beta 0 (NaN in C never read) and 1; and
    bitwise the one-segment kernel on the concatenated operands (one dot product in
    k order whatever the segments).
-2. The rule: shapes and configuration only (not BLAS's thread count); not for fewer
-   than 8 rows, no inputs, or one step.
+2. The rule: shapes, configuration and the CPU's vendor only (not BLAS's thread
+   count); not for fewer than 8 rows, no inputs, or one step; with Intel's rules not
+   below 32 rows for a stacked weight over N x 160 KiB.
 3. Every cell on the fused path -- and its backward computing dx_t = dA_t Wx^T in the
    steps on Wx^T packed once (rc_step_input_grad) -- against the reference (float64): the
    RNN (tanh, ReLU), the GRU (both reset placements: the reset-before one packs Wx
@@ -252,8 +253,12 @@ def test_forward_rule_with_few_rows_on_intel(intel_rules):
     assert [K._fuses_input(*c) for c in cases] == [True] * 8
     intel_rules(True)
     assert K._intel_rules() and KG._intel_rules() and KL._intel_rules()
-    assert [K._fuses_input(*c) for c in cases] == [True, False, True, False, False, True,
-                                                   False, False]
+    want = [True, False, True, False, False, True, False, False]
+    assert [K._fuses_input(*c) for c in cases] == want
+    assert [KG._fuses_input(*c) for c in cases] == [KL._fuses_input(*c) for c in cases] == want
+    KG._set_intel_rules(False)                     # each module keeps its own setting
+    assert KG._fuses_input(*over) and not KL._fuses_input(*over)
+    KG._set_intel_rules(True)
     assert K._steps_input_grad(8, 512, 512, 2048, 50)       # dx keeps its rule
     K._set_packing(True, 2)
     try:
@@ -274,9 +279,10 @@ def test_models_either_side_of_the_intel_bound_match_reference(cell, intel_rules
     it matches the reference either way."""
     T, N, D, H = 3, 8, 900, 200
     G = {"rnn_tanh": 1, "gru": 3, "lstm": 4}[cell]
+    mod = {"rnn_tanh": K, "gru": KG, "lstm": KL}[cell]      # the module that runs it
     for intel in (False, True):
         intel_rules(intel)
-        assert K._fuses_input(N, D, G * H, H, T, np.float64) == (not intel)
+        assert mod._fuses_input(N, D, G * H, H, T, np.float64) == (not intel)
         check_against_reference(rng, cell, T, N, D, H)
 
 

@@ -14,8 +14,8 @@ per step, their own first (rc_threads.h: rc_units_*).
    packed-kernel dot product in k order.
 3. overwrite_saved (dA over the saved gates) gives the same gradients.
 4. The policy: by default the shape rule (forward loops whose weight slice per thread
-   streams from L3; shapes and thread configuration only); never for a projected
-   LSTM, one step, or when forced off.
+   streams from L3; shapes, the thread configuration and, through Intel's rows bound,
+   the CPU's vendor); never for a projected LSTM, one step, or when forced off.
 """
 import numpy as np
 import pytest
@@ -97,8 +97,9 @@ def test_unit_rows_bound(no_units):
         assert [KL._unit_threads(n, 1024, 50) for n in (8, 16, 32, 64)] == [2, 2, 2, 2]
         KL._set_intel_rules(True)
         assert KL._unit_rows() == 16 and KL._intel_rules()
-        # rows a thread: 4, 8, 15, 16, 32
-        assert [KL._unit_threads(n, 1024, 50) for n in (8, 16, 30, 32, 64)] == [2, 2, 2, 1, 1]
+        # the most rows a thread gets: 4, 8, 15, 16 (31 rows: 16 + 15), 16, 32
+        assert [KL._unit_threads(n, 1024, 50)
+                for n in (8, 16, 30, 31, 32, 64)] == [2, 2, 2, 1, 1, 1]
         assert KL._unit_threads(8, 1024, 50, backward=True) == 1
         assert KL._unit_threads(8, 768, 50) == 1                   # below 12 MiB: rows
         for bad in (1, "yes", 2.0):

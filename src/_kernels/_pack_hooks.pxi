@@ -1,7 +1,8 @@
 # The test and benchmark hooks of packing on threads (rc_gemm_packed.h:
 # rc_pack_par_*), of copying A (rc_set_pack_a), of the in-step dx bound
 # (rc_set_step_dx_max), of the dW kernel (rc_gemm_dw.h), of the per-call packed
-# products (rc_matmul.h: rc_set_matmul, rc_set_blas_slow) and of the thread team
+# products (rc_matmul.h: rc_set_matmul, rc_set_blas_slow), of the vendor's shape
+# rules (rc_activations.h: rc_set_intel_rules; with _fuses_input) and of the thread team
 # (rc_threads.h: rc_pool_t), included by every kernel module that packs weights: each
 # module has its own copy of the C statics (the team itself is shared: rc_pool_attach). The module cimports set_pack_par,
 # pack_par_count and RC_PACK_PAR_BYTES from _gemm.
@@ -38,6 +39,14 @@ def _set_intel_rules(intel=None):
 def _intel_rules():
     """Whether this module's rules take Intel's choices now (see _set_intel_rules)."""
     return bool(intel_rules())
+
+
+def _fuses_input(Py_ssize_t N, Py_ssize_t D, Py_ssize_t n, Py_ssize_t k, Py_ssize_t T,
+                 dtype=np.float32):
+    """Whether a forward loop of T steps, N rows, D inputs and a per-step (N, k)(k, n)
+    product computes x_t Wx in its steps ([x_t | h_{t-1}] [Wx; Wh]), as fused_weight
+    decides (rc_fuse_input, with this module's copy of the hooks' settings)."""
+    return fuse_input(T, N, D, k, n, np.dtype(dtype).itemsize)
 
 
 def _set_pack_a(int mode=0):
@@ -150,7 +159,7 @@ def _section_probe():
 
 from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
-                    matmul_small_machine, intel_rules, set_intel_rules)
+                    matmul_small_machine, intel_rules, set_intel_rules, fuse_input)
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 

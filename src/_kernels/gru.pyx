@@ -30,7 +30,8 @@ Backward (BPTT)
         dWh += H_prev^T dG  (shifted pairs),  dbh += sum dG
         dbx += sum [da_r | da_z | da_n]
 Fused loops (rc_fuse_input, rc_step_input_grad in rc_gemm_packed.h: a packed
-loop of at least 8 rows whose weights fit the caches) multiply by Wx in their
+loop of at least 8 rows whose weights fit the caches; on Intel CPUs, below 32
+rows, at most N x 160 KiB) multiply by Wx in their
 steps instead: forward A_t = x_t Wx, then S = H_prev Wh, two products on
 [Wx; Wh] packed once (kept apart: r multiplies only the n gate's hidden side);
 backward dX_t = [da_r | da_z | da_n] Wx^T while they are in the cache, on Wx^T

@@ -21,7 +21,8 @@ Backward (BPTT)
     after the loop:              dX = dA Wx^T,  dWx += X^T dA,
                                  dWh += H_prev^T dA (shifted pairs),  db += sum dA
 Fused loops (rc_fuse_input, rc_step_input_grad in rc_gemm_packed.h: a packed
-loop of at least 8 rows whose stacked weight fits the caches) multiply by Wx
+loop of at least 8 rows whose stacked weight fits the caches; on Intel CPUs, below
+32 rows, at most N x 160 KiB) multiply by Wx
 in their steps instead: forward A_t = [x_t | h_prev] [Wx; Wh], one product on
 [Wx; Wh] packed once (no all-steps GEMM for the loop to re-read out of cache);
 backward dX_t = dA_t Wx^T while dA_t is in the cache, on Wx^T packed once. A
@@ -75,8 +76,8 @@ Design notes
   only a forward whose recurrent weight takes at least 12 MiB (float32 H >= 887)
   splits its units; inference there computes its input projection in chunks of
   steps as the row loops do, each block its own columns (``block_input``);
-  `_set_unit_split` forces it on or off; on Intel CPUs the rule also asks for
-  fewer than 16 rows a thread (`_unit_rows`, `_set_intel_rules`).
+  `_set_unit_split` forces it on or off; on Intel CPUs the rule also asks that
+  no thread get 16 rows or more (`_unit_rows`, `_set_intel_rules`).
 """
 from libc.stdlib cimport malloc, free
 
@@ -812,7 +813,8 @@ def _set_unit_split(int mode, int threads=2):
 
 def _unit_rows():
     """The shape rule's bound on rows per thread: a unit split only where the row split
-    would give each thread fewer (0: no bound; 16 with Intel's rules, `_set_intel_rules`)."""
+    would give no thread this many rows (0: no bound; 16 with Intel's rules,
+    `_set_intel_rules`)."""
     return unit_rows()
 
 

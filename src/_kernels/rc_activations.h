@@ -76,11 +76,13 @@ static inline int rc_cpu_tier(void)
 
 /* Whether the kernels' rules take the choices measured on Intel's server cores
  * (rc_threads.h: rc_unit_rows; rc_gemm_packed.h: rc_fuse_input): the CPU's vendor,
- * read once per call of the rule (GCC's cpu model, set at load), or the test hook's
+ * read on every evaluation of a rule (GCC's cpu model, set at load), or the test hook's
  * value (rc_set_intel_rules: 1 Intel's choices, 0 the others', -1 the CPU's). The
  * rules are measured per vendor: a 2-core Intel Xeon (Emerald Rapids: 2 MiB L2 per
  * core, a mesh L3) and AMD EPYC Zen 3/4/5 (0.5-1 MiB L2, an L3 per CCX) differed in
- * what a weight streamed from L3 every step costs. */
+ * what a weight streamed from L3 every step costs. Other Intel cores get the
+ * Emerald Rapids choices by extrapolation. Without GCC on x86 (no packed layout
+ * there either) the general rules. */
 static int rc_intel_rules_set = -1;
 static inline int rc_intel_rules(void)
 {

@@ -626,7 +626,9 @@ static int rc_pack_step_weight(rc_idx T, long long work)
  * re-reads, out of cache, to add h_{t-1} Wh. When: the loop packs its weight
  * (rc_pack_step_weight: its products run on our threads), D > 0,
  * N >= RC_FUSE_MIN_ROWS, and the stacked weight (D + k, n) takes at most
- * RC_FUSE_MAX_BYTES: every step reads all of it, so it must stay in the caches.
+ * RC_FUSE_MAX_BYTES: every step reads all of it, so it must stay in the caches;
+ * with Intel's rules, below RC_FUSE_INTEL_ROWS rows at most N *
+ * RC_FUSE_INTEL_ROW_BYTES too (below).
  *
  * Measured on 2 Zen 4 cores (1 MB L2 each, 32 MB L3), float32 inference, the
  * same process timing the loop fused and not in alternate blocks (the
@@ -654,13 +656,17 @@ static int rc_pack_step_weight(rc_idx T, long long work)
  * (16, 256, 1.5 MB) 0.97, (16, 512) 1.15, (32, 512) 1.02; RNN (8, 256, 0.5 MB)
  * 0.99, (8, 512, 2 MB) 1.14, (8, 1024, 8 MB) 1.42, (16, 1024) 1.13; LSTM forward
  * + backward (8, 512) 1.15 and 0.99 in two runs, (8, 256) 1.09 (the backward's
- * in-step dx measured neutral there: it keeps its rule). At 32 rows and more the
- * fused loops won or tied ((100, 32, 256, 256) 1.18 unfused / fused, (100, 32,
- * 256, 512) 1.09, (50, 64, 512, 512) 1.04). The bound is on N, not on the rows a
- * thread gets, so that the path (and with it the rounding) never depends on the
- * thread count. The AMD cores the rule was set on ran the one shape of this kind
- * they measured faster fused (Zen 4, (100, 8, 256, 256): 1.04 unfused / fused)
- * and keep the rule without the bound. */
+ * in-step dx measured neutral there: it keeps its rule). At 32 rows the runs
+ * disagreed, so the bound stops there: at T = 50 the (32, 256) and (32, 512)
+ * figures above (1.07, 1.04: unfused the faster), at T = 100 in another run
+ * (bench/fusing_ab.py) (100, 32, 256, 256) 0.85 and (100, 32, 256, 512) 0.92
+ * (fused the faster), and (50, 64, 512, 512) 0.96. The bound is on N, not on the
+ * rows a thread gets, so that the path (and with it the rounding) never depends
+ * on the thread count. The AMD cores the rule was set on ran the one shape of
+ * this kind they measured faster fused (Zen 4, (100, 8, 256, 256): 1.04 unfused
+ * / fused) and keep the rule without the bound. Only Emerald Rapids was measured;
+ * other Intel cores (client parts with 0.25-1.25 MiB of L2 among them) get its
+ * rules by extrapolation. */
 #define RC_FUSE_INTEL_ROWS 32
 #define RC_FUSE_INTEL_ROW_BYTES (160LL << 10)   /* 160 KiB per row */
 /* The rule both in-step products share: a loop of T steps over N rows whose

@@ -564,7 +564,8 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * Default (mode 0, the shape rule below): only the forward loops whose recurrent
  * weight is so large that it streams from L3 every step anyway (at least
  * RC_UNIT_L3_BYTES in all: float32 H >= 887, float64 H >= 628), training and
- * inference. There the row split makes every core stream the WHOLE weight from
+ * inference; with Intel's rules only where a thread gets fewer than
+ * RC_UNIT_INTEL_ROWS rows (below). There the row split makes every core stream the WHOLE weight from
  * L3 each step, the unit split a 1/P share of it. Measured on 2 Zen 3 cores
  * (512 KB L2, 32 MB L3; session 14, float32 LSTM through the model API, 9-15
  * alternating repeats in one process, time with the rows split / with the rule):
@@ -633,7 +634,8 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * 32, 256, 256): 8 % of the samples waiting at the step's hand-off
  * (rc_units_wait). The AMD cores measured above (Zen 3; Zen 5, session 19: 1.06
  * inference, 1.03 forward + backward at (50, 64, 512, 1024)) keep the rule without
- * the bound (rc_activations.h: rc_intel_rules). */
+ * the bound (rc_activations.h: rc_intel_rules; measured on Emerald Rapids only,
+ * applied to every Intel CPU by extrapolation). */
 #define RC_UNIT_INTEL_ROWS 16
 static int rc_unit_rows(void) { return rc_intel_rules() ? RC_UNIT_INTEL_ROWS : 0; }
 static int rc_unit_mode = 0;   /* -1: never, 0: by shape (the default), 1: always (rc_unit_forced threads) */
@@ -658,7 +660,7 @@ static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize
     long long bytes = (long long)G * H * H * (long long)elsize;
     if (bytes < RC_UNIT_L3_BYTES) return 1;
     const int rows = rc_unit_rows();   /* Intel: only where each thread has few rows */
-    return rows > 0 && N / P >= rows ? 1 : P;
+    return rows > 0 && (N + P - 1) / P >= rows ? 1 : P;   /* the most rows a thread gets */
 }
 
 /* The schedule of a unit split: the units in nb blocks, each step (forward) or

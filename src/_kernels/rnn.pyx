@@ -14,7 +14,8 @@ Backward (BPTT)
     after the loop:              dX = dZ Wx^T,  dWx += X^T dZ,
                                  dWh += H_prev^T dZ,  db += sum dZ
 Fused loops (rc_fuse_input, rc_step_input_grad in rc_gemm_packed.h: a packed
-loop of at least 8 rows whose stacked weight fits the caches) multiply by Wx
+loop of at least 8 rows whose stacked weight fits the caches; on Intel CPUs, below
+32 rows, at most N x 160 KiB) multiply by Wx
 in their steps instead: forward H_t = [x_t | H_prev] [Wx; Wh], one product on
 [Wx; Wh] packed once (no all-steps GEMM for the loop to re-read out of cache);
 backward dX_t = dZ_t Wx^T while dZ_t is in the cache, on Wx^T packed once.
@@ -319,14 +320,6 @@ def _packs_step_weight(Py_ssize_t N, Py_ssize_t n, Py_ssize_t k, Py_ssize_t T):
     """Whether a time loop of T steps over N rows packs its (k, n) per-step operand
     once and multiplies on the packed kernel (rc_gemm_packed.h), as step_weight decides."""
     return N > 0 and n > 0 and k > 0 and packs_step_weight(T, N * n * k)
-
-
-def _fuses_input(Py_ssize_t N, Py_ssize_t D, Py_ssize_t n, Py_ssize_t k, Py_ssize_t T,
-                 dtype=np.float32):
-    """Whether a forward loop of T steps, N rows, D inputs and a per-step (N, k)(k, n)
-    product computes x_t Wx in its steps ([x_t | h_{t-1}] [Wx; Wh]), as fused_weight
-    decides (rc_fuse_input)."""
-    return fuse_input(T, N, D, k, n, np.dtype(dtype).itemsize)
 
 
 def _infer_chunk(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH, Py_ssize_t D,
