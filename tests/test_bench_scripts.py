@@ -433,6 +433,27 @@ def test_header_names_where_the_all_steps_products_run_and_the_shape_rules():
     assert h["loop_shape_rules"].startswith(rules) and f"shape rules {rules}" in kernels[0]
 
 
+# -- rules_ab.py ------------------------------------------------------------------------------
+def test_rules_ab_runs_both_rule_sets_and_restores_the_cpus(capsys):
+    from rnncore._kernels import gru, lstm, rnn
+    rab = _load("rules_ab")
+    default = lstm._intel_rules()
+    seen = []
+    real = rab.set_rules
+    rab.set_rules = lambda intel: (seen.append(intel), real(intel))
+    try:
+        assert rab.main(["gru", "4,9,3,5", "--blocks", "1", "--ms", "1"]) == 0
+    finally:
+        rab.set_rules = real
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"this CPU's rules: {'Intel' if default else 'general'}"
+    assert out[1].startswith("gru 4,9,3,5 fwd: intel ") and "general/intel" in out[1]
+    assert True in seen and False in seen and seen[-1] is None
+    assert rnn._intel_rules() == gru._intel_rules() == lstm._intel_rules() == default
+    with pytest.raises(SystemExit):
+        rab.main(["gru", "4,9,3"])
+
+
 # -- blas_slow_ab.py --------------------------------------------------------------------------
 def test_blas_slow_ab_runs_and_restores_the_flag(capsys):
     from rnncore import _bindings
