@@ -19,21 +19,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fusing_ab import add_timing_args, model_call, parse_shape, timed_ab  # noqa: E402
+from fusing_ab import model_ab_args, model_call, timed_ab  # noqa: E402
 
 
 def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cell", choices=["rnn", "gru", "lstm"])
-    ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
-    ap.add_argument("--fb", action="store_true", help="time forward+backward (default: eval())")
-    add_timing_args(ap)
-    args = ap.parse_args(argv)
-    try:
-        shapes = [parse_shape(s) for s in args.shapes]
-    except ValueError as e:
-        ap.error(str(e))
+    args, shapes = model_ab_args(__doc__.split("\n\n")[0], argv)
 
     from threadpoolctl import threadpool_limits
     from rnncore import _bindings

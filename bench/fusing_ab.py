@@ -82,6 +82,22 @@ def add_timing_args(ap):
     ap.add_argument("--ms", type=float, default=200.0, help="target milliseconds per block")
 
 
+def model_ab_args(description, argv=None):
+    """The model-level A/B scripts' command line (blas_slow_ab, rules_ab): a cell
+    (rnn, gru, lstm), shapes T,N,D,H, --fb and the timing options. Returns (args,
+    shapes); a bad shape exits with the parser's error."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("cell", choices=["rnn", "gru", "lstm"])
+    ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
+    ap.add_argument("--fb", action="store_true", help="time forward+backward (default: eval())")
+    add_timing_args(ap)
+    args = ap.parse_args(argv)
+    try:
+        return args, [parse_shape(s) for s in args.shapes]
+    except ValueError as e:
+        ap.error(str(e))
+
+
 def model_call(cell, T, N, D, H, fb):
     """A zero-argument call of a fresh float32 batch-first model of `cell` at (T, N, D,
     H) on fixed random inputs: forward + backward (`fb`) or eval() inference."""

@@ -26,7 +26,7 @@ instead of one BLAS GEMM over all T*N rows before the loop.
 import numpy as np
 import pytest
 
-from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64, cpu_vendor
 from test_gemm_packed import _operand
 from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
 from test_models import check_against_reference
@@ -212,17 +212,6 @@ def test_step_dx_bound_hook_moves_only_the_backward_rule():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def _cpu_vendor():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 @pytest.fixture
 def intel_rules():
     """A setter of the rules' vendor choice in every cell module; restores the CPU's."""
@@ -269,7 +258,7 @@ def test_forward_rule_with_few_rows_on_intel(intel_rules):
         with pytest.raises(TypeError, match="intel"):
             K._set_intel_rules(bad)
     intel_rules(None)
-    assert K._intel_rules() == (_cpu_vendor() == "GenuineIntel")
+    assert K._intel_rules() == (cpu_vendor() == "GenuineIntel")
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])

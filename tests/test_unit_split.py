@@ -20,7 +20,7 @@ per step, their own first (rc_threads.h: rc_units_*).
 import numpy as np
 import pytest
 
-from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64, cpu_vendor
 from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
 
 from rnncore._kernels import lstm as KL
@@ -52,18 +52,6 @@ def no_units():
         KL._set_intel_rules(None)  # and the CPU's vendor's choices
 
 
-def _cpu_vendor():
-    """The CPU's vendor from /proc/cpuinfo (None where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def test_unit_split_by_default_only_where_the_weight_streams_from_l3():
     """By default (the shape rule) the loops keep the row split, except forward loops
     whose weight (>= 12 MiB) streams from L3 anyway (inference too, with its chunks);
@@ -71,7 +59,7 @@ def test_unit_split_by_default_only_where_the_weight_streams_from_l3():
     from threadpoolctl import threadpool_limits
     if not _row_split():
         pytest.skip("the row split is off in this configuration (no unit split by policy)")
-    intel = _cpu_vendor() == "GenuineIntel"
+    intel = cpu_vendor() == "GenuineIntel"
     assert KL._unit_rows() == (16 if intel else 0)
     with threadpool_limits(2, user_api="blas"):
         assert KL._unit_threads(32, 256, 100) == 1
