@@ -19,28 +19,19 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fusing_ab import model_ab_args, model_call, timed_ab  # noqa: E402
+from fusing_ab import model_ab_args, run_model_ab  # noqa: E402
 
 
 def main(argv=None):
     args, shapes = model_ab_args(__doc__.split("\n\n")[0], argv)
 
-    from threadpoolctl import threadpool_limits
     from rnncore import _bindings
     from rnncore._runtime import blas
 
     print(f"SciPy's OpenBLAS kernels: {blas.blas_corename()}; at import BLAS_SLOW = "
           f"{_bindings.BLAS_SLOW}", flush=True)
-    try:
-        with threadpool_limits(args.threads):
-            for T, N, D, H in shapes:
-                run = model_call(args.cell, T, N, D, H, args.fb)
-                kernel, blas_ms = timed_ab(run, _bindings.set_blas_slow, args.blocks, args.ms)
-                print(f"{args.cell} {T},{N},{D},{H} {'fb' if args.fb else 'fwd'}: "
-                      f"kernel {kernel * 1e3:.3f} ms  blas {blas_ms * 1e3:.3f} ms  "
-                      f"blas/kernel {blas_ms / kernel:.3f}", flush=True)
-    finally:
-        _bindings.set_blas_slow(_bindings.BLAS_SLOW)
+    run_model_ab(args, shapes, lambda on: _bindings.set_blas_slow(on),
+                 lambda: _bindings.set_blas_slow(_bindings.BLAS_SLOW), "kernel", "blas")
     return 0
 
 

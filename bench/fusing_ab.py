@@ -98,6 +98,24 @@ def model_ab_args(description, argv=None):
         ap.error(str(e))
 
 
+def run_model_ab(args, shapes, set_on, restore, on_name, off_name):
+    """The model-level A/B loop (blas_slow_ab, rules_ab): under `args.threads` threads,
+    each shape's model (model_call) timed with set_on(True) and set_on(False) in
+    alternate blocks (timed_ab); prints both medians as `on_name` and `off_name` and
+    `off_name/on_name`; restore() at the end, also on an error."""
+    from threadpoolctl import threadpool_limits
+    try:
+        with threadpool_limits(args.threads):
+            for T, N, D, H in shapes:
+                run = model_call(args.cell, T, N, D, H, args.fb)
+                on, off = timed_ab(run, set_on, args.blocks, args.ms)
+                print(f"{args.cell} {T},{N},{D},{H} {'fb' if args.fb else 'fwd'}: "
+                      f"{on_name} {on * 1e3:.3f} ms  {off_name} {off * 1e3:.3f} ms  "
+                      f"{off_name}/{on_name} {off / on:.3f}", flush=True)
+    finally:
+        restore()
+
+
 def model_call(cell, T, N, D, H, fb):
     """A zero-argument call of a fresh float32 batch-first model of `cell` at (T, N, D,
     H) on fixed random inputs: forward + backward (`fb`) or eval() inference."""

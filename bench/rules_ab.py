@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fusing_ab import model_ab_args, model_call, timed_ab  # noqa: E402
+from fusing_ab import model_ab_args, run_model_ab  # noqa: E402
 
 
 def set_rules(intel):
@@ -34,21 +34,11 @@ def set_rules(intel):
 def main(argv=None):
     args, shapes = model_ab_args(__doc__.split("\n\n")[0], argv)
 
-    from threadpoolctl import threadpool_limits
     from rnncore._kernels import lstm
 
     print(f"this CPU's rules: {'Intel' if lstm._intel_rules() else 'general'}", flush=True)
-    try:
-        with threadpool_limits(args.threads):
-            for T, N, D, H in shapes:
-                run = model_call(args.cell, T, N, D, H, args.fb)
-                intel, general = timed_ab(run, lambda on: set_rules(bool(on)), args.blocks,
-                                          args.ms)
-                print(f"{args.cell} {T},{N},{D},{H} {'fb' if args.fb else 'fwd'}: "
-                      f"intel {intel * 1e3:.3f} ms  general {general * 1e3:.3f} ms  "
-                      f"general/intel {general / intel:.3f}", flush=True)
-    finally:
-        set_rules(None)
+    run_model_ab(args, shapes, lambda on: set_rules(bool(on)), lambda: set_rules(None),
+                 "intel", "general")
     return 0
 
 

@@ -74,19 +74,6 @@ GATED = ["gru", "lstm"]
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
-def cpu_vendor():
-    """The CPU's vendor string from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"; None
-    where there is none): an independent reading of what the kernels' rules key on."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def kind_of(cell):
     """'rnn', 'gru' or 'lstm' for a name in CELLS."""
     return cell.split("_")[0]

@@ -20,10 +20,11 @@ per step, their own first (rc_threads.h: rc_units_*).
 import numpy as np
 import pytest
 
-from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64, cpu_vendor
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
 from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
 
 from rnncore._kernels import lstm as KL
+from rnncore._runtime.blas import _cpu_info   # the vendor, read apart from the kernels
 from rnncore._runtime.threads import row_split_enabled as _row_split
 
 pytestmark = pytest.mark.skipif(not HAVE_PACKED,
@@ -59,7 +60,7 @@ def test_unit_split_by_default_only_where_the_weight_streams_from_l3():
     from threadpoolctl import threadpool_limits
     if not _row_split():
         pytest.skip("the row split is off in this configuration (no unit split by policy)")
-    intel = cpu_vendor() == "GenuineIntel"
+    intel = _cpu_info()[0] == "GenuineIntel"
     assert KL._unit_rows() == (16 if intel else 0)
     with threadpool_limits(2, user_api="blas"):
         assert KL._unit_threads(32, 256, 100) == 1
