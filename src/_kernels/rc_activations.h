@@ -83,11 +83,12 @@ static inline int rc_cpu_tier(void)
  * what a weight streamed from L3 every step costs. Other Intel cores get the
  * Emerald Rapids choices by extrapolation. Checked back on a Zen 4 VM (session 21,
  * bench/rules_ab.py, general / Intel time, 0.98-1.05 between two timings of the
- * same code): of the 14 rows where the sets choose apart, the general rules won 9
- * (inference LSTM (50, 16, 512, 512) 0.91, GRU (50, 16, 512, 512) 0.92, RNN (50, 8,
- * 1024, 1024) 0.86; fb LSTM (50, 64, 512, 1024) 0.90), 3 were alike, and Intel's
- * won 2 (LSTM (50, 32, 512, 1024) inference 1.04, RNN (50, 8, 1024, 1024) fb 1.09):
- * AMD keeps the general rules. Without GCC on x86 (no packed layout there either)
+ * same code): of the 14 rows where the sets choose apart, the general rules won 9,
+ * 6 of them by 6-14 % (inference LSTM (50, 16, 512, 512) 0.91, GRU (50, 16, 512,
+ * 512) 0.92, RNN (50, 8, 1024, 1024) 0.86; fb LSTM (50, 64, 512, 1024) 0.90, one
+ * 6-block timing of a row whose time moves most on that VM), 3 were within 1 %,
+ * and Intel's won 2 (LSTM (50, 32, 512, 1024) inference 1.04, RNN (50, 8, 1024,
+ * 1024) fb 1.09): AMD keeps the general rules. Without GCC on x86 (no packed layout there either)
  * the general rules. */
 static int rc_intel_rules_set = -1;
 static inline int rc_intel_rules(void)

@@ -665,9 +665,9 @@ static int rc_pack_step_weight(rc_idx T, long long work)
  * on the thread count. The AMD cores the rule was set on ran the one shape of
  * this kind they measured faster fused (Zen 4, (100, 8, 256, 256): 1.04 unfused
  * / fused) and keep the rule without the bound (checked on Zen 4 in session 21:
- * with the bound LSTM (50, 8, 512, 512) 0.97, (50, 16, 512, 512) 0.91, GRU 0.96
- * and 0.92, RNN (50, 8, 1024, 1024) 0.86 of the rule's speed; rc_activations.h:
- * rc_intel_rules). Only Emerald Rapids was measured;
+ * with the bound, inference, LSTM (50, 8, 512, 512) 0.97, (50, 16, 512, 512) 0.91,
+ * GRU 0.96 and 0.92, RNN (50, 8, 1024, 1024) 0.86 of the rule's speed, but RNN (50,
+ * 8, 1024, 1024) forward + backward 1.09; rc_activations.h: rc_intel_rules). Only Emerald Rapids was measured;
  * other Intel cores (client parts with 0.25-1.25 MiB of L2 among them) get its
  * rules by extrapolation. */
 #define RC_FUSE_INTEL_ROWS 32

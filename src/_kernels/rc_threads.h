@@ -634,8 +634,10 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * 32, 256, 256): 8 % of the samples waiting at the step's hand-off
  * (rc_units_wait). The AMD cores measured above (Zen 3; Zen 5, session 19: 1.06
  * inference, 1.03 forward + backward at (50, 64, 512, 1024); Zen 4, session 21,
- * bench/rules_ab.py, rows / units: 1.00 inference and 1.11 forward + backward there,
- * 0.96 inference at (50, 32, 512, 1024)) keep the rule without
+ * bench/rules_ab.py, rows / units: 1.00 inference and 1.11 forward + backward there
+ * -- one 6-block timing; the backward runs on rows either way, and the row's time
+ * moved by up to 1.35x between runs on that VM -- and 0.96 inference at (50, 32,
+ * 512, 1024)) keep the rule without
  * the bound (rc_activations.h: rc_intel_rules; measured on Emerald Rapids only,
  * applied to every Intel CPU by extrapolation). */
 #define RC_UNIT_INTEL_ROWS 16
