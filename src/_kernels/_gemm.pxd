@@ -289,6 +289,16 @@ cdef inline object aligned_empty(Py_ssize_t size, object dtype, bint pool=False)
     return empty(size, dtype, pool)
 
 
+cdef inline object aligned_rows(Py_ssize_t N, Py_ssize_t F, object dtype):
+    """An uninitialized C-contiguous (N, F) array starting on a 64-byte boundary: a
+    per-row scratch (a loop's (N, GH) products, the reverse + lengths rows) whose
+    rows k, k+P, ... belong to thread k. NumPy's 16-byte alignment made a 64-byte
+    line straddle every row boundary, so two threads wrote one line each step:
+    the GRU's forward scratch at (T, N, D, H) = (100, 32, 64, 256) on 2 Zen 4
+    cores, its fused pass went from 15.6 to 10.0-10.8 % of the samples (perf)."""
+    return aligned_empty(N * F, dtype).reshape(N, F)
+
+
 cdef inline object pack_ptr(const floating *b, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t k,
                             Py_ssize_t n, Py_ssize_t nr, Py_ssize_t split,
                             const floating *top, Py_ssize_t trs, Py_ssize_t tcs,

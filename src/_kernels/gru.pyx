@@ -115,7 +115,7 @@ import numpy as np
 from _blas cimport floating, transposed, col_block, scale_rows, all_zero
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_stacked, input_grad_weight, set_pack_par, pack_par_count,
-                    set_dw, dw_count, RC_PACK_PAR_BYTES)
+                    set_dw, dw_count, RC_PACK_PAR_BYTES, aligned_rows)
 from _threads cimport blas_thread_hooks, share
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
                    input_product, chunk_input, input_grad, zero_start)
@@ -310,7 +310,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
                                       hidden_n=seq_empty(L.h.bm, T, N, H, dtype, save))
     if T == 0 or N == 0 or H == 0:
         return saved if save else None
-    cdef floating[:, :] s = np.empty((N, GH), dtype=dtype)
+    cdef floating[:, :] s = aligned_rows(N, GH, dtype)
     if one:
         step_arrays = (None if L.chunk > 0 else one_step(&L.g, N, GH, dtype),
                        one_step(&L.hn, N, H, dtype))
@@ -393,8 +393,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef floating[:, :, :] dan = workspace(hidden_n_arr if overwrite_saved else None,
                                            "saved.hidden_n", T, N, H, L.h.bm, dtype
                                            ) if reset_after else None
-    cdef floating[:, :] s = np.empty((0 if reset_after else N, GH), dtype=dtype)
-    cdef floating[:, :] dgs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
+    cdef floating[:, :] s = aligned_rows(0 if reset_after else N, GH, dtype)
+    cdef floating[:, :] dgs = aligned_rows(N if reverse and bs is not None else 0, GH, dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:
             np.asarray(dx)[...] = 0

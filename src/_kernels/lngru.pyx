@@ -44,7 +44,7 @@ import numpy as np
 
 from _blas cimport floating, Mat, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, set_packing, set_pack_par, pack_par_count,
-                    set_dw, dw_count, RC_PACK_PAR_BYTES)
+                    set_dw, dw_count, RC_PACK_PAR_BYTES, aligned_rows)
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop
@@ -270,7 +270,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     beta_np[:2 * H] += rec[:2 * H]
     cdef floating[::1] beta = beta_np
     cdef floating[::1] bhn = np.ascontiguousarray(rec[2 * H:])
-    cdef floating[:, ::1] scratch = np.empty((N, GH), dtype=dtype)
+    cdef floating[:, ::1] scratch = aligned_rows(N, GH, dtype)
     L.bs = batch_ptr(bs)
     L.scratch = &scratch[0, 0]
     E.g_hh, E.bhn = &g_hh[0], &bhn[0]
@@ -317,7 +317,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     dtype = np.float32 if floating is float else np.float64
     bm = L.h.bm
     da_arr, ds_arr, dz_arr = seq_block(bm, T, N, (GH, GH, GH), dtype, True)
-    cdef floating[:, :] dzs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
+    cdef floating[:, :] dzs = aligned_rows(N if reverse and bs is not None else 0, GH, dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:
             np.asarray(dx)[...] = 0

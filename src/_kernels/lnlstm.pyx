@@ -78,7 +78,7 @@ import numpy as np
 
 from _blas cimport floating, Mat, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, set_packing, set_pack_par, pack_par_count,
-                    set_dw, dw_count, RC_PACK_PAR_BYTES)
+                    set_dw, dw_count, RC_PACK_PAR_BYTES, aligned_rows)
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop
@@ -339,7 +339,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     # every constant term of a, added once to the input side: β_ih + β_hh + b
     cdef floating[::1] beta = np.asarray(b_ih, dtype=dtype) + np.asarray(b_hh, dtype=dtype) \
         + np.asarray(b, dtype=dtype)
-    cdef floating[:, ::1] scratch = np.empty((N, GH), dtype=dtype)
+    cdef floating[:, ::1] scratch = aligned_rows(N, GH, dtype)
     L.bs = batch_ptr(bs)
     L.c0 = &c0[0, 0]
     L.scratch = &scratch[0, 0]
@@ -398,7 +398,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     bm = L.h.bm
     # workspaces in h's layout kind: dA, dZ (the recurrent norm's input gradient), dyc
     da_arr, dz_arr, dyc_arr = seq_block(bm, T, N, (GH, GH, H), dtype, True)
-    cdef floating[:, :] dzs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
+    cdef floating[:, :] dzs = aligned_rows(N if reverse and bs is not None else 0, GH, dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0 and T > 0:
             np.asarray(dx)[...] = 0

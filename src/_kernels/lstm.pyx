@@ -90,7 +90,7 @@ from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
 
 from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_step_weight, packs_stacked, packed_nr, packed_size, pack_blocks,
-                    input_grad_weight, aligned_empty, set_pack_par, pack_par_count,
+                    input_grad_weight, aligned_empty, aligned_rows, set_pack_par, pack_par_count,
                     set_dw, dw_count, RC_PACK_PAR_BYTES)
 from _buffer cimport array_data
 from _layout cimport uniform
@@ -677,7 +677,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, :, :] dg = workspace(gates_arr if overwrite_saved else None,
                                           "saved.gates", T, N, GH, L.h.bm, dtype)
-    cdef floating[:, :] dgs = np.empty((N if reverse and bs is not None else 0, GH), dtype=dtype)
+    cdef floating[:, :] dgs = aligned_rows(N if reverse and bs is not None else 0, GH, dtype)
     # with a projection: E (T, N, P), the whole gradient of each h_t, for dWr; the
     # scratch S (N, 4H): the gradient of m_t in [:, :H], zeros in [:, H:2H]
     cdef floating[:, :, :] dht = seq_empty(L.h.bm, T if proj is not None else 0, N, L.Hp, dtype,

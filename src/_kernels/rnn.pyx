@@ -57,7 +57,8 @@ import numpy as np
 from _blas cimport floating, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_weight,
                     packed_nr, set_packing, infer_chunk, input_grad_weight, step_input_grad,
-                    set_pack_par, pack_par_count, set_dw, dw_count, RC_PACK_PAR_BYTES)
+                    set_pack_par, pack_par_count, set_dw, dw_count, RC_PACK_PAR_BYTES,
+                    aligned_rows)
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
@@ -217,7 +218,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     # workspaces: dz in h's layout kind (contiguous), dzs for reverse + lengths
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, :, :] dz = seq_empty(L.h.bm, T, N, H, dtype, True)
-    cdef floating[:, :] dzs = np.empty((N if reverse and bs is not None else 0, H), dtype=dtype)
+    cdef floating[:, :] dzs = aligned_rows(N if reverse and bs is not None else 0, H, dtype)
     if N == 0 or H == 0:
         if inp.D > 0 and N > 0:
             np.asarray(dx)[...] = 0
