@@ -454,6 +454,25 @@ def test_rules_ab_runs_both_rule_sets_and_restores_the_cpus(capsys):
         rab.main(["gru", "4,9,3"])
 
 
+# -- rows_ab.py -------------------------------------------------------------------------------
+def test_rows_ab_runs_both_layouts_and_restores_rows_together(capsys):
+    from rnncore._kernels import gru, lngru, lnlstm, lstm, rnn
+    rab = _load("rows_ab")
+    seen = []
+    real = rab.set_together
+    rab.set_together = lambda on: (seen.append(on), real(on))
+    try:
+        assert rab.main(["gru", "4,9,3,5", "--fb", "--blocks", "1", "--ms", "1"]) == 0
+    finally:
+        rab.set_together = real
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("gru 4,9,3,5 fb: together ") and "interleaved/together" in out[0]
+    assert True in seen and False in seen and seen[-1] is True
+    assert all(m._private_rows() for m in (rnn, gru, lstm, lngru, lnlstm))
+    with pytest.raises(SystemExit):
+        rab.main(["gru", "4,9,x,5"])
+
+
 # -- blas_slow_ab.py --------------------------------------------------------------------------
 def test_blas_slow_ab_runs_and_restores_the_flag(capsys):
     from rnncore import _bindings

@@ -42,6 +42,13 @@ cdef inline Seq every_pth_row(Seq s, int k, int P, size_t isz) noexcept nogil:
     return s
 
 
+cdef inline Seq rows_block(Seq s, Py_ssize_t before, size_t isz) noexcept nogil:
+    """Rows before, before+1, ... of every step (a share's own block of rows)."""
+    if s.p != NULL:
+        s.p = <char *>s.p + before * s.sn * <Py_ssize_t>isz
+    return s
+
+
 cdef inline Py_ssize_t seq_ld(Py_ssize_t st, Py_ssize_t sn, Py_ssize_t T,
                               Py_ssize_t N, Py_ssize_t F, bint *batch_major) noexcept nogil:
     """Row stride of the uniform (T*N, F) view of a (T, N, F) array, or -1."""

@@ -9,7 +9,7 @@
 
 import operator
 
-from _threads cimport set_input_single as _set_input_single_c
+from _threads cimport set_input_single as _set_input_single_c, set_private_rows, private_rows
 
 
 def _set_pack_threads(min_bytes=None):
@@ -23,6 +23,18 @@ def _set_pack_threads(min_bytes=None):
 def _pack_threads_calls():
     """How many packing calls of this module have run on threads (a count since import)."""
     return pack_par_count()
+
+
+def _set_private_rows(bint together=True):
+    """Test/benchmark hook: a row split gives each thread its rows of this module's
+    per-row buffers (scratch, one step's gates) as one block (True, the default) or
+    every P-th row (False, as before session 21). Results are the same either way."""
+    set_private_rows(together)
+
+
+def _private_rows():
+    """Whether this module's row splits keep each thread's buffer rows together."""
+    return bool(private_rows())
 
 
 def _set_intel_rules(intel=None):

@@ -48,7 +48,7 @@ cdef inline void pass_at(const Loop *L, Seq saved, Py_ssize_t t, Py_ssize_t r0,
     st.prev.p = <void *>prev
     st.prev.ld = ldprev
     st.h = rows_at(L.h, t, r0, isz)
-    st.hw = state_rows(L.scratch, r0, L.P * L.G * L.H, isz)
+    st.hw = state_rows(L.scratch, r0, L.sld, isz)
     st.b = L.b
     st.bh = L.bh
     st.dg = rows_at(L.dg, t, r0, isz)

@@ -37,4 +37,6 @@ cdef extern from "rc_threads.h" nogil:
     int unit_threads "rc_unit_threads"(Py_ssize_t N, Py_ssize_t H, Py_ssize_t G, Py_ssize_t T,
                                        size_t elsize, bint packed, bint backward)
     void set_unit_split "rc_set_unit_split"(int mode, int threads)
+    void set_private_rows "rc_set_private_rows"(int on)
+    int private_rows "rc_private_rows"()
     int unit_rows "rc_unit_rows"()

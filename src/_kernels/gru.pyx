@@ -153,7 +153,7 @@ cdef inline void fwd_rows(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t
     # zero_start), then S = 0 without the products (reset-before: the n block's too
     # when r h_prev came out all zeros -- a NaN r makes it NaN, and the product then
     # runs, as it must).
-    cdef Py_ssize_t H = L.H, GH = RC_GRU_G * H, nI = GH - H, s_ld = L.P * GH
+    cdef Py_ssize_t H = L.H, GH = RC_GRU_G * H, nI = GH - H, s_ld = L.sld
     cdef floating *s = <floating *>L.scratch + r0 * s_ld
     cdef const floating *rh
     cdef bint zero = from_h0 and L.h0_zero
@@ -245,7 +245,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
             bwd_pass(L, rc_gru_rb_pass1, t, tp, B, Bc, kind)
             # S[:B, :H] = dG_t[:B, 2H:] @ Wh[:, 2H:]^T   d(reset_h)  (B, H) = (B, H)(H, H)^T
             mm_step(B, H, H, dgt + nI, dg_sn, transposed(col_block(L.wh, nI, sizeof(floating))),
-                    <floating>0, <floating *>L.scratch, L.P * GH)
+                    <floating>0, <floating *>L.scratch, L.sld)
             # fused (rc_gru_rb_bwd2_*): dG_t[:, :H] = da_r;  carry += d(reset_h) r
             bwd_pass(L, rc_gru_rb_pass2, t, tp, B, Bc, kind)
         if B < M:
@@ -314,6 +314,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     if one:
         step_arrays = (None if L.chunk > 0 else one_step(&L.g, N, GH, dtype),
                        one_step(&L.hn, N, H, dtype))
+        L.private_steps = True   # (each row share's rows together: _loop.pxd loop_share)
     else:
         seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
         seq_check[floating](saved.hidden_n, "hidden_n", T, N, H, &L.hn)

@@ -114,7 +114,7 @@ cdef inline LNArrays shared(const Loop *L) noexcept nogil:
 
 cdef inline void fwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssize_t r0,
                           Py_ssize_t rows, const floating *hp, Py_ssize_t ldhp) noexcept nogil:
-    cdef Py_ssize_t H = L.H, GH = GATES * H, lds = L.P * GH
+    cdef Py_ssize_t H = L.H, GH = GATES * H, lds = L.sld
     cdef floating *s = <floating *>L.scratch + r0 * lds
     cdef floating k = 0
     # S[rows] = h_prev @ Wh                   (rows, 3H) = (rows, H)(H, 3H)

@@ -161,7 +161,7 @@ cdef inline void fwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssi
                           Py_ssize_t rows, const floating *hp, Py_ssize_t ldhp,
                           const floating *cp, Py_ssize_t ldcp) noexcept nogil:
     # Step t for rows [r0, r0 + rows) from (h_prev, c_prev) = (hp, cp).
-    cdef Py_ssize_t H = L.H, GH = RC_LN_GATES * H, lds = L.P * GH
+    cdef Py_ssize_t H = L.H, GH = RC_LN_GATES * H, lds = L.sld
     cdef floating *s = <floating *>L.scratch + r0 * lds
     cdef floating k = 0
     # S[rows] = h_prev @ Wh                   (rows, 4H) = (rows, H)(H, 4H)

@@ -136,7 +136,7 @@ cdef inline void lstm_pass(const Loop *L, bint backward, Py_ssize_t t, Py_ssize_
     # from the scratch S[:, :H] with a zero carry S[:, H:2H] (backward).
     cdef rc_pass st
     cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
-    cdef Py_ssize_t lds = L.P * RC_LSTM_GATES * L.H
+    cdef Py_ssize_t lds = L.sld
     if L.wr.p == NULL:
         run_pass(L, rc_lstm_pass, backward, L.c, t, r0, rows, cp, ldcp)
         return
@@ -211,7 +211,7 @@ cdef inline void proj_grad(const Loop *L, Py_ssize_t t, Py_ssize_t B,
             e[q * L.dht.sn + j] = dh[q * L.dh.sn + j] + cy[q * ldc + j]
     # S[:B, :H] = E_t[:B] @ Wr^T              (B, H) = (B, Hp)(H, Hp)^T
     mm_step(B, L.H, Hp, e, L.dht.sn, transposed(L.wr), <floating>0, <floating *>L.scratch,
-            L.P * RC_LSTM_GATES * L.H)
+            L.sld)
 
 
 cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
@@ -587,6 +587,7 @@ def forward(const floating[:, :, :] x, const floating[:, :] h0, const floating[:
     if one:
         step_arrays = (None if L.chunk > 0 else one_step(&L.g, N, GH, dtype),
                        one_step(&L.m, N, H, dtype) if Wr is not None else None)
+        L.private_steps = True   # (each row share's rows together: _loop.pxd loop_share)
     else:
         seq_check[floating](saved.gates, "gates", T, N, GH, &L.g)
         if Wr is not None:

@@ -642,6 +642,14 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * applied to every Intel CPU by extrapolation). */
 #define RC_UNIT_INTEL_ROWS 16
 static int rc_unit_rows(void) { return rc_intel_rules() ? RC_UNIT_INTEL_ROWS : 0; }
+/* Whether a row split gives each share its rows of the loop's own per-row buffers
+ * (the scratch; one step's gates in inference) as one block (1, the default;
+ * _loop.pxd: loop_share) or every P-th row as in the callers' arrays (0: the test
+ * and benchmark hook rc_set_private_rows; the same arithmetic either way). */
+static int rc_private_rows_on = 1;
+static void rc_set_private_rows(int on) { rc_private_rows_on = on != 0; }
+static int rc_private_rows(void) { return rc_private_rows_on; }
+
 static int rc_unit_mode = 0;   /* -1: never, 0: by shape (the default), 1: always (rc_unit_forced threads) */
 static int rc_unit_forced = 2;
 static void rc_set_unit_split(int mode, int threads)
