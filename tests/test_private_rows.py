@@ -3,7 +3,8 @@
 When a time loop splits the batch rows over threads (rows k, k+P, ... to thread
 k), the rows of the loop's own per-row buffers -- the (N, G*H) scratch of the GRU
 and the layer-normalised cells, and in inference one step's gates (and the GRU's
-hidden_n, the LSTM's m) -- are stored as one block per thread instead of every
+hidden_n, the LSTM's m) and the backward's dh and dc carries (copied from and back
+to the caller's dh0/dc0 rows) -- are stored as one block per thread instead of every
 P-th row, so two cores never write rows that share a page. The callers' arrays
 (x, h, the saved activations, the states) keep their rows in place.
 
@@ -68,9 +69,13 @@ def _run(variant, x, dout, lengths, bidirectional, train):
         out, states = m(x, lengths=lengths)
         return [out] + [np.asarray(s) for s in (states if isinstance(states, tuple)
                                                  else (states,))]
-    out, _ = m(x, lengths=lengths)
-    dx, _ = m.backward(dout[..., :out.shape[-1]])
-    return [out, dx] + [g.copy() for g in m.grads.values()]
+    out, states = m(x, lengths=lengths)
+    states = states if isinstance(states, tuple) else (states,)
+    # a gradient for the final states too: the carries start from it (and end as dh0)
+    dst = [np.full_like(np.asarray(s), 0.5) for s in states]
+    dx, dst0 = m.backward(dout[..., :out.shape[-1]], dst if len(dst) > 1 else dst[0])
+    dst0 = dst0 if isinstance(dst0, tuple) else (dst0,)
+    return [out, dx] + [np.asarray(d) for d in dst0] + [g.copy() for g in m.grads.values()]
 
 
 def test_the_hook_defaults_to_rows_together_in_every_module():

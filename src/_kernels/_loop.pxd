@@ -25,6 +25,7 @@ from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport INFINITY, fabs
 from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy, memset
+from libc.stdlib cimport malloc, free
 
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
                     all_finite, all_zero,
@@ -95,6 +96,11 @@ cdef struct Loop:
     Seq dan                     # GRU backward: the input side's n block (T, N, H)
     void *carry                 # backward: dh carry (N, H) (starts as dhn, ends as dh0)
     void *carry_c               # LSTM backward: dc carry (N, H)
+    Py_ssize_t cld              # the carries' row stride in rows: 1, or P on a share whose
+                                # carries are every P-th row of the caller's
+    void *carry_out             # a share computing on its own block of carry rows (run_loop,
+    void *carry_c_out           # private_carries): its rows of the caller's carries, where
+                                # loop_task copies them from and back (NULL: in place)
     int k, P                    # this share: rows k, k+P, ... (all rows: 0, 1)
     const void *ext             # a cell's own extra arrays (lnlstm.pyx: LNArrays), not
                                 # shared by loop_share: the body offsets them by (k, P)
@@ -126,6 +132,7 @@ cdef inline void loop_init(Loop *L, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py
     memset(L, 0, sizeof(Loop))
     L.T, L.N, L.H, L.G, L.Hp = T, N, H, G, H
     L.sld = G * H
+    L.cld = 1
     L.reverse, L.f64 = reverse, f64
     L.k, L.P = 0, 1
 
@@ -145,12 +152,15 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     harness of the GRU's inference step ((16 rows a thread, D = 64, H = 256), x
     and h interleaved as here), 70-73 GFLOP/s a thread on 2 Zen 4 cores with
     the buffers interleaved, 95-98 with each thread's rows together, 103 on one
-    thread. In the models (float32 inference, 2 threads, bench/rows_ab.py,
-    interleaved / together): GRU (T, N, D, H) = (100, 16, 64, 128) 1.145, (100,
-    32, 64, 256) 1.063; LSTM (100, 16, 64, 128) 1.085, (100, 32, 128, 128) 1.029;
-    RNN (100, 16, 64, 128) 1.039; rows of 4 KB (the LSTM at H = 256) and the
-    large shapes 0.98-1.01, forward + backward (the scratch only: the saved
-    activations keep the callers' layout) 0.98-1.00."""
+    thread. In the models (float32, 2 threads, interleaved / together; the median
+    of 40-300 paired calls alternating the hook, its quartiles): inference GRU
+    (T, N, D, H) = (100, 16, 64, 128) 1.151 (1.13-1.18), (100, 32, 64, 256) 1.040
+    (1.01-1.05); LSTM (100, 16, 64, 128) 1.155 (1.06-1.21), (100, 32, 256, 256)
+    1.020 (its 4 KB rows are a page each); RNN 1.00; forward + backward, where
+    the backward's carries are a share's own rows too (run_loop: private_carries;
+    the saved activations keep the callers' layout): LSTM (100, 32, 256, 256)
+    1.037 (1.02-1.05), GRU (100, 16, 64, 128) 1.043, (100, 32, 64, 256)
+    1.008-1.025, RNN (100, 32, 256, 256) 0.993 (quartiles 0.89-1.08: noise)."""
     cdef Loop s = L[0]
     cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
     cdef Py_ssize_t row = k * L.H * <Py_ssize_t>isz, rowp = k * L.Hp * <Py_ssize_t>isz
@@ -178,6 +188,7 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     s.c0 = rows_from(s.c0, row)
     s.carry = <void *>rows_from(s.carry, rowp)
     s.carry_c = <void *>rows_from(s.carry_c, row)
+    s.cld = P
     if together:
         s.scratch = <void *>rows_from(s.scratch, before * L.sld * <Py_ssize_t>isz)
     else:
@@ -227,12 +238,50 @@ cdef inline Py_ssize_t active(const Loop *L, Py_ssize_t t) noexcept nogil:
 
 
 cdef inline void loop_task(void *p) noexcept nogil:
-    """One share of a time loop (rc_run_tasks' entry): the cell's body for its dtype."""
+    """One share of a time loop (rc_run_tasks' entry): the cell's body for its dtype
+    (a share with its own block of carry rows: copied in from the caller's rows before,
+    and back after)."""
     cdef const Loop *L = <const Loop *>p
+    if L.carry_out != NULL:
+        copy_carries(L, True)
     if L.f64:
         L.run_d(L, 0)
     else:
         L.run_f(L, 0)
+    if L.carry_out != NULL:
+        copy_carries(L, False)
+
+
+cdef inline void copy_carries(const Loop *L, bint into) noexcept nogil:
+    """A share's carry rows between the caller's (every P-th row: carry_out,
+    carry_c_out) and its own block (carry, carry_c): into the block (`into`) or back."""
+    cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
+    cdef Py_ssize_t q, M = share(L.N, L.k, L.P)
+    cdef size_t wp = L.Hp * isz, w = L.H * isz
+    for q in range(M):
+        if into:
+            memcpy(<char *>L.carry + q * wp, <const char *>L.carry_out + q * L.P * wp, wp)
+        else:
+            memcpy(<char *>L.carry_out + q * L.P * wp, <const char *>L.carry + q * wp, wp)
+        if L.carry_c_out != NULL:
+            if into:
+                memcpy(<char *>L.carry_c + q * w, <const char *>L.carry_c_out + q * L.P * w, w)
+            else:
+                memcpy(<char *>L.carry_c_out + q * L.P * w, <const char *>L.carry_c + q * w, w)
+
+
+cdef inline void private_carries(Loop *s, const Loop *L, int k, int P, char *buf) noexcept nogil:
+    """Share k's carries on its own block of `buf` (N*Hp elements for the dh carry, then
+    N*H for the dc carry): its rows together, as loop_share does with the scratch, for
+    the same reason -- the carry GEMM and the passes write them at every step."""
+    cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
+    cdef Py_ssize_t before = rows_before(L.N, k, P)
+    s.carry_out = s.carry
+    s.carry = buf + before * L.Hp * <Py_ssize_t>isz
+    if L.carry_c != NULL:
+        s.carry_c_out = s.carry_c
+        s.carry_c = buf + (L.N * L.Hp + before * L.H) * <Py_ssize_t>isz
+    s.cld = 1
 
 
 cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
@@ -247,6 +296,8 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     cdef bint packed = L.wh.nr > 0 and (L.wr.p == NULL or L.wr.nr > 0)
     cdef int opened = 0, k, P = row_threads(L.N, work, L.T, packed)
     cdef Loop tasks[MAX_TASKS]
+    cdef char *carries = NULL
+    cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
     L.run_f, L.run_d = run_f, run_d
     if L.nu > 0:
         # a unit split (prepared by the cell: its shares, their bodies, one barrier);
@@ -260,9 +311,16 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     else:
         # the rows on P threads, each calling the packed kernel (row_threads splits
         # only such loops): no BLAS inside
+        if L.carry != NULL and private_rows():
+            # the carries' rows of each share together (private_carries); without
+            # the memory, every P-th row of the caller's in place
+            carries = <char *>malloc(L.N * (L.Hp + (L.H if L.carry_c != NULL else 0)) * isz)
         for k in range(P):
             tasks[k] = loop_share(L, k, P)
+            if carries != NULL:
+                private_carries(&tasks[k], L, k, P, carries)
         run_tasks(loop_task, tasks, sizeof(Loop), P)
+        free(carries)
     loop_threads_end(opened)   # (closes either kind of single-thread section)
 
 

@@ -27,8 +27,9 @@ def _pack_threads_calls():
 
 def _set_private_rows(bint together=True):
     """Test/benchmark hook: a row split gives each thread its rows of this module's
-    per-row buffers (scratch, one step's gates) as one block (True, the default) or
-    every P-th row (False, as before session 21). Results are the same either way."""
+    per-row buffers (scratch, one step's gates, the backward's carries) as one block
+    (True, the default) or every P-th row (False, as before session 21). Results are
+    the same either way."""
     set_private_rows(together)
 
 

@@ -42,7 +42,7 @@ cdef inline void pass_at(const Loop *L, Seq saved, Py_ssize_t t, Py_ssize_t r0,
     """st := rows [r0, ...) of step t of the Loop's arrays; saved: the state kept
     beside the gates (GRU hidden_n, LSTM c); prev: the previous state's rows."""
     cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
-    cdef Py_ssize_t ldc = L.P * L.H     # the carries' rows in this share
+    cdef Py_ssize_t ldc = L.cld * L.H   # the carries' rows in this share
     st.g = rows_at(L.g, t, r0, isz)
     st.s = rows_at(saved, t, r0, isz)
     st.prev.p = <void *>prev

@@ -229,7 +229,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     # (L.dan; reset-before: none) and the carry (N, H); reset-before also uses
     # the (N, 3H) scratch S.
     cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = RC_GRU_G * H, M = share(L.N, L.k, L.P)
-    cdef Py_ssize_t ldc = L.P * H, dg_sn = L.dg.sn, nI = GH - H
+    cdef Py_ssize_t ldc = L.cld * H, dg_sn = L.dg.sn, nI = GH - H
     cdef Py_ssize_t nk = nI if L.reset_before else GH   # dG's columns the carry GEMM reads
     cdef floating *dgt
     for i in range(L.T):

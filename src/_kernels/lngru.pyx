@@ -159,7 +159,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
 
 cdef inline void bwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssize_t r0,
                           Py_ssize_t rows, const floating *hp, Py_ssize_t ldhp) noexcept nogil:
-    cdef Py_ssize_t ldc = L.P * L.H
+    cdef Py_ssize_t ldc = L.cld * L.H
     cdef floating k = 0
     if floating is float:
         rc_lngru_bwd_f(rows, L.H, at(L.dh, t, r0, k), L.dh.sn, <float *>L.carry + r0 * ldc, ldc,
@@ -194,7 +194,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
             scale_rows(at(E.ds, t, B, kind), E.ds.sn, M - B, GH, <floating>0)
         # carry[:B] += dZ_t[:B] @ Wh^T           (B, H) += (B, 3H)(H, 3H)^T
         mm_step(B, H, GH, at(L.dg, t, 0, kind), L.dg.sn, transposed(L.wh), <floating>1,
-                <floating *>L.carry, ldc)
+                <floating *>L.carry, L.cld * H)
 
 
 # ----------------------------------------------------------------- entry points

@@ -216,7 +216,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
 
 cdef inline void bwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssize_t r0,
                           Py_ssize_t rows, const floating *cp, Py_ssize_t ldcp) noexcept nogil:
-    cdef Py_ssize_t ldc = L.P * L.H
+    cdef Py_ssize_t ldc = L.cld * L.H
     cdef floating k = 0
     if floating is float:
         rc_lnlstm_bwd_f(rows, L.H, at(L.dh, t, r0, k), L.dh.sn,
@@ -259,7 +259,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
             scale_rows(at(E.dyc, t, B, kind), E.dyc.sn, M - B, H, <floating>0)
         # carry_h[:B] = dZ_t[:B] @ Wh^T          (B, H) = (B, 4H)(H, 4H)^T
         mm_step(B, H, GH, at(L.dg, t, 0, kind), L.dg.sn, transposed(L.wh), <floating>0,
-                <floating *>L.carry, ldc)
+                <floating *>L.carry, L.cld * H)
 
 
 # ----------------------------------------------------------------- entry points

@@ -201,7 +201,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
 cdef inline void proj_grad(const Loop *L, Py_ssize_t t, Py_ssize_t B,
                            floating kind) noexcept nogil:
     # With a projection: the gradient of m_t = o tanh(c_t) for rows [0, B).
-    cdef Py_ssize_t j, q, Hp = L.Hp, ldc = L.P * Hp
+    cdef Py_ssize_t j, q, Hp = L.Hp, ldc = L.cld * Hp
     cdef floating *e = <floating *>L.dht.p + t * L.dht.st
     cdef const floating *dh = <const floating *>L.dh.p + t * L.dh.st
     cdef const floating *cy = <const floating *>L.carry
@@ -243,7 +243,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
                            M - B, L.Hp, <floating>0)
         # carry_h[:B] = dA_t[:B] @ Wh^T          (B, Hp) = (B, 4H)(Hp, 4H)^T
         mm_step(B, L.Hp, GH, dgt, dg_sn, transposed(L.wh), <floating>0, <floating *>L.carry,
-                L.P * L.Hp)
+                L.cld * L.Hp)
         if L.wxt.nr > 0:
             # dx_t[:B] = dA_t[:B] @ Wx^T; dx_t[B:] = 0
             input_grad(L, t, 0, B, M, kind)

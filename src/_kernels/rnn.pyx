@@ -135,7 +135,7 @@ cdef void fwd_steps(const Loop *L, floating kind) noexcept nogil:
 
 cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     # Uses L.dh, L.h, L.wh, L.relu; writes dz (L.dg) and the carry (N, H).
-    cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, M = share(L.N, L.k, L.P), ldc = L.P * H
+    cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, M = share(L.N, L.k, L.P), ldc = L.cld * H
     cdef Py_ssize_t dz_sn = L.dg.sn
     cdef const floating *dh = <const floating *>L.dh.p
     cdef const floating *h = <const floating *>L.h.p
