@@ -35,15 +35,15 @@ pytestmark = pytest.mark.skipif(not HAVE_PACKED,
 MODULES = (K, KG, KL, KLG, KLL)
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
-#: name -> (class, constructor keywords, gates)
+#: name -> (class, constructor keywords, gates, its kernel module)
 VARIANTS = {
-    "rnn": (rnncore.RNN, {}, 1),
-    "gru": (rnncore.GRU, {}, 3),
-    "gru-reset-before": (rnncore.GRU, {"reset_after": False}, 3),
-    "lstm": (rnncore.LSTM, {}, 4),
-    "lstm-proj": (rnncore.LSTM, {"proj_size": 17}, 4),
-    "gru-ln": (rnncore.GRU, {"layer_norm": True}, 3),
-    "lstm-ln": (rnncore.LSTM, {"layer_norm": True}, 4),
+    "rnn": (rnncore.RNN, {}, 1, K),
+    "gru": (rnncore.GRU, {}, 3, KG),
+    "gru-reset-before": (rnncore.GRU, {"reset_after": False}, 3, KG),
+    "lstm": (rnncore.LSTM, {}, 4, KL),
+    "lstm-proj": (rnncore.LSTM, {"proj_size": 17}, 4, KL),
+    "gru-ln": (rnncore.GRU, {"layer_norm": True}, 3, KLG),
+    "lstm-ln": (rnncore.LSTM, {"layer_norm": True}, 4, KLL),
 }
 #: odd N: the two shares have 12 and 11 rows; N >= 8 fuses x_t Wx into inference's
 #: steps (one step of gates: the buffers this is about)
@@ -61,7 +61,7 @@ def _needs_split():
 
 
 def _run(variant, x, dout, lengths, bidirectional, train):
-    cls, kw, _ = VARIANTS[variant]
+    cls, kw = VARIANTS[variant][:2]
     m = cls(D, H, batch_first=True, bidirectional=bidirectional, dtype=np.float32, seed=3,
             **kw)
     if not train:
@@ -93,27 +93,39 @@ def test_the_hook_defaults_to_rows_together_in_every_module():
 @pytest.mark.parametrize("case", ["full", "lengths-bidir"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_rows_together_are_bitwise_rows_interleaved_and_one_thread(variant, case, train, rng):
+    """lengths-bidir: both directions in turn (parallel directions off), each on the
+    two threads -- the reverse direction and lengths on a split loop, its carries
+    starting from the final-state gradients."""
     _needs_split()
     from threadpoolctl import threadpool_limits
     x = rng.standard_normal((N, T, D)).astype(np.float32)
     dout = rng.standard_normal((N, T, 2 * H)).astype(np.float32)
     lengths = rng.integers(1, T + 1, N) if case != "full" else None
     bidir = case != "full"
-    gh = VARIANTS[variant][2] * H
+    gh, mod = VARIANTS[variant][2] * H, VARIANTS[variant][3]
+    loops = (2 if bidir else 1) * (2 if train else 1)   # directions x (forward, backward)
     with threadpool_limits(2, user_api="blas"):
-        assert K._row_threads(N, N * gh * H, T) == 2        # the split really happens
-        together = _run(variant, x, dout, lengths, bidir, train)
-        _set_together(False)
+        assert K._row_threads(N, N * gh * H, T) == 2        # the rule splits this shape
+        was = _threads.parallel_directions_enabled()
+        rnncore.set_parallel_directions(False)
         try:
-            interleaved = _run(variant, x, dout, lengths, bidir, train)
+            before = mod._row_split_runs()
+            together = _run(variant, x, dout, lengths, bidir, train)
+            assert mod._row_split_runs() - before == loops   # every loop really split
+            _set_together(False)
+            try:
+                interleaved = _run(variant, x, dout, lengths, bidir, train)
+            finally:
+                _set_together(True)
+            rnncore.set_row_split(False)
+            try:
+                before = mod._row_split_runs()
+                one = _run(variant, x, dout, lengths, bidir, train)
+                assert mod._row_split_runs() == before
+            finally:
+                rnncore.set_row_split(True)
         finally:
-            _set_together(True)
-        rnncore.set_row_split(False)
-        try:
-            assert K._row_threads(N, N * gh * H, T) == 1
-            one = _run(variant, x, dout, lengths, bidir, train)
-        finally:
-            rnncore.set_row_split(True)
+            rnncore.set_parallel_directions(was)
     assert len(together) == len(interleaved) == len(one)
     for i, (a, b, c) in enumerate(zip(together, interleaved, one)):
         assert np.array_equal(a, b), f"{variant} {case}: result {i} differs interleaved"
@@ -139,3 +151,37 @@ def test_split_models_with_rows_together_match_reference(cell, rng):
         m.eval()
         inferred, _ = m(x)
     assert_close_f64(inferred, trained, name=f"{cell} inference vs training forward")
+
+
+@pytest.mark.parametrize("variant", ["gru", "lstm", "lstm-proj"])
+def test_chunked_inference_rows_together_is_bitwise_interleaved_and_one_thread(variant, rng):
+    """Inference that computes x Wx a chunk of steps at a time (not in its steps: the
+    hook forces chunks of 7): its hidden_n / m one-step buffers are the shares' own
+    blocks; outputs and final states bitwise the interleaved layout's and one thread's."""
+    _needs_split()
+    from threadpoolctl import threadpool_limits
+    mod = VARIANTS[variant][3]
+    x = rng.standard_normal((N, T, D)).astype(np.float32)
+    dout = np.zeros((N, T, 2 * H), np.float32)
+    lengths = rng.integers(1, T + 1, N)
+    mod._set_packing(True, fuse=0, chunk=7)
+    try:
+        with threadpool_limits(2, user_api="blas"):
+            before = mod._row_split_runs()
+            together = _run(variant, x, dout, lengths, False, False)
+            assert mod._row_split_runs() - before == 1
+            _set_together(False)
+            try:
+                interleaved = _run(variant, x, dout, lengths, False, False)
+            finally:
+                _set_together(True)
+            rnncore.set_row_split(False)
+            try:
+                one = _run(variant, x, dout, lengths, False, False)
+            finally:
+                rnncore.set_row_split(True)
+    finally:
+        mod._set_packing(True)
+    for i, (a, b, c) in enumerate(zip(together, interleaved, one)):
+        assert np.array_equal(a, b), f"{variant}: result {i} differs interleaved"
+        assert np.array_equal(a, c), f"{variant}: result {i} differs on one thread"

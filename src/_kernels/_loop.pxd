@@ -25,7 +25,7 @@ from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport INFINITY, fabs
 from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy, memset
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
 
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
                     all_finite, all_zero,
@@ -34,6 +34,7 @@ from _gemm cimport (mm, mm_step, mm_step2, packed_nr, rc_dw_problem, rc_dw_term,
                     rc_dw_d, dw_enabled, RC_DW_TERMS)
 from _layout cimport Seq, seq, uniform, every_pth_row, rows_block
 from _threads cimport (row_threads, share, run_tasks, single_open, single_close, private_rows,
+                       count_row_split,
                        loop_threads_begin, loop_threads_end, gemms_threads_begin,
                        input_threads_begin)
 
@@ -141,7 +142,11 @@ cdef inline const void *rows_from(const void *p, Py_ssize_t nbytes) noexcept nog
     return NULL if p == NULL else <const char *>p + nbytes
 
 
-cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
+cdef extern from "stdlib.h" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
+
+
+cdef inline Loop loop_share(const Loop *L, int k, int P, bint together) noexcept nogil:
     """The Loop of rows k, k+P, ...: every row-indexed array starts at row k, P rows apart;
     the loop's own per-row buffers (the scratch; g, hn and m when L.private_steps) hold
     the share's rows together instead, after those of shares 0..k-1.
@@ -165,7 +170,6 @@ cdef inline Loop loop_share(const Loop *L, int k, int P) noexcept nogil:
     cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
     cdef Py_ssize_t row = k * L.H * <Py_ssize_t>isz, rowp = k * L.Hp * <Py_ssize_t>isz
     cdef Py_ssize_t before = rows_before(L.N, k, P)
-    cdef bint together = private_rows()
     s.h = every_pth_row(s.h, k, P, isz)
     if L.private_steps and together:
         s.g = rows_block(s.g, before, isz)
@@ -296,8 +300,9 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     cdef bint packed = L.wh.nr > 0 and (L.wr.p == NULL or L.wr.nr > 0)
     cdef int opened = 0, k, P = row_threads(L.N, work, L.T, packed)
     cdef Loop tasks[MAX_TASKS]
-    cdef char *carries = NULL
+    cdef void *carries = NULL
     cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
+    cdef bint together
     L.run_f, L.run_d = run_f, run_d
     if L.nu > 0:
         # a unit split (prepared by the cell: its shares, their bodies, one barrier);
@@ -311,14 +316,19 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
     else:
         # the rows on P threads, each calling the packed kernel (row_threads splits
         # only such loops): no BLAS inside
-        if L.carry != NULL and private_rows():
-            # the carries' rows of each share together (private_carries); without
-            # the memory, every P-th row of the caller's in place
-            carries = <char *>malloc(L.N * (L.Hp + (L.H if L.carry_c != NULL else 0)) * isz)
+        together = private_rows()   # (read once: every share must agree)
+        if L.carry != NULL and together:
+            # the carries' rows of each share together (private_carries), on a
+            # 64-byte boundary; without the memory, every P-th row of the caller's
+            # in place
+            if posix_memalign(&carries, 64,
+                              L.N * (L.Hp + (L.H if L.carry_c != NULL else 0)) * isz) != 0:
+                carries = NULL
         for k in range(P):
-            tasks[k] = loop_share(L, k, P)
+            tasks[k] = loop_share(L, k, P, together)
             if carries != NULL:
-                private_carries(&tasks[k], L, k, P, carries)
+                private_carries(&tasks[k], L, k, P, <char *>carries)
+        count_row_split()
         run_tasks(loop_task, tasks, sizeof(Loop), P)
         free(carries)
     loop_threads_end(opened)   # (closes either kind of single-thread section)

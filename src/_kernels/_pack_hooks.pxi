@@ -9,7 +9,8 @@
 
 import operator
 
-from _threads cimport set_input_single as _set_input_single_c, set_private_rows, private_rows
+from _threads cimport (set_input_single as _set_input_single_c, set_private_rows, private_rows,
+                       row_split_count)
 
 
 def _set_pack_threads(min_bytes=None):
@@ -36,6 +37,12 @@ def _set_private_rows(bint together=True):
 def _private_rows():
     """Whether this module's row splits keep each thread's buffer rows together."""
     return bool(private_rows())
+
+
+def _row_split_runs():
+    """How many time loops of this module have run with their rows split over threads
+    (a count since import)."""
+    return row_split_count()
 
 
 def _set_intel_rules(intel=None):

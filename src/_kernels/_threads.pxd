@@ -39,4 +39,6 @@ cdef extern from "rc_threads.h" nogil:
     void set_unit_split "rc_set_unit_split"(int mode, int threads)
     void set_private_rows "rc_set_private_rows"(int on)
     int private_rows "rc_private_rows"()
+    void count_row_split "rc_count_row_split"()
+    long long row_split_count "rc_row_split_count"()
     int unit_rows "rc_unit_rows"()

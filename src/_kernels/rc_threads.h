@@ -650,6 +650,9 @@ static int rc_unit_rows(void) { return rc_intel_rules() ? RC_UNIT_INTEL_ROWS : 0
 static int rc_private_rows_on = 1;
 static void rc_set_private_rows(int on) { rc_private_rows_on = on != 0; }
 static int rc_private_rows(void) { return rc_private_rows_on; }
+static long long rc_row_splits = 0;   /* time loops run with their rows split (test hook) */
+static void rc_count_row_split(void) { __atomic_fetch_add(&rc_row_splits, 1, __ATOMIC_RELAXED); }
+static long long rc_row_split_count(void) { return __atomic_load_n(&rc_row_splits, __ATOMIC_RELAXED); }
 
 static int rc_unit_mode = 0;   /* -1: never, 0: by shape (the default), 1: always (rc_unit_forced threads) */
 static int rc_unit_forced = 2;
