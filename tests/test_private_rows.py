@@ -78,6 +78,30 @@ def _run(variant, x, dout, lengths, bidirectional, train):
     return [out, dx] + [np.asarray(d) for d in dst0] + [g.copy() for g in m.grads.values()]
 
 
+def _three_ways(mod, loops, run):
+    """run() with the rows together (asserting `loops` split loops of `mod`), with them
+    every P-th row, and with the row split off (asserting none); compared bitwise."""
+    before = mod._row_split_runs()
+    together = run()
+    assert mod._row_split_runs() - before == loops   # every loop really split
+    _set_together(False)
+    try:
+        interleaved = run()
+    finally:
+        _set_together(True)
+    rnncore.set_row_split(False)
+    try:
+        before = mod._row_split_runs()
+        one = run()
+        assert mod._row_split_runs() == before
+    finally:
+        rnncore.set_row_split(True)
+    assert len(together) == len(interleaved) == len(one)
+    for i, (t, r, o) in enumerate(zip(together, interleaved, one)):
+        assert np.array_equal(t, r), f"result {i} differs with the rows interleaved"
+        assert np.array_equal(t, o), f"result {i} differs on one thread"
+
+
 def test_the_hook_defaults_to_rows_together_in_every_module():
     for mod in MODULES:
         assert mod._private_rows() is True
@@ -109,27 +133,9 @@ def test_rows_together_are_bitwise_rows_interleaved_and_one_thread(variant, case
         was = _threads.parallel_directions_enabled()
         rnncore.set_parallel_directions(False)
         try:
-            before = mod._row_split_runs()
-            together = _run(variant, x, dout, lengths, bidir, train)
-            assert mod._row_split_runs() - before == loops   # every loop really split
-            _set_together(False)
-            try:
-                interleaved = _run(variant, x, dout, lengths, bidir, train)
-            finally:
-                _set_together(True)
-            rnncore.set_row_split(False)
-            try:
-                before = mod._row_split_runs()
-                one = _run(variant, x, dout, lengths, bidir, train)
-                assert mod._row_split_runs() == before
-            finally:
-                rnncore.set_row_split(True)
+            _three_ways(mod, loops, lambda: _run(variant, x, dout, lengths, bidir, train))
         finally:
             rnncore.set_parallel_directions(was)
-    assert len(together) == len(interleaved) == len(one)
-    for i, (a, b, c) in enumerate(zip(together, interleaved, one)):
-        assert np.array_equal(a, b), f"{variant} {case}: result {i} differs interleaved"
-        assert np.array_equal(a, c), f"{variant} {case}: result {i} differs on one thread"
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
@@ -167,21 +173,6 @@ def test_chunked_inference_rows_together_is_bitwise_interleaved_and_one_thread(v
     mod._set_packing(True, fuse=0, chunk=7)
     try:
         with threadpool_limits(2, user_api="blas"):
-            before = mod._row_split_runs()
-            together = _run(variant, x, dout, lengths, False, False)
-            assert mod._row_split_runs() - before == 1
-            _set_together(False)
-            try:
-                interleaved = _run(variant, x, dout, lengths, False, False)
-            finally:
-                _set_together(True)
-            rnncore.set_row_split(False)
-            try:
-                one = _run(variant, x, dout, lengths, False, False)
-            finally:
-                rnncore.set_row_split(True)
+            _three_ways(mod, 1, lambda: _run(variant, x, dout, lengths, False, False))
     finally:
         mod._set_packing(True)
-    for i, (a, b, c) in enumerate(zip(together, interleaved, one)):
-        assert np.array_equal(a, b), f"{variant}: result {i} differs interleaved"
-        assert np.array_equal(a, c), f"{variant}: result {i} differs on one thread"
