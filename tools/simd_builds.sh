@@ -34,7 +34,7 @@ tests=(tests/test_activations.py tests/test_gemm.py tests/test_gemm_packed.py te
        tests/test_fused_input.py tests/test_chunked_inference.py tests/test_pack_threads.py
        tests/test_weight_grads.py tests/test_thread_team.py tests/test_zero_start.py
        tests/test_linear_kernel.py tests/test_pack_a.py tests/test_thread_sections.py
-       tests/test_blas_slow.py)
+       tests/test_blas_slow.py tests/test_private_rows.py)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for level in "${levels[@]}"; do
