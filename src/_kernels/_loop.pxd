@@ -100,7 +100,7 @@ cdef struct Loop:
     Py_ssize_t cld              # the carries' row stride in rows: 1, or P on a share whose
                                 # carries are every P-th row of the caller's
     void *carry_out             # a share computing on its own block of carry rows (run_loop,
-    void *carry_c_out           # private_carries): its rows of the caller's carries, where
+    void *carry_c_out           # loop_share): its rows of the caller's carries, where
                                 # loop_task copies them from and back (NULL: in place)
     int k, P                    # this share: rows k, k+P, ... (all rows: 0, 1)
     const void *ext             # a cell's own extra arrays (lnlstm.pyx: LNArrays), not
@@ -146,10 +146,12 @@ cdef extern from "stdlib.h" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
 
 
-cdef inline Loop loop_share(const Loop *L, int k, int P, bint together) noexcept nogil:
+cdef inline Loop loop_share(const Loop *L, int k, int P, bint together, char *carries) noexcept nogil:
     """The Loop of rows k, k+P, ...: every row-indexed array starts at row k, P rows apart;
-    the loop's own per-row buffers (the scratch; g, hn and m when L.private_steps) hold
-    the share's rows together instead, after those of shares 0..k-1.
+    the loop's own per-row buffers (the scratch; g, hn and m when L.private_steps; the
+    carries when `carries` is a buffer for them: N*Hp elements for the dh carry, then
+    N*H for the dc carry) hold the share's rows together instead, after those of shares
+    0..k-1 (the carries copied from and back to the caller's rows: loop_task).
 
     Why: the shares write their rows at every step. Rows of 1-3 KB interleaved
     between two cores put both cores' rows in every 4 KB page, and the L2
@@ -162,7 +164,7 @@ cdef inline Loop loop_share(const Loop *L, int k, int P, bint together) noexcept
     (T, N, D, H) = (100, 16, 64, 128) 1.151 (1.13-1.18), (100, 32, 64, 256) 1.040
     (1.01-1.05); LSTM (100, 16, 64, 128) 1.155 (1.06-1.21), (100, 32, 256, 256)
     1.020 (its 4 KB rows are a page each); RNN 1.00; forward + backward, where
-    the backward's carries are a share's own rows too (run_loop: private_carries;
+    the backward's carries are a share's own rows too (run_loop, loop_share;
     the saved activations keep the callers' layout): LSTM (100, 32, 256, 256)
     1.037 (1.02-1.05), GRU (100, 16, 64, 128) 1.043, (100, 32, 64, 256)
     1.008-1.025, RNN (100, 32, 256, 256) 0.993 (quartiles 0.89-1.08: noise)."""
@@ -193,6 +195,12 @@ cdef inline Loop loop_share(const Loop *L, int k, int P, bint together) noexcept
     s.carry = <void *>rows_from(s.carry, rowp)
     s.carry_c = <void *>rows_from(s.carry_c, row)
     s.cld = P
+    if carries != NULL:
+        s.carry_out, s.carry = s.carry, carries + before * L.Hp * <Py_ssize_t>isz
+        if L.carry_c != NULL:
+            s.carry_c_out = s.carry_c
+            s.carry_c = carries + (L.N * L.Hp + before * L.H) * <Py_ssize_t>isz
+        s.cld = 1
     if together:
         s.scratch = <void *>rows_from(s.scratch, before * L.sld * <Py_ssize_t>isz)
     else:
@@ -260,32 +268,24 @@ cdef inline void copy_carries(const Loop *L, bint into) noexcept nogil:
     """A share's carry rows between the caller's (every P-th row: carry_out,
     carry_c_out) and its own block (carry, carry_c): into the block (`into`) or back."""
     cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
-    cdef Py_ssize_t q, M = share(L.N, L.k, L.P)
+    cdef Py_ssize_t M = share(L.N, L.k, L.P)
     cdef size_t wp = L.Hp * isz, w = L.H * isz
-    for q in range(M):
-        if into:
-            memcpy(<char *>L.carry + q * wp, <const char *>L.carry_out + q * L.P * wp, wp)
-        else:
-            memcpy(<char *>L.carry_out + q * L.P * wp, <const char *>L.carry + q * wp, wp)
+    if into:
+        copy_rows_apart(<char *>L.carry, wp, <const char *>L.carry_out, L.P * wp, M, wp)
         if L.carry_c_out != NULL:
-            if into:
-                memcpy(<char *>L.carry_c + q * w, <const char *>L.carry_c_out + q * L.P * w, w)
-            else:
-                memcpy(<char *>L.carry_c_out + q * L.P * w, <const char *>L.carry_c + q * w, w)
+            copy_rows_apart(<char *>L.carry_c, w, <const char *>L.carry_c_out, L.P * w, M, w)
+    else:
+        copy_rows_apart(<char *>L.carry_out, L.P * wp, <const char *>L.carry, wp, M, wp)
+        if L.carry_c_out != NULL:
+            copy_rows_apart(<char *>L.carry_c_out, L.P * w, <const char *>L.carry_c, w, M, w)
 
 
-cdef inline void private_carries(Loop *s, const Loop *L, int k, int P, char *buf) noexcept nogil:
-    """Share k's carries on its own block of `buf` (N*Hp elements for the dh carry, then
-    N*H for the dc carry): its rows together, as loop_share does with the scratch, for
-    the same reason -- the carry GEMM and the passes write them at every step."""
-    cdef size_t isz = sizeof(double) if L.f64 else sizeof(float)
-    cdef Py_ssize_t before = rows_before(L.N, k, P)
-    s.carry_out = s.carry
-    s.carry = buf + before * L.Hp * <Py_ssize_t>isz
-    if L.carry_c != NULL:
-        s.carry_c_out = s.carry_c
-        s.carry_c = buf + (L.N * L.Hp + before * L.H) * <Py_ssize_t>isz
-    s.cld = 1
+cdef inline void copy_rows_apart(char *dst, size_t dld, const char *src, size_t sld,
+                                 Py_ssize_t rows, size_t width) noexcept nogil:
+    """`rows` rows of `width` bytes from src (sld bytes apart) to dst (dld bytes apart)."""
+    cdef Py_ssize_t q
+    for q in range(rows):
+        memcpy(dst + q * dld, src + q * sld, width)
 
 
 cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
@@ -318,16 +318,14 @@ cdef inline void run_loop(Loop *L, body_f run_f, body_d run_d) noexcept nogil:
         # only such loops): no BLAS inside
         together = private_rows()   # (read once: every share must agree)
         if L.carry != NULL and together:
-            # the carries' rows of each share together (private_carries), on a
+            # the carries' rows of each share together (loop_share), on a
             # 64-byte boundary; without the memory, every P-th row of the caller's
             # in place
             if posix_memalign(&carries, 64,
                               L.N * (L.Hp + (L.H if L.carry_c != NULL else 0)) * isz) != 0:
                 carries = NULL
         for k in range(P):
-            tasks[k] = loop_share(L, k, P, together)
-            if carries != NULL:
-                private_carries(&tasks[k], L, k, P, <char *>carries)
+            tasks[k] = loop_share(L, k, P, together, <char *>carries)
         count_row_split()
         run_tasks(loop_task, tasks, sizeof(Loop), P)
         free(carries)

@@ -178,7 +178,7 @@ cdef inline void bwd_rows(const Loop *L, const LNArrays *E, Py_ssize_t t, Py_ssi
 cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     cdef LNArrays E = shared(L)
     cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = GATES * H, M = share(L.N, L.k, L.P)
-    cdef Py_ssize_t ldc = L.P * H, h_st = L.h.st, h_sn = L.h.sn
+    cdef Py_ssize_t ld0 = L.P * H, h_st = L.h.st, h_sn = L.h.sn   # h0's rows in this share
     cdef const floating *h0 = <const floating *>L.h0
     cdef const floating *h = <const floating *>L.h.p
     for i in range(L.T):
@@ -187,7 +187,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
         if Bc > 0:
             bwd_rows(L, &E, t, 0, Bc, h + tp * h_st, h_sn)
         if B > Bc:
-            bwd_rows(L, &E, t, Bc, B - Bc, h0 + Bc * ldc, ldc)
+            bwd_rows(L, &E, t, Bc, B - Bc, h0 + Bc * ld0, ld0)
         if B < M:
             scale_rows(at(L.dg, t, B, kind), L.dg.sn, M - B, GH, <floating>0)
             scale_rows(at(E.da, t, B, kind), E.da.sn, M - B, GH, <floating>0)

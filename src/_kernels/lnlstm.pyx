@@ -243,7 +243,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     # dZ (L.dg, the recurrent norm's input gradient), dyc and the carries.
     cdef LNArrays E = shared(L)
     cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = RC_LN_GATES * H, M = share(L.N, L.k, L.P)
-    cdef Py_ssize_t ldc = L.P * H
+    cdef Py_ssize_t ld0 = L.P * H   # c0's rows in this share
     cdef const floating *c = <const floating *>L.c.p
     cdef const floating *c0 = <const floating *>L.c0
     for i in range(L.T):
@@ -252,7 +252,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
         if Bc > 0:
             bwd_rows(L, &E, t, 0, Bc, c + tp * L.c.st, L.c.sn)
         if B > Bc:
-            bwd_rows(L, &E, t, Bc, B - Bc, c0 + Bc * ldc, ldc)
+            bwd_rows(L, &E, t, Bc, B - Bc, c0 + Bc * ld0, ld0)
         if B < M:
             scale_rows(at(L.dg, t, B, kind), L.dg.sn, M - B, GH, <floating>0)
             scale_rows(at(E.da, t, B, kind), E.da.sn, M - B, GH, <floating>0)

@@ -219,7 +219,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
     # the carries (N, Hp), (N, H) (with a projection also E (L.dht), via the
     # scratch S).
     cdef Py_ssize_t i, t, tp, B, Bc, H = L.H, GH = RC_LSTM_GATES * H, M = share(L.N, L.k, L.P)
-    cdef Py_ssize_t ldc = L.P * H, dg_sn = L.dg.sn
+    cdef Py_ssize_t ld0 = L.P * H, dg_sn = L.dg.sn   # c0's rows in this share
     cdef const floating *c = <const floating *>L.c.p
     cdef const floating *c0 = <const floating *>L.c0
     cdef floating *dgt
@@ -235,7 +235,7 @@ cdef void bwd_steps(const Loop *L, floating kind) noexcept nogil:
         if Bc > 0:
             lstm_pass(L, True, t, 0, Bc, c + tp * L.c.st, L.c.sn)
         if B > Bc:
-            lstm_pass(L, True, t, Bc, B - Bc, c0 + Bc * ldc, ldc)
+            lstm_pass(L, True, t, Bc, B - Bc, c0 + Bc * ld0, ld0)
         if B < M:
             scale_rows(dgt + B * dg_sn, dg_sn, M - B, GH, <floating>0)
             if L.dht.p != NULL:

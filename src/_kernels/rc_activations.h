@@ -88,8 +88,8 @@ static inline int rc_cpu_tier(void)
  * 512) 0.92, RNN (50, 8, 1024, 1024) 0.86; fb LSTM (50, 64, 512, 1024) 0.90, one
  * 6-block timing of a row whose time moves most on that VM), 3 were within 1 %,
  * and Intel's won 2 (LSTM (50, 32, 512, 1024) inference 1.04, RNN (50, 8, 1024,
- * 1024) fb 1.09): AMD keeps the general rules. Without GCC on x86 (no packed layout there either)
- * the general rules. */
+ * 1024) fb 1.09): AMD keeps the general rules. Without GCC on x86 (no packed
+ * layout there either) the general rules. */
 static int rc_intel_rules_set = -1;
 static inline int rc_intel_rules(void)
 {

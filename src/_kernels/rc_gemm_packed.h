@@ -667,8 +667,8 @@ static int rc_pack_step_weight(rc_idx T, long long work)
  * / fused) and keep the rule without the bound (checked on Zen 4 in session 21:
  * with the bound, inference, LSTM (50, 8, 512, 512) 0.97, (50, 16, 512, 512) 0.91,
  * GRU 0.96 and 0.92, RNN (50, 8, 1024, 1024) 0.86 of the rule's speed, but RNN (50,
- * 8, 1024, 1024) forward + backward 1.09; rc_activations.h: rc_intel_rules). Only Emerald Rapids was measured;
- * other Intel cores (client parts with 0.25-1.25 MiB of L2 among them) get its
+ * 8, 1024, 1024) forward + backward 1.09; rc_activations.h: rc_intel_rules). Only
+ * Emerald Rapids was measured; other Intel cores (client parts with 0.25-1.25 MiB of L2 among them) get its
  * rules by extrapolation. */
 #define RC_FUSE_INTEL_ROWS 32
 #define RC_FUSE_INTEL_ROW_BYTES (160LL << 10)   /* 160 KiB per row */

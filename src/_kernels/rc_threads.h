@@ -644,8 +644,7 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
 static int rc_unit_rows(void) { return rc_intel_rules() ? RC_UNIT_INTEL_ROWS : 0; }
 /* Whether a row split gives each share its rows of the loop's own per-row buffers
  * (the scratch; one step's gates in inference; the backward's carries) as one
- * block (1, the default;
- * _loop.pxd: loop_share) or every P-th row as in the callers' arrays (0: the test
+ * block (1, the default; _loop.pxd: loop_share) or every P-th row as in the callers' arrays (0: the test
  * and benchmark hook rc_set_private_rows; the same arithmetic either way). */
 static int rc_private_rows_on = 1;
 static void rc_set_private_rows(int on) { rc_private_rows_on = on != 0; }
