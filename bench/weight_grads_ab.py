@@ -13,7 +13,11 @@ bounds (``RC_DW_MIN_WORK``, ``RC_DW_MIN_ROWS``) or the chunk size::
 Cells: rnn, gru, gru-rb (``reset_after=False``), lstm, ln-gru, ln-lstm
 (``layer_norm=True``). ``--forced`` puts every shape on the kernel, past the rule
 (mode 2). Prints, per shape, the median ms per call of each and ``blas/kernel``
-(> 1: the kernel is faster). Benchmarks never assert; the arithmetic is checked in
+(> 1: the kernel is faster). ``--inplace`` times the kernel both ways instead: the
+saved inputs read in place by its rule (or always, and the kernel at any size, with
+``--forced``) against the
+transposed copy (the hook ``_set_weight_grads_inplace(0)``), and prints
+``copy/inplace``. Benchmarks never assert; the arithmetic is checked in
 tests/test_bench_scripts.py.
 """
 import os
@@ -40,6 +44,8 @@ def make_model(cell, D, H):
 def main(argv=None):
     ap = ab_parser(__doc__.split("\n\n")[0], CELLS,
                    "the kernel at every size, past the rule (mode 2)")
+    ap.add_argument("--inplace", action="store_true",
+                    help="A/B the kernel's inputs read in place against the transposed copy")
     args, shapes = parse_ab(ap, argv)
 
     from threadpoolctl import threadpool_limits
@@ -48,7 +54,12 @@ def main(argv=None):
 
     def set_kernel(on):
         for m in mods:
-            m._set_weight_grads((2 if args.forced else 1) if on else 0)
+            if args.inplace:   # the kernel (forced: at any size), A in place or copied
+                m._set_weight_grads(2 if args.forced else 1)
+                m._set_weight_grads_inplace((2 if args.forced else 1) if on else 0)
+            else:
+                m._set_weight_grads((2 if args.forced else 1) if on else 0)
+    names = ("inplace", "copy") if args.inplace else ("kernel", "blas")
 
     try:
         with threadpool_limits(args.threads):
@@ -60,12 +71,14 @@ def main(argv=None):
                 def run():
                     m(x)
                     m.backward(dout)
-                kernel, blas = timed_ab(run, set_kernel, args.blocks, args.ms)
-                print(f"{args.cell} {T},{N},{D},{H} fb: kernel {kernel * 1e3:.3f} ms  "
-                      f"blas {blas * 1e3:.3f} ms  blas/kernel {blas / kernel:.3f}", flush=True)
+                on, off = timed_ab(run, set_kernel, args.blocks, args.ms)
+                print(f"{args.cell} {T},{N},{D},{H} fb: {names[0]} {on * 1e3:.3f} ms  "
+                      f"{names[1]} {off * 1e3:.3f} ms  {names[1]}/{names[0]} {off / on:.3f}",
+                      flush=True)
     finally:
         for m in mods:
             m._set_weight_grads(1)
+            m._set_weight_grads_inplace(1)
     return 0
 
 

@@ -388,6 +388,22 @@ def test_weight_grads_ab_runs_and_restores_the_rule(wab, capsys):
         wab.main(["lstm", "4,2,3"])
 
 
+def test_weight_grads_ab_inplace_times_both_reads_and_restores_the_rule(wab, capsys):
+    import rnncore
+    from rnncore._kernels import lstm as KL
+    terms = KL._weight_grads_inplace_terms()
+    assert wab.main(["lstm", "4,2,3,5", "--forced", "--inplace", "--blocks", "1",
+                     "--ms", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("lstm 4,2,3,5 fb: inplace ") and "copy/inplace" in out[0]
+    assert KL._weight_grads_inplace_terms() > terms          # the in-place half ran
+    terms = KL._weight_grads_inplace_terms()
+    m = rnncore.LSTM(3, 5, seed=0)                          # the rules again: BLAS's dW
+    y, _ = m(np.ones((4, 2, 3), np.float32))
+    m.backward(np.ones_like(y))
+    assert KL._weight_grads_inplace_terms() == terms
+
+
 # -- linear_ab.py -----------------------------------------------------------------------------
 def test_linear_ab_runs_and_restores_the_rules(capsys):
     from rnncore._kernels import linear

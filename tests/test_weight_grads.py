@@ -3,8 +3,8 @@
 After its time loop, backward adds dWx += x^T dG and dWh += sum_t h_prev(t)^T dG_t
 (the GRU's dWx reading [dG[:, :2H] | dAn]). The dW kernel packs each chunk of
 dG's rows once for both, each thread owning a range of its column panels, and
-multiplies the saved inputs' rows (copied transposed per block) by them on the
-packed kernel; PyTorch-layout gradients (transposed views) are summed in a
+multiplies the saved inputs' rows (read in place where they are short, else copied
+transposed per block) by them on the packed kernel; PyTorch-layout gradients (transposed views) are summed in a
 scratch and added in. So:
 
 1. The kernels (RNN, GRU with the reset after and before, LSTM) forced onto it
@@ -24,6 +24,9 @@ scratch and added in. So:
    boundary, the hook off (0), the default rule below 4M multiply-adds or 256 rows.
    With the row split off the kernel still runs (the same path, so the same bits),
    on one thread.
+5. The saved inputs read in place (rows of at most 1 KiB, or forced) and from the
+   transposed copy give bitwise the same gradients, the counts showing which ran;
+   in float64 they match the reference.
 """
 import numpy as np
 import pytest
@@ -45,19 +48,28 @@ MODULES = {"rnn": KR, "gru": KG, "lstm": KL}
 NR32 = simd._gemm_packed_nr(np.float32)   # panel width: 32 float32 (AVX-512), 16 (AVX2)
 
 
-class forced:
-    """The modules' weight gradients on the dW kernel at any size (mode 2), or BLAS (0)."""
+class _hook_mode:
+    """Every module's hook `name` set to `mode` inside the block, back to 1 after."""
+    name = None
 
-    def __init__(self, mode=2, modules=(KR, KG, KL, KLG, KLL)):
+    def __init__(self, mode, modules=(KR, KG, KL, KLG, KLL)):
         self.mode, self.modules = mode, modules
 
     def __enter__(self):
         for m in self.modules:
-            m._set_weight_grads(self.mode)
+            getattr(m, self.name)(self.mode)
 
     def __exit__(self, *exc):
         for m in self.modules:
-            m._set_weight_grads(1)
+            getattr(m, self.name)(1)
+
+
+class forced(_hook_mode):
+    """The modules' weight gradients on the dW kernel at any size (mode 2), or BLAS (0)."""
+    name = "_set_weight_grads"
+
+    def __init__(self, mode=2, modules=(KR, KG, KL, KLG, KLL)):
+        super().__init__(mode, modules)
 
 
 def _calls(mod):
@@ -401,3 +413,74 @@ def test_hook_modes_route_and_agree(rng):
     assert _calls(KL) == before + 4
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-12, atol=1e-11)
+
+
+# ---------------------------------------------------------------------------
+# 5. The saved inputs read in place or from a transposed copy
+# ---------------------------------------------------------------------------
+class inplace_mode(_hook_mode):
+    """The modules' dW kernel reads A in place by its rule (1), always (2), never (0)."""
+    name = "_set_weight_grads_inplace"
+
+
+def _inplace_terms(mod):
+    return mod._weight_grads_inplace_terms()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "gru-rb", "lstm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layout", ["tm-fwd-T", "bm-rev-lengths"])
+def test_inputs_in_place_and_copied_agree_bitwise(cell, dtype, layout, rng):
+    """x's rows of 300 elements (over 1 KiB: the rule copies them) and h's of 32 (in
+    place): never, the rule and always give bitwise the same gradients (the same
+    FMAs in the same order), the counts show which terms ran in place, and the
+    float64 results match the reference."""
+    kind, extra = cell.split("-")[0], {"reset_after": False} if cell == "gru-rb" else {}
+    n, t, d, h = 23, 29, 300, 32               # 667 rows: two float32 chunks, three float64
+    inp, up = _time_major(kind, rng, n, t, d, h, dtype=dtype)
+    lengths = "lengths" in layout
+    lens = np.sort(rng.integers(1, t + 1, n))[::-1].copy() if lengths else np.full(n, t)
+    mod = MODULES[kind]
+    got, ran = {}, {}
+    for mode in (0, 1, 2):
+        before = _inplace_terms(mod)
+        with forced(), inplace_mode(mode):
+            got[mode] = _run(kind, inp, up, transposed=layout.endswith("-T"),
+                             reverse="rev" in layout, batch_major=layout.startswith("bm"),
+                             batch_sizes=_batch_sizes(lens, t) if lengths else None, **extra)
+        ran[mode] = _inplace_terms(mod) - before
+    # dWx and dWh: two terms (the reset-before GRU's dWh has a third, r * h_prev)
+    assert ran[0] == 0
+    assert 1 <= ran[1] < ran[2]
+    for mode in (1, 2):
+        for name in ("dWx", "dWh", "dx", "dh0"):
+            np.testing.assert_array_equal(got[mode][name], got[0][name],
+                                          err_msg=f"{name}, mode {mode}")
+    want = _reference(kind, inp, up, lens, "rev" in layout, **extra)
+    for name in ("dWx", "dWh"):
+        if dtype == np.float64:
+            assert_close_f64(got[2][name], want[name], atol=1e-9, name=name)
+        else:
+            assert_close_f32(got[2][name], want[name], name=name)
+
+
+@pytest.mark.parametrize("cls", ["gru", "lstm"])
+def test_layer_normalised_inputs_in_place_and_copied_agree_bitwise(cls, rng):
+    """The layer-normalised cells' dW terms (dZ and dZx on their own B) too."""
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    mod = KLG if cls == "gru" else KLL
+    make = {"gru": rnncore.GRU, "lstm": rnncore.LSTM}[cls]
+    got, ran = {}, {}
+    for mode in (0, 2):
+        before = _inplace_terms(mod)
+        with forced(), inplace_mode(mode):
+            got[mode] = _model_grads(lambda: make(D, H, layer_norm=True, seed=3), x)
+        ran[mode] = _inplace_terms(mod) - before
+    assert ran[0] == 0 and ran[2] >= 2
+    for k in got[0]:
+        np.testing.assert_array_equal(got[2][k], got[0][k], err_msg=k)
+
+
+def test_inplace_hook_rejects_a_bad_mode():
+    with pytest.raises(ValueError, match="mode"):
+        KL._set_weight_grads_inplace(3)

@@ -262,6 +262,8 @@ cdef extern from "rc_gemm_dw.h" nogil:
     int rc_dw_d(const rc_dw_problem *pr)
     bint dw_enabled "rc_dw_use"(long long work, Py_ssize_t K)
     void set_dw "rc_set_dw"(int enabled)
+    void set_dw_inplace "rc_set_dw_inplace"(int mode)
+    long long dw_inplace_count "rc_dw_inplace_count"()
     long long dw_count "rc_dw_count"(int threaded)
 
 

@@ -113,6 +113,22 @@ def _set_weight_grads(int mode=1):
     set_dw(mode)
 
 
+def _set_weight_grads_inplace(int mode=1):
+    """Test/benchmark hook: the packed dW kernel reads a term's saved inputs in place
+    by its rule (1, the default: rows of at most 1 KiB; rc_gemm_dw.h: rc_dw_inplace),
+    always (2), or from a transposed copy per chunk (0: rc_tcopy_*). The same FMAs in
+    the same order either way."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
+    set_dw_inplace(mode)
+
+
+def _weight_grads_inplace_terms():
+    """How many weight-gradient terms (dWx, dWh, ...) this module's dW kernel has read
+    in place, without the transposed copy (count since import)."""
+    return dw_inplace_count()
+
+
 def _weight_grads_calls():
     """(calls, threaded): how many backward calls of this module have computed weight
     gradients on the packed dW kernel, and how many of them on more than one thread

@@ -115,7 +115,7 @@ import numpy as np
 from _blas cimport floating, transposed, col_block, scale_rows, all_zero
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_stacked, input_grad_weight, set_pack_par, pack_par_count,
-                    set_dw, dw_count, RC_PACK_PAR_BYTES, aligned_rows)
+                    set_dw, set_dw_inplace, dw_inplace_count, dw_count, RC_PACK_PAR_BYTES, aligned_rows)
 from _threads cimport blas_thread_hooks, share
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
                    input_product, chunk_input, input_grad, zero_start)

@@ -91,7 +91,7 @@ from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
 from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_step_weight, packs_stacked, packed_nr, packed_size, pack_blocks,
                     input_grad_weight, aligned_empty, aligned_rows, set_pack_par, pack_par_count,
-                    set_dw, dw_count, RC_PACK_PAR_BYTES)
+                    set_dw, set_dw_inplace, dw_inplace_count, dw_count, RC_PACK_PAR_BYTES)
 from _buffer cimport array_data
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,

@@ -9,6 +9,7 @@
 #ifndef RC_GEMM_DW_H
 #define RC_GEMM_DW_H
 
+#include <limits.h>   /* INT_MAX */
 #include <stdlib.h>   /* posix_memalign, free */
 #include "rc_gemm_packed.h"
 
@@ -21,8 +22,11 @@
  *   - each thread owns a range of B's column panels (rc_dw_split: equal shares of
  *     the multiply-adds) and, for each chunk of RC_DW_KC rows of K, packs its
  *     panels of the chunk ONCE (rc_pack_*, row by row), for every term;
- *   - each term's A^T is copied per chunk in blocks of RC_DW_MB rows, row-major
- *     (rc_tcopy: 8 x 8 transposes; A is read as given, any row stride);
+ *   - each term's A^T is read in place by the packed kernel (rc_gemm_packed_at_*:
+ *     a tile's 8 rows of A^T at step p are 8 adjacent elements of A's row p)
+ *     where A's rows are short (rc_dw_inplace below), else copied per chunk in
+ *     blocks of RC_DW_MB rows, row-major (rc_tcopy: 8 x 8 transposes; A is read
+ *     as given, any row stride);
  *   - each block times the thread's panels is the packed kernel
  *     (rc_gemm_packed2_*), beta = 1: added into C, chunk after chunk;
  *   - a target given as a transposed view (PyTorch's (GH, D) layout, the
@@ -73,6 +77,34 @@ typedef struct {
 static long long rc_dw_calls[2] = {0, 0};
 static int rc_dw_enabled = 1;       /* test hook: 0 leaves the weight gradients to BLAS */
 static void rc_set_dw(int enabled) { rc_dw_enabled = enabled; }
+/* A term's A read in place where its rows take at most RC_DW_INPLACE_BYTES. The
+ * transposed copy costs the same whatever n; it pays where each thread multiplies
+ * the copy by many panels and where A's rows are long: a tile reading in place
+ * touches one line of A per step p, lda elements apart, and at rows of 2-4 KiB
+ * those lines fall into few L1 sets. Measured on 2 AMD EPYC Zen 5 cores (session
+ * 22, float32, forward + backward through the models, copy / in place, medians of
+ * 8-10 alternating blocks in one process), every term in place: RNN / GRU / LSTM
+ * (100, 16, 64, 128) 1.13 / 1.10 / 1.06, (100, 32, 256, 256) 1.08 / 1.03 / 1.01,
+ * but (50, 64, 512, 1024) 0.96 / 0.94 / 0.93; with this rule: (100, 16, 64, 128)
+ * 1.20 / 1.15 / 1.03, (100, 32, 256, 256) 1.10 / 1.04 / 1.03, (50, 64, 512, 1024)
+ * 1.01 / 1.00 / 0.99, (50, 64, 256, 1024) (x in place) 1.05 / 0.98 / 1.00, (100,
+ * 32, 1024, 256) (h in place) 1.03 / 0.98 / 1.01. The AVX2 layout (6-row tiles)
+ * takes the same rule, unmeasured. Each element is the same FMAs in the same
+ * order either way: bitwise the same dW. Test hook: rc_set_dw_inplace (0 never,
+ * 1 the rule, 2 always). */
+#define RC_DW_INPLACE_BYTES 1024
+static int rc_dw_inplace_mode = 1;  /* A in place: 0 never, 1 by the rule, 2 always */
+static void rc_set_dw_inplace(int mode) { rc_dw_inplace_mode = mode; }
+static long long rc_dw_inplace_terms = 0;   /* terms read in place, all calls (test hook) */
+static long long rc_dw_inplace_count(void)
+{
+    return __atomic_load_n(&rc_dw_inplace_terms, __ATOMIC_RELAXED);
+}
+static inline int rc_dw_inplace(rc_idx lda, size_t elsize)
+{
+    if (lda > INT_MAX || rc_dw_inplace_mode == 0) return 0;   /* the tile's int step */
+    return rc_dw_inplace_mode == 2 || (long long)lda * (long long)elsize <= RC_DW_INPLACE_BYTES;
+}
 /* Whether a backward call's weight gradients over K rows (`work` multiply-adds in
  * all) run here: a packed layout for this CPU, at least RC_DW_MIN_WORK
  * multiply-adds and RC_DW_MIN_ROWS rows (a transposed target's
@@ -144,9 +176,9 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
 RC_DEFINE_DW_TADD(rc_dw_tadd_f, float, rc_tcopy_f)
 RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
 
-#define RC_DEFINE_DW(NAME, T, KC, PACK, ACOPY, TADD, GEMM)                            \
+#define RC_DEFINE_DW(NAME, T, KC, PACK, ACOPY, TADD, GEMM, GEMM_AT)                   \
     typedef struct { const rc_dw_problem *pr; rc_idx q0, q1; T *buf;            \
-                     void *cs[RC_DW_TERMS]; } NAME##_task;                      \
+                     void *cs[RC_DW_TERMS]; int inplace; } NAME##_task;         \
     static void NAME##_run(void *arg)                                           \
     {                                                                           \
         const NAME##_task *tk = (const NAME##_task *)arg;                       \
@@ -155,6 +187,7 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
         const rc_idx c0 = tk->q0 * nr, c1 = RC_PK_MIN(tk->q1 * nr, W);          \
         const rc_idx kcap = RC_PK_MIN(KC, pr->K);   /* rows per chunk, at most */ \
         T *bb = tk->buf, *ab = tk->buf + (tk->q1 - tk->q0) * nr * kcap;         \
+        const int inplace = tk->inplace;                                        \
         for (rc_idx k0 = 0; k0 < pr->K; k0 += KC) {                             \
             const rc_idx kc = RC_PK_MIN(KC, pr->K - k0);                        \
             /* this thread's panels of rows [k0, k0 + kc), ldp = kc */          \
@@ -178,13 +211,19 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
                 const T beta = e->ct != NULL && p0 == e->plo ? (T)0 : (T)1;     \
                 T *cc = (T *)(e->ct != NULL ? tk->cs[t] : e->c);                \
                 const rc_idx ldc = e->ct != NULL ? e->n : e->ldc;               \
+                /* (from A's row p0 + off >= 0: no pointer before the array) */ \
+                const T *as = (const T *)e->a + (p0 + e->off) * e->lda;         \
                 for (rc_idx i0 = 0; i0 < e->m; i0 += RC_DW_MB) {                \
                     const rc_idx mb = RC_PK_MIN(RC_DW_MB, e->m - i0);           \
-                    /* (from A's row p0 + off >= 0: no pointer before the array) */ \
-                    ACOPY((const T *)e->a + (p0 + e->off) * e->lda, e->lda, 0, p1 - p0, \
-                          i0, mb, ab);                                          \
+                    T *ci = cc + i0 * ldc + (j0 - e->bcol);                     \
+                    if (inplace >> t & 1) {                                     \
+                        GEMM_AT(mb, j1 - j0, p1 - p0, as + i0, e->lda, bp, kc, nr, \
+                                beta, ci, ldc);                                 \
+                        continue;                                               \
+                    }                                                           \
+                    ACOPY(as, e->lda, 0, p1 - p0, i0, mb, ab);                  \
                     GEMM(mb, j1 - j0, p1 - p0, ab, p1 - p0, 0, ab, p1 - p0, bp, kc, nr, \
-                         beta, cc + i0 * ldc + (j0 - e->bcol), ldc);             \
+                         beta, ci, ldc);                                        \
                 }                                                               \
             }                                                                   \
         }                                                                       \
@@ -209,6 +248,9 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
         if (P > panels) P = (int)panels;                                        \
         if (P < 1) P = 1;                                                       \
         NAME##_task tk[RC_MAX_THREADS];                                         \
+        int inplace = 0;   /* bit t: term t's A read in place (decided once per call) */ \
+        for (int t = 0; t < pr->nterms; t++)                                    \
+            inplace |= rc_dw_inplace(pr->term[t].lda, sizeof(T)) << t;          \
         rc_idx per = 0, bound[RC_MAX_THREADS + 1];                              \
         rc_dw_split(pr, panels, P, bound);                                      \
         for (int q = 0; q < P; q++) {                                           \
@@ -216,7 +258,7 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
             const rc_idx kcap = RC_PK_MIN(KC, pr->K);                           \
             const rc_idx sz = (bound[q + 1] - bound[q]) * pr->nr * kcap         \
                               + RC_DW_MB * (kcap > RC_DW_MB ? kcap : RC_DW_MB); \
-            tk[q] = (NAME##_task){pr, bound[q], bound[q + 1], NULL, {NULL}};    \
+            tk[q] = (NAME##_task){pr, bound[q], bound[q + 1], NULL, {NULL}, inplace}; \
             if (sz > per) per = sz;                                             \
         }                                                                       \
         per = (per + 15) / 16 * 16;   /* 64-byte multiples */                    \
@@ -240,14 +282,15 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
             for (int t = 0; t < pr->nterms; t++) tk[q].cs[t] = blk[1 + t];      \
         }                                                                       \
         __atomic_fetch_add(&rc_dw_calls[0], 1, __ATOMIC_RELAXED);               \
+        __atomic_fetch_add(&rc_dw_inplace_terms, __builtin_popcount(inplace), __ATOMIC_RELAXED); \
         if (P > 1) __atomic_fetch_add(&rc_dw_calls[1], 1, __ATOMIC_RELAXED);    \
         rc_run_tasks(NAME##_run, tk, sizeof tk[0], P);                          \
         for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);                    \
         return 1;                                                               \
     }
 RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_pack_f, rc_tcopy_f, rc_dw_tadd_f,
-             rc_gemm_packed2_f)
+             rc_gemm_packed2_f, rc_gemm_packed_at_f)
 RC_DEFINE_DW(rc_dw_d, double, RC_DW_KC_D, rc_pack_d, rc_tcopy_d, rc_dw_tadd_d,
-             rc_gemm_packed2_d)
+             rc_gemm_packed2_d, rc_gemm_packed_at_d)
 
 #endif /* RC_GEMM_DW_H */

@@ -429,6 +429,15 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
     return rem >= 4 ? 4 : (int)rem;
 }
 
+/* BLOCK(TILE, h) with h a compile-time height (rc_pk_block_rows' MR, 4, 3, 2, 1) */
+#define RC_PK_HEIGHTS(BLOCK, TILE, MR, h)                                       \
+        switch (h) {                                                            \
+        case MR: BLOCK(TILE, MR); break;                                        \
+        case 4: BLOCK(TILE, 4); break;                                          \
+        case 3: BLOCK(TILE, 3); break;                                          \
+        case 2: BLOCK(TILE, 2); break;                                          \
+        default: BLOCK(TILE, 1); break;   /* h == 1 */                          \
+        }
 /* C (m, n) := A (m, k) B + beta C, B packed in panels of two VT vectors
  * (nr = 2 * lanes); blocks of rc_pk_block_rows rows (MR, 4, 3, 2, 1); A read
  * in place, or from a copy in the blocks' order (above). */
@@ -479,13 +488,7 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
             const rc_idx w = RC_PK_MIN(NR, n - j0);                             \
             for (rc_idx i0 = 0; i0 < m;) {                                      \
                 const int h = rc_pk_block_rows(m, i0, MR);                      \
-                switch (h) {                                                    \
-                case MR: RC_PK_BLOCK(TILE, MR); break;                          \
-                case 4: RC_PK_BLOCK(TILE, 4); break;                            \
-                case 3: RC_PK_BLOCK(TILE, 3); break;                            \
-                case 2: RC_PK_BLOCK(TILE, 2); break;                            \
-                default: RC_PK_BLOCK(TILE, 1); break;   /* h == 1 */            \
-                }                                                               \
+                RC_PK_HEIGHTS(RC_PK_BLOCK, TILE, MR, h);                        \
                 i0 += h;                                                        \
             }                                                                   \
         }                                                                       \
@@ -527,6 +530,49 @@ RC_DEFINE_PK_DISPATCH(rc_gemm_packed_f, rc_gemm_packed2_f, float, rc_gemm_packed
                       rc_gemm_packed_narrow_f)
 RC_DEFINE_PK_DISPATCH(rc_gemm_packed_d, rc_gemm_packed2_d, double, rc_gemm_packed_wide_d,
                       rc_gemm_packed_narrow_d)
+
+/* C (m, n) := A^T B + beta C with A stored (k, m), row p at a + p * lda: the
+ * tile reads A^T's row r at step p from a[p * lda + r] (LDA 1, PS lda), so a
+ * weight gradient's saved inputs need no transposing copy (rc_gemm_dw.h). The
+ * same blocks and the same FMAs in k order as rc_gemm_packed_* on the transposed
+ * copy: bitwise the same C. lda must fit in an int (the tile's step). */
+#define RC_PK_BLOCK_AT(TILE, MRX)                                               \
+        TILE(MRX, (int)lda, k, a + i0, 1, 0, a, 1, panel, beta, c + i0 * ldc + j0, \
+             ldc, w, NULL)
+#define RC_DEFINE_PK_GEMM_AT(NAME, T, VT, MR, TILE)                             \
+    RC_CLONES static void NAME(rc_idx m, rc_idx n, rc_idx k, const T *a,        \
+                               rc_idx lda, const T *bp, rc_idx ldp, T beta, T *c, \
+                               rc_idx ldc)                                      \
+    {                                                                           \
+        const rc_idx NR = 2 * (rc_idx)(sizeof(VT) / sizeof(T));                 \
+        for (rc_idx j0 = 0; j0 < n; j0 += NR) {                                 \
+            const T *panel = bp + j0 * ldp;                                     \
+            const rc_idx w = RC_PK_MIN(NR, n - j0);                             \
+            for (rc_idx i0 = 0; i0 < m;) {                                      \
+                const int h = rc_pk_block_rows(m, i0, MR);                      \
+                RC_PK_HEIGHTS(RC_PK_BLOCK_AT, TILE, MR, h);                     \
+                i0 += h;                                                        \
+            }                                                                   \
+        }                                                                       \
+    }
+RC_DEFINE_PK_GEMM_AT(rc_gemm_packed_at_wide_f, float, rc_vf64b, 8, rc_pk_tile_wide_f)
+RC_DEFINE_PK_GEMM_AT(rc_gemm_packed_at_wide_d, double, rc_vd64b, 8, rc_pk_tile_wide_d)
+RC_DEFINE_PK_GEMM_AT(rc_gemm_packed_at_narrow_f, float, rc_vf32b, 6, rc_pk_tile_narrow_f)
+RC_DEFINE_PK_GEMM_AT(rc_gemm_packed_at_narrow_d, double, rc_vd32b, 6, rc_pk_tile_narrow_d)
+#define RC_DEFINE_PK_AT_DISPATCH(NAME, T, WIDE, NARROW)                         \
+    static inline void NAME(rc_idx m, rc_idx n, rc_idx k, const T *a, rc_idx lda, \
+                            const T *bp, rc_idx ldp, rc_idx nr, T beta, T *c,    \
+                            rc_idx ldc)                                          \
+    {                                                                           \
+        if (nr == RC_PK_WIDE_BYTES / (rc_idx)sizeof(T))                         \
+            WIDE(m, n, k, a, lda, bp, ldp, beta, c, ldc);                       \
+        else                                                                    \
+            NARROW(m, n, k, a, lda, bp, ldp, beta, c, ldc);                     \
+    }
+RC_DEFINE_PK_AT_DISPATCH(rc_gemm_packed_at_f, float, rc_gemm_packed_at_wide_f,
+                         rc_gemm_packed_at_narrow_f)
+RC_DEFINE_PK_AT_DISPATCH(rc_gemm_packed_at_d, double, rc_gemm_packed_at_wide_d,
+                         rc_gemm_packed_at_narrow_d)
 
 /* ------------------------------------------------------------ FMA ceiling
  * One thread's float32 FMA rate at the SIMD level the kernels run at: `rounds`

@@ -57,7 +57,7 @@ import numpy as np
 from _blas cimport floating, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_weight,
                     packed_nr, set_packing, infer_chunk, input_grad_weight, step_input_grad,
-                    set_pack_par, pack_par_count, set_dw, dw_count, RC_PACK_PAR_BYTES,
+                    set_pack_par, pack_par_count, set_dw, set_dw_inplace, dw_inplace_count, dw_count, RC_PACK_PAR_BYTES,
                     aligned_rows)
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
