@@ -45,7 +45,8 @@ def main(argv=None):
     ap = ab_parser(__doc__.split("\n\n")[0], CELLS,
                    "the kernel at every size, past the rule (mode 2)")
     ap.add_argument("--inplace", action="store_true",
-                    help="A/B the kernel's inputs read in place against the transposed copy")
+                    help="A/B the kernel's inputs read in place against the transposed copy "
+                         "(with --forced: every term in place, the kernel at any size)")
     args, shapes = parse_ab(ap, argv)
 
     from threadpoolctl import threadpool_limits
@@ -71,10 +72,18 @@ def main(argv=None):
                 def run():
                     m(x)
                     m.backward(dout)
+                before = (sum(m._weight_grads_calls()[0] for m in mods),
+                          sum(m._weight_grads_inplace_terms() for m in mods))
                 on, off = timed_ab(run, set_kernel, args.blocks, args.ms)
+                ran = before[1 if args.inplace else 0] < sum(
+                    m._weight_grads_inplace_terms() if args.inplace
+                    else m._weight_grads_calls()[0] for m in mods)
+                note = "" if ran else (
+                    "  (no term read in place: both halves the same code)" if args.inplace
+                    else "  (the kernel never ran: both halves BLAS)")
                 print(f"{args.cell} {T},{N},{D},{H} fb: {names[0]} {on * 1e3:.3f} ms  "
-                      f"{names[1]} {off * 1e3:.3f} ms  {names[1]}/{names[0]} {off / on:.3f}",
-                      flush=True)
+                      f"{names[1]} {off * 1e3:.3f} ms  {names[1]}/{names[0]} {off / on:.3f}"
+                      f"{note}", flush=True)
     finally:
         for m in mods:
             m._set_weight_grads(1)

@@ -402,6 +402,14 @@ def test_weight_grads_ab_inplace_times_both_reads_and_restores_the_rule(wab, cap
     y, _ = m(np.ones((4, 2, 3), np.float32))
     m.backward(np.ones_like(y))
     assert KL._weight_grads_inplace_terms() == terms
+    KL._set_weight_grads(2)         # the kernel forced: x's 300 floats copied, h's 5 not
+    try:
+        m = rnncore.LSTM(300, 5, seed=0)
+        y, _ = m(np.ones((4, 70, 300), np.float32))
+        m.backward(np.ones_like(y))
+    finally:
+        KL._set_weight_grads(1)
+    assert KL._weight_grads_inplace_terms() == terms + 1     # the in-place rule is back
 
 
 # -- linear_ab.py -----------------------------------------------------------------------------

@@ -83,6 +83,28 @@ def test_matmul_tn_add_matches_float64(forced, rng, dtype, K, M, N):
     _check(dtype, out, base + a.T.astype(np.float64) @ b.astype(np.float64), "out + a.T @ b")
 
 
+@needs_packed
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_tn_add_in_place_and_copied_agree_bitwise(forced, rng, dtype):
+    """A (K, M) with M = 65 (one 1-row block) read in place (rows 260 / 520 bytes
+    apart: the rule's default) and from the transposed copy (0): the same bits."""
+    a = rng.standard_normal((700, 65)).astype(dtype)
+    b = rng.standard_normal((700, 40)).astype(dtype)
+    base = rng.standard_normal((65, 40)).astype(dtype)
+    got = {}
+    try:
+        for mode in (0, 1):
+            KLIN._set_weight_grads_inplace(mode)
+            before = KLIN._weight_grads_inplace_terms()
+            got[mode] = base.copy()
+            assert KLIN.matmul_tn_add(a, b, got[mode])
+            assert KLIN._weight_grads_inplace_terms() - before == mode
+    finally:
+        KLIN._set_weight_grads_inplace(1)
+    np.testing.assert_array_equal(got[1], got[0])
+    _check(dtype, got[1], base + a.T.astype(np.float64) @ b.astype(np.float64), "in place")
+
+
 def _threaded(fn):
     """Skipped where the rule takes no product: no packed layout, the row split off,
     or a machine of more than 8 CPUs (BLAS keeps them there)."""

@@ -72,6 +72,11 @@ class forced(_hook_mode):
         super().__init__(mode, modules)
 
 
+class inplace_mode(_hook_mode):
+    """The modules' dW kernel reads A in place by its rule (1), always (2), never (0)."""
+    name = "_set_weight_grads_inplace"
+
+
 def _calls(mod):
     return mod._weight_grads_calls()[0]
 
@@ -190,13 +195,15 @@ EDGES = {"K35": (7, 5, 9), "T1": (40, 1, 9), "shift300": (300, 3, 9),
 @pytest.mark.parametrize("edge", list(EDGES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_edges_match_reference(cell, edge, dtype, reverse, rng):
+@pytest.mark.parametrize("read", [1, 0], ids=["rule", "copied"])
+def test_edges_match_reference(cell, edge, dtype, reverse, read, rng):
+    """Each edge with the saved inputs read by the rule (here: in place) and copied."""
     kind, extra = cell.split("-")[0], {"reset_after": False} if cell == "gru-rb" else {}
     n, t, d = EDGES[edge]
     h = 32
     inp, up = _time_major(kind, rng, n, t, d, h, dtype=dtype)
     before = _calls(MODULES[kind])
-    with forced():
+    with forced(), inplace_mode(read):
         got = _run(kind, inp, up, transposed=True, reverse=reverse, **extra)
     assert _calls(MODULES[kind]) == before + 1
     want = _reference(kind, inp, up, np.full(n, t), reverse, **extra)
@@ -418,25 +425,27 @@ def test_hook_modes_route_and_agree(rng):
 # ---------------------------------------------------------------------------
 # 5. The saved inputs read in place or from a transposed copy
 # ---------------------------------------------------------------------------
-class inplace_mode(_hook_mode):
-    """The modules' dW kernel reads A in place by its rule (1), always (2), never (0)."""
-    name = "_set_weight_grads_inplace"
-
-
 def _inplace_terms(mod):
     return mod._weight_grads_inplace_terms()
+
+
+#: terms (x's, h's) of each cell's dW: the GRU's dWx pairs x with dG's r, z columns
+#: and with dAn; the reset-before GRU's dWh pairs h with them and r * h with dG's n
+X_TERMS = {"rnn": 1, "gru": 2, "gru-rb": 1, "lstm": 1}
+H_TERMS = {"rnn": 1, "gru": 1, "gru-rb": 2, "lstm": 1}
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "gru-rb", "lstm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("layout", ["tm-fwd-T", "bm-rev-lengths"])
-def test_inputs_in_place_and_copied_agree_bitwise(cell, dtype, layout, rng):
-    """x's rows of 300 elements (over 1 KiB: the rule copies them) and h's of 32 (in
-    place): never, the rule and always give bitwise the same gradients (the same
-    FMAs in the same order), the counts show which terms ran in place, and the
-    float64 results match the reference."""
+@pytest.mark.parametrize("d", [300, 65])
+def test_inputs_in_place_and_copied_agree_bitwise(cell, dtype, layout, d, rng):
+    """x's rows of 300 elements (over 1 KiB: the rule copies them) or 65 (in place;
+    64 + a 1-row block), h's of 32 (in place): never, the rule and always give
+    bitwise the same gradients (the same FMAs in the same order), the counts show
+    which terms ran in place, and the float64 results match the reference."""
     kind, extra = cell.split("-")[0], {"reset_after": False} if cell == "gru-rb" else {}
-    n, t, d, h = 23, 29, 300, 32               # 667 rows: two float32 chunks, three float64
+    n, t, h = 23, 29, 32                       # 667 rows: two float32 chunks, three float64
     inp, up = _time_major(kind, rng, n, t, d, h, dtype=dtype)
     lengths = "lengths" in layout
     lens = np.sort(rng.integers(1, t + 1, n))[::-1].copy() if lengths else np.full(n, t)
@@ -449,9 +458,9 @@ def test_inputs_in_place_and_copied_agree_bitwise(cell, dtype, layout, rng):
                              reverse="rev" in layout, batch_major=layout.startswith("bm"),
                              batch_sizes=_batch_sizes(lens, t) if lengths else None, **extra)
         ran[mode] = _inplace_terms(mod) - before
-    # dWx and dWh: two terms (the reset-before GRU's dWh has a third, r * h_prev)
-    assert ran[0] == 0
-    assert 1 <= ran[1] < ran[2]
+    x_short = d * np.dtype(dtype).itemsize <= 1024
+    assert ran == {0: 0, 1: H_TERMS[cell] + X_TERMS[cell] * x_short,
+                   2: H_TERMS[cell] + X_TERMS[cell]}
     for mode in (1, 2):
         for name in ("dWx", "dWh", "dx", "dh0"):
             np.testing.assert_array_equal(got[mode][name], got[0][name],

@@ -115,7 +115,8 @@ def _set_weight_grads(int mode=1):
 
 def _set_weight_grads_inplace(int mode=1):
     """Test/benchmark hook: the packed dW kernel reads a term's saved inputs in place
-    by its rule (1, the default: rows of at most 1 KiB; rc_gemm_dw.h: rc_dw_inplace),
+    by its rule (1, the default: rows at most 1 KiB apart, lda * itemsize;
+    rc_gemm_dw.h: rc_dw_inplace),
     always (2), or from a transposed copy per chunk (0: rc_tcopy_*). The same FMAs in
     the same order either way."""
     if mode not in (0, 1, 2):

@@ -24,11 +24,12 @@
  *     panels of the chunk ONCE (rc_pack_*, row by row), for every term;
  *   - each term's A^T is read in place by the packed kernel (rc_gemm_packed_at_*:
  *     a tile's 8 rows of A^T at step p are 8 adjacent elements of A's row p)
- *     where A's rows are short (rc_dw_inplace below), else copied per chunk in
+ *     where A's rows lie close (rc_dw_inplace below), else copied per chunk in
  *     blocks of RC_DW_MB rows, row-major (rc_tcopy: 8 x 8 transposes; A is read
  *     as given, any row stride);
  *   - each block times the thread's panels is the packed kernel
- *     (rc_gemm_packed2_*), beta = 1: added into C, chunk after chunk;
+ *     (rc_gemm_packed2_* on the copy, rc_gemm_packed_at_* in place), beta = 1:
+ *     added into C, chunk after chunk;
  *   - a target given as a transposed view (PyTorch's (GH, D) layout, the
  *     models' case) is summed in a row-major scratch C, which each thread adds
  *     into the target for its own columns at the end.
@@ -77,7 +78,9 @@ typedef struct {
 static long long rc_dw_calls[2] = {0, 0};
 static int rc_dw_enabled = 1;       /* test hook: 0 leaves the weight gradients to BLAS */
 static void rc_set_dw(int enabled) { rc_dw_enabled = enabled; }
-/* A term's A read in place where its rows take at most RC_DW_INPLACE_BYTES. The
+/* A term's A read in place where its rows lie at most RC_DW_INPLACE_BYTES apart
+ * (lda * elsize: the row stride, not the width m -- a bidirectional layer's
+ * output read by the next layer is 2H wide per row). The
  * transposed copy costs the same whatever n; it pays where each thread multiplies
  * the copy by many panels and where A's rows are long: a tile reading in place
  * touches one line of A per step p, lda elements apart, and at rows of 2-4 KiB
