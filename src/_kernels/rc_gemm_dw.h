@@ -92,7 +92,10 @@ static void rc_set_dw(int enabled) { rc_dw_enabled = enabled; }
  * 1.20 / 1.15 / 1.03, (100, 32, 256, 256) 1.10 / 1.04 / 1.03, (50, 64, 512, 1024)
  * 1.01 / 1.00 / 0.99, (50, 64, 256, 1024) (x in place) 1.05 / 0.98 / 1.00, (100,
  * 32, 1024, 256) (h in place) 1.03 / 0.98 / 1.01. The AVX2 layout (6-row tiles)
- * takes the same rule, unmeasured. Each element is the same FMAs in the same
+ * takes the same rule: on the same cores with the AVX2 code forced at build
+ * (RNNCORE_SIMD=x86-64-v3), by the rule, (100, 16, 64, 128) 1.04 / 1.01-1.02 /
+ * 0.97-1.00, (100, 32, 256, 256) 1.04 / 1.03 / 0.99-1.01, (50, 64, 512, 1024)
+ * 0.99 / 1.00 / 1.03: neutral there. Each element is the same FMAs in the same
  * order either way: bitwise the same dW. Test hook: rc_set_dw_inplace (0 never,
  * 1 the rule, 2 always). */
 #define RC_DW_INPLACE_BYTES 1024
