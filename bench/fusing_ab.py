@@ -82,14 +82,17 @@ def add_timing_args(ap):
     ap.add_argument("--ms", type=float, default=200.0, help="target milliseconds per block")
 
 
-def model_ab_args(description, argv=None):
+def model_ab_args(description, argv=None, extra=None):
     """The model-level A/B scripts' command line (blas_slow_ab, rules_ab): a cell
-    (rnn, gru, lstm), shapes T,N,D,H, --fb and the timing options. Returns (args,
-    shapes); a bad shape exits with the parser's error."""
+    (rnn, gru, lstm), shapes T,N,D,H, --fb, the timing options and whatever
+    ``extra(parser)`` adds. Returns (args, shapes); a bad shape exits with the
+    parser's error."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("cell", choices=["rnn", "gru", "lstm"])
     ap.add_argument("shapes", nargs="+", metavar="T,N,D,H")
     ap.add_argument("--fb", action="store_true", help="time forward+backward (default: eval())")
+    if extra is not None:
+        extra(ap)
     add_timing_args(ap)
     args = ap.parse_args(argv)
     try:

@@ -10,11 +10,13 @@ this script times the same model under both sets in alternate blocks within one
 process, so that a new machine -- an AMD EPYC, another Intel core -- can say which set
 it should take::
 
-    python bench/rules_ab.py lstm 50,8,512,512 50,64,512,1024 [--fb] [--threads 2]
+    python bench/rules_ab.py lstm 50,8,512,512 50,64,512,1024 [--fb] [--zen5] [--threads 2]
         [--blocks 8] [--ms 200]
 
 Prints, per shape, the median ms of each and ``general/intel`` (> 1: Intel's rules are
-faster here). Shapes where the two sets choose alike time the same code twice.
+faster here). ``--zen5`` times Zen 5's set (the general rules with the in-step input
+bound below 16 rows) against the general instead: ``general/zen5``. Shapes where the
+two sets choose alike time the same code twice.
 Benchmarks never assert; the arithmetic is checked in tests/test_bench_scripts.py.
 """
 import os
@@ -24,21 +26,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fusing_ab import model_ab_args, run_model_ab  # noqa: E402
 
 
-def set_rules(intel):
-    """Every cell module's rules: Intel's (True), the general (False), the CPU's (None)."""
+def set_rules(rules):
+    """Every cell module's rule set by name ("general", "intel", "zen5"), or the CPU's
+    (None)."""
     from rnncore._kernels import gru, lstm, rnn
     for mod in (rnn, gru, lstm):
-        mod._set_intel_rules(intel)
+        mod._set_shape_rules(rules)
 
 
 def main(argv=None):
-    args, shapes = model_ab_args(__doc__.split("\n\n")[0], argv)
+    args, shapes = model_ab_args(
+        __doc__.split("\n\n")[0], argv,
+        lambda ap: ap.add_argument("--zen5", action="store_true",
+                                   help="Zen 5's set against the general (default: Intel's)"))
 
     from rnncore._kernels import lstm
 
-    print(f"this CPU's rules: {'Intel' if lstm._intel_rules() else 'general'}", flush=True)
-    run_model_ab(args, shapes, lambda on: set_rules(bool(on)), lambda: set_rules(None),
-                 "intel", "general")
+    other = "zen5" if args.zen5 else "intel"
+    print(f"this CPU's rules: {lstm._shape_rules()}", flush=True)
+    run_model_ab(args, shapes, lambda on: set_rules(other if on else "general"),
+                 lambda: set_rules(None), other, "general")
     return 0
 
 

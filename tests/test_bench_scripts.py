@@ -453,7 +453,7 @@ def test_header_names_where_the_all_steps_products_run_and_the_shape_rules():
     kernels = [ln for ln in out.getvalue().splitlines() if ln.strip().startswith("kernels")]
     assert kernels and f"all-steps products on {want}" in kernels[0]
     from rnncore._kernels import lstm
-    rules = "Intel's" if lstm._intel_rules() else "general"
+    rules = {"general": "general", "intel": "Intel's", "zen5": "Zen 5's"}[lstm._shape_rules()]
     assert h["loop_shape_rules"].startswith(rules) and f"shape rules {rules}" in kernels[0]
 
 
@@ -461,19 +461,21 @@ def test_header_names_where_the_all_steps_products_run_and_the_shape_rules():
 def test_rules_ab_runs_both_rule_sets_and_restores_the_cpus(capsys):
     from rnncore._kernels import gru, lstm, rnn
     rab = _load("rules_ab")
-    default = lstm._intel_rules()
+    default = lstm._shape_rules()
     seen = []
     real = rab.set_rules
-    rab.set_rules = lambda intel: (seen.append(intel), real(intel))
+    rab.set_rules = lambda rules: (seen.append(rules), real(rules))
     try:
         assert rab.main(["gru", "4,9,3,5", "--blocks", "1", "--ms", "1"]) == 0
+        assert rab.main(["gru", "4,9,3,5", "--zen5", "--blocks", "1", "--ms", "1"]) == 0
     finally:
         rab.set_rules = real
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"this CPU's rules: {'Intel' if default else 'general'}"
+    assert out[0] == out[2] == f"this CPU's rules: {default}"
     assert out[1].startswith("gru 4,9,3,5 fwd: intel ") and "general/intel" in out[1]
-    assert True in seen and False in seen and seen[-1] is None
-    assert rnn._intel_rules() == gru._intel_rules() == lstm._intel_rules() == default
+    assert out[3].startswith("gru 4,9,3,5 fwd: zen5 ") and "general/zen5" in out[3]
+    assert {"intel", "general", "zen5"} <= set(seen) and seen[-1] is None
+    assert rnn._shape_rules() == gru._shape_rules() == lstm._shape_rules() == default
     with pytest.raises(SystemExit):
         rab.main(["gru", "4,9,3"])
 

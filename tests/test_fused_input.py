@@ -262,6 +262,57 @@ def test_forward_rule_with_few_rows_on_intel(intel_rules):
     assert K._intel_rules() == (_cpu_info()[0] == "GenuineIntel")
 
 
+def _cpu_family():
+    """The CPU family from /proc/cpuinfo (None if unread): AMD's Zen 5 is 26."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "cpu family":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def test_forward_rule_with_few_rows_on_zen5(intel_rules):
+    """Zen 5's set (rc_activations.h: RC_RULES_ZEN5): the bound of N x 160 KiB below
+    16 rows only; the general rules otherwise (no unit-split bound). By default the
+    CPU decides: Intel's on Intel, Zen 5's on AMD from family 26, else the general."""
+    fits = (16, 64, 2048, 256, 50)            # 16 rows: past the Zen 5 bound's reach
+    over = (16, 64, 2049, 256, 50)
+    eight = (8, 64, 1024, 256, 50)            # 1.25 MiB = 8 x 160 KiB
+    eight_over = (8, 64, 1025, 256, 50)
+    big = (8, 512, 2048, 512, 50)             # 8 MiB
+    fifteen = (15, 512, 2048, 512, 50)        # 8 MiB at 15 rows: over 15 x 160 KiB
+    rows16 = (16, 512, 2048, 512, 50)         # 8 MiB at 16 rows: the general rule
+    cases = [fits, over, eight, eight_over, big, fifteen, rows16]
+    for mod in (K, KG, KL):
+        mod._set_shape_rules("zen5")
+    try:
+        assert K._shape_rules() == KG._shape_rules() == KL._shape_rules() == "zen5"
+        assert not K._intel_rules()
+        want = [True, True, True, False, False, False, True]
+        assert [m._fuses_input(*c) for m in (K, KG, KL) for c in cases] == want * 3
+        assert KL._unit_rows() == 0                           # the general unit split
+        K._set_shape_rules("general")
+        assert [K._fuses_input(*c) for c in cases] == [True] * 7
+        K._set_shape_rules("intel")
+        assert K._intel_rules() and K._shape_rules() == "intel"
+        assert not K._fuses_input(*rows16) and not K._fuses_input(*over)
+        for bad in ("zen4", "Intel", 1):
+            with pytest.raises(ValueError, match="rules"):
+                K._set_shape_rules(bad)
+        assert K._shape_rules() == "intel"
+    finally:
+        intel_rules(None)
+    vendor, family = _cpu_info()[0], _cpu_family()
+    want = ("intel" if vendor == "GenuineIntel"
+            else "zen5" if vendor == "AuthenticAMD" and family is not None and family >= 26
+            else "general")
+    assert K._shape_rules() == KG._shape_rules() == KL._shape_rules() == want
+
+
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
 def test_models_either_side_of_the_intel_bound_match_reference(cell, intel_rules, rng):
     """A float64 model at 8 rows with a stacked weight over 8 x 160 KiB (and under
@@ -274,6 +325,8 @@ def test_models_either_side_of_the_intel_bound_match_reference(cell, intel_rules
         intel_rules(intel)
         assert mod._fuses_input(N, D, G * H, H, T, np.float64) == (not intel)
         check_against_reference(rng, cell, T, N, D, H)
+    mod._set_shape_rules("zen5")                  # 8 rows: Zen 5's bound applies too
+    assert not mod._fuses_input(N, D, G * H, H, T, np.float64)
 
 
 def test_fusing_hook_forces_the_products_past_the_rule():

@@ -102,11 +102,16 @@ def test_unit_rows_bound(no_units):
         assert KL._intel_rules() == default
     import io
     import rnncore
+    names = {"general": "general", "intel": "Intel's", "zen5": "Zen 5's"}
     cfg = rnncore.show_config(file=io.StringIO())
-    assert cfg["loop_shape_rules"].startswith("Intel's" if default else "general")
-    KL._set_intel_rules(not default)
-    cfg = rnncore.show_config(file=io.StringIO())
-    assert cfg["loop_shape_rules"].startswith("general" if default else "Intel's")
+    assert cfg["loop_shape_rules"].startswith(names[KL._shape_rules()])
+    try:
+        for rules, name in names.items():
+            KL._set_shape_rules(rules)
+            cfg = rnncore.show_config(file=io.StringIO())
+            assert cfg["loop_shape_rules"].startswith(name)
+    finally:
+        KL._set_shape_rules(None)
 
 
 def _check(got, want, dtype, name):

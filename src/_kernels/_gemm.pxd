@@ -12,6 +12,7 @@ from _buffer cimport array_data
 
 cdef extern from "rc_gemm.h" nogil:
     int intel_rules "rc_intel_rules"()
+    int rule_set "rc_rule_set"()
     void set_intel_rules "rc_set_intel_rules"(int mode)
     const int RC_SMALL_M
     void rc_gemm_small_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,

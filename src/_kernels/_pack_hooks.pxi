@@ -47,8 +47,8 @@ def _row_split_runs():
 
 def _set_intel_rules(intel=None):
     """Test/benchmark hook: this module's rules take the choices measured on Intel's
-    server cores (True), the others' (False), or this CPU's by its vendor (None, the
-    default): the forward's in-step Wx product with N < 32 rows only for a stacked
+    server cores (True), the general ones (False), or this CPU's (None, the default;
+    see _set_shape_rules, which also names Zen 5's set): the forward's in-step Wx product with N < 32 rows only for a stacked
     weight of at most N x 160 KiB (rc_gemm_packed.h: rc_fuse_input), the LSTM's
     unit split only below 16 rows a thread (rc_threads.h: rc_unit_rows)."""
     if intel is not None and not isinstance(intel, (bool, np.bool_)):
@@ -59,6 +59,29 @@ def _set_intel_rules(intel=None):
 def _intel_rules():
     """Whether this module's rules take Intel's choices now (see _set_intel_rules)."""
     return bool(intel_rules())
+
+
+#: the rule sets by name, in rc_activations.h's order (RC_RULES_*)
+SHAPE_RULES = ("general", "intel", "zen5")
+
+
+def _set_shape_rules(rules=None):
+    """Test/benchmark hook: this module's rules take the set named (``"general"``,
+    ``"intel"``: see _set_intel_rules; ``"zen5"``: the general rules but the in-step
+    Wx product below 16 rows only up to N x 160 KiB stacked, rc_gemm_packed.h:
+    RC_FUSE_ZEN5_ROWS) or this CPU's (None, the default: Intel's on Intel CPUs,
+    ``"zen5"`` on AMD's from family 26, else the general)."""
+    if rules is None:
+        set_intel_rules(-1)
+        return
+    if rules not in SHAPE_RULES:
+        raise ValueError(f"rules must be one of {SHAPE_RULES} or None, got {rules!r}")
+    set_intel_rules(SHAPE_RULES.index(rules))
+
+
+def _shape_rules():
+    """The name of the rule set this module takes now (see _set_shape_rules)."""
+    return SHAPE_RULES[rule_set()]
 
 
 def _fuses_input(Py_ssize_t N, Py_ssize_t D, Py_ssize_t n, Py_ssize_t k, Py_ssize_t T,
@@ -196,7 +219,7 @@ def _section_probe():
 
 from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
-                    matmul_small_machine, intel_rules, set_intel_rules, fuse_input)
+                    matmul_small_machine, intel_rules, rule_set, set_intel_rules, fuse_input)
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 

@@ -88,20 +88,51 @@ static inline int rc_cpu_tier(void)
  * 512) 0.92, RNN (50, 8, 1024, 1024) 0.86; fb LSTM (50, 64, 512, 1024) 0.90, one
  * 6-block timing of a row whose time moves most on that VM), 3 were within 1 %,
  * and Intel's won 2 (LSTM (50, 32, 512, 1024) inference 1.04, RNN (50, 8, 1024,
- * 1024) fb 1.09): AMD keeps the general rules. Without GCC on x86 (no packed
- * layout there either) the general rules. */
-static int rc_intel_rules_set = -1;
-static inline int rc_intel_rules(void)
+ * 1024) fb 1.09): AMD keeps the general rules (Zen 5 with one change:
+ * RC_RULES_ZEN5 below). Without GCC on x86 (no packed layout there either) the
+ * general rules. */
+/* The rule sets (rc_rule_set): RC_RULES_GENERAL, RC_RULES_INTEL (above), and
+ * RC_RULES_ZEN5: AMD cores from family 26 (Zen 5: two full 512-bit FMA units, where
+ * Zen 4 double-pumps 256-bit ones) take the general rules but for the forward's
+ * in-step input product, which below RC_FUSE_ZEN5_ROWS rows fuses only up to N x
+ * 160 KiB stacked, as with Intel's (rc_gemm_packed.h: rc_fuse_input, the figures
+ * there). Later AMD families get it by extrapolation. */
+enum { RC_RULES_GENERAL = 0, RC_RULES_INTEL = 1, RC_RULES_ZEN5 = 2 };
+static int rc_intel_rules_set = -1;   /* the hook's set, or -1: the CPU's */
+/* The CPU's AMD family (base + extended: Zen 4 25, Zen 5 26), 0 elsewhere. */
+static inline int rc_amd_family(void)
 {
-    if (rc_intel_rules_set >= 0) return rc_intel_rules_set;
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
     __builtin_cpu_init();
-    return __builtin_cpu_is("intel") != 0;
+    if (!__builtin_cpu_is("amd")) return 0;
+    unsigned int eax, ebx, ecx, edx;
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(1), "c"(0));
+    unsigned int family = (eax >> 8) & 0xf;
+    if (family == 0xf) family += (eax >> 20) & 0xff;
+    return (int)family;
 #else
     return 0;
 #endif
 }
-static void rc_set_intel_rules(int mode) { rc_intel_rules_set = mode < 0 ? -1 : mode != 0; }
+static inline int rc_rule_set(void)
+{
+    if (rc_intel_rules_set >= 0) return rc_intel_rules_set;
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_is("intel")) return RC_RULES_INTEL;
+    static int family = -1;   /* read once: cpuid is slow in a VM (a trap) */
+    if (family < 0) family = rc_amd_family();
+    return family >= 26 ? RC_RULES_ZEN5 : RC_RULES_GENERAL;
+#else
+    return RC_RULES_GENERAL;
+#endif
+}
+static inline int rc_intel_rules(void) { return rc_rule_set() == RC_RULES_INTEL; }
+/* mode: -1 the CPU's, else RC_RULES_* (the test hook) */
+static void rc_set_intel_rules(int mode)
+{
+    rc_intel_rules_set = mode < 0 ? -1 : mode > RC_RULES_ZEN5 ? RC_RULES_INTEL : mode;
+}
 
 /* The level the array functions run at: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:
  * AVX2+FMA), 1 (x86-64 baseline: SSE2), 0 (portable C: no dispatch on this

@@ -718,6 +718,33 @@ static int rc_pack_step_weight(rc_idx T, long long work)
  * rules by extrapolation. */
 #define RC_FUSE_INTEL_ROWS 32
 #define RC_FUSE_INTEL_ROW_BYTES (160LL << 10)   /* 160 KiB per row */
+/* On AMD's Zen 5 cores (rc_activations.h: RC_RULES_ZEN5) the same bound below 16
+ * rows. Measured on 2 Zen 5 cores (session 22, bench/rules_ab.py, float32, T = 50,
+ * Intel's set against the general in alternate blocks of one process, general /
+ * Intel time; at these shapes the two differ only here): inference at N = 8 (the
+ * bound's side) GRU (8, 512, 6 MB) 1.18 and 1.13 in two runs, (8, 256, 1.5 MB)
+ * 1.15; RNN (8, 1024, 8 MB) 1.05, 1.06, (8, 512, 2 MB) 1.12; LSTM (8, 256, 2 MB)
+ * 1.07, 1.03, (8, 512, 8 MB) 1.01, 1.01; forward + backward GRU (8, 512) 1.06,
+ * 1.03, RNN (8, 1024) 1.05, LSTM (8, 256) 1.05, (8, 512) 1.01; but at N = 16 the
+ * general rule won: RNN (16, 1024, 8 MB) 0.92, LSTM (16, 512, 8 MB) 0.97 (GRU (16,
+ * 512) 1.02). Zen 4 (256-bit FMA halves) had the general rule win at N = 8 too
+ * (above). This set against the general (bench/rules_ab.py --zen5, same build):
+ * inference GRU (50, 8, 512, 512) 1.16, (50, 8, 256, 256) 1.19, LSTM (50, 8, 256,
+ * 256) 1.13, (50, 8, 512, 512) 1.04, (50, 12, 512, 512) 1.11, RNN (50, 8, 1024,
+ * 1024) and (50, 8, 512, 512) 1.06; forward + backward GRU (50, 8, 512, 512)
+ * 1.06, LSTM (50, 8, 256, 256) 1.02; (50, 16, 512, 512), where the two are the
+ * same code, 1.02. */
+#define RC_FUSE_ZEN5_ROWS 16
+/* The rows below which the bound applies under this module's rule set: 0 (none),
+ * RC_FUSE_ZEN5_ROWS or RC_FUSE_INTEL_ROWS. */
+static inline rc_idx rc_fuse_bound_rows(void)
+{
+    switch (rc_rule_set()) {
+    case RC_RULES_INTEL: return RC_FUSE_INTEL_ROWS;
+    case RC_RULES_ZEN5: return RC_FUSE_ZEN5_ROWS;
+    default: return 0;
+    }
+}
 /* The rule both in-step products share: a loop of T steps over N rows whose
  * per-step product does `work` multiply-adds and whose in-step operand takes
  * `bytes`, at most `max_bytes` (the hook's mode 2 drops the row and byte bounds). */
@@ -733,8 +760,8 @@ static int rc_fuse_input(rc_idx T, rc_idx N, rc_idx D, rc_idx k, rc_idx n, size_
 {
     if (D <= 0 || k <= 0 || n <= 0) return 0;
     const long long bytes = (long long)(D + k) * n * (long long)elsize;
-    if (rc_fuse_enabled == 1 && N < RC_FUSE_INTEL_ROWS
-        && bytes > (long long)N * RC_FUSE_INTEL_ROW_BYTES && rc_intel_rules())
+    if (rc_fuse_enabled == 1 && N < rc_fuse_bound_rows()
+        && bytes > (long long)N * RC_FUSE_INTEL_ROW_BYTES)
         return 0;
     return rc_in_step_rule(T, N, bytes, RC_FUSE_MAX_BYTES, (long long)N * n * k);
 }

@@ -37,13 +37,18 @@ def _all_steps_products(slow: bool, small_machine: bool, level: str) -> str:
             "row split off)")
 
 
-def _loop_shape_rules(intel: bool, packed: bool) -> str:
-    """show_config's ``loop_shape_rules``: which vendor's measured choices the time
-    loops' shape rules take (rc_activations.h: rc_intel_rules; the numbers are
-    rc_gemm_packed.h's RC_FUSE_* and rc_threads.h's RC_UNIT_* constants)."""
+def _loop_shape_rules(rules: str, packed: bool) -> str:
+    """show_config's ``loop_shape_rules``: which measured choices the time loops'
+    shape rules take (rc_activations.h: rc_rule_set, by the CPU: ``"general"``,
+    ``"intel"`` or ``"zen5"``; the numbers are rc_gemm_packed.h's RC_FUSE_* and
+    rc_threads.h's RC_UNIT_* constants)."""
     if not packed:
         return "none (no packed kernel on this CPU: the loops multiply on BLAS)"
-    if intel:
+    if rules == "zen5":
+        return ("Zen 5's: the input weight inside the steps from 8 rows up to 8 MiB "
+                "stacked, below 16 rows only up to N x 160 KiB; the LSTM splits hidden "
+                "units where its weight takes 12 MiB or more")
+    if rules == "intel":
         return ("Intel's: below 32 rows the input weight goes inside the steps only up "
                 "to N x 160 KiB stacked (else from 8 rows up to 8 MiB); the LSTM splits "
                 "hidden units (weight of 12 MiB or more) only while no thread gets 16 rows")
@@ -94,7 +99,7 @@ def show_config(file=None) -> dict:
                                      if threads.loop_policy_active() else "off"),
         "loop_row_split": threads.row_split_enabled(),
         "all_steps_products": _all_steps_products(slow, small_machine, simd.simd_level()),
-        "loop_shape_rules": _loop_shape_rules(_lstm_kernels._intel_rules(),
+        "loop_shape_rules": _loop_shape_rules(_lstm_kernels._shape_rules(),
                                               simd._gemm_packed_nr(np.float32) > 0),
         "workspace_cache": _cache_summary(),
     }
