@@ -1,7 +1,7 @@
-"""In-process A/B of the time loops' two sets of shape rules: Intel's and the general.
+"""In-process A/B of the time loops' shape rule sets: Intel's (or Zen 5's) and the general.
 
 The kernels take some choices by the CPU's vendor (src/_kernels/rc_activations.h:
-rc_intel_rules; ``loop_shape_rules`` in ``rnncore.show_config()``): with Intel's rules
+rc_rule_set; ``loop_shape_rules`` in ``rnncore.show_config()``): with Intel's rules
 a forward of fewer than 32 rows multiplies by [Wx; Wh] inside its steps only while the
 stacked weight takes at most N x 160 KiB (rc_gemm_packed.h: rc_fuse_input), and the
 LSTM splits its hidden units over the threads only while no thread gets 16 rows

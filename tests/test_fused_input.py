@@ -13,7 +13,7 @@ instead of one BLAS GEMM over all T*N rows before the loop.
    k order whatever the segments).
 2. The rule: shapes, configuration and the CPU's vendor only (not BLAS's thread
    count); not for fewer than 8 rows, no inputs, or one step; with Intel's rules not
-   below 32 rows for a stacked weight over N x 160 KiB.
+   below 32 rows for a stacked weight over N x 160 KiB, with Zen 5's below 16.
 3. Every cell on the fused path -- and its backward computing dx_t = dA_t Wx^T in the
    steps on Wx^T packed once (rc_step_input_grad) -- against the reference (float64): the
    RNN (tanh, ReLU), the GRU (both reset placements: the reset-before one packs Wx

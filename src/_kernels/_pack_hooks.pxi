@@ -2,7 +2,7 @@
 # rc_pack_par_*), of copying A (rc_set_pack_a), of the in-step dx bound
 # (rc_set_step_dx_max), of the dW kernel (rc_gemm_dw.h), of the per-call packed
 # products (rc_matmul.h: rc_set_matmul, rc_set_blas_slow), of the vendor's shape
-# rules (rc_activations.h: rc_set_intel_rules; with _fuses_input) and of the thread team
+# rule sets (rc_activations.h: rc_set_intel_rules, rc_rule_set; with _fuses_input) and of the thread team
 # (rc_threads.h: rc_pool_t), included by every kernel module that packs weights: each
 # module has its own copy of the C statics (the team itself is shared: rc_pool_attach). The module cimports set_pack_par,
 # pack_par_count and RC_PACK_PAR_BYTES from _gemm.

@@ -76,8 +76,9 @@ static inline int rc_cpu_tier(void)
 
 /* Whether the kernels' rules take the choices measured on Intel's server cores
  * (rc_threads.h: rc_unit_rows; rc_gemm_packed.h: rc_fuse_input): the CPU's vendor,
- * read on every evaluation of a rule (GCC's cpu model, set at load), or the test hook's
- * value (rc_set_intel_rules: 1 Intel's choices, 0 the others', -1 the CPU's). The
+ * read on every evaluation of a rule (GCC's cpu model, set at load; AMD's family
+ * read once, below), or the test hook's value (rc_set_intel_rules: RC_RULES_INTEL
+ * 1, RC_RULES_GENERAL 0, RC_RULES_ZEN5 2, -1 the CPU's). The
  * rules are measured per vendor: a 2-core Intel Xeon (Emerald Rapids: 2 MiB L2 per
  * core, a mesh L3) and AMD EPYC Zen 3/4/5 (0.5-1 MiB L2, an L3 per CCX) differed in
  * what a weight streamed from L3 every step costs. Other Intel cores get the
@@ -121,17 +122,21 @@ static inline int rc_rule_set(void)
     __builtin_cpu_init();
     if (__builtin_cpu_is("intel")) return RC_RULES_INTEL;
     static int family = -1;   /* read once: cpuid is slow in a VM (a trap) */
-    if (family < 0) family = rc_amd_family();
-    return family >= 26 ? RC_RULES_ZEN5 : RC_RULES_GENERAL;
+    int f = __atomic_load_n(&family, __ATOMIC_RELAXED);
+    if (f < 0) {   /* (two first callers store the same value) */
+        f = rc_amd_family();
+        __atomic_store_n(&family, f, __ATOMIC_RELAXED);
+    }
+    return f >= 26 ? RC_RULES_ZEN5 : RC_RULES_GENERAL;
 #else
     return RC_RULES_GENERAL;
 #endif
 }
 static inline int rc_intel_rules(void) { return rc_rule_set() == RC_RULES_INTEL; }
-/* mode: -1 the CPU's, else RC_RULES_* (the test hook) */
+/* mode: RC_RULES_* (the test hook), anything else the CPU's */
 static void rc_set_intel_rules(int mode)
 {
-    rc_intel_rules_set = mode < 0 ? -1 : mode > RC_RULES_ZEN5 ? RC_RULES_INTEL : mode;
+    rc_intel_rules_set = mode >= RC_RULES_GENERAL && mode <= RC_RULES_ZEN5 ? mode : -1;
 }
 
 /* The level the array functions run at: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:

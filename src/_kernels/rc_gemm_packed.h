@@ -674,7 +674,7 @@ static int rc_pack_step_weight(rc_idx T, long long work)
  * N >= RC_FUSE_MIN_ROWS, and the stacked weight (D + k, n) takes at most
  * RC_FUSE_MAX_BYTES: every step reads all of it, so it must stay in the caches;
  * with Intel's rules, below RC_FUSE_INTEL_ROWS rows at most N *
- * RC_FUSE_INTEL_ROW_BYTES too (below).
+ * RC_FUSE_INTEL_ROW_BYTES too, with Zen 5's below RC_FUSE_ZEN5_ROWS (below).
  *
  * Measured on 2 Zen 4 cores (1 MB L2 each, 32 MB L3), float32 inference, the
  * same process timing the loop fused and not in alternate blocks (the
