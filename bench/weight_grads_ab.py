@@ -62,6 +62,10 @@ def main(argv=None):
                 m._set_weight_grads((2 if args.forced else 1) if on else 0)
     names = ("inplace", "copy") if args.inplace else ("kernel", "blas")
 
+    def count():   # what the "on" half adds to: in-place terms, or kernel calls
+        return sum(m._weight_grads_inplace_terms() if args.inplace
+                   else m._weight_grads_calls()[0] for m in mods)
+
     try:
         with threadpool_limits(args.threads):
             for T, N, D, H in shapes:
@@ -72,13 +76,9 @@ def main(argv=None):
                 def run():
                     m(x)
                     m.backward(dout)
-                before = (sum(m._weight_grads_calls()[0] for m in mods),
-                          sum(m._weight_grads_inplace_terms() for m in mods))
+                before = count()
                 on, off = timed_ab(run, set_kernel, args.blocks, args.ms)
-                ran = before[1 if args.inplace else 0] < sum(
-                    m._weight_grads_inplace_terms() if args.inplace
-                    else m._weight_grads_calls()[0] for m in mods)
-                note = "" if ran else (
+                note = "" if count() > before else (
                     "  (no term read in place: both halves the same code)" if args.inplace
                     else "  (the kernel never ran: both halves BLAS)")
                 print(f"{args.cell} {T},{N},{D},{H} fb: {names[0]} {on * 1e3:.3f} ms  "

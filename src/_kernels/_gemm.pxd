@@ -13,7 +13,7 @@ from _buffer cimport array_data
 cdef extern from "rc_gemm.h" nogil:
     int intel_rules "rc_intel_rules"()
     int rule_set "rc_rule_set"()
-    void set_intel_rules "rc_set_intel_rules"(int mode)
+    void set_rule_set "rc_set_rule_set"(int mode)
     const int RC_SMALL_M
     void rc_gemm_small_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                          const float *a, Py_ssize_t lda, const float *b, Py_ssize_t ldb,

@@ -2,7 +2,7 @@
 # rc_pack_par_*), of copying A (rc_set_pack_a), of the in-step dx bound
 # (rc_set_step_dx_max), of the dW kernel (rc_gemm_dw.h), of the per-call packed
 # products (rc_matmul.h: rc_set_matmul, rc_set_blas_slow), of the vendor's shape
-# rule sets (rc_activations.h: rc_set_intel_rules, rc_rule_set; with _fuses_input) and of the thread team
+# rule sets (rc_activations.h: rc_set_rule_set, rc_rule_set; with _fuses_input) and of the thread team
 # (rc_threads.h: rc_pool_t), included by every kernel module that packs weights: each
 # module has its own copy of the C statics (the team itself is shared: rc_pool_attach). The module cimports set_pack_par,
 # pack_par_count and RC_PACK_PAR_BYTES from _gemm.
@@ -53,7 +53,7 @@ def _set_intel_rules(intel=None):
     unit split only below 16 rows a thread (rc_threads.h: rc_unit_rows)."""
     if intel is not None and not isinstance(intel, (bool, np.bool_)):
         raise TypeError(f"intel must be True, False or None, not {type(intel).__name__}")
-    set_intel_rules(-1 if intel is None else int(bool(intel)))
+    _set_shape_rules(None if intel is None else "intel" if intel else "general")
 
 
 def _intel_rules():
@@ -72,11 +72,11 @@ def _set_shape_rules(rules=None):
     RC_FUSE_ZEN5_ROWS) or this CPU's (None, the default: Intel's on Intel CPUs,
     ``"zen5"`` on AMD's from family 26, else the general)."""
     if rules is None:
-        set_intel_rules(-1)
+        set_rule_set(-1)
         return
     if rules not in SHAPE_RULES:
         raise ValueError(f"rules must be one of {SHAPE_RULES} or None, got {rules!r}")
-    set_intel_rules(SHAPE_RULES.index(rules))
+    set_rule_set(SHAPE_RULES.index(rules))
 
 
 def _shape_rules():
@@ -219,7 +219,7 @@ def _section_probe():
 
 from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
-                    matmul_small_machine, intel_rules, rule_set, set_intel_rules, fuse_input)
+                    matmul_small_machine, intel_rules, rule_set, set_rule_set, fuse_input)
 from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 

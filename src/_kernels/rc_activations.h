@@ -77,7 +77,7 @@ static inline int rc_cpu_tier(void)
 /* Whether the kernels' rules take the choices measured on Intel's server cores
  * (rc_threads.h: rc_unit_rows; rc_gemm_packed.h: rc_fuse_input): the CPU's vendor,
  * read on every evaluation of a rule (GCC's cpu model, set at load; AMD's family
- * read once, below), or the test hook's value (rc_set_intel_rules: RC_RULES_INTEL
+ * read once, below), or the test hook's value (rc_set_rule_set: RC_RULES_INTEL
  * 1, RC_RULES_GENERAL 0, RC_RULES_ZEN5 2, -1 the CPU's). The
  * rules are measured per vendor: a 2-core Intel Xeon (Emerald Rapids: 2 MiB L2 per
  * core, a mesh L3) and AMD EPYC Zen 3/4/5 (0.5-1 MiB L2, an L3 per CCX) differed in
@@ -99,7 +99,7 @@ static inline int rc_cpu_tier(void)
  * 160 KiB stacked, as with Intel's (rc_gemm_packed.h: rc_fuse_input, the figures
  * there). Later AMD families get it by extrapolation. */
 enum { RC_RULES_GENERAL = 0, RC_RULES_INTEL = 1, RC_RULES_ZEN5 = 2 };
-static int rc_intel_rules_set = -1;   /* the hook's set, or -1: the CPU's */
+static int rc_rule_set_forced = -1;   /* the hook's set, or -1: the CPU's */
 /* The CPU's AMD family (base + extended: Zen 4 25, Zen 5 26), 0 elsewhere. */
 static inline int rc_amd_family(void)
 {
@@ -117,7 +117,7 @@ static inline int rc_amd_family(void)
 }
 static inline int rc_rule_set(void)
 {
-    if (rc_intel_rules_set >= 0) return rc_intel_rules_set;
+    if (rc_rule_set_forced >= 0) return rc_rule_set_forced;
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
     if (__builtin_cpu_is("intel")) return RC_RULES_INTEL;
@@ -134,9 +134,9 @@ static inline int rc_rule_set(void)
 }
 static inline int rc_intel_rules(void) { return rc_rule_set() == RC_RULES_INTEL; }
 /* mode: RC_RULES_* (the test hook), anything else the CPU's */
-static void rc_set_intel_rules(int mode)
+static void rc_set_rule_set(int mode)
 {
-    rc_intel_rules_set = mode >= RC_RULES_GENERAL && mode <= RC_RULES_ZEN5 ? mode : -1;
+    rc_rule_set_forced = mode >= RC_RULES_GENERAL && mode <= RC_RULES_ZEN5 ? mode : -1;
 }
 
 /* The level the array functions run at: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:

@@ -429,14 +429,27 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
     return rem >= 4 ? 4 : (int)rem;
 }
 
-/* BLOCK(TILE, h) with h a compile-time height (rc_pk_block_rows' MR, 4, 3, 2, 1) */
-#define RC_PK_HEIGHTS(BLOCK, TILE, MR, h)                                       \
-        switch (h) {                                                            \
-        case MR: BLOCK(TILE, MR); break;                                        \
-        case 4: BLOCK(TILE, 4); break;                                          \
-        case 3: BLOCK(TILE, 3); break;                                          \
-        case 2: BLOCK(TILE, 2); break;                                          \
-        default: BLOCK(TILE, 1); break;   /* h == 1 */                          \
+/* The panels of B from column J0 on, and in each the rows of C in blocks of
+ * rc_pk_block_rows rows: BLOCK(TILE, h) with h a compile-time height (MR, 4, 3, 2,
+ * 1), which sees the panel's columns j0, its width w, its packed `panel` and the
+ * `next` panel (the last one: itself) to prefetch, and the block's first row i0. */
+#define RC_PK_PANELS(T, BLOCK, TILE, MR, J0)                                    \
+        for (rc_idx j0 = (J0); j0 < n; j0 += NR) {                              \
+            const T *panel = bp + j0 * ldp;                                     \
+            const T *next = j0 + NR < n ? panel + NR * ldp : panel;             \
+            const rc_idx w = RC_PK_MIN(NR, n - j0);                             \
+            (void)next;                                                         \
+            for (rc_idx i0 = 0; i0 < m;) {                                      \
+                const int h = rc_pk_block_rows(m, i0, MR);                      \
+                switch (h) {                                                    \
+                case MR: BLOCK(TILE, MR); break;                                \
+                case 4: BLOCK(TILE, 4); break;                                  \
+                case 3: BLOCK(TILE, 3); break;                                  \
+                case 2: BLOCK(TILE, 2); break;                                  \
+                default: BLOCK(TILE, 1); break;   /* h == 1 */                  \
+                }                                                               \
+                i0 += h;                                                        \
+            }                                                                   \
         }
 /* C (m, n) := A (m, k) B + beta C, B packed in panels of two VT vectors
  * (nr = 2 * lanes); blocks of rc_pk_block_rows rows (MR, 4, 3, 2, 1); A read
@@ -482,16 +495,7 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
                 else                                                            \
                     ROW(k, a, k2, a2, bp + jr * ldp, NR * ldp, beta, c + jr);   \
             }                                                                   \
-        for (rc_idx j0 = jr; j0 < n; j0 += NR) {                                \
-            const T *panel = bp + j0 * ldp;                                     \
-            const T *next = j0 + NR < n ? panel + NR * ldp : panel;             \
-            const rc_idx w = RC_PK_MIN(NR, n - j0);                             \
-            for (rc_idx i0 = 0; i0 < m;) {                                      \
-                const int h = rc_pk_block_rows(m, i0, MR);                      \
-                RC_PK_HEIGHTS(RC_PK_BLOCK, TILE, MR, h);                        \
-                i0 += h;                                                        \
-            }                                                                   \
-        }                                                                       \
+        RC_PK_PANELS(T, RC_PK_BLOCK, TILE, MR, jr)                              \
         free(ap);                                                               \
     }
 RC_DEFINE_PK_TILE(rc_pk_tile_wide_f, float, rc_vf64b)
@@ -545,15 +549,7 @@ RC_DEFINE_PK_DISPATCH(rc_gemm_packed_d, rc_gemm_packed2_d, double, rc_gemm_packe
                                rc_idx ldc)                                      \
     {                                                                           \
         const rc_idx NR = 2 * (rc_idx)(sizeof(VT) / sizeof(T));                 \
-        for (rc_idx j0 = 0; j0 < n; j0 += NR) {                                 \
-            const T *panel = bp + j0 * ldp;                                     \
-            const rc_idx w = RC_PK_MIN(NR, n - j0);                             \
-            for (rc_idx i0 = 0; i0 < m;) {                                      \
-                const int h = rc_pk_block_rows(m, i0, MR);                      \
-                RC_PK_HEIGHTS(RC_PK_BLOCK_AT, TILE, MR, h);                     \
-                i0 += h;                                                        \
-            }                                                                   \
-        }                                                                       \
+        RC_PK_PANELS(T, RC_PK_BLOCK_AT, TILE, MR, 0)                            \
     }
 RC_DEFINE_PK_GEMM_AT(rc_gemm_packed_at_wide_f, float, rc_vf64b, 8, rc_pk_tile_wide_f)
 RC_DEFINE_PK_GEMM_AT(rc_gemm_packed_at_wide_d, double, rc_vd64b, 8, rc_pk_tile_wide_d)
