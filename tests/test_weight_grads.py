@@ -27,6 +27,10 @@ scratch and added in. So:
 5. The saved inputs read in place (rows of at most 1 KiB, or forced) and from the
    transposed copy give bitwise the same gradients, the counts showing which ran;
    in float64 they match the reference.
+6. The kernel's memory from the backward call's workspace (the workspace cache,
+   its reused blocks poisoned with NaN bits) or allocated per call: bitwise the
+   same gradients, onto preset values, the counts showing which ran; the cache
+   off (the workspace from NumPy) too; float64 against the reference.
 """
 import numpy as np
 import pytest
@@ -38,7 +42,7 @@ from test_kernels import (_batch_sizes, _empty_seq, _mat, _ref_one_sequence, _se
 
 import rnncore
 from rnncore._kernels import gru as KG, lngru as KLG, lnlstm as KLL, lstm as KL, rnn as KR
-from rnncore._kernels import simd
+from rnncore._kernels import _pool, simd
 from rnncore._runtime.threads import row_split_enabled
 
 pytestmark = pytest.mark.skipif(not HAVE_PACKED,
@@ -493,3 +497,90 @@ def test_layer_normalised_inputs_in_place_and_copied_agree_bitwise(cls, rng):
 def test_inplace_hook_rejects_a_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         KL._set_weight_grads_inplace(3)
+
+
+# ---------------------------------------------------------------------------
+# 6. The kernel's memory: the backward call's workspace or its own
+# ---------------------------------------------------------------------------
+class workspace_mode(_hook_mode):
+    """The modules' dW kernel in the call's workspace (1) or allocating its own (0)."""
+    name = "_set_weight_grads_workspace"
+
+    def __init__(self, mode, modules=(KR, KG, KL)):
+        super().__init__(mode, modules)
+
+
+@pytest.fixture
+def poisoned_cache():
+    """The workspace cache on for every size, returned blocks filled with NaN bits."""
+    limit = _pool.limit()
+    _pool.set_limit(256 << 20)
+    _pool._set_min_bytes(1)
+    _pool._set_poison(True)
+    try:
+        yield
+    finally:
+        _pool._set_poison(False)
+        _pool._set_min_bytes(_pool.MIN_BYTES)
+        _pool.set_limit(limit)
+        rnncore.empty_cache()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "gru-rb", "lstm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("transposed", [True, False], ids=["pytorch-dW", "rowmajor-dW"])
+@pytest.mark.parametrize("cache_on", [True, False], ids=["cache", "no-cache"])
+def test_workspace_and_own_memory_agree_bitwise(cell, dtype, transposed, cache_on, rng,
+                                                poisoned_cache):
+    """Three backward calls in the workspace (from the second on, a reused block full
+    of NaN bits: a scratch sum or packed chunk read before written would show) and
+    one allocating: bitwise equal, added onto preset gradients; the count of calls
+    in a workspace; float64 against the reference. PyTorch-layout targets take a
+    scratch sum each (the GRU's dWx two, at column offsets of one scratch row)."""
+    kind, extra = cell.split("-")[0], {"reset_after": False} if cell == "gru-rb" else {}
+    n, t, d, h = 23, 29, 65, 32            # 667 rows: two float32 chunks, three float64
+    inp, up = _time_major(kind, rng, n, t, d, h, dtype=dtype)
+    g = {"rnn": 1, "gru": 3, "lstm": 4}[kind]
+    preset = {"dWx": rng.standard_normal((d, g * h)).astype(dtype),
+              "dWh": rng.standard_normal((h, g * h)).astype(dtype)}
+    if not cache_on:
+        _pool.set_limit(0)
+    mod = MODULES[kind]
+    runs = []
+    for mode in (0, 1, 1, 1):
+        before = mod._weight_grads_workspace_calls()
+        with forced(), workspace_mode(mode):
+            got = _run(kind, inp, up, transposed=transposed,
+                       preset={k: v.copy() for k, v in preset.items()}, **extra)
+        assert mod._weight_grads_workspace_calls() - before == mode
+        runs.append(got)
+    for got in runs[1:]:
+        for name in ("dWx", "dWh", "dx", "dh0"):
+            np.testing.assert_array_equal(got[name], runs[0][name], err_msg=name)
+    lens = np.full(n, t)
+    want = _reference(kind, inp, up, lens, False, **extra)
+    for name in ("dWx", "dWh"):
+        w = want[name] + preset[name].astype(np.float64)
+        if dtype == np.float64:
+            assert_close_f64(runs[1][name], w, atol=1e-9, name=name)
+        else:
+            assert_close_f32(runs[1][name], w, name=name)
+
+
+@pytest.mark.parametrize("cls", ["rnn", "gru", "lstm"])
+def test_models_train_in_the_workspace(cls, rng, poisoned_cache):
+    """A 2-layer bidirectional model's training steps at a shape the default rule
+    routes to the dW kernel: its calls run in the workspace, with the same gradients
+    as allocating."""
+    mod = {"rnn": KR, "gru": KG, "lstm": KL}[cls]
+    make = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM}[cls]
+    x = rng.standard_normal((40, 16, 96)).astype(np.float32)   # 640 rows, >= 4M multiply-adds
+    mk = lambda: make(96, 64, num_layers=2, bidirectional=True, seed=2)   # noqa: E731
+    with workspace_mode(0):
+        want = _model_grads(mk, x)
+    before = mod._weight_grads_workspace_calls()
+    for _ in range(2):
+        got = _model_grads(mk, x)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert mod._weight_grads_workspace_calls() - before == 8   # 2 steps x 2 layers x 2 dirs

@@ -243,6 +243,7 @@ cdef inline int check_grads(Loop *L, const Input *inp, Grads *gr, const floating
     rows_check(dhn, "dhn", N, H)
     rows_check(dh0, "dh0", N, H)
     gr.dx = uniform(dxs)
+    gr.dw_ws, gr.dw_ws_bytes = NULL, 0     # (dw_reserve: a workspace for the dW kernel)
     L.dx = dxs              # (written per step by a loop computing dx in its steps)
     L.carry = <void *>&dh0[0, 0] if N > 0 and H > 0 else NULL
     return 0

@@ -259,8 +259,14 @@ cdef extern from "rc_gemm_dw.h" nogil:
         Py_ssize_t ld0, n0, ld1, n1, K, nr
         int nterms
         rc_dw_term term[RC_DW_TERMS]
+        void *ws
+        size_t ws_bytes
     int rc_dw_f(const rc_dw_problem *pr)
     int rc_dw_d(const rc_dw_problem *pr)
+    size_t rc_dw_f_bytes(const rc_dw_problem *pr)
+    size_t rc_dw_d_bytes(const rc_dw_problem *pr)
+    void set_dw_workspace "rc_set_dw_workspace"(int mode)
+    long long dw_workspace_count "rc_dw_workspace_count"()
     bint dw_enabled "rc_dw_use"(long long work, Py_ssize_t K)
     void set_dw "rc_set_dw"(int enabled)
     void set_dw_inplace "rc_set_dw_inplace"(int mode)

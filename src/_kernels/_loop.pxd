@@ -26,12 +26,14 @@ from libc.math cimport INFINITY, fabs
 from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport free
+from _buffer cimport array_data
 
 from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale_rows,
                     all_finite, all_zero,
                     NoTrans, Trans)
 from _gemm cimport (mm, mm_step, mm_step2, packed_nr, rc_dw_problem, rc_dw_term, rc_dw_f,
-                    rc_dw_d, dw_enabled, RC_DW_TERMS)
+                    rc_dw_d, rc_dw_f_bytes, rc_dw_d_bytes, dw_enabled, RC_DW_TERMS,
+                    aligned_empty)
 from _layout cimport Seq, seq, uniform, every_pth_row, rows_block
 from _threads cimport (row_threads, share, run_tasks, single_open, single_close, private_rows,
                        count_row_split,
@@ -125,6 +127,8 @@ cdef struct Grads:              # what backward writes after the time loop
     void *db                    # (GH,) accumulated: the input side's bias
     void *dbh                   # GRU: the hidden side's bias (GH,), else NULL
     void *dzs                   # (N, GH) scratch (reverse with lengths), else NULL
+    void *dw_ws                 # weight_grads' workspace (dw_reserve), else NULL
+    size_t dw_ws_bytes
 
 
 cdef inline void loop_init(Loop *L, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py_ssize_t G,
@@ -550,20 +554,13 @@ cdef inline bint dw_run(rc_dw_problem *pr, floating kind) noexcept nogil:
         return rc_dw_d(pr) != 0
 
 
-cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, Mat dg, Mat dan,
-                              Py_ssize_t nI, floating kind) noexcept nogil:
-    """backward_loop's weight gradients on the packed dW kernel (rc_gemm_dw.h: rc_dw_*):
-        dWx += x^T [dG[:, :nI] | dAn]        (D, GH)
-        dWh += sum_t h_prev(t)^T dG_t        the shifted main term of dwh_accumulate
-    (the reset-before GRU's n columns: (r ⊙ h_prev)^T dG[:, 2H:]) with dG packed once,
-    chunk by chunk, for all. False (nothing done): BLAS does them -- dw_begin's cases,
-    a batch-major shift that needs the per-row pairs (dwh_shifted), or the GRU's n
-    block off a panel boundary."""
+cdef inline bint dw_plan(const Loop *L, const Input *inp, const Grads *gr, Mat dg, Mat dan,
+                         Py_ssize_t nI, rc_dw_problem *pr, floating kind) noexcept nogil:
+    """weight_grads' problem (its terms), or False: BLAS does the products."""
     cdef Py_ssize_t R = L.T * L.N, H = L.H, GH = L.G * L.H, D = inp.D
     cdef bint split = dan.p != NULL
     cdef Mat x = uniform(inp.x)
-    cdef rc_dw_problem pr
-    if not dw_begin(&pr, dg, GH, R, <long long>R * GH * (D + L.Hp), kind):
+    if not dw_begin(pr, dg, GH, R, <long long>R * GH * (D + L.Hp), kind):
         return False
     if (split and (GH % pr.nr != 0 or dan.t != NoTrans)) \
             or (L.reset_before and (2 * H) % pr.nr != 0) or not dwh_shifted(L, kind):
@@ -573,15 +570,54 @@ cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, 
         pr.b1, pr.ld1, pr.n1 = dan.p, dan.ld, H
     if D > 0:
         # dWx[:, :nI] += x^T B[:, :nI];  the GRU's dWx[:, nI:] += x^T B[:, GH:GH + H]
-        dw_term(&pr, x.p, x.ld, D, 0, 0, R, 0, nI, gr.dwx, 0, kind)
+        dw_term(pr, x.p, x.ld, D, 0, 0, R, 0, nI, gr.dwx, 0, kind)
         if split:
-            dw_term(&pr, x.p, x.ld, D, 0, 0, R, GH, H, gr.dwx, nI, kind)
+            dw_term(pr, x.p, x.ld, D, 0, 0, R, GH, H, gr.dwx, nI, kind)
     # (the reset-before GRU: its [r | z] columns only; its n columns pair all rows,
     # unshifted, with r ⊙ h_prev)
-    dw_shifted_term(&pr, L, GH - H if L.reset_before else GH, gr.dwh, kind)
+    dw_shifted_term(pr, L, GH - H if L.reset_before else GH, gr.dwh, kind)
     if L.reset_before:
-        dw_term(&pr, L.hn.p, L.hn.ld, H, 0, 0, R, GH - H, H, gr.dwh, GH - H, kind)
+        dw_term(pr, L.hn.p, L.hn.ld, H, 0, 0, R, GH - H, H, gr.dwh, GH - H, kind)
+    return True
+
+
+cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, Mat dg, Mat dan,
+                              Py_ssize_t nI, floating kind) noexcept nogil:
+    """backward_loop's weight gradients on the packed dW kernel (rc_gemm_dw.h: rc_dw_*):
+        dWx += x^T [dG[:, :nI] | dAn]        (D, GH)
+        dWh += sum_t h_prev(t)^T dG_t        the shifted main term of dwh_accumulate
+    (the reset-before GRU's n columns: (r ⊙ h_prev)^T dG[:, 2H:]) with dG packed once,
+    chunk by chunk, for all; in gr.dw_ws when given (dw_reserve). False (nothing done):
+    BLAS does them -- dw_begin's cases, a batch-major shift that needs the per-row
+    pairs (dwh_shifted), or the GRU's n block off a panel boundary."""
+    cdef rc_dw_problem pr
+    if not dw_plan(L, inp, gr, dg, dan, nI, &pr, kind):
+        return False
+    pr.ws, pr.ws_bytes = gr.dw_ws, gr.dw_ws_bytes
     return dw_run(&pr, kind)
+
+
+cdef inline object dw_reserve(const Loop *L, const Input *inp, Grads *gr, floating kind):
+    """A backward call's workspace for weight_grads, from the workspace cache (_pool.pyx),
+    set in gr (dw_ws, dw_ws_bytes); returns the array that holds it (keep it until the
+    call returns), or None when the weight gradients will not run on the dW kernel
+    (gr.dw_ws NULL). Call with every array of L, inp and gr in place: it plans the
+    problem backward_loop will run. Without it (dw_ws NULL) the kernel allocates
+    its own memory."""
+    cdef Py_ssize_t GH = L.G * L.H
+    cdef Py_ssize_t nI = GH - L.H if L.dan.p != NULL else GH
+    cdef rc_dw_problem pr
+    cdef size_t nbytes
+    gr.dw_ws, gr.dw_ws_bytes = NULL, 0
+    if not dw_plan(L, inp, gr, uniform(L.dg), uniform(L.dan), nI, &pr, kind):
+        return None
+    nbytes = rc_dw_f_bytes(&pr) if floating is float else rc_dw_d_bytes(&pr)
+    if nbytes == 0:
+        return None
+    ws = aligned_empty(<Py_ssize_t>nbytes, "u1", True)     # bytes
+    gr.dw_ws = array_data(ws)
+    gr.dw_ws_bytes = nbytes
+    return ws
 
 
 cdef inline void input_grad(const Loop *L, Py_ssize_t t, Py_ssize_t r0, Py_ssize_t rows,

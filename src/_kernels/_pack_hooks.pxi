@@ -153,6 +153,21 @@ def _weight_grads_inplace_terms():
     return dw_inplace_count()
 
 
+def _set_weight_grads_workspace(bint on=True):
+    """Test/benchmark hook: the packed dW kernel takes its memory (the threads' packed
+    chunks, a PyTorch-layout target's scratch sum) from the backward call's workspace,
+    itself from the workspace cache (True, the default), or allocates it on every
+    call (False). The same arithmetic either way. Only the RNN, GRU and LSTM
+    modules' backward calls give it a workspace (elsewhere it always allocates)."""
+    set_dw_workspace(1 if on else 0)
+
+
+def _weight_grads_workspace_calls():
+    """How many of this module's dW kernel calls ran in the backward call's workspace
+    (count since import)."""
+    return dw_workspace_count()
+
+
 def _weight_grads_calls():
     """(calls, threaded): how many backward calls of this module have computed weight
     gradients on the packed dW kernel, and how many of them on more than one thread

@@ -115,9 +115,10 @@ import numpy as np
 from _blas cimport floating, transposed, col_block, scale_rows, all_zero
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_stacked, input_grad_weight, set_pack_par, pack_par_count,
-                    set_dw, set_dw_inplace, dw_inplace_count, dw_count, RC_PACK_PAR_BYTES, aligned_rows)
+                    set_dw, set_dw_inplace, dw_inplace_count, dw_count,
+                    set_dw_workspace, dw_workspace_count, RC_PACK_PAR_BYTES, aligned_rows)
 from _threads cimport blas_thread_hooks, share
-from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop,
+from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, dw_reserve,
                    input_product, chunk_input, input_grad, zero_start)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, one_step, chunk_buffers, workspace, check_inputs, check_grads,
@@ -415,6 +416,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     keep = step_weight(Wh, &L.wh, T, N, GH, H, True)
     # Wx^T packed for dx_t = dA_t Wx^T in the steps, or dx after the loop
     keep_x = input_grad_weight(Wx, &L.wxt, T, N, H)
+    # weight_grads' memory from the workspace cache
+    keep_dw = dw_reserve(&L, &inp, &gr, <floating>0)
     with nogil:
         backward_loop(&L, &inp, &gr, bwd_steps[float], bwd_steps[double], <floating>0)
 

@@ -11,7 +11,8 @@ from _cpu cimport require_simd
 import numpy as np
 
 from _blas cimport floating, Mat, mat, NoTrans, Trans
-from _gemm cimport (mm, set_pack_par, pack_par_count, set_dw, set_dw_inplace, dw_inplace_count, dw_count, RC_PACK_PAR_BYTES,
+from _gemm cimport (mm, set_pack_par, pack_par_count, set_dw, set_dw_inplace, dw_inplace_count, dw_count,
+                    set_dw_workspace, dw_workspace_count, RC_PACK_PAR_BYTES,
                     matmul_use, matmul_tn_use, matmul_machine, rc_matmul_f, rc_matmul_d,
                     rc_matmul_f_tn, rc_matmul_d_tn)
 from _threads cimport blas_thread_hooks

@@ -78,7 +78,8 @@ import numpy as np
 
 from _blas cimport floating, Mat, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, set_packing, set_pack_par, pack_par_count,
-                    set_dw, set_dw_inplace, dw_inplace_count, dw_count, RC_PACK_PAR_BYTES, aligned_rows)
+                    set_dw, set_dw_inplace, dw_inplace_count, dw_count,
+                    set_dw_workspace, dw_workspace_count, RC_PACK_PAR_BYTES, aligned_rows)
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop

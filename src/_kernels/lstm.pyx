@@ -91,13 +91,15 @@ from _blas cimport floating, Mat, mat, transposed, scale_rows, NoTrans, Trans
 from _gemm cimport (mm, mm_step, step_weight, fused_weight, fuse_input, set_packing, set_chunk,
                     packs_step_weight, packs_stacked, packed_nr, packed_size, pack_blocks,
                     input_grad_weight, aligned_empty, aligned_rows, set_pack_par, pack_par_count,
-                    set_dw, set_dw_inplace, dw_inplace_count, dw_count, RC_PACK_PAR_BYTES)
+                    set_dw, set_dw_inplace, dw_inplace_count, dw_count,
+                    set_dw_workspace, dw_workspace_count, RC_PACK_PAR_BYTES)
 from _buffer cimport array_data
 from _layout cimport uniform
 from _threads cimport (blas_thread_hooks, share, rc_units, units_init, units_wait, units_claim,
                        units_done, unit_threads, set_unit_split, unit_rows,
                        RC_UNITS_MAX_BLOCKS)
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
+                   dw_reserve,
                    chunk_start, chunk_input, zero_start,
                    input_grad, MAX_TASKS)
 from _checks cimport (seq_check, running_seq, same_layout, mat_check, rows_check, vec_check,
@@ -712,6 +714,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
         keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)
     # backward's projection operand Wr^T (Hp, H)
     keep_r = step_weight(Wr, &L.wr, T, N, L.Hp, H, True) if Wr is not None else None
+    # weight_grads' memory from the workspace cache
+    keep_dw = dw_reserve(&L, &inp, &gr, <floating>0)
     with nogil:
         backward_loop(&L, &inp, &gr, bwd_steps[float], bwd_steps[double], <floating>0)
         if proj is not None:

@@ -73,6 +73,8 @@ typedef struct {
     rc_idx K, nr;
     int nterms;
     rc_dw_term term[RC_DW_TERMS];
+    void *ws; size_t ws_bytes;                     /* the caller's workspace (rc_dw_*_bytes of
+                                                      it, 64-byte aligned), or NULL: allocated */
 } rc_dw_problem;
 /* calls that ran here, and of them on threads (test hook) */
 static long long rc_dw_calls[2] = {0, 0};
@@ -159,6 +161,49 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
         if (pass == 1) while (q <= P) bound[q++] = panels;
     }
 }
+/* A call's memory (rc_dw_*, rc_dw_*_bytes): P threads' buffers of `per`
+ * elements each (the thread's panels of a chunk, then A^T's block or
+ * rc_dw_tadd's tmp), then each transposed target's scratch C (m x n), each part
+ * on a 64-byte boundary. Returns the bytes in all; sets P, the threads' panel
+ * ranges `bound` and `per`. The total grows with P (the largest share times P
+ * covers every panel), so a workspace sized at the caller's thread count serves
+ * any smaller count. */
+static size_t rc_dw_layout(const rc_dw_problem *pr, size_t elsize, rc_idx KC, int *Pout,
+                           rc_idx *bound, rc_idx *perout)
+{
+    const rc_idx W = pr->n0 + pr->n1, panels = (W + pr->nr - 1) / pr->nr;
+    const rc_idx kcap = RC_PK_MIN(KC, pr->K);   /* rows per chunk, at most */
+    const rc_idx line = (rc_idx)(64 / elsize);
+    int P = rc_own_threads();
+    if (P > panels) P = (int)panels;
+    if (P < 1) P = 1;
+    rc_dw_split(pr, panels, P, bound);
+    rc_idx per = 0;
+    for (int q = 0; q < P; q++) {
+        const rc_idx sz = (bound[q + 1] - bound[q]) * pr->nr * kcap
+                          + RC_DW_MB * (kcap > RC_DW_MB ? kcap : RC_DW_MB);
+        if (sz > per) per = sz;
+    }
+    per = (per + line - 1) / line * line;   /* 64-byte multiples */
+    size_t total = (size_t)per * P * elsize;
+    for (int t = 0; t < pr->nterms; t++)
+        if (pr->term[t].ct != NULL)
+            total += ((size_t)pr->term[t].m * pr->term[t].n * elsize + 63) / 64 * 64;
+    *Pout = P;
+    *perout = per;
+    return total;
+}
+/* Test hook: 1 (default) carves a call's memory from the caller's workspace when
+ * it is given and large enough, 0 ignores it (every call allocates); and the
+ * calls that used one (count since import). */
+static int rc_dw_ws_mode = 1;
+static void rc_set_dw_workspace(int mode) { rc_dw_ws_mode = mode; }
+static long long rc_dw_ws_calls = 0;
+static long long rc_dw_workspace_count(void)
+{
+    return __atomic_load_n(&rc_dw_ws_calls, __ATOMIC_RELAXED);
+}
+
 /* ct[j * ldt + i] += cs[i * ldcs + j] for i < m, j0 <= j < j1: a scratch C added into
  * its transposed target, in blocks transposed by rc_tcopy_* into `tmp` (at least
  * RC_DW_MB * RC_DW_MB elements), then added row by row (vector adds). */
@@ -249,50 +294,66 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
     {                                                                           \
         if (pr->K <= 0 || pr->nr <= 0 || (pr->b1 != NULL && pr->n0 % pr->nr != 0)) \
             return 0;   /* nothing done: the caller's BLAS path runs */          \
-        const rc_idx W = pr->n0 + pr->n1, panels = (W + pr->nr - 1) / pr->nr;   \
-        int P = rc_own_threads();                                               \
-        if (P > panels) P = (int)panels;                                        \
-        if (P < 1) P = 1;                                                       \
         NAME##_task tk[RC_MAX_THREADS];                                         \
         int inplace = 0;   /* bit t: term t's A read in place (decided once per call) */ \
         for (int t = 0; t < pr->nterms; t++)                                    \
             inplace |= rc_dw_inplace(pr->term[t].lda, sizeof(T)) << t;          \
-        rc_idx per = 0, bound[RC_MAX_THREADS + 1];                              \
-        rc_dw_split(pr, panels, P, bound);                                      \
-        for (int q = 0; q < P; q++) {                                           \
-            /* its panels of a chunk, then A^T's block (or rc_dw_tadd's tmp) */ \
-            const rc_idx kcap = RC_PK_MIN(KC, pr->K);                           \
-            const rc_idx sz = (bound[q + 1] - bound[q]) * pr->nr * kcap         \
-                              + RC_DW_MB * (kcap > RC_DW_MB ? kcap : RC_DW_MB); \
+        int P;                                                                  \
+        rc_idx per, bound[RC_MAX_THREADS + 1];                                  \
+        const size_t total = rc_dw_layout(pr, sizeof(T), KC, &P, bound, &per); \
+        for (int q = 0; q < P; q++)                                             \
             tk[q] = (NAME##_task){pr, bound[q], bound[q + 1], NULL, {NULL}, inplace}; \
-            if (sz > per) per = sz;                                             \
-        }                                                                       \
-        per = (per + 15) / 16 * 16;   /* 64-byte multiples */                    \
-        /* the threads' buffers and each transposed target's scratch C: separate \
-         * blocks, so that each stays below glibc's largest mmap threshold      \
-         * (32 MiB) in more shapes (float32 (50, 64, 512, 1024): 8 and 16 MiB   \
-         * of scratch; float64 dWh there takes 32 MiB) and repeated calls reuse \
-         * heap memory instead of mapping (and the kernel clearing) fresh pages */ \
+        /* the caller's workspace (a training call's, from the workspace cache: \
+         * no pages mapped and cleared per call -- 2 % of the LSTM's fb at (50, \
+         * 64, 512, 1024) went to the kernel clearing the scratch C's pages), or \
+         * separate blocks, each below glibc's largest mmap threshold (32 MiB)  \
+         * in more shapes */                                                    \
         void *blk[1 + RC_DW_TERMS] = {NULL};                                    \
-        int ok = posix_memalign(&blk[0], 64, (size_t)per * P * sizeof(T)) == 0; \
-        for (int t = 0; t < pr->nterms && ok; t++)                              \
-            if (pr->term[t].ct != NULL)                                         \
-                ok = posix_memalign(&blk[1 + t], 64, (size_t)pr->term[t].m      \
-                                    * pr->term[t].n * sizeof(T)) == 0;          \
-        if (!ok) {                                                              \
-            for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);               \
-            return 0;                                                           \
+        char *ws = (char *)pr->ws;                                              \
+        const int own = ws != NULL && rc_dw_ws_mode && pr->ws_bytes >= total    \
+                        && ((uintptr_t)ws & 63) == 0;                           \
+        if (own) {                                                              \
+            blk[0] = ws;                                                        \
+            ws += (size_t)per * P * sizeof(T);                                  \
+            for (int t = 0; t < pr->nterms; t++)                                \
+                if (pr->term[t].ct != NULL) {                                   \
+                    blk[1 + t] = ws;                                            \
+                    ws += ((size_t)pr->term[t].m * pr->term[t].n * sizeof(T) + 63) / 64 * 64; \
+                }                                                               \
+        } else {                                                                \
+            int ok = posix_memalign(&blk[0], 64, (size_t)per * P * sizeof(T)) == 0; \
+            for (int t = 0; t < pr->nterms && ok; t++)                          \
+                if (pr->term[t].ct != NULL)                                     \
+                    ok = posix_memalign(&blk[1 + t], 64, (size_t)pr->term[t].m  \
+                                        * pr->term[t].n * sizeof(T)) == 0;      \
+            if (!ok) {                                                          \
+                for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);           \
+                return 0;                                                       \
+            }                                                                   \
         }                                                                       \
         for (int q = 0; q < P; q++) {                                           \
             tk[q].buf = (T *)blk[0] + per * q;                                  \
             for (int t = 0; t < pr->nterms; t++) tk[q].cs[t] = blk[1 + t];      \
         }                                                                       \
+        if (own) __atomic_fetch_add(&rc_dw_ws_calls, 1, __ATOMIC_RELAXED);      \
         __atomic_fetch_add(&rc_dw_calls[0], 1, __ATOMIC_RELAXED);               \
         __atomic_fetch_add(&rc_dw_inplace_terms, __builtin_popcount(inplace), __ATOMIC_RELAXED); \
         if (P > 1) __atomic_fetch_add(&rc_dw_calls[1], 1, __ATOMIC_RELAXED);    \
         rc_run_tasks(NAME##_run, tk, sizeof tk[0], P);                          \
-        for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);                    \
+        if (!own)                                                               \
+            for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);                \
         return 1;                                                               \
+    }                                                                           \
+    /* The bytes of workspace a call on this problem takes (rc_dw_layout, at    \
+     * this thread count); 0 for an invalid problem (the call does nothing). */ \
+    static size_t NAME##_bytes(const rc_dw_problem *pr)                         \
+    {                                                                           \
+        if (pr->K <= 0 || pr->nr <= 0 || pr->nterms <= 0                        \
+            || (pr->b1 != NULL && pr->n0 % pr->nr != 0))                        \
+            return 0;                                                           \
+        int P;                                                                  \
+        rc_idx per, bound[RC_MAX_THREADS + 1];                                  \
+        return rc_dw_layout(pr, sizeof(T), KC, &P, bound, &per);                \
     }
 RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_pack_f, rc_tcopy_f, rc_dw_tadd_f,
              rc_gemm_packed2_f, rc_gemm_packed_at_f)

@@ -57,11 +57,13 @@ import numpy as np
 from _blas cimport floating, transposed, scale_rows
 from _gemm cimport (mm_step, step_weight, fused_weight, fuse_input, packs_step_weight,
                     packed_nr, set_packing, infer_chunk, input_grad_weight, step_input_grad,
-                    set_pack_par, pack_par_count, set_dw, set_dw_inplace, dw_inplace_count, dw_count, RC_PACK_PAR_BYTES,
+                    set_pack_par, pack_par_count, set_dw, set_dw_inplace, dw_inplace_count, dw_count,
+                    set_dw_workspace, dw_workspace_count, RC_PACK_PAR_BYTES,
                     aligned_rows)
 from _layout cimport uniform
 from _threads cimport blas_thread_hooks, row_threads, share, single_open, single_close
 from _loop cimport (Loop, Input, Grads, loop_rows, forward_loop, backward_loop, step_product,
+                   dw_reserve,
                    input_grad, zero_start)
 from _checks cimport (seq_check, same_layout, vec_check, check_batch_sizes, batch_ptr,
                       seq_empty, check_inputs, check_grads, copy_rows)
@@ -235,6 +237,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     keep = step_weight(Wh, &L.wh, T, N, H, H, True)
     # Wx^T packed for dx_t = dz_t Wx^T in the steps, or dx after the loop
     keep_x = input_grad_weight(Wx, &L.wxt, T, N, H)
+    # weight_grads' memory from the workspace cache
+    keep_dw = dw_reserve(&L, &inp, &gr, <floating>0)
     with nogil:
         backward_loop(&L, &inp, &gr, bwd_steps[float], bwd_steps[double], <floating>0)
 
