@@ -532,11 +532,11 @@ def poisoned_cache():
 @pytest.mark.parametrize("cache_on", [True, False], ids=["cache", "no-cache"])
 def test_workspace_and_own_memory_agree_bitwise(cell, dtype, transposed, cache_on, rng,
                                                 poisoned_cache):
-    """Three backward calls in the workspace (from the second on, a reused block full
-    of NaN bits: a scratch sum or packed chunk read before written would show) and
-    one allocating: bitwise equal, added onto preset gradients; the count of calls
-    in a workspace; float64 against the reference. PyTorch-layout targets take a
-    scratch sum each (the GRU's dWx two, at column offsets of one scratch row)."""
+    """One backward call allocating, three in the workspace (each block, new or
+    reused, full of NaN bits: a scratch sum or packed chunk read before written
+    would show): bitwise equal, added onto preset gradients; the count of calls in
+    a workspace; float64 against the reference. PyTorch-layout targets take a
+    scratch sum each (the GRU's dWx two, one per term)."""
     kind, extra = cell.split("-")[0], {"reset_after": False} if cell == "gru-rb" else {}
     n, t, d, h = 23, 29, 65, 32            # 667 rows: two float32 chunks, three float64
     inp, up = _time_major(kind, rng, n, t, d, h, dtype=dtype)
@@ -567,20 +567,32 @@ def test_workspace_and_own_memory_agree_bitwise(cell, dtype, transposed, cache_o
             assert_close_f32(runs[1][name], w, name=name)
 
 
+#: (D, H) per cell: 48 x 16 rows take >= 2^26 multiply-adds in both layers (the dW
+#: kernel on threads)
+WS_SHAPES = {"rnn": (256, 256), "gru": (192, 128), "lstm": (128, 128)}
+
+
 @pytest.mark.parametrize("cls", ["rnn", "gru", "lstm"])
-def test_models_train_in_the_workspace(cls, rng, poisoned_cache):
-    """A 2-layer bidirectional model's training steps at a shape the default rule
-    routes to the dW kernel: its calls run in the workspace, with the same gradients
-    as allocating."""
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_models_train_in_the_workspace(cls, batch_first, rng, poisoned_cache):
+    """A 2-layer model's training steps at a shape the default rule routes to the dW
+    kernel, on its threads where the row split is allowed (2 BLAS threads; one
+    direction: two run theirs side by side, each on one thread): its calls run in the workspace (batch-first too: planned on the shapes
+    before the loop has written dG), with the same gradients as allocating."""
     mod = {"rnn": KR, "gru": KG, "lstm": KL}[cls]
     make = {"rnn": rnncore.RNN, "gru": rnncore.GRU, "lstm": rnncore.LSTM}[cls]
-    x = rng.standard_normal((40, 16, 96)).astype(np.float32)   # 640 rows, >= 4M multiply-adds
-    mk = lambda: make(96, 64, num_layers=2, bidirectional=True, seed=2)   # noqa: E731
-    with workspace_mode(0):
+    d, h = WS_SHAPES[cls]
+    x = rng.standard_normal((16, 48, d) if batch_first else (48, 16, d)).astype(np.float32)
+    mk = lambda: make(d, h, num_layers=2, batch_first=batch_first, seed=2)   # noqa: E731
+    with threadpool_limits(2), workspace_mode(0):
         want = _model_grads(mk, x)
     before = mod._weight_grads_workspace_calls()
-    for _ in range(2):
-        got = _model_grads(mk, x)
-        for k in want:
-            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-    assert mod._weight_grads_workspace_calls() - before == 8   # 2 steps x 2 layers x 2 dirs
+    threaded = mod._weight_grads_calls()[1]
+    with threadpool_limits(2):
+        for _ in range(2):
+            got = _model_grads(mk, x)
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert mod._weight_grads_workspace_calls() - before == 4   # 2 steps x 2 layers
+    if row_split_enabled():
+        assert mod._weight_grads_calls()[1] - threaded == 4

@@ -555,15 +555,19 @@ cdef inline bint dw_run(rc_dw_problem *pr, floating kind) noexcept nogil:
 
 
 cdef inline bint dw_plan(const Loop *L, const Input *inp, const Grads *gr, Mat dg, Mat dan,
-                         Py_ssize_t nI, rc_dw_problem *pr, floating kind) noexcept nogil:
-    """weight_grads' problem (its terms), or False: BLAS does the products."""
+                         Py_ssize_t nI, rc_dw_problem *pr, bint check_data,
+                         floating kind) noexcept nogil:
+    """weight_grads' problem (its terms), or False: BLAS does the products. Without
+    check_data (before the loop has written dG) the batch-major shift's data check
+    (dwh_shifted) is left to the call: the shapes alone decide the rest."""
     cdef Py_ssize_t R = L.T * L.N, H = L.H, GH = L.G * L.H, D = inp.D
     cdef bint split = dan.p != NULL
     cdef Mat x = uniform(inp.x)
     if not dw_begin(pr, dg, GH, R, <long long>R * GH * (D + L.Hp), kind):
         return False
     if (split and (GH % pr.nr != 0 or dan.t != NoTrans)) \
-            or (L.reset_before and (2 * H) % pr.nr != 0) or not dwh_shifted(L, kind):
+            or (L.reset_before and (2 * H) % pr.nr != 0) \
+            or (check_data and not dwh_shifted(L, kind)):
         return False
     if split and D > 0:
         # B = [dG | dAn]: dAn from the virtual column GH (for dWx: none without inputs)
@@ -591,7 +595,7 @@ cdef inline bint weight_grads(const Loop *L, const Input *inp, const Grads *gr, 
     BLAS does them -- dw_begin's cases, a batch-major shift that needs the per-row
     pairs (dwh_shifted), or the GRU's n block off a panel boundary."""
     cdef rc_dw_problem pr
-    if not dw_plan(L, inp, gr, dg, dan, nI, &pr, kind):
+    if not dw_plan(L, inp, gr, dg, dan, nI, &pr, True, kind):
         return False
     pr.ws, pr.ws_bytes = gr.dw_ws, gr.dw_ws_bytes
     return dw_run(&pr, kind)
@@ -601,20 +605,24 @@ cdef inline object dw_reserve(const Loop *L, const Input *inp, Grads *gr, floati
     """A backward call's workspace for weight_grads, from the workspace cache (_pool.pyx),
     set in gr (dw_ws, dw_ws_bytes); returns the array that holds it (keep it until the
     call returns), or None when the weight gradients will not run on the dW kernel
-    (gr.dw_ws NULL). Call with every array of L, inp and gr in place: it plans the
-    problem backward_loop will run. Without it (dw_ws NULL) the kernel allocates
-    its own memory."""
+    or the memory is not there (gr.dw_ws NULL: the kernel allocates its own, or
+    falls back to BLAS). Call with every array of L, inp and gr in place: it plans
+    the problem backward_loop will run, on the shapes (not dG's data: unwritten
+    yet)."""
     cdef Py_ssize_t GH = L.G * L.H
     cdef Py_ssize_t nI = GH - L.H if L.dan.p != NULL else GH
     cdef rc_dw_problem pr
     cdef size_t nbytes
     gr.dw_ws, gr.dw_ws_bytes = NULL, 0
-    if not dw_plan(L, inp, gr, uniform(L.dg), uniform(L.dan), nI, &pr, kind):
+    if not dw_plan(L, inp, gr, uniform(L.dg), uniform(L.dan), nI, &pr, False, kind):
         return None
     nbytes = rc_dw_f_bytes(&pr) if floating is float else rc_dw_d_bytes(&pr)
     if nbytes == 0:
         return None
-    ws = aligned_empty(<Py_ssize_t>nbytes, "u1", True)     # bytes
+    try:
+        ws = aligned_empty(<Py_ssize_t>nbytes, "u1", True)     # bytes
+    except MemoryError:
+        return None
     gr.dw_ws = array_data(ws)
     gr.dw_ws_bytes = nbytes
     return ws

@@ -161,22 +161,18 @@ static void rc_dw_split(const rc_dw_problem *pr, rc_idx panels, int P, rc_idx *b
         if (pass == 1) while (q <= P) bound[q++] = panels;
     }
 }
-/* A call's memory (rc_dw_*, rc_dw_*_bytes): P threads' buffers of `per`
- * elements each (the thread's panels of a chunk, then A^T's block or
+/* A call's memory on P threads (rc_dw_*, rc_dw_*_bytes): P threads' buffers
+ * of `per` elements each (the thread's panels of a chunk, then A^T's block or
  * rc_dw_tadd's tmp), then each transposed target's scratch C (m x n), each part
- * on a 64-byte boundary. Returns the bytes in all; sets P, the threads' panel
- * ranges `bound` and `per`. The total grows with P (the largest share times P
- * covers every panel), so a workspace sized at the caller's thread count serves
- * any smaller count. */
-static size_t rc_dw_layout(const rc_dw_problem *pr, size_t elsize, rc_idx KC, int *Pout,
+ * on a 64-byte boundary. Returns the bytes in all; sets the threads' panel
+ * ranges `bound` and `per`. (Not monotonic in P: the largest share times P
+ * can grow from P - 1 to P, e.g. 8 panels on 7 threads take more than on 8.) */
+static size_t rc_dw_layout(const rc_dw_problem *pr, size_t elsize, rc_idx KC, int P,
                            rc_idx *bound, rc_idx *perout)
 {
     const rc_idx W = pr->n0 + pr->n1, panels = (W + pr->nr - 1) / pr->nr;
     const rc_idx kcap = RC_PK_MIN(KC, pr->K);   /* rows per chunk, at most */
     const rc_idx line = (rc_idx)(64 / elsize);
-    int P = rc_own_threads();
-    if (P > panels) P = (int)panels;
-    if (P < 1) P = 1;
     rc_dw_split(pr, panels, P, bound);
     rc_idx per = 0;
     for (int q = 0; q < P; q++) {
@@ -189,9 +185,17 @@ static size_t rc_dw_layout(const rc_dw_problem *pr, size_t elsize, rc_idx KC, in
     for (int t = 0; t < pr->nterms; t++)
         if (pr->term[t].ct != NULL)
             total += ((size_t)pr->term[t].m * pr->term[t].n * elsize + 63) / 64 * 64;
-    *Pout = P;
     *perout = per;
     return total;
+}
+/* The threads a call runs on: the kernels' own (one in a single-thread
+ * section), at most one per panel. */
+static int rc_dw_threads(const rc_dw_problem *pr)
+{
+    const rc_idx panels = (pr->n0 + pr->n1 + pr->nr - 1) / pr->nr;
+    int P = rc_own_threads();
+    if (P > panels) P = (int)panels;
+    return P < 1 ? 1 : P;
 }
 /* Test hook: 1 (default) carves a call's memory from the caller's workspace when
  * it is given and large enough, 0 ignores it (every call allocates); and the
@@ -298,9 +302,9 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
         int inplace = 0;   /* bit t: term t's A read in place (decided once per call) */ \
         for (int t = 0; t < pr->nterms; t++)                                    \
             inplace |= rc_dw_inplace(pr->term[t].lda, sizeof(T)) << t;          \
-        int P;                                                                  \
+        const int P = rc_dw_threads(pr);                                        \
         rc_idx per, bound[RC_MAX_THREADS + 1];                                  \
-        const size_t total = rc_dw_layout(pr, sizeof(T), KC, &P, bound, &per); \
+        const size_t total = rc_dw_layout(pr, sizeof(T), KC, P, bound, &per);   \
         for (int q = 0; q < P; q++)                                             \
             tk[q] = (NAME##_task){pr, bound[q], bound[q + 1], NULL, {NULL}, inplace}; \
         /* the caller's workspace (a training call's, from the workspace cache: \
@@ -344,16 +348,22 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
             for (int t = 0; t <= RC_DW_TERMS; t++) free(blk[t]);                \
         return 1;                                                               \
     }                                                                           \
-    /* The bytes of workspace a call on this problem takes (rc_dw_layout, at    \
-     * this thread count); 0 for an invalid problem (the call does nothing). */ \
+    /* The bytes of workspace a call on this problem takes on any thread count \
+     * up to this one's (the run may be in a single-thread section: below      \
+     * RC_GEMMS_PARALLEL_MIN); 0 for an invalid problem (the call does nothing). \
+     * A call that needs more (the thread count raised between) allocates. */  \
     static size_t NAME##_bytes(const rc_dw_problem *pr)                         \
     {                                                                           \
         if (pr->K <= 0 || pr->nr <= 0 || pr->nterms <= 0                        \
             || (pr->b1 != NULL && pr->n0 % pr->nr != 0))                        \
             return 0;                                                           \
-        int P;                                                                  \
+        size_t most = 0;                                                        \
         rc_idx per, bound[RC_MAX_THREADS + 1];                                  \
-        return rc_dw_layout(pr, sizeof(T), KC, &P, bound, &per);                \
+        for (int P = rc_dw_threads(pr); P >= 1; P--) {                          \
+            const size_t b = rc_dw_layout(pr, sizeof(T), KC, P, bound, &per);   \
+            if (b > most) most = b;                                             \
+        }                                                                       \
+        return most;                                                            \
     }
 RC_DEFINE_DW(rc_dw_f, float, RC_DW_KC_F, rc_pack_f, rc_tcopy_f, rc_dw_tadd_f,
              rc_gemm_packed2_f, rc_gemm_packed_at_f)
