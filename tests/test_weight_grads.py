@@ -30,7 +30,8 @@ scratch and added in. So:
 6. The kernel's memory from the backward call's workspace (the workspace cache,
    its reused blocks poisoned with NaN bits) or allocated per call: bitwise the
    same gradients, onto preset values, the counts showing which ran; the cache
-   off (the workspace from NumPy) too; float64 against the reference.
+   off (the workspace from NumPy) too; float64 against the reference; models
+   (batch-first too, the kernel on threads) and the layer-normalised cells.
 """
 import numpy as np
 import pytest
@@ -506,9 +507,6 @@ class workspace_mode(_hook_mode):
     """The modules' dW kernel in the call's workspace (1) or allocating its own (0)."""
     name = "_set_weight_grads_workspace"
 
-    def __init__(self, mode, modules=(KR, KG, KL)):
-        super().__init__(mode, modules)
-
 
 @pytest.fixture
 def poisoned_cache():
@@ -596,3 +594,26 @@ def test_models_train_in_the_workspace(cls, batch_first, rng, poisoned_cache):
     assert mod._weight_grads_workspace_calls() - before == 4   # 2 steps x 2 layers
     if row_split_enabled():
         assert mod._weight_grads_calls()[1] - threaded == 4
+
+
+@pytest.mark.parametrize("cls", ["gru", "lstm"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_layer_normalised_models_train_in_the_workspace(cls, batch_first, dtype, rng,
+                                                        poisoned_cache):
+    """The layer-normalised cells' two dW problems (dWh on dZ, then dWx on dZx) share
+    one workspace, sized for the larger: both run in it (two calls counted per
+    backward), with the same gradients as allocating, on poisoned reused blocks."""
+    mod = KLG if cls == "gru" else KLL
+    make = {"gru": rnncore.GRU, "lstm": rnncore.LSTM}[cls]
+    x = rng.standard_normal((16, 48, 96) if batch_first else (48, 16, 96)).astype(dtype)
+    mk = lambda: make(96, 64, layer_norm=True, batch_first=batch_first, seed=2,  # noqa: E731
+                      dtype=dtype)
+    with workspace_mode(0):
+        want = _model_grads(mk, x)
+    before = mod._weight_grads_workspace_calls()
+    for _ in range(2):
+        got = _model_grads(mk, x)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert mod._weight_grads_workspace_calls() - before == 4   # 2 steps x (dWh, dWx)

@@ -7,7 +7,7 @@ from _blas cimport floating, Mat, transposed, colsum_add
 from _gemm cimport mm, aligned_empty, rc_dw_problem
 from _layout cimport Seq, uniform
 from _loop cimport (Loop, Input, Grads, dwh_accumulate, dwh_shifted, dw_begin, dw_term,
-                   dw_shifted_term, dw_run, input_projection)
+                   dw_shifted_term, dw_run, input_projection, dw_bytes, dw_workspace)
 
 cdef extern from "rc_layernorm.h" nogil:
     void rc_ln_rows_f(float *a, Py_ssize_t lda, float *xh, Py_ssize_t ldxh, float *rs,
@@ -84,6 +84,47 @@ cdef inline void input_side_fwd(const Input *inp, Mat a, Seq xi, Seq ri, Py_ssiz
                      H, g_ih, beta, eps)
 
 
+cdef inline bint ln_dwh_plan(const Loop *L, const Grads *gr, Py_ssize_t R, Py_ssize_t GH,
+                             rc_dw_problem *pr, bint check_data, floating kind) noexcept nogil:
+    """after_loop's dWh problem on the dW kernel (the shifted main term), or False
+    (check_data: the batch-major shift's data check, dwh_shifted; off before the
+    loop has written dZ)."""
+    if not dw_begin(pr, uniform(L.dg), GH, R, <long long>R * GH * L.Hp, kind):
+        return False
+    if check_data and not dwh_shifted(L, kind):
+        return False
+    dw_shifted_term(pr, L, GH, gr.dwh, kind)
+    return True
+
+
+cdef inline bint ln_dwx_plan(const Input *inp, const Grads *gr, Mat da, Py_ssize_t R,
+                             Py_ssize_t GH, rc_dw_problem *pr, floating kind) noexcept nogil:
+    """after_loop's dWx problem on the dW kernel (x^T dZx, dZx in da), or False."""
+    cdef Mat x = uniform(inp.x)
+    if inp.D <= 0 or not dw_begin(pr, da, GH, R, <long long>R * GH * inp.D, kind):
+        return False
+    dw_term(pr, x.p, x.ld, inp.D, 0, 0, R, 0, GH, gr.dwx, 0, kind)
+    return True
+
+
+cdef inline object ln_dw_reserve(const Loop *L, const Input *inp, Grads *gr, Mat da,
+                                 Py_ssize_t G, Py_ssize_t H, floating kind):
+    """after_loop's workspace for its two dW problems (one after the other: the
+    larger's bytes) from the workspace cache, set in gr; returns the array that
+    holds it (keep it until the call returns), or None. Call with L, inp, gr and
+    da in place (the shapes decide, not the data)."""
+    cdef Py_ssize_t R = L.T * L.N, GH = G * H
+    cdef rc_dw_problem pr
+    cdef size_t nbytes = 0, b
+    gr.dw_ws, gr.dw_ws_bytes = NULL, 0
+    if ln_dwh_plan(L, gr, R, GH, &pr, False, kind):
+        nbytes = dw_bytes(&pr, kind)
+    if ln_dwx_plan(inp, gr, da, R, GH, &pr, kind):
+        b = dw_bytes(&pr, kind)
+        nbytes = b if b > nbytes else nbytes
+    return dw_workspace(gr, nbytes)
+
+
 cdef inline void after_loop(const Loop *L, const Input *inp, const Grads *gr, floating *dzs,
                             Py_ssize_t R, Mat da, Mat dr, Mat xh, Seq xi, Seq ri, Py_ssize_t G, Py_ssize_t H,
                             const floating *g_ih, floating *db, floating *dbh,
@@ -95,14 +136,12 @@ cdef inline void after_loop(const Loop *L, const Input *inp, const Grads *gr, fl
     # R = T*N rows.
     cdef Py_ssize_t GH = G * H
     cdef rc_dw_problem pr
-    cdef Mat x = uniform(inp.x)
     cdef bint done
     # dWh += sum_t h_prev(t)^T dZ_t                  (H, GH)
     # (its shifted main term on the packed dW kernel when it applies: _loop.pxd)
-    done = dw_begin(&pr, uniform(L.dg), GH, R, <long long>R * GH * L.Hp, <floating>0) \
-        and dwh_shifted(L, <floating>0)
+    done = ln_dwh_plan(L, gr, R, GH, &pr, True, <floating>0)
     if done:
-        dw_shifted_term(&pr, L, GH, gr.dwh, <floating>0)
+        pr.ws, pr.ws_bytes = gr.dw_ws, gr.dw_ws_bytes
         done = dw_run(&pr, <floating>0)
     dwh_accumulate(L, gr.dwh, dzs, done)
     # db += Σ dA (dbh += Σ dS);  dγ, dβ of the norms (sums over all T*N rows)
@@ -122,9 +161,9 @@ cdef inline void after_loop(const Loop *L, const Input *inp, const Grads *gr, fl
         # dx = dZx @ Wx^T                 (R, D) = (R, GH)(D, GH)^T
         mm(R, inp.D, GH, <floating>1, da, transposed(inp.wx), <floating>0, gr.dx)
         # dWx += x^T dZx                  (D, GH) += (D, R)(R, GH), on the dW kernel or BLAS
-        done = dw_begin(&pr, da, GH, R, <long long>R * GH * inp.D, <floating>0)
+        done = ln_dwx_plan(inp, gr, da, R, GH, &pr, <floating>0)
         if done:
-            dw_term(&pr, x.p, x.ld, inp.D, 0, 0, R, 0, GH, gr.dwx, 0, <floating>0)
+            pr.ws, pr.ws_bytes = gr.dw_ws, gr.dw_ws_bytes
             done = dw_run(&pr, <floating>0)
         if not done:
-            mm(inp.D, GH, R, <floating>1, transposed(x), da, <floating>1, gr.dwx)
+            mm(inp.D, GH, R, <floating>1, transposed(uniform(inp.x)), da, <floating>1, gr.dwx)

@@ -616,7 +616,18 @@ cdef inline object dw_reserve(const Loop *L, const Input *inp, Grads *gr, floati
     gr.dw_ws, gr.dw_ws_bytes = NULL, 0
     if not dw_plan(L, inp, gr, uniform(L.dg), uniform(L.dan), nI, &pr, False, kind):
         return None
-    nbytes = rc_dw_f_bytes(&pr) if floating is float else rc_dw_d_bytes(&pr)
+    return dw_workspace(gr, dw_bytes(&pr, kind))
+
+
+cdef inline size_t dw_bytes(const rc_dw_problem *pr, floating kind) noexcept nogil:
+    """The workspace a dW problem takes (rc_dw_*_bytes; 0: none)."""
+    return rc_dw_f_bytes(pr) if floating is float else rc_dw_d_bytes(pr)
+
+
+cdef inline object dw_workspace(Grads *gr, size_t nbytes):
+    """`nbytes` from the workspace cache for the dW kernel, set in gr (dw_ws,
+    dw_ws_bytes); returns the array that holds them, or None (nbytes 0, or out
+    of memory: the kernel allocates its own, or BLAS does the products)."""
     if nbytes == 0:
         return None
     try:

@@ -157,8 +157,8 @@ def _set_weight_grads_workspace(bint on=True):
     """Test/benchmark hook: the packed dW kernel takes its memory (the threads' packed
     chunks, a PyTorch-layout target's scratch sum) from the backward call's workspace,
     itself from the workspace cache (True, the default), or allocates it on every
-    call (False). The same arithmetic either way. Only the RNN, GRU and LSTM
-    modules' backward calls give it a workspace (elsewhere it always allocates)."""
+    call (False). The same arithmetic either way. Every cell module's backward
+    gives it a workspace; ``linear``'s products allocate."""
     set_dw_workspace(1 if on else 0)
 
 

@@ -49,7 +49,7 @@ from _gemm cimport (mm_step, step_weight, set_packing, set_pack_par, pack_par_co
 from _layout cimport Seq, uniform, every_pth_row
 from _threads cimport blas_thread_hooks, share
 from _loop cimport Loop, Input, Grads, loop_rows, run_loop
-from _lnloop cimport seq_block, at, at_or_null, input_side_fwd, after_loop
+from _lnloop cimport seq_block, at, at_or_null, ln_dw_reserve, input_side_fwd, after_loop
 from _checks cimport (seq_check, same_layout, rows_check, vec_check, check_batch_sizes,
                       batch_ptr, check_inputs, check_grads, copy_rows)
 
@@ -337,6 +337,8 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef Mat da = uniform(E.da)
     cdef Mat ds = uniform(E.ds)
     cdef Mat xh = uniform(E.xh)
+    # after_loop's weight-gradient memory from the workspace cache
+    keep_dw = ln_dw_reserve(&L, &inp, &gr, da, GATES, H, <floating>0)
     with nogil:
         run_loop(&L, bwd_steps[float], bwd_steps[double])
         # dWh, dbx += Σ dA, dbh += Σ dS, the norms' dγ, dβ, dZx = LN_G-backward(dA) in
