@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore._kernels import simd
+from rnncore._kernels import _pool, simd
 from rnncore.models import GRU, LSTM, RNN
 
 #: Whether this build's time loops have a packed-weight layout (AVX2+FMA or AVX-512;
@@ -249,3 +249,21 @@ def assert_close(actual, expected, name):
     else:
         assert actual.dtype == np.float64, f"{name}: dtype {actual.dtype}"
         assert_close_f64(actual, expected, name=name)
+
+
+@pytest.fixture
+def poisoned_cache():
+    """The workspace cache on, every array pooled, returned blocks poisoned with NaN
+    bits (a kernel reading a workspace before writing it shows); restored (and
+    emptied) afterwards."""
+    limit = _pool.limit()
+    _pool.set_limit(256 << 20)
+    _pool._set_min_bytes(1)
+    _pool._set_poison(True)
+    try:
+        yield
+    finally:
+        _pool._set_poison(False)
+        _pool._set_min_bytes(_pool.MIN_BYTES)
+        _pool.set_limit(limit)
+        rnncore.empty_cache()

@@ -508,22 +508,6 @@ class workspace_mode(_hook_mode):
     name = "_set_weight_grads_workspace"
 
 
-@pytest.fixture
-def poisoned_cache():
-    """The workspace cache on for every size, returned blocks filled with NaN bits."""
-    limit = _pool.limit()
-    _pool.set_limit(256 << 20)
-    _pool._set_min_bytes(1)
-    _pool._set_poison(True)
-    try:
-        yield
-    finally:
-        _pool._set_poison(False)
-        _pool._set_min_bytes(_pool.MIN_BYTES)
-        _pool.set_limit(limit)
-        rnncore.empty_cache()
-
-
 @pytest.mark.parametrize("cell", ["rnn", "gru", "gru-rb", "lstm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("transposed", [True, False], ids=["pytorch-dW", "rowmajor-dW"])

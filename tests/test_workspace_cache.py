@@ -27,20 +27,9 @@ IDS = [m[0] for m in MODELS]
 
 
 @pytest.fixture
-def cache():
-    """The cache on, every array pooled, returned blocks poisoned with NaN bits;
-    restored (and emptied) afterwards."""
-    limit = _pool.limit()
-    _pool.set_limit(256 << 20)
-    _pool._set_min_bytes(1)
-    _pool._set_poison(True)
-    try:
-        yield
-    finally:
-        _pool._set_poison(False)
-        _pool._set_min_bytes(_pool.MIN_BYTES)
-        _pool.set_limit(limit)
-        rnncore.empty_cache()
+def cache(poisoned_cache):
+    """The cache on, every array pooled, returned blocks poisoned (conftest)."""
+    yield
 
 
 def _step(m, x, dout, lengths):
