@@ -583,15 +583,17 @@ def test_models_train_in_the_workspace(cls, batch_first, rng, poisoned_cache):
 @pytest.mark.parametrize("cls", ["gru", "lstm"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_layer_normalised_models_train_in_the_workspace(cls, batch_first, dtype, rng,
+@pytest.mark.parametrize("d", [96, 32], ids=["dWx-larger", "dWh-larger"])
+def test_layer_normalised_models_train_in_the_workspace(cls, batch_first, dtype, d, rng,
                                                         poisoned_cache):
     """The layer-normalised cells' two dW problems (dWh on dZ, then dWx on dZx) share
-    one workspace, sized for the larger: both run in it (two calls counted per
-    backward), with the same gradients as allocating, on poisoned reused blocks."""
+    one workspace, sized for the larger (D = 96 or 32 against H = 64: either's
+    scratch sum the larger): both run in it (two calls counted per backward), with
+    the same gradients as allocating, on poisoned reused blocks."""
     mod = KLG if cls == "gru" else KLL
     make = {"gru": rnncore.GRU, "lstm": rnncore.LSTM}[cls]
-    x = rng.standard_normal((16, 48, 96) if batch_first else (48, 16, 96)).astype(dtype)
-    mk = lambda: make(96, 64, layer_norm=True, batch_first=batch_first, seed=2,  # noqa: E731
+    x = rng.standard_normal((16, 48, d) if batch_first else (48, 16, d)).astype(dtype)
+    mk = lambda: make(d, 64, layer_norm=True, batch_first=batch_first, seed=2,  # noqa: E731
                       dtype=dtype)
     with workspace_mode(0):
         want = _model_grads(mk, x)
