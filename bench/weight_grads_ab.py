@@ -17,8 +17,12 @@ Cells: rnn, gru, gru-rb (``reset_after=False``), lstm, ln-gru, ln-lstm
 saved inputs read in place by its rule (or always, and the kernel at any size, with
 ``--forced``) against the
 transposed copy (the hook ``_set_weight_grads_inplace(0)``), and prints
-``copy/inplace``. Benchmarks never assert; the arithmetic is checked in
-tests/test_bench_scripts.py.
+``copy/inplace``. ``--workspace`` times the kernel's memory taken from the backward
+call's workspace (the workspace cache) against allocated per call (the hook
+``_set_weight_grads_workspace(False)``), and prints ``alloc/workspace`` (glibc
+settles after ~10 calls of a shape: the page faults the workspace saves are in the
+first calls, before the blocks are timed). Benchmarks never assert; the arithmetic
+is checked in tests/test_bench_scripts.py.
 """
 import os
 import sys
@@ -47,7 +51,12 @@ def main(argv=None):
     ap.add_argument("--inplace", action="store_true",
                     help="A/B the kernel's inputs read in place against the transposed copy "
                          "(with --forced: every term in place, the kernel at any size)")
+    ap.add_argument("--workspace", action="store_true",
+                    help="A/B the kernel's memory from the call's workspace against "
+                         "allocated per call (with --forced: the kernel at any size)")
     args, shapes = parse_ab(ap, argv)
+    if args.inplace and args.workspace:
+        ap.error("--inplace and --workspace: one A/B at a time")
 
     from threadpoolctl import threadpool_limits
     from rnncore._kernels import gru, lngru, lnlstm, lstm, rnn
@@ -58,12 +67,17 @@ def main(argv=None):
             if args.inplace:   # the kernel (forced: at any size), A in place or copied
                 m._set_weight_grads(2 if args.forced else 1)
                 m._set_weight_grads_inplace((2 if args.forced else 1) if on else 0)
+            elif args.workspace:   # the kernel, in the workspace or allocating
+                m._set_weight_grads(2 if args.forced else 1)
+                m._set_weight_grads_workspace(on)
             else:
                 m._set_weight_grads((2 if args.forced else 1) if on else 0)
-    names = ("inplace", "copy") if args.inplace else ("kernel", "blas")
+    names = (("inplace", "copy") if args.inplace else ("workspace", "alloc") if args.workspace
+             else ("kernel", "blas"))
 
-    def count():   # what the "on" half adds to: in-place terms, or kernel calls
+    def count():   # what the "on" half adds to: in-place terms, workspace or kernel calls
         return sum(m._weight_grads_inplace_terms() if args.inplace
+                   else m._weight_grads_workspace_calls() if args.workspace
                    else m._weight_grads_calls()[0] for m in mods)
 
     try:
@@ -80,6 +94,7 @@ def main(argv=None):
                 on, off = timed_ab(run, set_kernel, args.blocks, args.ms)
                 note = "" if count() > before else (
                     "  (no term read in place: both halves the same code)" if args.inplace
+                    else "  (no call in a workspace: both halves allocate)" if args.workspace
                     else "  (the kernel never ran: both halves BLAS)")
                 print(f"{args.cell} {T},{N},{D},{H} fb: {names[0]} {on * 1e3:.3f} ms  "
                       f"{names[1]} {off * 1e3:.3f} ms  {names[1]}/{names[0]} {off / on:.3f}"
@@ -88,6 +103,7 @@ def main(argv=None):
         for m in mods:
             m._set_weight_grads(1)
             m._set_weight_grads_inplace(1)
+            m._set_weight_grads_workspace(True)
     return 0
 
 

@@ -412,6 +412,29 @@ def test_weight_grads_ab_inplace_times_both_reads_and_restores_the_rule(wab, cap
     assert KL._weight_grads_inplace_terms() == terms + 1     # the in-place rule is back
 
 
+def test_weight_grads_ab_workspace_times_both_and_restores_the_workspace(wab, capsys):
+    import rnncore
+    from rnncore._kernels import lstm as KL
+    calls = KL._weight_grads_workspace_calls()
+    assert wab.main(["lstm", "4,2,3,5", "--forced", "--workspace", "--blocks", "1",
+                     "--ms", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("lstm 4,2,3,5 fb: workspace ") and "alloc/workspace" in out[0]
+    assert "no call in a workspace" not in out[0]
+    assert KL._weight_grads_workspace_calls() > calls        # the workspace half ran
+    calls = KL._weight_grads_workspace_calls()
+    KL._set_weight_grads(2)         # the kernel forced: the workspace is back on
+    try:
+        m = rnncore.LSTM(3, 5, seed=0)
+        y, _ = m(np.ones((4, 70, 3), np.float32))
+        m.backward(np.ones_like(y))
+    finally:
+        KL._set_weight_grads(1)
+    assert KL._weight_grads_workspace_calls() == calls + 1
+    with pytest.raises(SystemExit):
+        wab.main(["lstm", "4,2,3,5", "--inplace", "--workspace"])
+
+
 # -- linear_ab.py -----------------------------------------------------------------------------
 def test_linear_ab_runs_and_restores_the_rules(capsys):
     from rnncore._kernels import linear
