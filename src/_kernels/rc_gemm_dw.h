@@ -308,10 +308,10 @@ RC_DEFINE_DW_TADD(rc_dw_tadd_d, double, rc_tcopy_d)
         for (int q = 0; q < P; q++)                                             \
             tk[q] = (NAME##_task){pr, bound[q], bound[q + 1], NULL, {NULL}, inplace}; \
         /* the caller's workspace (a training call's, from the workspace cache: \
-         * no pages mapped and cleared per call -- 2 % of the LSTM's fb at (50, \
-         * 64, 512, 1024) went to the kernel clearing the scratch C's pages), or \
-         * separate blocks, each below glibc's largest mmap threshold (32 MiB)  \
-         * in more shapes */                                                    \
+         * allocated here, glibc handed back fresh pages for a shape's first ~10 \
+         * calls -- ~4,100 page faults a call at (50, 64, 512, 1024), 2 % of     \
+         * perf's samples of an LSTM fb), or separate blocks, each below glibc's \
+         * largest mmap threshold (32 MiB) in more shapes */                    \
         void *blk[1 + RC_DW_TERMS] = {NULL};                                    \
         char *ws = (char *)pr->ws;                                              \
         const int own = ws != NULL && rc_dw_ws_mode && pr->ws_bytes >= total    \
