@@ -459,6 +459,57 @@ def test_linear_ab_runs_and_restores_the_rules(capsys):
         lab.main(["70,8"])
 
 
+# -- blis_ab.py -------------------------------------------------------------------------------
+def test_blis_ab_parses_shapes_and_names_a_bad_one():
+    bab = _load("blis_ab")
+    assert bab.parse_shape("16,128,512") == (16, 128, 512)
+    for bad in ["16,128", "16,x,512", "0,128,512", "16,128,512,4"]:
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            bab.parse_shape(bad)
+    with pytest.raises(SystemExit):
+        bab.main(["--shapes", "16,128"])
+
+
+def test_blis_ab_says_so_without_blis(monkeypatch, capsys):
+    """No blis: exit status 2 and a message, nothing timed."""
+    bab = _load("blis_ab")
+    monkeypatch.setitem(sys.modules, "blis", None)   # import blis raises ImportError
+    assert bab.main(["--shapes", "4,4,4", "--rounds", "1", "--ms", "1"]) == 2
+    assert "blis is not installed" in capsys.readouterr().err
+
+
+def test_blis_ab_checks_every_product_and_prints_a_row_per_shape(capsys):
+    pytest.importorskip("blis")
+    from conftest import HAVE_PACKED
+    bab = _load("blis_ab")
+    if not HAVE_PACKED:
+        assert bab.main(["--shapes", "4,4,4", "--rounds", "1", "--ms", "1"]) == 2
+        return
+    assert bab.main(["--shapes", "5,7,33", "17,64,96", "--rounds", "2", "--ms", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"kernel set '\w+'", out)
+    rows = [line for line in out.splitlines() if re.match(r"\s*\(\d", line)]
+    assert [r.split(")")[0].strip() for r in rows] == ["(5, 7, 33", "(17, 64, 96"]
+    assert all(len(re.findall(r"\d+\.\d+x", r)) == 2 for r in rows)
+    # a contestant computing the wrong product is caught before anything is timed
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((6, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 9)).astype(np.float32)
+    c = np.zeros((6, 9), np.float32)
+    fns = bab.contestants(a, b, c)
+    bab.check_agree(fns, a, b, c)
+    right = fns["blis"]
+
+    def off_by_one_column():
+        right()
+        c[:, 0] += 1.0
+        return c
+
+    fns["blis"] = off_by_one_column
+    with pytest.raises(RuntimeError, match="blis's product is off"):
+        bab.check_agree(fns, a, b, c)
+
+
 # -- _harness/machine.py: the header ---------------------------------------------------------
 def test_header_names_where_the_all_steps_products_run_and_the_shape_rules():
     sys.path.insert(0, BENCH)

@@ -1,0 +1,186 @@
+"""rnncore's packed GEMM against BLIS (the ``blis`` wheel on PyPI) and SciPy's OpenBLAS.
+
+Issue 14 names a well-kept GEMM library as an alternative to rnncore's own kernel
+where it measures better, for example ``blis`` on PyPI (explosion/cython-blis:
+BLIS with a Cython ``nogil`` API). This script measures the three on one thread
+each (that wheel is built without threading; rnncore's loops call their product
+from each of their own threads) at the products of the issue's rows, float32,
+``C = A B`` with A (M, K) and B (K, N) C-ordered::
+
+    python bench/blis_ab.py [--shapes M,K,N ...] [--rounds 5] [--ms 150]
+
+Default shapes: the per-step recurrent products (N rows)(H, G*H) of the LSTM rows
+(16, 128, 512), (32, 256, 1024), (64, 1024, 4096), the single-sequence GEMV-like
+(1, 64, 256), and the all-steps input projections (T*N rows) (3200, 256, 1024),
+(3200, 512, 4096), and (1024, 1024, 1024).
+
+Each library packs B on every call here (rnncore: ``simd._gemm_packed``, which
+packs B as a time loop does once per call, then multiplies; BLIS and OpenBLAS
+pack inside their GEMM): a per-call comparison on equal terms. In rnncore's
+time loops the packing happens once for all T steps, so the loops run faster
+than the rnncore column. OpenBLAS is called on the transposed problem (C^T =
+B^T A^T on Fortran-ordered views), so SciPy copies nothing. Each round times
+every library in turn (the order rotating), ``--ms`` milliseconds each; the
+table gives the median GFLOP/s over the rounds and the Python call floor (the
+time of a 1x1x1 product) of each entry point. It also prints the kernel set
+BLIS chose for this CPU (``bli_arch_query_id``): a CPU the wheel has no
+configuration for runs BLIS's generic reference kernels. Benchmarks never assert.
+"""
+import argparse
+import ctypes
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+DEFAULT_SHAPES = [(1, 64, 256), (16, 128, 512), (32, 256, 1024), (64, 1024, 4096),
+                  (3200, 256, 1024), (3200, 512, 4096), (1024, 1024, 1024)]
+
+
+def parse_shape(text):
+    """'M,K,N' -> (M, K, N), three positive integers; ValueError naming the shape."""
+    try:
+        s = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        s = ()
+    if len(s) != 3 or min(s) < 1:
+        raise ValueError(f"--shapes: {text!r} is not three positive integers M,K,N")
+    return s
+
+
+def blis_arch(blis_cy):
+    """The kernel set BLIS chose on this CPU (e.g. 'skx', 'zen2', 'generic'), or why unknown."""
+    try:
+        lib = ctypes.CDLL(blis_cy.__file__)
+        name = lib.bli_arch_string
+        name.restype = ctypes.c_char_p
+        return name(lib.bli_arch_query_id()).decode()
+    except (OSError, AttributeError) as e:
+        return f"unknown ({type(e).__name__})"
+
+
+def contestants(a, b, c):
+    """{name: a call computing c = a @ b}: rnncore (packing b per call), BLIS, OpenBLAS."""
+    import blis.py
+    from scipy.linalg.blas import sgemm
+    from rnncore._kernels import simd
+    zero = np.float32(0)
+    at, bt = a.T, b.T   # Fortran-ordered views: OpenBLAS computes c^T = b^T a^T, no copy
+
+    def openblas():
+        return sgemm(1.0, bt, at, trans_a=0, trans_b=0)
+
+    return {"rnncore": lambda: simd._gemm_packed(a, b, c, zero),
+            "blis": lambda: blis.py.gemm(a, b, out=c, beta=0.0),
+            "openblas": openblas}
+
+
+def rate(fn, flop, ms):
+    """GFLOP/s of fn() over about `ms` milliseconds (after one untimed call)."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt * 1e3 >= ms:
+            return flop * n / dt / 1e9
+
+
+def call_floor_us(fns, repeats=2000):
+    """Median microseconds of one call at (1, 1, 1) per entry point."""
+    out = {}
+    for name, fn in fns.items():
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out[name] = float(np.median(ts)) * 1e6
+    return out
+
+
+def check_agree(fns, a, b, c):
+    """Every contestant's product equals a @ b (float64) within float32 GEMM rounding."""
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-5 * np.sqrt(a.shape[1]) * (np.abs(a) @ np.abs(b)).max()
+    for name, fn in fns.items():
+        c[...] = np.nan
+        got = fn()
+        got = c if name != "openblas" else got.T
+        err = float(np.abs(got - want).max())
+        if not err <= tol:
+            raise RuntimeError(f"{name}'s product is off by {err:.3g} (tolerance {tol:.3g})")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", nargs="+", metavar="M,K,N", help="products (default: the issue's)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--ms", type=float, default=150.0)
+    args = ap.parse_args(argv)
+    try:
+        shapes = [parse_shape(s) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
+    except ValueError as e:
+        ap.error(str(e))
+    if args.rounds < 1 or args.ms <= 0:
+        ap.error("--rounds must be >= 1 and --ms > 0")
+    try:
+        import blis
+        import blis.cy
+        import blis.about
+    except ImportError:
+        print("blis is not installed (pip install blis): nothing to compare", file=sys.stderr)
+        return 2
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+    from _harness.machine import _cpuinfo
+    from rnncore._kernels import simd
+
+    if simd._gemm_packed_nr(np.float32) <= 0:
+        print("rnncore has no packed GEMM on this CPU (needs AVX2+FMA or AVX-512)",
+              file=sys.stderr)
+        return 2
+    cpu = _cpuinfo()
+    # SciPy's OpenBLAS (NumPy may load another one)
+    ob = [p for p in threadpool_info() if p.get("internal_api") == "openblas"
+          and "scipy" in os.path.basename(os.path.dirname(p.get("filepath", "")))]
+    print(f"cpu       {cpu['model_name']} ({cpu['vendor']}, family/model {cpu['family']}/"
+          f"{cpu['model']}; {', '.join(cpu['flags_simd'])})")
+    print(f"rnncore   packed GEMM at {simd.simd_level()}, panels "
+          f"{simd._gemm_packed_nr(np.float32)} wide")
+    print(f"blis      {blis.about.__version__}, kernel set '{blis_arch(blis.cy)}'")
+    if ob:
+        print(f"openblas  {ob[0].get('version')} {ob[0].get('architecture')} "
+              f"({os.path.basename(ob[0].get('filepath', ''))})")
+    print("threads   1 each (BLIS's wheel has no threading; OpenBLAS limited by threadpoolctl)")
+    rng = np.random.default_rng(0)
+    with threadpool_limits(1):
+        one = np.ones((1, 1), np.float32)
+        floor = call_floor_us(contestants(one, one, np.zeros((1, 1), np.float32)))
+        print("call floor (1x1x1) " + "  ".join(f"{k} {v:.1f} us" for k, v in floor.items()))
+        print(f"{'(M, K, N)':>20s} {'rnncore':>9s} {'blis':>9s} {'openblas':>9s}   GFLOP/s, "
+              f"median of {args.rounds} rounds; rnncore/blis, rnncore/openblas", flush=True)
+        for M, K, N in shapes:
+            a = rng.standard_normal((M, K)).astype(np.float32)
+            b = rng.standard_normal((K, N)).astype(np.float32)
+            c = np.zeros((M, N), np.float32)
+            fns = contestants(a, b, c)
+            check_agree(fns, a, b, c)
+            names = list(fns)
+            got = {k: [] for k in names}
+            for r in range(args.rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    got[name].append(rate(fns[name], 2.0 * M * K * N, args.ms))
+            med = {k: float(np.median(v)) for k, v in got.items()}
+            print(f"{str((M, K, N)):>20s} {med['rnncore']:9.1f} {med['blis']:9.1f} "
+                  f"{med['openblas']:9.1f}   {med['rnncore'] / med['blis']:5.2f}x "
+                  f"{med['rnncore'] / med['openblas']:5.2f}x", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
