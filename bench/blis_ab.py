@@ -16,10 +16,11 @@ Default shapes: the per-step recurrent products (N rows)(H, G*H) of the LSTM row
 
 Each library packs B on every call here (rnncore: ``simd._gemm_packed``, which
 packs B as a time loop does once per call, then multiplies; BLIS and OpenBLAS
-pack inside their GEMM): a per-call comparison on equal terms. In rnncore's
-time loops the packing happens once for all T steps, so the loops run faster
-than the rnncore column. OpenBLAS is called on the transposed problem (C^T =
-B^T A^T on Fortran-ordered views), so SciPy copies nothing. Each round times
+pack inside their GEMM), and each writes into the same existing C: a per-call
+comparison on equal terms. rnncore's time loops pack their weight once for all
+T steps, so they run faster than the rnncore column here. OpenBLAS is called on
+the transposed problem (C^T = B^T A^T on Fortran-ordered views of A, B and C),
+so SciPy copies and allocates nothing. Each round times
 every library in turn (the order rotating), ``--ms`` milliseconds each; the
 table gives the median GFLOP/s over the rounds and the Python call floor (the
 time of a 1x1x1 product) of each entry point. It also prints the kernel set
@@ -63,15 +64,16 @@ def blis_arch(blis_cy):
 
 
 def contestants(a, b, c):
-    """{name: a call computing c = a @ b}: rnncore (packing b per call), BLIS, OpenBLAS."""
+    """{name: a call writing c = a @ b into c}: rnncore (packing b per call), BLIS, OpenBLAS."""
     import blis.py
     from scipy.linalg.blas import sgemm
     from rnncore._kernels import simd
     zero = np.float32(0)
-    at, bt = a.T, b.T   # Fortran-ordered views: OpenBLAS computes c^T = b^T a^T, no copy
+    # Fortran-ordered views: OpenBLAS computes c^T = b^T a^T into c's own memory
+    at, bt, ct = a.T, b.T, c.T
 
     def openblas():
-        return sgemm(1.0, bt, at, trans_a=0, trans_b=0)
+        return sgemm(1.0, bt, at, beta=0.0, c=ct, overwrite_c=1)
 
     return {"rnncore": lambda: simd._gemm_packed(a, b, c, zero),
             "blis": lambda: blis.py.gemm(a, b, out=c, beta=0.0),
@@ -109,9 +111,8 @@ def check_agree(fns, a, b, c):
     tol = 1e-5 * np.sqrt(a.shape[1]) * (np.abs(a) @ np.abs(b)).max()
     for name, fn in fns.items():
         c[...] = np.nan
-        got = fn()
-        got = c if name != "openblas" else got.T
-        err = float(np.abs(got - want).max())
+        fn()
+        err = float(np.abs(c - want).max())
         if not err <= tol:
             raise RuntimeError(f"{name}'s product is off by {err:.3g} (tolerance {tol:.3g})")
 
@@ -126,8 +127,8 @@ def main(argv=None):
         shapes = [parse_shape(s) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
     except ValueError as e:
         ap.error(str(e))
-    if args.rounds < 1 or args.ms <= 0:
-        ap.error("--rounds must be >= 1 and --ms > 0")
+    if args.rounds < 1 or not 0 < args.ms < float("inf"):
+        ap.error("--rounds must be >= 1 and --ms a positive number of milliseconds")
     try:
         import blis
         import blis.cy
@@ -136,8 +137,14 @@ def main(argv=None):
         print("blis is not installed (pip install blis): nothing to compare", file=sys.stderr)
         return 2
 
-    from threadpoolctl import threadpool_info, threadpool_limits
-    from _harness.machine import _cpuinfo
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        print("threadpoolctl is not installed (pip install threadpoolctl): it limits "
+              "OpenBLAS to one thread here", file=sys.stderr)
+        return 2
+    import rnncore
+    from _harness.machine import _cpuinfo, _git_revision
     from rnncore._kernels import simd
 
     if simd._gemm_packed_nr(np.float32) <= 0:
@@ -150,12 +157,17 @@ def main(argv=None):
           and "scipy" in os.path.basename(os.path.dirname(p.get("filepath", "")))]
     print(f"cpu       {cpu['model_name']} ({cpu['vendor']}, family/model {cpu['family']}/"
           f"{cpu['model']}; {', '.join(cpu['flags_simd'])})")
-    print(f"rnncore   packed GEMM at {simd.simd_level()}, panels "
-          f"{simd._gemm_packed_nr(np.float32)} wide")
+    rev = _git_revision()
+    print(f"rnncore   {rnncore.__version__}{f' ({rev})' if rev else ''}, packed GEMM at "
+          f"{simd.simd_level()}, panels {simd._gemm_packed_nr(np.float32)} wide")
     print(f"blis      {blis.about.__version__}, kernel set '{blis_arch(blis.cy)}'")
     if ob:
         print(f"openblas  {ob[0].get('version')} {ob[0].get('architecture')} "
-              f"({os.path.basename(ob[0].get('filepath', ''))})")
+              f"({os.path.basename(ob[0].get('filepath', ''))})"
+              + (f", OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}"
+                 if os.environ.get("OPENBLAS_CORETYPE") else ""))
+    else:
+        print("openblas  SciPy's BLAS (threadpoolctl did not find its OpenBLAS)")
     print("threads   1 each (BLIS's wheel has no threading; OpenBLAS limited by threadpoolctl)")
     rng = np.random.default_rng(0)
     with threadpool_limits(1):

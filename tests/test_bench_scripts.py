@@ -476,6 +476,9 @@ def test_blis_ab_says_so_without_blis(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "blis", None)   # import blis raises ImportError
     assert bab.main(["--shapes", "4,4,4", "--rounds", "1", "--ms", "1"]) == 2
     assert "blis is not installed" in capsys.readouterr().err
+    for bad in (["--ms", "nan"], ["--ms", "inf"], ["--ms", "0"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):
+            bab.main(bad)
 
 
 def test_blis_ab_checks_every_product_and_prints_a_row_per_shape(capsys):
@@ -487,27 +490,32 @@ def test_blis_ab_checks_every_product_and_prints_a_row_per_shape(capsys):
         return
     assert bab.main(["--shapes", "5,7,33", "17,64,96", "--rounds", "2", "--ms", "1"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"kernel set '\w+'", out)
+    assert re.search(r"kernel set '[^']+'", out)
     rows = [line for line in out.splitlines() if re.match(r"\s*\(\d", line)]
     assert [r.split(")")[0].strip() for r in rows] == ["(5, 7, 33", "(17, 64, 96"]
     assert all(len(re.findall(r"\d+\.\d+x", r)) == 2 for r in rows)
-    # a contestant computing the wrong product is caught before anything is timed
+    # every contestant writes a @ b into c (OpenBLAS through c's transposed view), and
+    # one computing a wrong product is caught before anything is timed
     rng = np.random.default_rng(0)
     a = rng.standard_normal((6, 5)).astype(np.float32)
     b = rng.standard_normal((5, 9)).astype(np.float32)
     c = np.zeros((6, 9), np.float32)
     fns = bab.contestants(a, b, c)
+    assert sorted(fns) == ["blis", "openblas", "rnncore"]
+    for name, fn in fns.items():
+        c[...] = np.nan
+        fn()
+        np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-5, err_msg=name)
     bab.check_agree(fns, a, b, c)
-    right = fns["blis"]
+    for name in list(fns):
+        right = fns[name]
 
-    def off_by_one_column():
-        right()
-        c[:, 0] += 1.0
-        return c
+        def off_by_one_column(right=right):
+            right()
+            c[:, 0] += 1.0
 
-    fns["blis"] = off_by_one_column
-    with pytest.raises(RuntimeError, match="blis's product is off"):
-        bab.check_agree(fns, a, b, c)
+        with pytest.raises(RuntimeError, match=f"{name}'s product is off"):
+            bab.check_agree(dict(fns, **{name: off_by_one_column}), a, b, c)
 
 
 # -- _harness/machine.py: the header ---------------------------------------------------------
