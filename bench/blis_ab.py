@@ -20,10 +20,11 @@ pack inside their GEMM), and each writes into the same existing C: a per-call
 comparison on equal terms. rnncore's time loops pack their weight once for all
 T steps, so they run faster than the rnncore column here. OpenBLAS is called on
 the transposed problem (C^T = B^T A^T on Fortran-ordered views of A, B and C),
-so SciPy copies and allocates nothing. Each round times
-every library in turn (the order rotating), ``--ms`` milliseconds each; the
-table gives the median GFLOP/s over the rounds and the Python call floor (the
-time of a 1x1x1 product) of each entry point. It also prints the kernel set
+so SciPy copies and allocates nothing. The libraries take turns as in
+``compare.py`` (``_harness.timing.measure_interleaved``: ``--rounds`` blocks
+each, the order rotating, about ``--ms`` milliseconds a block); the table gives
+GFLOP/s at each one's median call and the Python call floor (the median time of
+a 1x1x1 product) of each entry point. It also prints the kernel set
 BLIS chose for this CPU (``bli_arch_query_id``): a CPU the wheel has no
 configuration for runs BLIS's generic reference kernels. Benchmarks never assert.
 """
@@ -31,25 +32,14 @@ import argparse
 import ctypes
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fusing_ab import parse_shape  # noqa: E402
 
 DEFAULT_SHAPES = [(1, 64, 256), (16, 128, 512), (32, 256, 1024), (64, 1024, 4096),
                   (3200, 256, 1024), (3200, 512, 4096), (1024, 1024, 1024)]
-
-
-def parse_shape(text):
-    """'M,K,N' -> (M, K, N), three positive integers; ValueError naming the shape."""
-    try:
-        s = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        s = ()
-    if len(s) != 3 or min(s) < 1:
-        raise ValueError(f"--shapes: {text!r} is not three positive integers M,K,N")
-    return s
 
 
 def blis_arch(blis_cy):
@@ -80,29 +70,18 @@ def contestants(a, b, c):
             "openblas": openblas}
 
 
-def rate(fn, flop, ms):
-    """GFLOP/s of fn() over about `ms` milliseconds (after one untimed call)."""
-    fn()
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt * 1e3 >= ms:
-            return flop * n / dt / 1e9
-
-
-def call_floor_us(fns, repeats=2000):
-    """Median microseconds of one call at (1, 1, 1) per entry point."""
-    out = {}
-    for name, fn in fns.items():
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        out[name] = float(np.median(ts)) * 1e6
-    return out
+def timed(fns, rounds, ms):
+    """name -> median ms of one call (nan on an error, reported), the contestants
+    interleaved: `rounds` blocks each of about `ms` milliseconds."""
+    from _harness.timing import Budget, measure_interleaved
+    budget = Budget(quick=True)
+    budget.seconds = rounds * ms / 1e3
+    budget.max_repeats = 10 ** 7       # microsecond calls: as many as the time allows
+    recs = measure_interleaved({k: (lambda f=f: f) for k, f in fns.items()}, budget, rounds)
+    for name, rec in recs.items():
+        if "error" in rec:
+            print(f"{name}: {rec['error']}", file=sys.stderr)
+    return {k: recs[k].get("median_ms", float("nan")) for k in fns}
 
 
 def check_agree(fns, a, b, c):
@@ -124,7 +103,8 @@ def main(argv=None):
     ap.add_argument("--ms", type=float, default=150.0)
     args = ap.parse_args(argv)
     try:
-        shapes = [parse_shape(s) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
+        shapes = ([parse_shape(s, "M,K,N") for s in args.shapes] if args.shapes
+                  else DEFAULT_SHAPES)
     except ValueError as e:
         ap.error(str(e))
     if args.rounds < 1 or not 0 < args.ms < float("inf"):
@@ -172,22 +152,20 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     with threadpool_limits(1):
         one = np.ones((1, 1), np.float32)
-        floor = call_floor_us(contestants(one, one, np.zeros((1, 1), np.float32)))
-        print("call floor (1x1x1) " + "  ".join(f"{k} {v:.1f} us" for k, v in floor.items()))
+        floor = timed(contestants(one, one, np.zeros((1, 1), np.float32)), 1, 20.0)
+        print("call floor (1x1x1) " + "  ".join(f"{k} {v * 1e3:.1f} us"
+                                                for k, v in floor.items()))
         print(f"{'(M, K, N)':>20s} {'rnncore':>9s} {'blis':>9s} {'openblas':>9s}   GFLOP/s, "
-              f"median of {args.rounds} rounds; rnncore/blis, rnncore/openblas", flush=True)
+              f"at the median call of {args.rounds} interleaved blocks; rnncore/blis, "
+              "rnncore/openblas", flush=True)
         for M, K, N in shapes:
             a = rng.standard_normal((M, K)).astype(np.float32)
             b = rng.standard_normal((K, N)).astype(np.float32)
             c = np.zeros((M, N), np.float32)
             fns = contestants(a, b, c)
             check_agree(fns, a, b, c)
-            names = list(fns)
-            got = {k: [] for k in names}
-            for r in range(args.rounds):
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    got[name].append(rate(fns[name], 2.0 * M * K * N, args.ms))
-            med = {k: float(np.median(v)) for k, v in got.items()}
+            med = {k: 2.0 * M * K * N / (v / 1e3) / 1e9
+                   for k, v in timed(fns, args.rounds, args.ms).items()}
             print(f"{str((M, K, N)):>20s} {med['rnncore']:9.1f} {med['blis']:9.1f} "
                   f"{med['openblas']:9.1f}   {med['rnncore'] / med['blis']:5.2f}x "
                   f"{med['rnncore'] / med['openblas']:5.2f}x", flush=True)

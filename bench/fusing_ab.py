@@ -31,14 +31,17 @@ import numpy as np
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
-def parse_shape(text):
-    """'T,N,D,H' -> (T, N, D, H) of positive ints (ValueError naming the text)."""
+def parse_shape(text, names="T,N,D,H"):
+    """'T,N,D,H' -> (T, N, D, H) of positive ints, one per name of `names` (ValueError
+    naming the text)."""
+    n = names.count(",") + 1
+    count = {3: "three", 4: "four"}.get(n, str(n))
     try:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"shape {text!r}: expected four integers T,N,D,H") from None
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"shape {text!r}: expected four positive integers T,N,D,H")
+        raise ValueError(f"shape {text!r}: expected {count} integers {names}") from None
+    if len(shape) != n or min(shape) < 1:
+        raise ValueError(f"shape {text!r}: expected {count} positive integers {names}")
     return shape
 
 

@@ -462,10 +462,10 @@ def test_linear_ab_runs_and_restores_the_rules(capsys):
 # -- blis_ab.py -------------------------------------------------------------------------------
 def test_blis_ab_parses_shapes_and_names_a_bad_one():
     bab = _load("blis_ab")
-    assert bab.parse_shape("16,128,512") == (16, 128, 512)
+    assert bab.parse_shape("16,128,512", "M,K,N") == (16, 128, 512)
     for bad in ["16,128", "16,x,512", "0,128,512", "16,128,512,4"]:
         with pytest.raises(ValueError, match=re.escape(repr(bad))):
-            bab.parse_shape(bad)
+            bab.parse_shape(bad, "M,K,N")
     with pytest.raises(SystemExit):
         bab.main(["--shapes", "16,128"])
 
