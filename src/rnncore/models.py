@@ -139,13 +139,19 @@ class _RNNBase(Module):
         """(W_ih (GH, D_k), W_hh (GH, H), b_ih, b_hh[, W_hr (P, H)][, the layer norms'
         gains and biases]) and their gradients."""
         names = self._names[k * self.num_directions + d]
-        p = [self.params[n] for n in names]
         g = [self.grads[n] for n in names]
+        if not self.bias:
+            g = g[:2] + [None, None] + g[2:]
+        return self._params_of(k, d), g
+
+    def _params_of(self, k, d):
+        """The parameters of :meth:`_weights` alone (an inference forward's)."""
+        params = self.params
+        p = [params[n] for n in self._names[k * self.num_directions + d]]
         if not self.bias:
             z = np.zeros(self.G * self.hidden_size, dtype=self.dtype)
             p = p[:2] + [z, z] + p[2:]
-            g = g[:2] + [None, None] + g[2:]
-        return p, g
+        return p
 
     def get_config(self) -> dict:
         cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
