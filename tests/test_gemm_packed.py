@@ -102,6 +102,39 @@ def test_packed_gemm_rows_in_pieces_are_bitwise_equal(dtype, layout, rng):
     assert np.array_equal(whole, pieces)
 
 
+@pytest.mark.parametrize("layout", ["wide", "narrow", "two segments"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_single_row_panel_groups_are_bitwise_the_tiles(dtype, layout, rng):
+    """A call of one row (m = 1) runs its whole panels 4, 3 or 2 at a time (more
+    accumulator chains), a last single or partial panel on the 1-row tile: every
+    width from 1 to 9 panels (and partial tails) gives bitwise the row computed
+    inside a 5-row call (the tiles), for either layout and for the two-segment
+    product [A | A2] [B; B2] (the fused loops', this CPU's layout), and matches NumPy."""
+    two = layout == "two segments"
+    if two:
+        _needs_packed()    # _gemm_packed2 takes this CPU's layout
+    nr = simd._gemm_packed_nr(dtype) if two else LAYOUTS[dtype][layout]
+    k, k2 = 37, (5 if two else 0)
+
+    def product(a, b, c):
+        if two:
+            simd._gemm_packed2(a[:, :k], a[:, k:], b[:k], b[k:], c, dtype(1))
+        else:
+            simd._gemm_packed(a, b, c, dtype(1), nr)
+
+    for n in [nr * q + t for q in range(1, 10) for t in (0, 3)] + [1, nr - 1]:
+        a = rng.standard_normal((5, k + k2)).astype(dtype)
+        b = rng.standard_normal((n, k + k2)).astype(dtype).T
+        c0 = rng.standard_normal((5, n)).astype(dtype)
+        five = c0.copy()
+        product(a, b, five)
+        for r in (0, 4):
+            one = c0[r:r + 1].copy()
+            product(a[r:r + 1], b, one)
+            assert np.array_equal(one, five[r:r + 1]), (n, r)
+        _check(five, a.astype(np.float64) @ b.astype(np.float64) + c0, dtype, f"C (n = {n})")
+
+
 @pytest.mark.parametrize("layout", ["wide", "narrow"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_packed_blocks_match_numpy(dtype, layout, rng):

@@ -337,19 +337,22 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
         }                                                                       \
     }
 
-/* One row of C across RC_PK_ROW_PANELS panels at once (a call of m = 1: a
+/* One row of C across QP <= RC_PK_ROW_PANELS panels at once (a call of m = 1: a
  * batch of one sequence). A 1-row block has 2 accumulator chains, so its k
  * loop waits on the FMA latency (4 cycles on 2 units: 8 chains in flight are
  * needed): LSTM inference at (T, N, D, H) = (50, 1, 32, 64) spent about a
- * fifth of its time there. Four panels side by side give 8 chains; each
- * element is still one chain summed in k order (A's k, then A2's k2), the
- * same FMAs as the 1-row tile's, so C is bitwise the same. */
+ * fifth of its time there. Four panels side by side give 8 chains; the panels
+ * left over (n below 4 panels: an RNN's or a GRU's H = 64 float32 is 2 or 6
+ * panels) go 3 or 2 at a time (6 or 4 chains), only a last single panel (and
+ * a partial one) on the 1-row tile. Each element is still one chain summed in k
+ * order (A's k, then A2's k2), the same FMAs as the 1-row tile's, so C is
+ * bitwise the same. */
 #define RC_PK_ROW_PANELS 4
 #define RC_PK_ROW_KLOOP(T, VT, K, A, B)                                         \
         for (rc_idx p = 0; p < (K); p++) {                                      \
             const T x = (A)[p];                                                 \
             _Pragma("GCC unroll 4")                                             \
-            for (int q = 0; q < RC_PK_ROW_PANELS; q++) {                        \
+            for (int q = 0; q < QP; q++) {                                      \
                 VT b0, b1;                                                      \
                 __builtin_memcpy(&b0, (B) + q * pstep + p * 2 * V, sizeof(VT)); \
                 __builtin_memcpy(&b1, (B) + q * pstep + p * 2 * V + V, sizeof(VT)); \
@@ -359,17 +362,17 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
         }
 #define RC_DEFINE_PK_ROW(NAME, T, VT)                                           \
     static inline __attribute__((always_inline)) void NAME(                     \
-        rc_idx k, const T *a, rc_idx k2, const T *a2, const T *b, rc_idx pstep, \
-        T beta, T *c)                                                           \
+        const int QP, rc_idx k, const T *a, rc_idx k2, const T *a2, const T *b, \
+        rc_idx pstep, T beta, T *c)                                             \
     {                                                                           \
         const rc_idx V = (rc_idx)(sizeof(VT) / sizeof(T));                      \
         VT acc[2 * RC_PK_ROW_PANELS];                                           \
         _Pragma("GCC unroll 8")                                                 \
-        for (int q = 0; q < 2 * RC_PK_ROW_PANELS; q++) acc[q] = (VT){0};        \
+        for (int q = 0; q < 2 * QP; q++) acc[q] = (VT){0};                      \
         RC_PK_ROW_KLOOP(T, VT, k, a, b)                                         \
         RC_PK_ROW_KLOOP(T, VT, k2, a2, b + k * 2 * V)   /* A2 on B's next rows */ \
         _Pragma("GCC unroll 8")                                                 \
-        for (int q = 0; q < 2 * RC_PK_ROW_PANELS; q++)                          \
+        for (int q = 0; q < 2 * QP; q++)                                        \
             RC_PK_STORE(VT, c + q * V, acc[q], beta);                           \
     }
 RC_DEFINE_PK_ROW(rc_pk_row_wide_f, float, rc_vf64b)
@@ -487,13 +490,19 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
                 }                                                               \
             }                                                                   \
         }                                                                       \
-        rc_idx jr = 0;   /* a single row: whole panels 4 at a time first */    \
+        rc_idx jr = 0;   /* a single row: whole panels 4, then 3 or 2 at a time */ \
         if (m == 1)                                                             \
-            for (; jr + RC_PK_ROW_PANELS * NR <= n; jr += RC_PK_ROW_PANELS * NR) {  \
-                if (ap != NULL)                                                 \
-                    ROW(k + k2, ap, 0, ap, bp + jr * ldp, NR * ldp, beta, c + jr); \
-                else                                                            \
-                    ROW(k, a, k2, a2, bp + jr * ldp, NR * ldp, beta, c + jr);   \
+            while (n - jr >= 2 * NR) {                                          \
+                const rc_idx left = (n - jr) / NR;   /* whole panels left */    \
+                const int qp = left >= RC_PK_ROW_PANELS ? RC_PK_ROW_PANELS : (int)left; \
+                const T *ra = ap != NULL ? ap : a, *ra2 = ap != NULL ? ap : a2; \
+                const rc_idx rk = ap != NULL ? k + k2 : k, rk2 = ap != NULL ? 0 : k2; \
+                switch (qp) {                                                   \
+                case 4: ROW(4, rk, ra, rk2, ra2, bp + jr * ldp, NR * ldp, beta, c + jr); break; \
+                case 3: ROW(3, rk, ra, rk2, ra2, bp + jr * ldp, NR * ldp, beta, c + jr); break; \
+                default: ROW(2, rk, ra, rk2, ra2, bp + jr * ldp, NR * ldp, beta, c + jr); break; \
+                }                                                               \
+                jr += qp * NR;                                                  \
             }                                                                   \
         RC_PK_PANELS(T, RC_PK_BLOCK, TILE, MR, jr)                              \
         free(ap);                                                               \
