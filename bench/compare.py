@@ -78,7 +78,8 @@ set-up, page faults on fresh buffers; the very first row of a process also
 pays process-wide one-time costs). Then, unless the first call already took
 longer than the time budget, one untimed warm-up call; then ``n`` timed calls
 with ``n`` chosen to fill the budget (``--quick``: 3..50 calls, 0.4 s; full:
-3..200 calls, 2 s), garbage collection disabled; ``ms`` is their median.
+3..200 calls, 2 s), garbage collection disabled; ``ms`` is their median (each record also keeps
+``mean_ms``, the total time over the calls).
 ``--threads N`` limits every thread pool threadpoolctl finds (BLAS and
 OpenMP) and sets ``torch.set_num_threads(N)``; rnncore's concurrent
 directions of bidirectional layers are switched off when N = 1 (they would
@@ -90,7 +91,12 @@ measured and before the first row, and ends them after the last: the same
 tables, measured with N cores' worth of competition (e.g. ``--load 1`` on a
 2-core machine checks that a ratio stays near its quiet value when a
 neighbour takes one core). The header and the JSON record the setting
-(``load``, ``load_kind``).
+(``load``, ``load_kind``). Under load a call's time has a long tail (a thread
+waiting for a core), and the median, which ignores it, can hide most of a
+library's time: the core table's ``mean t/rc`` (JSON ``torch_over_rc_mean``)
+is the ratio of the mean times, what a loop of calls takes -- PyTorch's LSTM
+inference at (100, 16, 64, 128) under ``--load 1`` on 2 Zen 5 cores: median
+1.70-1.75 ms, mean 5.6-5.8 (its quiet mean 1.64).
 
 Passes: ``fwd`` is forward-only inference -- rnncore models in ``eval()``
 mode (nothing kept for backward, no dropout), torch under

@@ -65,6 +65,38 @@ def test_a_slower_contestant_gets_fewer_repeats_and_failures_are_records(timing)
     assert out["bad"] == {"error": "ValueError: cannot build"}
 
 
+def test_records_keep_the_mean_which_sees_the_stalls_the_median_ignores(timing):
+    """One call in seven stalls (30 ms): the median stays at the fast calls, the mean
+    (total time over calls) takes the stall in, in both measure functions; the
+    tables' speed_ratio compares either."""
+    import sys
+    import time
+    sys.path.insert(0, str(_TIMING.parents[1]))
+    try:
+        from _harness.table import speed_ratio
+    finally:
+        sys.path.remove(str(_TIMING.parents[1]))
+
+    def stalling():
+        n = [0]
+
+        def call():
+            n[0] += 1
+            if n[0] == 5:    # the third timed call (after the first call and the warm-up)
+                time.sleep(0.03)
+        return call
+
+    for rec in (timing.measure(stalling(), _Budget),
+                timing.measure_interleaved({"s": stalling}, _Budget, blocks=1)["s"]):
+        assert rec["repeats"] == 7
+        assert rec["median_ms"] < 5 and rec["min_ms"] <= rec["median_ms"]
+        assert 30 / 7 <= rec["mean_ms"] < 30 / 7 + 5
+    other = {"median_ms": 2.0, "mean_ms": 8.0}
+    rc = {"median_ms": 1.0, "mean_ms": 2.0}
+    assert speed_ratio(other, rc) == 2.0 and speed_ratio(other, rc, "mean_ms") == 4.0
+    assert speed_ratio({"median_ms": 1.0}, rc, "mean_ms") is None
+
+
 # -- the FMA peak of the header (bench/_harness/machine.py) ---------------------------------
 @pytest.fixture
 def machine():

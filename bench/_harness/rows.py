@@ -24,10 +24,14 @@ def run_core(opts, torch, out, records, best_gf, peak=None):
     out.write(("   max = FMA peak" + (f" ({peak:.1f} GF/s)" if peak else " (not measured)") +
                " / torch GF/s: the highest torch/rc any implementation of the counted flops "
                "could reach on this machine\n"))
+    out.write("   mean t/rc = torch / rnncore of the mean times (total time over calls: what a "
+              "loop of calls takes; apart from torch/rc where some calls stall, e.g. under "
+              "load)\n")
     t = Table(out, [("cell", 7, "<"), ("T", 3, ">"), ("N", 3, ">"), ("D", 4, ">"), ("H", 4, ">"),
                     ("pass", 4, "<"), ("model", 8, ">"), ("func", 8, ">"), ("ref", 8, ">"),
                     ("torch", 8, ">"), ("GF/s:rc", 7, ">"), ("torch", 6, ">"),
-                    ("torch/rc", 8, ">"), ("max", 6, ">"), ("ref/rc", 6, ">"), ("eff%", 5, ">"),
+                    ("torch/rc", 8, ">"), ("max", 6, ">"), ("mean t/rc", 9, ">"),
+                    ("ref/rc", 6, ">"), ("eff%", 5, ">"),
                     ("first:rc", 8, ">"), ("torch", 8, ">")])
     t.header()
     largest = CORE_SHAPES[-1]
@@ -66,12 +70,14 @@ def run_core(opts, torch, out, records, best_gf, peak=None):
                         fmt_ms(model), fmt_ms(func), fmt_ms(ref), fmt_ms(tor),
                         fmt_num(gm), fmt_num(gt),
                         fmt_num(speed_ratio(tor, model), 2), fmt_num(ceiling, 2),
+                        fmt_num(speed_ratio(tor, model, "mean_ms"), 2),
                         fmt_num(speed_ratio(ref, func), 2),
                         fmt_num(100 * gm / best_gf if gm and best_gf else None, 0),
                         fmt_num(model.get("first_ms"), 2) if model else "-",
                         fmt_num(tor.get("first_ms"), 2) if tor else "-"])
                 for r in res.values():
                     r["torch_over_rc"] = speed_ratio(tor, model)
+                    r["torch_over_rc_mean"] = speed_ratio(tor, model, "mean_ms")
                     r["ref_over_rc"] = speed_ratio(ref, func)
                     r["eff_vs_best_sgemm"] = (gm / best_gf) if gm and best_gf else None
                     r["fraction_of_fma_peak"] = (gm / peak) if gm and peak else None

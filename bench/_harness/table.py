@@ -19,10 +19,11 @@ def fmt_num(v, nd=1):
     return f"{v:.{nd}f}"
 
 
-def speed_ratio(other, rc):
-    if not other or not rc or "median_ms" not in other or "median_ms" not in rc:
+def speed_ratio(other, rc, key="median_ms"):
+    """other / rc of their ``key`` times (the medians; "mean_ms": total time over calls)."""
+    if not other or not rc or key not in other or key not in rc:
         return None
-    return other["median_ms"] / rc["median_ms"]
+    return other[key] / rc[key]
 
 
 def gflops_of(r, flops):

@@ -57,7 +57,9 @@ def _first_and_repeats(fn, budget):
 
 
 def measure(fn, budget):
-    """``{'first_ms', 'median_ms', 'min_ms', 'repeats'}`` of calling ``fn()``."""
+    """``{'first_ms', 'median_ms', 'mean_ms', 'min_ms', 'repeats'}`` of calling ``fn()``
+    (the median is the rows' figure; the mean, total time over calls, is what a loop of
+    calls takes, and tells the two apart when some calls stall: under load)."""
     pc = time.perf_counter
     with _gc_off():
         time.sleep(SETTLE_S)  # the previous measurement's threads may still be spinning
@@ -68,7 +70,8 @@ def measure(fn, budget):
             fn()
             times.append(pc() - t0)
     return {"first_ms": first * 1e3, "median_ms": statistics.median(times) * 1e3,
-            "min_ms": min(times) * 1e3, "repeats": n}
+            "mean_ms": statistics.fmean(times) * 1e3, "min_ms": min(times) * 1e3,
+            "repeats": n}
 
 
 def try_measure(make, budget):
@@ -133,7 +136,8 @@ def measure_interleaved(makers, budget, blocks=4):
             r += 1
     for name, ts in times.items():
         if "error" not in out[name]:
-            out[name].update(median_ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3,
+            out[name].update(median_ms=statistics.median(ts) * 1e3,
+                             mean_ms=statistics.fmean(ts) * 1e3, min_ms=min(ts) * 1e3,
                              repeats=len(ts))
     return out
 
