@@ -9,7 +9,8 @@ and calls :func:`forward`, :func:`backward` and :func:`step` here with itself
 as ``m`` (read: ``hidden_size``, ``num_layers``, ``num_directions``,
 ``batch_first``, ``dropout``, ``merge_mode``, ``input_size``, ``dtype``,
 ``n_states``, ``G``, ``bias``, ``_rng``, ``weight_drop``, ``variational_dropout``,
-``_kernel``, ``_weights(k, d)``, ``_h_size`` (h's width: H, or the LSTM's
+``_kernel``, ``_weights(k, d)`` (parameters and gradients; ``_params_of(k, d)`` the
+parameters alone), ``_h_size`` (h's width: H, or the LSTM's
 ``proj_size``), ``_state_sizes`` (each state's) and ``_input_copy`` (the
 :class:`~rnncore._validation.CopyBuffer` a training forward copies a caller's x into)).
 
@@ -31,7 +32,7 @@ Forward, as named steps: :func:`_check_input`, :func:`_sort_by_length`,
 :func:`_kernel_input`, :func:`_initial_states`, :func:`_run_layers`,
 :func:`_final_states`, :func:`_merge`, :func:`_to_caller` (an inference call of one
 layer and direction without lengths takes :func:`_forward_one`: the same steps
-without the ones that have nothing to do there); backward mirrors
+without the ones that have nothing to do there, inlined); backward mirrors
 them (:func:`_check_dout`, :func:`_final_state_grads`, :func:`_merge_backward`,
 :func:`_layers_backward`, :func:`_to_caller`).
 """
@@ -226,7 +227,7 @@ def _run_layers(m, xin, states_kernel, order, train, T, N, reg, save, sizes):
         out = _seq_alloc(m, T, N, nd * Ho, save)
 
         def run(d, k=k, layer_in=layer_in, out=out):
-            p, _ = m._weights(k, d)
+            p = m._params_of(k, d)
             p = R.effective_weight(p, reg.weight, k * nd + d)
             s0 = [s[k * nd + d] for s in states_kernel]
             outs = _direction_outputs(m, out, d, T, N, save, sizes)
@@ -503,7 +504,7 @@ def step(m, x, states):
     zero = [np.zeros((N, H), dtype=m.dtype) for H in m._state_sizes]
     inp = x[None]
     for k in range(L):
-        p, _ = m._weights(k, 0)
+        p = m._params_of(k, 0)
         s0 = [z if s is None else np.ascontiguousarray(s[k]) for s, z in zip(st, zero)]
         outs = [n[k] for n in new]
         m._kernel.forward(inp, s0, p, outs, False, None, False)
