@@ -102,14 +102,17 @@ def test_packed_gemm_rows_in_pieces_are_bitwise_equal(dtype, layout, rng):
     assert np.array_equal(whole, pieces)
 
 
+@pytest.mark.parametrize("copy_a", [False, True], ids=["A in place", "A copied"])
 @pytest.mark.parametrize("layout", ["wide", "narrow", "two segments"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_single_row_panel_groups_are_bitwise_the_tiles(dtype, layout, rng):
+def test_single_row_panel_groups_are_bitwise_the_tiles(dtype, layout, copy_a, rng):
     """A call of one row (m = 1) runs its whole panels 4, 3 or 2 at a time (more
-    accumulator chains), a last single or partial panel on the 1-row tile: every
-    width from 1 to 9 panels (and partial tails) gives bitwise the row computed
-    inside a 5-row call (the tiles), for either layout and for the two-segment
-    product [A | A2] [B; B2] (the fused loops', this CPU's layout), and matches NumPy."""
+    accumulator chains), a lone whole panel and a partial one on the 1-row tile:
+    every width from 1 to 9 panels (and partial tails) gives bitwise the row
+    computed inside a 5-row call (the tiles), for either layout and for the
+    two-segment product [A | A2] [B; B2] (the fused loops', this CPU's layout), with
+    A read in place or from the blocks' copy (rc_pk_pack_a: the two segments become
+    one); C's row is written up to column n and no further; and matches NumPy."""
     two = layout == "two segments"
     if two:
         _needs_packed()    # _gemm_packed2 takes this CPU's layout
@@ -122,17 +125,24 @@ def test_single_row_panel_groups_are_bitwise_the_tiles(dtype, layout, rng):
         else:
             simd._gemm_packed(a, b, c, dtype(1), nr)
 
-    for n in [nr * q + t for q in range(1, 10) for t in (0, 3)] + [1, nr - 1]:
-        a = rng.standard_normal((5, k + k2)).astype(dtype)
-        b = rng.standard_normal((n, k + k2)).astype(dtype).T
-        c0 = rng.standard_normal((5, n)).astype(dtype)
-        five = c0.copy()
-        product(a, b, five)
-        for r in (0, 4):
-            one = c0[r:r + 1].copy()
-            product(a[r:r + 1], b, one)
-            assert np.array_equal(one, five[r:r + 1]), (n, r)
-        _check(five, a.astype(np.float64) @ b.astype(np.float64) + c0, dtype, f"C (n = {n})")
+    simd._set_pack_a(2 if copy_a else 0)
+    try:
+        for n in [nr * q + t for q in range(1, 10) for t in (0, 3)] + [1, nr - 1]:
+            a = rng.standard_normal((5, k + k2)).astype(dtype)
+            b = rng.standard_normal((n, k + k2)).astype(dtype).T
+            c0 = rng.standard_normal((5, n)).astype(dtype)
+            five = c0.copy()
+            product(a, b, five)
+            for r in (0, 4):
+                buf = np.full((1, n + 2 * nr), 7.5, dtype)      # ldc > n: a guarded tail
+                buf[:, :n] = c0[r]
+                product(a[r:r + 1], b, buf[:, :n])
+                assert np.array_equal(buf[:, :n], five[r:r + 1]), (n, r)
+                assert np.all(buf[:, n:] == 7.5), f"written past column n = {n}"
+            _check(five, a.astype(np.float64) @ b.astype(np.float64) + c0, dtype,
+                   f"C (n = {n})")
+    finally:
+        simd._set_pack_a(0)
 
 
 @pytest.mark.parametrize("layout", ["wide", "narrow"])

@@ -105,6 +105,34 @@ def test_matmul_tn_add_in_place_and_copied_agree_bitwise(forced, rng, dtype):
     _check(dtype, got[1], base + a.T.astype(np.float64) @ b.astype(np.float64), "in place")
 
 
+@needs_packed
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_tn_add_takes_its_memory_from_the_workspace_cache(forced, rng, dtype,
+                                                                 poisoned_cache):
+    """The dense layers' dW runs in memory from the workspace cache, like the cells'
+    backward calls (poisoned blocks: nothing is read before it is written), or, with
+    the hook off, allocates per call: bitwise the same sums, and the counter moves
+    only for the former."""
+    a = rng.standard_normal((300, 70)).astype(dtype)     # K = 300 rows over two chunks (f64)
+    b = rng.standard_normal((300, 45)).astype(dtype)
+    base = rng.standard_normal((70, 45)).astype(dtype)
+    got = {}
+    try:
+        for on in (True, False, True):
+            KLIN._set_weight_grads_workspace(on)
+            before = KLIN._weight_grads_workspace_calls()
+            out = base.copy()
+            assert KLIN.matmul_tn_add(a, b, out)
+            assert KLIN._weight_grads_workspace_calls() - before == (1 if on else 0)
+            got.setdefault(on, []).append(out)
+    finally:
+        KLIN._set_weight_grads_workspace(True)
+    for out in got[True] + got[False][1:]:
+        np.testing.assert_array_equal(out, got[False][0])
+    _check(dtype, got[True][0], base + a.T.astype(np.float64) @ b.astype(np.float64),
+           "out + a.T @ b (workspace)")
+
+
 def _threaded(fn):
     """Skipped where the rule takes no product: no packed layout, the row split off,
     or a machine of more than 8 CPUs (BLAS keeps them there)."""

@@ -97,6 +97,15 @@ cdef extern from "rc_matmul.h" nogil:
     int rc_matmul_d_tn(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const double *a,
                        Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
                        Py_ssize_t ldc)
+    # ... with the kernel's memory from `ws` (rc_matmul_*_tn_bytes of it, 64-byte aligned)
+    int rc_matmul_f_tn_ws(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const float *a,
+                          Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c,
+                          Py_ssize_t ldc, void *ws, size_t ws_bytes)
+    int rc_matmul_d_tn_ws(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n, const double *a,
+                          Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
+                          Py_ssize_t ldc, void *ws, size_t ws_bytes)
+    size_t rc_matmul_f_tn_bytes(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n)
+    size_t rc_matmul_d_tn_bytes(Py_ssize_t K, Py_ssize_t m, Py_ssize_t n)
     void set_matmul "rc_set_matmul"(int mode)
     long long matmul_count "rc_matmul_count"(int threaded)
     # BLAS's kernels below this CPU's level: mm's all-steps products run here by these

@@ -158,7 +158,8 @@ def _set_weight_grads_workspace(bint on=True):
     chunks, a PyTorch-layout target's scratch sum) from the backward call's workspace,
     itself from the workspace cache (True, the default), or allocates it on every
     call (False). The same arithmetic either way. Every cell module's backward
-    gives it a workspace; ``linear``'s products allocate."""
+    gives it a workspace, and so does ``linear.matmul_tn_add`` (the dense layers'
+    dW); only the products ``mm`` hands it while BLAS is slow allocate."""
     set_dw_workspace(1 if on else 0)
 
 

@@ -14,7 +14,9 @@ from _blas cimport floating, Mat, mat, NoTrans, Trans
 from _gemm cimport (mm, set_pack_par, pack_par_count, set_dw, set_dw_inplace, dw_inplace_count, dw_count,
                     set_dw_workspace, dw_workspace_count, RC_PACK_PAR_BYTES,
                     matmul_use, matmul_tn_use, matmul_machine, rc_matmul_f, rc_matmul_d,
-                    rc_matmul_f_tn, rc_matmul_d_tn)
+                    rc_matmul_f_tn_ws, rc_matmul_d_tn_ws, rc_matmul_f_tn_bytes,
+                    rc_matmul_d_tn_bytes, aligned_empty)
+from _buffer cimport array_data
 from _threads cimport blas_thread_hooks
 
 require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
@@ -33,15 +35,30 @@ cdef bint _mm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c
     return done != 0
 
 
-cdef bint _tn(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c) noexcept:
+cdef bint _tn(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c):
+    """The dW kernel's product, its memory (the threads' packed chunks of B) from the
+    workspace cache like the cells' backward calls (_loop.pxd: dw_workspace): allocated
+    per call, glibc hands back fresh pages for a shape's first calls."""
     cdef Py_ssize_t K = a.shape[0], m = a.shape[1], n = b.shape[1], isz = sizeof(floating)
     cdef Py_ssize_t lda = a.strides[0] // isz, ldb = b.strides[0] // isz
+    cdef size_t nbytes = (rc_matmul_f_tn_bytes(K, m, n) if floating is float
+                          else rc_matmul_d_tn_bytes(K, m, n))
+    cdef void *wsp = NULL
+    ws = None
+    if nbytes > 0:
+        try:
+            ws = aligned_empty(<Py_ssize_t>nbytes, "u1", True)     # bytes
+            wsp = array_data(ws)
+        except MemoryError:
+            ws, nbytes = None, 0    # the kernel allocates its own (or BLAS runs)
     cdef int done
     with nogil:
         if floating is float:
-            done = rc_matmul_f_tn(K, m, n, &a[0, 0], lda, &b[0, 0], ldb, &c[0, 0], n)
+            done = rc_matmul_f_tn_ws(K, m, n, &a[0, 0], lda, &b[0, 0], ldb, &c[0, 0], n,
+                                     wsp, nbytes)
         else:
-            done = rc_matmul_d_tn(K, m, n, &a[0, 0], lda, &b[0, 0], ldb, &c[0, 0], n)
+            done = rc_matmul_d_tn_ws(K, m, n, &a[0, 0], lda, &b[0, 0], ldb, &c[0, 0], n,
+                                     wsp, nbytes)
     return done != 0
 
 

@@ -145,21 +145,49 @@ static long long rc_matmul_count(int threaded)
         free(buf);                                                              \
         return 1;                                                               \
     }                                                                           \
+    /* C (m, n) += A^T B as a dW problem of one term */                        \
+    static void NAME##_tn_problem(rc_dw_problem *pr, rc_idx K, rc_idx m, rc_idx n, \
+                                  const T *a, rc_idx lda, const T *b, rc_idx ldb, \
+                                  T *c, rc_idx ldc)                              \
+    {                                                                           \
+        memset(pr, 0, sizeof *pr);                                              \
+        pr->b0 = b; pr->ld0 = ldb; pr->n0 = n; pr->K = K;                       \
+        pr->nr = rc_packed_nr(sizeof(T));                                       \
+        pr->nterms = 1;                                                         \
+        pr->term[0] = (rc_dw_term){a, lda, 0, 0, K, m, 0, n, c, ldc, NULL, 0};  \
+    }                                                                           \
     /* C (m, n) += A^T B, A (K, m) rows lda apart, B (K, n) rows ldb apart, C   \
-     * row-major; 0: nothing done (the caller's BLAS runs). */                  \
+     * row-major, the kernel's memory carved from `ws` (NAME##_tn_bytes of it,  \
+     * 64-byte aligned; NULL or too small: allocated per call); 0: nothing done \
+     * (the caller's BLAS runs). */                                             \
+    static int NAME##_tn_ws(rc_idx K, rc_idx m, rc_idx n, const T *a, rc_idx lda, \
+                            const T *b, rc_idx ldb, T *c, rc_idx ldc, void *ws, \
+                            size_t ws_bytes)                                    \
+    {                                                                           \
+        rc_dw_problem pr;                                                       \
+        NAME##_tn_problem(&pr, K, m, n, a, lda, b, ldb, c, ldc);                \
+        pr.ws = ws;                                                             \
+        pr.ws_bytes = ws_bytes;                                                 \
+        return NAME##_dw(&pr);                                                  \
+    }                                                                           \
     static int NAME##_tn(rc_idx K, rc_idx m, rc_idx n, const T *a, rc_idx lda,  \
                          const T *b, rc_idx ldb, T *c, rc_idx ldc)               \
     {                                                                           \
+        return NAME##_tn_ws(K, m, n, a, lda, b, ldb, c, ldc, NULL, 0);          \
+    }                                                                           \
+    /* The workspace NAME##_tn_ws takes for these sizes on this thread now (the \
+     * dW kernel's rc_dw_*_bytes: the operands' addresses and strides do not    \
+     * enter it); 0: none. */                                                   \
+    static size_t NAME##_tn_bytes(rc_idx K, rc_idx m, rc_idx n)                 \
+    {                                                                           \
         rc_dw_problem pr;                                                       \
-        memset(&pr, 0, sizeof pr);                                              \
-        pr.b0 = b; pr.ld0 = ldb; pr.n0 = n; pr.K = K;                           \
-        pr.nr = rc_packed_nr(sizeof(T));                                        \
-        pr.nterms = 1;                                                          \
-        pr.term[0] = (rc_dw_term){a, lda, 0, 0, K, m, 0, n, c, ldc, NULL, 0};   \
-        return NAME##_dw(&pr);                                                  \
+        NAME##_tn_problem(&pr, K, m, n, NULL, m, NULL, n, NULL, n);             \
+        return NAME##_dw_bytes(&pr);                                            \
     }
 #define rc_matmul_f_dw rc_dw_f
 #define rc_matmul_d_dw rc_dw_d
+#define rc_matmul_f_dw_bytes rc_dw_f_bytes
+#define rc_matmul_d_dw_bytes rc_dw_d_bytes
 RC_DEFINE_MATMUL(rc_matmul_f, float, rc_pack_par_f, rc_gemm_packed_f)
 RC_DEFINE_MATMUL(rc_matmul_d, double, rc_pack_par_d, rc_gemm_packed_d)
 

@@ -145,7 +145,8 @@ class _RNNBase(Module):
         return self._params_of(k, d), g
 
     def _params_of(self, k, d):
-        """The parameters of :meth:`_weights` alone (an inference forward's)."""
+        """The parameters of :meth:`_weights` alone (for the calls that do not touch
+        the gradients: forward, step)."""
         params = self.params
         p = [params[n] for n in self._names[k * self.num_directions + d]]
         if not self.bias:
