@@ -95,8 +95,9 @@ neighbour takes one core). The header and the JSON record the setting
 waiting for a core), and the median, which ignores it, can hide most of a
 library's time: the core table's ``mean t/rc`` (JSON ``torch_over_rc_mean``)
 is the ratio of the mean times, what a loop of calls takes -- PyTorch's LSTM
-inference at (100, 16, 64, 128) under ``--load 1`` on 2 Zen 5 cores: median
-1.70-1.75 ms, mean 5.6-5.8 (its quiet mean 1.64).
+inference at (100, 16, 64, 128) with one busy process on 2 Zen 5 cores: median
+2.82-6.50 ms, mean 6.57-8.23 (quiet 1.36 / 1.39;
+``compare-results/2026-12-03-zen5-s25-load-tail.txt``).
 
 Passes: ``fwd`` is forward-only inference -- rnncore models in ``eval()``
 mode (nothing kept for backward, no dropout), torch under

@@ -213,6 +213,37 @@ def test_the_script_is_importable_without_torch():
     assert r.returncode == 0, r.stderr
 
 
+# -- compare.py's core rows ------------------------------------------------------------------
+def test_core_rows_compare_medians_and_means(monkeypatch):
+    """The core table's ratios: torch/rc of the medians and 'mean t/rc' of the means,
+    each record keeping both times; one tiny shape, with PyTorch where installed."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, BENCH)
+    try:
+        from _harness import rows
+        from _harness.timing import Budget
+    finally:
+        sys.path.remove(BENCH)
+    monkeypatch.setattr(rows, "CORE_SHAPES", ((3, 2, 4, 5), (4, 2, 4, 5)))
+    budget = Budget(True)
+    budget.seconds, budget.max_repeats = 0.01, 3
+    opts = types.SimpleNamespace(cells=["rnn"], budget=budget, quick=True)
+    out, records = io.StringIO(), []
+    rows.run_core(opts, torch, out, records, 100.0, peak=200.0)
+    model = [r for r in records if r["impl"] == "rnncore-model"]
+    tor = {(r["T"], r["pass_"]): r for r in records if r["impl"] == "torch"}
+    assert len(model) == 4 and len(tor) == 4
+    for r in model:
+        t = tor[(r["T"], r["pass_"])]
+        assert r["mean_ms"] > 0 and t["mean_ms"] > 0
+        assert r["torch_over_rc"] == pytest.approx(t["median_ms"] / r["median_ms"])
+        assert r["torch_over_rc_mean"] == pytest.approx(t["mean_ms"] / r["mean_ms"])
+    text = out.getvalue()
+    assert "mean t/rc" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("rnn ") and " fwd " in ln)
+    assert f"{model[0]['torch_over_rc_mean']:.2f}" in line.split()
+
+
 # -- compare.py's options rows ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def options_harness():

@@ -82,7 +82,8 @@ def test_records_keep_the_mean_which_sees_the_stalls_the_median_ignores(timing):
 
         def call():
             n[0] += 1
-            if n[0] == 5:    # the third timed call (after the first call and the warm-up)
+            if n[0] == 5:    # a timed call (after the first call, the warm-up and, in
+                             # measure_interleaved, the block's untimed settling call)
                 time.sleep(0.03)
         return call
 
@@ -90,7 +91,7 @@ def test_records_keep_the_mean_which_sees_the_stalls_the_median_ignores(timing):
                 timing.measure_interleaved({"s": stalling}, _Budget, blocks=1)["s"]):
         assert rec["repeats"] == 7
         assert rec["median_ms"] < 5 and rec["min_ms"] <= rec["median_ms"]
-        assert 30 / 7 <= rec["mean_ms"] < 30 / 7 + 5
+        assert rec["mean_ms"] >= 30 / 7 and rec["mean_ms"] > 4 * rec["median_ms"]
     other = {"median_ms": 2.0, "mean_ms": 8.0}
     rc = {"median_ms": 1.0, "mean_ms": 2.0}
     assert speed_ratio(other, rc) == 2.0 and speed_ratio(other, rc, "mean_ms") == 4.0

@@ -25,7 +25,7 @@ def run_core(opts, torch, out, records, best_gf, peak=None):
                " / torch GF/s: the highest torch/rc any implementation of the counted flops "
                "could reach on this machine\n"))
     out.write("   mean t/rc = torch / rnncore of the mean times (total time over calls: what a "
-              "loop of calls takes; apart from torch/rc where some calls stall, e.g. under "
+              "loop of calls takes; differs from torch/rc when some calls stall, e.g. under "
               "load)\n")
     t = Table(out, [("cell", 7, "<"), ("T", 3, ">"), ("N", 3, ">"), ("D", 4, ">"), ("H", 4, ">"),
                     ("pass", 4, "<"), ("model", 8, ">"), ("func", 8, ">"), ("ref", 8, ">"),
