@@ -307,6 +307,18 @@ cdef inline object aligned_empty(Py_ssize_t size, object dtype, bint pool=False)
     return empty(size, dtype, pool)
 
 
+cdef inline object cache_bytes(size_t nbytes):
+    """`nbytes` bytes (uint8) from the workspace cache, 64-byte aligned: a kernel's
+    scratch for one call (keep the array until it returns); None for 0 bytes or
+    when the memory is not there (the kernel then allocates its own)."""
+    if nbytes == 0:
+        return None
+    try:
+        return aligned_empty(<Py_ssize_t>nbytes, "u1", True)
+    except MemoryError:
+        return None
+
+
 cdef inline object aligned_rows(Py_ssize_t N, Py_ssize_t F, object dtype):
     """An uninitialized C-contiguous (N, F) array starting on a 64-byte boundary: a
     per-row scratch (a loop's (N, GH) products, the reverse + lengths rows) whose

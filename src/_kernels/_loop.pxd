@@ -33,7 +33,7 @@ from _blas cimport (floating, Mat, mat, transposed, col_block, colsum_add, scale
                     NoTrans, Trans)
 from _gemm cimport (mm, mm_step, mm_step2, packed_nr, rc_dw_problem, rc_dw_term, rc_dw_f,
                     rc_dw_d, rc_dw_f_bytes, rc_dw_d_bytes, dw_enabled, RC_DW_TERMS,
-                    aligned_empty)
+                    cache_bytes)
 from _layout cimport Seq, seq, uniform, every_pth_row, rows_block
 from _threads cimport (row_threads, share, run_tasks, single_open, single_close, private_rows,
                        count_row_split,
@@ -628,11 +628,8 @@ cdef inline object dw_workspace(Grads *gr, size_t nbytes):
     """`nbytes` from the workspace cache for the dW kernel, set in gr (dw_ws,
     dw_ws_bytes); returns the array that holds them, or None (nbytes 0, or out
     of memory: the kernel allocates its own, or BLAS does the products)."""
-    if nbytes == 0:
-        return None
-    try:
-        ws = aligned_empty(<Py_ssize_t>nbytes, "u1", True)     # bytes
-    except MemoryError:
+    ws = cache_bytes(nbytes)
+    if ws is None:
         return None
     gr.dw_ws = array_data(ws)
     gr.dw_ws_bytes = nbytes

@@ -15,7 +15,7 @@ from _gemm cimport (mm, set_pack_par, pack_par_count, set_dw, set_dw_inplace, dw
                     set_dw_workspace, dw_workspace_count, RC_PACK_PAR_BYTES,
                     matmul_use, matmul_tn_use, matmul_machine, rc_matmul_f, rc_matmul_d,
                     rc_matmul_f_tn_ws, rc_matmul_d_tn_ws, rc_matmul_f_tn_bytes,
-                    rc_matmul_d_tn_bytes, aligned_empty)
+                    rc_matmul_d_tn_bytes, cache_bytes)
 from _buffer cimport array_data
 from _threads cimport blas_thread_hooks
 
@@ -37,20 +37,14 @@ cdef bint _mm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c
 
 cdef bint _tn(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c):
     """The dW kernel's product, its memory (the threads' packed chunks of B) from the
-    workspace cache like the cells' backward calls (_loop.pxd: dw_workspace): allocated
-    per call, glibc hands back fresh pages for a shape's first calls."""
+    workspace cache (cache_bytes) like the cells' backward calls (_loop.pxd:
+    dw_workspace); without it the kernel allocates its own."""
     cdef Py_ssize_t K = a.shape[0], m = a.shape[1], n = b.shape[1], isz = sizeof(floating)
     cdef Py_ssize_t lda = a.strides[0] // isz, ldb = b.strides[0] // isz
     cdef size_t nbytes = (rc_matmul_f_tn_bytes(K, m, n) if floating is float
                           else rc_matmul_d_tn_bytes(K, m, n))
-    cdef void *wsp = NULL
-    ws = None
-    if nbytes > 0:
-        try:
-            ws = aligned_empty(<Py_ssize_t>nbytes, "u1", True)     # bytes
-            wsp = array_data(ws)
-        except MemoryError:
-            ws, nbytes = None, 0    # the kernel allocates its own (or BLAS runs)
+    ws = cache_bytes(nbytes)    # held until the kernel returns
+    cdef void *wsp = array_data(ws) if ws is not None else NULL
     cdef int done
     with nogil:
         if floating is float:

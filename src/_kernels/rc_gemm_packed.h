@@ -493,12 +493,13 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
             }                                                                   \
         }                                                                       \
         rc_idx jr = 0;   /* a single row: whole panels 4, then 3 or 2 at a time */ \
+        /* (A's copy holds both segments as one) */                             \
+        const T *ra = ap != NULL ? ap : a, *ra2 = ap != NULL ? ap : a2;         \
+        const rc_idx rk = ap != NULL ? k + k2 : k, rk2 = ap != NULL ? 0 : k2;   \
         if (m == 1)                                                             \
             while (n - jr >= 2 * NR) {                                          \
                 const rc_idx left = (n - jr) / NR;   /* whole panels left */    \
                 const int qp = left == 5 ? 3 : left >= 4 ? 4 : (int)left;       \
-                const T *ra = ap != NULL ? ap : a, *ra2 = ap != NULL ? ap : a2; \
-                const rc_idx rk = ap != NULL ? k + k2 : k, rk2 = ap != NULL ? 0 : k2; \
                 switch (qp) {                                                   \
                 case 4: ROW(4, rk, ra, rk2, ra2, bp + jr * ldp, NR * ldp, beta, c + jr); break; \
                 case 3: ROW(3, rk, ra, rk2, ra2, bp + jr * ldp, NR * ldp, beta, c + jr); break; \

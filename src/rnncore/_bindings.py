@@ -109,12 +109,9 @@ class _Binding:
         returning None)."""
         w_ih, w_hh, b_ih, b_hh = p[:4]
         biases = (b_ih + b_hh,) if self.fused_bias else (b_ih, b_hh)
-        if len(p) > 4:
-            return self.kernel_forward(x, s0, w_ih.T, w_hh.T, biases, outs, reverse,
-                                       batch_sizes, save=save, Wr=p[4].T)
-        # (no keyword dict to build: a call's Python time shows at small shapes)
+        proj = {"Wr": p[4].T} if len(p) > 4 else {}
         return self.kernel_forward(x, s0, w_ih.T, w_hh.T, biases, outs, reverse, batch_sizes,
-                                   save=save)
+                                   save=save, **proj)
 
     def backward(self, dh, dn, x, s0, p, outs, saved, dx, ds0, g, reverse=False,
                  batch_sizes=None, overwrite_saved=False):

@@ -32,7 +32,7 @@ Forward, as named steps: :func:`_check_input`, :func:`_sort_by_length`,
 :func:`_kernel_input`, :func:`_initial_states`, :func:`_run_layers`,
 :func:`_final_states`, :func:`_merge`, :func:`_to_caller` (an inference call of one
 layer and direction without lengths takes :func:`_forward_one`: the same steps
-without the ones that have nothing to do there, inlined); backward mirrors
+without the ones that have nothing to do there); backward mirrors
 them (:func:`_check_dout`, :func:`_final_state_grads`, :func:`_merge_backward`,
 :func:`_layers_backward`, :func:`_to_caller`).
 """
@@ -105,7 +105,7 @@ def _direction_outputs(m, out, d, T, N, save, sizes):
     :func:`_final_states` reads), instead of T steps of it. ``sizes``: the model's
     ``_state_sizes`` (read once per call by :func:`forward`)."""
     Ho = sizes[0]
-    h = out[:, :, d * Ho:(d + 1) * Ho]
+    h = out if out.shape[2] == Ho else out[:, :, d * Ho:(d + 1) * Ho]
     if not save and m._kernel.running_states:
         return [h] + [_running_state(m, T, N, H) for H in sizes[1:]]
     return [h] + [_seq_alloc(m, T, N, H, save) for H in sizes[1:]]
@@ -363,29 +363,22 @@ def _forward_one(m, x, st0, unbatched, T, N, sizes):
     """:func:`forward` of one layer and direction, without lengths, keeping nothing
     (inference), T > 0: the same steps with nothing to sort, merge or regularise
     (dropout acts between layers; weight drop and variational dropout only on a
-    forward that saves), so none of their bookkeeping, and the helpers' steps
-    inlined (:func:`_kernel_input`, :func:`_initial_states`,
-    :func:`_direction_outputs`, :func:`_final_states`, :func:`_to_caller`): each
-    Python call and temporary list costs ~0.1-0.5 us, and an RNN at (T, N, D, H) =
-    (50, 1, 32, 64) runs ~10 us of kernel. ``st0``: the checked initial states
-    (None: zeros)."""
-    dtype, bf = m.dtype, m.batch_first
-    xin = V.seq_view(x, time_major=not bf)     # nothing to sort
-    # the initial states, (N, H) each (no padding to zero)
-    s0 = [np.zeros((N, H), dtype) if s is None else np.ascontiguousarray(s[0])
+    forward that saves), so none of their bookkeeping, and no gradient list
+    (``_params_of``): each Python call and temporary list costs ~0.1-0.5 us, and an
+    RNN at (T, N, D, H) = (50, 1, 32, 64) runs ~10 us of kernel. ``st0``: the
+    checked initial states (None: zeros)."""
+    xin = V.seq_view(x, time_major=not m.batch_first)     # _kernel_input, nothing to sort
+    # _initial_states' arrays, (N, H) each (no padding to zero)
+    s0 = [np.zeros((N, H), m.dtype) if s is None else np.ascontiguousarray(s[0])
           for s, H in zip(st0, sizes)]
-    # h in the caller's layout kind (seen as (T, N, H)); the LSTM's c a running state
-    out = np.empty((N, T, sizes[0]), dtype) if bf else np.empty((T, N, sizes[0]), dtype)
-    outs = [out.transpose(1, 0, 2) if bf else out]
-    for H in sizes[1:]:
-        outs.append(_running_state(m, T, N, H) if m._kernel.running_states
-                    else _seq_alloc(m, T, N, H))
+    out = _seq_alloc(m, T, N, sizes[0])
+    outs = _direction_outputs(m, out, 0, T, N, False, sizes)
     m._kernel.forward(xin, s0, m._params_of(0, 0), outs, False, None, False)
-    # each state's last step, copied (the running c: its only step), (1, N, H)
+    # _final_states of one layer and direction: each state's last step, copied (the
+    # running c: its only step), (1, N, H)
     finals = [o[T - 1:T].copy() for o in outs]
-    if unbatched:
-        return out[0] if bf else out[:, 0], [f[:, 0] for f in finals], None
-    return out, finals, None
+    y, finals = _to_caller(m, out, finals, None, unbatched)
+    return y, finals, None
 
 
 # ----------------------------------------------------------------- backward
