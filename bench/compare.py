@@ -33,6 +33,13 @@ core
     and ``torch.nn.RNN/GRU/LSTM(batch_first=True)``
     with autograd backward of a fixed random ``dout`` (*torch*; ``x`` requires
     grad so torch computes ``dx`` as rnncore does).
+nodx
+    forward+backward without the input gradient, as for data (which needs
+    none), at the three training shapes of core: ``model.backward(dout,
+    input_grad=False)`` (*rc-nodx*), beside the core row's backward with dx
+    (*rc-dx*) and PyTorch with ``x.requires_grad=False`` (*torch-nodx*; its
+    oneDNN/native RNN backward computes dx anyway). GF/s on the flops without
+    dx's 2*T*N*G*H*D.
 bidir
     2-layer bidirectional RNN/GRU/LSTM at (T, N, D, H) = (100, 32, 256, 256):
     rnncore padded, rnncore with ``lengths`` (random in [T/2, T], seeded),
@@ -209,7 +216,7 @@ from _harness.load import DESCRIPTION as LOAD_KIND, Load
 from _harness.machine import best_sgemm, fma_peak, machine_header, print_header
 from _harness.memory import run_memory
 from _harness.options import run_options
-from _harness.rows import run_bidir, run_charlm, run_core, run_step
+from _harness.rows import run_bidir, run_charlm, run_core, run_nodx, run_step
 from _harness.timing import Budget
 
 
@@ -289,6 +296,7 @@ def main(argv=None):
     records = []
     peak = header["fma_peak"]["total_gflops"] if header["fma_peak"] else None
     runners = {"core": lambda: run_core(opts, torch, out, records, best_gf, peak),
+               "nodx": lambda: run_nodx(opts, torch, out, records, peak),
                "bidir": lambda: run_bidir(opts, torch, out, records, peak),
                "step": lambda: run_step(opts, torch, out, records),
                "charlm": lambda: run_charlm(opts, torch, out, records),

@@ -244,6 +244,33 @@ def test_core_rows_compare_medians_and_means(monkeypatch):
     assert f"{model[0]['torch_over_rc_mean']:.2f}" in line.split()
 
 
+def test_nodx_rows_time_three_backwards_side_by_side(monkeypatch):
+    """compare.py's nodx rows: rnncore without dx, with dx, and PyTorch with
+    x.requires_grad=False; torch/rc and the flops without dx's product from the records."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, BENCH)
+    try:
+        from _harness import rows
+        from _harness.timing import Budget
+    finally:
+        sys.path.remove(BENCH)
+    monkeypatch.setattr(rows, "CORE_SHAPES", ((1, 1, 1, 1), (3, 2, 4, 5)))
+    budget = Budget(True)
+    budget.seconds, budget.max_repeats = 0.01, 3
+    opts = types.SimpleNamespace(cells=["lstm"], budget=budget, quick=True)
+    out, records = io.StringIO(), []
+    rows.run_nodx(opts, torch, out, records, peak=200.0)
+    by = {r["impl"]: r for r in records}
+    assert sorted(by) == ["rnncore-dx", "rnncore-nodx", "torch-nodx"]
+    assert all(r["group"] == "nodx" and r["T"] == 3 and r["pass_"] == "fb"
+               for r in records)
+    # 6*T*N*G*H*(D+H) - 2*T*N*G*H*D with (T, N, D, H, G) = (3, 2, 4, 5, 4)
+    assert by["rnncore-nodx"]["gflop"] * 1e9 == pytest.approx(6 * 120 * 9 - 2 * 120 * 4)
+    assert by["rnncore-nodx"]["torch_over_rc"] == pytest.approx(
+        by["torch-nodx"]["median_ms"] / by["rnncore-nodx"]["median_ms"])
+    assert "rc-dx/nodx" in out.getvalue()
+
+
 # -- compare.py's options rows ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def options_harness():

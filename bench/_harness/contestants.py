@@ -50,7 +50,7 @@ CORE_SHAPES = ((50, 1, 32, 64), (100, 16, 64, 128), (100, 32, 256, 256), (50, 64
 BIDIR_SHAPE = (100, 32, 256, 256)
 BIDIR_LAYERS = 2
 STEP_SIZES = (128, 512)
-GROUPS = ("core", "bidir", "step", "charlm", "options", "memory")
+GROUPS = ("core", "nodx", "bidir", "step", "charlm", "options", "memory")
 SEED = 0
 
 
@@ -95,8 +95,9 @@ def rc_model(cell, D, H, layers=1, dirs=1, dtype=np.float32):
                seed=SEED, **variant_kw(cell, H))
 
 
-def rc_model_fns(cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
-    """(make_fwd, make_fb) for the rnncore model API."""
+def rc_model_fns(cell, D, H, x, dout, layers=1, dirs=1, lengths=None, input_grad=True):
+    """(make_fwd, make_fb) for the rnncore model API (``input_grad=False``: backward
+    computes no dx)."""
     def make_fwd():
         # forward-only inference: nothing saved for backward, no dropout
         m = rc_model(cell, D, H, layers, dirs)
@@ -110,7 +111,8 @@ def rc_model_fns(cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
 
         def fb():
             m(x, lengths=lengths)
-            return m.backward(dout)
+            return m.backward(dout, input_grad=input_grad) if not input_grad \
+                else m.backward(dout)
         return fb
     return make_fwd, make_fb
 
@@ -154,12 +156,13 @@ def torch_model(torch, cell, D, H, layers=1, dirs=1):
     return m
 
 
-def torch_fns(torch, cell, D, H, x, dout, layers=1, dirs=1, lengths=None):
-    """(make_fwd, make_fb) for torch.nn.RNN/GRU/LSTM; packed when ``lengths``."""
+def torch_fns(torch, cell, D, H, x, dout, layers=1, dirs=1, lengths=None, input_grad=True):
+    """(make_fwd, make_fb) for torch.nn.RNN/GRU/LSTM; packed when ``lengths``;
+    ``input_grad=False``: x does not require grad."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     T = x.shape[1]
-    xt = torch.from_numpy(x).requires_grad_(True)
+    xt = torch.from_numpy(x).requires_grad_(input_grad)
     dt = torch.from_numpy(dout)
     lt = None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64)
 

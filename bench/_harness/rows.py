@@ -1,4 +1,4 @@
-"""The timed row groups: core, bidir, step and charlm (memory is in ``memory.py``)."""
+"""The timed row groups: core, nodx, bidir, step and charlm (memory is in ``memory.py``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -82,6 +82,47 @@ def run_core(opts, torch, out, records, best_gf, peak=None):
                     r["eff_vs_best_sgemm"] = (gm / best_gf) if gm and best_gf else None
                     r["fraction_of_fma_peak"] = (gm / peak) if gm and peak else None
                     r["torch_over_rc_ceiling"] = ceiling
+
+
+def run_nodx(opts, torch, out, records, peak=None):
+    """fb without the input gradient: rnncore's ``backward(dout, input_grad=False)``
+    beside its backward with dx and PyTorch's with ``x.requires_grad=False``."""
+    out.write("\n== nodx: forward+backward without the input gradient (data needs none), "
+              "one layer, float32, batch_first; ms = median ==\n")
+    out.write("   rc-nodx: backward(dout, input_grad=False); rc-dx: backward(dout) as in "
+              "core; torch-nodx: x.requires_grad=False; GF/s on the flops without dx's "
+              "2*T*N*G*H*D; ratios > 1: rc-nodx faster\n")
+    tab = Table(out, [("cell", 4, "<"), ("T", 3, ">"), ("N", 3, ">"), ("D", 4, ">"),
+                      ("H", 4, ">"), ("rc-nodx", 8, ">"), ("rc-dx", 8, ">"),
+                      ("torch-nodx", 10, ">"), ("GF/s:rc", 7, ">"), ("torch", 6, ">"),
+                      ("rc-dx/nodx", 10, ">"), ("torch/rc", 8, ">"), ("max", 6, ">")])
+    tab.header()
+    for cell in opts.cells:
+        for (T, N, D, H) in CORE_SHAPES[1:]:       # the training shapes
+            x, dout = make_inputs(T, N, D, out_size(cell, H))
+            impls = {"rnncore-nodx": rc_model_fns(cell, D, H, x, dout, input_grad=False)[1],
+                     "rnncore-dx": rc_model_fns(cell, D, H, x, dout)[1]}
+            if torch is not None and cell not in NO_TORCH:
+                impls["torch-nodx"] = torch_fns(torch, cell, D, H, x, dout,
+                                                input_grad=False)[1]
+            timed = measure_interleaved(impls, opts.budget)
+            fl = gemm_flops(cell, T, N, D, H, "fb") - 2 * T * N * GATES[cell] * H * D
+            for name, r in timed.items():
+                r.update(group="nodx", cell=cell, T=T, N=N, D=D, H=H, layers=1, dirs=1,
+                         dtype="float32", pass_="fb", impl=name, gflop=fl / 1e9,
+                         gflops=gflops_of(r, fl))
+                records.append(r)
+            rc, dx, tor = (timed.get(k) for k in ("rnncore-nodx", "rnncore-dx",
+                                                   "torch-nodx"))
+            gt = gflops_of(tor, fl)
+            ceiling = peak / gt if peak and gt else None
+            for r in timed.values():
+                r["torch_over_rc"] = speed_ratio(tor, rc)
+                r["torch_over_rc_ceiling"] = ceiling
+            tab.line([cell, T, N, D, H, fmt_ms(rc), fmt_ms(dx), fmt_ms(tor),
+                      fmt_num(gflops_of(rc, fl)), fmt_num(gt),
+                      fmt_num(speed_ratio(dx, rc), 2), fmt_num(speed_ratio(tor, rc), 2),
+                      fmt_num(ceiling, 2)])
 
 
 def _lengths(T, N):

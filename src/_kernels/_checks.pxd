@@ -230,14 +230,18 @@ cdef inline int check_grads(Loop *L, const Input *inp, Grads *gr, const floating
                             const floating[:, :, :] dx, const floating[:, :] dWx,
                             const floating[:, :] dWh, const floating[:, :] dhn,
                             const floating[:, :] dh0) except -1:
-    """What every cell's backward takes besides check_inputs': dh (T, N, H), dx (T, N, D),
-    dWx (D, GH), dWh (H, GH), dhn, dh0 (N, H); dh0 becomes the dh carry.
-    (H: h's width, L.Hp.)"""
+    """What every cell's backward takes besides check_inputs': dh (T, N, H), dx (T, N, D)
+    or None (no input gradient: its data pointer NULL, nothing computes it), dWx (D, GH),
+    dWh (H, GH), dhn, dh0 (N, H); dh0 becomes the dh carry. (H: h's width, L.Hp.)"""
     cdef Py_ssize_t T = L.T, N = L.N, H = L.Hp, GH = L.G * L.H, D = inp.D
     cdef Seq dxs
     seq_check(dh, "dh", T, N, H, &L.dh)
-    seq_check(dx, "dx", T, N, D, &dxs)
-    same_layout(&inp.x, &L.h, &dxs, T, N, D)
+    if dx is None:
+        dxs = seq(NULL, 0, 0, 1, False)
+        same_layout(&inp.x, &L.h, NULL, T, N, D)
+    else:
+        seq_check(dx, "dx", T, N, D, &dxs)
+        same_layout(&inp.x, &L.h, &dxs, T, N, D)
     mat_check(dWx, "dWx", D, GH, &gr.dwx)
     mat_check(dWh, "dWh", H, GH, &gr.dwh)
     rows_check(dhn, "dhn", N, H)

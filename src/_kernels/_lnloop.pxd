@@ -158,8 +158,9 @@ cdef inline void after_loop(const Loop *L, const Input *inp, const Grads *gr, fl
         rc_ln_rows_bwd_d(<double *>da.p, da.ld, <double *>xi.p, xi.ld, <double *>ri.p, ri.ld,
                          R, G, H, g_ih)
     if inp.D > 0:
-        # dx = dZx @ Wx^T                 (R, D) = (R, GH)(D, GH)^T
-        mm(R, inp.D, GH, <floating>1, da, transposed(inp.wx), <floating>0, gr.dx)
+        if gr.dx.p != NULL:   # (NULL: no dx wanted)
+            # dx = dZx @ Wx^T                 (R, D) = (R, GH)(D, GH)^T
+            mm(R, inp.D, GH, <floating>1, da, transposed(inp.wx), <floating>0, gr.dx)
         # dWx += x^T dZx                  (D, GH) += (D, R)(R, GH), on the dW kernel or BLAS
         done = ln_dwx_plan(inp, gr, da, R, GH, &pr, <floating>0)
         if done:

@@ -464,7 +464,8 @@ cdef inline void backward_loop(Loop *L, const Input *inp, const Grads *gr, body_
     opened = gemms_threads_begin(R * GH * (D + H))
     # dWx and dWh's shifted main term on packed chunks of dG, read once for both
     dw_done = weight_grads(L, inp, gr, dg, dan, nI, kind)
-    if D > 0 and L.wxt.nr == 0:     # (else the loop computed dx: input_grad)
+    if D > 0 and L.wxt.nr == 0 and gr.dx.p != NULL:   # (else the loop computed dx:
+        # input_grad; or no dx is wanted)
         # dx = dG[:, :nI] @ Wx[:, :nI]^T              (R, D) = (R, nI)(D, nI)^T
         mm(R, D, nI, <floating>1, dg, transposed(inp.wx), <floating>0, gr.dx)
         if split:

@@ -349,21 +349,21 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
              bint reset_after=True):
     """BPTT through one GRU layer and direction.
 
-    Writes ``dx`` (T, N, D, same layout kind as x) and ``dh0`` (N, H), and
-    ADDS the weight gradients into ``dWx`` (D, 3H), ``dWh`` (H, 3H),
-    ``dbx``, ``dbh`` (3H,). ``dh`` (T, N, H) is the upstream gradient of every
-    output, ``dhn`` (N, H) the gradient of the final state (each row's state
-    after its last valid step; in the reverse direction, after t = 0). ``h``
-    and ``saved`` are what `forward` wrote and returned; the other arguments
-    as in `forward`. ``bh`` is only shape-checked: ``b_hn`` is already inside
-    the saved ``hidden_n``. ``saved`` is not modified (backward may be run
-    again) unless ``overwrite_saved``: then the gradient workspaces dG and dAn
-    are the saved ``gates`` and ``hidden_n`` themselves (T*N*4H less memory),
+    Writes ``dx`` (T, N, D, same layout kind as x; None: no input gradient, its
+    products skipped) and ``dh0`` (N, H), and ADDS the weight gradients into ``dWx``
+    (D, 3H), ``dWh`` (H, 3H), ``dbx``, ``dbh`` (3H,). ``dh`` (T, N, H) is the
+    upstream gradient of every output, ``dhn`` (N, H) the gradient of the final
+    state (each row's state after its last valid step; in the reverse direction,
+    after t = 0). ``h`` and ``saved`` are what `forward` wrote and returned; the
+    other arguments as in `forward`. ``bh`` is only shape-checked: ``b_hn`` is
+    already inside the saved ``hidden_n``. ``saved`` is not modified (backward may
+    be run again) unless ``overwrite_saved``: then the gradient workspaces dG and
+    dAn are the saved ``gates`` and ``hidden_n`` themselves (T*N*4H less memory),
     which are garbage afterwards -- for callers that back-propagate once.
-    ``reset_after`` must be the forward's; with False there is no dAn (both
-    sides see one n block), ``overwrite_saved`` takes the gates only (the
-    saved reset_h gives dWh's n block after the loop) and an (N, 3H) scratch
-    holds d(reset_h) per step.
+    ``reset_after`` must be the forward's; with False there is no dAn (both sides
+    see one n block), ``overwrite_saved`` takes the gates only (the saved reset_h
+    gives dWh's n block after the loop) and an (N, 3H) scratch holds d(reset_h) per
+    step.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = RC_GRU_G * H
     cdef Loop L
@@ -398,7 +398,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef floating[:, :] s = aligned_rows(0 if reset_after else N, GH, dtype)
     cdef floating[:, :] dgs = aligned_rows(N if reverse and bs is not None else 0, GH, dtype)
     if N == 0 or H == 0:
-        if inp.D > 0 and N > 0 and T > 0:
+        if inp.D > 0 and N > 0 and T > 0 and dx is not None:
             np.asarray(dx)[...] = 0
         return
     copy_rows(dh0, dhn)     # the carry starts as dh_n
@@ -415,7 +415,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     gr.dzs = &dgs[0, 0] if dgs.shape[0] > 0 else NULL
     keep = step_weight(Wh, &L.wh, T, N, GH, H, True)
     # Wx^T packed for dx_t = dA_t Wx^T in the steps, or dx after the loop
-    keep_x = input_grad_weight(Wx, &L.wxt, T, N, H)
+    keep_x = input_grad_weight(Wx, &L.wxt, T, N, H) if dx is not None else None
     # weight_grads' memory from the workspace cache
     keep_dw = dw_reserve(&L, &inp, &gr, <floating>0)
     with nogil:

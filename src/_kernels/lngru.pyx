@@ -296,9 +296,10 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
              bint reverse=False, batch_sizes=None):
     """BPTT through one layer-normalised GRU layer and direction.
 
-    Writes ``dx`` (T, N, D), ``dh0`` (N, H) and ADDS into ``dWx`` (D, 3H), ``dWh``
-    (H, 3H), ``dbx``, ``dbh`` and the norms' ``dg_ih``, ``db_ih``, ``dg_hh``,
-    ``db_hh`` (3H,). ``saved`` is what `forward` returned (not modified).
+    Writes ``dx`` (T, N, D; None: no input gradient, its products skipped), ``dh0``
+    (N, H) and ADDS into ``dWx`` (D, 3H), ``dWh`` (H, 3H), ``dbx``, ``dbh`` and the
+    norms' ``dg_ih``, ``db_ih``, ``dg_hh``, ``db_hh`` (3H,). ``saved`` is what
+    `forward` returned (not modified).
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = GATES * H
     cdef Py_ssize_t R = T * N
@@ -320,7 +321,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     da_arr, ds_arr, dz_arr = seq_block(bm, T, N, (GH, GH, GH), dtype, True)
     cdef floating[:, :] dzs = aligned_rows(N if reverse and bs is not None else 0, GH, dtype)
     if N == 0 or H == 0:
-        if inp.D > 0 and N > 0 and T > 0:
+        if inp.D > 0 and N > 0 and T > 0 and dx is not None:
             np.asarray(dx)[...] = 0
         return
     copy_rows(dh0, dhn)

@@ -369,11 +369,12 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
              floating[:] dg_c, floating[:] db_c, bint reverse=False, batch_sizes=None):
     """BPTT through one layer-normalised LSTM layer and direction.
 
-    Writes ``dx`` (T, N, D), ``dh0``, ``dc0`` (N, H) and ADDS into ``dWx`` (D, 4H),
-    ``dWh`` (H, 4H), ``db`` (4H,) (the gradient of bias_ih + bias_hh) and the
-    norms' ``dg_ih``, ``db_ih``, ``dg_hh``, ``db_hh`` (4H,), ``dg_c``, ``db_c``
-    (H,). ``dh``, ``dhn``, ``dcn`` as lstm.backward; ``h``, ``c``, ``saved``
-    what `forward` wrote and returned (``saved`` is not modified).
+    Writes ``dx`` (T, N, D; None: no input gradient, its products skipped), ``dh0``,
+    ``dc0`` (N, H) and ADDS into ``dWx`` (D, 4H), ``dWh`` (H, 4H), ``db`` (4H,) (the
+    gradient of bias_ih + bias_hh) and the norms' ``dg_ih``, ``db_ih``, ``dg_hh``,
+    ``db_hh`` (4H,), ``dg_c``, ``db_c`` (H,). ``dh``, ``dhn``, ``dcn`` as
+    lstm.backward; ``h``, ``c``, ``saved`` what `forward` wrote and returned
+    (``saved`` is not modified).
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0], GH = RC_LN_GATES * H
     cdef Py_ssize_t R = T * N
@@ -402,7 +403,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     da_arr, dz_arr, dyc_arr = seq_block(bm, T, N, (GH, GH, H), dtype, True)
     cdef floating[:, :] dzs = aligned_rows(N if reverse and bs is not None else 0, GH, dtype)
     if N == 0 or H == 0:
-        if inp.D > 0 and N > 0 and T > 0:
+        if inp.D > 0 and N > 0 and T > 0 and dx is not None:
             np.asarray(dx)[...] = 0
         return
     copy_rows(dh0, dhn)

@@ -631,18 +631,18 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
              bint reverse=False, batch_sizes=None, bint overwrite_saved=False, proj=None):
     """BPTT through one LSTM layer and direction.
 
-    Writes ``dx`` (T, N, D, same layout kind as x), ``dh0`` and ``dc0`` (N, H),
-    and ADDS the weight gradients into ``dWx`` (D, 4H), ``dWh`` (H, 4H),
-    ``db`` (4H,). ``dh`` (T, N, H) is the upstream gradient of every output,
-    ``dhn``/``dcn`` (N, H) the gradients of the final states (each row's
-    state after its last valid step; in the reverse direction, after t = 0).
-    ``h``, ``c`` and ``saved`` are what `forward` wrote and returned; the
-    other arguments as in `forward`. ``saved`` is not modified (backward may
-    be run again) unless ``overwrite_saved``: then the gradient workspace dA
-    is the saved ``gates`` itself (T*N*4H less memory), garbage afterwards --
-    for callers that back-propagate once. ``proj`` = (Wr (H, P), dWr (H, P)) with
-    a projection (as in `forward`; dWr accumulated into): then h0, dh0, dhn are
-    (N, P), h, dh (T, N, P), Wh, dWh (P, 4H).
+    Writes ``dx`` (T, N, D, same layout kind as x; None: no input gradient, its
+    products skipped), ``dh0`` and ``dc0`` (N, H), and ADDS the weight gradients
+    into ``dWx`` (D, 4H), ``dWh`` (H, 4H), ``db`` (4H,). ``dh`` (T, N, H) is the
+    upstream gradient of every output, ``dhn``/``dcn`` (N, H) the gradients of the
+    final states (each row's state after its last valid step; in the reverse
+    direction, after t = 0). ``h``, ``c`` and ``saved`` are what `forward` wrote and
+    returned; the other arguments as in `forward`. ``saved`` is not modified
+    (backward may be run again) unless ``overwrite_saved``: then the gradient
+    workspace dA is the saved ``gates`` itself (T*N*4H less memory), garbage
+    afterwards -- for callers that back-propagate once. ``proj`` = (Wr (H, P), dWr
+    (H, P)) with a projection (as in `forward`; dWr accumulated into): then h0, dh0,
+    dhn are (N, P), h, dh (T, N, P), Wh, dWh (P, 4H).
     """
     cdef const floating[:, :] Wr = None if proj is None else proj[0]
     cdef floating[:, :] dWr = None if proj is None else proj[1]
@@ -687,7 +687,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
                                            True)
     cdef floating[:, :] s = np.zeros((N if proj is not None else 0, GH), dtype=dtype)
     if N == 0 or H == 0:
-        if inp.D > 0 and N > 0 and T > 0:
+        if inp.D > 0 and N > 0 and T > 0 and dx is not None:
             np.asarray(dx)[...] = 0
         return
     # the carries (in dh0, dc0) start as (dh_n, dc_n)
@@ -708,7 +708,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn, const floatin
     cdef Loop tasks[MAX_TASKS]
     cdef rc_units sched
     # Wx^T packed for dx_t = dA_t Wx^T in the steps, or dx after the loop
-    keep_x = input_grad_weight(Wx, &L.wxt, T, N, L.Hp)
+    keep_x = input_grad_weight(Wx, &L.wxt, T, N, L.Hp) if dx is not None else None
     keep = unit_split(Wx, Wh, &L, tasks, &sched, True, False)
     if keep is None:
         keep = step_weight(Wh, &L.wh, T, N, GH, L.Hp, True)

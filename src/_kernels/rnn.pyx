@@ -203,11 +203,12 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
              bint relu=False, bint reverse=False, batch_sizes=None):
     """BPTT through one RNN layer and direction.
 
-    Writes ``dx`` (T, N, D, same layout kind as x) and ``dh0`` (N, H), and
-    ADDS the weight gradients into ``dWx`` (D, H), ``dWh`` (H, H), ``db`` (H,).
-    ``dh`` (T, N, H) is the upstream gradient of every output, ``dhn`` (N, H)
-    the gradient of the final state (each row's state after its last valid
-    step; in the reverse direction, after t = 0). Arguments as in `forward`.
+    Writes ``dx`` (T, N, D, same layout kind as x; None: no input gradient, its
+    products skipped) and ``dh0`` (N, H), and ADDS the weight gradients into ``dWx``
+    (D, H), ``dWh`` (H, H), ``db`` (H,). ``dh`` (T, N, H) is the upstream gradient
+    of every output, ``dhn`` (N, H) the gradient of the final state (each row's
+    state after its last valid step; in the reverse direction, after t = 0).
+    Arguments as in `forward`.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], H = Wh.shape[0]
     cdef Loop L
@@ -222,7 +223,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     cdef floating[:, :, :] dz = seq_empty(L.h.bm, T, N, H, dtype, True)
     cdef floating[:, :] dzs = aligned_rows(N if reverse and bs is not None else 0, H, dtype)
     if N == 0 or H == 0:
-        if inp.D > 0 and N > 0:
+        if inp.D > 0 and N > 0 and dx is not None:
             np.asarray(dx)[...] = 0
         return
     copy_rows(dh0, dhn)     # the carry starts as dh_n
@@ -236,7 +237,7 @@ def backward(const floating[:, :, :] dh, const floating[:, :] dhn,
     gr.dzs = &dzs[0, 0] if dzs.shape[0] > 0 else NULL
     keep = step_weight(Wh, &L.wh, T, N, H, H, True)
     # Wx^T packed for dx_t = dz_t Wx^T in the steps, or dx after the loop
-    keep_x = input_grad_weight(Wx, &L.wxt, T, N, H)
+    keep_x = input_grad_weight(Wx, &L.wxt, T, N, H) if dx is not None else None
     # weight_grads' memory from the workspace cache
     keep_dw = dw_reserve(&L, &inp, &gr, <floating>0)
     with nogil:

@@ -300,14 +300,16 @@ def _merge(m, buffer, last):
 
 
 def _to_caller(m, seq, states, inv, unbatched):
-    """(T, N, F) sequence and (L*dirs, N, H) states: unsorted, caller's layout and rank."""
+    """(T, N, F) sequence (or None) and (L*dirs, N, H) states: unsorted, caller's layout
+    and rank."""
     if inv is not None:
-        seq = seq[:, inv]
+        seq = None if seq is None else seq[:, inv]
         states = [s[:, inv] for s in states]
-    if m.batch_first:
+    if m.batch_first and seq is not None:
         seq = seq.transpose(1, 0, 2)
     if unbatched:
-        seq = seq[:, 0] if not m.batch_first else seq[0]
+        if seq is not None:
+            seq = seq[:, 0] if not m.batch_first else seq[0]
         states = [s[:, 0] for s in states]
     return seq, states
 
@@ -425,8 +427,11 @@ def _merge_backward(m, dt, last):
     return [dt * b, dt * a]
 
 
-def _layers_backward(m, sv, dlast, dsn):
-    """Every layer from the last, both directions: (dx (T, N, D) sorted, dstates0)."""
+def _layers_backward(m, sv, dlast, dsn, input_grad=True):
+    """Every layer from the last, both directions: (dx (T, N, D) sorted, dstates0).
+
+    ``input_grad=False``: the first layer computes no dx (None is returned for it).
+    """
     H, L, nd, N, T = m.hidden_size, m.num_layers, m.num_directions, sv.N, sv.T
     dstates0 = [np.zeros((L * nd, N, Hs), dtype=m.dtype) for Hs in m._state_sizes]
     zeros_n = [np.zeros((N, Hs), dtype=m.dtype) for Hs in m._state_sizes]
@@ -440,7 +445,7 @@ def _layers_backward(m, sv, dlast, dsn):
             s0 = [s[k * nd + d] for s in sv.states0]
             dn = [z if s is None else s[k * nd + d] for s, z in zip(dsn, zeros_n)]
             ds0 = [s[k * nd + d] for s in dstates0]
-            dxd = _seq_alloc(m, T, N, Dk, True)
+            dxd = _seq_alloc(m, T, N, Dk, True) if k > 0 or input_grad else None
             if not m.bias:
                 g = g[:2] + [np.zeros(m.G * H, m.dtype)] * 2 + g[4:]
             p = R.effective_weight(p, sv.reg.weight, k * nd + d)
@@ -452,6 +457,8 @@ def _layers_backward(m, sv, dlast, dsn):
 
         dxs = run_pair(run, nd, work=T * N * H * (H + Dk))
         dx = dxs[0]
+        if dx is None:
+            break   # (the first layer, without an input gradient)
         if nd == 2:
             dx += dxs[1]
         # dx is the gradient of layer k's (variationally masked) input
@@ -471,11 +478,13 @@ def check_backward(m, sv, dout, dstates_n):
     return _check_dout(m, sv, dout), _final_state_grads(m, sv, dstates_n)
 
 
-def backward(m, sv, dout, dstates_n, checked=None):
-    """(dx, initial-state gradients) of the forward that saved ``sv``."""
+def backward(m, sv, dout, dstates_n, checked=None, input_grad=True):
+    """(dx, initial-state gradients) of the forward that saved ``sv``; dx is None
+    when not ``input_grad``."""
     dt, dsn = checked if checked is not None else check_backward(m, sv, dout, dstates_n)
     dt = R.apply_locked(dt, sv.reg.output, sv.perm)
-    dx, dstates0 = _layers_backward(m, sv, _merge_backward(m, dt, sv.outputs[-1]), dsn)
+    dx, dstates0 = _layers_backward(m, sv, _merge_backward(m, dt, sv.outputs[-1]), dsn,
+                                    input_grad)
     return _to_caller(m, dx, dstates0, sv.inv, sv.unbatched)
 
 

@@ -17,6 +17,8 @@ from . import _bindings as B
 from . import _regularise as R
 from . import _stack
 from . import _validation as V
+from ._model_docs import COMMON_CALL as _COMMON_CALL
+from ._model_docs import COMMON_PARAMS as _COMMON_PARAMS
 from .module import Module, check_device, register_module
 
 __all__ = ["RNN", "GRU", "LSTM"]
@@ -65,6 +67,8 @@ class _RNNBase(Module):
     _transient = ("_saved", "_lock", "_input_copy")
     #: forward returns (out, state); Sequential passes out on
     _sequential_output = "pair"
+    #: backward(input_grad=False) computes no dx
+    _skips_input_grad = True
 
     def _init_transient(self) -> None:
         self._saved = None
@@ -205,7 +209,8 @@ class _RNNBase(Module):
         """One time step of every layer (inference only; see the subclasses' ``step``)."""
         return _stack.step(self, x, states)
 
-    def _backward(self, dout, dstates_n):
+    def _backward(self, dout, dstates_n, input_grad=True):
+        input_grad = V.check_bool(input_grad, "input_grad")
         if not self._lock.acquire(blocking=False):
             raise RuntimeError(
                 f"this {type(self).__name__} is in use by another thread; give each thread "
@@ -219,66 +224,9 @@ class _RNNBase(Module):
                     "each forward's activations can be back-propagated once")
             checked = _stack.check_backward(self, sv, dout, dstates_n)  # before consuming
             self._saved = None  # activations are freed, as PyTorch frees its graph
-            return _stack.backward(self, sv, dout, dstates_n, checked)
+            return _stack.backward(self, sv, dout, dstates_n, checked, input_grad)
         finally:
             self._lock.release()
-
-
-_COMMON_PARAMS = """
-    input_size : int
-        D, the number of features of ``x``.
-    hidden_size : int
-        H, the number of features of the hidden state.
-    num_layers : int, default 1
-        Stacked layers; layer k > 0 reads layer k-1's output (2H wide when
-        bidirectional, whatever ``merge_mode``).
-    bias : bool, default True
-        With False, no ``bias_ih``/``bias_hh`` parameters.
-    batch_first : bool, default False
-        ``x`` and ``out`` are (N, T, ·) instead of (T, N, ·). **The states**
-        ``h0``/``h_n`` (and ``c0``/``c_n``) **are (num_layers * num_directions,
-        N, H) either way**, as in PyTorch.
-    dropout : float in [0, 1), default 0
-        Dropout on each layer's output except the last, in training mode only,
-        drawn from the model's seeded generator; the mask is reused in backward.
-    bidirectional : bool, default False
-        Add a reverse direction with its own ``*_reverse`` weights.
-    merge_mode : {'concat', 'sum', 'mul', 'ave'}, default 'concat'
-        How the last layer's two directions are combined into ``out``
-        (bidirectional RNNs as in Graves 2013; Keras' names). 'concat' is PyTorch's layout
-        (2H features); the others give H features. Intermediate layers always
-        concatenate, so parameter shapes match PyTorch for every mode.
-    dtype : {np.float32, np.float64}, default np.float32
-    seed : int or None
-        Seeds the parameter initialisation and the dropout masks.
-    device : None or 'cpu', keyword-only
-        PyTorch's argument; any other device raises ValueError (not supported).
-""" + R.PARAMS_DOC
-
-_COMMON_CALL = """
-    Calling: ``model(x, {state}=None, lengths=None)`` is :meth:`forward`;
-    ``model.backward(dout, {dstate}=None)`` back-propagates the last
-    training-mode forward and *accumulates* parameter gradients into
-    ``model.grads`` (clear them with :meth:`zero_grad`). A new model is in
-    training mode, and then (as in PyTorch) every call keeps its activations
-    for backward and applies dropout; after ``model.eval()`` or inside
-    ``with rnncore.no_grad():`` calls keep nothing. ``train=True/False``
-    overrides the mode for one call. ``x`` and the initial states are copied
-    when kept for backward, so changing them afterwards does not change the
-    gradients.
-
-    ``lengths`` (N ints in [0, T], any order) on a zero-padded batch gives
-    what PyTorch gives for ``pack_padded_sequence(x, lengths,
-    enforce_sorted=False)`` followed by ``pad_packed_sequence``: ``out`` is
-    zero past each length, the final state is each sequence's own last valid
-    step, the reverse direction starts at it, and padding never reaches a
-    gradient. It is computed without packing: the kernels shrink the active
-    batch step by step.
-
-    Not thread-safe per instance: a model holds its last forward's
-    activations; give each thread its own model (a second thread calling a
-    busy model gets a RuntimeError).
-"""
 
 
 class _HiddenStateRNN(_RNNBase):
@@ -307,20 +255,22 @@ class _HiddenStateRNN(_RNNBase):
         y, (hn,) = self._forward(x, [(h0, "h0")], lengths, train)
         return y, hn
 
-    def backward(self, dout, dh_n=None):
+    def backward(self, dout, dh_n=None, *, input_grad=True):
         """Back-propagate through time.
 
         Parameters
         ----------
         dout : ndarray, shape of ``out``
         dh_n : ndarray, shape of ``h_n``, optional
+        input_grad : bool, default True
+            False: ``dx`` is not computed (None is returned; see the class docstring).
 
         Returns
         -------
-        dx : ndarray, shape of ``x``
+        dx : ndarray, shape of ``x``, or None
         dh0 : ndarray, shape of ``h_n``
         """
-        dx, (dh0,) = self._backward(dout, [(dh_n, "dh_n")])
+        dx, (dh0,) = self._backward(dout, [(dh_n, "dh_n")], input_grad)
         return dx, dh0
 
     def step(self, x, h=None):
@@ -578,16 +528,23 @@ class LSTM(_RNNBase):
         y, (hn, cn) = self._forward(x, [(h0, "h0"), (c0, "c0")], lengths, train)
         return y, (hn, cn)
 
-    def backward(self, dout, dstate=None):
+    def backward(self, dout, dstate=None, *, input_grad=True):
         """Back-propagate through time.
+
+        Parameters
+        ----------
+        dout : ndarray, shape of ``out``
+        dstate : pair (dh_n, dc_n) of arrays, shape of ``(h_n, c_n)``, optional
+        input_grad : bool, default True
+            False: ``dx`` is not computed (None is returned; see the class docstring).
 
         Returns
         -------
-        dx : ndarray, shape of ``x``
+        dx : ndarray, shape of ``x``, or None
         (dh0, dc0) : pair of ndarrays, shape (num_layers * num_directions, N, H)
         """
         dhn, dcn = self._pair(dstate, "dstate")
-        dx, (dh0, dc0) = self._backward(dout, [(dhn, "dh_n"), (dcn, "dc_n")])
+        dx, (dh0, dc0) = self._backward(dout, [(dhn, "dh_n"), (dcn, "dc_n")], input_grad)
         return dx, (dh0, dc0)
 
     def step(self, x, hx=None):

@@ -160,6 +160,9 @@ class Module:
     #: what forward returns, for Sequential: "array", "pair" ((out, state): out is
     #: passed on), None (refused: a single-step cell)
     _sequential_output = "array"
+    #: backward takes ``input_grad=False`` (skip the input gradient, return None): for
+    #: Sequential's first module
+    _skips_input_grad = False
 
     def __init__(self):
         self.params: "OrderedDict[str, np.ndarray]" = OrderedDict()

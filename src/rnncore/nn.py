@@ -27,8 +27,9 @@ import math
 import numpy as np
 
 from ._bindings import matmul, matmul_tn_add
-from ._validation import (CopyBuffer, as_index, as_real, check_dtype, check_last_dim,
-                          check_probability, owned, positive_int, rng_from_seed)
+from ._validation import (CopyBuffer, as_index, as_real, check_bool, check_dtype,
+                          check_last_dim, check_probability, owned, positive_int,
+                          rng_from_seed)
 from .module import Module, check_device, module_registry, register_module
 
 __all__ = ["Embedding", "Linear", "Dropout", "Sequential"]
@@ -289,27 +290,35 @@ class Linear(Module):
             self._x2, self._lead = x2, lead
         return y.reshape(lead + (self.out_features,))
 
-    def backward(self, dout):
+    _skips_input_grad = True
+
+    def backward(self, dout, *, input_grad=True):
         """Accumulate ``dweight``/``dbias`` and return ``dx``.
 
         Parameters
         ----------
         dout : ndarray, shape (..., F)
+        input_grad : bool, default True
+            False: ``dx`` is not computed and None is returned (an input that
+            needs no gradient).
 
         Returns
         -------
-        dx : ndarray, shape (..., D)
+        dx : ndarray, shape (..., D), or None
 
         Notes
         -----
         ``dW += dy^T x``, ``db += sum_M dy``, ``dx = dy W``.
         """
+        input_grad = check_bool(input_grad, "input_grad")
         _require_forward(self, self._x2)
         dout = _check_dout(dout, self._lead + (self.out_features,), self.dtype)
         d2 = dout.reshape(-1, self.out_features)              # (M, F)
         matmul_tn_add(d2, self._x2, self.grads["weight"])      # (F, D) += (M, F)^T (M, D)
         if self.bias:
             self.grads["bias"] += d2.sum(axis=0)
+        if not input_grad:
+            return None
         dx = matmul(d2, self.params["weight"])                 # (M, D) = (M, F)(F, D)
         return dx.reshape(self._lead + (self.in_features,))
 
@@ -497,21 +506,28 @@ class Sequential(Module):
         self._trained = self._mode(train)[1]
         return x
 
-    def backward(self, dout):
-        """Run the modules' ``backward`` in reverse; returns the input gradient."""
+    def backward(self, dout, *, input_grad=True):
+        """Run the modules' ``backward`` in reverse; returns the input gradient.
+
+        ``input_grad=False``: None is returned, and a first module that can
+        (:class:`Linear`, the recurrent models) skips computing it.
+        """
+        input_grad = check_bool(input_grad, "input_grad")
         if not self._trained:
             raise RuntimeError(
                 "Sequential.backward called without a preceding training-mode forward "
                 "(call forward(x, train=True) first)")
         for i in range(len(self.modules) - 1, -1, -1):
-            dout = self.modules[i].backward(dout)
+            m = self.modules[i]
+            skip = i == 0 and not input_grad and m._skips_input_grad
+            dout = m.backward(dout, input_grad=False) if skip else m.backward(dout)
             if self.modules[i]._sequential_output == "pair":
                 dout = dout[0]  # (dx, dh0): the initial state was zeros
             if dout is None and i > 0:
                 raise RuntimeError(
                     f"Sequential: module {i} ({type(self.modules[i]).__name__}) returned no "
                     "input gradient, so it must be the first module")
-        return dout
+        return dout if input_grad else None
 
     def get_config(self) -> dict:
         return {"layers": [{"class": type(m).__name__, "config": m.get_config()}
