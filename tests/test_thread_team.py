@@ -21,6 +21,9 @@ same either way, so:
 6. A caller done with its own task runs the tasks no worker has started yet: each
    task still runs exactly once, and it happens (workers asleep at once); the
    results are those of a caller that waits for its workers (point 1).
+7. The workers are kept off the caller's CPU (their affinity: the caller's own minus
+   the CPU it runs on), back to the caller's with the hook off, left alone when the
+   caller may run on one CPU only; the results are the same either way.
 """
 import multiprocessing
 import subprocess
@@ -266,3 +269,46 @@ def test_the_caller_takes_the_tasks_no_worker_started():
     r = subprocess.run([sys.executable, "-c", TAKEN], capture_output=True, text=True,
                        timeout=240)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+APART = r"""
+import os, numpy as np, rnncore
+from threadpoolctl import threadpool_limits
+from rnncore._kernels import rnn as K
+m = rnncore.RNN(20, 64, batch_first=True, seed=5)
+x = np.random.default_rng(1).standard_normal((24, 24, 20)).astype(np.float32)
+mine = os.sched_getaffinity(0)
+def run():
+    with threadpool_limits(2, user_api="blas"):
+        return m(x, train=False)[0]
+K._set_thread_team_apart(True)
+y_apart = run()
+w = K._thread_team_worker_cpus(0)
+if len(mine) > 1:
+    assert w < mine and len(w) == len(mine) - 1, (w, mine)   # all but one of the caller's
+K._set_thread_team_apart(False)
+y_free = run()
+assert K._thread_team_worker_cpus(0) == mine, (K._thread_team_worker_cpus(0), mine)
+np.testing.assert_array_equal(y_apart, y_free)
+K._set_thread_team_apart(True)
+one = {min(mine)}
+os.sched_setaffinity(0, one)              # the caller on one CPU: the workers left alone
+runs = K._thread_team_runs()
+y_one = run()
+assert K._thread_team_runs() > runs
+assert K._thread_team_worker_cpus(0) == mine, K._thread_team_worker_cpus(0)
+np.testing.assert_array_equal(y_one, y_free)
+print("ok")
+"""
+
+
+def test_the_workers_are_kept_off_the_callers_cpu():
+    """In a child process (it changes its own thread's affinity)."""
+    r = subprocess.run([sys.executable, "-c", APART], capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_the_apart_hook_has_no_worker_to_report_out_of_range():
+    assert KL._thread_team_worker_cpus(-1) == set()
+    assert KL._thread_team_worker_cpus(10 ** 6) == set()

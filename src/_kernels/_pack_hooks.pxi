@@ -236,7 +236,8 @@ def _section_probe():
 from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
                     matmul_small_machine, intel_rules, rule_set, set_rule_set, fuse_input)
-from _threads cimport (set_pool, set_pool_take, pool_taken, pool_count, pool_id,
+from _threads cimport (set_pool, set_pool_take, set_pool_apart, pool_worker_cpus, pool_taken,
+                       pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 
 
@@ -259,6 +260,20 @@ def _set_thread_team(bint enabled=True, long spin_ns=-1, bint take=True):
     has started yet (True, the default) rather than wait for those workers."""
     set_pool(enabled, spin_ns)
     set_pool_take(take)
+
+
+def _set_thread_team_apart(bint apart=True):
+    """Test/benchmark hook: this module's calls keep the team's workers off the
+    submitting thread's CPU (rc_threads.h: rc_pool_keep_apart; True, the default) or
+    leave their affinity to the scheduler (False: restored to the submitter's)."""
+    set_pool_apart(apart)
+
+
+def _thread_team_worker_cpus(int k=0):
+    """Test hook: the CPUs worker k of the team may run on (a set of CPU numbers below
+    64; empty without that worker)."""
+    cdef unsigned long long bits = pool_worker_cpus(k)
+    return {c for c in range(64) if (bits >> c) & 1}
 
 
 def _thread_team_taken():

@@ -325,6 +325,8 @@ typedef struct {
     int pending;        /* futex word: workers still running the current tasks */
     int waiting;        /* the submitter sleeps (or is about to) on pending */
     int failed;         /* a worker could not be started: spawn from now on */
+    int caller_cpu1;    /* 1 + the CPU the workers' affinity leaves to the submitter (0:
+                           none set; rc_pool_keep_apart) */
     rc_worker w[RC_MAX_THREADS];
 } rc_pool_t;
 /* The team: this module's own until rc_blas_thread_hooks hands every kernel
@@ -339,6 +341,7 @@ static rc_pool_t *rc_pool_p = &rc_pool_local;
 static int rc_pool_registered = 0;   /* the atfork handler is installed (kept across fork) */
 static int rc_pool_enabled = 1;
 static int rc_pool_take = 1;           /* the submitter takes tasks no worker has started */
+static int rc_pool_apart = 1;          /* the workers kept off the submitter's CPU */
 static long rc_pool_spin_ns = RC_POOL_SPIN_NS_DEFAULT;
 static long long rc_pool_runs = 0;     /* team runs (a count for tests) */
 static long long rc_pool_taken = 0;    /* tasks the submitter took from a worker (tests) */
@@ -347,6 +350,10 @@ static long long rc_pool_taken_count(void)
     return __atomic_load_n(&rc_pool_taken, __ATOMIC_RELAXED);
 }
 static void rc_set_pool_take(int take) { __atomic_store_n(&rc_pool_take, take, __ATOMIC_RELAXED); }
+static void rc_set_pool_apart(int apart)
+{
+    __atomic_store_n(&rc_pool_apart, apart, __ATOMIC_RELAXED);
+}
 
 static long long rc_pool_count(void) { return __atomic_load_n(&rc_pool_runs, __ATOMIC_RELAXED); }
 #if RC_POOL
@@ -481,13 +488,75 @@ static int rc_pool_acquire(int P)
         w->sleeping = 0;
         w->claim = 1;   /* no task posted yet */
         if (pthread_create(&w->th, NULL, rc_pool_main, w) != 0) rc_pool_p->failed = 1;
-        else rc_pool_p->n++;
+        else {
+            rc_pool_p->n++;
+            rc_pool_p->caller_cpu1 = 0;   /* a new worker: its affinity set at the next run */
+        }
     }
     if (rc_pool_p->n < P - 1) {
         __atomic_store_n(&rc_pool_p->busy, 0, __ATOMIC_RELEASE);
         return 0;
     }
     return 1;
+}
+
+/* Keep the workers off the submitter's CPU: their affinity becomes the
+ * submitter's own minus the CPU it runs on, whenever that CPU changes (one
+ * sched_getcpu a call; two syscalls a change). Why: a woken worker may be put on
+ * its waker's CPU, behind the submitter, and run only when that yields. On a
+ * 2-vCPU KVM guest whose scheduler packs wake-ups onto busy vCPUs
+ * (sched_vcpu_pack on its kernel command line; the idle vCPU halted), after a
+ * pause of 50 ms or more the workers stayed on the submitter's CPU for the next
+ * 20 calls: an RNN (100, 16, 64, 128) inference ran at one thread's speed, the
+ * submitter taking 40-95 of 100 tasks (0.41-0.43 ms a call against 0.23 back to
+ * back; the worker pinned apart: 0.24-0.25 ms, none taken). A mask of one CPU
+ * (taskset 1 CPU) leaves the workers as they are; so do failures. The tasks are
+ * the same wherever they run: results do not depend on it. */
+static void rc_pool_keep_apart(int P)
+{
+#if defined(__linux__) && defined(CPU_SET) && defined(_GNU_SOURCE)
+    if (!__atomic_load_n(&rc_pool_apart, __ATOMIC_RELAXED)) {
+        if (rc_pool_p->caller_cpu1 > 0) {   /* turned off: the submitter's mask back */
+            cpu_set_t set;
+            if (sched_getaffinity(0, sizeof set, &set) == 0)
+                for (int k = 0; k < rc_pool_p->n; k++)
+                    pthread_setaffinity_np(rc_pool_p->w[k].th, sizeof set, &set);
+            rc_pool_p->caller_cpu1 = 0;
+        }
+        return;
+    }
+    int cpu = sched_getcpu();
+    if (cpu < 0 || cpu + 1 == rc_pool_p->caller_cpu1) return;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0 || !CPU_ISSET(cpu, &set)
+        || CPU_COUNT(&set) < 2)
+        return;
+    CPU_CLR(cpu, &set);
+    for (int k = 0; k < P - 1 && k < rc_pool_p->n; k++)
+        pthread_setaffinity_np(rc_pool_p->w[k].th, sizeof set, &set);
+    rc_pool_p->caller_cpu1 = cpu + 1;
+#else
+    (void)P;
+#endif
+}
+
+/* The workers' CPUs (test hook): worker k's allowed CPUs as a bit mask of the
+ * first 64, 0 without that worker or on failure. */
+static unsigned long long rc_pool_worker_cpus(int k)
+{
+#if defined(__linux__) && defined(CPU_SET) && defined(_GNU_SOURCE)
+    cpu_set_t set;
+    unsigned long long bits = 0;
+    if (k < 0 || k >= rc_pool_p->n
+        || pthread_getaffinity_np(rc_pool_p->w[k].th, sizeof set, &set) != 0)
+        return 0;
+    for (int c = 0; c < 64; c++)
+        if (CPU_ISSET(c, &set)) bits |= 1ULL << c;
+    return bits;
+#else
+    (void)k;
+    return 0;
+#endif
 }
 
 static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
@@ -497,6 +566,7 @@ static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
 #if defined(__x86_64__) || defined(__i386__)
     mxcsr = __builtin_ia32_stmxcsr();
 #endif
+    rc_pool_keep_apart(P);
     __atomic_store_n(&rc_pool_p->pending, P - 1, __ATOMIC_SEQ_CST);
     for (int k = 1; k < P; k++) {
         rc_worker *w = &rc_pool_p->w[k - 1];
