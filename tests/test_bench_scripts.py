@@ -214,21 +214,27 @@ def test_the_script_is_importable_without_torch():
 
 
 # -- compare.py's core rows ------------------------------------------------------------------
-def test_core_rows_compare_medians_and_means(monkeypatch):
-    """The core table's ratios: torch/rc of the medians and 'mean t/rc' of the means,
-    each record keeping both times; one tiny shape, with PyTorch where installed."""
-    torch = pytest.importorskip("torch")
+def _tiny_rows(monkeypatch, shapes, cell):
+    """compare.py's rows module with CORE_SHAPES = ``shapes``, the options of a tiny
+    run of ``cell``, an output and a record list."""
     sys.path.insert(0, BENCH)
     try:
         from _harness import rows
         from _harness.timing import Budget
     finally:
         sys.path.remove(BENCH)
-    monkeypatch.setattr(rows, "CORE_SHAPES", ((3, 2, 4, 5), (4, 2, 4, 5)))
+    monkeypatch.setattr(rows, "CORE_SHAPES", shapes)
     budget = Budget(True)
     budget.seconds, budget.max_repeats = 0.01, 3
-    opts = types.SimpleNamespace(cells=["rnn"], budget=budget, quick=True)
-    out, records = io.StringIO(), []
+    opts = types.SimpleNamespace(cells=[cell], budget=budget, quick=True)
+    return rows, opts, io.StringIO(), []
+
+
+def test_core_rows_compare_medians_and_means(monkeypatch):
+    """The core table's ratios: torch/rc of the medians and 'mean t/rc' of the means,
+    each record keeping both times; one tiny shape, with PyTorch where installed."""
+    torch = pytest.importorskip("torch")
+    rows, opts, out, records = _tiny_rows(monkeypatch, ((3, 2, 4, 5), (4, 2, 4, 5)), "rnn")
     rows.run_core(opts, torch, out, records, 100.0, peak=200.0)
     model = [r for r in records if r["impl"] == "rnncore-model"]
     tor = {(r["T"], r["pass_"]): r for r in records if r["impl"] == "torch"}
@@ -248,17 +254,7 @@ def test_nodx_rows_time_three_backwards_side_by_side(monkeypatch):
     """compare.py's nodx rows: rnncore without dx, with dx, and PyTorch with
     x.requires_grad=False; torch/rc and the flops without dx's product from the records."""
     torch = pytest.importorskip("torch")
-    sys.path.insert(0, BENCH)
-    try:
-        from _harness import rows
-        from _harness.timing import Budget
-    finally:
-        sys.path.remove(BENCH)
-    monkeypatch.setattr(rows, "CORE_SHAPES", ((1, 1, 1, 1), (3, 2, 4, 5)))
-    budget = Budget(True)
-    budget.seconds, budget.max_repeats = 0.01, 3
-    opts = types.SimpleNamespace(cells=["lstm"], budget=budget, quick=True)
-    out, records = io.StringIO(), []
+    rows, opts, out, records = _tiny_rows(monkeypatch, ((1, 1, 1, 1), (3, 2, 4, 5)), "lstm")
     rows.run_nodx(opts, torch, out, records, peak=200.0)
     by = {r["impl"]: r for r in records}
     assert sorted(by) == ["rnncore-dx", "rnncore-nodx", "torch-nodx"]

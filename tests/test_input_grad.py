@@ -196,35 +196,34 @@ def test_torch_parity_without_input_grad(rng):
 
 
 # ---------------------------------------------------------------- nn containers
-def test_linear_without_input_grad(rng):
-    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+def _container_both_ways(make, x):
+    """A fresh module from make() each way: backward with and without the input
+    gradient; dx None only without, every parameter gradient bitwise the same."""
     res = []
     for input_grad in (True, False):
-        lin = nn.Linear(5, 2, seed=0)
-        y = lin.forward(x, train=True)
-        dx = lin.backward(np.ones_like(y), input_grad=input_grad)
-        res.append((dx, {k: v.copy() for k, v in lin.grads.items()}))
+        m = make()
+        y = m.forward(x, train=True)
+        dx = m.backward(np.ones_like(y), input_grad=input_grad)
+        res.append((dx, {k: v.copy() for k, v in m.grads.items()}))
     assert res[0][0].shape == x.shape and res[1][0] is None
+    assert list(res[0][1]) == list(res[1][1]) and res[0][1]
     for k in res[0][1]:
         np.testing.assert_array_equal(res[0][1][k], res[1][1][k])
+
+
+def test_linear_without_input_grad(rng):
+    _container_both_ways(lambda: nn.Linear(5, 2, seed=0),
+                         rng.standard_normal((4, 3, 5)).astype(np.float32))
 
 
 @pytest.mark.parametrize("first", ["lstm", "linear", "dropout"])
 def test_sequential_without_input_grad(first, rng):
-    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
-    res = []
-    for input_grad in (True, False):
-        head = {"lstm": lambda: rnncore.LSTM(5, 8, seed=0),
-                "linear": lambda: nn.Linear(5, 8, seed=0),
-                "dropout": lambda: nn.Dropout(0.2, seed=0)}[first]()
-        rest = [nn.Linear(8 if first != "dropout" else 5, 3, seed=1)]
-        s = nn.Sequential(head, *rest)
-        y = s.forward(x, train=True)
-        dx = s.backward(np.ones_like(y), input_grad=input_grad)
-        res.append((dx, {k: v.copy() for k, v in s.grads.items()}))
-    assert res[0][0].shape == x.shape and res[1][0] is None
-    for k in res[0][1]:
-        np.testing.assert_array_equal(res[0][1][k], res[1][1][k])
+    head = {"lstm": lambda: rnncore.LSTM(5, 8, seed=0),
+            "linear": lambda: nn.Linear(5, 8, seed=0),
+            "dropout": lambda: nn.Dropout(0.2, seed=0)}[first]
+    width = 5 if first == "dropout" else 8
+    _container_both_ways(lambda: nn.Sequential(head(), nn.Linear(width, 3, seed=1)),
+                         rng.standard_normal((6, 3, 5)).astype(np.float32))
 
 
 # ---------------------------------------------------------------- bad input
