@@ -67,6 +67,13 @@ def test_other_gradients_are_bitwise_those_with_dx(cell, dtype, kw, rng):
     _assert_same_but_dx(_both_ways(cell, 6, 3, 5, 7, rng, dtype, **kw))
 
 
+@pytest.mark.parametrize("cell, kw", [("rnn_relu", {}), ("gru", {"reset_after": False})],
+                         ids=["rnn-relu", "gru-reset-before"])
+def test_relu_rnn_and_reset_before_gru(cell, kw, rng):
+    _assert_same_but_dx(_both_ways(cell, 6, 3, 5, 7, rng, np.float64, num_layers=2,
+                                   bidirectional=True, **kw))
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_with_lengths(cell, rng):
     lengths = np.array([6, 2, 4, 0])
@@ -176,6 +183,19 @@ def test_kernels_take_dx_none(dtype, rng):
     assert np.isfinite(outs[0][2]).all()
 
 
+def test_kernels_take_dx_none_for_an_empty_batch(rng):
+    """N = 0: nothing to compute, nothing written, no dx to zero."""
+    f = np.float32
+    x = np.empty((3, 0, 4), f)
+    Wx, Wh = np.zeros((4, 20), f), np.zeros((5, 20), f)
+    z = np.empty((0, 5), f)
+    h, c = np.empty((3, 0, 5), f), np.empty((3, 0, 5), f)
+    saved = KL.forward(x, z, z, Wx, Wh, np.zeros(20, f), h, c)
+    KL.backward(np.empty((3, 0, 5), f), z, z, x, z, z, Wx, Wh, h, c, saved, None,
+                np.empty((0, 5), f), np.empty((0, 5), f), np.zeros_like(Wx), np.zeros_like(Wh),
+                np.zeros(20, f))
+
+
 def test_torch_parity_without_input_grad(rng):
     """PyTorch with x.requires_grad=False: the same parameter gradients."""
     torch = pytest.importorskip("torch")
@@ -206,7 +226,7 @@ def _container_both_ways(make, x):
         dx = m.backward(np.ones_like(y), input_grad=input_grad)
         res.append((dx, {k: v.copy() for k, v in m.grads.items()}))
     assert res[0][0].shape == x.shape and res[1][0] is None
-    assert list(res[0][1]) == list(res[1][1]) and res[0][1]
+    assert list(res[0][1]) == list(res[1][1])
     for k in res[0][1]:
         np.testing.assert_array_equal(res[0][1][k], res[1][1][k])
 
@@ -216,11 +236,21 @@ def test_linear_without_input_grad(rng):
                          rng.standard_normal((4, 3, 5)).astype(np.float32))
 
 
-@pytest.mark.parametrize("first", ["lstm", "linear", "dropout"])
+def test_dropout_and_embedding_take_input_grad(rng):
+    _container_both_ways(lambda: nn.Dropout(0.3, seed=0),
+                         rng.standard_normal((4, 3, 5)).astype(np.float32))
+    emb = nn.Embedding(10, 4, seed=0)
+    y = emb.forward(np.array([[1, 2], [3, 1]]), train=True)
+    assert emb.backward(np.ones_like(y), input_grad=False) is None
+    assert emb.grads["weight"][1].sum() == 2 * 4
+
+
+@pytest.mark.parametrize("first", ["lstm", "linear", "dropout", "nested"])
 def test_sequential_without_input_grad(first, rng):
     head = {"lstm": lambda: rnncore.LSTM(5, 8, seed=0),
             "linear": lambda: nn.Linear(5, 8, seed=0),
-            "dropout": lambda: nn.Dropout(0.2, seed=0)}[first]
+            "dropout": lambda: nn.Dropout(0.2, seed=0),
+            "nested": lambda: nn.Sequential(nn.Linear(5, 8, seed=0))}[first]
     width = 5 if first == "dropout" else 8
     _container_both_ways(lambda: nn.Sequential(head(), nn.Linear(width, 3, seed=1)),
                          rng.standard_normal((6, 3, 5)).astype(np.float32))
@@ -243,3 +273,8 @@ def test_input_grad_must_be_a_bool_and_consumes_nothing(bad, rng):
     y = s.forward(rng.standard_normal((3, 4)).astype(np.float32), train=True)
     with pytest.raises(TypeError, match="input_grad"):
         s.backward(np.ones_like(y), input_grad=bad)
+    for mod in (nn.Dropout(0.5, seed=0), nn.Embedding(5, 2, seed=0)):
+        y = mod.forward(np.array([[1, 2]]) if isinstance(mod, nn.Embedding)
+                        else np.ones((2, 3), np.float32), train=True)
+        with pytest.raises(TypeError, match="input_grad"):
+            mod.backward(np.ones_like(y, dtype=np.float32), input_grad=bad)

@@ -26,6 +26,7 @@ same either way, so:
    caller may run on one CPU only; the results are the same either way.
 """
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -278,37 +279,53 @@ from rnncore._kernels import rnn as K
 m = rnncore.RNN(20, 64, batch_first=True, seed=5)
 x = np.random.default_rng(1).standard_normal((24, 24, 20)).astype(np.float32)
 mine = os.sched_getaffinity(0)
-def run():
-    with threadpool_limits(2, user_api="blas"):
+def run(threads):
+    with threadpool_limits(threads, user_api="blas"):
         return m(x, train=False)[0]
+def masks():
+    return [K._thread_team_worker_cpus(k) for k in range(2)]
+def apart(w):
+    return w < mine and len(w) == len(mine) - 1      # all but one of the caller's CPUs
+ys = [run(2)]                        # the team's first worker, kept apart
+w = masks()
+assert apart(w[0]) and w[1] == set(), w
+ys.append(run(3))                    # a second worker started: both apart, alike
+w = masks()
+assert apart(w[0]) and w[1] == w[0], w
+ys.append(run(2))                    # a smaller team after a larger one: every worker
+assert masks() == w, masks()
+K._set_thread_team_apart(False)      # off: every worker back to the caller's set
+ys.append(run(2))
+assert masks() == [mine, mine], masks()
 K._set_thread_team_apart(True)
-y_apart = run()
-w = K._thread_team_worker_cpus(0)
-if len(mine) > 1:
-    assert w < mine and len(w) == len(mine) - 1, (w, mine)   # all but one of the caller's
-K._set_thread_team_apart(False)
-y_free = run()
-assert K._thread_team_worker_cpus(0) == mine, (K._thread_team_worker_cpus(0), mine)
-np.testing.assert_array_equal(y_apart, y_free)
-K._set_thread_team_apart(True)
+ys.append(run(2))
+w = masks()
+assert apart(w[0]) and w[1] == w[0], w
 one = {min(mine)}
-os.sched_setaffinity(0, one)              # the caller on one CPU: the workers left alone
-runs = K._thread_team_runs()
-y_one = run()
-assert K._thread_team_runs() > runs
-assert K._thread_team_worker_cpus(0) == mine, K._thread_team_worker_cpus(0)
-np.testing.assert_array_equal(y_one, y_free)
+os.sched_setaffinity(0, one)         # the caller on one CPU, the hook on: left alone
+ys.append(run(3))
+assert masks() == w, masks()
+K._set_thread_team_apart(False)      # off: the caller's set, now one CPU
+ys.append(run(3))
+assert masks() == [one, one], masks()
+for y in ys:
+    np.testing.assert_array_equal(y, ys[0])
 print("ok")
 """
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and at least two usable CPUs")
 def test_the_workers_are_kept_off_the_callers_cpu():
-    """In a child process (it changes its own thread's affinity)."""
+    """Every worker's affinity is the caller's set minus one CPU (the caller's), also
+    after the team grew or shrank; back to the caller's set with the hook off; left
+    alone when the caller may run on one CPU only; the results are the same. In a
+    child process (it changes its own thread's affinity)."""
     r = subprocess.run([sys.executable, "-c", APART], capture_output=True, text=True,
                        timeout=240)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
-def test_the_apart_hook_has_no_worker_to_report_out_of_range():
+def test_the_worker_cpus_hook_has_no_worker_out_of_range():
     assert KL._thread_team_worker_cpus(-1) == set()
     assert KL._thread_team_worker_cpus(10 ** 6) == set()

@@ -236,7 +236,7 @@ def _section_probe():
 from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
                     matmul_small_machine, intel_rules, rule_set, set_rule_set, fuse_input)
-from _threads cimport (set_pool, set_pool_take, set_pool_apart, pool_worker_cpus, pool_taken,
+from _threads cimport (set_pool, set_pool_take, set_pool_apart, pool_worker_cpu, pool_taken,
                        pool_count, pool_id,
                        thread_state_bytes, run_tasks, single_open, single_close, own_threads)
 
@@ -270,10 +270,10 @@ def _set_thread_team_apart(bint apart=True):
 
 
 def _thread_team_worker_cpus(int k=0):
-    """Test hook: the CPUs worker k of the team may run on (a set of CPU numbers below
-    64; empty without that worker)."""
-    cdef unsigned long long bits = pool_worker_cpus(k)
-    return {c for c in range(64) if (bits >> c) & 1}
+    """Test hook: the CPUs worker k of the team may run on (a set of CPU numbers;
+    empty without that worker)."""
+    cdef int c
+    return {c for c in range(1024) if pool_worker_cpu(k, c) == 1}
 
 
 def _thread_team_taken():

@@ -18,7 +18,7 @@ cdef extern from "rc_threads.h" nogil:
     void set_pool "rc_set_pool"(int enabled, long spin_ns)
     void set_pool_take "rc_set_pool_take"(int take)
     void set_pool_apart "rc_set_pool_apart"(int apart)
-    unsigned long long pool_worker_cpus "rc_pool_worker_cpus"(int k)
+    int pool_worker_cpu "rc_pool_worker_cpu"(int k, int c)
     long long pool_taken "rc_pool_taken_count"()
     size_t pool_id "rc_pool_id"()
     size_t thread_state_bytes "rc_thread_state_bytes"()

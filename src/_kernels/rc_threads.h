@@ -326,7 +326,8 @@ typedef struct {
     int waiting;        /* the submitter sleeps (or is about to) on pending */
     int failed;         /* a worker could not be started: spawn from now on */
     int caller_cpu1;    /* 1 + the CPU the workers' affinity leaves to the submitter (0:
-                           none set; rc_pool_keep_apart) */
+                           to be set at the next run; rc_pool_keep_apart) */
+    int masked;         /* some worker's affinity was narrowed (to undo when turned off) */
     rc_worker w[RC_MAX_THREADS];
 } rc_pool_t;
 /* The team: this module's own until rc_blas_thread_hooks hands every kernel
@@ -500,62 +501,60 @@ static int rc_pool_acquire(int P)
     return 1;
 }
 
-/* Keep the workers off the submitter's CPU: their affinity becomes the
- * submitter's own minus the CPU it runs on, whenever that CPU changes (one
- * sched_getcpu a call; two syscalls a change). Why: a woken worker may be put on
- * its waker's CPU, behind the submitter, and run only when that yields. On a
- * 2-vCPU KVM guest whose scheduler packs wake-ups onto busy vCPUs
- * (sched_vcpu_pack on its kernel command line; the idle vCPU halted), after a
- * pause of 50 ms or more the workers stayed on the submitter's CPU for the next
- * 20 calls: an RNN (100, 16, 64, 128) inference ran at one thread's speed, the
- * submitter taking 40-95 of 100 tasks (0.41-0.43 ms a call against 0.23 back to
- * back; the worker pinned apart: 0.24-0.25 ms, none taken). A mask of one CPU
- * (taskset 1 CPU) leaves the workers as they are; so do failures. The tasks are
- * the same wherever they run: results do not depend on it. */
-static void rc_pool_keep_apart(int P)
+/* Keep the workers off the submitter's CPU: every worker's affinity becomes the
+ * submitter's own minus the CPU it runs on, set again whenever that CPU changes or
+ * a worker was started (one sched_getcpu a run; 1 + n syscalls a change). Why: a
+ * woken worker may be put on its waker's CPU, behind the submitter, and run only
+ * when that yields. On a 2-vCPU KVM guest whose scheduler packs wake-ups onto busy
+ * vCPUs (sched_vcpu_pack on its kernel command line; an idle vCPU halted at once),
+ * after a pause of 50 ms or more the workers stayed on the submitter's CPU for the
+ * next 20 calls: an RNN (100, 16, 64, 128) inference ran at one thread's speed, the
+ * submitter taking 40-95 of 100 tasks (0.41-0.51 ms a call against 0.26-0.29 back to
+ * back; the worker pinned apart: 0.24-0.25 ms, none taken). A submitter allowed one
+ * CPU (taskset) leaves the workers as they are; so do failures. The submitter's set
+ * is read when its CPU changes: a change of that set alone reaches the workers at
+ * the next change of CPU (before this, the workers kept the set they were started
+ * with). The tasks are the same wherever they run: results do not depend on it. */
+static void rc_pool_keep_apart(void)
 {
 #if defined(__linux__) && defined(CPU_SET) && defined(_GNU_SOURCE)
+    cpu_set_t set;
     if (!__atomic_load_n(&rc_pool_apart, __ATOMIC_RELAXED)) {
-        if (rc_pool_p->caller_cpu1 > 0) {   /* turned off: the submitter's mask back */
-            cpu_set_t set;
-            if (sched_getaffinity(0, sizeof set, &set) == 0)
-                for (int k = 0; k < rc_pool_p->n; k++)
-                    pthread_setaffinity_np(rc_pool_p->w[k].th, sizeof set, &set);
-            rc_pool_p->caller_cpu1 = 0;
+        if (rc_pool_p->masked && sched_getaffinity(0, sizeof set, &set) == 0) {
+            /* turned off: every worker back to the submitter's set */
+            for (int k = 0; k < rc_pool_p->n; k++)
+                pthread_setaffinity_np(rc_pool_p->w[k].th, sizeof set, &set);
+            rc_pool_p->masked = 0;
         }
+        rc_pool_p->caller_cpu1 = 0;
         return;
     }
     int cpu = sched_getcpu();
     if (cpu < 0 || cpu + 1 == rc_pool_p->caller_cpu1) return;
-    cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) != 0 || !CPU_ISSET(cpu, &set)
         || CPU_COUNT(&set) < 2)
         return;
     CPU_CLR(cpu, &set);
-    for (int k = 0; k < P - 1 && k < rc_pool_p->n; k++)
+    for (int k = 0; k < rc_pool_p->n; k++)
         pthread_setaffinity_np(rc_pool_p->w[k].th, sizeof set, &set);
     rc_pool_p->caller_cpu1 = cpu + 1;
-#else
-    (void)P;
+    rc_pool_p->masked = 1;
 #endif
 }
 
-/* The workers' CPUs (test hook): worker k's allowed CPUs as a bit mask of the
- * first 64, 0 without that worker or on failure. */
-static unsigned long long rc_pool_worker_cpus(int k)
+/* Test hook: whether worker k may run on CPU c (0/1), -1 without that worker or on
+ * failure. */
+static int rc_pool_worker_cpu(int k, int c)
 {
 #if defined(__linux__) && defined(CPU_SET) && defined(_GNU_SOURCE)
     cpu_set_t set;
-    unsigned long long bits = 0;
-    if (k < 0 || k >= rc_pool_p->n
+    if (k < 0 || k >= rc_pool_p->n || c < 0 || c >= CPU_SETSIZE
         || pthread_getaffinity_np(rc_pool_p->w[k].th, sizeof set, &set) != 0)
-        return 0;
-    for (int c = 0; c < 64; c++)
-        if (CPU_ISSET(c, &set)) bits |= 1ULL << c;
-    return bits;
+        return -1;
+    return CPU_ISSET(c, &set) ? 1 : 0;
 #else
-    (void)k;
-    return 0;
+    (void)k; (void)c;
+    return -1;
 #endif
 }
 
@@ -566,7 +565,7 @@ static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
 #if defined(__x86_64__) || defined(__i386__)
     mxcsr = __builtin_ia32_stmxcsr();
 #endif
-    rc_pool_keep_apart(P);
+    rc_pool_keep_apart();
     __atomic_store_n(&rc_pool_p->pending, P - 1, __ATOMIC_SEQ_CST);
     for (int k = 1; k < P; k++) {
         rc_worker *w = &rc_pool_p->w[k - 1];
@@ -597,6 +596,8 @@ static void rc_run_pooled(rc_task_fn fn, void *args, size_t size, int P)
     __atomic_add_fetch(&rc_pool_runs, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&rc_pool_p->busy, 0, __ATOMIC_RELEASE);
 }
+#else
+static int rc_pool_worker_cpu(int k, int c) { (void)k; (void)c; return -1; }   /* no team */
 #endif
 
 /* Run fn(args + k * size) for k = 0..P-1 (each a task of `size` bytes), task 0

@@ -42,7 +42,7 @@ COMMON_CALL = """
     ``input_grad=False`` it computes no ``dx`` (returning None), which skips
     the first layer's products with ``weight_ih``: for an input that needs no
     gradient, such as data (PyTorch's ``requires_grad=False``; an LSTM's
-    training step 1.1-1.2x faster). A new model is in
+    forward + backward 1.07-1.15x faster). A new model is in
     training mode, and then (as in PyTorch) every call keeps its activations
     for backward and applies dropout; after ``model.eval()`` or inside
     ``with rnncore.no_grad():`` calls keep nothing. ``train=True/False``

@@ -156,18 +156,23 @@ class Embedding(Module):
         self._idx = idx.copy() if saving else None
         return out
 
-    def backward(self, dout):
+    _skips_input_grad = True
+
+    def backward(self, dout, *, input_grad=True):
         """Accumulate ``dweight`` (sparse: only the rows of the ids used).
 
         Parameters
         ----------
         dout : ndarray, shape ``(*S, E)``
+        input_grad : bool, default True
+            Accepted for uniformity with the other modules: ids have no gradient.
 
         Returns
         -------
         None
             Integer ids have no gradient.
         """
+        check_bool(input_grad, "input_grad")
         _require_forward(self, self._idx)
         dout = _check_dout(dout, self._idx.shape + (self.embedding_dim,), self.dtype)
         if self._row_scale is not None:   # dropped rows get no gradient, kept ones scaled
@@ -398,11 +403,15 @@ class Dropout(Module):
         self._mask = mask if saving else None
         return x * mask
 
-    def backward(self, dout):
-        """``dx = dout * mask / (1 - p)`` with the mask of the last forward."""
+    _skips_input_grad = True
+
+    def backward(self, dout, *, input_grad=True):
+        """``dx = dout * mask / (1 - p)`` with the mask of the last forward (None when
+        not ``input_grad``)."""
+        input_grad = check_bool(input_grad, "input_grad")
         _require_forward(self, self._mask)
         dout = _check_dout(dout, self._mask.shape, self._mask.dtype)
-        return dout * self._mask
+        return dout * self._mask if input_grad else None
 
     def get_config(self) -> dict:
         return {"p": self.p, "seed": _seed_config(self.seed)}
@@ -506,11 +515,14 @@ class Sequential(Module):
         self._trained = self._mode(train)[1]
         return x
 
+    _skips_input_grad = True
+
     def backward(self, dout, *, input_grad=True):
         """Run the modules' ``backward`` in reverse; returns the input gradient.
 
-        ``input_grad=False``: None is returned, and a first module that can
-        (:class:`Linear`, the recurrent models) skips computing it.
+        ``input_grad=False``: None is returned, and the first module is asked for
+        none (:class:`Linear`, :class:`Dropout`, a nested ``Sequential`` and the
+        recurrent models then skip computing it).
         """
         input_grad = check_bool(input_grad, "input_grad")
         if not self._trained:
