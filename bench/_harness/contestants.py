@@ -106,13 +106,15 @@ def rc_model_fns(cell, D, H, x, dout, layers=1, dirs=1, lengths=None, input_grad
             return lambda: m(x, lengths=lengths)
         return lambda: m(x, lengths=lengths, train=False)
 
+    # the keyword only when False: the rows with dx also time rnncore builds without it
+    kw = {} if input_grad else {"input_grad": False}
+
     def make_fb():
         m = rc_model(cell, D, H, layers, dirs)
 
         def fb():
             m(x, lengths=lengths)
-            return m.backward(dout, input_grad=input_grad) if not input_grad \
-                else m.backward(dout)
+            return m.backward(dout, **kw)
         return fb
     return make_fwd, make_fb
 
