@@ -71,6 +71,10 @@ cdef extern from "rc_gemm_packed.h" nogil:
     # 1 by the rule, 2 always; pack_a_count: calls that copied A; test hooks)
     void set_pack_a "rc_set_pack_a"(int mode)
     long long pack_a_count "rc_pack_a_count"()
+    # the next panel's L2 prefetch in place (rc_pk_next_l2_use: 0 never, 1 by the
+    # rule, the default, 2 always; next_l2_count: calls that prefetched; test hooks)
+    void set_next_l2 "rc_set_next_l2"(int mode)
+    long long next_l2_count "rc_next_l2_count"()
     Py_ssize_t infer_chunk "rc_infer_chunk"(Py_ssize_t T, Py_ssize_t N, Py_ssize_t GH,
                                             Py_ssize_t D, size_t elsize)
     void set_chunk "rc_set_chunk"(long long steps)

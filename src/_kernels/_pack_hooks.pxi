@@ -1,5 +1,6 @@
 # The test and benchmark hooks of packing on threads (rc_gemm_packed.h:
-# rc_pack_par_*), of copying A (rc_set_pack_a), of the in-step dx bound
+# rc_pack_par_*), of copying A (rc_set_pack_a), of the next panel's L2 prefetch
+# (rc_set_next_l2), of the in-step dx bound
 # (rc_set_step_dx_max), of the dW kernel (rc_gemm_dw.h), of the per-call packed
 # products (rc_matmul.h: rc_set_matmul, rc_set_blas_slow), of the vendor's shape
 # rule sets (rc_activations.h: rc_set_rule_set, rc_rule_set; with _fuses_input) and of the thread team
@@ -100,6 +101,23 @@ def _set_pack_a(int mode=0):
     if mode not in (0, 1, 2):
         raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
     set_pack_a(mode)
+
+
+def _set_next_l2(int mode=1):
+    """Test/benchmark hook: this module's products on a packed weight, reading A in
+    place, prefetch each panel's successor into L2 as they go (rc_gemm_packed.h:
+    rc_pk_next_l2_use) never (0), by their rule (1, the default: the AVX2 layout, a
+    packed weight of 8 MiB or more) or always (2, any layout and size). Same
+    results, bitwise."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
+    set_next_l2(mode)
+
+
+def _next_l2_calls():
+    """How many products of this module on a packed weight prefetched the next panel
+    into L2 (a count since import)."""
+    return next_l2_count()
 
 
 def _pack_a_calls():
@@ -233,7 +251,7 @@ def _section_probe():
     return tok, depth, own
 
 
-from _gemm cimport (set_pack_a, pack_a_count, gemm_own_count, local_depth, set_step_dx_max,
+from _gemm cimport (set_pack_a, pack_a_count, set_next_l2, next_l2_count, gemm_own_count, local_depth, set_step_dx_max,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
                     matmul_small_machine, intel_rules, rule_set, set_rule_set, fuse_input)
 from _threads cimport (set_pool, set_pool_take, set_pool_apart, pool_worker_cpu, pool_taken,

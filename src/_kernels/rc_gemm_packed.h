@@ -280,8 +280,9 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
  * (32, 4096, 1024), 220.3 / 221.3 at (16, 256, 1024), 218.4 / 222.3 at (16,
  * 1024, 256), 195.8 / 199.0 at (8, 128, 512) -- the kernel at 82-95 % of a
  * core's FMA peak (233 GFLOP/s) either way. Zen 4 (the same layout) was not
- * measured with it. The AVX2 layout (measured on no machine with it since)
- * keeps the hardware prefetchers alone. */
+ * measured with it. The AVX2 layout keeps no L1 prefetch (measured on a Zen 4
+ * core without AVX-512, session 27: no gain); its L2 prefetch of the next
+ * panel is below (rc_pk_next_l2_use). */
 #ifndef RC_PK_L1_AHEAD   /* (0: no prefetch; a C harness's A/B builds) */
 #define RC_PK_L1_AHEAD 24
 #endif
@@ -319,7 +320,8 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
         for (int r = 0; r < 2 * MR; r++) acc[r] = (VT){0};                      \
         RC_PK_KLOOP(T, VT, k, a, lda, PS, b, pf)                                \
         /* the second segment: B's next k2 rows times a2 (rc_gemm_packed2_*) */ \
-        RC_PK_KLOOP(T, VT, k2, a2, lda2, PS, b + k * 2 * V, (const T *)NULL)    \
+        RC_PK_KLOOP(T, VT, k2, a2, lda2, PS, b + k * 2 * V,                     \
+                    (pf) != NULL ? (pf) + k * 2 * V : (const T *)NULL)          \
         if (w == 2 * V) {                                                       \
             _Pragma("GCC unroll 8")                                             \
             for (int r = 0; r < MR; r++) {                                      \
@@ -423,6 +425,41 @@ static inline int rc_pk_pack_a_use(int narrow, rc_idx m, rc_idx n, rc_idx k, siz
     return rc_pk_pack_a_mode == 1 && narrow && m >= 4
            && (long long)n * k * (long long)elsize >= RC_PK_PACK_A_BYTES;
 }
+/* In place (A not copied), each block's k loop prefetches the next panel into
+ * L2 too (prefetcht1, a line per k step) when the packed B of the call takes
+ * RC_PK_NEXT_L2_BYTES or more, on the AVX2 layout: B then streams from L3 (1-2
+ * MiB of L2 a core), and each panel's first block otherwise waits on it. On 2
+ * AMD EPYC Zen 4 cores with AVX-512 hidden by the hypervisor (session 27; a C
+ * harness, 2 threads multiplying by one shared packed B, a spin barrier per
+ * step, 30-40 alternating rounds in one process, median of the paired ratios
+ * with / without): rows split, (m, k, n) = (64, 1024, 4096) 1.22; (64, 1536,
+ * 3072) 1.21; (64, 1024, 2048) 1.17-1.20; (32, 1024, 4096) 1.34-1.40; (64, 1536,
+ * 1024) 1.10; (64, 1024, 1024), B 4 MiB, 0.98-1.03; columns split (each thread
+ * half of B): 1.00-1.05; with B in L2, (32, 512, 1024), (16, 192, 512), (8, 192,
+ * 512): 0.96-0.975, hence a bound. Through the models (float32, (T, N, D, H) =
+ * (50, 64, 512, 1024), 9-21 alternating rounds, median time without / with):
+ * GRU inference 1.18, forward + backward 1.07; LSTM (rows split) 1.07, 1.16; but
+ * the RNN, whose products take 4 MiB (Wh^T) and 6 MiB ([Wx; Wh]), 0.99 and 0.97:
+ * hence the bound at 8 MiB. Prefetching only in each panel's first
+ * block measured below every block's (1.15 against 1.22). The AVX-512 layout
+ * (with its own L1 prefetch above) is unmeasured with it and keeps it off. Same
+ * loads, same FMAs: bitwise the same C. */
+#define RC_PK_NEXT_L2_BYTES (8LL << 20)
+static int rc_pk_next_l2_mode = 1;   /* 0 never, 1 by the rule (default), 2 always (any layout, size) */
+static long long rc_pk_next_l2_calls = 0;   /* calls that prefetched so (test hook) */
+static void rc_set_next_l2(int mode) { rc_pk_next_l2_mode = mode; }
+static long long rc_next_l2_count(void)
+{
+    return __atomic_load_n(&rc_pk_next_l2_calls, __ATOMIC_RELAXED);
+}
+static inline int rc_pk_next_l2_use(int narrow, rc_idx n, rc_idx k, size_t elsize)
+{
+    const int use = rc_pk_next_l2_mode == 2
+                    || (rc_pk_next_l2_mode == 1 && narrow
+                        && (long long)n * k * (long long)elsize >= RC_PK_NEXT_L2_BYTES);
+    if (use) __atomic_fetch_add(&rc_pk_next_l2_calls, 1, __ATOMIC_RELAXED);
+    return use;
+}
 /* The height of the register block at row i0 of m: MR rows, but never an MR
  * block followed by a 1- or 2-row one when two blocks of 3-4 rows cover the
  * rest (MR = 6: 8 rows as 4 + 4, 7 as 4 + 3: a 2-row block has too few
@@ -464,6 +501,9 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
         if (ap != NULL) {                                                       \
             TILE(MRX, MRX, k + k2, ap + i0 * (k + k2), 1, 0, ap, 1, panel, beta, \
                  c + i0 * ldc + j0, ldc, w, next);                              \
+        } else if (next_l2) {                                                   \
+            TILE(MRX, 1, k, a + i0 * lda, lda, k2, a2 + i0 * lda2, lda2, panel, \
+                 beta, c + i0 * ldc + j0, ldc, w, next);                        \
         } else {                                                                \
             TILE(MRX, 1, k, a + i0 * lda, lda, k2, a2 + i0 * lda2, lda2, panel, \
                  beta, c + i0 * ldc + j0, ldc, w, NULL);                        \
@@ -492,6 +532,8 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
                 }                                                               \
             }                                                                   \
         }                                                                       \
+        const int next_l2 = ap == NULL                                          \
+            && rc_pk_next_l2_use(NARROW, (n + NR - 1) / NR * NR, k + k2, sizeof(T)); \
         rc_idx jr = 0;   /* a single row: whole panels 4, then 3 or 2 at a time */ \
         /* (A's copy holds both segments as one) */                             \
         const T *ra = ap != NULL ? ap : a, *ra2 = ap != NULL ? ap : a2;         \

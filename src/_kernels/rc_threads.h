@@ -712,6 +712,17 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * the bound (rc_activations.h: rc_intel_rules; measured on Emerald Rapids only,
  * applied to every Intel CPU by extrapolation). */
 #define RC_UNIT_INTEL_ROWS 16
+/* On the AVX2 layout (rc_simd_tier() == 3) the rule never splits units: there
+ * the packed kernel prefetches each next panel of a large weight into
+ * L2 as it goes (rc_gemm_packed.h: rc_pk_next_l2_use; 8 MiB or more, so any
+ * weight of RC_UNIT_L3_BYTES), so every thread
+ * streaming the whole weight from L3 for its rows costs little, and the row
+ * split has no per-step hand-off. On 2 AMD EPYC Zen 4 cores with AVX-512 hidden
+ * (session 27; float32 LSTM inference through the model API, 21 alternating
+ * rounds in one process, median, units / rows): (T, N, D, H) = (50, 64, 512,
+ * 1024) 1.16; (50, 32, 512, 1024) 1.18; (50, 16, 256, 1024) 1.10; (50, 8, 256,
+ * 1024) 1.11; without the prefetch the split and the rows had measured within
+ * 0.95-1.05 of each other on AVX2 cores (Zen 3, above). */
 static int rc_unit_rows(void) { return rc_intel_rules() ? RC_UNIT_INTEL_ROWS : 0; }
 /* Whether a row split gives each share its rows of the loop's own per-row buffers
  * (the scratch; one step's gates in inference; the backward's carries) as one
@@ -744,7 +755,7 @@ static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize
     int P = rc_row_threads(N, work, T, packed);
     if (P < 2) return 1;
     long long bytes = (long long)G * H * H * (long long)elsize;
-    if (bytes < RC_UNIT_L3_BYTES) return 1;
+    if (bytes < RC_UNIT_L3_BYTES || rc_simd_tier() == 3) return 1;   /* AVX2: below */
     const int rows = rc_unit_rows();   /* Intel: only where each thread has few rows */
     return rows > 0 && (N + P - 1) / P >= rows ? 1 : P;   /* the most rows a thread gets */
 }

@@ -17,6 +17,8 @@ cdef extern from "rc_gemm_packed.h" nogil:
     float rc_fma_burn(long long rounds, double *flops)
     void rc_set_pack_a(int mode)
     long long rc_pack_a_count()
+    void rc_set_next_l2(int mode)
+    long long rc_next_l2_count()
 
 cdef extern from "rc_activations.h" nogil:
     void rc_tanh_array_f(const float *x, float *y, Py_ssize_t n)
@@ -149,6 +151,20 @@ def _set_pack_a(int mode=0):
 def _pack_a_calls():
     """How many of this module's packed products copied A first (since import)."""
     return rc_pack_a_count()
+
+
+def _set_next_l2(int mode=1):
+    """Test hook: _gemm_packed / _gemm_packed2, reading A in place, prefetch the next
+    panel into L2 never (0), by the rule (1, the default) or always (2); see
+    _pack_hooks.pxi."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
+    rc_set_next_l2(mode)
+
+
+def _next_l2_calls():
+    """How many of this module's packed products prefetched the next panel (since import)."""
+    return rc_next_l2_count()
 
 
 def _gemm_packed_nr(dtype):

@@ -37,23 +37,29 @@ def _all_steps_products(slow: bool, small_machine: bool, level: str) -> str:
             "row split off)")
 
 
-def _loop_shape_rules(rules: str, packed: bool) -> str:
+def _loop_shape_rules(rules: str, packed: bool, narrow: bool = False) -> str:
     """show_config's ``loop_shape_rules``: which measured choices the time loops'
     shape rules take (rc_activations.h: rc_rule_set, by the CPU: ``"general"``,
     ``"intel"`` or ``"zen5"``; the numbers are rc_gemm_packed.h's RC_FUSE_* and
-    rc_threads.h's RC_UNIT_* constants)."""
+    rc_threads.h's RC_UNIT_* constants; ``narrow``: the AVX2 packed layout, where
+    the LSTM never splits its hidden units)."""
     if not packed:
         return "none (no packed kernel on this CPU: the loops multiply on BLAS)"
+    units = "the LSTM splits hidden units where its weight takes 12 MiB or more"
     if rules == "zen5":
-        return ("Zen 5's: the input weight inside the steps from 8 rows up to 8 MiB "
-                "stacked, below 16 rows only up to N x 160 KiB; the LSTM splits hidden "
-                "units where its weight takes 12 MiB or more")
-    if rules == "intel":
-        return ("Intel's: below 32 rows the input weight goes inside the steps only up "
-                "to N x 160 KiB stacked (else from 8 rows up to 8 MiB); the LSTM splits "
-                "hidden units (weight of 12 MiB or more) only while no thread gets 16 rows")
-    return ("general: the input weight inside the steps from 8 rows up to 8 MiB stacked; "
-            "the LSTM splits hidden units where its weight takes 12 MiB or more")
+        head = ("Zen 5's: the input weight inside the steps from 8 rows up to 8 MiB "
+                "stacked, below 16 rows only up to N x 160 KiB")
+    elif rules == "intel":
+        head = ("Intel's: below 32 rows the input weight goes inside the steps only up "
+                "to N x 160 KiB stacked (else from 8 rows up to 8 MiB)")
+        units = ("the LSTM splits hidden units (weight of 12 MiB or more) only while no "
+                 "thread gets 16 rows")
+    else:
+        head = "general: the input weight inside the steps from 8 rows up to 8 MiB stacked"
+    if narrow:
+        units = ("the LSTM keeps its rows split (AVX2: the kernel prefetches a weight of "
+                 "8 MiB or more into L2 as it goes)")
+    return f"{head}; {units}"
 
 
 def show_config(file=None) -> dict:
@@ -78,6 +84,7 @@ def show_config(file=None) -> dict:
     vendor, model, _ = _cpu_info()
     blas = _blas_info()
     slow, small_machine = _bindings.blas_slow(), _bindings.slow_products_machine()
+    nr = simd._gemm_packed_nr(np.float32)   # float32 panel width: 16 AVX2, 32 AVX-512
     cfg = {
         "rnncore": __version__,
         "python": platform.python_version(),
@@ -99,8 +106,8 @@ def show_config(file=None) -> dict:
                                      if threads.loop_policy_active() else "off"),
         "loop_row_split": threads.row_split_enabled(),
         "all_steps_products": _all_steps_products(slow, small_machine, simd.simd_level()),
-        "loop_shape_rules": _loop_shape_rules(_lstm_kernels._shape_rules(),
-                                              simd._gemm_packed_nr(np.float32) > 0),
+        "loop_shape_rules": _loop_shape_rules(_lstm_kernels._shape_rules(), nr > 0,
+                                              narrow=nr == 16),
         "workspace_cache": _cache_summary(),
     }
     warnings = []

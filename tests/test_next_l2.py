@@ -1,0 +1,155 @@
+"""The packed kernel's L2 prefetch of the next panel while it reads A in place
+(src/_kernels/rc_gemm_packed.h: rc_pk_next_l2_use).
+
+The prefetch changes what is in the caches, not what is computed: every test here
+compares the prefetching path (hook mode 2: always) with the plain one (mode 0) bit
+for bit and against float64 products, on both packed layouts, in one and two
+segments ([A | A2] [B; B2]: the second segment prefetches the next panel's rows
+after the first's), and through every kernel module's loops; and checks the rule
+(mode 1, the default): the AVX2 layout with a packed weight of 8 MiB or more, and
+never while A is copied (that path prefetches on its own).
+"""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
+from test_gemm_packed import LAYOUTS
+from test_pack_a import MODELS, MODULES, _model_run
+
+from rnncore._kernels import simd
+
+pytestmark = pytest.mark.skipif(not HAVE_PACKED, reason="no packed layout on this CPU")
+
+
+def _set_all(mode):
+    simd._set_next_l2(mode)
+    for mod in MODULES.values():
+        mod._set_next_l2(mode)
+
+
+@pytest.fixture
+def next_l2_modes():
+    """Restores every module's default (mode 1: the rule) after the test."""
+    yield
+    _set_all(1)
+    simd._set_pack_a(0)
+
+
+def _check(got, want, dtype, name):
+    (assert_close_f64 if dtype == np.float64 else assert_close_f32)(got, want, name=name)
+
+
+@pytest.mark.parametrize("layout", ["wide", "narrow"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_prefetching_gives_bitwise_the_plain_product(dtype, layout, rng, next_l2_modes):
+    nr = LAYOUTS[dtype][layout]
+    for m in [1, 2, 5, 6, 7, 8, 13, 32]:
+        for n in [1, nr - 1, nr, nr + 3, 3 * nr + 1, 5 * nr]:
+            for k in [1, 7, 64]:
+                for beta in (0.0, 1.0, -0.5):
+                    a = rng.standard_normal((m, k + 3)).astype(dtype)[:, :k]
+                    b = rng.standard_normal((k, n)).astype(dtype)
+                    c0 = rng.standard_normal((m, n)).astype(dtype)
+                    got = {}
+                    for mode in (0, 2):
+                        simd._set_next_l2(mode)
+                        calls = simd._next_l2_calls()
+                        c = c0.copy()
+                        simd._gemm_packed(a, b, c, dtype(beta), nr)
+                        assert simd._next_l2_calls() - calls == (mode == 2)
+                        got[mode] = c
+                    want = a.astype(np.float64) @ b.astype(np.float64) + beta * c0
+                    _check(got[2], want, dtype, f"C (m, n, k) = {(m, n, k)}")
+                    assert np.array_equal(got[0], got[2]), (m, n, k, beta)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_prefetching_in_two_segments(dtype, rng, next_l2_modes):
+    """[A | A2] [B; B2] on the default layout, several panels (the prefetch reads the
+    next panel's B2 rows after its B rows; the last panel prefetches itself)."""
+    for m, k, k2, n in [(1, 3, 5, 9), (6, 7, 64, 33), (13, 40, 9, 50), (8, 1, 1, 17),
+                        (7, 64, 64, 100)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        a2 = rng.standard_normal((m, k2 + 2)).astype(dtype)[:, :k2]
+        b = rng.standard_normal((k, n)).astype(dtype)
+        b2 = rng.standard_normal((n, k2)).astype(dtype).T
+        got = {}
+        for mode in (0, 2):
+            simd._set_next_l2(mode)
+            c = np.full((m, n), np.nan, dtype)       # beta = 0: written, never read
+            simd._gemm_packed2(a, a2, b, b2, c, dtype(0))
+            got[mode] = c
+        want = a.astype(np.float64) @ b + a2.astype(np.float64) @ b2
+        _check(got[2], want, dtype, f"(m, k, k2, n) = {(m, k, k2, n)}")
+        assert np.array_equal(got[0], got[2])
+
+
+def test_the_rule_prefetches_on_the_avx2_layout_from_8_mib(rng, next_l2_modes):
+    """Mode 1: a packed weight of >= 8 MiB on the AVX2 layout prefetches; a smaller
+    one (a panel less), the AVX-512 layout, or A copied (its own prefetch) does not;
+    mode 0 never does."""
+    _set_all(1)
+    a = rng.standard_normal((8, 1024)).astype(np.float32)
+    for n, layout, pack_a, used in [(2048, "narrow", 0, True), (2032, "narrow", 0, False),
+                                    (2048, "wide", 0, False), (2048, "narrow", 2, False)]:
+        simd._set_pack_a(pack_a)
+        b = rng.standard_normal((1024, n)).astype(np.float32)   # 8 MiB at n = 2048
+        c = np.empty((8, n), np.float32)
+        calls = simd._next_l2_calls()
+        simd._gemm_packed(a, b, c, np.float32(0), LAYOUTS[np.float32][layout])
+        assert simd._next_l2_calls() - calls == used, (n, layout, pack_a)
+        _check(c, a.astype(np.float64) @ b, np.float32, f"n = {n}, {layout}")
+    simd._set_pack_a(0)
+    simd._set_next_l2(0)
+    calls = simd._next_l2_calls()
+    simd._gemm_packed(a, b, c, np.float32(0), LAYOUTS[np.float32]["narrow"])
+    assert simd._next_l2_calls() == calls
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_hook_rejects_unknown_modes(name):
+    for hook in (MODULES[name]._set_next_l2, simd._set_next_l2):
+        for bad in (3, -1):
+            with pytest.raises(ValueError, match="mode must be 0, 1 or 2"):
+                hook(bad)
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_models_prefetching_are_bitwise_the_plain_models(name, dtype, lengths, next_l2_modes):
+    """Forward (fused [x_t | h] products: two segments), backward, inference and the
+    dW kernel with the prefetch in every packed product give bitwise what they give
+    without it, and the prefetching path really ran."""
+    cls, kw, mod = MODELS[name]
+    T, N, D, H = 12, 29, 9, 24
+    mod._set_weight_grads(2)
+    try:
+        _set_all(0)
+        base = _model_run(cls, kw, T, N, D, H, dtype, 5, lengths)
+        _set_all(2)
+        calls = mod._next_l2_calls()
+        got = _model_run(cls, kw, T, N, D, H, dtype, 5, lengths)
+        assert mod._next_l2_calls() > calls
+    finally:
+        mod._set_weight_grads(1)
+    for i, (g, b) in enumerate(zip(got, base)):
+        assert np.array_equal(g, b), f"{name}: array {i} differs with the prefetch"
+
+
+def test_the_default_is_the_rule():
+    """A fresh process (no hook called) prefetches by the rule: on the AVX2 layout at
+    8 MiB, not on the AVX-512 one."""
+    code = ("import numpy as np; from rnncore._kernels import simd; "
+            "a = np.ones((8, 1024), np.float32); b = np.ones((1024, 2048), np.float32); "
+            "c = np.empty((8, 2048), np.float32); "
+            "simd._gemm_packed(a, b, c, np.float32(0), 16); n1 = simd._next_l2_calls(); "
+            "simd._gemm_packed(a, b, c, np.float32(0), 32); "
+            "assert (c == 1024).all(); print(n1, simd._next_l2_calls())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]
