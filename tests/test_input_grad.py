@@ -256,6 +256,51 @@ def test_sequential_without_input_grad(first, rng):
                          rng.standard_normal((6, 3, 5)).astype(np.float32))
 
 
+# ---------------------------------------------------------------- functional API
+def _functional(cell, rng, dtype, N=5, T=7, D=6, H=4):
+    """(forward output, backward, args, dh) of one rnncore.functional cell."""
+    from rnncore import functional as F
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    x = rng.standard_normal((N, T, D)).astype(dtype)
+    h0 = rng.standard_normal((N, H)).astype(dtype)
+    Wx = (rng.standard_normal((D, G * H)) * 0.4).astype(dtype)
+    Wh = (rng.standard_normal((H, G * H)) * 0.4).astype(dtype)
+    bs = [rng.standard_normal(G * H).astype(dtype) for _ in range(2 if cell == "gru" else 1)]
+    out = getattr(F, f"{cell}_forward")(x, h0, Wx, Wh, *bs)
+    dh = rng.standard_normal((N, T, H)).astype(dtype)
+    return out, getattr(F, f"{cell}_backward"), (x, h0, Wx, Wh, *bs), dh
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_functional_backward_without_input_grad(cell, dtype, rng):
+    """rnncore.functional.*_backward(..., input_grad=False): dx None, every other
+    gradient bitwise the one computed beside dx, and those match the reference."""
+    from rnncore import reference as R
+    out, backward, args, dh = _functional(cell, rng, dtype)
+    cache = out[-1]
+    full = backward(dh, cache)
+    part = backward(dh, cache, input_grad=False)
+    assert full[0] is not None and full[0].shape == args[0].shape and part[0] is None
+    assert len(full) == len(part)
+    for i, (a, b) in enumerate(zip(full[1:], part[1:])):
+        np.testing.assert_array_equal(a, b, err_msg=f"{cell}: output {i + 1}")
+    if dtype == np.float64:
+        rcache = getattr(R, f"{cell}_forward")(*args)[-1]
+        want = getattr(R, f"{cell}_backward")(dh, rcache)
+        for i, (a, b) in enumerate(zip(part[1:], want[1:])):
+            assert_close_f64(a, b, name=f"{cell}: output {i + 1}")
+
+
+@pytest.mark.parametrize("bad", ["no", 0, None, np.array([False])])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_functional_input_grad_must_be_a_bool(cell, bad, rng):
+    out, backward, _, dh = _functional(cell, rng, np.float32)
+    with pytest.raises(TypeError, match="input_grad"):
+        backward(dh, out[-1], input_grad=bad)
+    assert backward(dh, out[-1], input_grad=np.bool_(False))[0] is None   # the cache is intact
+
+
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad", ["no", 0, None, np.array([False])])
 def test_input_grad_must_be_a_bool_and_consumes_nothing(bad, rng):

@@ -52,18 +52,24 @@ def run_sequence(binding, x, s0, Wx, Wh, biases, n_outs=1):
     return xv.transpose(1, 0, 2), outs, saved
 
 
-def grad_arrays(cache, x, n_states, n_biases):
+def grad_arrays(cache, x, n_states, n_biases, input_grad=True):
     """The outputs of a kernel backward for ``cache``, ``x`` its (T, N, D) view:
-    dx (N, T, D) and the ``n_states`` state gradients (N, H), to be written, and
-    dWx, dWh and ``n_biases`` bias gradients (G*H,), zeros (accumulated into)."""
+    dx (N, T, D), or None where ``input_grad`` is False (a bool, checked here), and
+    the ``n_states`` state gradients (N, H), to be written, and dWx, dWh and
+    ``n_biases`` bias gradients (G*H,), zeros (accumulated into)."""
     T, N, D = x.shape
     H, GH = cache.h0.shape[1], cache.Wh.shape[1]
     dt = x.dtype
-    dx = np.empty((N, T, D), dtype=dt)
+    dx = np.empty((N, T, D), dtype=dt) if V.check_bool(input_grad, "input_grad") else None
     ds0 = [np.empty((N, H), dtype=dt) for _ in range(n_states)]
     dW = (np.zeros(cache.Wx.shape, dtype=dt), np.zeros(cache.Wh.shape, dtype=dt),
           *(np.zeros(GH, dtype=dt) for _ in range(n_biases)))
     return dx, ds0, dW
+
+
+def time_major(a):
+    """The kernels' (T, N, .) view of an (N, T, .) array; None stays None (no dx)."""
+    return None if a is None else a.transpose(1, 0, 2)
 
 
 def final_grad(d, name, N, H, dt):
@@ -126,6 +132,10 @@ DOC_FRAGMENTS = {
         From :func:`${forward}`.
     dhn : ndarray, shape (N, H), optional
         Extra gradient of the final state ``h[:, -1]``.""",
+    "input_grad": """input_grad : bool, default True
+        False: ``dx`` is not computed and returned as None, which skips its
+        product (``2 T N G H D`` flops of the ``G`` gates), as PyTorch does for
+        an input that does not require grad.""",
     "dnext_h": """dnext_h : ndarray, shape (N, H)
         Gradient of the loss with respect to ``next_h``.""",
     "step_grads": """Parameters

@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, fill_doc, grad_arrays, run_sequence, seq_grads, step_grads
+from ._args import (cell_args, fill_doc, grad_arrays, run_sequence, seq_grads, step_grads,
+                    time_major)
 
 __all__ = ["gru_step_forward", "gru_step_backward", "gru_forward", "gru_backward", "GRUCache"]
 
@@ -54,13 +55,13 @@ def _gru_saved(cache):
             B.GRU.Saved(cache.gates.transpose(1, 0, 2), cache.hidden_n.transpose(1, 0, 2)))
 
 
-def _gru_grads(cache, dh, dhn):
+def _gru_grads(cache, dh, dhn, input_grad=True):
     """Run the GRU kernel backward on (T, N, H) upstream gradients."""
     x, h, saved = _gru_saved(cache)
-    dx, ds0, dW = grad_arrays(cache, x, 1, 2)
+    dx, ds0, dW = grad_arrays(cache, x, 1, 2, input_grad)
     B.gru_binding(cache.reset_after).kernel_backward(
         dh, [dhn], x, [cache.h0], cache.Wx, cache.Wh, (None, cache.bh), [h], saved,
-        dx.transpose(1, 0, 2), ds0, dW)
+        time_major(dx), ds0, dW)
     return (dx, *ds0, *dW)
 
 
@@ -121,17 +122,19 @@ def gru_forward(x, h0, Wx, Wh, bx, bh, reset_after=True):
 
 
 @fill_doc(cache="GRUCache", forward="gru_forward")
-def gru_backward(dh, cache, dhn=None):
+def gru_backward(dh, cache, dhn=None, *, input_grad=True):
     """Backward pass of :func:`gru_forward` (BPTT, kernel-backed; either ``reset_after``).
 
     $seq_grads
+    $input_grad
 
     Returns
     -------
     dx, dh0 : ndarray, shapes (N, T, D), (N, H)
+        (dx None with ``input_grad=False``)
     dWx, dWh, dbx, dbh : ndarray, shapes (D, 3H), (H, 3H), (3H,), (3H,)
     """
-    return _gru_grads(cache, *seq_grads(cache, GRUCache, "gru_forward", dh, dhn))
+    return _gru_grads(cache, *seq_grads(cache, GRUCache, "gru_forward", dh, dhn), input_grad)
 
 
 @fill_doc

@@ -13,7 +13,7 @@ import numpy as np
 from .. import _bindings as B
 from .. import _validation as V
 from ._args import (cell_args, fill_doc, final_grad, grad_arrays, run_sequence, seq_grads,
-                    step_grads)
+                    step_grads, time_major)
 
 __all__ = ["lstm_step_forward", "lstm_step_backward", "lstm_forward", "lstm_backward",
            "LSTMCache"]
@@ -47,15 +47,15 @@ def _lstm_args(x, h0, c0, Wx, Wh, b, x_letters):
     return x, h0, c0, Wx, Wh, b
 
 
-def _lstm_grads(cache, dh, dhn, dcn):
+def _lstm_grads(cache, dh, dhn, dcn, input_grad=True):
     """Run the LSTM kernel backward on (T, N, H) upstream gradients."""
     if cache.step:
         x, h, c, gates = cache.x[None], cache.h[None], cache.c[None], cache.gates[None]
     else:
         x, h, c, gates = (a.transpose(1, 0, 2) for a in (cache.x, cache.h, cache.c, cache.gates))
-    dx, ds0, dW = grad_arrays(cache, x, 2, 1)
+    dx, ds0, dW = grad_arrays(cache, x, 2, 1, input_grad)
     B.LSTM.kernel_backward(dh, [dhn, dcn], x, [cache.h0, cache.c0], cache.Wx, cache.Wh, (),
-                           [h, c], B.LSTM.Saved(gates), dx.transpose(1, 0, 2), ds0, dW)
+                           [h, c], B.LSTM.Saved(gates), time_major(dx), ds0, dW)
     return (dx, *ds0, *dW)
 
 
@@ -111,21 +111,23 @@ def lstm_forward(x, h0, Wx, Wh, b, c0=None):
 
 
 @fill_doc(cache="LSTMCache", forward="lstm_forward")
-def lstm_backward(dh, cache, dhn=None, dcn=None):
+def lstm_backward(dh, cache, dhn=None, dcn=None, *, input_grad=True):
     """Backward pass of :func:`lstm_forward` (BPTT, kernel-backed).
 
     $seq_grads
     dcn : ndarray, shape (N, H), optional
         Gradient of the final cell state ``c[:, -1]``.
+    $input_grad
 
     Returns
     -------
     dx, dh0, dc0 : ndarray, shapes (N, T, D), (N, H), (N, H)
+        (dx None with ``input_grad=False``)
     dWx, dWh, db : ndarray, shapes (D, 4H), (H, 4H), (4H,)
     """
     dh, dhn = seq_grads(cache, LSTMCache, "lstm_forward", dh, dhn)
     N, H = cache.h0.shape
-    return _lstm_grads(cache, dh, dhn, final_grad(dcn, "dcn", N, H, cache.x.dtype))
+    return _lstm_grads(cache, dh, dhn, final_grad(dcn, "dcn", N, H, cache.x.dtype), input_grad)
 
 
 @fill_doc

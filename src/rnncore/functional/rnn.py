@@ -12,7 +12,8 @@ import numpy as np
 
 from .. import _bindings as B
 from .. import _validation as V
-from ._args import cell_args, fill_doc, grad_arrays, run_sequence, seq_grads, step_grads
+from ._args import (cell_args, fill_doc, grad_arrays, run_sequence, seq_grads, step_grads,
+                    time_major)
 
 __all__ = ["rnn_step_forward", "rnn_step_backward", "rnn_forward", "rnn_backward", "RNNCache"]
 
@@ -80,22 +81,24 @@ def rnn_forward(x, h0, Wx, Wh, b, nonlinearity="tanh"):
 
 
 @fill_doc(cache="RNNCache", forward="rnn_forward")
-def rnn_backward(dh, cache, dhn=None):
+def rnn_backward(dh, cache, dhn=None, *, input_grad=True):
     """Backward pass of :func:`rnn_forward` (BPTT, kernel-backed).
 
     $seq_grads
+    $input_grad
 
     Returns
     -------
     dx, dh0 : ndarray, shapes (N, T, D), (N, H)
+        (dx None with ``input_grad=False``)
     dWx, dWh, db : ndarray, shapes (D, H), (H, H), (H,)
     """
     dh, dhn = seq_grads(cache, RNNCache, "rnn_forward", dh, dhn)
     x = cache.x.transpose(1, 0, 2)
-    dx, ds0, dW = grad_arrays(cache, x, 1, 1)
+    dx, ds0, dW = grad_arrays(cache, x, 1, 1, input_grad)
     B.rnn_binding(cache.relu).kernel_backward(
         dh, [dhn], x, [cache.h0], cache.Wx, cache.Wh, (), [cache.h.transpose(1, 0, 2)],
-        None, dx.transpose(1, 0, 2), ds0, dW)
+        None, time_major(dx), ds0, dW)
     return (dx, *ds0, *dW)
 
 
