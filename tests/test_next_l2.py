@@ -15,9 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
+from conftest import HAVE_PACKED
 from test_gemm_packed import LAYOUTS
-from test_pack_a import MODELS, MODULES, _model_run
+from test_pack_a import (MODELS, MODULES, _check, check_models_bitwise, check_products,
+                         check_two_segments)
 
 from rnncore._kernels import simd
 
@@ -38,53 +39,23 @@ def next_l2_modes():
     simd._set_pack_a(0)
 
 
-def _check(got, want, dtype, name):
-    (assert_close_f64 if dtype == np.float64 else assert_close_f32)(got, want, name=name)
-
-
+@pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
 @pytest.mark.parametrize("layout", ["wide", "narrow"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_prefetching_gives_bitwise_the_plain_product(dtype, layout, rng, next_l2_modes):
+def test_prefetching_gives_bitwise_the_plain_product(dtype, layout, beta, rng, next_l2_modes):
     nr = LAYOUTS[dtype][layout]
-    for m in [1, 2, 5, 6, 7, 8, 13, 32]:
-        for n in [1, nr - 1, nr, nr + 3, 3 * nr + 1, 5 * nr]:
-            for k in [1, 7, 64]:
-                for beta in (0.0, 1.0, -0.5):
-                    a = rng.standard_normal((m, k + 3)).astype(dtype)[:, :k]
-                    b = rng.standard_normal((k, n)).astype(dtype)
-                    c0 = rng.standard_normal((m, n)).astype(dtype)
-                    got = {}
-                    for mode in (0, 2):
-                        simd._set_next_l2(mode)
-                        calls = simd._next_l2_calls()
-                        c = c0.copy()
-                        simd._gemm_packed(a, b, c, dtype(beta), nr)
-                        assert simd._next_l2_calls() - calls == (mode == 2)
-                        got[mode] = c
-                    want = a.astype(np.float64) @ b.astype(np.float64) + beta * c0
-                    _check(got[2], want, dtype, f"C (m, n, k) = {(m, n, k)}")
-                    assert np.array_equal(got[0], got[2]), (m, n, k, beta)
+    check_products(simd._set_next_l2, simd._next_l2_calls, dtype, nr, beta, rng,
+                   [1, 2, 5, 6, 7, 8, 13, 32], [1, nr - 1, nr, nr + 3, 3 * nr + 1, 5 * nr],
+                   [1, 7, 64])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_prefetching_in_two_segments(dtype, rng, next_l2_modes):
     """[A | A2] [B; B2] on the default layout, several panels (the prefetch reads the
     next panel's B2 rows after its B rows; the last panel prefetches itself)."""
-    for m, k, k2, n in [(1, 3, 5, 9), (6, 7, 64, 33), (13, 40, 9, 50), (8, 1, 1, 17),
-                        (7, 64, 64, 100)]:
-        a = rng.standard_normal((m, k)).astype(dtype)
-        a2 = rng.standard_normal((m, k2 + 2)).astype(dtype)[:, :k2]
-        b = rng.standard_normal((k, n)).astype(dtype)
-        b2 = rng.standard_normal((n, k2)).astype(dtype).T
-        got = {}
-        for mode in (0, 2):
-            simd._set_next_l2(mode)
-            c = np.full((m, n), np.nan, dtype)       # beta = 0: written, never read
-            simd._gemm_packed2(a, a2, b, b2, c, dtype(0))
-            got[mode] = c
-        want = a.astype(np.float64) @ b + a2.astype(np.float64) @ b2
-        _check(got[2], want, dtype, f"(m, k, k2, n) = {(m, k, k2, n)}")
-        assert np.array_equal(got[0], got[2])
+    check_two_segments(simd._set_next_l2, dtype, rng,
+                       [(1, 3, 5, 9), (6, 7, 64, 33), (13, 40, 9, 50), (8, 1, 1, 17),
+                        (7, 64, 64, 100)])
 
 
 def test_the_rule_prefetches_on_the_avx2_layout_from_8_mib(rng, next_l2_modes):
@@ -124,20 +95,7 @@ def test_models_prefetching_are_bitwise_the_plain_models(name, dtype, lengths, n
     """Forward (fused [x_t | h] products: two segments), backward, inference and the
     dW kernel with the prefetch in every packed product give bitwise what they give
     without it, and the prefetching path really ran."""
-    cls, kw, mod = MODELS[name]
-    T, N, D, H = 12, 29, 9, 24
-    mod._set_weight_grads(2)
-    try:
-        _set_all(0)
-        base = _model_run(cls, kw, T, N, D, H, dtype, 5, lengths)
-        _set_all(2)
-        calls = mod._next_l2_calls()
-        got = _model_run(cls, kw, T, N, D, H, dtype, 5, lengths)
-        assert mod._next_l2_calls() > calls
-    finally:
-        mod._set_weight_grads(1)
-    for i, (g, b) in enumerate(zip(got, base)):
-        assert np.array_equal(g, b), f"{name}: array {i} differs with the prefetch"
+    check_models_bitwise(name, dtype, lengths, _set_all, "_next_l2_calls", "the prefetch")
 
 
 def test_the_default_is_the_rule():

@@ -55,42 +55,58 @@ def _check(got, want, dtype, name):
 def test_copied_a_gives_bitwise_the_in_place_product(dtype, layout, source, beta, rng,
                                                      pack_a_modes):
     nr = LAYOUTS[dtype][layout]
-    for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 17, 32]:
-        for n in [1, nr - 1, nr, nr + 3, 3 * nr + 1]:
-            for k in [1, 7, 64, 71]:
+    check_products(simd._set_pack_a, simd._pack_a_calls, dtype, nr, beta, rng,
+                   [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 17, 32],
+                   [1, nr - 1, nr, nr + 3, 3 * nr + 1], [1, 7, 64, 71], source)
+
+
+def check_products(set_mode, count, dtype, nr, beta, rng, ms, ns, ks, source="row-major"):
+    """C := A B + beta C on the layout of panel width ``nr`` with hook ``set_mode`` at
+    0 and at 2, for each m, n, k: bitwise the same, close to the float64 product, and
+    ``count()`` grew by one exactly at 2 (the path ran)."""
+    for m in ms:
+        for n in ns:
+            for k in ks:
                 a = rng.standard_normal((m, k + 3)).astype(dtype)[:, :k]   # lda > k
                 b = _operand(rng, k, n, dtype, source)
                 c0 = rng.standard_normal((m, n)).astype(dtype)
                 got = {}
                 for mode in (0, 2):
-                    simd._set_pack_a(mode)
-                    calls = simd._pack_a_calls()
+                    set_mode(mode)
+                    calls = count()
                     c = c0.copy()
                     simd._gemm_packed(a, b, c, dtype(beta), nr)
-                    assert simd._pack_a_calls() - calls == (mode == 2)
+                    assert count() - calls == (mode == 2)
                     got[mode] = c
                 want = a.astype(np.float64) @ b.astype(np.float64) + beta * c0
                 _check(got[2], want, dtype, f"C (m, n, k) = {(m, n, k)}")
-                assert np.array_equal(got[0], got[2]), (m, n, k)
+                assert np.array_equal(got[0], got[2]), (m, n, k, beta)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_copied_a_in_two_segments(dtype, rng, pack_a_modes):
-    """[A | A2] [B; B2]: both segments go into the copy, A's k rows then A2's k2."""
-    for m, k, k2, n in [(1, 3, 5, 9), (6, 7, 64, 33), (13, 40, 9, 50), (8, 1, 1, 17)]:
+def check_two_segments(set_mode, dtype, rng, cases):
+    """[A | A2] [B; B2] (the default layout) with hook ``set_mode`` at 0 and at 2:
+    bitwise the same, and close to the float64 product, at each (m, k, k2, n)."""
+    for m, k, k2, n in cases:
         a = rng.standard_normal((m, k)).astype(dtype)
         a2 = rng.standard_normal((m, k2 + 2)).astype(dtype)[:, :k2]
         b = rng.standard_normal((k, n)).astype(dtype)
         b2 = rng.standard_normal((n, k2)).astype(dtype).T
         got = {}
         for mode in (0, 2):
-            simd._set_pack_a(mode)
+            set_mode(mode)
             c = np.full((m, n), np.nan, dtype)       # beta = 0: written, never read
             simd._gemm_packed2(a, a2, b, b2, c, dtype(0))
             got[mode] = c
         want = a.astype(np.float64) @ b + a2.astype(np.float64) @ b2
         _check(got[2], want, dtype, f"(m, k, k2, n) = {(m, k, k2, n)}")
         assert np.array_equal(got[0], got[2])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_copied_a_in_two_segments(dtype, rng, pack_a_modes):
+    """[A | A2] [B; B2]: both segments go into the copy, A's k rows then A2's k2."""
+    check_two_segments(simd._set_pack_a, dtype, rng,
+                       [(1, 3, 5, 9), (6, 7, 64, 33), (13, 40, 9, 50), (8, 1, 1, 17)])
 
 
 def test_the_rule_copies_on_the_avx2_layout_from_4_mib(rng, pack_a_modes):
@@ -150,20 +166,27 @@ def test_models_copying_a_are_bitwise_the_in_place_models(name, dtype, lengths, 
     float32 reset-after GRU's here it does not) with A copied in every packed
     product give bitwise what they give reading it in place (the row split over 2
     threads where this machine allows it), and the copying path really ran."""
+    check_models_bitwise(name, dtype, lengths, _set_all, "_pack_a_calls", "A copied")
+
+
+def check_models_bitwise(name, dtype, lengths, set_all, counter, what):
+    """One of MODELS run with every module's hook ``set_all`` at 0, then at 2 (the dW
+    kernel forced on): the same arrays bit for bit, and the module's ``counter``
+    (the name of its count of calls that took the path) grew."""
     cls, kw, mod = MODELS[name]
     T, N, D, H = 12, 29, 9, 24
     mod._set_weight_grads(2)
     try:
-        _set_all(0)
+        set_all(0)
         base = _model_run(cls, kw, T, N, D, H, dtype, 5, lengths)
-        _set_all(2)
-        calls = mod._pack_a_calls()
+        set_all(2)
+        calls = getattr(mod, counter)()
         got = _model_run(cls, kw, T, N, D, H, dtype, 5, lengths)
-        assert mod._pack_a_calls() > calls
+        assert getattr(mod, counter)() > calls
     finally:
         mod._set_weight_grads(1)
     for i, (g, b) in enumerate(zip(got, base)):
-        assert np.array_equal(g, b), f"{name}: array {i} differs with A copied"
+        assert np.array_equal(g, b), f"{name}: array {i} differs with {what}"
 
 
 @_threaded
