@@ -3,9 +3,10 @@
 
 The prefetch changes what is in the caches, not what is computed: every test here
 compares the prefetching path (hook mode 2: always) with the plain one (mode 0) bit
-for bit and against float64 products, on both packed layouts, in one and two
-segments ([A | A2] [B; B2]: the second segment prefetches the next panel's rows
-after the first's), and through every kernel module's loops; and checks the rule
+for bit and against float64 products: on both packed layouts in one segment, on the
+CPU's layout in two ([A | A2] [B; B2]: the second segment prefetches the next
+panel's rows after the first's), and through every kernel module's loops and
+nn.Linear; and checks the rule
 (mode 1, the default): the AVX2 layout with a packed weight of 8 MiB or more, and
 never while A is copied (that path prefetches on its own).
 """
@@ -17,8 +18,9 @@ import pytest
 
 from conftest import HAVE_PACKED
 from test_gemm_packed import LAYOUTS
-from test_pack_a import (MODELS, MODULES, _check, check_models_bitwise, check_products,
-                         check_two_segments)
+from test_linear_kernel import _threaded
+from test_pack_a import (MODELS, MODULES, _check, check_linear_bitwise, check_models_bitwise,
+                         check_products, check_two_segments)
 
 from rnncore._kernels import simd
 
@@ -44,9 +46,11 @@ def next_l2_modes():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_prefetching_gives_bitwise_the_plain_product(dtype, layout, beta, rng, next_l2_modes):
     nr = LAYOUTS[dtype][layout]
+    # a single row's whole panels go 2-4 at a time to the row kernel, which does not
+    # prefetch: a call of m = 1 prefetches (and counts) only with panels left over
     check_products(simd._set_next_l2, simd._next_l2_calls, dtype, nr, beta, rng,
                    [1, 2, 5, 6, 7, 8, 13, 32], [1, nr - 1, nr, nr + 3, 3 * nr + 1, 5 * nr],
-                   [1, 7, 64])
+                   [1, 7, 64], runs=lambda m, n: m > 1 or n < 2 * nr or n % nr != 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -74,9 +78,28 @@ def test_the_rule_prefetches_on_the_avx2_layout_from_8_mib(rng, next_l2_modes):
         assert simd._next_l2_calls() - calls == used, (n, layout, pack_a)
         _check(c, a.astype(np.float64) @ b, np.float32, f"n = {n}, {layout}")
     simd._set_pack_a(0)
-    simd._set_next_l2(0)
+    # the bound is on B's padded size (n rounded up to whole panels) and on both
+    # segments' rows: 2033 columns pad to 2048; 512 + 512 rows reach 8 MiB together
+    b = rng.standard_normal((1024, 2033)).astype(np.float32)
+    c = np.empty((8, 2033), np.float32)
     calls = simd._next_l2_calls()
     simd._gemm_packed(a, b, c, np.float32(0), LAYOUTS[np.float32]["narrow"])
+    assert simd._next_l2_calls() - calls == 1
+    if simd._gemm_packed_nr(np.float32) == LAYOUTS[np.float32]["narrow"]:   # packed2's layout
+        a1, a2 = a[:, :512], a[:, 512:]
+        for n, used in [(2048, True), (2032, False)]:
+            b1 = rng.standard_normal((512, n)).astype(np.float32)
+            b2 = rng.standard_normal((512, n)).astype(np.float32)
+            c = np.empty((8, n), np.float32)
+            calls = simd._next_l2_calls()
+            simd._gemm_packed2(a1, a2, b1, b2, c, np.float32(0))
+            assert simd._next_l2_calls() - calls == used, n
+            _check(c, a1.astype(np.float64) @ b1 + a2.astype(np.float64) @ b2, np.float32,
+                   f"two segments, n = {n}")
+    simd._set_next_l2(0)
+    calls = simd._next_l2_calls()
+    simd._gemm_packed(a, b, np.empty((8, 2033), np.float32), np.float32(0),
+                      LAYOUTS[np.float32]["narrow"])
     assert simd._next_l2_calls() == calls
 
 
@@ -96,6 +119,12 @@ def test_models_prefetching_are_bitwise_the_plain_models(name, dtype, lengths, n
     dW kernel with the prefetch in every packed product give bitwise what they give
     without it, and the prefetching path really ran."""
     check_models_bitwise(name, dtype, lengths, _set_all, "_next_l2_calls", "the prefetch")
+
+
+@_threaded
+def test_linear_prefetching_is_bitwise_the_plain_linear(rng, next_l2_modes):
+    """nn.Linear's products on the kernels (x W^T and dy W on a packed weight; dW)."""
+    check_linear_bitwise(rng, _set_all, MODULES["linear"]._next_l2_calls)
 
 
 def test_the_default_is_the_rule():

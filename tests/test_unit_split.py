@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import HAVE_PACKED, assert_close_f32, assert_close_f64
+from test_gemm_packed import LAYOUTS
 from test_kernels import _batch_sizes, _time_major, reference_per_row, run_kernel
 
 from rnncore._kernels import lstm as KL
@@ -32,8 +33,8 @@ from rnncore._runtime.threads import row_split_enabled as _row_split
 pytestmark = pytest.mark.skipif(not HAVE_PACKED,
                                 reason="no packed GEMM layout for this CPU (unit split needs it)")
 
-# the AVX2 packed layout (16 float32 columns a panel): the rule never splits units there
-NARROW = simd._gemm_packed_nr(np.float32) == 16
+# the AVX2 packed layout: the rule never splits units there
+NARROW = simd._gemm_packed_nr(np.float32) == LAYOUTS[np.float32]["narrow"]
 
 
 @pytest.fixture
@@ -265,7 +266,8 @@ def test_projected_lstm_never_splits_units(units, rng):
 def test_unit_split_by_policy_is_bitwise_the_row_split(no_units, rng):
     """With the shape rule on (mode 0, the default), at a shape it routes to the unit
     split (forward, float32, H = 1024: a 16 MiB weight, rows split over 2 threads;
-    a training call, which keeps its gates): the same bits as the row split."""
+    a training call, which keeps its gates): the same bits as the row split. On the
+    AVX2 layout, where the rule keeps the rows, the split is forced (mode 1)."""
     from threadpoolctl import threadpool_limits
     N, T, D, H = 32, 4, 6, 1024
     inp, up = _time_major("lstm", rng, N, T, D, H, np.float32)
@@ -273,9 +275,15 @@ def test_unit_split_by_policy_is_bitwise_the_row_split(no_units, rng):
     with threadpool_limits(2, user_api="blas"):
         KL._set_unit_split(0)
         KL._set_intel_rules(False)  # 16 rows a thread: the rule's path on any CPU
-        if KL._unit_threads(N, H, T) < 2 and not NARROW:   # (AVX2: rows by the rule)
+        by_rule = KL._unit_threads(N, H, T) >= 2
+        assert not (NARROW and by_rule)              # AVX2: the rule keeps the rows
+        if not by_rule and not NARROW:
             pytest.skip("the row split is off in this configuration (no unit split by policy)")
+        if NARROW:
+            KL._set_unit_split(1, 2)
+        before = KL._unit_split_counts()
         got = run_kernel("lstm", inp, up, batch_sizes=bs)
+        assert np.subtract(KL._unit_split_counts(), before).any()   # the split ran
         KL._set_unit_split(-1)
         want = run_kernel("lstm", inp, up, batch_sizes=bs)
     lens = np.array([T] * 20 + [T - 1] * 6 + [1] * 6)
@@ -306,7 +314,8 @@ def test_inference_splits_units_in_chunks_under_the_shape_rule(no_units):
     with threadpool_limits(2, user_api="blas"):
         KL._set_unit_split(0)
         KL._set_intel_rules(False)  # 16 rows a thread: the rule's path on any CPU
-        by_rule = KL._unit_threads(N, H, T) >= 2    # never on the AVX2 layout
+        by_rule = KL._unit_threads(N, H, T) >= 2
+        assert not (NARROW and by_rule)              # never on the AVX2 layout
         if not by_rule and not NARROW:
             pytest.skip("the row split is off in this configuration (no unit split by policy)")
         for mode in (-1, 0, 1):

@@ -437,10 +437,16 @@ static inline int rc_pk_pack_a_use(int narrow, rc_idx m, rc_idx n, rc_idx k, siz
  * 1024) 1.10; (64, 1024, 1024), B 4 MiB, 0.98-1.03; columns split (each thread
  * half of B): 1.00-1.05; with B in L2, (32, 512, 1024), (16, 192, 512), (8, 192,
  * 512): 0.96-0.975, hence a bound. Through the models (float32, (T, N, D, H) =
- * (50, 64, 512, 1024), 9-21 alternating rounds, median time without / with):
- * GRU inference 1.18, forward + backward 1.07; LSTM (rows split) 1.07, 1.16; but
- * the RNN, whose products take 4 MiB (Wh^T) and 6 MiB ([Wx; Wh]), 0.99 and 0.97:
- * hence the bound at 8 MiB. Prefetching only in each panel's first
+ * (50, 64, 512, 1024), 9-21 alternating rounds, median time without / with;
+ * bench/compare-results/2026-12-03-*-zen4avx2-s27-next-l2-ab.txt and
+ * ...-harness-and-units.txt): GRU inference 1.00-1.18, forward + backward
+ * 1.07-1.08; LSTM 1.07-1.09 and 1.08-1.16; but the RNN, whose
+ * products take 4 MiB (Wh^T) and 6 MiB ([Wx; Wh]), 0.99 and 0.97 with a 4 MiB
+ * bound: hence the bound at 8 MiB. Measured only there (per-call rows m <= 64;
+ * larger m, such as rc_matmul's per-call products, unmeasured), and applied to
+ * every AVX2 CPU by extrapolation. A single row's groups of panels (m = 1,
+ * RC_PK_ROW_PANELS) do not prefetch; only panels left to the tiles do, and
+ * only those calls are counted. Prefetching only in each panel's first
  * block measured below every block's (1.15 against 1.22). The AVX-512 layout
  * (with its own L1 prefetch above) is unmeasured with it and keeps it off. Same
  * loads, same FMAs: bitwise the same C. */
@@ -532,8 +538,6 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
                 }                                                               \
             }                                                                   \
         }                                                                       \
-        const int next_l2 = ap == NULL                                          \
-            && rc_pk_next_l2_use(NARROW, (n + NR - 1) / NR * NR, k + k2, sizeof(T)); \
         rc_idx jr = 0;   /* a single row: whole panels 4, then 3 or 2 at a time */ \
         /* (A's copy holds both segments as one) */                             \
         const T *ra = ap != NULL ? ap : a, *ra2 = ap != NULL ? ap : a2;         \
@@ -549,6 +553,9 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
                 }                                                               \
                 jr += qp * NR;                                                  \
             }                                                                   \
+        /* (the 1-row groups above do not prefetch: only panels left to tiles) */ \
+        const int next_l2 = ap == NULL && jr < n                                \
+            && rc_pk_next_l2_use(NARROW, (n + NR - 1) / NR * NR, k + k2, sizeof(T)); \
         RC_PK_PANELS(T, RC_PK_BLOCK, TILE, MR, jr)                              \
         free(ap);                                                               \
     }

@@ -636,7 +636,8 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * weight is so large that it streams from L3 every step anyway (at least
  * RC_UNIT_L3_BYTES in all: float32 H >= 887, float64 H >= 628), training and
  * inference; with Intel's rules only where a thread gets fewer than
- * RC_UNIT_INTEL_ROWS rows (below). There the row split makes every core stream the WHOLE weight from
+ * RC_UNIT_INTEL_ROWS rows (below); never on the AVX2 layout (the comment before
+ * rc_unit_threads). There the row split makes every core stream the WHOLE weight from
  * L3 each step, the unit split a 1/P share of it. Measured on 2 Zen 3 cores
  * (512 KB L2, 32 MB L3; session 14, float32 LSTM through the model API, 9-15
  * alternating repeats in one process, time with the rows split / with the rule):
@@ -664,7 +665,8 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * CPU's vendor only, as for the row split): the forward loop of an LSTM without
  * projection whose weight is packed, T >= 2, whose rows the row split would put on
  * P >= 2 threads, and whose recurrent weight takes at least RC_UNIT_L3_BYTES; on
- * Intel CPUs also fewer than RC_UNIT_INTEL_ROWS rows a thread (rc_unit_rows).
+ * Intel CPUs also fewer than RC_UNIT_INTEL_ROWS rows a thread (rc_unit_rows);
+ * not on the AVX2 layout.
  *
  * Measured (indicative only: a 2-core Zen 4 VM with a load average of 4-9 from other
  * jobs, minima of 15-30 interleaved repeats, float32, 2 threads; forward, backward
@@ -712,17 +714,6 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * the bound (rc_activations.h: rc_intel_rules; measured on Emerald Rapids only,
  * applied to every Intel CPU by extrapolation). */
 #define RC_UNIT_INTEL_ROWS 16
-/* On the AVX2 layout (rc_simd_tier() == 3) the rule never splits units: there
- * the packed kernel prefetches each next panel of a large weight into
- * L2 as it goes (rc_gemm_packed.h: rc_pk_next_l2_use; 8 MiB or more, so any
- * weight of RC_UNIT_L3_BYTES), so every thread
- * streaming the whole weight from L3 for its rows costs little, and the row
- * split has no per-step hand-off. On 2 AMD EPYC Zen 4 cores with AVX-512 hidden
- * (session 27; float32 LSTM inference through the model API, 21 alternating
- * rounds in one process, median, units / rows): (T, N, D, H) = (50, 64, 512,
- * 1024) 1.16; (50, 32, 512, 1024) 1.18; (50, 16, 256, 1024) 1.10; (50, 8, 256,
- * 1024) 1.11; without the prefetch the split and the rows had measured within
- * 0.95-1.05 of each other on AVX2 cores (Zen 3, above). */
 static int rc_unit_rows(void) { return rc_intel_rules() ? RC_UNIT_INTEL_ROWS : 0; }
 /* Whether a row split gives each share its rows of the loop's own per-row buffers
  * (the scratch; one step's gates in inference; the backward's carries) as one
@@ -743,7 +734,21 @@ static void rc_set_unit_split(int mode, int threads)
     rc_unit_forced = threads < 1 ? 1 : threads > 8 ? 8 : threads;
 }
 
-/* Threads of a unit split for an LSTM loop (N rows, hidden size H, G gates, T
+/* On the AVX2 layout (rc_simd_tier() == 3) the rule never splits units: there
+ * the packed kernel prefetches each next panel of a large weight into
+ * L2 as it goes (rc_gemm_packed.h: rc_pk_next_l2_use; 8 MiB or more, so any
+ * weight of RC_UNIT_L3_BYTES), so every thread
+ * streaming the whole weight from L3 for its rows costs little, and the row
+ * split has no per-step hand-off. On 2 AMD EPYC Zen 4 cores with AVX-512 hidden
+ * (session 27; float32 LSTM inference through the model API, 21 alternating
+ * rounds in one process, median, units / rows): (T, N, D, H) = (50, 64, 512,
+ * 1024) 1.16; (50, 32, 512, 1024) 1.18; (50, 16, 256, 1024) 1.10; (50, 8, 256,
+ * 1024) 1.11 (bench/compare-results/2026-12-03-*-zen4avx2-s27-next-l2-ab.txt
+ * and ...-harness-and-units.txt); without the prefetch the split had won
+ * 1.01-1.10 on the AVX2 cores of Zen 3 (above). Measured on that Zen 4 VM only
+ * and applied to every CPU on the AVX2 layout by extrapolation.
+ *
+ * Threads of a unit split for an LSTM loop (N rows, hidden size H, G gates, T
  * steps, elsize-byte elements, packed weight, forward or backward), or 1: none. */
 static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize, int packed,
                            int backward)
@@ -755,7 +760,7 @@ static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize
     int P = rc_row_threads(N, work, T, packed);
     if (P < 2) return 1;
     long long bytes = (long long)G * H * H * (long long)elsize;
-    if (bytes < RC_UNIT_L3_BYTES || rc_simd_tier() == 3) return 1;   /* AVX2: below */
+    if (bytes < RC_UNIT_L3_BYTES || rc_simd_tier() == 3) return 1;   /* AVX2: above */
     const int rows = rc_unit_rows();   /* Intel: only where each thread has few rows */
     return rows > 0 && (N + P - 1) / P >= rows ? 1 : P;   /* the most rows a thread gets */
 }

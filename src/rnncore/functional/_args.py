@@ -133,9 +133,9 @@ DOC_FRAGMENTS = {
     dhn : ndarray, shape (N, H), optional
         Extra gradient of the final state ``h[:, -1]``.""",
     "input_grad": """input_grad : bool, default True
-        False: ``dx`` is not computed and returned as None, which skips its
-        product (``2 T N G H D`` flops of the ``G`` gates), as PyTorch does for
-        an input that does not require grad.""",
+        False: ``dx`` is not computed and returned as None (an input that
+        needs no gradient, such as data), which skips its product
+        (``2 T N G H D`` flops of the ``G`` gates).""",
     "dnext_h": """dnext_h : ndarray, shape (N, H)
         Gradient of the loss with respect to ``next_h``.""",
     "step_grads": """Parameters
