@@ -214,16 +214,26 @@ def check_linear_bitwise(rng, set_all, count):
         assert np.array_equal(a, b)
 
 
-def test_the_default_never_copies():
-    """A fresh process (no hook called) reads A in place even where the rule would copy."""
+def default_counts(counter, n, widths):
+    """In a fresh process (no hook called): A (8, 1024) B (1024, n), all ones, on the
+    packed layout of each panel width in ``widths`` (the product checked), and
+    ``simd``'s ``counter`` read after each: the counts as strings."""
     import subprocess
     import sys
-    code = ("import numpy as np; from rnncore._kernels import simd; "
-            "a = np.ones((8, 1024), np.float32); b = np.ones((1024, 1024), np.float32); "
-            "c = np.empty((8, 1024), np.float32); "
-            "simd._gemm_packed(a, b, c, np.float32(0), 16); "
-            "assert (c == 1024).all(); print(simd._pack_a_calls())")
+    code = ("import numpy as np; from rnncore._kernels import simd\n"
+            f"a = np.ones((8, 1024), np.float32); b = np.ones((1024, {n}), np.float32)\n"
+            f"c = np.empty((8, {n}), np.float32); counts = []\n"
+            f"for nr in {list(widths)}:\n"
+            "    simd._gemm_packed(a, b, c, np.float32(0), nr)\n"
+            "    assert (c == 1024).all()\n"
+            f"    counts.append(simd.{counter}())\n"
+            "print(*counts)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "0"
+    return out.stdout.split()
+
+
+def test_the_default_never_copies():
+    """A fresh process (no hook called) reads A in place even where the rule would copy."""
+    assert default_counts("_pack_a_calls", 1024, [16]) == ["0"]

@@ -250,7 +250,8 @@ def _section_probe():
     return tok, depth, own
 
 
-from _gemm cimport (set_pack_a, pack_a_count, set_next_l2, next_l2_count, gemm_own_count, local_depth, set_step_dx_max,
+from _gemm cimport (set_pack_a, pack_a_count, set_next_l2, next_l2_count, gemm_own_count,
+                    local_depth, set_step_dx_max,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
                     matmul_small_machine, intel_rules, rule_set, set_rule_set, fuse_input)
 from _threads cimport (set_pool, set_pool_take, set_pool_apart, pool_worker_cpu, pool_taken,
