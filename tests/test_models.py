@@ -753,6 +753,38 @@ def test_one_layer_inference_short_path_matches_the_general_one(rng, variant, la
         run_forward(model, x, s0, train=True)        # a training forward does not take it
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_short_path_hands_bad_or_empty_input_to_the_general_checks(rng, cell, batch_first):
+    """The short path runs before forward's checks and takes only a 2-D or 3-D array
+    of the model's dtype with T > 0 steps of input_size features: anything else gives
+    the general path's errors (the same as a training forward's) or its result (T = 0),
+    and a float64 array or a list is never cast silently."""
+    T, N, D, H = 5, 2, 4, 3
+    model = make_model(cell, D, H, dtype=np.float32, seed=1, batch_first=batch_first)
+    lead = (N, T) if batch_first else (T, N)
+    bad = {"D": np.zeros(lead + (D + 1,), np.float32),
+           "rank": np.zeros((1,) + lead + (D,), np.float32),
+           "dtype": np.zeros(lead + (D,), np.float64),
+           "list": np.zeros(lead + (D,), np.float32).tolist(),
+           "h0": (np.zeros(lead + (D,), np.float32), np.zeros((1, N + 1, H), np.float32))}
+    for what, args in bad.items():
+        args = args if isinstance(args, tuple) else (args,)
+        errors = []
+        for train in (True, False):
+            with pytest.raises((ValueError, TypeError)) as e:
+                model(*args, train=train)
+            errors.append((type(e.value), str(e.value)))
+        assert errors[0] == errors[1], what
+    empty = np.zeros((N, 0, D) if batch_first else (0, N, D), np.float32)
+    out, *finals = model(empty, train=False)
+    want_out, *want_finals = model(empty, train=True)
+    assert out.shape == want_out.shape
+    for f, w in zip(finals, want_finals):
+        for a, b in zip(f if isinstance(f, tuple) else (f,), w if isinstance(w, tuple) else (w,)):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_short_path_without_bias_under_no_grad_with_regularisation_and_odd_layouts(
         rng, cell, monkeypatch):

@@ -322,13 +322,14 @@ def forward(m, x, states0, lengths, train, save=None):
     (:mod:`rnncore._regularise`) apply when both are true.
     """
     save = train if save is None else save
+    if not save and lengths is None and m.num_layers == 1 and not m.bidirectional:
+        short = _forward_one(m, x, states0)
+        if short is not None:
+            return short
     x, xt, unbatched = _check_input(m, x)
     T, N, _ = xt.shape
     sizes = m._state_sizes
     st0 = [check_states(m, s, n, N, unbatched, H) for (s, n), H in zip(states0, sizes)]
-    if (not save and lengths is None and T > 0 and m.num_layers == 1
-            and m.num_directions == 1):
-        return _forward_one(m, x, st0, unbatched, T, N, sizes)
     order = _sort_by_length(lengths, N, T, unbatched)
     xin, st0 = _kernel_input(m, x, xt, st0, order)
     xin, states_full, states_kernel = _initial_states(m, x, xin, st0, order, T, N, sizes)
@@ -361,26 +362,48 @@ def forward(m, x, states0, lengths, train, save=None):
     return y, finals, sv
 
 
-def _forward_one(m, x, st0, unbatched, T, N, sizes):
+def _forward_one(m, x, states0):
     """:func:`forward` of one layer and direction, without lengths, keeping nothing
-    (inference), T > 0: the same steps with nothing to sort, merge or regularise
-    (dropout acts between layers; weight drop and variational dropout only on a
-    forward that saves), so none of their bookkeeping, and no gradient list
-    (``_params_of``): each Python call and temporary list costs ~0.1-0.5 us, and an
-    RNN at (T, N, D, H) = (50, 1, 32, 64) runs ~10 us of kernel. ``st0``: the
-    checked initial states (None: zeros)."""
-    xin = V.seq_view(x, time_major=not m.batch_first)     # _kernel_input, nothing to sort
+    (inference): the same steps with nothing to sort, merge or regularise (dropout
+    acts between layers; weight drop and variational dropout only on a forward that
+    saves), so none of their bookkeeping, and no gradient list (``_params_of``).
+    Each Python call and temporary costs ~0.1-0.7 us, and an RNN at (T, N, D, H) =
+    (50, 1, 32, 64) runs ~18 us of kernel: the general path's ~10 us around it were
+    a third of the call. None (nothing done) unless ``x`` is a 2-D or 3-D array of
+    the model's dtype with T > 0 steps of ``input_size`` features: the general path
+    then checks it and raises what is wrong."""
+    if type(x) is not np.ndarray or x.dtype != m.dtype or not 2 <= x.ndim <= 3:
+        return None
+    bf = m.batch_first
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[None] if bf else x[:, None]
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)      # a layout the kernels read (V.seq_view's rule)
+    xin = x.transpose(1, 0, 2) if bf else x     # (T, N, D), nothing to sort
+    T, N, D = xin.shape
+    if T == 0 or D != m.input_size:
+        return None
+    dt = m.dtype
+    sizes = m._state_sizes
     # _initial_states' arrays, (N, H) each (no padding to zero)
-    s0 = [np.zeros((N, H), m.dtype) if s is None else np.ascontiguousarray(s[0])
-          for s, H in zip(st0, sizes)]
-    out = _seq_alloc(m, T, N, sizes[0])
-    outs = _direction_outputs(m, out, 0, T, N, False, sizes)
+    s0 = []
+    for (s, name), H in zip(states0, sizes):
+        s = check_states(m, s, name, N, unbatched, H)
+        s0.append(np.zeros((N, H), dt) if s is None else np.ascontiguousarray(s[0]))
+    # _seq_alloc's and _direction_outputs' arrays, inlined (one direction, keeping nothing)
+    out = np.empty((N, T, sizes[0]), dt) if bf else np.empty((T, N, sizes[0]), dt)
+    outs = [out.transpose(1, 0, 2) if bf else out]
+    if len(sizes) > 1:
+        outs += [_running_state(m, T, N, H) if m._kernel.running_states
+                 else _seq_alloc(m, T, N, H) for H in sizes[1:]]
     m._kernel.forward(xin, s0, m._params_of(0, 0), outs, False, None, False)
-    # _final_states of one layer and direction: each state's last step, copied (the
-    # running c: its only step), (1, N, H)
+    # _final_states and _to_caller of one layer and direction: each state's last step,
+    # copied (the running c: its only step), (1, N, H); out in the caller's layout
     finals = [o[T - 1:T].copy() for o in outs]
-    y, finals = _to_caller(m, out, finals, None, unbatched)
-    return y, finals, None
+    if unbatched:
+        return (out[0] if bf else out[:, 0]), [f[:, 0] for f in finals], None
+    return out, finals, None
 
 
 # ----------------------------------------------------------------- backward
