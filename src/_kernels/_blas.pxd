@@ -129,7 +129,8 @@ cdef inline bint all_finite(const floating *a, Py_ssize_t m, Py_ssize_t n, Py_ss
     """Whether A (m, n), element (i, j) at a[i*rs + j*cs], has no inf or NaN."""
     if floating is float:
         return not rc_any_nonfinite_f(a, m, n, rs, cs)
-    return not rc_any_nonfinite_d(a, m, n, rs, cs)
+    else:
+        return not rc_any_nonfinite_d(a, m, n, rs, cs)
 
 
 cdef inline bint all_zero(const floating *a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rs,
@@ -137,4 +138,5 @@ cdef inline bint all_zero(const floating *a, Py_ssize_t m, Py_ssize_t n, Py_ssiz
     """Whether A (m, n) (as in all_finite) is all zeros (+0 or -0)."""
     if floating is float:
         return not rc_any_nonzero_f(a, m, n, rs, cs)
-    return not rc_any_nonzero_d(a, m, n, rs, cs)
+    else:
+        return not rc_any_nonzero_d(a, m, n, rs, cs)

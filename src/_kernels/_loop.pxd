@@ -143,7 +143,9 @@ cdef inline void loop_init(Loop *L, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py
 
 
 cdef inline const void *rows_from(const void *p, Py_ssize_t nbytes) noexcept nogil:
-    return NULL if p == NULL else <const char *>p + nbytes
+    if p == NULL:   # (not a conditional expression: Cython's temporary drops const)
+        return NULL
+    return <const char *>p + nbytes
 
 
 cdef extern from "stdlib.h" nogil:

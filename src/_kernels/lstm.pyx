@@ -275,7 +275,10 @@ cdef inline void unit_pass(const Loop *L, bint backward, Py_ssize_t t, Py_ssize_
     st.prev.p = <char *>st.prev.p + off
     if st.h.p != NULL:
         st.h.p = <char *>st.h.p + off
-    st.b = NULL if L.b == NULL else <const char *>L.b + off
+    if L.b == NULL:     # (an if, not a conditional expression: Cython's temporary drops const)
+        st.b = NULL
+    else:
+        st.b = <const char *>L.b + off
     if backward:
         st.dg.p = <char *>st.dg.p + off
         st.dh.p = <char *>st.dh.p + off

@@ -289,7 +289,7 @@ RC_DEFINE_PACK_PAR(rc_pack_par_d, rc_pack_d, double)
 #define RC_PK_KLOOP(T, VT, K, A, LDA, PS, B, PF)                                \
         for (rc_idx p = 0; p < (K); p++) {                                      \
             VT b0, b1;                                                          \
-            if (PF != NULL) {   /* the next panel, row p, into L2 (prefetcht1) */ \
+            if ((PF) != NULL) {   /* the next panel, row p, into L2 (prefetcht1) */ \
                 __builtin_prefetch((PF) + p * 2 * V, 0, 2);                     \
                 if (2 * sizeof(VT) > 64) __builtin_prefetch((PF) + p * 2 * V + V, 0, 2); \
             }                                                                   \
