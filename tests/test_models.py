@@ -776,6 +776,20 @@ def test_short_path_hands_bad_or_empty_input_to_the_general_checks(rng, cell, ba
                 model(*args, train=train)
             errors.append((type(e.value), str(e.value)))
         assert errors[0] == errors[1], what
+    widths = [model._h_size] + [H] * (model.n_states - 1)
+    good = [np.zeros((1, N, w), np.float32) for w in widths]
+    bad_states = {"unbatched h0": (np.zeros((T, D), np.float32),
+                                   [np.zeros((1, N, w), np.float32) for w in widths])}
+    if model.n_states == 2:      # the LSTM: only c0 wrong
+        bad_states["c0"] = (np.zeros(lead + (D,), np.float32),
+                            [good[0], np.zeros((1, N, H + 1), np.float32)])
+    for what, (xs, states) in bad_states.items():
+        errors = []
+        for train in (True, False):
+            with pytest.raises(ValueError) as e:
+                model(xs, states if model.n_states == 2 else states[0], train=train)
+            errors.append(str(e.value))
+        assert errors[0] == errors[1], what
     empty = np.zeros((N, 0, D) if batch_first else (0, N, D), np.float32)
     out, *finals = model(empty, train=False)
     want_out, *want_finals = model(empty, train=True)
@@ -783,6 +797,37 @@ def test_short_path_hands_bad_or_empty_input_to_the_general_checks(rng, cell, ba
     for f, w in zip(finals, want_finals):
         for a, b in zip(f if isinstance(f, tuple) else (f,), w if isinstance(w, tuple) else (w,)):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_short_path_takes_converted_and_odd_inputs(rng, cell, monkeypatch):
+    """What forward's first check converts (a list for a float64 model, an ndarray
+    subclass) and a Fortran-ordered or read-only x take the short path too, with the
+    general path's bits and without touching the caller's x."""
+    from rnncore import _stack
+    T, N, D, H = 5, 3, 4, 6
+    model = make_model(cell, D, H, dtype=np.float64, seed=2)
+    x = rng.standard_normal((T, N, D))
+    want_out, *want_fin = model(x, train=True)
+    ro = x.copy()
+    ro.flags.writeable = False
+    inputs = {"list": x.tolist(), "subclass": x.view(type("Sub", (np.ndarray,), {})),
+              "fortran": np.asfortranarray(x), "read-only": ro}
+
+    def general(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(_stack, "_run_layers", general)
+    for what, xi in inputs.items():
+        before = np.array(xi, copy=True)
+        out, *fin = model(xi, train=False)
+        np.testing.assert_array_equal(out, want_out, err_msg=what)
+        assert type(out) is np.ndarray and out.flags.writeable, what
+        for f, w in zip(fin, want_fin):
+            for a, b in zip(f if isinstance(f, tuple) else (f,),
+                            w if isinstance(w, tuple) else (w,)):
+                np.testing.assert_array_equal(a, b, err_msg=what)
+        np.testing.assert_array_equal(np.asarray(xi), before, err_msg=what)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

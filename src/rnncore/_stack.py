@@ -6,7 +6,7 @@ variational dropout, :mod:`rnncore._regularise`) and variable ``lengths``;
 each (layer, direction) is one call through the model's binding (:mod:`rnncore._bindings`)
 that runs all T steps. :mod:`rnncore.models` keeps the PyTorch-facing classes
 and calls :func:`forward`, :func:`backward` and :func:`step` here with itself
-as ``m`` (read: ``hidden_size``, ``num_layers``, ``num_directions``,
+as ``m`` (read: ``hidden_size``, ``num_layers``, ``num_directions``, ``bidirectional``,
 ``batch_first``, ``dropout``, ``merge_mode``, ``input_size``, ``dtype``,
 ``n_states``, ``G``, ``bias``, ``_rng``, ``weight_drop``, ``variational_dropout``,
 ``_kernel``, ``_weights(k, d)`` (parameters and gradients; ``_params_of(k, d)`` the
@@ -369,21 +369,25 @@ def _forward_one(m, x, states0):
     saves), so none of their bookkeeping, and no gradient list (``_params_of``).
     Each Python call and temporary costs ~0.1-0.7 us, and an RNN at (T, N, D, H) =
     (50, 1, 32, 64) runs ~18 us of kernel: the general path's ~10 us around it were
-    a third of the call. None (nothing done) unless ``x`` is a 2-D or 3-D array of
-    the model's dtype with T > 0 steps of ``input_size`` features: the general path
-    then checks it and raises what is wrong."""
-    if type(x) is not np.ndarray or x.dtype != m.dtype or not 2 <= x.ndim <= 3:
+    a third of the call. ``x`` goes through forward's first check (``as_float``: a
+    torch tensor, a list or an ndarray subclass becomes an array, a wrong dtype
+    raises its error); then None (nothing done) unless it is 2-D or 3-D with T > 0
+    steps of ``input_size`` features: the general path checks it again and raises
+    what is wrong."""
+    if type(x) is not np.ndarray or x.dtype != m.dtype:
+        x = V.as_float(x, "x", m.dtype, owner="model")
+    if not 2 <= x.ndim <= 3:
         return None
     bf = m.batch_first
     unbatched = x.ndim == 2
     if unbatched:
         x = x[None] if bf else x[:, None]
+    T, N, D = (x.shape[1], x.shape[0], x.shape[2]) if bf else x.shape
+    if T == 0 or D != m.input_size:
+        return None
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)      # a layout the kernels read (V.seq_view's rule)
     xin = x.transpose(1, 0, 2) if bf else x     # (T, N, D), nothing to sort
-    T, N, D = xin.shape
-    if T == 0 or D != m.input_size:
-        return None
     dt = m.dtype
     sizes = m._state_sizes
     # _initial_states' arrays, (N, H) each (no padding to zero)
