@@ -287,6 +287,14 @@ cdef extern from "rc_gemm_dw.h" nogil:
     long long dw_count "rc_dw_count"(int threaded)
 
 
+cdef inline int hook_mode(int mode) except -1:
+    """A packed-kernel test hook's mode (the _set_* hooks of _pack_hooks.pxi and simd):
+    0 never, 1 by the rule, 2 always; else ValueError."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
+    return mode
+
+
 cdef inline bint packs_step_weight(Py_ssize_t T, long long work) noexcept nogil:
     """Whether a time loop of T steps packs its per-step operand (work: multiply-adds
     of one step's product); rc_pack_step_weight: shapes and import-time configuration."""

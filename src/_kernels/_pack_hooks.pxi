@@ -93,19 +93,12 @@ def _fuses_input(Py_ssize_t N, Py_ssize_t D, Py_ssize_t n, Py_ssize_t k, Py_ssiz
     return fuse_input(T, N, D, k, n, np.dtype(dtype).itemsize)
 
 
-def _hook_mode(int mode):
-    """A packed-kernel hook's mode: 0 never, 1 by the rule, 2 always; else ValueError."""
-    if mode not in (0, 1, 2):
-        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
-    return mode
-
-
 def _set_pack_a(int mode=0):
     """Test/benchmark hook: this module's products on a packed weight copy the rows
     of A into the register blocks' order first (rc_gemm_packed.h: rc_pk_pack_a_use)
     never (0, the default), by their rule (1: the AVX2 layout, a packed weight of
     4 MiB or more) or always (2, any layout and size). Same results, bitwise."""
-    set_pack_a(_hook_mode(mode))
+    set_pack_a(hook_mode(mode))
 
 
 def _set_next_l2(int mode=1):
@@ -114,7 +107,7 @@ def _set_next_l2(int mode=1):
     rc_pk_next_l2_use) never (0), by their rule (1, the default: the AVX2 layout, a
     packed weight of 8 MiB or more) or always (2, any layout and size). Same
     results, bitwise."""
-    set_next_l2(_hook_mode(mode))
+    set_next_l2(hook_mode(mode))
 
 
 def _next_l2_calls():
@@ -163,7 +156,7 @@ def _set_weight_grads_inplace(int mode=1):
     rc_gemm_dw.h: rc_dw_inplace),
     always (2), or from a transposed copy per chunk (0: rc_tcopy_*). The same FMAs in
     the same order either way."""
-    set_dw_inplace(_hook_mode(mode))
+    set_dw_inplace(hook_mode(mode))
 
 
 def _weight_grads_inplace_terms():
@@ -201,7 +194,7 @@ def _set_matmul(int mode=1):
     BLAS is slow: _set_blas_slow) run by their rule (1, the default), at any size
     (2; still not without a packed layout) or never (0). C += A^T B follows
     ``_set_weight_grads``."""
-    set_matmul(_hook_mode(mode))
+    set_matmul(hook_mode(mode))
 
 
 def _matmul_calls():
@@ -251,7 +244,7 @@ def _section_probe():
 
 
 from _gemm cimport (set_pack_a, pack_a_count, set_next_l2, next_l2_count, gemm_own_count,
-                    local_depth, set_step_dx_max,
+                    local_depth, set_step_dx_max, hook_mode,
                     RC_STEP_DX_MAX_BYTES, set_matmul, matmul_count, set_blas_slow, blas_slow,
                     matmul_small_machine, intel_rules, rule_set, set_rule_set, fuse_input)
 from _threads cimport (set_pool, set_pool_take, set_pool_apart, pool_worker_cpu, pool_taken,

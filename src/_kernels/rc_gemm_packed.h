@@ -501,7 +501,9 @@ static inline int rc_pk_block_rows(rc_idx m, rc_idx i0, int MR)
         }
 /* C (m, n) := A (m, k) B + beta C, B packed in panels of two VT vectors
  * (nr = 2 * lanes); blocks of rc_pk_block_rows rows (MR, 4, 3, 2, 1); A read
- * in place, or from a copy in the blocks' order (above). */
+ * in place, or from a copy in the blocks' order (above). In place, the tile is
+ * called twice over rather than with `next_l2 ? next : NULL`: a literal NULL lets
+ * the inlined tile drop its per-k prefetch test where nothing is prefetched. */
 #define RC_PK_BLOCK(TILE, MRX)                                                  \
     do {                                                                        \
         if (ap != NULL) {                                                       \

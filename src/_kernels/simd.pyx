@@ -9,7 +9,7 @@ import numpy as np
 
 from _blas cimport floating, Mat, mat, NoTrans, transposed, col_block
 from _gemm cimport (RC_SMALL_M, rc_gemm_small_f, rc_gemm_small_d, rc_gemm_panel_f,
-                   rc_gemm_panel_d, mm_step, mm_step2, packed_nr, pack_weight)
+                   rc_gemm_panel_d, mm_step, mm_step2, packed_nr, pack_weight, hook_mode)
 
 require_simd()   # a forced single-SIMD-level build on a CPU without that level: ImportError
 
@@ -139,18 +139,11 @@ def gemm_panel(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :
     return np.asarray(c)
 
 
-def _hook_mode(int mode):
-    """A packed-kernel hook's mode: 0 never, 1 by the rule, 2 always; else ValueError."""
-    if mode not in (0, 1, 2):
-        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
-    return mode
-
-
 def _set_pack_a(int mode=0):
     """Test hook: _gemm_packed / _gemm_packed2 copy A into the register blocks'
     order first never (0, the default), by the rule (1) or always (2); see
     _pack_hooks.pxi."""
-    rc_set_pack_a(_hook_mode(mode))
+    rc_set_pack_a(hook_mode(mode))
 
 
 def _pack_a_calls():
@@ -162,7 +155,7 @@ def _set_next_l2(int mode=1):
     """Test hook: _gemm_packed / _gemm_packed2, reading A in place, prefetch the next
     panel into L2 never (0), by the rule (1, the default) or always (2); see
     _pack_hooks.pxi."""
-    rc_set_next_l2(_hook_mode(mode))
+    rc_set_next_l2(hook_mode(mode))
 
 
 def _next_l2_calls():
