@@ -3,8 +3,9 @@
 The kernels send a per-step product to the small-M kernel when the batch has
 at most ``simd.SMALL_M`` rows, and to the unpacked panel kernel for 5-32 rows
 with a row-major weight (_gemm.pxd). The shapes below reach every tail of
-both: m = 1..4 (small) and m = 5..32 with row blocks of 8 cut short (panel);
-n below, at and off a multiple of the panel width (128 bytes: 32 float32 or 16
+both: m = 1..4 (small) and m = 5..32 with row blocks of 8 (AVX-512) or 6 (AVX2
+and below) cut short (panel); n below, at and off a multiple of the panel width
+(two vectors: 128 bytes with AVX-512, 64 below: 32 or 16 float32, 16 or 8
 float64 columns) and of the small kernel's four outputs; k below the small
 kernel's vector threshold (16), off a multiple of the vector width and of the
 panel's k pass (128); beta 0, 1 and other; beta = 0 never reads C (NaN there
@@ -59,6 +60,17 @@ def test_gemm_small_matches_numpy(rng, dt, bt):
         got = simd.gemm_small(a, b, c, alpha, beta, bt)
         assert got is not c and np.shares_memory(got, c)   # written in place
         _check(got, want, dt, k, f"gemm_small m={m} n={n} k={k} beta={beta} alpha={alpha}")
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
+def test_gemm_small_takes_any_m_here(rng, dt):
+    # the kernels never send it more than SMALL_M rows, but the test entry does: its
+    # row-by-row path for m > SMALL_M, with B row-major and transposed
+    for m, n, k, bt in itertools.product([5, 9], [3, 17, 40], [5, 33], [False, True]):
+        a, b, c = _operands(rng, dt, m, n, k, bt)
+        want = _expected(a, b, c, -0.7, 0.5, bt)
+        got = simd.gemm_small(a, b, c, -0.7, 0.5, bt)
+        _check(got, want, dt, k, f"gemm_small m={m} n={n} k={k} bt={bt}")
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])

@@ -63,8 +63,6 @@
 #include <stdlib.h>    /* malloc, free: the copy of A */
 #include "rc_gemm.h"   /* RC_CLONES, rc_idx, rc_vf64b; rc_threads.h: rc_loop_parallel_min, rc_row_split */
 
-typedef float rc_vf32b __attribute__((vector_size(32)));   /* 32-byte vectors (GCC/Clang) */
-typedef double rc_vd32b __attribute__((vector_size(32)));
 
 #define RC_PK_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define RC_PK_WIDE_BYTES 128    /* panel width of the AVX-512 layout: two 64-byte vectors */
