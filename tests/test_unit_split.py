@@ -16,7 +16,9 @@ per step, their own first (rc_threads.h: rc_units_*).
 4. The policy: by default the shape rule (forward loops whose weight slice per thread
    streams from L3; shapes, the thread configuration and, through Intel's rows bound,
    the CPU's vendor; never on the AVX2 layout, whose kernel prefetches a large weight
-   into L2); never for a projected LSTM, one step, or when forced off.
+   into L2; and, forward and backward on any layout, loops of too few rows for the
+   row split with enough steps and weight); never for a projected LSTM, one step, or
+   when forced off.
 """
 import numpy as np
 import pytest
@@ -76,6 +78,32 @@ def test_unit_split_by_default_only_where_the_weight_streams_from_l3():
         assert KL._unit_threads(16, 1024, 50) == (1 if NARROW else 2)   # 8 rows a thread
         assert KL._unit_threads(64, 1024, 50, backward=True) == 1
         assert KL._unit_threads(16, 1024, 50, backward=True) == 1
+
+
+def test_unit_split_by_default_for_too_few_rows_to_split():
+    """Below 8 rows (the row split takes no second thread there) the rule splits the
+    units of any loop, forward and backward, from 16 steps and a 256 KiB weight on
+    (float32 H >= 128, float64 H >= 91), over the threads BLAS may use; on every layout
+    and rule set."""
+    from threadpoolctl import threadpool_limits
+    if not _row_split():
+        pytest.skip("the row split is off in this configuration (no unit split by policy)")
+    with threadpool_limits(2, user_api="blas"):
+        for bw in (False, True):
+            assert [KL._unit_threads(n, 512, 100, backward=bw) for n in (1, 4, 7)] == [2] * 3
+            assert KL._unit_threads(4, 128, 16, backward=bw) == 2
+            assert KL._unit_threads(4, 128, 15, backward=bw) == 1      # too few steps
+            assert KL._unit_threads(4, 127, 100, backward=bw) == 1     # weight < 256 KiB
+            assert KL._unit_threads(4, 91, 100, np.float64, backward=bw) == 2
+            assert KL._unit_threads(4, 90, 100, np.float64, backward=bw) == 1
+            assert KL._unit_threads(8, 512, 100, backward=bw) == 1     # rows split instead
+    with threadpool_limits(1, user_api="blas"):
+        assert KL._unit_threads(4, 512, 100) == 1                      # one thread: none
+    KL._set_unit_split(-1)
+    try:
+        assert KL._unit_threads(4, 512, 100) == 1                      # forced off
+    finally:
+        KL._set_unit_split(0)
 
 
 def test_unit_rows_bound(no_units):

@@ -666,7 +666,9 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * projection whose weight is packed, T >= 2, whose rows the row split would put on
  * P >= 2 threads, and whose recurrent weight takes at least RC_UNIT_L3_BYTES; on
  * Intel CPUs also fewer than RC_UNIT_INTEL_ROWS rows a thread (rc_unit_rows);
- * not on the AVX2 layout.
+ * not on the AVX2 layout. And, forward and backward, a loop of fewer rows than
+ * the row split takes (RC_UNIT_FEW_ROWS, below) over at least RC_UNIT_FEW_MIN_T
+ * steps with a weight of at least RC_UNIT_FEW_MIN_BYTES.
  *
  * Measured (indicative only: a 2-core Zen 4 VM with a load average of 4-9 from other
  * jobs, minima of 15-30 interleaved repeats, float32, 2 threads; forward, backward
@@ -734,6 +736,31 @@ static void rc_set_unit_split(int mode, int threads)
     rc_unit_forced = threads < 1 ? 1 : threads > 8 ? 8 : threads;
 }
 
+/* Few rows (any CPU, forward and backward): below RC_UNIT_FEW_ROWS rows the row
+ * split has no second thread (it gives each at least 4 rows), and a loop of one
+ * to seven sequences ran on one core, streaming the whole weight every step --
+ * PyTorch's LSTM (oneDNN), splitting each step over both cores, was 1.2-1.35x
+ * faster at N = 1..6, H = 512 (bench/sweep.py). Such a loop splits the hidden
+ * units over the threads from RC_UNIT_FEW_MIN_T steps and a weight of
+ * RC_UNIT_FEW_MIN_BYTES on. Measured on 2 AMD EPYC Zen 4 cores with AVX-512
+ * hidden (session 29; float32 through the model API, 6-8 alternating rounds in
+ * one process, medians; rows / units, > 1: units faster), inference: (T, N, D, H)
+ * = (100, 1, 512, 512) 1.42, (100, 4, 512, 512) 1.31, (50, 1, 512, 1024) 1.66,
+ * (50, 4, 1024, 1024) 1.47, (100, 6, 512, 512) 1.23, (20, 4, 512, 512) 1.21,
+ * (100, 2, 256, 256) 1.42, (100, 4, 192, 192) 1.29, (100, 4, 256, 256) 1.02,
+ * (100, 1, 256, 256) 0.98, (100, 4, 128, 128) 1.09, (100, 1, 128, 128) 1.07;
+ * but (8, 4, 512, 512) 0.97, (4, 4, 512, 512) 0.91 (the bound on T), (100, 4, 64,
+ * 64) 0.95 and (100, 2, 96, 96) 1.00 (the bound on bytes); forward + backward:
+ * (100, 1, 512, 512) 1.26, (100, 4, 512, 512) 1.25, (50, 1, 512, 1024) 1.45,
+ * (100, 4, 256, 256) 1.29, (100, 1, 256, 256) 1.28, (100, 6, 512, 512) 1.27,
+ * (20, 4, 512, 512) 1.20, (100, 4, 192, 192) 1.09, (100, 4, 128, 128) 1.06,
+ * (100, 1, 128, 128) 1.19; (100, 4, 64, 64) 0.91, (4, 4, 512, 512) 0.99. The
+ * results are bitwise those of one thread (each unit's products are the same
+ * whichever thread runs them; checked at every shape above). */
+#define RC_UNIT_FEW_ROWS 8
+#define RC_UNIT_FEW_MIN_T 16
+#define RC_UNIT_FEW_MIN_BYTES (256LL << 10)
+
 /* On the AVX2 layout (rc_simd_tier() == 3) the rule never splits units: there
  * the packed kernel prefetches each next panel of a large weight into
  * L2 as it goes (rc_gemm_packed.h: rc_pk_next_l2_use; 8 MiB or more, so any
@@ -755,11 +782,16 @@ static int rc_unit_threads(rc_idx N, rc_idx H, rc_idx G, rc_idx T, size_t elsize
 {
     if (!packed || T < 2 || N < 1 || H < 2 || rc_unit_mode < 0) return 1;
     if (rc_unit_mode > 0) return rc_unit_forced < H ? rc_unit_forced : (int)H;
+    long long bytes = (long long)G * H * H * (long long)elsize;
+    if (N < RC_UNIT_FEW_ROWS) {   /* too few rows to split: below */
+        if (T < RC_UNIT_FEW_MIN_T || bytes < RC_UNIT_FEW_MIN_BYTES) return 1;
+        int P = rc_own_threads();
+        return P < 2 ? 1 : P < H ? P : (int)H;
+    }
     if (backward) return 1;
     long long work = (long long)N * G * H * H;
     int P = rc_row_threads(N, work, T, packed);
     if (P < 2) return 1;
-    long long bytes = (long long)G * H * H * (long long)elsize;
     if (bytes < RC_UNIT_L3_BYTES || rc_simd_tier() == 3) return 1;   /* AVX2: above */
     const int rows = rc_unit_rows();   /* Intel: only where each thread has few rows */
     return rows > 0 && (N + P - 1) / P >= rows ? 1 : P;   /* the most rows a thread gets */
