@@ -148,6 +148,8 @@ def test_unit_rows_bound(no_units):
             cfg = rnncore.show_config(file=io.StringIO())
             assert cfg["loop_shape_rules"].startswith(name)
             assert ("keeps its rows split" in cfg["loop_shape_rules"]) == NARROW
+            assert "below 8 rows (no row split) the LSTM splits hidden units" in \
+                cfg["loop_shape_rules"]
     finally:
         KL._set_shape_rules(None)
 

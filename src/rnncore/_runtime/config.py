@@ -42,7 +42,7 @@ def _loop_shape_rules(rules: str, packed: bool, narrow: bool = False) -> str:
     shape rules take (rc_activations.h: rc_rule_set, by the CPU: ``"general"``,
     ``"intel"`` or ``"zen5"``; the numbers are rc_gemm_packed.h's RC_FUSE_* and
     rc_threads.h's RC_UNIT_* constants; ``narrow``: the AVX2 packed layout, where
-    the LSTM never splits its hidden units)."""
+    the LSTM splits its hidden units only for too few rows to split)."""
     if not packed:
         return "none (no packed kernel on this CPU: the loops multiply on BLAS)"
     units = "the LSTM splits hidden units where its weight takes 12 MiB or more"
@@ -59,7 +59,9 @@ def _loop_shape_rules(rules: str, packed: bool, narrow: bool = False) -> str:
     if narrow:
         units = ("the LSTM keeps its rows split (AVX2: the kernel prefetches a weight of "
                  "8 MiB or more into L2 as it goes)")
-    return f"{head}; {units}"
+    few = ("; below 8 rows (no row split) the LSTM splits hidden units from 16 steps and "
+           "a 256 KiB weight, forward and backward")
+    return f"{head}; {units}{few}"
 
 
 def show_config(file=None) -> dict:
