@@ -213,7 +213,7 @@ import rnncore  # first: it picks SciPy's BLAS kernels before scipy.linalg loads
 
 from _harness.contestants import CELLS, GROUPS, import_torch
 from _harness.load import DESCRIPTION as LOAD_KIND, Load
-from _harness.machine import best_sgemm, fma_peak, machine_header, print_header
+from _harness.machine import threads_arg, best_sgemm, fma_peak, machine_header, print_header
 from _harness.memory import run_memory
 from _harness.options import run_options
 from _harness.rows import run_bidir, run_charlm, run_core, run_nodx, run_step
@@ -252,10 +252,7 @@ def _parse(argv):
     o = Options()
     o.quick = a.quick
     o.json = a.json
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    o.threads = a.threads or ncpu or 1
-    if o.threads < 1:
-        ap.error("--threads must be >= 1")
+    o.threads = threads_arg(ap, a.threads)
     o.groups = [g for g in GROUPS if g in toks] or list(GROUPS)
     o.cells = [c for c in CELLS if c in toks] or list(CELLS)
     o.no_torch = a.no_torch

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -33,7 +32,7 @@ import rnncore  # first: it picks SciPy's BLAS kernels before scipy.linalg loads
 
 from _harness.contestants import (CELLS, gemm_flops, import_torch, make_inputs, rc_model_fns,
                                   torch_fns)
-from _harness.machine import machine_header, print_header
+from _harness.machine import threads_arg, machine_header, print_header
 from _harness.table import Table, fmt_ms, fmt_num, speed_ratio
 from _harness.timing import Budget, measure_interleaved
 
@@ -85,10 +84,7 @@ def _parse(argv):
             ap.error("--only: shapes are T,N,D,H (integers)")
         if any(len(s) != 4 or min(s) < 1 for s in a.only):
             ap.error("--only: shapes are T,N,D,H (four positive integers)")
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    a.threads = a.threads or ncpu or 1
-    if a.threads < 1:
-        ap.error("--threads must be >= 1")
+    a.threads = threads_arg(ap, a.threads)
     a.budget = Budget(a.quick)
     return a
 

@@ -236,3 +236,13 @@ def print_header(h, sg, out):
         out.write(f"  {name:<11} {s['shape']:<22} {s['gflops']:7.1f} GFLOP/s median, "
                   f"{s['gflops_best']:7.1f} best\n")
     out.flush()
+
+
+def threads_arg(ap, requested):
+    """A script's ``--threads``: the count asked for, or the CPUs this process may run
+    on (its affinity); ``ap.error`` (argparse) for a count below 1."""
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = requested or ncpu or 1
+    if threads < 1:
+        ap.error("--threads must be >= 1")
+    return threads
