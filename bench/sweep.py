@@ -4,12 +4,12 @@ Usage::
 
     python bench/sweep.py [--quick] [--cells rnn,gru,lstm] [--passes fwd,fb]
                           [--threads N] [--layers L] [--bidirectional]
-                          [--max-gflop G] [--json OUT.json]
+                          [--max-gflop G] [--only T,N,D,H ...] [--json OUT.json]
 
 ``bench/compare.py`` times four shapes in depth; the project's promise is
 "never slower than PyTorch at any shape". This script times each cell at every
 (T, N, D, H) of a grid -- T in (1, 8, 100), N in (1, 4, 16, 64, 256), H in (32,
-128, 512) with D = H, and a few D != H -- in forward-only inference (rnncore
+128, 512) with D = H, and a few others (EXTRA) -- in forward-only inference (rnncore
 ``eval()``, torch ``inference_mode``) and forward+backward, the two libraries
 side by side (interleaved repeats, as compare.py's rows), float32, batch_first,
 one layer and direction unless ``--layers`` / ``--bidirectional`` say otherwise.
@@ -43,7 +43,7 @@ HS = (32, 128, 512)
 EXTRA = ((100, 16, 16, 256), (100, 16, 1024, 256), (50, 1, 512, 1024), (20, 64, 64, 1024))
 
 
-def grid(max_gflop, cells, passes, layers, dirs):
+def grid(max_gflop, cells, layers, dirs):
     """(T, N, D, H) of the sweep, smallest first, those within max_gflop (fb, any cell)."""
     shapes = [(T, N, H, H) for H in HS for N in NS for T in TS] + list(EXTRA)
     keep = [s for s in shapes
@@ -104,7 +104,7 @@ def main(argv=None):
     header = machine_header(o.threads, torch)
     header.update(quick=o.quick, layers=o.layers, dirs=dirs, cells=o.cells, passes=o.passes)
     print_header(header, [], out)
-    shapes = o.only or grid(o.max_gflop, o.cells, o.passes, o.layers, dirs)
+    shapes = o.only or grid(o.max_gflop, o.cells, o.layers, dirs)
     out.write(f"\n== sweep: {len(shapes)} shapes x {len(o.cells)} cells x {len(o.passes)} "
               f"passes; layers {o.layers}, {'bi' if dirs == 2 else 'uni'}directional, float32, "
               "batch_first; ms = median; torch/rc > 1: rnncore faster ==\n")

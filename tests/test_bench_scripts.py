@@ -660,15 +660,15 @@ def test_blas_slow_ab_runs_and_restores_the_flag(capsys):
 def test_sweep_grid_and_arguments(monkeypatch):
     monkeypatch.syspath_prepend(BENCH)   # sweep.py imports bench/_harness
     sw = _load("sweep")
-    g = sw.grid(20, ["rnn", "gru", "lstm"], ["fwd", "fb"], 1, 1)
+    g = sw.grid(20, ["rnn", "gru", "lstm"], 1, 1)
     flops = [sw.gemm_flops("lstm", *s, "fb") for s in g]
     # within the bound, smallest first, each shape once, the grid's corners kept
     assert flops == sorted(flops) and len(set(g)) == len(g) and max(flops) <= 20e9
     assert {(1, 1, 32, 32), (100, 256, 32, 32), (1, 256, 512, 512), (50, 1, 512, 1024)} <= set(g)
     assert (100, 64, 512, 512) not in g            # 80 GFLOP: compare.py's kind of shape
-    tiny = sw.grid(0.001, ["rnn"], ["fwd"], 1, 1)
+    tiny = sw.grid(0.001, ["rnn"], 1, 1)
     assert tiny and all(sw.gemm_flops("rnn", *s, "fb") <= 1e6 for s in tiny)
-    assert len(sw.grid(20, ["lstm"], ["fb"], 2, 2)) < len(g)   # stacked, bidirectional: more
+    assert len(sw.grid(20, ["lstm"], 2, 2)) < len(g)   # stacked, bidirectional: more
     o = sw._parse(["--only", "8,4,32,32", "--cells", "gru"])
     assert o.only == [(8, 4, 32, 32)] and o.cells == ["gru"] and o.passes == ["fwd", "fb"]
     for bad in (["--cells", "foo"], ["--passes", "bwd"], ["--only", "1,2,3"],

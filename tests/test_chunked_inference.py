@@ -181,8 +181,24 @@ def test_kernel_inference_keeps_a_chunk_of_gates(cell, layout, rng):
     """At the rule's sizes (the whole projection 19-25 MB) save=False allocates about
     an 8 MB chunk of gates and gathered inputs (and one step of the GRU's hidden_n),
     not (T, N, G*H), and writes the same h (and c) as save=True: time-major x (its
-    own rows), batch-major x (gathered), and the reverse direction with lengths."""
+    own rows), batch-major x (gathered), and the reverse direction with lengths. On
+    more than one thread the LSTM's 4 rows take the unit split (too few rows to
+    split: the rule); the next test runs its one-thread row loop."""
     T, N, D, H = 600, 4, 8, 512 if cell == "lstm" else 680
+    _chunk_of_gates(cell, layout, rng, T, N, D, H)
+
+
+@pytest.mark.parametrize("layout", ["time-major", "batch-major", "reverse-lengths"])
+def test_lstm_row_loop_keeps_a_chunk_of_gates(layout, rng):
+    """The same for the LSTM with the unit split off: its row loop."""
+    KL._set_unit_split(-1)
+    try:
+        _chunk_of_gates("lstm", layout, rng, 600, 4, 8, 512)
+    finally:
+        KL._set_unit_split(0)
+
+
+def _chunk_of_gates(cell, layout, rng, T, N, D, H):
     G = {"gru": 3, "lstm": 4}[cell]
     assert not K._fuses_input(N, D, G * H, H, T) and K._infer_chunk(T, N, G * H, D) > 0
     peak, got, want = kernel_inference_peak(cell, T, N, D, H, rng, w_scale=0.05,

@@ -15,7 +15,7 @@ per step, their own first (rc_threads.h: rc_units_*).
 3. overwrite_saved (dA over the saved gates) gives the same gradients.
 4. The policy: by default the shape rule (forward loops whose weight slice per thread
    streams from L3; shapes, the thread configuration and, through Intel's rows bound,
-   the CPU's vendor; never on the AVX2 layout, whose kernel prefetches a large weight
+   the CPU's vendor; not on the AVX2 layout, whose kernel prefetches a large weight
    into L2; and, forward and backward on any layout, loops of too few rows for the
    row split with enough steps and weight); never for a projected LSTM, one step, or
    when forced off.
@@ -35,7 +35,7 @@ from rnncore._runtime.threads import row_split_enabled as _row_split
 pytestmark = pytest.mark.skipif(not HAVE_PACKED,
                                 reason="no packed GEMM layout for this CPU (unit split needs it)")
 
-# the AVX2 packed layout: the rule never splits units there
+# the AVX2 packed layout: the rule splits units there only for too few rows to split
 NARROW = simd._gemm_packed_nr(np.float32) == LAYOUTS[np.float32]["narrow"]
 
 

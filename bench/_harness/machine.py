@@ -239,8 +239,8 @@ def print_header(h, sg, out):
 
 
 def threads_arg(ap, requested):
-    """A script's ``--threads``: the count asked for, or the CPUs this process may run
-    on (its affinity); ``ap.error`` (argparse) for a count below 1."""
+    """A script's ``--threads``: the count asked for, or (none or 0) the CPUs this
+    process may run on (its affinity); ``ap.error`` (argparse) for a negative count."""
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = requested or ncpu or 1
     if threads < 1:

@@ -74,7 +74,8 @@ Design notes
   the same packed-kernel dot product as in the row loops: the results are
   bitwise those of the row split and of one thread. By default (the shape rule)
   only a forward whose recurrent weight takes at least 12 MiB (float32 H >= 887)
-  splits its units; inference there computes its input projection in chunks of
+  splits its units (not on the AVX2 layout), and any loop, forward or backward, of
+  fewer than 8 rows (too few for the row split) from 16 steps and a 256 KiB weight; inference there computes its input projection in chunks of
   steps as the row loops do, each block its own columns (``block_input``);
   `_set_unit_split` forces it on or off; on Intel CPUs the rule also asks that
   no thread get 16 rows or more (`_unit_rows`, `_set_intel_rules`).

@@ -690,7 +690,8 @@ static void rc_run_tasks(rc_task_fn fn, void *args, size_t size, int P)
  * The forward gain at H = 256 is the L2 effect (each thread reads its 512 KB slice
  * from its own L2 instead of the whole 1 MB weight from L3); the backward has two
  * hand-offs per step and measured no better, so it keeps the row split; small
- * weights (in L2 anyway) and few rows keep theirs too. A first version with a
+ * weights (in L2 anyway) keep theirs too (loops of too few rows for the row split
+ * take the units: RC_UNIT_FEW_ROWS below). A first version with a
  * static split and a plain barrier per step measured 10-60% slower than the row
  * split under this load (a descheduled thread stalls every step): hence the block
  * claiming below. */
@@ -761,7 +762,8 @@ static void rc_set_unit_split(int mode, int threads)
 #define RC_UNIT_FEW_MIN_T 16
 #define RC_UNIT_FEW_MIN_BYTES (256LL << 10)
 
-/* On the AVX2 layout (rc_simd_tier() == 3) the rule never splits units: there
+/* On the AVX2 layout (rc_simd_tier() == 3) the rule never splits the units of a
+ * loop the row split takes (too few rows: above, on any layout): there
  * the packed kernel prefetches each next panel of a large weight into
  * L2 as it goes (rc_gemm_packed.h: rc_pk_next_l2_use; 8 MiB or more, so any
  * weight of RC_UNIT_L3_BYTES), so every thread
